@@ -1,0 +1,1 @@
+//! Heartline's sans-IO core.
