@@ -1,1 +1,27 @@
 //! Heartline's sans-IO core.
+//!
+//! Everything Heartline decides about a connection is decided here, as pure state
+//! transitions: the Engine.IO v4 / Socket.IO v5 codecs, sessions and their transports,
+//! heartbeats and timeouts. There is no clock, no socket, no thread and no global random
+//! generator in this crate. Time is a value passed in, randomness comes from a generator
+//! seeded by configuration, and I/O is something the core asks its driver to do. The same
+//! inputs give the same outputs, always: that is what lets the simulator prove the rules
+//! under network faults, and the production runtime run the very same code.
+//!
+//! The driver's loop, for every state machine here:
+//!
+//! 1. hand over what happened: `handle_input(now, input)`, or `handle_timeout(now)` once the
+//!    deadline from `poll_timeout()` has come;
+//! 2. drain `poll_output()` until it returns `None`, doing what each output says;
+//! 3. wait for the next input or for `poll_timeout()`, whichever comes first.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod codec;
+pub mod engine;
+pub mod ids;
+pub mod time;
+pub mod timer;
+
+pub use ids::{RequestId, Rng, SessionId, TransportId};
+pub use time::Instant;

@@ -1,0 +1,99 @@
+//! The engine's settings: the Engine.IO and Socket.IO knobs of Heartline's configuration.
+
+use thiserror::Error;
+
+/// Which Engine.IO transports a server offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transports {
+    /// Direct WebSocket sessions and upgrades from polling.
+    pub websocket: bool,
+    /// HTTP long-polling sessions.
+    pub polling: bool,
+}
+
+/// Settings of the Engine.IO / Socket.IO layers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// The server sends a PING this long after the session opened or the last PONG.
+    pub ping_interval_ms: u64,
+    /// A PING not answered within this long closes the session (`ping timeout`).
+    pub ping_timeout_ms: u64,
+    /// A probe WebSocket that has not completed the upgrade within this long is closed;
+    /// the session carries on polling.
+    pub upgrade_timeout_ms: u64,
+    /// From TCP accept to a connected namespace; a session that gets no further is closed.
+    pub handshake_timeout_ms: u64,
+    /// Largest message accepted: a WebSocket frame or a polling POST body, in bytes.
+    pub max_payload_bytes: u64,
+    /// Bytes a polling session may hold for a client that does not come to fetch them;
+    /// past that the session is closed as a slow consumer.
+    pub max_buffered_bytes: u64,
+    /// Transports offered.
+    pub transports: Transports,
+    /// Namespaces clients may connect; any other gets CONNECT_ERROR "Invalid namespace".
+    pub namespaces: Vec<String>,
+    /// Most binary attachments one Socket.IO packet may announce.
+    pub max_attachments: usize,
+    /// Seed of the generator behind session and socket ids.
+    pub seed: u64,
+}
+
+impl Default for EngineConfig {
+    /// Heartline's defaults (see the configuration reference in the README).
+    fn default() -> Self {
+        EngineConfig {
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 60_000,
+            upgrade_timeout_ms: 30_000,
+            handshake_timeout_ms: 10_000,
+            max_payload_bytes: 1_000_000,
+            max_buffered_bytes: 1_048_576,
+            transports: Transports {
+                websocket: true,
+                polling: true,
+            },
+            namespaces: vec!["/chat".to_owned()],
+            max_attachments: 10,
+            seed: 0,
+        }
+    }
+}
+
+/// A setting the engine cannot run with.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A duration or size that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// No transport is enabled.
+    #[error("at least one transport must be enabled")]
+    NoTransport,
+    /// A namespace does not start with '/'.
+    #[error("namespace {0:?} must start with '/'")]
+    BadNamespace(String),
+}
+
+impl EngineConfig {
+    /// Checks the settings; the engine refuses to start with any of these wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("ping_interval_ms", self.ping_interval_ms),
+            ("ping_timeout_ms", self.ping_timeout_ms),
+            ("upgrade_timeout_ms", self.upgrade_timeout_ms),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("max_payload_bytes", self.max_payload_bytes),
+            ("max_buffered_bytes", self.max_buffered_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if !self.transports.websocket && !self.transports.polling {
+            return Err(ConfigError::NoTransport);
+        }
+        if let Some(bad) = self.namespaces.iter().find(|n| !n.starts_with('/')) {
+            return Err(ConfigError::BadNamespace(bad.clone()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,643 @@
+//! The Engine.IO v4 / Socket.IO v5 server as a pure state machine.
+//!
+//! [`Engine`] owns every session: their transports (WebSocket, HTTP long-polling, the
+//! upgrade from one to the other), their heartbeats and deadlines, and the Socket.IO
+//! namespaces on them. It knows nothing of users, rooms or messages: the application above
+//! (Heartline's gateway, or the protocol suites' echo server) answers namespace connects
+//! and sends packets through the commands below. That split is what lets the same engine
+//! serve both, and what lets the simulator drive the exact code the server runs.
+//!
+//! # The loop
+//!
+//! Methods fall into four kinds, after quinn-proto:
+//!
+//! - getters (`&self`): [`Engine::session_count`], [`Engine::sid`], ...
+//! - inputs: [`Engine::handle_input`] for what the network did, [`Engine::handle_timeout`]
+//!   when the deadline from [`Engine::poll_timeout`] has come;
+//! - commands from the application: [`Engine::accept_connect`], [`Engine::refuse_connect`],
+//!   [`Engine::send`], [`Engine::disconnect`], [`Engine::close`];
+//! - [`Engine::poll_output`], drained after every input or command until it returns `None`.
+//!
+//! After draining, the driver sleeps until [`Engine::poll_timeout`] (or the next input) and
+//! calls [`Engine::handle_timeout`]. Time is always passed in; it never goes backwards (a late
+//! `now` is treated as the latest one seen).
+//!
+//! # Rules
+//!
+//! - The server PINGs `ping_interval_ms` after the session opened and after each PONG; a PING
+//!   unanswered for `ping_timeout_ms` closes the session. Other traffic is not liveness. A
+//!   silent peer is therefore closed by `last_pong + ping_interval + ping_timeout`.
+//! - A session with no connected namespace `handshake_timeout_ms` after its TCP accept is
+//!   closed.
+//! - A message over `max_payload_bytes` closes that WebSocket session, or gets HTTP 413 on
+//!   polling; nothing else is affected.
+//! - Peer misbehaviour never returns an error: the session ends with a [`CloseReason`] and an
+//!   [`Event::Closed`]. Errors ([`UsageError`]) mean the driver or the application misused
+//!   the engine.
+
+mod close;
+mod config;
+mod io;
+mod polling;
+mod session;
+mod websocket;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde_json::Value;
+
+pub use close::{CloseReason, UsageError};
+pub use config::{ConfigError, EngineConfig, Transports};
+pub use io::{ContentType, Event, Handshake, Input, Method, Output, Query, Transmit};
+pub use session::Timer;
+
+use crate::codec::engine::{Data, Handshake as OpenPacket, Packet as EioPacket};
+use crate::codec::socket::{Decoder, Packet as SioPacket, PacketType};
+use crate::codec::Frame;
+use crate::ids::{RequestId, Rng, SessionId, TransportId};
+use crate::time::{Clock, Instant};
+use crate::timer::TimerQueue;
+use session::{Ending, Namespace, Session, Transport};
+
+/// The Engine.IO / Socket.IO server state machine. See the module docs for the loop.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    clock: Clock,
+    rng: Rng,
+    next_session: u64,
+    sessions: BTreeMap<SessionId, Session>,
+    // Lookup-only indexes; never iterated, so their order cannot leak into outputs.
+    by_sid: HashMap<String, SessionId>,
+    by_transport: HashMap<TransportId, SessionId>,
+    by_request: HashMap<RequestId, SessionId>,
+    timers: TimerQueue<SessionId, Timer>,
+    out: VecDeque<Output>,
+}
+
+impl Engine {
+    /// An engine with no sessions.
+    pub fn new(config: EngineConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Engine {
+            rng: Rng::from_seed(config.seed),
+            config,
+            clock: Clock::default(),
+            next_session: 1,
+            sessions: BTreeMap::new(),
+            by_sid: HashMap::new(),
+            by_transport: HashMap::new(),
+            by_request: HashMap::new(),
+            timers: TimerQueue::default(),
+            out: VecDeque::new(),
+        })
+    }
+
+    // ---- getters -------------------------------------------------------------------------
+
+    /// The settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Live sessions (lingering closed ones excluded).
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| s.closed.is_none())
+            .count()
+    }
+
+    /// Sessions held in memory, lingering ones included.
+    pub fn sessions_held(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Armed deadlines, all sessions together.
+    pub fn timers_armed(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// The public id of a live session.
+    pub fn sid(&self, session: SessionId) -> Option<&str> {
+        self.live(session).map(|s| s.sid.as_str())
+    }
+
+    /// The handshake facts of a live session.
+    pub fn handshake(&self, session: SessionId) -> Option<&Handshake> {
+        self.live(session).map(|s| &s.handshake)
+    }
+
+    /// The socket id of a connected namespace.
+    pub fn socket_id(&self, session: SessionId, nsp: &str) -> Option<&str> {
+        match self.live(session)?.namespaces.get(nsp)? {
+            Namespace::Connected(id) => Some(id),
+            Namespace::Pending => None,
+        }
+    }
+
+    /// Whether a live session is on a WebSocket.
+    pub fn is_websocket(&self, session: SessionId) -> Option<bool> {
+        self.live(session)
+            .map(|s| matches!(s.transport, Transport::WebSocket(_)))
+    }
+
+    /// A deadline of a session, for tests and diagnostics.
+    pub fn deadline(&self, session: SessionId, timer: Timer) -> Option<Instant> {
+        self.sessions.get(&session)?.timers.get(timer)
+    }
+
+    fn live(&self, session: SessionId) -> Option<&Session> {
+        self.sessions.get(&session).filter(|s| s.closed.is_none())
+    }
+
+    // ---- outputs -------------------------------------------------------------------------
+
+    /// The next thing for the driver to do, in order. Drain until `None`.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The earliest deadline; call [`Engine::handle_timeout`] then.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next().map(|(at, _, _)| at)
+    }
+
+    /// Which session and timer [`Engine::poll_timeout`] is for.
+    pub fn timeout_reason(&self) -> Option<(SessionId, Timer)> {
+        self.timers.next().map(|(_, s, t)| (s, t))
+    }
+
+    fn transmit(&mut self, t: Transmit) {
+        self.out.push_back(Output::Transmit(t));
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    // ---- inputs --------------------------------------------------------------------------
+
+    /// Feeds what the network did.
+    pub fn handle_input(&mut self, now: Instant, input: Input) -> Result<(), UsageError> {
+        let now = self.clock.observe(now);
+        match input {
+            Input::WsOpened {
+                transport,
+                query,
+                handshake,
+            } => self.on_ws_opened(now, transport, query, handshake),
+            Input::WsFrame { transport, frame } => {
+                self.on_ws_frame(now, transport, frame);
+                Ok(())
+            }
+            Input::WsClosed { transport, error } => {
+                self.on_ws_closed(now, transport, error);
+                Ok(())
+            }
+            Input::Http {
+                request,
+                method,
+                query,
+                body,
+                handshake,
+            } => self.on_http(now, request, method, query, body, handshake),
+            Input::HttpAborted { request } => {
+                self.on_http_aborted(now, request);
+                Ok(())
+            }
+        }
+    }
+
+    /// Fires every deadline due at `now`, in deadline order.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock.observe(now);
+        while let Some((_, id, timer)) = self.timers.pop_due(now) {
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            TimerQueue::<SessionId, Timer>::fired(&mut s.timers, timer);
+            match timer {
+                Timer::Handshake => {
+                    if !s.has_connected_namespace() {
+                        self.end(now, id, CloseReason::HandshakeTimeout, Ending::Abort);
+                    }
+                }
+                Timer::PingSend => {
+                    self.push(now, id, &[EioPacket::Ping(String::new()).to_frame()]);
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        let at = now.add_ms(self.config.ping_timeout_ms);
+                        self.timers.set(&mut s.timers, id, Timer::PongDeadline, at);
+                    }
+                }
+                Timer::PongDeadline => self.end(now, id, CloseReason::PingTimeout, Ending::Abort),
+                Timer::Upgrade => self.cancel_upgrade(id, CloseReason::TransportClose),
+                Timer::Linger => self.remove(id),
+            }
+        }
+    }
+
+    // ---- commands ------------------------------------------------------------------------
+
+    /// Accepts a pending namespace connect: replies CONNECT with a fresh socket id, which it
+    /// returns. The handshake deadline no longer applies.
+    pub fn accept_connect(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        nsp: &str,
+    ) -> Result<String, UsageError> {
+        let socket_id = self.rng.id20();
+        let s = self
+            .sessions
+            .get_mut(&session)
+            .filter(|s| s.closed.is_none())
+            .ok_or(UsageError::UnknownSession(session))?;
+        match s.namespaces.get_mut(nsp) {
+            Some(ns @ Namespace::Pending) => *ns = Namespace::Connected(socket_id.clone()),
+            _ => return Err(UsageError::NamespaceState(session, nsp.to_owned())),
+        }
+        self.timers.stop(&mut s.timers, session, Timer::Handshake);
+        let mut data = serde_json::Map::new();
+        data.insert("sid".into(), Value::String(socket_id.clone()));
+        let reply = SioPacket {
+            kind: PacketType::Connect,
+            nsp: nsp.to_owned(),
+            id: None,
+            data: Some(Value::Object(data)),
+            attachments: vec![],
+        };
+        self.push_sio(now, session, &reply);
+        Ok(socket_id)
+    }
+
+    /// Refuses a pending namespace connect with CONNECT_ERROR carrying `data` (for example
+    /// `{"message":"Authentication required"}`). The client does not retry it.
+    pub fn refuse_connect(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        nsp: &str,
+        data: Value,
+    ) -> Result<(), UsageError> {
+        let s = self.live_mut(session)?;
+        match s.namespaces.get(nsp) {
+            Some(Namespace::Pending) => {
+                s.namespaces.remove(nsp);
+            }
+            _ => return Err(UsageError::NamespaceState(session, nsp.to_owned())),
+        }
+        let reply = SioPacket {
+            kind: PacketType::ConnectError,
+            nsp: nsp.to_owned(),
+            id: None,
+            data: Some(data),
+            attachments: vec![],
+        };
+        self.push_sio(now, session, &reply);
+        Ok(())
+    }
+
+    /// Sends already-encoded Engine.IO frames (a Socket.IO packet and its attachments, as
+    /// [`SioPacket::encode`] makes them). Encode once, send to many: frames share their bytes.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        frames: &[Frame],
+    ) -> Result<(), UsageError> {
+        let now = self.clock.observe(now);
+        self.live_mut(session)?;
+        self.push(now, session, frames);
+        Ok(())
+    }
+
+    /// Encodes and sends one Socket.IO packet.
+    pub fn send_packet(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        packet: &SioPacket,
+    ) -> Result<(), UsageError> {
+        self.send(now, session, &packet.encode())
+    }
+
+    /// Ends the session the way that tells `socket.io-client` to stay away: a Socket.IO
+    /// DISCONNECT on every connected namespace, then the transport closes once the client
+    /// has had them (reason `io server disconnect` on the client; it does not reconnect).
+    pub fn disconnect(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        reason: CloseReason,
+    ) -> Result<(), UsageError> {
+        let s = self.live_mut(session)?;
+        let connected: Vec<String> = s
+            .namespaces
+            .iter()
+            .filter(|(_, n)| matches!(n, Namespace::Connected(_)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for nsp in connected {
+            let packet = SioPacket {
+                kind: PacketType::Disconnect,
+                nsp,
+                id: None,
+                data: None,
+                attachments: vec![],
+            };
+            self.push_sio(now, session, &packet);
+        }
+        self.end(now, session, reason, Ending::Flush);
+        Ok(())
+    }
+
+    /// Ends the session the way that tells `socket.io-client` to come back: the transport
+    /// closes with no Socket.IO DISCONNECT (client reason `transport close`).
+    pub fn close(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        reason: CloseReason,
+    ) -> Result<(), UsageError> {
+        self.live_mut(session)?;
+        self.end(now, session, reason, Ending::Flush);
+        Ok(())
+    }
+
+    // ---- internals -----------------------------------------------------------------------
+
+    fn live_mut(&mut self, session: SessionId) -> Result<&mut Session, UsageError> {
+        self.sessions
+            .get_mut(&session)
+            .filter(|s| s.closed.is_none())
+            .ok_or(UsageError::UnknownSession(session))
+    }
+
+    /// Creates a session on `transport`, arms its deadlines and returns its id.
+    fn open(&mut self, now: Instant, transport: Transport, handshake: Handshake) -> SessionId {
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        let sid = loop {
+            let candidate = self.rng.id20();
+            if !self.by_sid.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        let websocket = matches!(transport, Transport::WebSocket(_));
+        let handshake_deadline = handshake
+            .accepted_at
+            .add_ms(self.config.handshake_timeout_ms);
+        let mut s = Session {
+            sid: sid.clone(),
+            transport,
+            upgrade: None,
+            timers: Default::default(),
+            decoder: Decoder::new(self.config.max_attachments),
+            namespaces: BTreeMap::new(),
+            handshake,
+            closed: None,
+        };
+        self.timers
+            .set(&mut s.timers, id, Timer::Handshake, handshake_deadline);
+        self.timers.set(
+            &mut s.timers,
+            id,
+            Timer::PingSend,
+            now.add_ms(self.config.ping_interval_ms),
+        );
+        if let Transport::WebSocket(ws) = s.transport {
+            self.by_transport.insert(ws, id);
+        }
+        self.by_sid.insert(sid.clone(), id);
+        self.sessions.insert(id, s);
+        self.event(Event::Opened {
+            session: id,
+            sid,
+            websocket,
+        });
+        id
+    }
+
+    /// The open packet for a new session.
+    fn open_packet(&self, sid: &str, websocket: bool) -> Frame {
+        let upgrades = if !websocket && self.config.transports.websocket {
+            vec!["websocket".to_owned()]
+        } else {
+            vec![]
+        };
+        EioPacket::Open(OpenPacket {
+            sid: sid.to_owned(),
+            upgrades,
+            ping_interval_ms: self.config.ping_interval_ms,
+            ping_timeout_ms: self.config.ping_timeout_ms,
+            max_payload: self.config.max_payload_bytes,
+        })
+        .to_frame()
+    }
+
+    /// Queues frames on a session's transport (live or lingering).
+    fn push(&mut self, now: Instant, id: SessionId, frames: &[Frame]) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        match &mut s.transport {
+            Transport::WebSocket(ws) => {
+                let ws = *ws;
+                for frame in frames {
+                    self.out.push_back(Output::Transmit(Transmit::WsSend {
+                        transport: ws,
+                        frame: frame.clone(),
+                    }));
+                }
+            }
+            Transport::Polling(p) => {
+                for frame in frames {
+                    p.queued_bytes += frame.len() as u64;
+                    p.queue.push_back(frame.clone());
+                }
+                if p.queued_bytes > self.config.max_buffered_bytes && s.closed.is_none() {
+                    self.end(now, id, CloseReason::SlowConsumer, Ending::Abort);
+                    return;
+                }
+                self.flush_poll(id);
+            }
+        }
+    }
+
+    fn push_sio(&mut self, now: Instant, id: SessionId, packet: &SioPacket) {
+        self.push(now, id, &packet.encode());
+    }
+
+    /// Handles one Engine.IO packet from the client, whichever transport carried it.
+    fn on_engine_packet(&mut self, now: Instant, id: SessionId, packet: EioPacket) {
+        match packet {
+            EioPacket::Pong(_) => {
+                let Some(s) = self.sessions.get_mut(&id) else {
+                    return;
+                };
+                // Only a PONG to an outstanding PING counts; a stray one changes nothing.
+                if s.timers.is_armed(Timer::PongDeadline) {
+                    self.timers.stop(&mut s.timers, id, Timer::PongDeadline);
+                    let at = now.add_ms(self.config.ping_interval_ms);
+                    self.timers.set(&mut s.timers, id, Timer::PingSend, at);
+                }
+            }
+            EioPacket::Message(data) => self.on_message(now, id, data),
+            EioPacket::Close => self.end(now, id, CloseReason::ClientClose, Ending::Abort),
+            EioPacket::Ping(_) => self.protocol_error(now, id, "ping from client"),
+            EioPacket::Open(_) | EioPacket::Upgrade | EioPacket::Noop => {
+                self.protocol_error(now, id, "unexpected engine packet")
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, now: Instant, id: SessionId, what: &str) {
+        self.end(
+            now,
+            id,
+            CloseReason::ProtocolError(what.to_owned()),
+            Ending::Abort,
+        );
+    }
+
+    /// Handles an Engine.IO message: the Socket.IO layer.
+    fn on_message(&mut self, now: Instant, id: SessionId, data: Data) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let packet = match s.decoder.feed(data) {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => return self.protocol_error(now, id, &e.to_string()),
+        };
+        let state = s.namespaces.get(&packet.nsp).cloned();
+        match (packet.kind, state) {
+            (PacketType::Connect, None) => {
+                if self.config.namespaces.contains(&packet.nsp) {
+                    s.namespaces.insert(packet.nsp.clone(), Namespace::Pending);
+                    self.event(Event::Connect {
+                        session: id,
+                        nsp: packet.nsp,
+                        auth: packet.data,
+                    });
+                } else {
+                    let mut data = serde_json::Map::new();
+                    data.insert("message".into(), Value::String("Invalid namespace".into()));
+                    let reply = SioPacket {
+                        kind: PacketType::ConnectError,
+                        nsp: packet.nsp,
+                        id: None,
+                        data: Some(Value::Object(data)),
+                        attachments: vec![],
+                    };
+                    self.push_sio(now, id, &reply);
+                }
+            }
+            (PacketType::Disconnect, Some(ns)) => {
+                s.namespaces.remove(&packet.nsp);
+                if let Namespace::Connected(_) = ns {
+                    self.event(Event::Disconnected {
+                        session: id,
+                        nsp: packet.nsp,
+                    });
+                }
+            }
+            (PacketType::Disconnect, None) => {}
+            (
+                PacketType::Event
+                | PacketType::BinaryEvent
+                | PacketType::Ack
+                | PacketType::BinaryAck,
+                Some(Namespace::Connected(_)),
+            ) => self.event(Event::Packet {
+                session: id,
+                packet,
+            }),
+            (PacketType::Connect, Some(_)) => {
+                self.protocol_error(now, id, "namespace connected twice")
+            }
+            (PacketType::ConnectError, _) => {
+                self.protocol_error(now, id, "CONNECT_ERROR from client")
+            }
+            (_, _) => self.protocol_error(now, id, "packet for a namespace not connected"),
+        }
+    }
+
+    /// Ends a session. `Abort` drops everything at once; `Flush` lets the client have what
+    /// was already sent, followed by an Engine.IO CLOSE on polling.
+    fn end(&mut self, now: Instant, id: SessionId, reason: CloseReason, how: Ending) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.closed.is_some() {
+            return;
+        }
+        s.closed = Some(reason.clone());
+        self.timers.stop_all(&mut s.timers, id);
+        if let Some(up) = s.upgrade.take() {
+            self.by_transport.remove(&up.ws);
+            self.transmit(Transmit::WsClose {
+                transport: up.ws,
+                reason: reason.clone(),
+            });
+        }
+        self.event(Event::Closed {
+            session: id,
+            reason: reason.clone(),
+        });
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        match &mut s.transport {
+            Transport::WebSocket(ws) => {
+                let ws = *ws;
+                self.transmit(Transmit::WsClose {
+                    transport: ws,
+                    reason,
+                });
+                self.remove(id);
+            }
+            Transport::Polling(p) => {
+                if how == Ending::Abort {
+                    p.queue.clear();
+                    p.queued_bytes = 0;
+                }
+                let close = EioPacket::Close.to_frame();
+                p.queued_bytes += close.len() as u64;
+                p.queue.push_back(close);
+                if p.pending_get.is_some() || how == Ending::Abort {
+                    self.flush_poll(id);
+                    self.remove(id);
+                } else {
+                    let at = now.add_ms(self.config.ping_timeout_ms);
+                    self.timers.set(&mut s.timers, id, Timer::Linger, at);
+                }
+            }
+        }
+    }
+
+    /// Forgets a session entirely.
+    fn remove(&mut self, id: SessionId) {
+        let Some(mut s) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.timers.stop_all(&mut s.timers, id);
+        self.by_sid.remove(&s.sid);
+        match &s.transport {
+            Transport::WebSocket(ws) => {
+                self.by_transport.remove(ws);
+            }
+            Transport::Polling(p) => {
+                if let Some(get) = p.pending_get {
+                    self.by_request.remove(&get);
+                }
+            }
+        }
+        if let Some(up) = &s.upgrade {
+            self.by_transport.remove(&up.ws);
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! HTTP long-polling: the handshake GET, the held GET that carries server packets, the POST
+//! that carries client packets, and the error answers Engine.IO clients expect.
+//!
+//! At most one GET is held per session. A second concurrent GET, or a held GET the client
+//! aborts, ends the session: both mean the client lost track of it, and answering them
+//! apart would let packets go to a reader that is no longer there.
+
+use bytes::Bytes;
+
+use crate::codec::engine::{decode_payload, encode_payload, Packet as EioPacket};
+use crate::engine::close::{CloseReason, UsageError};
+use crate::engine::io::{ContentType, Handshake, Method, Query, Transmit};
+use crate::engine::session::{Ending, Polling, Transport};
+use crate::engine::Engine;
+use crate::ids::{RequestId, SessionId};
+use crate::time::Instant;
+
+/// Engine.IO's HTTP error codes, with the messages clients show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HttpError {
+    TransportUnknown,
+    SessionIdUnknown,
+    BadHandshakeMethod,
+    BadRequest,
+    UnsupportedProtocolVersion,
+}
+
+impl HttpError {
+    fn body(self) -> Bytes {
+        let (code, message) = match self {
+            HttpError::TransportUnknown => (0, "Transport unknown"),
+            HttpError::SessionIdUnknown => (1, "Session ID unknown"),
+            HttpError::BadHandshakeMethod => (2, "Bad handshake method"),
+            HttpError::BadRequest => (3, "Bad request"),
+            HttpError::UnsupportedProtocolVersion => (5, "Unsupported protocol version"),
+        };
+        Bytes::from(format!(r#"{{"code":{code},"message":"{message}"}}"#))
+    }
+}
+
+/// Most packets one POST may carry; each costs at least one byte, so this only bounds
+/// pathological bodies of empty records.
+const MAX_PACKETS_PER_POST: usize = 4096;
+
+impl Engine {
+    /// Checks `EIO` and `transport` against what this server speaks.
+    pub(crate) fn check_query(&self, query: &Query) -> Result<bool, HttpError> {
+        let websocket = match query.transport.as_deref() {
+            Some("websocket") if self.config.transports.websocket => true,
+            Some("polling") if self.config.transports.polling => false,
+            _ => return Err(HttpError::TransportUnknown),
+        };
+        if query.eio.as_deref() != Some("4") {
+            return Err(HttpError::UnsupportedProtocolVersion);
+        }
+        Ok(websocket)
+    }
+
+    fn respond(&mut self, request: RequestId, status: u16, content_type: ContentType, body: Bytes) {
+        self.transmit(Transmit::HttpResponse {
+            request,
+            status,
+            content_type,
+            body,
+        });
+    }
+
+    fn respond_error(&mut self, request: RequestId, err: HttpError) {
+        self.respond(request, 400, ContentType::Json, err.body());
+    }
+
+    pub(crate) fn on_http(
+        &mut self,
+        now: Instant,
+        request: RequestId,
+        method: Method,
+        query: Query,
+        body: Bytes,
+        handshake: Handshake,
+    ) -> Result<(), UsageError> {
+        if self.by_request.contains_key(&request) {
+            return Err(UsageError::DuplicateRequest(request));
+        }
+        match self.check_query(&query) {
+            // A plain HTTP request that names the websocket transport is not an upgrade.
+            Ok(true) => self.respond_error(request, HttpError::BadRequest),
+            Err(e) => self.respond_error(request, e),
+            Ok(false) => match &query.sid {
+                None if method == Method::Get => self.polling_handshake(now, request, handshake),
+                None => self.respond_error(request, HttpError::BadHandshakeMethod),
+                Some(sid) => match self.by_sid.get(sid).copied() {
+                    None => self.respond_error(request, HttpError::SessionIdUnknown),
+                    Some(id) => match method {
+                        Method::Get => self.poll_get(now, id, request),
+                        Method::Post => self.poll_post(now, id, request, body),
+                        Method::Other => self.respond(
+                            request,
+                            400,
+                            ContentType::Json,
+                            HttpError::BadRequest.body(),
+                        ),
+                    },
+                },
+            },
+        }
+        Ok(())
+    }
+
+    fn polling_handshake(&mut self, now: Instant, request: RequestId, handshake: Handshake) {
+        let id = self.open(now, Transport::Polling(Polling::default()), handshake);
+        let Some(sid) = self.sessions.get(&id).map(|s| s.sid.clone()) else {
+            return;
+        };
+        let open = self.open_packet(&sid, false);
+        // The open packet travels alone in the handshake response.
+        self.respond(
+            request,
+            200,
+            ContentType::Text,
+            encode_payload(std::slice::from_ref(&open)).into(),
+        );
+    }
+
+    fn poll_get(&mut self, now: Instant, id: SessionId, request: RequestId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return self.respond_error(request, HttpError::SessionIdUnknown);
+        };
+        let upgrading = s.upgrade.as_ref().is_some_and(|u| u.probed);
+        let closed = s.closed.is_some();
+        let Transport::Polling(p) = &mut s.transport else {
+            return self.respond_error(request, HttpError::BadRequest);
+        };
+        if p.pending_get.is_some() {
+            // Two readers: the client lost track of the session. End it; the held GET
+            // gets the CLOSE, this one an error.
+            self.respond_error(request, HttpError::BadRequest);
+            self.end(
+                now,
+                id,
+                CloseReason::ProtocolError("overlapping polling GET".into()),
+                Ending::Abort,
+            );
+            return;
+        }
+        if upgrading && p.queue.is_empty() && !closed {
+            // While a WebSocket takes over, a reader is released at once so the client can
+            // pause polling and send the upgrade.
+            return self.respond(request, 200, ContentType::Text, noop());
+        }
+        p.pending_get = Some(request);
+        self.by_request.insert(request, id);
+        self.flush_poll(id);
+        if closed && self.sessions.get(&id).is_some_and(|s| s.closed.is_some()) {
+            // A lingering session has handed over its last packets.
+            self.remove(id);
+        }
+    }
+
+    fn poll_post(&mut self, now: Instant, id: SessionId, request: RequestId, body: Bytes) {
+        let Some(s) = self.sessions.get(&id) else {
+            return self.respond_error(request, HttpError::SessionIdUnknown);
+        };
+        if s.closed.is_some() {
+            return self.respond_error(request, HttpError::SessionIdUnknown);
+        }
+        if !matches!(s.transport, Transport::Polling(_)) {
+            return self.respond_error(request, HttpError::BadRequest);
+        }
+        if body.len() as u64 > self.config.max_payload_bytes {
+            // Refused, and nothing else changes: the session goes on.
+            return self.respond(request, 413, ContentType::Text, Bytes::new());
+        }
+        let packets = std::str::from_utf8(&body)
+            .map_err(|_| "polling body is not UTF-8".to_owned())
+            .and_then(|text| decode_payload(text, MAX_PACKETS_PER_POST).map_err(|e| e.to_string()));
+        let packets = match packets {
+            Ok(p) => p,
+            Err(e) => {
+                self.respond_error(request, HttpError::BadRequest);
+                self.end(now, id, CloseReason::ProtocolError(e), Ending::Abort);
+                return;
+            }
+        };
+        self.respond(request, 200, ContentType::Text, Bytes::from_static(b"ok"));
+        for packet in packets {
+            if self.live(id).is_none() {
+                break;
+            }
+            if packet == EioPacket::Close {
+                // The client is leaving: release its held GET with a NOOP, not a CLOSE.
+                self.release_get(id);
+            }
+            self.on_engine_packet(now, id, packet);
+        }
+    }
+
+    pub(crate) fn on_http_aborted(&mut self, now: Instant, request: RequestId) {
+        let Some(id) = self.by_request.remove(&request) else {
+            return;
+        };
+        if let Some(Transport::Polling(p)) = self.sessions.get_mut(&id).map(|s| &mut s.transport) {
+            if p.pending_get == Some(request) {
+                p.pending_get = None;
+            }
+        }
+        self.end(now, id, CloseReason::TransportClose, Ending::Abort);
+    }
+
+    /// Answers the held GET with everything queued, if there is a held GET and a queue.
+    pub(crate) fn flush_poll(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Transport::Polling(p) = &mut s.transport else {
+            return;
+        };
+        if p.queue.is_empty() {
+            return;
+        }
+        let Some(request) = p.pending_get.take() else {
+            return;
+        };
+        let frames: Vec<_> = p.queue.drain(..).collect();
+        p.queued_bytes = 0;
+        self.by_request.remove(&request);
+        let body = encode_payload(&frames);
+        self.respond(request, 200, ContentType::Text, body.into());
+    }
+
+    /// Answers the held GET, if any, with a NOOP.
+    pub(crate) fn release_get(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Transport::Polling(p) = &mut s.transport else {
+            return;
+        };
+        if let Some(request) = p.pending_get.take() {
+            self.by_request.remove(&request);
+            self.respond(request, 200, ContentType::Text, noop());
+        }
+    }
+}
+
+fn noop() -> Bytes {
+    Bytes::from_static(b"6")
+}

@@ -1,0 +1,131 @@
+//! One Engine.IO session and the Socket.IO namespaces on it: plain data, no behaviour.
+//!
+//! A session outlives any one transport: it starts on polling or on a WebSocket, may move
+//! from polling to a WebSocket once (the upgrade), and, when the server closes a polling
+//! session with something still to say, lingers until the client fetches it.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::codec::socket::Decoder;
+use crate::codec::Frame;
+use crate::engine::close::CloseReason;
+use crate::engine::io::Handshake;
+use crate::ids::{RequestId, TransportId};
+use crate::timer::{TimerKind, TimerTable};
+
+/// The deadlines a session can have. The declaration order is the firing order for
+/// deadlines of one session that fall due at the same instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Timer {
+    /// No namespace connected yet: close at `accepted_at + handshake_timeout_ms`.
+    Handshake,
+    /// Send the next PING.
+    PingSend,
+    /// A PING is outstanding: close if no PONG comes by then.
+    PongDeadline,
+    /// A probe WebSocket must finish the upgrade by then.
+    Upgrade,
+    /// A closed polling session waits this long for the client to fetch its last packets.
+    Linger,
+}
+
+impl Timer {
+    const ALL: [Timer; 5] = [
+        Timer::Handshake,
+        Timer::PingSend,
+        Timer::PongDeadline,
+        Timer::Upgrade,
+        Timer::Linger,
+    ];
+}
+
+impl TimerKind for Timer {
+    const COUNT: usize = Timer::ALL.len();
+    fn slot(self) -> usize {
+        self as usize
+    }
+    fn from_slot(slot: usize) -> Option<Self> {
+        Timer::ALL.get(slot).copied()
+    }
+}
+
+/// The timers of one session.
+pub(crate) type Timers = TimerTable<Timer, { Timer::ALL.len() }>;
+
+/// Where a session's packets go.
+#[derive(Debug)]
+pub(crate) enum Transport {
+    /// Straight onto a WebSocket, one packet per message.
+    WebSocket(TransportId),
+    /// Into a queue that the client's next GET drains.
+    Polling(Polling),
+}
+
+/// The polling side of a session.
+#[derive(Debug, Default)]
+pub(crate) struct Polling {
+    /// The GET being held open until there is something to send.
+    pub(crate) pending_get: Option<RequestId>,
+    /// Encoded packets waiting for a GET.
+    pub(crate) queue: VecDeque<Frame>,
+    /// Bytes in `queue`.
+    pub(crate) queued_bytes: u64,
+}
+
+/// A WebSocket trying to take over a polling session.
+#[derive(Debug)]
+pub(crate) struct Upgrade {
+    /// The probe socket.
+    pub(crate) ws: TransportId,
+    /// Whether `2probe` was answered; only then may `5` complete the upgrade.
+    pub(crate) probed: bool,
+}
+
+/// A Socket.IO namespace on the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Namespace {
+    /// CONNECT received; the application has not answered yet.
+    Pending,
+    /// Connected, with the socket id the client sees as `socket.id`.
+    Connected(String),
+}
+
+/// One session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// Its public id.
+    pub(crate) sid: String,
+    /// Where its packets go.
+    pub(crate) transport: Transport,
+    /// An upgrade in progress.
+    pub(crate) upgrade: Option<Upgrade>,
+    /// Its deadlines.
+    pub(crate) timers: Timers,
+    /// Reassembles Socket.IO packets with binary attachments.
+    pub(crate) decoder: Decoder,
+    /// Namespaces asked for or connected, by name.
+    pub(crate) namespaces: BTreeMap<String, Namespace>,
+    /// The handshake request's facts.
+    pub(crate) handshake: Handshake,
+    /// Set once the session has ended; it only lingers to hand over its last packets.
+    pub(crate) closed: Option<CloseReason>,
+}
+
+impl Session {
+    /// Whether any namespace is connected.
+    pub(crate) fn has_connected_namespace(&self) -> bool {
+        self.namespaces
+            .values()
+            .any(|n| matches!(n, Namespace::Connected(_)))
+    }
+}
+
+/// How to end a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The peer is gone or broke the rules: stop at once.
+    Abort,
+    /// Let the client receive what was sent before the close (the Socket.IO DISCONNECT of a
+    /// replacement, say) and a CLOSE packet.
+    Flush,
+}

@@ -1,0 +1,213 @@
+//! The WebSocket transport: sessions that start on a WebSocket, and the probe WebSocket
+//! that takes a polling session over (the upgrade).
+//!
+//! The driver completes every WebSocket opening handshake on the Engine.IO path and lets
+//! the engine decide; a socket the engine does not want is closed right after it opened.
+//! Clients handle that in every case, whereas an HTTP error on the upgrade request makes
+//! some of them throw.
+
+use crate::codec::engine::Packet as EioPacket;
+use crate::codec::Frame;
+use crate::engine::close::{CloseReason, UsageError};
+use crate::engine::io::{Handshake, Query, Transmit};
+use crate::engine::session::{Ending, Transport, Upgrade};
+use crate::engine::{Engine, Event, Timer};
+use crate::ids::{SessionId, TransportId};
+use crate::time::Instant;
+
+impl Engine {
+    pub(crate) fn on_ws_opened(
+        &mut self,
+        now: Instant,
+        ws: TransportId,
+        query: Query,
+        handshake: Handshake,
+    ) -> Result<(), UsageError> {
+        if self.by_transport.contains_key(&ws) {
+            return Err(UsageError::DuplicateTransport(ws));
+        }
+        let refuse = |engine: &mut Engine, why: &str| {
+            engine.transmit(Transmit::WsClose {
+                transport: ws,
+                reason: CloseReason::ProtocolError(why.to_owned()),
+            });
+        };
+        match self.check_query(&query) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                refuse(self, "bad websocket query");
+                return Ok(());
+            }
+        }
+        let Some(sid) = query.sid else {
+            let id = self.open(now, Transport::WebSocket(ws), handshake);
+            if let Some(sid) = self.sessions.get(&id).map(|s| s.sid.clone()) {
+                let open = self.open_packet(&sid, true);
+                self.transmit(Transmit::WsSend {
+                    transport: ws,
+                    frame: open,
+                });
+            }
+            return Ok(());
+        };
+        // An upgrade: only a live polling session with no upgrade under way may be taken over.
+        let Some(id) = self.by_sid.get(&sid).copied() else {
+            refuse(self, "unknown sid");
+            return Ok(());
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            refuse(self, "unknown sid");
+            return Ok(());
+        };
+        if s.closed.is_some()
+            || s.upgrade.is_some()
+            || !matches!(s.transport, Transport::Polling(_))
+        {
+            refuse(self, "session cannot be upgraded");
+            return Ok(());
+        }
+        s.upgrade = Some(Upgrade { ws, probed: false });
+        let at = now.add_ms(self.config.upgrade_timeout_ms);
+        self.timers.set(&mut s.timers, id, Timer::Upgrade, at);
+        self.by_transport.insert(ws, id);
+        Ok(())
+    }
+
+    pub(crate) fn on_ws_frame(&mut self, now: Instant, ws: TransportId, frame: Frame) {
+        // Frames can still arrive for a socket the engine has just closed: ignore them.
+        let Some(id) = self.by_transport.get(&ws).copied() else {
+            return;
+        };
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
+        let is_probe = s.upgrade.as_ref().is_some_and(|u| u.ws == ws);
+        if frame.len() as u64 > self.config.max_payload_bytes {
+            if is_probe {
+                return self.cancel_upgrade(id, CloseReason::PayloadTooLarge);
+            }
+            return self.end(now, id, CloseReason::PayloadTooLarge, Ending::Abort);
+        }
+        let packet = match EioPacket::from_frame(&frame) {
+            Ok(p) => p,
+            Err(e) => {
+                if is_probe {
+                    return self.cancel_upgrade(id, CloseReason::ProtocolError(e.to_string()));
+                }
+                return self.end(
+                    now,
+                    id,
+                    CloseReason::ProtocolError(e.to_string()),
+                    Ending::Abort,
+                );
+            }
+        };
+        if is_probe {
+            self.on_probe_packet(id, ws, packet);
+        } else {
+            self.on_engine_packet(now, id, packet);
+        }
+    }
+
+    pub(crate) fn on_ws_closed(&mut self, now: Instant, ws: TransportId, error: bool) {
+        let Some(id) = self.by_transport.get(&ws).copied() else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.upgrade.as_ref().is_some_and(|u| u.ws == ws) {
+            // The probe went away; the session carries on polling.
+            s.upgrade = None;
+            self.timers.stop(&mut s.timers, id, Timer::Upgrade);
+            self.by_transport.remove(&ws);
+            return;
+        }
+        let reason = if error {
+            CloseReason::TransportError
+        } else {
+            CloseReason::TransportClose
+        };
+        // The socket is already gone, so there is nothing to flush and no close to send.
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if s.closed.is_none() {
+                s.closed = Some(reason.clone());
+                self.timers.stop_all(&mut s.timers, id);
+                if let Some(up) = s.upgrade.take() {
+                    self.by_transport.remove(&up.ws);
+                    self.transmit(Transmit::WsClose {
+                        transport: up.ws,
+                        reason: reason.clone(),
+                    });
+                }
+                self.event(Event::Closed {
+                    session: id,
+                    reason,
+                });
+            }
+        }
+        let _ = now;
+        self.remove(id);
+    }
+
+    fn on_probe_packet(&mut self, id: SessionId, ws: TransportId, packet: EioPacket) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(up) = s.upgrade.as_mut() else {
+            return;
+        };
+        match packet {
+            EioPacket::Ping(ref p) if p == "probe" && !up.probed => {
+                up.probed = true;
+                self.transmit(Transmit::WsSend {
+                    transport: ws,
+                    frame: EioPacket::Pong("probe".into()).to_frame(),
+                });
+                // Release the held GET so the client can pause polling and finish.
+                self.release_get(id);
+            }
+            EioPacket::Upgrade if up.probed => self.complete_upgrade(id, ws),
+            _ => self.cancel_upgrade(
+                id,
+                CloseReason::ProtocolError("unexpected packet during upgrade".into()),
+            ),
+        }
+    }
+
+    /// Moves the session onto the probe socket and sends it what polling had queued.
+    fn complete_upgrade(&mut self, id: SessionId, ws: TransportId) {
+        self.release_get(id);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        s.upgrade = None;
+        self.timers.stop(&mut s.timers, id, Timer::Upgrade);
+        let old = std::mem::replace(&mut s.transport, Transport::WebSocket(ws));
+        if let Transport::Polling(p) = old {
+            for frame in p.queue {
+                self.transmit(Transmit::WsSend {
+                    transport: ws,
+                    frame,
+                });
+            }
+        }
+        self.event(Event::Upgraded { session: id });
+    }
+
+    /// Closes the probe socket; the session stays on polling.
+    pub(crate) fn cancel_upgrade(&mut self, id: SessionId, reason: CloseReason) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(up) = s.upgrade.take() else {
+            return;
+        };
+        self.timers.stop(&mut s.timers, id, Timer::Upgrade);
+        self.by_transport.remove(&up.ws);
+        self.transmit(Transmit::WsClose {
+            transport: up.ws,
+            reason,
+        });
+    }
+}

@@ -1,0 +1,123 @@
+//! Identifiers, and the seeded generator behind every random one.
+//!
+//! Internal keys ([`SessionId`]) are counters that are never reused, so a transcript line
+//! names one session for the whole run (a reused slot index would make traces ambiguous).
+//! Keys the driver owns ([`TransportId`] for a WebSocket, [`RequestId`] for an HTTP
+//! request) are allocated by the driver, which sees a socket or a request before the core
+//! does. Public ids that must be unguessable (the Engine.IO `sid`, the Socket.IO socket id)
+//! come from a ChaCha generator seeded from configuration: the same seed gives the same ids,
+//! which is what makes a simulated run reproducible.
+
+use std::fmt;
+
+use base64::Engine as _;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+/// An Engine.IO session, as the core knows it. Allocated by the core, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub u64);
+
+/// One WebSocket connection, allocated by the driver. Unique among live WebSockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TransportId(pub u64);
+
+/// One HTTP request on the Engine.IO path, allocated by the driver. Unique among requests in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+impl fmt::Display for TransportId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ws{}", self.0)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "req{}", self.0)
+    }
+}
+
+/// The core's only source of randomness: a ChaCha8 stream seeded by the driver.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    inner: ChaCha8Rng,
+}
+
+impl Rng {
+    /// A generator whose whole output is fixed by `seed`.
+    pub fn from_seed(seed: u64) -> Self {
+        Rng {
+            inner: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.inner.next_u64()
+    }
+
+    /// A uniformly drawn value in `0..bound` (`0` when `bound` is 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        if bound == 0 {
+            return 0;
+        }
+        // Rejection sampling keeps the draw unbiased.
+        let zone = u64::MAX - (u64::MAX % bound);
+        loop {
+            let v = self.inner.next_u64();
+            if v < zone {
+                return v % bound;
+            }
+        }
+    }
+
+    /// A uniformly drawn float in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.inner.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A 20-character URL-safe id from 120 random bits, the shape Node's Engine.IO uses.
+    pub fn id20(&mut self) -> String {
+        let mut raw = [0u8; 15];
+        self.inner.fill_bytes(&mut raw);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_ids() {
+        let mut a = Rng::from_seed(7);
+        let mut b = Rng::from_seed(7);
+        let ida = a.id20();
+        assert_eq!(ida, b.id20());
+        assert_eq!(ida.len(), 20);
+        assert!(ida
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert_ne!(Rng::from_seed(8).id20(), ida);
+    }
+
+    #[test]
+    fn below_stays_in_range() {
+        let mut r = Rng::from_seed(1);
+        for bound in [1u64, 2, 3, 10, 1000] {
+            for _ in 0..100 {
+                assert!(r.below(bound) < bound);
+            }
+        }
+        assert_eq!(r.below(0), 0);
+        let u = r.unit();
+        assert!((0.0..1.0).contains(&u));
+    }
+}

@@ -1,0 +1,201 @@
+//! Deadlines: a small table per owner, one ordered queue for all of them.
+//!
+//! Each owner (a session, a user, ...) keeps at most one deadline per kind of timer in a
+//! [`TimerTable`]; every armed deadline also sits in one [`TimerQueue`], a `BTreeSet` ordered
+//! by `(deadline, owner, kind)`. Arming, re-arming and stopping cost O(log n) and finding the
+//! next deadline is O(log n) too, so 100,000 connections, each with a heartbeat deadline, never
+//! cost a scan. The tuple order also fixes which of several timers due at the same instant
+//! fires first, so runs repeat exactly.
+//!
+//! The driver keeps a single sleep: until [`TimerQueue::next`]. There are no timer effects for
+//! it to track, cancel or see fire late.
+
+use std::collections::BTreeSet;
+
+use crate::time::Instant;
+
+/// The deadlines one table can hold, indexed by a kind that converts to a slot.
+pub trait TimerKind: Copy + Ord + std::fmt::Debug {
+    /// How many kinds there are.
+    const COUNT: usize;
+    /// This kind's slot, `< COUNT`.
+    fn slot(self) -> usize;
+    /// The kind in `slot`, the inverse of [`TimerKind::slot`].
+    fn from_slot(slot: usize) -> Option<Self>;
+}
+
+/// One deadline per timer kind, for one owner.
+#[derive(Clone, Debug)]
+pub struct TimerTable<K: TimerKind, const N: usize> {
+    deadlines: [Option<Instant>; N],
+    _kind: std::marker::PhantomData<K>,
+}
+
+impl<K: TimerKind, const N: usize> Default for TimerTable<K, N> {
+    fn default() -> Self {
+        TimerTable {
+            deadlines: [None; N],
+            _kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: TimerKind, const N: usize> TimerTable<K, N> {
+    /// The armed deadline of `kind`, if any.
+    pub fn get(&self, kind: K) -> Option<Instant> {
+        self.deadlines.get(kind.slot()).copied().flatten()
+    }
+
+    /// Whether `kind` is armed.
+    pub fn is_armed(&self, kind: K) -> bool {
+        self.get(kind).is_some()
+    }
+
+    /// Every armed deadline, in slot order.
+    pub fn armed(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.deadlines.iter().flatten().copied()
+    }
+}
+
+/// Every armed deadline of every owner, in firing order.
+#[derive(Clone, Debug)]
+pub struct TimerQueue<O: Copy + Ord, K: TimerKind> {
+    queue: BTreeSet<(Instant, O, K)>,
+}
+
+impl<O: Copy + Ord, K: TimerKind> Default for TimerQueue<O, K> {
+    fn default() -> Self {
+        TimerQueue {
+            queue: BTreeSet::new(),
+        }
+    }
+}
+
+impl<O: Copy + Ord + std::fmt::Debug, K: TimerKind> TimerQueue<O, K> {
+    /// Arms (or re-arms) `owner`'s `kind` timer at `at`.
+    pub fn set<const N: usize>(
+        &mut self,
+        table: &mut TimerTable<K, N>,
+        owner: O,
+        kind: K,
+        at: Instant,
+    ) {
+        let Some(slot) = table.deadlines.get_mut(kind.slot()) else {
+            return;
+        };
+        if let Some(old) = slot.replace(at) {
+            self.queue.remove(&(old, owner, kind));
+        }
+        self.queue.insert((at, owner, kind));
+    }
+
+    /// Disarms `owner`'s `kind` timer; a no-op if it was not armed.
+    pub fn stop<const N: usize>(&mut self, table: &mut TimerTable<K, N>, owner: O, kind: K) {
+        if let Some(old) = table.deadlines.get_mut(kind.slot()).and_then(Option::take) {
+            self.queue.remove(&(old, owner, kind));
+        }
+    }
+
+    /// Disarms every timer of `owner`; called when the owner goes away.
+    pub fn stop_all<const N: usize>(&mut self, table: &mut TimerTable<K, N>, owner: O) {
+        for (slot, deadline) in table.deadlines.iter_mut().enumerate() {
+            if let (Some(old), Some(kind)) = (deadline.take(), K::from_slot(slot)) {
+                self.queue.remove(&(old, owner, kind));
+            }
+        }
+    }
+
+    /// The earliest armed deadline, with its owner and kind.
+    pub fn next(&self) -> Option<(Instant, O, K)> {
+        self.queue.first().copied()
+    }
+
+    /// Removes and returns the earliest timer due at or before `now`. The caller must clear
+    /// the matching table slot with [`TimerQueue::fired`].
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, O, K)> {
+        match self.queue.first() {
+            Some(&(at, _, _)) if at <= now => self.queue.pop_first(),
+            _ => None,
+        }
+    }
+
+    /// Clears the table slot of a timer returned by [`TimerQueue::pop_due`].
+    pub fn fired<const N: usize>(table: &mut TimerTable<K, N>, kind: K) {
+        if let Some(slot) = table.deadlines.get_mut(kind.slot()) {
+            *slot = None;
+        }
+    }
+
+    /// How many deadlines are armed in all.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether no deadline is armed.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    enum T {
+        A,
+        B,
+    }
+
+    impl TimerKind for T {
+        const COUNT: usize = 2;
+        fn slot(self) -> usize {
+            self as usize
+        }
+        fn from_slot(slot: usize) -> Option<Self> {
+            [T::A, T::B].get(slot).copied()
+        }
+    }
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    #[test]
+    fn rearm_replaces_and_fires_in_order() {
+        let mut q: TimerQueue<u32, T> = TimerQueue::default();
+        let mut t1 = TimerTable::<T, 2>::default();
+        let mut t2 = TimerTable::<T, 2>::default();
+        q.set(&mut t1, 1, T::A, at(50));
+        q.set(&mut t2, 2, T::A, at(20));
+        q.set(&mut t1, 1, T::B, at(20));
+        q.set(&mut t1, 1, T::A, at(10)); // re-arm earlier
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.next(), Some((at(10), 1, T::A)));
+        assert_eq!(q.pop_due(at(5)), None);
+        let mut fired = vec![];
+        while let Some((when, owner, kind)) = q.pop_due(at(20)) {
+            let table = if owner == 1 { &mut t1 } else { &mut t2 };
+            TimerQueue::<u32, T>::fired(table, kind);
+            fired.push((when.as_millis(), owner, kind));
+        }
+        // Same instant: owner order, then kind order.
+        assert_eq!(fired, vec![(10, 1, T::A), (20, 1, T::B), (20, 2, T::A)]);
+        assert!(q.is_empty());
+        assert!(!t1.is_armed(T::A) && !t1.is_armed(T::B) && !t2.is_armed(T::A));
+    }
+
+    #[test]
+    fn stop_and_stop_all_remove_queue_entries() {
+        let mut q: TimerQueue<u32, T> = TimerQueue::default();
+        let mut t = TimerTable::<T, 2>::default();
+        q.set(&mut t, 7, T::A, at(1));
+        q.set(&mut t, 7, T::B, at(2));
+        q.stop(&mut t, 7, T::A);
+        assert_eq!(q.next(), Some((at(2), 7, T::B)));
+        q.stop(&mut t, 7, T::A); // no-op
+        q.stop_all(&mut t, 7);
+        assert!(q.is_empty());
+        assert_eq!(t.armed().count(), 0);
+    }
+}

@@ -1,0 +1,224 @@
+//! Protocol transcripts of the engine, as insta snapshots: time, direction, connection,
+//! packet. `->` is what the network handed the engine, `<-` what the engine transmitted,
+//! `==` what it told the application, `..` a deadline firing.
+
+mod support;
+
+use heartline_core::engine::Method;
+use support::{config, q, App, Harness};
+
+fn echo() -> Harness {
+    Harness::new(config(), App::Echo)
+}
+
+#[test]
+fn websocket_handshake_with_namespace_connect() {
+    let mut h = echo();
+    h.ws_open(1, None);
+    h.advance(5);
+    h.ws_text(1, r#"40/chat,{"token":"abc"}"#);
+    h.ws_text(1, r#"42/chat,7["message",1,"2",{"3":[true]}]"#);
+    insta::assert_snapshot!(h.transcript());
+    assert!(h.closes().is_empty());
+}
+
+#[test]
+fn ping_pong_cycle() {
+    let mut h = echo();
+    h.ws_open(1, None);
+    h.ws_text(1, "40/chat,");
+    for _ in 0..2 {
+        h.advance(25_000);
+        h.advance(150);
+        h.ws_text(1, "3");
+    }
+    h.advance(24_999);
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.ws_sent(1).iter().filter(|f| *f == "2").count(), 2);
+    assert!(h.closes().is_empty());
+}
+
+#[test]
+fn ping_timeout() {
+    let mut h = echo();
+    h.ws_open(1, None);
+    h.ws_text(1, "40/chat,");
+    h.advance(60_000);
+    insta::assert_snapshot!(h.transcript());
+    let closes = h.closes();
+    assert_eq!(closes.len(), 1);
+    assert_eq!(closes[0].2, "ping_timeout");
+    // Closed exactly at ping_interval + ping_timeout after the last sign of life.
+    assert_eq!(closes[0].0.as_millis(), 45_000);
+}
+
+#[test]
+fn oversize_frame() {
+    let mut h = echo();
+    h.ws_open(1, None);
+    h.ws_text(1, "40/chat,");
+    h.ws_open(2, None);
+    h.ws_text(2, "40/chat,");
+    let big = format!(r#"42/chat,["message","{}"]"#, "x".repeat(1_000));
+    h.ws_text(1, &big);
+    h.ws_text(2, r#"42/chat,["message","still here"]"#);
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.closes().len(), 1, "only the offender is closed");
+}
+
+#[test]
+fn malformed_packet() {
+    let mut h = echo();
+    h.ws_open(1, None);
+    h.ws_text(1, "40/chat,");
+    h.ws_text(1, "42/chat,{}");
+    h.ws_open(2, None);
+    h.ws_text(2, "4abc");
+    h.ws_open(3, None);
+    h.ws_text(3, "x");
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.closes().len(), 3);
+    assert!(h.closes().iter().all(|c| c.2 == "protocol_error"));
+}
+
+#[test]
+fn polling_handshake_then_upgrade() {
+    let mut h = echo();
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,");
+    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    h.http(4, Method::Get, q("polling", Some(&sid)), "");
+    h.ws_open(7, Some(&sid));
+    h.ws_text(7, "2probe");
+    h.http(5, Method::Get, q("polling", Some(&sid)), "");
+    h.ws_text(7, "5");
+    h.ws_text(7, r#"42/chat,["message","over websocket"]"#);
+    h.http(6, Method::Get, q("polling", Some(&sid)), "");
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(
+        h.response(4),
+        Some((200, "6".into())),
+        "held GET released by the probe"
+    );
+    assert_eq!(
+        h.response(5),
+        Some((200, "6".into())),
+        "GET during upgrade gets a noop"
+    );
+    assert_eq!(h.response(6).map(|r| r.0), Some(400), "polling is over");
+    assert!(h.closes().is_empty());
+}
+
+#[test]
+fn upgrade_that_times_out() {
+    let mut h = echo();
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,");
+    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    h.ws_open(7, Some(&sid));
+    h.ws_text(7, "2probe");
+    h.advance(10_000);
+    h.http(
+        4,
+        Method::Post,
+        q("polling", Some(&sid)),
+        r#"42/chat,["message","still polling"]"#,
+    );
+    h.http(5, Method::Get, q("polling", Some(&sid)), "");
+    insta::assert_snapshot!(h.transcript());
+    assert!(h.ws_closed_by_server(7));
+    assert!(
+        h.closes().is_empty(),
+        "the session survives a failed upgrade"
+    );
+    assert!(h.response(5).is_some_and(|r| r.1.contains("still polling")));
+}
+
+#[test]
+fn handshake_timeout_without_namespace() {
+    let mut h = echo();
+    h.ws_open(1, None);
+    h.advance(10_000);
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.closes()[0].2, "handshake_timeout");
+    assert_eq!(h.closes()[0].0.as_millis(), 10_000);
+}
+
+#[test]
+fn unknown_namespace_and_client_disconnect() {
+    let mut h = echo();
+    h.ws_open(1, None);
+    h.ws_text(1, "40");
+    h.ws_text(1, "40/random");
+    h.ws_text(1, "40/chat");
+    h.ws_text(1, "41/chat,");
+    h.ws_text(1, r#"42/chat,["message","after leaving"]"#);
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.closes()[0].2, "protocol_error");
+}
+
+#[test]
+fn polling_errors_and_client_close() {
+    let mut h = echo();
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Post, q("polling", None), "");
+    h.http(3, Method::Get, q("polling", Some("nope")), "");
+    let mut bad = q("polling", None);
+    bad.eio = Some("3".into());
+    h.http(4, Method::Get, bad, "");
+    h.http(5, Method::Get, q("carrier-pigeon", None), "");
+    h.http(
+        6,
+        Method::Post,
+        q("polling", Some(&sid)),
+        &"4".repeat(1_001),
+    );
+    h.http(7, Method::Get, q("polling", Some(&sid)), "");
+    h.http(8, Method::Post, q("polling", Some(&sid)), "1");
+    h.http(9, Method::Get, q("polling", Some(&sid)), "");
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.response(6).map(|r| r.0), Some(413));
+    assert_eq!(h.response(7), Some((200, "6".into())));
+    assert_eq!(h.response(9).map(|r| r.0), Some(400));
+}
+
+#[test]
+fn overlapping_polling_get_ends_the_session() {
+    let mut h = echo();
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Get, q("polling", Some(&sid)), "");
+    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    h.http(4, Method::Get, q("polling", Some(&sid)), "");
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.response(2), Some((200, "1".into())));
+    assert_eq!(h.response(3).map(|r| r.0), Some(400));
+    assert_eq!(h.response(4).map(|r| r.0), Some(400));
+}
+
+#[test]
+fn server_disconnect_over_polling_lingers_until_fetched() {
+    let mut h = echo();
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,");
+    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    let session = heartline_core::SessionId(1);
+    h.engine
+        .disconnect(
+            h.now,
+            session,
+            heartline_core::engine::CloseReason::Replaced,
+        )
+        .expect("live");
+    h.drain();
+    h.http(4, Method::Get, q("polling", Some(&sid)), "");
+    h.http(5, Method::Get, q("polling", Some(&sid)), "");
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.response(4), Some((200, "41/chat,\u{1e}1".into())));
+    assert_eq!(h.response(5).map(|r| r.0), Some(400));
+    assert_eq!(h.engine.sessions_held(), 0);
+}
