@@ -1,1 +1,4 @@
 //! Heartline runtime.
+
+pub mod config;
+pub mod store;

@@ -1,0 +1,624 @@
+//! Heartline's embedded durable store: conversations, their members and their messages in
+//! one SQLite file.
+//!
+//! Heartline acknowledges a send only after the message is durably stored, so the store is
+//! where "acknowledged" becomes a promise. The database runs in WAL mode with
+//! `synchronous = FULL`: every commit fsyncs the log before it returns, so a commit that
+//! returned survives `kill -9` and an operating-system crash or power loss (on macOS
+//! `fullfsync` asks the drive itself to flush as well).
+//!
+//! An fsync per message would cap throughput at the disk's flush rate, so appends come in
+//! batches: [`Store::append_batch`] writes every request of a batch in one transaction and
+//! one fsync (group commit), while still answering each request on its own. A request that
+//! cannot be stored (unknown conversation, taken message id, out-of-range timestamp) fails
+//! alone; only a failure of the transaction itself fails the whole batch, and then nothing
+//! of it is stored.
+//!
+//! Two invariants of the contract live here because only the store can keep them across
+//! restarts and crashes:
+//! - `seq` starts at 1 in each conversation and has no gaps. It is computed inside the
+//!   write transaction as the conversation's highest stored `seq` plus one, so a number is
+//!   consumed only by a committed message, and a batch that fails leaves no hole.
+//! - A send is idempotent per user and `tempId`: a request whose `(sender_id, sender_type,
+//!   temp_id)` is already stored (earlier, or earlier in the same batch) returns the stored
+//!   message as a duplicate and stores nothing. A unique index backs this up.
+//!
+//! Membership checks are the caller's business; the store only keeps the member lists.
+//! The API is synchronous because SQLite is: the runtime gives the store a thread of its
+//! own. Nothing here panics on any input; every failure is a [`StoreError`].
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Most messages one [`Store::messages`] call returns; larger limits are capped to this.
+pub const MAX_PAGE: usize = 1000;
+
+/// How long a write waits for another process (a backup, an operator's `sqlite3` shell)
+/// that holds the database lock, unless changed with [`Store::set_busy_timeout`].
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A member of a conversation, identified like a user key (`userId:userType`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Member {
+    pub user_id: String,
+    pub user_type: String,
+}
+
+impl Member {
+    pub fn new(user_id: impl Into<String>, user_type: impl Into<String>) -> Self {
+        Member {
+            user_id: user_id.into(),
+            user_type: user_type.into(),
+        }
+    }
+}
+
+/// A conversation and its members, in the order they were given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub id: String,
+    pub members: Vec<Member>,
+}
+
+impl Conversation {
+    /// Whether the user with this id and type is a member.
+    pub fn has_member(&self, user_id: &str, user_type: &str) -> bool {
+        self.members
+            .iter()
+            .any(|m| m.user_id == user_id && m.user_type == user_type)
+    }
+}
+
+/// A message as stored, with its place in the conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: String,
+    pub conversation_id: String,
+    /// 1, 2, 3, ... within the conversation, without gaps.
+    pub seq: u64,
+    pub sender_id: String,
+    pub sender_type: String,
+    pub content: String,
+    pub temp_id: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// A message to append; the store assigns its `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// Unique across all conversations.
+    pub id: String,
+    pub conversation_id: String,
+    pub sender_id: String,
+    pub sender_type: String,
+    pub content: String,
+    /// The client's idempotency key, unique per sender.
+    pub temp_id: Option<String>,
+    /// Milliseconds since the Unix epoch; at most `i64::MAX`.
+    pub created_at_ms: u64,
+}
+
+/// What became of one append request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Newly stored (durable once `append_batch` has returned).
+    Stored(StoredMessage),
+    /// The sender already used this `temp_id`; this is the message stored then, and nothing
+    /// new was stored.
+    Duplicate(StoredMessage),
+}
+
+impl AppendOutcome {
+    pub fn message(&self) -> &StoredMessage {
+        match self {
+            AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m,
+        }
+    }
+
+    pub fn into_message(self) -> StoredMessage {
+        match self {
+            AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m,
+        }
+    }
+
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, AppendOutcome::Duplicate(_))
+    }
+}
+
+/// Why a store operation failed.
+///
+/// It is `Clone` because one failed transaction is reported to every request of its batch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// No conversation with this id exists.
+    #[error("unknown conversation {0:?}")]
+    UnknownConversation(String),
+    /// Another stored message already has this message id.
+    #[error("message id {0:?} is already taken")]
+    DuplicateMessageId(String),
+    /// A number that the database cannot hold (SQLite integers are signed 64-bit).
+    #[error("{field} out of range: {value}")]
+    OutOfRange { field: &'static str, value: u64 },
+    /// The database was written by a newer Heartline.
+    #[error("database schema version {found} is newer than the supported version {supported}")]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// The file is not a Heartline database, or its data breaks the store's invariants.
+    #[error("database is corrupt or not a Heartline database: {0}")]
+    Corrupt(String),
+    /// SQLite itself failed (I/O error, disk full, lock held elsewhere, ...).
+    #[error("database error: {0}")]
+    Sqlite(#[source] Arc<rusqlite::Error>),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(Arc::new(e))
+    }
+}
+
+/// The durable store; one SQLite connection, used from one thread at a time.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+const SCHEMA_V1: &str = "
+CREATE TABLE conversations (
+    id TEXT PRIMARY KEY NOT NULL
+) STRICT;
+
+CREATE TABLE members (
+    conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    user_type TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, position),
+    UNIQUE (conversation_id, user_id, user_type)
+) STRICT;
+
+CREATE TABLE messages (
+    conversation_id TEXT NOT NULL REFERENCES conversations (id),
+    seq INTEGER NOT NULL CHECK (seq >= 1),
+    id TEXT NOT NULL UNIQUE,
+    sender_id TEXT NOT NULL,
+    sender_type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    temp_id TEXT,
+    created_at_ms INTEGER NOT NULL CHECK (created_at_ms >= 0),
+    UNIQUE (conversation_id, seq)
+) STRICT;
+
+CREATE UNIQUE INDEX messages_by_temp_id
+    ON messages (sender_id, sender_type, temp_id) WHERE temp_id IS NOT NULL;
+";
+
+const SELECT_MESSAGE: &str = "SELECT id, conversation_id, seq, sender_id, sender_type, content, \
+     temp_id, created_at_ms FROM messages";
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::init(Connection::open(path)?)
+    }
+
+    /// A store that lives in memory only; for tests and tools.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Store::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Store, StoreError> {
+        conn.busy_timeout(DEFAULT_BUSY_TIMEOUT)?;
+        // WAL: readers never block the writer and a commit is one sequential log append.
+        // An in-memory database answers "memory", which is fine.
+        let _mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "fullfsync", true)?;
+        conn.pragma_update(None, "checkpoint_fullfsync", true)?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Creates the schema in an empty database, accepts the current version, and refuses
+    /// anything else rather than writing into a database it does not understand.
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let has_version_table: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema \
+             WHERE type = 'table' AND name = 'schema_version')",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_version_table {
+            let other_tables: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table'",
+                [],
+                |row| row.get(0),
+            )?;
+            if other_tables > 0 {
+                return Err(StoreError::Corrupt(
+                    "the database has tables but no Heartline schema version".to_owned(),
+                ));
+            }
+            tx.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT;")?;
+            tx.execute_batch(SCHEMA_V1)?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                [SCHEMA_VERSION],
+            )?;
+            tx.commit()?;
+            return Ok(());
+        }
+        let versions = {
+            let mut stmt = tx.prepare("SELECT version FROM schema_version")?;
+            let rows = stmt.query_map([], |row| row.get::<_, i64>(0))?;
+            rows.collect::<Result<Vec<i64>, _>>()?
+        };
+        match versions.as_slice() {
+            [v] if *v == SCHEMA_VERSION => {}
+            [v] if *v > SCHEMA_VERSION => {
+                return Err(StoreError::SchemaTooNew {
+                    found: *v,
+                    supported: SCHEMA_VERSION,
+                })
+            }
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "unexpected schema_version rows {other:?}"
+                )))
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// How long a write waits for a lock held by another process before failing.
+    pub fn set_busy_timeout(&mut self, timeout: Duration) -> Result<(), StoreError> {
+        self.conn.busy_timeout(timeout)?;
+        Ok(())
+    }
+
+    /// Creates the conversation, or replaces the member list of an existing one; its
+    /// messages are kept. A member listed twice is kept once, at its first position.
+    pub fn put_conversation(
+        &mut self,
+        id: &str,
+        members: &[Member],
+    ) -> Result<Conversation, StoreError> {
+        let mut unique: Vec<Member> = Vec::with_capacity(members.len());
+        for member in members {
+            if !unique.contains(member) {
+                unique.push(member.clone());
+            }
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO conversations (id) VALUES (?1) ON CONFLICT (id) DO NOTHING",
+            [id],
+        )?;
+        tx.execute("DELETE FROM members WHERE conversation_id = ?1", [id])?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO members (conversation_id, position, user_id, user_type) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (position, member) in unique.iter().enumerate() {
+                let position = i64::try_from(position).unwrap_or(i64::MAX);
+                insert.execute(params![id, position, member.user_id, member.user_type])?;
+            }
+        }
+        tx.commit()?;
+        Ok(Conversation {
+            id: id.to_owned(),
+            members: unique,
+        })
+    }
+
+    /// Every conversation with its members and last `seq` (0 if it has no messages),
+    /// ordered by id (byte order); for loading the server's state at start-up.
+    pub fn conversations(&self) -> Result<Vec<(Conversation, u64)>, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut members: HashMap<String, Vec<Member>> = HashMap::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT conversation_id, user_id, user_type FROM members \
+                 ORDER BY conversation_id, position",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                members.entry(row.get(0)?).or_default().push(Member {
+                    user_id: row.get(1)?,
+                    user_type: row.get(2)?,
+                });
+            }
+        }
+        let mut out = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT c.id, (SELECT MAX(m.seq) FROM messages m WHERE m.conversation_id = c.id) \
+                 FROM conversations c ORDER BY c.id",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let id: String = row.get(0)?;
+                let last_seq = seq_from_db(row.get::<_, Option<i64>>(1)?.unwrap_or(0))?;
+                let members = members.remove(&id).unwrap_or_default();
+                out.push((Conversation { id, members }, last_seq));
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// One conversation with its members, if it exists.
+    pub fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let exists: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1)")?
+            .query_row([id], |row| row.get(0))?;
+        if !exists {
+            return Ok(None);
+        }
+        let members = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT user_id, user_type FROM members WHERE conversation_id = ?1 \
+                 ORDER BY position",
+            )?;
+            let rows = stmt.query_map([id], |row| {
+                Ok(Member {
+                    user_id: row.get(0)?,
+                    user_type: row.get(1)?,
+                })
+            })?;
+            rows.collect::<Result<Vec<Member>, _>>()?
+        };
+        tx.commit()?;
+        Ok(Some(Conversation {
+            id: id.to_owned(),
+            members,
+        }))
+    }
+
+    /// Appends a batch of messages in one transaction (one fsync) and answers each request
+    /// in order.
+    ///
+    /// Per request: a `temp_id` this sender already used (before, or earlier in this batch)
+    /// yields [`AppendOutcome::Duplicate`] with the stored message; an unknown conversation
+    /// yields [`StoreError::UnknownConversation`], a taken message id
+    /// [`StoreError::DuplicateMessageId`], a `created_at_ms` beyond `i64::MAX`
+    /// [`StoreError::OutOfRange`], each for that request only; everything else is stored
+    /// with the next `seq` of its conversation. If the transaction fails, every request
+    /// gets that error and nothing is stored. Results are durable once this returns.
+    pub fn append_batch(
+        &mut self,
+        reqs: &[AppendRequest],
+    ) -> Vec<Result<AppendOutcome, StoreError>> {
+        if reqs.is_empty() {
+            return Vec::new();
+        }
+        match self.try_append_batch(reqs) {
+            Ok(results) => results,
+            Err(e) => reqs.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    /// The outer error fails the whole batch (and rolls it back); inner errors belong to
+    /// single requests.
+    fn try_append_batch(
+        &mut self,
+        reqs: &[AppendRequest],
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Last seq per conversation seen in this batch; `None` means unknown conversation.
+        let mut last_seqs: HashMap<&str, Option<u64>> = HashMap::new();
+        let mut results = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            results.push(append_one(&tx, req, &mut last_seqs)?);
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+
+    /// Messages of a conversation, ascending by `seq`, at most `limit` (capped at
+    /// [`MAX_PAGE`]). Both bounds are exclusive.
+    ///
+    /// With `after_seq` (alone or with `before_seq`) the page is the first messages after
+    /// it; with `before_seq` alone it is the last messages before it, for scrolling back
+    /// through history; with neither it starts at the beginning of the conversation.
+    pub fn messages(
+        &self,
+        conversation_id: &str,
+        after_seq: Option<u64>,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let exists: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1)")?
+            .query_row([conversation_id], |row| row.get(0))?;
+        if !exists {
+            return Err(StoreError::UnknownConversation(conversation_id.to_owned()));
+        }
+        let limit = i64::try_from(limit.min(MAX_PAGE)).unwrap_or(0);
+        // Stored seqs lie in 1..=i64::MAX: an `after` beyond that matches nothing, and a
+        // `before` beyond it excludes nothing. `seq < before` is written `seq <= before - 1`
+        // so that "no upper bound" is the plain value i64::MAX.
+        let after = match after_seq.map(i64::try_from) {
+            None => 0,
+            Some(Ok(after)) => after,
+            Some(Err(_)) => return Ok(Vec::new()),
+        };
+        let up_to = match before_seq.map(i64::try_from) {
+            Some(Ok(before)) => before - 1,
+            Some(Err(_)) | None => i64::MAX,
+        };
+        let messages = if after_seq.is_none() && before_seq.is_some() {
+            let mut stmt = tx.prepare_cached(&format!(
+                "{SELECT_MESSAGE} WHERE conversation_id = ?1 AND seq <= ?2 \
+                 ORDER BY seq DESC LIMIT ?3"
+            ))?;
+            let rows =
+                stmt.query_and_then(params![conversation_id, up_to, limit], message_from_row)?;
+            let mut page = rows.collect::<Result<Vec<_>, StoreError>>()?;
+            page.reverse();
+            page
+        } else {
+            let mut stmt = tx.prepare_cached(&format!(
+                "{SELECT_MESSAGE} WHERE conversation_id = ?1 AND seq > ?2 AND seq <= ?3 \
+                 ORDER BY seq ASC LIMIT ?4"
+            ))?;
+            let rows = stmt.query_and_then(
+                params![conversation_id, after, up_to, limit],
+                message_from_row,
+            )?;
+            rows.collect::<Result<Vec<_>, StoreError>>()?
+        };
+        tx.commit()?;
+        Ok(messages)
+    }
+
+    /// The message this sender stored with this `temp_id`, if any.
+    pub fn find_by_temp_id(
+        &self,
+        sender_id: &str,
+        sender_type: &str,
+        temp_id: &str,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        find_by_temp_id(&self.conn, sender_id, sender_type, temp_id)
+    }
+}
+
+fn append_one<'r>(
+    conn: &Connection,
+    req: &'r AppendRequest,
+    last_seqs: &mut HashMap<&'r str, Option<u64>>,
+) -> Result<Result<AppendOutcome, StoreError>, StoreError> {
+    if let Some(temp_id) = &req.temp_id {
+        if let Some(existing) = find_by_temp_id(conn, &req.sender_id, &req.sender_type, temp_id)? {
+            return Ok(Ok(AppendOutcome::Duplicate(existing)));
+        }
+    }
+    let Ok(created_at) = i64::try_from(req.created_at_ms) else {
+        return Ok(Err(StoreError::OutOfRange {
+            field: "created_at_ms",
+            value: req.created_at_ms,
+        }));
+    };
+    let last_seq = match last_seqs.get(req.conversation_id.as_str()) {
+        Some(known) => *known,
+        None => {
+            let found = last_seq_of(conn, &req.conversation_id)?;
+            last_seqs.insert(&req.conversation_id, found);
+            found
+        }
+    };
+    let Some(last_seq) = last_seq else {
+        return Ok(Err(StoreError::UnknownConversation(
+            req.conversation_id.clone(),
+        )));
+    };
+    let id_taken: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM messages WHERE id = ?1)")?
+        .query_row([&req.id], |row| row.get(0))?;
+    if id_taken {
+        return Ok(Err(StoreError::DuplicateMessageId(req.id.clone())));
+    }
+    let seq = last_seq.saturating_add(1);
+    let Ok(seq_db) = i64::try_from(seq) else {
+        return Ok(Err(StoreError::OutOfRange {
+            field: "seq",
+            value: seq,
+        }));
+    };
+    conn.prepare_cached(
+        "INSERT INTO messages (conversation_id, seq, id, sender_id, sender_type, content, \
+         temp_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        req.conversation_id,
+        seq_db,
+        req.id,
+        req.sender_id,
+        req.sender_type,
+        req.content,
+        req.temp_id,
+        created_at,
+    ])?;
+    last_seqs.insert(&req.conversation_id, Some(seq));
+    Ok(Ok(AppendOutcome::Stored(StoredMessage {
+        id: req.id.clone(),
+        conversation_id: req.conversation_id.clone(),
+        seq,
+        sender_id: req.sender_id.clone(),
+        sender_type: req.sender_type.clone(),
+        content: req.content.clone(),
+        temp_id: req.temp_id.clone(),
+        created_at_ms: req.created_at_ms,
+    })))
+}
+
+/// The highest stored seq of a conversation (0 without messages), or `None` if the
+/// conversation does not exist.
+fn last_seq_of(conn: &Connection, conversation_id: &str) -> Result<Option<u64>, StoreError> {
+    let last: Option<Option<i64>> = conn
+        .prepare_cached(
+            "SELECT (SELECT MAX(m.seq) FROM messages m WHERE m.conversation_id = c.id) \
+             FROM conversations c WHERE c.id = ?1",
+        )?
+        .query_row([conversation_id], |row| row.get(0))
+        .optional()?;
+    match last {
+        None => Ok(None),
+        Some(last) => Ok(Some(seq_from_db(last.unwrap_or(0))?)),
+    }
+}
+
+fn find_by_temp_id(
+    conn: &Connection,
+    sender_id: &str,
+    sender_type: &str,
+    temp_id: &str,
+) -> Result<Option<StoredMessage>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT_MESSAGE} WHERE sender_id = ?1 AND sender_type = ?2 AND temp_id = ?3"
+    ))?;
+    let mut rows =
+        stmt.query_and_then(params![sender_id, sender_type, temp_id], message_from_row)?;
+    rows.next().transpose()
+}
+
+fn message_from_row(row: &Row<'_>) -> Result<StoredMessage, StoreError> {
+    let created_at: i64 = row.get(7)?;
+    Ok(StoredMessage {
+        id: row.get(0)?,
+        conversation_id: row.get(1)?,
+        seq: seq_from_db(row.get(2)?)?,
+        sender_id: row.get(3)?,
+        sender_type: row.get(4)?,
+        content: row.get(5)?,
+        temp_id: row.get(6)?,
+        created_at_ms: u64::try_from(created_at)
+            .map_err(|_| StoreError::Corrupt(format!("negative created_at_ms {created_at}")))?,
+    })
+}
+
+fn seq_from_db(seq: i64) -> Result<u64, StoreError> {
+    u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("negative seq {seq}")))
+}
