@@ -19,6 +19,7 @@
 
 pub mod codec;
 pub mod engine;
+pub mod gateway;
 pub mod ids;
 pub mod time;
 pub mod timer;

@@ -147,6 +147,16 @@ impl Engine {
         self.sessions.get(&session)?.timers.get(timer)
     }
 
+    /// Up to `max` live sessions, oldest first.
+    pub fn live_sessions(&self, max: usize) -> Vec<SessionId> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.closed.is_none())
+            .map(|(id, _)| *id)
+            .take(max)
+            .collect()
+    }
+
     fn live(&self, session: SessionId) -> Option<&Session> {
         self.sessions.get(&session).filter(|s| s.closed.is_none())
     }

@@ -1,0 +1,213 @@
+//! Token verification: HS256 JWTs checked against the time the core is handed.
+//!
+//! Expiry is judged with the wall-clock time derived from the core's `now`, never with the
+//! machine's clock, so that the simulator can expire tokens in simulated time and a run
+//! repeats exactly. Signature and algorithm checks are jsonwebtoken's; only HS256 is
+//! accepted, so `none`, HS512 and RS256 tokens are refused like forged ones.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+/// The claims Heartline reads from a token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// The kind of user, e.g. `customer` or `agent`.
+    #[serde(rename = "userType")]
+    pub user_type: String,
+    /// Expiry, in seconds since the Unix epoch.
+    pub exp: u64,
+    /// `"admin"` for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+impl Claims {
+    /// The user key, `userId:userType`, under which a user's connections, rate limit and
+    /// idempotency keys are kept.
+    pub fn user_key(&self) -> String {
+        format!("{}:{}", self.sub, self.user_type)
+    }
+
+    /// Whether the token grants operator rights.
+    pub fn is_admin(&self) -> bool {
+        self.role.as_deref() == Some("admin")
+    }
+
+    /// Expiry in milliseconds since the Unix epoch.
+    pub fn exp_ms(&self) -> u64 {
+        self.exp.saturating_mul(1000)
+    }
+}
+
+/// Why a token was refused. The messages are the contract's CONNECT_ERROR messages.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No token in the CONNECT payload or the `Authorization` header.
+    #[error("Authentication required")]
+    Missing,
+    /// Bad signature, wrong algorithm, malformed, missing claims or expired.
+    #[error("Invalid authentication token")]
+    Invalid,
+}
+
+/// Verifies tokens signed with one shared secret.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier { .. }")
+    }
+}
+
+impl Verifier {
+    /// A verifier for tokens signed with `secret`.
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Expiry is checked below against the time the core was handed, not the OS clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims = ["exp".to_owned(), "sub".to_owned()].into();
+        Verifier {
+            key: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Checks `token` at wall-clock time `now_ms` (milliseconds since the Unix epoch).
+    pub fn verify(&self, token: &str, now_ms: u64) -> Result<Claims, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|_| AuthError::Invalid)?;
+        let claims = data.claims;
+        if claims.sub.is_empty() || claims.user_type.is_empty() || claims.exp_ms() <= now_ms {
+            return Err(AuthError::Invalid);
+        }
+        Ok(claims)
+    }
+}
+
+/// Signs claims with HS256: dev tokens, tests and the simulator's clients.
+pub fn issue(secret: &[u8], claims: &Claims) -> Result<String, AuthError> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|_| AuthError::Invalid)
+}
+
+/// The token of a connect: `auth.token` from the CONNECT payload, else the bearer token of
+/// the handshake's `Authorization` header.
+pub fn token_of(auth: Option<&Value>, authorization: Option<&str>) -> Option<String> {
+    if let Some(t) = auth
+        .and_then(|a| a.get("token"))
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+    {
+        return Some(t.to_owned());
+    }
+    let header = authorization?.trim();
+    let (scheme, rest) = header.split_once(' ')?;
+    let token = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"test-secret";
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            sub: "u1".into(),
+            user_type: "customer".into(),
+            exp,
+            role: None,
+        }
+    }
+
+    #[test]
+    fn valid_token_passes_until_it_expires() {
+        let v = Verifier::new(SECRET);
+        let token = issue(SECRET, &claims(1_000)).expect("sign");
+        assert_eq!(v.verify(&token, 999_999), Ok(claims(1_000)));
+        assert_eq!(v.verify(&token, 1_000_000), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn wrong_secret_and_garbage_are_invalid() {
+        let v = Verifier::new(SECRET);
+        let token = issue(b"other", &claims(1_000)).expect("sign");
+        assert_eq!(v.verify(&token, 0), Err(AuthError::Invalid));
+        assert_eq!(v.verify("not.a.jwt", 0), Err(AuthError::Invalid));
+        assert_eq!(v.verify("", 0), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn other_algorithms_are_refused() {
+        use base64::Engine as _;
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let body = b64(json!({"sub":"u1","userType":"customer","exp":9_999_999_999u64}));
+        let none = format!("{}.{}.", b64(json!({"alg":"none","typ":"JWT"})), body);
+        let v = Verifier::new(SECRET);
+        assert_eq!(v.verify(&none, 0), Err(AuthError::Invalid));
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &claims(9_999_999_999),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("sign");
+        assert_eq!(v.verify(&hs512, 0), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn missing_claims_are_invalid() {
+        #[derive(Serialize)]
+        struct NoExp {
+            sub: String,
+            #[serde(rename = "userType")]
+            user_type: String,
+        }
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &NoExp {
+                sub: "u".into(),
+                user_type: "agent".into(),
+            },
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("sign");
+        assert_eq!(
+            Verifier::new(SECRET).verify(&token, 0),
+            Err(AuthError::Invalid)
+        );
+    }
+
+    #[test]
+    fn token_comes_from_auth_then_header() {
+        let auth = json!({"token":"from-auth"});
+        assert_eq!(
+            token_of(Some(&auth), Some("Bearer from-header")).as_deref(),
+            Some("from-auth")
+        );
+        assert_eq!(
+            token_of(None, Some("Bearer from-header")).as_deref(),
+            Some("from-header")
+        );
+        assert_eq!(token_of(Some(&json!({})), Some("Basic abc")), None);
+        assert_eq!(token_of(Some(&json!({"token": 5})), None), None);
+        assert_eq!(token_of(None, None), None);
+    }
+}

@@ -1,0 +1,105 @@
+//! The gateway's settings: the contract's `[heartbeat]`, `[connections]`, `[presence]`,
+//! `[rate_limit]` and `[auth]` sections, plus the engine's.
+
+use crate::engine::{ConfigError, EngineConfig};
+
+/// A token bucket's shape: `burst` events at once, refilled at `per_second`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetConfig {
+    /// Events a connection may send back to back.
+    pub burst: u32,
+    /// Events per second it may sustain.
+    pub per_second: u32,
+}
+
+/// Settings of the chat gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// The Engine.IO / Socket.IO layers. Its `namespaces` is set to `[namespace]`.
+    pub engine: EngineConfig,
+    /// The application namespace (`server.namespace`).
+    pub namespace: String,
+    /// `heartbeat.interval_ms`: the `heartbeat` event's period.
+    pub heartbeat_interval_ms: u64,
+    /// `connections.per_user`: live connections per user key.
+    pub per_user: usize,
+    /// `connections.idle_timeout_ms`: close after this long without an application event; 0 = never.
+    pub idle_timeout_ms: u64,
+    /// `presence.offline_grace_ms`: how long a user with no connection still counts as online.
+    pub offline_grace_ms: u64,
+    /// `rate_limit.messages`: accepted sends per user key in any window.
+    pub rate_messages: usize,
+    /// `rate_limit.window_ms`: the sliding window.
+    pub rate_window_ms: u64,
+    /// `auth.jwt_secret`, the HS256 key.
+    pub jwt_secret: Vec<u8>,
+    /// `auth.grace_ms`: time to refresh after `auth:expired`.
+    pub auth_grace_ms: u64,
+    /// Unix time in milliseconds at `Instant::ZERO`, so the core can state wall-clock times
+    /// (`serverTime`, `createdAt`, token expiry) without reading a clock.
+    pub wall_epoch_ms: u64,
+    /// Longest message content, in characters.
+    pub max_content_chars: usize,
+    /// Longest `tempId`, in bytes.
+    pub max_temp_id_bytes: usize,
+    /// Budget for every event that is not an accepted send; exhausting it is a flood.
+    pub event_budget: BudgetConfig,
+    /// Most messages one history page returns.
+    pub history_limit_max: usize,
+    /// Most messages a join's catch-up returns.
+    pub missed_limit: usize,
+    /// Accepted `tempId`s remembered per user in memory; older retries are answered from the store.
+    pub temp_ids_remembered: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            engine: EngineConfig::default(),
+            namespace: "/chat".into(),
+            heartbeat_interval_ms: 30_000,
+            per_user: 1,
+            idle_timeout_ms: 0,
+            offline_grace_ms: 3_000,
+            rate_messages: 10,
+            rate_window_ms: 10_000,
+            jwt_secret: vec![],
+            auth_grace_ms: 30_000,
+            wall_epoch_ms: 0,
+            max_content_chars: 10_000,
+            max_temp_id_bytes: 128,
+            event_budget: BudgetConfig {
+                burst: 60,
+                per_second: 20,
+            },
+            history_limit_max: 100,
+            missed_limit: 1_000,
+            temp_ids_remembered: 64,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut engine = self.engine.clone();
+        engine.namespaces = vec![self.namespace.clone()];
+        engine.validate()?;
+        for (name, value) in [
+            ("heartbeat.interval_ms", self.heartbeat_interval_ms),
+            ("connections.per_user", self.per_user as u64),
+            ("rate_limit.messages", self.rate_messages as u64),
+            ("rate_limit.window_ms", self.rate_window_ms),
+            ("event_budget.burst", u64::from(self.event_budget.burst)),
+            (
+                "event_budget.per_second",
+                u64::from(self.event_budget.per_second),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,649 @@
+//! What clients ask of the gateway on the application namespace, and the answers to the
+//! storage effects those requests caused.
+//!
+//! Every request is validated before it touches anything: a malformed payload is answered
+//! with `invalid_payload` and changes no state. Sends are charged to the user's exact rate
+//! window; everything else (and every refused send) to the connection's event budget, whose
+//! exhaustion ends the connection as a flood.
+
+use serde_json::{json, Value};
+
+use crate::codec::socket::{Packet as SioPacket, PacketType};
+use crate::engine::CloseReason;
+use crate::gateway::io::{
+    AppendOutcome, AppendRequest, Effect, ErrorCode, Message, Notice, OpId, Output, ReadRequest,
+    StoreFailure,
+};
+use crate::gateway::state::{GatewayTimer, Owner};
+use crate::gateway::{Gateway, Pending};
+use crate::ids::SessionId;
+use crate::time::Instant;
+
+/// A refusal: the code and a human-readable message.
+struct Refusal {
+    code: ErrorCode,
+    error: String,
+    retry_after_ms: Option<u64>,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, error: &str) -> Self {
+        Refusal {
+            code,
+            error: error.to_owned(),
+            retry_after_ms: None,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut v = json!({ "ok": false, "error": self.error, "code": self.code.as_str() });
+        if let Some(ms) = self.retry_after_ms {
+            v["retryAfterMs"] = json!(ms);
+        }
+        v
+    }
+}
+
+fn refusal_for(code: ErrorCode) -> Refusal {
+    let msg = match code {
+        ErrorCode::NotFound => "Conversation not found",
+        ErrorCode::Forbidden => "Not a member of this conversation",
+        ErrorCode::InvalidPayload => "Invalid payload",
+        ErrorCode::TooLarge => "Message too large",
+        ErrorCode::RateLimited => "Rate limit exceeded",
+        ErrorCode::Internal => "Internal error",
+    };
+    Refusal::new(code, msg)
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// An optional non-negative integer field: `Ok(None)` when absent or null, `Err` when
+/// present with another type.
+fn opt_u64(v: &Value, key: &str) -> Result<Option<u64>, ()> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x.as_u64().map(Some).ok_or(()),
+    }
+}
+
+/// A parsed `message:send`.
+struct Send {
+    conversation_id: String,
+    content: String,
+    temp_id: Option<String>,
+}
+
+impl Gateway {
+    pub(super) fn on_packet(&mut self, now: Instant, session: SessionId, packet: SioPacket) {
+        if !matches!(packet.kind, PacketType::Event | PacketType::BinaryEvent) {
+            // Acks from the client: the gateway never asks for any.
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&session) else {
+            return;
+        };
+        if self.config.idle_timeout_ms > 0 {
+            let at = now.add_ms(self.config.idle_timeout_ms);
+            self.timers.set(
+                &mut conn.timers,
+                Owner::Conn(session),
+                GatewayTimer::Idle,
+                at,
+            );
+        }
+        let name = packet.event_name().unwrap_or("").to_owned();
+        let arg = packet.args().first().cloned().unwrap_or(Value::Null);
+        let ack = packet.id;
+        if name == "message:send" {
+            return self.on_send(now, session, ack, &arg);
+        }
+        if !self.charge(now, session) {
+            return;
+        }
+        match name.as_str() {
+            "conversation:join" => self.on_join(now, session, ack, &arg),
+            "conversation:leave" => self.on_leave(now, session, ack, &arg),
+            "message:history" => self.on_history(now, session, ack, &arg),
+            "heartbeat:response" => {
+                if let Some(ts) = arg.get("timestamp").and_then(Value::as_u64) {
+                    let wall = self.wall_ms(now);
+                    // Only a timestamp the server could have sent counts.
+                    if ts <= wall && wall - ts <= self.config.heartbeat_interval_ms * 4 {
+                        self.metrics.heartbeat_latency.observe(wall - ts);
+                    }
+                }
+            }
+            "ping" => {
+                let ts = self.wall_ms(now);
+                self.emit(now, session, "pong", json!({ "timestamp": ts }));
+            }
+            "metrics:request" if self.conns.get(&session).is_some_and(|c| c.admin) => {
+                let payload = json!({
+                    "connectedUsers": self.users_connected(),
+                    "heartbeats": self.conns.len(),
+                    "rateLimitEntries": self.rate_limit_entries(),
+                    "uptime": now.ms_since(self.started) as f64 / 1000.0,
+                });
+                self.emit(now, session, "metrics:response", payload);
+            }
+            "auth:refresh" => self.on_refresh(now, session, ack, &arg),
+            _ => {}
+        }
+    }
+
+    /// Charges one event to the connection's budget; on exhaustion ends the connection as
+    /// a flood and returns `false`.
+    fn charge(&mut self, now: Instant, session: SessionId) -> bool {
+        let budget = self.config.event_budget;
+        let Some(conn) = self.conns.get_mut(&session) else {
+            return false;
+        };
+        if conn.budget.spend(budget, now) {
+            return true;
+        }
+        self.metrics.floods += 1;
+        let _ = self.engine.disconnect(
+            now,
+            session,
+            CloseReason::ServerDisconnect("event flood".into()),
+        );
+        false
+    }
+
+    // ---- conversations -------------------------------------------------------------------
+
+    fn on_join(&mut self, now: Instant, session: SessionId, ack: Option<u64>, arg: &Value) {
+        let (Some(id), Ok(after_seq)) =
+            (str_field(arg, "conversationId"), opt_u64(arg, "afterSeq"))
+        else {
+            return self.ack(
+                now,
+                session,
+                ack,
+                refusal_for(ErrorCode::InvalidPayload).to_json(),
+            );
+        };
+        let id = id.to_owned();
+        let Some(user) = self.conns.get(&session).map(|c| c.user.clone()) else {
+            return;
+        };
+        if let Err(code) = self.conversations.access(&id, &user) {
+            return self.ack(now, session, ack, refusal_for(code).to_json());
+        }
+        match after_seq {
+            None => self.complete_join(now, session, &id, ack, vec![]),
+            Some(after) => {
+                // The room is joined when the read completes: the store answers in order,
+                // so every message is then either in `missed` or fanned out live, once.
+                let op = self.next_op();
+                self.pending.insert(
+                    op,
+                    Pending::Join {
+                        session,
+                        conversation_id: id.clone(),
+                        ack,
+                    },
+                );
+                let limit = self.config.missed_limit;
+                self.out.push_back(Output::Effect(Effect::Read {
+                    op,
+                    request: ReadRequest {
+                        conversation_id: id,
+                        after_seq: Some(after),
+                        before_seq: None,
+                        limit,
+                    },
+                }));
+            }
+        }
+    }
+
+    fn complete_join(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        id: &str,
+        ack: Option<u64>,
+        missed: Vec<Message>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&session) else {
+            return;
+        };
+        let user = conn.user.clone();
+        let Some(conv) = self.conversations.get_mut(id) else {
+            return;
+        };
+        if !conv.members.contains(&user) {
+            // Removed from the conversation while the read was under way.
+            return self.ack(
+                now,
+                session,
+                ack,
+                refusal_for(ErrorCode::Forbidden).to_json(),
+            );
+        }
+        conv.room.insert(session, user);
+        conn.joined.insert(id.to_owned());
+        let last_seq = missed.last().map_or(0, |m| m.seq).max(conv.last_seq);
+        let missed: Vec<Value> = missed.iter().map(Message::to_json).collect();
+        self.ack(
+            now,
+            session,
+            ack,
+            json!({ "ok": true, "conversationId": id, "lastSeq": last_seq, "missed": missed }),
+        );
+    }
+
+    fn on_leave(&mut self, now: Instant, session: SessionId, ack: Option<u64>, arg: &Value) {
+        let Some(id) = str_field(arg, "conversationId") else {
+            return self.ack(
+                now,
+                session,
+                ack,
+                refusal_for(ErrorCode::InvalidPayload).to_json(),
+            );
+        };
+        if let Some(conn) = self.conns.get_mut(&session) {
+            conn.joined.remove(id);
+        }
+        if let Some(conv) = self.conversations.get_mut(id) {
+            conv.room.remove(&session);
+        }
+        self.ack(now, session, ack, json!({ "ok": true }));
+    }
+
+    fn on_history(&mut self, now: Instant, session: SessionId, ack: Option<u64>, arg: &Value) {
+        let parsed = (
+            str_field(arg, "conversationId"),
+            opt_u64(arg, "beforeSeq"),
+            opt_u64(arg, "afterSeq"),
+            opt_u64(arg, "limit"),
+        );
+        let (Some(id), Ok(before_seq), Ok(after_seq), Ok(limit)) = parsed else {
+            return self.ack(
+                now,
+                session,
+                ack,
+                refusal_for(ErrorCode::InvalidPayload).to_json(),
+            );
+        };
+        let id = id.to_owned();
+        let Some(user) = self.conns.get(&session).map(|c| c.user.clone()) else {
+            return;
+        };
+        if let Err(code) = self.conversations.access(&id, &user) {
+            return self.ack(now, session, ack, refusal_for(code).to_json());
+        }
+        let max = self.config.history_limit_max;
+        let limit = limit.map_or(max, |l| (l as usize).clamp(1, max));
+        let op = self.next_op();
+        self.pending.insert(op, Pending::History { session, ack });
+        self.out.push_back(Output::Effect(Effect::Read {
+            op,
+            request: ReadRequest {
+                conversation_id: id,
+                after_seq,
+                before_seq,
+                limit,
+            },
+        }));
+    }
+
+    pub(super) fn on_read(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        result: Result<Vec<Message>, StoreFailure>,
+    ) {
+        let Some(pending) = self.pending.remove(&op) else {
+            return;
+        };
+        match (pending, result) {
+            (
+                Pending::Join {
+                    session,
+                    conversation_id,
+                    ack,
+                },
+                Ok(missed),
+            ) => self.complete_join(now, session, &conversation_id, ack, missed),
+            (Pending::History { session, ack }, Ok(messages)) => {
+                let messages: Vec<Value> = messages.iter().map(Message::to_json).collect();
+                self.ack(
+                    now,
+                    session,
+                    ack,
+                    json!({ "ok": true, "messages": messages }),
+                );
+            }
+            (Pending::Join { session, ack, .. } | Pending::History { session, ack }, Err(_)) => {
+                self.ack(
+                    now,
+                    session,
+                    ack,
+                    refusal_for(ErrorCode::Internal).to_json(),
+                );
+            }
+            (Pending::Append { .. }, _) => {}
+        }
+    }
+
+    // ---- sends ---------------------------------------------------------------------------
+
+    fn parse_send(&self, arg: &Value) -> Result<Send, Refusal> {
+        let invalid = || refusal_for(ErrorCode::InvalidPayload);
+        let conversation_id = str_field(arg, "conversationId")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(invalid)?;
+        let content = str_field(arg, "content").ok_or_else(invalid)?;
+        if content.trim().is_empty() {
+            return Err(Refusal::new(ErrorCode::InvalidPayload, "Content is empty"));
+        }
+        if content.chars().count() > self.config.max_content_chars {
+            return Err(refusal_for(ErrorCode::TooLarge));
+        }
+        let temp_id = match arg.get("tempId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) if !t.is_empty() && t.len() <= self.config.max_temp_id_bytes => {
+                Some(t.clone())
+            }
+            Some(_) => return Err(Refusal::new(ErrorCode::InvalidPayload, "Invalid tempId")),
+        };
+        Ok(Send {
+            conversation_id: conversation_id.to_owned(),
+            content: content.to_owned(),
+            temp_id,
+        })
+    }
+
+    fn on_send(&mut self, now: Instant, session: SessionId, ack: Option<u64>, arg: &Value) {
+        let temp_id = str_field(arg, "tempId").map(str::to_owned);
+        let Some(user_key) = self.conns.get(&session).map(|c| c.user.clone()) else {
+            return;
+        };
+        match self.admit_send(now, session, ack, &user_key, arg) {
+            Ok(()) => {}
+            Err(refusal) => {
+                *self
+                    .metrics
+                    .send_refused
+                    .entry(refusal.code.as_str())
+                    .or_default() += 1;
+                self.notice(Notice::SendRefused {
+                    user: user_key,
+                    code: refusal.code,
+                });
+                self.ack(now, session, ack, refusal.to_json());
+                let mut err = json!({
+                    "error": refusal.error,
+                    "code": refusal.code.as_str(),
+                    "tempId": temp_id,
+                });
+                if let Some(ms) = refusal.retry_after_ms {
+                    err["retryAfterMs"] = json!(ms);
+                }
+                self.emit(now, session, "message:error", err);
+                // Refusals are cheap to cause; they spend the event budget.
+                self.charge(now, session);
+            }
+        }
+    }
+
+    /// Validates, deduplicates and rate-limits a send; on success asks the store for it.
+    fn admit_send(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        ack: Option<u64>,
+        user_key: &str,
+        arg: &Value,
+    ) -> Result<(), Refusal> {
+        let send = self.parse_send(arg)?;
+        self.conversations
+            .access(&send.conversation_id, user_key)
+            .map_err(refusal_for)?;
+        let window_ms = self.config.rate_window_ms;
+        let limit = self.config.rate_messages;
+        let Some(user) = self.users.get_mut(user_key) else {
+            return Err(refusal_for(ErrorCode::Internal));
+        };
+        if let Some(t) = &send.temp_id {
+            if let Some((_, stored)) = user.recent.iter().find(|(k, _)| k == t) {
+                // A retry of a send already acknowledged: answer it again, store nothing.
+                let stored = stored.clone();
+                self.answer_send(now, session, ack, user_key, &stored, true);
+                return Ok(());
+            }
+        }
+        if let Err(wait) = user.window.try_admit(now, limit, window_ms) {
+            let mut r = refusal_for(ErrorCode::RateLimited);
+            r.retry_after_ms = Some(wait);
+            return Err(r);
+        }
+        user.in_flight += 1;
+        if let Some(at) = user.window.expires_at(window_ms) {
+            let uid = user.uid;
+            self.timers.set(
+                &mut user.timers,
+                Owner::User(uid),
+                GatewayTimer::RateExpiry,
+                at,
+            );
+        }
+        let (sender_id, sender_type) = (user.user_id.clone(), user.user_type.clone());
+        let op = self.next_op();
+        self.pending.insert(
+            op,
+            Pending::Append {
+                session,
+                user: user_key.to_owned(),
+                ack,
+                temp_id: send.temp_id.clone(),
+                admitted_at: now,
+            },
+        );
+        let request = AppendRequest {
+            id: self.rng.id20(),
+            conversation_id: send.conversation_id,
+            sender_id,
+            sender_type,
+            content: send.content,
+            temp_id: send.temp_id,
+            created_at_ms: self.wall_ms(now),
+        };
+        self.out
+            .push_back(Output::Effect(Effect::Append { op, request }));
+        Ok(())
+    }
+
+    /// Acknowledges a send to its sender: the ack (if asked for) and `message:sent`.
+    fn answer_send(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        ack: Option<u64>,
+        user: &str,
+        message: &Message,
+        duplicate: bool,
+    ) {
+        self.metrics.accepted += 1;
+        if duplicate {
+            self.metrics.duplicates += 1;
+        }
+        let m = message.to_json();
+        self.ack(
+            now,
+            session,
+            ack,
+            json!({ "ok": true, "message": m, "duplicate": duplicate }),
+        );
+        self.emit(
+            now,
+            session,
+            "message:sent",
+            json!({ "tempId": message.temp_id, "message": m }),
+        );
+        self.notice(Notice::Accepted {
+            user: user.to_owned(),
+            conversation_id: message.conversation_id.clone(),
+            seq: message.seq,
+            duplicate,
+        });
+    }
+
+    pub(super) fn on_appended(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        result: Result<AppendOutcome, StoreFailure>,
+    ) {
+        let Some(Pending::Append {
+            session,
+            user,
+            ack,
+            temp_id,
+            admitted_at,
+        }) = self.pending.remove(&op)
+        else {
+            return;
+        };
+        let remember = self.config.temp_ids_remembered;
+        if let Some(u) = self.users.get_mut(&user) {
+            u.in_flight = u.in_flight.saturating_sub(1);
+            match &result {
+                Ok(AppendOutcome::Stored(m)) | Ok(AppendOutcome::Duplicate(m)) => {
+                    if let Some(t) = &temp_id {
+                        if !u.recent.iter().any(|(k, _)| k == t) {
+                            u.recent.push_back((t.clone(), m.clone()));
+                            while u.recent.len() > remember {
+                                u.recent.pop_front();
+                            }
+                        }
+                    }
+                }
+                Err(_) => {}
+            }
+            if !matches!(result, Ok(AppendOutcome::Stored(_))) {
+                // Not a new accepted send: its place in the window is given back.
+                u.window.refund(admitted_at);
+            }
+        }
+        let live = self.conns.contains_key(&session);
+        match result {
+            Ok(AppendOutcome::Stored(message)) => {
+                if let Some(conv) = self.conversations.get_mut(&message.conversation_id) {
+                    conv.last_seq = conv.last_seq.max(message.seq);
+                }
+                if live {
+                    self.answer_send(now, session, ack, &user, &message, false);
+                } else {
+                    self.notice(Notice::Accepted {
+                        user: user.clone(),
+                        conversation_id: message.conversation_id.clone(),
+                        seq: message.seq,
+                        duplicate: false,
+                    });
+                }
+                self.fan_out(now, &message);
+            }
+            Ok(AppendOutcome::Duplicate(message)) => {
+                if live {
+                    self.answer_send(now, session, ack, &user, &message, true);
+                }
+            }
+            Err(_) => {
+                *self.metrics.send_refused.entry("internal").or_default() += 1;
+                self.notice(Notice::SendRefused {
+                    user: user.clone(),
+                    code: ErrorCode::Internal,
+                });
+                if live {
+                    let r = refusal_for(ErrorCode::Internal);
+                    self.ack(now, session, ack, r.to_json());
+                    self.emit(
+                        now,
+                        session,
+                        "message:error",
+                        json!({ "error": r.error, "code": r.code.as_str(), "tempId": temp_id }),
+                    );
+                }
+            }
+        }
+        self.reclaim_user(&user);
+    }
+
+    /// `message:new` to the room, `message:notification` to members connected elsewhere.
+    /// Each is encoded once and its bytes shared by every recipient.
+    fn fan_out(&mut self, now: Instant, message: &Message) {
+        let Some(conv) = self.conversations.get(&message.conversation_id) else {
+            return;
+        };
+        let room: Vec<SessionId> = conv.room.keys().copied().collect();
+        let mut elsewhere = vec![];
+        for member in &conv.members {
+            if let Some(u) = self.users.get(member) {
+                elsewhere.extend(u.conns.iter().filter(|s| !conv.room.contains_key(s)));
+            }
+        }
+        let m = message.to_json();
+        let new = self.event_packet("message:new", m.clone()).encode();
+        for s in &room {
+            let _ = self.engine.send(now, *s, &new);
+        }
+        if !elsewhere.is_empty() {
+            let note = self
+                .event_packet(
+                    "message:notification",
+                    json!({ "conversationId": message.conversation_id, "message": m }),
+                )
+                .encode();
+            for s in &elsewhere {
+                let _ = self.engine.send(now, *s, &note);
+            }
+        }
+        self.metrics.deliveries += (room.len() + elsewhere.len()) as u64;
+    }
+
+    // ---- token refresh -------------------------------------------------------------------
+
+    fn on_refresh(&mut self, now: Instant, session: SessionId, ack: Option<u64>, arg: &Value) {
+        let Some(token) = str_field(arg, "token") else {
+            return self.ack(
+                now,
+                session,
+                ack,
+                json!({ "ok": false, "error": "Invalid payload" }),
+            );
+        };
+        let verdict = self.verifier.verify(token, self.wall_ms(now));
+        let Some(conn) = self.conns.get_mut(&session) else {
+            return;
+        };
+        let answer = match verdict {
+            Err(e) => Err(e.to_string()),
+            Ok(claims) if claims.user_key() != conn.user => Err("Token is for another user".into()),
+            Ok(claims) if claims.exp_ms() <= conn.exp_ms => {
+                Err("Token does not extend the current one".into())
+            }
+            Ok(claims) => {
+                conn.exp_ms = claims.exp_ms();
+                let owner = Owner::Conn(session);
+                self.timers
+                    .stop(&mut conn.timers, owner, GatewayTimer::AuthGrace);
+                let at =
+                    Instant::from_millis(conn.exp_ms.saturating_sub(self.config.wall_epoch_ms));
+                self.timers
+                    .set(&mut conn.timers, owner, GatewayTimer::AuthExpiry, at);
+                Ok(())
+            }
+        };
+        let reply = match answer {
+            Ok(()) => json!({ "ok": true }),
+            Err(error) => json!({ "ok": false, "error": error }),
+        };
+        self.ack(now, session, ack, reply);
+    }
+}

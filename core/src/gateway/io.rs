@@ -1,0 +1,383 @@
+//! The gateway's inputs and outputs.
+//!
+//! Storage is an effect: the gateway asks for a write or a read ([`Effect`]) and is later
+//! handed the result ([`Input::Appended`], [`Input::Read`]). Only then does it acknowledge,
+//! fan out or answer. The driver decides how (SQLite on a thread, PostgreSQL later, an
+//! in-memory store with injected faults in the simulator); the rules stay here.
+
+use std::fmt;
+
+use serde_json::{json, Value};
+
+use crate::engine::{self, CloseReason, Transmit};
+use crate::gateway::auth::AuthError;
+use crate::ids::SessionId;
+
+/// Identifies one storage effect and its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpId(pub u64);
+
+impl fmt::Display for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "op{}", self.0)
+    }
+}
+
+/// A member of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Member {
+    /// The user id (`sub`).
+    pub user_id: String,
+    /// The user type.
+    pub user_type: String,
+}
+
+impl Member {
+    /// The user key, `userId:userType`.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.user_id, self.user_type)
+    }
+}
+
+/// A stored chat message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Unique id.
+    pub id: String,
+    /// Its conversation.
+    pub conversation_id: String,
+    /// Position in the conversation: from 1, without gaps.
+    pub seq: u64,
+    /// Sender's user id.
+    pub sender_id: String,
+    /// Sender's user type.
+    pub sender_type: String,
+    /// The text.
+    pub content: String,
+    /// The sender's idempotency key, if it gave one.
+    pub temp_id: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+impl Message {
+    /// The contract's message object.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "conversationId": self.conversation_id,
+            "seq": self.seq,
+            "senderId": self.sender_id,
+            "senderType": self.sender_type,
+            "content": self.content,
+            "tempId": self.temp_id,
+            "createdAt": self.created_at_ms,
+        })
+    }
+}
+
+/// A message to store. The store assigns `seq` (last + 1 in its conversation) and answers
+/// [`AppendOutcome::Duplicate`] if the sender already used `temp_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// Unique id for the new message.
+    pub id: String,
+    /// Its conversation.
+    pub conversation_id: String,
+    /// Sender's user id.
+    pub sender_id: String,
+    /// Sender's user type.
+    pub sender_type: String,
+    /// The text.
+    pub content: String,
+    /// Idempotency key.
+    pub temp_id: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// What a committed append did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored as this message.
+    Stored(Message),
+    /// The sender's `temp_id` was used before: this is the message stored then.
+    Duplicate(Message),
+}
+
+/// Stored messages of one conversation, ascending by `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// The conversation.
+    pub conversation_id: String,
+    /// Only messages with a greater `seq`.
+    pub after_seq: Option<u64>,
+    /// Only messages with a smaller `seq`; without `after_seq`, the last page before it.
+    pub before_seq: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// The store failed; the operation had no effect.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("store failure: {0}")]
+pub struct StoreFailure(pub String);
+
+/// Something the gateway asks its driver to do with storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Store a message durably, then answer with [`Input::Appended`].
+    Append {
+        /// The operation.
+        op: OpId,
+        /// The message.
+        request: AppendRequest,
+    },
+    /// Read messages, then answer with [`Input::Read`].
+    Read {
+        /// The operation.
+        op: OpId,
+        /// What to read.
+        request: ReadRequest,
+    },
+}
+
+/// What the gateway is handed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// The network did something.
+    Network(engine::Input),
+    /// An append finished.
+    Appended {
+        /// The operation.
+        op: OpId,
+        /// Its result.
+        result: Result<AppendOutcome, StoreFailure>,
+    },
+    /// A read finished.
+    Read {
+        /// The operation.
+        op: OpId,
+        /// Its result.
+        result: Result<Vec<Message>, StoreFailure>,
+    },
+    /// A conversation was created or its members replaced (HTTP API, or loading at start).
+    ConversationPut {
+        /// Its id.
+        id: String,
+        /// Its members.
+        members: Vec<Member>,
+        /// The last `seq` stored in it.
+        last_seq: u64,
+    },
+}
+
+/// The contract's error codes for refused requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorCode {
+    /// Too many sends in the window.
+    RateLimited,
+    /// Malformed request.
+    InvalidPayload,
+    /// Not a member.
+    Forbidden,
+    /// No such conversation.
+    NotFound,
+    /// Content too long.
+    TooLarge,
+    /// The server failed.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// Something worth logging or counting; changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A user's connection is established.
+    Connected {
+        /// The session.
+        session: SessionId,
+        /// Its user key.
+        user: String,
+    },
+    /// A connect was refused.
+    Refused {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        error: AuthError,
+    },
+    /// A newer connection displaced an older one of the same user.
+    Replaced {
+        /// The user key.
+        user: String,
+        /// The displaced session.
+        old: SessionId,
+        /// The newer session.
+        new: SessionId,
+    },
+    /// A user came online.
+    Online {
+        /// The user key.
+        user: String,
+    },
+    /// A user went offline (after the grace period).
+    Offline {
+        /// The user key.
+        user: String,
+    },
+    /// A session ended.
+    Closed {
+        /// The session.
+        session: SessionId,
+        /// Its user key, if it had authenticated.
+        user: Option<String>,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A send was acknowledged.
+    Accepted {
+        /// The sender's user key.
+        user: String,
+        /// The conversation.
+        conversation_id: String,
+        /// The stored message's seq.
+        seq: u64,
+        /// Whether it was a retry of an earlier send.
+        duplicate: bool,
+    },
+    /// A send was refused.
+    SendRefused {
+        /// The sender's user key.
+        user: String,
+        /// Why.
+        code: ErrorCode,
+    },
+}
+
+/// One thing the driver must act on, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Bytes or a close for the network.
+    Transmit(Transmit),
+    /// A storage operation to perform.
+    Effect(Effect),
+    /// Something to log or count.
+    Notice(Notice),
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Effect::Append { op, request } => write!(
+                f,
+                "{op} store append {} by {}:{} {:?} tempId={:?}",
+                request.conversation_id,
+                request.sender_id,
+                request.sender_type,
+                request.content,
+                request.temp_id
+            ),
+            Effect::Read { op, request } => write!(
+                f,
+                "{op} store read {} after={:?} before={:?} limit={}",
+                request.conversation_id, request.after_seq, request.before_seq, request.limit
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Notice::Connected { session, user } => write!(f, "{session} connected as {user}"),
+            Notice::Refused { session, error } => write!(f, "{session} refused: {error}"),
+            Notice::Replaced { user, old, new } => write!(f, "{user}: {new} replaces {old}"),
+            Notice::Online { user } => write!(f, "{user} online"),
+            Notice::Offline { user } => write!(f, "{user} offline"),
+            Notice::Closed {
+                session,
+                user,
+                reason,
+            } => match user {
+                Some(u) => write!(f, "{session} ({u}) closed: {reason}"),
+                None => write!(f, "{session} closed: {reason}"),
+            },
+            Notice::Accepted {
+                user,
+                conversation_id,
+                seq,
+                duplicate,
+            } => write!(
+                f,
+                "{user} send accepted {conversation_id}#{seq}{}",
+                if *duplicate { " (duplicate)" } else { "" }
+            ),
+            Notice::SendRefused { user, code } => {
+                write!(f, "{user} send refused: {}", code.as_str())
+            }
+        }
+    }
+}
+
+impl fmt::Display for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Input::Network(i) => write!(f, "{i}"),
+            Input::Appended { op, result } => match result {
+                Ok(AppendOutcome::Stored(m)) => {
+                    write!(f, "{op} stored {}#{}", m.conversation_id, m.seq)
+                }
+                Ok(AppendOutcome::Duplicate(m)) => {
+                    write!(f, "{op} duplicate of {}#{}", m.conversation_id, m.seq)
+                }
+                Err(e) => write!(f, "{op} append failed: {e}"),
+            },
+            Input::Read { op, result } => match result {
+                Ok(ms) => write!(
+                    f,
+                    "{op} read {} messages {:?}",
+                    ms.len(),
+                    ms.iter().map(|m| m.seq).collect::<Vec<_>>()
+                ),
+                Err(e) => write!(f, "{op} read failed: {e}"),
+            },
+            Input::ConversationPut {
+                id,
+                members,
+                last_seq,
+            } => write!(
+                f,
+                "conversation {id} members [{}] lastSeq={last_seq}",
+                members
+                    .iter()
+                    .map(Member::key)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Output::Transmit(t) => write!(f, "<- {t}"),
+            Output::Effect(e) => write!(f, ">> {e}"),
+            Output::Notice(n) => write!(f, "== {n}"),
+        }
+    }
+}

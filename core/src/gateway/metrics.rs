@@ -1,0 +1,59 @@
+//! Counters the gateway keeps and the runtime exports (Prometheus text at `/metrics`).
+//!
+//! They live in the core so that the simulator sees exactly what production reports.
+//! Maps are `BTreeMap` so exports list labels in a stable order.
+
+use std::collections::BTreeMap;
+
+/// Upper bounds, in milliseconds, of the heartbeat latency buckets.
+pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10_000];
+
+/// A cumulative histogram over [`LATENCY_BUCKETS_MS`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// Observations at or under each bound (not cumulative; the exporter sums).
+    pub buckets: [u64; LATENCY_BUCKETS_MS.len()],
+    /// Observations over the last bound.
+    pub overflow: u64,
+    /// Sum of all observations.
+    pub sum_ms: u64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&mut self, ms: u64) {
+        match LATENCY_BUCKETS_MS.iter().position(|&b| ms <= b) {
+            Some(i) => self.buckets[i] += 1,
+            None => self.overflow += 1,
+        }
+        self.sum_ms = self.sum_ms.saturating_add(ms);
+        self.count += 1;
+    }
+}
+
+/// Everything the gateway counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Connections whose namespace connect succeeded, ever.
+    pub connects: u64,
+    /// Connects refused, by reason.
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Connections displaced by a newer one of the same user.
+    pub replacements: u64,
+    /// Sessions ended, by reason label.
+    pub closes: BTreeMap<&'static str, u64>,
+    /// Sends acknowledged (duplicates included).
+    pub accepted: u64,
+    /// Sends acknowledged as duplicates of an earlier one.
+    pub duplicates: u64,
+    /// Sends refused, by error code.
+    pub send_refused: BTreeMap<&'static str, u64>,
+    /// `message:new` and `message:notification` deliveries queued.
+    pub deliveries: u64,
+    /// Connections ended for exhausting their event budget.
+    pub floods: u64,
+    /// Round trip of the application heartbeat.
+    pub heartbeat_latency: Histogram,
+}

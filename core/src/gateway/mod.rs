@@ -1,0 +1,668 @@
+//! Heartline's chat gateway: the contract's rules on top of the Engine.IO / Socket.IO engine.
+//!
+//! Authentication, one live connection per user with replacement, presence with a grace
+//! period, conversations and rooms, acknowledged and durable sends with idempotent retries,
+//! the exact sliding-window rate limit, the per-connection event budget, the application
+//! heartbeat and token expiry: all pure state transitions, driven the same way as the
+//! engine (`handle_input(now, ..)`, `handle_timeout(now)`, drain `poll_output()`, sleep
+//! until `poll_timeout()`).
+//!
+//! Cross-connection state (the user registry, presence, rate windows, conversations) is
+//! held in plain structures behind narrow methods, and storage is an effect: a deployment
+//! that shares them between nodes changes what stands behind those methods and effects,
+//! not these transitions.
+//!
+//! # Rules
+//!
+//! - A refused connect creates no user state.
+//! - A user has at most `per_user` live connections; a newer one displaces the oldest, which
+//!   gets `connection:replaced` and a Socket.IO DISCONNECT (the client does not retry). A
+//!   displaced connection's late close only ever removes itself.
+//! - `user:online` / `user:offline` go out only on real transitions, to users who share a
+//!   conversation; offline only after `offline_grace_ms` with no connection.
+//! - A send is acknowledged only after the store committed it; a retry with a used `tempId`
+//!   returns the stored message with `duplicate: true`; at most `rate_messages` sends are
+//!   accepted per user key in any window of `rate_window_ms`.
+
+pub mod auth;
+mod budget;
+pub mod config;
+pub mod conversations;
+mod events;
+pub mod io;
+pub mod metrics;
+pub mod rate;
+mod state;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde_json::{json, Value};
+
+pub use config::{BudgetConfig, GatewayConfig};
+pub use io::{
+    AppendOutcome, AppendRequest, Effect, ErrorCode, Input, Member, Message, Notice, OpId, Output,
+    ReadRequest, StoreFailure,
+};
+pub use state::{GatewayTimer, Owner};
+
+use crate::codec::socket::{Packet as SioPacket, PacketType};
+use crate::engine::{self, CloseReason, ConfigError, Engine, UsageError};
+use crate::ids::{Rng, SessionId};
+use crate::time::{Clock, Instant};
+use crate::timer::TimerQueue;
+use auth::{AuthError, Verifier};
+use budget::TokenBucket;
+use conversations::Conversations;
+use metrics::Metrics;
+use state::{Conn, Timers, User};
+
+/// A storage operation waiting for its result.
+#[derive(Debug)]
+enum Pending {
+    Append {
+        session: SessionId,
+        user: String,
+        ack: Option<u64>,
+        temp_id: Option<String>,
+        admitted_at: Instant,
+    },
+    Join {
+        session: SessionId,
+        conversation_id: String,
+        ack: Option<u64>,
+    },
+    History {
+        session: SessionId,
+        ack: Option<u64>,
+    },
+}
+
+/// The chat gateway. See the module docs.
+#[derive(Debug)]
+pub struct Gateway {
+    config: GatewayConfig,
+    engine: Engine,
+    verifier: Verifier,
+    clock: Clock,
+    rng: Rng,
+    started: Instant,
+    conns: BTreeMap<SessionId, Conn>,
+    users: BTreeMap<String, User>,
+    // Timer owner number to user key; looked up, never iterated.
+    uids: HashMap<u64, String>,
+    next_uid: u64,
+    conversations: Conversations,
+    pending: BTreeMap<OpId, Pending>,
+    next_op: u64,
+    timers: TimerQueue<Owner, GatewayTimer>,
+    metrics: Metrics,
+    out: VecDeque<Output>,
+}
+
+impl Gateway {
+    /// A gateway with no connections and no conversations; feed those with
+    /// [`Input::ConversationPut`].
+    pub fn new(config: GatewayConfig, now: Instant) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut engine_config = config.engine.clone();
+        engine_config.namespaces = vec![config.namespace.clone()];
+        let engine = Engine::new(engine_config)?;
+        Ok(Gateway {
+            verifier: Verifier::new(&config.jwt_secret),
+            // A stream apart from the engine's, so message ids do not shift session ids.
+            rng: Rng::from_seed(config.engine.seed ^ 0x6761_7465_7761_7921),
+            config,
+            engine,
+            clock: Clock::default(),
+            started: now,
+            conns: BTreeMap::new(),
+            users: BTreeMap::new(),
+            uids: HashMap::new(),
+            next_uid: 1,
+            conversations: Conversations::default(),
+            pending: BTreeMap::new(),
+            next_op: 1,
+            timers: TimerQueue::default(),
+            metrics: Metrics::default(),
+            out: VecDeque::new(),
+        })
+    }
+
+    // ---- getters -------------------------------------------------------------------------
+
+    /// The settings.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The engine underneath, for its getters.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Authenticated connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Users others see as online.
+    pub fn users_online(&self) -> usize {
+        self.users.values().filter(|u| u.online).count()
+    }
+
+    /// Users with at least one connection.
+    pub fn users_connected(&self) -> usize {
+        self.users.values().filter(|u| !u.conns.is_empty()).count()
+    }
+
+    /// User keys held in memory for any reason.
+    pub fn users_held(&self) -> usize {
+        self.users.len()
+    }
+
+    /// User keys with sends in their rate window.
+    pub fn rate_limit_entries(&self) -> usize {
+        self.users.values().filter(|u| !u.window.is_empty()).count()
+    }
+
+    /// Storage operations in flight.
+    pub fn pending_ops(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Armed gateway deadlines (the engine's not included).
+    pub fn timers_armed(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Live connections of a user key, oldest first.
+    pub fn connections_of(&self, user: &str) -> Vec<SessionId> {
+        self.users
+            .get(user)
+            .map(|u| u.conns.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether others see `user` as online.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.users.get(user).is_some_and(|u| u.online)
+    }
+
+    /// The user key of a connection.
+    pub fn user_of(&self, session: SessionId) -> Option<&str> {
+        self.conns.get(&session).map(|c| c.user.as_str())
+    }
+
+    /// Sessions that joined a conversation.
+    pub fn room(&self, conversation_id: &str) -> Vec<SessionId> {
+        self.conversations
+            .get(conversation_id)
+            .map(|c| c.room.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The last stored `seq` of a conversation.
+    pub fn last_seq(&self, conversation_id: &str) -> Option<u64> {
+        self.conversations.get(conversation_id).map(|c| c.last_seq)
+    }
+
+    /// Wall-clock milliseconds at `now`.
+    pub fn wall_ms(&self, now: Instant) -> u64 {
+        self.config.wall_epoch_ms.saturating_add(now.as_millis())
+    }
+
+    // ---- loop ----------------------------------------------------------------------------
+
+    /// The next thing to do. Drain until `None`.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The earliest deadline, the engine's included.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mine = self.timers.next().map(|(at, _, _)| at);
+        match (mine, self.engine.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Feeds an input.
+    pub fn handle_input(&mut self, now: Instant, input: Input) -> Result<(), UsageError> {
+        let now = self.clock.observe(now);
+        match input {
+            Input::Network(i) => {
+                let result = self.engine.handle_input(now, i);
+                self.pump(now);
+                result
+            }
+            Input::Appended { op, result } => {
+                self.on_appended(now, op, result);
+                self.pump(now);
+                Ok(())
+            }
+            Input::Read { op, result } => {
+                self.on_read(now, op, result);
+                self.pump(now);
+                Ok(())
+            }
+            Input::ConversationPut {
+                id,
+                members,
+                last_seq,
+            } => {
+                let evicted = self.conversations.put(&id, &members, last_seq);
+                for s in evicted {
+                    if let Some(c) = self.conns.get_mut(&s) {
+                        c.joined.remove(&id);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Fires every deadline due at `now`, the engine's and the gateway's, in time order.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock.observe(now);
+        loop {
+            let engine_next = self.engine.poll_timeout().filter(|&t| t <= now);
+            let mine_next = self.timers.next().filter(|&(t, _, _)| t <= now);
+            match (engine_next, mine_next) {
+                (None, None) => break,
+                (Some(e), Some((g, _, _))) if e <= g => self.engine.handle_timeout(e),
+                (Some(e), None) => self.engine.handle_timeout(e),
+                (_, Some((g, _, _))) => self.fire_one(g),
+            }
+            self.pump(now);
+        }
+    }
+
+    /// Closes up to `max` live sessions so that their clients reconnect (to this server
+    /// once it is back, or another); returns how many remain. Paced by the driver so a
+    /// shutdown does not send every client back at the same instant.
+    pub fn shutdown_some(&mut self, now: Instant, max: usize) -> usize {
+        let now = self.clock.observe(now);
+        let ids = self.engine.live_sessions(max);
+        for id in ids {
+            let _ = self.engine.close(now, id, CloseReason::ServerShutdown);
+        }
+        self.pump(now);
+        self.engine.session_count()
+    }
+
+    /// Moves engine outputs into ours, acting on the engine's events as they come.
+    fn pump(&mut self, now: Instant) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                engine::Output::Transmit(t) => self.out.push_back(Output::Transmit(t)),
+                engine::Output::Event(e) => self.on_engine_event(now, e),
+            }
+        }
+    }
+
+    fn notice(&mut self, n: Notice) {
+        self.out.push_back(Output::Notice(n));
+    }
+
+    fn on_engine_event(&mut self, now: Instant, event: engine::Event) {
+        match event {
+            engine::Event::Connect { session, nsp, auth } => {
+                self.on_connect(now, session, &nsp, auth)
+            }
+            engine::Event::Packet { session, packet } => self.on_packet(now, session, packet),
+            engine::Event::Disconnected { session, .. } => {
+                self.drop_conn(now, session, CloseReason::ClientClose);
+                // The engine session stays open without a namespace; the handshake rule
+                // does not apply again, but a silent client is still found by the heartbeat.
+            }
+            engine::Event::Closed { session, reason } => {
+                *self.metrics.closes.entry(reason.label()).or_default() += 1;
+                self.drop_conn(now, session, reason);
+            }
+            engine::Event::Opened { .. } | engine::Event::Upgraded { .. } => {}
+        }
+    }
+
+    // ---- connect, replace, leave ---------------------------------------------------------
+
+    fn on_connect(&mut self, now: Instant, session: SessionId, nsp: &str, auth: Option<Value>) {
+        let header = self
+            .engine
+            .handshake(session)
+            .and_then(|h| h.authorization.clone());
+        let claims = match auth::token_of(auth.as_ref(), header.as_deref()) {
+            None => Err(AuthError::Missing),
+            Some(token) => self.verifier.verify(&token, self.wall_ms(now)),
+        };
+        let claims = match claims {
+            Ok(c) => c,
+            Err(error) => {
+                let _ = self.engine.refuse_connect(
+                    now,
+                    session,
+                    nsp,
+                    json!({ "message": error.to_string() }),
+                );
+                *self
+                    .metrics
+                    .refused
+                    .entry(match error {
+                        AuthError::Missing => "missing",
+                        AuthError::Invalid => "invalid",
+                    })
+                    .or_default() += 1;
+                self.notice(Notice::Refused { session, error });
+                return;
+            }
+        };
+        let Ok(socket_id) = self.engine.accept_connect(now, session, nsp) else {
+            return;
+        };
+        self.metrics.connects += 1;
+        let user_key = claims.user_key();
+        let uid = self.ensure_user(&user_key, &claims.sub, &claims.user_type);
+        let mut conn = Conn {
+            user: user_key.clone(),
+            admin: claims.is_admin(),
+            exp_ms: claims.exp_ms(),
+            joined: Default::default(),
+            budget: TokenBucket::new(self.config.event_budget, now),
+            timers: Timers::default(),
+        };
+        let owner = Owner::Conn(session);
+        self.timers.set(
+            &mut conn.timers,
+            owner,
+            GatewayTimer::Heartbeat,
+            now.add_ms(self.config.heartbeat_interval_ms),
+        );
+        let expiry = self.instant_of_wall(conn.exp_ms);
+        self.timers
+            .set(&mut conn.timers, owner, GatewayTimer::AuthExpiry, expiry);
+        if self.config.idle_timeout_ms > 0 {
+            self.timers.set(
+                &mut conn.timers,
+                owner,
+                GatewayTimer::Idle,
+                now.add_ms(self.config.idle_timeout_ms),
+            );
+        }
+        self.conns.insert(session, conn);
+        self.emit(
+            now,
+            session,
+            "connection:success",
+            json!({
+                "userId": claims.sub,
+                "userType": claims.user_type,
+                "socketId": socket_id,
+                "serverTime": self.wall_ms(now),
+            }),
+        );
+        self.notice(Notice::Connected {
+            session,
+            user: user_key.clone(),
+        });
+
+        // Register, displacing the oldest connections beyond the limit.
+        let displaced: Vec<SessionId> = match self.users.get_mut(&user_key) {
+            Some(user) => {
+                user.conns.push_back(session);
+                let excess = user.conns.len().saturating_sub(self.config.per_user);
+                user.conns.drain(..excess).collect()
+            }
+            None => vec![],
+        };
+        for old in displaced {
+            self.metrics.replacements += 1;
+            self.notice(Notice::Replaced {
+                user: user_key.clone(),
+                old,
+                new: session,
+            });
+            self.emit(
+                now,
+                old,
+                "connection:replaced",
+                json!({ "message": "Connection replaced by a newer connection of the same user" }),
+            );
+            let _ = self.engine.disconnect(now, old, CloseReason::Replaced);
+        }
+
+        // Presence: a real transition only.
+        let Some(user) = self.users.get_mut(&user_key) else {
+            return;
+        };
+        self.timers.stop(
+            &mut user.timers,
+            Owner::User(uid),
+            GatewayTimer::OfflineGrace,
+        );
+        if !user.online {
+            user.online = true;
+            self.announce_presence(now, &user_key, true);
+        }
+    }
+
+    /// Forgets a connection (closed, displaced, or left the namespace). Only ever removes
+    /// `session` itself from its user.
+    fn drop_conn(&mut self, now: Instant, session: SessionId, reason: CloseReason) {
+        let Some(mut conn) = self.conns.remove(&session) else {
+            self.notice(Notice::Closed {
+                session,
+                user: None,
+                reason,
+            });
+            return;
+        };
+        self.timers.stop_all(&mut conn.timers, Owner::Conn(session));
+        for id in &conn.joined {
+            if let Some(c) = self.conversations.get_mut(id) {
+                c.room.remove(&session);
+            }
+        }
+        if let Some(user) = self.users.get_mut(&conn.user) {
+            user.conns.retain(|s| *s != session);
+            if user.conns.is_empty() && user.online {
+                let at = now.add_ms(self.config.offline_grace_ms);
+                let uid = user.uid;
+                self.timers.set(
+                    &mut user.timers,
+                    Owner::User(uid),
+                    GatewayTimer::OfflineGrace,
+                    at,
+                );
+            }
+        }
+        self.notice(Notice::Closed {
+            session,
+            user: Some(conn.user.clone()),
+            reason,
+        });
+        self.reclaim_user(&conn.user);
+    }
+
+    fn ensure_user(&mut self, key: &str, user_id: &str, user_type: &str) -> u64 {
+        if let Some(u) = self.users.get(key) {
+            return u.uid;
+        }
+        let uid = self.next_uid;
+        self.next_uid += 1;
+        self.uids.insert(uid, key.to_owned());
+        self.users.insert(
+            key.to_owned(),
+            User {
+                uid,
+                user_id: user_id.to_owned(),
+                user_type: user_type.to_owned(),
+                conns: VecDeque::new(),
+                online: false,
+                window: Default::default(),
+                recent: VecDeque::new(),
+                in_flight: 0,
+                timers: Timers::default(),
+            },
+        );
+        uid
+    }
+
+    /// Drops a user's state once nothing about it needs remembering.
+    fn reclaim_user(&mut self, key: &str) {
+        if let Some(user) = self.users.get_mut(key) {
+            if user.is_idle() {
+                self.timers
+                    .stop_all(&mut user.timers, Owner::User(user.uid));
+                self.uids.remove(&user.uid);
+                self.users.remove(key);
+            }
+        }
+    }
+
+    /// Tells users who share a conversation with `user` that it came online or went offline.
+    fn announce_presence(&mut self, now: Instant, user: &str, online: bool) {
+        let Some(u) = self.users.get(user) else {
+            return;
+        };
+        let payload = json!({ "userId": u.user_id, "userType": u.user_type });
+        let event = if online {
+            "user:online"
+        } else {
+            "user:offline"
+        };
+        let frames = self.event_packet(event, payload).encode();
+        let mut targets = vec![];
+        for partner in self.conversations.partners(user) {
+            if let Some(p) = self.users.get(&partner) {
+                targets.extend(p.conns.iter().copied());
+            }
+        }
+        for s in targets {
+            let _ = self.engine.send(now, s, &frames);
+        }
+        self.notice(if online {
+            Notice::Online {
+                user: user.to_owned(),
+            }
+        } else {
+            Notice::Offline {
+                user: user.to_owned(),
+            }
+        });
+    }
+
+    // ---- timers --------------------------------------------------------------------------
+
+    fn instant_of_wall(&self, wall_ms: u64) -> Instant {
+        Instant::from_millis(wall_ms.saturating_sub(self.config.wall_epoch_ms))
+    }
+
+    fn fire_one(&mut self, now: Instant) {
+        let Some((_, owner, timer)) = self.timers.pop_due(now) else {
+            return;
+        };
+        match owner {
+            Owner::Conn(session) => {
+                let Some(conn) = self.conns.get_mut(&session) else {
+                    return;
+                };
+                TimerQueue::<Owner, GatewayTimer>::fired(&mut conn.timers, timer);
+                match timer {
+                    GatewayTimer::Heartbeat => {
+                        let at = now.add_ms(self.config.heartbeat_interval_ms);
+                        self.timers
+                            .set(&mut conn.timers, owner, GatewayTimer::Heartbeat, at);
+                        let ts = self.wall_ms(now);
+                        self.emit(now, session, "heartbeat", json!({ "timestamp": ts }));
+                    }
+                    GatewayTimer::AuthExpiry => {
+                        let at = now.add_ms(self.config.auth_grace_ms);
+                        self.timers
+                            .set(&mut conn.timers, owner, GatewayTimer::AuthGrace, at);
+                        self.emit(now, session, "auth:expired", json!({}));
+                    }
+                    GatewayTimer::AuthGrace => {
+                        let reason = CloseReason::ServerDisconnect("token expired".into());
+                        let _ = self.engine.disconnect(now, session, reason);
+                    }
+                    GatewayTimer::Idle => {
+                        let reason = CloseReason::ServerDisconnect("idle timeout".into());
+                        let _ = self.engine.disconnect(now, session, reason);
+                    }
+                    GatewayTimer::OfflineGrace | GatewayTimer::RateExpiry => {}
+                }
+            }
+            Owner::User(uid) => {
+                let Some(key) = self.uids.get(&uid).cloned() else {
+                    return;
+                };
+                let Some(user) = self.users.get_mut(&key) else {
+                    return;
+                };
+                TimerQueue::<Owner, GatewayTimer>::fired(&mut user.timers, timer);
+                match timer {
+                    GatewayTimer::OfflineGrace if user.conns.is_empty() && user.online => {
+                        user.online = false;
+                        self.announce_presence(now, &key, false);
+                    }
+                    GatewayTimer::RateExpiry => {
+                        let window = self.config.rate_window_ms;
+                        user.window.prune(now, window);
+                        if let Some(at) = user.window.expires_at(window) {
+                            self.timers
+                                .set(&mut user.timers, owner, GatewayTimer::RateExpiry, at);
+                        }
+                    }
+                    _ => {}
+                }
+                self.reclaim_user(&key);
+            }
+        }
+    }
+
+    // ---- sending to clients --------------------------------------------------------------
+
+    fn event_packet(&self, event: &str, payload: Value) -> SioPacket {
+        SioPacket {
+            kind: PacketType::Event,
+            nsp: self.config.namespace.clone(),
+            id: None,
+            data: Some(json!([event, payload])),
+            attachments: vec![],
+        }
+    }
+
+    /// Emits one event to one session.
+    fn emit(&mut self, now: Instant, session: SessionId, event: &str, payload: Value) {
+        let packet = self.event_packet(event, payload);
+        let _ = self.engine.send_packet(now, session, &packet);
+    }
+
+    /// Answers a client's ack request, if it made one.
+    fn ack(&mut self, now: Instant, session: SessionId, id: Option<u64>, payload: Value) {
+        let Some(id) = id else {
+            return;
+        };
+        let packet = SioPacket {
+            kind: PacketType::Ack,
+            nsp: self.config.namespace.clone(),
+            id: Some(id),
+            data: Some(json!([payload])),
+            attachments: vec![],
+        };
+        let _ = self.engine.send_packet(now, session, &packet);
+    }
+
+    fn next_op(&mut self) -> OpId {
+        let op = OpId(self.next_op);
+        self.next_op += 1;
+        op
+    }
+}

@@ -1,0 +1,106 @@
+//! Per-connection and per-user state, and the gateway's timers.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::gateway::budget::TokenBucket;
+use crate::gateway::io::Message;
+use crate::gateway::rate::SlidingWindow;
+use crate::ids::SessionId;
+use crate::timer::{TimerKind, TimerTable};
+
+/// Owner of a gateway deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    /// A connection.
+    Conn(SessionId),
+    /// A user, by its internal number.
+    User(u64),
+}
+
+/// The gateway's deadlines. Declaration order is firing order at equal instants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GatewayTimer {
+    /// Send the next `heartbeat` event.
+    Heartbeat,
+    /// The connection's token expires: send `auth:expired`.
+    AuthExpiry,
+    /// The refresh window after `auth:expired` is over.
+    AuthGrace,
+    /// No application event for `idle_timeout_ms`.
+    Idle,
+    /// The user has had no connection for `offline_grace_ms`.
+    OfflineGrace,
+    /// The user's rate window has emptied.
+    RateExpiry,
+}
+
+impl GatewayTimer {
+    const ALL: [GatewayTimer; 6] = [
+        GatewayTimer::Heartbeat,
+        GatewayTimer::AuthExpiry,
+        GatewayTimer::AuthGrace,
+        GatewayTimer::Idle,
+        GatewayTimer::OfflineGrace,
+        GatewayTimer::RateExpiry,
+    ];
+}
+
+impl TimerKind for GatewayTimer {
+    const COUNT: usize = GatewayTimer::ALL.len();
+    fn slot(self) -> usize {
+        self as usize
+    }
+    fn from_slot(slot: usize) -> Option<Self> {
+        GatewayTimer::ALL.get(slot).copied()
+    }
+}
+
+/// The deadlines of one owner.
+pub(crate) type Timers = TimerTable<GatewayTimer, { GatewayTimer::ALL.len() }>;
+
+/// An authenticated connection on the application namespace.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// Its user key.
+    pub(crate) user: String,
+    /// Whether its token carries `role: admin`.
+    pub(crate) admin: bool,
+    /// Token expiry, Unix milliseconds.
+    pub(crate) exp_ms: u64,
+    /// Conversations joined.
+    pub(crate) joined: BTreeSet<String>,
+    /// Budget for events other than accepted sends.
+    pub(crate) budget: TokenBucket,
+    /// Deadlines.
+    pub(crate) timers: Timers,
+}
+
+/// A user key with connections, presence, or a rate window to remember.
+#[derive(Debug)]
+pub(crate) struct User {
+    /// Internal number, for timers.
+    pub(crate) uid: u64,
+    /// The user id.
+    pub(crate) user_id: String,
+    /// The user type.
+    pub(crate) user_type: String,
+    /// Live connections, oldest first.
+    pub(crate) conns: VecDeque<SessionId>,
+    /// Whether others see this user as online (true through the offline grace).
+    pub(crate) online: bool,
+    /// Accepted sends within the last window.
+    pub(crate) window: SlidingWindow,
+    /// Recently accepted messages by `tempId`, newest last, to answer retries at once.
+    pub(crate) recent: VecDeque<(String, Message)>,
+    /// Appends in flight.
+    pub(crate) in_flight: usize,
+    /// Deadlines.
+    pub(crate) timers: Timers,
+}
+
+impl User {
+    /// Whether nothing about this user needs remembering.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.conns.is_empty() && !self.online && self.window.is_empty() && self.in_flight == 0
+    }
+}

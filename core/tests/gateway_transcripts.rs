@@ -1,0 +1,354 @@
+//! Transcripts of the gateway's rules, as insta snapshots. `->` is an input (network or
+//! store result), `<-` a transmit, `>>` a storage effect, `==` a notice.
+
+mod gw;
+
+use gw::{admin_token, config, token, Gw};
+use serde_json::json;
+
+fn setup() -> Gw {
+    let mut g = Gw::new(config());
+    g.conversation("c1", &[("alice", "customer"), ("bob", "agent")]);
+    g
+}
+
+#[test]
+fn auth_refused_missing_bad_expired() {
+    let mut g = setup();
+    g.connect_with(1, None);
+    g.connect_with(2, Some(json!({ "token": "not-a-jwt" })));
+    let forged = heartline_core::gateway::auth::issue(
+        b"wrong-secret",
+        &heartline_core::gateway::auth::Claims {
+            sub: "alice".into(),
+            user_type: "customer".into(),
+            exp: gw::EPOCH_MS / 1000 + 60,
+            role: None,
+        },
+    )
+    .expect("sign");
+    g.connect_with(3, Some(json!({ "token": forged })));
+    g.advance(2_000);
+    let expired = token("alice", "customer", 1);
+    g.connect_with(4, Some(json!({ "token": expired })));
+    insta::assert_snapshot!(g.transcript());
+    assert_eq!(
+        g.view(1).connect_errors,
+        vec![json!({"message":"Authentication required"})]
+    );
+    for ws in 2..=4 {
+        assert_eq!(
+            g.view(ws).connect_errors,
+            vec![json!({"message":"Invalid authentication token"})]
+        );
+    }
+    assert_eq!(
+        g.gw.users_held(),
+        0,
+        "a refused connect creates no user state"
+    );
+    assert_eq!(g.gw.connection_count(), 0);
+}
+
+#[test]
+fn replacement() {
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    g.connect(2, "alice", "customer");
+    // The displaced connection's late close must not unregister its successor.
+    g.peer_close(1);
+    insta::assert_snapshot!(g.transcript());
+    assert_eq!(
+        g.event_names(1),
+        vec!["connection:success", "connection:replaced"]
+    );
+    assert!(g.view(1).disconnected && g.view(1).closed);
+    assert_eq!(g.gw.connections_of("alice:customer").len(), 1);
+    assert!(g.gw.is_online("alice:customer"));
+}
+
+#[test]
+fn presence_with_grace() {
+    let mut g = setup();
+    g.connect(1, "bob", "agent");
+    g.connect(2, "alice", "customer");
+    // Alice drops and comes back within the grace: bob sees no flap.
+    g.peer_close(2);
+    g.advance(2_000);
+    g.connect(3, "alice", "customer");
+    // Alice leaves for good: offline only once the grace has passed.
+    g.peer_close(3);
+    g.advance(2_999);
+    let before = g.events_named(1, "user:offline").len();
+    g.advance(1);
+    insta::assert_snapshot!(g.transcript());
+    assert_eq!(before, 0);
+    assert_eq!(
+        g.events_named(1, "user:online"),
+        vec![json!({"userId":"alice","userType":"customer"})]
+    );
+    assert_eq!(
+        g.events_named(1, "user:offline"),
+        vec![json!({"userId":"alice","userType":"customer"})]
+    );
+}
+
+#[test]
+fn send_ack_fan_out() {
+    let mut g = setup();
+    g.auto_store = false;
+    g.connect(1, "alice", "customer");
+    g.connect(2, "bob", "agent");
+    g.emit(1, "conversation:join", json!({"conversationId":"c1"}));
+    let send = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"hello bob","tempId":"t1"}),
+    );
+    assert!(g.ack(1, send).is_none(), "no ack before the store commits");
+    g.complete_one();
+    insta::assert_snapshot!(g.transcript());
+    let ack = g.ack(1, send).expect("acked after commit");
+    assert_eq!(ack["ok"], json!(true));
+    assert_eq!(ack["message"]["seq"], json!(1));
+    assert_eq!(ack["duplicate"], json!(false));
+    assert_eq!(g.events_named(1, "message:new").len(), 1);
+    assert_eq!(g.events_named(1, "message:sent").len(), 1);
+    // Bob has not joined the room: a notification instead.
+    assert_eq!(g.events_named(2, "message:notification").len(), 1);
+    assert!(g.events_named(2, "message:new").is_empty());
+}
+
+#[test]
+fn store_failure_is_internal_and_not_fanned_out() {
+    let mut g = setup();
+    g.auto_store = false;
+    g.connect(1, "alice", "customer");
+    g.emit(1, "conversation:join", json!({"conversationId":"c1"}));
+    let send = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"x"}),
+    );
+    g.fail_one();
+    insta::assert_snapshot!(g.transcript());
+    assert_eq!(g.ack(1, send).expect("answered")["code"], json!("internal"));
+    assert!(g.events_named(1, "message:new").is_empty());
+    assert_eq!(g.gw.rate_limit_entries(), 0, "a failed send is not counted");
+}
+
+#[test]
+fn duplicate_retry() {
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    let first = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"hi","tempId":"t-1"}),
+    );
+    // The client lost the ack, reconnected, and retries with the same tempId.
+    g.peer_close(1);
+    g.connect(2, "alice", "customer");
+    let retry = g.emit(
+        2,
+        "message:send",
+        json!({"conversationId":"c1","content":"hi","tempId":"t-1"}),
+    );
+    insta::assert_snapshot!(g.transcript());
+    assert_eq!(g.ack(1, first).expect("acked")["duplicate"], json!(false));
+    let again = g.ack(2, retry).expect("acked");
+    assert_eq!(again["duplicate"], json!(true));
+    assert_eq!(again["message"]["seq"], json!(1));
+    assert_eq!(g.store.messages["c1"].len(), 1, "stored once");
+}
+
+#[test]
+fn rate_limit_hit_and_recovery() {
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    for i in 0..3 {
+        g.advance(1_000);
+        g.emit(
+            1,
+            "message:send",
+            json!({"conversationId":"c1","content":format!("m{i}")}),
+        );
+    }
+    let refused = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"too many"}),
+    );
+    // A reconnect does not reset the window.
+    g.peer_close(1);
+    g.connect(2, "alice", "customer");
+    let still = g.emit(
+        2,
+        "message:send",
+        json!({"conversationId":"c1","content":"still too many"}),
+    );
+    // Sends at 1s, 2s, 3s: the first leaves the window at 11s, not a moment before.
+    g.advance(7_999);
+    let early = g.emit(
+        2,
+        "message:send",
+        json!({"conversationId":"c1","content":"early"}),
+    );
+    g.advance(1);
+    let ok = g.emit(
+        2,
+        "message:send",
+        json!({"conversationId":"c1","content":"back"}),
+    );
+    insta::assert_snapshot!(g.transcript());
+    let r = g.ack(1, refused).expect("answered");
+    assert_eq!(r["code"], json!("rate_limited"));
+    assert_eq!(r["retryAfterMs"], json!(8_000));
+    assert_eq!(
+        g.ack(2, still).expect("answered")["code"],
+        json!("rate_limited")
+    );
+    assert_eq!(g.ack(2, early).expect("answered")["retryAfterMs"], json!(1));
+    assert_eq!(g.ack(2, ok).expect("answered")["ok"], json!(true));
+}
+
+#[test]
+fn join_with_catch_up() {
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    g.connect(2, "bob", "agent");
+    g.emit(2, "conversation:join", json!({"conversationId":"c1"}));
+    for i in 1..=3 {
+        g.emit(
+            1,
+            "message:send",
+            json!({"conversationId":"c1","content":format!("m{i}")}),
+        );
+    }
+    // Bob saw up to seq 1, dropped, and comes back asking for what he missed.
+    g.peer_close(2);
+    g.connect(3, "bob", "agent");
+    let join = g.emit(
+        3,
+        "conversation:join",
+        json!({"conversationId":"c1","afterSeq":1}),
+    );
+    let hist = g.emit(
+        3,
+        "message:history",
+        json!({"conversationId":"c1","beforeSeq":3,"limit":1}),
+    );
+    let denied = g.emit(1, "conversation:join", json!({"conversationId":"nope"}));
+    insta::assert_snapshot!(g.transcript());
+    let a = g.ack(3, join).expect("answered");
+    assert_eq!(a["lastSeq"], json!(3));
+    let seqs: Vec<_> = a["missed"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| m["seq"].clone())
+        .collect();
+    assert_eq!(seqs, vec![json!(2), json!(3)]);
+    let h = g.ack(3, hist).expect("answered");
+    assert_eq!(h["messages"][0]["seq"], json!(2));
+    assert_eq!(
+        g.ack(1, denied).expect("answered")["code"],
+        json!("not_found")
+    );
+}
+
+#[test]
+fn token_expiry_with_and_without_refresh() {
+    let mut g = setup();
+    g.connect_with(1, Some(json!({ "token": token("alice", "customer", 10) })));
+    g.connect_with(2, Some(json!({ "token": token("bob", "agent", 10) })));
+    g.advance(10_000);
+    let wrong_user = g.emit(
+        1,
+        "auth:refresh",
+        json!({"token": token("bob", "agent", 3_600)}),
+    );
+    let refreshed = g.emit(
+        1,
+        "auth:refresh",
+        json!({"token": token("alice", "customer", 3_600)}),
+    );
+    g.advance(5_000);
+    insta::assert_snapshot!(g.transcript());
+    assert_eq!(g.ack(1, wrong_user).expect("answered")["ok"], json!(false));
+    assert_eq!(g.ack(1, refreshed).expect("answered")["ok"], json!(true));
+    assert_eq!(g.events_named(1, "auth:expired").len(), 1);
+    assert_eq!(g.events_named(2, "auth:expired").len(), 1);
+    assert!(!g.view(1).closed, "refreshed in time");
+    assert!(
+        g.view(2).disconnected && g.view(2).closed,
+        "not refreshed: disconnected"
+    );
+}
+
+#[test]
+fn event_flood_ends_in_disconnect() {
+    let mut cfg = config();
+    cfg.event_budget = heartline_core::gateway::BudgetConfig {
+        burst: 5,
+        per_second: 1,
+    };
+    let mut g = Gw::new(cfg);
+    g.connect(1, "alice", "customer");
+    g.connect_with(2, Some(json!({ "token": admin_token("ops") })));
+    for _ in 0..6 {
+        g.emit_noack(1, "ping", json!({}));
+    }
+    g.emit_noack(2, "metrics:request", json!(null));
+    insta::assert_snapshot!(g.transcript());
+    assert_eq!(g.events_named(1, "pong").len(), 5);
+    assert!(g.view(1).disconnected && g.view(1).closed);
+    assert_eq!(
+        g.events_named(2, "metrics:response").len(),
+        1,
+        "others unaffected"
+    );
+}
+
+#[test]
+fn invalid_payloads_change_nothing() {
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    let a = g.emit(1, "message:send", json!("just a string"));
+    let b = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":""}),
+    );
+    let c = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"x".repeat(10_001)}),
+    );
+    let d = g.emit(1, "conversation:join", json!({"conversationId": 5}));
+    let e = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"x","tempId":7}),
+    );
+    assert_eq!(
+        g.ack(1, a).expect("answered")["code"],
+        json!("invalid_payload")
+    );
+    assert_eq!(
+        g.ack(1, b).expect("answered")["code"],
+        json!("invalid_payload")
+    );
+    assert_eq!(g.ack(1, c).expect("answered")["code"], json!("too_large"));
+    assert_eq!(
+        g.ack(1, d).expect("answered")["code"],
+        json!("invalid_payload")
+    );
+    assert_eq!(
+        g.ack(1, e).expect("answered")["code"],
+        json!("invalid_payload")
+    );
+    assert!(g.store.messages.is_empty());
+    assert_eq!(g.gw.rate_limit_entries(), 0);
+    assert!(!g.view(1).closed);
+}
