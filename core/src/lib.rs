@@ -17,6 +17,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod client;
 pub mod codec;
 pub mod engine;
 pub mod gateway;

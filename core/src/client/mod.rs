@@ -1,0 +1,618 @@
+//! Heartline's client: connection status, reconnection and delivery guarantees as a pure
+//! state machine, so the simulator can prove them and any runtime can drive them.
+//!
+//! What it adds over a bare Socket.IO client:
+//!
+//! - a status a front end can show: connecting, connected, reconnecting (with the attempt
+//!   number), disconnected, failed, replaced;
+//! - reconnection with exponential backoff and jitter, a connect timeout per attempt, and a
+//!   bounded number of attempts;
+//! - an outbox: a send stays queued until the server acknowledges it and is resent after a
+//!   reconnect with its original `tempId`, so a retry can never store a message twice; a
+//!   `rate_limited` answer is retried after `retryAfterMs`;
+//! - catch-up: joined conversations are rejoined with `afterSeq` = the last `seq` seen, and
+//!   messages are handed to the application once, in order;
+//! - no reconnection after `connection:replaced` or a refused connect: two devices of one
+//!   user must never take turns replacing each other.
+//!
+//! The driver opens a WebSocket to `/socket.io/?EIO=4&transport=websocket` when asked
+//! ([`Output::Open`]), feeds frames and closes back, and drains outputs after every input,
+//! exactly like the server side.
+
+mod backoff;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde_json::{json, Value};
+
+pub use backoff::Backoff;
+
+use crate::codec::engine::{Data, Packet as EioPacket};
+use crate::codec::socket::{Decoder, Packet as SioPacket, PacketType};
+use crate::codec::Frame;
+use crate::ids::Rng;
+use crate::time::{Clock, Instant};
+
+/// Settings of one client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientConfig {
+    /// The application namespace.
+    pub namespace: String,
+    /// The token sent in the CONNECT payload.
+    pub token: String,
+    /// Reconnection policy.
+    pub backoff: Backoff,
+    /// An attempt that has not connected the namespace within this long is abandoned.
+    pub connect_timeout_ms: u64,
+    /// Seed of the generator behind jitter and `tempId`s.
+    pub seed: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            namespace: "/chat".into(),
+            token: String::new(),
+            backoff: Backoff::default(),
+            connect_timeout_ms: 20_000,
+            seed: 0,
+        }
+    }
+}
+
+/// What a front end shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Not started, or closed by the application.
+    Idle,
+    /// The first attempt is under way.
+    Connecting,
+    /// Connected to the namespace.
+    Connected,
+    /// Waiting for, or making, reconnection attempt `attempt`.
+    Reconnecting {
+        /// 1-based attempt number.
+        attempt: u32,
+    },
+    /// The server sent this client away (Socket.IO DISCONNECT); it does not come back.
+    Disconnected,
+    /// A newer connection of the same user took over; it does not come back.
+    Replaced,
+    /// Attempts used up, or the connect was refused (e.g. bad token).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the driver must do, or the application should know.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Open a new WebSocket to the server.
+    Open,
+    /// Send a frame on the current WebSocket.
+    Send(Frame),
+    /// Close the current WebSocket.
+    Close,
+    /// The status changed.
+    Status(Status),
+    /// A chat message, delivered once and in `seq` order per conversation.
+    Message(Value),
+    /// The server acknowledged a send (stored, or a duplicate of an earlier store).
+    Acked {
+        /// The send's idempotency key.
+        temp_id: String,
+        /// The stored message.
+        message: Value,
+    },
+    /// The server refused a send for good (not retried).
+    SendFailed {
+        /// The send's idempotency key.
+        temp_id: String,
+        /// The contract's error code.
+        code: String,
+    },
+    /// Any other event from the server: (name, payload).
+    Event(String, Value),
+}
+
+/// A send waiting for its acknowledgement.
+#[derive(Clone, Debug)]
+struct Outgoing {
+    temp_id: String,
+    conversation_id: String,
+    content: String,
+    /// Ack id of the attempt on the current connection, if sent on it.
+    ack: Option<u64>,
+    /// Do not send before this (after `rate_limited`).
+    not_before: Instant,
+}
+
+/// Where the current connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// No transport.
+    Down,
+    /// Transport asked for; waiting for the Engine.IO open packet and the namespace.
+    Opening,
+    /// Namespace connected.
+    Up,
+}
+
+/// The client state machine.
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    rng: Rng,
+    clock: Clock,
+    status: Status,
+    phase: Phase,
+    /// Attempt counter while reconnecting.
+    attempt: u32,
+    /// Whether the last server event was `connection:replaced`.
+    replaced: bool,
+    decoder: Decoder,
+    ping_deadline_ms: u64,
+    /// Deadlines: next attempt, connect timeout, server silence, rate-limit retry.
+    reconnect_at: Option<Instant>,
+    connect_deadline: Option<Instant>,
+    silence_deadline: Option<Instant>,
+    outbox: VecDeque<Outgoing>,
+    next_ack: u64,
+    /// Ack ids of joins in flight: ack id -> conversation.
+    joins: BTreeMap<u64, String>,
+    /// Joined conversations and the last `seq` handed to the application (`None` until
+    /// the first join is acknowledged).
+    joined: BTreeMap<String, Option<u64>>,
+    next_temp: u64,
+    out: VecDeque<Output>,
+}
+
+impl Client {
+    /// A client that has not started; call [`Client::connect`].
+    pub fn new(config: ClientConfig) -> Self {
+        Client {
+            rng: Rng::from_seed(config.seed),
+            config,
+            clock: Clock::default(),
+            status: Status::Idle,
+            phase: Phase::Down,
+            attempt: 0,
+            replaced: false,
+            decoder: Decoder::new(10),
+            ping_deadline_ms: 0,
+            reconnect_at: None,
+            connect_deadline: None,
+            silence_deadline: None,
+            outbox: VecDeque::new(),
+            next_ack: 0,
+            joins: BTreeMap::new(),
+            joined: BTreeMap::new(),
+            next_temp: 1,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// Sends not yet acknowledged.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Joined conversations with the last `seq` delivered.
+    pub fn joined(&self) -> &BTreeMap<String, Option<u64>> {
+        &self.joined
+    }
+
+    /// The next output. Drain until `None`.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The earliest deadline.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retry = if self.phase == Phase::Up {
+            self.outbox
+                .iter()
+                .filter(|o| o.ack.is_none())
+                .map(|o| o.not_before)
+                .min()
+        } else {
+            None
+        };
+        [
+            self.reconnect_at,
+            self.connect_deadline,
+            self.silence_deadline,
+            retry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn set_status(&mut self, status: Status) {
+        if self.status != status {
+            self.status = status.clone();
+            self.out.push_back(Output::Status(status));
+        }
+    }
+
+    // ---- commands ------------------------------------------------------------------------
+
+    /// Starts connecting.
+    pub fn connect(&mut self, now: Instant) {
+        let now = self.clock.observe(now);
+        if self.phase != Phase::Down {
+            return;
+        }
+        self.attempt = 0;
+        self.replaced = false;
+        self.set_status(Status::Connecting);
+        self.open(now);
+    }
+
+    /// Closes for good (the application logged out, say).
+    pub fn disconnect(&mut self, now: Instant) {
+        self.clock.observe(now);
+        if self.phase != Phase::Down {
+            self.out.push_back(Output::Close);
+        }
+        self.phase = Phase::Down;
+        self.clear_deadlines();
+        self.set_status(Status::Idle);
+    }
+
+    /// Queues a message; it is sent now if connected, else after the next connect, and
+    /// resent with the same `tempId` until acknowledged. Returns the `tempId`.
+    pub fn send_message(&mut self, now: Instant, conversation_id: &str, content: &str) -> String {
+        let now = self.clock.observe(now);
+        let temp_id = format!("t{}-{:08x}", self.next_temp, self.rng.next_u64() as u32);
+        self.next_temp += 1;
+        self.outbox.push_back(Outgoing {
+            temp_id: temp_id.clone(),
+            conversation_id: conversation_id.to_owned(),
+            content: content.to_owned(),
+            ack: None,
+            not_before: now,
+        });
+        self.flush_outbox(now);
+        temp_id
+    }
+
+    /// Joins a conversation (and rejoins it with catch-up after every reconnect).
+    pub fn join(&mut self, now: Instant, conversation_id: &str) {
+        self.clock.observe(now);
+        self.joined
+            .entry(conversation_id.to_owned())
+            .or_insert(None);
+        if self.phase == Phase::Up {
+            self.send_join(conversation_id);
+        }
+    }
+
+    /// Emits any event (no ack, not queued while disconnected).
+    pub fn emit(&mut self, _now: Instant, event: &str, payload: Value) {
+        if self.phase == Phase::Up {
+            self.send_event(event, payload, None);
+        }
+    }
+
+    // ---- inputs --------------------------------------------------------------------------
+
+    /// The WebSocket opened.
+    pub fn handle_opened(&mut self, now: Instant) {
+        self.clock.observe(now);
+        // Nothing to do until the server's open packet arrives.
+    }
+
+    /// A frame arrived.
+    pub fn handle_frame(&mut self, now: Instant, frame: &Frame) {
+        let now = self.clock.observe(now);
+        if self.phase == Phase::Down {
+            return;
+        }
+        let Ok(packet) = EioPacket::from_frame(frame) else {
+            return self.lost(now, "parse error");
+        };
+        match packet {
+            EioPacket::Open(hs) => {
+                self.ping_deadline_ms = hs.ping_interval_ms + hs.ping_timeout_ms;
+                self.silence_deadline = Some(now.add_ms(self.ping_deadline_ms));
+                let auth = json!({ "token": self.config.token });
+                let connect = format!("40{},{auth}", self.config.namespace);
+                self.out.push_back(Output::Send(Frame::text(connect)));
+            }
+            EioPacket::Ping(_) => {
+                self.silence_deadline = Some(now.add_ms(self.ping_deadline_ms));
+                self.out
+                    .push_back(Output::Send(EioPacket::Pong(String::new()).to_frame()));
+            }
+            EioPacket::Message(data) => self.on_message(now, data),
+            EioPacket::Close => self.lost(now, "transport close"),
+            _ => {}
+        }
+    }
+
+    /// The WebSocket closed or failed, or could not be opened.
+    pub fn handle_closed(&mut self, now: Instant) {
+        let now = self.clock.observe(now);
+        if self.phase != Phase::Down {
+            self.phase = Phase::Down;
+            self.schedule_reconnect(now);
+        }
+    }
+
+    /// Fires due deadlines.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock.observe(now);
+        if self.reconnect_at.is_some_and(|t| t <= now) {
+            self.reconnect_at = None;
+            self.open(now);
+        }
+        if self.connect_deadline.is_some_and(|t| t <= now) {
+            self.connect_deadline = None;
+            self.lost(now, "connect timeout");
+        }
+        if self.silence_deadline.is_some_and(|t| t <= now) {
+            self.silence_deadline = None;
+            self.lost(now, "ping timeout");
+        }
+        self.flush_outbox(now);
+    }
+
+    // ---- internals -----------------------------------------------------------------------
+
+    fn clear_deadlines(&mut self) {
+        self.reconnect_at = None;
+        self.connect_deadline = None;
+        self.silence_deadline = None;
+    }
+
+    fn open(&mut self, now: Instant) {
+        self.phase = Phase::Opening;
+        self.decoder.reset();
+        self.connect_deadline = Some(now.add_ms(self.config.connect_timeout_ms));
+        self.silence_deadline = None;
+        self.out.push_back(Output::Open);
+    }
+
+    /// The connection is gone without a word from the server: come back later.
+    fn lost(&mut self, now: Instant, _why: &str) {
+        if self.phase == Phase::Down {
+            return;
+        }
+        self.out.push_back(Output::Close);
+        self.phase = Phase::Down;
+        self.schedule_reconnect(now);
+    }
+
+    fn schedule_reconnect(&mut self, now: Instant) {
+        self.clear_deadlines();
+        for o in &mut self.outbox {
+            o.ack = None;
+        }
+        self.joins.clear();
+        if self.replaced {
+            return self.set_status(Status::Replaced);
+        }
+        if matches!(self.status, Status::Disconnected | Status::Failed { .. }) {
+            return;
+        }
+        self.attempt += 1;
+        match self.config.backoff.delay(self.attempt, &mut self.rng) {
+            Some(delay) => {
+                self.reconnect_at = Some(now.add_ms(delay));
+                self.set_status(Status::Reconnecting {
+                    attempt: self.attempt,
+                });
+            }
+            None => self.set_status(Status::Failed {
+                reason: "reconnection attempts exhausted".into(),
+            }),
+        }
+    }
+
+    /// The server ended this client's connection on purpose: do not come back.
+    fn sent_away(&mut self, status: Status) {
+        if self.phase != Phase::Down {
+            self.out.push_back(Output::Close);
+        }
+        self.phase = Phase::Down;
+        self.clear_deadlines();
+        self.set_status(status);
+    }
+
+    fn on_message(&mut self, now: Instant, data: Data) {
+        let packet = match self.decoder.feed(data) {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(_) => return self.lost(now, "parse error"),
+        };
+        if packet.nsp != self.config.namespace {
+            return;
+        }
+        match packet.kind {
+            PacketType::Connect => self.on_connected(now),
+            PacketType::ConnectError => {
+                let reason = packet
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("connect error")
+                    .to_owned();
+                self.sent_away(Status::Failed { reason });
+            }
+            PacketType::Disconnect => {
+                let status = if self.replaced {
+                    Status::Replaced
+                } else {
+                    Status::Disconnected
+                };
+                self.sent_away(status);
+            }
+            PacketType::Event | PacketType::BinaryEvent => self.on_event(now, &packet),
+            PacketType::Ack | PacketType::BinaryAck => self.on_ack(now, &packet),
+        }
+    }
+
+    fn on_connected(&mut self, now: Instant) {
+        self.phase = Phase::Up;
+        self.attempt = 0;
+        self.connect_deadline = None;
+        self.next_ack = 0;
+        self.set_status(Status::Connected);
+        let convs: Vec<String> = self.joined.keys().cloned().collect();
+        for c in convs {
+            self.send_join(&c);
+        }
+        self.flush_outbox(now);
+    }
+
+    fn send_event(&mut self, event: &str, payload: Value, ack: Option<u64>) {
+        let packet = SioPacket {
+            kind: PacketType::Event,
+            nsp: self.config.namespace.clone(),
+            id: ack,
+            data: Some(json!([event, payload])),
+            attachments: vec![],
+        };
+        for f in packet.encode() {
+            self.out.push_back(Output::Send(f));
+        }
+    }
+
+    fn take_ack_id(&mut self) -> u64 {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        id
+    }
+
+    fn send_join(&mut self, conversation_id: &str) {
+        let id = self.take_ack_id();
+        self.joins.insert(id, conversation_id.to_owned());
+        let mut payload = json!({ "conversationId": conversation_id });
+        // A first join starts from now; a rejoin asks for everything after the last seen.
+        if let Some(Some(last)) = self.joined.get(conversation_id) {
+            payload["afterSeq"] = json!(last);
+        }
+        self.send_event("conversation:join", payload, Some(id));
+    }
+
+    /// Sends every queued message not yet sent on this connection and due now.
+    fn flush_outbox(&mut self, now: Instant) {
+        if self.phase != Phase::Up {
+            return;
+        }
+        let mut to_send = vec![];
+        for i in 0..self.outbox.len() {
+            let due = self.outbox[i].ack.is_none() && self.outbox[i].not_before <= now;
+            if due {
+                let id = self.take_ack_id();
+                self.outbox[i].ack = Some(id);
+                to_send.push(i);
+            }
+        }
+        for i in to_send {
+            let o = self.outbox[i].clone();
+            let payload = json!({
+                "conversationId": o.conversation_id,
+                "content": o.content,
+                "tempId": o.temp_id,
+            });
+            self.send_event("message:send", payload, o.ack);
+        }
+    }
+
+    fn deliver(&mut self, message: &Value) {
+        let (Some(conv), Some(seq)) = (
+            message.get("conversationId").and_then(Value::as_str),
+            message.get("seq").and_then(Value::as_u64),
+        ) else {
+            return;
+        };
+        if let Some(last) = self.joined.get_mut(conv) {
+            if last.is_some_and(|l| seq <= l) {
+                return; // already delivered
+            }
+            *last = Some(seq);
+        }
+        self.out.push_back(Output::Message(message.clone()));
+    }
+
+    fn on_event(&mut self, now: Instant, packet: &SioPacket) {
+        let name = packet.event_name().unwrap_or("").to_owned();
+        let payload = packet.args().first().cloned().unwrap_or(Value::Null);
+        match name.as_str() {
+            "heartbeat" => self.send_event("heartbeat:response", payload.clone(), None),
+            "connection:replaced" => self.replaced = true,
+            "message:new" => self.deliver(&payload),
+            _ => {}
+        }
+        let _ = now;
+        self.out.push_back(Output::Event(name, payload));
+    }
+
+    fn on_ack(&mut self, now: Instant, packet: &SioPacket) {
+        let Some(id) = packet.id else { return };
+        let reply = packet
+            .data
+            .as_ref()
+            .and_then(|d| d.get(0))
+            .cloned()
+            .unwrap_or(Value::Null);
+        if let Some(conv) = self.joins.remove(&id) {
+            if reply["ok"] == json!(true) {
+                for m in reply["missed"].as_array().cloned().unwrap_or_default() {
+                    self.deliver(&m);
+                }
+                if let (Some(last), Some(seen)) =
+                    (reply["lastSeq"].as_u64(), self.joined.get_mut(&conv))
+                {
+                    // Everything up to lastSeq has been handed over (or predates the join).
+                    if seen.is_none_or(|s| s < last) {
+                        *seen = Some(last);
+                    }
+                }
+            }
+            return;
+        }
+        let Some(pos) = self.outbox.iter().position(|o| o.ack == Some(id)) else {
+            return;
+        };
+        if reply["ok"] == json!(true) {
+            if let Some(o) = self.outbox.remove(pos) {
+                self.out.push_back(Output::Acked {
+                    temp_id: o.temp_id,
+                    message: reply["message"].clone(),
+                });
+            }
+            return;
+        }
+        let code = reply["code"].as_str().unwrap_or("").to_owned();
+        match code.as_str() {
+            "rate_limited" | "internal" => {
+                let wait = reply["retryAfterMs"].as_u64().unwrap_or(1_000);
+                if let Some(o) = self.outbox.get_mut(pos) {
+                    o.ack = None;
+                    o.not_before = now.add_ms(wait);
+                }
+            }
+            _ => {
+                if let Some(o) = self.outbox.remove(pos) {
+                    self.out.push_back(Output::SendFailed {
+                        temp_id: o.temp_id,
+                        code,
+                    });
+                }
+            }
+        }
+    }
+}
