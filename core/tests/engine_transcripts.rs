@@ -222,3 +222,25 @@ fn server_disconnect_over_polling_lingers_until_fetched() {
     assert_eq!(h.response(5).map(|r| r.0), Some(400));
     assert_eq!(h.engine.sessions_held(), 0);
 }
+
+#[test]
+fn plain_engine_io_echo_without_socketio() {
+    let mut cfg = config();
+    cfg.socketio = false;
+    let mut h = Harness::new(cfg, App::RawEcho);
+    h.ws_open(1, None);
+    h.ws_text(1, "4hello");
+    h.ws_binary(1, &[1, 2, 3, 4]);
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Post, q("polling", Some(&sid)), "4test1\u{1e}4test2\u{1e}bAQIDBA==");
+    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    h.advance(10_000);
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.ws_sent(1)[1..], ["4hello".to_owned(), "<4 bytes>".to_owned()]);
+    assert_eq!(
+        h.response(3),
+        Some((200, "4test1\u{1e}4test2\u{1e}bAQIDBA==".into()))
+    );
+    assert!(h.closes().is_empty(), "no namespace deadline without Socket.IO");
+}

@@ -36,6 +36,10 @@ pub struct EngineConfig {
     pub max_attachments: usize,
     /// Seed of the generator behind session and socket ids.
     pub seed: u64,
+    /// Run the Socket.IO layer on top of Engine.IO (namespaces, packets, the handshake
+    /// deadline). Off, the engine hands raw Engine.IO messages to the application as
+    /// [`crate::engine::Event::Message`]: a plain Engine.IO server.
+    pub socketio: bool,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +59,7 @@ impl Default for EngineConfig {
             namespaces: vec!["/chat".to_owned()],
             max_attachments: 10,
             seed: 0,
+            socketio: true,
         }
     }
 }

@@ -165,6 +165,13 @@ pub enum Event {
         /// The packet.
         packet: SioPacket,
     },
+    /// A raw Engine.IO message, when the Socket.IO layer is off.
+    Message {
+        /// The session.
+        session: SessionId,
+        /// The message.
+        data: crate::codec::engine::Data,
+    },
     /// The client left a namespace (Socket.IO DISCONNECT); the session stays open.
     Disconnected {
         /// The session.
@@ -310,6 +317,14 @@ impl fmt::Display for Event {
                 }
                 write!(f, "{session} packet {text}")
             }
+            Event::Message { session, data } => match data {
+                crate::codec::engine::Data::Text(t) => {
+                    write!(f, "{session} message {}", shown(t.as_bytes()))
+                }
+                crate::codec::engine::Data::Binary(b) => {
+                    write!(f, "{session} message <binary {} bytes>", b.len())
+                }
+            },
             Event::Disconnected { session, nsp } => write!(f, "{session} left {nsp}"),
             Event::Upgraded { session } => write!(f, "{session} upgraded to websocket"),
             Event::Closed { session, reason } => write!(f, "{session} closed ({reason})"),

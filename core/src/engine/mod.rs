@@ -324,6 +324,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Sends one raw Engine.IO message (for a plain Engine.IO application).
+    pub fn send_message(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        data: Data,
+    ) -> Result<(), UsageError> {
+        self.send(now, session, &[EioPacket::Message(data).to_frame()])
+    }
+
     /// Encodes and sends one Socket.IO packet.
     pub fn send_packet(
         &mut self,
@@ -410,8 +420,10 @@ impl Engine {
             handshake,
             closed: None,
         };
-        self.timers
-            .set(&mut s.timers, id, Timer::Handshake, handshake_deadline);
+        if self.config.socketio {
+            self.timers
+                .set(&mut s.timers, id, Timer::Handshake, handshake_deadline);
+        }
         self.timers.set(
             &mut s.timers,
             id,
@@ -495,7 +507,8 @@ impl Engine {
                     self.timers.set(&mut s.timers, id, Timer::PingSend, at);
                 }
             }
-            EioPacket::Message(data) => self.on_message(now, id, data),
+            EioPacket::Message(data) if self.config.socketio => self.on_message(now, id, data),
+            EioPacket::Message(data) => self.event(Event::Message { session: id, data }),
             EioPacket::Close => self.end(now, id, CloseReason::ClientClose, Ending::Abort),
             EioPacket::Ping(_) => self.protocol_error(now, id, "ping from client"),
             EioPacket::Open(_) | EioPacket::Upgrade | EioPacket::Noop => {

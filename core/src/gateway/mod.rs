@@ -327,7 +327,9 @@ impl Gateway {
                 *self.metrics.closes.entry(reason.label()).or_default() += 1;
                 self.drop_conn(now, session, reason);
             }
-            engine::Event::Opened { .. } | engine::Event::Upgraded { .. } => {}
+            engine::Event::Opened { .. }
+            | engine::Event::Upgraded { .. }
+            | engine::Event::Message { .. } => {}
         }
     }
 

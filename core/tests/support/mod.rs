@@ -30,6 +30,8 @@ pub enum App {
     Silent,
     /// Accepts every connect; echoes `message` events as `message-back`.
     Echo,
+    /// Plain Engine.IO: echoes every message as it came.
+    RawEcho,
 }
 
 pub struct Harness {
@@ -149,6 +151,15 @@ impl Harness {
     }
 
     fn react(&mut self, e: Event) {
+        if self.app == App::RawEcho {
+            if let Event::Message { session, data } = e {
+                self.engine
+                    .send_message(self.now, session, data)
+                    .expect("live session");
+                self.drain();
+            }
+            return;
+        }
         if self.app != App::Echo {
             return;
         }
