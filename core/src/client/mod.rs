@@ -46,6 +46,9 @@ pub struct ClientConfig {
     pub connect_timeout_ms: u64,
     /// Seed of the generator behind jitter and `tempId`s.
     pub seed: u64,
+    /// Test-only: deliberate bugs for the simulator's mutation tests. All off by default.
+    #[cfg(feature = "mutations")]
+    pub mutations: crate::engine::Mutations,
 }
 
 impl Default for ClientConfig {
@@ -56,6 +59,8 @@ impl Default for ClientConfig {
             backoff: Backoff::default(),
             connect_timeout_ms: 20_000,
             seed: 0,
+            #[cfg(feature = "mutations")]
+            mutations: crate::engine::Mutations::default(),
         }
     }
 }
@@ -449,6 +454,12 @@ impl Client {
                     .unwrap_or("connect error")
                     .to_owned();
                 self.sent_away(Status::Failed { reason });
+            }
+            // MUTATION (test-only): a replaced client comes back as if it had lost the link.
+            #[cfg(feature = "mutations")]
+            PacketType::Disconnect if self.config.mutations.reconnect_after_replaced => {
+                self.replaced = false;
+                self.lost(now, "server disconnect")
             }
             PacketType::Disconnect => {
                 let status = if self.replaced {

@@ -40,6 +40,27 @@ pub struct EngineConfig {
     /// deadline). Off, the engine hands raw Engine.IO messages to the application as
     /// [`crate::engine::Event::Message`]: a plain Engine.IO server.
     pub socketio: bool,
+    /// Test-only: deliberate bugs for the simulator's mutation tests. All off by default.
+    #[cfg(feature = "mutations")]
+    pub mutations: Mutations,
+}
+
+/// Test-only (feature `mutations`): deliberate bugs, each switched on at run time, so the
+/// simulator's tests can prove that its invariant checkers notice them. Never enabled in a
+/// build that serves traffic.
+#[cfg(feature = "mutations")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mutations {
+    /// The gateway acknowledges a send before the store has committed it.
+    pub ack_before_persist: bool,
+    /// The gateway's rate limit counts sends in fixed buckets instead of a sliding window.
+    pub fixed_window_limiter: bool,
+    /// A displaced connection's close unregisters the connection that replaced it.
+    pub close_unregisters_successor: bool,
+    /// The client reconnects after `connection:replaced`.
+    pub reconnect_after_replaced: bool,
+    /// The engine never closes a session whose PING went unanswered.
+    pub no_ping_timeout: bool,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +81,8 @@ impl Default for EngineConfig {
             max_attachments: 10,
             seed: 0,
             socketio: true,
+            #[cfg(feature = "mutations")]
+            mutations: Mutations::default(),
         }
     }
 }

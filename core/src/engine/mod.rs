@@ -48,6 +48,8 @@ use serde_json::Value;
 
 pub use close::{CloseReason, UsageError};
 pub use config::{ConfigError, EngineConfig, Transports};
+#[cfg(feature = "mutations")]
+pub use config::Mutations;
 pub use io::{ContentType, Event, Handshake, Input, Method, Output, Query, Transmit};
 pub use session::Timer;
 
@@ -242,7 +244,14 @@ impl Engine {
                         self.timers.set(&mut s.timers, id, Timer::PongDeadline, at);
                     }
                 }
-                Timer::PongDeadline => self.end(now, id, CloseReason::PingTimeout, Ending::Abort),
+                Timer::PongDeadline => {
+                    // MUTATION (test-only): an unanswered PING is forgiven.
+                    #[cfg(feature = "mutations")]
+                    if self.config.mutations.no_ping_timeout {
+                        continue;
+                    }
+                    self.end(now, id, CloseReason::PingTimeout, Ending::Abort)
+                }
                 Timer::Upgrade => self.cancel_upgrade(id, CloseReason::TransportClose),
                 Timer::Linger => self.remove(id),
             }

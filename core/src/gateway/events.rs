@@ -418,7 +418,16 @@ impl Gateway {
                 return Ok(());
             }
         }
-        if let Err(wait) = user.window.try_admit(now, limit, window_ms) {
+        #[cfg(not(feature = "mutations"))]
+        let admitted = user.window.try_admit(now, limit, window_ms);
+        // MUTATION (test-only): a fixed-window limiter.
+        #[cfg(feature = "mutations")]
+        let admitted = if self.config.engine.mutations.fixed_window_limiter {
+            user.window.try_admit_fixed(now, limit, window_ms)
+        } else {
+            user.window.try_admit(now, limit, window_ms)
+        };
+        if let Err(wait) = admitted {
             let mut r = refusal_for(ErrorCode::RateLimited);
             r.retry_after_ms = Some(wait);
             return Err(r);
@@ -454,6 +463,25 @@ impl Gateway {
             temp_id: send.temp_id,
             created_at_ms: self.wall_ms(now),
         };
+        // MUTATION (test-only): acknowledge before the store has committed.
+        #[cfg(feature = "mutations")]
+        if self.config.engine.mutations.ack_before_persist {
+            let seq = self
+                .conversations
+                .get(&request.conversation_id)
+                .map_or(1, |c| c.last_seq + 1);
+            let guess = Message {
+                id: request.id.clone(),
+                conversation_id: request.conversation_id.clone(),
+                seq,
+                sender_id: request.sender_id.clone(),
+                sender_type: request.sender_type.clone(),
+                content: request.content.clone(),
+                temp_id: request.temp_id.clone(),
+                created_at_ms: request.created_at_ms,
+            };
+            self.answer_send(now, session, ack, user_key, &guess, false);
+        }
         self.out
             .push_back(Output::Effect(Effect::Append { op, request }));
         Ok(())
@@ -532,6 +560,9 @@ impl Gateway {
             }
         }
         let live = self.conns.contains_key(&session);
+        // MUTATION (test-only): the sender was answered before the store committed.
+        #[cfg(feature = "mutations")]
+        let live = live && !self.config.engine.mutations.ack_before_persist;
         match result {
             Ok(AppendOutcome::Stored(message)) => {
                 if let Some(conv) = self.conversations.get_mut(&message.conversation_id) {

@@ -472,6 +472,13 @@ impl Gateway {
             }
         }
         if let Some(user) = self.users.get_mut(&conn.user) {
+            // MUTATION (test-only): a displaced connection's close unregisters its successor.
+            #[cfg(feature = "mutations")]
+            if self.config.engine.mutations.close_unregisters_successor
+                && !user.conns.contains(&session)
+            {
+                user.conns.clear();
+            }
             user.conns.retain(|s| *s != session);
             if user.conns.is_empty() && user.online {
                 let at = now.add_ms(self.config.offline_grace_ms);

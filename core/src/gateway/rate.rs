@@ -41,6 +41,18 @@ impl SlidingWindow {
         Err(oldest.add_ms(window_ms).ms_since(now).max(1))
     }
 
+    /// MUTATION (test-only): the fixed-window counter the sliding window exists to avoid.
+    #[cfg(feature = "mutations")]
+    pub fn try_admit_fixed(&mut self, now: Instant, limit: usize, window_ms: u64) -> Result<(), u64> {
+        let start = Instant::from_millis(now.as_millis() - now.as_millis() % window_ms);
+        self.accepted.retain(|&t| t >= start);
+        if self.accepted.len() < limit {
+            self.accepted.push_back(now);
+            return Ok(());
+        }
+        Err(start.add_ms(window_ms).ms_since(now).max(1))
+    }
+
     /// Takes back one admission made at `at` (its send was not accepted after all).
     pub fn refund(&mut self, at: Instant) {
         if let Some(pos) = self.accepted.iter().rposition(|&t| t == at) {
