@@ -1,4 +1,42 @@
-//! Heartline runtime.
+//! Heartline's production runtime: real sockets, a real clock and an embedded store around
+//! the sans-IO core.
+//!
+//! The core decides everything; this crate only does what needs an operating system. Its
+//! shape:
+//!
+//! - [`server`]: [`server::start`] binds one port for HTTP and WebSocket and returns a
+//!   handle; the binary and the end-to-end tests start the very same server.
+//! - [`actor`]: the one task that owns the core's `Gateway`, feeding it inputs and the
+//!   store's results and carrying out its outputs.
+//! - [`conn`], [`routes`], [`engineio`], [`websocket`], [`api`]: per-connection I/O tasks
+//!   that decide nothing.
+//! - [`storage`]: the store's own thread, with group commit, in front of [`store`].
+//! - [`outbox`]: per-connection send queues bounded in bytes (the slow-consumer policy).
+//! - [`admission`]: the connection cap and the per-IP connection rate.
+//! - [`client`]: a Rust Socket.IO client over tokio-tungstenite, for tests and load.
 
+pub mod actor;
+pub mod admission;
+pub mod api;
+pub mod client;
+pub mod clock;
 pub mod config;
+pub mod conn;
+pub mod context;
+pub mod dev;
+pub mod engineio;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod query;
+pub mod routes;
+pub mod server;
+pub mod settings;
+pub mod storage;
 pub mod store;
+pub mod websocket;
+
+pub use config::Config;
+pub use error::ServerError;
+pub use server::{start, ServerHandle};

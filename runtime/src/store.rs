@@ -494,6 +494,12 @@ impl Store {
         Ok(messages)
     }
 
+    /// The highest stored `seq` of a conversation (0 without messages), or `None` if the
+    /// conversation does not exist.
+    pub fn last_seq(&self, conversation_id: &str) -> Result<Option<u64>, StoreError> {
+        last_seq_of(&self.conn, conversation_id)
+    }
+
     /// The message this sender stored with this `temp_id`, if any.
     pub fn find_by_temp_id(
         &self,

@@ -1,0 +1,501 @@
+//! The actor that owns the core.
+//!
+//! One task holds the [`Gateway`]: every decision that spans connections (replacement,
+//! presence, rate windows, rooms) lives there, and a single owner needs no locks. It waits
+//! on three things at once: inputs from connection tasks, results from the store thread,
+//! and the core's next deadline. After each it drains the core's outputs: frames and closes
+//! go to per-connection [`Outbox`]es, HTTP responses to the waiting polling handlers,
+//! storage effects to the store thread, notices to the log. It never awaits a client or the
+//! disk, so one slow peer cannot stall the others.
+//!
+//! Shutdown is driven from here too, because only the core knows its sessions: flush the
+//! store and let the acks out, then close sessions in paced batches with
+//! [`Gateway::shutdown_some`], then wait (bounded) for the writers to finish.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use heartline_core::engine::{self, CloseReason, ContentType, Transmit};
+use heartline_core::gateway::{self, Effect, Gateway, Notice, Output};
+use heartline_core::{RequestId, TransportId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::metrics::{self, RuntimeMetrics};
+use crate::outbox::{Outbox, Push};
+use crate::storage::{Job, StoreQueue};
+
+/// An HTTP response the core wrote for a polling request.
+#[derive(Debug)]
+pub struct HttpReply {
+    /// Status code.
+    pub status: u16,
+    /// Content type of `body`.
+    pub content_type: ContentType,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// A message to the actor.
+#[derive(Debug)]
+pub enum Msg {
+    /// A WebSocket opened; its frames go to `outbox`.
+    WsOpened {
+        /// The input for the core (`engine::Input::WsOpened`).
+        input: engine::Input,
+        /// Its transport id.
+        transport: TransportId,
+        /// Its send queue.
+        outbox: Arc<Outbox>,
+    },
+    /// A polling request; `reply` gets the core's response.
+    Http {
+        /// The input for the core (`engine::Input::Http`).
+        input: engine::Input,
+        /// Its request id.
+        request: RequestId,
+        /// Where the response goes.
+        reply: oneshot::Sender<HttpReply>,
+    },
+    /// Any other network input (frames, closes, aborted requests).
+    Net(engine::Input),
+    /// Render `/metrics`.
+    Metrics(oneshot::Sender<String>),
+    /// Drain: flush the store, close every session over `drain_ms`, then answer.
+    Drain {
+        /// How long to spread the closes over.
+        drain_ms: u64,
+        /// Answered when done.
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Shutdown progress.
+#[derive(Debug)]
+enum Drain {
+    /// Waiting for the store to answer everything asked before the drain.
+    Flushing {
+        flushed: oneshot::Receiver<()>,
+        deadline: tokio::time::Instant,
+        done: oneshot::Sender<()>,
+    },
+    /// Closing sessions, a batch per tick.
+    Closing {
+        deadline: tokio::time::Instant,
+        next_tick: tokio::time::Instant,
+        done: oneshot::Sender<()>,
+    },
+    /// Waiting for the store's last answers and the writers' last frames.
+    Finishing {
+        flushed: Option<oneshot::Receiver<()>>,
+        until: tokio::time::Instant,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Time between two batches of closes while draining.
+const DRAIN_TICK: Duration = Duration::from_millis(100);
+
+/// Longest wait for writers to deliver their last frames after the last close.
+const WRITER_GRACE: Duration = Duration::from_millis(1500);
+
+/// The actor's state. See the module docs.
+pub struct Actor {
+    gateway: Gateway,
+    clock: Clock,
+    outboxes: HashMap<TransportId, Arc<Outbox>>,
+    http: HashMap<RequestId, oneshot::Sender<HttpReply>>,
+    store: StoreQueue,
+    metrics: Arc<RuntimeMetrics>,
+    draining: Arc<AtomicBool>,
+    drain: Option<Drain>,
+    /// Network inputs produced while draining outputs (a slow consumer's failure).
+    deferred: Vec<engine::Input>,
+}
+
+impl Actor {
+    /// An actor around a gateway already loaded with its conversations.
+    pub fn new(
+        gateway: Gateway,
+        clock: Clock,
+        store: StoreQueue,
+        metrics: Arc<RuntimeMetrics>,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
+        Actor {
+            gateway,
+            clock,
+            outboxes: HashMap::new(),
+            http: HashMap::new(),
+            store,
+            metrics,
+            draining,
+            drain: None,
+            deferred: vec![],
+        }
+    }
+
+    /// Runs until every sender of `inbox` is gone or a drain has finished.
+    pub async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Msg>,
+        mut results: mpsc::UnboundedReceiver<gateway::Input>,
+    ) {
+        loop {
+            let deadline = self.gateway.poll_timeout().map(|t| self.clock.deadline(t));
+            let drain_at = self.drain_wakeup();
+            tokio::select! {
+                biased;
+                Some(input) = results.recv() => {
+                    self.feed(input);
+                }
+                msg = inbox.recv() => match msg {
+                    Some(msg) => self.on_msg(msg),
+                    None => break,
+                },
+                _ = sleep_until_opt(deadline) => {
+                    self.gateway.handle_timeout(self.clock.now());
+                    self.dispatch();
+                }
+                _ = flush_wait(&mut self.drain) => {
+                    // The store answered everything asked before the flush; take those
+                    // answers in before moving on.
+                    while let Ok(input) = results.try_recv() {
+                        self.feed(input);
+                    }
+                    self.after_flush();
+                }
+                _ = sleep_until_opt(drain_at) => {
+                    if self.drain_tick() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, input: gateway::Input) {
+        if let Err(e) = self.gateway.handle_input(self.clock.now(), input) {
+            tracing::debug!(error = %e, "input for a gone session or request");
+        }
+        self.dispatch();
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::WsOpened {
+                input,
+                transport,
+                outbox,
+            } => {
+                self.outboxes.insert(transport, outbox);
+                let result = self
+                    .gateway
+                    .handle_input(self.clock.now(), gateway::Input::Network(input));
+                if let Err(e) = result {
+                    tracing::warn!(%transport, error = %e, "websocket refused by the core");
+                    if let Some(outbox) = self.outboxes.remove(&transport) {
+                        outbox.kill();
+                    }
+                }
+                self.dispatch();
+            }
+            Msg::Http {
+                input,
+                request,
+                reply,
+            } => {
+                self.http.insert(request, reply);
+                let result = self
+                    .gateway
+                    .handle_input(self.clock.now(), gateway::Input::Network(input));
+                if let Err(e) = result {
+                    // The core did not take the request, so it will never answer it.
+                    tracing::warn!(%request, error = %e, "request refused by the core");
+                    if let Some(reply) = self.http.remove(&request) {
+                        let _ = reply.send(HttpReply {
+                            status: 500,
+                            content_type: ContentType::Text,
+                            body: Bytes::new(),
+                        });
+                    }
+                }
+                self.dispatch();
+            }
+            Msg::Net(input) => {
+                if let engine::Input::WsClosed { transport, .. } = &input {
+                    self.outboxes.remove(transport);
+                }
+                self.feed(gateway::Input::Network(input));
+            }
+            Msg::Metrics(reply) => {
+                let text = metrics::render(
+                    &self.gateway,
+                    &self.metrics,
+                    self.draining.load(Ordering::Relaxed),
+                );
+                let _ = reply.send(text);
+            }
+            Msg::Drain { drain_ms, done } => self.start_drain(drain_ms, done),
+        }
+    }
+
+    /// Does what the core asked, until it asks nothing more.
+    fn dispatch(&mut self) {
+        loop {
+            while let Some(out) = self.gateway.poll_output() {
+                match out {
+                    Output::Transmit(t) => self.transmit(t),
+                    Output::Effect(e) => self.effect(e),
+                    Output::Notice(n) => log_notice(&n),
+                }
+            }
+            if self.deferred.is_empty() {
+                return;
+            }
+            let now = self.clock.now();
+            for input in std::mem::take(&mut self.deferred) {
+                if let Err(e) = self
+                    .gateway
+                    .handle_input(now, gateway::Input::Network(input))
+                {
+                    tracing::debug!(error = %e, "deferred input for a gone session");
+                }
+            }
+        }
+    }
+
+    fn transmit(&mut self, t: Transmit) {
+        match t {
+            Transmit::WsSend { transport, frame } => {
+                let Some(outbox) = self.outboxes.get(&transport) else {
+                    return;
+                };
+                if outbox.push(frame) == Push::Overflow {
+                    tracing::info!(%transport, "slow consumer: send queue full, connection closed");
+                    self.outboxes.remove(&transport);
+                    self.deferred.push(engine::Input::WsClosed {
+                        transport,
+                        error: true,
+                    });
+                }
+            }
+            Transmit::WsClose { transport, reason } => {
+                if let Some(outbox) = self.outboxes.remove(&transport) {
+                    outbox.close(reason.ws_code(), reason.label());
+                }
+            }
+            Transmit::HttpResponse {
+                request,
+                status,
+                content_type,
+                body,
+            } => {
+                if let Some(reply) = self.http.remove(&request) {
+                    let _ = reply.send(HttpReply {
+                        status,
+                        content_type,
+                        body,
+                    });
+                }
+            }
+        }
+    }
+
+    fn effect(&mut self, e: Effect) {
+        let job = match e {
+            Effect::Append { op, request } => Job::Append { op, request },
+            Effect::Read { op, request } => Job::Read { op, request },
+        };
+        if !self.store.send(job) {
+            tracing::error!("store thread is gone; storage effect dropped");
+        }
+    }
+
+    // ---- shutdown ------------------------------------------------------------------------
+
+    fn start_drain(&mut self, drain_ms: u64, done: oneshot::Sender<()>) {
+        if self.drain.is_some() {
+            return;
+        }
+        tracing::info!(
+            sessions = self.gateway.engine().session_count(),
+            drain_ms,
+            "draining"
+        );
+        let (tx, rx) = oneshot::channel();
+        self.store.send(Job::Flush { reply: tx });
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(drain_ms);
+        self.drain = Some(Drain::Flushing {
+            flushed: rx,
+            deadline,
+            done,
+        });
+    }
+
+    /// The store answered a flush: move the drain on.
+    fn after_flush(&mut self) {
+        match self.drain.take() {
+            Some(Drain::Flushing { deadline, done, .. }) => {
+                self.drain = Some(Drain::Closing {
+                    deadline,
+                    next_tick: tokio::time::Instant::now(),
+                    done,
+                });
+            }
+            Some(Drain::Finishing { until, done, .. }) => {
+                self.drain = Some(Drain::Finishing {
+                    flushed: None,
+                    until,
+                    done,
+                });
+            }
+            other => self.drain = other,
+        }
+    }
+
+    fn drain_wakeup(&self) -> Option<tokio::time::Instant> {
+        match &self.drain {
+            Some(Drain::Closing { next_tick, .. }) => Some(*next_tick),
+            Some(Drain::Finishing { flushed: None, .. }) => {
+                Some(tokio::time::Instant::now() + Duration::from_millis(20))
+            }
+            _ => None,
+        }
+    }
+
+    /// One drain step; `true` when the drain is complete.
+    fn drain_tick(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        match self.drain.take() {
+            Some(Drain::Closing { deadline, done, .. }) => {
+                let remaining = self.gateway.engine().session_count();
+                let ticks_left = (deadline.saturating_duration_since(now).as_millis()
+                    / DRAIN_TICK.as_millis())
+                .max(1) as usize;
+                let batch = remaining.div_ceil(ticks_left).max(1);
+                let left = self.gateway.shutdown_some(self.clock.now(), batch);
+                self.dispatch();
+                tracing::debug!(
+                    closed = remaining - left.min(remaining),
+                    left,
+                    "drain batch"
+                );
+                if left == 0 {
+                    let (tx, rx) = oneshot::channel();
+                    self.store.send(Job::Flush { reply: tx });
+                    self.drain = Some(Drain::Finishing {
+                        flushed: Some(rx),
+                        until: now + WRITER_GRACE,
+                        done,
+                    });
+                } else {
+                    self.drain = Some(Drain::Closing {
+                        deadline,
+                        next_tick: now + DRAIN_TICK,
+                        done,
+                    });
+                }
+                false
+            }
+            Some(Drain::Finishing {
+                flushed: None,
+                until,
+                done,
+            }) => {
+                let writers = self.metrics.ws_open.load(Ordering::Relaxed);
+                if writers == 0 || now >= until {
+                    tracing::info!(websockets_left = writers, "drained");
+                    let _ = done.send(());
+                    return true;
+                }
+                self.drain = Some(Drain::Finishing {
+                    flushed: None,
+                    until,
+                    done,
+                });
+                false
+            }
+            other => {
+                self.drain = other;
+                false
+            }
+        }
+    }
+}
+
+/// Waits for the store's flush answer of the current drain phase, if any.
+async fn flush_wait(drain: &mut Option<Drain>) {
+    let rx = match drain {
+        Some(Drain::Flushing { flushed, .. }) => flushed,
+        Some(Drain::Finishing {
+            flushed: Some(flushed),
+            ..
+        }) => flushed,
+        _ => return std::future::pending().await,
+    };
+    let _ = rx.await;
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs a core notice: refusals, replacements and abnormal closes at `info`, the routine
+/// rest at `debug`.
+fn log_notice(n: &Notice) {
+    match n {
+        Notice::Connected { session, user } => {
+            tracing::debug!(%session, %user, "connected");
+        }
+        Notice::Refused { session, error } => {
+            tracing::info!(%session, %error, "connect refused");
+        }
+        Notice::Replaced { user, old, new } => {
+            tracing::info!(%user, %old, %new, "connection replaced");
+        }
+        Notice::Online { user } => tracing::debug!(%user, "online"),
+        Notice::Offline { user } => tracing::debug!(%user, "offline"),
+        Notice::Closed {
+            session,
+            user,
+            reason,
+        } => {
+            let user = user.as_deref().unwrap_or("-");
+            if abnormal(reason) {
+                tracing::info!(%session, %user, reason = reason.label(), detail = %reason, "closed");
+            } else {
+                tracing::debug!(%session, %user, reason = reason.label(), "closed");
+            }
+        }
+        Notice::Accepted {
+            user,
+            conversation_id,
+            seq,
+            duplicate,
+        } => {
+            tracing::trace!(%user, conversation = %conversation_id, seq, duplicate, "send accepted");
+        }
+        Notice::SendRefused { user, code } => {
+            tracing::debug!(%user, code = code.as_str(), "send refused");
+        }
+    }
+}
+
+fn abnormal(reason: &CloseReason) -> bool {
+    matches!(
+        reason,
+        CloseReason::PingTimeout
+            | CloseReason::HandshakeTimeout
+            | CloseReason::PayloadTooLarge
+            | CloseReason::ProtocolError(_)
+            | CloseReason::SlowConsumer
+            | CloseReason::TransportError
+    )
+}

@@ -1,0 +1,152 @@
+//! Who gets in: the connection cap and the per-IP connection rate.
+//!
+//! Both are decided at TCP accept, before a byte is parsed, because that is where an
+//! overload or a reconnect storm is cheapest to refuse. A refused connection is answered
+//! with a short HTTP error (503 over the cap, 429 over the rate) and closed, which
+//! `socket.io-client` treats as a failed attempt and retries with backoff.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use heartline_core::Instant;
+
+use crate::metrics::RuntimeMetrics;
+
+/// Caps the number of open TCP connections (`server.max_connections`); the count is the
+/// `heartline_tcp_connections` gauge, upgraded WebSockets included.
+#[derive(Debug)]
+pub struct ConnectionCap {
+    max: u64,
+    metrics: Arc<RuntimeMetrics>,
+}
+
+/// One admitted connection; dropping it frees its slot.
+#[derive(Debug)]
+pub struct Permit {
+    metrics: Arc<RuntimeMetrics>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.metrics.tcp_open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ConnectionCap {
+    /// A cap of `max` open connections.
+    pub fn new(max: u64, metrics: Arc<RuntimeMetrics>) -> Self {
+        ConnectionCap { max, metrics }
+    }
+
+    /// A slot, unless `max` are taken.
+    pub fn try_acquire(&self) -> Option<Permit> {
+        self.metrics
+            .tcp_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit {
+                metrics: self.metrics.clone(),
+            })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.metrics.tcp_open.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    /// Tokens, in thousandths, so refills stay exact in integer milliseconds.
+    milli_tokens: u64,
+    at: Instant,
+}
+
+/// Allows each IP `rate` new connections per second, with a burst of `rate`
+/// (`server.connect_rate_per_ip`; 0 turns it off).
+#[derive(Debug)]
+pub struct IpRate {
+    rate: u64,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+/// Above this many tracked addresses, full buckets are forgotten on the next check.
+const PRUNE_ABOVE: usize = 10_000;
+
+impl IpRate {
+    /// A limiter of `rate` connections per second per IP; 0 allows everything.
+    pub fn new(rate: u64) -> Self {
+        IpRate {
+            rate,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `ip` at `now`; `false` if it has none.
+    pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let full = self.rate.saturating_mul(1000);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > PRUNE_ABOVE {
+            let rate = self.rate;
+            buckets.retain(|_, b| refill(b, now, rate, full) < full);
+        }
+        let b = buckets.entry(ip).or_insert(Bucket {
+            milli_tokens: full,
+            at: now,
+        });
+        let tokens = refill(b, now, self.rate, full);
+        b.milli_tokens = tokens;
+        b.at = now;
+        if tokens >= 1000 {
+            b.milli_tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Tokens in a bucket at `now`: `rate` per second, i.e. `rate` thousandths per millisecond.
+fn refill(b: &Bucket, now: Instant, rate: u64, full: u64) -> u64 {
+    let elapsed = now.ms_since(b.at);
+    b.milli_tokens
+        .saturating_add(elapsed.saturating_mul(rate))
+        .min(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_frees_slots_on_drop() {
+        let cap = ConnectionCap::new(2, Arc::new(RuntimeMetrics::default()));
+        let a = cap.try_acquire().expect("a");
+        let _b = cap.try_acquire().expect("b");
+        assert!(cap.try_acquire().is_none());
+        drop(a);
+        assert!(cap.try_acquire().is_some());
+    }
+
+    #[test]
+    fn rate_refills_over_time() {
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        let rate = IpRate::new(2);
+        let t0 = Instant::from_millis(1000);
+        assert!(rate.allow(ip, t0));
+        assert!(rate.allow(ip, t0));
+        assert!(!rate.allow(ip, t0));
+        assert!(!rate.allow(ip, t0.add_ms(400)));
+        assert!(rate.allow(ip, t0.add_ms(500)));
+        let other: IpAddr = "127.0.0.2".parse().expect("ip");
+        assert!(rate.allow(other, t0));
+        assert!(IpRate::new(0).allow(ip, t0));
+    }
+}

@@ -1,0 +1,244 @@
+//! The conversations API: `PUT /api/conversations/{id}` and
+//! `GET /api/conversations/{id}/messages?afterSeq=N&limit=M`, behind a bearer key.
+//!
+//! Membership is the authority for who may join, read and send, so it only ever comes
+//! from the operator's backend through this API (or the store at start). A write goes
+//! through the store thread, which commits it and then tells the core, in order with the
+//! messages it is storing. With `api.key` empty the API does not exist (404), so a
+//! forgotten key never leaves it open.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::context::Context;
+use crate::http::{self, Body};
+use crate::query;
+use crate::storage::{to_message, Job};
+use crate::store::{Member, StoreError};
+
+/// Largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Longest conversation id accepted.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Most messages one read returns when no `limit` is given.
+pub const DEFAULT_LIMIT: usize = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    members: Vec<MemberBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberBody {
+    #[serde(rename = "userId")]
+    user_id: String,
+    #[serde(rename = "userType")]
+    user_type: String,
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    http::json(status, &json!({ "error": message }))
+}
+
+/// Serves a request under `/api/`; `rest` is the path after `/api/`.
+pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, rest: &str) -> Response<Body> {
+    let key = &ctx.config.api.key;
+    if key.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the HTTP API is disabled (api.key is empty)",
+        );
+    }
+    if !authorized(req.headers().get(header::AUTHORIZATION), key) {
+        let mut resp = error(StatusCode::UNAUTHORIZED, "a valid API key is required");
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["conversations", id] if !id.is_empty() => {
+            if req.method() != Method::PUT {
+                return error(StatusCode::METHOD_NOT_ALLOWED, "use PUT");
+            }
+            let id = query::percent_decode(id);
+            put_conversation(req, ctx, id).await
+        }
+        ["conversations", id, "messages"] if !id.is_empty() => {
+            if req.method() != Method::GET {
+                return error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+            }
+            let id = query::percent_decode(id);
+            messages(req, ctx, id).await
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such API route"),
+    }
+}
+
+/// Compares the bearer token with the key in time independent of where they differ.
+fn authorized(header: Option<&HeaderValue>, key: &str) -> bool {
+    let Some(given) = header
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), key.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A refusal for a malformed conversation id.
+fn bad_id(id: &str) -> Option<Response<Body>> {
+    (id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control)).then(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "conversation id must be 1 to 256 bytes without control characters",
+        )
+    })
+}
+
+async fn put_conversation(req: Request<Incoming>, ctx: Arc<Context>, id: String) -> Response<Body> {
+    if let Some(resp) = bad_id(&id) {
+        return resp;
+    }
+    let body: Bytes = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large or unreadable",
+            )
+        }
+    };
+    let parsed: PutBody = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"members\":[{{\"userId\":..,\"userType\":..}}]}}: {e}"),
+            )
+        }
+    };
+    if parsed
+        .members
+        .iter()
+        .any(|m| m.user_id.is_empty() || m.user_type.is_empty())
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "userId and userType must not be empty",
+        );
+    }
+    let members: Vec<Member> = parsed
+        .members
+        .into_iter()
+        .map(|m| Member::new(m.user_id, m.user_type))
+        .collect();
+    let (tx, rx) = oneshot::channel();
+    if !ctx.store.send(Job::Put {
+        id,
+        members,
+        reply: tx,
+    }) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
+    }
+    match rx.await {
+        Ok(Ok((conv, last_seq))) => http::json(
+            StatusCode::OK,
+            &json!({
+                "id": conv.id,
+                "members": conv.members.iter().map(|m| json!({
+                    "userId": m.user_id,
+                    "userType": m.user_type,
+                })).collect::<Vec<Value>>(),
+                "lastSeq": last_seq,
+            }),
+        ),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    }
+}
+
+async fn messages(req: Request<Incoming>, ctx: Arc<Context>, id: String) -> Response<Body> {
+    if let Some(resp) = bad_id(&id) {
+        return resp;
+    }
+    let q = req.uri().query();
+    let after_seq = match query::param(q, "afterSeq").map(|v| v.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "afterSeq must be an integer >= 0"),
+    };
+    let limit = match query::param(q, "limit").map(|v| v.parse::<usize>()) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(n)) if (1..=crate::store::MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "limit must be an integer from 1 to {}",
+                    crate::store::MAX_PAGE
+                ),
+            )
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    if !ctx.store.send(Job::Messages {
+        id: id.clone(),
+        after_seq,
+        limit,
+        reply: tx,
+    }) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
+    }
+    match rx.await {
+        Ok(Ok(ms)) => http::json(
+            StatusCode::OK,
+            &json!({
+                "conversationId": id,
+                "messages": ms.into_iter().map(|m| to_message(m).to_json()).collect::<Vec<Value>>(),
+            }),
+        ),
+        Ok(Err(StoreError::UnknownConversation(_))) => {
+            error(StatusCode::NOT_FOUND, "no such conversation")
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_key_must_match_exactly() {
+        let v = |s: &str| HeaderValue::from_str(s).expect("header");
+        assert!(authorized(Some(&v("Bearer k1")), "k1"));
+        assert!(authorized(Some(&v("bearer  k1 ")), "k1"));
+        assert!(!authorized(Some(&v("Bearer k2")), "k1"));
+        assert!(!authorized(Some(&v("Basic k1")), "k1"));
+        assert!(!authorized(Some(&v("Bearer k1x")), "k1"));
+        assert!(!authorized(None, "k1"));
+    }
+}

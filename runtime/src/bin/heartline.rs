@@ -1,0 +1,129 @@
+//! `heartline`: the chat gateway server.
+//!
+//! `heartline [--config FILE] [--listen ADDR]`. Without a file every key has its contract
+//! default; `HEARTLINE_JWT_SECRET` and `HEARTLINE_API_KEY` override the secrets. A bad
+//! configuration is reported naming its key, with exit code 2. With no JWT secret it runs in
+//! dev mode and prints tokens to chat with. SIGTERM or SIGINT drains and exits 0; a second
+//! signal during the drain exits at once with 1.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use heartline_runtime::config::Config;
+use heartline_runtime::{dev, server};
+use tracing_subscriber::EnvFilter;
+
+/// Heartline: a Socket.IO-compatible chat gateway.
+#[derive(Debug, Parser)]
+#[command(name = "heartline", version, about)]
+struct Args {
+    /// TOML configuration file; every key has a default.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides server.listen), e.g. 127.0.0.1:3002.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+}
+
+/// Exit code for a configuration error.
+const EXIT_CONFIG: u8 = 2;
+
+fn load(args: &Args) -> Result<Config, heartline_runtime::config::ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    config.apply_env(|k| std::env::var(k).ok());
+    if let Some(listen) = &args.listen {
+        config.server.listen = listen.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    let mut config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("heartline: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let dev_users = if config.auth.jwt_secret.is_empty() {
+        match dev::prepare(&mut config) {
+            Ok(users) => Some(users),
+            Err(e) => {
+                eprintln!("heartline: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("heartline")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("heartline: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config, dev_users))
+}
+
+async fn run(config: Config, dev_users: Option<Vec<dev::DevUser>>) -> ExitCode {
+    let namespace = config.server.namespace.clone();
+    let handle = match server::start(config).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("heartline: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = handle.local_addr();
+    if let Some(users) = dev_users {
+        println!("{}", dev::banner(&users, &addr.to_string(), &namespace));
+    }
+    println!("heartline listening on http://{addr}");
+    if let Err(e) = wait_for_signal().await {
+        eprintln!("heartline: cannot wait for signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    tokio::select! {
+        _ = handle.shutdown() => ExitCode::SUCCESS,
+        _ = wait_for_signal() => {
+            eprintln!("heartline: second signal, exiting without finishing the drain");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}

@@ -1,0 +1,503 @@
+//! A Socket.IO client in Rust, over tokio-tungstenite, speaking Engine.IO v4 / Socket.IO v5
+//! with the core's own codecs: enough to drive end-to-end tests and a load generator.
+//!
+//! It opens a WebSocket-only session (`?EIO=4&transport=websocket`), connects one namespace
+//! with an `auth` object, answers pings (switchable off, to play a dead peer), emits events
+//! with or without acks, and hands every other event to the caller in order. It never
+//! reconnects by itself: tests want to see each ending as it is.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::stream::SplitStream;
+use futures_util::{SinkExt, StreamExt};
+use heartline_core::codec::engine::{Data, Packet as EnginePacket};
+use heartline_core::codec::socket::{Decoder, Packet as SocketPacket, PacketType};
+use heartline_core::codec::Frame;
+use serde_json::{Map, Value};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The namespace, e.g. `/chat`.
+    pub namespace: String,
+    /// The CONNECT payload (socket.io-client's `auth` option), e.g. `{"token": ".."}`.
+    pub auth: Option<Value>,
+    /// Extra headers on the WebSocket handshake request (`Origin`, `Authorization`).
+    pub headers: Vec<(String, String)>,
+    /// Whether to answer Engine.IO pings; off plays a dead peer.
+    pub answer_pings: bool,
+    /// Bound on the whole connect, and the default wait of the helpers.
+    pub timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            namespace: "/chat".into(),
+            auth: None,
+            headers: vec![],
+            answer_pings: true,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Options with `auth: {token}`.
+    pub fn with_token(token: &str) -> Self {
+        ClientOptions {
+            auth: Some(serde_json::json!({ "token": token })),
+            ..ClientOptions::default()
+        }
+    }
+}
+
+/// Why the client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The WebSocket failed.
+    #[error("websocket: {0}")]
+    Ws(#[from] tungstenite::Error),
+    /// The server said something this client does not understand.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Nothing came in time.
+    #[error("timed out")]
+    Timeout,
+    /// The connection is gone.
+    #[error("connection closed")]
+    Closed,
+    /// A header given in the options is invalid.
+    #[error("invalid header {0}")]
+    Header(String),
+}
+
+/// The end of a connect.
+#[derive(Debug)]
+pub enum Connect {
+    /// Connected to the namespace.
+    Connected(Client),
+    /// CONNECT_ERROR with this payload (e.g. `{"message":"Authentication required"}`).
+    Refused(Value),
+    /// The server closed the connection during the handshake.
+    Closed,
+}
+
+impl Connect {
+    /// The client, or an error naming what happened instead.
+    pub fn client(self) -> Result<Client, ClientError> {
+        match self {
+            Connect::Connected(c) => Ok(c),
+            Connect::Refused(v) => Err(ClientError::Protocol(format!("connect refused: {v}"))),
+            Connect::Closed => Err(ClientError::Closed),
+        }
+    }
+}
+
+/// Something the server sent or did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// An EVENT on the namespace.
+    Event {
+        /// Its name.
+        name: String,
+        /// Its arguments.
+        args: Vec<Value>,
+    },
+    /// A Socket.IO DISCONNECT of the namespace (`io server disconnect`).
+    Disconnect,
+    /// The WebSocket closed (with the close frame's code, if any).
+    Closed {
+        /// Close code.
+        code: Option<u16>,
+        /// Close reason.
+        reason: String,
+    },
+}
+
+type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<Value>>>>>;
+
+/// A connected client. Dropping it drops the connection.
+#[derive(Debug)]
+pub struct Client {
+    out: mpsc::UnboundedSender<Message>,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+    acks: Acks,
+    next_ack: u64,
+    namespace: String,
+    socket_id: String,
+    sid: String,
+    answer_pings: Arc<AtomicBool>,
+    timeout: Duration,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn to_message(frame: Frame) -> Message {
+    match frame {
+        Frame::Text(b) => {
+            Message::Text(Utf8Bytes::try_from(b).unwrap_or_else(|_| Utf8Bytes::from_static("")))
+        }
+        Frame::Binary(b) => Message::Binary(b),
+    }
+}
+
+fn socket_frame(packet: &SocketPacket) -> Message {
+    to_message(EnginePacket::Message(Data::Text(packet.encode_text())).to_frame())
+}
+
+async fn next_engine_packet(
+    stream: &mut SplitStream<Ws>,
+) -> Result<Option<EnginePacket>, ClientError> {
+    loop {
+        match stream.next().await {
+            None | Some(Ok(Message::Close(_))) => return Ok(None),
+            Some(Ok(Message::Text(t))) => {
+                return EnginePacket::from_text(t.as_str())
+                    .map(Some)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))
+            }
+            Some(Ok(Message::Binary(b))) => {
+                return Ok(Some(EnginePacket::Message(Data::Binary(b))))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(tungstenite::Error::ConnectionClosed)) => return Ok(None),
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Connects a WebSocket-only session to `addr` and one namespace.
+pub async fn connect(addr: SocketAddr, options: ClientOptions) -> Result<Connect, ClientError> {
+    let timeout = options.timeout;
+    tokio::time::timeout(timeout, connect_inner(addr, options))
+        .await
+        .map_err(|_| ClientError::Timeout)?
+}
+
+async fn connect_inner(addr: SocketAddr, options: ClientOptions) -> Result<Connect, ClientError> {
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+    let mut request = url.into_client_request()?;
+    for (k, v) in &options.headers {
+        let name =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|_| ClientError::Header(k.clone()))?;
+        let value = HeaderValue::from_str(v).map_err(|_| ClientError::Header(k.clone()))?;
+        request.headers_mut().insert(name, value);
+    }
+    let config = WebSocketConfig::default().max_message_size(Some(64 << 20));
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
+    let (mut sink, mut stream) = ws.split();
+    let sid = match next_engine_packet(&mut stream).await? {
+        Some(EnginePacket::Open(h)) => h.sid,
+        Some(other) => {
+            return Err(ClientError::Protocol(format!(
+                "expected open, got {other:?}"
+            )))
+        }
+        None => return Ok(Connect::Closed),
+    };
+    let auth = match options.auth.clone() {
+        Some(Value::Object(m)) => Some(m),
+        Some(other) => {
+            let mut m = Map::new();
+            m.insert("value".into(), other);
+            Some(m)
+        }
+        None => None,
+    };
+    sink.send(socket_frame(&SocketPacket::connect(
+        options.namespace.clone(),
+        auth,
+    )))
+    .await?;
+    let mut early = vec![];
+    let socket_id = loop {
+        match next_engine_packet(&mut stream).await? {
+            None => return Ok(Connect::Closed),
+            Some(EnginePacket::Ping(p)) => {
+                if options.answer_pings {
+                    sink.send(to_message(EnginePacket::Pong(p).to_frame()))
+                        .await?;
+                }
+            }
+            Some(EnginePacket::Message(Data::Text(text))) => {
+                let packet = SocketPacket::decode(&text)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                match packet.kind {
+                    PacketType::Connect if packet.nsp == options.namespace => {
+                        let id = packet
+                            .data
+                            .as_ref()
+                            .and_then(|d| d.get("sid"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        break id;
+                    }
+                    PacketType::ConnectError => {
+                        return Ok(Connect::Refused(packet.data.unwrap_or(Value::Null)));
+                    }
+                    _ => early.push(packet),
+                }
+            }
+            Some(_) => {}
+        }
+    };
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let acks: Acks = Arc::new(Mutex::new(HashMap::new()));
+    let answer_pings = Arc::new(AtomicBool::new(options.answer_pings));
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            if sink.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let reader = {
+        let out = out_tx.clone();
+        let acks = acks.clone();
+        let answer = answer_pings.clone();
+        let nsp = options.namespace.clone();
+        tokio::spawn(async move {
+            for p in early {
+                deliver(p, &nsp, &ev_tx, &acks);
+            }
+            read_loop(stream, nsp, out, ev_tx, acks, answer).await;
+        })
+    };
+    Ok(Connect::Connected(Client {
+        out: out_tx,
+        events: ev_rx,
+        acks,
+        next_ack: 0,
+        namespace: options.namespace,
+        socket_id,
+        sid,
+        answer_pings,
+        timeout: options.timeout,
+        tasks: vec![writer, reader],
+    }))
+}
+
+fn deliver(
+    packet: SocketPacket,
+    nsp: &str,
+    events: &mpsc::UnboundedSender<ClientEvent>,
+    acks: &Acks,
+) {
+    if packet.nsp != nsp {
+        return;
+    }
+    match packet.kind {
+        PacketType::Event | PacketType::BinaryEvent => {
+            let mut args = packet.args().to_vec();
+            if args.is_empty() {
+                return;
+            }
+            let name = match args.remove(0) {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let _ = events.send(ClientEvent::Event { name, args });
+        }
+        PacketType::Ack | PacketType::BinaryAck => {
+            let Some(id) = packet.id else {
+                return;
+            };
+            let waiter = acks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            if let Some(w) = waiter {
+                let _ = w.send(packet.args().to_vec());
+            }
+        }
+        PacketType::Disconnect => {
+            let _ = events.send(ClientEvent::Disconnect);
+        }
+        PacketType::Connect | PacketType::ConnectError => {}
+    }
+}
+
+async fn read_loop(
+    mut stream: SplitStream<Ws>,
+    nsp: String,
+    out: mpsc::UnboundedSender<Message>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    acks: Acks,
+    answer_pings: Arc<AtomicBool>,
+) {
+    let mut decoder = Decoder::new(16);
+    loop {
+        let msg = match stream.next().await {
+            None => {
+                let _ = events.send(ClientEvent::Closed {
+                    code: None,
+                    reason: String::new(),
+                });
+                return;
+            }
+            Some(Err(e)) => {
+                let _ = events.send(ClientEvent::Closed {
+                    code: None,
+                    reason: e.to_string(),
+                });
+                return;
+            }
+            Some(Ok(m)) => m,
+        };
+        let packet = match msg {
+            Message::Text(t) => match EnginePacket::from_text(t.as_str()) {
+                Ok(p) => p,
+                Err(_) => continue,
+            },
+            Message::Binary(b) => EnginePacket::Message(Data::Binary(b)),
+            Message::Close(frame) => {
+                let (code, reason) = match frame {
+                    Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
+                    None => (None, String::new()),
+                };
+                let _ = events.send(ClientEvent::Closed { code, reason });
+                return;
+            }
+            _ => continue,
+        };
+        match packet {
+            EnginePacket::Ping(p) if answer_pings.load(Ordering::Relaxed) => {
+                let _ = out.send(to_message(EnginePacket::Pong(p).to_frame()));
+            }
+            EnginePacket::Message(data) => {
+                if let Ok(Some(p)) = decoder.feed(data) {
+                    deliver(p, &nsp, &events, &acks);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Client {
+    /// The Socket.IO socket id (`socket.id`).
+    pub fn socket_id(&self) -> &str {
+        &self.socket_id
+    }
+
+    /// The Engine.IO session id.
+    pub fn sid(&self) -> &str {
+        &self.sid
+    }
+
+    /// Turns answering pings on or off (off plays a dead peer).
+    pub fn set_answer_pings(&self, on: bool) {
+        self.answer_pings.store(on, Ordering::Relaxed);
+    }
+
+    /// Emits an event without asking for an ack.
+    pub fn emit(&self, event: &str, payload: Value) -> Result<(), ClientError> {
+        let packet = SocketPacket::event(
+            self.namespace.clone(),
+            None,
+            Value::Array(vec![event.into(), payload]),
+        );
+        self.out
+            .send(socket_frame(&packet))
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Emits an event and waits for its ack; returns the first ack argument.
+    pub async fn emit_ack(&mut self, event: &str, payload: Value) -> Result<Value, ClientError> {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        let (tx, rx) = oneshot::channel();
+        self.acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let packet = SocketPacket::event(
+            self.namespace.clone(),
+            Some(id),
+            Value::Array(vec![event.into(), payload]),
+        );
+        self.out
+            .send(socket_frame(&packet))
+            .map_err(|_| ClientError::Closed)?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(mut args)) => Ok(if args.is_empty() {
+                Value::Null
+            } else {
+                args.remove(0)
+            }),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    /// Sends a raw WebSocket message (for malformed or oversize input).
+    pub fn send_raw(&self, message: Message) -> Result<(), ClientError> {
+        self.out.send(message).map_err(|_| ClientError::Closed)
+    }
+
+    /// The next thing the server sent or did, within `within`.
+    pub async fn next(&mut self, within: Duration) -> Result<ClientEvent, ClientError> {
+        match tokio::time::timeout(within, self.events.recv()).await {
+            Ok(Some(e)) => Ok(e),
+            Ok(None) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    /// Waits for the event `name`, skipping others, within the client's timeout; returns
+    /// its first argument.
+    pub async fn wait_event(&mut self, name: &str) -> Result<Value, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await? {
+                ClientEvent::Event { name: n, mut args } if n == name => {
+                    return Ok(if args.is_empty() {
+                        Value::Null
+                    } else {
+                        args.remove(0)
+                    });
+                }
+                ClientEvent::Closed { .. } => return Err(ClientError::Closed),
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits, within `within`, until the connection ends; returns every event seen
+    /// before, the ending last.
+    pub async fn wait_closed(&mut self, within: Duration) -> Result<Vec<ClientEvent>, ClientError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut seen = vec![];
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let e = self.next(left).await?;
+            let done = matches!(e, ClientEvent::Closed { .. });
+            seen.push(e);
+            if done {
+                return Ok(seen);
+            }
+        }
+    }
+}

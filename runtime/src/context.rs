@@ -1,0 +1,84 @@
+//! What every connection task shares: the configuration, the clock, the way to the actor
+//! and the store, the runtime's counters, and the id counters.
+//!
+//! Transport and request ids are allocated here, by the runtime, because it sees a socket
+//! or a request before the core does; they are never reused, so a late message about a
+//! finished one can only ever be ignored, never misrouted.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use heartline_core::{RequestId, TransportId};
+use tokio::sync::mpsc;
+
+use crate::actor::Msg;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::RuntimeMetrics;
+use crate::storage::StoreQueue;
+
+/// Shared by all tasks of one server.
+#[derive(Debug)]
+pub struct Context {
+    /// The configuration the server runs with.
+    pub config: Config,
+    /// The clock the core runs on.
+    pub clock: Clock,
+    /// The actor's inbox.
+    pub actor: mpsc::Sender<Msg>,
+    /// The store thread's queue (HTTP API).
+    pub store: StoreQueue,
+    /// The runtime's counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// Set once shutdown began.
+    pub draining: Arc<AtomicBool>,
+    next_transport: AtomicU64,
+    next_request: AtomicU64,
+}
+
+impl Context {
+    /// A context for a server about to start.
+    pub fn new(
+        config: Config,
+        clock: Clock,
+        actor: mpsc::Sender<Msg>,
+        store: StoreQueue,
+        metrics: Arc<RuntimeMetrics>,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
+        Context {
+            config,
+            clock,
+            actor,
+            store,
+            metrics,
+            draining,
+            next_transport: AtomicU64::new(1),
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh WebSocket id.
+    pub fn transport_id(&self) -> TransportId {
+        TransportId(self.next_transport.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A fresh polling request id.
+    pub fn request_id(&self) -> RequestId {
+        RequestId(self.next_request.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Whether shutdown began.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether a browser page from `origin` may open a session (`server.cors_origins`).
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.config
+            .server
+            .cors_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+}

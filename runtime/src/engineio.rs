@@ -1,0 +1,290 @@
+//! The Engine.IO endpoint, `/socket.io/`: WebSocket upgrades and HTTP long-polling, handed
+//! to the core as inputs.
+//!
+//! The runtime only does what needs a socket: it checks the `Origin` of browser requests
+//! against `server.cors_origins` (a disallowed one gets 403 and no session), refuses new
+//! sessions while draining, completes the WebSocket opening handshake, bounds polling
+//! bodies to `max_payload_bytes + 1` (the core answers 413 past the limit), and waits for
+//! the core's response to each polling request. Everything Engine.IO means is the core's.
+//!
+//! A polling GET can be held by the core for a long time. If the client gives up on it,
+//! hyper drops the handler, and its guard tells the core (`HttpAborted`), which ends the
+//! session as the protocol requires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use heartline_core::engine::{self, ContentType, Handshake, Method, Query};
+use heartline_core::{Instant, RequestId};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::actor::{HttpReply, Msg};
+use crate::admission::Permit;
+use crate::context::Context;
+use crate::http::{self, Body};
+use crate::metrics::RuntimeMetrics;
+use crate::query;
+use crate::websocket;
+
+/// Facts about the TCP connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub remote: std::net::SocketAddr,
+    /// When it was accepted, on the core's clock.
+    pub accepted_at: Instant,
+    /// Its slot under `server.max_connections`, kept by a WebSocket after the upgrade.
+    pub permit: Arc<Permit>,
+}
+
+/// Serves one request on the Engine.IO path.
+pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -> Response<Body> {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(o) = &origin {
+        if !ctx.origin_allowed(o) {
+            RuntimeMetrics::inc(&ctx.metrics.refused_origin);
+            tracing::debug!(origin = %o, remote = %conn.remote, "origin refused");
+            return http::json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"code": 4, "message": "Forbidden"}),
+            );
+        }
+    }
+    let query = query::engine_query(req.uri().query());
+    if req.method() == hyper::Method::OPTIONS {
+        let mut resp = http::empty(StatusCode::NO_CONTENT);
+        preflight_headers(req.headers(), resp.headers_mut());
+        cors_headers(origin.as_deref(), resp.headers_mut());
+        return resp;
+    }
+    if query.sid.is_none() && ctx.is_draining() {
+        RuntimeMetrics::inc(&ctx.metrics.refused_draining);
+        let mut resp = http::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"code": 4, "message": "Server is shutting down"}),
+        );
+        cors_headers(origin.as_deref(), resp.headers_mut());
+        return resp;
+    }
+    let handshake = Handshake {
+        accepted_at: conn.accepted_at,
+        authorization: req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        remote: Some(conn.remote.to_string()),
+    };
+    if is_websocket_upgrade(req.headers()) && req.method() == hyper::Method::GET {
+        return upgrade(req, ctx, query, handshake, conn.permit);
+    }
+    let mut resp = poll(req, ctx, query, handshake).await;
+    cors_headers(origin.as_deref(), resp.headers_mut());
+    resp
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
+/// Answers 101 and hands the upgraded connection to a WebSocket task.
+fn upgrade(
+    mut req: Request<Incoming>,
+    ctx: Arc<Context>,
+    query: Query,
+    handshake: Handshake,
+    permit: Arc<Permit>,
+) -> Response<Body> {
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return http::text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    if !version_ok {
+        let mut resp = http::text(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported WebSocket version",
+        );
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return resp;
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => websocket::serve(upgraded, ctx, query, handshake, permit).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut resp = http::empty(StatusCode::SWITCHING_PROTOCOLS);
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    resp
+}
+
+/// Tells the core a held request was abandoned, unless it was answered.
+struct AbortGuard {
+    request: RequestId,
+    actor: mpsc::Sender<Msg>,
+    armed: bool,
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let msg = Msg::Net(engine::Input::HttpAborted {
+            request: self.request,
+        });
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.actor.try_send(msg) {
+            let actor = self.actor.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = actor.send(msg).await;
+                });
+            }
+        }
+    }
+}
+
+/// A polling request: read the body (bounded), hand it to the core, wait for its answer.
+async fn poll(
+    req: Request<Incoming>,
+    ctx: Arc<Context>,
+    query: Query,
+    handshake: Handshake,
+) -> Response<Body> {
+    let method = match *req.method() {
+        hyper::Method::GET => Method::Get,
+        hyper::Method::POST => Method::Post,
+        _ => Method::Other,
+    };
+    let body = if method == Method::Post {
+        let limit = usize::try_from(ctx.config.engine.max_payload_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let timeout = Duration::from_millis(ctx.config.server.handshake_timeout_ms);
+        match tokio::time::timeout(timeout, read_bounded(req.into_body(), limit)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(())) => return http::empty(StatusCode::BAD_REQUEST),
+            Err(_) => return http::empty(StatusCode::REQUEST_TIMEOUT),
+        }
+    } else {
+        Bytes::new()
+    };
+    let request = ctx.request_id();
+    let (tx, rx) = oneshot::channel();
+    let msg = Msg::Http {
+        input: engine::Input::Http {
+            request,
+            method,
+            query,
+            body,
+            handshake,
+        },
+        request,
+        reply: tx,
+    };
+    if ctx.actor.send(msg).await.is_err() {
+        return http::empty(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let mut guard = AbortGuard {
+        request,
+        actor: ctx.actor.clone(),
+        armed: true,
+    };
+    let reply = rx.await;
+    guard.armed = false;
+    match reply {
+        Ok(HttpReply {
+            status,
+            content_type,
+            body,
+        }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = match content_type {
+                ContentType::Text => http::text(status, body),
+                ContentType::Json => http::with_body(status, "application/json", body),
+            };
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(_) => http::empty(StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+/// Reads at most `limit` bytes of a body; what lies beyond is not read (the core sees a
+/// body of exactly `limit` bytes and knows it is too large).
+async fn read_bounded(mut body: Incoming, limit: usize) -> Result<Bytes, ()> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ())?;
+        if let Ok(data) = frame.into_data() {
+            let room = limit.saturating_sub(buf.len());
+            buf.extend_from_slice(&data[..data.len().min(room)]);
+            if buf.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// CORS headers for an allowed browser origin (credentials allowed, so the origin is
+/// echoed rather than `*`).
+pub fn cors_headers(origin: Option<&str>, headers: &mut HeaderMap) {
+    let Some(origin) = origin else {
+        return;
+    };
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+fn preflight_headers(req: &HeaderMap, headers: &mut HeaderMap) {
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    let asked = req
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("content-type, authorization"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+}

@@ -1,0 +1,381 @@
+//! `/metrics`: the gateway's counters and the runtime's own, in Prometheus text format.
+//!
+//! The core counts what it decides (connects, closes by reason, sends accepted and
+//! refused, heartbeat latency) so the simulator sees exactly what production reports; the
+//! runtime adds what only it can see: TCP connections, admission refusals, outbound queue
+//! depth, shed frames and store batches. Rendering happens on the actor that owns the
+//! gateway, so one scrape is one consistent snapshot of the core.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use heartline_core::gateway::metrics::LATENCY_BUCKETS_MS;
+use heartline_core::gateway::Gateway;
+
+/// Counters and gauges kept by the runtime; shared by every task, updated lock-free.
+#[derive(Debug, Default)]
+pub struct RuntimeMetrics {
+    /// TCP connections accepted and served.
+    pub tcp_accepted: AtomicU64,
+    /// TCP connections open now.
+    pub tcp_open: AtomicU64,
+    /// TCP connections refused because `server.max_connections` were open.
+    pub refused_max_connections: AtomicU64,
+    /// TCP connections refused by the per-IP connection rate limit.
+    pub refused_rate_per_ip: AtomicU64,
+    /// Engine.IO handshakes refused because their `Origin` is not allowed.
+    pub refused_origin: AtomicU64,
+    /// Engine.IO handshakes refused while draining.
+    pub refused_draining: AtomicU64,
+    /// Connections closed by the runtime before a complete request (slowloris, idle).
+    pub http_timeouts: AtomicU64,
+    /// WebSockets open now.
+    pub ws_open: AtomicU64,
+    /// Bytes queued for WebSocket writers, all connections together.
+    pub outbound_bytes: AtomicU64,
+    /// Droppable frames (heartbeat, presence) shed for slow consumers.
+    pub outbound_shed: AtomicU64,
+    /// WebSockets closed because their send queue overflowed.
+    pub slow_consumer_closes: AtomicU64,
+    /// Group commits done by the store.
+    pub store_batches: AtomicU64,
+    /// Messages appended (stored or found duplicate) by those commits.
+    pub store_appends: AtomicU64,
+    /// Store operations that failed.
+    pub store_failures: AtomicU64,
+}
+
+impl RuntimeMetrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subtracts one from a gauge, never below zero.
+    pub fn dec(gauge: &AtomicU64) {
+        let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(1))
+        });
+    }
+
+    /// Subtracts `n` from a gauge, never below zero.
+    pub fn sub(gauge: &AtomicU64, n: u64) {
+        let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(n))
+        });
+    }
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// Appends one metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, value: u64) {
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// The whole `/metrics` page.
+pub fn render(gateway: &Gateway, rt: &RuntimeMetrics, draining: bool) -> String {
+    let mut out = String::with_capacity(4096);
+    let m = gateway.metrics();
+
+    family(
+        &mut out,
+        "heartline_connections",
+        "gauge",
+        "Authenticated Socket.IO connections.",
+    );
+    sample(
+        &mut out,
+        "heartline_connections",
+        gateway.connection_count() as u64,
+    );
+    family(
+        &mut out,
+        "heartline_engine_sessions",
+        "gauge",
+        "Live Engine.IO sessions.",
+    );
+    sample(
+        &mut out,
+        "heartline_engine_sessions",
+        gateway.engine().session_count() as u64,
+    );
+    family(
+        &mut out,
+        "heartline_users_online",
+        "gauge",
+        "Users others see as online.",
+    );
+    sample(
+        &mut out,
+        "heartline_users_online",
+        gateway.users_online() as u64,
+    );
+    family(
+        &mut out,
+        "heartline_users_connected",
+        "gauge",
+        "Users with at least one connection.",
+    );
+    sample(
+        &mut out,
+        "heartline_users_connected",
+        gateway.users_connected() as u64,
+    );
+    family(
+        &mut out,
+        "heartline_rate_limit_entries",
+        "gauge",
+        "User keys with sends in their rate window.",
+    );
+    sample(
+        &mut out,
+        "heartline_rate_limit_entries",
+        gateway.rate_limit_entries() as u64,
+    );
+    family(
+        &mut out,
+        "heartline_store_pending_ops",
+        "gauge",
+        "Storage operations in flight.",
+    );
+    sample(
+        &mut out,
+        "heartline_store_pending_ops",
+        gateway.pending_ops() as u64,
+    );
+
+    family(
+        &mut out,
+        "heartline_connects_total",
+        "counter",
+        "Successful namespace connects.",
+    );
+    sample(&mut out, "heartline_connects_total", m.connects);
+    family(
+        &mut out,
+        "heartline_connects_refused_total",
+        "counter",
+        "Refused connects by reason.",
+    );
+    for (reason, n) in &m.refused {
+        let _ = writeln!(
+            out,
+            "heartline_connects_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "heartline_replacements_total",
+        "counter",
+        "Connections displaced by a newer one of the same user.",
+    );
+    sample(&mut out, "heartline_replacements_total", m.replacements);
+    family(
+        &mut out,
+        "heartline_closes_total",
+        "counter",
+        "Sessions ended, by reason.",
+    );
+    for (reason, n) in &m.closes {
+        let _ = writeln!(out, "heartline_closes_total{{reason=\"{reason}\"}} {n}");
+    }
+    family(
+        &mut out,
+        "heartline_messages_accepted_total",
+        "counter",
+        "Sends acknowledged, duplicates included.",
+    );
+    sample(&mut out, "heartline_messages_accepted_total", m.accepted);
+    family(
+        &mut out,
+        "heartline_messages_duplicate_total",
+        "counter",
+        "Sends acknowledged as duplicates of an earlier one.",
+    );
+    sample(&mut out, "heartline_messages_duplicate_total", m.duplicates);
+    family(
+        &mut out,
+        "heartline_messages_refused_total",
+        "counter",
+        "Sends refused, by code.",
+    );
+    for (code, n) in &m.send_refused {
+        let _ = writeln!(
+            out,
+            "heartline_messages_refused_total{{code=\"{code}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "heartline_deliveries_total",
+        "counter",
+        "message:new and message:notification deliveries queued.",
+    );
+    sample(&mut out, "heartline_deliveries_total", m.deliveries);
+    family(
+        &mut out,
+        "heartline_floods_total",
+        "counter",
+        "Connections ended for exhausting their event budget.",
+    );
+    sample(&mut out, "heartline_floods_total", m.floods);
+
+    let h = &m.heartbeat_latency;
+    family(
+        &mut out,
+        "heartline_heartbeat_latency_seconds",
+        "histogram",
+        "Round trip of the application heartbeat.",
+    );
+    let mut cumulative = 0u64;
+    for (bound, n) in LATENCY_BUCKETS_MS.iter().zip(h.buckets.iter()) {
+        cumulative += n;
+        let le = *bound as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "heartline_heartbeat_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "heartline_heartbeat_latency_seconds_bucket{{le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(
+        out,
+        "heartline_heartbeat_latency_seconds_sum {}",
+        h.sum_ms as f64 / 1000.0
+    );
+    sample(
+        &mut out,
+        "heartline_heartbeat_latency_seconds_count",
+        h.count,
+    );
+
+    family(
+        &mut out,
+        "heartline_tcp_connections",
+        "gauge",
+        "Open TCP connections.",
+    );
+    sample(&mut out, "heartline_tcp_connections", get(&rt.tcp_open));
+    family(
+        &mut out,
+        "heartline_tcp_accepted_total",
+        "counter",
+        "TCP connections served.",
+    );
+    sample(
+        &mut out,
+        "heartline_tcp_accepted_total",
+        get(&rt.tcp_accepted),
+    );
+    family(
+        &mut out,
+        "heartline_admission_refused_total",
+        "counter",
+        "Connections or handshakes refused before reaching the core, by reason.",
+    );
+    for (reason, v) in [
+        ("max_connections", &rt.refused_max_connections),
+        ("rate_per_ip", &rt.refused_rate_per_ip),
+        ("origin", &rt.refused_origin),
+        ("draining", &rt.refused_draining),
+        ("http_timeout", &rt.http_timeouts),
+    ] {
+        let _ = writeln!(
+            out,
+            "heartline_admission_refused_total{{reason=\"{reason}\"}} {}",
+            get(v)
+        );
+    }
+    family(
+        &mut out,
+        "heartline_websockets",
+        "gauge",
+        "Open WebSockets.",
+    );
+    sample(&mut out, "heartline_websockets", get(&rt.ws_open));
+    family(
+        &mut out,
+        "heartline_outbound_queue_bytes",
+        "gauge",
+        "Bytes waiting in WebSocket send queues, all connections together.",
+    );
+    sample(
+        &mut out,
+        "heartline_outbound_queue_bytes",
+        get(&rt.outbound_bytes),
+    );
+    family(
+        &mut out,
+        "heartline_outbound_shed_total",
+        "counter",
+        "Droppable frames (heartbeat, presence) shed for slow consumers.",
+    );
+    sample(
+        &mut out,
+        "heartline_outbound_shed_total",
+        get(&rt.outbound_shed),
+    );
+    family(
+        &mut out,
+        "heartline_slow_consumer_closes_total",
+        "counter",
+        "WebSockets closed because their send queue overflowed.",
+    );
+    sample(
+        &mut out,
+        "heartline_slow_consumer_closes_total",
+        get(&rt.slow_consumer_closes),
+    );
+    family(
+        &mut out,
+        "heartline_store_batches_total",
+        "counter",
+        "Store group commits.",
+    );
+    sample(
+        &mut out,
+        "heartline_store_batches_total",
+        get(&rt.store_batches),
+    );
+    family(
+        &mut out,
+        "heartline_store_appends_total",
+        "counter",
+        "Messages appended by group commits.",
+    );
+    sample(
+        &mut out,
+        "heartline_store_appends_total",
+        get(&rt.store_appends),
+    );
+    family(
+        &mut out,
+        "heartline_store_failures_total",
+        "counter",
+        "Failed store operations.",
+    );
+    sample(
+        &mut out,
+        "heartline_store_failures_total",
+        get(&rt.store_failures),
+    );
+    family(
+        &mut out,
+        "heartline_draining",
+        "gauge",
+        "1 while shutting down.",
+    );
+    sample(&mut out, "heartline_draining", u64::from(draining));
+    out
+}

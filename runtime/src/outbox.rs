@@ -1,0 +1,313 @@
+//! A WebSocket's send queue, bounded in bytes: the slow-consumer policy.
+//!
+//! The actor that runs the core must never wait for a client, so it hands frames to a
+//! per-connection queue and a writer task drains it onto the socket. A client that reads
+//! slower than it is written to would make that queue grow without bound, so the queue
+//! holds at most `server.max_outbound_bytes`:
+//!
+//! 1. A frame that fits is queued.
+//! 2. A frame that does not fit first makes room by shedding droppable traffic: the
+//!    periodic `heartbeat` event and presence (`user:online` / `user:offline`) events,
+//!    which carry no state a client cannot live without (the next heartbeat comes, presence
+//!    is reconciled on reconnect). A droppable frame that does not fit is itself shed.
+//! 3. If the frame still does not fit, the consumer is hopeless: the queue is discarded and
+//!    the connection killed (the socket is dropped; a close frame could not reach a peer
+//!    that does not read). The core is told the transport failed, and the client, which
+//!    sees a transport error, reconnects and catches up from the store.
+//!
+//! Memory per connection is therefore bounded by the limit plus one frame in the writer's
+//! hands, and the total is exported as `heartline_outbound_queue_bytes`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use heartline_core::codec::Frame;
+use tokio::sync::{watch, Notify};
+
+use crate::metrics::RuntimeMetrics;
+
+/// What became of a pushed frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Push {
+    /// Queued for the writer.
+    Queued,
+    /// Droppable and no room: dropped.
+    Shed,
+    /// No room even after shedding: the connection has been killed.
+    Overflow,
+    /// The connection is closing or gone: dropped.
+    Closed,
+}
+
+/// What the writer should do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Send this frame.
+    Frame(Frame),
+    /// Send a close frame with this code and reason, then stop.
+    Close(u16, String),
+}
+
+/// Where a connection is in its life, as its tasks see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Sending and receiving.
+    Open,
+    /// A close was asked for; the reader lingers a little for the peer's close.
+    Closing,
+    /// Drop the socket now.
+    Killed,
+}
+
+#[derive(Debug)]
+struct Queued {
+    frame: Frame,
+    droppable: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Queued>,
+    bytes: usize,
+    close: Option<(u16, String)>,
+    /// A close was requested or the connection was killed: accept nothing more.
+    ended: bool,
+}
+
+/// One WebSocket's send queue. Shared by the actor (pushing) and the writer (draining).
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    phase: watch::Sender<Phase>,
+    limit: usize,
+    metrics: Arc<RuntimeMetrics>,
+}
+
+impl Outbox {
+    /// An empty queue holding at most `limit` bytes.
+    pub fn new(limit: usize, metrics: Arc<RuntimeMetrics>) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            phase: watch::Sender::new(Phase::Open),
+            limit,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a writer panicked mid-push; the queue is still sound.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a frame under the slow-consumer policy (see the module docs).
+    pub fn push(&self, frame: Frame) -> Push {
+        let len = frame.len();
+        let droppable = is_droppable(&frame);
+        let mut st = self.lock();
+        if st.ended {
+            return Push::Closed;
+        }
+        if st.bytes + len > self.limit {
+            if droppable {
+                RuntimeMetrics::inc(&self.metrics.outbound_shed);
+                return Push::Shed;
+            }
+            let mut shed_bytes = 0usize;
+            let mut shed = 0u64;
+            st.frames.retain(|q| {
+                if q.droppable {
+                    shed_bytes += q.frame.len();
+                    shed += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            st.bytes -= shed_bytes;
+            RuntimeMetrics::sub(&self.metrics.outbound_bytes, shed_bytes as u64);
+            self.metrics
+                .outbound_shed
+                .fetch_add(shed, Ordering::Relaxed);
+            if st.bytes + len > self.limit {
+                drop(st);
+                self.kill();
+                RuntimeMetrics::inc(&self.metrics.slow_consumer_closes);
+                return Push::Overflow;
+            }
+        }
+        st.bytes += len;
+        st.frames.push_back(Queued { frame, droppable });
+        drop(st);
+        self.metrics
+            .outbound_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
+        self.notify.notify_one();
+        Push::Queued
+    }
+
+    /// Asks the writer to send a close frame once everything queued before it is sent.
+    pub fn close(&self, code: u16, reason: &str) {
+        let mut st = self.lock();
+        if st.ended {
+            return;
+        }
+        st.ended = true;
+        st.close = Some((code, reason.to_owned()));
+        drop(st);
+        self.phase.send_if_modified(|p| {
+            let changed = *p == Phase::Open;
+            if changed {
+                *p = Phase::Closing;
+            }
+            changed
+        });
+        self.notify.notify_one();
+    }
+
+    /// Drops everything queued and tells the connection's tasks to drop the socket now.
+    pub fn kill(&self) {
+        let mut st = self.lock();
+        st.ended = true;
+        let bytes = std::mem::take(&mut st.bytes);
+        st.frames.clear();
+        drop(st);
+        RuntimeMetrics::sub(&self.metrics.outbound_bytes, bytes as u64);
+        self.phase.send_replace(Phase::Killed);
+        self.notify.notify_one();
+    }
+
+    /// Whether the connection was killed.
+    pub fn is_killed(&self) -> bool {
+        *self.phase.borrow() == Phase::Killed
+    }
+
+    /// Resolves once the connection is killed.
+    pub async fn killed(&self) {
+        let mut rx = self.phase.subscribe();
+        let _ = rx.wait_for(|p| *p == Phase::Killed).await;
+    }
+
+    /// Resolves once a close was asked for (or the connection killed).
+    pub async fn closing(&self) {
+        let mut rx = self.phase.subscribe();
+        let _ = rx.wait_for(|p| *p >= Phase::Closing).await;
+    }
+
+    /// The next thing to send, without waiting.
+    pub fn try_next(&self) -> Option<Next> {
+        let mut st = self.lock();
+        if let Some(q) = st.frames.pop_front() {
+            st.bytes -= q.frame.len();
+            drop(st);
+            RuntimeMetrics::sub(&self.metrics.outbound_bytes, q.frame.len() as u64);
+            return Some(Next::Frame(q.frame));
+        }
+        st.close
+            .take()
+            .map(|(code, reason)| Next::Close(code, reason))
+    }
+
+    /// The next thing to send; waits for one. Returns `None` once killed or after the close.
+    pub async fn next(&self) -> Option<Next> {
+        loop {
+            if self.is_killed() {
+                return None;
+            }
+            if let Some(n) = self.try_next() {
+                return Some(n);
+            }
+            if self.lock().ended {
+                // Closed and the close already handed out.
+                return None;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Bytes queued now.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let bytes = self.lock().bytes;
+        RuntimeMetrics::sub(&self.metrics.outbound_bytes, bytes as u64);
+    }
+}
+
+/// Whether a frame is traffic the slow-consumer policy may shed: a Socket.IO EVENT (no ack
+/// id) named `heartbeat`, `user:online` or `user:offline`.
+pub fn is_droppable(frame: &Frame) -> bool {
+    let Some(text) = frame.as_text() else {
+        return false;
+    };
+    let Some(rest) = text.strip_prefix("42") else {
+        return false;
+    };
+    let rest = if rest.starts_with('/') {
+        match rest.split_once(',') {
+            Some((_, after)) => after,
+            None => return false,
+        }
+    } else {
+        rest
+    };
+    ["[\"heartbeat\"", "[\"user:online\"", "[\"user:offline\""]
+        .iter()
+        .any(|p| rest.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(limit: usize) -> Outbox {
+        Outbox::new(limit, Arc::new(RuntimeMetrics::default()))
+    }
+
+    #[test]
+    fn droppable_frames_are_recognised() {
+        assert!(is_droppable(&Frame::text(
+            "42/chat,[\"heartbeat\",{\"timestamp\":1}]"
+        )));
+        assert!(is_droppable(&Frame::text("42[\"user:online\",{}]")));
+        assert!(!is_droppable(&Frame::text("42/chat,[\"message:new\",{}]")));
+        assert!(!is_droppable(&Frame::text("42/chat,7[\"heartbeat\",{}]")));
+        assert!(!is_droppable(&Frame::text("2")));
+    }
+
+    #[test]
+    fn sheds_droppable_then_overflows() {
+        let o = outbox(150);
+        let hb = Frame::text(format!("42/chat,[\"heartbeat\",\"{}\"]", "x".repeat(40)));
+        let msg = Frame::text(format!("42/chat,[\"message:new\",\"{}\"]", "y".repeat(40)));
+        assert_eq!(o.push(hb.clone()), Push::Queued);
+        assert_eq!(o.push(msg.clone()), Push::Queued);
+        // No room for another heartbeat: shed.
+        assert_eq!(o.push(hb.clone()), Push::Shed);
+        // A message makes room by shedding the queued heartbeat.
+        assert_eq!(o.push(msg.clone()), Push::Queued);
+        assert_eq!(o.bytes(), 2 * msg.len());
+        // Nothing left to shed: overflow kills the connection.
+        assert_eq!(o.push(msg), Push::Overflow);
+        assert!(o.is_killed());
+        assert_eq!(o.bytes(), 0);
+        assert_eq!(o.try_next(), None);
+    }
+
+    #[tokio::test]
+    async fn close_comes_after_queued_frames() {
+        let o = outbox(1000);
+        o.push(Frame::text("4a"));
+        o.close(1000, "bye");
+        assert_eq!(o.push(Frame::text("4b")), Push::Closed);
+        assert_eq!(o.next().await, Some(Next::Frame(Frame::text("4a"))));
+        assert_eq!(o.next().await, Some(Next::Close(1000, "bye".into())));
+        assert_eq!(o.next().await, None);
+    }
+}

@@ -1,0 +1,53 @@
+//! The one port's routes: Engine.IO under `/socket.io/`, health, readiness, metrics and
+//! the conversations API.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::oneshot;
+
+use crate::actor::Msg;
+use crate::api;
+use crate::context::Context;
+use crate::engineio::{self, ConnInfo};
+use crate::http::{self, Body};
+
+/// Routes one request.
+pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/socket.io" | "/socket.io/" => engineio::handle(req, ctx, conn).await,
+        "/healthz" if req.method() == Method::GET => http::text(StatusCode::OK, "ok"),
+        "/readyz" if req.method() == Method::GET => {
+            if ctx.is_draining() {
+                http::text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+            } else {
+                http::text(StatusCode::OK, "ready")
+            }
+        }
+        "/metrics" if req.method() == Method::GET => metrics(&ctx).await,
+        p => match p.strip_prefix("/api/") {
+            Some(rest) => {
+                let rest = rest.to_owned();
+                api::handle(req, ctx, &rest).await
+            }
+            None => http::text(StatusCode::NOT_FOUND, "not found"),
+        },
+    }
+}
+
+async fn metrics(ctx: &Context) -> Response<Body> {
+    let (tx, rx) = oneshot::channel();
+    if ctx.actor.send(Msg::Metrics(tx)).await.is_err() {
+        return http::empty(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    match rx.await {
+        Ok(text) => http::with_body(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            text,
+        ),
+        Err(_) => http::empty(StatusCode::SERVICE_UNAVAILABLE),
+    }
+}

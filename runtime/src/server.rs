@@ -1,0 +1,251 @@
+//! The server as a library: [`start`] binds, loads and spawns everything, and returns a
+//! [`ServerHandle`] to find its address and shut it down. The binary and the end-to-end
+//! tests start exactly the same server.
+//!
+//! Tasks: the accept loop (admission, then one task per TCP connection), the actor that
+//! owns the core, and the store thread. Shutdown ([`ServerHandle::shutdown`]): readiness
+//! turns 503 and new Engine.IO sessions are refused (the port stays open so probes and
+//! existing sessions' requests are answered), the actor flushes the store and closes
+//! sessions in paced batches over `shutdown.drain_ms`, then the listener and the store
+//! thread stop. Every wait is bounded.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use heartline_core::gateway::{self, Gateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::actor::{Actor, Msg};
+use crate::admission::{ConnectionCap, IpRate};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::conn;
+use crate::context::Context;
+use crate::error::ServerError;
+use crate::http::raw_refusal;
+use crate::metrics::RuntimeMetrics;
+use crate::settings;
+use crate::storage::{self, to_member, Job};
+use crate::store::Store;
+
+/// Capacity of the actor's inbox; connection readers wait when it is full.
+pub const ACTOR_INBOX: usize = 8192;
+
+/// Time allowed beyond `shutdown.drain_ms` before shutdown stops waiting.
+pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+
+/// Most refusals being written at once; beyond it excess connections are just dropped.
+const MAX_REFUSALS_IN_FLIGHT: usize = 1024;
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    ctx: Arc<Context>,
+    stop_accept: watch::Sender<bool>,
+    accept_task: JoinHandle<()>,
+    actor_task: JoinHandle<()>,
+    store_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a server: opens the store, loads the conversations into a fresh core, binds
+/// `server.listen` (port 0 picks a free one) and starts serving.
+///
+/// An empty `auth.jwt_secret` is replaced with a random one (no token can then be made
+/// outside; the binary's dev mode sets one it prints tokens for).
+pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    let addr = config.listen_addr()?;
+    if config.auth.jwt_secret.is_empty() {
+        config.auth.jwt_secret =
+            settings::random_hex(32).map_err(|e| ServerError::System(e.to_string()))?;
+    }
+    let path = PathBuf::from(&config.store.path);
+    let (store, conversations) = {
+        let open_path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open(&open_path)?;
+            let conversations = store.conversations()?;
+            Ok((store, conversations))
+        })
+        .await
+        .map_err(|e| ServerError::System(e.to_string()))?
+        .map_err(|source| ServerError::Store {
+            path: path.clone(),
+            source,
+        })?
+    };
+    let clock = Clock::start();
+    let seed = settings::random_u64().map_err(|e| ServerError::System(e.to_string()))?;
+    let gw_config = settings::gateway_config(&config, clock.wall_epoch_ms(), seed);
+    let mut gateway = Gateway::new(gw_config, clock.now())?;
+    let loaded = conversations.len();
+    for (conv, last_seq) in conversations {
+        let input = gateway::Input::ConversationPut {
+            id: conv.id,
+            members: conv.members.iter().map(to_member).collect(),
+            last_seq,
+        };
+        if let Err(e) = gateway.handle_input(clock.now(), input) {
+            tracing::warn!(error = %e, "conversation not loaded");
+        }
+    }
+    while gateway.poll_output().is_some() {}
+
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+
+    let metrics = Arc::new(RuntimeMetrics::default());
+    let (results_tx, results_rx) = mpsc::unbounded_channel();
+    let (queue, store_thread) = storage::spawn(store, results_tx, metrics.clone())
+        .map_err(|e| ServerError::System(e.to_string()))?;
+    let (actor_tx, actor_rx) = mpsc::channel(ACTOR_INBOX);
+    let draining = Arc::new(AtomicBool::new(false));
+    let actor = Actor::new(
+        gateway,
+        clock,
+        queue.clone(),
+        metrics.clone(),
+        draining.clone(),
+    );
+    let actor_task = tokio::spawn(actor.run(actor_rx, results_rx));
+    let ctx = Arc::new(Context::new(
+        config, clock, actor_tx, queue, metrics, draining,
+    ));
+    let (stop_accept, stop_rx) = watch::channel(false);
+    let accept_task = tokio::spawn(accept_loop(listener, ctx.clone(), stop_rx));
+    tracing::info!(
+        addr = %local_addr,
+        store = %path.display(),
+        conversations = loaded,
+        namespace = %ctx.config.server.namespace,
+        "heartline listening"
+    );
+    Ok(ServerHandle {
+        local_addr,
+        ctx,
+        stop_accept,
+        accept_task,
+        actor_task,
+        store_thread: Some(store_thread),
+    })
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The configuration it runs with (its secret included, for tests that sign tokens).
+    pub fn config(&self) -> &Config {
+        &self.ctx.config
+    }
+
+    /// Whether shutdown began.
+    pub fn is_draining(&self) -> bool {
+        self.ctx.is_draining()
+    }
+
+    /// Drains and stops (see the module docs); returns within `shutdown.drain_ms` plus
+    /// [`SHUTDOWN_SLACK`] whatever the clients do.
+    pub async fn shutdown(mut self) {
+        let drain_ms = self.ctx.config.shutdown.drain_ms;
+        self.ctx.draining.store(true, Ordering::SeqCst);
+        let (done_tx, done_rx) = oneshot::channel();
+        let bound = Duration::from_millis(drain_ms) + SHUTDOWN_SLACK;
+        let asked = self
+            .ctx
+            .actor
+            .send(Msg::Drain {
+                drain_ms,
+                done: done_tx,
+            })
+            .await
+            .is_ok();
+        if asked && tokio::time::timeout(bound, done_rx).await.is_err() {
+            tracing::warn!("drain did not finish in time; stopping anyway");
+        }
+        self.stop_accept.send_replace(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.accept_task).await;
+        self.accept_task.abort();
+        self.actor_task.abort();
+        self.ctx.store.send(Job::Stop);
+        if let Some(thread) = self.store_thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout(SHUTDOWN_SLACK, joined).await.is_err() {
+                tracing::warn!("store thread did not stop in time");
+            }
+        }
+        tracing::info!("heartline stopped");
+    }
+}
+
+/// Accepts connections until told to stop, admitting each under the connection cap and
+/// the per-IP rate.
+async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
+    let cap = ConnectionCap::new(ctx.config.server.max_connections, ctx.metrics.clone());
+    let rate = IpRate::new(ctx.config.server.connect_rate_per_ip);
+    let refusals = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (stream, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: wait a little
+                    // rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        if !rate.allow(remote.ip(), ctx.clock.now()) {
+            RuntimeMetrics::inc(&ctx.metrics.refused_rate_per_ip);
+            tracing::debug!(%remote, "connection refused: per-IP rate");
+            refuse(stream, 429, "Too Many Requests", &refusals);
+            continue;
+        }
+        let Some(permit) = cap.try_acquire() else {
+            RuntimeMetrics::inc(&ctx.metrics.refused_max_connections);
+            tracing::debug!(%remote, "connection refused: max_connections");
+            refuse(stream, 503, "Service Unavailable", &refusals);
+            continue;
+        };
+        tokio::spawn(conn::serve(stream, remote, ctx.clone(), permit));
+    }
+}
+
+/// Answers a refused connection with a short HTTP error and closes it.
+fn refuse(stream: TcpStream, status: u16, reason: &'static str, in_flight: &Arc<AtomicUsize>) {
+    if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSALS_IN_FLIGHT {
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let in_flight = in_flight.clone();
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(&raw_refusal(status, reason)).await?;
+            stream.shutdown().await?;
+            // Read what the client sent so that closing does not turn into a reset that
+            // could destroy the response before the client reads it.
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+    });
+}

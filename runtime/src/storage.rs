@@ -1,0 +1,336 @@
+//! The store's own thread: group commit, FIFO answers, and the mapping between the core's
+//! storage effects and [`crate::store`].
+//!
+//! SQLite is blocking, and an fsync can take milliseconds, so the store never runs on the
+//! actor that drives the core: it gets a dedicated OS thread fed by a channel. Each time the
+//! thread wakes it takes everything queued (up to [`MAX_BATCH`]) and works through it in
+//! order, folding each run of consecutive appends into one [`Store::append_batch`]: one
+//! transaction and one fsync for the whole run, however many clients sent at once. Answers
+//! go back in exactly the order the operations were asked, because the core relies on it
+//! (a join's catch-up read must see every append that was acknowledged before it).
+//!
+//! Conversation writes from the HTTP API pass through the same queue, and their
+//! [`gateway::Input::ConversationPut`] travels back on the same channel as the append
+//! results, so the core learns a conversation's `last_seq` in order with its messages.
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use heartline_core::gateway::{self, OpId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::RuntimeMetrics;
+use crate::store::{self, Conversation, Store, StoreError, StoredMessage};
+
+/// Most operations taken in one wake-up; bounds the latency of the first of them.
+pub const MAX_BATCH: usize = 1024;
+
+/// Reply to a conversation write: the conversation as stored, and its last `seq`.
+pub type PutReply = oneshot::Sender<Result<(Conversation, u64), StoreError>>;
+
+/// Reply to a message read from the HTTP API.
+pub type MessagesReply = oneshot::Sender<Result<Vec<StoredMessage>, StoreError>>;
+
+/// One operation for the store thread.
+#[derive(Debug)]
+pub enum Job {
+    /// A core append; answered with `Input::Appended`.
+    Append {
+        /// The core's operation id.
+        op: OpId,
+        /// The message.
+        request: gateway::AppendRequest,
+    },
+    /// A core read; answered with `Input::Read`.
+    Read {
+        /// The core's operation id.
+        op: OpId,
+        /// What to read.
+        request: gateway::ReadRequest,
+    },
+    /// Create a conversation or replace its members (HTTP API); the core is told with
+    /// `Input::ConversationPut`, then the caller is answered.
+    Put {
+        /// Conversation id.
+        id: String,
+        /// New members.
+        members: Vec<store::Member>,
+        /// The caller.
+        reply: PutReply,
+    },
+    /// Read messages for the HTTP API.
+    Messages {
+        /// Conversation id.
+        id: String,
+        /// Only messages after this `seq`.
+        after_seq: Option<u64>,
+        /// At most this many.
+        limit: usize,
+        /// The caller.
+        reply: MessagesReply,
+    },
+    /// Answered once everything queued before it has been done and answered.
+    Flush {
+        /// The caller.
+        reply: oneshot::Sender<()>,
+    },
+    /// Finish everything queued before it, then stop the thread.
+    Stop,
+}
+
+/// The sending side of the store thread's queue.
+#[derive(Debug, Clone)]
+pub struct StoreQueue {
+    tx: std_mpsc::Sender<Job>,
+}
+
+impl StoreQueue {
+    /// Queues a job; `false` if the store thread is gone.
+    pub fn send(&self, job: Job) -> bool {
+        self.tx.send(job).is_ok()
+    }
+}
+
+/// Starts the store thread. Core results are sent on `results`; the thread ends when every
+/// [`StoreQueue`] is dropped.
+pub fn spawn(
+    store: Store,
+    results: mpsc::UnboundedSender<gateway::Input>,
+    metrics: Arc<RuntimeMetrics>,
+) -> std::io::Result<(StoreQueue, JoinHandle<()>)> {
+    let (tx, rx) = std_mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("heartline-store".into())
+        .spawn(move || run(store, rx, results, metrics))?;
+    Ok((StoreQueue { tx }, handle))
+}
+
+fn run(
+    mut store: Store,
+    rx: std_mpsc::Receiver<Job>,
+    results: mpsc::UnboundedSender<gateway::Input>,
+    metrics: Arc<RuntimeMetrics>,
+) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut appends: Vec<(OpId, store::AppendRequest)> = vec![];
+        let mut stop = false;
+        for job in jobs.drain(..) {
+            match job {
+                // Asked after the stop: dropped, its caller sees the store gone.
+                _ if stop => {}
+                Job::Append { op, request } => appends.push((op, to_store_request(request))),
+                Job::Stop => {
+                    commit(&mut store, &mut appends, &results, &metrics);
+                    stop = true;
+                }
+                other => {
+                    commit(&mut store, &mut appends, &results, &metrics);
+                    serve(&mut store, other, &results, &metrics);
+                }
+            }
+        }
+        commit(&mut store, &mut appends, &results, &metrics);
+        if stop {
+            break;
+        }
+    }
+    tracing::debug!("store thread stopped");
+}
+
+/// Appends a run of requests in one transaction and answers each.
+fn commit(
+    store: &mut Store,
+    appends: &mut Vec<(OpId, store::AppendRequest)>,
+    results: &mpsc::UnboundedSender<gateway::Input>,
+    metrics: &RuntimeMetrics,
+) {
+    if appends.is_empty() {
+        return;
+    }
+    let requests: Vec<store::AppendRequest> = appends.iter().map(|(_, r)| r.clone()).collect();
+    let outcomes = store.append_batch(&requests);
+    RuntimeMetrics::inc(&metrics.store_batches);
+    metrics.store_appends.fetch_add(
+        outcomes.iter().filter(|o| o.is_ok()).count() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    for ((op, _), outcome) in appends.drain(..).zip(outcomes) {
+        let result = match outcome {
+            Ok(store::AppendOutcome::Stored(m)) => {
+                Ok(gateway::AppendOutcome::Stored(to_message(m)))
+            }
+            Ok(store::AppendOutcome::Duplicate(m)) => {
+                Ok(gateway::AppendOutcome::Duplicate(to_message(m)))
+            }
+            Err(e) => {
+                RuntimeMetrics::inc(&metrics.store_failures);
+                tracing::warn!(%op, error = %e, "append failed");
+                Err(gateway::StoreFailure(e.to_string()))
+            }
+        };
+        let _ = results.send(gateway::Input::Appended { op, result });
+    }
+}
+
+fn serve(
+    store: &mut Store,
+    job: Job,
+    results: &mpsc::UnboundedSender<gateway::Input>,
+    metrics: &RuntimeMetrics,
+) {
+    match job {
+        Job::Append { .. } => {}
+        Job::Read { op, request } => {
+            let result = store
+                .messages(
+                    &request.conversation_id,
+                    request.after_seq,
+                    request.before_seq,
+                    request.limit,
+                )
+                .map(|ms| ms.into_iter().map(to_message).collect())
+                .map_err(|e| {
+                    RuntimeMetrics::inc(&metrics.store_failures);
+                    tracing::warn!(%op, error = %e, "read failed");
+                    gateway::StoreFailure(e.to_string())
+                });
+            let _ = results.send(gateway::Input::Read { op, result });
+        }
+        Job::Put { id, members, reply } => {
+            let result = store.put_conversation(&id, &members).and_then(|conv| {
+                let last_seq = store.last_seq(&id)?.unwrap_or(0);
+                Ok((conv, last_seq))
+            });
+            match &result {
+                Ok((conv, last_seq)) => {
+                    let _ = results.send(gateway::Input::ConversationPut {
+                        id: conv.id.clone(),
+                        members: conv.members.iter().map(to_member).collect(),
+                        last_seq: *last_seq,
+                    });
+                }
+                Err(e) => {
+                    RuntimeMetrics::inc(&metrics.store_failures);
+                    tracing::warn!(conversation = %id, error = %e, "conversation write failed");
+                }
+            }
+            let _ = reply.send(result);
+        }
+        Job::Messages {
+            id,
+            after_seq,
+            limit,
+            reply,
+        } => {
+            let _ = reply.send(store.messages(&id, after_seq, None, limit));
+        }
+        Job::Flush { reply } => {
+            let _ = reply.send(());
+        }
+        Job::Stop => {}
+    }
+}
+
+/// The core's member type for a stored member.
+pub fn to_member(m: &store::Member) -> gateway::Member {
+    gateway::Member {
+        user_id: m.user_id.clone(),
+        user_type: m.user_type.clone(),
+    }
+}
+
+/// The core's message type for a stored message.
+pub fn to_message(m: StoredMessage) -> gateway::Message {
+    gateway::Message {
+        id: m.id,
+        conversation_id: m.conversation_id,
+        seq: m.seq,
+        sender_id: m.sender_id,
+        sender_type: m.sender_type,
+        content: m.content,
+        temp_id: m.temp_id,
+        created_at_ms: m.created_at_ms,
+    }
+}
+
+fn to_store_request(r: gateway::AppendRequest) -> store::AppendRequest {
+    store::AppendRequest {
+        id: r.id,
+        conversation_id: r.conversation_id,
+        sender_id: r.sender_id,
+        sender_type: r.sender_type,
+        content: r.content,
+        temp_id: r.temp_id,
+        created_at_ms: r.created_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(op: u64, temp: &str) -> Job {
+        Job::Append {
+            op: OpId(op),
+            request: gateway::AppendRequest {
+                id: format!("m{op}"),
+                conversation_id: "c".into(),
+                sender_id: "u".into(),
+                sender_type: "customer".into(),
+                content: "hi".into(),
+                temp_id: Some(temp.into()),
+                created_at_ms: 1,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_in_order_and_batches() {
+        let mut store = Store::open_in_memory().expect("store");
+        store
+            .put_conversation("c", &[store::Member::new("u", "customer")])
+            .expect("put");
+        let metrics = Arc::new(RuntimeMetrics::default());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (queue, handle) = spawn(store, tx, metrics.clone()).expect("spawn");
+        queue.send(append(1, "a"));
+        queue.send(append(2, "b"));
+        queue.send(Job::Read {
+            op: OpId(3),
+            request: gateway::ReadRequest {
+                conversation_id: "c".into(),
+                after_seq: Some(0),
+                before_seq: None,
+                limit: 10,
+            },
+        });
+        queue.send(append(4, "a"));
+        let (ftx, frx) = oneshot::channel();
+        queue.send(Job::Flush { reply: ftx });
+        frx.await.expect("flush");
+        let mut seen = vec![];
+        while let Ok(input) = rx.try_recv() {
+            seen.push(input.to_string());
+        }
+        assert_eq!(
+            seen,
+            vec![
+                "op1 stored c#1",
+                "op2 stored c#2",
+                "op3 read 2 messages [1, 2]",
+                "op4 duplicate of c#1",
+            ]
+        );
+        drop(queue);
+        handle.join().expect("join");
+    }
+}
