@@ -6,7 +6,7 @@
 //! with or without acks, and hands every other event to the caller in order. It never
 //! reconnects by itself: tests want to see each ending as it is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -136,6 +136,8 @@ type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<Value>>>>>;
 pub struct Client {
     out: mpsc::UnboundedSender<Message>,
     events: mpsc::UnboundedReceiver<ClientEvent>,
+    /// Events passed over by [`Client::wait_event`], still to be seen by [`Client::next`].
+    backlog: VecDeque<ClientEvent>,
     acks: Acks,
     next_ack: u64,
     namespace: String,
@@ -290,6 +292,7 @@ async fn connect_inner(addr: SocketAddr, options: ClientOptions) -> Result<Conne
     Ok(Connect::Connected(Client {
         out: out_tx,
         events: ev_rx,
+        backlog: VecDeque::new(),
         acks,
         next_ack: 0,
         namespace: options.namespace,
@@ -312,14 +315,11 @@ fn deliver(
     }
     match packet.kind {
         PacketType::Event | PacketType::BinaryEvent => {
-            let mut args = packet.args().to_vec();
-            if args.is_empty() {
-                return;
-            }
-            let name = match args.remove(0) {
-                Value::String(s) => s,
-                other => other.to_string(),
+            let name = match packet.event_name() {
+                Some(n) => n.to_owned(),
+                None => return,
             };
+            let args = packet.args().to_vec();
             let _ = events.send(ClientEvent::Event { name, args });
         }
         PacketType::Ack | PacketType::BinaryAck => {
@@ -377,6 +377,9 @@ async fn read_loop(
                     None => (None, String::new()),
                 };
                 let _ = events.send(ClientEvent::Closed { code, reason });
+                // Keep polling so that tungstenite sends its close reply, then stop.
+                let drain = async { while stream.next().await.is_some() {} };
+                let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
                 return;
             }
             _ => continue,
@@ -423,8 +426,13 @@ impl Client {
             .map_err(|_| ClientError::Closed)
     }
 
-    /// Emits an event and waits for its ack; returns the first ack argument.
-    pub async fn emit_ack(&mut self, event: &str, payload: Value) -> Result<Value, ClientError> {
+    /// Emits an event asking for an ack, without waiting: the receiver gets the ack's
+    /// arguments. Lets a load generator keep many sends in flight.
+    pub fn emit_with_ack(
+        &mut self,
+        event: &str,
+        payload: Value,
+    ) -> Result<oneshot::Receiver<Vec<Value>>, ClientError> {
         let id = self.next_ack;
         self.next_ack += 1;
         let (tx, rx) = oneshot::channel();
@@ -440,6 +448,12 @@ impl Client {
         self.out
             .send(socket_frame(&packet))
             .map_err(|_| ClientError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Emits an event and waits for its ack; returns the first ack argument.
+    pub async fn emit_ack(&mut self, event: &str, payload: Value) -> Result<Value, ClientError> {
+        let rx = self.emit_with_ack(event, payload)?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(mut args)) => Ok(if args.is_empty() {
                 Value::Null
@@ -458,6 +472,13 @@ impl Client {
 
     /// The next thing the server sent or did, within `within`.
     pub async fn next(&mut self, within: Duration) -> Result<ClientEvent, ClientError> {
+        if let Some(e) = self.backlog.pop_front() {
+            return Ok(e);
+        }
+        self.recv(within).await
+    }
+
+    async fn recv(&mut self, within: Duration) -> Result<ClientEvent, ClientError> {
         match tokio::time::timeout(within, self.events.recv()).await {
             Ok(Some(e)) => Ok(e),
             Ok(None) => Err(ClientError::Closed),
@@ -465,22 +486,44 @@ impl Client {
         }
     }
 
-    /// Waits for the event `name`, skipping others, within the client's timeout; returns
-    /// its first argument.
+    /// Waits for the event `name` within the client's timeout and returns its first
+    /// argument. Other events are kept, in order, for [`Client::next`].
     pub async fn wait_event(&mut self, name: &str) -> Result<Value, ClientError> {
+        let first = |args: &mut Vec<Value>| {
+            if args.is_empty() {
+                Value::Null
+            } else {
+                args.remove(0)
+            }
+        };
+        if let Some(i) = self
+            .backlog
+            .iter()
+            .position(|e| matches!(e, ClientEvent::Event { name: n, .. } if n == name))
+        {
+            if let Some(ClientEvent::Event { mut args, .. }) = self.backlog.remove(i) {
+                return Ok(first(&mut args));
+            }
+        }
+        if self
+            .backlog
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Closed { .. }))
+        {
+            return Err(ClientError::Closed);
+        }
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next(left).await? {
+            match self.recv(left).await? {
                 ClientEvent::Event { name: n, mut args } if n == name => {
-                    return Ok(if args.is_empty() {
-                        Value::Null
-                    } else {
-                        args.remove(0)
-                    });
+                    return Ok(first(&mut args));
                 }
-                ClientEvent::Closed { .. } => return Err(ClientError::Closed),
-                _ => {}
+                e @ ClientEvent::Closed { .. } => {
+                    self.backlog.push_back(e);
+                    return Err(ClientError::Closed);
+                }
+                other => self.backlog.push_back(other),
             }
         }
     }

@@ -1,0 +1,326 @@
+//! End to end over loopback: the contract's connect, auth, chat, replacement, presence and
+//! rate-limit rules against the real server type.
+
+mod support;
+
+use std::time::Duration;
+
+use heartline_runtime::client::{ClientEvent, ClientOptions, Connect};
+use serde_json::{json, Value};
+use support::*;
+
+#[tokio::test]
+async fn connect_gets_connection_success() {
+    let mut server = TestServer::start(|_| {}).await;
+    let opts = ClientOptions::with_token(&token("alice", "customer", 3600));
+    let mut c = try_connect(server.addr, opts)
+        .await
+        .client()
+        .expect("connected");
+    let ok = c.wait_event("connection:success").await.expect("event");
+    assert_eq!(ok["userId"], "alice");
+    assert_eq!(ok["userType"], "customer");
+    assert_eq!(ok["socketId"], c.socket_id());
+    let server_time = ok["serverTime"].as_u64().expect("serverTime");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    assert!(now.abs_diff(server_time) < 60_000, "{server_time} vs {now}");
+    // The client's ping event is answered with pong.
+    c.emit("ping", json!({})).expect("emit");
+    let pong = c.wait_event("pong").await.expect("pong");
+    assert!(pong["timestamp"].is_u64());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn auth_refusals_are_connect_errors_with_the_contract_messages() {
+    let mut server = TestServer::start(|_| {}).await;
+    let refused = |c: Connect| match c {
+        Connect::Refused(v) => v,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let missing = refused(try_connect(server.addr, ClientOptions::default()).await);
+    assert_eq!(missing, json!({"message": "Authentication required"}));
+
+    let forged = token_with("another-secret", "alice", "customer", 3600);
+    let bad = refused(try_connect(server.addr, ClientOptions::with_token(&forged)).await);
+    assert_eq!(bad, json!({"message": "Invalid authentication token"}));
+
+    let garbage = refused(try_connect(server.addr, ClientOptions::with_token("not.a.jwt")).await);
+    assert_eq!(garbage, json!({"message": "Invalid authentication token"}));
+
+    let expired = token("alice", "customer", -60);
+    let old = refused(try_connect(server.addr, ClientOptions::with_token(&expired)).await);
+    assert_eq!(old, json!({"message": "Invalid authentication token"}));
+
+    // The bearer header of the handshake request is accepted too.
+    let header = format!("Bearer {}", token("alice", "customer", 3600));
+    let opts = ClientOptions {
+        headers: vec![("Authorization".into(), header)],
+        ..ClientOptions::default()
+    };
+    let mut c = try_connect(server.addr, opts)
+        .await
+        .client()
+        .expect("connected");
+    c.wait_event("connection:success").await.expect("success");
+
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(&m, "heartline_connects_refused_total{reason=\"missing\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "heartline_connects_refused_total{reason=\"invalid\"}"),
+        Some(3.0)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn join_send_ack_fan_out_and_notification() {
+    let mut server = TestServer::start(|_| {}).await;
+    server
+        .conversation("c1", &["alice:customer", "bob:agent", "carol:agent"])
+        .await;
+    let mut bob = server.connect("bob", "agent").await;
+    let mut carol = server.connect("carol", "agent").await;
+    let mut alice = server.connect("alice", "customer").await;
+    // Bob shares a conversation with Alice: he sees her come online.
+    // Carol came online first, then Alice.
+    let first = bob.wait_event("user:online").await.expect("online");
+    assert_eq!(first, json!({"userId": "carol", "userType": "agent"}));
+    let online = bob.wait_event("user:online").await.expect("online");
+    assert_eq!(online, json!({"userId": "alice", "userType": "customer"}));
+
+    for c in [&mut alice, &mut bob] {
+        let ack = c
+            .emit_ack("conversation:join", json!({"conversationId": "c1"}))
+            .await
+            .expect("join ack");
+        assert_eq!(ack["ok"], true, "{ack}");
+        assert_eq!(ack["lastSeq"], 0);
+        assert_eq!(ack["missed"], json!([]));
+    }
+    let ack = alice
+        .emit_ack(
+            "message:send",
+            json!({"conversationId": "c1", "content": "hello", "tempId": "t1"}),
+        )
+        .await
+        .expect("send ack");
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(ack["duplicate"], false);
+    let m = &ack["message"];
+    assert_eq!(m["seq"], 1);
+    assert_eq!(m["content"], "hello");
+    assert_eq!(m["senderId"], "alice");
+    assert_eq!(m["senderType"], "customer");
+    assert_eq!(m["tempId"], "t1");
+    assert_eq!(m["conversationId"], "c1");
+    assert!(m["id"].is_string() && m["createdAt"].is_u64());
+
+    let new_a = alice.wait_event("message:new").await.expect("alice new");
+    assert_eq!(&new_a, m);
+    let sent = alice.wait_event("message:sent").await.expect("sent");
+    assert_eq!(sent["tempId"], "t1");
+    assert_eq!(&sent["message"], m);
+    let new_b = bob.wait_event("message:new").await.expect("bob new");
+    assert_eq!(&new_b, m);
+    let note = carol
+        .wait_event("message:notification")
+        .await
+        .expect("note");
+    assert_eq!(note["conversationId"], "c1");
+    assert_eq!(&note["message"], m);
+
+    // Not a member: forbidden; unknown conversation: not_found (or forbidden).
+    let mut dave = server.connect("dave", "customer").await;
+    let ack = dave
+        .emit_ack("conversation:join", json!({"conversationId": "c1"}))
+        .await
+        .expect("ack");
+    assert_eq!(ack["ok"], false);
+    assert_eq!(ack["code"], "forbidden");
+    let ack = dave
+        .emit_ack(
+            "message:send",
+            json!({"conversationId": "nope", "content": "x"}),
+        )
+        .await
+        .expect("ack");
+    assert_eq!(ack["ok"], false);
+    assert!(
+        ack["code"] == "not_found" || ack["code"] == "forbidden",
+        "{ack}"
+    );
+
+    // History and catch-up after a reconnect.
+    let hist = bob
+        .emit_ack("message:history", json!({"conversationId": "c1"}))
+        .await
+        .expect("history");
+    assert_eq!(hist["messages"].as_array().map(Vec::len), Some(1), "{hist}");
+    drop(carol);
+    let mut carol = server.connect("carol", "agent").await;
+    let ack = carol
+        .emit_ack(
+            "conversation:join",
+            json!({"conversationId": "c1", "afterSeq": 0}),
+        )
+        .await
+        .expect("join");
+    assert_eq!(ack["lastSeq"], 1);
+    assert_eq!(ack["missed"].as_array().map(Vec::len), Some(1), "{ack}");
+    assert_eq!(ack["missed"][0]["content"], "hello");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_temp_id_returns_the_stored_message() {
+    let mut server = TestServer::start(|_| {}).await;
+    server.conversation("c1", &["alice:customer"]).await;
+    let mut alice = server.connect("alice", "customer").await;
+    let send = json!({"conversationId": "c1", "content": "once", "tempId": "dup-1"});
+    let first = alice
+        .emit_ack("message:send", send.clone())
+        .await
+        .expect("ack");
+    assert_eq!(first["duplicate"], false);
+    // Retried on a new connection, as a client does after a lost ack.
+    drop(alice);
+    let mut alice = server.connect("alice", "customer").await;
+    let second = alice.emit_ack("message:send", send).await.expect("ack");
+    assert_eq!(second["ok"], true);
+    assert_eq!(second["duplicate"], true);
+    assert_eq!(second["message"], first["message"]);
+    assert_eq!(stored(server.addr, "c1").await.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn replacement_tells_the_old_connection_then_disconnects_it() {
+    let mut server = TestServer::start(|_| {}).await;
+    let mut old = server.connect("alice", "customer").await;
+    let mut new = server.connect("alice", "customer").await;
+    let replaced = old
+        .wait_event("connection:replaced")
+        .await
+        .expect("replaced");
+    assert!(replaced["message"].is_string());
+    let rest = old.wait_closed(WAIT).await.expect("old closes");
+    assert!(
+        rest.contains(&ClientEvent::Disconnect),
+        "a Socket.IO DISCONNECT before the close: {rest:?}"
+    );
+    // The new one works.
+    new.emit("ping", json!({})).expect("emit");
+    new.wait_event("pong").await.expect("pong");
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "heartline_replacements_total"), Some(1.0));
+    assert_eq!(metric(&m, "heartline_connections"), Some(1.0));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn presence_goes_offline_only_after_the_grace() {
+    let mut server = TestServer::start(|c| c.presence.offline_grace_ms = 300).await;
+    server
+        .conversation("c1", &["alice:customer", "bob:agent"])
+        .await;
+    let mut bob = server.connect("bob", "agent").await;
+    let alice = server.connect("alice", "customer").await;
+    bob.wait_event("user:online").await.expect("online");
+    // A quick reconnect does not flap.
+    drop(alice);
+    let alice = server.connect("alice", "customer").await;
+    let quiet = bob.next(Duration::from_millis(500)).await;
+    assert!(
+        !matches!(&quiet, Ok(ClientEvent::Event { name, .. }) if name.starts_with("user:")),
+        "{quiet:?}"
+    );
+    drop(alice);
+    let off = bob.wait_event("user:offline").await.expect("offline");
+    assert_eq!(off, json!({"userId": "alice", "userType": "customer"}));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_holds_across_reconnects() {
+    let mut server = TestServer::start(|c| {
+        c.rate_limit.messages = 3;
+        c.rate_limit.window_ms = 60_000;
+    })
+    .await;
+    server.conversation("c1", &["alice:customer"]).await;
+    let mut alice = server.connect("alice", "customer").await;
+    for i in 0..3 {
+        let ack = alice
+            .emit_ack(
+                "message:send",
+                json!({"conversationId": "c1", "content": format!("m{i}")}),
+            )
+            .await
+            .expect("ack");
+        assert_eq!(ack["ok"], true, "{ack}");
+    }
+    let refused = alice
+        .emit_ack(
+            "message:send",
+            json!({"conversationId": "c1", "content": "m3"}),
+        )
+        .await
+        .expect("ack");
+    assert_eq!(refused["ok"], false);
+    assert_eq!(refused["code"], "rate_limited");
+    assert!(
+        refused["retryAfterMs"].as_u64().is_some_and(|ms| ms > 0),
+        "{refused}"
+    );
+    let err = alice
+        .wait_event("message:error")
+        .await
+        .expect("error event");
+    assert_eq!(err["code"], "rate_limited");
+
+    drop(alice);
+    let mut alice = server.connect("alice", "customer").await;
+    let again = alice
+        .emit_ack(
+            "message:send",
+            json!({"conversationId": "c1", "content": "m4"}),
+        )
+        .await
+        .expect("ack");
+    assert_eq!(again["code"], "rate_limited", "{again}");
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "heartline_messages_refused_total{code=\"rate_limited\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(stored(server.addr, "c1").await.len(), 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeat_event_is_sent_and_answered() {
+    let mut server = TestServer::start(|c| c.heartbeat.interval_ms = 100).await;
+    let mut alice = server.connect("alice", "customer").await;
+    let hb = alice.wait_event("heartbeat").await.expect("heartbeat");
+    assert!(hb["timestamp"].is_u64());
+    alice.emit("heartbeat:response", hb.clone()).expect("emit");
+    let server_ref = &server;
+    let seen = eventually(WAIT, || async move {
+        let m = server_ref.metrics().await;
+        metric(&m, "heartline_heartbeat_latency_seconds_count").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    assert!(seen, "heartbeat latency observed");
+    let _: Value = hb;
+    server.stop().await;
+}
