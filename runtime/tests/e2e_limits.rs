@@ -1,0 +1,346 @@
+//! End to end over loopback: the limits that protect the server — heartbeat timeout,
+//! oversize frames, the handshake deadline (slowloris), max_connections, the per-IP rate,
+//! Origin, and slow consumers.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use heartline_runtime::client::{self, ClientEvent, ClientOptions, Connect};
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Reads until EOF or error; `true` if that happened within `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.is_ok()
+}
+
+#[tokio::test]
+async fn dead_peer_is_closed_within_ping_interval_plus_timeout() {
+    let mut server = TestServer::start(|c| {
+        c.engine.ping_interval_ms = 200;
+        c.engine.ping_timeout_ms = 200;
+    })
+    .await;
+    let mut alive = server.connect("bob", "agent").await;
+    let mut dead = server.connect("alice", "customer").await;
+    dead.set_answer_pings(false);
+    let started = tokio::time::Instant::now();
+    let events = dead
+        .wait_closed(Duration::from_secs(5))
+        .await
+        .expect("closed");
+    let took = started.elapsed();
+    // ping_interval + ping_timeout = 400 ms, plus generous slack for a loaded machine.
+    assert!(took < Duration::from_millis(400 + 2500), "took {took:?}");
+    assert!(matches!(events.last(), Some(ClientEvent::Closed { .. })));
+    // The live one is untouched.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    alive.emit("ping", json!({})).expect("emit");
+    alive.wait_event("pong").await.expect("still alive");
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(&m, "heartline_closes_total{reason=\"ping_timeout\"}"),
+        Some(1.0)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_frame_closes_only_that_connection() {
+    let mut server = TestServer::start(|c| c.engine.max_payload_bytes = 2000).await;
+    let mut other = server.connect("bob", "agent").await;
+    for size in [2500usize, 50_000] {
+        let mut big = server.connect("alice", "customer").await;
+        let text = format!("42/chat,[\"ping\",\"{}\"]", "x".repeat(size));
+        big.send_raw(Message::Text(text.into())).expect("send");
+        let events = big.wait_closed(WAIT).await.expect("closed");
+        match events.last() {
+            Some(ClientEvent::Closed { code, .. }) => {
+                assert_eq!(*code, Some(1009), "size {size}: {events:?}")
+            }
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+    other.emit("ping", json!({})).expect("emit");
+    other
+        .wait_event("pong")
+        .await
+        .expect("other connection unaffected");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slowloris_and_idle_connections_close_at_the_handshake_timeout() {
+    let mut server = TestServer::start(|c| c.server.handshake_timeout_ms = 300).await;
+    let mut partial = TcpStream::connect(server.addr).await.expect("connect");
+    partial
+        .write_all(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut idle = TcpStream::connect(server.addr).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    assert!(
+        closed_within(&mut partial, Duration::from_secs(3)).await,
+        "partial request closed"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(3)).await,
+        "idle connection closed"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before the deadline"
+    );
+
+    // A WebSocket that never connects a namespace is closed by the core.
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+    let open = ws.next().await.expect("open").expect("frame");
+    assert!(open.to_text().expect("text").starts_with("0{"));
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "websocket without namespace closed");
+    let m = server.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "heartline_admission_refused_total{reason=\"http_timeout\"}"
+        ) >= Some(2.0)
+    );
+    assert_eq!(
+        metric(&m, "heartline_closes_total{reason=\"handshake_timeout\"}"),
+        Some(1.0)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn max_connections_refuses_the_excess() {
+    let mut server = TestServer::start(|c| c.server.max_connections = 2).await;
+    let first = TcpStream::connect(server.addr).await.expect("1");
+    let _second = TcpStream::connect(server.addr).await.expect("2");
+    // Let the server accept both before the third arrives.
+    let addr = server.addr;
+    let ok = eventually(WAIT, || async move {
+        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+        status == 503
+    })
+    .await;
+    assert!(ok, "third connection refused with 503");
+    drop(first);
+    let ok = eventually(WAIT, || async move {
+        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+        status == 200
+    })
+    .await;
+    assert!(ok, "served again once a slot is free");
+    drop(_second);
+    let m = server.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "heartline_admission_refused_total{reason=\"max_connections\"}"
+        ) >= Some(1.0)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connect_rate_per_ip_refuses_bursts() {
+    let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 2).await;
+    let mut statuses = vec![];
+    for _ in 0..4 {
+        let (status, _, _) = http(server.addr, "GET", "/healthz", &[], "").await;
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..2], &[200, 200], "{statuses:?}");
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _, _) = http(server.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200, "tokens refill");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn origin_is_checked_and_cors_answered() {
+    let mut server = TestServer::start(|c| {
+        c.server.cors_origins = vec!["https://chat.example.com".into()];
+    })
+    .await;
+    let path = "/socket.io/?EIO=4&transport=polling";
+    let (status, _, body) = http(
+        server.addr,
+        "GET",
+        path,
+        &[("Origin", "https://evil.example")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, head, body) = http(
+        server.addr,
+        "GET",
+        path,
+        &[("Origin", "https://chat.example.com")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("0{\"sid\":"), "{body}");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-origin: https://chat.example.com"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+    // Without an Origin (a non-browser client) the handshake is allowed; both path forms.
+    let (status, _, body) = http(
+        server.addr,
+        "GET",
+        "/socket.io?EIO=4&transport=polling",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, head, _) = http(
+        server.addr,
+        "OPTIONS",
+        path,
+        &[
+            ("Origin", "https://chat.example.com"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("access-control-allow-methods"));
+    // A WebSocket from a disallowed origin gets no session.
+    let opts = ClientOptions {
+        headers: vec![("Origin".into(), "https://evil.example".into())],
+        ..ClientOptions::with_token(&token("alice", "customer", 3600))
+    };
+    assert!(client::connect(server.addr, opts).await.is_err());
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(&m, "heartline_engine_sessions"),
+        Some(2.0),
+        "only the two allowed polling handshakes opened sessions"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_without_unbounded_memory() {
+    let limit = 64 * 1024;
+    let mut server = TestServer::start(|c| {
+        c.server.max_outbound_bytes = limit;
+        c.rate_limit.messages = 100_000;
+        c.rate_limit.window_ms = 1000;
+    })
+    .await;
+    server
+        .conversation("c1", &["alice:customer", "slow:agent"])
+        .await;
+
+    // The slow consumer: a small receive buffer, joined to the room, then never reads.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket.connect(server.addr).await.expect("connect");
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.expect("ws");
+    ws.next().await.expect("open").expect("frame");
+    let connect = format!("40/chat,{}", json!({"token": token("slow", "agent", 3600)}));
+    ws.send(Message::Text(connect.into()))
+        .await
+        .expect("connect");
+    let join = "42/chat,0[\"conversation:join\",{\"conversationId\":\"c1\"}]";
+    ws.send(Message::Text(join.into())).await.expect("join");
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("frame in time");
+        let text = m.expect("open").expect("frame").into_text().expect("text");
+        if text.starts_with("43/chat,0") {
+            break;
+        }
+    }
+
+    let mut alice = server.connect("alice", "customer").await;
+    // Alice gets an ack, message:sent and a notification per send: keep her bursts well
+    // under the limit so that only the consumer that does not read is closed.
+    let content = "y".repeat(4000);
+    let mut closed = false;
+    for round in 0..400 {
+        let mut acks = vec![];
+        for i in 0..4 {
+            let payload = json!({"conversationId": "c1", "content": content, "tempId": format!("{round}-{i}")});
+            acks.push(alice.emit_with_ack("message:send", payload).expect("emit"));
+        }
+        for a in acks {
+            let ack = tokio::time::timeout(WAIT, a)
+                .await
+                .expect("ack in time")
+                .expect("ack");
+            assert_eq!(ack[0]["ok"], true, "{ack:?}");
+        }
+        let m = server.metrics().await;
+        let queued = metric(&m, "heartline_outbound_queue_bytes").unwrap_or(0.0);
+        assert!(
+            queued <= (limit + 64 * 1024) as f64,
+            "queue bounded: {queued}"
+        );
+        if metric(&m, "heartline_slow_consumer_closes_total") >= Some(1.0) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow consumer was closed");
+    // The fast sender is unaffected.
+    alice.emit("ping", json!({})).expect("emit");
+    alice.wait_event("pong").await.expect("alice still served");
+    drop(ws);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refused_connect_creates_no_user_state() {
+    let mut server = TestServer::start(|_| {}).await;
+    match client::connect(server.addr, ClientOptions::default())
+        .await
+        .expect("connect")
+    {
+        Connect::Refused(_) => {}
+        other => panic!("{other:?}"),
+    }
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "heartline_connections"), Some(0.0));
+    assert_eq!(metric(&m, "heartline_users_connected"), Some(0.0));
+    server.stop().await;
+}
