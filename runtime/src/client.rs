@@ -286,7 +286,9 @@ async fn connect_inner(addr: SocketAddr, options: ClientOptions) -> Result<Conne
             for p in early {
                 deliver(p, &nsp, &ev_tx, &acks);
             }
-            read_loop(stream, nsp, out, ev_tx, acks, answer).await;
+            read_loop(stream, nsp, out, ev_tx, acks.clone(), answer).await;
+            // Nothing more will be answered: fail the waiting acks at once.
+            acks.lock().unwrap_or_else(|e| e.into_inner()).clear();
         })
     };
     Ok(Connect::Connected(Client {

@@ -1,0 +1,239 @@
+//! End to end against the real `heartline` binary: configuration errors, SIGTERM drain,
+//! and `kill -9` followed by a restart with no acknowledged message lost or duplicated.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_heartline");
+
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("heartline.toml");
+    let db = dir.join("heartline.db");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\njwt_secret = \"{SECRET}\"\n[api]\nkey = \"{API_KEY}\"\n[store]\npath = \"{}\"\n{extra}",
+        db.display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Starts the binary and waits for its "listening on" line.
+async fn spawn(config: &Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn heartline");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("heartline listening on http://") {
+                return rest.trim().parse::<SocketAddr>().expect("address");
+            }
+        }
+        panic!("heartline exited before listening");
+    })
+    .await
+    .expect("heartline listens in time");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("pid");
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn config_errors_name_the_key_and_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nlisen = \"127.0.0.1:1\"\n").expect("write");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.lisen"), "{stderr}");
+
+    std::fs::write(&path, "[engine]\nping_interval_ms = 0\n").expect("write");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("engine.ping_interval_ms"));
+
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "[shutdown]\ndrain_ms = 2000\n");
+    let (mut child, addr) = spawn(&config).await;
+    let mut clients = vec![];
+    for i in 0..12 {
+        clients.push(connect_as(addr, &format!("u{i}"), "customer").await);
+    }
+    let (status, _, _) = http(addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(status, 200);
+    signal(&child, "TERM");
+    let saw_503 = eventually(Duration::from_secs(3), || async move {
+        http(addr, "GET", "/readyz", &[], "").await.0 == 503
+    })
+    .await;
+    assert!(saw_503, "readyz 503 while draining");
+    for c in &mut clients {
+        let events = c.wait_closed(Duration::from_secs(5)).await.expect("closed");
+        assert!(
+            !events.contains(&heartline_runtime::client::ClientEvent::Disconnect),
+            "{events:?}"
+        );
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits in bounded time")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn kill_9_then_restart_loses_and_duplicates_no_acked_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        "[rate_limit]\nmessages = 100000\nwindow_ms = 1000\n",
+    );
+    let (mut child, addr) = spawn(&config).await;
+    let (status, body) = put_conversation(addr, "c1", &["alice:customer"]).await;
+    assert_eq!(status, 200, "{body}");
+    let mut alice = connect_as(addr, "alice", "customer").await;
+
+    // Keep sends in flight and kill the server in the middle of them.
+    let mut acked: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut sent: BTreeSet<String> = BTreeSet::new();
+    let mut pending = vec![];
+    for i in 0..=300 {
+        let temp = format!("t{i}");
+        let payload = json!({"conversationId": "c1", "content": format!("m{i}"), "tempId": temp});
+        pending.push((
+            temp.clone(),
+            alice.emit_with_ack("message:send", payload).expect("emit"),
+        ));
+        sent.insert(temp);
+        if i == 300 {
+            child.start_kill().expect("kill -9");
+        }
+        if pending.len() >= 8 || i == 300 {
+            for (temp, rx) in pending.drain(..) {
+                if let Ok(Ok(args)) = tokio::time::timeout(Duration::from_secs(2), rx).await {
+                    let m = &args[0]["message"];
+                    if args[0]["ok"] == true {
+                        let seq = m["seq"].as_u64().expect("seq");
+                        acked.insert(temp, (seq, m["id"].as_str().expect("id").to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    let _ = child.wait().await;
+    assert!(
+        acked.len() >= 250,
+        "most sends were acked before the kill: {}",
+        acked.len()
+    );
+
+    // Restart on the same store.
+    let (mut child, addr) = spawn(&config).await;
+    let messages = stored(addr, "c1").await;
+    let seqs: Vec<u64> = messages
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "seq is gapless");
+    let mut by_temp: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for m in &messages {
+        let temp = m["tempId"].as_str().expect("tempId").to_owned();
+        let entry = (
+            m["seq"].as_u64().expect("seq"),
+            m["id"].as_str().expect("id").to_owned(),
+        );
+        assert!(
+            by_temp.insert(temp.clone(), entry).is_none(),
+            "{temp} stored twice"
+        );
+    }
+    for (temp, stored_as) in &acked {
+        assert_eq!(
+            by_temp.get(temp),
+            Some(stored_as),
+            "acked {temp} kept as acked"
+        );
+    }
+
+    // A client resending everything it did not see acked gets each stored exactly once.
+    let mut alice = connect_as(addr, "alice", "customer").await;
+    for temp in sent.iter().filter(|t| !acked.contains_key(*t)) {
+        let i = &temp[1..];
+        let ack = alice
+            .emit_ack(
+                "message:send",
+                json!({"conversationId": "c1", "content": format!("m{i}"), "tempId": temp}),
+            )
+            .await
+            .expect("ack");
+        assert_eq!(ack["ok"], true, "{ack}");
+        assert_eq!(
+            ack["duplicate"],
+            by_temp.contains_key(temp),
+            "{temp}: {ack}"
+        );
+    }
+    let messages = stored(addr, "c1").await;
+    assert_eq!(messages.len(), sent.len());
+    let temps: BTreeSet<String> = messages
+        .iter()
+        .map(|m| m["tempId"].as_str().expect("tempId").to_owned())
+        .collect();
+    assert_eq!(temps, sent);
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}

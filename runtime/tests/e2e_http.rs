@@ -1,0 +1,243 @@
+//! End to end over loopback: health, readiness during a drain, metrics, the conversations
+//! API, and Engine.IO long-polling through the real HTTP stack.
+
+mod support;
+
+use std::time::Duration;
+
+use heartline_runtime::client::ClientEvent;
+use serde_json::{json, Value};
+use support::*;
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let mut server = TestServer::start(|_| {}).await;
+    let (status, _, body) = http(server.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, _, _) = http(server.addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(status, 200);
+    let _alice = server.connect("alice", "customer").await;
+    let (status, head, body) = http(server.addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("content-type: text/plain"));
+    for name in [
+        "heartline_connections 1",
+        "heartline_users_online 1",
+        "heartline_replacements_total 0",
+        "heartline_rate_limit_entries 0",
+        "heartline_outbound_queue_bytes",
+        "heartline_heartbeat_latency_seconds_bucket{le=\"+Inf\"}",
+        "heartline_tcp_connections",
+        "# TYPE heartline_closes_total counter",
+    ] {
+        assert!(body.contains(name), "{name} missing from:\n{body}");
+    }
+    let (status, _, _) = http(server.addr, "GET", "/nope", &[], "").await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_turns_503_while_draining_and_clients_are_closed_without_disconnect() {
+    let mut server = TestServer::start(|c| c.shutdown.drain_ms = 1500).await;
+    let addr = server.addr;
+    let mut clients = vec![];
+    for i in 0..6 {
+        clients.push(server.connect(&format!("u{i}"), "customer").await);
+    }
+    let handle = server.handle.take().expect("handle");
+    let shutdown = tokio::spawn(handle.shutdown());
+    let draining = eventually(WAIT, || async move {
+        http(addr, "GET", "/readyz", &[], "").await.0 == 503
+    })
+    .await;
+    assert!(draining, "readyz is 503 while draining");
+    // New sessions are refused while existing requests are still answered.
+    let (status, _, _) = http(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    assert_eq!(status, 503);
+    let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
+    // Every client is closed with a transport close, never a Socket.IO DISCONNECT, so a
+    // socket.io-client would reconnect by itself.
+    for c in &mut clients {
+        let events = c.wait_closed(Duration::from_secs(5)).await.expect("closed");
+        assert!(!events.contains(&ClientEvent::Disconnect), "{events:?}");
+        match events.last() {
+            Some(ClientEvent::Closed { code, .. }) => assert_eq!(*code, Some(1001)),
+            other => panic!("{other:?}"),
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown bounded")
+        .expect("shutdown task");
+}
+
+#[tokio::test]
+async fn api_requires_the_key_and_validates_bodies() {
+    let mut server = TestServer::start(|_| {}).await;
+    let addr = server.addr;
+    let body = json!({"members": [{"userId": "u1", "userType": "customer"}]}).to_string();
+    let (status, _, _) = http(addr, "PUT", "/api/conversations/c1", &[], &body).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = http(
+        addr,
+        "PUT",
+        "/api/conversations/c1",
+        &[("Authorization", "Bearer wrong")],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let auth = format!("Bearer {API_KEY}");
+    for bad in [
+        "not json",
+        "{}",
+        "{\"members\": [{\"userId\": \"u1\"}]}",
+        "{\"members\": \"u1\"}",
+        "{\"members\": [{\"userId\": \"\", \"userType\": \"x\"}]}",
+    ] {
+        let (status, _, resp) = http(
+            addr,
+            "PUT",
+            "/api/conversations/c1",
+            &[("Authorization", &auth)],
+            bad,
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {resp}");
+    }
+    let (status, _, resp) = http(
+        addr,
+        "PUT",
+        "/api/conversations/c1",
+        &[("Authorization", &auth)],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{resp}");
+    let v: Value = serde_json::from_str(&resp).expect("json");
+    assert_eq!(v["id"], "c1");
+    assert_eq!(
+        v["members"],
+        json!([{"userId": "u1", "userType": "customer"}])
+    );
+
+    // Messages sent over Socket.IO are readable through the API.
+    let mut u1 = server.connect("u1", "customer").await;
+    for i in 0..3 {
+        let ack = u1
+            .emit_ack(
+                "message:send",
+                json!({"conversationId": "c1", "content": format!("m{i}")}),
+            )
+            .await
+            .expect("ack");
+        assert_eq!(ack["ok"], true);
+    }
+    let (status, _, resp) = http(
+        addr,
+        "GET",
+        "/api/conversations/c1/messages?afterSeq=1&limit=1",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{resp}");
+    let v: Value = serde_json::from_str(&resp).expect("json");
+    let ms = v["messages"].as_array().expect("messages");
+    assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0]["seq"], 2);
+    assert_eq!(ms[0]["content"], "m1");
+    let (status, _, _) = http(
+        addr,
+        "GET",
+        "/api/conversations/c1/messages?afterSeq=x",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _, _) = http(
+        addr,
+        "GET",
+        "/api/conversations/missing/messages",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = http(addr, "GET", "/api/conversations/c1/messages", &[], "").await;
+    assert_eq!(status, 401);
+
+    // Replacing the members takes effect at once: u1 may no longer send.
+    let others = json!({"members": [{"userId": "u2", "userType": "agent"}]}).to_string();
+    let (status, _, resp) = http(
+        addr,
+        "PUT",
+        "/api/conversations/c1",
+        &[("Authorization", &auth)],
+        &others,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&resp).expect("json")["lastSeq"],
+        3
+    );
+    let ack = u1
+        .emit_ack(
+            "message:send",
+            json!({"conversationId": "c1", "content": "late"}),
+        )
+        .await
+        .expect("ack");
+    assert_eq!(ack["code"], "forbidden", "{ack}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn api_is_disabled_without_a_key() {
+    let mut server = TestServer::start(|c| c.api.key = String::new()).await;
+    let (status, _, _) = http(
+        server.addr,
+        "PUT",
+        "/api/conversations/c1",
+        &[("Authorization", "Bearer ")],
+        "{\"members\":[]}",
+    )
+    .await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn long_polling_session_connects_and_receives() {
+    let mut server = TestServer::start(|_| {}).await;
+    let addr = server.addr;
+    let (status, head, body) =
+        http(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(head.to_ascii_lowercase().contains("text/plain"));
+    let open: Value = serde_json::from_str(body.strip_prefix('0').expect("open")).expect("json");
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    assert_eq!(open["upgrades"], json!(["websocket"]));
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let connect = format!(
+        "40/chat,{}",
+        json!({"token": token("alice", "customer", 3600)})
+    );
+    let (status, _, body) = http(addr, "POST", &path, &[], &connect).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, _, body) = http(addr, "GET", &path, &[], "").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("40/chat,{\"sid\":"), "{body}");
+    assert!(body.contains("connection:success"), "{body}");
+    // Oversize POST: 413.
+    let big = format!("4{}", "x".repeat(1_000_001));
+    let (status, _, _) = http(addr, "POST", &path, &[], &big).await;
+    assert_eq!(status, 413);
+    server.stop().await;
+}
