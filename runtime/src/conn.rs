@@ -65,14 +65,21 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
     let service = {
         let ctx = ctx.clone();
         let activity = activity.clone();
+        let served = Arc::new(AtomicU64::new(0));
         service_fn(move |req| {
             activity.in_flight.fetch_add(1, Ordering::AcqRel);
             let guard = InFlight {
                 activity: activity.clone(),
                 ctx: ctx.clone(),
             };
+            let mut info = info.clone();
+            // A later request on a kept-alive connection (a client reconnecting over its
+            // pooled connection) starts its own handshake clock: counting from the
+            // original accept would time its new session out at once.
+            if served.fetch_add(1, Ordering::Relaxed) > 0 {
+                info.accepted_at = ctx.clock.now();
+            }
             let ctx = ctx.clone();
-            let info = info.clone();
             async move {
                 let resp = routes::route(req, ctx, info).await;
                 drop(guard);

@@ -241,3 +241,83 @@ async fn long_polling_session_connects_and_receives() {
     assert_eq!(status, 413);
     server.stop().await;
 }
+
+async fn polling_handshake(addr: std::net::SocketAddr) -> String {
+    let (status, _, body) = http(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let open: Value = serde_json::from_str(body.strip_prefix('0').expect("open")).expect("json");
+    open["sid"].as_str().expect("sid").to_owned()
+}
+
+#[tokio::test]
+async fn a_held_poll_abandoned_by_the_client_ends_the_session() {
+    use tokio::io::AsyncWriteExt;
+    let mut server = TestServer::start(|_| {}).await;
+    let addr = server.addr;
+    let sid = polling_handshake(addr).await;
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let mut held = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    held.write_all(req.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(held);
+    let gone = eventually(WAIT, || {
+        let path = path.clone();
+        async move { http(addr, "GET", &path, &[], "").await.0 == 400 }
+    })
+    .await;
+    assert!(gone, "the session ended with the abandoned poll");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn polling_session_upgrades_to_websocket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut server = TestServer::start(|_| {}).await;
+    let addr = server.addr;
+    let sid = polling_handshake(addr).await;
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+    ws.send(Message::Text("2probe".into()))
+        .await
+        .expect("probe");
+    let reply = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("in time");
+    assert_eq!(
+        reply
+            .expect("frame")
+            .expect("ok")
+            .into_text()
+            .expect("text")
+            .as_str(),
+        "3probe"
+    );
+    ws.send(Message::Text("5".into())).await.expect("upgrade");
+    let connect = format!(
+        "40/chat,{}",
+        json!({"token": token("alice", "customer", 3600)})
+    );
+    ws.send(Message::Text(connect.into()))
+        .await
+        .expect("connect");
+    let mut seen = vec![];
+    let connected = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(m)) = ws.next().await {
+            let text = m.into_text().expect("text").to_string();
+            seen.push(text.clone());
+            if text.contains("connection:success") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(connected, Ok(true), "{seen:?}");
+    // The polling transport is gone.
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let (status, _, _) = http(addr, "GET", &path, &[], "").await;
+    assert_eq!(status, 400);
+    server.stop().await;
+}
