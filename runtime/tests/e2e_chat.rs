@@ -324,3 +324,110 @@ async fn heartbeat_event_is_sent_and_answered() {
     let _: Value = hb;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn leave_history_and_admin_metrics() {
+    use heartline_core::gateway::auth::{issue, Claims};
+    let mut server = TestServer::start(|_| {}).await;
+    server
+        .conversation("c1", &["alice:customer", "bob:agent"])
+        .await;
+    let mut alice = server.connect("alice", "customer").await;
+    let mut bob = server.connect("bob", "agent").await;
+    let ack = alice
+        .emit_ack("conversation:join", json!({"conversationId": "c1"}))
+        .await
+        .expect("join");
+    assert_eq!(ack["ok"], true);
+    let ack = alice
+        .emit_ack("conversation:leave", json!({"conversationId": "c1"}))
+        .await
+        .expect("leave");
+    assert_eq!(ack, json!({"ok": true}));
+    // After leaving, Alice gets a notification rather than message:new.
+    bob.emit_ack(
+        "message:send",
+        json!({"conversationId": "c1", "content": "hi"}),
+    )
+    .await
+    .expect("send");
+    let note = alice
+        .wait_event("message:notification")
+        .await
+        .expect("note");
+    assert_eq!(note["message"]["content"], "hi");
+
+    // metrics:request is answered for admin tokens only.
+    alice.emit("metrics:request", Value::Null).expect("emit");
+    while let Ok(e) = alice.next(Duration::from_millis(300)).await {
+        assert!(
+            !matches!(&e, ClientEvent::Event { name, .. } if name == "metrics:response"),
+            "metrics for a non-admin: {e:?}"
+        );
+    }
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let admin = issue(
+        SECRET.as_bytes(),
+        &Claims {
+            sub: "ops".into(),
+            user_type: "agent".into(),
+            exp,
+            role: Some("admin".into()),
+        },
+    )
+    .expect("sign");
+    let mut ops = try_connect(server.addr, ClientOptions::with_token(&admin))
+        .await
+        .client()
+        .expect("admin");
+    ops.emit("metrics:request", Value::Null).expect("emit");
+    let m = ops.wait_event("metrics:response").await.expect("metrics");
+    assert_eq!(m["connectedUsers"], 3);
+    assert!(m["uptime"].is_number() && m["heartbeats"].is_number());
+    assert!(m["rateLimitEntries"].is_number());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn expiring_token_gets_auth_expired_then_refresh_or_disconnect() {
+    let mut server = TestServer::start(|c| c.auth.grace_ms = 300).await;
+    let opts = |user: &str| ClientOptions::with_token(&token(user, "customer", 2));
+    let mut keeps = try_connect(server.addr, opts("keeps"))
+        .await
+        .client()
+        .expect("c");
+    let mut lapses = try_connect(server.addr, opts("lapses"))
+        .await
+        .client()
+        .expect("c");
+    keeps.wait_event("auth:expired").await.expect("expired");
+    // A token for another user is refused; a newer one for the same user is taken.
+    let other = keeps
+        .emit_ack(
+            "auth:refresh",
+            json!({"token": token("someone", "customer", 3600)}),
+        )
+        .await
+        .expect("ack");
+    assert_eq!(other["ok"], false, "{other}");
+    let ok = keeps
+        .emit_ack(
+            "auth:refresh",
+            json!({"token": token("keeps", "customer", 3600)}),
+        )
+        .await
+        .expect("ack");
+    assert_eq!(ok, json!({"ok": true}));
+    lapses.wait_event("auth:expired").await.expect("expired");
+    let end = lapses.wait_closed(WAIT).await.expect("closed");
+    assert!(end.contains(&ClientEvent::Disconnect), "{end:?}");
+    // The refreshed one is still served after the grace.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    keeps.emit("ping", json!({})).expect("emit");
+    keeps.wait_event("pong").await.expect("still connected");
+    server.stop().await;
+}
