@@ -3,4 +3,17 @@
 # runs every test. This is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "npm packages for the client tests (pinned by tests/node/package-lock.json)"
+npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+
+step "build"
+cargo build --workspace --locked --bins
+
+step "Rust tests: core, runtime, simulator"
 cargo test --workspace --locked
+
+step "socket.io-client against the real binary"
+HEARTLINE_BIN="$PWD/target/debug/heartline" npm test --prefix tests/node

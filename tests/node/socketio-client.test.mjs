@@ -1,0 +1,190 @@
+// The unmodified socket.io-client against the real heartline binary.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { io } from 'socket.io-client';
+import WebSocket from 'ws';
+import { Server, token, sleep } from './server.mjs';
+
+const server = new Server();
+const opened = [];
+
+before(async () => {
+  await server.start();
+  await server.conversation('c1', [['alice', 'customer'], ['bob', 'agent']]);
+});
+
+after(async () => {
+  for (const s of opened) s.close();
+  await server.kill('SIGTERM');
+});
+
+function connect(user, type, opts = {}) {
+  const s = io(`${server.url}/chat`, {
+    auth: { token: token(user, type) },
+    reconnectionDelay: 100,
+    reconnectionDelayMax: 300,
+    ...opts,
+  });
+  opened.push(s);
+  return s;
+}
+
+function once(socket, event, ms = 5000) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
+    socket.once(event, (...args) => {
+      clearTimeout(t);
+      resolve(args.length > 1 ? args : args[0]);
+    });
+  });
+}
+
+test('websocket-only connect gets connection:success with the socket id', async () => {
+  const s = connect('alice', 'customer', { transports: ['websocket'] });
+  const ok = await once(s, 'connection:success');
+  assert.equal(ok.userId, 'alice');
+  assert.equal(ok.userType, 'customer');
+  assert.equal(ok.socketId, s.id);
+  assert.ok(Math.abs(ok.serverTime - Date.now()) < 60_000);
+  s.close();
+});
+
+test('default transports: polling first, then upgrade to websocket', async () => {
+  const s = connect('bob', 'agent', { autoConnect: false });
+  const first = new Promise((r) => s.io.once('open', () => r(s.io.engine.transport.name)));
+  const upgraded = new Promise((r) =>
+    s.io.once('open', () => s.io.engine.once('upgrade', (t) => r(t.name))),
+  );
+  s.connect();
+  await once(s, 'connection:success');
+  assert.equal(await first, 'polling');
+  assert.equal(await upgraded, 'websocket');
+  assert.equal(s.io.engine.transport.name, 'websocket');
+  const pong = once(s, 'pong');
+  s.emit('ping', {});
+  assert.ok((await pong).timestamp > 0);
+  s.close();
+});
+
+test('auth refusals arrive as connect_error with the contract messages, without retries', async () => {
+  const missing = io(`${server.url}/chat`, { transports: ['websocket'] });
+  opened.push(missing);
+  assert.equal((await once(missing, 'connect_error')).message, 'Authentication required');
+  const bad = io(`${server.url}/chat`, { transports: ['websocket'], auth: { token: 'garbage' } });
+  opened.push(bad);
+  assert.equal((await once(bad, 'connect_error')).message, 'Invalid authentication token');
+  const expired = io(`${server.url}/chat`, {
+    transports: ['websocket'],
+    auth: { token: token('alice', 'customer', { expInS: -10 }) },
+  });
+  opened.push(expired);
+  assert.equal((await once(expired, 'connect_error')).message, 'Invalid authentication token');
+  const hs512 = io(`${server.url}/chat`, {
+    transports: ['websocket'],
+    auth: { token: token('alice', 'customer', { alg: 'HS512' }) },
+  });
+  opened.push(hs512);
+  assert.equal((await once(hs512, 'connect_error')).message, 'Invalid authentication token');
+  assert.equal(missing.active, false, 'a refused connect is not retried');
+  const other = io(`${server.url}/`, { transports: ['websocket'], auth: { token: token('a', 'b') } });
+  opened.push(other);
+  assert.equal((await once(other, 'connect_error')).message, 'Invalid namespace');
+  for (const s of [missing, bad, expired, hs512, other]) s.close();
+});
+
+test('events with and without acks: join, send, message:new, message:sent', async () => {
+  const a = connect('alice', 'customer', { transports: ['websocket'] });
+  const b = connect('bob', 'agent', { transports: ['websocket'] });
+  await Promise.all([once(a, 'connection:success'), once(b, 'connection:success')]);
+  const ja = await a.timeout(5000).emitWithAck('conversation:join', { conversationId: 'c1' });
+  assert.equal(ja.ok, true);
+  const jb = await b.timeout(5000).emitWithAck('conversation:join', { conversationId: 'c1' });
+  assert.equal(jb.ok, true);
+  const seen = once(b, 'message:new');
+  const sent = once(a, 'message:sent');
+  const ack = await a.timeout(5000).emitWithAck('message:send', { conversationId: 'c1', content: 'hi bob', tempId: 'n1' });
+  assert.equal(ack.ok, true);
+  assert.equal(ack.duplicate, false);
+  assert.equal(ack.message.content, 'hi bob');
+  assert.equal((await seen).seq, ack.message.seq);
+  assert.equal((await sent).tempId, 'n1');
+  const again = await a.timeout(5000).emitWithAck('message:send', { conversationId: 'c1', content: 'hi bob', tempId: 'n1' });
+  assert.equal(again.duplicate, true);
+  assert.equal(again.message.seq, ack.message.seq);
+  const forbidden = await a.timeout(5000).emitWithAck('conversation:join', { conversationId: 'nope' });
+  assert.equal(forbidden.ok, false);
+  assert.equal(forbidden.code, 'not_found');
+  a.close();
+  b.close();
+});
+
+test('replacement: the older socket gets connection:replaced, then io server disconnect, and stays away', async () => {
+  const first = connect('carol', 'customer', { transports: ['websocket'] });
+  await once(first, 'connection:success');
+  const replaced = once(first, 'connection:replaced');
+  const gone = once(first, 'disconnect');
+  const second = connect('carol', 'customer', { transports: ['websocket'] });
+  await once(second, 'connection:success');
+  assert.ok((await replaced).message);
+  const [reason] = await gone;
+  assert.equal(reason, 'io server disconnect');
+  await sleep(500);
+  assert.equal(first.connected, false, 'the displaced client does not fight back');
+  assert.equal(second.connected, true);
+  second.close();
+});
+
+test('the client reconnects by itself after a crash and catches up with afterSeq', async () => {
+  const a = connect('alice', 'customer', { transports: ['websocket'] });
+  const b = connect('bob', 'agent', { transports: ['websocket'] });
+  await Promise.all([once(a, 'connection:success'), once(b, 'connection:success')]);
+  await b.timeout(5000).emitWithAck('conversation:join', { conversationId: 'c1' });
+  const first = await a.timeout(5000).emitWithAck('message:send', { conversationId: 'c1', content: 'before' });
+  const lastSeen = first.message.seq;
+  const reasons = [];
+  b.on('disconnect', (r) => reasons.push(r));
+  await server.restart();
+  // Alice comes back on her own and sends while Bob may still be away.
+  await once(a, 'connect', 10_000).catch(() => {});
+  if (!a.connected) await once(a, 'connect', 10_000);
+  const during = await a.timeout(5000).emitWithAck('message:send', { conversationId: 'c1', content: 'while bob was away' });
+  assert.equal(during.ok, true);
+  if (!b.connected) await once(b, 'connect', 10_000);
+  assert.ok(reasons.includes('transport close') || reasons.includes('transport error'), `reasons: ${reasons}`);
+  const rejoin = await b.timeout(5000).emitWithAck('conversation:join', { conversationId: 'c1', afterSeq: lastSeen });
+  assert.equal(rejoin.ok, true);
+  assert.deepEqual(rejoin.missed.map((m) => m.content), ['while bob was away']);
+  assert.equal(rejoin.lastSeq, during.message.seq);
+  a.close();
+  b.close();
+});
+
+test('binary attachments pass through the codec untouched (echoed back by ping)', async () => {
+  // The gateway has no binary events; a binary packet on an unknown event must not hurt the connection.
+  const a = connect('dave', 'customer', { transports: ['websocket'] });
+  await once(a, 'connection:success');
+  a.emit('unknown:binary', Buffer.from([1, 2, 3, 4]));
+  const pong = once(a, 'pong');
+  a.emit('ping', {});
+  assert.ok((await pong).timestamp > 0);
+  assert.equal(a.connected, true);
+  a.close();
+});
+
+test('an upgrade that never completes is dropped after upgrade_timeout_ms; polling goes on', async () => {
+  const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+  const open = await (await fetch(base)).text();
+  const sid = JSON.parse(open.slice(1)).sid;
+  const ws = new WebSocket(`ws://127.0.0.1:${server.port}/socket.io/?EIO=4&transport=websocket&sid=${sid}`);
+  await new Promise((r, j) => { ws.once('open', r); ws.once('error', j); });
+  const got = new Promise((r) => ws.once('message', (m) => r(m.toString())));
+  ws.send('2probe');
+  assert.equal(await got, '3probe');
+  const closed = new Promise((r) => ws.once('close', r));
+  const t0 = Date.now();
+  await closed;
+  const waited = Date.now() - t0;
+  assert.ok(waited >= 500, `probe closed after ${waited} ms`);
+  const post = await fetch(`${base}&sid=${sid}`, { method: 'POST', body: '3' });
+  assert.equal(post.status, 200, 'the polling session survived');
+});
