@@ -6,6 +6,14 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "Debian's Chromium for the browser test"
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 step "npm packages for the client tests (pinned by tests/node/package-lock.json)"
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
@@ -15,5 +23,5 @@ cargo build --workspace --locked --bins
 step "Rust tests: core, runtime, simulator"
 cargo test --workspace --locked
 
-step "socket.io-client against the real binary"
+step "socket.io-client and the browser page against the real binary"
 HEARTLINE_BIN="$PWD/target/debug/heartline" npm test --prefix tests/node

@@ -1,5 +1,5 @@
-//! The one port's routes: Engine.IO under `/socket.io/`, health, readiness, metrics and
-//! the conversations API.
+//! The one port's routes: Engine.IO under `/socket.io/`, health, readiness, metrics, the
+//! conversations API, and the status page with its client module.
 
 use std::sync::Arc;
 
@@ -12,6 +12,11 @@ use crate::api;
 use crate::context::Context;
 use crate::engineio::{self, ConnInfo};
 use crate::http::{self, Body};
+
+/// The status page: connection indicator and a minimal chat, embedded in the binary.
+const PAGE: &str = include_str!("../assets/index.html");
+/// The page's client module: Heartline's reconnection rules in JavaScript.
+const CLIENT_JS: &str = include_str!("../assets/heartline.js");
 
 /// Routes one request.
 pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -> Response<Body> {
@@ -27,6 +32,12 @@ pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) ->
             }
         }
         "/metrics" if req.method() == Method::GET => metrics(&ctx).await,
+        "/" | "/index.html" if req.method() == Method::GET => {
+            http::with_body(StatusCode::OK, "text/html; charset=utf-8", PAGE)
+        }
+        "/heartline.js" if req.method() == Method::GET => {
+            http::with_body(StatusCode::OK, "text/javascript; charset=utf-8", CLIENT_JS)
+        }
         p => match p.strip_prefix("/api/") {
             Some(rest) => {
                 let rest = rest.to_owned();
