@@ -91,6 +91,13 @@ pub fn banner(users: &[DevUser], addr: &str, namespace: &str) -> String {
             u.user_id, u.user_type, u.token
         ));
     }
+    s.push_str("\nOr chat in a browser, one window per user:\n");
+    for u in users {
+        s.push_str(&format!(
+            "  http://{addr}/?conversation={DEV_CONVERSATION}&autoconnect&token={}\n",
+            u.token
+        ));
+    }
     s.push_str(&format!(
         "\nConnect with socket.io-client:\n  const socket = io(\"http://{addr}{namespace}\", {{ auth: {{ token: \"<token>\" }} }});\n  socket.emit(\"conversation:join\", {{ conversationId: \"{DEV_CONVERSATION}\" }}, console.log);\n  socket.emit(\"message:send\", {{ conversationId: \"{DEV_CONVERSATION}\", content: \"hello\", tempId: \"t1\" }}, console.log);\n"
     ));
