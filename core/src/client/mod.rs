@@ -20,6 +20,7 @@
 //! exactly like the server side.
 
 mod backoff;
+mod catchup;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -27,11 +28,21 @@ use serde_json::{json, Value};
 
 pub use backoff::Backoff;
 
+use catchup::CatchUp;
+
 use crate::codec::engine::{Data, Packet as EioPacket};
 use crate::codec::socket::{Decoder, Packet as SioPacket, PacketType};
 use crate::codec::Frame;
 use crate::ids::Rng;
 use crate::time::{Clock, Instant};
+
+/// Sends on the wire awaiting their ack at any time. An outbox that filled up while
+/// offline is not fired at the server all at once: past the rate limit each extra send
+/// is refused, and enough refusals in a burst end the connection as a flood.
+const MAX_SENDS_IN_FLIGHT: usize = 4;
+
+/// Pause before a join the server failed to serve is tried again.
+const JOIN_RETRY_MS: u64 = 1_000;
 
 /// Settings of one client.
 #[derive(Clone, Debug, PartialEq)]
@@ -166,9 +177,12 @@ pub struct Client {
     next_ack: u64,
     /// Ack ids of joins in flight: ack id -> conversation.
     joins: BTreeMap<u64, String>,
-    /// Joined conversations and the last `seq` handed to the application (`None` until
-    /// the first join is acknowledged).
-    joined: BTreeMap<String, Option<u64>>,
+    /// Joins the server could not serve (store failure), to try again at the given time.
+    rejoin_at: BTreeMap<String, Instant>,
+    /// Joined conversations, what has been handed to the application, what is held back.
+    convs: CatchUp,
+    /// Ack ids of history requests in flight: ack id -> conversation.
+    history: BTreeMap<u64, String>,
     next_temp: u64,
     out: VecDeque<Output>,
 }
@@ -192,7 +206,9 @@ impl Client {
             outbox: VecDeque::new(),
             next_ack: 0,
             joins: BTreeMap::new(),
-            joined: BTreeMap::new(),
+            rejoin_at: BTreeMap::new(),
+            convs: CatchUp::default(),
+            history: BTreeMap::new(),
             next_temp: 1,
             out: VecDeque::new(),
         }
@@ -210,7 +226,7 @@ impl Client {
 
     /// Joined conversations with the last `seq` delivered.
     pub fn joined(&self) -> &BTreeMap<String, Option<u64>> {
-        &self.joined
+        &self.convs.joined
     }
 
     /// The next output. Drain until `None`.
@@ -222,20 +238,25 @@ impl Client {
     /// The earliest deadline.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let retry = if self.phase == Phase::Up {
-            self.outbox
+        let (retry, rejoin) = if self.phase == Phase::Up {
+            // With the window full, the next ack (not a deadline) is what lets a send go.
+            let in_flight = self.outbox.iter().filter(|o| o.ack.is_some()).count();
+            let retry = self
+                .outbox
                 .iter()
-                .filter(|o| o.ack.is_none())
+                .filter(|o| o.ack.is_none() && in_flight < MAX_SENDS_IN_FLIGHT)
                 .map(|o| o.not_before)
-                .min()
+                .min();
+            (retry, self.rejoin_at.values().min().copied())
         } else {
-            None
+            (None, None)
         };
         [
             self.reconnect_at,
             self.connect_deadline,
             self.silence_deadline,
             retry,
+            rejoin,
         ]
         .into_iter()
         .flatten()
@@ -294,7 +315,8 @@ impl Client {
     /// Joins a conversation (and rejoins it with catch-up after every reconnect).
     pub fn join(&mut self, now: Instant, conversation_id: &str) {
         self.clock.observe(now);
-        self.joined
+        self.convs
+            .joined
             .entry(conversation_id.to_owned())
             .or_insert(None);
         if self.phase == Phase::Up {
@@ -369,6 +391,18 @@ impl Client {
             self.silence_deadline = None;
             self.lost(now, "ping timeout");
         }
+        if self.phase == Phase::Up {
+            let due: Vec<String> = self
+                .rejoin_at
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(c, _)| c.clone())
+                .collect();
+            for conv in due {
+                self.rejoin_at.remove(&conv);
+                self.send_join(&conv);
+            }
+        }
         self.flush_outbox(now);
     }
 
@@ -404,6 +438,10 @@ impl Client {
             o.ack = None;
         }
         self.joins.clear();
+        self.history.clear();
+        self.convs.reset();
+        // Every joined conversation is rejoined on the next connect anyway.
+        self.rejoin_at.clear();
         if self.replaced {
             return self.set_status(Status::Replaced);
         }
@@ -480,7 +518,7 @@ impl Client {
         self.connect_deadline = None;
         self.next_ack = 0;
         self.set_status(Status::Connected);
-        let convs: Vec<String> = self.joined.keys().cloned().collect();
+        let convs: Vec<String> = self.convs.joined.keys().cloned().collect();
         for c in convs {
             self.send_join(&c);
         }
@@ -511,7 +549,7 @@ impl Client {
         self.joins.insert(id, conversation_id.to_owned());
         let mut payload = json!({ "conversationId": conversation_id });
         // A first join starts from now; a rejoin asks for everything after the last seen.
-        if let Some(Some(last)) = self.joined.get(conversation_id) {
+        if let Some(Some(last)) = self.convs.joined.get(conversation_id) {
             payload["afterSeq"] = json!(last);
         }
         self.send_event("conversation:join", payload, Some(id));
@@ -523,9 +561,14 @@ impl Client {
             return;
         }
         let mut to_send = vec![];
+        let mut in_flight = self.outbox.iter().filter(|o| o.ack.is_some()).count();
         for i in 0..self.outbox.len() {
+            if in_flight >= MAX_SENDS_IN_FLIGHT {
+                break;
+            }
             let due = self.outbox[i].ack.is_none() && self.outbox[i].not_before <= now;
             if due {
+                in_flight += 1;
                 let id = self.take_ack_id();
                 self.outbox[i].ack = Some(id);
                 to_send.push(i);
@@ -542,20 +585,36 @@ impl Client {
         }
     }
 
+    /// Hands messages to the application in order; fetches any gap from history.
     fn deliver(&mut self, message: &Value) {
-        let (Some(conv), Some(seq)) = (
-            message.get("conversationId").and_then(Value::as_str),
-            message.get("seq").and_then(Value::as_u64),
-        ) else {
+        let mut ready = vec![];
+        self.convs.take(message, &mut ready);
+        self.delivered(ready);
+        if let Some(conv) = message.get("conversationId").and_then(Value::as_str) {
+            let conv = conv.to_owned();
+            self.fetch_gap(&conv);
+        }
+    }
+
+    fn delivered(&mut self, ready: Vec<Value>) {
+        for m in ready {
+            self.out.push_back(Output::Message(m));
+        }
+    }
+
+    /// Asks for the history after the last delivered `seq`, if the conversation is behind
+    /// and no request for it is in flight.
+    fn fetch_gap(&mut self, conv: &str) {
+        if self.phase != Phase::Up || self.history.values().any(|c| c == conv) {
+            return;
+        }
+        let Some(after) = self.convs.behind(conv) else {
             return;
         };
-        if let Some(last) = self.joined.get_mut(conv) {
-            if last.is_some_and(|l| seq <= l) {
-                return; // already delivered
-            }
-            *last = Some(seq);
-        }
-        self.out.push_back(Output::Message(message.clone()));
+        let id = self.take_ack_id();
+        self.history.insert(id, conv.to_owned());
+        let payload = json!({ "conversationId": conv, "afterSeq": after, "limit": catchup::PAGE });
+        self.send_event("message:history", payload, Some(id));
     }
 
     fn on_event(&mut self, now: Instant, packet: &SioPacket) {
@@ -571,6 +630,24 @@ impl Client {
         self.out.push_back(Output::Event(name, payload));
     }
 
+    /// A join the server refused. A server-side failure (`internal`, `rate_limited`) is
+    /// retried on this connection after a pause: until the join succeeds the client is not
+    /// in the room and would miss every message. Any other refusal is final for this
+    /// conversation, and the application is told.
+    fn join_refused(&mut self, now: Instant, conv: String, reply: &Value) {
+        let code = reply["code"].as_str().unwrap_or("").to_owned();
+        if matches!(code.as_str(), "internal" | "rate_limited") {
+            let wait = reply["retryAfterMs"].as_u64().unwrap_or(JOIN_RETRY_MS);
+            self.rejoin_at.insert(conv, now.add_ms(wait));
+            return;
+        }
+        self.convs.joined.remove(&conv);
+        self.out.push_back(Output::Event(
+            "conversation:join_failed".into(),
+            json!({ "conversationId": conv, "code": code }),
+        ));
+    }
+
     fn on_ack(&mut self, now: Instant, packet: &SioPacket) {
         let Some(id) = packet.id else { return };
         let reply = packet
@@ -580,20 +657,27 @@ impl Client {
             .cloned()
             .unwrap_or(Value::Null);
         if let Some(conv) = self.joins.remove(&id) {
-            if reply["ok"] == json!(true) {
-                for m in reply["missed"].as_array().cloned().unwrap_or_default() {
-                    self.deliver(&m);
-                }
-                if let (Some(last), Some(seen)) =
-                    (reply["lastSeq"].as_u64(), self.joined.get_mut(&conv))
-                {
-                    // Everything up to lastSeq has been handed over (or predates the join).
-                    if seen.is_none_or(|s| s < last) {
-                        *seen = Some(last);
-                    }
-                }
+            if reply["ok"] != json!(true) {
+                return self.join_refused(now, conv, &reply);
             }
-            return;
+            let missed = reply["missed"].as_array().cloned().unwrap_or_default();
+            let mut ready = vec![];
+            self.convs
+                .joined(&conv, &missed, reply["lastSeq"].as_u64(), &mut ready);
+            self.delivered(ready);
+            return self.fetch_gap(&conv);
+        }
+        if let Some(conv) = self.history.remove(&id) {
+            if reply["ok"] != json!(true) {
+                // Try again through a rejoin, which catches up from the same point.
+                self.rejoin_at.insert(conv, now.add_ms(JOIN_RETRY_MS));
+                return;
+            }
+            let page = reply["messages"].as_array().cloned().unwrap_or_default();
+            let mut ready = vec![];
+            self.convs.page(&conv, &page, &mut ready);
+            self.delivered(ready);
+            return self.fetch_gap(&conv);
         }
         let Some(pos) = self.outbox.iter().position(|o| o.ack == Some(id)) else {
             return;
@@ -611,9 +695,14 @@ impl Client {
         match code.as_str() {
             "rate_limited" | "internal" => {
                 let wait = reply["retryAfterMs"].as_u64().unwrap_or(1_000);
+                let until = now.add_ms(wait);
                 if let Some(o) = self.outbox.get_mut(pos) {
                     o.ack = None;
-                    o.not_before = now.add_ms(wait);
+                }
+                // Every send not yet on the wire waits too: sent now it would only be
+                // refused, and each refusal spends the connection's event budget.
+                for o in self.outbox.iter_mut().filter(|o| o.ack.is_none()) {
+                    o.not_before = o.not_before.max(until);
                 }
             }
             _ => {
