@@ -43,7 +43,12 @@ impl SlidingWindow {
 
     /// MUTATION (test-only): the fixed-window counter the sliding window exists to avoid.
     #[cfg(feature = "mutations")]
-    pub fn try_admit_fixed(&mut self, now: Instant, limit: usize, window_ms: u64) -> Result<(), u64> {
+    pub fn try_admit_fixed(
+        &mut self,
+        now: Instant,
+        limit: usize,
+        window_ms: u64,
+    ) -> Result<(), u64> {
         let start = Instant::from_millis(now.as_millis() - now.as_millis() % window_ms);
         self.accepted.retain(|&t| t >= start);
         if self.accepted.len() < limit {

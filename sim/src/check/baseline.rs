@@ -1,0 +1,35 @@
+//! Once everyone has left, the server's state is back at its baseline.
+//!
+//! No connections, no sessions (lingering ones included), no users, no rate-limit entries,
+//! no armed deadlines, no storage operations in flight. Anything left is a leak that a
+//! long-running server would accumulate.
+
+use heartline_core::gateway::Gateway;
+
+use super::Finding;
+
+/// The checker's name.
+pub const NAME: &str = "baseline-after-leave";
+
+/// Compares the gateway's counters with an empty server's.
+pub fn check(gw: &Gateway) -> Finding {
+    let counters = [
+        ("connections", gw.connection_count()),
+        ("users held", gw.users_held()),
+        ("rate-limit entries", gw.rate_limit_entries()),
+        ("gateway timers", gw.timers_armed()),
+        ("storage ops", gw.pending_ops()),
+        ("engine sessions", gw.engine().sessions_held()),
+        ("engine timers", gw.engine().timers_armed()),
+    ];
+    let left: Vec<String> = counters
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err((NAME, format!("after everyone left: {}", left.join(" "))))
+    }
+}

@@ -1,0 +1,125 @@
+//! A silent peer is closed within `ping_interval + ping_timeout` of its last sign of life.
+//!
+//! The server PINGs `ping_interval` after the open or the last PONG, and gives up
+//! `ping_timeout` later. Watched from the wire: a link's last sign of life is its open or
+//! the last PONG that answered an outstanding PING, both as the server received them; the
+//! server's close of the link must come by that plus the bound. Deadlines sit in an ordered
+//! set, so each step checks only the earliest.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use heartline_core::Instant;
+
+use super::Finding;
+
+/// The checker's name.
+pub const NAME: &str = "dead-peer-closed";
+
+#[derive(Clone, Copy, Debug)]
+struct Watch {
+    last_life: Instant,
+    ping_outstanding: bool,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct DeadPeer {
+    bound_ms: u64,
+    links: BTreeMap<u64, Watch>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// Longest time from last sign of life to a ping-timeout close.
+    pub worst_ms: u64,
+    /// Ping-timeout closes seen.
+    pub detected: u64,
+}
+
+impl DeadPeer {
+    /// `bound_ms`: ping interval plus ping timeout.
+    pub fn new(bound_ms: u64) -> Self {
+        DeadPeer {
+            bound_ms,
+            ..DeadPeer::default()
+        }
+    }
+
+    fn set(&mut self, link: u64, w: Watch) {
+        if let Some(old) = self.links.insert(link, w) {
+            self.deadlines
+                .remove(&(old.last_life.add_ms(self.bound_ms), link));
+        }
+        self.deadlines
+            .insert((w.last_life.add_ms(self.bound_ms), link));
+    }
+
+    /// The server accepted a link.
+    pub fn opened(&mut self, now: Instant, link: u64) {
+        self.set(
+            link,
+            Watch {
+                last_life: now,
+                ping_outstanding: false,
+            },
+        );
+    }
+
+    /// The server sent a PING.
+    pub fn ping(&mut self, link: u64) {
+        if let Some(w) = self.links.get_mut(&link) {
+            w.ping_outstanding = true;
+        }
+    }
+
+    /// The server received a PONG.
+    pub fn pong(&mut self, now: Instant, link: u64) {
+        if let Some(w) = self.links.get(&link).copied() {
+            if w.ping_outstanding {
+                self.set(
+                    link,
+                    Watch {
+                        last_life: now,
+                        ping_outstanding: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The server's side of a link is gone; `ping_timeout` if that was the reason.
+    pub fn closed(&mut self, now: Instant, link: u64, ping_timeout: bool) {
+        if let Some(w) = self.links.remove(&link) {
+            self.deadlines
+                .remove(&(w.last_life.add_ms(self.bound_ms), link));
+            if ping_timeout {
+                self.detected += 1;
+                self.worst_ms = self.worst_ms.max(now.ms_since(w.last_life));
+            }
+        }
+    }
+
+    /// The server died: its links are gone with it.
+    pub fn forget_all(&mut self) {
+        self.links.clear();
+        self.deadlines.clear();
+    }
+
+    /// Links the server still holds.
+    pub fn watched(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Fails if a link outlived its deadline.
+    pub fn check(&self, now: Instant) -> Finding {
+        match self.deadlines.first() {
+            Some(&(deadline, link)) if deadline < now => Err((
+                NAME,
+                format!(
+                    "ws{link} silent since {} still open at {} (bound {}ms)",
+                    Instant::from_millis(deadline.as_millis() - self.bound_ms),
+                    now,
+                    self.bound_ms
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Every acknowledged message is stored exactly once and reaches each joined member in
+//! order, without gaps, after catch-up.
+//!
+//! - An ack must find its message in the store already, with the same conversation and
+//!   `seq` (acknowledged only after the commit).
+//! - Every workload message has unique content, so content stored twice is a duplicate.
+//! - Per client and conversation, messages handed to the application run `seq` by `seq`
+//!   from the point of the first join; a skipped or repeated `seq` is a violation at once.
+//! - At convergence each connected client has everything the store has.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use heartline_core::gateway::Message;
+use serde_json::Value;
+
+use super::Finding;
+use crate::store::Store;
+
+/// The checker's name.
+pub const NAME: &str = "acked-stored-once-delivered-in-order";
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    contents: BTreeSet<String>,
+    last: BTreeMap<(usize, String), u64>,
+    /// Acks seen by clients.
+    pub acked: u64,
+    /// Messages handed to applications.
+    pub delivered: u64,
+}
+
+fn key_of(v: &Value) -> Option<(String, u64)> {
+    Some((
+        v.get("conversationId")?.as_str()?.to_owned(),
+        v.get("seq")?.as_u64()?,
+    ))
+}
+
+impl Delivery {
+    /// The store committed a new message.
+    pub fn stored(&mut self, m: &Message) -> Finding {
+        if !self.contents.insert(m.content.clone()) {
+            return Err((
+                NAME,
+                format!(
+                    "{:?} stored twice (again as {}#{})",
+                    m.content, m.conversation_id, m.seq
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A client got an ack for `temp_id`, sent as user `sender` (`id`, `type`).
+    pub fn acked(
+        &mut self,
+        client: usize,
+        sender: (&str, &str),
+        temp_id: &str,
+        message: &Value,
+        store: &Store,
+    ) -> Finding {
+        self.acked += 1;
+        let key = (sender.0.to_owned(), sender.1.to_owned(), temp_id.to_owned());
+        let Some(stored) = store.lookup(&key) else {
+            return Err((
+                NAME,
+                format!("c{client}: {temp_id} acknowledged but not in the store"),
+            ));
+        };
+        match key_of(message) {
+            Some((conv, seq)) if conv == stored.conversation_id && seq == stored.seq => Ok(()),
+            other => Err((
+                NAME,
+                format!(
+                    "c{client}: {temp_id} acknowledged as {other:?}, stored as {}#{}",
+                    stored.conversation_id, stored.seq
+                ),
+            )),
+        }
+    }
+
+    /// A client handed a message to its application.
+    pub fn delivered(&mut self, client: usize, message: &Value, store: &Store) -> Finding {
+        self.delivered += 1;
+        let Some((conv, seq)) = key_of(message) else {
+            return Err((NAME, format!("c{client}: message without conversation/seq")));
+        };
+        if seq > store.last_seq(&conv) {
+            return Err((
+                NAME,
+                format!("c{client}: got {conv}#{seq} before the store had it"),
+            ));
+        }
+        let slot = self.last.entry((client, conv.clone())).or_insert(seq - 1);
+        if seq != *slot + 1 {
+            let was = *slot;
+            return Err((
+                NAME,
+                format!("c{client}: got {conv}#{seq} after #{was} (gap or repeat)"),
+            ));
+        }
+        *slot = seq;
+        Ok(())
+    }
+
+    /// A client's first join of a conversation fixed where its history starts.
+    pub fn baseline(&mut self, client: usize, conv: &str, last: u64) {
+        self.last.entry((client, conv.to_owned())).or_insert(last);
+    }
+
+    /// The last `seq` a client has of a conversation, if it ever joined it.
+    pub fn last(&self, client: usize, conv: &str) -> Option<u64> {
+        self.last.get(&(client, conv.to_owned())).copied()
+    }
+}

@@ -1,0 +1,57 @@
+//! Invariant checkers, one module each, fed as the run goes.
+//!
+//! Each checker sees only what an outside observer could: frames on the wire, the server's
+//! notices and effects, the store's contents, what each client hands its application. None
+//! trusts the gateway's own bookkeeping for the property it checks, so a bug in that
+//! bookkeeping cannot hide itself.
+
+pub mod baseline;
+pub mod dead_peer;
+pub mod delivery;
+pub mod liveness;
+pub mod per_user;
+pub mod ping_pong;
+pub mod presence;
+pub mod rate_window;
+
+use std::fmt;
+
+use heartline_core::Instant;
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The checker's name.
+    pub checker: &'static str,
+    /// When it was found.
+    pub at: Instant,
+    /// The step it was found at.
+    pub step: u64,
+    /// What was wrong.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{}] at {} (step {}): {}",
+            self.checker, self.at, self.step, self.detail
+        )
+    }
+}
+
+/// Every checker's name, in report order.
+pub const NAMES: [&str; 8] = [
+    dead_peer::NAME,
+    per_user::NAME,
+    ping_pong::NAME,
+    rate_window::NAME,
+    delivery::NAME,
+    presence::NAME,
+    baseline::NAME,
+    liveness::NAME,
+];
+
+/// A finding before it gets its time and step.
+pub type Finding = Result<(), (&'static str, String)>;

@@ -1,0 +1,367 @@
+//! The network: ordered connections with latency, jitter and faults.
+//!
+//! Each connection (link) keeps TCP's promise: within one direction, segments arrive in
+//! the order they were sent, never duplicated, never with a gap. Faults change *when*
+//! they arrive (latency, jitter, spikes, clogs, partitions, a reader that stops reading)
+//! or end the connection (a reset both sides see, a half-open connection one side never
+//! hears about again). A partition is silent: no FIN crosses it; what was sent waits and
+//! arrives after the heal, unless the connection has died in the meantime.
+//!
+//! Every direction of a link has at most one delivery armed on the agenda at a time, at
+//! the time its front segment is due; delivering re-arms for the next one. A blocked
+//! direction is not armed; unblocking re-arms it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use heartline_core::codec::Frame;
+use heartline_core::{Instant, Rng};
+
+use crate::agenda::{Agenda, Ev};
+
+/// Who holds the client end of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum End {
+    /// An honest client.
+    Client(usize),
+    /// A hostile actor.
+    Raw(usize),
+}
+
+/// What travels on a link.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Seg {
+    /// Towards the server: the connection request. Towards the client: it was accepted.
+    Open,
+    /// A WebSocket message.
+    Frame(Frame),
+    /// The sender closed (`error`: reset rather than an orderly close).
+    Fin {
+        /// A reset.
+        error: bool,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Dir {
+    queue: VecDeque<(Instant, Seg)>,
+    last_at: Instant,
+    armed: Option<Instant>,
+}
+
+/// One connection.
+#[derive(Debug)]
+pub struct Link {
+    /// The client end.
+    pub end: End,
+    /// Server incarnation that accepted it (set when the open arrives).
+    pub epoch: Option<u32>,
+    /// The client still has the socket.
+    pub client_open: bool,
+    /// The server still has the socket.
+    pub server_open: bool,
+    /// Dead without a close: everything sent on it vanishes.
+    pub black_hole: bool,
+    /// The server's host already answered this link with a reset.
+    pub reset_sent: bool,
+    to_server: Dir,
+    to_client: Dir,
+}
+
+/// Per-client path faults.
+#[derive(Debug, Default, Clone, Copy)]
+struct Path {
+    /// Both directions stalled until then (partition or clog).
+    blocked_until: Instant,
+    /// Server-to-client stalled until then (the client stopped reading).
+    unread_until: Instant,
+}
+
+/// The network.
+#[derive(Debug, Default)]
+pub struct Net {
+    links: BTreeMap<u64, Link>,
+    by_client: BTreeMap<usize, BTreeSet<u64>>,
+    paths: BTreeMap<usize, Path>,
+    next_link: u64,
+    /// One-way latency.
+    pub latency_ms: u64,
+    /// Jitter on top.
+    pub jitter_ms: u64,
+    /// Extra latency during a spike.
+    pub spike_ms: u64,
+    /// Segments that vanished (half-open links, dead servers).
+    pub lost: u64,
+}
+
+impl Net {
+    /// A network with the given latency.
+    pub fn new(latency_ms: u64, jitter_ms: u64) -> Self {
+        Net {
+            latency_ms,
+            jitter_ms,
+            next_link: 1,
+            ..Net::default()
+        }
+    }
+
+    /// A new link from `end`, with the open request on its way to the server.
+    pub fn open(&mut self, now: Instant, end: End, rng: &mut Rng, agenda: &mut Agenda) -> u64 {
+        let id = self.next_link;
+        self.next_link += 1;
+        self.links.insert(
+            id,
+            Link {
+                end,
+                epoch: None,
+                client_open: true,
+                server_open: false,
+                black_hole: false,
+                reset_sent: false,
+                to_server: Dir::default(),
+                to_client: Dir::default(),
+            },
+        );
+        if let End::Client(c) = end {
+            self.by_client.entry(c).or_default().insert(id);
+        }
+        self.send(now, id, true, Seg::Open, rng, agenda);
+        id
+    }
+
+    /// A link.
+    pub fn link(&self, id: u64) -> Option<&Link> {
+        self.links.get(&id)
+    }
+
+    /// A link, mutably.
+    pub fn link_mut(&mut self, id: u64) -> Option<&mut Link> {
+        self.links.get_mut(&id)
+    }
+
+    /// Every link id, ascending.
+    pub fn ids(&self) -> Vec<u64> {
+        self.links.keys().copied().collect()
+    }
+
+    /// Links of one honest client, ascending.
+    pub fn links_of(&self, client: usize) -> Vec<u64> {
+        self.by_client
+            .get(&client)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Links alive at either end.
+    pub fn live_links(&self) -> usize {
+        self.links.len()
+    }
+
+    fn blocked(&self, now: Instant, end: End, to_server: bool) -> Option<Instant> {
+        let End::Client(c) = end else { return None };
+        let p = self.paths.get(&c)?;
+        let mut until = p.blocked_until;
+        if !to_server {
+            until = until.max(p.unread_until);
+        }
+        (until > now).then_some(until)
+    }
+
+    /// Puts a segment on its way. Nothing happens on a black hole.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        id: u64,
+        to_server: bool,
+        seg: Seg,
+        rng: &mut Rng,
+        agenda: &mut Agenda,
+    ) {
+        let delay = self.latency_ms + rng.below(self.jitter_ms + 1) + self.spike_ms;
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        if link.black_hole {
+            self.lost += 1;
+            return;
+        }
+        let dir = if to_server {
+            &mut link.to_server
+        } else {
+            &mut link.to_client
+        };
+        let at = now.add_ms(delay).max(dir.last_at);
+        dir.last_at = at;
+        dir.queue.push_back((at, seg));
+        let end = link.end;
+        if self.blocked(now, end, to_server).is_none() {
+            self.arm(id, to_server, at, agenda);
+        }
+    }
+
+    fn arm(&mut self, id: u64, to_server: bool, at: Instant, agenda: &mut Agenda) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let dir = if to_server {
+            &mut link.to_server
+        } else {
+            &mut link.to_client
+        };
+        if dir.armed.is_some_and(|a| a <= at) {
+            return;
+        }
+        dir.armed = Some(at);
+        agenda.push(
+            at,
+            Ev::Deliver {
+                link: id,
+                to_server,
+            },
+        );
+    }
+
+    /// A delivery came due: the segment to hand over, if any (stale, blocked or vanished
+    /// deliveries give `None`).
+    pub fn take(
+        &mut self,
+        now: Instant,
+        id: u64,
+        to_server: bool,
+        agenda: &mut Agenda,
+    ) -> Option<Seg> {
+        let link = self.links.get_mut(&id)?;
+        let end = link.end;
+        let black_hole = link.black_hole;
+        let dir = if to_server {
+            &mut link.to_server
+        } else {
+            &mut link.to_client
+        };
+        if dir.armed != Some(now) {
+            return None;
+        }
+        dir.armed = None;
+        if black_hole {
+            self.lost += dir.queue.len() as u64;
+            dir.queue.clear();
+            return None;
+        }
+        if self.blocked(now, end, to_server).is_some() {
+            return None;
+        }
+        let link = self.links.get_mut(&id)?;
+        let dir = if to_server {
+            &mut link.to_server
+        } else {
+            &mut link.to_client
+        };
+        let (at, _) = dir.queue.front()?;
+        if *at > now {
+            let at = *at;
+            self.arm(id, to_server, at, agenda);
+            return None;
+        }
+        let (_, seg) = dir.queue.pop_front()?;
+        if let Some((next, _)) = dir.queue.front() {
+            let next = (*next).max(now);
+            self.arm(id, to_server, next, agenda);
+        }
+        Some(seg)
+    }
+
+    /// Drops a link once neither end holds it and nothing is in flight.
+    pub fn collect(&mut self, id: u64) {
+        let done = self.links.get(&id).is_some_and(|l| {
+            !l.client_open
+                && !l.server_open
+                && (l.black_hole || (l.to_server.queue.is_empty() && l.to_client.queue.is_empty()))
+        });
+        if done {
+            if let Some(l) = self.links.remove(&id) {
+                if let End::Client(c) = l.end {
+                    if let Some(set) = self.by_client.get_mut(&c) {
+                        set.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes a link a black hole: nothing more arrives either way, nobody is told.
+    pub fn black_hole(&mut self, id: u64) {
+        if let Some(l) = self.links.get_mut(&id) {
+            l.black_hole = true;
+            self.lost += (l.to_server.queue.len() + l.to_client.queue.len()) as u64;
+            l.to_server.queue.clear();
+            l.to_client.queue.clear();
+        }
+    }
+
+    /// Drops what is queued in one direction (a reset discards unsent data).
+    pub fn discard(&mut self, id: u64, to_server: bool) {
+        if let Some(l) = self.links.get_mut(&id) {
+            let dir = if to_server {
+                &mut l.to_server
+            } else {
+                &mut l.to_client
+            };
+            self.lost += dir.queue.len() as u64;
+            dir.queue.clear();
+        }
+    }
+
+    /// Stalls both directions of a client's links until `until`.
+    pub fn block(&mut self, client: usize, until: Instant, agenda: &mut Agenda) {
+        let p = self.paths.entry(client).or_default();
+        p.blocked_until = p.blocked_until.max(until);
+        agenda.push(until, Ev::Unblock { client });
+    }
+
+    /// Stalls server-to-client delivery on a client's links until `until`.
+    pub fn stop_reading(&mut self, client: usize, until: Instant, agenda: &mut Agenda) {
+        let p = self.paths.entry(client).or_default();
+        p.unread_until = p.unread_until.max(until);
+        agenda.push(until, Ev::Unblock { client });
+    }
+
+    /// Re-arms a client's stalled directions whose stall has ended.
+    pub fn unblock(&mut self, now: Instant, client: usize, agenda: &mut Agenda) {
+        for id in self.links_of(client) {
+            for to_server in [true, false] {
+                let Some(link) = self.links.get(&id) else {
+                    continue;
+                };
+                if self.blocked(now, link.end, to_server).is_some() {
+                    continue;
+                }
+                let dir = if to_server {
+                    &link.to_server
+                } else {
+                    &link.to_client
+                };
+                if let Some((at, _)) = dir.queue.front() {
+                    let at = (*at).max(now);
+                    self.arm(id, to_server, at, agenda);
+                }
+            }
+        }
+    }
+
+    /// Ends every stall now.
+    pub fn heal(&mut self, now: Instant, agenda: &mut Agenda) {
+        let clients: Vec<usize> = self.paths.keys().copied().collect();
+        for c in clients {
+            if let Some(p) = self.paths.get_mut(&c) {
+                p.blocked_until = p.blocked_until.min(now);
+                p.unread_until = p.unread_until.min(now);
+            }
+            self.unblock(now, c, agenda);
+        }
+        self.spike_ms = 0;
+    }
+
+    /// Whether a client's path is stalled now.
+    pub fn is_blocked(&self, now: Instant, client: usize) -> bool {
+        self.blocked(now, End::Client(client), false).is_some()
+    }
+}

@@ -1,0 +1,278 @@
+//! Every knob of a run, and the swarm: knobs derived from the seed.
+//!
+//! Swarm testing (as in TigerBeetle's VOPR) does not run every seed with every fault at a
+//! fixed rate: each seed draws its own mix (some seeds have no crashes but many partitions,
+//! some slow stores and tight rate limits), because a fault that is always present tends
+//! to mask the interleavings another fault would have found.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use heartline_core::client::ClientConfig;
+use heartline_core::gateway::GatewayConfig;
+use heartline_core::Rng;
+
+/// A kind of fault the simulator can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// A client's network is cut silently (no FIN), then heals.
+    Partition,
+    /// One side of a connection vanishes without a close.
+    HalfOpen,
+    /// A connection is reset; both sides see it close.
+    Reset,
+    /// A client stops reading; the server's frames pile up.
+    StopRead,
+    /// Latency jumps for a while.
+    Spike,
+    /// A client's path stalls briefly, then delivers everything at once.
+    Clog,
+    /// Several clients clog one after another and unclog in random order.
+    Swizzle,
+    /// The server process dies and restarts with empty memory.
+    Crash,
+    /// The store fails writes and reads for a while.
+    StoreFail,
+    /// The store is slow for a while (still in order).
+    SlowStore,
+    /// Every client's connection is reset at once: a reconnect storm.
+    Storm,
+    /// Hostile clients: floods, garbage, oversize frames, bad tokens, connection churn.
+    Hostile,
+}
+
+impl FaultKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [FaultKind; 12] = [
+        FaultKind::Partition,
+        FaultKind::HalfOpen,
+        FaultKind::Reset,
+        FaultKind::StopRead,
+        FaultKind::Spike,
+        FaultKind::Clog,
+        FaultKind::Swizzle,
+        FaultKind::Crash,
+        FaultKind::StoreFail,
+        FaultKind::SlowStore,
+        FaultKind::Storm,
+        FaultKind::Hostile,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Partition => "partition",
+            FaultKind::HalfOpen => "halfopen",
+            FaultKind::Reset => "reset",
+            FaultKind::StopRead => "stopread",
+            FaultKind::Spike => "spike",
+            FaultKind::Clog => "clog",
+            FaultKind::Swizzle => "swizzle",
+            FaultKind::Crash => "crash",
+            FaultKind::StoreFail => "storefail",
+            FaultKind::SlowStore => "slowstore",
+            FaultKind::Storm => "storm",
+            FaultKind::Hostile => "hostile",
+        }
+    }
+
+    /// Parses `all`, `none`, or a comma-separated list of names.
+    pub fn parse_list(list: &str) -> Result<BTreeSet<FaultKind>, String> {
+        match list.trim() {
+            "all" => return Ok(FaultKind::ALL.into_iter().collect()),
+            "none" | "" => return Ok(BTreeSet::new()),
+            _ => {}
+        }
+        let mut set = BTreeSet::new();
+        for name in list.split(',').map(str::trim) {
+            let kind = FaultKind::ALL
+                .into_iter()
+                .find(|k| k.name() == name)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                    format!(
+                        "unknown fault {name:?}; known: all, none, {}",
+                        known.join(", ")
+                    )
+                })?;
+            set.insert(kind);
+        }
+        Ok(set)
+    }
+}
+
+/// A hook that edits a configuration before the run (tests use it to switch on the core's
+/// deliberate bugs).
+pub type GatewayHook = fn(&mut GatewayConfig);
+/// A hook that edits every client's configuration.
+pub type ClientHook = fn(&mut ClientConfig);
+
+/// Every knob of one run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The seed: the whole run follows from it and the knobs below.
+    pub seed: u64,
+    /// Honest clients (devices).
+    pub clients: usize,
+    /// Devices per user (1..=3): several devices of one user replace each other.
+    pub devices_per_user: usize,
+    /// Percent of honest clients that connect and join but never send.
+    pub idle_pct: u64,
+    /// Hostile actors (used when `Hostile` is among the faults).
+    pub hostile: usize,
+    /// Length of the safety phase, simulated milliseconds.
+    pub duration_ms: u64,
+    /// Faults that may be injected.
+    pub faults: BTreeSet<FaultKind>,
+    /// Mean gap between injected faults.
+    pub fault_gap_ms: u64,
+    /// One-way network latency, and the jitter added to it.
+    pub latency_ms: u64,
+    /// Jitter on top of `latency_ms`.
+    pub jitter_ms: u64,
+    /// Mean gap between an honest client's sends.
+    pub send_gap_ms: u64,
+    /// Percent of sends that are bursts of more messages than the rate limit allows.
+    pub burst_pct: u64,
+    /// Engine.IO `ping_interval_ms`.
+    pub ping_interval_ms: u64,
+    /// Engine.IO `ping_timeout_ms`.
+    pub ping_timeout_ms: u64,
+    /// `connections.per_user`.
+    pub per_user: usize,
+    /// `rate_limit.messages`.
+    pub rate_messages: usize,
+    /// `rate_limit.window_ms`.
+    pub rate_window_ms: u64,
+    /// Most messages a join's catch-up returns.
+    pub missed_limit: usize,
+    /// Client reconnection attempts before giving up.
+    pub max_attempts: u32,
+    /// Client connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Store latency per operation.
+    pub store_latency_ms: u64,
+    /// Bound on the liveness phase: everything must converge within this long after healing.
+    pub convergence_ms: u64,
+    /// Lines of trace kept for a failure report.
+    pub trace_tail: usize,
+    /// Edits the gateway configuration (tests).
+    pub gateway_hook: Option<GatewayHook>,
+    /// Edits client configurations (tests).
+    pub client_hook: Option<ClientHook>,
+}
+
+impl Options {
+    /// Sensible defaults for a quick run with every fault on.
+    pub fn new(seed: u64) -> Self {
+        Options {
+            seed,
+            clients: 12,
+            devices_per_user: 2,
+            idle_pct: 20,
+            hostile: 2,
+            duration_ms: 120_000,
+            faults: FaultKind::ALL.into_iter().collect(),
+            fault_gap_ms: 6_000,
+            latency_ms: 20,
+            jitter_ms: 30,
+            send_gap_ms: 4_000,
+            burst_pct: 10,
+            ping_interval_ms: 10_000,
+            ping_timeout_ms: 5_000,
+            per_user: 1,
+            rate_messages: 5,
+            rate_window_ms: 10_000,
+            missed_limit: 1_000,
+            max_attempts: 8,
+            connect_timeout_ms: 10_000,
+            store_latency_ms: 3,
+            convergence_ms: 120_000,
+            trace_tail: 40,
+            gateway_hook: None,
+            client_hook: None,
+        }
+    }
+
+    /// Knobs drawn from the seed (swarm testing); `clients` and `duration_ms` are caps.
+    pub fn swarm(seed: u64, clients: usize, duration_ms: u64) -> Self {
+        let mut rng = Rng::from_seed(seed ^ 0x5357_4152_4d00_0000);
+        let mut o = Options::new(seed);
+        let pick = |rng: &mut Rng, xs: &[u64]| xs[rng.below(xs.len() as u64) as usize];
+        o.clients = 2 + rng.below(clients.saturating_sub(1).max(1) as u64) as usize;
+        o.devices_per_user = 1 + rng.below(3) as usize;
+        o.idle_pct = pick(&mut rng, &[0, 20, 50]);
+        o.hostile = rng.below(3) as usize;
+        o.duration_ms = duration_ms / 2 + rng.below(duration_ms / 2 + 1);
+        // Each fault kind is present with probability 1/2; at least one.
+        o.faults = FaultKind::ALL
+            .into_iter()
+            .filter(|_| rng.below(2) == 0)
+            .collect();
+        if o.faults.is_empty() {
+            o.faults.insert(FaultKind::ALL[rng.below(12) as usize]);
+        }
+        o.fault_gap_ms = pick(&mut rng, &[2_000, 5_000, 15_000]);
+        o.latency_ms = pick(&mut rng, &[1, 20, 150]);
+        o.jitter_ms = pick(&mut rng, &[0, 10, 100]);
+        o.send_gap_ms = pick(&mut rng, &[500, 3_000, 10_000]);
+        o.burst_pct = pick(&mut rng, &[0, 10, 40]);
+        o.ping_interval_ms = pick(&mut rng, &[3_000, 10_000, 25_000]);
+        o.ping_timeout_ms = pick(&mut rng, &[2_000, 5_000, 20_000]);
+        o.per_user = 1 + rng.below(2) as usize;
+        o.rate_messages = pick(&mut rng, &[2, 5, 10]) as usize;
+        o.rate_window_ms = pick(&mut rng, &[2_000, 10_000]);
+        o.missed_limit = pick(&mut rng, &[3, 1_000]) as usize;
+        o.max_attempts = pick(&mut rng, &[3, 8, 30]) as u32;
+        o.connect_timeout_ms = pick(&mut rng, &[2_000, 10_000]);
+        o.store_latency_ms = pick(&mut rng, &[1, 5, 50]);
+        o
+    }
+
+    /// The knobs, on one line, for logs and failure reports.
+    pub fn knobs(&self) -> String {
+        let faults: Vec<&str> = self.faults.iter().map(|k| k.name()).collect();
+        format!(
+            "seed={} clients={} devices_per_user={} idle_pct={} hostile={} duration_ms={} \
+             faults={} fault_gap_ms={} latency_ms={}+{} send_gap_ms={} burst_pct={} \
+             ping={}+{} per_user={} rate={}/{}ms missed_limit={} max_attempts={} \
+             connect_timeout_ms={} store_latency_ms={}",
+            self.seed,
+            self.clients,
+            self.devices_per_user,
+            self.idle_pct,
+            self.hostile,
+            self.duration_ms,
+            if faults.is_empty() {
+                "none".to_owned()
+            } else {
+                faults.join(",")
+            },
+            self.fault_gap_ms,
+            self.latency_ms,
+            self.jitter_ms,
+            self.send_gap_ms,
+            self.burst_pct,
+            self.ping_interval_ms,
+            self.ping_timeout_ms,
+            self.per_user,
+            self.rate_messages,
+            self.rate_window_ms,
+            self.missed_limit,
+            self.max_attempts,
+            self.connect_timeout_ms,
+            self.store_latency_ms,
+        )
+    }
+
+    /// Whether a fault kind may be injected.
+    pub fn has(&self, kind: FaultKind) -> bool {
+        self.faults.contains(&kind)
+    }
+}
+
+impl fmt::Display for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.knobs())
+    }
+}

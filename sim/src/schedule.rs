@@ -1,0 +1,232 @@
+//! The fault schedule: which faults strike when.
+//!
+//! A schedule is plain data, generated from the seed for ordinary runs, or handed in by a
+//! property test, which can then shrink a failing schedule to the few faults that matter.
+//! Client numbers are taken modulo the number of clients when the fault strikes, so any
+//! schedule fits any run.
+
+use std::fmt;
+
+use heartline_core::Rng;
+
+use crate::options::{FaultKind, Options};
+
+/// One fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The client's network is cut for `ms`; nothing is lost, nothing gets through.
+    Partition {
+        /// The client.
+        client: usize,
+        /// How long.
+        ms: u64,
+    },
+    /// The client's connection goes dead without a close. With `client_notified` the
+    /// client's side sees an error at once while the server sees nothing; otherwise neither
+    /// side is told and only heartbeats find out.
+    HalfOpen {
+        /// The client.
+        client: usize,
+        /// Whether the client's side notices.
+        client_notified: bool,
+    },
+    /// The client's connection is reset; both sides see it.
+    Reset {
+        /// The client.
+        client: usize,
+    },
+    /// The client stops reading for `ms`.
+    StopRead {
+        /// The client.
+        client: usize,
+        /// How long.
+        ms: u64,
+    },
+    /// Every new segment takes `extra_ms` longer, for `ms`.
+    Spike {
+        /// Extra latency.
+        extra_ms: u64,
+        /// How long.
+        ms: u64,
+    },
+    /// The client's path stalls for `ms`.
+    Clog {
+        /// The client.
+        client: usize,
+        /// How long.
+        ms: u64,
+    },
+    /// The clients clog one after another, `gap_ms` apart, each for `ms` give or take, and
+    /// unclog in an order drawn at random.
+    Swizzle {
+        /// The clients.
+        clients: Vec<usize>,
+        /// Gap between clogs.
+        gap_ms: u64,
+        /// Typical clog length.
+        ms: u64,
+    },
+    /// The server crashes and restarts after `down_ms`. A `silent` crash (the machine) sends
+    /// nothing to clients; otherwise (the process) their connections are reset.
+    Crash {
+        /// Downtime.
+        down_ms: u64,
+        /// Whether clients are left to find out by themselves.
+        silent: bool,
+    },
+    /// Store operations fail with probability `pct`% for `ms`.
+    StoreFail {
+        /// Failure probability, percent.
+        pct: u64,
+        /// How long.
+        ms: u64,
+    },
+    /// Store operations take `extra_ms` longer for `ms` (still completing in order).
+    SlowStore {
+        /// Extra latency.
+        extra_ms: u64,
+        /// How long.
+        ms: u64,
+    },
+    /// Every client connection is reset at once.
+    Storm,
+}
+
+impl Fault {
+    /// Its kind.
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            Fault::Partition { .. } => FaultKind::Partition,
+            Fault::HalfOpen { .. } => FaultKind::HalfOpen,
+            Fault::Reset { .. } => FaultKind::Reset,
+            Fault::StopRead { .. } => FaultKind::StopRead,
+            Fault::Spike { .. } => FaultKind::Spike,
+            Fault::Clog { .. } => FaultKind::Clog,
+            Fault::Swizzle { .. } => FaultKind::Swizzle,
+            Fault::Crash { .. } => FaultKind::Crash,
+            Fault::StoreFail { .. } => FaultKind::StoreFail,
+            Fault::SlowStore { .. } => FaultKind::SlowStore,
+            Fault::Storm => FaultKind::Storm,
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Partition { client, ms } => write!(f, "partition c{client} for {ms}ms"),
+            Fault::HalfOpen {
+                client,
+                client_notified,
+            } => write!(
+                f,
+                "half-open c{client} ({} side vanishes)",
+                if *client_notified { "server" } else { "client" }
+            ),
+            Fault::Reset { client } => write!(f, "reset c{client}"),
+            Fault::StopRead { client, ms } => write!(f, "c{client} stops reading for {ms}ms"),
+            Fault::Spike { extra_ms, ms } => write!(f, "latency +{extra_ms}ms for {ms}ms"),
+            Fault::Clog { client, ms } => write!(f, "clog c{client} for {ms}ms"),
+            Fault::Swizzle {
+                clients,
+                gap_ms,
+                ms,
+            } => write!(f, "swizzle-clog {clients:?} gap {gap_ms}ms for ~{ms}ms"),
+            Fault::Crash { down_ms, silent } => write!(
+                f,
+                "server crash ({}), down {down_ms}ms",
+                if *silent { "machine" } else { "process" }
+            ),
+            Fault::StoreFail { pct, ms } => write!(f, "store fails {pct}% for {ms}ms"),
+            Fault::SlowStore { extra_ms, ms } => write!(f, "store +{extra_ms}ms for {ms}ms"),
+            Fault::Storm => write!(f, "reconnect storm: every connection reset"),
+        }
+    }
+}
+
+/// A fault and when it strikes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultEvent {
+    /// Milliseconds after the start of the run.
+    pub at_ms: u64,
+    /// The fault.
+    pub fault: Fault,
+}
+
+/// Draws one fault of `kind`.
+pub fn draw(kind: FaultKind, rng: &mut Rng, clients: usize) -> Fault {
+    let clients = clients.max(1) as u64;
+    let client = rng.below(clients) as usize;
+    match kind {
+        FaultKind::Partition => Fault::Partition {
+            client,
+            ms: 1_000 + rng.below(60_000),
+        },
+        FaultKind::HalfOpen => Fault::HalfOpen {
+            client,
+            client_notified: rng.below(2) == 0,
+        },
+        FaultKind::Reset => Fault::Reset { client },
+        FaultKind::StopRead => Fault::StopRead {
+            client,
+            ms: 1_000 + rng.below(40_000),
+        },
+        FaultKind::Spike => Fault::Spike {
+            extra_ms: 200 + rng.below(5_000),
+            ms: 1_000 + rng.below(20_000),
+        },
+        FaultKind::Clog => Fault::Clog {
+            client,
+            ms: 100 + rng.below(5_000),
+        },
+        FaultKind::Swizzle => {
+            let n = 2 + rng.below(clients.min(6)) as usize;
+            Fault::Swizzle {
+                clients: (0..n).map(|_| rng.below(clients) as usize).collect(),
+                gap_ms: 50 + rng.below(1_000),
+                ms: 500 + rng.below(8_000),
+            }
+        }
+        FaultKind::Crash => Fault::Crash {
+            down_ms: 100 + rng.below(15_000),
+            silent: rng.below(2) == 0,
+        },
+        FaultKind::StoreFail => Fault::StoreFail {
+            pct: 10 + rng.below(91),
+            ms: 500 + rng.below(10_000),
+        },
+        FaultKind::SlowStore => Fault::SlowStore {
+            extra_ms: 50 + rng.below(3_000),
+            ms: 1_000 + rng.below(15_000),
+        },
+        FaultKind::Storm | FaultKind::Hostile => Fault::Storm,
+    }
+}
+
+/// The schedule for a run: faults of the enabled kinds at random gaps over the safety phase.
+pub fn generate(opts: &Options) -> Vec<FaultEvent> {
+    let mut rng = Rng::from_seed(opts.seed ^ 0x4641_554c_5453_0000);
+    let kinds: Vec<FaultKind> = opts
+        .faults
+        .iter()
+        .copied()
+        .filter(|k| *k != FaultKind::Hostile)
+        .collect();
+    let mut out = vec![];
+    if kinds.is_empty() {
+        return out;
+    }
+    let mut at = 0u64;
+    // Bounded: at least one millisecond of progress per fault.
+    loop {
+        at += 1 + rng.below(2 * opts.fault_gap_ms.max(1));
+        if at >= opts.duration_ms {
+            return out;
+        }
+        let kind = kinds[rng.below(kinds.len() as u64) as usize];
+        out.push(FaultEvent {
+            at_ms: at,
+            fault: draw(kind, &mut rng, opts.clients),
+        });
+    }
+}

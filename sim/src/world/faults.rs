@@ -1,0 +1,160 @@
+//! Injecting faults, and healing them all for the liveness phase.
+
+use heartline_core::Instant;
+
+use super::{Phase, Sim};
+use crate::agenda::Ev;
+use crate::net::Seg;
+use crate::schedule::Fault;
+
+impl Sim {
+    pub(super) fn inject(&mut self, fault: Fault) {
+        if self.phase != Phase::Safety {
+            return;
+        }
+        let n = self.clients.len().max(1);
+        let now = self.now;
+        self.counters.faults += 1;
+        tr!(self, "fault", ("{fault}"));
+        match fault {
+            Fault::Partition { client, ms } | Fault::Clog { client, ms } => {
+                self.net.block(client % n, now.add_ms(ms), &mut self.agenda);
+            }
+            Fault::HalfOpen {
+                client,
+                client_notified,
+            } => {
+                let c = client % n;
+                let Some(id) = self.clients.get(c).and_then(|s| s.link) else {
+                    return;
+                };
+                self.net.black_hole(id);
+                if client_notified {
+                    if let Some(link) = self.net.link_mut(id) {
+                        link.client_open = false;
+                    }
+                    if let Some(slot) = self.clients.get_mut(c) {
+                        slot.link = None;
+                        slot.client.handle_closed(now);
+                    }
+                    self.drain_client(c);
+                }
+                self.net.collect(id);
+            }
+            Fault::Reset { client } => {
+                let c = client % n;
+                if let Some(id) = self.clients.get(c).and_then(|s| s.link) {
+                    self.reset(id);
+                }
+            }
+            Fault::StopRead { client, ms } => {
+                self.net
+                    .stop_reading(client % n, now.add_ms(ms), &mut self.agenda);
+            }
+            Fault::Spike { extra_ms, ms } => {
+                self.net.spike_ms = extra_ms;
+                self.expire_at("spike", now.add_ms(ms));
+            }
+            Fault::Swizzle {
+                clients,
+                gap_ms,
+                ms,
+            } => {
+                for (k, c) in clients.into_iter().enumerate() {
+                    let start = now.add_ms(k as u64 * gap_ms);
+                    // Random lengths unclog them in an order of their own.
+                    let until = start.add_ms(ms / 2 + self.rng.below(ms + 1));
+                    self.agenda.push(
+                        start,
+                        Ev::ClogStart {
+                            client: c % n,
+                            until,
+                        },
+                    );
+                }
+            }
+            Fault::Crash { down_ms, silent } => {
+                self.crash(silent);
+                self.agenda.push(now.add_ms(down_ms), Ev::Restart);
+            }
+            Fault::StoreFail { pct, ms } => {
+                self.store.fail_pct = pct;
+                self.expire_at("storefail", now.add_ms(ms));
+            }
+            Fault::SlowStore { extra_ms, ms } => {
+                self.store.extra_ms = extra_ms;
+                self.expire_at("slowstore", now.add_ms(ms));
+            }
+            Fault::Storm => {
+                let links: Vec<u64> = self.clients.iter().filter_map(|s| s.link).collect();
+                for id in links {
+                    self.reset(id);
+                }
+            }
+        }
+    }
+
+    fn expire_at(&mut self, what: &'static str, at: Instant) {
+        let until = self.faults_until.entry(what).or_default();
+        *until = (*until).max(at);
+        self.agenda.push(at, Ev::FaultsExpire);
+    }
+
+    pub(super) fn expire_faults(&mut self) {
+        let now = self.now;
+        let over = |s: &Self, what: &str| s.faults_until.get(what).is_none_or(|t| *t <= now);
+        if over(self, "spike") {
+            self.net.spike_ms = 0;
+        }
+        if over(self, "storefail") {
+            self.store.fail_pct = 0;
+        }
+        if over(self, "slowstore") {
+            self.store.extra_ms = 0;
+        }
+    }
+
+    /// A reset: queued data is dropped and both ends see the connection fail.
+    fn reset(&mut self, id: u64) {
+        let now = self.now;
+        let Some(link) = self.net.link(id) else {
+            return;
+        };
+        let (client_open, server_open) = (link.client_open, link.server_open);
+        self.net.discard(id, true);
+        self.net.discard(id, false);
+        if server_open {
+            self.net.send(
+                now,
+                id,
+                true,
+                Seg::Fin { error: true },
+                &mut self.rng,
+                &mut self.agenda,
+            );
+        }
+        if client_open {
+            self.net.send(
+                now,
+                id,
+                false,
+                Seg::Fin { error: true },
+                &mut self.rng,
+                &mut self.agenda,
+            );
+        }
+    }
+
+    /// The liveness phase begins: every stall ends, fault rates drop to zero, a crashed
+    /// server comes back. Dead connections stay dead: their ends find out as they would.
+    pub(super) fn heal(&mut self) {
+        let now = self.now;
+        self.faults_until.clear();
+        self.net.heal(now, &mut self.agenda);
+        self.store.fail_pct = 0;
+        self.store.extra_ms = 0;
+        if self.gw.is_none() {
+            self.start_server();
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! The simulated world and its step loop.
+//!
+//! [`Sim`] owns the virtual clock, the one seeded generator, the agenda, the gateway, the
+//! store, the network, the clients and the checkers. A step takes the earliest of: the
+//! gateway's deadline, the store's next completion, the agenda's first entry (network
+//! deliveries, client deadlines, workload actions, faults), in that order on a tie, then
+//! drains and routes every output it caused and runs the continuous checkers.
+//!
+//! A run has three phases, after TigerBeetle's VOPR: safety (workload and faults), liveness
+//! (every fault healed, no new traffic; must converge within a bound), leave (everyone
+//! disconnects; the server must return to its baseline). Every loop is bounded by
+//! simulated time and by a step budget.
+
+/// Writes one trace line: `tr!(self, "component", "format", args..)`.
+macro_rules! tr {
+    ($sim:ident, $component:expr, ($($arg:tt)*)) => {
+        $sim.trace.line($sim.now, $component, format_args!($($arg)*))
+    };
+}
+
+mod clients;
+mod faults;
+mod server;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use heartline_core::client::{Backoff, Client, ClientConfig};
+use heartline_core::engine::EngineConfig;
+use heartline_core::gateway::{Gateway, GatewayConfig};
+use heartline_core::{Instant, Rng};
+
+use crate::agenda::{Agenda, Ev};
+use crate::check::dead_peer::DeadPeer;
+use crate::check::delivery::Delivery;
+use crate::check::per_user::PerUser;
+use crate::check::ping_pong::PingPong;
+use crate::check::rate_window::RateWindow;
+use crate::check::{baseline, liveness, presence, Finding, Violation};
+use crate::net::Net;
+use crate::options::{FaultKind, Options};
+use crate::report::Report;
+use crate::schedule::{self, FaultEvent};
+use crate::store::Store;
+use crate::trace::Trace;
+use crate::workload::{token, Layout, User, EPOCH_MS, MAX_PAYLOAD_BYTES, SECRET};
+
+/// Most steps a run may take, whatever its length.
+const STEP_BUDGET: u64 = 200_000_000;
+
+/// The phase of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Workload and faults.
+    Safety,
+    /// Faults healed, no new traffic: converge.
+    Liveness,
+    /// Everyone leaves.
+    Leave,
+    /// Finished.
+    Done,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Safety => "safety",
+            Phase::Liveness => "liveness",
+            Phase::Leave => "leave",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// An honest device.
+#[derive(Debug)]
+pub struct Slot {
+    /// The client state machine.
+    pub client: Client,
+    /// Its user (index into the layout).
+    pub user: usize,
+    /// Its current link.
+    pub link: Option<u64>,
+    /// Never sends.
+    pub idle: bool,
+    /// The deadline armed on the agenda.
+    pub armed: Option<Instant>,
+    /// Times it reached Connected.
+    pub connects: u64,
+    /// Messages its application sent.
+    pub sent: u64,
+}
+
+/// The counters of a run.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    faults: u64,
+    attacks: u64,
+    sent: u64,
+}
+
+/// The whole simulated deployment. See the module docs.
+pub struct Sim {
+    opts: Options,
+    rng: Rng,
+    now: Instant,
+    step: u64,
+    phase: Phase,
+    agenda: Agenda,
+    gw: Option<Gateway>,
+    gw_config: GatewayConfig,
+    epoch: u32,
+    crash_silent: bool,
+    store: Store,
+    net: Net,
+    layout: Layout,
+    clients: Vec<Slot>,
+    raws: Vec<User>,
+    schedule: Vec<FaultEvent>,
+    faults_until: BTreeMap<&'static str, Instant>,
+    dead_peer: DeadPeer,
+    per_user: PerUser,
+    ping_pong: PingPong,
+    rate: RateWindow,
+    delivery: Delivery,
+    violation: Option<Violation>,
+    counters: Counters,
+    trace: Trace,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("seed", &self.opts.seed)
+            .field("now", &self.now)
+            .field("step", &self.step)
+            .finish()
+    }
+}
+
+fn gateway_config(opts: &Options) -> GatewayConfig {
+    let mut c = GatewayConfig {
+        engine: EngineConfig {
+            ping_interval_ms: opts.ping_interval_ms,
+            ping_timeout_ms: opts.ping_timeout_ms,
+            handshake_timeout_ms: 10_000,
+            max_payload_bytes: MAX_PAYLOAD_BYTES,
+            seed: opts.seed,
+            ..EngineConfig::default()
+        },
+        heartbeat_interval_ms: 15_000,
+        per_user: opts.per_user,
+        offline_grace_ms: 3_000,
+        rate_messages: opts.rate_messages,
+        rate_window_ms: opts.rate_window_ms,
+        jwt_secret: SECRET.to_vec(),
+        wall_epoch_ms: EPOCH_MS,
+        missed_limit: opts.missed_limit,
+        ..GatewayConfig::default()
+    };
+    if let Some(hook) = opts.gateway_hook {
+        hook(&mut c);
+    }
+    c
+}
+
+impl Sim {
+    /// A world for `opts`, with the fault schedule drawn from the seed unless one is given,
+    /// writing its whole trace to `sink` if any.
+    pub fn new(
+        opts: Options,
+        schedule: Option<Vec<FaultEvent>>,
+        sink: Option<Box<dyn Write>>,
+    ) -> Result<Sim, String> {
+        let gw_config = gateway_config(&opts);
+        gw_config.validate().map_err(|e| e.to_string())?;
+        let layout = Layout::new(opts.clients, opts.devices_per_user);
+        let mut rng = Rng::from_seed(opts.seed);
+        let schedule = schedule.unwrap_or_else(|| schedule::generate(&opts));
+        let clients = (0..opts.clients)
+            .map(|i| {
+                let user = layout.user_of[i];
+                let mut config = ClientConfig {
+                    token: token(&layout.users[user], 86_400 * 30, SECRET),
+                    backoff: Backoff {
+                        max_attempts: opts.max_attempts,
+                        ..Backoff::default()
+                    },
+                    connect_timeout_ms: opts.connect_timeout_ms,
+                    seed: opts.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+                    ..ClientConfig::default()
+                };
+                if let Some(hook) = opts.client_hook {
+                    hook(&mut config);
+                }
+                Slot {
+                    client: Client::new(config),
+                    user,
+                    link: None,
+                    idle: rng.below(100) < opts.idle_pct,
+                    armed: None,
+                    connects: 0,
+                    sent: 0,
+                }
+            })
+            .collect();
+        let raws = if opts.has(FaultKind::Hostile) {
+            (0..opts.hostile)
+                .map(|j| User {
+                    id: format!("h{j}"),
+                    kind: "customer".into(),
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+        Ok(Sim {
+            dead_peer: DeadPeer::new(opts.ping_interval_ms + opts.ping_timeout_ms),
+            per_user: PerUser::new(opts.per_user),
+            ping_pong: PingPong::default(),
+            rate: RateWindow::new(opts.rate_messages, opts.rate_window_ms),
+            delivery: Delivery::default(),
+            store: Store::new(opts.store_latency_ms),
+            net: Net::new(opts.latency_ms, opts.jitter_ms),
+            trace: Trace::new(opts.trace_tail, sink),
+            rng,
+            now: Instant::ZERO,
+            step: 0,
+            phase: Phase::Safety,
+            agenda: Agenda::default(),
+            gw: None,
+            gw_config,
+            epoch: 0,
+            crash_silent: false,
+            layout,
+            clients,
+            raws,
+            schedule,
+            faults_until: BTreeMap::new(),
+            violation: None,
+            counters: Counters::default(),
+            opts,
+        })
+    }
+
+    /// The trace hash so far.
+    pub fn trace_hash(&self) -> u64 {
+        self.trace.hash()
+    }
+
+    /// Records a checker's finding; the first violation stops the run.
+    fn found(&mut self, finding: Finding) {
+        if let Err((checker, detail)) = finding {
+            if self.violation.is_none() {
+                let v = Violation {
+                    checker,
+                    at: self.now,
+                    step: self.step,
+                    detail,
+                };
+                tr!(self, "CHECK", ("VIOLATION {v}"));
+                self.violation = Some(v);
+            }
+        }
+    }
+
+    /// Runs all three phases and reports.
+    pub fn run(mut self) -> Report {
+        self.setup();
+        let end = Instant::from_millis(self.opts.duration_ms);
+        self.run_until(end);
+        if self.violation.is_none() {
+            self.liveness_phase();
+        }
+        if self.violation.is_none() {
+            self.leave_phase();
+        }
+        self.report()
+    }
+
+    fn setup(&mut self) {
+        tr!(self, "sim", ("knobs {}", self.opts.knobs()));
+        self.start_server();
+        for i in 0..self.clients.len() {
+            let at = Instant::from_millis(self.rng.below(3_000));
+            self.agenda.push(at, Ev::Start { client: i });
+        }
+        for a in 0..self.raws.len() {
+            let at = Instant::from_millis(1_000 + self.rng.below(10_000));
+            self.agenda.push(at, Ev::Attack { actor: a });
+        }
+        for f in std::mem::take(&mut self.schedule) {
+            self.agenda
+                .push(Instant::from_millis(f.at_ms), Ev::Fault(f.fault));
+        }
+    }
+
+    fn liveness_phase(&mut self) {
+        self.phase = Phase::Liveness;
+        tr!(self, "sim", ("liveness: heal everything, stop traffic"));
+        self.heal();
+        // The rate limit paces the largest outbox: allow for it on top of the bound.
+        // (per user: the window is the user's, shared by its devices).
+        let mut per_user: BTreeMap<usize, u64> = BTreeMap::new();
+        for s in &self.clients {
+            *per_user.entry(s.user).or_default() += s.client.outbox_len() as u64;
+        }
+        let backlog = per_user.values().copied().max().unwrap_or(0);
+        let drain_ms = backlog * self.opts.rate_window_ms / self.opts.rate_messages.max(1) as u64;
+        let bound_ms = self.opts.convergence_ms + drain_ms;
+        let deadline = self.now.add_ms(bound_ms);
+        loop {
+            let pending = self.pending();
+            let Some(reason) = pending else { break };
+            if self.now >= deadline {
+                let finding = Err((
+                    liveness::NAME,
+                    format!("not converged {bound_ms}ms after healing: {reason}"),
+                ));
+                return self.found(finding);
+            }
+            let next = self.now.add_ms(250).min(deadline);
+            self.run_until(next);
+            if self.violation.is_some() {
+                return;
+            }
+        }
+        tr!(self, "sim", ("converged"));
+        // Quiet for longer than the offline grace, then presence must match connections.
+        let quiet = self.now.add_ms(self.gw_config.offline_grace_ms + 1_000);
+        self.run_until(quiet);
+        if self.violation.is_some() {
+            return;
+        }
+        if let Some(gw) = &self.gw {
+            let finding = presence::check(
+                self.now,
+                gw,
+                &self.per_user,
+                self.gw_config.offline_grace_ms,
+            );
+            self.found(finding);
+        }
+    }
+
+    fn leave_phase(&mut self) {
+        self.phase = Phase::Leave;
+        tr!(self, "sim", ("leave: every client disconnects"));
+        for i in 0..self.clients.len() {
+            let now = self.now;
+            self.clients[i].client.disconnect(now);
+            self.drain_client(i);
+        }
+        self.close_raws();
+        let c = &self.gw_config;
+        let wait = c.engine.ping_interval_ms
+            + c.engine.ping_timeout_ms
+            + c.engine.handshake_timeout_ms
+            + c.rate_window_ms
+            + c.offline_grace_ms
+            + 10_000;
+        let end = self.now.add_ms(wait);
+        self.run_until(end);
+        if self.violation.is_some() {
+            return;
+        }
+        if let Some(gw) = &self.gw {
+            let finding = baseline::check(gw);
+            self.found(finding);
+        }
+        if self.violation.is_none() {
+            self.phase = Phase::Done;
+        }
+    }
+
+    /// What has not converged yet.
+    pub fn pending(&self) -> Option<String> {
+        liveness::pending(
+            self.clients.iter().map(|s| &s.client).enumerate(),
+            &self.delivery,
+            &self.store,
+            self.gw.is_some(),
+        )
+    }
+
+    /// Steps until nothing is due before `end`, a violation, or the step budget.
+    fn run_until(&mut self, end: Instant) {
+        while self.violation.is_none() && self.step < STEP_BUDGET {
+            let Some((at, source)) = self.next_due() else {
+                break;
+            };
+            if at > end {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.step += 1;
+            match source {
+                Source::Server => self.server_timeout(),
+                Source::Store => self.store_completes(),
+                Source::Agenda => {
+                    if let Some((_, ev)) = self.agenda.pop() {
+                        self.handle(ev);
+                    }
+                }
+            }
+            let finding = self.per_user.check();
+            self.found(finding);
+            let finding = self.dead_peer.check(self.now);
+            self.found(finding);
+        }
+        if self.step >= STEP_BUDGET {
+            let finding = Err(("step-budget", format!("{STEP_BUDGET} steps used")));
+            self.found(finding);
+        }
+        self.now = self.now.max(end);
+    }
+
+    /// The earliest thing due; ties go to the server, then the store, then the agenda.
+    fn next_due(&self) -> Option<(Instant, Source)> {
+        let candidates = [
+            (
+                self.gw.as_ref().and_then(Gateway::poll_timeout),
+                Source::Server,
+            ),
+            (self.store.next_at(), Source::Store),
+            (self.agenda.next_at(), Source::Agenda),
+        ];
+        let mut best: Option<(Instant, Source)> = None;
+        for (at, source) in candidates {
+            if let Some(at) = at {
+                if best.is_none_or(|(b, _)| at < b) {
+                    best = Some((at, source));
+                }
+            }
+        }
+        best
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver { link, to_server } => {
+                let now = self.now;
+                if let Some(seg) = self.net.take(now, link, to_server, &mut self.agenda) {
+                    if to_server {
+                        self.server_receives(link, seg);
+                    } else {
+                        self.client_receives(link, seg);
+                    }
+                }
+                self.net.collect(link);
+            }
+            Ev::ClientTimer { client } => self.client_timer(client),
+            Ev::Start { client } => self.start_client(client),
+            Ev::Send { client } => self.app_sends(client),
+            Ev::Attack { actor } => self.attack(actor),
+            Ev::RawClose { link } => self.raw_close(link),
+            Ev::Fault(f) => self.inject(f),
+            Ev::Unblock { client } => {
+                let now = self.now;
+                self.net.unblock(now, client, &mut self.agenda);
+            }
+            Ev::ClogStart { client, until } => {
+                if self.phase == Phase::Safety {
+                    tr!(self, "fault", ("clog c{client} until {until}"));
+                    self.net.block(client, until, &mut self.agenda);
+                }
+            }
+            Ev::Restart => {
+                if self.gw.is_none() {
+                    self.start_server();
+                }
+            }
+            Ev::FaultsExpire => self.expire_faults(),
+        }
+    }
+
+    fn report(mut self) -> Report {
+        let reconnects = self
+            .clients
+            .iter()
+            .map(|s| s.connects.saturating_sub(1))
+            .sum();
+        self.trace.finish();
+        Report {
+            knobs: self.opts.knobs(),
+            seed: self.opts.seed,
+            events: self.step,
+            faults: self.counters.faults,
+            attacks: self.counters.attacks,
+            sent: self.counters.sent,
+            acked: self.delivery.acked,
+            delivered: self.delivery.delivered,
+            stored: self.store.stored(),
+            reconnects,
+            replacements: self.ping_pong.replacements,
+            dead_peers: self.dead_peer.detected,
+            dead_peer_worst_ms: self.dead_peer.worst_ms,
+            store_failures: self.store.failures,
+            sim_ms: self.now.as_millis(),
+            trace_hash: self.trace.hash(),
+            trace_lines: self.trace.lines(),
+            violation: self.violation.clone(),
+            phase: self.phase.name(),
+            trace_tail: self.trace.tail(),
+            rerun: String::new(),
+        }
+    }
+}
+
+/// Where the next step comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Server,
+    Store,
+    Agenda,
+}

@@ -1,0 +1,316 @@
+//! The server side of the world: the gateway's inputs and outputs, the store's
+//! completions, crash and restart.
+
+use heartline_core::codec::Frame;
+use heartline_core::engine::{self, CloseReason, Handshake, Query, Transmit};
+use heartline_core::gateway::{Gateway, Input, Member, Notice, Output};
+use heartline_core::TransportId;
+
+use super::Sim;
+use crate::net::{End, Seg};
+use crate::store::Committed;
+use crate::trace::short;
+
+fn is_text(frame: &Frame, text: &str) -> bool {
+    matches!(frame, Frame::Text(b) if b.as_ref() == text.as_bytes())
+}
+
+fn frame_str(frame: &Frame) -> String {
+    match frame {
+        Frame::Text(b) => short(&String::from_utf8_lossy(b), 72),
+        Frame::Binary(b) => format!("<binary {}B>", b.len()),
+    }
+}
+
+/// The device number in a handshake's remote address (`c7` is honest client 7).
+fn device_of(remote: Option<&str>) -> Option<usize> {
+    remote?.strip_prefix('c')?.parse().ok()
+}
+
+impl Sim {
+    /// Boots a gateway with empty memory; conversations come back from the store.
+    pub(super) fn start_server(&mut self) {
+        self.epoch += 1;
+        let mut config = self.gw_config.clone();
+        config.engine.seed = self.opts.seed ^ u64::from(self.epoch).wrapping_mul(0x9e37_79b9);
+        let gw = match Gateway::new(config, self.now) {
+            Ok(gw) => gw,
+            Err(e) => {
+                let finding = Err(("config", format!("gateway refused its config: {e}")));
+                return self.found(finding);
+            }
+        };
+        self.gw = Some(gw);
+        tr!(self, "server", ("start (incarnation {})", self.epoch));
+        for (id, members) in self.layout.conversations.clone() {
+            let members: Vec<Member> = members
+                .iter()
+                .map(|u| self.layout.users[*u].member())
+                .collect();
+            let last_seq = self.store.last_seq(&id);
+            self.server_input(Input::ConversationPut {
+                id,
+                members,
+                last_seq,
+            });
+        }
+    }
+
+    /// The server process dies: memory, sessions and unfinished store operations go.
+    pub(super) fn crash(&mut self, silent: bool) {
+        if self.gw.take().is_none() {
+            return;
+        }
+        self.crash_silent = silent;
+        self.store.crash();
+        self.dead_peer.forget_all();
+        let now = self.now;
+        self.per_user.crash(now);
+        self.rate.crash();
+        self.ping_pong.crash();
+        for id in self.net.ids() {
+            let Some(link) = self.net.link_mut(id) else {
+                continue;
+            };
+            if link.epoch != Some(self.epoch) || !link.server_open {
+                continue;
+            }
+            link.server_open = false;
+            if !silent && link.client_open {
+                // The host's kernel resets the dead process's sockets.
+                self.net.discard(id, false);
+                self.net.send(
+                    now,
+                    id,
+                    false,
+                    Seg::Fin { error: true },
+                    &mut self.rng,
+                    &mut self.agenda,
+                );
+            }
+            self.net.collect(id);
+        }
+    }
+
+    fn server_input(&mut self, input: Input) {
+        let now = self.now;
+        let Some(gw) = self.gw.as_mut() else { return };
+        if let Err(e) = gw.handle_input(now, input) {
+            let finding = Err(("usage", format!("the simulator misused the gateway: {e}")));
+            self.found(finding);
+        }
+        self.drain_server();
+    }
+
+    pub(super) fn server_timeout(&mut self) {
+        let now = self.now;
+        let Some(gw) = self.gw.as_mut() else { return };
+        gw.handle_timeout(now);
+        tr!(self, "server", ("deadline"));
+        self.drain_server();
+    }
+
+    pub(super) fn store_completes(&mut self) {
+        let Some((input, committed)) = self.store.complete(&mut self.rng) else {
+            return;
+        };
+        tr!(self, "store", ("{input}"));
+        if let Input::Appended { op, .. } = &input {
+            let stored = matches!(committed, Committed::Stored(_));
+            let finding = self.rate.completed(*op, stored);
+            self.found(finding);
+        }
+        if let Committed::Stored(m) = &committed {
+            let finding = self.delivery.stored(m);
+            self.found(finding);
+        }
+        self.server_input(input);
+    }
+
+    /// Resets a link from the server's host: the client sees an error.
+    fn refuse(&mut self, id: u64) {
+        let now = self.now;
+        let Some(link) = self.net.link_mut(id) else {
+            return;
+        };
+        if !link.client_open || link.reset_sent {
+            return;
+        }
+        link.reset_sent = true;
+        self.net.discard(id, true);
+        self.net.send(
+            now,
+            id,
+            false,
+            Seg::Fin { error: true },
+            &mut self.rng,
+            &mut self.agenda,
+        );
+    }
+
+    pub(super) fn server_receives(&mut self, id: u64, seg: Seg) {
+        let Some(link) = self.net.link(id) else {
+            return;
+        };
+        let (end, epoch, server_open) = (link.end, link.epoch, link.server_open);
+        let up = self.gw.is_some();
+        let current = up && epoch == Some(self.epoch) && server_open;
+        match seg {
+            Seg::Open => {
+                if !up {
+                    if !self.crash_silent {
+                        self.refuse(id);
+                    }
+                    return;
+                }
+                if let Some(link) = self.net.link_mut(id) {
+                    link.epoch = Some(self.epoch);
+                    link.server_open = true;
+                }
+                let remote = match end {
+                    End::Client(c) => format!("c{c}"),
+                    End::Raw(a) => format!("h{a}"),
+                };
+                tr!(self, "net", ("ws{id} {remote} -> server open"));
+                let now = self.now;
+                self.dead_peer.opened(now, id);
+                let input = engine::Input::WsOpened {
+                    transport: TransportId(id),
+                    query: Query {
+                        eio: Some("4".into()),
+                        transport: Some("websocket".into()),
+                        sid: None,
+                    },
+                    handshake: Handshake {
+                        accepted_at: now,
+                        authorization: None,
+                        remote: Some(remote),
+                    },
+                };
+                self.net
+                    .send(now, id, false, Seg::Open, &mut self.rng, &mut self.agenda);
+                self.server_input(Input::Network(input));
+            }
+            Seg::Frame(frame) => {
+                if !current {
+                    if up || !self.crash_silent {
+                        self.refuse(id);
+                    }
+                    return;
+                }
+                tr!(self, "net", ("ws{id} -> server {}", frame_str(&frame)));
+                if is_text(&frame, "3") {
+                    let now = self.now;
+                    self.dead_peer.pong(now, id);
+                }
+                self.server_input(Input::Network(engine::Input::WsFrame {
+                    transport: TransportId(id),
+                    frame,
+                }));
+            }
+            Seg::Fin { error } => {
+                if !current {
+                    return;
+                }
+                if let Some(link) = self.net.link_mut(id) {
+                    link.server_open = false;
+                }
+                let now = self.now;
+                self.dead_peer.closed(now, id, false);
+                tr!(self, "net", ("ws{id} -> server closed (error={error})"));
+                self.server_input(Input::Network(engine::Input::WsClosed {
+                    transport: TransportId(id),
+                    error,
+                }));
+            }
+        }
+    }
+
+    /// Routes everything the gateway wants done.
+    fn drain_server(&mut self) {
+        let Some(gw) = self.gw.as_mut() else { return };
+        let outs: Vec<Output> = std::iter::from_fn(|| gw.poll_output()).collect();
+        for out in outs {
+            match out {
+                Output::Transmit(Transmit::WsSend { transport, frame }) => {
+                    let id = transport.0;
+                    if !self.net.link(id).is_some_and(|l| l.server_open) {
+                        continue;
+                    }
+                    if is_text(&frame, "2") {
+                        self.dead_peer.ping(id);
+                    }
+                    let now = self.now;
+                    self.net.send(
+                        now,
+                        id,
+                        false,
+                        Seg::Frame(frame),
+                        &mut self.rng,
+                        &mut self.agenda,
+                    );
+                }
+                Output::Transmit(Transmit::WsClose { transport, reason }) => {
+                    let id = transport.0;
+                    let Some(link) = self.net.link_mut(id) else {
+                        continue;
+                    };
+                    if !link.server_open {
+                        continue;
+                    }
+                    link.server_open = false;
+                    let now = self.now;
+                    let timed_out = reason == CloseReason::PingTimeout;
+                    self.dead_peer.closed(now, id, timed_out);
+                    tr!(self, "server", ("ws{id} close ({reason})"));
+                    self.net.send(
+                        now,
+                        id,
+                        false,
+                        Seg::Fin { error: false },
+                        &mut self.rng,
+                        &mut self.agenda,
+                    );
+                    self.net.collect(id);
+                }
+                Output::Transmit(Transmit::HttpResponse { .. }) => {}
+                Output::Effect(effect) => {
+                    let now = self.now;
+                    tr!(self, "server", ("{effect}"));
+                    self.rate.effect(now, &effect);
+                    self.store.submit(now, effect, &mut self.rng);
+                }
+                Output::Notice(notice) => self.on_notice(notice),
+            }
+        }
+    }
+
+    fn on_notice(&mut self, notice: Notice) {
+        tr!(self, "server", ("{notice}"));
+        let now = self.now;
+        match &notice {
+            Notice::Connected { session, user } => {
+                self.per_user.connected(now, user, *session);
+                let device = self.device(*session);
+                let finding = self.ping_pong.connected(*session, device);
+                self.found(finding);
+            }
+            Notice::Closed { session, user, .. } => {
+                if let Some(user) = user {
+                    self.per_user.closed(now, user, *session);
+                }
+                self.ping_pong.closed(*session);
+            }
+            Notice::Replaced { old, new, .. } => {
+                let finding = self.ping_pong.replaced(*old, *new);
+                self.found(finding);
+            }
+            _ => {}
+        }
+    }
+
+    fn device(&self, session: heartline_core::SessionId) -> Option<usize> {
+        let gw = self.gw.as_ref()?;
+        device_of(gw.engine().handshake(session)?.remote.as_deref())
+    }
+}
