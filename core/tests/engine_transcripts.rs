@@ -186,6 +186,34 @@ fn polling_errors_and_client_close() {
 }
 
 #[test]
+fn client_close_posted_before_its_get_arrives() {
+    // The client's GET and its CLOSE POST travel on separate connections; the POST may
+    // arrive first. The GET still gets the NOOP a held one would have had, then the
+    // session is gone.
+    let mut h = echo();
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Post, q("polling", Some(&sid)), "1");
+    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    h.http(4, Method::Get, q("polling", Some(&sid)), "");
+    h.http(5, Method::Get, q("polling", None), "");
+    let other = h.last_sid();
+    h.http(6, Method::Post, q("polling", Some(&other)), "1");
+    h.advance(20_000);
+    h.http(7, Method::Get, q("polling", Some(&other)), "");
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.response(2), Some((200, "ok".into())));
+    assert_eq!(h.response(3), Some((200, "6".into())));
+    assert_eq!(h.response(4).map(|r| r.0), Some(400));
+    assert_eq!(
+        h.response(7).map(|r| r.0),
+        Some(400),
+        "a GET that never comes is not waited for past ping_timeout"
+    );
+    assert_eq!(h.engine.sessions_held(), 0);
+}
+
+#[test]
 fn overlapping_polling_get_ends_the_session() {
     let mut h = echo();
     h.http(1, Method::Get, q("polling", None), "");
@@ -233,14 +261,25 @@ fn plain_engine_io_echo_without_socketio() {
     h.ws_binary(1, &[1, 2, 3, 4]);
     h.http(1, Method::Get, q("polling", None), "");
     let sid = h.last_sid();
-    h.http(2, Method::Post, q("polling", Some(&sid)), "4test1\u{1e}4test2\u{1e}bAQIDBA==");
+    h.http(
+        2,
+        Method::Post,
+        q("polling", Some(&sid)),
+        "4test1\u{1e}4test2\u{1e}bAQIDBA==",
+    );
     h.http(3, Method::Get, q("polling", Some(&sid)), "");
     h.advance(10_000);
     insta::assert_snapshot!(h.transcript());
-    assert_eq!(h.ws_sent(1)[1..], ["4hello".to_owned(), "<4 bytes>".to_owned()]);
+    assert_eq!(
+        h.ws_sent(1)[1..],
+        ["4hello".to_owned(), "<4 bytes>".to_owned()]
+    );
     assert_eq!(
         h.response(3),
         Some((200, "4test1\u{1e}4test2\u{1e}bAQIDBA==".into()))
     );
-    assert!(h.closes().is_empty(), "no namespace deadline without Socket.IO");
+    assert!(
+        h.closes().is_empty(),
+        "no namespace deadline without Socket.IO"
+    );
 }

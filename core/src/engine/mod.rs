@@ -47,9 +47,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde_json::Value;
 
 pub use close::{CloseReason, UsageError};
-pub use config::{ConfigError, EngineConfig, Transports};
 #[cfg(feature = "mutations")]
 pub use config::Mutations;
+pub use config::{ConfigError, EngineConfig, Transports};
 pub use io::{ContentType, Event, Handshake, Input, Method, Output, Query, Transmit};
 pub use session::Timer;
 
@@ -633,13 +633,17 @@ impl Engine {
                 self.remove(id);
             }
             Transport::Polling(p) => {
-                if how == Ending::Abort {
+                if how != Ending::Flush {
                     p.queue.clear();
                     p.queued_bytes = 0;
                 }
-                let close = EioPacket::Close.to_frame();
-                p.queued_bytes += close.len() as u64;
-                p.queue.push_back(close);
+                let last = if how == Ending::Release {
+                    EioPacket::Noop.to_frame()
+                } else {
+                    EioPacket::Close.to_frame()
+                };
+                p.queued_bytes += last.len() as u64;
+                p.queue.push_back(last);
                 if p.pending_get.is_some() || how == Ending::Abort {
                     self.flush_poll(id);
                     self.remove(id);

@@ -187,8 +187,15 @@ impl Engine {
                 break;
             }
             if packet == EioPacket::Close {
-                // The client is leaving: release its held GET with a NOOP, not a CLOSE.
-                self.release_get(id);
+                // The client is leaving: release its held GET with a NOOP, not a CLOSE; with
+                // none held, the GET it may still have on the way gets that NOOP instead.
+                let how = if self.release_get(id) {
+                    Ending::Abort
+                } else {
+                    Ending::Release
+                };
+                self.end(now, id, CloseReason::ClientClose, how);
+                break;
             }
             self.on_engine_packet(now, id, packet);
         }
@@ -227,18 +234,20 @@ impl Engine {
         self.respond(request, 200, ContentType::Text, body.into());
     }
 
-    /// Answers the held GET, if any, with a NOOP.
-    pub(crate) fn release_get(&mut self, id: SessionId) {
+    /// Answers the held GET, if any, with a NOOP; whether there was one.
+    pub(crate) fn release_get(&mut self, id: SessionId) -> bool {
         let Some(s) = self.sessions.get_mut(&id) else {
-            return;
+            return false;
         };
         let Transport::Polling(p) = &mut s.transport else {
-            return;
+            return false;
         };
-        if let Some(request) = p.pending_get.take() {
-            self.by_request.remove(&request);
-            self.respond(request, 200, ContentType::Text, noop());
-        }
+        let Some(request) = p.pending_get.take() else {
+            return false;
+        };
+        self.by_request.remove(&request);
+        self.respond(request, 200, ContentType::Text, noop());
+        true
     }
 }
 

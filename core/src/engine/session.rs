@@ -128,4 +128,8 @@ pub(crate) enum Ending {
     /// Let the client receive what was sent before the close (the Socket.IO DISCONNECT of a
     /// replacement, say) and a CLOSE packet.
     Flush,
+    /// The client sent CLOSE over polling while no GET was held. Its GET may still be on
+    /// the way: a POST and a GET travel on separate connections and can arrive in either
+    /// order. That GET gets the NOOP a held one would have had, not an error.
+    Release,
 }
