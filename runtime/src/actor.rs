@@ -1,7 +1,9 @@
 //! The actor that owns the core.
 //!
-//! One task holds the [`Gateway`]: every decision that spans connections (replacement,
-//! presence, rate windows, rooms) lives there, and a single owner needs no locks. It waits
+//! One task holds the application ([`App`]: Heartline's [`Gateway`](heartline_core::gateway::Gateway),
+//! or the protocol suites' echo server): every decision that spans connections
+//! (replacement, presence, rate windows, rooms) lives there, and a single owner needs no
+//! locks. It waits
 //! on three things at once: inputs from connection tasks, results from the store thread,
 //! and the core's next deadline. After each it drains the core's outputs: frames and closes
 //! go to per-connection [`Outbox`]es, HTTP responses to the waiting polling handlers,
@@ -10,7 +12,7 @@
 //!
 //! Shutdown is driven from here too, because only the core knows its sessions: flush the
 //! store and let the acks out, then close sessions in paced batches with
-//! [`Gateway::shutdown_some`], then wait (bounded) for the writers to finish.
+//! [`App::shutdown_some`], then wait (bounded) for the writers to finish.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,12 +21,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use heartline_core::engine::{self, CloseReason, ContentType, Transmit};
-use heartline_core::gateway::{self, Effect, Gateway, Notice, Output};
+use heartline_core::gateway::{self, Effect, Notice, Output};
 use heartline_core::{RequestId, TransportId};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::app::App;
 use crate::clock::Clock;
-use crate::metrics::{self, RuntimeMetrics};
+use crate::metrics::RuntimeMetrics;
 use crate::outbox::{Outbox, Push};
 use crate::storage::{Job, StoreQueue};
 
@@ -103,8 +106,8 @@ const DRAIN_TICK: Duration = Duration::from_millis(100);
 const WRITER_GRACE: Duration = Duration::from_millis(1500);
 
 /// The actor's state. See the module docs.
-pub struct Actor {
-    gateway: Gateway,
+pub struct Actor<A> {
+    app: A,
     clock: Clock,
     outboxes: HashMap<TransportId, Arc<Outbox>>,
     http: HashMap<RequestId, oneshot::Sender<HttpReply>>,
@@ -116,17 +119,17 @@ pub struct Actor {
     deferred: Vec<engine::Input>,
 }
 
-impl Actor {
-    /// An actor around a gateway already loaded with its conversations.
+impl<A: App> Actor<A> {
+    /// An actor around an application (a gateway already loaded with its conversations).
     pub fn new(
-        gateway: Gateway,
+        app: A,
         clock: Clock,
         store: StoreQueue,
         metrics: Arc<RuntimeMetrics>,
         draining: Arc<AtomicBool>,
     ) -> Self {
         Actor {
-            gateway,
+            app,
             clock,
             outboxes: HashMap::new(),
             http: HashMap::new(),
@@ -145,7 +148,7 @@ impl Actor {
         mut results: mpsc::UnboundedReceiver<gateway::Input>,
     ) {
         loop {
-            let deadline = self.gateway.poll_timeout().map(|t| self.clock.deadline(t));
+            let deadline = self.app.poll_timeout().map(|t| self.clock.deadline(t));
             let drain_at = self.drain_wakeup();
             tokio::select! {
                 biased;
@@ -157,7 +160,7 @@ impl Actor {
                     None => break,
                 },
                 _ = sleep_until_opt(deadline) => {
-                    self.gateway.handle_timeout(self.clock.now());
+                    self.app.handle_timeout(self.clock.now());
                     self.dispatch();
                 }
                 _ = flush_wait(&mut self.drain) => {
@@ -178,7 +181,7 @@ impl Actor {
     }
 
     fn feed(&mut self, input: gateway::Input) {
-        if let Err(e) = self.gateway.handle_input(self.clock.now(), input) {
+        if let Err(e) = self.app.handle_input(self.clock.now(), input) {
             tracing::debug!(error = %e, "input for a gone session or request");
         }
         self.dispatch();
@@ -193,7 +196,7 @@ impl Actor {
             } => {
                 self.outboxes.insert(transport, outbox);
                 let result = self
-                    .gateway
+                    .app
                     .handle_input(self.clock.now(), gateway::Input::Network(input));
                 if let Err(e) = result {
                     tracing::warn!(%transport, error = %e, "websocket refused by the core");
@@ -210,7 +213,7 @@ impl Actor {
             } => {
                 self.http.insert(request, reply);
                 let result = self
-                    .gateway
+                    .app
                     .handle_input(self.clock.now(), gateway::Input::Network(input));
                 if let Err(e) = result {
                     // The core did not take the request, so it will never answer it.
@@ -232,11 +235,9 @@ impl Actor {
                 self.feed(gateway::Input::Network(input));
             }
             Msg::Metrics(reply) => {
-                let text = metrics::render(
-                    &self.gateway,
-                    &self.metrics,
-                    self.draining.load(Ordering::Relaxed),
-                );
+                let text = self
+                    .app
+                    .render_metrics(&self.metrics, self.draining.load(Ordering::Relaxed));
                 let _ = reply.send(text);
             }
             Msg::Drain { drain_ms, done } => self.start_drain(drain_ms, done),
@@ -246,7 +247,7 @@ impl Actor {
     /// Does what the core asked, until it asks nothing more.
     fn dispatch(&mut self) {
         loop {
-            while let Some(out) = self.gateway.poll_output() {
+            while let Some(out) = self.app.poll_output() {
                 match out {
                     Output::Transmit(t) => self.transmit(t),
                     Output::Effect(e) => self.effect(e),
@@ -258,10 +259,7 @@ impl Actor {
             }
             let now = self.clock.now();
             for input in std::mem::take(&mut self.deferred) {
-                if let Err(e) = self
-                    .gateway
-                    .handle_input(now, gateway::Input::Network(input))
-                {
+                if let Err(e) = self.app.handle_input(now, gateway::Input::Network(input)) {
                     tracing::debug!(error = %e, "deferred input for a gone session");
                 }
             }
@@ -321,11 +319,7 @@ impl Actor {
         if self.drain.is_some() {
             return;
         }
-        tracing::info!(
-            sessions = self.gateway.engine().session_count(),
-            drain_ms,
-            "draining"
-        );
+        tracing::info!(sessions = self.app.session_count(), drain_ms, "draining");
         let (tx, rx) = oneshot::channel();
         self.store.send(Job::Flush { reply: tx });
         let deadline = tokio::time::Instant::now() + Duration::from_millis(drain_ms);
@@ -372,12 +366,12 @@ impl Actor {
         let now = tokio::time::Instant::now();
         match self.drain.take() {
             Some(Drain::Closing { deadline, done, .. }) => {
-                let remaining = self.gateway.engine().session_count();
+                let remaining = self.app.session_count();
                 let ticks_left = (deadline.saturating_duration_since(now).as_millis()
                     / DRAIN_TICK.as_millis())
                 .max(1) as usize;
                 let batch = remaining.div_ceil(ticks_left).max(1);
-                let left = self.gateway.shutdown_some(self.clock.now(), batch);
+                let left = self.app.shutdown_some(self.clock.now(), batch);
                 self.dispatch();
                 tracing::debug!(
                     closed = remaining - left.min(remaining),

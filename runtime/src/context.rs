@@ -1,5 +1,5 @@
-//! What every connection task shares: the configuration, the clock, the way to the actor
-//! and the store, the runtime's counters, and the id counters.
+//! What every connection task shares: the configuration, the Engine.IO path, the clock,
+//! the way to the actor and the store, the runtime's counters, and the id counters.
 //!
 //! Transport and request ids are allocated here, by the runtime, because it sees a socket
 //! or a request before the core does; they are never reused, so a late message about a
@@ -22,6 +22,9 @@ use crate::storage::StoreQueue;
 pub struct Context {
     /// The configuration the server runs with.
     pub config: Config,
+    /// Where Engine.IO is served, with its trailing slash (`/socket.io/` for the gateway,
+    /// `/engine.io/` for a plain Engine.IO server).
+    pub engine_path: String,
     /// The clock the core runs on.
     pub clock: Clock,
     /// The actor's inbox.
@@ -40,6 +43,7 @@ impl Context {
     /// A context for a server about to start.
     pub fn new(
         config: Config,
+        engine_path: String,
         clock: Clock,
         actor: mpsc::Sender<Msg>,
         store: StoreQueue,
@@ -48,6 +52,7 @@ impl Context {
     ) -> Self {
         Context {
             config,
+            engine_path,
             clock,
             actor,
             store,
@@ -71,6 +76,12 @@ impl Context {
     /// Whether shutdown began.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request path is the Engine.IO endpoint (with or without its trailing
+    /// slash).
+    pub fn is_engine_path(&self, path: &str) -> bool {
+        path == self.engine_path || Some(path) == self.engine_path.strip_suffix('/')
     }
 
     /// Whether a browser page from `origin` may open a session (`server.cors_origins`).

@@ -6,8 +6,9 @@
 //!
 //! - [`server`]: [`server::start`] binds one port for HTTP and WebSocket and returns a
 //!   handle; the binary and the end-to-end tests start the very same server.
-//! - [`actor`]: the one task that owns the core's `Gateway`, feeding it inputs and the
-//!   store's results and carrying out its outputs.
+//! - [`actor`]: the one task that owns the application ([`app::App`]: the core's
+//!   `Gateway`, or the protocol suites' [`echo`] server), feeding it inputs and the store's
+//!   results and carrying out its outputs.
 //! - [`conn`], [`routes`], [`engineio`], [`websocket`], [`api`]: per-connection I/O tasks
 //!   that decide nothing.
 //! - [`storage`]: the store's own thread, with group commit, in front of [`store`].
@@ -18,12 +19,14 @@
 pub mod actor;
 pub mod admission;
 pub mod api;
+pub mod app;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod context;
 pub mod dev;
+pub mod echo;
 pub mod engineio;
 pub mod error;
 pub mod http;

@@ -260,26 +260,43 @@ pub fn render(gateway: &Gateway, rt: &RuntimeMetrics, draining: bool) -> String 
         h.count,
     );
 
+    render_runtime(&mut out, rt, draining);
+    out
+}
+
+/// The `/metrics` page of an application that is only the engine (the echo server): its
+/// live sessions and the runtime's own counters.
+pub fn render_engine(sessions: usize, rt: &RuntimeMetrics, draining: bool) -> String {
+    let mut out = String::with_capacity(2048);
     family(
         &mut out,
+        "heartline_engine_sessions",
+        "gauge",
+        "Live Engine.IO sessions.",
+    );
+    sample(&mut out, "heartline_engine_sessions", sessions as u64);
+    render_runtime(&mut out, rt, draining);
+    out
+}
+
+/// The runtime's own families, the same whatever the application.
+fn render_runtime(out: &mut String, rt: &RuntimeMetrics, draining: bool) {
+    family(
+        out,
         "heartline_tcp_connections",
         "gauge",
         "Open TCP connections.",
     );
-    sample(&mut out, "heartline_tcp_connections", get(&rt.tcp_open));
+    sample(out, "heartline_tcp_connections", get(&rt.tcp_open));
     family(
-        &mut out,
+        out,
         "heartline_tcp_accepted_total",
         "counter",
         "TCP connections served.",
     );
-    sample(
-        &mut out,
-        "heartline_tcp_accepted_total",
-        get(&rt.tcp_accepted),
-    );
+    sample(out, "heartline_tcp_accepted_total", get(&rt.tcp_accepted));
     family(
-        &mut out,
+        out,
         "heartline_admission_refused_total",
         "counter",
         "Connections or handshakes refused before reaching the core, by reason.",
@@ -297,85 +314,62 @@ pub fn render(gateway: &Gateway, rt: &RuntimeMetrics, draining: bool) -> String 
             get(v)
         );
     }
+    family(out, "heartline_websockets", "gauge", "Open WebSockets.");
+    sample(out, "heartline_websockets", get(&rt.ws_open));
     family(
-        &mut out,
-        "heartline_websockets",
-        "gauge",
-        "Open WebSockets.",
-    );
-    sample(&mut out, "heartline_websockets", get(&rt.ws_open));
-    family(
-        &mut out,
+        out,
         "heartline_outbound_queue_bytes",
         "gauge",
         "Bytes waiting in WebSocket send queues, all connections together.",
     );
     sample(
-        &mut out,
+        out,
         "heartline_outbound_queue_bytes",
         get(&rt.outbound_bytes),
     );
     family(
-        &mut out,
+        out,
         "heartline_outbound_shed_total",
         "counter",
         "Droppable frames (heartbeat, presence) shed for slow consumers.",
     );
-    sample(
-        &mut out,
-        "heartline_outbound_shed_total",
-        get(&rt.outbound_shed),
-    );
+    sample(out, "heartline_outbound_shed_total", get(&rt.outbound_shed));
     family(
-        &mut out,
+        out,
         "heartline_slow_consumer_closes_total",
         "counter",
         "WebSockets closed because their send queue overflowed.",
     );
     sample(
-        &mut out,
+        out,
         "heartline_slow_consumer_closes_total",
         get(&rt.slow_consumer_closes),
     );
     family(
-        &mut out,
+        out,
         "heartline_store_batches_total",
         "counter",
         "Store group commits.",
     );
-    sample(
-        &mut out,
-        "heartline_store_batches_total",
-        get(&rt.store_batches),
-    );
+    sample(out, "heartline_store_batches_total", get(&rt.store_batches));
     family(
-        &mut out,
+        out,
         "heartline_store_appends_total",
         "counter",
         "Messages appended by group commits.",
     );
-    sample(
-        &mut out,
-        "heartline_store_appends_total",
-        get(&rt.store_appends),
-    );
+    sample(out, "heartline_store_appends_total", get(&rt.store_appends));
     family(
-        &mut out,
+        out,
         "heartline_store_failures_total",
         "counter",
         "Failed store operations.",
     );
     sample(
-        &mut out,
+        out,
         "heartline_store_failures_total",
         get(&rt.store_failures),
     );
-    family(
-        &mut out,
-        "heartline_draining",
-        "gauge",
-        "1 while shutting down.",
-    );
-    sample(&mut out, "heartline_draining", u64::from(draining));
-    out
+    family(out, "heartline_draining", "gauge", "1 while shutting down.");
+    sample(out, "heartline_draining", u64::from(draining));
 }

@@ -1,4 +1,4 @@
-//! The one port's routes: Engine.IO under `/socket.io/`, health, readiness, metrics, the
+//! The one port's routes: Engine.IO under its path (`/socket.io/` by default), health, readiness, metrics, the
 //! conversations API, and the status page with its client module.
 
 use std::sync::Arc;
@@ -21,8 +21,10 @@ const CLIENT_JS: &str = include_str!("../assets/heartline.js");
 /// Routes one request.
 pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if ctx.is_engine_path(&path) {
+        return engineio::handle(req, ctx, conn).await;
+    }
     match path.as_str() {
-        "/socket.io" | "/socket.io/" => engineio::handle(req, ctx, conn).await,
         "/healthz" if req.method() == Method::GET => http::text(StatusCode::OK, "ok"),
         "/readyz" if req.method() == Method::GET => {
             if ctx.is_draining() {

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::actor::{Actor, Msg};
 use crate::admission::{ConnectionCap, IpRate};
+use crate::app::App;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::conn;
@@ -31,8 +32,11 @@ use crate::error::ServerError;
 use crate::http::raw_refusal;
 use crate::metrics::RuntimeMetrics;
 use crate::settings;
-use crate::storage::{self, to_member, Job};
+use crate::storage::{self, to_member, Job, StoreQueue};
 use crate::store::Store;
+
+/// Where the gateway serves Engine.IO.
+pub const ENGINE_PATH: &str = "/socket.io/";
 
 /// Capacity of the actor's inbox; connection readers wait when it is full.
 pub const ACTOR_INBOX: usize = 8192;
@@ -98,47 +102,89 @@ pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
     }
     while gateway.poll_output().is_some() {}
 
+    let (listener, local_addr) = bind(addr).await?;
+    let metrics = Arc::new(RuntimeMetrics::default());
+    let (results_tx, results_rx) = mpsc::unbounded_channel();
+    let (queue, store_thread) = storage::spawn(store, results_tx, metrics.clone())
+        .map_err(|e| ServerError::System(e.to_string()))?;
+    tracing::info!(
+        addr = %local_addr,
+        store = %path.display(),
+        conversations = loaded,
+        namespace = %config.server.namespace,
+        "heartline listening"
+    );
+    Ok(launch(Launch {
+        config,
+        engine_path: ENGINE_PATH.to_owned(),
+        clock,
+        app: gateway,
+        listener,
+        local_addr,
+        store: queue,
+        store_thread: Some(store_thread),
+        results: results_rx,
+        metrics,
+    }))
+}
+
+/// Binds the listening socket.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;
     let local_addr = listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok((listener, local_addr))
+}
 
-    let metrics = Arc::new(RuntimeMetrics::default());
-    let (results_tx, results_rx) = mpsc::unbounded_channel();
-    let (queue, store_thread) = storage::spawn(store, results_tx, metrics.clone())
-        .map_err(|e| ServerError::System(e.to_string()))?;
+/// What [`launch`] puts together: an application and the runtime around it.
+pub(crate) struct Launch<A> {
+    pub config: Config,
+    pub engine_path: String,
+    pub clock: Clock,
+    pub app: A,
+    pub listener: TcpListener,
+    pub local_addr: SocketAddr,
+    pub store: StoreQueue,
+    pub store_thread: Option<std::thread::JoinHandle<()>>,
+    pub results: mpsc::UnboundedReceiver<gateway::Input>,
+    pub metrics: Arc<RuntimeMetrics>,
+}
+
+/// Spawns the actor around `app` and the accept loop; the same plumbing for every
+/// application.
+pub(crate) fn launch<A: App>(l: Launch<A>) -> ServerHandle {
     let (actor_tx, actor_rx) = mpsc::channel(ACTOR_INBOX);
     let draining = Arc::new(AtomicBool::new(false));
     let actor = Actor::new(
-        gateway,
-        clock,
-        queue.clone(),
-        metrics.clone(),
+        l.app,
+        l.clock,
+        l.store.clone(),
+        l.metrics.clone(),
         draining.clone(),
     );
-    let actor_task = tokio::spawn(actor.run(actor_rx, results_rx));
+    let actor_task = tokio::spawn(actor.run(actor_rx, l.results));
     let ctx = Arc::new(Context::new(
-        config, clock, actor_tx, queue, metrics, draining,
+        l.config,
+        l.engine_path,
+        l.clock,
+        actor_tx,
+        l.store,
+        l.metrics,
+        draining,
     ));
     let (stop_accept, stop_rx) = watch::channel(false);
-    let accept_task = tokio::spawn(accept_loop(listener, ctx.clone(), stop_rx));
-    tracing::info!(
-        addr = %local_addr,
-        store = %path.display(),
-        conversations = loaded,
-        namespace = %ctx.config.server.namespace,
-        "heartline listening"
-    );
-    Ok(ServerHandle {
-        local_addr,
+    let accept_task = tokio::spawn(accept_loop(l.listener, ctx.clone(), stop_rx));
+    ServerHandle {
+        local_addr: l.local_addr,
         ctx,
         stop_accept,
         accept_task,
         actor_task,
-        store_thread: Some(store_thread),
-    })
+        store_thread: l.store_thread,
+    }
 }
 
 impl ServerHandle {

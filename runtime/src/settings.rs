@@ -11,10 +11,10 @@ use heartline_core::gateway::GatewayConfig;
 
 use crate::config::Config;
 
-/// The core's settings for a configuration. `jwt_secret` is taken as is.
-pub fn gateway_config(config: &Config, wall_epoch_ms: u64, seed: u64) -> GatewayConfig {
+/// The engine's settings for a configuration: Heartline's one namespace, Socket.IO on.
+pub fn engine_config(config: &Config, seed: u64) -> EngineConfig {
     let has = |t: &str| config.engine.transports.iter().any(|x| x == t);
-    let engine = EngineConfig {
+    EngineConfig {
         ping_interval_ms: config.engine.ping_interval_ms,
         ping_timeout_ms: config.engine.ping_timeout_ms,
         upgrade_timeout_ms: config.engine.upgrade_timeout_ms,
@@ -29,7 +29,12 @@ pub fn gateway_config(config: &Config, wall_epoch_ms: u64, seed: u64) -> Gateway
         namespaces: vec![config.server.namespace.clone()],
         seed,
         ..EngineConfig::default()
-    };
+    }
+}
+
+/// The core's settings for a configuration. `jwt_secret` is taken as is.
+pub fn gateway_config(config: &Config, wall_epoch_ms: u64, seed: u64) -> GatewayConfig {
+    let engine = engine_config(config, seed);
     GatewayConfig {
         engine,
         namespace: config.server.namespace.clone(),

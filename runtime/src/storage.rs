@@ -86,6 +86,13 @@ pub struct StoreQueue {
 }
 
 impl StoreQueue {
+    /// A queue with no store behind it, for an application that stores nothing: every job
+    /// is refused, and a waiting caller's reply channel closes at once.
+    pub fn detached() -> Self {
+        let (tx, _) = std_mpsc::channel();
+        StoreQueue { tx }
+    }
+
     /// Queues a job; `false` if the store thread is gone.
     pub fn send(&self, job: Job) -> bool {
         self.tx.send(job).is_ok()
