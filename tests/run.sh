@@ -23,5 +23,7 @@ cargo build --workspace --locked --bins
 step "Rust tests: core, runtime, simulator"
 cargo test --workspace --locked
 
-step "socket.io-client and the browser page against the real binary"
-HEARTLINE_BIN="$PWD/target/debug/heartline" npm test --prefix tests/node
+step "socket.io-client and the browser page against the real binaries"
+HEARTLINE_BIN="$PWD/target/debug/heartline" \
+  HEARTLINE_ECHO_BIN="$PWD/target/debug/heartline-echo" \
+  npm test --prefix tests/node

@@ -1,4 +1,4 @@
-// Starts and stops the real `heartline` binary for the Node tests.
+// Starts and stops the real `heartline` and `heartline-echo` binaries for the Node tests.
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -9,6 +9,8 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const BIN = process.env.HEARTLINE_BIN ?? join(here, '..', '..', 'target', 'debug', 'heartline');
+export const ECHO_BIN =
+  process.env.HEARTLINE_ECHO_BIN ?? join(here, '..', '..', 'target', 'debug', 'heartline-echo');
 export const SECRET = 'node-test-secret';
 export const API_KEY = 'node-test-api-key';
 
@@ -98,5 +100,38 @@ ${this.extraToml}
     });
     if (res.status !== 200) throw new Error(`PUT conversation: ${res.status} ${await res.text()}`);
     return res.json();
+  }
+}
+
+/** A running `heartline-echo` (Socket.IO mode unless `engineIo`) on a free port. */
+export class EchoServer {
+  constructor({ engineIo = false } = {}) {
+    this.engineIo = engineIo;
+  }
+
+  async start() {
+    this.port ??= await freePort();
+    this.url = `http://127.0.0.1:${this.port}`;
+    const args = ['--listen', `127.0.0.1:${this.port}`];
+    if (this.engineIo) args.push('--engine-io');
+    this.proc = spawn(ECHO_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.log = '';
+    this.proc.stdout.on('data', (d) => (this.log += d));
+    this.proc.stderr.on('data', (d) => (this.log += d));
+    this.exited = new Promise((r) => this.proc.on('exit', (code, signal) => r({ code, signal })));
+    for (let i = 0; i < 200; i++) {
+      try {
+        const res = await fetch(`${this.url}/readyz`);
+        if (res.status === 200) return this;
+      } catch {}
+      await sleep(50);
+    }
+    throw new Error(`echo server did not become ready:\n${this.log}`);
+  }
+
+  async kill(signal = 'SIGTERM') {
+    if (!this.proc || this.proc.exitCode !== null) return;
+    this.proc.kill(signal);
+    await this.exited;
   }
 }
