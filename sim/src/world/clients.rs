@@ -73,7 +73,7 @@ impl Sim {
         let Some(slot) = self.clients.get_mut(i) else {
             return;
         };
-        if !slot.armed.is_some_and(|t| t <= now) {
+        if slot.armed.is_none_or(|t| t > now) {
             return; // superseded
         }
         slot.armed = None;

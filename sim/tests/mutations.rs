@@ -1,0 +1,87 @@
+//! The checkers have teeth: with one of the core's deliberate bugs switched on, a bounded
+//! swarm finds a violation, and the checker that fires is the one meant for that bug.
+
+use heartline_sim::{FaultKind, Options, Sim};
+
+/// Runs seeds until one fails; returns the checker that fired.
+fn first_violation(name: &str, seeds: u64, make: impl Fn(u64) -> Options) -> (u64, &'static str) {
+    for seed in 0..seeds {
+        let report = Sim::new(make(seed), None, None)
+            .expect("valid options")
+            .run();
+        if let Some(v) = report.violation {
+            return (seed, v.checker);
+        }
+    }
+    panic!("mutation {name}: no violation in {seeds} seeds");
+}
+
+fn base(seed: u64) -> Options {
+    let mut o = Options::swarm(seed, 10, 60_000);
+    o.trace_tail = 0;
+    o
+}
+
+#[test]
+fn ack_before_persist_is_caught() {
+    let (_, checker) = first_violation("ack-before-persist", 40, |s| {
+        let mut o = base(s);
+        o.faults.insert(FaultKind::StoreFail);
+        o.gateway_hook = Some(|c| c.engine.mutations.ack_before_persist = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::delivery::NAME);
+}
+
+#[test]
+fn fixed_window_limiter_is_caught() {
+    let (_, checker) = first_violation("fixed-window", 40, |s| {
+        let mut o = base(s);
+        o.burst_pct = 50;
+        o.gateway_hook = Some(|c| c.engine.mutations.fixed_window_limiter = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::rate_window::NAME);
+}
+
+#[test]
+fn late_close_unregistering_successor_is_caught() {
+    let (_, checker) = first_violation("close-unregisters-successor", 40, |s| {
+        let mut o = base(s);
+        o.devices_per_user = 2;
+        o.per_user = 1;
+        o.gateway_hook = Some(|c| c.engine.mutations.close_unregisters_successor = true);
+        o
+    });
+    assert!(
+        [
+            heartline_sim::check::per_user::NAME,
+            heartline_sim::check::presence::NAME
+        ]
+        .contains(&checker),
+        "caught by {checker}"
+    );
+}
+
+#[test]
+fn reconnect_after_replaced_is_caught() {
+    let (_, checker) = first_violation("reconnect-after-replaced", 40, |s| {
+        let mut o = base(s);
+        o.devices_per_user = 2;
+        o.per_user = 1;
+        o.client_hook = Some(|c| c.mutations.reconnect_after_replaced = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::ping_pong::NAME);
+}
+
+#[test]
+fn missing_ping_timeout_is_caught() {
+    let (_, checker) = first_violation("no-ping-timeout", 40, |s| {
+        let mut o = base(s);
+        o.faults.insert(FaultKind::HalfOpen);
+        o.gateway_hook = Some(|c| c.engine.mutations.no_ping_timeout = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::dead_peer::NAME);
+}
