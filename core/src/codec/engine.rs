@@ -423,7 +423,10 @@ mod tests {
             assert_eq!(text(&frame), wire);
             assert_eq!(Packet::from_text(wire), Ok(packet.clone()));
             assert_eq!(Packet::from_frame(&frame), Ok(packet.clone()));
-            assert_eq!(packet.type_char(), wire.chars().next().unwrap());
+            assert_eq!(
+                packet.type_char(),
+                wire.chars().next().expect("test input is valid")
+            );
         }
     }
 
@@ -495,7 +498,7 @@ mod tests {
         ];
         let body = encode_payload(&frames);
         assert_eq!(body, "4hello\x1ebAQIDBA==\x1e2");
-        let packets = decode_payload(&body, 16).unwrap();
+        let packets = decode_payload(&body, 16).expect("test input is valid");
         let again: Vec<Frame> = packets.iter().map(Packet::to_frame).collect();
         assert_eq!(again, frames);
         assert_eq!(encode_payload(&[]), "");
@@ -504,7 +507,7 @@ mod tests {
     #[test]
     fn payload_examples_from_the_test_suite() {
         assert_eq!(
-            decode_payload("4test1\x1e4test2\x1e4test3", 16).unwrap(),
+            decode_payload("4test1\x1e4test2\x1e4test3", 16).expect("test input is valid"),
             vec![
                 Packet::Message(Data::Text("test1".to_owned())),
                 Packet::Message(Data::Text("test2".to_owned())),

@@ -685,7 +685,7 @@ mod tests {
         let p = roundtrip_text(r#"0/admin,{"sid":"oSO0"}"#);
         assert_eq!(p, Packet::connect_ok("/admin", "oSO0"));
         // No trailing comma, as the test suite sends it.
-        let p = Packet::decode("0/custom").unwrap();
+        let p = Packet::decode("0/custom").expect("test input is valid");
         assert_eq!(p, Packet::connect("/custom", None));
         assert_eq!(p.encode_text(), "0/custom,");
     }
@@ -761,7 +761,7 @@ mod tests {
     #[test]
     fn plain_event_reencodes_byte_identical() {
         let wire = r#"42["message-back",1,"2",{"3":[true]}]"#;
-        let p = Packet::decode(&wire[1..]).unwrap();
+        let p = Packet::decode(&wire[1..]).expect("test input is valid");
         assert_eq!(p.encode(), vec![Frame::text(wire)]);
         assert_eq!(p.event_name(), Some("message-back"));
         assert_eq!(p.args(), &[json!(1), json!("2"), json!({"3": [true]})][..]);
@@ -820,8 +820,8 @@ mod tests {
         );
         let done = decoder
             .feed(Data::Binary(Bytes::from_static(&[4, 5, 6])))
-            .unwrap()
-            .unwrap();
+            .expect("test input is valid")
+            .expect("test input is valid");
         assert!(!decoder.is_pending());
         assert_eq!(
             done.attachments,
@@ -975,7 +975,9 @@ mod tests {
         assert_eq!(decoder.feed(Data::Text(header)), Ok(None));
         decoder.reset();
         assert_eq!(decoder.missing(), 0);
-        let plain = decoder.feed(Data::Text(r#"2["e"]"#.to_owned())).unwrap();
+        let plain = decoder
+            .feed(Data::Text(r#"2["e"]"#.to_owned()))
+            .expect("test input is valid");
         assert_eq!(plain.map(|p| p.kind), Some(PacketType::Event));
     }
 
