@@ -352,3 +352,38 @@ fn invalid_payloads_change_nothing() {
     assert_eq!(g.gw.rate_limit_entries(), 0);
     assert!(!g.view(1).closed);
 }
+
+#[test]
+fn rate_window_survives_a_restart() {
+    // A fresh gateway after a crash: the store hands back the sends of the last window.
+    let mut g = setup();
+    g.input(heartline_core::gateway::Input::SendsRestored {
+        sender: heartline_core::gateway::Member {
+            user_id: "alice".into(),
+            user_type: "customer".into(),
+        },
+        // 9 s, 6 s and 1 s before this start (window 10 s): all still in the window.
+        created_at_ms: vec![
+            gw::EPOCH_MS - 9_000,
+            gw::EPOCH_MS - 6_000,
+            gw::EPOCH_MS - 1_000,
+        ],
+    });
+    g.connect(1, "alice", "customer");
+    let refused = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"right after the restart"}),
+    );
+    g.advance(1_000);
+    let ok = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"once the oldest left"}),
+    );
+    insta::assert_snapshot!(g.transcript());
+    let r = g.ack(1, refused).expect("answered");
+    assert_eq!(r["code"], json!("rate_limited"));
+    assert_eq!(r["retryAfterMs"], json!(1_000));
+    assert_eq!(g.ack(1, ok).expect("answered")["ok"], json!(true));
+}

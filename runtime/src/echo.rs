@@ -210,7 +210,10 @@ impl App for EchoApp {
         let result = match input {
             Input::Network(i) => self.engine.handle_input(now, i),
             // Storage answers and conversations are the gateway's; the echo has none.
-            Input::Appended { .. } | Input::Read { .. } | Input::ConversationPut { .. } => Ok(()),
+            Input::Appended { .. }
+            | Input::Read { .. }
+            | Input::ConversationPut { .. }
+            | Input::SendsRestored { .. } => Ok(()),
         };
         self.pump(now);
         result

@@ -71,12 +71,21 @@ pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
             settings::random_hex(32).map_err(|e| ServerError::System(e.to_string()))?;
     }
     let path = PathBuf::from(&config.store.path);
-    let (store, conversations) = {
+    // Sends from the last rate window before this start, so a restart is no way around
+    // the limit.
+    let window_ms = config.rate_limit.window_ms;
+    let since_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+        .saturating_sub(window_ms);
+    let (store, conversations, recent) = {
         let open_path = path.clone();
         tokio::task::spawn_blocking(move || {
             let store = Store::open(&open_path)?;
             let conversations = store.conversations()?;
-            Ok((store, conversations))
+            let recent = store.recent_sends(since_ms)?;
+            Ok((store, conversations, recent))
         })
         .await
         .map_err(|e| ServerError::System(e.to_string()))?
@@ -98,6 +107,15 @@ pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
         };
         if let Err(e) = gateway.handle_input(clock.now(), input) {
             tracing::warn!(error = %e, "conversation not loaded");
+        }
+    }
+    for (sender, created_at_ms) in recent {
+        let input = gateway::Input::SendsRestored {
+            sender: crate::storage::to_member(&sender),
+            created_at_ms,
+        };
+        if let Err(e) = gateway.handle_input(clock.now(), input) {
+            tracing::warn!(error = %e, "recent sends not restored");
         }
     }
     while gateway.poll_output().is_some() {}

@@ -201,6 +201,11 @@ CREATE UNIQUE INDEX messages_by_temp_id
     ON messages (sender_id, sender_type, temp_id) WHERE temp_id IS NOT NULL;
 ";
 
+/// Indexes added to schema 1 without changing its tables; created on every open.
+const INDEXES_V1: &str = "
+CREATE INDEX IF NOT EXISTS messages_by_created_at ON messages (created_at_ms);
+";
+
 const SELECT_MESSAGE: &str = "SELECT id, conversation_id, seq, sender_id, sender_type, content, \
      temp_id, created_at_ms FROM messages";
 
@@ -255,6 +260,7 @@ impl Store {
             }
             tx.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT;")?;
             tx.execute_batch(SCHEMA_V1)?;
+            tx.execute_batch(INDEXES_V1)?;
             tx.execute(
                 "INSERT INTO schema_version (version) VALUES (?1)",
                 [SCHEMA_VERSION],
@@ -268,7 +274,7 @@ impl Store {
             rows.collect::<Result<Vec<i64>, _>>()?
         };
         match versions.as_slice() {
-            [v] if *v == SCHEMA_VERSION => {}
+            [v] if *v == SCHEMA_VERSION => tx.execute_batch(INDEXES_V1)?,
             [v] if *v > SCHEMA_VERSION => {
                 return Err(StoreError::SchemaTooNew {
                     found: *v,
@@ -498,6 +504,35 @@ impl Store {
     /// conversation does not exist.
     pub fn last_seq(&self, conversation_id: &str) -> Result<Option<u64>, StoreError> {
         last_seq_of(&self.conn, conversation_id)
+    }
+
+    /// The creation times of messages stored after `since_ms`, grouped by sender in
+    /// (user id, user type) order: what a restarted server needs to restore rate windows.
+    pub fn recent_sends(&self, since_ms: u64) -> Result<Vec<(Member, Vec<u64>)>, StoreError> {
+        let since = i64::try_from(since_ms).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT sender_id, sender_type, created_at_ms FROM messages \
+             WHERE created_at_ms > ?1 ORDER BY sender_id, sender_type, created_at_ms",
+        )?;
+        let rows = stmt.query_map([since], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out: Vec<(Member, Vec<u64>)> = vec![];
+        for row in rows {
+            let (user_id, user_type, at) = row?;
+            let at = u64::try_from(at).unwrap_or(0);
+            match out.last_mut() {
+                Some((m, times)) if m.user_id == user_id && m.user_type == user_type => {
+                    times.push(at)
+                }
+                _ => out.push((Member { user_id, user_type }, vec![at])),
+            }
+        }
+        Ok(out)
     }
 
     /// The message this sender stored with this `temp_id`, if any.

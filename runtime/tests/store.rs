@@ -687,3 +687,33 @@ mod killed_writer {
         }
     }
 }
+
+#[test]
+fn recent_sends_are_grouped_by_sender_in_time_order() {
+    let mut store = Store::open_in_memory().expect("open");
+    store.put_conversation("c1", &members()).expect("put");
+    let at = |id: &str, sender: &str, ms: u64| AppendRequest {
+        created_at_ms: ms,
+        ..req(id, "c1", sender, None)
+    };
+    let batch = [
+        at("m1", "bob", 1_000),
+        at("m2", "alice", 5_000),
+        at("m3", "alice", 3_000),
+        at("m4", "bob", 9_000),
+        at("m5", "alice", 8_000),
+    ];
+    for r in store.append_batch(&batch) {
+        stored(&r);
+    }
+    let recent = store.recent_sends(2_000).expect("read");
+    let flat: Vec<(String, Vec<u64>)> = recent.into_iter().map(|(m, t)| (m.user_id, t)).collect();
+    assert_eq!(
+        flat,
+        vec![
+            ("alice".to_owned(), vec![3_000, 5_000, 8_000]),
+            ("bob".to_owned(), vec![9_000]),
+        ]
+    );
+    assert!(store.recent_sends(9_000).expect("read").is_empty());
+}

@@ -539,6 +539,7 @@ impl Gateway {
             return;
         };
         let remember = self.config.temp_ids_remembered;
+        let window_ms = self.config.rate_window_ms;
         if let Some(u) = self.users.get_mut(&user) {
             u.in_flight = u.in_flight.saturating_sub(1);
             match &result {
@@ -556,7 +557,7 @@ impl Gateway {
             }
             if !matches!(result, Ok(AppendOutcome::Stored(_))) {
                 // Not a new accepted send: its place in the window is given back.
-                u.window.refund(admitted_at);
+                u.window.refund(admitted_at, window_ms);
             }
         }
         let live = self.conns.contains_key(&session);

@@ -161,6 +161,14 @@ pub enum Input {
         /// Its result.
         result: Result<Vec<Message>, StoreFailure>,
     },
+    /// Sends a user made shortly before this process started (read from the store at start),
+    /// so the rate window survives a restart: a crash is not a way around the limit.
+    SendsRestored {
+        /// The sender.
+        sender: Member,
+        /// When each was created, Unix milliseconds.
+        created_at_ms: Vec<u64>,
+    },
     /// A conversation was created or its members replaced (HTTP API, or loading at start).
     ConversationPut {
         /// Its id.
@@ -355,6 +363,15 @@ impl fmt::Display for Input {
                 ),
                 Err(e) => write!(f, "{op} read failed: {e}"),
             },
+            Input::SendsRestored {
+                sender,
+                created_at_ms,
+            } => write!(
+                f,
+                "{} restored {} recent sends",
+                sender.key(),
+                created_at_ms.len()
+            ),
             Input::ConversationPut {
                 id,
                 members,

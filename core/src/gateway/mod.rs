@@ -253,6 +253,13 @@ impl Gateway {
                 self.pump(now);
                 Ok(())
             }
+            Input::SendsRestored {
+                sender,
+                created_at_ms,
+            } => {
+                self.restore_sends(now, &sender, &created_at_ms);
+                Ok(())
+            }
             Input::ConversationPut {
                 id,
                 members,
@@ -521,6 +528,36 @@ impl Gateway {
             },
         );
         uid
+    }
+
+    /// Seeds a user's rate window with sends made before this process started.
+    fn restore_sends(&mut self, now: Instant, sender: &Member, created_at_ms: &[u64]) {
+        let window = self.config.rate_window_ms;
+        let wall = self.wall_ms(now);
+        let remaining: Vec<u64> = created_at_ms
+            .iter()
+            .map(|&t| t.saturating_add(window).saturating_sub(wall))
+            .filter(|&r| r > 0)
+            .collect();
+        if remaining.is_empty() {
+            return;
+        }
+        let key = sender.key();
+        let uid = self.ensure_user(&key, &sender.user_id, &sender.user_type);
+        let Some(user) = self.users.get_mut(&key) else {
+            return;
+        };
+        for r in remaining {
+            user.window.restore(now, r);
+        }
+        if let Some(at) = user.window.expires_at(window) {
+            self.timers.set(
+                &mut user.timers,
+                Owner::User(uid),
+                GatewayTimer::RateExpiry,
+                at,
+            );
+        }
     }
 
     /// Drops a user's state once nothing about it needs remembering.

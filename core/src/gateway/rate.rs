@@ -11,18 +11,21 @@ use std::collections::VecDeque;
 
 use crate::time::Instant;
 
-/// The accepted sends of one user key within the last window.
+/// The accepted sends of one user key within the last window, kept as the instants at which
+/// each leaves the window (admission + window). Keeping expiries rather than admissions lets
+/// a window be restored after a restart: a send made before the driver's epoch still has an
+/// expiry the core can represent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SlidingWindow {
-    accepted: VecDeque<Instant>,
+    expiries: VecDeque<Instant>,
 }
 
 impl SlidingWindow {
     /// Forgets sends that no window ending after `now` can contain.
-    pub fn prune(&mut self, now: Instant, window_ms: u64) {
-        while let Some(&t) = self.accepted.front() {
-            if t.add_ms(window_ms) <= now {
-                self.accepted.pop_front();
+    pub fn prune(&mut self, now: Instant, _window_ms: u64) {
+        while let Some(&t) = self.expiries.front() {
+            if t <= now {
+                self.expiries.pop_front();
             } else {
                 break;
             }
@@ -33,12 +36,20 @@ impl SlidingWindow {
     /// sends; otherwise returns how long until one falls out of it.
     pub fn try_admit(&mut self, now: Instant, limit: usize, window_ms: u64) -> Result<(), u64> {
         self.prune(now, window_ms);
-        if self.accepted.len() < limit {
-            self.accepted.push_back(now);
+        if self.expiries.len() < limit {
+            self.expiries.push_back(now.add_ms(window_ms));
             return Ok(());
         }
-        let oldest = self.accepted.front().copied().unwrap_or(now);
-        Err(oldest.add_ms(window_ms).ms_since(now).max(1))
+        let first_out = self.expiries.front().copied().unwrap_or(now);
+        Err(first_out.ms_since(now).max(1))
+    }
+
+    /// Remembers a send accepted before this process started, still in the window for
+    /// `remaining_ms` more. Keeps the log in expiry order.
+    pub fn restore(&mut self, now: Instant, remaining_ms: u64) {
+        let expiry = now.add_ms(remaining_ms);
+        let pos = self.expiries.partition_point(|&t| t <= expiry);
+        self.expiries.insert(pos, expiry);
     }
 
     /// MUTATION (test-only): the fixed-window counter the sliding window exists to avoid.
@@ -50,29 +61,30 @@ impl SlidingWindow {
         window_ms: u64,
     ) -> Result<(), u64> {
         let start = Instant::from_millis(now.as_millis() - now.as_millis() % window_ms);
-        self.accepted.retain(|&t| t >= start);
-        if self.accepted.len() < limit {
-            self.accepted.push_back(now);
+        self.expiries.retain(|&t| t >= start.add_ms(window_ms));
+        if self.expiries.len() < limit {
+            self.expiries.push_back(now.add_ms(window_ms));
             return Ok(());
         }
         Err(start.add_ms(window_ms).ms_since(now).max(1))
     }
 
     /// Takes back one admission made at `at` (its send was not accepted after all).
-    pub fn refund(&mut self, at: Instant) {
-        if let Some(pos) = self.accepted.iter().rposition(|&t| t == at) {
-            self.accepted.remove(pos);
+    pub fn refund(&mut self, at: Instant, window_ms: u64) {
+        let expiry = at.add_ms(window_ms);
+        if let Some(pos) = self.expiries.iter().rposition(|&t| t == expiry) {
+            self.expiries.remove(pos);
         }
     }
 
     /// Whether no send is remembered.
     pub fn is_empty(&self) -> bool {
-        self.accepted.is_empty()
+        self.expiries.is_empty()
     }
 
-    /// When the newest remembered send leaves the window, if any.
-    pub fn expires_at(&self, window_ms: u64) -> Option<Instant> {
-        self.accepted.back().map(|t| t.add_ms(window_ms))
+    /// When the last remembered send leaves the window, if any.
+    pub fn expires_at(&self, _window_ms: u64) -> Option<Instant> {
+        self.expiries.back().copied()
     }
 }
 
@@ -101,10 +113,22 @@ mod tests {
         let mut w = SlidingWindow::default();
         assert!(w.try_admit(at(5), 1, 100).is_ok());
         assert!(w.try_admit(at(6), 1, 100).is_err());
-        w.refund(at(5));
+        w.refund(at(5), 100);
         assert!(w.try_admit(at(6), 1, 100).is_ok());
         assert_eq!(w.expires_at(100), Some(at(106)));
         w.prune(at(106), 100);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn restored_sends_count_until_they_leave_the_window() {
+        let mut w = SlidingWindow::default();
+        // Two sends from before a restart leave the window 300 ms and 100 ms from now.
+        w.restore(at(0), 300);
+        w.restore(at(0), 100);
+        assert!(w.try_admit(at(0), 3, 1_000).is_ok());
+        assert_eq!(w.try_admit(at(50), 3, 1_000), Err(50));
+        assert!(w.try_admit(at(100), 3, 1_000).is_ok());
+        assert_eq!(w.try_admit(at(100), 3, 1_000), Err(200));
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! An accepted send is one the store committed as new; its instant is when the gateway
 //! admitted it (asked the store). In any window of `window_ms`, a user key has at most
-//! `limit` of them. The gateway's limit lives in memory, so a server restart starts the
-//! count afresh; so does this checker.
+//! `limit` of them, across server restarts too: a restarted gateway gets the last window's
+//! sends back from the store.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -70,9 +70,8 @@ impl RateWindow {
         Ok(())
     }
 
-    /// The server restarted: its windows and operations are gone.
+    /// The server restarted: operations in flight are gone; committed sends still count.
     pub fn crash(&mut self) {
         self.admitted.clear();
-        self.accepted.clear();
     }
 }

@@ -5,6 +5,7 @@ use heartline_core::codec::Frame;
 use heartline_core::engine::{self, CloseReason, Handshake, Query, Transmit};
 use heartline_core::gateway::{Gateway, Input, Member, Notice, Output};
 use heartline_core::TransportId;
+use std::collections::BTreeMap;
 
 use super::Sim;
 use crate::net::{End, Seg};
@@ -52,6 +53,25 @@ impl Sim {
                 id,
                 members,
                 last_seq,
+            });
+        }
+        // Sends of the last window come back from the store too, as the runtime does, so a
+        // crash is no way around the rate limit.
+        let Some(wall) = self.gw.as_ref().map(|g| g.wall_ms(self.now)) else {
+            return;
+        };
+        let since = wall.saturating_sub(self.opts.rate_window_ms);
+        let mut recent: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+        for m in self.store.all().filter(|m| m.created_at_ms > since) {
+            recent
+                .entry((m.sender_id.clone(), m.sender_type.clone()))
+                .or_default()
+                .push(m.created_at_ms);
+        }
+        for ((user_id, user_type), created_at_ms) in recent {
+            self.server_input(Input::SendsRestored {
+                sender: Member { user_id, user_type },
+                created_at_ms,
             });
         }
     }
