@@ -229,7 +229,9 @@ impl<A: App> Actor<A> {
                 self.dispatch();
             }
             Msg::Net(input) => {
-                if let engine::Input::WsClosed { transport, .. } = &input {
+                if let engine::Input::WsClosed { transport, .. }
+                | engine::Input::WsAborted { transport, .. } = &input
+                {
                     self.outboxes.remove(transport);
                 }
                 self.feed(gateway::Input::Network(input));
@@ -275,9 +277,9 @@ impl<A: App> Actor<A> {
                 if outbox.push(frame) == Push::Overflow {
                     tracing::info!(%transport, "slow consumer: send queue full, connection closed");
                     self.outboxes.remove(&transport);
-                    self.deferred.push(engine::Input::WsClosed {
+                    self.deferred.push(engine::Input::WsAborted {
                         transport,
-                        error: true,
+                        reason: CloseReason::SlowConsumer,
                     });
                 }
             }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use heartline_core::codec::Frame;
-use heartline_core::engine::{self, Handshake, Query};
+use heartline_core::engine::{self, CloseReason, Handshake, Query};
 use heartline_core::TransportId;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -81,11 +81,18 @@ pub async fn serve(
     ctx.metrics.ws_open.fetch_add(1, Ordering::Relaxed);
     let (sink, stream) = ws.split();
     let mut writer = tokio::spawn(write_loop(sink, outbox.clone()));
-    let error = read_loop(stream, transport, &outbox, &ctx).await;
-    let _ = ctx
-        .actor
-        .send(Msg::Net(engine::Input::WsClosed { transport, error }))
-        .await;
+    let input = match read_loop(stream, transport, &outbox, &ctx).await {
+        Ending::Closed => engine::Input::WsClosed {
+            transport,
+            error: false,
+        },
+        Ending::Failed => engine::Input::WsClosed {
+            transport,
+            error: true,
+        },
+        Ending::Dropped(reason) => engine::Input::WsAborted { transport, reason },
+    };
+    let _ = ctx.actor.send(Msg::Net(input)).await;
     outbox.close(CloseCode::Normal.into(), "");
     if tokio::time::timeout(WRITER_GRACE, &mut writer)
         .await
@@ -100,42 +107,52 @@ pub async fn serve(
 
 /// Reads until the peer closes, fails, or lingers too long after our close; returns
 /// whether the connection failed rather than closed.
+/// How a socket's reading ended.
+enum Ending {
+    /// Closed (by the peer, or after the server's close).
+    Closed,
+    /// Failed: reset, I/O error, or the server dropped it.
+    Failed,
+    /// Dropped by this runtime for a reason the core should know.
+    Dropped(CloseReason),
+}
+
 async fn read_loop(
     mut stream: SplitStream<Ws>,
     transport: TransportId,
     outbox: &Outbox,
     ctx: &Context,
-) -> bool {
+) -> Ending {
     let mut linger: Option<tokio::time::Instant> = None;
     loop {
         let frame = tokio::select! {
             msg = stream.next() => match msg {
-                None => return false,
+                None => return Ending::Closed,
                 Some(Ok(Message::Text(text))) => Frame::Text(Bytes::from(text)),
                 Some(Ok(Message::Binary(bytes))) => Frame::Binary(bytes),
-                Some(Ok(Message::Close(_))) => return false,
+                Some(Ok(Message::Close(_))) => return Ending::Closed,
                 Some(Ok(_)) => continue,
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                     tracing::info!(%transport, size, max_size, "websocket message too large");
                     outbox.close(CloseCode::Size.into(), "payload too large");
-                    return true;
+                    return Ending::Dropped(CloseReason::PayloadTooLarge);
                 }
-                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return false,
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return Ending::Closed,
                 Some(Err(e)) => {
                     tracing::debug!(%transport, error = %e, "websocket read failed");
-                    return true;
+                    return Ending::Failed;
                 }
             },
             _ = outbox.closing(), if linger.is_none() => {
                 linger = Some(tokio::time::Instant::now() + CLOSE_LINGER);
                 continue;
             }
-            _ = sleep_until_opt(linger) => return false,
-            _ = outbox.killed() => return true,
+            _ = sleep_until_opt(linger) => return Ending::Closed,
+            _ = outbox.killed() => return Ending::Failed,
         };
         let input = engine::Input::WsFrame { transport, frame };
         if ctx.actor.send(Msg::Net(input)).await.is_err() {
-            return true;
+            return Ending::Failed;
         }
     }
 }

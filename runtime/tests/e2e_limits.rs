@@ -80,6 +80,10 @@ async fn oversize_frame_closes_only_that_connection() {
         .wait_event("pong")
         .await
         .expect("other connection unaffected");
+    // Both oversize sessions ended as such, whether the core or the WebSocket layer saw
+    // the message first.
+    let counted = closes_reach(&server, "payload_too_large", 2.0).await;
+    assert!(counted, "{}", server.metrics().await);
     server.stop().await;
 }
 
@@ -322,6 +326,9 @@ async fn slow_consumer_is_closed_without_unbounded_memory() {
         }
     }
     assert!(closed, "the slow consumer was closed");
+    // The core knows why the session ended.
+    let counted = closes_reach(&server, "slow_consumer", 1.0).await;
+    assert!(counted, "{}", server.metrics().await);
     // The fast sender is unaffected.
     alice.emit("ping", json!({})).expect("emit");
     alice.wait_event("pong").await.expect("alice still served");
@@ -343,4 +350,17 @@ async fn refused_connect_creates_no_user_state() {
     assert_eq!(metric(&m, "heartline_connections"), Some(0.0));
     assert_eq!(metric(&m, "heartline_users_connected"), Some(0.0));
     server.stop().await;
+}
+
+/// Whether `heartline_closes_total{reason}` reaches `n` within a few seconds (the close is
+/// reported by the connection's task, a moment after the client saw it).
+async fn closes_reach(server: &TestServer, reason: &str, n: f64) -> bool {
+    let name = format!("heartline_closes_total{{reason=\"{reason}\"}}");
+    for _ in 0..100 {
+        if metric(&server.metrics().await, &name) == Some(n) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }

@@ -78,6 +78,15 @@ pub enum Input {
         /// Whether it was a failure (reset, I/O error) rather than a close.
         error: bool,
     },
+    /// The driver dropped a WebSocket for a reason of its own: the client did not read
+    /// what was sent to it (`SlowConsumer`), or sent a message the WebSocket layer refused
+    /// to buffer (`PayloadTooLarge`). The session ends with that reason.
+    WsAborted {
+        /// The socket.
+        transport: TransportId,
+        /// Why the driver dropped it.
+        reason: CloseReason,
+    },
     /// An HTTP request on the Engine.IO path that is not a WebSocket upgrade.
     Http {
         /// The request, answered by exactly one [`Transmit::HttpResponse`].
@@ -253,6 +262,9 @@ impl fmt::Display for Input {
                     "{transport} ws closed by peer{}",
                     if *error { " (error)" } else { "" }
                 )
+            }
+            Input::WsAborted { transport, reason } => {
+                write!(f, "{transport} ws dropped by the driver ({reason})")
             }
             Input::Http {
                 request,

@@ -206,7 +206,16 @@ impl Engine {
                 Ok(())
             }
             Input::WsClosed { transport, error } => {
-                self.on_ws_closed(now, transport, error);
+                let reason = if error {
+                    CloseReason::TransportError
+                } else {
+                    CloseReason::TransportClose
+                };
+                self.on_ws_closed(now, transport, reason);
+                Ok(())
+            }
+            Input::WsAborted { transport, reason } => {
+                self.on_ws_closed(now, transport, reason);
                 Ok(())
             }
             Input::Http {

@@ -109,7 +109,7 @@ impl Engine {
         }
     }
 
-    pub(crate) fn on_ws_closed(&mut self, now: Instant, ws: TransportId, error: bool) {
+    pub(crate) fn on_ws_closed(&mut self, now: Instant, ws: TransportId, reason: CloseReason) {
         let Some(id) = self.by_transport.get(&ws).copied() else {
             return;
         };
@@ -123,11 +123,6 @@ impl Engine {
             self.by_transport.remove(&ws);
             return;
         }
-        let reason = if error {
-            CloseReason::TransportError
-        } else {
-            CloseReason::TransportClose
-        };
         // The socket is already gone, so there is nothing to flush and no close to send.
         if let Some(s) = self.sessions.get_mut(&id) {
             if s.closed.is_none() {
