@@ -211,11 +211,11 @@ impl Engine {
                 } else {
                     CloseReason::TransportClose
                 };
-                self.on_ws_closed(now, transport, reason);
+                self.on_ws_closed(transport, reason);
                 Ok(())
             }
             Input::WsAborted { transport, reason } => {
-                self.on_ws_closed(now, transport, reason);
+                self.on_ws_closed(transport, reason);
                 Ok(())
             }
             Input::Http {
@@ -610,25 +610,9 @@ impl Engine {
     /// Ends a session. `Abort` drops everything at once; `Flush` lets the client have what
     /// was already sent, followed by an Engine.IO CLOSE on polling.
     fn end(&mut self, now: Instant, id: SessionId, reason: CloseReason, how: Ending) {
-        let Some(s) = self.sessions.get_mut(&id) else {
-            return;
-        };
-        if s.closed.is_some() {
+        if !self.mark_closed(id, &reason) {
             return;
         }
-        s.closed = Some(reason.clone());
-        self.timers.stop_all(&mut s.timers, id);
-        if let Some(up) = s.upgrade.take() {
-            self.by_transport.remove(&up.ws);
-            self.transmit(Transmit::WsClose {
-                transport: up.ws,
-                reason: reason.clone(),
-            });
-        }
-        self.event(Event::Closed {
-            session: id,
-            reason: reason.clone(),
-        });
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -662,6 +646,32 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Records that a live session has ended: its deadlines stop, a probe WebSocket is
+    /// closed, and the application hears [`Event::Closed`] once. Returns `false` if the
+    /// session was unknown or had already ended.
+    pub(crate) fn mark_closed(&mut self, id: SessionId, reason: &CloseReason) -> bool {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return false;
+        };
+        if s.closed.is_some() {
+            return false;
+        }
+        s.closed = Some(reason.clone());
+        self.timers.stop_all(&mut s.timers, id);
+        if let Some(up) = s.upgrade.take() {
+            self.by_transport.remove(&up.ws);
+            self.transmit(Transmit::WsClose {
+                transport: up.ws,
+                reason: reason.clone(),
+            });
+        }
+        self.event(Event::Closed {
+            session: id,
+            reason: reason.clone(),
+        });
+        true
     }
 
     /// Forgets a session entirely.

@@ -109,7 +109,7 @@ impl Engine {
         }
     }
 
-    pub(crate) fn on_ws_closed(&mut self, now: Instant, ws: TransportId, reason: CloseReason) {
+    pub(crate) fn on_ws_closed(&mut self, ws: TransportId, reason: CloseReason) {
         let Some(id) = self.by_transport.get(&ws).copied() else {
             return;
         };
@@ -124,24 +124,7 @@ impl Engine {
             return;
         }
         // The socket is already gone, so there is nothing to flush and no close to send.
-        if let Some(s) = self.sessions.get_mut(&id) {
-            if s.closed.is_none() {
-                s.closed = Some(reason.clone());
-                self.timers.stop_all(&mut s.timers, id);
-                if let Some(up) = s.upgrade.take() {
-                    self.by_transport.remove(&up.ws);
-                    self.transmit(Transmit::WsClose {
-                        transport: up.ws,
-                        reason: reason.clone(),
-                    });
-                }
-                self.event(Event::Closed {
-                    session: id,
-                    reason,
-                });
-            }
-        }
-        let _ = now;
+        self.mark_closed(id, &reason);
         self.remove(id);
     }
 

@@ -167,11 +167,8 @@ impl Gateway {
             );
         };
         let id = id.to_owned();
-        let Some(user) = self.conns.get(&session).map(|c| c.user.clone()) else {
+        if !self.may_use(now, session, ack, &id) {
             return;
-        };
-        if let Err(code) = self.conversations.access(&id, &user) {
-            return self.ack(now, session, ack, refusal_for(code).to_json());
         }
         match after_seq {
             None => self.complete_join(now, session, &id, ack, vec![]),
@@ -197,6 +194,21 @@ impl Gateway {
                         limit,
                     },
                 }));
+            }
+        }
+    }
+
+    /// Whether the connection's user may use the conversation; if not, the refusal
+    /// (`not_found` or `forbidden`) is the answer to its request.
+    fn may_use(&mut self, now: Instant, session: SessionId, ack: Option<u64>, id: &str) -> bool {
+        let Some(user) = self.conns.get(&session).map(|c| c.user.clone()) else {
+            return false;
+        };
+        match self.conversations.access(id, &user) {
+            Ok(_) => true,
+            Err(code) => {
+                self.ack(now, session, ack, refusal_for(code).to_json());
+                false
             }
         }
     }
@@ -271,11 +283,8 @@ impl Gateway {
             );
         };
         let id = id.to_owned();
-        let Some(user) = self.conns.get(&session).map(|c| c.user.clone()) else {
+        if !self.may_use(now, session, ack, &id) {
             return;
-        };
-        if let Err(code) = self.conversations.access(&id, &user) {
-            return self.ack(now, session, ack, refusal_for(code).to_json());
         }
         let max = self.config.history_limit_max;
         let limit = limit.map_or(max, |l| (l as usize).clamp(1, max));
