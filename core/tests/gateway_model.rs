@@ -212,7 +212,11 @@ impl Model {
         self.tell(ws, "ack ok".into());
     }
 
-    fn send(&mut self, d: usize, c: usize, temp: Option<u8>) {
+    /// `store_hit`: whether the gateway took this send to the store while a failure was
+    /// armed. A retry of a known tempId is answered from memory while the gateway still
+    /// remembers the user, and from the store after it forgot; with the store failing, the
+    /// latter is an `internal` refusal the client retries, which the contract allows.
+    fn send(&mut self, d: usize, c: usize, temp: Option<u8>, store_hit: bool) {
         let Some((ws, _)) = self.conns.get(&d).cloned() else {
             return;
         };
@@ -223,6 +227,11 @@ impl Model {
         }
         if let Some(t) = temp {
             if let Some(&(sc, seq)) = self.temps.get(&(user.clone(), t)) {
+                if store_hit {
+                    self.fail_next = false;
+                    self.tell(ws, "ack err internal".into());
+                    return self.tell(ws, "error internal".into());
+                }
                 self.tell(ws, format!("ack sent c{}#{seq} dup=true", sc + 1));
                 return self.tell(ws, format!("sent c{}#{seq}", sc + 1));
             }
@@ -410,7 +419,8 @@ fn run(ops: Vec<Op>, per_user: usize) -> Result<(), TestCaseError> {
                         p["tempId"] = json!(format!("t{t}"));
                     }
                     g.emit(ws, "message:send", p);
-                    m.send(d, c, t);
+                    let store_hit = m.fail_next && !g.fail_next_append;
+                    m.send(d, c, t, store_hit);
                 }
             }
             Op::FailNextAppend => {
