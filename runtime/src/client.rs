@@ -198,7 +198,36 @@ pub async fn connect(addr: SocketAddr, options: ClientOptions) -> Result<Connect
         .map_err(|_| ClientError::Timeout)?
 }
 
+/// Like [`connect`], over a TCP connection the caller opened (e.g. from a chosen source
+/// address, to go past the ephemeral ports of one address pair), with small WebSocket
+/// buffers: for load generators holding many idle connections.
+pub async fn connect_over(
+    stream: TcpStream,
+    addr: SocketAddr,
+    options: ClientOptions,
+) -> Result<Connect, ClientError> {
+    let timeout = options.timeout;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    tokio::time::timeout(
+        timeout,
+        connect_inner_with(addr, options, Some((stream, config))),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout)?
+}
+
 async fn connect_inner(addr: SocketAddr, options: ClientOptions) -> Result<Connect, ClientError> {
+    connect_inner_with(addr, options, None).await
+}
+
+async fn connect_inner_with(
+    addr: SocketAddr,
+    options: ClientOptions,
+    over: Option<(TcpStream, WebSocketConfig)>,
+) -> Result<Connect, ClientError> {
     let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
     let mut request = url.into_client_request()?;
     for (k, v) in &options.headers {
@@ -207,8 +236,24 @@ async fn connect_inner(addr: SocketAddr, options: ClientOptions) -> Result<Conne
         let value = HeaderValue::from_str(v).map_err(|_| ClientError::Header(k.clone()))?;
         request.headers_mut().insert(name, value);
     }
-    let config = WebSocketConfig::default().max_message_size(Some(64 << 20));
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
+    let ws = match over {
+        Some((stream, config)) => {
+            let _ = stream.set_nodelay(true);
+            tokio_tungstenite::client_async_with_config(
+                request,
+                MaybeTlsStream::Plain(stream),
+                Some(config),
+            )
+            .await?
+            .0
+        }
+        None => {
+            let config = WebSocketConfig::default().max_message_size(Some(64 << 20));
+            tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+                .await?
+                .0
+        }
+    };
     let (mut sink, mut stream) = ws.split();
     let sid = match next_engine_packet(&mut stream).await? {
         Some(EnginePacket::Open(h)) => h.sid,
