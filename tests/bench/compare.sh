@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# Heartline against the Node gateway it replaces (tests/peer/), side by side on loopback.
+#
+# Builds the release binaries, installs the peer, then runs both servers in alternation
+# (Heartline, peer, Heartline, peer, ... ROUNDS times each) with the same settings, and for
+# each run measures: memory per idle authenticated connection (VmRSS delta at IDLE_N and at
+# the ceiling), the most idle connections held with heartbeats on, acks/s and deliveries/s
+# at saturation, ack and fan-out latency at a fixed offered load, server CPU per 1,000
+# deliveries, time for STORM_N clients to be back after a restart (kill -9 + start), and
+# time to free DEAD_N dead peers. Prints medians and ratios; writes
+# tests/bench/results/compare-<date>.json.
+#
+# Everything is bounded: every wait has a timeout, all traffic goes to 127.0.0.0/8.
+# One process (server or load generator) may hold at most 20,000 open files here, so the
+# ceiling is ~19,900 connections per server process; the load is spread over processes of
+# at most 10,000 connections each, from several source addresses.
+#
+# Settings (environment): ROUNDS=2 IDLE_N=10000 CEIL_N=19900 STORM_N=10000 DEAD_N=10000
+# CHAT_GROUPS=20 CHAT_MEMBERS=10 CHAT_SECS=10 CHAT_INFLIGHT=4 CHAT_RATE=500 HOLD_SECS=25
+# SKIP_BUILD=1 (use the binaries already built).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BENCH="$ROOT/tests/bench"
+ROUNDS=${ROUNDS:-2}
+IDLE_N=${IDLE_N:-10000}
+CEIL_N=${CEIL_N:-19900}
+STORM_N=${STORM_N:-10000}
+DEAD_N=${DEAD_N:-10000}
+CHAT_GROUPS=${CHAT_GROUPS:-20}
+CHAT_MEMBERS=${CHAT_MEMBERS:-10}
+CHAT_SECS=${CHAT_SECS:-10}
+CHAT_INFLIGHT=${CHAT_INFLIGHT:-4}
+CHAT_RATE=${CHAT_RATE:-500}
+HOLD_SECS=${HOLD_SECS:-25}
+export ROUNDS IDLE_N CEIL_N STORM_N DEAD_N CHAT_GROUPS CHAT_MEMBERS CHAT_SECS CHAT_INFLIGHT CHAT_RATE HOLD_SECS
+PING_INTERVAL=10000
+PING_TIMEOUT=10000
+HEARTBEAT=10000
+SECRET=bench-secret
+APIKEY=bench-key
+HL_ADDR=127.0.0.1:3102
+PEER_ADDR=127.0.0.1:3103
+TICK=$(getconf CLK_TCK)
+WORK=$(mktemp -d /tmp/heartline-bench.XXXXXX)
+STAMP=$(date -u +%Y-%m-%dT%H-%M-%SZ)
+mkdir -p "$BENCH/results"
+OUT="$BENCH/results/compare-$STAMP.json"
+LOAD="$ROOT/target/release/heartline-load"
+HL="$ROOT/target/release/heartline"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+SERVER_PID=
+LOAD_PIDS=()
+cleanup() {
+    for p in "${LOAD_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    [ -n "$SERVER_PID" ] && kill -9 "$SERVER_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+    log "building release binaries"
+    (cd "$ROOT" && cargo build --release -p heartline-runtime --bin heartline --bin heartline-load)
+    log "installing the peer's pinned packages"
+    (cd "$ROOT/tests/peer" && npm ci --no-audit --no-fund >/dev/null)
+fi
+
+cat >"$WORK/heartline.toml" <<EOF
+[server]
+listen = "$HL_ADDR"
+[engine]
+ping_interval_ms = $PING_INTERVAL
+ping_timeout_ms = $PING_TIMEOUT
+[heartbeat]
+interval_ms = $HEARTBEAT
+[rate_limit]
+messages = 1000000
+window_ms = 1000
+[auth]
+jwt_secret = "$SECRET"
+[api]
+key = "$APIKEY"
+[store]
+path = "$WORK/heartline.db"
+EOF
+
+addr_of() { if [ "$1" = heartline ]; then echo "$HL_ADDR"; else echo "$PEER_ADDR"; fi; }
+
+# Starts server $1 (heartline|peer) on its database (kept across a restart).
+start_server() {
+    local kind=$1 addr
+    addr=$(addr_of "$kind")
+    if [ "$kind" = heartline ]; then
+        RUST_LOG=warn "$HL" --config "$WORK/heartline.toml" >>"$WORK/heartline.log" 2>&1 &
+    else
+        (cd "$ROOT/tests/peer" && exec env JWT_SECRET=$SECRET API_KEY=$APIKEY DB_PATH="$WORK/peer.db" \
+            PING_INTERVAL_MS=$PING_INTERVAL PING_TIMEOUT_MS=$PING_TIMEOUT \
+            HEARTBEAT_INTERVAL_MS=$HEARTBEAT RATE_LIMIT_MESSAGES=1000000 \
+            RATE_LIMIT_WINDOW_MS=1000 SQLITE_SYNCHRONOUS=FULL \
+            node server.js --listen "$addr") >>"$WORK/peer.log" 2>&1 &
+    fi
+    SERVER_PID=$!
+    for _ in $(seq 1 100); do
+        curl -sf "http://$addr/healthz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    log "$kind did not start"; return 1
+}
+
+stop_server() {
+    [ -z "$SERVER_PID" ] && return 0
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$SERVER_PID/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+metric() { curl -sf "http://$1/metrics" | awk -v k="$2" '$1 == k && !seen {print $2; seen = 1}'; }
+
+# Waits (at most $3 s) until the server at $1 reports >= $2 connections (or <= when $2
+# starts with "<"); prints the count.
+wait_conns() {
+    local addr=$1 want=$2 limit=$3 n=0 i
+    for i in $(seq 1 $((limit * 5))); do
+        n=$(metric "$addr" heartline_connections || echo 0)
+        n=${n%.*}
+        if [ "${want:0:1}" = "<" ]; then [ "${n:-0}" -le "${want:1}" ] && break
+        else [ "${n:-0}" -ge "$want" ] && break; fi
+        sleep 0.2
+    done
+    echo "${n:-0}"
+}
+
+wait_file() { local f=$1 limit=$2; for _ in $(seq 1 $((limit * 10))); do [ -s "$f" ] && return 0; sleep 0.1; done; return 1; }
+json_of() { grep '^{"scenario"' "$1" | tail -1; }
+
+load() { "$LOAD" --addr "$ADDR" --secret "$SECRET" --api-key "$APIKEY" "$@"; }
+
+RUNS="$WORK/runs.jsonl"
+: >"$RUNS"
+
+one_run() {
+    local kind=$1 round=$2 net=$3
+    ADDR=$(addr_of "$kind")
+    local dir="$WORK/$kind-$round"
+    mkdir -p "$dir"
+    rm -f "$WORK/$kind.db"*
+    log "== $kind, round $round"
+    start_server "$kind"
+    sleep 2
+    local base_kb; base_kb=$(rss_kb)
+
+    # -- idle: IDLE_N, then up to CEIL_N, held HOLD_SECS with pings and heartbeats.
+    local first=$IDLE_N second=$((CEIL_N - IDLE_N))
+    load --src-net $((net)) idle --conns "$first" --hold-secs 400 --connect-secs 150 \
+        --ready-file "$dir/idle1.ready" --stop-file "$dir/idle.stop" >"$dir/idle1.out" 2>"$dir/idle1.err" &
+    local p1=$!; LOAD_PIDS+=("$p1")
+    wait_file "$dir/idle1.ready" 160 || log "idle 1 not ready"
+    local c1; c1=$(wait_conns "$ADDR" "$(cat "$dir/idle1.ready")" 30)
+    sleep 3
+    local rss1; rss1=$(rss_kb); c1=$(wait_conns "$ADDR" 0 1)
+    log "$kind: $c1 idle connections, VmRSS $rss1 kB (base $base_kb kB)"
+    local p2=
+    if [ "$second" -gt 0 ]; then
+        load --src-net $((net + 1)) idle --conns "$second" --hold-secs 400 --connect-secs 150 \
+            --ready-file "$dir/idle2.ready" --stop-file "$dir/idle.stop" >"$dir/idle2.out" 2>"$dir/idle2.err" &
+        p2=$!; LOAD_PIDS+=("$p2")
+        wait_file "$dir/idle2.ready" 160 || log "idle 2 not ready"
+        wait_conns "$ADDR" "$CEIL_N" 20 >/dev/null
+    fi
+    sleep "$HOLD_SECS"
+    local rss2 c2; rss2=$(rss_kb); c2=$(wait_conns "$ADDR" 0 1)
+    log "$kind: $c2 idle connections after ${HOLD_SECS}s hold, VmRSS $rss2 kB"
+    touch "$dir/idle.stop"
+    wait "$p1" || true
+    [ -n "$p2" ] && { wait "$p2" || true; }
+    wait_conns "$ADDR" "<0" 60 >/dev/null
+
+    # -- chat at saturation, then at a fixed offered load; CPU and deliveries around each.
+    local cpu0 d0 cpu1 d1
+    cpu0=$(cpu_ticks); d0=$(metric "$ADDR" heartline_deliveries_total)
+    load --src-net $((net + 2)) chat --groups "$CHAT_GROUPS" --members "$CHAT_MEMBERS" \
+        --secs "$CHAT_SECS" --in-flight "$CHAT_INFLIGHT" >"$dir/sat.out" 2>"$dir/sat.err" || log "saturation run reported errors"
+    cpu1=$(cpu_ticks); d1=$(metric "$ADDR" heartline_deliveries_total)
+    local sat_cpu_ms sat_deliv
+    sat_cpu_ms=$(( (cpu1 - cpu0) * 1000 / TICK )); sat_deliv=$(( ${d1%.*} - ${d0%.*} ))
+    wait_conns "$ADDR" "<0" 30 >/dev/null
+    cpu0=$(cpu_ticks); d0=$(metric "$ADDR" heartline_deliveries_total)
+    load --src-net $((net + 3)) chat --groups "$CHAT_GROUPS" --members "$CHAT_MEMBERS" \
+        --secs "$CHAT_SECS" --rate "$CHAT_RATE" >"$dir/rate.out" 2>"$dir/rate.err" || log "fixed-load run reported errors"
+    cpu1=$(cpu_ticks); d1=$(metric "$ADDR" heartline_deliveries_total)
+    local rate_cpu_ms rate_deliv
+    rate_cpu_ms=$(( (cpu1 - cpu0) * 1000 / TICK )); rate_deliv=$(( ${d1%.*} - ${d0%.*} ))
+    wait_conns "$ADDR" "<0" 30 >/dev/null
+
+    # -- dead peers: connect DEAD_N, stop answering, time until the server freed them.
+    load --src-net $((net + 4)) deadpeers --conns "$DEAD_N" --timeout-secs 120 \
+        >"$dir/dead.out" 2>"$dir/dead.err" || log "dead peers not all freed"
+    wait_conns "$ADDR" "<0" 30 >/dev/null
+
+    # -- storm: STORM_N connected, kill -9 the server, start it again, time until all back.
+    load --src-net $((net + 5)) storm --conns "$STORM_N" --timeout-secs 120 \
+        --ready-file "$dir/storm.ready" >"$dir/storm.out" 2>"$dir/storm.err" &
+    local ps=$!; LOAD_PIDS+=("$ps")
+    wait_file "$dir/storm.ready" 130 || log "storm not ready"
+    sleep 2
+    kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+    start_server "$kind"
+    wait "$ps" || log "storm: not all back"
+    stop_server
+
+    python3 - "$kind" "$round" "$base_kb" "$rss1" "$c1" "$rss2" "$c2" \
+        "$sat_cpu_ms" "$sat_deliv" "$rate_cpu_ms" "$rate_deliv" "$dir" >>"$RUNS" <<'PY'
+import json, sys, pathlib
+kind, rnd, base, rss1, c1, rss2, c2, scpu, sdel, rcpu, rdel, d = sys.argv[1:]
+d = pathlib.Path(d)
+def scen(name):
+    p = d / f"{name}.out"
+    if not p.exists():
+        return None
+    lines = [l for l in p.read_text().splitlines() if l.startswith('{"scenario"')]
+    return json.loads(lines[-1]) if lines else None
+base, rss1, c1, rss2, c2 = int(base), int(rss1), int(c1), int(rss2), int(c2)
+idle = [x for x in (scen("idle1"), scen("idle2")) if x]
+print(json.dumps({
+    "server": kind, "round": int(rnd),
+    "rss_base_kb": base, "rss_idle_kb": rss1, "idle_conns": c1,
+    "rss_ceiling_kb": rss2, "ceiling_conns": c2,
+    "idle_lost": sum(x["lost"] for x in idle),
+    "idle_still_connected": sum(x["still_connected"] for x in idle),
+    "saturation_server_cpu_ms": int(scpu), "saturation_server_deliveries": int(sdel),
+    "rate_server_cpu_ms": int(rcpu), "rate_server_deliveries": int(rdel),
+    "idle": idle, "saturation": scen("sat"), "rate": scen("rate"),
+    "deadpeers": scen("dead"), "storm": scen("storm"),
+}))
+PY
+}
+
+net=10
+for round in $(seq 1 "$ROUNDS"); do
+    for kind in heartline peer; do
+        one_run "$kind" "$round" "$net"
+        net=$((net + 10))
+    done
+done
+
+python3 - "$RUNS" "$OUT" "$STAMP" <<'PY'
+import json, statistics, sys, os, subprocess
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+out, stamp = sys.argv[2], sys.argv[3]
+def get(r, f):
+    try:
+        return f(r)
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+figures = [
+    ("memory per idle connection @ ~10k (bytes)", lambda r: (r["rss_idle_kb"] - r["rss_base_kb"]) * 1024 / r["idle_conns"], "low"),
+    ("memory per idle connection @ ceiling (bytes)", lambda r: (r["rss_ceiling_kb"] - r["rss_base_kb"]) * 1024 / r["ceiling_conns"], "low"),
+    ("idle connections held (fd ceiling ~19,900)", lambda r: r["ceiling_conns"], "high"),
+    ("idle connections lost during hold", lambda r: r["idle_lost"], "low"),
+    ("acks/s at saturation", lambda r: r["saturation"]["acks_per_sec"], "high"),
+    ("deliveries/s at saturation", lambda r: r["saturation"]["deliveries_per_sec"], "high"),
+    ("server CPU ms per 1,000 deliveries (saturation)", lambda r: r["saturation_server_cpu_ms"] * 1000 / r["saturation_server_deliveries"], "low"),
+    ("server CPU ms per 1,000 deliveries (fixed load)", lambda r: r["rate_server_cpu_ms"] * 1000 / r["rate_server_deliveries"], "low"),
+    ("fixed load: acks/s achieved", lambda r: r["rate"]["acks_per_sec"], "high"),
+    ("fixed load: ack p50 (ms)", lambda r: r["rate"]["ack_p50_ms"], "low"),
+    ("fixed load: ack p99 (ms)", lambda r: r["rate"]["ack_p99_ms"], "low"),
+    ("fixed load: ack p999 (ms)", lambda r: r["rate"]["ack_p999_ms"], "low"),
+    ("fixed load: fan-out p50 (ms)", lambda r: r["rate"]["fanout_p50_ms"], "low"),
+    ("fixed load: fan-out p99 (ms)", lambda r: r["rate"]["fanout_p99_ms"], "low"),
+    ("fixed load: fan-out p999 (ms)", lambda r: r["rate"]["fanout_p999_ms"], "low"),
+    ("saturation: ack p99 (ms)", lambda r: r["saturation"]["ack_p99_ms"], "low"),
+    ("storm: s until all back", lambda r: r["storm"]["all_back_secs"], "low"),
+    ("dead peers: s until all freed", lambda r: r["deadpeers"]["freed_secs"], "low"),
+]
+table = []
+print()
+print(f"{'figure':<50} {'heartline':>12} {'node peer':>12} {'HL/peer':>9}")
+for name, f, better in figures:
+    med = {}
+    for k in ("heartline", "peer"):
+        vals = [v for v in (get(r, f) for r in runs if r["server"] == k) if v is not None]
+        med[k] = statistics.median(vals) if vals else None
+        med[k + "_runs"] = vals
+    h, p = med["heartline"], med["peer"]
+    ratio = (h / p) if (h is not None and p not in (None, 0)) else None
+    fmt = lambda v: "-" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}")
+    print(f"{name:<50} {fmt(h):>12} {fmt(p):>12} {('-' if ratio is None else f'{ratio:.3f}'):>9}")
+    table.append({"figure": name, "better": better, "heartline_median": h, "peer_median": p,
+                  "ratio_heartline_over_peer": ratio, "heartline_runs": med["heartline_runs"],
+                  "peer_runs": med["peer_runs"]})
+cpu = ""
+for line in open("/proc/cpuinfo"):
+    if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip(); break
+json.dump({"date": stamp, "nproc": os.cpu_count(), "cpu": cpu,
+           "mem_total_kb": int(open("/proc/meminfo").readline().split()[1]),
+           "settings": {k: v for k, v in os.environ.items() if k in (
+               "ROUNDS", "IDLE_N", "CEIL_N", "STORM_N", "DEAD_N", "CHAT_GROUPS", "CHAT_MEMBERS",
+               "CHAT_SECS", "CHAT_INFLIGHT", "CHAT_RATE", "HOLD_SECS")},
+           "table": table, "runs": runs}, open(out, "w"), indent=1)
+print(f"\nresults: {out}")
+PY
+log "work directory (logs, per-run output): $WORK"
