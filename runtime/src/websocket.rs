@@ -42,6 +42,9 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How long the writer may take to deliver its last frames once the reader has stopped.
 const WRITER_GRACE: Duration = Duration::from_secs(1);
 
+/// Initial read buffer of each WebSocket, bytes.
+const READ_BUFFER: usize = 4096;
+
 /// Most frames written before one flush.
 const WRITE_BATCH: usize = 64;
 
@@ -58,7 +61,11 @@ pub async fn serve(
     let max = usize::try_from(ctx.config.engine.max_payload_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(FRAME_SLACK);
+    // tungstenite allocates its read buffer up front (128 KiB by default): with many idle
+    // connections that buffer was most of the memory per connection. A frame larger than
+    // this still gets room for its whole length when its header is read.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let ws =
