@@ -62,8 +62,10 @@ trap cleanup EXIT
 if [ -z "${SKIP_BUILD:-}" ]; then
     log "building release binaries"
     (cd "$ROOT" && cargo build --release -p heartline-runtime --bin heartline --bin heartline-load)
-    log "installing the peer's pinned packages"
-    (cd "$ROOT/tests/peer" && npm ci --no-audit --no-fund >/dev/null)
+    if [ ! -e "$ROOT/tests/peer/node_modules/better-sqlite3/build/Release/better_sqlite3.node" ]; then
+        log "installing the peer's pinned packages (compiles better-sqlite3, ~2 min)"
+        (cd "$ROOT/tests/peer" && npm ci --no-audit --no-fund >/dev/null)
+    fi
 fi
 
 cat >"$WORK/heartline.toml" <<EOF
