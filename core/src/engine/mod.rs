@@ -44,6 +44,7 @@ mod websocket;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use bytes::Bytes;
 use serde_json::Value;
 
 pub use close::{CloseReason, UsageError};
@@ -247,7 +248,7 @@ impl Engine {
                     }
                 }
                 Timer::PingSend => {
-                    self.push(now, id, &[EioPacket::Ping(String::new()).to_frame()]);
+                    self.push(now, id, &[Frame::Text(Bytes::from_static(b"2"))]);
                     if let Some(s) = self.sessions.get_mut(&id) {
                         let at = now.add_ms(self.config.ping_timeout_ms);
                         self.timers.set(&mut s.timers, id, Timer::PongDeadline, at);
@@ -554,7 +555,11 @@ impl Engine {
             Ok(None) => return,
             Err(e) => return self.protocol_error(now, id, &e.to_string()),
         };
-        let state = s.namespaces.get(&packet.nsp).cloned();
+        // Whether the namespace is connected, without copying its socket id.
+        let state = s.namespaces.get(&packet.nsp).map(|n| match n {
+            Namespace::Pending => Namespace::Pending,
+            Namespace::Connected(_) => Namespace::Connected(String::new()),
+        });
         match (packet.kind, state) {
             (PacketType::Connect, None) => {
                 if self.config.namespaces.contains(&packet.nsp) {
