@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use crate::context::Context;
 use crate::http::{self, Body};
 use crate::query;
-use crate::storage::{to_message, Job};
+use crate::storage::Job;
 use crate::store::{Member, StoreError};
 
 /// Largest request body the API reads.
@@ -216,7 +216,7 @@ async fn messages(req: Request<Incoming>, ctx: Arc<Context>, id: String) -> Resp
             StatusCode::OK,
             &json!({
                 "conversationId": id,
-                "messages": ms.into_iter().map(|m| to_message(m).to_json()).collect::<Vec<Value>>(),
+                "messages": ms.iter().map(crate::store::StoredMessage::to_json).collect::<Vec<Value>>(),
             }),
         ),
         Ok(Err(StoreError::UnknownConversation(_))) => {

@@ -32,7 +32,7 @@ use crate::error::ServerError;
 use crate::http::raw_refusal;
 use crate::metrics::RuntimeMetrics;
 use crate::settings;
-use crate::storage::{self, to_member, Job, StoreQueue};
+use crate::storage::{self, Job, StoreQueue};
 use crate::store::Store;
 
 /// Where the gateway serves Engine.IO.
@@ -102,7 +102,7 @@ pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
     for (conv, last_seq) in conversations {
         let input = gateway::Input::ConversationPut {
             id: conv.id,
-            members: conv.members.iter().map(to_member).collect(),
+            members: conv.members,
             last_seq,
         };
         if let Err(e) = gateway.handle_input(clock.now(), input) {
@@ -111,7 +111,7 @@ pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
     }
     for (sender, created_at_ms) in recent {
         let input = gateway::Input::SendsRestored {
-            sender: crate::storage::to_member(&sender),
+            sender,
             created_at_ms,
         };
         if let Err(e) = gateway.handle_input(clock.now(), input) {

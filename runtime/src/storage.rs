@@ -134,7 +134,7 @@ fn run(
             match job {
                 // Asked after the stop: dropped, its caller sees the store gone.
                 _ if stop => {}
-                Job::Append { op, request } => appends.push((op, to_store_request(request))),
+                Job::Append { op, request } => appends.push((op, request)),
                 Job::Stop => {
                     commit(&mut store, &mut appends, &results, &metrics);
                     stop = true;
@@ -171,19 +171,11 @@ fn commit(
         std::sync::atomic::Ordering::Relaxed,
     );
     for ((op, _), outcome) in appends.drain(..).zip(outcomes) {
-        let result = match outcome {
-            Ok(store::AppendOutcome::Stored(m)) => {
-                Ok(gateway::AppendOutcome::Stored(to_message(m)))
-            }
-            Ok(store::AppendOutcome::Duplicate(m)) => {
-                Ok(gateway::AppendOutcome::Duplicate(to_message(m)))
-            }
-            Err(e) => {
-                RuntimeMetrics::inc(&metrics.store_failures);
-                tracing::warn!(%op, error = %e, "append failed");
-                Err(gateway::StoreFailure(e.to_string()))
-            }
-        };
+        let result = outcome.map_err(|e| {
+            RuntimeMetrics::inc(&metrics.store_failures);
+            tracing::warn!(%op, error = %e, "append failed");
+            gateway::StoreFailure(e.to_string())
+        });
         let _ = results.send(gateway::Input::Appended { op, result });
     }
 }
@@ -204,7 +196,6 @@ fn serve(
                     request.before_seq,
                     request.limit,
                 )
-                .map(|ms| ms.into_iter().map(to_message).collect())
                 .map_err(|e| {
                     RuntimeMetrics::inc(&metrics.store_failures);
                     tracing::warn!(%op, error = %e, "read failed");
@@ -221,7 +212,7 @@ fn serve(
                 Ok((conv, last_seq)) => {
                     let _ = results.send(gateway::Input::ConversationPut {
                         id: conv.id.clone(),
-                        members: conv.members.iter().map(to_member).collect(),
+                        members: conv.members.clone(),
                         last_seq: *last_seq,
                     });
                 }
@@ -244,40 +235,6 @@ fn serve(
             let _ = reply.send(());
         }
         Job::Stop => {}
-    }
-}
-
-/// The core's member type for a stored member.
-pub fn to_member(m: &store::Member) -> gateway::Member {
-    gateway::Member {
-        user_id: m.user_id.clone(),
-        user_type: m.user_type.clone(),
-    }
-}
-
-/// The core's message type for a stored message.
-pub fn to_message(m: StoredMessage) -> gateway::Message {
-    gateway::Message {
-        id: m.id,
-        conversation_id: m.conversation_id,
-        seq: m.seq,
-        sender_id: m.sender_id,
-        sender_type: m.sender_type,
-        content: m.content,
-        temp_id: m.temp_id,
-        created_at_ms: m.created_at_ms,
-    }
-}
-
-fn to_store_request(r: gateway::AppendRequest) -> store::AppendRequest {
-    store::AppendRequest {
-        id: r.id,
-        conversation_id: r.conversation_id,
-        sender_id: r.sender_id,
-        sender_type: r.sender_type,
-        content: r.content,
-        temp_id: r.temp_id,
-        created_at_ms: r.created_at_ms,
     }
 }
 

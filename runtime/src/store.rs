@@ -44,21 +44,9 @@ pub const MAX_PAGE: usize = 1000;
 /// that holds the database lock, unless changed with [`Store::set_busy_timeout`].
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A member of a conversation, identified like a user key (`userId:userType`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Member {
-    pub user_id: String,
-    pub user_type: String,
-}
-
-impl Member {
-    pub fn new(user_id: impl Into<String>, user_type: impl Into<String>) -> Self {
-        Member {
-            user_id: user_id.into(),
-            user_type: user_type.into(),
-        }
-    }
-}
+// The store speaks the core's types: a message, a request and an outcome are the same
+// thing on both sides of the storage effect, so there is nothing to translate.
+pub use heartline_core::gateway::{AppendOutcome, AppendRequest, Member, Message as StoredMessage};
 
 /// A conversation and its members, in the order they were given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,64 +61,6 @@ impl Conversation {
         self.members
             .iter()
             .any(|m| m.user_id == user_id && m.user_type == user_type)
-    }
-}
-
-/// A message as stored, with its place in the conversation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
-    pub id: String,
-    pub conversation_id: String,
-    /// 1, 2, 3, ... within the conversation, without gaps.
-    pub seq: u64,
-    pub sender_id: String,
-    pub sender_type: String,
-    pub content: String,
-    pub temp_id: Option<String>,
-    /// Milliseconds since the Unix epoch.
-    pub created_at_ms: u64,
-}
-
-/// A message to append; the store assigns its `seq`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppendRequest {
-    /// Unique across all conversations.
-    pub id: String,
-    pub conversation_id: String,
-    pub sender_id: String,
-    pub sender_type: String,
-    pub content: String,
-    /// The client's idempotency key, unique per sender.
-    pub temp_id: Option<String>,
-    /// Milliseconds since the Unix epoch; at most `i64::MAX`.
-    pub created_at_ms: u64,
-}
-
-/// What became of one append request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AppendOutcome {
-    /// Newly stored (durable once `append_batch` has returned).
-    Stored(StoredMessage),
-    /// The sender already used this `temp_id`; this is the message stored then, and nothing
-    /// new was stored.
-    Duplicate(StoredMessage),
-}
-
-impl AppendOutcome {
-    pub fn message(&self) -> &StoredMessage {
-        match self {
-            AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m,
-        }
-    }
-
-    pub fn into_message(self) -> StoredMessage {
-        match self {
-            AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m,
-        }
-    }
-
-    pub fn is_duplicate(&self) -> bool {
-        matches!(self, AppendOutcome::Duplicate(_))
     }
 }
 

@@ -33,6 +33,14 @@ pub struct Member {
 }
 
 impl Member {
+    /// A member from its user id and type.
+    pub fn new(user_id: impl Into<String>, user_type: impl Into<String>) -> Self {
+        Member {
+            user_id: user_id.into(),
+            user_type: user_type.into(),
+        }
+    }
+
     /// The user key, `userId:userType`.
     pub fn key(&self) -> String {
         format!("{}:{}", self.user_id, self.user_type)
@@ -103,6 +111,27 @@ pub enum AppendOutcome {
     Stored(Message),
     /// The sender's `temp_id` was used before: this is the message stored then.
     Duplicate(Message),
+}
+
+impl AppendOutcome {
+    /// The stored message, new or earlier.
+    pub fn message(&self) -> &Message {
+        match self {
+            AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m,
+        }
+    }
+
+    /// The stored message, new or earlier.
+    pub fn into_message(self) -> Message {
+        match self {
+            AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m,
+        }
+    }
+
+    /// Whether it was a retry of an earlier store.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, AppendOutcome::Duplicate(_))
+    }
 }
 
 /// Stored messages of one conversation, ascending by `seq`.
