@@ -159,12 +159,7 @@ impl Gateway {
         let (Some(id), Ok(after_seq)) =
             (str_field(arg, "conversationId"), opt_u64(arg, "afterSeq"))
         else {
-            return self.ack(
-                now,
-                session,
-                ack,
-                refusal_for(ErrorCode::InvalidPayload).to_json(),
-            );
+            return self.refuse(now, session, ack, ErrorCode::InvalidPayload);
         };
         let id = id.to_owned();
         if !self.may_use(now, session, ack, &id) {
@@ -198,6 +193,11 @@ impl Gateway {
         }
     }
 
+    /// Answers a request with the refusal for `code` (when the client asked for an ack).
+    fn refuse(&mut self, now: Instant, session: SessionId, ack: Option<u64>, code: ErrorCode) {
+        self.ack(now, session, ack, refusal_for(code).to_json());
+    }
+
     /// Whether the connection's user may use the conversation; if not, the refusal
     /// (`not_found` or `forbidden`) is the answer to its request.
     fn may_use(&mut self, now: Instant, session: SessionId, ack: Option<u64>, id: &str) -> bool {
@@ -207,7 +207,7 @@ impl Gateway {
         match self.conversations.access(id, &user) {
             Ok(_) => true,
             Err(code) => {
-                self.ack(now, session, ack, refusal_for(code).to_json());
+                self.refuse(now, session, ack, code);
                 false
             }
         }
@@ -230,12 +230,7 @@ impl Gateway {
         };
         if !conv.members.contains(&user) {
             // Removed from the conversation while the read was under way.
-            return self.ack(
-                now,
-                session,
-                ack,
-                refusal_for(ErrorCode::Forbidden).to_json(),
-            );
+            return self.refuse(now, session, ack, ErrorCode::Forbidden);
         }
         conv.room.insert(session, user);
         conn.joined.insert(id.to_owned());
@@ -251,12 +246,7 @@ impl Gateway {
 
     fn on_leave(&mut self, now: Instant, session: SessionId, ack: Option<u64>, arg: &Value) {
         let Some(id) = str_field(arg, "conversationId") else {
-            return self.ack(
-                now,
-                session,
-                ack,
-                refusal_for(ErrorCode::InvalidPayload).to_json(),
-            );
+            return self.refuse(now, session, ack, ErrorCode::InvalidPayload);
         };
         if let Some(conn) = self.conns.get_mut(&session) {
             conn.joined.remove(id);
@@ -275,12 +265,7 @@ impl Gateway {
             opt_u64(arg, "limit"),
         );
         let (Some(id), Ok(before_seq), Ok(after_seq), Ok(limit)) = parsed else {
-            return self.ack(
-                now,
-                session,
-                ack,
-                refusal_for(ErrorCode::InvalidPayload).to_json(),
-            );
+            return self.refuse(now, session, ack, ErrorCode::InvalidPayload);
         };
         let id = id.to_owned();
         if !self.may_use(now, session, ack, &id) {
@@ -329,12 +314,7 @@ impl Gateway {
                 );
             }
             (Pending::Join { session, ack, .. } | Pending::History { session, ack }, Err(_)) => {
-                self.ack(
-                    now,
-                    session,
-                    ack,
-                    refusal_for(ErrorCode::Internal).to_json(),
-                );
+                self.refuse(now, session, ack, ErrorCode::Internal);
             }
             (Pending::Append { .. }, _) => {}
         }
