@@ -115,6 +115,18 @@ impl Sim {
     }
 
     /// A reset: queued data is dropped and both ends see the connection fail.
+    /// Sends a reset (an erroring FIN) down link `id`, towards the server or the client.
+    pub(super) fn send_reset(&mut self, now: Instant, id: u64, to_server: bool) {
+        self.net.send(
+            now,
+            id,
+            to_server,
+            Seg::Fin { error: true },
+            &mut self.rng,
+            &mut self.agenda,
+        );
+    }
+
     fn reset(&mut self, id: u64) {
         let now = self.now;
         let Some(link) = self.net.link(id) else {
@@ -124,24 +136,10 @@ impl Sim {
         self.net.discard(id, true);
         self.net.discard(id, false);
         if server_open {
-            self.net.send(
-                now,
-                id,
-                true,
-                Seg::Fin { error: true },
-                &mut self.rng,
-                &mut self.agenda,
-            );
+            self.send_reset(now, id, true);
         }
         if client_open {
-            self.net.send(
-                now,
-                id,
-                false,
-                Seg::Fin { error: true },
-                &mut self.rng,
-                &mut self.agenda,
-            );
+            self.send_reset(now, id, false);
         }
     }
 

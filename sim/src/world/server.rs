@@ -99,14 +99,7 @@ impl Sim {
             if !silent && link.client_open {
                 // The host's kernel resets the dead process's sockets.
                 self.net.discard(id, false);
-                self.net.send(
-                    now,
-                    id,
-                    false,
-                    Seg::Fin { error: true },
-                    &mut self.rng,
-                    &mut self.agenda,
-                );
+                self.send_reset(now, id, false);
             }
             self.net.collect(id);
         }
@@ -158,14 +151,7 @@ impl Sim {
         }
         link.reset_sent = true;
         self.net.discard(id, true);
-        self.net.send(
-            now,
-            id,
-            false,
-            Seg::Fin { error: true },
-            &mut self.rng,
-            &mut self.agenda,
-        );
+        self.send_reset(now, id, false);
     }
 
     pub(super) fn server_receives(&mut self, id: u64, seg: Seg) {
