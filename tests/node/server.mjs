@@ -37,8 +37,34 @@ async function freePort() {
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** A running server. `restart()` keeps the port and the store file. */
-export class Server {
+/** A child process serving HTTP on `this.url`, ready once `/readyz` answers 200. */
+class Served {
+  async launch(bin, args, what) {
+    this.proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.log = '';
+    this.proc.stdout.on('data', (d) => (this.log += d));
+    this.proc.stderr.on('data', (d) => (this.log += d));
+    this.exited = new Promise((r) => this.proc.on('exit', (code, signal) => r({ code, signal })));
+    for (let i = 0; i < 200; i++) {
+      try {
+        const res = await fetch(`${this.url}/readyz`);
+        if (res.status === 200) return this;
+      } catch {}
+      await sleep(50);
+    }
+    throw new Error(`${what} did not become ready:\n${this.log}`);
+  }
+
+  async kill(signal = 'SIGTERM') {
+    if (!this.proc || this.proc.exitCode !== null) return;
+    this.proc.kill(signal);
+    await this.exited;
+  }
+}
+
+export class Server extends Served {
   constructor(extraToml = '') {
+    super();
     this.dir = mkdtempSync(join(tmpdir(), 'heartline-node-'));
     this.extraToml = extraToml;
   }
@@ -66,25 +92,11 @@ ${this.extraToml}
 `;
     const file = join(this.dir, 'heartline.toml');
     writeFileSync(file, config);
-    this.proc = spawn(BIN, ['--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.log = '';
-    this.proc.stdout.on('data', (d) => (this.log += d));
-    this.proc.stderr.on('data', (d) => (this.log += d));
-    this.exited = new Promise((r) => this.proc.on('exit', (code, signal) => r({ code, signal })));
-    for (let i = 0; i < 200; i++) {
-      try {
-        const res = await fetch(`${this.url}/readyz`);
-        if (res.status === 200) return this;
-      } catch {}
-      await sleep(50);
-    }
-    throw new Error(`server did not become ready:\n${this.log}`);
+    return this.launch(BIN, ['--config', file], 'server');
   }
 
   async kill(signal = 'SIGKILL') {
-    if (!this.proc || this.proc.exitCode !== null) return;
-    this.proc.kill(signal);
-    await this.exited;
+    return super.kill(signal);
   }
 
   async restart() {
@@ -104,8 +116,9 @@ ${this.extraToml}
 }
 
 /** A running `heartline-echo` (Socket.IO mode unless `engineIo`) on a free port. */
-export class EchoServer {
+export class EchoServer extends Served {
   constructor({ engineIo = false } = {}) {
+    super();
     this.engineIo = engineIo;
   }
 
@@ -114,24 +127,6 @@ export class EchoServer {
     this.url = `http://127.0.0.1:${this.port}`;
     const args = ['--listen', `127.0.0.1:${this.port}`];
     if (this.engineIo) args.push('--engine-io');
-    this.proc = spawn(ECHO_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.log = '';
-    this.proc.stdout.on('data', (d) => (this.log += d));
-    this.proc.stderr.on('data', (d) => (this.log += d));
-    this.exited = new Promise((r) => this.proc.on('exit', (code, signal) => r({ code, signal })));
-    for (let i = 0; i < 200; i++) {
-      try {
-        const res = await fetch(`${this.url}/readyz`);
-        if (res.status === 200) return this;
-      } catch {}
-      await sleep(50);
-    }
-    throw new Error(`echo server did not become ready:\n${this.log}`);
-  }
-
-  async kill(signal = 'SIGTERM') {
-    if (!this.proc || this.proc.exitCode !== null) return;
-    this.proc.kill(signal);
-    await this.exited;
+    return this.launch(ECHO_BIN, args, 'echo server');
   }
 }
