@@ -69,7 +69,9 @@ pub struct Engine {
     clock: Clock,
     rng: Rng,
     next_session: u64,
-    sessions: BTreeMap<SessionId, Session>,
+    // Boxed: a B-tree node holds eleven entries and is about half full when keys only
+    // grow, so inline sessions would leave most of each node's memory unused.
+    sessions: BTreeMap<SessionId, Box<Session>>,
     // Lookup-only indexes; never iterated, so their order cannot leak into outputs.
     by_sid: HashMap<String, SessionId>,
     by_transport: HashMap<TransportId, SessionId>,
@@ -161,7 +163,10 @@ impl Engine {
     }
 
     fn live(&self, session: SessionId) -> Option<&Session> {
-        self.sessions.get(&session).filter(|s| s.closed.is_none())
+        self.sessions
+            .get(&session)
+            .map(|s| &**s)
+            .filter(|s| s.closed.is_none())
     }
 
     // ---- outputs -------------------------------------------------------------------------
@@ -282,6 +287,7 @@ impl Engine {
         let s = self
             .sessions
             .get_mut(&session)
+            .map(|s| &mut **s)
             .filter(|s| s.closed.is_none())
             .ok_or(UsageError::UnknownSession(session))?;
         match s.namespaces.get_mut(nsp) {
@@ -411,6 +417,7 @@ impl Engine {
     fn live_mut(&mut self, session: SessionId) -> Result<&mut Session, UsageError> {
         self.sessions
             .get_mut(&session)
+            .map(|s| &mut **s)
             .filter(|s| s.closed.is_none())
             .ok_or(UsageError::UnknownSession(session))
     }
@@ -453,7 +460,7 @@ impl Engine {
             self.by_transport.insert(ws, id);
         }
         self.by_sid.insert(sid.clone(), id);
-        self.sessions.insert(id, s);
+        self.sessions.insert(id, Box::new(s));
         self.event(Event::Opened {
             session: id,
             sid,

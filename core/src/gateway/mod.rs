@@ -86,8 +86,10 @@ pub struct Gateway {
     clock: Clock,
     rng: Rng,
     started: Instant,
-    conns: BTreeMap<SessionId, Conn>,
-    users: BTreeMap<String, User>,
+    // Values boxed: B-tree nodes are about half full when keys only grow, and a node holds
+    // eleven entries, so inline values would leave much of each node unused.
+    conns: BTreeMap<SessionId, Box<Conn>>,
+    users: BTreeMap<String, Box<User>>,
     // Timer owner number to user key; looked up, never iterated.
     uids: HashMap<u64, String>,
     next_uid: u64,
@@ -404,7 +406,7 @@ impl Gateway {
                 now.add_ms(self.config.idle_timeout_ms),
             );
         }
-        self.conns.insert(session, conn);
+        self.conns.insert(session, Box::new(conn));
         self.emit(
             now,
             session,
@@ -515,7 +517,7 @@ impl Gateway {
         self.uids.insert(uid, key.to_owned());
         self.users.insert(
             key.to_owned(),
-            User {
+            Box::new(User {
                 uid,
                 user_id: user_id.to_owned(),
                 user_type: user_type.to_owned(),
@@ -525,7 +527,7 @@ impl Gateway {
                 recent: VecDeque::new(),
                 in_flight: 0,
                 timers: Timers::default(),
-            },
+            }),
         );
         uid
     }
