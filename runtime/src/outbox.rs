@@ -17,13 +17,20 @@
 //!
 //! Memory per connection is therefore bounded by the limit plus one frame in the writer's
 //! hands, and the total is exported as `heartline_outbound_queue_bytes`.
+//!
+//! The connection has one task, which both reads and writes; every push, close or kill wakes
+//! it through one registered waker. An idle connection's queue is a mutex, an empty deque,
+//! a phase byte and that waker: with tens of thousands of idle connections, each byte here
+//! counts.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
+use futures_util::task::AtomicWaker;
 use heartline_core::codec::Frame;
-use tokio::sync::{watch, Notify};
 
 use crate::metrics::RuntimeMetrics;
 
@@ -49,15 +56,26 @@ pub enum Next {
     Close(u16, String),
 }
 
-/// Where a connection is in its life, as its tasks see it.
+/// Where a connection is in its life, as its task sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Phase {
     /// Sending and receiving.
-    Open,
-    /// A close was asked for; the reader lingers a little for the peer's close.
-    Closing,
+    Open = 0,
+    /// A close was asked for; the task lingers a little for the peer's close.
+    Closing = 1,
     /// Drop the socket now.
-    Killed,
+    Killed = 2,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::Open,
+            1 => Phase::Closing,
+            _ => Phase::Killed,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -75,12 +93,13 @@ struct State {
     ended: bool,
 }
 
-/// One WebSocket's send queue. Shared by the actor (pushing) and the writer (draining).
+/// One WebSocket's send queue. Shared by the actor (pushing) and the connection's task
+/// (draining).
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
-    phase: watch::Sender<Phase>,
+    phase: AtomicU8,
+    waker: AtomicWaker,
     limit: usize,
     metrics: Arc<RuntimeMetrics>,
 }
@@ -90,8 +109,8 @@ impl Outbox {
     pub fn new(limit: usize, metrics: Arc<RuntimeMetrics>) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
-            phase: watch::Sender::new(Phase::Open),
+            phase: AtomicU8::new(Phase::Open as u8),
+            waker: AtomicWaker::new(),
             limit,
             metrics,
         }
@@ -144,7 +163,7 @@ impl Outbox {
         self.metrics
             .outbound_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
-        self.notify.notify_one();
+        self.waker.wake();
         Push::Queued
     }
 
@@ -157,14 +176,14 @@ impl Outbox {
         st.ended = true;
         st.close = Some((code, reason.to_owned()));
         drop(st);
-        self.phase.send_if_modified(|p| {
-            let changed = *p == Phase::Open;
-            if changed {
-                *p = Phase::Closing;
-            }
-            changed
-        });
-        self.notify.notify_one();
+        // Open becomes Closing; Killed stays Killed.
+        let _ = self.phase.compare_exchange(
+            Phase::Open as u8,
+            Phase::Closing as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.waker.wake();
     }
 
     /// Drops everything queued and tells the connection's tasks to drop the socket now.
@@ -175,25 +194,24 @@ impl Outbox {
         st.frames.clear();
         drop(st);
         RuntimeMetrics::sub(&self.metrics.outbound_bytes, bytes as u64);
-        self.phase.send_replace(Phase::Killed);
-        self.notify.notify_one();
+        self.phase.store(Phase::Killed as u8, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Where the connection is in its life.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
     }
 
     /// Whether the connection was killed.
     pub fn is_killed(&self) -> bool {
-        *self.phase.borrow() == Phase::Killed
+        self.phase() == Phase::Killed
     }
 
-    /// Resolves once the connection is killed.
-    pub async fn killed(&self) {
-        let mut rx = self.phase.subscribe();
-        let _ = rx.wait_for(|p| *p == Phase::Killed).await;
-    }
-
-    /// Resolves once a close was asked for (or the connection killed).
-    pub async fn closing(&self) {
-        let mut rx = self.phase.subscribe();
-        let _ = rx.wait_for(|p| *p >= Phase::Closing).await;
+    /// Wakes this waker at the next push, close or kill. Register before looking at the
+    /// queue, so that nothing pushed in between goes unnoticed.
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
     }
 
     /// The next thing to send, without waiting.
@@ -212,19 +230,21 @@ impl Outbox {
 
     /// The next thing to send; waits for one. Returns `None` once killed or after the close.
     pub async fn next(&self) -> Option<Next> {
-        loop {
+        poll_fn(|cx| {
+            self.register(cx.waker());
             if self.is_killed() {
-                return None;
+                return Poll::Ready(None);
             }
             if let Some(n) = self.try_next() {
-                return Some(n);
+                return Poll::Ready(Some(n));
             }
             if self.lock().ended {
                 // Closed and the close already handed out.
-                return None;
+                return Poll::Ready(None);
             }
-            self.notify.notified().await;
-        }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Bytes queued now.

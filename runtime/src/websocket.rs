@@ -1,25 +1,33 @@
-//! One WebSocket's I/O: a reader that turns messages into core inputs and a writer that
-//! drains the connection's [`Outbox`] onto the socket. Neither decides anything.
+//! One WebSocket's I/O: a single task that turns received messages into core inputs and
+//! drains the connection's [`Outbox`] onto the socket. It decides nothing.
+//!
+//! One task, not a reader and a writer: an idle connection is then one task, one socket
+//! and one queue, which is most of what tens of thousands of idle connections cost. The
+//! task polls both directions itself, so a peer that does not read (a full socket) never
+//! stops its frames from being read, and the outbox's slow-consumer policy still applies.
 //!
 //! Frames up to `max_payload_bytes` plus a little slack reach the core, which closes an
 //! oversize one with 1009 itself; beyond the slack tungstenite stops reading the frame
 //! (memory stays bounded) and the connection is closed with the same code here.
 //!
-//! The reader outlives a close the core asked for by at most [`CLOSE_LINGER`], waiting for
+//! The task outlives a close the core asked for by at most [`CLOSE_LINGER`], waiting for
 //! the peer's close frame, so a dead peer's socket is dropped promptly.
 
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, Stream};
 use heartline_core::codec::Frame;
 use heartline_core::engine::{self, CloseReason, Handshake, Query};
 use heartline_core::TransportId;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -30,22 +38,25 @@ use crate::actor::Msg;
 use crate::admission::Permit;
 use crate::context::Context;
 use crate::metrics::RuntimeMetrics;
-use crate::outbox::{Next, Outbox};
+use crate::outbox::{Next, Outbox, Phase};
 
 /// Bytes past `max_payload_bytes` that tungstenite still reads, so that the core sees a
 /// slightly oversize frame and closes it with its own reason.
 pub const FRAME_SLACK: usize = 1024;
 
-/// How long the reader waits for the peer's close frame after a close was asked for.
+/// How long the task waits for the peer's close frame after a close was asked for.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
-/// How long the writer may take to deliver its last frames once the reader has stopped.
+/// How long the last frames and the close frame may take once reading has stopped.
 const WRITER_GRACE: Duration = Duration::from_secs(1);
 
-/// Initial read buffer of each WebSocket, bytes.
-const READ_BUFFER: usize = 4096;
+/// Read buffer of each WebSocket, bytes: what one read takes from the socket at most.
+/// Chat frames are a few hundred bytes, so 1 KiB holds several; a larger frame still gets
+/// room for its whole length once its header is read. tungstenite's default (128 KiB) was
+/// most of an idle connection's memory, and 4 KiB still a third of it.
+const READ_BUFFER: usize = 1024;
 
-/// Most frames written before one flush.
+/// Most frames handed to the socket before one flush.
 const WRITE_BATCH: usize = 64;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -61,14 +72,11 @@ pub async fn serve(
     let max = usize::try_from(ctx.config.engine.max_payload_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(FRAME_SLACK);
-    // tungstenite allocates its read buffer up front (128 KiB by default): with many idle
-    // connections that buffer was most of the memory per connection. A frame larger than
-    // this still gets room for its whole length when its header is read.
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let ws =
+    let mut ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let limit = usize::try_from(ctx.config.server.max_outbound_bytes).unwrap_or(usize::MAX);
     let outbox = Arc::new(Outbox::new(limit, ctx.metrics.clone()));
@@ -86,9 +94,8 @@ pub async fn serve(
         return;
     }
     ctx.metrics.ws_open.fetch_add(1, Ordering::Relaxed);
-    let (sink, stream) = ws.split();
-    let mut writer = tokio::spawn(write_loop(sink, outbox.clone()));
-    let input = match read_loop(stream, transport, &outbox, &ctx).await {
+    let mut sending = Sending::default();
+    let input = match run(&mut ws, &mut sending, transport, &outbox, &ctx).await {
         Ending::Closed => engine::Input::WsClosed {
             transport,
             error: false,
@@ -100,20 +107,20 @@ pub async fn serve(
         Ending::Dropped(reason) => engine::Input::WsAborted { transport, reason },
     };
     let _ = ctx.actor.send(Msg::Net(input)).await;
+    // Whatever is still queued, then a close frame (the one asked for, or a normal one).
     outbox.close(CloseCode::Normal.into(), "");
-    if tokio::time::timeout(WRITER_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
-        outbox.kill();
-        writer.abort();
-    }
+    let finish = poll_fn(|cx| {
+        outbox.register(cx.waker());
+        if outbox.is_killed() {
+            return Poll::Ready(());
+        }
+        poll_send(cx, &mut ws, &mut sending, &outbox, transport)
+    });
+    let _ = tokio::time::timeout(WRITER_GRACE, finish).await;
     RuntimeMetrics::dec(&ctx.metrics.ws_open);
     drop(permit);
 }
 
-/// Reads until the peer closes, fails, or lingers too long after our close; returns
-/// whether the connection failed rather than closed.
 /// How a socket's reading ended.
 enum Ending {
     /// Closed (by the peer, or after the server's close).
@@ -124,99 +131,173 @@ enum Ending {
     Dropped(CloseReason),
 }
 
-async fn read_loop(
-    mut stream: SplitStream<Ws>,
+/// What one turn of the connection produced.
+enum Step {
+    /// A message for the core.
+    Frame(Frame),
+    /// Reading is over.
+    End(Ending),
+}
+
+/// The sending direction's progress.
+#[derive(Default)]
+struct Sending {
+    /// Frames handed to the socket since the last completed flush.
+    unflushed: bool,
+    /// The close frame was handed to the socket: nothing follows it.
+    close_sent: bool,
+    /// Sending is over: the close frame is flushed, or the socket refused a write.
+    done: bool,
+}
+
+/// Serves both directions until reading ends.
+async fn run(
+    ws: &mut Ws,
+    sending: &mut Sending,
     transport: TransportId,
     outbox: &Outbox,
     ctx: &Context,
 ) -> Ending {
-    let mut linger: Option<tokio::time::Instant> = None;
+    let mut linger: Option<Pin<Box<Sleep>>> = None;
     loop {
-        let frame = tokio::select! {
-            msg = stream.next() => match msg {
-                None => return Ending::Closed,
-                Some(Ok(Message::Text(text))) => Frame::Text(Bytes::from(text)),
-                Some(Ok(Message::Binary(bytes))) => Frame::Binary(bytes),
-                Some(Ok(Message::Close(_))) => return Ending::Closed,
-                Some(Ok(_)) => continue,
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                    tracing::info!(%transport, size, max_size, "websocket message too large");
-                    outbox.close(CloseCode::Size.into(), "payload too large");
-                    return Ending::Dropped(CloseReason::PayloadTooLarge);
+        let step = poll_fn(|cx| {
+            outbox.register(cx.waker());
+            if outbox.is_killed() {
+                return Poll::Ready(Step::End(Ending::Failed));
+            }
+            // Ready means sending is over; reading goes on until the peer's close.
+            let _ = poll_send(cx, ws, sending, outbox, transport);
+            if linger.is_none() && outbox.phase() >= Phase::Closing {
+                linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
+            }
+            if let Some(sleep) = linger.as_mut() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Step::End(Ending::Closed));
                 }
-                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return Ending::Closed,
-                Some(Err(e)) => {
-                    tracing::debug!(%transport, error = %e, "websocket read failed");
+            }
+            poll_recv(cx, ws, outbox, transport)
+        })
+        .await;
+        match step {
+            Step::Frame(frame) => {
+                let input = engine::Input::WsFrame { transport, frame };
+                if ctx.actor.send(Msg::Net(input)).await.is_err() {
                     return Ending::Failed;
                 }
-            },
-            _ = outbox.closing(), if linger.is_none() => {
-                linger = Some(tokio::time::Instant::now() + CLOSE_LINGER);
-                continue;
             }
-            _ = sleep_until_opt(linger) => return Ending::Closed,
-            _ = outbox.killed() => return Ending::Failed,
-        };
-        let input = engine::Input::WsFrame { transport, frame };
-        if ctx.actor.send(Msg::Net(input)).await.is_err() {
-            return Ending::Failed;
+            Step::End(ending) => return ending,
         }
     }
 }
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Drains the outbox onto the socket until the close is sent or the connection killed.
-async fn write_loop(mut sink: SplitSink<Ws, Message>, outbox: Arc<Outbox>) {
+/// Reads the next message for the core, skipping control frames.
+fn poll_recv(
+    cx: &mut TaskContext<'_>,
+    ws: &mut Ws,
+    outbox: &Outbox,
+    transport: TransportId,
+) -> Poll<Step> {
     loop {
-        let first = tokio::select! {
-            n = outbox.next() => n,
-            _ = outbox.killed() => None,
-        };
-        let Some(first) = first else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < WRITE_BATCH && !matches!(batch.last(), Some(Next::Close(..))) {
-            match outbox.try_next() {
-                Some(n) => batch.push(n),
-                None => break,
+        let step = match Pin::new(&mut *ws).poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => Step::End(Ending::Closed),
+            Poll::Ready(Some(Ok(Message::Text(text)))) => {
+                Step::Frame(Frame::Text(Bytes::from(text)))
             }
-        }
-        let result = tokio::select! {
-            r = send_batch(&mut sink, batch) => r,
-            _ = outbox.killed() => return,
+            Poll::Ready(Some(Ok(Message::Binary(bytes)))) => Step::Frame(Frame::Binary(bytes)),
+            Poll::Ready(Some(Ok(Message::Close(_)))) => Step::End(Ending::Closed),
+            Poll::Ready(Some(Ok(_))) => continue,
+            Poll::Ready(Some(Err(WsError::Capacity(CapacityError::MessageTooLong {
+                size,
+                max_size,
+            })))) => {
+                tracing::info!(%transport, size, max_size, "websocket message too large");
+                outbox.close(CloseCode::Size.into(), "payload too large");
+                Step::End(Ending::Dropped(CloseReason::PayloadTooLarge))
+            }
+            Poll::Ready(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))) => {
+                Step::End(Ending::Closed)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::debug!(%transport, error = %e, "websocket read failed");
+                Step::End(Ending::Failed)
+            }
         };
-        match result {
-            Ok(false) => {}
-            Ok(true) | Err(_) => return,
+        return Poll::Ready(step);
+    }
+}
+
+/// Hands queued frames to the socket (at most [`WRITE_BATCH`] per flush) and flushes them.
+/// Ready once sending is over; Pending while waiting for frames or for the socket.
+fn poll_send(
+    cx: &mut TaskContext<'_>,
+    ws: &mut Ws,
+    st: &mut Sending,
+    outbox: &Outbox,
+    transport: TransportId,
+) -> Poll<()> {
+    if st.done {
+        return Poll::Ready(());
+    }
+    match fill_and_flush(cx, ws, st, outbox) {
+        Ok(more) => {
+            if st.close_sent && !st.unflushed {
+                st.done = true;
+                return Poll::Ready(());
+            }
+            if more {
+                // A full batch went out and more may be queued: come back after the
+                // other direction had its turn.
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        }
+        Err(e) => {
+            tracing::debug!(%transport, error = %e, "websocket write failed");
+            st.done = true;
+            Poll::Ready(())
         }
     }
 }
 
-/// Writes and flushes frames; `Ok(true)` if the batch ended with the close frame.
-async fn send_batch(sink: &mut SplitSink<Ws, Message>, batch: Vec<Next>) -> Result<bool, WsError> {
-    let mut closed = false;
-    for next in batch {
-        match next {
-            Next::Frame(frame) => sink.feed(to_message(frame)).await?,
+/// One batch: feeds frames while the socket takes them, then flushes. Returns whether the
+/// batch was full (more may be waiting).
+fn fill_and_flush(
+    cx: &mut TaskContext<'_>,
+    ws: &mut Ws,
+    st: &mut Sending,
+    outbox: &Outbox,
+) -> Result<bool, WsError> {
+    let mut fed = 0;
+    while !st.close_sent && fed < WRITE_BATCH {
+        match Pin::new(&mut *ws).poll_ready(cx) {
+            Poll::Ready(r) => r?,
+            Poll::Pending => break,
+        }
+        let Some(next) = outbox.try_next() else {
+            break;
+        };
+        let msg = match next {
+            Next::Frame(frame) => to_message(frame),
             Next::Close(code, reason) => {
-                let close = CloseFrame {
+                st.close_sent = true;
+                Message::Close(Some(CloseFrame {
                     code: CloseCode::from(code),
                     reason: Utf8Bytes::from(reason),
-                };
-                sink.feed(Message::Close(Some(close))).await?;
-                closed = true;
+                }))
             }
+        };
+        Pin::new(&mut *ws).start_send(msg)?;
+        st.unflushed = true;
+        fed += 1;
+    }
+    if st.unflushed {
+        if let Poll::Ready(r) = Pin::new(&mut *ws).poll_flush(cx) {
+            r?;
+            st.unflushed = false;
         }
     }
-    sink.flush().await?;
-    Ok(closed)
+    Ok(fed == WRITE_BATCH && !st.unflushed)
 }
 
 fn to_message(frame: Frame) -> Message {
