@@ -130,13 +130,13 @@ fn upgrade(
         );
         return resp;
     }
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => websocket::serve(upgraded, ctx, query, handshake, permit).await,
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
-        }
-    });
+    tokio::spawn(websocket::accept(websocket::Upgrade {
+        on_upgrade: hyper::upgrade::on(&mut req),
+        ctx,
+        query,
+        handshake,
+        permit,
+    }));
     let mut resp = http::empty(StatusCode::SWITCHING_PROTOCOLS);
     let h = resp.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -25,8 +25,9 @@ use futures_util::{Sink, Stream};
 use heartline_core::codec::Frame;
 use heartline_core::engine::{self, CloseReason, Handshake, Query};
 use heartline_core::TransportId;
-use hyper::upgrade::Upgraded;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -61,14 +62,41 @@ const WRITE_BATCH: usize = 64;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Serves an upgraded connection as an Engine.IO WebSocket until it ends.
-pub async fn serve(
-    upgraded: Upgraded,
-    ctx: Arc<Context>,
-    query: Query,
-    handshake: Handshake,
-    permit: Arc<Permit>,
-) {
+/// A WebSocket upgrade that was answered with 101; hyper has yet to hand over the socket.
+pub struct Upgrade {
+    /// Resolves to the socket once the 101 is written.
+    pub on_upgrade: OnUpgrade,
+    /// The runtime's shared context.
+    pub ctx: Arc<Context>,
+    /// The handshake request's query.
+    pub query: Query,
+    /// The handshake request's facts.
+    pub handshake: Handshake,
+    /// The connection's admission slot, held until the socket is gone.
+    pub permit: Arc<Permit>,
+}
+
+/// Takes over an upgraded connection: waits for the socket, tells the actor, then serves
+/// it on a task of its own.
+///
+/// Two tasks in turn, not one: a task's future keeps room for everything its setup held
+/// (the query, the handshake, the upgrade) for as long as it runs, and an idle connection
+/// runs for hours. This task ends as soon as the connection's own task is spawned.
+pub async fn accept(up: Upgrade) {
+    let Upgrade {
+        on_upgrade,
+        ctx,
+        query,
+        handshake,
+        permit,
+    } = up;
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            return;
+        }
+    };
     let max = usize::try_from(ctx.config.engine.max_payload_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(FRAME_SLACK);
@@ -76,7 +104,7 @@ pub async fn serve(
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let mut ws =
+    let ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let limit = usize::try_from(ctx.config.server.max_outbound_bytes).unwrap_or(usize::MAX);
     let outbox = Arc::new(Outbox::new(limit, ctx.metrics.clone()));
@@ -94,31 +122,80 @@ pub async fn serve(
         return;
     }
     ctx.metrics.ws_open.fetch_add(1, Ordering::Relaxed);
-    let mut sending = Sending::default();
-    let input = match run(&mut ws, &mut sending, transport, &outbox, &ctx).await {
-        Ending::Closed => engine::Input::WsClosed {
-            transport,
-            error: false,
-        },
-        Ending::Failed => engine::Input::WsClosed {
-            transport,
-            error: true,
-        },
-        Ending::Dropped(reason) => engine::Input::WsAborted { transport, reason },
-    };
-    let _ = ctx.actor.send(Msg::Net(input)).await;
-    // Whatever is still queued, then a close frame (the one asked for, or a normal one).
-    outbox.close(CloseCode::Normal.into(), "");
-    let finish = poll_fn(|cx| {
-        outbox.register(cx.waker());
-        if outbox.is_killed() {
-            return Poll::Ready(());
+    tokio::spawn(serve(Connection {
+        ws,
+        outbox,
+        transport,
+        ctx,
+        permit,
+        sending: Sending::default(),
+    }));
+}
+
+/// An open WebSocket and what its task needs.
+struct Connection {
+    ws: Ws,
+    outbox: Arc<Outbox>,
+    transport: TransportId,
+    ctx: Arc<Context>,
+    permit: Arc<Permit>,
+    sending: Sending,
+}
+
+/// Serves an open WebSocket until it ends.
+///
+/// Not an `async fn`: its argument would be stored in the future twice (once as the
+/// argument, once moved into the body), and an idle connection's task is mostly this
+/// future. An `async move` block keeps the one copy it captured.
+fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
+    async move {
+        let ending = run(&mut c).await;
+        // A statement of its own, so that no temporary holds the message across the wait.
+        {
+            let handed = hand_over(&c.ctx, Msg::Net(ending.input(c.transport)));
+            if let Err(wait) = handed {
+                wait.await;
+            }
         }
-        poll_send(cx, &mut ws, &mut sending, &outbox, transport)
-    });
-    let _ = tokio::time::timeout(WRITER_GRACE, finish).await;
-    RuntimeMetrics::dec(&ctx.metrics.ws_open);
-    drop(permit);
+        // Whatever is still queued, then a close frame (the one asked for, or a normal one).
+        c.outbox.close(CloseCode::Normal.into(), "");
+        let transport = c.transport;
+        let Connection {
+            ws,
+            outbox,
+            sending,
+            ..
+        } = &mut c;
+        let finish = poll_fn(|cx| {
+            outbox.register(cx.waker());
+            if outbox.is_killed() {
+                return Poll::Ready(());
+            }
+            poll_send(cx, ws, sending, outbox, transport)
+        });
+        // Boxed, in a statement of its own: the timer is only needed at the end, so idle
+        // connections do not carry it.
+        let finishing = Box::pin(tokio::time::timeout(WRITER_GRACE, finish));
+        let _ = finishing.await;
+        RuntimeMetrics::dec(&c.ctx.metrics.ws_open);
+        drop(c.permit);
+    }
+}
+
+/// A wait for room in the actor's inbox.
+type Waiting<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+
+/// Hands `msg` to the actor. `Ok(delivered)` when that needed no wait (`false`: the actor
+/// is gone); otherwise the wait, boxed, so that a connection's task does not carry a send
+/// future (and a message) inline for the rare moments the inbox is full.
+fn hand_over(ctx: &Context, msg: Msg) -> Result<bool, Waiting<'_>> {
+    match ctx.actor.try_send(msg) {
+        Ok(()) => Ok(true),
+        Err(TrySendError::Closed(_)) => Ok(false),
+        Err(TrySendError::Full(msg)) => {
+            Err(Box::pin(async move { ctx.actor.send(msg).await.is_ok() }))
+        }
+    }
 }
 
 /// How a socket's reading ended.
@@ -129,6 +206,23 @@ enum Ending {
     Failed,
     /// Dropped by this runtime for a reason the core should know.
     Dropped(CloseReason),
+}
+
+impl Ending {
+    /// What the core is told.
+    fn input(self, transport: TransportId) -> engine::Input {
+        match self {
+            Ending::Closed => engine::Input::WsClosed {
+                transport,
+                error: false,
+            },
+            Ending::Failed => engine::Input::WsClosed {
+                transport,
+                error: true,
+            },
+            Ending::Dropped(reason) => engine::Input::WsAborted { transport, reason },
+        }
+    }
 }
 
 /// What one turn of the connection produced.
@@ -151,13 +245,16 @@ struct Sending {
 }
 
 /// Serves both directions until reading ends.
-async fn run(
-    ws: &mut Ws,
-    sending: &mut Sending,
-    transport: TransportId,
-    outbox: &Outbox,
-    ctx: &Context,
-) -> Ending {
+async fn run(c: &mut Connection) -> Ending {
+    let Connection {
+        ws,
+        outbox,
+        transport,
+        ctx,
+        sending,
+        ..
+    } = c;
+    let transport = *transport;
     let mut linger: Option<Pin<Box<Sleep>>> = None;
     loop {
         let step = poll_fn(|cx| {
@@ -180,8 +277,12 @@ async fn run(
         .await;
         match step {
             Step::Frame(frame) => {
-                let input = engine::Input::WsFrame { transport, frame };
-                if ctx.actor.send(Msg::Net(input)).await.is_err() {
+                let msg = Msg::Net(engine::Input::WsFrame { transport, frame });
+                let delivered = match hand_over(ctx, msg) {
+                    Ok(delivered) => delivered,
+                    Err(wait) => wait.await,
+                };
+                if !delivered {
                     return Ending::Failed;
                 }
             }
