@@ -576,7 +576,8 @@ fn walk_placeholders(
 #[derive(Debug, Clone)]
 pub struct Decoder {
     max_attachments: usize,
-    pending: Option<Pending>,
+    // Boxed: every session has a decoder and almost none is ever waiting for attachments.
+    pending: Option<Box<Pending>>,
 }
 
 #[derive(Debug, Clone)]
@@ -633,7 +634,7 @@ impl Decoder {
                         max: self.max_attachments,
                     });
                 }
-                self.pending = Some(Pending { packet, expected });
+                self.pending = Some(Box::new(Pending { packet, expected }));
                 Ok(None)
             }
             Data::Binary(bytes) => {

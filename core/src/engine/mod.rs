@@ -60,7 +60,7 @@ use crate::codec::Frame;
 use crate::ids::{RequestId, Rng, SessionId, TransportId};
 use crate::time::{Clock, Instant};
 use crate::timer::TimerQueue;
-use session::{Ending, Namespace, Session, Transport};
+use session::{Ending, Namespace, Namespaces, Session, Transport};
 
 /// The Engine.IO / Socket.IO server state machine. See the module docs for the loop.
 #[derive(Debug)]
@@ -442,7 +442,7 @@ impl Engine {
             upgrade: None,
             timers: Default::default(),
             decoder: Decoder::new(self.config.max_attachments),
-            namespaces: BTreeMap::new(),
+            namespaces: Namespaces::default(),
             handshake,
             closed: None,
         };

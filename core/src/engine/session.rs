@@ -4,7 +4,7 @@
 //! from polling to a WebSocket once (the upgrade), and, when the server closes a polling
 //! session with something still to say, lingers until the client fetches it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::codec::socket::Decoder;
 use crate::codec::Frame;
@@ -90,6 +90,58 @@ pub(crate) enum Namespace {
     Connected(String),
 }
 
+/// A session's namespaces, ordered by name.
+///
+/// A sorted vector, not a `BTreeMap`: a session has one or two namespaces, and a B-tree
+/// allocates a whole eleven-entry node (over 600 bytes) for the first, on every session.
+#[derive(Debug, Default)]
+pub(crate) struct Namespaces(Vec<(String, Namespace)>);
+
+impl Namespaces {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+
+    /// The namespace called `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&Namespace> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    /// The namespace called `name`, to change.
+    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut Namespace> {
+        self.find(name).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// Sets the namespace called `name`.
+    pub(crate) fn insert(&mut self, name: String, ns: Namespace) {
+        match self.find(&name) {
+            Ok(i) => self.0[i].1 = ns,
+            Err(i) => {
+                // Exact: one or two namespaces, never worth a doubling.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (name, ns));
+            }
+        }
+    }
+
+    /// Forgets the namespace called `name`.
+    pub(crate) fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.find(name) {
+            self.0.remove(i);
+        }
+    }
+
+    /// Every namespace, by name.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Namespace)> {
+        self.0.iter().map(|(n, ns)| (n, ns))
+    }
+
+    /// Every namespace's state, by name.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Namespace> {
+        self.0.iter().map(|(_, ns)| ns)
+    }
+}
+
 /// One session.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -104,7 +156,7 @@ pub(crate) struct Session {
     /// Reassembles Socket.IO packets with binary attachments.
     pub(crate) decoder: Decoder,
     /// Namespaces asked for or connected, by name.
-    pub(crate) namespaces: BTreeMap<String, Namespace>,
+    pub(crate) namespaces: Namespaces,
     /// The handshake request's facts.
     pub(crate) handshake: Handshake,
     /// Set once the session has ended; it only lingers to hand over its last packets.
