@@ -147,6 +147,7 @@ struct Connection {
 /// Not an `async fn`: its argument would be stored in the future twice (once as the
 /// argument, once moved into the body), and an idle connection's task is mostly this
 /// future. An `async move` block keeps the one copy it captured.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
     async move {
         let ending = run(&mut c).await;
