@@ -43,6 +43,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+// The same allocator as the server: the load generator shares the machine with the server
+// it measures, so every cycle it spends on malloc is one the server does not get.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load generator for Heartline and servers with the same contract.
 #[derive(Debug, Parser)]
 #[command(name = "heartline-load", about)]

@@ -14,6 +14,12 @@ use heartline_runtime::config::Config;
 use heartline_runtime::{dev, server};
 use tracing_subscriber::EnvFilter;
 
+// mimalloc rather than the system allocator: with glibc's malloc, allocation and free
+// were a fifth of the server's CPU time when saturated (profiled with perf), and it packs
+// small long-lived objects more tightly.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Heartline: a Socket.IO-compatible chat gateway.
 #[derive(Debug, Parser)]
 #[command(name = "heartline", version, about)]
