@@ -9,6 +9,9 @@
 //! go back in exactly the order the operations were asked, because the core relies on it
 //! (a join's catch-up read must see every append that was acknowledged before it).
 //!
+//! A second thread checkpoints the database's log every [`CHECKPOINT_EVERY`] (see
+//! [`crate::store`] for why not inside commits); it ends with the store thread.
+//!
 //! Conversation writes from the HTTP API pass through the same queue, and their
 //! [`gateway::Input::ConversationPut`] travels back on the same channel as the append
 //! results, so the core learns a conversation's `last_seq` in order with its messages.
@@ -16,6 +19,7 @@
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use heartline_core::gateway::{self, OpId};
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +29,10 @@ use crate::store::{self, Conversation, Store, StoreError, StoredMessage};
 
 /// Most operations taken in one wake-up; bounds the latency of the first of them.
 pub const MAX_BATCH: usize = 1024;
+
+/// How often the log is checkpointed: often enough that it stays a few megabytes long at
+/// the highest send rates measured.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// Reply to a conversation write: the conversation as stored, and its last `seq`.
 pub type PutReply = oneshot::Sender<Result<(Conversation, u64), StoreError>>;
@@ -107,10 +115,39 @@ pub fn spawn(
     metrics: Arc<RuntimeMetrics>,
 ) -> std::io::Result<(StoreQueue, JoinHandle<()>)> {
     let (tx, rx) = std_mpsc::channel();
+    let checkpoints = match store.checkpointer() {
+        Ok(Some(cp)) => {
+            let (stop, stopped) = std_mpsc::channel::<()>();
+            let handle = std::thread::Builder::new()
+                .name("heartline-checkpoint".into())
+                .spawn(move || checkpoint_loop(&cp, &stopped))?;
+            Some((stop, handle))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "no checkpoint thread; the writer checkpoints by itself");
+            None
+        }
+    };
     let handle = std::thread::Builder::new()
         .name("heartline-store".into())
-        .spawn(move || run(store, rx, results, metrics))?;
+        .spawn(move || {
+            run(store, rx, results, metrics);
+            if let Some((stop, handle)) = checkpoints {
+                drop(stop);
+                let _ = handle.join();
+            }
+        })?;
     Ok((StoreQueue { tx }, handle))
+}
+
+/// Checkpoints every [`CHECKPOINT_EVERY`] until `stopped`'s sender is dropped.
+fn checkpoint_loop(cp: &store::Checkpointer, stopped: &std_mpsc::Receiver<()>) {
+    while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = cp.checkpoint() {
+            tracing::warn!(error = %e, "checkpoint failed");
+        }
+    }
 }
 
 fn run(

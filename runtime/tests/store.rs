@@ -717,3 +717,46 @@ fn recent_sends_are_grouped_by_sender_in_time_order() {
     );
     assert!(store.recent_sends(9_000).expect("read").is_empty());
 }
+
+#[test]
+fn the_checkpointer_copies_the_log_while_the_writer_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("heartline.db");
+    let wal = dir.path().join("heartline.db-wal");
+    let mut written = Vec::new();
+    {
+        let mut store = open(&path);
+        store.put_conversation("c1", &members()).expect("c1");
+        let cp = store
+            .checkpointer()
+            .expect("checkpointer")
+            .expect("a file-backed store has one");
+        let mut log_sizes = Vec::new();
+        for round in 0..5 {
+            let batch: Vec<AppendRequest> = (0..50)
+                .map(|i| req(&format!("m{round}-{i}"), "c1", "u1", None))
+                .collect();
+            written.extend(store.append_batch(&batch).iter().map(|r| stored(r).clone()));
+            let (log, copied) = cp.checkpoint().expect("checkpoint");
+            assert!(log > 0, "round {round}: the commits went to the log");
+            assert_eq!(
+                copied, log,
+                "round {round}: nothing reads, so all is copied"
+            );
+            log_sizes.push(std::fs::metadata(&wal).expect("wal").len());
+        }
+        // After each full checkpoint the next commit writes the log from its start again,
+        // so it does not grow round after round.
+        let (first, last) = (log_sizes[0], log_sizes[4]);
+        assert!(last < first * 2, "log sizes by round: {log_sizes:?}");
+    }
+    let store = open(&path);
+    assert_eq!(all_messages(&store, "c1"), written);
+    assert_eq!(written.len(), 250);
+}
+
+#[test]
+fn an_in_memory_store_has_no_checkpointer() {
+    let store = Store::open_in_memory().expect("store");
+    assert!(store.checkpointer().expect("checkpointer").is_none());
+}
