@@ -145,6 +145,24 @@ load() { "$LOAD" --addr "$ADDR" --secret "$SECRET" --api-key "$APIKEY" "$@"; }
 RUNS="$WORK/runs.jsonl"
 : >"$RUNS"
 
+# The disk's flush latency, before and after: the peer commits each message with its own
+# fsync in its event loop, so its saturation figures follow this number (on this VM it has
+# been seen to triple within an hour); Heartline's group commit does not.
+fsync_probe() {
+    python3 - "$WORK/fsync.probe" <<'PY'
+import os, sys, time, json
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+ts = []
+for _ in range(300):
+    os.write(fd, b"x" * 12288)
+    t = time.perf_counter(); os.fsync(fd); ts.append((time.perf_counter() - t) * 1000)
+os.close(fd); os.unlink(sys.argv[1]); ts.sort()
+print(json.dumps({"p50_ms": round(ts[150], 3), "p99_ms": round(ts[296], 3)}))
+PY
+}
+FSYNC_BEFORE=$(fsync_probe)
+log "fsync of 12 KiB appended: $FSYNC_BEFORE"
+
 one_run() {
     local kind=$1 round=$2 net=$3
     ADDR=$(addr_of "$kind")
@@ -250,10 +268,14 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-python3 - "$RUNS" "$OUT" "$STAMP" <<'PY'
+FSYNC_AFTER=$(fsync_probe)
+log "fsync of 12 KiB appended: $FSYNC_AFTER"
+
+python3 - "$RUNS" "$OUT" "$STAMP" "$FSYNC_BEFORE" "$FSYNC_AFTER" <<'PY'
 import json, statistics, sys, os, subprocess
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 out, stamp = sys.argv[2], sys.argv[3]
+fsync = {"before": json.loads(sys.argv[4]), "after": json.loads(sys.argv[5])}
 def get(r, f):
     try:
         return f(r)
@@ -304,7 +326,8 @@ json.dump({"date": stamp, "nproc": os.cpu_count(), "cpu": cpu,
            "settings": {k: v for k, v in os.environ.items() if k in (
                "ROUNDS", "IDLE_N", "CEIL_N", "STORM_N", "DEAD_N", "CHAT_GROUPS", "CHAT_MEMBERS",
                "CHAT_SECS", "CHAT_INFLIGHT", "CHAT_RATE", "HOLD_SECS")},
-           "table": table, "runs": runs}, open(out, "w"), indent=1)
+           "fsync_12k_ms": fsync, "table": table, "runs": runs}, open(out, "w"), indent=1)
+print(f"fsync of 12 KiB appended, before / after: {fsync['before']} / {fsync['after']}")
 print(f"\nresults: {out}")
 PY
 log "work directory (logs, per-run output): $WORK"
