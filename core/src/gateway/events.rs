@@ -443,14 +443,15 @@ impl Gateway {
                 admitted_at: now,
             },
         );
+        let created_at_ms = self.wall_ms(now);
         let request = AppendRequest {
-            id: self.rng.id20(),
+            id: self.rng.time_ordered_id(created_at_ms),
             conversation_id: send.conversation_id,
             sender_id,
             sender_type,
             content: send.content,
             temp_id: send.temp_id,
-            created_at_ms: self.wall_ms(now),
+            created_at_ms,
         };
         // MUTATION (test-only): acknowledge before the store has committed.
         #[cfg(feature = "mutations")]
