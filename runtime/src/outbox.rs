@@ -24,10 +24,9 @@
 //! counts.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::Waker;
 
 use futures_util::task::AtomicWaker;
 use heartline_core::codec::Frame;
@@ -228,25 +227,6 @@ impl Outbox {
             .map(|(code, reason)| Next::Close(code, reason))
     }
 
-    /// The next thing to send; waits for one. Returns `None` once killed or after the close.
-    pub async fn next(&self) -> Option<Next> {
-        poll_fn(|cx| {
-            self.register(cx.waker());
-            if self.is_killed() {
-                return Poll::Ready(None);
-            }
-            if let Some(n) = self.try_next() {
-                return Poll::Ready(Some(n));
-            }
-            if self.lock().ended {
-                // Closed and the close already handed out.
-                return Poll::Ready(None);
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
     /// Bytes queued now.
     pub fn bytes(&self) -> usize {
         self.lock().bytes
@@ -320,14 +300,14 @@ mod tests {
         assert_eq!(o.try_next(), None);
     }
 
-    #[tokio::test]
-    async fn close_comes_after_queued_frames() {
+    #[test]
+    fn close_comes_after_queued_frames() {
         let o = outbox(1000);
         o.push(Frame::text("4a"));
         o.close(1000, "bye");
         assert_eq!(o.push(Frame::text("4b")), Push::Closed);
-        assert_eq!(o.next().await, Some(Next::Frame(Frame::text("4a"))));
-        assert_eq!(o.next().await, Some(Next::Close(1000, "bye".into())));
-        assert_eq!(o.next().await, None);
+        assert_eq!(o.try_next(), Some(Next::Frame(Frame::text("4a"))));
+        assert_eq!(o.try_next(), Some(Next::Close(1000, "bye".into())));
+        assert_eq!(o.try_next(), None);
     }
 }

@@ -208,9 +208,10 @@ impl Store {
         conn.pragma_update(None, "checkpoint_fullfsync", true)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         // Pages are read through a memory map and kept in a larger cache than the 2 MiB
-        // default: message ids and tempIds are random, so every insert touches a random
-        // page of their indexes, and once the indexes outgrow the cache each such page was
-        // read back with a system call (a third of the store thread's time, profiled).
+        // default: tempIds are random, so every insert touches a random page of their
+        // index, and once the indexes outgrew the cache each such page was read back with
+        // a system call (a third of the store thread's time, profiled when message ids
+        // were random too).
         conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
