@@ -364,26 +364,25 @@ impl Packet {
         text
     }
 
+    /// The Engine.IO text frame of a non-binary packet whose data is JSON text already:
+    /// what [`encode`](Packet::encode) gives for the same packet, without building a
+    /// [`Value`]. For payloads written once and sent to many connections.
+    ///
+    /// `data` must be one JSON array (the caller writes it; nothing here parses it).
+    pub fn text_frame(kind: PacketType, nsp: &str, id: Option<u64>, data: &str) -> Frame {
+        debug_assert!(!kind.is_binary(), "binary packets need attachments");
+        let mut text = String::with_capacity(8 + nsp.len() + data.len());
+        text.push('4');
+        write_header(&mut text, kind, 0, nsp, id);
+        text.push_str(data);
+        Frame::text(text)
+    }
+
     fn write_text(&self, out: &mut String) {
-        debug_assert!(
-            self.nsp.is_empty() || (self.nsp.starts_with('/') && !self.nsp.contains(',')),
-            "namespace {:?} cannot be encoded",
-            self.nsp
-        );
-        // Writing to a String and displaying a Value cannot fail: map keys are strings and
-        // numbers are finite by construction, so the fmt::Results below are always Ok.
-        out.push(self.kind.as_char());
-        if self.kind.is_binary() {
-            let _ = write!(out, "{}-", self.attachments.len());
-        }
-        if !self.nsp.is_empty() && self.nsp != ROOT_NAMESPACE {
-            out.push_str(&self.nsp);
-            out.push(',');
-        }
-        if let Some(id) = self.id {
-            let _ = write!(out, "{id}");
-        }
+        write_header(out, self.kind, self.attachments.len(), &self.nsp, self.id);
         if let Some(data) = &self.data {
+            // Displaying a Value cannot fail: map keys are strings and numbers are finite
+            // by construction.
             let _ = write!(out, "{data}");
         }
     }
@@ -395,6 +394,33 @@ impl Packet {
     /// feed the text and the following binary messages to a [`Decoder`] to get them filled.
     pub fn decode(text: &str) -> Result<Packet, DecodeError> {
         decode_counted(text).map(|(packet, _)| packet)
+    }
+}
+
+/// Everything before a packet's data: type, attachment count (binary kinds), namespace
+/// (omitted for `/`), ack id.
+fn write_header(
+    out: &mut String,
+    kind: PacketType,
+    attachments: usize,
+    nsp: &str,
+    id: Option<u64>,
+) {
+    debug_assert!(
+        nsp.is_empty() || (nsp.starts_with('/') && !nsp.contains(',')),
+        "namespace {nsp:?} cannot be encoded"
+    );
+    // Writing to a String cannot fail, so the fmt::Results below are always Ok.
+    out.push(kind.as_char());
+    if kind.is_binary() {
+        let _ = write!(out, "{attachments}-");
+    }
+    if !nsp.is_empty() && nsp != ROOT_NAMESPACE {
+        out.push_str(nsp);
+        out.push(',');
+    }
+    if let Some(id) = id {
+        let _ = write!(out, "{id}");
     }
 }
 
@@ -670,6 +696,33 @@ mod tests {
 
     fn ph(num: u64) -> Value {
         Packet::placeholder(num)
+    }
+
+    #[test]
+    fn text_frame_matches_encode() {
+        let cases = [
+            (
+                PacketType::Event,
+                "/",
+                None,
+                json!(["message:new", {"a": "\"q\"\n"}]),
+            ),
+            (PacketType::Event, "", Some(7), json!(["x"])),
+            (PacketType::Ack, "/", Some(12), json!([{"ok": true}])),
+            (PacketType::Ack, "/admin", Some(0), json!([null, 1.5])),
+            (PacketType::Event, "/chat", None, json!(["é", "\u{1F600}"])),
+        ];
+        for (kind, nsp, id, data) in cases {
+            let packet = Packet {
+                kind,
+                nsp: nsp.to_owned(),
+                id,
+                data: Some(data.clone()),
+                attachments: vec![],
+            };
+            let frame = Packet::text_frame(kind, nsp, id, &data.to_string());
+            assert_eq!(vec![frame], packet.encode(), "{packet:?}");
+        }
     }
 
     #[test]

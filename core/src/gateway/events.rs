@@ -14,6 +14,7 @@ use crate::gateway::io::{
     AppendOutcome, AppendRequest, Effect, ErrorCode, Message, Notice, OpId, Output, ReadRequest,
     StoreFailure,
 };
+use crate::gateway::payload::MessageJson;
 use crate::gateway::state::{GatewayTimer, Owner};
 use crate::gateway::{Gateway, Pending};
 use crate::ids::SessionId;
@@ -400,7 +401,7 @@ impl Gateway {
             return Err(refusal_for(ErrorCode::Internal));
         };
         if let Some(t) = &send.temp_id {
-            if let Some((_, stored)) = user.recent.iter().find(|(k, _)| k == t) {
+            if let Some(stored) = user.recent.find(t) {
                 // A retry of a send already acknowledged: answer it again, store nothing.
                 let stored = stored.clone();
                 self.answer_send(now, session, ack, user_key, &stored, true);
@@ -491,19 +492,9 @@ impl Gateway {
         if duplicate {
             self.metrics.duplicates += 1;
         }
-        let m = message.to_json();
-        self.ack(
-            now,
-            session,
-            ack,
-            json!({ "ok": true, "message": m, "duplicate": duplicate }),
-        );
-        self.emit(
-            now,
-            session,
-            "message:sent",
-            json!({ "tempId": message.temp_id, "message": m }),
-        );
+        let m = MessageJson::new(message);
+        self.ack_json(now, session, ack, &m.send_ack(duplicate));
+        self.emit_json(now, session, &m.sent_event(message.temp_id.as_deref()));
         self.notice(Notice::Accepted {
             user: user.to_owned(),
             conversation_id: message.conversation_id.clone(),
@@ -534,14 +525,8 @@ impl Gateway {
             u.in_flight = u.in_flight.saturating_sub(1);
             match &result {
                 Ok(AppendOutcome::Stored(m)) | Ok(AppendOutcome::Duplicate(m)) => {
-                    if let Some(t) = &temp_id {
-                        if !u.recent.iter().any(|(k, _)| k == t) {
-                            u.recent.push_back((t.clone(), m.clone()));
-                            while u.recent.len() > remember {
-                                u.recent.pop_front();
-                            }
-                        }
-                    }
+                    // The store answers by the request's tempId, so `m` carries it.
+                    u.recent.remember(m, remember);
                 }
                 Err(_) => {}
             }
@@ -610,18 +595,20 @@ impl Gateway {
                 elsewhere.extend(u.conns.iter().filter(|s| !conv.room.contains_key(s)));
             }
         }
-        let m = message.to_json();
-        let new = self.event_packet("message:new", m.clone()).encode();
+        let m = MessageJson::new(message);
+        let nsp = &self.config.namespace;
+        let new = [SioPacket::text_frame(
+            PacketType::Event,
+            nsp,
+            None,
+            &m.new_event(),
+        )];
         for s in &room {
             let _ = self.engine.send(now, *s, &new);
         }
         if !elsewhere.is_empty() {
-            let note = self
-                .event_packet(
-                    "message:notification",
-                    json!({ "conversationId": message.conversation_id, "message": m }),
-                )
-                .encode();
+            let data = m.notification_event(&message.conversation_id);
+            let note = [SioPacket::text_frame(PacketType::Event, nsp, None, &data)];
             for s in &elsewhere {
                 let _ = self.engine.send(now, *s, &note);
             }

@@ -31,7 +31,9 @@ pub mod conversations;
 mod events;
 pub mod io;
 pub mod metrics;
+mod payload;
 pub mod rate;
+mod recent;
 mod state;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -54,6 +56,7 @@ use auth::{AuthError, Verifier};
 use budget::TokenBucket;
 use conversations::Conversations;
 use metrics::Metrics;
+use recent::RecentSends;
 use state::{Conn, Timers, User};
 
 /// A storage operation waiting for its result.
@@ -524,7 +527,7 @@ impl Gateway {
                 conns: VecDeque::new(),
                 online: false,
                 window: Default::default(),
-                recent: VecDeque::new(),
+                recent: RecentSends::default(),
                 in_flight: 0,
                 timers: Timers::default(),
             }),
@@ -706,6 +709,21 @@ impl Gateway {
             attachments: vec![],
         };
         let _ = self.engine.send_packet(now, session, &packet);
+    }
+
+    /// Emits an event whose data array (`["name", ...]`) is JSON text already.
+    fn emit_json(&mut self, now: Instant, session: SessionId, data: &str) {
+        let frame = SioPacket::text_frame(PacketType::Event, &self.config.namespace, None, data);
+        let _ = self.engine.send(now, session, &[frame]);
+    }
+
+    /// Answers a client's ack request, if it made one, with data that is JSON text already.
+    fn ack_json(&mut self, now: Instant, session: SessionId, id: Option<u64>, data: &str) {
+        let Some(id) = id else {
+            return;
+        };
+        let frame = SioPacket::text_frame(PacketType::Ack, &self.config.namespace, Some(id), data);
+        let _ = self.engine.send(now, session, &[frame]);
     }
 
     fn next_op(&mut self) -> OpId {

@@ -3,8 +3,8 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use crate::gateway::budget::TokenBucket;
-use crate::gateway::io::Message;
 use crate::gateway::rate::SlidingWindow;
+use crate::gateway::recent::RecentSends;
 use crate::ids::SessionId;
 use crate::timer::{TimerKind, TimerTable};
 
@@ -91,7 +91,7 @@ pub(crate) struct User {
     /// Accepted sends within the last window.
     pub(crate) window: SlidingWindow,
     /// Recently accepted messages by `tempId`, newest last, to answer retries at once.
-    pub(crate) recent: VecDeque<(String, Message)>,
+    pub(crate) recent: RecentSends,
     /// Appends in flight.
     pub(crate) in_flight: usize,
     /// Deadlines.
