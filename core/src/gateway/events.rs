@@ -519,27 +519,12 @@ impl Gateway {
         else {
             return;
         };
-        let remember = self.config.temp_ids_remembered;
-        let window_ms = self.config.rate_window_ms;
-        if let Some(u) = self.users.get_mut(&user) {
-            u.in_flight = u.in_flight.saturating_sub(1);
-            match &result {
-                Ok(AppendOutcome::Stored(m)) | Ok(AppendOutcome::Duplicate(m)) => {
-                    // The store answers by the request's tempId, so `m` carries it.
-                    u.recent.remember(m, remember);
-                }
-                Err(_) => {}
-            }
-            if !matches!(result, Ok(AppendOutcome::Stored(_))) {
-                // Not a new accepted send: its place in the window is given back.
-                u.window.refund(admitted_at, window_ms);
-            }
-        }
         let live = self.conns.contains_key(&session);
         // MUTATION (test-only): the sender was answered before the store committed.
         #[cfg(feature = "mutations")]
         let live = live && !self.config.engine.mutations.ack_before_persist;
-        match result {
+        let stored = matches!(result, Ok(AppendOutcome::Stored(_)));
+        let answered = match result {
             Ok(AppendOutcome::Stored(message)) => {
                 if let Some(conv) = self.conversations.get_mut(&message.conversation_id) {
                     conv.last_seq = conv.last_seq.max(message.seq);
@@ -555,11 +540,13 @@ impl Gateway {
                     });
                 }
                 self.fan_out(now, &message);
+                Some(message)
             }
             Ok(AppendOutcome::Duplicate(message)) => {
                 if live {
                     self.answer_send(now, session, ack, &user, &message, true);
                 }
+                Some(message)
             }
             Err(_) => {
                 *self.metrics.send_refused.entry("internal").or_default() += 1;
@@ -577,6 +564,20 @@ impl Gateway {
                         json!({ "error": r.error, "code": r.code.as_str(), "tempId": temp_id }),
                     );
                 }
+                None
+            }
+        };
+        let remember = self.config.temp_ids_remembered;
+        let window_ms = self.config.rate_window_ms;
+        if let Some(u) = self.users.get_mut(&user) {
+            u.in_flight = u.in_flight.saturating_sub(1);
+            if let Some(message) = answered {
+                // The store answers by the request's tempId, so `message` carries it.
+                u.recent.remember(message, remember);
+            }
+            if !stored {
+                // Not a new accepted send: its place in the window is given back.
+                u.window.refund(admitted_at, window_ms);
             }
         }
         self.reclaim_user(&user);

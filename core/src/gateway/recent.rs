@@ -33,7 +33,7 @@ impl RecentSends {
 
     /// Remembers `message` under its `tempId` (nothing without one, nothing if that
     /// `tempId` is remembered already), keeping at most `cap` messages.
-    pub(crate) fn remember(&mut self, message: &Message, cap: usize) {
+    pub(crate) fn remember(&mut self, message: Message, cap: usize) {
         let Some(temp_id) = message.temp_id.as_deref() else {
             return;
         };
@@ -68,13 +68,13 @@ mod tests {
     #[test]
     fn finds_by_temp_id_and_forgets_the_oldest() {
         let mut r = RecentSends::default();
-        r.remember(&msg(1, Some("a")), 2);
-        r.remember(&msg(2, None), 2);
-        r.remember(&msg(3, Some("b")), 2);
-        r.remember(&msg(4, Some("a")), 2); // already remembered: kept as first stored
+        r.remember(msg(1, Some("a")), 2);
+        r.remember(msg(2, None), 2);
+        r.remember(msg(3, Some("b")), 2);
+        r.remember(msg(4, Some("a")), 2); // already remembered: kept as first stored
         assert_eq!(r.find("a").map(|m| m.seq), Some(1));
         assert_eq!(r.find("b").map(|m| m.seq), Some(3));
-        r.remember(&msg(5, Some("c")), 2);
+        r.remember(msg(5, Some("c")), 2);
         assert_eq!(r.find("a"), None);
         assert_eq!(r.find("b").map(|m| m.seq), Some(3));
         assert_eq!(r.find("c").map(|m| m.seq), Some(5));
@@ -84,7 +84,7 @@ mod tests {
     #[test]
     fn equal_fingerprints_still_compare_the_strings() {
         let mut r = RecentSends::default();
-        r.remember(&msg(1, Some("a")), 4);
+        r.remember(msg(1, Some("a")), 4);
         // Plant an entry whose fingerprint collides with "z" but whose tempId differs.
         r.entries.push_back((fingerprint("z"), msg(2, Some("y"))));
         assert_eq!(r.find("z"), None);
