@@ -536,16 +536,15 @@ fn append_one<'r>(
     req: &'r AppendRequest,
     last_seqs: &mut HashMap<&'r str, Option<u64>>,
 ) -> Result<Result<AppendOutcome, StoreError>, StoreError> {
-    if let Some(temp_id) = &req.temp_id {
-        if let Some(existing) = find_by_temp_id(conn, &req.sender_id, &req.sender_type, temp_id)? {
-            return Ok(Ok(AppendOutcome::Duplicate(existing)));
-        }
-    }
     let Ok(created_at) = i64::try_from(req.created_at_ms) else {
-        return Ok(Err(StoreError::OutOfRange {
-            field: "created_at_ms",
-            value: req.created_at_ms,
-        }));
+        return refuse(
+            conn,
+            req,
+            StoreError::OutOfRange {
+                field: "created_at_ms",
+                value: req.created_at_ms,
+            },
+        );
     };
     let last_seq = match last_seqs.get(req.conversation_id.as_str()) {
         Some(known) => *known,
@@ -556,37 +555,39 @@ fn append_one<'r>(
         }
     };
     let Some(last_seq) = last_seq else {
-        return Ok(Err(StoreError::UnknownConversation(
-            req.conversation_id.clone(),
-        )));
+        let unknown = StoreError::UnknownConversation(req.conversation_id.clone());
+        return refuse(conn, req, unknown);
     };
-    let id_taken: bool = conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM messages WHERE id = ?1)")?
-        .query_row([&req.id], |row| row.get(0))?;
-    if id_taken {
-        return Ok(Err(StoreError::DuplicateMessageId(req.id.clone())));
-    }
     let seq = last_seq.saturating_add(1);
     let Ok(seq_db) = i64::try_from(seq) else {
-        return Ok(Err(StoreError::OutOfRange {
+        let err = StoreError::OutOfRange {
             field: "seq",
             value: seq,
-        }));
+        };
+        return refuse(conn, req, err);
     };
-    conn.prepare_cached(
-        "INSERT INTO messages (conversation_id, seq, id, sender_id, sender_type, content, \
-         temp_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        req.conversation_id,
-        seq_db,
-        req.id,
-        req.sender_id,
-        req.sender_type,
-        req.content,
-        req.temp_id,
-        created_at,
-    ])?;
+    // A used tempId or id makes the insert do nothing; only then is it looked up which
+    // one it was, so the common case costs one statement and no index probe of its own.
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO messages (conversation_id, seq, id, sender_id, sender_type, content, \
+             temp_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (sender_id, sender_type, temp_id) WHERE temp_id IS NOT NULL DO NOTHING \
+             ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![
+            req.conversation_id,
+            seq_db,
+            req.id,
+            req.sender_id,
+            req.sender_type,
+            req.content,
+            req.temp_id,
+            created_at,
+        ])?;
+    if inserted == 0 {
+        return refuse(conn, req, StoreError::DuplicateMessageId(req.id.clone()));
+    }
     last_seqs.insert(&req.conversation_id, Some(seq));
     Ok(Ok(AppendOutcome::Stored(StoredMessage {
         id: req.id.clone(),
@@ -598,6 +599,21 @@ fn append_one<'r>(
         temp_id: req.temp_id.clone(),
         created_at_ms: req.created_at_ms,
     })))
+}
+
+/// A request that cannot be stored as new: if its sender already used its `tempId`, that
+/// is the answer (a retry is a duplicate, whatever else is wrong with it); otherwise `err`.
+fn refuse(
+    conn: &Connection,
+    req: &AppendRequest,
+    err: StoreError,
+) -> Result<Result<AppendOutcome, StoreError>, StoreError> {
+    if let Some(temp_id) = &req.temp_id {
+        if let Some(existing) = find_by_temp_id(conn, &req.sender_id, &req.sender_type, temp_id)? {
+            return Ok(Ok(AppendOutcome::Duplicate(existing)));
+        }
+    }
+    Ok(Err(err))
 }
 
 /// The highest stored seq of a conversation (0 without messages), or `None` if the
