@@ -366,7 +366,7 @@ fn deliver(
                 Some(n) => n.to_owned(),
                 None => return,
             };
-            let args = packet.args().to_vec();
+            let args = packet.into_args();
             let _ = events.send(ClientEvent::Event { name, args });
         }
         PacketType::Ack | PacketType::BinaryAck => {
@@ -375,7 +375,7 @@ fn deliver(
             };
             let waiter = acks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             if let Some(w) = waiter {
-                let _ = w.send(packet.args().to_vec());
+                let _ = w.send(packet.into_args());
             }
         }
         PacketType::Disconnect => {

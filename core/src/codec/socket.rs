@@ -310,6 +310,23 @@ impl Packet {
         }
     }
 
+    /// The arguments, as [`args`](Packet::args) gives them, taken out of the packet
+    /// without copying them.
+    pub fn into_args(self) -> Vec<Value> {
+        let skip = match self.kind {
+            PacketType::Event | PacketType::BinaryEvent => 1,
+            PacketType::Ack | PacketType::BinaryAck => 0,
+            _ => return Vec::new(),
+        };
+        match self.data {
+            Some(Value::Array(mut items)) if items.len() >= skip => {
+                items.drain(..skip);
+                items
+            }
+            _ => Vec::new(),
+        }
+    }
+
     fn array(&self) -> Option<&Vec<Value>> {
         self.data.as_ref()?.as_array()
     }
@@ -696,6 +713,21 @@ mod tests {
 
     fn ph(num: u64) -> Value {
         Packet::placeholder(num)
+    }
+
+    #[test]
+    fn into_args_equals_args() {
+        for wire in [
+            r#"2["ev",1,{"a":2}]"#,
+            r#"2["ev"]"#,
+            r#"31[{"ok":true},2]"#,
+            "3/x,4[]",
+            r#"0{"token":"t"}"#,
+            "1",
+        ] {
+            let p = Packet::decode(wire).unwrap_or_else(|e| panic!("{wire}: {e}"));
+            assert_eq!(p.args().to_vec(), p.clone().into_args(), "{wire}");
+        }
     }
 
     #[test]
