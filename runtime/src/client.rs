@@ -42,6 +42,10 @@ pub struct ClientOptions {
     pub answer_pings: bool,
     /// Bound on the whole connect, and the default wait of the helpers.
     pub timeout: Duration,
+    /// Events, by name, handed over unparsed as [`ClientEvent::Raw`]: for a load generator
+    /// that reads one or two fields of many events and should not spend its CPU building
+    /// a `Value` for each. Events that ask for an ack are parsed as usual.
+    pub raw_events: Vec<String>,
 }
 
 impl Default for ClientOptions {
@@ -52,6 +56,7 @@ impl Default for ClientOptions {
             headers: vec![],
             answer_pings: true,
             timeout: Duration::from_secs(5),
+            raw_events: vec![],
         }
     }
 }
@@ -117,6 +122,12 @@ pub enum ClientEvent {
         name: String,
         /// Its arguments.
         args: Vec<Value>,
+    },
+    /// An EVENT named in [`ClientOptions::raw_events`], unparsed: its data array as JSON
+    /// text, name first (`["message:new",{...}]`).
+    Raw {
+        /// The JSON array.
+        data: String,
     },
     /// A Socket.IO DISCONNECT of the namespace (`io server disconnect`).
     Disconnect,
@@ -327,11 +338,12 @@ async fn connect_inner_with(
         let acks = acks.clone();
         let answer = answer_pings.clone();
         let nsp = options.namespace.clone();
+        let raw = RawEvents::new(&nsp, &options.raw_events);
         tokio::spawn(async move {
             for p in early {
                 deliver(p, &nsp, &ev_tx, &acks);
             }
-            read_loop(stream, nsp, out, ev_tx, acks.clone(), answer).await;
+            read_loop(stream, nsp, raw, out, ev_tx, acks.clone(), answer).await;
             // Nothing more will be answered: fail the waiting acks at once.
             acks.lock().unwrap_or_else(|e| e.into_inner()).clear();
         })
@@ -385,9 +397,43 @@ fn deliver(
     }
 }
 
+/// Recognises the events to hand over unparsed by the start of their packet text:
+/// `2`, the namespace unless `/`, then `["name",`. An ack id would come before the `[`,
+/// so an event that asks for an ack never matches.
+#[derive(Debug)]
+struct RawEvents {
+    prefixes: Vec<String>,
+}
+
+impl RawEvents {
+    fn new(nsp: &str, names: &[String]) -> RawEvents {
+        let header = if nsp == "/" {
+            String::from("2")
+        } else {
+            format!("2{nsp},")
+        };
+        let prefixes = names
+            .iter()
+            .map(|n| format!("{header}[{},", Value::from(n.as_str())))
+            .collect();
+        RawEvents { prefixes }
+    }
+
+    /// The data array of `text` (a Socket.IO packet) if it is one of the raw events.
+    fn data<'t>(&self, text: &'t str) -> Option<&'t str> {
+        let p = self
+            .prefixes
+            .iter()
+            .find(|p| text.starts_with(p.as_str()))?;
+        let bracket = p.rfind('[')?;
+        text.get(bracket..)
+    }
+}
+
 async fn read_loop(
     mut stream: SplitStream<Ws>,
     nsp: String,
+    raw: RawEvents,
     out: mpsc::UnboundedSender<Message>,
     events: mpsc::UnboundedSender<ClientEvent>,
     acks: Acks,
@@ -436,7 +482,13 @@ async fn read_loop(
                 let _ = out.send(to_message(EnginePacket::Pong(p).to_frame()));
             }
             EnginePacket::Message(data) => {
-                if let Ok(Some(p)) = decoder.feed(data) {
+                let unparsed = match &data {
+                    Data::Text(text) if !decoder.is_pending() => raw.data(text).map(str::to_owned),
+                    _ => None,
+                };
+                if let Some(data) = unparsed {
+                    let _ = events.send(ClientEvent::Raw { data });
+                } else if let Ok(Some(p)) = decoder.feed(data) {
                     deliver(p, &nsp, &events, &acks);
                 }
             }

@@ -179,6 +179,53 @@ async fn join_send_ack_fan_out_and_notification() {
 }
 
 #[tokio::test]
+async fn raw_events_arrive_unparsed_and_others_parsed() {
+    let mut server = TestServer::start(|_| {}).await;
+    server.conversation("c1", &["alice:customer"]).await;
+    let opts = ClientOptions {
+        raw_events: vec!["message:new".into()],
+        ..ClientOptions::with_token(&token("alice", "customer", 3600))
+    };
+    let mut alice = try_connect(server.addr, opts)
+        .await
+        .client()
+        .expect("connected");
+    alice
+        .wait_event("connection:success")
+        .await
+        .expect("success");
+    let join = alice
+        .emit_ack("conversation:join", json!({"conversationId": "c1"}))
+        .await
+        .expect("join");
+    assert_eq!(join["ok"], true, "{join}");
+    let ack = alice
+        .emit_ack(
+            "message:send",
+            json!({"conversationId": "c1", "content": "a \"quoted\" é", "tempId": "r1"}),
+        )
+        .await
+        .expect("send ack");
+    assert_eq!(ack["ok"], true, "{ack}");
+    // message:new comes as its text, the rest (message:sent) parsed as usual.
+    let (mut raw, mut sent) = (None, None);
+    while raw.is_none() || sent.is_none() {
+        match alice.next(Duration::from_secs(5)).await.expect("event") {
+            ClientEvent::Raw { data } => raw = Some(data),
+            ClientEvent::Event { name, args } if name == "message:sent" => sent = Some(args),
+            ClientEvent::Event { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let raw = raw.expect("raw");
+    assert!(raw.starts_with(r#"["message:new",{"#), "{raw}");
+    let parsed: Value = serde_json::from_str(&raw).expect("JSON");
+    assert_eq!(parsed, json!(["message:new", ack["message"]]));
+    assert_eq!(sent.expect("sent")[0]["message"], ack["message"]);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn duplicate_temp_id_returns_the_stored_message() {
     let mut server = TestServer::start(|_| {}).await;
     server.conversation("c1", &["alice:customer"]).await;

@@ -25,6 +25,7 @@
 //! address) so that one run can go past the ~28,000 ephemeral ports of one address pair.
 //! Loopback only: the server address must be in 127.0.0.0/8.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use heartline_core::gateway::auth::{issue, Claims};
 use heartline_runtime::client::{self, Client, ClientEvent, ClientOptions};
+use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -198,7 +200,14 @@ fn source(common: &Common, i: usize) -> Ipv4Addr {
 
 /// Opens a TCP connection from the source address of connection `i` and connects the
 /// namespace as `user`.
-async fn open(common: &Common, i: usize, user: &str, timeout: Duration) -> Result<Client, String> {
+/// `raw` names the events to receive unparsed ([`ClientEvent::Raw`]).
+async fn open(
+    common: &Common,
+    i: usize,
+    user: &str,
+    timeout: Duration,
+    raw: &[&str],
+) -> Result<Client, String> {
     let src = SocketAddrV4::new(source(common, i), 0);
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     socket
@@ -210,6 +219,7 @@ async fn open(common: &Common, i: usize, user: &str, timeout: Duration) -> Resul
         .map_err(|e| format!("connect: {e}"))?;
     let opts = ClientOptions {
         timeout,
+        raw_events: raw.iter().map(|e| (*e).to_owned()).collect(),
         ..ClientOptions::with_token(&token(&common.secret, user)?)
     };
     client::connect_over(stream, common.addr, opts)
@@ -364,7 +374,7 @@ where
             let Ok(_permit) = sem.acquire_owned().await else {
                 return;
             };
-            match open(&common, i, &user, timeout).await {
+            match open(&common, i, &user, timeout, &[]).await {
                 Ok(c) => {
                     ok.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(each(i, c));
@@ -527,6 +537,15 @@ struct ChatPlan {
     size: usize,
 }
 
+/// The two fields of a `message:new` that the chat scenario reads.
+#[derive(serde::Deserialize)]
+struct NewMessage<'a> {
+    #[serde(rename = "senderId", borrow)]
+    sender_id: Cow<'a, str>,
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+}
+
 type PendingAck =
     std::pin::Pin<Box<dyn std::future::Future<Output = (Instant, Option<Vec<Value>>)> + Send>>;
 
@@ -629,22 +648,17 @@ async fn chat_user(
                 }
             }
             ev = c.next(Duration::from_secs(3600)) => match ev {
-                Ok(ClientEvent::Event { name, args }) if name == "message:new" => {
+                Ok(ClientEvent::Raw { data }) => {
                     let at = Instant::now();
                     if at >= plan.measure_from && at <= plan.end {
                         st.deliveries += 1;
                     }
-                    let m = args.first();
-                    let from_other = m
-                        .and_then(|m| m.get("senderId"))
-                        .and_then(Value::as_str)
-                        .is_some_and(|s| s != me);
-                    let stamp = m
-                        .and_then(|m| m.get("content"))
-                        .and_then(Value::as_str)
-                        .and_then(|s| s.get(..20))
-                        .and_then(|s| s.parse::<u64>().ok());
-                    if let (true, Some(ns)) = (from_other, stamp) {
+                    // Only two fields are read: decode them borrowed, build nothing else.
+                    let stamp = serde_json::from_str::<(IgnoredAny, NewMessage<'_>)>(&data)
+                        .ok()
+                        .filter(|(_, m)| m.sender_id != me)
+                        .and_then(|(_, m)| m.content.get(..20)?.parse::<u64>().ok());
+                    if let Some(ns) = stamp {
                         let sent = base() + Duration::from_nanos(ns);
                         if sent >= plan.measure_from {
                             st.fan_lat.push(at.saturating_duration_since(sent));
@@ -694,7 +708,7 @@ async fn chat(
     // Connect and join everyone first.
     let mut clients = Vec::with_capacity(n);
     for (i, (user, conv)) in users.iter().enumerate() {
-        let mut c = match open(&common, i, user, Duration::from_secs(30)).await {
+        let mut c = match open(&common, i, user, Duration::from_secs(30), &["message:new"]).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("heartline-load: connect {user}: {e}");
@@ -848,7 +862,7 @@ async fn storm_client(
         } else {
             first.acquire().await.ok()
         };
-        let opened = open(&common, i, &user, Duration::from_secs(20)).await;
+        let opened = open(&common, i, &user, Duration::from_secs(20), &[]).await;
         drop(permit);
         match opened {
             Ok(mut c) => {
@@ -1083,7 +1097,7 @@ async fn pairs_user(
     in_flight: usize,
     size: usize,
 ) -> Result<Vec<Duration>, String> {
-    let mut c = open(&common, i, &user, Duration::from_secs(30)).await?;
+    let mut c = open(&common, i, &user, Duration::from_secs(30), &[]).await?;
     let ack = c
         .emit_ack("conversation:join", json!({"conversationId": conversation}))
         .await
