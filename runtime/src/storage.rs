@@ -165,13 +165,16 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut appends: Vec<(OpId, store::AppendRequest)> = vec![];
+        let mut appends = Appends::default();
         let mut stop = false;
         for job in jobs.drain(..) {
             match job {
                 // Asked after the stop: dropped, its caller sees the store gone.
                 _ if stop => {}
-                Job::Append { op, request } => appends.push((op, request)),
+                Job::Append { op, request } => {
+                    appends.ops.push(op);
+                    appends.requests.push(request);
+                }
                 Job::Stop => {
                     commit(&mut store, &mut appends, &results, &metrics);
                     stop = true;
@@ -190,24 +193,32 @@ fn run(
     tracing::debug!("store thread stopped");
 }
 
+/// A run of consecutive appends: the core's operation ids and, in the same order, the
+/// requests (kept apart so the batch is handed to the store without copying it).
+#[derive(Debug, Default)]
+struct Appends {
+    ops: Vec<OpId>,
+    requests: Vec<store::AppendRequest>,
+}
+
 /// Appends a run of requests in one transaction and answers each.
 fn commit(
     store: &mut Store,
-    appends: &mut Vec<(OpId, store::AppendRequest)>,
+    appends: &mut Appends,
     results: &mpsc::UnboundedSender<gateway::Input>,
     metrics: &RuntimeMetrics,
 ) {
-    if appends.is_empty() {
+    if appends.ops.is_empty() {
         return;
     }
-    let requests: Vec<store::AppendRequest> = appends.iter().map(|(_, r)| r.clone()).collect();
-    let outcomes = store.append_batch(&requests);
+    let outcomes = store.append_batch(&appends.requests);
+    appends.requests.clear();
     RuntimeMetrics::inc(&metrics.store_batches);
     metrics.store_appends.fetch_add(
         outcomes.iter().filter(|o| o.is_ok()).count() as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
-    for ((op, _), outcome) in appends.drain(..).zip(outcomes) {
+    for (op, outcome) in appends.ops.drain(..).zip(outcomes) {
         let result = outcome.map_err(|e| {
             RuntimeMetrics::inc(&metrics.store_failures);
             tracing::warn!(%op, error = %e, "append failed");
