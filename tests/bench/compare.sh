@@ -20,8 +20,8 @@
 # SKIP_BUILD=1 (use the binaries already built).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-BENCH="$ROOT/tests/bench"
+# shellcheck source=tests/bench/common.sh
+. "$(dirname "$0")/common.sh"
 ROUNDS=${ROUNDS:-2}
 IDLE_N=${IDLE_N:-10000}
 CEIL_N=${CEIL_N:-19900}
@@ -34,22 +34,12 @@ CHAT_INFLIGHT=${CHAT_INFLIGHT:-4}
 CHAT_RATE=${CHAT_RATE:-500}
 HOLD_SECS=${HOLD_SECS:-25}
 export ROUNDS IDLE_N CEIL_N STORM_N DEAD_N CHAT_GROUPS CHAT_MEMBERS CHAT_SECS CHAT_INFLIGHT CHAT_RATE HOLD_SECS
-PING_INTERVAL=10000
-PING_TIMEOUT=10000
-HEARTBEAT=10000
-SECRET=bench-secret
 APIKEY=bench-key
 HL_ADDR=127.0.0.1:3102
 PEER_ADDR=127.0.0.1:3103
 TICK=$(getconf CLK_TCK)
 WORK=$(mktemp -d /tmp/heartline-bench.XXXXXX)
-STAMP=$(date -u +%Y-%m-%dT%H-%M-%SZ)
-mkdir -p "$BENCH/results"
 OUT="$BENCH/results/compare-$STAMP.json"
-LOAD="$ROOT/target/release/heartline-load"
-HL="$ROOT/target/release/heartline"
-
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 SERVER_PID=
 LOAD_PIDS=()
@@ -59,9 +49,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+build_release
 if [ -z "${SKIP_BUILD:-}" ]; then
-    log "building release binaries"
-    (cd "$ROOT" && cargo build --release -p heartline-runtime --bin heartline --bin heartline-load)
     if [ ! -e "$ROOT/tests/peer/node_modules/better-sqlite3/build/Release/better_sqlite3.node" ]; then
         log "installing the peer's pinned packages (compiles better-sqlite3, ~2 min)"
         (cd "$ROOT/tests/peer" && npm ci --no-audit --no-fund >/dev/null)

@@ -16,25 +16,15 @@
 # SKIP_BUILD=1 (use the binaries already built).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-BENCH="$ROOT/tests/bench"
+# shellcheck source=tests/bench/common.sh
+. "$(dirname "$0")/common.sh"
 SERVERS=${SERVERS:-5}
 PER_SERVER=${PER_SERVER:-19800}
 LOAD_CONNS=${LOAD_CONNS:-9900}
 HOLD_SECS=${HOLD_SECS:-40}
-PING_INTERVAL=10000
-PING_TIMEOUT=10000
-HEARTBEAT=10000
-SECRET=bench-secret
 BASE_PORT=3120
 WORK=$(mktemp -d /tmp/heartline-scale.XXXXXX)
-STAMP=$(date -u +%Y-%m-%dT%H-%M-%SZ)
-mkdir -p "$BENCH/results"
 OUT="$BENCH/results/scale-$STAMP.json"
-LOAD="$ROOT/target/release/heartline-load"
-HL="$ROOT/target/release/heartline"
-
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 SERVER_PIDS=()
 LOAD_PIDS=()
@@ -43,10 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ -z "${SKIP_BUILD:-}" ]; then
-    log "building release binaries"
-    (cd "$ROOT" && cargo build --release -p heartline-runtime --bin heartline --bin heartline-load)
-fi
+build_release
 
 metric_sum() { # metric_sum ADDR PREFIX: sum of every sample whose name starts with PREFIX
     curl -sf "http://$1/metrics" | awk -v k="$2" 'index($1, k) == 1 {s += $2} END {print s + 0}'
