@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use heartline_core::gateway::metrics::LATENCY_BUCKETS_MS;
 use heartline_core::gateway::Gateway;
@@ -43,6 +44,60 @@ pub struct RuntimeMetrics {
     pub store_appends: AtomicU64,
     /// Store operations that failed.
     pub store_failures: AtomicU64,
+    /// How long each group commit took, fsync included: what every acknowledged send
+    /// waits for, and the first thing to look at when ack latency grows.
+    pub store_commit: CommitHistogram,
+}
+
+/// Upper bounds, in microseconds, of the commit-duration buckets: a flush takes from tens
+/// of microseconds on a fast SSD to tens of milliseconds on a busy disk.
+pub const COMMIT_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// A histogram of durations over [`COMMIT_BUCKETS_US`], written by one thread, read by
+/// scrapes; lock-free.
+#[derive(Debug, Default)]
+pub struct CommitHistogram {
+    /// Observations at or under each bound (not cumulative; rendering sums).
+    buckets: [AtomicU64; COMMIT_BUCKETS_US.len()],
+    /// Sum of all observations, in microseconds.
+    sum_us: AtomicU64,
+    /// Number of observations.
+    count: AtomicU64,
+}
+
+impl CommitHistogram {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = COMMIT_BUCKETS_US.iter().position(|&b| us <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = self
+            .sum_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_add(us))
+            });
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Appends the Prometheus histogram `name` (in seconds).
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        family(out, name, "histogram", help);
+        let mut cumulative = 0u64;
+        for (bound, n) in COMMIT_BUCKETS_US.iter().zip(self.buckets.iter()) {
+            cumulative += get(n);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        // Read after the buckets: a commit observed in between makes +Inf at worst one
+        // higher than the last bucket, never lower.
+        let count = get(&self.count).max(cumulative);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", get(&self.sum_us) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
 }
 
 impl RuntimeMetrics {
@@ -370,6 +425,40 @@ fn render_runtime(out: &mut String, rt: &RuntimeMetrics, draining: bool) {
         "heartline_store_failures_total",
         get(&rt.store_failures),
     );
+    rt.store_commit.render(
+        out,
+        "heartline_store_commit_seconds",
+        "Duration of each store group commit, fsync included.",
+    );
     family(out, "heartline_draining", "gauge", "1 while shutting down.");
     sample(out, "heartline_draining", u64::from(draining));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_histogram_is_cumulative_in_seconds() {
+        let h = CommitHistogram::default();
+        for us in [50, 100, 300, 3_000, 2_000_000] {
+            h.observe(Duration::from_micros(us));
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        let value = |key: &str| -> String {
+            out.lines()
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
+                .unwrap_or_else(|| panic!("{key} missing in\n{out}"))
+        };
+        assert_eq!(value("x_bucket{le=\"0.0001\"}"), "2");
+        assert_eq!(value("x_bucket{le=\"0.00025\"}"), "2");
+        assert_eq!(value("x_bucket{le=\"0.0005\"}"), "3");
+        assert_eq!(value("x_bucket{le=\"0.005\"}"), "4");
+        assert_eq!(value("x_bucket{le=\"1\"}"), "4");
+        assert_eq!(value("x_bucket{le=\"+Inf\"}"), "5");
+        assert_eq!(value("x_count"), "5");
+        assert_eq!(value("x_sum"), "2.00345");
+        assert!(out.contains("# TYPE x histogram"));
+    }
 }

@@ -211,7 +211,9 @@ fn commit(
     if appends.ops.is_empty() {
         return;
     }
+    let started = std::time::Instant::now();
     let outcomes = store.append_batch(&appends.requests);
+    metrics.store_commit.observe(started.elapsed());
     appends.requests.clear();
     RuntimeMetrics::inc(&metrics.store_batches);
     metrics.store_appends.fetch_add(

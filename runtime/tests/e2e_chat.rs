@@ -403,6 +403,15 @@ async fn leave_history_and_admin_metrics() {
         .await
         .expect("note");
     assert_eq!(note["message"]["content"], "hi");
+    // The send's group commit was timed.
+    let m = server.metrics().await;
+    let commits = metric(&m, "heartline_store_commit_seconds_count").unwrap_or(0.0);
+    assert!(commits >= 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "heartline_store_commit_seconds_bucket{le=\"+Inf\"}"),
+        Some(commits)
+    );
+    assert!(metric(&m, "heartline_store_commit_seconds_sum").is_some_and(|s| s > 0.0));
 
     // metrics:request is answered for admin tokens only.
     alice.emit("metrics:request", Value::Null).expect("emit");
