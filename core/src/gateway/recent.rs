@@ -1,8 +1,9 @@
 //! A user's recently accepted messages, by `tempId`, to answer retries at once.
 //!
 //! Every send with a `tempId` looks here first, and every accepted one is added, so a
-//! lookup must not cost a string comparison per remembered message: each entry keeps a
-//! 64-bit fingerprint of its `tempId` (FNV-1a, the same on every run and every node) and
+//! lookup must not cost a string comparison per remembered message: each entry has a
+//! 64-bit fingerprint of its `tempId` (FNV-1a, the same on every run and every node),
+//! kept apart from the messages so that a lookup scans one small contiguous array, and
 //! only a matching fingerprint leads to comparing the strings.
 
 use std::collections::VecDeque;
@@ -12,7 +13,9 @@ use crate::gateway::io::Message;
 /// The last accepted messages that carried a `tempId`, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct RecentSends {
-    entries: VecDeque<(u64, Message)>,
+    /// Fingerprints of the messages' tempIds, index for index with `messages`.
+    keys: VecDeque<u64>,
+    messages: VecDeque<Message>,
 }
 
 fn fingerprint(temp_id: &str) -> u64 {
@@ -25,9 +28,10 @@ impl RecentSends {
     /// The remembered message sent with `temp_id`, if any.
     pub(crate) fn find(&self, temp_id: &str) -> Option<&Message> {
         let key = fingerprint(temp_id);
-        self.entries
+        self.keys
             .iter()
-            .find(|(k, m)| *k == key && m.temp_id.as_deref() == Some(temp_id))
+            .zip(&self.messages)
+            .find(|(k, m)| **k == key && m.temp_id.as_deref() == Some(temp_id))
             .map(|(_, m)| m)
     }
 
@@ -40,10 +44,11 @@ impl RecentSends {
         if self.find(temp_id).is_some() {
             return;
         }
-        self.entries
-            .push_back((fingerprint(temp_id), message.clone()));
-        while self.entries.len() > cap {
-            self.entries.pop_front();
+        self.keys.push_back(fingerprint(temp_id));
+        self.messages.push_back(message);
+        while self.messages.len() > cap {
+            self.keys.pop_front();
+            self.messages.pop_front();
         }
     }
 }
@@ -86,7 +91,8 @@ mod tests {
         let mut r = RecentSends::default();
         r.remember(msg(1, Some("a")), 4);
         // Plant an entry whose fingerprint collides with "z" but whose tempId differs.
-        r.entries.push_back((fingerprint("z"), msg(2, Some("y"))));
+        r.keys.push_back(fingerprint("z"));
+        r.messages.push_back(msg(2, Some("y")));
         assert_eq!(r.find("z"), None);
         assert_eq!(r.find("y"), None); // its fingerprint is not that of "y"
         assert_eq!(r.find("a").map(|m| m.seq), Some(1));
