@@ -39,7 +39,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, Statement, TransactionBehavior};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -420,8 +420,12 @@ impl Store {
         // Last seq per conversation seen in this batch; `None` means unknown conversation.
         let mut last_seqs: HashMap<&str, Option<u64>> = HashMap::new();
         let mut results = Vec::with_capacity(reqs.len());
-        for req in reqs {
-            results.push(append_one(&tx, req, &mut last_seqs)?);
+        {
+            // Looked up in the statement cache once per batch, not once per message.
+            let mut insert = tx.prepare_cached(INSERT_MESSAGE)?;
+            for req in reqs {
+                results.push(append_one(&tx, &mut insert, req, &mut last_seqs)?);
+            }
         }
         tx.commit()?;
         Ok(results)
@@ -531,8 +535,15 @@ impl Store {
     }
 }
 
+/// Inserts one message; a used tempId or id makes it do nothing (see [`append_one`]).
+const INSERT_MESSAGE: &str = "INSERT INTO messages (conversation_id, seq, id, sender_id, \
+     sender_type, content, temp_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+     ON CONFLICT (sender_id, sender_type, temp_id) WHERE temp_id IS NOT NULL DO NOTHING \
+     ON CONFLICT (id) DO NOTHING";
+
 fn append_one<'r>(
     conn: &Connection,
+    insert: &mut Statement<'_>,
     req: &'r AppendRequest,
     last_seqs: &mut HashMap<&'r str, Option<u64>>,
 ) -> Result<Result<AppendOutcome, StoreError>, StoreError> {
@@ -568,23 +579,16 @@ fn append_one<'r>(
     };
     // A used tempId or id makes the insert do nothing; only then is it looked up which
     // one it was, so the common case costs one statement and no index probe of its own.
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO messages (conversation_id, seq, id, sender_id, sender_type, content, \
-             temp_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-             ON CONFLICT (sender_id, sender_type, temp_id) WHERE temp_id IS NOT NULL DO NOTHING \
-             ON CONFLICT (id) DO NOTHING",
-        )?
-        .execute(params![
-            req.conversation_id,
-            seq_db,
-            req.id,
-            req.sender_id,
-            req.sender_type,
-            req.content,
-            req.temp_id,
-            created_at,
-        ])?;
+    let inserted = insert.execute(params![
+        req.conversation_id,
+        seq_db,
+        req.id,
+        req.sender_id,
+        req.sender_type,
+        req.content,
+        req.temp_id,
+        created_at,
+    ])?;
     if inserted == 0 {
         return refuse(conn, req, StoreError::DuplicateMessageId(req.id.clone()));
     }
