@@ -55,50 +55,46 @@ impl MessageJson {
         }
     }
 
+    /// `before`, the message object, `after`: the shape of every payload below.
+    fn around(&self, before: &str, after: &str) -> String {
+        let mut out = String::with_capacity(before.len() + self.object.len() + after.len());
+        out.push_str(before);
+        out.push_str(&self.object);
+        out.push_str(after);
+        out
+    }
+
     /// Ack data for `message:send`: `[{"ok":true,"message":…,"duplicate":…}]`.
     pub(crate) fn send_ack(&self, duplicate: bool) -> String {
-        let mut out = String::with_capacity(self.object.len() + 48);
-        out.push_str(r#"[{"ok":true,"message":"#);
-        out.push_str(&self.object);
-        out.push_str(if duplicate {
+        let after = if duplicate {
             r#","duplicate":true}]"#
         } else {
             r#","duplicate":false}]"#
-        });
-        out
+        };
+        self.around(r#"[{"ok":true,"message":"#, after)
     }
 
     /// Event data `["message:sent",{"tempId":…,"message":…}]`.
     pub(crate) fn sent_event(&self, temp_id: Option<&str>) -> String {
-        let temp_id = json(&temp_id);
-        let mut out = String::with_capacity(self.object.len() + temp_id.len() + 40);
-        out.push_str(r#"["message:sent",{"tempId":"#);
-        out.push_str(&temp_id);
-        out.push_str(r#","message":"#);
-        out.push_str(&self.object);
-        out.push_str("}]");
-        out
+        let before = format!(
+            r#"["message:sent",{{"tempId":{},"message":"#,
+            json(&temp_id)
+        );
+        self.around(&before, "}]")
     }
 
     /// Event data `["message:new",…]`.
     pub(crate) fn new_event(&self) -> String {
-        let mut out = String::with_capacity(self.object.len() + 16);
-        out.push_str(r#"["message:new","#);
-        out.push_str(&self.object);
-        out.push(']');
-        out
+        self.around(r#"["message:new","#, "]")
     }
 
     /// Event data `["message:notification",{"conversationId":…,"message":…}]`.
     pub(crate) fn notification_event(&self, conversation_id: &str) -> String {
-        let conversation_id = json(conversation_id);
-        let mut out = String::with_capacity(self.object.len() + conversation_id.len() + 56);
-        out.push_str(r#"["message:notification",{"conversationId":"#);
-        out.push_str(&conversation_id);
-        out.push_str(r#","message":"#);
-        out.push_str(&self.object);
-        out.push_str("}]");
-        out
+        let before = format!(
+            r#"["message:notification",{{"conversationId":{},"message":"#,
+            json(conversation_id)
+        );
+        self.around(&before, "}]")
     }
 }
 
