@@ -1,8 +1,9 @@
 # Shared by compare.sh and scale.sh (sourced, not run): where things are, the servers'
 # timing settings, the results file's stamp, logging and the release build.
 #
-# Sets ROOT, BENCH, PING_INTERVAL, PING_TIMEOUT, HEARTBEAT, SECRET, STAMP, LOAD, HL;
-# defines log and build_release (which skips the build when SKIP_BUILD is set).
+# Sets ROOT, BENCH, PING_INTERVAL, PING_TIMEOUT, HEARTBEAT, SECRET, STAMP, LOAD, HL, and
+# exports MACHINE_JSON (cores, CPU model, memory) for the results files; defines log and
+# build_release (which skips the build when SKIP_BUILD is set).
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BENCH="$ROOT/tests/bench"
@@ -14,6 +15,18 @@ STAMP=$(date -u +%Y-%m-%dT%H-%M-%SZ)
 mkdir -p "$BENCH/results"
 LOAD="$ROOT/target/release/heartline-load"
 HL="$ROOT/target/release/heartline"
+
+MACHINE_JSON=$(python3 - <<'PY'
+import json, os
+cpu = ""
+for line in open("/proc/cpuinfo"):
+    if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip(); break
+print(json.dumps({"nproc": os.cpu_count(), "cpu": cpu,
+                  "mem_total_kb": int(open("/proc/meminfo").readline().split()[1])}))
+PY
+)
+export MACHINE_JSON
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 

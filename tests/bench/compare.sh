@@ -306,12 +306,7 @@ for name, f, better in figures:
     table.append({"figure": name, "better": better, "heartline_median": h, "peer_median": p,
                   "ratio_heartline_over_peer": ratio, "heartline_runs": med["heartline_runs"],
                   "peer_runs": med["peer_runs"]})
-cpu = ""
-for line in open("/proc/cpuinfo"):
-    if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip(); break
-json.dump({"date": stamp, "nproc": os.cpu_count(), "cpu": cpu,
-           "mem_total_kb": int(open("/proc/meminfo").readline().split()[1]),
+json.dump({"date": stamp, **json.loads(os.environ["MACHINE_JSON"]),
            "settings": {k: v for k, v in os.environ.items() if k in (
                "ROUNDS", "IDLE_N", "CEIL_N", "STORM_N", "DEAD_N", "CHAT_GROUPS", "CHAT_MEMBERS",
                "CHAT_SECS", "CHAT_INFLIGHT", "CHAT_RATE", "HOLD_SECS")},

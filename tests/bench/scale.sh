@@ -152,12 +152,7 @@ for s in servers:
 print()
 for k, v in summary.items():
     print(f"{k:<32} {v}")
-cpu = ""
-for line in open("/proc/cpuinfo"):
-    if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip(); break
-json.dump({"date": stamp, "nproc": os.cpu_count(), "cpu": cpu,
-           "mem_total_kb": int(open("/proc/meminfo").readline().split()[1]),
+json.dump({"date": stamp, **json.loads(os.environ["MACHINE_JSON"]),
            "summary": summary, "servers": servers, "load": gen}, open(out, "w"), indent=1)
 print(f"\nresults: {out}")
 PY
