@@ -397,36 +397,45 @@ fn deliver(
     }
 }
 
-/// Recognises the events to hand over unparsed by the start of their packet text:
-/// `2`, the namespace unless `/`, then `["name",`. An ack id would come before the `[`,
-/// so an event that asks for an ack never matches.
+/// Recognises the events to hand over unparsed by the start of their packet text: an
+/// EVENT's header as the codec writes it (type, then the namespace unless `/`), then
+/// `["name",`. An ack id would come between the two, so an event that asks for an ack
+/// never matches.
 #[derive(Debug)]
 struct RawEvents {
-    prefixes: Vec<String>,
+    /// Each prefix, and where its data array starts (the header's length).
+    prefixes: Vec<(String, usize)>,
 }
 
 impl RawEvents {
     fn new(nsp: &str, names: &[String]) -> RawEvents {
-        let header = if nsp == "/" {
-            String::from("2")
-        } else {
-            format!("2{nsp},")
-        };
+        let header = SocketPacket {
+            kind: PacketType::Event,
+            nsp: nsp.to_owned(),
+            id: None,
+            data: None,
+            attachments: vec![],
+        }
+        .encode_text();
         let prefixes = names
             .iter()
-            .map(|n| format!("{header}[{},", Value::from(n.as_str())))
+            .map(|n| {
+                (
+                    format!("{header}[{},", Value::from(n.as_str())),
+                    header.len(),
+                )
+            })
             .collect();
         RawEvents { prefixes }
     }
 
     /// The data array of `text` (a Socket.IO packet) if it is one of the raw events.
     fn data<'t>(&self, text: &'t str) -> Option<&'t str> {
-        let p = self
+        let (_, start) = self
             .prefixes
             .iter()
-            .find(|p| text.starts_with(p.as_str()))?;
-        let bracket = p.rfind('[')?;
-        text.get(bracket..)
+            .find(|(p, _)| text.starts_with(p.as_str()))?;
+        text.get(*start..)
     }
 }
 
@@ -641,5 +650,28 @@ impl Client {
                 return Ok(seen);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_events_give_the_data_array_of_named_events_only() {
+        let names = ["message:new".to_owned(), "a[b\"c".to_owned()];
+        let chat = RawEvents::new("/chat", &names);
+        let new = r#"2/chat,["message:new",{"seq":1}]"#;
+        assert_eq!(chat.data(new), Some(r#"["message:new",{"seq":1}]"#));
+        // A name with a bracket and a quote in it: the data still starts at the array.
+        let odd = r#"2/chat,["a[b\"c",1]"#;
+        assert_eq!(chat.data(odd), Some(r#"["a[b\"c",1]"#));
+        // Not raw: another event, another namespace, an event asking for an ack.
+        assert_eq!(chat.data(r#"2/chat,["message:sent",{}]"#), None);
+        assert_eq!(chat.data(r#"2["message:new",{}]"#), None);
+        assert_eq!(chat.data(r#"2/chat,7["message:new",{}]"#), None);
+        let root = RawEvents::new("/", &names);
+        assert_eq!(root.data(r#"2["message:new",{}]"#), Some(r#"["message:new",{}]"#));
+        assert_eq!(RawEvents::new("/chat", &[]).data(new), None);
     }
 }
