@@ -84,20 +84,39 @@ impl CommitHistogram {
 
     /// Appends the Prometheus histogram `name` (in seconds).
     fn render(&self, out: &mut String, name: &str, help: &str) {
-        family(out, name, "histogram", help);
-        let mut cumulative = 0u64;
-        for (bound, n) in COMMIT_BUCKETS_US.iter().zip(self.buckets.iter()) {
-            cumulative += get(n);
-            let le = *bound as f64 / 1e6;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        // Read after the buckets: a commit observed in between makes +Inf at worst one
-        // higher than the last bucket, never lower.
-        let count = get(&self.count).max(cumulative);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", get(&self.sum_us) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {count}");
+        let buckets = COMMIT_BUCKETS_US
+            .iter()
+            .zip(self.buckets.iter())
+            .map(|(bound, n)| (*bound as f64 / 1e6, get(n)));
+        // The count is read after the buckets (see `histogram`).
+        let sum = get(&self.sum_us) as f64 / 1e6;
+        histogram(out, name, help, buckets, sum, || get(&self.count));
     }
+}
+
+/// Appends one Prometheus histogram. `buckets` are (upper bound in seconds, observations
+/// in that bucket alone), summed here. `count` is asked for after the buckets are read,
+/// and never reported below their total: an observation recorded in between (the
+/// runtime's histograms are written while a scrape reads them) makes `+Inf` at worst one
+/// higher than the last bucket, never lower.
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    buckets: impl Iterator<Item = (f64, u64)>,
+    sum_seconds: f64,
+    count: impl FnOnce() -> u64,
+) {
+    family(out, name, "histogram", help);
+    let mut cumulative = 0u64;
+    for (le, n) in buckets {
+        cumulative += n;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let count = count().max(cumulative);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {sum_seconds}");
+    let _ = writeln!(out, "{name}_count {count}");
 }
 
 impl RuntimeMetrics {
@@ -284,35 +303,17 @@ pub fn render(gateway: &Gateway, rt: &RuntimeMetrics, draining: bool) -> String 
     sample(&mut out, "heartline_floods_total", m.floods);
 
     let h = &m.heartbeat_latency;
-    family(
+    let buckets = LATENCY_BUCKETS_MS
+        .iter()
+        .zip(h.buckets.iter())
+        .map(|(bound, n)| (*bound as f64 / 1000.0, *n));
+    histogram(
         &mut out,
         "heartline_heartbeat_latency_seconds",
-        "histogram",
         "Round trip of the application heartbeat.",
-    );
-    let mut cumulative = 0u64;
-    for (bound, n) in LATENCY_BUCKETS_MS.iter().zip(h.buckets.iter()) {
-        cumulative += n;
-        let le = *bound as f64 / 1000.0;
-        let _ = writeln!(
-            out,
-            "heartline_heartbeat_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "heartline_heartbeat_latency_seconds_bucket{{le=\"+Inf\"}} {}",
-        h.count
-    );
-    let _ = writeln!(
-        out,
-        "heartline_heartbeat_latency_seconds_sum {}",
-        h.sum_ms as f64 / 1000.0
-    );
-    sample(
-        &mut out,
-        "heartline_heartbeat_latency_seconds_count",
-        h.count,
+        buckets,
+        h.sum_ms as f64 / 1000.0,
+        || h.count,
     );
 
     render_runtime(&mut out, rt, draining);
