@@ -671,7 +671,10 @@ mod tests {
         assert_eq!(chat.data(r#"2["message:new",{}]"#), None);
         assert_eq!(chat.data(r#"2/chat,7["message:new",{}]"#), None);
         let root = RawEvents::new("/", &names);
-        assert_eq!(root.data(r#"2["message:new",{}]"#), Some(r#"["message:new",{}]"#));
+        assert_eq!(
+            root.data(r#"2["message:new",{}]"#),
+            Some(r#"["message:new",{}]"#)
+        );
         assert_eq!(RawEvents::new("/chat", &[]).data(new), None);
     }
 }
