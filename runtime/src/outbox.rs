@@ -222,6 +222,13 @@ impl Outbox {
             RuntimeMetrics::sub(&self.metrics.outbound_bytes, q.frame.len() as u64);
             return Some(Next::Frame(q.frame));
         }
+        // Drained: give the deque's buffer back. Idle connections far outnumber busy ones,
+        // and each would otherwise keep room for the most frames it ever had queued (192
+        // bytes for the first four). A busy connection pays one allocation per drained
+        // burst, next to the write system call that burst costs anyway.
+        if st.frames.capacity() > 0 {
+            st.frames = VecDeque::new();
+        }
         st.close
             .take()
             .map(|(code, reason)| Next::Close(code, reason))
@@ -308,6 +315,23 @@ mod tests {
         assert_eq!(o.push(Frame::text("4b")), Push::Closed);
         assert_eq!(o.try_next(), Some(Next::Frame(Frame::text("4a"))));
         assert_eq!(o.try_next(), Some(Next::Close(1000, "bye".into())));
+        assert_eq!(o.try_next(), None);
+    }
+
+    #[test]
+    fn a_drained_queue_gives_its_buffer_back() {
+        let o = outbox(1000);
+        for _ in 0..3 {
+            o.push(Frame::text("4a"));
+        }
+        assert!(o.lock().frames.capacity() >= 3);
+        while let Some(Next::Frame(_)) = o.try_next() {}
+        assert_eq!(o.lock().frames.capacity(), 0);
+        // Still a queue: later frames are delivered, in order.
+        o.push(Frame::text("4b"));
+        o.push(Frame::text("4c"));
+        assert_eq!(o.try_next(), Some(Next::Frame(Frame::text("4b"))));
+        assert_eq!(o.try_next(), Some(Next::Frame(Frame::text("4c"))));
         assert_eq!(o.try_next(), None);
     }
 }
