@@ -202,15 +202,12 @@ impl Outbox {
         Phase::from_u8(self.phase.load(Ordering::Acquire))
     }
 
-    /// Whether the connection was killed.
-    pub fn is_killed(&self) -> bool {
-        self.phase() == Phase::Killed
-    }
-
-    /// Wakes this waker at the next push, close or kill. Register before looking at the
-    /// queue, so that nothing pushed in between goes unnoticed.
-    pub fn register(&self, waker: &Waker) {
+    /// Wakes this waker at the next push, close or kill, and says whether the connection
+    /// was killed already. Called first in each poll of the connection's task, before it
+    /// looks at the queue, so that nothing pushed in between goes unnoticed.
+    pub fn watch(&self, waker: &Waker) -> Phase {
         self.waker.register(waker);
+        self.phase()
     }
 
     /// The next thing to send, without waiting.
@@ -302,7 +299,7 @@ mod tests {
         assert_eq!(o.bytes(), 2 * msg.len());
         // Nothing left to shed: overflow kills the connection.
         assert_eq!(o.push(msg), Push::Overflow);
-        assert!(o.is_killed());
+        assert_eq!(o.phase(), Phase::Killed);
         assert_eq!(o.bytes(), 0);
         assert_eq!(o.try_next(), None);
     }

@@ -168,8 +168,7 @@ fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
             ..
         } = &mut c;
         let finish = poll_fn(|cx| {
-            outbox.register(cx.waker());
-            if outbox.is_killed() {
+            if outbox.watch(cx.waker()) == Phase::Killed {
                 return Poll::Ready(());
             }
             poll_send(cx, ws, sending, outbox, transport)
@@ -259,13 +258,13 @@ async fn run(c: &mut Connection) -> Ending {
     let mut linger: Option<Pin<Box<Sleep>>> = None;
     loop {
         let step = poll_fn(|cx| {
-            outbox.register(cx.waker());
-            if outbox.is_killed() {
+            let phase = outbox.watch(cx.waker());
+            if phase == Phase::Killed {
                 return Poll::Ready(Step::End(Ending::Failed));
             }
             // Ready means sending is over; reading goes on until the peer's close.
             let _ = poll_send(cx, ws, sending, outbox, transport);
-            if linger.is_none() && outbox.phase() >= Phase::Closing {
+            if linger.is_none() && phase == Phase::Closing {
                 linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
             }
             if let Some(sleep) = linger.as_mut() {
