@@ -1,9 +1,10 @@
 # Shared by compare.sh and scale.sh (sourced, not run): where things are, the servers'
 # timing settings, the results file's stamp, logging and the release build.
 #
-# Sets ROOT, BENCH, PING_INTERVAL, PING_TIMEOUT, HEARTBEAT, SECRET, STAMP, LOAD, HL, and
-# exports MACHINE_JSON (cores, CPU model, memory) for the results files; defines log and
-# build_release (which skips the build when SKIP_BUILD is set).
+# Sets ROOT, BENCH, PING_INTERVAL, PING_TIMEOUT, HEARTBEAT, SECRET, APIKEY, STAMP, LOAD,
+# HL, and exports MACHINE_JSON (cores, CPU model, memory) for the results files; defines
+# log, build_release and install_peer (both skipped when SKIP_BUILD is set), and
+# start_peer.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BENCH="$ROOT/tests/bench"
@@ -11,6 +12,7 @@ PING_INTERVAL=10000
 PING_TIMEOUT=10000
 HEARTBEAT=10000
 SECRET=bench-secret
+APIKEY=bench-key
 STAMP=$(date -u +%Y-%m-%dT%H-%M-%SZ)
 mkdir -p "$BENCH/results"
 LOAD="$ROOT/target/release/heartline-load"
@@ -34,4 +36,23 @@ build_release() {
     [ -n "${SKIP_BUILD:-}" ] && return 0
     log "building release binaries"
     (cd "$ROOT" && cargo build --release -p heartline-runtime --bin heartline --bin heartline-load)
+}
+
+# The peer's pinned packages (better-sqlite3 compiles, ~2 min), unless already installed.
+install_peer() {
+    [ -n "${SKIP_BUILD:-}" ] && return 0
+    if [ ! -e "$ROOT/tests/peer/node_modules/better-sqlite3/build/Release/better_sqlite3.node" ]; then
+        log "installing the peer's pinned packages (compiles better-sqlite3, ~2 min)"
+        (cd "$ROOT/tests/peer" && npm ci --no-audit --no-fund >/dev/null)
+    fi
+}
+
+# start_peer ADDR DB LOG: the Node peer in the background with the benchmark's settings
+# (those Heartline gets too, and a rate limit that never refuses); its pid is in $!.
+start_peer() {
+    (cd "$ROOT/tests/peer" && exec env JWT_SECRET=$SECRET API_KEY=$APIKEY DB_PATH="$2" \
+        PING_INTERVAL_MS=$PING_INTERVAL PING_TIMEOUT_MS=$PING_TIMEOUT \
+        HEARTBEAT_INTERVAL_MS=$HEARTBEAT RATE_LIMIT_MESSAGES=1000000 \
+        RATE_LIMIT_WINDOW_MS=1000 SQLITE_SYNCHRONOUS=FULL \
+        node server.js --listen "$1") >>"$3" 2>&1 &
 }

@@ -3,8 +3,9 @@
 #
 # Builds the release binaries, installs the peer, then runs both servers in alternation
 # (Heartline, peer, Heartline, peer, ... ROUNDS times each) with the same settings, and for
-# each run measures: memory per idle authenticated connection (VmRSS delta at IDLE_N and at
-# the ceiling), the most idle connections held with heartbeats on, acks/s and deliveries/s
+# each run measures: memory per idle authenticated connection (VmRSS delta at IDLE_N, at
+# the ceiling, and at WIDE_N held by WIDE_SERVERS processes of that server through
+# scale.sh), the most idle connections held with heartbeats on, acks/s and deliveries/s
 # at saturation, ack and fan-out latency at a fixed offered load, server CPU per 1,000
 # deliveries, time for STORM_N clients to be back after a restart (kill -9 + start), and
 # time to free DEAD_N dead peers. Prints medians and ratios; writes
@@ -15,9 +16,9 @@
 # ceiling is ~19,900 connections per server process; the load is spread over processes of
 # at most 10,000 connections each, from several source addresses.
 #
-# Settings (environment): ROUNDS=2 IDLE_N=10000 CEIL_N=19900 STORM_N=10000 DEAD_N=10000
-# CHAT_GROUPS=20 CHAT_MEMBERS=10 CHAT_SECS=10 CHAT_INFLIGHT=4 CHAT_RATE=500 HOLD_SECS=25
-# SKIP_BUILD=1 (use the binaries already built).
+# Settings (environment): ROUNDS=2 IDLE_N=10000 CEIL_N=19900 WIDE_N=50100 WIDE_SERVERS=3
+# STORM_N=10000 DEAD_N=10000 CHAT_GROUPS=20 CHAT_MEMBERS=10 CHAT_SECS=10 CHAT_INFLIGHT=4
+# CHAT_RATE=500 HOLD_SECS=25 SKIP_BUILD=1 (use the binaries already built).
 set -euo pipefail
 
 # shellcheck source=tests/bench/common.sh
@@ -33,8 +34,9 @@ CHAT_SECS=${CHAT_SECS:-10}
 CHAT_INFLIGHT=${CHAT_INFLIGHT:-4}
 CHAT_RATE=${CHAT_RATE:-500}
 HOLD_SECS=${HOLD_SECS:-25}
-export ROUNDS IDLE_N CEIL_N STORM_N DEAD_N CHAT_GROUPS CHAT_MEMBERS CHAT_SECS CHAT_INFLIGHT CHAT_RATE HOLD_SECS
-APIKEY=bench-key
+WIDE_N=${WIDE_N:-50100}
+WIDE_SERVERS=${WIDE_SERVERS:-3}
+export ROUNDS IDLE_N CEIL_N STORM_N DEAD_N CHAT_GROUPS CHAT_MEMBERS CHAT_SECS CHAT_INFLIGHT CHAT_RATE HOLD_SECS WIDE_N WIDE_SERVERS
 HL_ADDR=127.0.0.1:3102
 PEER_ADDR=127.0.0.1:3103
 TICK=$(getconf CLK_TCK)
@@ -50,12 +52,7 @@ cleanup() {
 trap cleanup EXIT
 
 build_release
-if [ -z "${SKIP_BUILD:-}" ]; then
-    if [ ! -e "$ROOT/tests/peer/node_modules/better-sqlite3/build/Release/better_sqlite3.node" ]; then
-        log "installing the peer's pinned packages (compiles better-sqlite3, ~2 min)"
-        (cd "$ROOT/tests/peer" && npm ci --no-audit --no-fund >/dev/null)
-    fi
-fi
+install_peer
 
 cat >"$WORK/heartline.toml" <<EOF
 [server]
@@ -85,11 +82,7 @@ start_server() {
     if [ "$kind" = heartline ]; then
         RUST_LOG=warn "$HL" --config "$WORK/heartline.toml" >>"$WORK/heartline.log" 2>&1 &
     else
-        (cd "$ROOT/tests/peer" && exec env JWT_SECRET=$SECRET API_KEY=$APIKEY DB_PATH="$WORK/peer.db" \
-            PING_INTERVAL_MS=$PING_INTERVAL PING_TIMEOUT_MS=$PING_TIMEOUT \
-            HEARTBEAT_INTERVAL_MS=$HEARTBEAT RATE_LIMIT_MESSAGES=1000000 \
-            RATE_LIMIT_WINDOW_MS=1000 SQLITE_SYNCHRONOUS=FULL \
-            node server.js --listen "$addr") >>"$WORK/peer.log" 2>&1 &
+        start_peer "$addr" "$WORK/peer.db" "$WORK/peer.log"
     fi
     SERVER_PID=$!
     for _ in $(seq 1 100); do
@@ -222,6 +215,13 @@ one_run() {
     wait "$ps" || log "storm: not all back"
     stop_server
 
+    # -- idle at WIDE_N: past what one process may hold, so WIDE_SERVERS processes of the
+    # same server side by side (scale.sh), held HOLD_SECS like the ceiling above.
+    SERVER=$kind SERVERS=$WIDE_SERVERS PER_SERVER=$((WIDE_N / WIDE_SERVERS)) \
+        LOAD_CONNS=$(((WIDE_N / WIDE_SERVERS + 1) / 2)) HOLD_SECS=$HOLD_SECS \
+        NET_BASE=$((net + 90)) SKIP_BUILD=1 SCALE_OUT="$dir/wide.json" \
+        "$BENCH/scale.sh" >"$dir/wide.log" 2>&1 || log "$kind: idle at $WIDE_N failed"
+
     python3 - "$kind" "$round" "$base_kb" "$rss1" "$c1" "$rss2" "$c2" \
         "$sat_cpu_ms" "$sat_deliv" "$rate_cpu_ms" "$rate_deliv" "$dir" >>"$RUNS" <<'PY'
 import json, sys, pathlib
@@ -235,6 +235,7 @@ def scen(name):
     return json.loads(lines[-1]) if lines else None
 base, rss1, c1, rss2, c2 = int(base), int(rss1), int(c1), int(rss2), int(c2)
 idle = [x for x in (scen("idle1"), scen("idle2")) if x]
+wide = json.loads((d / "wide.json").read_text())["summary"] if (d / "wide.json").exists() else None
 print(json.dumps({
     "server": kind, "round": int(rnd),
     "rss_base_kb": base, "rss_idle_kb": rss1, "idle_conns": c1,
@@ -244,7 +245,7 @@ print(json.dumps({
     "saturation_server_cpu_ms": int(scpu), "saturation_server_deliveries": int(sdel),
     "rate_server_cpu_ms": int(rcpu), "rate_server_deliveries": int(rdel),
     "idle": idle, "saturation": scen("sat"), "rate": scen("rate"),
-    "deadpeers": scen("dead"), "storm": scen("storm"),
+    "deadpeers": scen("dead"), "storm": scen("storm"), "wide": wide,
 }))
 PY
 }
@@ -275,6 +276,9 @@ figures = [
     ("memory per idle connection @ ceiling (bytes)", lambda r: (r["rss_ceiling_kb"] - r["rss_base_kb"]) * 1024 / r["ceiling_conns"], "low"),
     ("idle connections held (fd ceiling ~19,900)", lambda r: r["ceiling_conns"], "high"),
     ("idle connections lost during hold", lambda r: r["idle_lost"], "low"),
+    ("memory per idle connection @ ~50k, several processes (bytes)", lambda r: r["wide"]["bytes_per_connection"], "low"),
+    ("idle connections held @ ~50k, several processes", lambda r: r["wide"]["connections_held"], "high"),
+    ("idle connections lost @ ~50k", lambda r: r["wide"]["clients_lost"], "low"),
     ("acks/s at saturation", lambda r: r["saturation"]["acks_per_sec"], "high"),
     ("deliveries/s at saturation", lambda r: r["saturation"]["deliveries_per_sec"], "high"),
     ("server CPU ms per 1,000 deliveries (saturation)", lambda r: r["saturation_server_cpu_ms"] * 1000 / r["saturation_server_deliveries"], "low"),
@@ -309,7 +313,7 @@ for name, f, better in figures:
 json.dump({"date": stamp, **json.loads(os.environ["MACHINE_JSON"]),
            "settings": {k: v for k, v in os.environ.items() if k in (
                "ROUNDS", "IDLE_N", "CEIL_N", "STORM_N", "DEAD_N", "CHAT_GROUPS", "CHAT_MEMBERS",
-               "CHAT_SECS", "CHAT_INFLIGHT", "CHAT_RATE", "HOLD_SECS")},
+               "CHAT_SECS", "CHAT_INFLIGHT", "CHAT_RATE", "HOLD_SECS", "WIDE_N", "WIDE_SERVERS")},
            "fsync_12k_ms": fsync, "table": table, "runs": runs}, open(out, "w"), indent=1)
 print(f"fsync of 12 KiB appended, before / after: {fsync['before']} / {fsync['after']}")
 print(f"\nresults: {out}")

@@ -10,21 +10,28 @@
 # held HOLD_SECS (several ping intervals). Reports per server and in total: connections
 # held, connections lost (any close while held: a missed ping deadline would be one),
 # the servers' ping-timeout closes, and VmRSS per connection. Writes
-# tests/bench/results/scale-<date>.json.
+# tests/bench/results/scale-<server>-<date>.json.
 #
-# Settings (environment): SERVERS=5 PER_SERVER=19800 LOAD_CONNS=9900 HOLD_SECS=40
-# SKIP_BUILD=1 (use the binaries already built).
+# SERVER=peer runs the Node peer (tests/peer/) the same way, for the same figures side by
+# side; it exports no close counters, so its closes are known from the clients alone
+# (the server-side fields are null).
+#
+# Settings (environment): SERVER=heartline SERVERS=5 PER_SERVER=19800 LOAD_CONNS=9900
+# HOLD_SECS=40 NET_BASE=100 (first source network, 127.NET.0.0/16, one per load process)
+# SKIP_BUILD=1 (use the binaries already built) SCALE_OUT=<results file>.
 set -euo pipefail
 
 # shellcheck source=tests/bench/common.sh
 . "$(dirname "$0")/common.sh"
+SERVER=${SERVER:-heartline}
+case "$SERVER" in heartline | peer) ;; *) log "SERVER must be heartline or peer"; exit 2 ;; esac
 SERVERS=${SERVERS:-5}
 PER_SERVER=${PER_SERVER:-19800}
 LOAD_CONNS=${LOAD_CONNS:-9900}
 HOLD_SECS=${HOLD_SECS:-40}
 BASE_PORT=3120
 WORK=$(mktemp -d /tmp/heartline-scale.XXXXXX)
-OUT="$BENCH/results/scale-$STAMP.json"
+OUT=${SCALE_OUT:-"$BENCH/results/scale-$SERVER-$STAMP.json"}
 
 SERVER_PIDS=()
 LOAD_PIDS=()
@@ -34,6 +41,7 @@ cleanup() {
 trap cleanup EXIT
 
 build_release
+[ "$SERVER" = peer ] && install_peer
 
 metric_sum() { # metric_sum ADDR PREFIX: sum of every sample whose name starts with PREFIX
     curl -sf "http://$1/metrics" | awk -v k="$2" 'index($1, k) == 1 {s += $2} END {print s + 0}'
@@ -56,7 +64,11 @@ jwt_secret = "$SECRET"
 [store]
 path = "$WORK/hl$i.db"
 EOF
-    RUST_LOG=warn "$HL" --config "$WORK/hl$i.toml" >>"$WORK/hl$i.log" 2>&1 &
+    if [ "$SERVER" = heartline ]; then
+        RUST_LOG=warn "$HL" --config "$WORK/hl$i.toml" >>"$WORK/hl$i.log" 2>&1 &
+    else
+        start_peer "127.0.0.1:$port" "$WORK/peer$i.db" "$WORK/peer$i.log"
+    fi
     SERVER_PIDS+=("$!")
 done
 for i in $(seq 0 $((SERVERS - 1))); do
@@ -71,7 +83,7 @@ for i in $(seq 0 $((SERVERS - 1))); do BASE_RSS+=("$(rss_kb "${SERVER_PIDS[$i]}"
 
 # Load processes: per server, ceil(PER_SERVER / LOAD_CONNS) of them, one after another so
 # that the connect phases do not fight over the two cores.
-net=100
+net=${NET_BASE:-100}
 LOADS=()
 for i in $(seq 0 $((SERVERS - 1))); do
     left=$PER_SERVER
@@ -111,17 +123,22 @@ for i in $(seq 0 $((SERVERS - 1))); do
     closes=$(metric_sum "$addr" heartline_closes_total)
     pingto=$(metric_sum "$addr" 'heartline_closes_total{reason="ping_timeout"')
     rss=$(rss_kb "${SERVER_PIDS[$i]}")
-    printf '{"server": %d, "connections": %d, "closes_during_hold": %d, "ping_timeout_closes": %d, "rss_base_kb": %d, "rss_kb": %d}\n' \
-        "$i" "${conns%.*}" "$(( ${closes%.*} - ${closes_before[$i]%.*} ))" "${pingto%.*}" "${BASE_RSS[$i]}" "$rss" >>"$rows"
+    if [ "$SERVER" = heartline ]; then
+        closed=$(( ${closes%.*} - ${closes_before[$i]%.*} )); pingto=${pingto%.*}
+    else
+        closed=null; pingto=null
+    fi
+    printf '{"server": %d, "connections": %d, "closes_during_hold": %s, "ping_timeout_closes": %s, "rss_base_kb": %d, "rss_kb": %d}\n' \
+        "$i" "${conns%.*}" "$closed" "$pingto" "${BASE_RSS[$i]}" "$rss" >>"$rows"
 done
 touch "$WORK/stop"
 for p in "${LOAD_PIDS[@]}"; do wait "$p" || true; done
 LOAD_PIDS=()
 
-python3 - "$rows" "$WORK" "$OUT" "$STAMP" "$HOLD_SECS" "${LOADS[@]}" <<'PY'
+python3 - "$rows" "$WORK" "$OUT" "$STAMP" "$HOLD_SECS" "$SERVER" "${LOADS[@]}" <<'PY'
 import json, os, sys, pathlib
-rows_path, work, out, stamp, hold = sys.argv[1:6]
-loads = sys.argv[6:]
+rows_path, work, out, stamp, hold, kind = sys.argv[1:7]
+loads = sys.argv[7:]
 servers = [json.loads(l) for l in open(rows_path) if l.strip()]
 work = pathlib.Path(work)
 gen = []
@@ -133,13 +150,16 @@ held = sum(s["connections"] for s in servers)
 lost = sum(g["lost"] for g in gen)
 delta_kb = sum(s["rss_kb"] - s["rss_base_kb"] for s in servers)
 total_rss_kb = sum(s["rss_kb"] for s in servers)
+def total(field):
+    vals = [s[field] for s in servers]
+    return None if None in vals else sum(vals)
 summary = {
-    "servers": len(servers), "connections_held": held,
+    "server": kind, "servers": len(servers), "connections_held": held,
     "clients_connected": sum(g["connected"] for g in gen),
     "clients_still_connected": sum(g["still_connected"] for g in gen),
     "clients_lost": lost,
-    "server_closes_during_hold": sum(s["closes_during_hold"] for s in servers),
-    "server_ping_timeout_closes": sum(s["ping_timeout_closes"] for s in servers),
+    "server_closes_during_hold": total("closes_during_hold"),
+    "server_ping_timeout_closes": total("ping_timeout_closes"),
     "heartbeat_events_answered": sum(g["heartbeats"] for g in gen),
     "hold_secs": float(hold),
     "servers_rss_total_mib": round(total_rss_kb / 1024, 1),
@@ -147,8 +167,10 @@ summary = {
 }
 print()
 for s in servers:
-    print(f"server {s['server']}: {s['connections']:>6} connections, {s['closes_during_hold']} closed while held "
-          f"({s['ping_timeout_closes']} ping timeouts), VmRSS {s['rss_kb'] / 1024:.1f} MiB")
+    closed = "closes unknown" if s["closes_during_hold"] is None else (
+        f"{s['closes_during_hold']} closed while held ({s['ping_timeout_closes']} ping timeouts)")
+    print(f"{kind} {s['server']}: {s['connections']:>6} connections, {closed}, "
+          f"VmRSS {s['rss_kb'] / 1024:.1f} MiB")
 print()
 for k, v in summary.items():
     print(f"{k:<32} {v}")
