@@ -25,16 +25,26 @@ pub trait TimerKind: Copy + Ord + std::fmt::Debug {
 }
 
 /// One deadline per timer kind, for one owner.
+///
+/// Every session, connection and user carries one, so a slot is a bare `u64` of
+/// milliseconds with [`UNARMED`] for "none", half the size of an `Option<Instant>`.
+/// Deadlines are clamped below it (to over 500 million years after the epoch).
 #[derive(Clone, Debug)]
 pub struct TimerTable<K: TimerKind, const N: usize> {
-    deadlines: [Option<Instant>; N],
+    deadlines: [u64; N],
     _kind: std::marker::PhantomData<K>,
 }
+
+/// A table slot's value when its timer is not armed.
+const UNARMED: u64 = u64::MAX;
+
+/// The latest deadline a table can hold.
+const LATEST: Instant = Instant::from_millis(UNARMED - 1);
 
 impl<K: TimerKind, const N: usize> Default for TimerTable<K, N> {
     fn default() -> Self {
         TimerTable {
-            deadlines: [None; N],
+            deadlines: [UNARMED; N],
             _kind: std::marker::PhantomData,
         }
     }
@@ -43,7 +53,7 @@ impl<K: TimerKind, const N: usize> Default for TimerTable<K, N> {
 impl<K: TimerKind, const N: usize> TimerTable<K, N> {
     /// The armed deadline of `kind`, if any.
     pub fn get(&self, kind: K) -> Option<Instant> {
-        self.deadlines.get(kind.slot()).copied().flatten()
+        self.deadlines.get(kind.slot()).copied().and_then(armed)
     }
 
     /// Whether `kind` is armed.
@@ -53,8 +63,20 @@ impl<K: TimerKind, const N: usize> TimerTable<K, N> {
 
     /// Every armed deadline, in slot order.
     pub fn armed(&self) -> impl Iterator<Item = Instant> + '_ {
-        self.deadlines.iter().flatten().copied()
+        self.deadlines.iter().copied().filter_map(armed)
     }
+
+    /// Empties slot `slot`; returns the deadline it held.
+    fn take(&mut self, slot: usize) -> Option<Instant> {
+        self.deadlines
+            .get_mut(slot)
+            .and_then(|d| armed(std::mem::replace(d, UNARMED)))
+    }
+}
+
+/// A slot's deadline, if armed.
+fn armed(ms: u64) -> Option<Instant> {
+    (ms != UNARMED).then_some(Instant::from_millis(ms))
 }
 
 /// Every armed deadline of every owner, in firing order.
@@ -80,10 +102,11 @@ impl<O: Copy + Ord + std::fmt::Debug, K: TimerKind> TimerQueue<O, K> {
         kind: K,
         at: Instant,
     ) {
+        let at = at.min(LATEST);
         let Some(slot) = table.deadlines.get_mut(kind.slot()) else {
             return;
         };
-        if let Some(old) = slot.replace(at) {
+        if let Some(old) = armed(std::mem::replace(slot, at.as_millis())) {
             self.queue.remove(&(old, owner, kind));
         }
         self.queue.insert((at, owner, kind));
@@ -91,15 +114,15 @@ impl<O: Copy + Ord + std::fmt::Debug, K: TimerKind> TimerQueue<O, K> {
 
     /// Disarms `owner`'s `kind` timer; a no-op if it was not armed.
     pub fn stop<const N: usize>(&mut self, table: &mut TimerTable<K, N>, owner: O, kind: K) {
-        if let Some(old) = table.deadlines.get_mut(kind.slot()).and_then(Option::take) {
+        if let Some(old) = table.take(kind.slot()) {
             self.queue.remove(&(old, owner, kind));
         }
     }
 
     /// Disarms every timer of `owner`; called when the owner goes away.
     pub fn stop_all<const N: usize>(&mut self, table: &mut TimerTable<K, N>, owner: O) {
-        for (slot, deadline) in table.deadlines.iter_mut().enumerate() {
-            if let (Some(old), Some(kind)) = (deadline.take(), K::from_slot(slot)) {
+        for slot in 0..N {
+            if let (Some(old), Some(kind)) = (table.take(slot), K::from_slot(slot)) {
                 self.queue.remove(&(old, owner, kind));
             }
         }
@@ -121,9 +144,7 @@ impl<O: Copy + Ord + std::fmt::Debug, K: TimerKind> TimerQueue<O, K> {
 
     /// Clears the table slot of a timer returned by [`TimerQueue::pop_due`].
     pub fn fired<const N: usize>(table: &mut TimerTable<K, N>, kind: K) {
-        if let Some(slot) = table.deadlines.get_mut(kind.slot()) {
-            *slot = None;
-        }
+        table.take(kind.slot());
     }
 
     /// How many deadlines are armed in all.
@@ -197,5 +218,26 @@ mod tests {
         q.stop_all(&mut t, 7);
         assert!(q.is_empty());
         assert_eq!(t.armed().count(), 0);
+    }
+
+    #[test]
+    fn the_last_instant_is_still_a_deadline() {
+        let mut q: TimerQueue<u32, T> = TimerQueue::default();
+        let mut t = TimerTable::<T, 2>::default();
+        let never = Instant::from_millis(u64::MAX);
+        q.set(&mut t, 1, T::A, never);
+        assert!(t.is_armed(T::A));
+        assert_eq!(t.get(T::A), Some(LATEST));
+        assert_eq!(q.next(), Some((LATEST, 1, T::A)));
+        // Re-armed and stopped like any other: no entry is left behind.
+        q.set(&mut t, 1, T::A, never);
+        assert_eq!(q.len(), 1);
+        q.stop(&mut t, 1, T::A);
+        assert!(q.is_empty() && !t.is_armed(T::A));
+    }
+
+    #[test]
+    fn a_table_slot_is_eight_bytes() {
+        assert_eq!(std::mem::size_of::<TimerTable<T, 2>>(), 16);
     }
 }
