@@ -52,10 +52,15 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 const WRITER_GRACE: Duration = Duration::from_secs(1);
 
 /// Read buffer of each WebSocket, bytes: what one read takes from the socket at most.
-/// Chat frames are a few hundred bytes, so 1 KiB holds several; a larger frame still gets
+/// Chat frames are a few hundred bytes, so this holds one or two; a larger frame still gets
 /// room for its whole length once its header is read. tungstenite's default (128 KiB) was
-/// most of an idle connection's memory, and 4 KiB still a third of it.
-const READ_BUFFER: usize = 1024;
+/// most of an idle connection's memory, 4 KiB still a third of it, 1 KiB a fifth.
+///
+/// The buffer keeps its size only while no received frame still points into it (see
+/// [`poll_recv`]): below 1 KiB, `bytes` gives a buffer that was shared at the time it
+/// needed room a new one of just the bytes asked for, and reads would shrink to a frame
+/// header at a time.
+const READ_BUFFER: usize = 512;
 
 /// Most frames handed to the socket before one flush.
 const WRITE_BATCH: usize = 64;
@@ -292,6 +297,10 @@ async fn run(c: &mut Connection) -> Ending {
 }
 
 /// Reads the next message for the core, skipping control frames.
+///
+/// A message's bytes are copied out of tungstenite's read buffer rather than shared with
+/// it: the core may hold a message after the next read, and a shared buffer would be
+/// replaced by a smaller one on that read (see [`READ_BUFFER`]).
 fn poll_recv(
     cx: &mut TaskContext<'_>,
     ws: &mut Ws,
@@ -303,9 +312,11 @@ fn poll_recv(
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => Step::End(Ending::Closed),
             Poll::Ready(Some(Ok(Message::Text(text)))) => {
-                Step::Frame(Frame::Text(Bytes::from(text)))
+                Step::Frame(Frame::Text(Bytes::copy_from_slice(text.as_bytes())))
             }
-            Poll::Ready(Some(Ok(Message::Binary(bytes)))) => Step::Frame(Frame::Binary(bytes)),
+            Poll::Ready(Some(Ok(Message::Binary(bytes)))) => {
+                Step::Frame(Frame::Binary(Bytes::copy_from_slice(&bytes)))
+            }
             Poll::Ready(Some(Ok(Message::Close(_)))) => Step::End(Ending::Closed),
             Poll::Ready(Some(Ok(_))) => continue,
             Poll::Ready(Some(Err(WsError::Capacity(CapacityError::MessageTooLong {
