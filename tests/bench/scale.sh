@@ -50,6 +50,11 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 for i in $(seq 0 $((SERVERS - 1))); do
     port=$((BASE_PORT + i))
+    if [ "$SERVER" = peer ]; then
+        start_peer "127.0.0.1:$port" "$WORK/peer$i.db" "$WORK/peer$i.log"
+        SERVER_PIDS+=("$!")
+        continue
+    fi
     cat >"$WORK/hl$i.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -64,11 +69,7 @@ jwt_secret = "$SECRET"
 [store]
 path = "$WORK/hl$i.db"
 EOF
-    if [ "$SERVER" = heartline ]; then
-        RUST_LOG=warn "$HL" --config "$WORK/hl$i.toml" >>"$WORK/hl$i.log" 2>&1 &
-    else
-        start_peer "127.0.0.1:$port" "$WORK/peer$i.db" "$WORK/peer$i.log"
-    fi
+    RUST_LOG=warn "$HL" --config "$WORK/hl$i.toml" >>"$WORK/hl$i.log" 2>&1 &
     SERVER_PIDS+=("$!")
 done
 for i in $(seq 0 $((SERVERS - 1))); do
@@ -110,9 +111,11 @@ for i in $(seq 0 $((SERVERS - 1))); do
 done
 log "all load processes connected: $held_at_start connections; holding ${HOLD_SECS}s"
 closes_before=()
-for i in $(seq 0 $((SERVERS - 1))); do
-    closes_before+=("$(metric_sum "127.0.0.1:$((BASE_PORT + i))" heartline_closes_total)")
-done
+if [ "$SERVER" = heartline ]; then
+    for i in $(seq 0 $((SERVERS - 1))); do
+        closes_before+=("$(metric_sum "127.0.0.1:$((BASE_PORT + i))" heartline_closes_total)")
+    done
+fi
 sleep "$HOLD_SECS"
 
 rows="$WORK/servers.jsonl"
@@ -120,13 +123,12 @@ rows="$WORK/servers.jsonl"
 for i in $(seq 0 $((SERVERS - 1))); do
     addr="127.0.0.1:$((BASE_PORT + i))"
     conns=$(metric_sum "$addr" heartline_connections)
-    closes=$(metric_sum "$addr" heartline_closes_total)
-    pingto=$(metric_sum "$addr" 'heartline_closes_total{reason="ping_timeout"')
     rss=$(rss_kb "${SERVER_PIDS[$i]}")
+    closed=null; pingto=null
     if [ "$SERVER" = heartline ]; then
+        closes=$(metric_sum "$addr" heartline_closes_total)
+        pingto=$(metric_sum "$addr" 'heartline_closes_total{reason="ping_timeout"')
         closed=$(( ${closes%.*} - ${closes_before[$i]%.*} )); pingto=${pingto%.*}
-    else
-        closed=null; pingto=null
     fi
     printf '{"server": %d, "connections": %d, "closes_during_hold": %s, "ping_timeout_closes": %s, "rss_base_kb": %d, "rss_kb": %d}\n' \
         "$i" "${conns%.*}" "$closed" "$pingto" "${BASE_RSS[$i]}" "$rss" >>"$rows"
