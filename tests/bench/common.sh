@@ -3,8 +3,8 @@
 #
 # Sets ROOT, BENCH, PING_INTERVAL, PING_TIMEOUT, HEARTBEAT, SECRET, APIKEY, STAMP, LOAD,
 # HL, and exports MACHINE_JSON (cores, CPU model, memory) for the results files; defines
-# log, build_release and install_peer (both skipped when SKIP_BUILD is set), and
-# start_peer.
+# log, build_release and install_peer (both skipped when SKIP_BUILD is set), start_peer
+# and rss_kb.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BENCH="$ROOT/tests/bench"
@@ -56,3 +56,6 @@ start_peer() {
         RATE_LIMIT_WINDOW_MS=1000 SQLITE_SYNCHRONOUS=FULL \
         node server.js --listen "$1") >>"$3" 2>&1 &
 }
+
+# rss_kb PID: the process's resident memory, kB.
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }

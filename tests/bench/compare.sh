@@ -106,7 +106,6 @@ stop_server() {
     SERVER_PID=
 }
 
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$SERVER_PID/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
 metric() { curl -sf "http://$1/metrics" | awk -v k="$2" '$1 == k && !seen {print $2; seen = 1}'; }
 
@@ -159,7 +158,7 @@ one_run() {
     log "== $kind, round $round"
     start_server "$kind"
     sleep 2
-    local base_kb; base_kb=$(rss_kb)
+    local base_kb; base_kb=$(rss_kb "$SERVER_PID")
 
     # -- idle: IDLE_N, then up to CEIL_N, held HOLD_SECS with pings and heartbeats.
     local first=$IDLE_N second=$((CEIL_N - IDLE_N))
@@ -169,7 +168,7 @@ one_run() {
     wait_file "$dir/idle1.ready" 160 || log "idle 1 not ready"
     local c1; c1=$(wait_conns "$ADDR" "$(cat "$dir/idle1.ready")" 30)
     sleep 3
-    local rss1; rss1=$(rss_kb); c1=$(wait_conns "$ADDR" 0 1)
+    local rss1; rss1=$(rss_kb "$SERVER_PID"); c1=$(wait_conns "$ADDR" 0 1)
     log "$kind: $c1 idle connections, VmRSS $rss1 kB (base $base_kb kB)"
     local p2=
     if [ "$second" -gt 0 ]; then
@@ -180,7 +179,7 @@ one_run() {
         wait_conns "$ADDR" "$CEIL_N" 20 >/dev/null
     fi
     sleep "$HOLD_SECS"
-    local rss2 c2; rss2=$(rss_kb); c2=$(wait_conns "$ADDR" 0 1)
+    local rss2 c2; rss2=$(rss_kb "$SERVER_PID"); c2=$(wait_conns "$ADDR" 0 1)
     log "$kind: $c2 idle connections after ${HOLD_SECS}s hold, VmRSS $rss2 kB"
     touch "$dir/idle.stop"
     wait "$p1" || true

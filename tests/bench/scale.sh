@@ -46,7 +46,6 @@ build_release
 metric_sum() { # metric_sum ADDR PREFIX: sum of every sample whose name starts with PREFIX
     curl -sf "http://$1/metrics" | awk -v k="$2" 'index($1, k) == 1 {s += $2} END {print s + 0}'
 }
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 for i in $(seq 0 $((SERVERS - 1))); do
     port=$((BASE_PORT + i))
