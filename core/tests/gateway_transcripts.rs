@@ -4,6 +4,7 @@
 mod gw;
 
 use gw::{admin_token, config, token, Gw};
+use heartline_core::gateway::UserKey;
 use serde_json::json;
 
 fn setup() -> Gw {
@@ -63,8 +64,43 @@ fn replacement() {
         vec!["connection:success", "connection:replaced"]
     );
     assert!(g.view(1).disconnected && g.view(1).closed);
-    assert_eq!(g.gw.connections_of("alice:customer").len(), 1);
-    assert!(g.gw.is_online("alice:customer"));
+    assert_eq!(
+        g.gw.connections_of(&UserKey::new("alice", "customer"))
+            .len(),
+        1
+    );
+    assert!(g.gw.is_online(&UserKey::new("alice", "customer")));
+}
+
+/// `a:b` of type `c` and `a` of type `b:c` print alike as user keys but are two users:
+/// neither replaces the other, and a membership of one is not the other's.
+#[test]
+fn users_whose_keys_print_alike_stay_apart() {
+    let mut g = Gw::new(config());
+    g.conversation("c1", &[("a", "b:c")]);
+    g.connect(1, "a", "b:c");
+    g.connect(2, "a:b", "c");
+    assert_eq!(g.event_names(1), vec!["connection:success"]);
+    assert_eq!(g.event_names(2), vec!["connection:success"]);
+    assert!(!g.view(1).disconnected && !g.view(2).disconnected);
+    assert_eq!(g.gw.connections_of(&UserKey::new("a", "b:c")).len(), 1);
+    assert_eq!(g.gw.connections_of(&UserKey::new("a:b", "c")).len(), 1);
+    let joined = g.emit(1, "conversation:join", json!({"conversationId":"c1"}));
+    assert_eq!(g.ack(1, joined).expect("answered")["ok"], json!(true));
+    let refused = g.emit(2, "conversation:join", json!({"conversationId":"c1"}));
+    let refused = g.ack(2, refused).expect("answered");
+    assert_eq!(refused["ok"], json!(false));
+    assert_eq!(refused["code"], json!("forbidden"));
+    let send = g.emit(
+        2,
+        "message:send",
+        json!({"conversationId":"c1","content":"not mine","tempId":"t1"}),
+    );
+    assert_eq!(
+        g.ack(2, send).expect("answered")["code"],
+        json!("forbidden")
+    );
+    assert!(g.events_named(1, "message:new").is_empty());
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use heartline_core::engine::{self, CloseReason, ContentType, Transmit};
-use heartline_core::gateway::{self, Effect, Notice, Output};
+use heartline_core::gateway::{self, Effect, Notice, Output, UserKey};
 use heartline_core::{RequestId, TransportId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -463,7 +463,7 @@ fn log_notice(n: &Notice) {
             user,
             reason,
         } => {
-            let user = user.as_deref().unwrap_or("-");
+            let user = user.as_ref().map_or("-", UserKey::as_str);
             if abnormal(reason) {
                 tracing::info!(%session, %user, reason = reason.label(), detail = %reason, "closed");
             } else {

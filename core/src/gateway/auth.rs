@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::gateway::user_key::UserKey;
+
 /// The claims Heartline reads from a token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -28,8 +30,8 @@ pub struct Claims {
 impl Claims {
     /// The user key, `userId:userType`, under which a user's connections, rate limit and
     /// idempotency keys are kept.
-    pub fn user_key(&self) -> String {
-        format!("{}:{}", self.sub, self.user_type)
+    pub fn user_key(&self) -> UserKey {
+        UserKey::new(&self.sub, &self.user_type)
     }
 
     /// Whether the token grants operator rights.

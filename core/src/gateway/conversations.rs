@@ -7,17 +7,18 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::gateway::io::{ErrorCode, Member};
+use crate::gateway::user_key::UserKey;
 use crate::ids::SessionId;
 
 /// One conversation.
 #[derive(Clone, Debug, Default)]
 pub struct Conversation {
     /// Member user keys.
-    pub members: BTreeSet<String>,
+    pub members: BTreeSet<UserKey>,
     /// The last `seq` stored.
     pub last_seq: u64,
     /// Joined sessions, with their user keys.
-    pub room: BTreeMap<SessionId, String>,
+    pub room: BTreeMap<SessionId, UserKey>,
 }
 
 /// Every conversation, and the reverse index from user to conversations.
@@ -25,7 +26,7 @@ pub struct Conversation {
 pub struct Conversations {
     by_id: BTreeMap<String, Conversation>,
     // Looked up, never iterated in an order that reaches outputs.
-    by_user: HashMap<String, BTreeSet<String>>,
+    by_user: HashMap<UserKey, BTreeSet<String>>,
 }
 
 impl Conversations {
@@ -63,7 +64,7 @@ impl Conversations {
     }
 
     /// The conversation, if `user` may use it.
-    pub fn access(&self, id: &str, user: &str) -> Result<&Conversation, ErrorCode> {
+    pub fn access(&self, id: &str, user: &UserKey) -> Result<&Conversation, ErrorCode> {
         let conv = self.by_id.get(id).ok_or(ErrorCode::NotFound)?;
         if conv.members.contains(user) {
             Ok(conv)
@@ -84,7 +85,7 @@ impl Conversations {
 
     /// Users who share at least one conversation with `user` (not `user` itself). Costs
     /// the size of `user`'s conversations, not the number of users.
-    pub fn partners(&self, user: &str) -> BTreeSet<String> {
+    pub fn partners(&self, user: &UserKey) -> BTreeSet<UserKey> {
         let mut out = BTreeSet::new();
         for id in self.by_user.get(user).into_iter().flatten() {
             if let Some(conv) = self.by_id.get(id) {

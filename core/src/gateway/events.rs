@@ -16,7 +16,7 @@ use crate::gateway::io::{
 };
 use crate::gateway::payload::MessageJson;
 use crate::gateway::state::{GatewayTimer, Owner};
-use crate::gateway::{Gateway, Pending};
+use crate::gateway::{Gateway, Pending, UserKey};
 use crate::ids::SessionId;
 use crate::time::Instant;
 
@@ -388,7 +388,7 @@ impl Gateway {
         now: Instant,
         session: SessionId,
         ack: Option<u64>,
-        user_key: &str,
+        user_key: &UserKey,
         arg: &Value,
     ) -> Result<(), Refusal> {
         let send = self.parse_send(arg)?;
@@ -432,13 +432,16 @@ impl Gateway {
                 at,
             );
         }
-        let (sender_id, sender_type) = (user.user_id.clone(), user.user_type.clone());
+        let (sender_id, sender_type) = (
+            user_key.user_id().to_owned(),
+            user_key.user_type().to_owned(),
+        );
         let op = self.next_op();
         self.pending.insert(
             op,
             Pending::Append {
                 session,
-                user: user_key.to_owned(),
+                user: user_key.clone(),
                 ack,
                 temp_id: send.temp_id.clone(),
                 admitted_at: now,
@@ -484,7 +487,7 @@ impl Gateway {
         now: Instant,
         session: SessionId,
         ack: Option<u64>,
-        user: &str,
+        user: &UserKey,
         message: &Message,
         duplicate: bool,
     ) {
@@ -496,7 +499,7 @@ impl Gateway {
         self.ack_json(now, session, ack, &m.send_ack(duplicate));
         self.emit_json(now, session, &m.sent_event(message.temp_id.as_deref()));
         self.notice(Notice::Accepted {
-            user: user.to_owned(),
+            user: user.clone(),
             conversation_id: message.conversation_id.clone(),
             seq: message.seq,
             duplicate,

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::engine::{self, CloseReason, Transmit};
 use crate::gateway::auth::AuthError;
+use crate::gateway::user_key::UserKey;
 use crate::ids::SessionId;
 
 /// Identifies one storage effect and its result.
@@ -42,8 +43,8 @@ impl Member {
     }
 
     /// The user key, `userId:userType`.
-    pub fn key(&self) -> String {
-        format!("{}:{}", self.user_id, self.user_type)
+    pub fn key(&self) -> UserKey {
+        UserKey::new(&self.user_id, &self.user_type)
     }
 }
 
@@ -248,7 +249,7 @@ pub enum Notice {
         /// The session.
         session: SessionId,
         /// Its user key.
-        user: String,
+        user: UserKey,
     },
     /// A connect was refused.
     Refused {
@@ -260,7 +261,7 @@ pub enum Notice {
     /// A newer connection displaced an older one of the same user.
     Replaced {
         /// The user key.
-        user: String,
+        user: UserKey,
         /// The displaced session.
         old: SessionId,
         /// The newer session.
@@ -269,26 +270,26 @@ pub enum Notice {
     /// A user came online.
     Online {
         /// The user key.
-        user: String,
+        user: UserKey,
     },
     /// A user went offline (after the grace period).
     Offline {
         /// The user key.
-        user: String,
+        user: UserKey,
     },
     /// A session ended.
     Closed {
         /// The session.
         session: SessionId,
         /// Its user key, if it had authenticated.
-        user: Option<String>,
+        user: Option<UserKey>,
         /// Why.
         reason: CloseReason,
     },
     /// A send was acknowledged.
     Accepted {
         /// The sender's user key.
-        user: String,
+        user: UserKey,
         /// The conversation.
         conversation_id: String,
         /// The stored message's seq.
@@ -299,7 +300,7 @@ pub enum Notice {
     /// A send was refused.
     SendRefused {
         /// The sender's user key.
-        user: String,
+        user: UserKey,
         /// Why.
         code: ErrorCode,
     },
@@ -410,7 +411,7 @@ impl fmt::Display for Input {
                 "conversation {id} members [{}] lastSeq={last_seq}",
                 members
                     .iter()
-                    .map(Member::key)
+                    .map(|m| m.key().to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),

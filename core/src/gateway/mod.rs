@@ -35,6 +35,7 @@ mod payload;
 pub mod rate;
 mod recent;
 mod state;
+mod user_key;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -46,6 +47,7 @@ pub use io::{
     ReadRequest, StoreFailure,
 };
 pub use state::{GatewayTimer, Owner};
+pub use user_key::UserKey;
 
 use crate::codec::socket::{Packet as SioPacket, PacketType};
 use crate::engine::{self, CloseReason, ConfigError, Engine, UsageError};
@@ -64,7 +66,7 @@ use state::{Conn, Timers, User};
 enum Pending {
     Append {
         session: SessionId,
-        user: String,
+        user: UserKey,
         ack: Option<u64>,
         temp_id: Option<String>,
         admitted_at: Instant,
@@ -92,9 +94,9 @@ pub struct Gateway {
     // Values boxed: B-tree nodes are about half full when keys only grow, and a node holds
     // eleven entries, so inline values would leave much of each node unused.
     conns: BTreeMap<SessionId, Box<Conn>>,
-    users: BTreeMap<String, Box<User>>,
+    users: BTreeMap<UserKey, Box<User>>,
     // Timer owner number to user key; looked up, never iterated.
-    uids: HashMap<u64, String>,
+    uids: HashMap<u64, UserKey>,
     next_uid: u64,
     conversations: Conversations,
     pending: BTreeMap<OpId, Pending>,
@@ -186,7 +188,7 @@ impl Gateway {
     }
 
     /// Live connections of a user key, oldest first.
-    pub fn connections_of(&self, user: &str) -> Vec<SessionId> {
+    pub fn connections_of(&self, user: &UserKey) -> Vec<SessionId> {
         self.users
             .get(user)
             .map(|u| u.conns.iter().copied().collect())
@@ -194,13 +196,13 @@ impl Gateway {
     }
 
     /// Whether others see `user` as online.
-    pub fn is_online(&self, user: &str) -> bool {
+    pub fn is_online(&self, user: &UserKey) -> bool {
         self.users.get(user).is_some_and(|u| u.online)
     }
 
     /// The user key of a connection.
-    pub fn user_of(&self, session: SessionId) -> Option<&str> {
-        self.conns.get(&session).map(|c| c.user.as_str())
+    pub fn user_of(&self, session: SessionId) -> Option<&UserKey> {
+        self.conns.get(&session).map(|c| &c.user)
     }
 
     /// Sessions that joined a conversation.
@@ -382,7 +384,7 @@ impl Gateway {
         };
         self.metrics.connects += 1;
         let user_key = claims.user_key();
-        let uid = self.ensure_user(&user_key, &claims.sub, &claims.user_type);
+        let uid = self.ensure_user(&user_key);
         let mut conn = Conn {
             user: user_key.clone(),
             admin: claims.is_admin(),
@@ -511,19 +513,17 @@ impl Gateway {
         self.reclaim_user(&conn.user);
     }
 
-    fn ensure_user(&mut self, key: &str, user_id: &str, user_type: &str) -> u64 {
+    fn ensure_user(&mut self, key: &UserKey) -> u64 {
         if let Some(u) = self.users.get(key) {
             return u.uid;
         }
         let uid = self.next_uid;
         self.next_uid += 1;
-        self.uids.insert(uid, key.to_owned());
+        self.uids.insert(uid, key.clone());
         self.users.insert(
-            key.to_owned(),
+            key.clone(),
             Box::new(User {
                 uid,
-                user_id: user_id.to_owned(),
-                user_type: user_type.to_owned(),
                 conns: VecDeque::new(),
                 online: false,
                 window: Default::default(),
@@ -548,7 +548,7 @@ impl Gateway {
             return;
         }
         let key = sender.key();
-        let uid = self.ensure_user(&key, &sender.user_id, &sender.user_type);
+        let uid = self.ensure_user(&key);
         let Some(user) = self.users.get_mut(&key) else {
             return;
         };
@@ -566,7 +566,7 @@ impl Gateway {
     }
 
     /// Drops a user's state once nothing about it needs remembering.
-    fn reclaim_user(&mut self, key: &str) {
+    fn reclaim_user(&mut self, key: &UserKey) {
         if let Some(user) = self.users.get_mut(key) {
             if user.is_idle() {
                 self.timers
@@ -578,11 +578,11 @@ impl Gateway {
     }
 
     /// Tells users who share a conversation with `user` that it came online or went offline.
-    fn announce_presence(&mut self, now: Instant, user: &str, online: bool) {
-        let Some(u) = self.users.get(user) else {
+    fn announce_presence(&mut self, now: Instant, user: &UserKey, online: bool) {
+        if !self.users.contains_key(user) {
             return;
-        };
-        let payload = json!({ "userId": u.user_id, "userType": u.user_type });
+        }
+        let payload = json!({ "userId": user.user_id(), "userType": user.user_type() });
         let event = if online {
             "user:online"
         } else {
@@ -599,13 +599,9 @@ impl Gateway {
             let _ = self.engine.send(now, s, &frames);
         }
         self.notice(if online {
-            Notice::Online {
-                user: user.to_owned(),
-            }
+            Notice::Online { user: user.clone() }
         } else {
-            Notice::Offline {
-                user: user.to_owned(),
-            }
+            Notice::Offline { user: user.clone() }
         });
     }
 

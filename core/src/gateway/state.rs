@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, VecDeque};
 use crate::gateway::budget::TokenBucket;
 use crate::gateway::rate::SlidingWindow;
 use crate::gateway::recent::RecentSends;
+use crate::gateway::user_key::UserKey;
 use crate::ids::SessionId;
 use crate::timer::{TimerKind, TimerTable};
 
@@ -62,7 +63,7 @@ pub(crate) type Timers = TimerTable<GatewayTimer, { GatewayTimer::ALL.len() }>;
 #[derive(Debug)]
 pub(crate) struct Conn {
     /// Its user key.
-    pub(crate) user: String,
+    pub(crate) user: UserKey,
     /// Whether its token carries `role: admin`.
     pub(crate) admin: bool,
     /// Token expiry, Unix milliseconds.
@@ -80,10 +81,6 @@ pub(crate) struct Conn {
 pub(crate) struct User {
     /// Internal number, for timers.
     pub(crate) uid: u64,
-    /// The user id.
-    pub(crate) user_id: String,
-    /// The user type.
-    pub(crate) user_type: String,
     /// Live connections, oldest first.
     pub(crate) conns: VecDeque<SessionId>,
     /// Whether others see this user as online (true through the offline grace).

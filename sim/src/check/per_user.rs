@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use heartline_core::gateway::UserKey;
 use heartline_core::{Instant, SessionId};
 
 use super::Finding;
@@ -18,9 +19,9 @@ pub const NAME: &str = "per-user-limit";
 #[derive(Debug, Default)]
 pub struct PerUser {
     limit: usize,
-    live: BTreeMap<String, BTreeSet<SessionId>>,
-    last_change: BTreeMap<String, Instant>,
-    touched: BTreeSet<String>,
+    live: BTreeMap<UserKey, BTreeSet<SessionId>>,
+    last_change: BTreeMap<UserKey, Instant>,
+    touched: BTreeSet<UserKey>,
 }
 
 impl PerUser {
@@ -33,29 +34,26 @@ impl PerUser {
     }
 
     /// A connection authenticated.
-    pub fn connected(&mut self, now: Instant, user: &str, session: SessionId) {
-        self.live
-            .entry(user.to_owned())
-            .or_default()
-            .insert(session);
-        self.last_change.insert(user.to_owned(), now);
-        self.touched.insert(user.to_owned());
+    pub fn connected(&mut self, now: Instant, user: &UserKey, session: SessionId) {
+        self.live.entry(user.clone()).or_default().insert(session);
+        self.last_change.insert(user.clone(), now);
+        self.touched.insert(user.clone());
     }
 
     /// A connection ended.
-    pub fn closed(&mut self, now: Instant, user: &str, session: SessionId) {
+    pub fn closed(&mut self, now: Instant, user: &UserKey, session: SessionId) {
         if let Some(set) = self.live.get_mut(user) {
             set.remove(&session);
             if set.is_empty() {
                 self.live.remove(user);
             }
         }
-        self.last_change.insert(user.to_owned(), now);
+        self.last_change.insert(user.clone(), now);
     }
 
     /// The server died with every connection.
     pub fn crash(&mut self, now: Instant) {
-        let users: Vec<String> = self.live.keys().cloned().collect();
+        let users: Vec<UserKey> = self.live.keys().cloned().collect();
         for u in users {
             self.last_change.insert(u, now);
         }
@@ -64,22 +62,22 @@ impl PerUser {
     }
 
     /// Live connections of a user.
-    pub fn live(&self, user: &str) -> usize {
+    pub fn live(&self, user: &UserKey) -> usize {
         self.live.get(user).map_or(0, BTreeSet::len)
     }
 
     /// Users with a live connection.
-    pub fn users(&self) -> impl Iterator<Item = &String> {
+    pub fn users(&self) -> impl Iterator<Item = &UserKey> {
         self.live.keys()
     }
 
     /// When a user's connections last changed.
-    pub fn last_change(&self, user: &str) -> Option<Instant> {
+    pub fn last_change(&self, user: &UserKey) -> Option<Instant> {
         self.last_change.get(user).copied()
     }
 
     /// Every user ever seen.
-    pub fn known(&self) -> impl Iterator<Item = &String> {
+    pub fn known(&self) -> impl Iterator<Item = &UserKey> {
         self.last_change.keys()
     }
 
