@@ -134,6 +134,7 @@ pub async fn accept(up: Upgrade) {
         ctx,
         permit,
         sending: Sending::default(),
+        linger: None,
     }));
 }
 
@@ -145,42 +146,65 @@ struct Connection {
     ctx: Arc<Context>,
     permit: Arc<Permit>,
     sending: Sending,
+    /// Started once the core asked for a close: how long to wait for the peer's close.
+    linger: Option<Pin<Box<Sleep>>>,
 }
 
 /// Serves an open WebSocket until it ends.
 ///
-/// Not an `async fn`: its argument would be stored in the future twice (once as the
-/// argument, once moved into the body), and an idle connection's task is mostly this
-/// future. An `async move` block keeps the one copy it captured.
+/// An idle connection's task is mostly this future, so it is kept small on purpose:
+/// - not an `async fn`: its argument would be stored twice (once as the argument, once
+///   moved into the body); an `async move` block keeps the one copy it captured;
+/// - across each wait it holds only the connection and one small thing (a pointer to
+///   the connection, a boxed wait or the boxed end timer): every local kept over a wait is
+///   part of the task for as long as the connection lives;
+/// - no nested `async fn` for the loop, which would hold a pointer to the connection
+///   beside it.
+///
+/// tokio adds 104 bytes of its own to a task and rounds it up to a multiple of 128, so this
+/// future must stay within 408 bytes for the task to fit in 512 (it is 400: the connection,
+/// 376, and a 16-byte wait at most; `cargo +nightly rustc -p heartline-runtime --release --
+/// -Zprint-type-sizes` shows it). The next size, 640, is served from 768-byte blocks: at
+/// 520 bytes (the layout before) an idle connection cost ~540 bytes more (3 alternated
+/// runs of 10,000 each).
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
     async move {
-        let ending = run(&mut c).await;
-        // A statement of its own, so that no temporary holds the message across the wait.
-        {
-            let handed = hand_over(&c.ctx, Msg::Net(ending.input(c.transport)));
-            if let Err(wait) = handed {
-                wait.await;
+        let ending = loop {
+            // The step is taken apart in the statement that awaits it, so that neither it
+            // nor the message made of it is stored across the wait below.
+            let frame = match poll_fn(|cx| c.poll_step(cx)).await {
+                Step::Frame(frame) => frame,
+                Step::End(ending) => break ending,
+            };
+            let msg = Msg::Net(engine::Input::WsFrame {
+                transport: c.transport,
+                frame,
+            });
+            // The wait is taken out in a statement of its own, so that the result it came
+            // in is not stored beside it.
+            let wait = match hand_over(&c.ctx, msg) {
+                Ok(true) => continue,
+                Ok(false) => break Ending::Failed,
+                Err(wait) => wait,
+            };
+            if !wait.await {
+                break Ending::Failed;
             }
-        }
+        };
+        let wait = match hand_over(&c.ctx, Msg::Net(ending.input(c.transport))) {
+            Ok(_) => Box::pin(std::future::ready(true)) as Waiting<'_>,
+            Err(wait) => wait,
+        };
+        wait.await;
         // Whatever is still queued, then a close frame (the one asked for, or a normal one).
         c.outbox.close(CloseCode::Normal.into(), "");
-        let transport = c.transport;
-        let Connection {
-            ws,
-            outbox,
-            sending,
-            ..
-        } = &mut c;
-        let finish = poll_fn(|cx| {
-            if outbox.watch(cx.waker()) == Phase::Killed {
-                return Poll::Ready(());
-            }
-            poll_send(cx, ws, sending, outbox, transport)
-        });
         // Boxed, in a statement of its own: the timer is only needed at the end, so idle
         // connections do not carry it.
-        let finishing = Box::pin(tokio::time::timeout(WRITER_GRACE, finish));
+        let finishing = Box::pin(tokio::time::timeout(
+            WRITER_GRACE,
+            poll_fn(|cx| c.poll_finish(cx)),
+        ));
         let _ = finishing.await;
         RuntimeMetrics::dec(&c.ctx.metrics.ws_open);
         drop(c.permit);
@@ -249,50 +273,46 @@ struct Sending {
     done: bool,
 }
 
-/// Serves both directions until reading ends.
-async fn run(c: &mut Connection) -> Ending {
-    let Connection {
-        ws,
-        outbox,
-        transport,
-        ctx,
-        sending,
-        ..
-    } = c;
-    let transport = *transport;
-    let mut linger: Option<Pin<Box<Sleep>>> = None;
-    loop {
-        let step = poll_fn(|cx| {
-            let phase = outbox.watch(cx.waker());
-            if phase == Phase::Killed {
-                return Poll::Ready(Step::End(Ending::Failed));
-            }
-            // Ready means sending is over; reading goes on until the peer's close.
-            let _ = poll_send(cx, ws, sending, outbox, transport);
-            if linger.is_none() && phase == Phase::Closing {
-                linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
-            }
-            if let Some(sleep) = linger.as_mut() {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Step::End(Ending::Closed));
-                }
-            }
-            poll_recv(cx, ws, outbox, transport)
-        })
-        .await;
-        match step {
-            Step::Frame(frame) => {
-                let msg = Msg::Net(engine::Input::WsFrame { transport, frame });
-                let delivered = match hand_over(ctx, msg) {
-                    Ok(delivered) => delivered,
-                    Err(wait) => wait.await,
-                };
-                if !delivered {
-                    return Ending::Failed;
-                }
-            }
-            Step::End(ending) => return ending,
+impl Connection {
+    /// One turn: sends what is queued, then reads until a message for the core, the end
+    /// of reading, or nothing more to do now.
+    fn poll_step(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
+        let phase = self.outbox.watch(cx.waker());
+        if phase == Phase::Killed {
+            return Poll::Ready(Step::End(Ending::Failed));
         }
+        // Ready means sending is over; reading goes on until the peer's close.
+        let _ = poll_send(
+            cx,
+            &mut self.ws,
+            &mut self.sending,
+            &self.outbox,
+            self.transport,
+        );
+        if self.linger.is_none() && phase == Phase::Closing {
+            self.linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
+        }
+        if let Some(sleep) = self.linger.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::End(Ending::Closed));
+            }
+        }
+        poll_recv(cx, &mut self.ws, &self.outbox, self.transport)
+    }
+
+    /// After reading ended: sends what is still queued and the close frame. Ready once
+    /// sending is over or the connection was killed.
+    fn poll_finish(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if self.outbox.watch(cx.waker()) == Phase::Killed {
+            return Poll::Ready(());
+        }
+        poll_send(
+            cx,
+            &mut self.ws,
+            &mut self.sending,
+            &self.outbox,
+            self.transport,
+        )
     }
 }
 
