@@ -18,11 +18,17 @@
 #
 # Settings (environment): ROUNDS=2 IDLE_N=10000 CEIL_N=19900 WIDE_N=50100 WIDE_SERVERS=3
 # STORM_N=10000 DEAD_N=10000 CHAT_GROUPS=20 CHAT_MEMBERS=10 CHAT_SECS=10 CHAT_INFLIGHT=4
-# CHAT_RATE=500 RATE_SECS=30 HOLD_SECS=25 SKIP_BUILD=1 (use the binaries already built).
+# CHAT_RATE=500 RATE_SECS=30 EXTRA_RATES="250 650" HOLD_SECS=25 SKIP_BUILD=1 (use the
+# binaries already built).
 #
 # The fixed-load run is measured for RATE_SECS (15,000 sends at 500/s) rather than the
 # saturation run's CHAT_SECS: its p99 rests on 1 % of the samples, and over 10 s one stall
 # of either server moved it by a factor of up to four between rounds.
+#
+# A latency ratio at one offered load says little by itself: near its saturation (~800
+# acks/s here) the peer's queue grows without bound, and at a trickle both answer at the
+# speed of one fsync. So the fixed-load run is repeated at EXTRA_RATES (also RATE_SECS
+# each, at most four rates), e.g. at ~30 % and ~80 % of the peer's saturation.
 set -euo pipefail
 
 # shellcheck source=tests/bench/common.sh
@@ -38,10 +44,11 @@ CHAT_SECS=${CHAT_SECS:-10}
 CHAT_INFLIGHT=${CHAT_INFLIGHT:-4}
 CHAT_RATE=${CHAT_RATE:-500}
 RATE_SECS=${RATE_SECS:-30}
+EXTRA_RATES=${EXTRA_RATES:-250 650}
 HOLD_SECS=${HOLD_SECS:-25}
 WIDE_N=${WIDE_N:-50100}
 WIDE_SERVERS=${WIDE_SERVERS:-3}
-export ROUNDS IDLE_N CEIL_N STORM_N DEAD_N CHAT_GROUPS CHAT_MEMBERS CHAT_SECS CHAT_INFLIGHT CHAT_RATE RATE_SECS HOLD_SECS WIDE_N WIDE_SERVERS
+export ROUNDS IDLE_N CEIL_N STORM_N DEAD_N CHAT_GROUPS CHAT_MEMBERS CHAT_SECS CHAT_INFLIGHT CHAT_RATE RATE_SECS EXTRA_RATES HOLD_SECS WIDE_N WIDE_SERVERS
 HL_ADDR=127.0.0.1:3102
 PEER_ADDR=127.0.0.1:3103
 TICK=$(getconf CLK_TCK)
@@ -202,6 +209,15 @@ one_run() {
     local rate_cpu_ms rate_deliv
     rate_cpu_ms=$(( (cpu1 - cpu0) * 1000 / TICK )); rate_deliv=$(( ${d1%.*} - ${d0%.*} ))
     wait_conns "$ADDR" "<0" 30 >/dev/null
+    local i=0 r
+    for r in $EXTRA_RATES; do
+        [ "$i" -lt 4 ] || break
+        load --src-net $((net + 6 + i)) chat --groups "$CHAT_GROUPS" --members "$CHAT_MEMBERS" \
+            --secs "$RATE_SECS" --rate "$r" >"$dir/rate-$r.out" 2>"$dir/rate-$r.err" \
+            || log "fixed-load run at $r/s reported errors"
+        wait_conns "$ADDR" "<0" 30 >/dev/null
+        i=$((i + 1))
+    done
 
     # -- dead peers: connect DEAD_N, stop answering, time until the server freed them.
     load --src-net $((net + 4)) deadpeers --conns "$DEAD_N" --timeout-secs 120 \
@@ -228,7 +244,7 @@ one_run() {
 
     python3 - "$kind" "$round" "$base_kb" "$rss1" "$c1" "$rss2" "$c2" \
         "$sat_cpu_ms" "$sat_deliv" "$rate_cpu_ms" "$rate_deliv" "$dir" >>"$RUNS" <<'PY'
-import json, sys, pathlib
+import json, os, sys, pathlib
 kind, rnd, base, rss1, c1, rss2, c2, scpu, sdel, rcpu, rdel, d = sys.argv[1:]
 d = pathlib.Path(d)
 def scen(name):
@@ -250,6 +266,7 @@ print(json.dumps({
     "rate_server_cpu_ms": int(rcpu), "rate_server_deliveries": int(rdel),
     "idle": idle, "saturation": scen("sat"), "rate": scen("rate"),
     "deadpeers": scen("dead"), "storm": scen("storm"), "wide": wide,
+    "rates": {r: scen(f"rate-{r}") for r in os.environ.get("EXTRA_RATES", "").split()},
 }))
 PY
 }
@@ -295,6 +312,14 @@ figures = [
     ("fixed load: fan-out p99 (ms)", lambda r: r["rate"]["fanout_p99_ms"], "low"),
     ("fixed load: fan-out p999 (ms)", lambda r: r["rate"]["fanout_p999_ms"], "low"),
     ("saturation: ack p99 (ms)", lambda r: r["saturation"]["ack_p99_ms"], "low"),
+]
+for rate in os.environ.get("EXTRA_RATES", "").split():
+    figures += [
+        (f"at {rate} sends/s: acks/s achieved", lambda r, k=rate: r["rates"][k]["acks_per_sec"], "high"),
+        (f"at {rate} sends/s: ack p50 (ms)", lambda r, k=rate: r["rates"][k]["ack_p50_ms"], "low"),
+        (f"at {rate} sends/s: ack p99 (ms)", lambda r, k=rate: r["rates"][k]["ack_p99_ms"], "low"),
+    ]
+figures += [
     ("storm: s until all back", lambda r: r["storm"]["all_back_secs"], "low"),
     ("dead peers: s until all freed", lambda r: r["deadpeers"]["freed_secs"], "low"),
 ]
@@ -317,7 +342,7 @@ for name, f, better in figures:
 json.dump({"date": stamp, **json.loads(os.environ["MACHINE_JSON"]),
            "settings": {k: v for k, v in os.environ.items() if k in (
                "ROUNDS", "IDLE_N", "CEIL_N", "STORM_N", "DEAD_N", "CHAT_GROUPS", "CHAT_MEMBERS",
-               "CHAT_SECS", "CHAT_INFLIGHT", "CHAT_RATE", "RATE_SECS", "HOLD_SECS", "WIDE_N",
+               "CHAT_SECS", "CHAT_INFLIGHT", "CHAT_RATE", "RATE_SECS", "EXTRA_RATES", "HOLD_SECS", "WIDE_N",
                "WIDE_SERVERS")},
            "fsync_12k_ms": fsync, "table": table, "runs": runs}, open(out, "w"), indent=1)
 print(f"fsync of 12 KiB appended, before / after: {fsync['before']} / {fsync['after']}")
