@@ -107,10 +107,7 @@ impl Engine {
 
     /// Live sessions (lingering closed ones excluded).
     pub fn session_count(&self) -> usize {
-        self.sessions
-            .values()
-            .filter(|s| s.closed.is_none())
-            .count()
+        self.sessions.values().filter(|s| !s.closed).count()
     }
 
     /// Sessions held in memory, lingering ones included.
@@ -156,7 +153,7 @@ impl Engine {
     pub fn live_sessions(&self, max: usize) -> Vec<SessionId> {
         self.sessions
             .iter()
-            .filter(|(_, s)| s.closed.is_none())
+            .filter(|(_, s)| !s.closed)
             .map(|(id, _)| *id)
             .take(max)
             .collect()
@@ -166,7 +163,7 @@ impl Engine {
         self.sessions
             .get(&session)
             .map(|s| &**s)
-            .filter(|s| s.closed.is_none())
+            .filter(|s| !s.closed)
     }
 
     // ---- outputs -------------------------------------------------------------------------
@@ -288,7 +285,7 @@ impl Engine {
             .sessions
             .get_mut(&session)
             .map(|s| &mut **s)
-            .filter(|s| s.closed.is_none())
+            .filter(|s| !s.closed)
             .ok_or(UsageError::UnknownSession(session))?;
         match s.namespaces.get_mut(nsp) {
             Some(ns @ Namespace::Pending) => *ns = Namespace::Connected(socket_id.clone()),
@@ -418,7 +415,7 @@ impl Engine {
         self.sessions
             .get_mut(&session)
             .map(|s| &mut **s)
-            .filter(|s| s.closed.is_none())
+            .filter(|s| !s.closed)
             .ok_or(UsageError::UnknownSession(session))
     }
 
@@ -444,7 +441,7 @@ impl Engine {
             decoder: Decoder::new(self.config.max_attachments),
             namespaces: Namespaces::default(),
             handshake,
-            closed: None,
+            closed: false,
         };
         if self.config.socketio {
             self.timers
@@ -506,7 +503,7 @@ impl Engine {
                     p.queued_bytes += frame.len() as u64;
                     p.queue.push_back(frame.clone());
                 }
-                if p.queued_bytes > self.config.max_buffered_bytes && s.closed.is_none() {
+                if p.queued_bytes > self.config.max_buffered_bytes && !s.closed {
                     self.end(now, id, CloseReason::SlowConsumer, Ending::Abort);
                     return;
                 }
@@ -667,10 +664,10 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&id) else {
             return false;
         };
-        if s.closed.is_some() {
+        if s.closed {
             return false;
         }
-        s.closed = Some(reason.clone());
+        s.closed = true;
         self.timers.stop_all(&mut s.timers, id);
         if let Some(up) = s.upgrade.take() {
             self.by_transport.remove(&up.ws);

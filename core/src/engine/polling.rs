@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::codec::engine::{decode_payload, encode_payload, Packet as EioPacket};
 use crate::engine::close::{CloseReason, UsageError};
 use crate::engine::io::{ContentType, Handshake, Method, Query, Transmit};
-use crate::engine::session::{Ending, Polling, Transport};
+use crate::engine::session::{Ending, Transport};
 use crate::engine::Engine;
 use crate::ids::{RequestId, SessionId};
 use crate::time::Instant;
@@ -107,7 +107,7 @@ impl Engine {
     }
 
     fn polling_handshake(&mut self, now: Instant, request: RequestId, handshake: Handshake) {
-        let id = self.open(now, Transport::Polling(Polling::default()), handshake);
+        let id = self.open(now, Transport::Polling(Box::default()), handshake);
         let Some(sid) = self.sessions.get(&id).map(|s| s.sid.clone()) else {
             return;
         };
@@ -126,7 +126,7 @@ impl Engine {
             return self.respond_error(request, HttpError::SessionIdUnknown);
         };
         let upgrading = s.upgrade.as_ref().is_some_and(|u| u.probed);
-        let closed = s.closed.is_some();
+        let closed = s.closed;
         let Transport::Polling(p) = &mut s.transport else {
             return self.respond_error(request, HttpError::BadRequest);
         };
@@ -150,7 +150,7 @@ impl Engine {
         p.pending_get = Some(request);
         self.by_request.insert(request, id);
         self.flush_poll(id);
-        if closed && self.sessions.get(&id).is_some_and(|s| s.closed.is_some()) {
+        if closed && self.sessions.get(&id).is_some_and(|s| s.closed) {
             // A lingering session has handed over its last packets.
             self.remove(id);
         }
@@ -160,7 +160,7 @@ impl Engine {
         let Some(s) = self.sessions.get(&id) else {
             return self.respond_error(request, HttpError::SessionIdUnknown);
         };
-        if s.closed.is_some() {
+        if s.closed {
             return self.respond_error(request, HttpError::SessionIdUnknown);
         }
         if !matches!(s.transport, Transport::Polling(_)) {

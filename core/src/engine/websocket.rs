@@ -59,10 +59,7 @@ impl Engine {
             refuse(self, "unknown sid");
             return Ok(());
         };
-        if s.closed.is_some()
-            || s.upgrade.is_some()
-            || !matches!(s.transport, Transport::Polling(_))
-        {
+        if s.closed || s.upgrade.is_some() || !matches!(s.transport, Transport::Polling(_)) {
             refuse(self, "session cannot be upgraded");
             return Ok(());
         }

@@ -422,7 +422,7 @@ impl Gateway {
             r.retry_after_ms = Some(wait);
             return Err(r);
         }
-        user.in_flight += 1;
+        user.in_flight = user.in_flight.saturating_add(1);
         if let Some(at) = user.window.expires_at(window_ms) {
             let uid = user.uid;
             self.timers.set(

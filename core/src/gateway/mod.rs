@@ -191,7 +191,7 @@ impl Gateway {
     pub fn connections_of(&self, user: &UserKey) -> Vec<SessionId> {
         self.users
             .get(user)
-            .map(|u| u.conns.iter().copied().collect())
+            .map(|u| u.conns.to_vec())
             .unwrap_or_default()
     }
 
@@ -431,7 +431,8 @@ impl Gateway {
         // Register, displacing the oldest connections beyond the limit.
         let displaced: Vec<SessionId> = match self.users.get_mut(&user_key) {
             Some(user) => {
-                user.conns.push_back(session);
+                user.conns.reserve_exact(1);
+                user.conns.push(session);
                 let excess = user.conns.len().saturating_sub(self.config.per_user);
                 user.conns.drain(..excess).collect()
             }
@@ -524,7 +525,7 @@ impl Gateway {
             key.clone(),
             Box::new(User {
                 uid,
-                conns: VecDeque::new(),
+                conns: Vec::new(),
                 online: false,
                 window: Default::default(),
                 recent: RecentSends::default(),

@@ -1,6 +1,6 @@
 //! Per-connection and per-user state, and the gateway's timers.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use crate::gateway::budget::TokenBucket;
 use crate::gateway::rate::SlidingWindow;
@@ -81,16 +81,18 @@ pub(crate) struct Conn {
 pub(crate) struct User {
     /// Internal number, for timers.
     pub(crate) uid: u64,
-    /// Live connections, oldest first.
-    pub(crate) conns: VecDeque<SessionId>,
+    /// Live connections, oldest first. A vector of exact size: a user has `per_user`
+    /// connections at most, and most have one.
+    pub(crate) conns: Vec<SessionId>,
     /// Whether others see this user as online (true through the offline grace).
     pub(crate) online: bool,
     /// Accepted sends within the last window.
     pub(crate) window: SlidingWindow,
     /// Recently accepted messages by `tempId`, newest last, to answer retries at once.
     pub(crate) recent: RecentSends,
-    /// Appends in flight.
-    pub(crate) in_flight: usize,
+    /// Appends in flight (a `u32` beside `online`: with a `usize` the user's box moves up
+    /// to the next allocation size).
+    pub(crate) in_flight: u32,
     /// Deadlines.
     pub(crate) timers: Timers,
 }
@@ -99,5 +101,18 @@ impl User {
     /// Whether nothing about this user needs remembering.
     pub(crate) fn is_idle(&self) -> bool {
         self.conns.is_empty() && !self.online && self.window.is_empty() && self.in_flight == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections and users are boxed, and the allocator serves a box from the next size
+    /// class up (..., 112, 128, 160, ...): a user at 144 bytes took 160.
+    #[test]
+    fn a_connection_and_a_user_fit_128_byte_blocks() {
+        assert!(std::mem::size_of::<Conn>() <= 128);
+        assert!(std::mem::size_of::<User>() <= 128);
     }
 }
