@@ -192,6 +192,8 @@ fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
                 break Ending::Failed;
             }
         };
+        // Awaited either way (a one-byte box when no wait is needed, once per connection),
+        // for the same reason as above.
         let wait = match hand_over(&c.ctx, Msg::Net(ending.input(c.transport))) {
             Ok(_) => Box::pin(std::future::ready(true)) as Waiting<'_>,
             Err(wait) => wait,
