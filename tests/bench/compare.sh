@@ -28,7 +28,9 @@
 # A latency ratio at one offered load says little by itself: near its saturation (~800
 # acks/s here) the peer's queue grows without bound, and at a trickle both answer at the
 # speed of one fsync. So the fixed-load run is repeated at EXTRA_RATES (also RATE_SECS
-# each, at most four rates), e.g. at ~30 % and ~80 % of the peer's saturation.
+# each, at most four rates), e.g. at ~30 % and ~80 % of the peer's saturation. All
+# fixed-load runs use the server process that already went through the idle and
+# saturation phases: whatever those leave behind (a large heap, say) shows in them.
 set -euo pipefail
 
 # shellcheck source=tests/bench/common.sh
