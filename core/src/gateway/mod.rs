@@ -383,8 +383,7 @@ impl Gateway {
             return;
         };
         self.metrics.connects += 1;
-        let user_key = claims.user_key();
-        let uid = self.ensure_user(&user_key);
+        let (uid, user_key) = self.ensure_user(claims.user_key());
         let mut conn = Conn {
             user: user_key.clone(),
             admin: claims.is_admin(),
@@ -514,9 +513,11 @@ impl Gateway {
         self.reclaim_user(&conn.user);
     }
 
-    fn ensure_user(&mut self, key: &UserKey) -> u64 {
-        if let Some(u) = self.users.get(key) {
-            return u.uid;
+    /// The user's timer number and its key, the user registered if it was not. The key
+    /// returned is the registry's own, so that whoever keeps it shares its text.
+    fn ensure_user(&mut self, key: UserKey) -> (u64, UserKey) {
+        if let Some((k, u)) = self.users.get_key_value(&key) {
+            return (u.uid, k.clone());
         }
         let uid = self.next_uid;
         self.next_uid += 1;
@@ -533,7 +534,7 @@ impl Gateway {
                 timers: Timers::default(),
             }),
         );
-        uid
+        (uid, key)
     }
 
     /// Seeds a user's rate window with sends made before this process started.
@@ -548,8 +549,7 @@ impl Gateway {
         if remaining.is_empty() {
             return;
         }
-        let key = sender.key();
-        let uid = self.ensure_user(&key);
+        let (uid, key) = self.ensure_user(sender.key());
         let Some(user) = self.users.get_mut(&key) else {
             return;
         };
