@@ -44,6 +44,42 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// A 20-character public id (an Engine.IO `sid`, a Socket.IO socket id), held inline.
+///
+/// Every session keeps its sid and its socket id, and the engine indexes sessions by sid:
+/// as strings those were three allocations per connection plus the index's copy of the
+/// key. The characters are URL-safe base64, so the bytes are always valid UTF-8.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Id20([u8; 20]);
+
+impl Id20 {
+    /// The id a client sent, if it has the shape of one; anything else is no id of ours.
+    pub fn parse(text: &str) -> Option<Id20> {
+        let bytes: [u8; 20] = text.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+            .then_some(Id20(bytes))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Id20 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Id20 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// The core's only source of randomness: a ChaCha8 stream seeded by the driver.
 #[derive(Clone, Debug)]
 pub struct Rng {
@@ -84,10 +120,14 @@ impl Rng {
     }
 
     /// A 20-character URL-safe id from 120 random bits, the shape Node's Engine.IO uses.
-    pub fn id20(&mut self) -> String {
+    pub fn id20(&mut self) -> Id20 {
         let mut raw = [0u8; 15];
         self.inner.fill_bytes(&mut raw);
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        let mut id = [b'A'; 20];
+        // 15 bytes are exactly 20 base64 characters, so this cannot fail; if it did, the
+        // id would only be less random, never malformed (all `A`s).
+        let _ = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_slice(raw, &mut id);
+        Id20(id)
     }
 
     /// A 23-character id that sorts by time: `unix_ms` as 11 hex digits (good until the
@@ -129,11 +169,24 @@ mod tests {
         let mut b = Rng::from_seed(7);
         let ida = a.id20();
         assert_eq!(ida, b.id20());
-        assert_eq!(ida.len(), 20);
+        assert_eq!(ida.as_str().len(), 20);
         assert!(ida
+            .as_str()
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
         assert_ne!(Rng::from_seed(8).id20(), ida);
+        assert_eq!(Id20::parse(ida.as_str()), Some(ida));
+    }
+
+    #[test]
+    fn only_ids_of_our_shape_parse() {
+        assert!(Id20::parse("").is_none());
+        assert!(Id20::parse("abcdefghijklmnopqrs").is_none());
+        assert!(Id20::parse("abcdefghijklmnopqrstu").is_none());
+        assert!(Id20::parse("abcdefghijklmnopqrs=").is_none());
+        assert!(Id20::parse("abcdefghijklmnopqré").is_none());
+        let id = Id20::parse("AZaz09-_AZaz09-_AZaz").expect("our shape");
+        assert_eq!(id.to_string(), "AZaz09-_AZaz09-_AZaz");
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub use session::Timer;
 use crate::codec::engine::{Data, Handshake as OpenPacket, Packet as EioPacket};
 use crate::codec::socket::{Decoder, Packet as SioPacket, PacketType};
 use crate::codec::Frame;
-use crate::ids::{RequestId, Rng, SessionId, TransportId};
+use crate::ids::{Id20, RequestId, Rng, SessionId, TransportId};
 use crate::time::{Clock, Instant};
 use crate::timer::TimerQueue;
 use session::{Ending, Namespace, Namespaces, Session, Transport};
@@ -73,7 +73,7 @@ pub struct Engine {
     // grow, so inline sessions would leave most of each node's memory unused.
     sessions: BTreeMap<SessionId, Box<Session>>,
     // Lookup-only indexes; never iterated, so their order cannot leak into outputs.
-    by_sid: HashMap<String, SessionId>,
+    by_sid: HashMap<Id20, SessionId>,
     by_transport: HashMap<TransportId, SessionId>,
     by_request: HashMap<RequestId, SessionId>,
     timers: TimerQueue<SessionId, Timer>,
@@ -133,7 +133,7 @@ impl Engine {
     /// The socket id of a connected namespace.
     pub fn socket_id(&self, session: SessionId, nsp: &str) -> Option<&str> {
         match self.live(session)?.namespaces.get(nsp)? {
-            Namespace::Connected(id) => Some(id),
+            Namespace::Connected(id) => Some(id.as_str()),
             Namespace::Pending => None,
         }
     }
@@ -288,12 +288,12 @@ impl Engine {
             .filter(|s| !s.closed)
             .ok_or(UsageError::UnknownSession(session))?;
         match s.namespaces.get_mut(nsp) {
-            Some(ns @ Namespace::Pending) => *ns = Namespace::Connected(socket_id.clone()),
+            Some(ns @ Namespace::Pending) => *ns = Namespace::Connected(socket_id),
             _ => return Err(UsageError::NamespaceState(session, nsp.to_owned())),
         }
         self.timers.stop(&mut s.timers, session, Timer::Handshake);
         let mut data = serde_json::Map::new();
-        data.insert("sid".into(), Value::String(socket_id.clone()));
+        data.insert("sid".into(), Value::String(socket_id.to_string()));
         let reply = SioPacket {
             kind: PacketType::Connect,
             nsp: nsp.to_owned(),
@@ -302,7 +302,7 @@ impl Engine {
             attachments: vec![],
         };
         self.push_sio(now, session, &reply);
-        Ok(socket_id)
+        Ok(socket_id.to_string())
     }
 
     /// Refuses a pending namespace connect with CONNECT_ERROR carrying `data` (for example
@@ -434,7 +434,7 @@ impl Engine {
             .accepted_at
             .add_ms(self.config.handshake_timeout_ms);
         let mut s = Session {
-            sid: sid.clone(),
+            sid,
             transport,
             upgrade: None,
             timers: Default::default(),
@@ -456,25 +456,25 @@ impl Engine {
         if let Transport::WebSocket(ws) = s.transport {
             self.by_transport.insert(ws, id);
         }
-        self.by_sid.insert(sid.clone(), id);
+        self.by_sid.insert(sid, id);
         self.sessions.insert(id, Box::new(s));
         self.event(Event::Opened {
             session: id,
-            sid,
+            sid: sid.to_string(),
             websocket,
         });
         id
     }
 
     /// The open packet for a new session.
-    fn open_packet(&self, sid: &str, websocket: bool) -> Frame {
+    fn open_packet(&self, sid: Id20, websocket: bool) -> Frame {
         let upgrades = if !websocket && self.config.transports.websocket {
             vec!["websocket".to_owned()]
         } else {
             vec![]
         };
         EioPacket::Open(OpenPacket {
-            sid: sid.to_owned(),
+            sid: sid.to_string(),
             upgrades,
             ping_interval_ms: self.config.ping_interval_ms,
             ping_timeout_ms: self.config.ping_timeout_ms,
@@ -559,11 +559,8 @@ impl Engine {
             Ok(None) => return,
             Err(e) => return self.protocol_error(now, id, &e.to_string()),
         };
-        // Whether the namespace is connected, without copying its socket id.
-        let state = s.namespaces.get(&packet.nsp).map(|n| match n {
-            Namespace::Pending => Namespace::Pending,
-            Namespace::Connected(_) => Namespace::Connected(String::new()),
-        });
+        // Whether the namespace is connected (a copy: the socket id is inline and small).
+        let state = s.namespaces.get(&packet.nsp).cloned();
         match (packet.kind, state) {
             (PacketType::Connect, None) => {
                 if self.config.namespaces.contains(&packet.nsp) {

@@ -12,7 +12,7 @@ use crate::engine::close::{CloseReason, UsageError};
 use crate::engine::io::{ContentType, Handshake, Method, Query, Transmit};
 use crate::engine::session::{Ending, Transport};
 use crate::engine::Engine;
-use crate::ids::{RequestId, SessionId};
+use crate::ids::{Id20, RequestId, SessionId};
 use crate::time::Instant;
 
 /// Engine.IO's HTTP error codes, with the messages clients show.
@@ -88,7 +88,7 @@ impl Engine {
             Ok(false) => match &query.sid {
                 None if method == Method::Get => self.polling_handshake(now, request, handshake),
                 None => self.respond_error(request, HttpError::BadHandshakeMethod),
-                Some(sid) => match self.by_sid.get(sid).copied() {
+                Some(sid) => match Id20::parse(sid).and_then(|k| self.by_sid.get(&k)).copied() {
                     None => self.respond_error(request, HttpError::SessionIdUnknown),
                     Some(id) => match method {
                         Method::Get => self.poll_get(now, id, request),
@@ -108,10 +108,10 @@ impl Engine {
 
     fn polling_handshake(&mut self, now: Instant, request: RequestId, handshake: Handshake) {
         let id = self.open(now, Transport::Polling(Box::default()), handshake);
-        let Some(sid) = self.sessions.get(&id).map(|s| s.sid.clone()) else {
+        let Some(sid) = self.sessions.get(&id).map(|s| s.sid) else {
             return;
         };
-        let open = self.open_packet(&sid, false);
+        let open = self.open_packet(sid, false);
         // The open packet travels alone in the handshake response.
         self.respond(
             request,

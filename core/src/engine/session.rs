@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use crate::codec::socket::Decoder;
 use crate::codec::Frame;
 use crate::engine::io::Handshake;
-use crate::ids::{RequestId, TransportId};
+use crate::ids::{Id20, RequestId, TransportId};
 use crate::timer::{TimerKind, TimerTable};
 
 /// The deadlines a session can have. The declaration order is the firing order for
@@ -87,7 +87,7 @@ pub(crate) enum Namespace {
     /// CONNECT received; the application has not answered yet.
     Pending,
     /// Connected, with the socket id the client sees as `socket.id`.
-    Connected(String),
+    Connected(Id20),
 }
 
 /// A session's namespaces, ordered by name.
@@ -146,7 +146,7 @@ impl Namespaces {
 #[derive(Debug)]
 pub(crate) struct Session {
     /// Its public id.
-    pub(crate) sid: String,
+    pub(crate) sid: Id20,
     /// Where its packets go.
     pub(crate) transport: Transport,
     /// An upgrade in progress.

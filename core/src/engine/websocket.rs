@@ -12,7 +12,7 @@ use crate::engine::close::{CloseReason, UsageError};
 use crate::engine::io::{Handshake, Query, Transmit};
 use crate::engine::session::{Ending, Transport, Upgrade};
 use crate::engine::{Engine, Event, Timer};
-use crate::ids::{SessionId, TransportId};
+use crate::ids::{Id20, SessionId, TransportId};
 use crate::time::Instant;
 
 impl Engine {
@@ -41,8 +41,8 @@ impl Engine {
         }
         let Some(sid) = query.sid else {
             let id = self.open(now, Transport::WebSocket(ws), handshake);
-            if let Some(sid) = self.sessions.get(&id).map(|s| s.sid.clone()) {
-                let open = self.open_packet(&sid, true);
+            if let Some(sid) = self.sessions.get(&id).map(|s| s.sid) {
+                let open = self.open_packet(sid, true);
                 self.transmit(Transmit::WsSend {
                     transport: ws,
                     frame: open,
@@ -51,7 +51,7 @@ impl Engine {
             return Ok(());
         };
         // An upgrade: only a live polling session with no upgrade under way may be taken over.
-        let Some(id) = self.by_sid.get(&sid).copied() else {
+        let Some(id) = Id20::parse(&sid).and_then(|k| self.by_sid.get(&k)).copied() else {
             refuse(self, "unknown sid");
             return Ok(());
         };
