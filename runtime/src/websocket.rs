@@ -57,9 +57,9 @@ const WRITER_GRACE: Duration = Duration::from_secs(1);
 /// most of an idle connection's memory, 4 KiB still a third of it, 1 KiB a fifth.
 ///
 /// The buffer keeps its size only while no received frame still points into it (see
-/// [`poll_recv`]): below 1 KiB, `bytes` gives a buffer that was shared at the time it
-/// needed room a new one of just the bytes asked for, and reads would shrink to a frame
-/// header at a time.
+/// [`Connection::poll_recv`]): below 1 KiB, `bytes` gives a buffer that was shared at the
+/// time it needed room a new one of just the bytes asked for, and reads would shrink to a
+/// frame header at a time.
 const READ_BUFFER: usize = 512;
 
 /// Most frames handed to the socket before one flush.
@@ -284,13 +284,7 @@ impl Connection {
             return Poll::Ready(Step::End(Ending::Failed));
         }
         // Ready means sending is over; reading goes on until the peer's close.
-        let _ = poll_send(
-            cx,
-            &mut self.ws,
-            &mut self.sending,
-            &self.outbox,
-            self.transport,
-        );
+        let _ = self.poll_send(cx);
         if self.linger.is_none() && phase == Phase::Closing {
             self.linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
         }
@@ -299,7 +293,7 @@ impl Connection {
                 return Poll::Ready(Step::End(Ending::Closed));
             }
         }
-        poll_recv(cx, &mut self.ws, &self.outbox, self.transport)
+        self.poll_recv(cx)
     }
 
     /// After reading ended: sends what is still queued and the close frame. Ready once
@@ -308,130 +302,117 @@ impl Connection {
         if self.outbox.watch(cx.waker()) == Phase::Killed {
             return Poll::Ready(());
         }
-        poll_send(
-            cx,
-            &mut self.ws,
-            &mut self.sending,
-            &self.outbox,
-            self.transport,
-        )
+        self.poll_send(cx)
     }
-}
 
-/// Reads the next message for the core, skipping control frames.
-///
-/// A message's bytes are copied out of tungstenite's read buffer rather than shared with
-/// it: the core may hold a message after the next read, and a shared buffer would be
-/// replaced by a smaller one on that read (see [`READ_BUFFER`]).
-fn poll_recv(
-    cx: &mut TaskContext<'_>,
-    ws: &mut Ws,
-    outbox: &Outbox,
-    transport: TransportId,
-) -> Poll<Step> {
-    loop {
-        let step = match Pin::new(&mut *ws).poll_next(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(None) => Step::End(Ending::Closed),
-            Poll::Ready(Some(Ok(Message::Text(text)))) => {
-                Step::Frame(Frame::Text(Bytes::copy_from_slice(text.as_bytes())))
-            }
-            Poll::Ready(Some(Ok(Message::Binary(bytes)))) => {
-                Step::Frame(Frame::Binary(Bytes::copy_from_slice(&bytes)))
-            }
-            Poll::Ready(Some(Ok(Message::Close(_)))) => Step::End(Ending::Closed),
-            Poll::Ready(Some(Ok(_))) => continue,
-            Poll::Ready(Some(Err(WsError::Capacity(CapacityError::MessageTooLong {
-                size,
-                max_size,
-            })))) => {
-                tracing::info!(%transport, size, max_size, "websocket message too large");
-                outbox.close(CloseCode::Size.into(), "payload too large");
-                Step::End(Ending::Dropped(CloseReason::PayloadTooLarge))
-            }
-            Poll::Ready(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))) => {
-                Step::End(Ending::Closed)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                tracing::debug!(%transport, error = %e, "websocket read failed");
-                Step::End(Ending::Failed)
-            }
-        };
-        return Poll::Ready(step);
+    /// Reads the next message for the core, skipping control frames.
+    ///
+    /// A message's bytes are copied out of tungstenite's read buffer rather than shared
+    /// with it: the core may hold a message after the next read, and a shared buffer would
+    /// be replaced by a smaller one on that read (see [`READ_BUFFER`]).
+    fn poll_recv(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
+        let transport = self.transport;
+        loop {
+            let step = match Pin::new(&mut self.ws).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => Step::End(Ending::Closed),
+                Poll::Ready(Some(Ok(Message::Text(text)))) => {
+                    Step::Frame(Frame::Text(Bytes::copy_from_slice(text.as_bytes())))
+                }
+                Poll::Ready(Some(Ok(Message::Binary(bytes)))) => {
+                    Step::Frame(Frame::Binary(Bytes::copy_from_slice(&bytes)))
+                }
+                Poll::Ready(Some(Ok(Message::Close(_)))) => Step::End(Ending::Closed),
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(Some(Err(WsError::Capacity(CapacityError::MessageTooLong {
+                    size,
+                    max_size,
+                })))) => {
+                    tracing::info!(%transport, size, max_size, "websocket message too large");
+                    self.outbox
+                        .close(CloseCode::Size.into(), "payload too large");
+                    Step::End(Ending::Dropped(CloseReason::PayloadTooLarge))
+                }
+                Poll::Ready(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))) => {
+                    Step::End(Ending::Closed)
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::debug!(%transport, error = %e, "websocket read failed");
+                    Step::End(Ending::Failed)
+                }
+            };
+            return Poll::Ready(step);
+        }
     }
-}
 
-/// Hands queued frames to the socket (at most [`WRITE_BATCH`] per flush) and flushes them.
-/// Ready once sending is over; Pending while waiting for frames or for the socket.
-fn poll_send(
-    cx: &mut TaskContext<'_>,
-    ws: &mut Ws,
-    st: &mut Sending,
-    outbox: &Outbox,
-    transport: TransportId,
-) -> Poll<()> {
-    if st.done {
-        return Poll::Ready(());
-    }
-    match fill_and_flush(cx, ws, st, outbox) {
-        Ok(more) => {
-            if st.close_sent && !st.unflushed {
-                st.done = true;
-                return Poll::Ready(());
-            }
-            if more {
-                // A full batch went out and more may be queued: come back after the
-                // other direction had its turn.
-                cx.waker().wake_by_ref();
-            }
-            Poll::Pending
+    /// Hands queued frames to the socket (at most [`WRITE_BATCH`] per flush) and flushes
+    /// them. Ready once sending is over; Pending while waiting for frames or for the socket.
+    fn poll_send(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if self.sending.done {
+            return Poll::Ready(());
         }
-        Err(e) => {
-            tracing::debug!(%transport, error = %e, "websocket write failed");
-            st.done = true;
-            Poll::Ready(())
+        match self.fill_and_flush(cx) {
+            Ok(more) => {
+                let st = &mut self.sending;
+                if st.close_sent && !st.unflushed {
+                    st.done = true;
+                    return Poll::Ready(());
+                }
+                if more {
+                    // A full batch went out and more may be queued: come back after the
+                    // other direction had its turn.
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
+            Err(e) => {
+                tracing::debug!(transport = %self.transport, error = %e, "websocket write failed");
+                self.sending.done = true;
+                Poll::Ready(())
+            }
         }
     }
-}
 
-/// One batch: feeds frames while the socket takes them, then flushes. Returns whether the
-/// batch was full (more may be waiting).
-fn fill_and_flush(
-    cx: &mut TaskContext<'_>,
-    ws: &mut Ws,
-    st: &mut Sending,
-    outbox: &Outbox,
-) -> Result<bool, WsError> {
-    let mut fed = 0;
-    while !st.close_sent && fed < WRITE_BATCH {
-        match Pin::new(&mut *ws).poll_ready(cx) {
-            Poll::Ready(r) => r?,
-            Poll::Pending => break,
-        }
-        let Some(next) = outbox.try_next() else {
-            break;
-        };
-        let msg = match next {
-            Next::Frame(frame) => to_message(frame),
-            Next::Close(code, reason) => {
-                st.close_sent = true;
-                Message::Close(Some(CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: Utf8Bytes::from(reason),
-                }))
+    /// One batch: feeds frames while the socket takes them, then flushes. Returns whether
+    /// the batch was full (more may be waiting).
+    fn fill_and_flush(&mut self, cx: &mut TaskContext<'_>) -> Result<bool, WsError> {
+        let Connection {
+            ws,
+            outbox,
+            sending: st,
+            ..
+        } = self;
+        let mut fed = 0;
+        while !st.close_sent && fed < WRITE_BATCH {
+            match Pin::new(&mut *ws).poll_ready(cx) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => break,
             }
-        };
-        Pin::new(&mut *ws).start_send(msg)?;
-        st.unflushed = true;
-        fed += 1;
-    }
-    if st.unflushed {
-        if let Poll::Ready(r) = Pin::new(&mut *ws).poll_flush(cx) {
-            r?;
-            st.unflushed = false;
+            let Some(next) = outbox.try_next() else {
+                break;
+            };
+            let msg = match next {
+                Next::Frame(frame) => to_message(frame),
+                Next::Close(code, reason) => {
+                    st.close_sent = true;
+                    Message::Close(Some(CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: Utf8Bytes::from(reason),
+                    }))
+                }
+            };
+            Pin::new(&mut *ws).start_send(msg)?;
+            st.unflushed = true;
+            fed += 1;
         }
+        if st.unflushed {
+            if let Poll::Ready(r) = Pin::new(&mut *ws).poll_flush(cx) {
+                r?;
+                st.unflushed = false;
+            }
+        }
+        Ok(fed == WRITE_BATCH && !st.unflushed)
     }
-    Ok(fed == WRITE_BATCH && !st.unflushed)
 }
 
 fn to_message(frame: Frame) -> Message {
