@@ -10,7 +10,7 @@
 //!   `Gateway`, or the protocol suites' [`echo`] server), feeding it inputs and the store's
 //!   results and carrying out its outputs.
 //! - [`conn`], [`routes`], [`engineio`], [`websocket`], [`api`]: per-connection I/O tasks
-//!   that decide nothing.
+//!   that decide nothing; [`frames`]: the WebSocket frames they read and write.
 //! - [`storage`]: the store's own thread, with group commit, in front of [`store`].
 //! - [`outbox`]: per-connection send queues bounded in bytes (the slow-consumer policy).
 //! - [`admission`]: the connection cap and the per-IP connection rate.
@@ -29,6 +29,7 @@ pub mod dev;
 pub mod echo;
 pub mod engineio;
 pub mod error;
+pub mod frames;
 pub mod http;
 pub mod metrics;
 pub mod outbox;

@@ -6,43 +6,50 @@
 //! task polls both directions itself, so a peer that does not read (a full socket) never
 //! stops its frames from being read, and the outbox's slow-consumer policy still applies.
 //!
+//! The socket is read into, and written from, buffers that belong to the thread, not to
+//! the connection ([`frames`] decodes and encodes the frames): an idle connection holds
+//! no buffer at all, where a WebSocket stream library keeps a read and a write buffer per
+//! socket for its whole life. A connection holds bytes of its own only while a frame is
+//! incomplete or several arrived in one read, and while the socket has not taken all that
+//! was written to it.
+//!
 //! Frames up to `max_payload_bytes` plus a little slack reach the core, which closes an
-//! oversize one with 1009 itself; beyond the slack tungstenite stops reading the frame
-//! (memory stays bounded) and the connection is closed with the same code here.
+//! oversize one with 1009 itself; a longer frame is refused here, from its header, before
+//! its payload is read (memory stays bounded), and the connection is closed with the same
+//! code. Other protocol errors close with 1002 (1007 for text that is not UTF-8).
 //!
 //! The task outlives a close the core asked for by at most [`CLOSE_LINGER`], waiting for
 //! the peer's close frame, so a dead peer's socket is dropped promptly.
 
+use std::cell::RefCell;
 use std::future::{poll_fn, Future};
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{Sink, Stream};
 use heartline_core::codec::Frame;
 use heartline_core::engine::{self, CloseReason, Handshake, Query};
 use heartline_core::TransportId;
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Sleep;
-use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
 
 use crate::actor::Msg;
 use crate::admission::Permit;
 use crate::context::Context;
+use crate::frames::{self, Decoder, FrameError, Received};
 use crate::metrics::RuntimeMetrics;
 use crate::outbox::{Next, Outbox, Phase};
 
-/// Bytes past `max_payload_bytes` that tungstenite still reads, so that the core sees a
-/// slightly oversize frame and closes it with its own reason.
+/// Bytes past `max_payload_bytes` that a frame may have and still reach the core, so that
+/// the core sees a slightly oversize frame and closes it with its own reason.
 pub const FRAME_SLACK: usize = 1024;
 
 /// How long the task waits for the peer's close frame after a close was asked for.
@@ -51,21 +58,31 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How long the last frames and the close frame may take once reading has stopped.
 const WRITER_GRACE: Duration = Duration::from_secs(1);
 
-/// Read buffer of each WebSocket, bytes: what one read takes from the socket at most.
-/// Chat frames are a few hundred bytes, so this holds one or two; a larger frame still gets
-/// room for its whole length once its header is read. tungstenite's default (128 KiB) was
-/// most of an idle connection's memory, 4 KiB still a third of it, 1 KiB a fifth.
-///
-/// The buffer keeps its size only while no received frame still points into it (see
-/// [`Connection::poll_recv`]): below 1 KiB, `bytes` gives a buffer that was shared at the
-/// time it needed room a new one of just the bytes asked for, and reads would shrink to a
-/// frame header at a time.
-const READ_BUFFER: usize = 512;
+/// Most bytes one read takes from a socket, into the thread's read buffer.
+const READ_CHUNK: usize = 16 * 1024;
 
-/// Most frames handed to the socket before one flush.
+/// Most frames written to the socket in one write.
 const WRITE_BATCH: usize = 64;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+/// A batch stops growing past this many bytes.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// The thread's write buffer is given back past this size (after a large frame).
+const WRITE_BUFFER_KEEP: usize = 256 * 1024;
+
+thread_local! {
+    /// The buffers every connection served by this thread reads into and writes from.
+    /// Each is borrowed only within one synchronous step of one connection.
+    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers {
+        read: vec![0; READ_CHUNK],
+        write: Vec::new(),
+    });
+}
+
+struct Buffers {
+    read: Vec<u8>,
+    write: Vec<u8>,
+}
 
 /// A WebSocket upgrade that was answered with 101; hyper has yet to hand over the socket.
 pub struct Upgrade {
@@ -102,15 +119,15 @@ pub async fn accept(up: Upgrade) {
             return;
         }
     };
-    let max = usize::try_from(ctx.config.engine.max_payload_bytes)
-        .unwrap_or(usize::MAX)
-        .saturating_add(FRAME_SLACK);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    // The server hands hyper plain TCP streams, so this is one; holding the stream itself
+    // (not hyper's boxed wrapper around it) is what lets reads share a buffer.
+    let (tcp, read_before) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => (parts.io.into_inner(), parts.read_buf),
+        Err(_) => {
+            tracing::warn!("websocket upgrade over a stream that is not TCP; dropped");
+            return;
+        }
+    };
     let limit = usize::try_from(ctx.config.server.max_outbound_bytes).unwrap_or(usize::MAX);
     let outbox = Arc::new(Outbox::new(limit, ctx.metrics.clone()));
     let transport = ctx.transport_id();
@@ -128,7 +145,9 @@ pub async fn accept(up: Upgrade) {
     }
     ctx.metrics.ws_open.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(serve(Connection {
-        ws,
+        tcp,
+        decoder: Decoder::with_bytes(&read_before),
+        unsent: None,
         outbox,
         transport,
         ctx,
@@ -140,7 +159,12 @@ pub async fn accept(up: Upgrade) {
 
 /// An open WebSocket and what its task needs.
 struct Connection {
-    ws: Ws,
+    tcp: TcpStream,
+    /// Received bytes not yet made into messages (none while idle).
+    decoder: Decoder,
+    /// Bytes written that the socket has not taken yet, and a pong to send (none while
+    /// idle).
+    unsent: Option<Box<Unsent>>,
     outbox: Arc<Outbox>,
     transport: TransportId,
     ctx: Arc<Context>,
@@ -148,6 +172,17 @@ struct Connection {
     sending: Sending,
     /// Started once the core asked for a close: how long to wait for the peer's close.
     linger: Option<Pin<Box<Sleep>>>,
+}
+
+/// What the sending direction holds between writes.
+#[derive(Default)]
+struct Unsent {
+    bytes: Vec<u8>,
+    /// How many of `bytes` the socket took already.
+    start: usize,
+    /// The payload of the last ping received, for the pong that answers it (RFC 6455
+    /// §5.5.3: only the most recent needs an answer).
+    pong: Option<bytes::Bytes>,
 }
 
 /// Serves an open WebSocket until it ends.
@@ -162,11 +197,11 @@ struct Connection {
 ///   beside it.
 ///
 /// tokio adds 104 bytes of its own to a task and rounds it up to a multiple of 128, so this
-/// future must stay within 408 bytes for the task to fit in 512 (it is 400: the connection,
-/// 376, and a 16-byte wait at most; `cargo +nightly rustc -p heartline-runtime --release --
-/// -Zprint-type-sizes` shows it). The next size, 640, is served from 768-byte blocks: at
-/// 520 bytes (the layout before) an idle connection cost ~540 bytes more (3 alternated
-/// runs of 10,000 each).
+/// future must stay within 152 bytes for the task to fit in 256 (it is 128: the connection,
+/// 104, and a 16-byte wait at most; `cargo +nightly rustc -p heartline-runtime --release --
+/// -Zprint-type-sizes` shows it). Each step up costs every idle connection 128 bytes or
+/// more: at 520 bytes (an earlier layout, a 640-byte task served from 768-byte blocks) an
+/// idle connection cost ~540 bytes more than at 400 (3 alternated runs of 10,000 each).
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
     async move {
@@ -264,14 +299,16 @@ enum Step {
     End(Ending),
 }
 
+/// What one read decoded: a message or control frame, nothing whole yet, or an error.
+type Decoded = Result<Option<Received>, FrameError>;
+
 /// The sending direction's progress.
 #[derive(Default)]
 struct Sending {
-    /// Frames handed to the socket since the last completed flush.
-    unflushed: bool,
-    /// The close frame was handed to the socket: nothing follows it.
+    /// The close frame was written (the socket may not have taken all of it yet): nothing
+    /// follows it.
     close_sent: bool,
-    /// Sending is over: the close frame is flushed, or the socket refused a write.
+    /// Sending is over: the socket took the close frame, or refused a write.
     done: bool,
 }
 
@@ -305,57 +342,101 @@ impl Connection {
         self.poll_send(cx)
     }
 
-    /// Reads the next message for the core, skipping control frames.
-    ///
-    /// A message's bytes are copied out of tungstenite's read buffer rather than shared
-    /// with it: the core may hold a message after the next read, and a shared buffer would
-    /// be replaced by a smaller one on that read (see [`READ_BUFFER`]).
+    /// Reads the next message for the core, answering pings on the way.
     fn poll_recv(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
-        let transport = self.transport;
+        let max = usize::try_from(self.ctx.config.engine.max_payload_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_add(FRAME_SLACK);
         loop {
-            let step = match Pin::new(&mut self.ws).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => Step::End(Ending::Closed),
-                Poll::Ready(Some(Ok(Message::Text(text)))) => {
-                    Step::Frame(Frame::Text(Bytes::copy_from_slice(text.as_bytes())))
+            // Frames that came with an earlier read first.
+            let decoded = match self.decoder.next_held(max) {
+                Ok(None) => match self.poll_read(cx, max) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(decoded)) => decoded,
+                    Poll::Ready(Err(ending)) => return Poll::Ready(Step::End(ending)),
+                },
+                decoded => decoded,
+            };
+            let step = match decoded {
+                Ok(Some(Received::Text(text))) => Step::Frame(Frame::Text(text)),
+                Ok(Some(Received::Binary(bytes))) => Step::Frame(Frame::Binary(bytes)),
+                Ok(Some(Received::Ping(payload))) => {
+                    if !self.sending.close_sent {
+                        self.unsent.get_or_insert_with(Box::default).pong = Some(payload);
+                        let _ = self.poll_send(cx);
+                    }
+                    continue;
                 }
-                Poll::Ready(Some(Ok(Message::Binary(bytes)))) => {
-                    Step::Frame(Frame::Binary(Bytes::copy_from_slice(&bytes)))
-                }
-                Poll::Ready(Some(Ok(Message::Close(_)))) => Step::End(Ending::Closed),
-                Poll::Ready(Some(Ok(_))) => continue,
-                Poll::Ready(Some(Err(WsError::Capacity(CapacityError::MessageTooLong {
-                    size,
-                    max_size,
-                })))) => {
-                    tracing::info!(%transport, size, max_size, "websocket message too large");
-                    self.outbox
-                        .close(CloseCode::Size.into(), "payload too large");
-                    Step::End(Ending::Dropped(CloseReason::PayloadTooLarge))
-                }
-                Poll::Ready(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))) => {
-                    Step::End(Ending::Closed)
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    tracing::debug!(%transport, error = %e, "websocket read failed");
-                    Step::End(Ending::Failed)
-                }
+                Ok(Some(Received::Close(_))) => Step::End(Ending::Closed),
+                Ok(None) => continue,
+                Err(e) => Step::End(self.refuse(&e)),
             };
             return Poll::Ready(step);
         }
     }
 
-    /// Hands queued frames to the socket (at most [`WRITE_BATCH`] per flush) and flushes
-    /// them. Ready once sending is over; Pending while waiting for frames or for the socket.
+    /// One read from the socket into the thread's buffer, decoded up to the first message
+    /// (`Ok(Ok(None))`: no whole message yet). `Err`: reading is over.
+    fn poll_read(&mut self, cx: &mut TaskContext<'_>, max: usize) -> Poll<Result<Decoded, Ending>> {
+        let Connection {
+            tcp,
+            decoder,
+            sending,
+            transport,
+            ..
+        } = self;
+        BUFFERS.with(|buffers| {
+            let mut buffers = buffers.borrow_mut();
+            let mut buf = ReadBuf::new(&mut buffers.read);
+            match Pin::new(tcp).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(%transport, error = %e, "websocket read failed");
+                    Poll::Ready(Err(Ending::Failed))
+                }
+                // The peer closed its side: after our close frame that ends the exchange;
+                // before it, without a close frame of its own, the connection was lost.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    Poll::Ready(Err(if sending.close_sent {
+                        Ending::Closed
+                    } else {
+                        Ending::Failed
+                    }))
+                }
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    Poll::Ready(Ok(decoder.next_from(&mut buffers.read[..n], max)))
+                }
+            }
+        })
+    }
+
+    /// Answers a protocol error with its close code; the connection ends.
+    fn refuse(&mut self, e: &FrameError) -> Ending {
+        let transport = self.transport;
+        self.outbox.close(e.close_code(), e.close_reason());
+        match e {
+            FrameError::TooLarge { size, max } => {
+                tracing::info!(%transport, size, max, "websocket message too large");
+                Ending::Dropped(CloseReason::PayloadTooLarge)
+            }
+            _ => {
+                tracing::debug!(%transport, error = %e, "websocket frame refused");
+                Ending::Failed
+            }
+        }
+    }
+
+    /// Writes queued frames to the socket (at most [`WRITE_BATCH`] per turn). Ready once
+    /// sending is over; Pending while waiting for frames or for the socket.
     fn poll_send(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
         if self.sending.done {
             return Poll::Ready(());
         }
-        match self.fill_and_flush(cx) {
+        match self.write_batch(cx) {
             Ok(more) => {
-                let st = &mut self.sending;
-                if st.close_sent && !st.unflushed {
-                    st.done = true;
+                if self.sending.close_sent && self.unsent.is_none() {
+                    self.sending.done = true;
                     return Poll::Ready(());
                 }
                 if more {
@@ -368,60 +449,94 @@ impl Connection {
             Err(e) => {
                 tracing::debug!(transport = %self.transport, error = %e, "websocket write failed");
                 self.sending.done = true;
+                self.unsent = None;
                 Poll::Ready(())
             }
         }
     }
 
-    /// One batch: feeds frames while the socket takes them, then flushes. Returns whether
-    /// the batch was full (more may be waiting).
-    fn fill_and_flush(&mut self, cx: &mut TaskContext<'_>) -> Result<bool, WsError> {
+    /// Finishes what the socket has not taken yet, then writes one batch: a pong if one is
+    /// due, then queued frames, encoded into the thread's write buffer and written at once.
+    /// Returns whether the batch was full and all of it went out (more may be waiting).
+    fn write_batch(&mut self, cx: &mut TaskContext<'_>) -> io::Result<bool> {
+        if !self.poll_write_unsent(cx)? {
+            return Ok(false);
+        }
         let Connection {
-            ws,
+            tcp,
             outbox,
-            sending: st,
+            unsent,
+            sending,
             ..
         } = self;
-        let mut fed = 0;
-        while !st.close_sent && fed < WRITE_BATCH {
-            match Pin::new(&mut *ws).poll_ready(cx) {
-                Poll::Ready(r) => r?,
-                Poll::Pending => break,
+        BUFFERS.with(|buffers| {
+            let mut buffers = buffers.borrow_mut();
+            let out = &mut buffers.write;
+            out.clear();
+            if let Some(pong) = unsent.take().and_then(|u| u.pong) {
+                frames::encode_pong(out, &pong);
             }
-            let Some(next) = outbox.try_next() else {
-                break;
-            };
-            let msg = match next {
-                Next::Frame(frame) => to_message(frame),
-                Next::Close(code, reason) => {
-                    st.close_sent = true;
-                    Message::Close(Some(CloseFrame {
-                        code: CloseCode::from(code),
-                        reason: Utf8Bytes::from(reason),
-                    }))
+            let mut fed = 0;
+            while !sending.close_sent && fed < WRITE_BATCH && out.len() < WRITE_BATCH_BYTES {
+                let Some(next) = outbox.try_next() else {
+                    break;
+                };
+                match next {
+                    Next::Frame(Frame::Text(text)) => frames::encode_text(out, &text),
+                    Next::Frame(Frame::Binary(bytes)) => frames::encode_binary(out, &bytes),
+                    Next::Close(code, reason) => {
+                        frames::encode_close(out, code, &reason);
+                        sending.close_sent = true;
+                    }
                 }
-            };
-            Pin::new(&mut *ws).start_send(msg)?;
-            st.unflushed = true;
-            fed += 1;
-        }
-        if st.unflushed {
-            if let Poll::Ready(r) = Pin::new(&mut *ws).poll_flush(cx) {
-                r?;
-                st.unflushed = false;
+                fed += 1;
+            }
+            let full = fed == WRITE_BATCH || out.len() >= WRITE_BATCH_BYTES;
+            let mut written = 0;
+            while written < out.len() {
+                match Pin::new(&mut *tcp).poll_write(cx, &out[written..]) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    // The socket is full; the task is woken when it has room.
+                    Poll::Pending => break,
+                }
+            }
+            let all_written = written == out.len();
+            if !all_written {
+                *unsent = Some(Box::new(Unsent {
+                    bytes: out[written..].to_vec(),
+                    start: 0,
+                    pong: None,
+                }));
+            }
+            if out.capacity() > WRITE_BUFFER_KEEP {
+                *out = Vec::new();
+            }
+            Ok(full && all_written)
+        })
+    }
+
+    /// Writes what the socket did not take before. `Ok(true)` once nothing is left (a pong
+    /// still due stays for the next batch).
+    fn poll_write_unsent(&mut self, cx: &mut TaskContext<'_>) -> io::Result<bool> {
+        let Some(unsent) = self.unsent.as_mut() else {
+            return Ok(true);
+        };
+        while unsent.start < unsent.bytes.len() {
+            match Pin::new(&mut self.tcp).poll_write(cx, &unsent.bytes[unsent.start..]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => unsent.start += n,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(false),
             }
         }
-        Ok(fed == WRITE_BATCH && !st.unflushed)
-    }
-}
-
-fn to_message(frame: Frame) -> Message {
-    match frame {
-        Frame::Text(bytes) => match Utf8Bytes::try_from(bytes) {
-            Ok(text) => Message::Text(text),
-            // The core only builds UTF-8 text; never send a text frame that is not.
-            Err(_) => Message::Text(Utf8Bytes::from_static("")),
-        },
-        Frame::Binary(bytes) => Message::Binary(bytes),
+        if unsent.pong.is_none() {
+            self.unsent = None;
+        } else {
+            unsent.bytes = Vec::new();
+            unsent.start = 0;
+        }
+        Ok(true)
     }
 }

@@ -1,0 +1,616 @@
+//! WebSocket frames (RFC 6455) for the server's side of a connection, with no buffer of
+//! its own per socket while the connection is idle.
+//!
+//! tungstenite's stream keeps a read buffer and a write buffer for every socket for as long
+//! as it lives. With tens of thousands of idle connections those two buffers (and the
+//! wakers of its async adapter) were about a third of an idle connection's memory. Here a
+//! socket is read into, and written from, buffers shared by all the connections a thread
+//! serves (see `websocket.rs`); a [`Decoder`] keeps bytes of its own only while a frame is
+//! incomplete, or while frames that arrived in one read wait their turn, and gives them
+//! back as soon as none are left.
+//!
+//! Headers are parsed and written by tungstenite's [`FrameHeader`]. What this module adds
+//! is the message layer over them that tungstenite's stream otherwise provides, for a
+//! server with no extensions: client frames must be masked; reserved bits and opcodes are
+//! refused; control frames are final and at most 125 bytes; fragments are joined into one
+//! message; text must be UTF-8; frames and messages are bounded in size before their
+//! payload is buffered; close frames carry a valid code.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+/// Longest payload of a control frame (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: u64 = 125;
+
+/// A message or control frame received from the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// A whole text message, valid UTF-8.
+    Text(Bytes),
+    /// A whole binary message.
+    Binary(Bytes),
+    /// A ping: the pong carries the same payload back.
+    Ping(Bytes),
+    /// The peer's close frame, with its code if it gave one.
+    Close(Option<u16>),
+}
+
+/// Why what the peer sent was refused. Each has the close code that says so.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// A frame, or a fragmented message so far, longer than allowed.
+    #[error("message of {size} bytes, over the limit of {max}")]
+    TooLarge {
+        /// Bytes announced or assembled.
+        size: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// A text message that is not UTF-8.
+    #[error("text message is not valid UTF-8")]
+    InvalidUtf8,
+    /// A frame that breaks RFC 6455.
+    #[error("websocket protocol error: {0}")]
+    Protocol(&'static str),
+}
+
+impl FrameError {
+    /// The close code to answer with (1009, 1007, 1002).
+    pub fn close_code(&self) -> u16 {
+        match self {
+            FrameError::TooLarge { .. } => CloseCode::Size.into(),
+            FrameError::InvalidUtf8 => CloseCode::Invalid.into(),
+            FrameError::Protocol(_) => CloseCode::Protocol.into(),
+        }
+    }
+
+    /// The close frame's reason text.
+    pub fn close_reason(&self) -> &'static str {
+        match self {
+            FrameError::TooLarge { .. } => "payload too large",
+            FrameError::InvalidUtf8 => "invalid utf-8",
+            FrameError::Protocol(_) => "protocol error",
+        }
+    }
+}
+
+/// The receiving side of one connection: no allocation while it holds nothing.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// Received bytes not decoded yet.
+    held: Option<Box<Held>>,
+    /// A fragmented message being put together.
+    assembling: Option<Box<Assembling>>,
+}
+
+#[derive(Debug)]
+struct Held {
+    bytes: Vec<u8>,
+    /// Where the undecoded bytes start: frames are taken from the front one at a time, so
+    /// the rest is moved down only when more bytes are added.
+    start: usize,
+}
+
+#[derive(Debug)]
+struct Assembling {
+    text: bool,
+    bytes: Vec<u8>,
+}
+
+/// One frame decoded from the front of some bytes.
+struct Decoded {
+    /// Bytes the frame took.
+    len: usize,
+    /// What it completed, if anything (a pong or a non-final fragment completes nothing).
+    received: Option<Received>,
+}
+
+impl Decoder {
+    /// A decoder that starts with bytes already read (after the upgrade request, in the
+    /// same read).
+    pub fn with_bytes(bytes: &[u8]) -> Decoder {
+        let mut decoder = Decoder::default();
+        decoder.hold(bytes);
+        decoder
+    }
+
+    /// Whether bytes are held: an incomplete frame, or frames not decoded yet.
+    pub fn holds_bytes(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The next message from the bytes held, if they contain one.
+    pub fn next_held(&mut self, max: usize) -> Result<Option<Received>, FrameError> {
+        let Some(held) = self.held.as_mut() else {
+            return Ok(None);
+        };
+        let mut start = held.start;
+        let result = loop {
+            match decode(&mut self.assembling, &mut held.bytes[start..], max) {
+                Ok(Some(frame)) => {
+                    start += frame.len;
+                    if frame.received.is_some() {
+                        break Ok(frame.received);
+                    }
+                }
+                Ok(None) => break Ok(None),
+                Err(e) => break Err(e),
+            }
+        };
+        if start == held.bytes.len() {
+            self.held = None;
+        } else {
+            held.start = start;
+        }
+        result
+    }
+
+    /// The next message from `input`, bytes just read (into a buffer the caller reuses),
+    /// after those held. What `input` has beyond that message is kept for
+    /// [`Decoder::next_held`].
+    pub fn next_from(
+        &mut self,
+        input: &mut [u8],
+        max: usize,
+    ) -> Result<Option<Received>, FrameError> {
+        if self.held.is_some() {
+            self.hold(input);
+            return self.next_held(max);
+        }
+        let mut start = 0;
+        let result = loop {
+            match decode(&mut self.assembling, &mut input[start..], max) {
+                Ok(Some(frame)) => {
+                    start += frame.len;
+                    if frame.received.is_some() {
+                        break Ok(frame.received);
+                    }
+                }
+                Ok(None) => break Ok(None),
+                Err(e) => return Err(e),
+            }
+        };
+        self.hold(&input[start..]);
+        result
+    }
+
+    /// Keeps `bytes` after those already held.
+    fn hold(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        match self.held.as_mut() {
+            Some(held) => {
+                held.bytes.drain(..held.start);
+                held.start = 0;
+                held.bytes.extend_from_slice(bytes);
+            }
+            None => {
+                self.held = Some(Box::new(Held {
+                    bytes: bytes.to_vec(),
+                    start: 0,
+                }))
+            }
+        }
+    }
+}
+
+/// Decodes the frame at the front of `input`, unmasking its payload in place. `None` while
+/// the frame is incomplete.
+fn decode(
+    assembling: &mut Option<Box<Assembling>>,
+    input: &mut [u8],
+    max: usize,
+) -> Result<Option<Decoded>, FrameError> {
+    let mut cursor = Cursor::new(&*input);
+    let (header, length) = match FrameHeader::parse(&mut cursor) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(FrameError::Protocol("reserved opcode")),
+    };
+    // At most 14 bytes, so it fits any usize.
+    let header_len = cursor.position() as usize;
+    if header.rsv1 || header.rsv2 || header.rsv3 {
+        return Err(FrameError::Protocol("reserved bits set"));
+    }
+    let Some(mask) = header.mask else {
+        return Err(FrameError::Protocol("unmasked frame from a client"));
+    };
+    let control = matches!(header.opcode, OpCode::Control(_));
+    if control && (length > MAX_CONTROL_PAYLOAD || !header.is_final) {
+        return Err(FrameError::Protocol(
+            "control frame fragmented or over 125 bytes",
+        ));
+    }
+    let too_large = || FrameError::TooLarge { size: length, max };
+    let payload_len = usize::try_from(length).map_err(|_| too_large())?;
+    if payload_len > max {
+        return Err(too_large());
+    }
+    let len = header_len + payload_len;
+    if input.len() < len {
+        return Ok(None);
+    }
+    let payload = &mut input[header_len..len];
+    unmask(payload, mask);
+    let payload = &*payload;
+    let received = match header.opcode {
+        OpCode::Control(Control::Ping) => Some(Received::Ping(Bytes::copy_from_slice(payload))),
+        OpCode::Control(Control::Pong) => None,
+        OpCode::Control(Control::Close) => Some(Received::Close(close_code(payload)?)),
+        OpCode::Data(Data::Text | Data::Binary) => {
+            if assembling.is_some() {
+                return Err(FrameError::Protocol(
+                    "new message before the last one ended",
+                ));
+            }
+            let text = header.opcode == OpCode::Data(Data::Text);
+            if header.is_final {
+                Some(message(text, Bytes::copy_from_slice(payload))?)
+            } else {
+                *assembling = Some(Box::new(Assembling {
+                    text,
+                    bytes: payload.to_vec(),
+                }));
+                None
+            }
+        }
+        OpCode::Data(Data::Continue) => {
+            let Some(message_so_far) = assembling.as_mut() else {
+                return Err(FrameError::Protocol("continuation without a message"));
+            };
+            let size = message_so_far.bytes.len() + payload.len();
+            if size > max {
+                return Err(FrameError::TooLarge {
+                    size: size as u64,
+                    max,
+                });
+            }
+            message_so_far.bytes.extend_from_slice(payload);
+            match assembling.take() {
+                Some(whole) if header.is_final => Some(message(whole.text, whole.bytes.into())?),
+                unfinished => {
+                    *assembling = unfinished;
+                    None
+                }
+            }
+        }
+        // FrameHeader::parse refuses reserved opcodes.
+        OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+            return Err(FrameError::Protocol("reserved opcode"))
+        }
+    };
+    Ok(Some(Decoded { len, received }))
+}
+
+/// A whole message: text must be UTF-8.
+fn message(text: bool, bytes: Bytes) -> Result<Received, FrameError> {
+    if !text {
+        return Ok(Received::Binary(bytes));
+    }
+    match std::str::from_utf8(&bytes) {
+        Ok(_) => Ok(Received::Text(bytes)),
+        Err(_) => Err(FrameError::InvalidUtf8),
+    }
+}
+
+/// A close frame's code: none, or two bytes of an allowed code and a UTF-8 reason.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, FrameError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(FrameError::Protocol("close frame of one byte")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !CloseCode::from(code).is_allowed() {
+                return Err(FrameError::Protocol("close code not allowed"));
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return Err(FrameError::InvalidUtf8);
+            }
+            Ok(Some(code))
+        }
+    }
+}
+
+/// Unmasks (or masks: the same XOR) a payload with its key.
+fn unmask(payload: &mut [u8], key: [u8; 4]) {
+    let word = u32::from_ne_bytes(key);
+    let mut chunks = payload.chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        let masked = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ word;
+        chunk.copy_from_slice(&masked.to_ne_bytes());
+    }
+    for (byte, k) in chunks.into_remainder().iter_mut().zip(key) {
+        *byte ^= k;
+    }
+}
+
+/// What a server writes: a whole unmasked frame.
+fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    let header = FrameHeader {
+        is_final: true,
+        rsv1: false,
+        rsv2: false,
+        rsv3: false,
+        opcode,
+        mask: None,
+    };
+    // Formatting into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, out);
+    out.extend_from_slice(payload);
+}
+
+/// Appends a text frame.
+pub fn encode_text(out: &mut Vec<u8>, text: &[u8]) {
+    encode(out, OpCode::Data(Data::Text), text);
+}
+
+/// Appends a binary frame.
+pub fn encode_binary(out: &mut Vec<u8>, bytes: &[u8]) {
+    encode(out, OpCode::Data(Data::Binary), bytes);
+}
+
+/// Appends a pong answering a ping with this payload.
+pub fn encode_pong(out: &mut Vec<u8>, payload: &[u8]) {
+    encode(out, OpCode::Control(Control::Pong), payload);
+}
+
+/// Appends a close frame. The reason is cut at a character boundary to fit the 125 bytes
+/// of a control frame.
+pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+    let mut end = reason.len().min(MAX_CONTROL_PAYLOAD as usize - 2);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = [0u8; MAX_CONTROL_PAYLOAD as usize];
+    payload[..2].copy_from_slice(&code.to_be_bytes());
+    payload[2..2 + end].copy_from_slice(&reason.as_bytes()[..end]);
+    encode(out, OpCode::Control(Control::Close), &payload[..2 + end]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 1000;
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// A client frame: masked, with the given first byte (FIN, RSV, opcode).
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&KEY);
+        let mut masked = payload.to_vec();
+        unmask(&mut masked, KEY);
+        out.extend_from_slice(&masked);
+        out
+    }
+
+    fn text(s: &str) -> Vec<u8> {
+        client_frame(0x81, s.as_bytes())
+    }
+
+    /// Everything `bytes` decodes to, fed `chunk` bytes at a time.
+    fn decode_all(bytes: &[u8], chunk: usize) -> Result<Vec<Received>, FrameError> {
+        let mut decoder = Decoder::default();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(chunk) {
+            let mut scratch = piece.to_vec();
+            if let Some(r) = decoder.next_from(&mut scratch, MAX)? {
+                out.push(r);
+            }
+            while let Some(r) = decoder.next_held(MAX)? {
+                out.push(r);
+            }
+        }
+        assert!(!decoder.holds_bytes(), "bytes left over");
+        Ok(out)
+    }
+
+    #[test]
+    fn frames_decode_alike_whatever_the_reads_that_bring_them() {
+        let mut bytes = text("40/chat,{\"token\":\"t\"}");
+        bytes.extend(client_frame(0x82, &[1, 2, 3, 4, 5]));
+        bytes.extend(client_frame(0x89, b"hi"));
+        bytes.extend(client_frame(0x8a, b"ignored pong"));
+        bytes.extend(text(&"x".repeat(300)));
+        bytes.extend(text(""));
+        let expected = vec![
+            Received::Text(Bytes::from_static(b"40/chat,{\"token\":\"t\"}")),
+            Received::Binary(Bytes::from_static(&[1, 2, 3, 4, 5])),
+            Received::Ping(Bytes::from_static(b"hi")),
+            Received::Text(Bytes::from("x".repeat(300))),
+            Received::Text(Bytes::new()),
+        ];
+        for chunk in [1, 2, 3, 7, 64, bytes.len()] {
+            assert_eq!(decode_all(&bytes, chunk), Ok(expected.clone()), "{chunk}");
+        }
+    }
+
+    #[test]
+    fn an_idle_decoder_holds_nothing() {
+        let mut decoder = Decoder::default();
+        let mut bytes = text("2");
+        assert_eq!(
+            decoder.next_from(&mut bytes, MAX),
+            Ok(Some(Received::Text(Bytes::from_static(b"2"))))
+        );
+        assert!(!decoder.holds_bytes());
+        assert!(decoder.assembling.is_none());
+        let mut half = text("3");
+        let (a, b) = half.split_at_mut(3);
+        assert_eq!(decoder.next_from(a, MAX), Ok(None));
+        assert!(decoder.holds_bytes());
+        assert_eq!(
+            decoder.next_from(b, MAX),
+            Ok(Some(Received::Text(Bytes::from_static(b"3"))))
+        );
+        assert!(!decoder.holds_bytes());
+    }
+
+    #[test]
+    fn fragments_are_joined_and_control_frames_may_come_between() {
+        let mut bytes = client_frame(0x01, b"42/chat,");
+        bytes.extend(client_frame(0x89, b"p"));
+        bytes.extend(client_frame(0x00, b"[\"ping\""));
+        bytes.extend(client_frame(0x80, b",{}]"));
+        for chunk in [1, 5, bytes.len()] {
+            assert_eq!(
+                decode_all(&bytes, chunk),
+                Ok(vec![
+                    Received::Ping(Bytes::from_static(b"p")),
+                    Received::Text(Bytes::from_static(b"42/chat,[\"ping\",{}]")),
+                ])
+            );
+        }
+    }
+
+    #[test]
+    fn close_frames_give_their_code() {
+        let mut with_code = vec![0x03, 0xe8];
+        with_code.extend_from_slice(b"bye");
+        assert_eq!(
+            decode_all(&client_frame(0x88, &with_code), 100),
+            Ok(vec![Received::Close(Some(1000))])
+        );
+        assert_eq!(
+            decode_all(&client_frame(0x88, &[]), 100),
+            Ok(vec![Received::Close(None)])
+        );
+    }
+
+    #[test]
+    fn what_breaks_the_protocol_is_refused_with_its_close_code() {
+        let mut unmasked = vec![0x81, 0x01, b'x'];
+        let mut ping_too_long = client_frame(0x89, &[0; 126]);
+        let mut fragmented_ping = client_frame(0x09, b"p");
+        let mut reserved_bit = client_frame(0xc1, b"x");
+        let mut reserved_opcode = client_frame(0x83, b"x");
+        let mut lone_continuation = client_frame(0x80, b"x");
+        let mut interleaved = client_frame(0x01, b"a");
+        interleaved.extend(text("b"));
+        let mut bad_close_code = client_frame(0x88, &1005u16.to_be_bytes());
+        let mut one_byte_close = client_frame(0x88, &[3]);
+        for (name, bytes) in [
+            ("unmasked", &mut unmasked),
+            ("ping over 125", &mut ping_too_long),
+            ("fragmented ping", &mut fragmented_ping),
+            ("reserved bit", &mut reserved_bit),
+            ("reserved opcode", &mut reserved_opcode),
+            ("lone continuation", &mut lone_continuation),
+            ("interleaved", &mut interleaved),
+            ("close code 1005", &mut bad_close_code),
+            ("one-byte close", &mut one_byte_close),
+        ] {
+            let got = Decoder::default().next_from(bytes, MAX);
+            match got {
+                Err(e) => assert_eq!(e.close_code(), 1002, "{name}: {e}"),
+                Ok(r) => panic!("{name}: accepted as {r:?}"),
+            }
+        }
+        let mut not_utf8 = client_frame(0x81, &[0xff, 0xfe]);
+        assert_eq!(
+            Decoder::default().next_from(&mut not_utf8, MAX),
+            Err(FrameError::InvalidUtf8)
+        );
+        // Split across fragments, a character is checked once whole.
+        let mut split_char = client_frame(0x01, &"é".as_bytes()[..1]);
+        split_char.extend(client_frame(0x80, &"é".as_bytes()[1..]));
+        assert_eq!(
+            decode_all(&split_char, 1),
+            Ok(vec![Received::Text(Bytes::from("é"))])
+        );
+    }
+
+    #[test]
+    fn size_is_bounded_before_the_payload_is_held() {
+        // Only the header of a huge frame has arrived: refused at once, nothing held.
+        let big = client_frame(0x81, &vec![b'x'; MAX + 1]);
+        let mut decoder = Decoder::default();
+        assert_eq!(
+            decoder.next_from(&mut big[..14].to_vec(), MAX),
+            Err(FrameError::TooLarge {
+                size: MAX as u64 + 1,
+                max: MAX
+            })
+        );
+        // A frame announcing 2^63 bytes.
+        let mut absurd = vec![0x81, 0x80 | 127];
+        absurd.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        absurd.extend_from_slice(&KEY);
+        assert!(matches!(
+            Decoder::default().next_from(&mut absurd, MAX),
+            Err(FrameError::TooLarge { .. })
+        ));
+        // Fragments that add up to more than the limit.
+        let mut parts = client_frame(0x01, &vec![b'x'; 600]);
+        parts.extend(client_frame(0x80, &vec![b'x'; 600]));
+        assert_eq!(
+            decode_all(&parts, 10),
+            Err(FrameError::TooLarge {
+                size: 1200,
+                max: MAX
+            })
+        );
+        // Exactly the limit is fine.
+        let exact = client_frame(0x82, &vec![7; MAX]);
+        assert_eq!(
+            decode_all(&exact, 100),
+            Ok(vec![Received::Binary(Bytes::from(vec![7; MAX]))])
+        );
+    }
+
+    #[test]
+    fn bytes_read_with_the_upgrade_request_come_first() {
+        let mut first = text("40");
+        first.extend(&text("41")[..2]);
+        let mut decoder = Decoder::with_bytes(&first);
+        assert_eq!(
+            decoder.next_held(MAX),
+            Ok(Some(Received::Text(Bytes::from_static(b"40"))))
+        );
+        assert_eq!(decoder.next_held(MAX), Ok(None));
+        let mut rest = text("41")[2..].to_vec();
+        assert_eq!(
+            decoder.next_from(&mut rest, MAX),
+            Ok(Some(Received::Text(Bytes::from_static(b"41"))))
+        );
+        assert!(!decoder.holds_bytes());
+    }
+
+    #[test]
+    fn server_frames_are_unmasked_and_close_reasons_fit_a_control_frame() {
+        let mut out = Vec::new();
+        encode_text(&mut out, b"3");
+        assert_eq!(out, [0x81, 0x01, b'3']);
+        out.clear();
+        encode_binary(&mut out, &[0; 200]);
+        assert_eq!(out[..4], [0x82, 126, 0, 200]);
+        assert_eq!(out.len(), 204);
+        out.clear();
+        encode_pong(&mut out, b"hi");
+        assert_eq!(out, [0x8a, 0x02, b'h', b'i']);
+        out.clear();
+        encode_close(&mut out, 1009, "payload too large");
+        assert_eq!(out[..4], [0x88, 19, 0x03, 0xf1]);
+        assert_eq!(&out[4..], b"payload too large");
+        out.clear();
+        encode_close(&mut out, 1000, &"é".repeat(100));
+        assert_eq!(out[1] as usize, out.len() - 2);
+        assert!(out.len() - 2 <= 125);
+        assert!(std::str::from_utf8(&out[4..]).is_ok());
+    }
+}

@@ -1,0 +1,279 @@
+//! End to end over loopback, at the level of WebSocket frames (RFC 6455): what a client may
+//! send besides one whole masked text frame at a time — pings, fragments, frames in the
+//! same packet as the upgrade request — and what breaks the protocol, which closes that
+//! connection alone with its code.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+use tokio_tungstenite::tungstenite::Message;
+
+const PATH: &str = "/socket.io/?EIO=4&transport=websocket";
+
+/// A client frame, masked, with the given first byte (FIN, RSV bits, opcode).
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x12, 0x34, 0x56, 0x78];
+    let mut out = vec![first];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+fn connect_packet(user: &str) -> String {
+    format!(
+        "40/chat,{}",
+        json!({ "token": token(user, "customer", 3600) })
+    )
+}
+
+/// A WebSocket opened by hand over TCP, reading the server's frames itself.
+struct Raw {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    /// Sends the upgrade request with `after` in the same write, and reads the 101.
+    async fn open(server: &TestServer, after: &[u8]) -> Raw {
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+        let mut request = format!(
+            "GET {PATH} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            server.addr
+        )
+        .into_bytes();
+        request.extend_from_slice(after);
+        tcp.write_all(&request).await.expect("write");
+        let mut raw = Raw {
+            tcp,
+            buf: Vec::new(),
+        };
+        let end = loop {
+            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            raw.fill().await;
+        };
+        let head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        raw.buf.drain(..end);
+        raw
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk))
+            .await
+            .expect("read in time")
+            .expect("read");
+        assert!(n > 0, "connection ended; held {:?}", self.buf);
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// The next frame from the server: its opcode byte and payload. Server frames are
+    /// never masked.
+    async fn frame(&mut self) -> (OpCode, Vec<u8>) {
+        loop {
+            let mut cursor = std::io::Cursor::new(&self.buf[..]);
+            if let Ok(Some((header, len))) = FrameHeader::parse(&mut cursor) {
+                assert!(header.mask.is_none(), "server frames are not masked");
+                let start = cursor.position() as usize;
+                let end = start + len as usize;
+                if self.buf.len() >= end {
+                    let payload = self.buf[start..end].to_vec();
+                    self.buf.drain(..end);
+                    return (header.opcode, payload);
+                }
+            }
+            self.fill().await;
+        }
+    }
+
+    /// Text frames until one contains `needle`.
+    async fn text_containing(&mut self, needle: &str) -> String {
+        loop {
+            let (opcode, payload) = self.frame().await;
+            assert_eq!(opcode, OpCode::Data(Data::Text), "{payload:?}");
+            let text = String::from_utf8(payload).expect("utf-8");
+            if text.contains(needle) {
+                return text;
+            }
+        }
+    }
+
+    /// Frames until a close frame; its code.
+    async fn close_code(&mut self) -> u16 {
+        loop {
+            let (opcode, payload) = self.frame().await;
+            if opcode == OpCode::Control(Control::Close) {
+                assert!(payload.len() >= 2, "close frame with a code");
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.expect("write");
+    }
+}
+
+#[tokio::test]
+async fn frames_in_the_upgrade_requests_packet_are_read() {
+    let mut server = TestServer::start(|_| {}).await;
+    // A ping and the namespace connect, written with the request itself.
+    let mut after = masked(0x89, b"early");
+    after.extend(masked(0x81, connect_packet("alice").as_bytes()));
+    let mut raw = Raw::open(&server, &after).await;
+    let mut pong = None;
+    let mut texts = Vec::new();
+    while !texts
+        .iter()
+        .any(|t: &String| t.contains("connection:success"))
+    {
+        let (opcode, payload) = raw.frame().await;
+        match opcode {
+            OpCode::Control(Control::Pong) => pong = Some(payload),
+            OpCode::Data(Data::Text) => texts.push(String::from_utf8(payload).expect("utf-8")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(pong.as_deref(), Some(&b"early"[..]));
+    assert!(
+        texts[0].starts_with("0{"),
+        "the open packet first: {texts:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pings_are_answered_and_fragments_joined_between_them() {
+    let mut server = TestServer::start(|_| {}).await;
+    let url = format!("ws://{}{PATH}", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("open");
+    let open = ws.next().await.expect("frame").expect("ok");
+    assert!(open.to_text().expect("text").starts_with('0'));
+    // The namespace connect in three fragments, a ping between the first two.
+    let packet = connect_packet("bob");
+    let (a, rest) = packet.split_at(5);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    let text = OpCode::Data(Data::Text);
+    let cont = OpCode::Data(Data::Continue);
+    ws.send(Message::Frame(Frame::message(
+        Bytes::copy_from_slice(a.as_bytes()),
+        text,
+        false,
+    )))
+    .await
+    .expect("send");
+    ws.send(Message::Ping(Bytes::from_static(b"between")))
+        .await
+        .expect("ping");
+    ws.send(Message::Frame(Frame::message(
+        Bytes::copy_from_slice(b.as_bytes()),
+        cont,
+        false,
+    )))
+    .await
+    .expect("send");
+    ws.send(Message::Frame(Frame::message(
+        Bytes::copy_from_slice(c.as_bytes()),
+        cont,
+        true,
+    )))
+    .await
+    .expect("send");
+    let mut pong = None;
+    let mut success = false;
+    while !success {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("in time")
+            .expect("frame")
+            .expect("ok");
+        match msg {
+            Message::Pong(payload) => pong = Some(payload),
+            Message::Text(t) => success = t.as_str().contains("connection:success"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(pong.as_deref(), Some(&b"between"[..]));
+    // And a whole message after that still works.
+    ws.send(Message::text("42/chat,[\"ping\",{}]"))
+        .await
+        .expect("send");
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("in time")
+            .expect("frame")
+            .expect("ok");
+        if msg.to_text().is_ok_and(|t| t.contains("\"pong\"")) {
+            break;
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn protocol_errors_close_that_connection_alone_with_their_code() {
+    let mut server = TestServer::start(|_| {}).await;
+    let mut other = server.connect("carol", "agent").await;
+    let unmasked = {
+        let packet = connect_packet("dave");
+        let mut f = vec![0x81, 126];
+        f.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+        f.extend_from_slice(packet.as_bytes());
+        f
+    };
+    let cases: [(&str, Vec<u8>, u16); 5] = [
+        ("unmasked frame", unmasked, 1002),
+        ("reserved bit", masked(0xc1, b"2"), 1002),
+        ("continuation without a message", masked(0x80, b"2"), 1002),
+        ("ping over 125 bytes", masked(0x89, &[b'p'; 126]), 1002),
+        (
+            "text that is not UTF-8",
+            masked(0x81, &[b'4', 0xff, 0xfe]),
+            1007,
+        ),
+    ];
+    for (name, bytes, code) in cases {
+        let mut raw = Raw::open(&server, &[]).await;
+        raw.text_containing("\"sid\"").await;
+        raw.send(&bytes).await;
+        assert_eq!(raw.close_code().await, code, "{name}");
+        // The server then closes the socket.
+        let mut rest = [0u8; 64];
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match raw.tcp.read(&mut rest).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "{name}: socket closed");
+    }
+    other.emit("ping", json!({})).expect("emit");
+    other
+        .wait_event("pong")
+        .await
+        .expect("the other connection is untouched");
+    server.stop().await;
+}
