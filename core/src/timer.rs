@@ -95,11 +95,14 @@ impl<O: Copy + Ord, K: TimerKind> Default for TimerQueue<O, K> {
 
 impl<O: Copy + Ord + std::fmt::Debug, K: TimerKind> TimerQueue<O, K> {
     /// Arms (or re-arms) `owner`'s `kind` timer at `at`.
-    pub fn set<const N: usize>(
+    ///
+    /// A table's kinds may be a part of the queue's (`T` into `K`): owners of different
+    /// sorts then keep tables of only the slots they use, in one queue.
+    pub fn set<T: TimerKind + Into<K>, const N: usize>(
         &mut self,
-        table: &mut TimerTable<K, N>,
+        table: &mut TimerTable<T, N>,
         owner: O,
-        kind: K,
+        kind: T,
         at: Instant,
     ) {
         let at = at.min(LATEST);
@@ -107,23 +110,32 @@ impl<O: Copy + Ord + std::fmt::Debug, K: TimerKind> TimerQueue<O, K> {
             return;
         };
         if let Some(old) = armed(std::mem::replace(slot, at.as_millis())) {
-            self.queue.remove(&(old, owner, kind));
+            self.queue.remove(&(old, owner, kind.into()));
         }
-        self.queue.insert((at, owner, kind));
+        self.queue.insert((at, owner, kind.into()));
     }
 
     /// Disarms `owner`'s `kind` timer; a no-op if it was not armed.
-    pub fn stop<const N: usize>(&mut self, table: &mut TimerTable<K, N>, owner: O, kind: K) {
+    pub fn stop<T: TimerKind + Into<K>, const N: usize>(
+        &mut self,
+        table: &mut TimerTable<T, N>,
+        owner: O,
+        kind: T,
+    ) {
         if let Some(old) = table.take(kind.slot()) {
-            self.queue.remove(&(old, owner, kind));
+            self.queue.remove(&(old, owner, kind.into()));
         }
     }
 
     /// Disarms every timer of `owner`; called when the owner goes away.
-    pub fn stop_all<const N: usize>(&mut self, table: &mut TimerTable<K, N>, owner: O) {
+    pub fn stop_all<T: TimerKind + Into<K>, const N: usize>(
+        &mut self,
+        table: &mut TimerTable<T, N>,
+        owner: O,
+    ) {
         for slot in 0..N {
-            if let (Some(old), Some(kind)) = (table.take(slot), K::from_slot(slot)) {
-                self.queue.remove(&(old, owner, kind));
+            if let (Some(old), Some(kind)) = (table.take(slot), T::from_slot(slot)) {
+                self.queue.remove(&(old, owner, kind.into()));
             }
         }
     }
@@ -143,7 +155,7 @@ impl<O: Copy + Ord + std::fmt::Debug, K: TimerKind> TimerQueue<O, K> {
     }
 
     /// Clears the table slot of a timer returned by [`TimerQueue::pop_due`].
-    pub fn fired<const N: usize>(table: &mut TimerTable<K, N>, kind: K) {
+    pub fn fired<T: TimerKind, const N: usize>(table: &mut TimerTable<T, N>, kind: T) {
         table.take(kind.slot());
     }
 

@@ -15,7 +15,7 @@ use crate::gateway::io::{
     StoreFailure,
 };
 use crate::gateway::payload::MessageJson;
-use crate::gateway::state::{GatewayTimer, Owner};
+use crate::gateway::state::{ConnTimer, Owner, UserTimer};
 use crate::gateway::{Gateway, Pending, UserKey};
 use crate::ids::SessionId;
 use crate::time::Instant;
@@ -88,12 +88,8 @@ impl Gateway {
         };
         if self.config.idle_timeout_ms > 0 {
             let at = now.add_ms(self.config.idle_timeout_ms);
-            self.timers.set(
-                &mut conn.timers,
-                Owner::Conn(session),
-                GatewayTimer::Idle,
-                at,
-            );
+            self.timers
+                .set(&mut conn.timers, Owner::Conn(session), ConnTimer::Idle, at);
         }
         let name = packet.event_name().unwrap_or("").to_owned();
         let arg = packet.args().first().cloned().unwrap_or(Value::Null);
@@ -428,7 +424,7 @@ impl Gateway {
             self.timers.set(
                 &mut user.timers,
                 Owner::User(uid),
-                GatewayTimer::RateExpiry,
+                UserTimer::RateExpiry,
                 at,
             );
         }
@@ -645,11 +641,11 @@ impl Gateway {
                 conn.exp_ms = claims.exp_ms();
                 let owner = Owner::Conn(session);
                 self.timers
-                    .stop(&mut conn.timers, owner, GatewayTimer::AuthGrace);
+                    .stop(&mut conn.timers, owner, ConnTimer::AuthGrace);
                 let at =
                     Instant::from_millis(conn.exp_ms.saturating_sub(self.config.wall_epoch_ms));
                 self.timers
-                    .set(&mut conn.timers, owner, GatewayTimer::AuthExpiry, at);
+                    .set(&mut conn.timers, owner, ConnTimer::AuthExpiry, at);
                 Ok(())
             }
         };

@@ -46,7 +46,7 @@ pub use io::{
     AppendOutcome, AppendRequest, Effect, ErrorCode, Input, Member, Message, Notice, OpId, Output,
     ReadRequest, StoreFailure,
 };
-pub use state::{GatewayTimer, Owner};
+pub use state::{ConnTimer, GatewayTimer, Owner, UserTimer};
 pub use user_key::UserKey;
 
 use crate::codec::socket::{Packet as SioPacket, PacketType};
@@ -59,7 +59,7 @@ use budget::TokenBucket;
 use conversations::Conversations;
 use metrics::Metrics;
 use recent::RecentSends;
-use state::{Conn, Timers, User};
+use state::{Conn, ConnTimers, User, UserTimers};
 
 /// A storage operation waiting for its result.
 #[derive(Debug)]
@@ -390,23 +390,23 @@ impl Gateway {
             exp_ms: claims.exp_ms(),
             joined: Default::default(),
             budget: TokenBucket::new(self.config.event_budget, now),
-            timers: Timers::default(),
+            timers: ConnTimers::default(),
         };
         let owner = Owner::Conn(session);
         self.timers.set(
             &mut conn.timers,
             owner,
-            GatewayTimer::Heartbeat,
+            ConnTimer::Heartbeat,
             now.add_ms(self.config.heartbeat_interval_ms),
         );
         let expiry = self.instant_of_wall(conn.exp_ms);
         self.timers
-            .set(&mut conn.timers, owner, GatewayTimer::AuthExpiry, expiry);
+            .set(&mut conn.timers, owner, ConnTimer::AuthExpiry, expiry);
         if self.config.idle_timeout_ms > 0 {
             self.timers.set(
                 &mut conn.timers,
                 owner,
-                GatewayTimer::Idle,
+                ConnTimer::Idle,
                 now.add_ms(self.config.idle_timeout_ms),
             );
         }
@@ -457,11 +457,8 @@ impl Gateway {
         let Some(user) = self.users.get_mut(&user_key) else {
             return;
         };
-        self.timers.stop(
-            &mut user.timers,
-            Owner::User(uid),
-            GatewayTimer::OfflineGrace,
-        );
+        self.timers
+            .stop(&mut user.timers, Owner::User(uid), UserTimer::OfflineGrace);
         if !user.online {
             user.online = true;
             self.announce_presence(now, &user_key, true);
@@ -500,7 +497,7 @@ impl Gateway {
                 self.timers.set(
                     &mut user.timers,
                     Owner::User(uid),
-                    GatewayTimer::OfflineGrace,
+                    UserTimer::OfflineGrace,
                     at,
                 );
             }
@@ -531,7 +528,7 @@ impl Gateway {
                 window: Default::default(),
                 recent: RecentSends::default(),
                 in_flight: 0,
-                timers: Timers::default(),
+                timers: UserTimers::default(),
             }),
         );
         (uid, key)
@@ -560,7 +557,7 @@ impl Gateway {
             self.timers.set(
                 &mut user.timers,
                 Owner::User(uid),
-                GatewayTimer::RateExpiry,
+                UserTimer::RateExpiry,
                 at,
             );
         }
@@ -616,38 +613,37 @@ impl Gateway {
         let Some((_, owner, timer)) = self.timers.pop_due(now) else {
             return;
         };
-        match owner {
-            Owner::Conn(session) => {
+        match (owner, timer) {
+            (Owner::Conn(session), GatewayTimer::Conn(timer)) => {
                 let Some(conn) = self.conns.get_mut(&session) else {
                     return;
                 };
                 TimerQueue::<Owner, GatewayTimer>::fired(&mut conn.timers, timer);
                 match timer {
-                    GatewayTimer::Heartbeat => {
+                    ConnTimer::Heartbeat => {
                         let at = now.add_ms(self.config.heartbeat_interval_ms);
                         self.timers
-                            .set(&mut conn.timers, owner, GatewayTimer::Heartbeat, at);
+                            .set(&mut conn.timers, owner, ConnTimer::Heartbeat, at);
                         let ts = self.wall_ms(now);
                         self.emit(now, session, "heartbeat", json!({ "timestamp": ts }));
                     }
-                    GatewayTimer::AuthExpiry => {
+                    ConnTimer::AuthExpiry => {
                         let at = now.add_ms(self.config.auth_grace_ms);
                         self.timers
-                            .set(&mut conn.timers, owner, GatewayTimer::AuthGrace, at);
+                            .set(&mut conn.timers, owner, ConnTimer::AuthGrace, at);
                         self.emit(now, session, "auth:expired", json!({}));
                     }
-                    GatewayTimer::AuthGrace => {
+                    ConnTimer::AuthGrace => {
                         let reason = CloseReason::ServerDisconnect("token expired".into());
                         let _ = self.engine.disconnect(now, session, reason);
                     }
-                    GatewayTimer::Idle => {
+                    ConnTimer::Idle => {
                         let reason = CloseReason::ServerDisconnect("idle timeout".into());
                         let _ = self.engine.disconnect(now, session, reason);
                     }
-                    GatewayTimer::OfflineGrace | GatewayTimer::RateExpiry => {}
                 }
             }
-            Owner::User(uid) => {
+            (Owner::User(uid), GatewayTimer::User(timer)) => {
                 let Some(key) = self.uids.get(&uid).cloned() else {
                     return;
                 };
@@ -656,22 +652,25 @@ impl Gateway {
                 };
                 TimerQueue::<Owner, GatewayTimer>::fired(&mut user.timers, timer);
                 match timer {
-                    GatewayTimer::OfflineGrace if user.conns.is_empty() && user.online => {
-                        user.online = false;
-                        self.announce_presence(now, &key, false);
+                    UserTimer::OfflineGrace => {
+                        if user.conns.is_empty() && user.online {
+                            user.online = false;
+                            self.announce_presence(now, &key, false);
+                        }
                     }
-                    GatewayTimer::RateExpiry => {
+                    UserTimer::RateExpiry => {
                         let window = self.config.rate_window_ms;
                         user.window.prune(now, window);
                         if let Some(at) = user.window.expires_at(window) {
                             self.timers
-                                .set(&mut user.timers, owner, GatewayTimer::RateExpiry, at);
+                                .set(&mut user.timers, owner, UserTimer::RateExpiry, at);
                         }
                     }
-                    _ => {}
                 }
                 self.reclaim_user(&key);
             }
+            // Each table arms only its own kinds.
+            (Owner::Conn(_), GatewayTimer::User(_)) | (Owner::User(_), GatewayTimer::Conn(_)) => {}
         }
     }
 
