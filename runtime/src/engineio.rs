@@ -82,8 +82,8 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        remote: Some(conn.remote.to_string()),
+            .map(Box::from),
+        remote: Some(conn.remote.to_string().into()),
     };
     if is_websocket_upgrade(req.headers()) && req.method() == hyper::Method::GET {
         return upgrade(req, ctx, query, handshake, conn.permit);

@@ -45,10 +45,12 @@ pub struct Handshake {
     /// When the TCP connection that carried the handshake was accepted: the handshake
     /// timeout counts from here.
     pub accepted_at: Instant,
-    /// The `Authorization` header of the handshake request, if any.
-    pub authorization: Option<String>,
+    /// The `Authorization` header of the handshake request, if any. (`Box<str>`, not
+    /// `String`: every session keeps its handshake, and this keeps a session in a
+    /// 160-byte block.)
+    pub authorization: Option<Box<str>>,
     /// The peer's address, for logs and per-address limits.
-    pub remote: Option<String>,
+    pub remote: Option<Box<str>>,
 }
 
 /// Something the driver observed.

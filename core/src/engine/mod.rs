@@ -436,7 +436,6 @@ impl Engine {
         let mut s = Session {
             sid,
             transport,
-            upgrade: None,
             timers: Default::default(),
             decoder: Decoder::new(self.config.max_attachments),
             namespaces: Namespaces::default(),
@@ -666,7 +665,7 @@ impl Engine {
         }
         s.closed = true;
         self.timers.stop_all(&mut s.timers, id);
-        if let Some(up) = s.upgrade.take() {
+        if let Some(up) = s.take_upgrade() {
             self.by_transport.remove(&up.ws);
             self.transmit(Transmit::WsClose {
                 transport: up.ws,
@@ -697,7 +696,7 @@ impl Engine {
                 }
             }
         }
-        if let Some(up) = &s.upgrade {
+        if let Some(up) = s.upgrade() {
             self.by_transport.remove(&up.ws);
         }
     }

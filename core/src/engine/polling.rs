@@ -125,7 +125,7 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&id) else {
             return self.respond_error(request, HttpError::SessionIdUnknown);
         };
-        let upgrading = s.upgrade.as_ref().is_some_and(|u| u.probed);
+        let upgrading = s.upgrade().is_some_and(|u| u.probed);
         let closed = s.closed;
         let Transport::Polling(p) = &mut s.transport else {
             return self.respond_error(request, HttpError::BadRequest);

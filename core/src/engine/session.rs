@@ -70,6 +70,8 @@ pub(crate) struct Polling {
     pub(crate) queue: VecDeque<Frame>,
     /// Bytes in `queue`.
     pub(crate) queued_bytes: u64,
+    /// A WebSocket probing to take the session over (only a polling session is upgraded).
+    pub(crate) upgrade: Option<Upgrade>,
 }
 
 /// A WebSocket trying to take over a polling session.
@@ -149,8 +151,6 @@ pub(crate) struct Session {
     pub(crate) sid: Id20,
     /// Where its packets go.
     pub(crate) transport: Transport,
-    /// An upgrade in progress.
-    pub(crate) upgrade: Option<Upgrade>,
     /// Its deadlines.
     pub(crate) timers: Timers,
     /// Reassembles Socket.IO packets with binary attachments.
@@ -164,6 +164,40 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// The upgrade under way, if any.
+    pub(crate) fn upgrade(&self) -> Option<&Upgrade> {
+        match &self.transport {
+            Transport::Polling(p) => p.upgrade.as_ref(),
+            Transport::WebSocket(_) => None,
+        }
+    }
+
+    pub(crate) fn upgrade_mut(&mut self) -> Option<&mut Upgrade> {
+        match &mut self.transport {
+            Transport::Polling(p) => p.upgrade.as_mut(),
+            Transport::WebSocket(_) => None,
+        }
+    }
+
+    /// Ends the upgrade under way, if any, and returns it.
+    pub(crate) fn take_upgrade(&mut self) -> Option<Upgrade> {
+        match &mut self.transport {
+            Transport::Polling(p) => p.upgrade.take(),
+            Transport::WebSocket(_) => None,
+        }
+    }
+
+    /// Starts an upgrade; `false` (and nothing changes) unless the session is polling.
+    pub(crate) fn start_upgrade(&mut self, up: Upgrade) -> bool {
+        match &mut self.transport {
+            Transport::Polling(p) => {
+                p.upgrade = Some(up);
+                true
+            }
+            Transport::WebSocket(_) => false,
+        }
+    }
+
     /// Whether any namespace is connected.
     pub(crate) fn has_connected_namespace(&self) -> bool {
         self.namespaces
@@ -191,9 +225,10 @@ mod tests {
     use super::*;
 
     /// Every session is boxed, and the allocator serves a box from the next size class up
-    /// (..., 192, 224, 256, 320, ...): at 264 bytes each session took 320.
+    /// (..., 128, 160, 192, 224, 256, 320, ...): at 264 bytes each session took 320, at
+    /// 176 it took 192.
     #[test]
-    fn a_session_fits_a_224_byte_block() {
-        assert!(std::mem::size_of::<Session>() <= 224);
+    fn a_session_fits_a_160_byte_block() {
+        assert!(std::mem::size_of::<Session>() <= 160);
     }
 }

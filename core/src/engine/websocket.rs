@@ -59,11 +59,10 @@ impl Engine {
             refuse(self, "unknown sid");
             return Ok(());
         };
-        if s.closed || s.upgrade.is_some() || !matches!(s.transport, Transport::Polling(_)) {
+        if s.closed || s.upgrade().is_some() || !s.start_upgrade(Upgrade { ws, probed: false }) {
             refuse(self, "session cannot be upgraded");
             return Ok(());
         }
-        s.upgrade = Some(Upgrade { ws, probed: false });
         let at = now.add_ms(self.config.upgrade_timeout_ms);
         self.timers.set(&mut s.timers, id, Timer::Upgrade, at);
         self.by_transport.insert(ws, id);
@@ -78,7 +77,7 @@ impl Engine {
         let Some(s) = self.sessions.get(&id) else {
             return;
         };
-        let is_probe = s.upgrade.as_ref().is_some_and(|u| u.ws == ws);
+        let is_probe = s.upgrade().is_some_and(|u| u.ws == ws);
         if frame.len() as u64 > self.config.max_payload_bytes {
             if is_probe {
                 return self.cancel_upgrade(id, CloseReason::PayloadTooLarge);
@@ -113,9 +112,9 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        if s.upgrade.as_ref().is_some_and(|u| u.ws == ws) {
+        if s.upgrade().is_some_and(|u| u.ws == ws) {
             // The probe went away; the session carries on polling.
-            s.upgrade = None;
+            s.take_upgrade();
             self.timers.stop(&mut s.timers, id, Timer::Upgrade);
             self.by_transport.remove(&ws);
             return;
@@ -129,7 +128,7 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let Some(up) = s.upgrade.as_mut() else {
+        let Some(up) = s.upgrade_mut() else {
             return;
         };
         match packet {
@@ -156,7 +155,7 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        s.upgrade = None;
+        s.take_upgrade();
         self.timers.stop(&mut s.timers, id, Timer::Upgrade);
         let old = std::mem::replace(&mut s.transport, Transport::WebSocket(ws));
         if let Transport::Polling(p) = old {
@@ -175,7 +174,7 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let Some(up) = s.upgrade.take() else {
+        let Some(up) = s.take_upgrade() else {
             return;
         };
         self.timers.stop(&mut s.timers, id, Timer::Upgrade);

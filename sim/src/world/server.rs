@@ -190,7 +190,7 @@ impl Sim {
                     handshake: Handshake {
                         accepted_at: now,
                         authorization: None,
-                        remote: Some(remote),
+                        remote: Some(remote.into()),
                     },
                 };
                 self.net
