@@ -61,6 +61,11 @@ impl<K: TimerKind, const N: usize> TimerTable<K, N> {
         self.get(kind).is_some()
     }
 
+    /// Whether no deadline is armed.
+    pub fn is_empty(&self) -> bool {
+        self.deadlines.iter().all(|&d| d == UNARMED)
+    }
+
     /// Every armed deadline, in slot order.
     pub fn armed(&self) -> impl Iterator<Item = Instant> + '_ {
         self.deadlines.iter().copied().filter_map(armed)

@@ -427,6 +427,7 @@ impl Gateway {
                 UserTimer::RateExpiry,
                 at,
             );
+            self.timed_users.insert(uid, user_key.clone());
         }
         let (sender_id, sender_type) = (
             user_key.user_id().to_owned(),

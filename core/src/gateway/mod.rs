@@ -95,8 +95,9 @@ pub struct Gateway {
     // eleven entries, so inline values would leave much of each node unused.
     conns: BTreeMap<SessionId, Box<Conn>>,
     users: BTreeMap<UserKey, Box<User>>,
-    // Timer owner number to user key; looked up, never iterated.
-    uids: HashMap<u64, UserKey>,
+    // Timer owner number to user key, for the users with a deadline armed (most users, idle
+    // and online, have none, and pay nothing here); looked up, never iterated.
+    timed_users: HashMap<u64, UserKey>,
     next_uid: u64,
     conversations: Conversations,
     pending: BTreeMap<OpId, Pending>,
@@ -124,7 +125,7 @@ impl Gateway {
             started: now,
             conns: BTreeMap::new(),
             users: BTreeMap::new(),
-            uids: HashMap::new(),
+            timed_users: HashMap::new(),
             next_uid: 1,
             conversations: Conversations::default(),
             pending: BTreeMap::new(),
@@ -459,6 +460,9 @@ impl Gateway {
         };
         self.timers
             .stop(&mut user.timers, Owner::User(uid), UserTimer::OfflineGrace);
+        if user.timers.is_empty() {
+            self.timed_users.remove(&uid);
+        }
         if !user.online {
             user.online = true;
             self.announce_presence(now, &user_key, true);
@@ -500,6 +504,7 @@ impl Gateway {
                     UserTimer::OfflineGrace,
                     at,
                 );
+                self.timed_users.insert(uid, conn.user.clone());
             }
         }
         self.notice(Notice::Closed {
@@ -518,7 +523,6 @@ impl Gateway {
         }
         let uid = self.next_uid;
         self.next_uid += 1;
-        self.uids.insert(uid, key.clone());
         self.users.insert(
             key.clone(),
             Box::new(User {
@@ -560,6 +564,7 @@ impl Gateway {
                 UserTimer::RateExpiry,
                 at,
             );
+            self.timed_users.insert(uid, key);
         }
     }
 
@@ -569,7 +574,7 @@ impl Gateway {
             if user.is_idle() {
                 self.timers
                     .stop_all(&mut user.timers, Owner::User(user.uid));
-                self.uids.remove(&user.uid);
+                self.timed_users.remove(&user.uid);
                 self.users.remove(key);
             }
         }
@@ -644,13 +649,18 @@ impl Gateway {
                 }
             }
             (Owner::User(uid), GatewayTimer::User(timer)) => {
-                let Some(key) = self.uids.get(&uid).cloned() else {
+                let Some(key) = self.timed_users.get(&uid).cloned() else {
                     return;
                 };
                 let Some(user) = self.users.get_mut(&key) else {
                     return;
                 };
                 TimerQueue::<Owner, GatewayTimer>::fired(&mut user.timers, timer);
+                // With no deadline left the user needs no number: forget it (noted again
+                // below if the rate window is re-armed).
+                if user.timers.is_empty() {
+                    self.timed_users.remove(&uid);
+                }
                 match timer {
                     UserTimer::OfflineGrace => {
                         if user.conns.is_empty() && user.online {
@@ -664,6 +674,7 @@ impl Gateway {
                         if let Some(at) = user.window.expires_at(window) {
                             self.timers
                                 .set(&mut user.timers, owner, UserTimer::RateExpiry, at);
+                            self.timed_users.insert(uid, key.clone());
                         }
                     }
                 }
