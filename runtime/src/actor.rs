@@ -117,6 +117,8 @@ pub struct Actor<A> {
     drain: Option<Drain>,
     /// Network inputs produced while draining outputs (a slow consumer's failure).
     deferred: Vec<engine::Input>,
+    /// Most bytes a connection's send queue holds (`server.max_outbound_bytes`).
+    outbound_limit: usize,
 }
 
 impl<A: App> Actor<A> {
@@ -127,6 +129,7 @@ impl<A: App> Actor<A> {
         store: StoreQueue,
         metrics: Arc<RuntimeMetrics>,
         draining: Arc<AtomicBool>,
+        outbound_limit: usize,
     ) -> Self {
         Actor {
             app,
@@ -138,6 +141,7 @@ impl<A: App> Actor<A> {
             draining,
             drain: None,
             deferred: vec![],
+            outbound_limit,
         }
     }
 
@@ -274,7 +278,7 @@ impl<A: App> Actor<A> {
                 let Some(outbox) = self.outboxes.get(&transport) else {
                     return;
                 };
-                if outbox.push(frame) == Push::Overflow {
+                if outbox.push(frame, self.outbound_limit) == Push::Overflow {
                     tracing::info!(%transport, "slow consumer: send queue full, connection closed");
                     self.outboxes.remove(&transport);
                     self.deferred.push(engine::Input::WsAborted {

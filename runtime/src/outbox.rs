@@ -24,11 +24,10 @@
 //! counts.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
-use futures_util::task::AtomicWaker;
 use heartline_core::codec::Frame;
 
 use crate::metrics::RuntimeMetrics;
@@ -56,25 +55,15 @@ pub enum Next {
 }
 
 /// Where a connection is in its life, as its task sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     /// Sending and receiving.
-    Open = 0,
+    #[default]
+    Open,
     /// A close was asked for; the task lingers a little for the peer's close.
-    Closing = 1,
+    Closing,
     /// Drop the socket now.
-    Killed = 2,
-}
-
-impl Phase {
-    fn from_u8(v: u8) -> Phase {
-        match v {
-            0 => Phase::Open,
-            1 => Phase::Closing,
-            _ => Phase::Killed,
-        }
-    }
+    Killed,
 }
 
 #[derive(Debug)]
@@ -83,37 +72,44 @@ struct Queued {
     droppable: bool,
 }
 
+impl Queued {
+    fn len(&self) -> u32 {
+        u32::try_from(self.frame.len()).unwrap_or(u32::MAX)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Queued>,
-    bytes: usize,
+    /// The connection's task, woken at the next push, close or kill. Taken when woken;
+    /// the task registers again when it polls.
+    waker: Option<Waker>,
     /// The close frame asked for. Boxed: it is needed once, at the end, and inline it
-    /// would put every connection's outbox in the next allocation size up (160 bytes, not
-    /// 128).
+    /// would put every connection's outbox in a larger allocation.
     close: Option<Box<(u16, String)>>,
+    /// Bytes in `frames`. A connection's queue is limited to far less than 4 GiB.
+    bytes: u32,
     /// A close was requested or the connection was killed: accept nothing more.
     ended: bool,
+    phase: Phase,
 }
 
 /// One WebSocket's send queue. Shared by the actor (pushing) and the connection's task
 /// (draining).
+///
+/// Its waker and phase sit under the queue's lock, beside the frames: an `Arc<Outbox>`
+/// is then a 96-byte block (unit test), one per connection.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    phase: AtomicU8,
-    waker: AtomicWaker,
-    limit: usize,
     metrics: Arc<RuntimeMetrics>,
 }
 
 impl Outbox {
-    /// An empty queue holding at most `limit` bytes.
-    pub fn new(limit: usize, metrics: Arc<RuntimeMetrics>) -> Self {
+    /// An empty queue.
+    pub fn new(metrics: Arc<RuntimeMetrics>) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            phase: AtomicU8::new(Phase::Open as u8),
-            waker: AtomicWaker::new(),
-            limit,
             metrics,
         }
     }
@@ -123,24 +119,26 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a frame under the slow-consumer policy (see the module docs).
-    pub fn push(&self, frame: Frame) -> Push {
-        let len = frame.len();
+    /// Queues a frame under the slow-consumer policy (see the module docs), the queue
+    /// holding at most `limit` bytes.
+    pub fn push(&self, frame: Frame, limit: usize) -> Push {
+        let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
         let droppable = is_droppable(&frame);
         let mut st = self.lock();
         if st.ended {
             return Push::Closed;
         }
-        if st.bytes + len > self.limit {
+        if u64::from(st.bytes) + u64::from(len) > limit {
             if droppable {
                 RuntimeMetrics::inc(&self.metrics.outbound_shed);
                 return Push::Shed;
             }
-            let mut shed_bytes = 0usize;
+            let mut shed_bytes = 0u32;
             let mut shed = 0u64;
             st.frames.retain(|q| {
                 if q.droppable {
-                    shed_bytes += q.frame.len();
+                    shed_bytes += q.len();
                     shed += 1;
                     false
                 } else {
@@ -148,11 +146,11 @@ impl Outbox {
                 }
             });
             st.bytes -= shed_bytes;
-            RuntimeMetrics::sub(&self.metrics.outbound_bytes, shed_bytes as u64);
+            RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(shed_bytes));
             self.metrics
                 .outbound_shed
                 .fetch_add(shed, Ordering::Relaxed);
-            if st.bytes + len > self.limit {
+            if u64::from(st.bytes) + u64::from(len) > limit {
                 drop(st);
                 self.kill();
                 RuntimeMetrics::inc(&self.metrics.slow_consumer_closes);
@@ -161,11 +159,12 @@ impl Outbox {
         }
         st.bytes += len;
         st.frames.push_back(Queued { frame, droppable });
+        let waker = st.waker.take();
         drop(st);
         self.metrics
             .outbound_bytes
-            .fetch_add(len as u64, Ordering::Relaxed);
-        self.waker.wake();
+            .fetch_add(u64::from(len), Ordering::Relaxed);
+        wake(waker);
         Push::Queued
     }
 
@@ -177,15 +176,13 @@ impl Outbox {
         }
         st.ended = true;
         st.close = Some(Box::new((code, reason.to_owned())));
-        drop(st);
         // Open becomes Closing; Killed stays Killed.
-        let _ = self.phase.compare_exchange(
-            Phase::Open as u8,
-            Phase::Closing as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        self.waker.wake();
+        if st.phase == Phase::Open {
+            st.phase = Phase::Closing;
+        }
+        let waker = st.waker.take();
+        drop(st);
+        wake(waker);
     }
 
     /// Drops everything queued and tells the connection's tasks to drop the socket now.
@@ -194,32 +191,37 @@ impl Outbox {
         st.ended = true;
         let bytes = std::mem::take(&mut st.bytes);
         st.frames.clear();
+        st.phase = Phase::Killed;
+        let waker = st.waker.take();
         drop(st);
-        RuntimeMetrics::sub(&self.metrics.outbound_bytes, bytes as u64);
-        self.phase.store(Phase::Killed as u8, Ordering::Release);
-        self.waker.wake();
+        RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(bytes));
+        wake(waker);
     }
 
     /// Where the connection is in its life.
     pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Ordering::Acquire))
+        self.lock().phase
     }
 
     /// Wakes this waker at the next push, close or kill, and says whether the connection
     /// was killed already. Called first in each poll of the connection's task, before it
     /// looks at the queue, so that nothing pushed in between goes unnoticed.
     pub fn watch(&self, waker: &Waker) -> Phase {
-        self.waker.register(waker);
-        self.phase()
+        let mut st = self.lock();
+        match &st.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => st.waker = Some(waker.clone()),
+        }
+        st.phase
     }
 
     /// The next thing to send, without waiting.
     pub fn try_next(&self) -> Option<Next> {
         let mut st = self.lock();
         if let Some(q) = st.frames.pop_front() {
-            st.bytes -= q.frame.len();
+            st.bytes -= q.len();
             drop(st);
-            RuntimeMetrics::sub(&self.metrics.outbound_bytes, q.frame.len() as u64);
+            RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(q.len()));
             return Some(Next::Frame(q.frame));
         }
         // Drained: give the deque's buffer back. Idle connections far outnumber busy ones,
@@ -237,14 +239,21 @@ impl Outbox {
 
     /// Bytes queued now.
     pub fn bytes(&self) -> usize {
-        self.lock().bytes
+        self.lock().bytes as usize
+    }
+}
+
+/// Wakes the connection's task, outside the queue's lock.
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake();
     }
 }
 
 impl Drop for Outbox {
     fn drop(&mut self) {
         let bytes = self.lock().bytes;
-        RuntimeMetrics::sub(&self.metrics.outbound_bytes, bytes as u64);
+        RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(bytes));
     }
 }
 
@@ -274,15 +283,30 @@ pub fn is_droppable(frame: &Frame) -> bool {
 mod tests {
     use super::*;
 
-    fn outbox(limit: usize) -> Outbox {
-        Outbox::new(limit, Arc::new(RuntimeMetrics::default()))
+    struct Limited(Outbox, usize);
+
+    impl Limited {
+        fn push(&self, frame: Frame) -> Push {
+            self.0.push(frame, self.1)
+        }
+    }
+
+    impl std::ops::Deref for Limited {
+        type Target = Outbox;
+        fn deref(&self) -> &Outbox {
+            &self.0
+        }
+    }
+
+    fn outbox(limit: usize) -> Limited {
+        Limited(Outbox::new(Arc::new(RuntimeMetrics::default())), limit)
     }
 
     /// Every WebSocket has one, in an `Arc` (16 bytes of counts), and the allocator serves
-    /// it from the next size class up (..., 112, 128, 160, ...).
+    /// it from the next size class up (..., 80, 96, 112, 128, 160, ...).
     #[test]
-    fn a_shared_outbox_fits_a_128_byte_block() {
-        assert!(std::mem::size_of::<Outbox>() + 16 <= 128);
+    fn a_shared_outbox_fits_a_96_byte_block() {
+        assert!(std::mem::size_of::<Outbox>() + 16 <= 96);
     }
 
     #[test]

@@ -182,6 +182,7 @@ pub(crate) fn launch<A: App>(l: Launch<A>) -> ServerHandle {
         l.store.clone(),
         l.metrics.clone(),
         draining.clone(),
+        usize::try_from(l.config.server.max_outbound_bytes).unwrap_or(usize::MAX),
     );
     let actor_task = tokio::spawn(actor.run(actor_rx, l.results));
     let ctx = Arc::new(Context::new(

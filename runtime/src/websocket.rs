@@ -128,8 +128,7 @@ pub async fn accept(up: Upgrade) {
             return;
         }
     };
-    let limit = usize::try_from(ctx.config.server.max_outbound_bytes).unwrap_or(usize::MAX);
-    let outbox = Arc::new(Outbox::new(limit, ctx.metrics.clone()));
+    let outbox = Arc::new(Outbox::new(ctx.metrics.clone()));
     let transport = ctx.transport_id();
     let opened = Msg::WsOpened {
         input: engine::Input::WsOpened {
