@@ -27,7 +27,7 @@ pub trait TimerKind: Copy + Ord + std::fmt::Debug {
 /// One deadline per timer kind, for one owner.
 ///
 /// Every session, connection and user carries one, so a slot is a bare `u64` of
-/// milliseconds with [`UNARMED`] for "none", half the size of an `Option<Instant>`.
+/// milliseconds with `u64::MAX` for "none", half the size of an `Option<Instant>`.
 /// Deadlines are clamped below it (to over 500 million years after the epoch).
 #[derive(Clone, Debug)]
 pub struct TimerTable<K: TimerKind, const N: usize> {

@@ -71,7 +71,7 @@ struct Common {
     /// The server's api.key, to create the conversations.
     #[arg(long, global = true, env = "HEARTLINE_API_KEY", default_value = "")]
     api_key: String,
-    /// Second octet of the source addresses: connections come from 127.<src-net>.x.y.
+    /// Second octet of the source addresses: connections come from `127.<src-net>.x.y`.
     #[arg(long, global = true, default_value_t = 0)]
     src_net: u8,
     /// Connections per source address.
