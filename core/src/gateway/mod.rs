@@ -739,3 +739,23 @@ impl Gateway {
         op
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection of a user already registered keeps the registry's copy of the key, so
+    /// that every holder (user, connections, notices) shares one text, not one per
+    /// connection; and only a user with a deadline armed has a timer number indexed.
+    #[test]
+    fn a_registered_users_key_is_shared_and_idle_users_are_not_indexed() {
+        let mut g = Gateway::new(GatewayConfig::default(), Instant::ZERO).expect("config");
+        let (uid, first) = g.ensure_user(UserKey::new("alice", "customer"));
+        let (again, second) = g.ensure_user(UserKey::new("alice", "customer"));
+        assert_eq!(uid, again);
+        assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr());
+        let (other, _) = g.ensure_user(UserKey::new("bob", "customer"));
+        assert_ne!(uid, other);
+        assert!(g.timed_users.is_empty());
+    }
+}
