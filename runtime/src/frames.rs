@@ -127,25 +127,13 @@ impl Decoder {
         let Some(held) = self.held.as_mut() else {
             return Ok(None);
         };
-        let mut start = held.start;
-        let result = loop {
-            match decode(&mut self.assembling, &mut held.bytes[start..], max) {
-                Ok(Some(frame)) => {
-                    start += frame.len;
-                    if frame.received.is_some() {
-                        break Ok(frame.received);
-                    }
-                }
-                Ok(None) => break Ok(None),
-                Err(e) => break Err(e),
-            }
-        };
-        if start == held.bytes.len() {
+        let (used, received) =
+            decode_until_received(&mut self.assembling, &mut held.bytes[held.start..], max)?;
+        held.start += used;
+        if held.start == held.bytes.len() {
             self.held = None;
-        } else {
-            held.start = start;
         }
-        result
+        Ok(received)
     }
 
     /// The next message from `input`, bytes just read (into a buffer the caller reuses),
@@ -160,21 +148,9 @@ impl Decoder {
             self.hold(input);
             return self.next_held(max);
         }
-        let mut start = 0;
-        let result = loop {
-            match decode(&mut self.assembling, &mut input[start..], max) {
-                Ok(Some(frame)) => {
-                    start += frame.len;
-                    if frame.received.is_some() {
-                        break Ok(frame.received);
-                    }
-                }
-                Ok(None) => break Ok(None),
-                Err(e) => return Err(e),
-            }
-        };
-        self.hold(&input[start..]);
-        result
+        let (used, received) = decode_until_received(&mut self.assembling, input, max)?;
+        self.hold(&input[used..]);
+        Ok(received)
     }
 
     /// Keeps `bytes` after those already held.
@@ -196,6 +172,24 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Decodes frames from the front of `bytes` until one completes something to act on (a
+/// message, a ping, a close). Returns the bytes those frames took and what was completed,
+/// if anything (`None`: the rest is an incomplete frame, or nothing).
+fn decode_until_received(
+    assembling: &mut Option<Box<Assembling>>,
+    bytes: &mut [u8],
+    max: usize,
+) -> Result<(usize, Option<Received>), FrameError> {
+    let mut used = 0;
+    while let Some(frame) = decode(assembling, &mut bytes[used..], max)? {
+        used += frame.len;
+        if frame.received.is_some() {
+            return Ok((used, frame.received));
+        }
+    }
+    Ok((used, None))
 }
 
 /// Decodes the frame at the front of `input`, unmasking its payload in place. `None` while

@@ -298,6 +298,25 @@ enum Step {
     End(Ending),
 }
 
+/// Writes as much of `bytes` as the socket takes now; returns how much that was. When it
+/// is not all, the task is woken once the socket has room.
+fn poll_write_some(
+    tcp: &mut TcpStream,
+    cx: &mut TaskContext<'_>,
+    bytes: &[u8],
+) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match Pin::new(&mut *tcp).poll_write(cx, &bytes[written..]) {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => written += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
+        }
+    }
+    Ok(written)
+}
+
 /// What one read decoded: a message or control frame, nothing whole yet, or an error.
 type Decoded = Result<Option<Received>, FrameError>;
 
@@ -491,16 +510,7 @@ impl Connection {
                 fed += 1;
             }
             let full = fed == WRITE_BATCH || out.len() >= WRITE_BATCH_BYTES;
-            let mut written = 0;
-            while written < out.len() {
-                match Pin::new(&mut *tcp).poll_write(cx, &out[written..]) {
-                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                    Poll::Ready(Ok(n)) => written += n,
-                    Poll::Ready(Err(e)) => return Err(e),
-                    // The socket is full; the task is woken when it has room.
-                    Poll::Pending => break,
-                }
-            }
+            let written = poll_write_some(tcp, cx, out)?;
             let all_written = written == out.len();
             if !all_written {
                 *unsent = Some(Box::new(Unsent {
@@ -522,13 +532,9 @@ impl Connection {
         let Some(unsent) = self.unsent.as_mut() else {
             return Ok(true);
         };
-        while unsent.start < unsent.bytes.len() {
-            match Pin::new(&mut self.tcp).poll_write(cx, &unsent.bytes[unsent.start..]) {
-                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => unsent.start += n,
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Ok(false),
-            }
+        unsent.start += poll_write_some(&mut self.tcp, cx, &unsent.bytes[unsent.start..])?;
+        if unsent.start < unsent.bytes.len() {
+            return Ok(false);
         }
         if unsent.pong.is_none() {
             self.unsent = None;

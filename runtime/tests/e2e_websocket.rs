@@ -35,6 +35,18 @@ fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The next message from a tokio-tungstenite client, within [`WAIT`].
+async fn next_message<S>(ws: &mut S) -> Message
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("in time")
+        .expect("frame")
+        .expect("ok")
+}
+
 fn connect_packet(user: &str) -> String {
     format!(
         "40/chat,{}",
@@ -166,7 +178,7 @@ async fn pings_are_answered_and_fragments_joined_between_them() {
     let mut server = TestServer::start(|_| {}).await;
     let url = format!("ws://{}{PATH}", server.addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("open");
-    let open = ws.next().await.expect("frame").expect("ok");
+    let open = next_message(&mut ws).await;
     assert!(open.to_text().expect("text").starts_with('0'));
     // The namespace connect in three fragments, a ping between the first two.
     let packet = connect_packet("bob");
@@ -174,39 +186,25 @@ async fn pings_are_answered_and_fragments_joined_between_them() {
     let (b, c) = rest.split_at(rest.len() / 2);
     let text = OpCode::Data(Data::Text);
     let cont = OpCode::Data(Data::Continue);
-    ws.send(Message::Frame(Frame::message(
-        Bytes::copy_from_slice(a.as_bytes()),
-        text,
-        false,
-    )))
-    .await
-    .expect("send");
-    ws.send(Message::Ping(Bytes::from_static(b"between")))
-        .await
-        .expect("ping");
-    ws.send(Message::Frame(Frame::message(
-        Bytes::copy_from_slice(b.as_bytes()),
-        cont,
-        false,
-    )))
-    .await
-    .expect("send");
-    ws.send(Message::Frame(Frame::message(
-        Bytes::copy_from_slice(c.as_bytes()),
-        cont,
-        true,
-    )))
-    .await
-    .expect("send");
+    let fragment = |part: &str, opcode, last| {
+        Message::Frame(Frame::message(
+            Bytes::copy_from_slice(part.as_bytes()),
+            opcode,
+            last,
+        ))
+    };
+    for msg in [
+        fragment(a, text, false),
+        Message::Ping(Bytes::from_static(b"between")),
+        fragment(b, cont, false),
+        fragment(c, cont, true),
+    ] {
+        ws.send(msg).await.expect("send");
+    }
     let mut pong = None;
     let mut success = false;
     while !success {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("in time")
-            .expect("frame")
-            .expect("ok");
-        match msg {
+        match next_message(&mut ws).await {
             Message::Pong(payload) => pong = Some(payload),
             Message::Text(t) => success = t.as_str().contains("connection:success"),
             other => panic!("unexpected {other:?}"),
@@ -217,16 +215,11 @@ async fn pings_are_answered_and_fragments_joined_between_them() {
     ws.send(Message::text("42/chat,[\"ping\",{}]"))
         .await
         .expect("send");
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("in time")
-            .expect("frame")
-            .expect("ok");
-        if msg.to_text().is_ok_and(|t| t.contains("\"pong\"")) {
-            break;
-        }
-    }
+    while !next_message(&mut ws)
+        .await
+        .to_text()
+        .is_ok_and(|t| t.contains("\"pong\""))
+    {}
     server.stop().await;
 }
 
