@@ -694,10 +694,10 @@ impl Engine {
                 if let Some(get) = p.pending_get {
                     self.by_request.remove(&get);
                 }
+                if let Some(up) = &p.upgrade {
+                    self.by_transport.remove(&up.ws);
+                }
             }
-        }
-        if let Some(up) = s.upgrade() {
-            self.by_transport.remove(&up.ws);
         }
     }
 }

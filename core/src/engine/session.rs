@@ -172,6 +172,7 @@ impl Session {
         }
     }
 
+    /// The upgrade under way, if any, to update.
     pub(crate) fn upgrade_mut(&mut self) -> Option<&mut Upgrade> {
         match &mut self.transport {
             Transport::Polling(p) => p.upgrade.as_mut(),

@@ -420,14 +420,14 @@ impl Gateway {
         }
         user.in_flight = user.in_flight.saturating_add(1);
         if let Some(at) = user.window.expires_at(window_ms) {
-            let uid = user.uid;
-            self.timers.set(
-                &mut user.timers,
-                Owner::User(uid),
+            super::arm_user_timer(
+                &mut self.timers,
+                &mut self.timed_users,
+                user,
+                user_key,
                 UserTimer::RateExpiry,
                 at,
             );
-            self.timed_users.insert(uid, user_key.clone());
         }
         let (sender_id, sender_type) = (
             user_key.user_id().to_owned(),

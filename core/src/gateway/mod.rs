@@ -384,7 +384,7 @@ impl Gateway {
             return;
         };
         self.metrics.connects += 1;
-        let (uid, user_key) = self.ensure_user(claims.user_key());
+        let user_key = self.ensure_user(claims.user_key());
         let mut conn = Conn {
             user: user_key.clone(),
             admin: claims.is_admin(),
@@ -458,11 +458,12 @@ impl Gateway {
         let Some(user) = self.users.get_mut(&user_key) else {
             return;
         };
-        self.timers
-            .stop(&mut user.timers, Owner::User(uid), UserTimer::OfflineGrace);
-        if user.timers.is_empty() {
-            self.timed_users.remove(&uid);
-        }
+        disarm_user_timer(
+            &mut self.timers,
+            &mut self.timed_users,
+            user,
+            UserTimer::OfflineGrace,
+        );
         if !user.online {
             user.online = true;
             self.announce_presence(now, &user_key, true);
@@ -497,14 +498,14 @@ impl Gateway {
             user.conns.retain(|s| *s != session);
             if user.conns.is_empty() && user.online {
                 let at = now.add_ms(self.config.offline_grace_ms);
-                let uid = user.uid;
-                self.timers.set(
-                    &mut user.timers,
-                    Owner::User(uid),
+                arm_user_timer(
+                    &mut self.timers,
+                    &mut self.timed_users,
+                    user,
+                    &conn.user,
                     UserTimer::OfflineGrace,
                     at,
                 );
-                self.timed_users.insert(uid, conn.user.clone());
             }
         }
         self.notice(Notice::Closed {
@@ -515,11 +516,11 @@ impl Gateway {
         self.reclaim_user(&conn.user);
     }
 
-    /// The user's timer number and its key, the user registered if it was not. The key
-    /// returned is the registry's own, so that whoever keeps it shares its text.
-    fn ensure_user(&mut self, key: UserKey) -> (u64, UserKey) {
-        if let Some((k, u)) = self.users.get_key_value(&key) {
-            return (u.uid, k.clone());
+    /// The user's key, the user registered if it was not. The key returned is the
+    /// registry's own, so that whoever keeps it shares its text.
+    fn ensure_user(&mut self, key: UserKey) -> UserKey {
+        if let Some((k, _)) = self.users.get_key_value(&key) {
+            return k.clone();
         }
         let uid = self.next_uid;
         self.next_uid += 1;
@@ -535,7 +536,7 @@ impl Gateway {
                 timers: UserTimers::default(),
             }),
         );
-        (uid, key)
+        key
     }
 
     /// Seeds a user's rate window with sends made before this process started.
@@ -550,7 +551,7 @@ impl Gateway {
         if remaining.is_empty() {
             return;
         }
-        let (uid, key) = self.ensure_user(sender.key());
+        let key = self.ensure_user(sender.key());
         let Some(user) = self.users.get_mut(&key) else {
             return;
         };
@@ -558,13 +559,14 @@ impl Gateway {
             user.window.restore(now, r);
         }
         if let Some(at) = user.window.expires_at(window) {
-            self.timers.set(
-                &mut user.timers,
-                Owner::User(uid),
+            arm_user_timer(
+                &mut self.timers,
+                &mut self.timed_users,
+                user,
+                &key,
                 UserTimer::RateExpiry,
                 at,
             );
-            self.timed_users.insert(uid, key);
         }
     }
 
@@ -656,11 +658,8 @@ impl Gateway {
                     return;
                 };
                 TimerQueue::<Owner, GatewayTimer>::fired(&mut user.timers, timer);
-                // With no deadline left the user needs no number: forget it (noted again
-                // below if the rate window is re-armed).
-                if user.timers.is_empty() {
-                    self.timed_users.remove(&uid);
-                }
+                // Indexed again below if the rate window is re-armed.
+                forget_if_unarmed(&mut self.timed_users, user);
                 match timer {
                     UserTimer::OfflineGrace => {
                         if user.conns.is_empty() && user.online {
@@ -672,9 +671,14 @@ impl Gateway {
                         let window = self.config.rate_window_ms;
                         user.window.prune(now, window);
                         if let Some(at) = user.window.expires_at(window) {
-                            self.timers
-                                .set(&mut user.timers, owner, UserTimer::RateExpiry, at);
-                            self.timed_users.insert(uid, key.clone());
+                            arm_user_timer(
+                                &mut self.timers,
+                                &mut self.timed_users,
+                                user,
+                                &key,
+                                UserTimer::RateExpiry,
+                                at,
+                            );
                         }
                     }
                 }
@@ -740,6 +744,38 @@ impl Gateway {
     }
 }
 
+/// Arms a user's deadline and indexes its timer number, so that the deadline, when it
+/// fires, finds the user. Every user deadline is armed here.
+fn arm_user_timer(
+    timers: &mut TimerQueue<Owner, GatewayTimer>,
+    timed_users: &mut HashMap<u64, UserKey>,
+    user: &mut User,
+    key: &UserKey,
+    kind: UserTimer,
+    at: Instant,
+) {
+    timers.set(&mut user.timers, Owner::User(user.uid), kind, at);
+    timed_users.insert(user.uid, key.clone());
+}
+
+/// Disarms a user's deadline; with none left, its timer number is forgotten.
+fn disarm_user_timer(
+    timers: &mut TimerQueue<Owner, GatewayTimer>,
+    timed_users: &mut HashMap<u64, UserKey>,
+    user: &mut User,
+    kind: UserTimer,
+) {
+    timers.stop(&mut user.timers, Owner::User(user.uid), kind);
+    forget_if_unarmed(timed_users, user);
+}
+
+/// Forgets a user's timer number once it has no deadline armed.
+fn forget_if_unarmed(timed_users: &mut HashMap<u64, UserKey>, user: &User) {
+    if user.timers.is_empty() {
+        timed_users.remove(&user.uid);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,12 +786,13 @@ mod tests {
     #[test]
     fn a_registered_users_key_is_shared_and_idle_users_are_not_indexed() {
         let mut g = Gateway::new(GatewayConfig::default(), Instant::ZERO).expect("config");
-        let (uid, first) = g.ensure_user(UserKey::new("alice", "customer"));
-        let (again, second) = g.ensure_user(UserKey::new("alice", "customer"));
-        assert_eq!(uid, again);
+        let first = g.ensure_user(UserKey::new("alice", "customer"));
+        let second = g.ensure_user(UserKey::new("alice", "customer"));
         assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr());
-        let (other, _) = g.ensure_user(UserKey::new("bob", "customer"));
-        assert_ne!(uid, other);
+        let bob = g.ensure_user(UserKey::new("bob", "customer"));
+        let uid = |key: &UserKey| g.users.get(key).map(|u| u.uid);
+        assert_eq!(g.users.len(), 2);
+        assert_ne!(uid(&first), uid(&bob));
         assert!(g.timed_users.is_empty());
     }
 }
