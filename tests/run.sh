@@ -17,7 +17,10 @@ fi
 step "npm packages for the client tests (pinned by tests/node/package-lock.json)"
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
-step "build"
+# A fresh clone builds once: incremental artefacts would only take disk space.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+step "build (free disk: $(df -h --output=avail . | tail -1 | tr -d ' '))"
 cargo build --workspace --locked --bins
 
 step "Rust tests: core, runtime, simulator"
