@@ -46,32 +46,37 @@ pub struct RuntimeMetrics {
     pub store_failures: AtomicU64,
     /// How long each group commit took, fsync included: what every acknowledged send
     /// waits for, and the first thing to look at when ack latency grows.
-    pub store_commit: CommitHistogram,
+    pub store_commit: DurationHistogram,
+    /// How long each storage operation waited in the store's queue before its own work
+    /// began: mostly the commit that was in progress when it arrived. Added to
+    /// `store_commit`, it is the store's share of an acknowledged send's latency.
+    pub store_wait: DurationHistogram,
 }
 
-/// Upper bounds, in microseconds, of the commit-duration buckets: a flush takes from tens
-/// of microseconds on a fast SSD to tens of milliseconds on a busy disk.
-pub const COMMIT_BUCKETS_US: [u64; 12] = [
+/// Upper bounds, in microseconds, of the store's duration buckets: a flush takes from tens
+/// of microseconds on a fast SSD to tens of milliseconds on a busy disk, and a queued
+/// operation waits about as long as the flush in progress.
+pub const STORE_BUCKETS_US: [u64; 12] = [
     100, 250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
 ];
 
-/// A histogram of durations over [`COMMIT_BUCKETS_US`], written by one thread, read by
+/// A histogram of durations over [`STORE_BUCKETS_US`], written by one thread, read by
 /// scrapes; lock-free.
 #[derive(Debug, Default)]
-pub struct CommitHistogram {
+pub struct DurationHistogram {
     /// Observations at or under each bound (not cumulative; rendering sums).
-    buckets: [AtomicU64; COMMIT_BUCKETS_US.len()],
+    buckets: [AtomicU64; STORE_BUCKETS_US.len()],
     /// Sum of all observations, in microseconds.
     sum_us: AtomicU64,
     /// Number of observations.
     count: AtomicU64,
 }
 
-impl CommitHistogram {
+impl DurationHistogram {
     /// Records one duration.
     pub fn observe(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        if let Some(i) = COMMIT_BUCKETS_US.iter().position(|&b| us <= b) {
+        if let Some(i) = STORE_BUCKETS_US.iter().position(|&b| us <= b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         let _ = self
@@ -82,9 +87,14 @@ impl CommitHistogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        get(&self.count)
+    }
+
     /// Appends the Prometheus histogram `name` (in seconds).
     fn render(&self, out: &mut String, name: &str, help: &str) {
-        let buckets = COMMIT_BUCKETS_US
+        let buckets = STORE_BUCKETS_US
             .iter()
             .zip(self.buckets.iter())
             .map(|(bound, n)| (*bound as f64 / 1e6, get(n)));
@@ -431,6 +441,11 @@ fn render_runtime(out: &mut String, rt: &RuntimeMetrics, draining: bool) {
         "heartline_store_commit_seconds",
         "Duration of each store group commit, fsync included.",
     );
+    rt.store_wait.render(
+        out,
+        "heartline_store_wait_seconds",
+        "Time each storage operation waited in the store's queue before its work began.",
+    );
     family(out, "heartline_draining", "gauge", "1 while shutting down.");
     sample(out, "heartline_draining", u64::from(draining));
 }
@@ -441,7 +456,7 @@ mod tests {
 
     #[test]
     fn commit_histogram_is_cumulative_in_seconds() {
-        let h = CommitHistogram::default();
+        let h = DurationHistogram::default();
         for us in [50, 100, 300, 3_000, 2_000_000] {
             h.observe(Duration::from_micros(us));
         }

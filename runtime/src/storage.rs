@@ -19,7 +19,7 @@
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use heartline_core::gateway::{self, OpId};
 use tokio::sync::{mpsc, oneshot};
@@ -90,7 +90,14 @@ pub enum Job {
 /// The sending side of the store thread's queue.
 #[derive(Debug, Clone)]
 pub struct StoreQueue {
-    tx: std_mpsc::Sender<Job>,
+    tx: std_mpsc::Sender<Queued>,
+}
+
+/// A job and when it was queued, for `heartline_store_wait_seconds`.
+#[derive(Debug)]
+struct Queued {
+    at: Instant,
+    job: Job,
 }
 
 impl StoreQueue {
@@ -103,7 +110,12 @@ impl StoreQueue {
 
     /// Queues a job; `false` if the store thread is gone.
     pub fn send(&self, job: Job) -> bool {
-        self.tx.send(job).is_ok()
+        self.tx
+            .send(Queued {
+                at: Instant::now(),
+                job,
+            })
+            .is_ok()
     }
 }
 
@@ -152,11 +164,11 @@ fn checkpoint_loop(cp: &store::Checkpointer, stopped: &std_mpsc::Receiver<()>) {
 
 fn run(
     mut store: Store,
-    rx: std_mpsc::Receiver<Job>,
+    rx: std_mpsc::Receiver<Queued>,
     results: mpsc::UnboundedSender<gateway::Input>,
     metrics: Arc<RuntimeMetrics>,
 ) {
-    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut jobs: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         jobs.push(first);
         while jobs.len() < MAX_BATCH {
@@ -167,12 +179,13 @@ fn run(
         }
         let mut appends = Appends::default();
         let mut stop = false;
-        for job in jobs.drain(..) {
+        for Queued { at, job } in jobs.drain(..) {
             match job {
                 // Asked after the stop: dropped, its caller sees the store gone.
                 _ if stop => {}
                 Job::Append { op, request } => {
                     appends.ops.push(op);
+                    appends.queued.push(at);
                     appends.requests.push(request);
                 }
                 Job::Stop => {
@@ -181,6 +194,9 @@ fn run(
                 }
                 other => {
                     commit(&mut store, &mut appends, &results, &metrics);
+                    if !matches!(other, Job::Flush { .. }) {
+                        metrics.store_wait.observe(at.elapsed());
+                    }
                     serve(&mut store, other, &results, &metrics);
                 }
             }
@@ -193,11 +209,13 @@ fn run(
     tracing::debug!("store thread stopped");
 }
 
-/// A run of consecutive appends: the core's operation ids and, in the same order, the
-/// requests (kept apart so the batch is handed to the store without copying it).
+/// A run of consecutive appends: the core's operation ids, when each was queued and, in
+/// the same order, the requests (kept apart so the batch is handed to the store without
+/// copying it).
 #[derive(Debug, Default)]
 struct Appends {
     ops: Vec<OpId>,
+    queued: Vec<Instant>,
     requests: Vec<store::AppendRequest>,
 }
 
@@ -211,7 +229,12 @@ fn commit(
     if appends.ops.is_empty() {
         return;
     }
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    for at in appends.queued.drain(..) {
+        metrics
+            .store_wait
+            .observe(started.saturating_duration_since(at));
+    }
     let outcomes = store.append_batch(&appends.requests);
     metrics.store_commit.observe(started.elapsed());
     appends.requests.clear();
@@ -344,6 +367,9 @@ mod tests {
                 "op4 duplicate of c#1",
             ]
         );
+        // Three appends and a read waited in the queue; the flush is not an operation.
+        assert_eq!(metrics.store_wait.count(), 4);
+        assert!(metrics.store_commit.count() >= 1);
         drop(queue);
         handle.join().expect("join");
     }

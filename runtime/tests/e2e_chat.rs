@@ -412,6 +412,11 @@ async fn leave_history_and_admin_metrics() {
         Some(commits)
     );
     assert!(metric(&m, "heartline_store_commit_seconds_sum").is_some_and(|s| s > 0.0));
+    // Each append waited in the store's queue before its commit: at least as many waits
+    // as appends were timed.
+    let waits = metric(&m, "heartline_store_wait_seconds_count").unwrap_or(0.0);
+    let appends = metric(&m, "heartline_store_appends_total").unwrap_or(0.0);
+    assert!(appends >= 1.0 && waits >= appends, "{m}");
 
     // metrics:request is answered for admin tokens only.
     alice.emit("metrics:request", Value::Null).expect("emit");
