@@ -98,6 +98,26 @@ struct Held {
 struct Assembling {
     text: bool,
     bytes: Vec<u8>,
+    /// For text: how far `bytes` is known to be UTF-8 (a character may be cut at the end
+    /// of a fragment), so bad bytes end the message when they arrive, not at its end.
+    checked: usize,
+}
+
+impl Assembling {
+    /// Checks the text added since the last check; a character cut at the end waits for
+    /// the next fragment.
+    fn check(&mut self) -> Result<(), FrameError> {
+        if !self.text {
+            return Ok(());
+        }
+        let rest = &self.bytes[self.checked..];
+        match std::str::from_utf8(rest) {
+            Ok(_) => self.checked = self.bytes.len(),
+            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+            Err(_) => return Err(FrameError::InvalidUtf8),
+        }
+        Ok(())
+    }
 }
 
 /// One frame decoded from the front of some bytes.
@@ -219,6 +239,10 @@ fn decode(
             "control frame fragmented or over 125 bytes",
         ));
     }
+    // RFC 6455 5.2: the most significant bit of a 64-bit length MUST be 0.
+    if length > i64::MAX as u64 {
+        return Err(FrameError::Protocol("64-bit length with its top bit set"));
+    }
     let too_large = || FrameError::TooLarge { size: length, max };
     let payload_len = usize::try_from(length).map_err(|_| too_large())?;
     if payload_len > max {
@@ -243,12 +267,15 @@ fn decode(
             }
             let text = header.opcode == OpCode::Data(Data::Text);
             if header.is_final {
-                Some(message(text, Bytes::copy_from_slice(payload))?)
+                Some(message(text, Bytes::copy_from_slice(payload), 0)?)
             } else {
-                *assembling = Some(Box::new(Assembling {
+                let mut first = Box::new(Assembling {
                     text,
                     bytes: payload.to_vec(),
-                }));
+                    checked: 0,
+                });
+                first.check()?;
+                *assembling = Some(first);
                 None
             }
         }
@@ -264,8 +291,13 @@ fn decode(
                 });
             }
             message_so_far.bytes.extend_from_slice(payload);
+            if !header.is_final {
+                message_so_far.check()?;
+            }
             match assembling.take() {
-                Some(whole) if header.is_final => Some(message(whole.text, whole.bytes.into())?),
+                Some(whole) if header.is_final => {
+                    Some(message(whole.text, whole.bytes.into(), whole.checked)?)
+                }
                 unfinished => {
                     *assembling = unfinished;
                     None
@@ -280,14 +312,18 @@ fn decode(
     Ok(Some(Decoded { len, received }))
 }
 
-/// A whole message: text must be UTF-8.
-fn message(text: bool, bytes: Bytes) -> Result<Received, FrameError> {
+/// A whole message: text must be UTF-8 (known to be up to `checked`, a character boundary).
+fn message(text: bool, bytes: Bytes, checked: usize) -> Result<Received, FrameError> {
     if !text {
         return Ok(Received::Binary(bytes));
     }
-    match std::str::from_utf8(&bytes) {
-        Ok(_) => Ok(Received::Text(bytes)),
-        Err(_) => Err(FrameError::InvalidUtf8),
+    let rest_is_utf8 = bytes
+        .get(checked..)
+        .is_some_and(|rest| std::str::from_utf8(rest).is_ok());
+    if rest_is_utf8 {
+        Ok(Received::Text(bytes))
+    } else {
+        Err(FrameError::InvalidUtf8)
     }
 }
 
@@ -527,6 +563,24 @@ mod tests {
             decode_all(&split_char, 1),
             Ok(vec![Received::Text(Bytes::from("é"))])
         );
+        // Bad bytes in a first fragment end the message at once, before the rest is held.
+        let mut bad_start = client_frame(0x01, &[b'a', 0xff]);
+        assert_eq!(
+            Decoder::default().next_from(&mut bad_start, MAX),
+            Err(FrameError::InvalidUtf8)
+        );
+        // And in a middle fragment, after a character completed across the boundary.
+        let mut bad_middle = client_frame(0x01, &"aé".as_bytes()[..2]);
+        bad_middle.extend(client_frame(0x00, &[0xa9, b'b', 0xc0]));
+        let mut decoder = Decoder::default();
+        assert_eq!(
+            decoder.next_from(&mut bad_middle, MAX),
+            Err(FrameError::InvalidUtf8)
+        );
+        // A character cut at the end of the last fragment is not a character.
+        let mut cut_at_end = client_frame(0x01, b"a");
+        cut_at_end.extend(client_frame(0x80, &"é".as_bytes()[..1]));
+        assert_eq!(decode_all(&cut_at_end, 1), Err(FrameError::InvalidUtf8));
     }
 
     #[test]
@@ -541,14 +595,22 @@ mod tests {
                 max: MAX
             })
         );
-        // A frame announcing 2^63 bytes.
-        let mut absurd = vec![0x81, 0x80 | 127];
-        absurd.extend_from_slice(&(1u64 << 63).to_be_bytes());
-        absurd.extend_from_slice(&KEY);
-        assert!(matches!(
-            Decoder::default().next_from(&mut absurd, MAX),
-            Err(FrameError::TooLarge { .. })
-        ));
+        // A frame announcing 2^63 - 1 bytes: too large. One announcing 2^63 breaks the
+        // rule that a 64-bit length's top bit is 0: a protocol error.
+        let announcing = |length: u64| {
+            let mut frame = vec![0x81, 0x80 | 127];
+            frame.extend_from_slice(&length.to_be_bytes());
+            frame.extend_from_slice(&KEY);
+            Decoder::default().next_from(&mut frame, MAX)
+        };
+        assert_eq!(
+            announcing(i64::MAX as u64),
+            Err(FrameError::TooLarge {
+                size: i64::MAX as u64,
+                max: MAX
+            })
+        );
+        assert!(matches!(announcing(1 << 63), Err(FrameError::Protocol(_))));
         // Fragments that add up to more than the limit.
         let mut parts = client_frame(0x01, &vec![b'x'; 600]);
         parts.extend(client_frame(0x80, &vec![b'x'; 600]));
