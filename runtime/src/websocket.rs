@@ -360,19 +360,27 @@ impl Connection {
         self.poll_send(cx)
     }
 
-    /// Reads the next message for the core, answering pings on the way.
+    /// Reads the next message for the core, answering pings on the way: one pong for the
+    /// latest of the pings read together (RFC 6455 5.5.3 allows it), so a burst of pings
+    /// costs one write, not one each.
     fn poll_recv(&mut self, cx: &mut TaskContext<'_>) -> Poll<Step> {
         let max = usize::try_from(self.ctx.config.engine.max_payload_bytes)
             .unwrap_or(usize::MAX)
             .saturating_add(FRAME_SLACK);
+        let mut pong_due = false;
         loop {
             // Frames that came with an earlier read first.
             let decoded = match self.decoder.next_held(max) {
-                Ok(None) => match self.poll_read(cx, max) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(decoded)) => decoded,
-                    Poll::Ready(Err(ending)) => return Poll::Ready(Step::End(ending)),
-                },
+                Ok(None) => {
+                    if std::mem::take(&mut pong_due) {
+                        let _ = self.poll_send(cx);
+                    }
+                    match self.poll_read(cx, max) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(decoded)) => decoded,
+                        Poll::Ready(Err(ending)) => return Poll::Ready(Step::End(ending)),
+                    }
+                }
                 decoded => decoded,
             };
             let step = match decoded {
@@ -381,7 +389,7 @@ impl Connection {
                 Ok(Some(Received::Ping(payload))) => {
                     if !self.sending.close_sent {
                         self.unsent.get_or_insert_with(Box::default).pong = Some(payload);
-                        let _ = self.poll_send(cx);
+                        pong_due = true;
                     }
                     continue;
                 }
@@ -389,6 +397,9 @@ impl Connection {
                 Ok(None) => continue,
                 Err(e) => Step::End(self.refuse(&e)),
             };
+            if pong_due {
+                let _ = self.poll_send(cx);
+            }
             return Poll::Ready(step);
         }
     }

@@ -174,6 +174,35 @@ async fn frames_in_the_upgrade_requests_packet_are_read() {
 }
 
 #[tokio::test]
+async fn a_burst_of_pings_is_answered_once_for_the_latest() {
+    let mut server = TestServer::start(|_| {}).await;
+    let mut raw = Raw::open(&server, &[]).await;
+    raw.text_containing("\"sid\"").await;
+    // 200 pings in one write, then the namespace connect.
+    let mut burst: Vec<u8> = (0..200)
+        .flat_map(|i| masked(0x89, format!("p{i:03}").as_bytes()))
+        .collect();
+    burst.extend(masked(0x81, connect_packet("carol").as_bytes()));
+    raw.send(&burst).await;
+    let mut pongs = Vec::new();
+    loop {
+        let (opcode, payload) = raw.frame().await;
+        match opcode {
+            OpCode::Control(Control::Pong) => pongs.push(payload),
+            OpCode::Data(Data::Text) if payload.windows(18).any(|w| w == b"connection:success") => {
+                break
+            }
+            OpCode::Data(Data::Text) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The latest ping is answered; the ones read with it are not, each, answered again.
+    assert_eq!(pongs.last().map(Vec::as_slice), Some(&b"p199"[..]));
+    assert!(pongs.len() < 20, "{} pongs for 200 pings", pongs.len());
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn pings_are_answered_and_fragments_joined_between_them() {
     let mut server = TestServer::start(|_| {}).await;
     let url = format!("ws://{}{PATH}", server.addr);
