@@ -520,6 +520,47 @@ mod tests {
             decode_all(&client_frame(0x88, &[]), 100),
             Ok(vec![Received::Close(None)])
         );
+        // Codes an endpoint may send (RFC 6455 7.4), and codes it may not: below 1000,
+        // reserved (1004), meant for reporting only (1005, 1006, 1015), unassigned in the
+        // protocol's range (1016-2999), and past 4999.
+        let closing = |code: u16, reason: &[u8]| {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason);
+            Decoder::default().next_from(&mut client_frame(0x88, &payload), MAX)
+        };
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
+            assert_eq!(
+                closing(code, b""),
+                Ok(Some(Received::Close(Some(code)))),
+                "{code}"
+            );
+        }
+        for code in [
+            0,
+            999,
+            1004,
+            1005,
+            1006,
+            1015,
+            1016,
+            1100,
+            2000,
+            2999,
+            5000,
+            u16::MAX,
+        ] {
+            assert!(
+                matches!(closing(code, b""), Err(FrameError::Protocol(_))),
+                "{code} accepted"
+            );
+        }
+        // An allowed code with a reason that is not UTF-8.
+        assert_eq!(
+            closing(1000, &[0xce, 0xba, 0xff]),
+            Err(FrameError::InvalidUtf8)
+        );
     }
 
     #[test]
