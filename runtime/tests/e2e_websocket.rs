@@ -253,6 +253,31 @@ async fn pings_are_answered_and_fragments_joined_between_them() {
 }
 
 #[tokio::test]
+async fn a_close_from_the_client_is_answered_and_the_socket_closed() {
+    let mut server = TestServer::start(|_| {}).await;
+    let mut raw = Raw::open(&server, &[]).await;
+    raw.text_containing("\"sid\"").await;
+    raw.send(&masked(0x81, connect_packet("erin").as_bytes()))
+        .await;
+    raw.text_containing("connection:success").await;
+    let mut close = 1001u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"going away");
+    raw.send(&masked(0x88, &close)).await;
+    // One close frame back, a normal one, and nothing after it but the end of the socket.
+    assert_eq!(raw.close_code().await, 1000);
+    let mut rest = [0u8; 64];
+    let after = tokio::time::timeout(WAIT, raw.tcp.read(&mut rest))
+        .await
+        .expect("the server ends the socket");
+    assert!(
+        matches!(after, Ok(0) | Err(_)),
+        "bytes after the close: {after:?}"
+    );
+    assert!(raw.buf.is_empty(), "bytes after the close: {:?}", raw.buf);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn protocol_errors_close_that_connection_alone_with_their_code() {
     let mut server = TestServer::start(|_| {}).await;
     let mut other = server.connect("carol", "agent").await;
