@@ -393,7 +393,14 @@ impl Connection {
                     }
                     continue;
                 }
-                Ok(Some(Received::Close(_))) => Step::End(Ending::Closed),
+                Ok(Some(Received::Close(code))) => {
+                    // Answered with the peer's own code, as RFC 6455 5.5.1 suggests (a
+                    // close of ours already on its way stays as it is).
+                    if let Some(code) = code {
+                        self.outbox.close(code, "");
+                    }
+                    Step::End(Ending::Closed)
+                }
                 Ok(None) => continue,
                 Err(e) => Step::End(self.refuse(&e)),
             };

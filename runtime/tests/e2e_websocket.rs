@@ -263,8 +263,9 @@ async fn a_close_from_the_client_is_answered_and_the_socket_closed() {
     let mut close = 1001u16.to_be_bytes().to_vec();
     close.extend_from_slice(b"going away");
     raw.send(&masked(0x88, &close)).await;
-    // One close frame back, a normal one, and nothing after it but the end of the socket.
-    assert_eq!(raw.close_code().await, 1000);
+    // One close frame back, echoing the code, and nothing after it but the end of the
+    // socket.
+    assert_eq!(raw.close_code().await, 1001);
     let mut rest = [0u8; 64];
     let after = tokio::time::timeout(WAIT, raw.tcp.read(&mut rest))
         .await
