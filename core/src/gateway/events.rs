@@ -15,7 +15,7 @@ use crate::gateway::io::{
     StoreFailure,
 };
 use crate::gateway::payload::MessageJson;
-use crate::gateway::state::{ConnTimer, Owner, UserTimer};
+use crate::gateway::state::{ConnTimer, Owner};
 use crate::gateway::{Gateway, Pending, UserKey};
 use crate::ids::SessionId;
 use crate::time::Instant;
@@ -419,16 +419,13 @@ impl Gateway {
             return Err(r);
         }
         user.in_flight = user.in_flight.saturating_add(1);
-        if let Some(at) = user.window.expires_at(window_ms) {
-            super::arm_user_timer(
-                &mut self.timers,
-                &mut self.timed_users,
-                user,
-                user_key,
-                UserTimer::RateExpiry,
-                at,
-            );
-        }
+        super::arm_rate_expiry(
+            &mut self.timers,
+            &mut self.timed_users,
+            user,
+            user_key,
+            window_ms,
+        );
         let (sender_id, sender_type) = (
             user_key.user_id().to_owned(),
             user_key.user_type().to_owned(),

@@ -558,16 +558,7 @@ impl Gateway {
         for r in remaining {
             user.window.restore(now, r);
         }
-        if let Some(at) = user.window.expires_at(window) {
-            arm_user_timer(
-                &mut self.timers,
-                &mut self.timed_users,
-                user,
-                &key,
-                UserTimer::RateExpiry,
-                at,
-            );
-        }
+        arm_rate_expiry(&mut self.timers, &mut self.timed_users, user, &key, window);
     }
 
     /// Drops a user's state once nothing about it needs remembering.
@@ -670,16 +661,13 @@ impl Gateway {
                     UserTimer::RateExpiry => {
                         let window = self.config.rate_window_ms;
                         user.window.prune(now, window);
-                        if let Some(at) = user.window.expires_at(window) {
-                            arm_user_timer(
-                                &mut self.timers,
-                                &mut self.timed_users,
-                                user,
-                                &key,
-                                UserTimer::RateExpiry,
-                                at,
-                            );
-                        }
+                        arm_rate_expiry(
+                            &mut self.timers,
+                            &mut self.timed_users,
+                            user,
+                            &key,
+                            window,
+                        );
                     }
                 }
                 self.reclaim_user(&key);
@@ -756,6 +744,20 @@ fn arm_user_timer(
 ) {
     timers.set(&mut user.timers, Owner::User(user.uid), kind, at);
     timed_users.insert(user.uid, key.clone());
+}
+
+/// Arms a user's rate-window deadline for when the last send its window remembers leaves
+/// it (if it remembers any).
+fn arm_rate_expiry(
+    timers: &mut TimerQueue<Owner, GatewayTimer>,
+    timed_users: &mut HashMap<u64, UserKey>,
+    user: &mut User,
+    key: &UserKey,
+    window_ms: u64,
+) {
+    if let Some(at) = user.window.expires_at(window_ms) {
+        arm_user_timer(timers, timed_users, user, key, UserTimer::RateExpiry, at);
+    }
 }
 
 /// Disarms a user's deadline; with none left, its timer number is forgotten.
