@@ -141,21 +141,14 @@ enum Beat {
     PongDeadline,
 }
 
-impl Beat {
-    const ALL: [Beat; 3] = [Beat::Handshake, Beat::PingSend, Beat::PongDeadline];
-}
-
 impl TimerKind for Beat {
-    const COUNT: usize = Beat::ALL.len();
+    const ALL: &'static [Self] = &[Beat::Handshake, Beat::PingSend, Beat::PongDeadline];
     fn slot(self) -> usize {
         self as usize
     }
-    fn from_slot(slot: usize) -> Option<Self> {
-        Beat::ALL.get(slot).copied()
-    }
 }
 
-const BEATS: usize = Beat::ALL.len();
+const BEATS: usize = Beat::COUNT;
 const PING_INTERVAL_MS: u64 = 25_000;
 
 struct Timers {

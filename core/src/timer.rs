@@ -15,13 +15,17 @@ use std::collections::BTreeSet;
 use crate::time::Instant;
 
 /// The deadlines one table can hold, indexed by a kind that converts to a slot.
-pub trait TimerKind: Copy + Ord + std::fmt::Debug {
+pub trait TimerKind: Copy + Ord + std::fmt::Debug + 'static {
+    /// Every kind, in slot order: `ALL[k.slot()] == k`.
+    const ALL: &'static [Self];
     /// How many kinds there are.
-    const COUNT: usize;
+    const COUNT: usize = Self::ALL.len();
     /// This kind's slot, `< COUNT`.
     fn slot(self) -> usize;
     /// The kind in `slot`, the inverse of [`TimerKind::slot`].
-    fn from_slot(slot: usize) -> Option<Self>;
+    fn from_slot(slot: usize) -> Option<Self> {
+        Self::ALL.get(slot).copied()
+    }
 }
 
 /// One deadline per timer kind, for one owner.
@@ -175,6 +179,17 @@ impl<O: Copy + Ord + std::fmt::Debug, K: TimerKind> TimerQueue<O, K> {
     }
 }
 
+/// Asserts that `K::ALL` lists every kind in slot order and that slots convert both ways.
+#[cfg(test)]
+pub(crate) fn assert_slots_in_order<K: TimerKind>() {
+    assert_eq!(K::COUNT, K::ALL.len());
+    for (slot, kind) in K::ALL.iter().enumerate() {
+        assert_eq!(kind.slot(), slot, "{kind:?}");
+        assert_eq!(K::from_slot(slot), Some(*kind));
+    }
+    assert_eq!(K::from_slot(K::COUNT), None);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,12 +201,9 @@ mod tests {
     }
 
     impl TimerKind for T {
-        const COUNT: usize = 2;
+        const ALL: &'static [Self] = &[T::A, T::B];
         fn slot(self) -> usize {
             self as usize
-        }
-        fn from_slot(slot: usize) -> Option<Self> {
-            [T::A, T::B].get(slot).copied()
         }
     }
 

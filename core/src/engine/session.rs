@@ -28,28 +28,21 @@ pub enum Timer {
     Linger,
 }
 
-impl Timer {
-    const ALL: [Timer; 5] = [
+impl TimerKind for Timer {
+    const ALL: &'static [Self] = &[
         Timer::Handshake,
         Timer::PingSend,
         Timer::PongDeadline,
         Timer::Upgrade,
         Timer::Linger,
     ];
-}
-
-impl TimerKind for Timer {
-    const COUNT: usize = Timer::ALL.len();
     fn slot(self) -> usize {
         self as usize
-    }
-    fn from_slot(slot: usize) -> Option<Self> {
-        Timer::ALL.get(slot).copied()
     }
 }
 
 /// The timers of one session.
-pub(crate) type Timers = TimerTable<Timer, { Timer::ALL.len() }>;
+pub(crate) type Timers = TimerTable<Timer, { Timer::COUNT }>;
 
 /// Where a session's packets go.
 #[derive(Debug)]
@@ -231,5 +224,10 @@ mod tests {
     #[test]
     fn a_session_fits_a_160_byte_block() {
         assert!(std::mem::size_of::<Session>() <= 160);
+    }
+
+    #[test]
+    fn timer_kinds_list_their_slots_in_order() {
+        crate::timer::assert_slots_in_order::<Timer>();
     }
 }

@@ -62,60 +62,48 @@ impl From<UserTimer> for GatewayTimer {
     }
 }
 
-impl ConnTimer {
-    const ALL: [ConnTimer; 4] = [
+impl TimerKind for ConnTimer {
+    const ALL: &'static [Self] = &[
         ConnTimer::Heartbeat,
         ConnTimer::AuthExpiry,
         ConnTimer::AuthGrace,
         ConnTimer::Idle,
     ];
-}
-
-impl UserTimer {
-    const ALL: [UserTimer; 2] = [UserTimer::OfflineGrace, UserTimer::RateExpiry];
-}
-
-impl TimerKind for ConnTimer {
-    const COUNT: usize = ConnTimer::ALL.len();
     fn slot(self) -> usize {
         self as usize
-    }
-    fn from_slot(slot: usize) -> Option<Self> {
-        ConnTimer::ALL.get(slot).copied()
     }
 }
 
 impl TimerKind for UserTimer {
-    const COUNT: usize = UserTimer::ALL.len();
+    const ALL: &'static [Self] = &[UserTimer::OfflineGrace, UserTimer::RateExpiry];
     fn slot(self) -> usize {
         self as usize
-    }
-    fn from_slot(slot: usize) -> Option<Self> {
-        UserTimer::ALL.get(slot).copied()
     }
 }
 
 impl TimerKind for GatewayTimer {
-    const COUNT: usize = ConnTimer::COUNT + UserTimer::COUNT;
+    /// A connection's kinds, then a user's.
+    const ALL: &'static [Self] = &[
+        GatewayTimer::Conn(ConnTimer::Heartbeat),
+        GatewayTimer::Conn(ConnTimer::AuthExpiry),
+        GatewayTimer::Conn(ConnTimer::AuthGrace),
+        GatewayTimer::Conn(ConnTimer::Idle),
+        GatewayTimer::User(UserTimer::OfflineGrace),
+        GatewayTimer::User(UserTimer::RateExpiry),
+    ];
     fn slot(self) -> usize {
         match self {
             GatewayTimer::Conn(t) => t.slot(),
             GatewayTimer::User(t) => ConnTimer::COUNT + t.slot(),
         }
     }
-    fn from_slot(slot: usize) -> Option<Self> {
-        match slot.checked_sub(ConnTimer::COUNT) {
-            None => ConnTimer::from_slot(slot).map(GatewayTimer::Conn),
-            Some(user) => UserTimer::from_slot(user).map(GatewayTimer::User),
-        }
-    }
 }
 
 /// A connection's deadlines.
-pub(crate) type ConnTimers = TimerTable<ConnTimer, { ConnTimer::ALL.len() }>;
+pub(crate) type ConnTimers = TimerTable<ConnTimer, { ConnTimer::COUNT }>;
 
 /// A user's deadlines.
-pub(crate) type UserTimers = TimerTable<UserTimer, { UserTimer::ALL.len() }>;
+pub(crate) type UserTimers = TimerTable<UserTimer, { UserTimer::COUNT }>;
 
 /// An authenticated connection on the application namespace.
 #[derive(Debug)]
@@ -172,5 +160,16 @@ mod tests {
     fn a_connection_fits_112_and_a_user_96_byte_blocks() {
         assert!(std::mem::size_of::<Conn>() <= 112);
         assert!(std::mem::size_of::<User>() <= 96);
+    }
+
+    /// Each kind's list is in slot order, and slots convert both ways; the gateway's
+    /// kinds are the connection's, then the user's, so the queue never mixes them up.
+    #[test]
+    fn timer_kinds_list_their_slots_in_order() {
+        use crate::timer::assert_slots_in_order as check;
+        check::<ConnTimer>();
+        check::<UserTimer>();
+        check::<GatewayTimer>();
+        assert_eq!(GatewayTimer::COUNT, ConnTimer::COUNT + UserTimer::COUNT);
     }
 }
