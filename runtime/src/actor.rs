@@ -233,14 +233,23 @@ impl<A: App> Actor<A> {
                 self.dispatch();
             }
             Msg::Net(input) => {
-                if let engine::Input::WsClosed { transport, .. }
-                | engine::Input::WsAborted { transport, .. } = &input
-                {
-                    self.outboxes.remove(transport);
+                match &input {
+                    engine::Input::WsClosed { transport, .. }
+                    | engine::Input::WsAborted { transport, .. } => {
+                        self.outboxes.remove(transport);
+                    }
+                    // Nobody is left to answer: the reply goes, whatever the core does.
+                    engine::Input::HttpAborted { request } => {
+                        self.http.remove(request);
+                    }
+                    _ => {}
                 }
                 self.feed(gateway::Input::Network(input));
             }
             Msg::Metrics(reply) => {
+                self.metrics
+                    .http_waiting
+                    .store(self.http.len() as u64, Ordering::Relaxed);
                 let text = self
                     .app
                     .render_metrics(&self.metrics, self.draining.load(Ordering::Relaxed));

@@ -32,6 +32,9 @@ pub struct RuntimeMetrics {
     pub http_timeouts: AtomicU64,
     /// WebSockets open now.
     pub ws_open: AtomicU64,
+    /// HTTP requests handed to the core and not answered yet (held long-polls among
+    /// them); set by the actor, which holds their replies, when it renders a scrape.
+    pub http_waiting: AtomicU64,
     /// Bytes queued for WebSocket writers, all connections together.
     pub outbound_bytes: AtomicU64,
     /// Droppable frames (heartbeat, presence) shed for slow consumers.
@@ -382,6 +385,17 @@ fn render_runtime(out: &mut String, rt: &RuntimeMetrics, draining: bool) {
     }
     family(out, "heartline_websockets", "gauge", "Open WebSockets.");
     sample(out, "heartline_websockets", get(&rt.ws_open));
+    family(
+        out,
+        "heartline_http_requests_waiting",
+        "gauge",
+        "HTTP requests waiting for the core's answer (held long-polls among them).",
+    );
+    sample(
+        out,
+        "heartline_http_requests_waiting",
+        get(&rt.http_waiting),
+    );
     family(
         out,
         "heartline_outbound_queue_bytes",

@@ -267,6 +267,13 @@ async fn a_held_poll_abandoned_by_the_client_ends_the_session() {
     })
     .await;
     assert!(gone, "the session ended with the abandoned poll");
+    // And the server let go of the abandoned request.
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(&m, "heartline_http_requests_waiting"),
+        Some(0.0),
+        "{m}"
+    );
     server.stop().await;
 }
 
