@@ -4,6 +4,11 @@
 //! overload or a reconnect storm is cheapest to refuse. A refused connection is answered
 //! with a short HTTP error (503 over the cap, 429 over the rate) and closed, which
 //! `socket.io-client` treats as a failed attempt and retries with backoff.
+//!
+//! One TCP connection kept alive can carry several Engine.IO handshakes (each a new
+//! long-polling session); every one after the first asks the per-IP rate too
+//! ([`crate::engineio`]), so a single admitted connection cannot open sessions without
+//! limit.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -57,6 +57,7 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
         remote,
         accepted_at,
         permit: Arc::new(permit),
+        handshakes: Arc::default(),
     };
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),

@@ -12,6 +12,7 @@ use heartline_core::{RequestId, TransportId};
 use tokio::sync::mpsc;
 
 use crate::actor::Msg;
+use crate::admission::IpRate;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::RuntimeMetrics;
@@ -35,6 +36,9 @@ pub struct Context {
     pub metrics: Arc<RuntimeMetrics>,
     /// Set once shutdown began.
     pub draining: Arc<AtomicBool>,
+    /// `server.connect_rate_per_ip`: asked at each TCP accept, and at each further
+    /// Engine.IO handshake on a kept-alive connection.
+    pub ip_rate: IpRate,
     next_transport: AtomicU64,
     next_request: AtomicU64,
 }
@@ -51,6 +55,7 @@ impl Context {
         draining: Arc<AtomicBool>,
     ) -> Self {
         Context {
+            ip_rate: IpRate::new(config.server.connect_rate_per_ip),
             config,
             engine_path,
             clock,

@@ -11,6 +11,7 @@
 //! hyper drops the handler, and its guard tells the core (`HttpAborted`), which ends the
 //! session as the protocol requires.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,10 @@ pub struct ConnInfo {
     pub accepted_at: Instant,
     /// Its slot under `server.max_connections`, kept by a WebSocket after the upgrade.
     pub permit: Arc<Permit>,
+    /// Engine.IO handshakes (requests without a `sid`) made on it so far. The first was
+    /// admitted with the connection; each further one is a new session on a kept-alive
+    /// connection and is asked of the per-IP rate like a new connection.
+    pub handshakes: Arc<AtomicU32>,
 }
 
 /// Serves one request on the Engine.IO path.
@@ -72,6 +77,20 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         let mut resp = http::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({"code": 4, "message": "Server is shutting down"}),
+        );
+        cors_headers(origin.as_deref(), resp.headers_mut());
+        return resp;
+    }
+    if query.sid.is_none()
+        && req.method() == hyper::Method::GET
+        && conn.handshakes.fetch_add(1, Ordering::Relaxed) > 0
+        && !ctx.ip_rate.allow(conn.remote.ip(), ctx.clock.now())
+    {
+        RuntimeMetrics::inc(&ctx.metrics.refused_rate_per_ip);
+        tracing::debug!(remote = %conn.remote, "handshake refused: per-IP rate");
+        let mut resp = http::json(
+            StatusCode::TOO_MANY_REQUESTS,
+            &serde_json::json!({"code": 4, "message": "Too many new sessions from this address"}),
         );
         cors_headers(origin.as_deref(), resp.headers_mut());
         return resp;

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::actor::{Actor, Msg};
-use crate::admission::{ConnectionCap, IpRate};
+use crate::admission::ConnectionCap;
 use crate::app::App;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -260,7 +260,6 @@ impl ServerHandle {
 /// the per-IP rate.
 async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let cap = ConnectionCap::new(ctx.config.server.max_connections, ctx.metrics.clone());
-    let rate = IpRate::new(ctx.config.server.connect_rate_per_ip);
     let refusals = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, remote) = tokio::select! {
@@ -276,7 +275,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::
             },
             _ = stop.changed() => break,
         };
-        if !rate.allow(remote.ip(), ctx.clock.now()) {
+        if !ctx.ip_rate.allow(remote.ip(), ctx.clock.now()) {
             RuntimeMetrics::inc(&ctx.metrics.refused_rate_per_ip);
             tracing::debug!(%remote, "connection refused: per-IP rate");
             refuse(stream, 429, "Too Many Requests", &refusals);

@@ -185,6 +185,69 @@ async fn connect_rate_per_ip_refuses_bursts() {
     server.stop().await;
 }
 
+/// Sends a GET on a kept-alive connection and reads its response: status and body.
+async fn keep_alive_get(stream: &mut TcpStream, path: &str) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if buf.len() >= end + 4 + length {
+                let (status, _, body) = parse_response(&buf[..end + 4 + length]);
+                return (status, body);
+            }
+        }
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn handshakes_on_a_kept_alive_connection_count_against_the_per_ip_rate() {
+    let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 2).await;
+    // The connection takes the first of 2 tokens; its first handshake comes with it.
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let path = "/socket.io/?EIO=4&transport=polling";
+    let (status, body) = keep_alive_get(&mut stream, path).await;
+    assert_eq!(status, 200, "{body}");
+    // A second session on the same connection is a new connection to the limit: the
+    // second token. A third is refused, and refused as an Engine.IO error.
+    let (status, body) = keep_alive_get(&mut stream, path).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = keep_alive_get(&mut stream, path).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("\"code\":4"), "{body}");
+    // The same bucket as new connections: one now is refused at accept.
+    let (status, _, _) = http(server.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 429);
+    // Tokens refill (the scrape takes one), and the kept-alive connection may open a
+    // session again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "heartline_admission_refused_total{reason=\"rate_per_ip\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    let (status, body) = keep_alive_get(&mut stream, path).await;
+    assert_eq!(status, 200, "{body}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn origin_is_checked_and_cors_answered() {
     let mut server = TestServer::start(|c| {
