@@ -89,6 +89,25 @@ fn seq_is_gapless_per_conversation_across_batches_and_reopen() {
 }
 
 #[test]
+fn a_member_listed_twice_is_kept_once_at_its_first_position() {
+    let mut store = Store::open_in_memory().expect("store");
+    let (a, b, c) = (
+        Member::new("a", "agent"),
+        Member::new("b", "customer"),
+        Member::new("a", "customer"),
+    );
+    let listed = [b.clone(), a.clone(), b.clone(), c.clone(), a.clone()];
+    let conv = store.put_conversation("c", &listed).expect("put");
+    assert_eq!(conv.members, vec![b, a, c]);
+    // Many members, most listed twice: kept once each, in order.
+    let many: Vec<Member> = (0..20_000)
+        .map(|i| Member::new(format!("u{}", i % 10_000), "customer"))
+        .collect();
+    let conv = store.put_conversation("big", &many).expect("put");
+    assert_eq!(conv.members, many[..10_000].to_vec());
+}
+
+#[test]
 fn reopen_after_drop_keeps_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("heartline.db");
