@@ -8,9 +8,10 @@
 //! forgotten key never leaves it open.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -118,15 +119,19 @@ async fn put_conversation(req: Request<Incoming>, ctx: Arc<Context>, id: String)
     if let Some(resp) = bad_id(&id) {
         return resp;
     }
-    let body: Bytes = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
+    // Bounded in size and in time, like an Engine.IO POST body.
+    let timeout = Duration::from_millis(ctx.config.server.handshake_timeout_ms);
+    let read = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+    let body: Bytes = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB")
+        }
+        Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "body unreadable"),
         Err(_) => {
             return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body too large or unreadable",
+                StatusCode::REQUEST_TIMEOUT,
+                "body not received within server.handshake_timeout_ms",
             )
         }
     };
