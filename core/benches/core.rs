@@ -297,7 +297,7 @@ impl Gateway {
         let config = EngineConfig {
             ping_interval_ms: ENGINE_PING_INTERVAL_MS,
             ping_timeout_ms: 20_000,
-            seed: 42,
+            seed: heartline_core::Seed::from(42),
             ..EngineConfig::default()
         };
         let mut engine = Engine::new(config).expect("valid config");

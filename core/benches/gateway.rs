@@ -50,7 +50,7 @@ const MEMBERS: usize = 10;
 fn config() -> GatewayConfig {
     GatewayConfig {
         engine: EngineConfig {
-            seed: 1,
+            seed: heartline_core::Seed::from(1),
             ..EngineConfig::default()
         },
         jwt_secret: SECRET.to_vec(),

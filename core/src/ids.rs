@@ -80,6 +80,57 @@ impl fmt::Debug for Id20 {
     }
 }
 
+/// What the id generator starts from.
+///
+/// A `u64` is enough to replay a simulated run, but not to keep a server's ids unguessable:
+/// whoever has seen a few of its `sid`s could search the 2^64 seeds for the one that made
+/// them and predict the rest. A server is seeded with a full 32-byte key from the
+/// operating system instead.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Seed {
+    /// A run to replay: expanded into a key as `ChaCha8Rng::seed_from_u64` does.
+    Replayable(u64),
+    /// A whole ChaCha key.
+    Key([u8; 32]),
+}
+
+impl Seed {
+    /// A seed for a second, independent stream: `salt` mixed into this one.
+    pub fn salted(self, salt: u64) -> Seed {
+        match self {
+            Seed::Replayable(seed) => Seed::Replayable(seed ^ salt),
+            Seed::Key(mut key) => {
+                for (k, s) in key.iter_mut().zip(salt.to_le_bytes()) {
+                    *k ^= s;
+                }
+                Seed::Key(key)
+            }
+        }
+    }
+}
+
+impl From<u64> for Seed {
+    fn from(seed: u64) -> Self {
+        Seed::Replayable(seed)
+    }
+}
+
+impl Default for Seed {
+    fn default() -> Self {
+        Seed::Replayable(0)
+    }
+}
+
+/// A key never reaches a log: configurations are printed with `{:?}`.
+impl fmt::Debug for Seed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Seed::Replayable(seed) => write!(f, "Replayable({seed})"),
+            Seed::Key(_) => f.write_str("Key(..)"),
+        }
+    }
+}
+
 /// The core's only source of randomness: a ChaCha8 stream seeded by the driver.
 #[derive(Clone, Debug)]
 pub struct Rng {
@@ -89,9 +140,16 @@ pub struct Rng {
 impl Rng {
     /// A generator whose whole output is fixed by `seed`.
     pub fn from_seed(seed: u64) -> Self {
-        Rng {
-            inner: ChaCha8Rng::seed_from_u64(seed),
-        }
+        Rng::seeded(Seed::Replayable(seed))
+    }
+
+    /// A generator whose whole output is fixed by `seed`, either kind.
+    pub fn seeded(seed: Seed) -> Self {
+        let inner = match seed {
+            Seed::Replayable(seed) => ChaCha8Rng::seed_from_u64(seed),
+            Seed::Key(key) => ChaCha8Rng::from_seed(key),
+        };
+        Rng { inner }
     }
 
     /// The next 64 random bits.
@@ -146,6 +204,23 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeds_fix_their_stream_and_salts_and_keys_change_it() {
+        let first = |seed: Seed| Rng::seeded(seed).next_u64();
+        // A number replays exactly as before keys existed.
+        assert_eq!(first(Seed::from(9)), Rng::from_seed(9).next_u64());
+        assert_eq!(first(Seed::from(9)), first(Seed::from(9)));
+        let key = Seed::Key([7; 32]);
+        assert_eq!(first(key), first(key));
+        // Every bit of a key counts, and a salt gives another stream of either kind.
+        let mut other = [7; 32];
+        other[31] = 8;
+        assert_ne!(first(key), first(Seed::Key(other)));
+        assert_ne!(first(key), first(key.salted(1)));
+        assert_ne!(first(Seed::from(9)), first(Seed::from(9).salted(1)));
+        assert_eq!(format!("{key:?}"), "Key(..)");
+    }
 
     #[test]
     fn time_ordered_ids_sort_by_time_and_differ_within_a_millisecond() {

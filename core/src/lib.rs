@@ -25,5 +25,5 @@ pub mod ids;
 pub mod time;
 pub mod timer;
 
-pub use ids::{Id20, RequestId, Rng, SessionId, TransportId};
+pub use ids::{Id20, RequestId, Rng, Seed, SessionId, TransportId};
 pub use time::Instant;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use heartline_core::codec::socket::{Packet, PacketType};
 use heartline_core::engine::{self, Engine, EngineConfig, UsageError};
 use heartline_core::gateway::{Input, Output};
-use heartline_core::{Instant, SessionId};
+use heartline_core::{Instant, Seed, SessionId};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
@@ -73,7 +73,7 @@ pub fn suite_config(listen: &str) -> Config {
 }
 
 /// The engine's settings for `mode` under `config`.
-pub fn engine_config(config: &Config, mode: EchoMode, seed: u64) -> EngineConfig {
+pub fn engine_config(config: &Config, mode: EchoMode, seed: Seed) -> EngineConfig {
     EngineConfig {
         namespaces: NAMESPACES.iter().map(|n| (*n).to_owned()).collect(),
         socketio: mode == EchoMode::SocketIo,
@@ -86,7 +86,7 @@ pub fn engine_config(config: &Config, mode: EchoMode, seed: u64) -> EngineConfig
 pub async fn start(config: Config, mode: EchoMode) -> Result<ServerHandle, ServerError> {
     config.validate()?;
     let addr = config.listen_addr()?;
-    let seed = settings::random_u64().map_err(|e| ServerError::System(e.to_string()))?;
+    let seed = settings::random_seed().map_err(|e| ServerError::System(e.to_string()))?;
     let app = EchoApp::new(engine_config(&config, mode, seed))?;
     let (listener, local_addr) = server::bind(addr).await?;
     // No store: the results channel's sender is dropped at once, so the actor never hears

@@ -95,7 +95,7 @@ pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
         })?
     };
     let clock = Clock::start();
-    let seed = settings::random_u64().map_err(|e| ServerError::System(e.to_string()))?;
+    let seed = settings::random_seed().map_err(|e| ServerError::System(e.to_string()))?;
     let gw_config = settings::gateway_config(&config, clock.wall_epoch_ms(), seed);
     let mut gateway = Gateway::new(gw_config, clock.now())?;
     let loaded = conversations.len();

@@ -8,11 +8,12 @@
 
 use heartline_core::engine::{EngineConfig, Transports};
 use heartline_core::gateway::GatewayConfig;
+use heartline_core::Seed;
 
 use crate::config::Config;
 
 /// The engine's settings for a configuration: Heartline's one namespace, Socket.IO on.
-pub fn engine_config(config: &Config, seed: u64) -> EngineConfig {
+pub fn engine_config(config: &Config, seed: Seed) -> EngineConfig {
     let has = |t: &str| config.engine.transports.iter().any(|x| x == t);
     EngineConfig {
         ping_interval_ms: config.engine.ping_interval_ms,
@@ -33,7 +34,7 @@ pub fn engine_config(config: &Config, seed: u64) -> EngineConfig {
 }
 
 /// The core's settings for a configuration. `jwt_secret` is taken as is.
-pub fn gateway_config(config: &Config, wall_epoch_ms: u64, seed: u64) -> GatewayConfig {
+pub fn gateway_config(config: &Config, wall_epoch_ms: u64, seed: Seed) -> GatewayConfig {
     let engine = engine_config(config, seed);
     GatewayConfig {
         engine,
@@ -51,9 +52,12 @@ pub fn gateway_config(config: &Config, wall_epoch_ms: u64, seed: u64) -> Gateway
     }
 }
 
-/// A random `u64` from the operating system.
-pub fn random_u64() -> Result<u64, getrandom::Error> {
-    getrandom::u64()
+/// A seed for the core's id generator: a whole 32-byte key from the operating system, so
+/// that the ids a client has seen do not tell it the next ones.
+pub fn random_seed() -> Result<Seed, getrandom::Error> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key)?;
+    Ok(Seed::Key(key))
 }
 
 /// `n` random bytes from the operating system, as lowercase hex.
@@ -71,14 +75,22 @@ mod tests {
     fn defaults_map_to_valid_core_settings() {
         let mut config = Config::default();
         config.auth.jwt_secret = "s".into();
-        let g = gateway_config(&config, 1, 2);
+        let g = gateway_config(&config, 1, Seed::from(2));
         g.validate().expect("valid");
         assert_eq!(g.engine.ping_timeout_ms, 60_000);
         assert_eq!(g.engine.handshake_timeout_ms, 10_000);
         assert_eq!(g.namespace, "/chat");
         assert!(g.engine.transports.websocket && g.engine.transports.polling);
         assert_eq!(g.wall_epoch_ms, 1);
-        assert_eq!(g.engine.seed, 2);
+        assert_eq!(g.engine.seed, Seed::from(2));
+    }
+
+    #[test]
+    fn a_random_seed_is_a_whole_key_and_not_shown() {
+        let seed = random_seed().expect("random");
+        assert!(matches!(seed, Seed::Key(_)));
+        assert_ne!(seed, random_seed().expect("random"));
+        assert_eq!(format!("{seed:?}"), "Key(..)");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use thiserror::Error;
 
+use crate::ids::Seed;
+
 /// Which Engine.IO transports a server offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transports {
@@ -34,8 +36,9 @@ pub struct EngineConfig {
     pub namespaces: Vec<String>,
     /// Most binary attachments one Socket.IO packet may announce.
     pub max_attachments: usize,
-    /// Seed of the generator behind session and socket ids.
-    pub seed: u64,
+    /// Seed of the generator behind session and socket ids: a [`Seed::Key`] from the
+    /// operating system on a server, a number in a simulation.
+    pub seed: Seed,
     /// Run the Socket.IO layer on top of Engine.IO (namespaces, packets, the handshake
     /// deadline). Off, the engine hands raw Engine.IO messages to the application as
     /// [`crate::engine::Event::Message`]: a plain Engine.IO server.
@@ -79,7 +82,7 @@ impl Default for EngineConfig {
             },
             namespaces: vec!["/chat".to_owned()],
             max_attachments: 10,
-            seed: 0,
+            seed: Seed::default(),
             socketio: true,
             #[cfg(feature = "mutations")]
             mutations: Mutations::default(),

@@ -85,7 +85,7 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Engine {
-            rng: Rng::from_seed(config.seed),
+            rng: Rng::seeded(config.seed),
             config,
             clock: Clock::default(),
             next_session: 1,

@@ -118,7 +118,7 @@ impl Gateway {
         Ok(Gateway {
             verifier: Verifier::new(&config.jwt_secret),
             // A stream apart from the engine's, so message ids do not shift session ids.
-            rng: Rng::from_seed(config.engine.seed ^ 0x6761_7465_7761_7921),
+            rng: Rng::seeded(config.engine.seed.salted(0x6761_7465_7761_7921)),
             config,
             engine,
             clock: Clock::default(),

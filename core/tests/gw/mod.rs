@@ -27,7 +27,7 @@ pub fn config() -> GatewayConfig {
         engine: EngineConfig {
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
-            seed: 7,
+            seed: heartline_core::Seed::from(7),
             ..EngineConfig::default()
         },
         heartbeat_interval_ms: 30_000,

@@ -18,7 +18,7 @@ pub fn config() -> EngineConfig {
         upgrade_timeout_ms: 10_000,
         handshake_timeout_ms: 10_000,
         max_payload_bytes: 1_000,
-        seed: 42,
+        seed: heartline_core::Seed::from(42),
         ..EngineConfig::default()
     }
 }

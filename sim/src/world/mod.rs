@@ -28,7 +28,7 @@ use std::io::Write;
 use heartline_core::client::{Backoff, Client, ClientConfig};
 use heartline_core::engine::EngineConfig;
 use heartline_core::gateway::{Gateway, GatewayConfig};
-use heartline_core::{Instant, Rng};
+use heartline_core::{Instant, Rng, Seed};
 
 use crate::agenda::{Agenda, Ev};
 use crate::check::dead_peer::DeadPeer;
@@ -145,7 +145,7 @@ fn gateway_config(opts: &Options) -> GatewayConfig {
             ping_timeout_ms: opts.ping_timeout_ms,
             handshake_timeout_ms: 10_000,
             max_payload_bytes: MAX_PAYLOAD_BYTES,
-            seed: opts.seed,
+            seed: Seed::from(opts.seed),
             ..EngineConfig::default()
         },
         heartbeat_interval_ms: 15_000,

@@ -4,7 +4,7 @@
 use heartline_core::codec::Frame;
 use heartline_core::engine::{self, CloseReason, Handshake, Query, Transmit};
 use heartline_core::gateway::{Gateway, Input, Member, Notice, Output};
-use heartline_core::TransportId;
+use heartline_core::{Seed, TransportId};
 use std::collections::BTreeMap;
 
 use super::Sim;
@@ -33,7 +33,8 @@ impl Sim {
     pub(super) fn start_server(&mut self) {
         self.epoch += 1;
         let mut config = self.gw_config.clone();
-        config.engine.seed = self.opts.seed ^ u64::from(self.epoch).wrapping_mul(0x9e37_79b9);
+        config.engine.seed =
+            Seed::from(self.opts.seed ^ u64::from(self.epoch).wrapping_mul(0x9e37_79b9));
         let gw = match Gateway::new(config, self.now) {
             Ok(gw) => gw,
             Err(e) => {
