@@ -102,7 +102,7 @@ impl IpRate {
             let rate = self.rate;
             buckets.retain(|_, b| refill(b, now, rate, full) < full);
         }
-        let b = buckets.entry(ip).or_insert(Bucket {
+        let b = buckets.entry(client_of(ip)).or_insert(Bucket {
             milli_tokens: full,
             at: now,
         });
@@ -115,6 +115,22 @@ impl IpRate {
         } else {
             false
         }
+    }
+}
+
+/// The client an address stands for: an IPv4 address (also when it reaches an IPv6
+/// socket mapped), or an IPv6 address's /64, the smallest block a site is given: one
+/// host holds a whole /64 and could draw a new address for every connection.
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
     }
 }
 
@@ -153,5 +169,19 @@ mod tests {
         let other: IpAddr = "127.0.0.2".parse().expect("ip");
         assert!(rate.allow(other, t0));
         assert!(IpRate::new(0).allow(ip, t0));
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_client() {
+        let addr = |s: &str| -> IpAddr { s.parse().expect("ip") };
+        let rate = IpRate::new(1);
+        let t0 = Instant::from_millis(1000);
+        assert!(rate.allow(addr("2001:db8:1:2::1"), t0));
+        // Another address of the same /64 shares the bucket; another /64 does not.
+        assert!(!rate.allow(addr("2001:db8:1:2:ffff::9"), t0));
+        assert!(rate.allow(addr("2001:db8:1:3::1"), t0));
+        // An IPv4 address is the same client whether it comes mapped or not.
+        assert!(rate.allow(addr("192.0.2.7"), t0));
+        assert!(!rate.allow(addr("::ffff:192.0.2.7"), t0));
     }
 }
