@@ -50,12 +50,11 @@ pub struct ConnInfo {
 
 /// Serves one request on the Engine.IO path.
 pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -> Response<Body> {
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some(o) = &origin {
+    let raw_origin = req.headers().get(header::ORIGIN);
+    let origin = raw_origin.and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // An Origin that is not text matches no listed origin, only "*".
+    let unreadable = raw_origin.is_some() && origin.is_none();
+    if let Some(o) = origin.as_deref().or(unreadable.then_some("")) {
         if !ctx.origin_allowed(o) {
             RuntimeMetrics::inc(&ctx.metrics.refused_origin);
             tracing::debug!(origin = %o, remote = %conn.remote, "origin refused");
