@@ -200,19 +200,12 @@ async fn api_requires_the_key_and_validates_bodies() {
 
 #[tokio::test]
 async fn an_api_body_that_never_arrives_is_refused_in_time() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut server = TestServer::start(|c| c.server.handshake_timeout_ms = 300).await;
-    let mut stream = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
     let head = format!(
         "PUT /api/conversations/c1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
          Content-Length: 100\r\n\r\n{{\"members\""
     );
-    stream.write_all(head.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut buf)).await;
-    let (status, _, body) = parse_response(&buf);
+    let (status, _, body) = raw_http(server.addr, head.as_bytes()).await;
     assert_eq!(status, 408, "{body}");
     assert!(body.contains("handshake_timeout_ms"), "{body}");
     server.stop().await;

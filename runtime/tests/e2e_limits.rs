@@ -315,15 +315,11 @@ async fn origin_is_checked_and_cors_answered() {
     };
     assert!(client::connect(server.addr, opts).await.is_err());
     // An Origin that is not text matches no allowed origin.
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let mut req =
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nOrigin: https://")
             .into_bytes();
     req.extend_from_slice(b"chat\xff.example.com\r\n\r\n");
-    stream.write_all(&req).await.expect("write");
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut buf)).await;
-    let (status, _, body) = parse_response(&buf);
+    let (status, _, body) = raw_http(server.addr, &req).await;
     assert_eq!(status, 403, "{body}");
     let m = server.metrics().await;
     assert_eq!(

@@ -159,14 +159,20 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String, String) {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    raw_http(addr, req.as_bytes()).await
+}
+
+/// Writes `request` as it is (malformed on purpose, or cut short) and reads until the
+/// server closes; returns status, raw head and body.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
     let fut = async {
         let mut s = TcpStream::connect(addr).await.expect("tcp connect");
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        s.write_all(req.as_bytes()).await.expect("write");
+        s.write_all(request).await.expect("write");
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf).await;
         parse_response(&buf)
