@@ -1,12 +1,12 @@
 //! Properties of the connection lifecycle under random interleavings of client frames,
-//! closes and clock advances.
+//! closes and clock advances, with fewer session slots than clients.
 
 mod support;
 
 use std::collections::BTreeMap;
 
 use heartline_core::codec::Frame;
-use heartline_core::engine::{Output, Transmit};
+use heartline_core::engine::{EngineConfig, Output, Transmit};
 use heartline_core::{Instant, TransportId};
 use proptest::prelude::*;
 use support::{config, App, Harness};
@@ -83,7 +83,8 @@ proptest! {
 
     #[test]
     fn heartbeat_rules_hold(ops in proptest::collection::vec(op(), 1..60)) {
-        let cfg = config();
+        // Four clients, room for three: opens past the cap are refused along the way.
+        let cfg = EngineConfig { max_sessions: 3, ..config() };
         let limit = cfg.ping_interval_ms + cfg.ping_timeout_ms;
         let mut h = Harness::new(cfg, App::Echo);
         let mut clients: Vec<Client> = (0..4).map(|_| Client::default()).collect();
@@ -136,6 +137,7 @@ proptest! {
                 Op::Advance(ms) => h.advance(ms),
             }
             observe(&h, mark, &mut closed, &mut clients);
+            prop_assert!(h.engine.sessions_held() <= 3, "{}", h.transcript());
             // A silent peer is closed by its last sign of life + interval + timeout.
             for cl in &clients {
                 if cl.ws.is_some() {

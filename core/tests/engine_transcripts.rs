@@ -4,7 +4,7 @@
 
 mod support;
 
-use heartline_core::engine::Method;
+use heartline_core::engine::{EngineConfig, Method};
 use support::{config, q, App, Harness};
 
 fn echo() -> Harness {
@@ -144,6 +144,38 @@ fn handshake_timeout_without_namespace() {
     insta::assert_snapshot!(h.transcript());
     assert_eq!(h.closes()[0].2, "handshake_timeout");
     assert_eq!(h.closes()[0].0.as_millis(), 10_000);
+}
+
+#[test]
+fn handshakes_past_max_sessions_are_refused_until_one_ends() {
+    let mut h = Harness::new(
+        EngineConfig {
+            max_sessions: 2,
+            ..config()
+        },
+        App::Echo,
+    );
+    h.http(1, Method::Get, q("polling", None), "");
+    h.ws_open(1, None);
+    // Full: a polling handshake gets 503, a WebSocket one is closed (1013).
+    h.http(2, Method::Get, q("polling", None), "");
+    h.ws_open(2, None);
+    assert_eq!(h.response(1).map(|r| r.0), Some(200));
+    assert_eq!(
+        h.response(2),
+        Some((503, r#"{"code":4,"message":"Too many sessions"}"#.into()))
+    );
+    assert!(h.ws_closed_by_server(2));
+    assert!(!h.ws_closed_by_server(1));
+    assert_eq!(h.engine.sessions_refused(), 2);
+    assert_eq!(h.engine.session_count(), 2);
+    // The sessions already open carry on; once one ends, a handshake gets in again.
+    h.ws_text(1, "40/chat,");
+    h.ws_closed(1);
+    h.http(3, Method::Get, q("polling", None), "");
+    assert_eq!(h.response(3).map(|r| r.0), Some(200));
+    assert_eq!(h.engine.sessions_refused(), 2);
+    insta::assert_snapshot!(h.transcript());
 }
 
 #[test]

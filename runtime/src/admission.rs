@@ -7,8 +7,9 @@
 //!
 //! One TCP connection kept alive can carry several Engine.IO handshakes (each a new
 //! long-polling session); every one after the first asks the per-IP rate too
-//! ([`crate::engineio`]), so a single admitted connection cannot open sessions without
-//! limit.
+//! ([`crate::engineio`]), and the engine holds no more sessions than
+//! `server.max_connections` whatever the rate (its `max_sessions`), so a single admitted
+//! connection cannot open sessions without limit.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -247,7 +247,7 @@ impl App for EchoApp {
     }
 
     fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool) -> String {
-        metrics::render_engine(self.engine.session_count(), rt, draining)
+        metrics::render_engine(&self.engine, rt, draining)
     }
 }
 

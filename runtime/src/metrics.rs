@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use heartline_core::engine::Engine;
 use heartline_core::gateway::metrics::LATENCY_BUCKETS_MS;
 use heartline_core::gateway::Gateway;
 
@@ -329,13 +330,14 @@ pub fn render(gateway: &Gateway, rt: &RuntimeMetrics, draining: bool) -> String 
         || h.count,
     );
 
-    render_runtime(&mut out, rt, draining);
+    render_runtime(&mut out, gateway.engine(), rt, draining);
     out
 }
 
 /// The `/metrics` page of an application that is only the engine (the echo server): its
 /// live sessions and the runtime's own counters.
-pub fn render_engine(sessions: usize, rt: &RuntimeMetrics, draining: bool) -> String {
+pub fn render_engine(engine: &Engine, rt: &RuntimeMetrics, draining: bool) -> String {
+    let sessions = engine.session_count();
     let mut out = String::with_capacity(2048);
     family(
         &mut out,
@@ -344,12 +346,12 @@ pub fn render_engine(sessions: usize, rt: &RuntimeMetrics, draining: bool) -> St
         "Live Engine.IO sessions.",
     );
     sample(&mut out, "heartline_engine_sessions", sessions as u64);
-    render_runtime(&mut out, rt, draining);
+    render_runtime(&mut out, engine, rt, draining);
     out
 }
 
 /// The runtime's own families, the same whatever the application.
-fn render_runtime(out: &mut String, rt: &RuntimeMetrics, draining: bool) {
+fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draining: bool) {
     family(
         out,
         "heartline_tcp_connections",
@@ -368,7 +370,7 @@ fn render_runtime(out: &mut String, rt: &RuntimeMetrics, draining: bool) {
         out,
         "heartline_admission_refused_total",
         "counter",
-        "Connections or handshakes refused before reaching the core, by reason.",
+        "Connections or handshakes refused at admission, by reason.",
     );
     for (reason, v) in [
         ("max_connections", &rt.refused_max_connections),
@@ -383,6 +385,12 @@ fn render_runtime(out: &mut String, rt: &RuntimeMetrics, draining: bool) {
             get(v)
         );
     }
+    // Refused by the engine itself, which counts Engine.IO sessions.
+    let _ = writeln!(
+        out,
+        "heartline_admission_refused_total{{reason=\"max_sessions\"}} {}",
+        engine.sessions_refused()
+    );
     family(out, "heartline_websockets", "gauge", "Open WebSockets.");
     sample(out, "heartline_websockets", get(&rt.ws_open));
     family(

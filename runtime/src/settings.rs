@@ -23,6 +23,9 @@ pub fn engine_config(config: &Config, seed: Seed) -> EngineConfig {
         max_payload_bytes: config.engine.max_payload_bytes,
         // A polling client that does not fetch is held to the same bound as a WebSocket.
         max_buffered_bytes: config.server.max_outbound_bytes,
+        // Sessions and TCP connections share one cap: a WebSocket session holds one of
+        // each, and polling sessions on kept-alive connections cannot pass it either.
+        max_sessions: config.server.max_connections,
         transports: Transports {
             websocket: has("websocket"),
             polling: has("polling"),

@@ -187,7 +187,20 @@ async fn connect_rate_per_ip_refuses_bursts() {
 
 /// Sends a GET on a kept-alive connection and reads its response: status and body.
 async fn keep_alive_get(stream: &mut TcpStream, path: &str) -> (u16, String) {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    keep_alive_request(stream, "GET", path, "").await
+}
+
+/// Sends a request on a kept-alive connection and reads its response: status and body.
+async fn keep_alive_request(
+    stream: &mut TcpStream,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -211,6 +224,47 @@ async fn keep_alive_get(stream: &mut TcpStream, path: &str) -> (u16, String) {
         assert!(n > 0, "connection closed");
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+#[tokio::test]
+async fn sessions_on_kept_alive_connections_are_capped_by_max_connections() {
+    // No per-IP rate (the default): only the cap stands between one connection and any
+    // number of polling sessions.
+    let mut server = TestServer::start(|c| c.server.max_connections = 3).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let path = "/socket.io/?EIO=4&transport=polling";
+    let mut sids = vec![];
+    for _ in 0..3 {
+        let (status, body) = keep_alive_get(&mut stream, path).await;
+        assert_eq!(status, 200, "{body}");
+        let open: serde_json::Value =
+            serde_json::from_str(body.trim_start_matches('0')).expect("open packet");
+        sids.push(open["sid"].as_str().expect("sid").to_owned());
+    }
+    let (status, body) = keep_alive_get(&mut stream, path).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body, r#"{"code":4,"message":"Too many sessions"}"#);
+    // The sessions already open are untouched: the first still takes packets (a NOOP).
+    let first = format!("{path}&sid={}", sids[0]);
+    let (status, body) = keep_alive_request(&mut stream, "POST", &first, "6").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "heartline_admission_refused_total{reason=\"max_sessions\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    // A client that closes its session frees the slot for the next handshake.
+    let sid = &sids[1];
+    let (status, body) =
+        keep_alive_request(&mut stream, "POST", &format!("{path}&sid={sid}"), "1").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, body) = keep_alive_get(&mut stream, path).await;
+    assert_eq!(status, 200, "{body}");
+    server.stop().await;
 }
 
 #[tokio::test]

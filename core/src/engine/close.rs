@@ -43,6 +43,9 @@ pub enum CloseReason {
     /// The server is shutting down.
     #[error("server shutdown")]
     ServerShutdown,
+    /// The server holds `max_sessions` already; the handshake was refused.
+    #[error("too many sessions")]
+    TooManySessions,
     /// The application disconnected the client (Socket.IO DISCONNECT sent).
     #[error("server disconnect: {0}")]
     ServerDisconnect(String),
@@ -65,6 +68,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Replaced => "replaced",
             CloseReason::ServerShutdown => "server_shutdown",
+            CloseReason::TooManySessions => "too_many_sessions",
             CloseReason::ServerDisconnect(_) => "server_disconnect",
             CloseReason::ServerClose(_) => "server_close",
         }
@@ -76,6 +80,7 @@ impl CloseReason {
             CloseReason::PayloadTooLarge => 1009,
             CloseReason::ProtocolError(_) => 1002,
             CloseReason::ServerShutdown => 1001,
+            CloseReason::TooManySessions => 1013,
             CloseReason::SlowConsumer | CloseReason::HandshakeTimeout => 1008,
             _ => 1000,
         }

@@ -30,6 +30,11 @@ pub struct EngineConfig {
     /// Bytes a polling session may hold for a client that does not come to fetch them;
     /// past that the session is closed as a slow consumer.
     pub max_buffered_bytes: u64,
+    /// Sessions held at once. A handshake past it is refused: a polling one with HTTP 503,
+    /// a WebSocket one closed with 1013 (try again later). One kept-alive HTTP connection
+    /// can open any number of polling sessions, so a cap on TCP connections alone does not
+    /// bound the sessions, nor the memory they hold.
+    pub max_sessions: u64,
     /// Transports offered.
     pub transports: Transports,
     /// Namespaces clients may connect; any other gets CONNECT_ERROR "Invalid namespace".
@@ -76,6 +81,7 @@ impl Default for EngineConfig {
             handshake_timeout_ms: 10_000,
             max_payload_bytes: 1_000_000,
             max_buffered_bytes: 1_048_576,
+            max_sessions: 100_000,
             transports: Transports {
                 websocket: true,
                 polling: true,
@@ -114,6 +120,7 @@ impl EngineConfig {
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("max_payload_bytes", self.max_payload_bytes),
             ("max_buffered_bytes", self.max_buffered_bytes),
+            ("max_sessions", self.max_sessions),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

@@ -78,6 +78,8 @@ pub struct Engine {
     by_request: HashMap<RequestId, SessionId>,
     timers: TimerQueue<SessionId, Timer>,
     out: VecDeque<Output>,
+    /// Handshakes refused because `max_sessions` were held.
+    refused_sessions: u64,
 }
 
 impl Engine {
@@ -95,6 +97,7 @@ impl Engine {
             by_request: HashMap::new(),
             timers: TimerQueue::default(),
             out: VecDeque::new(),
+            refused_sessions: 0,
         })
     }
 
@@ -113,6 +116,11 @@ impl Engine {
     /// Sessions held in memory, lingering ones included.
     pub fn sessions_held(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Handshakes refused so far because `max_sessions` sessions were held.
+    pub fn sessions_refused(&self) -> u64 {
+        self.refused_sessions
     }
 
     /// Armed deadlines, all sessions together.
@@ -417,6 +425,16 @@ impl Engine {
             .map(|s| &mut **s)
             .filter(|s| !s.closed)
             .ok_or(UsageError::UnknownSession(session))
+    }
+
+    /// Whether a new session fits under `max_sessions`; counts the refusal if not.
+    fn admit_session(&mut self) -> bool {
+        // Lingering closed sessions count: the cap bounds memory, and they hold it too.
+        let fits = (self.sessions.len() as u64) < self.config.max_sessions;
+        if !fits {
+            self.refused_sessions += 1;
+        }
+        fits
     }
 
     /// Creates a session on `transport`, arms its deadlines and returns its id.

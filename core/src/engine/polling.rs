@@ -23,6 +23,7 @@ pub(crate) enum HttpError {
     BadHandshakeMethod,
     BadRequest,
     UnsupportedProtocolVersion,
+    TooManySessions,
 }
 
 impl HttpError {
@@ -33,6 +34,8 @@ impl HttpError {
             HttpError::BadHandshakeMethod => (2, "Bad handshake method"),
             HttpError::BadRequest => (3, "Bad request"),
             HttpError::UnsupportedProtocolVersion => (5, "Unsupported protocol version"),
+            // Engine.IO's "forbidden" code, which servers also give when a request is refused.
+            HttpError::TooManySessions => (4, "Too many sessions"),
         };
         Bytes::from(format!(r#"{{"code":{code},"message":"{message}"}}"#))
     }
@@ -107,6 +110,15 @@ impl Engine {
     }
 
     fn polling_handshake(&mut self, now: Instant, request: RequestId, handshake: Handshake) {
+        if !self.admit_session() {
+            // Not a protocol error, so not 400: the client may try again later.
+            return self.respond(
+                request,
+                503,
+                ContentType::Json,
+                HttpError::TooManySessions.body(),
+            );
+        }
         let id = self.open(now, Transport::Polling(Box::default()), handshake);
         let Some(sid) = self.sessions.get(&id).map(|s| s.sid) else {
             return;

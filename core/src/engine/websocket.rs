@@ -40,6 +40,13 @@ impl Engine {
             }
         }
         let Some(sid) = query.sid else {
+            if !self.admit_session() {
+                self.transmit(Transmit::WsClose {
+                    transport: ws,
+                    reason: CloseReason::TooManySessions,
+                });
+                return Ok(());
+            }
             let id = self.open(now, Transport::WebSocket(ws), handshake);
             if let Some(sid) = self.sessions.get(&id).map(|s| s.sid) {
                 let open = self.open_packet(sid, true);
