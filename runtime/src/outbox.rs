@@ -185,6 +185,21 @@ impl Outbox {
         wake(waker);
     }
 
+    /// Answers the peer's close frame: what is still queued is dropped (the peer has said
+    /// it is leaving; writing up to the queue limit to it first only delays the close it
+    /// waits for) and the close frame goes next. A close of ours already asked for stays.
+    pub fn answer_close(&self, code: u16) {
+        let mut st = self.lock();
+        if st.ended {
+            return;
+        }
+        let bytes = std::mem::take(&mut st.bytes);
+        st.frames = VecDeque::new();
+        drop(st);
+        RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(bytes));
+        self.close(code, "");
+    }
+
     /// Drops everything queued and tells the connection's tasks to drop the socket now.
     pub fn kill(&self) {
         let mut st = self.lock();
@@ -348,6 +363,26 @@ mod tests {
         assert_eq!(o.try_next(), Some(Next::Frame(Frame::text("4a"))));
         assert_eq!(o.try_next(), Some(Next::Close(1000, "bye".into())));
         assert_eq!(o.try_next(), None);
+    }
+
+    #[test]
+    fn the_answer_to_a_peer_close_skips_the_queue() {
+        let o = outbox(1000);
+        o.push(Frame::text("4a"));
+        o.push(Frame::text("4b"));
+        o.answer_close(1001);
+        assert_eq!(o.bytes(), 0);
+        assert_eq!(o.metrics.outbound_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(o.phase(), Phase::Closing);
+        assert_eq!(o.try_next(), Some(Next::Close(1001, String::new())));
+        assert_eq!(o.try_next(), None);
+        // A close of ours asked for first stays, with what was queued before it.
+        let o = outbox(1000);
+        o.push(Frame::text("4a"));
+        o.close(1000, "bye");
+        o.answer_close(1001);
+        assert_eq!(o.try_next(), Some(Next::Frame(Frame::text("4a"))));
+        assert_eq!(o.try_next(), Some(Next::Close(1000, "bye".into())));
     }
 
     #[test]

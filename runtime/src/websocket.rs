@@ -394,11 +394,11 @@ impl Connection {
                     continue;
                 }
                 Ok(Some(Received::Close(code))) => {
-                    // Answered with the peer's own code, as RFC 6455 5.5.1 suggests (a
-                    // close of ours already on its way stays as it is).
-                    if let Some(code) = code {
-                        self.outbox.close(code, "");
-                    }
+                    // Answered at once, ahead of anything still queued, with the peer's
+                    // own code as RFC 6455 5.5.1 suggests (a close frame without a code
+                    // gets 1000); a close of ours already on its way stays as it is.
+                    self.outbox
+                        .answer_close(code.unwrap_or(CloseCode::Normal.into()));
                     Step::End(Ending::Closed)
                 }
                 Ok(None) => continue,
