@@ -5,7 +5,7 @@ mod gw;
 
 use gw::{admin_token, config, token, Gw};
 use heartline_core::gateway::UserKey;
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn setup() -> Gw {
     let mut g = Gw::new(config());
@@ -249,6 +249,50 @@ fn rate_limit_hit_and_recovery() {
 }
 
 #[test]
+fn a_client_sending_into_a_full_window_is_answered_not_cut_off() {
+    // Default event budget; the window holds 3 sends per 10 s.
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    let send = |g: &mut Gw, i: usize| {
+        g.emit(
+            1,
+            "message:send",
+            json!({"conversationId":"c1","content":format!("m{i}"),"tempId":format!("t{i}")}),
+        )
+    };
+    // A thousand back to back, then 300 a second for three seconds (a retry loop).
+    let mut ids: Vec<u64> = (0..1_000).map(|i| send(&mut g, i)).collect();
+    for s in 0..3 {
+        for k in 0..300 {
+            g.advance(3);
+            ids.push(send(&mut g, 1_000 + s * 300 + k));
+        }
+        g.advance(100);
+    }
+    assert!(!g.view(1).disconnected, "still connected");
+    let answers: Vec<&Value> = ids
+        .iter()
+        .map(|id| g.ack(1, *id).expect("answered"))
+        .collect();
+    let accepted = answers.iter().filter(|a| a["ok"] == json!(true)).count();
+    assert_eq!(accepted, 3);
+    assert!(answers
+        .iter()
+        .filter(|a| a["ok"] != json!(true))
+        .all(|a| a["code"] == json!("rate_limited") && a["retryAfterMs"].is_u64()));
+    assert_eq!(g.events_named(1, "message:error").len(), ids.len() - 3);
+    // A flood is still a flood: thousands at once end the connection.
+    for i in 0..3_000 {
+        if g.view(1).disconnected {
+            break;
+        }
+        send(&mut g, 10_000 + i);
+    }
+    assert!(g.view(1).disconnected && g.view(1).closed);
+    assert_eq!(g.gw.metrics().floods, 1);
+}
+
+#[test]
 fn join_with_catch_up() {
     let mut g = setup();
     g.connect(1, "alice", "customer");
@@ -328,6 +372,7 @@ fn event_flood_ends_in_disconnect() {
     cfg.event_budget = heartline_core::gateway::BudgetConfig {
         burst: 5,
         per_second: 1,
+        refused_send_milli: 1000,
     };
     let mut g = Gw::new(cfg);
     g.connect(1, "alice", "customer");

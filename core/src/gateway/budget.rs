@@ -3,7 +3,9 @@
 //! Sends have their own exact limit per user. Everything else a client can emit (`ping`,
 //! `metrics:request`, joins, refused sends, unknown events, garbage) is cheap for the client
 //! and costs the server a little each; a token bucket bounds that cost per connection
-//! without a timer: it refills from the time elapsed, a pure function of `now`.
+//! without a timer: it refills from the time elapsed, a pure function of `now`. A refused
+//! send is charged a fraction of an event: refusing is the cheapest thing the server does,
+//! and an honest client in a retry loop should be told "rate_limited", not cut off.
 
 use crate::gateway::config::BudgetConfig;
 use crate::time::Instant;
@@ -24,8 +26,8 @@ impl TokenBucket {
         }
     }
 
-    /// Spends one token; `false` when the bucket is empty.
-    pub(crate) fn spend(&mut self, config: BudgetConfig, now: Instant) -> bool {
+    /// Spends `cost` thousandths of a token; `false` (and nothing spent) when fewer are left.
+    pub(crate) fn spend_milli(&mut self, config: BudgetConfig, now: Instant, cost: u32) -> bool {
         let elapsed = now.ms_since(self.updated);
         self.updated = self.updated.max(now);
         let cap = u64::from(config.burst) * 1000;
@@ -33,8 +35,9 @@ impl TokenBucket {
             .milli_tokens
             .saturating_add(elapsed.saturating_mul(u64::from(config.per_second)))
             .min(cap);
-        if self.milli_tokens >= 1000 {
-            self.milli_tokens -= 1000;
+        let cost = u64::from(cost);
+        if self.milli_tokens >= cost {
+            self.milli_tokens -= cost;
             true
         } else {
             false
@@ -46,11 +49,18 @@ impl TokenBucket {
 mod tests {
     use super::*;
 
+    impl TokenBucket {
+        fn spend(&mut self, config: BudgetConfig, now: Instant) -> bool {
+            self.spend_milli(config, now, 1000)
+        }
+    }
+
     #[test]
     fn burst_then_refill() {
         let cfg = BudgetConfig {
             burst: 3,
             per_second: 2,
+            refused_send_milli: 100,
         };
         let t0 = Instant::from_millis(1_000);
         let mut b = TokenBucket::new(cfg, t0);
@@ -62,5 +72,21 @@ mod tests {
         let later = t0.add_ms(60_000);
         assert!((0..3).all(|_| b.spend(cfg, later)));
         assert!(!b.spend(cfg, later));
+    }
+
+    #[test]
+    fn a_cheaper_charge_spends_a_fraction() {
+        let cfg = BudgetConfig {
+            burst: 1,
+            per_second: 1,
+            refused_send_milli: 250,
+        };
+        let t0 = Instant::from_millis(0);
+        let mut b = TokenBucket::new(cfg, t0);
+        assert!((0..4).all(|_| b.spend_milli(cfg, t0, 250)));
+        assert!(!b.spend_milli(cfg, t0, 250));
+        // A quarter of a token refills in 250 ms; a whole event needs all of it.
+        assert!(!b.spend(cfg, t0.add_ms(250)));
+        assert!(b.spend_milli(cfg, t0.add_ms(250), 250));
     }
 }

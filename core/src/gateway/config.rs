@@ -10,6 +10,10 @@ pub struct BudgetConfig {
     pub burst: u32,
     /// Events per second it may sustain.
     pub per_second: u32,
+    /// What one refused send costs, in thousandths of an event. Below 1,000 so that a
+    /// client that keeps sending into a full rate-limit window (a retry loop, a test that
+    /// hammers) has every refusal answered for a good while; a flood is still cut off.
+    pub refused_send_milli: u32,
 }
 
 /// Settings of the chat gateway.
@@ -68,9 +72,11 @@ impl Default for GatewayConfig {
             wall_epoch_ms: 0,
             max_content_chars: 10_000,
             max_temp_id_bytes: 128,
+            // Refusals alone: 1,200 at once, 400 per second.
             event_budget: BudgetConfig {
                 burst: 60,
                 per_second: 20,
+                refused_send_milli: 50,
             },
             history_limit_max: 100,
             missed_limit: 1_000,
@@ -94,6 +100,10 @@ impl GatewayConfig {
             (
                 "event_budget.per_second",
                 u64::from(self.event_budget.per_second),
+            ),
+            (
+                "event_budget.refused_send_milli",
+                u64::from(self.event_budget.refused_send_milli),
             ),
         ] {
             if value == 0 {

@@ -134,11 +134,16 @@ impl Gateway {
     /// Charges one event to the connection's budget; on exhaustion ends the connection as
     /// a flood and returns `false`.
     fn charge(&mut self, now: Instant, session: SessionId) -> bool {
+        self.charge_milli(now, session, 1000)
+    }
+
+    /// Charges `cost` thousandths of an event; see [`Self::charge`].
+    fn charge_milli(&mut self, now: Instant, session: SessionId, cost: u32) -> bool {
         let budget = self.config.event_budget;
         let Some(conn) = self.conns.get_mut(&session) else {
             return false;
         };
-        if conn.budget.spend(budget, now) {
+        if conn.budget.spend_milli(budget, now, cost) {
             return true;
         }
         self.metrics.floods += 1;
@@ -372,8 +377,8 @@ impl Gateway {
                     err["retryAfterMs"] = json!(ms);
                 }
                 self.emit(now, session, "message:error", err);
-                // Refusals are cheap to cause; they spend the event budget.
-                self.charge(now, session);
+                // Refusals are cheap to cause; they spend (a fraction of) the event budget.
+                self.charge_milli(now, session, self.config.event_budget.refused_send_milli);
             }
         }
     }
