@@ -318,6 +318,12 @@ fn join_with_catch_up() {
         "message:history",
         json!({"conversationId":"c1","beforeSeq":3,"limit":1}),
     );
+    // No cursor: the latest page, as a chat opens.
+    let latest = g.emit(
+        3,
+        "message:history",
+        json!({"conversationId":"c1","limit":2}),
+    );
     let denied = g.emit(1, "conversation:join", json!({"conversationId":"nope"}));
     insta::assert_snapshot!(g.transcript());
     let a = g.ack(3, join).expect("answered");
@@ -331,6 +337,14 @@ fn join_with_catch_up() {
     assert_eq!(seqs, vec![json!(2), json!(3)]);
     let h = g.ack(3, hist).expect("answered");
     assert_eq!(h["messages"][0]["seq"], json!(2));
+    let l = g.ack(3, latest).expect("answered");
+    let seqs: Vec<_> = l["messages"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| m["seq"].clone())
+        .collect();
+    assert_eq!(seqs, vec![json!(2), json!(3)]);
     assert_eq!(
         g.ack(1, denied).expect("answered")["code"],
         json!("not_found")

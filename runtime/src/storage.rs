@@ -302,7 +302,8 @@ fn serve(
             limit,
             reply,
         } => {
-            let _ = reply.send(store.messages(&id, after_seq, None, limit));
+            // The API reads forward: no afterSeq is from the first message.
+            let _ = reply.send(store.messages(&id, Some(after_seq.unwrap_or(0)), None, limit));
         }
         Job::Flush { reply } => {
             let _ = reply.send(());

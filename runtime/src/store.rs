@@ -437,8 +437,8 @@ impl Store {
     /// [`MAX_PAGE`]). Both bounds are exclusive.
     ///
     /// With `after_seq` (alone or with `before_seq`) the page is the first messages after
-    /// it; with `before_seq` alone it is the last messages before it, for scrolling back
-    /// through history; with neither it starts at the beginning of the conversation.
+    /// it, for reading forward; without it the page is the last messages (before
+    /// `before_seq` if given): where a chat opens, and how it scrolls back.
     pub fn messages(
         &self,
         conversation_id: &str,
@@ -466,7 +466,7 @@ impl Store {
             Some(Ok(before)) => before - 1,
             Some(Err(_)) | None => i64::MAX,
         };
-        let messages = if after_seq.is_none() && before_seq.is_some() {
+        let messages = if after_seq.is_none() {
             let mut stmt = tx.prepare_cached(&format!(
                 "{SELECT_MESSAGE} WHERE conversation_id = ?1 AND seq <= ?2 \
                  ORDER BY seq DESC LIMIT ?3"

@@ -151,6 +151,19 @@ async fn api_requires_the_key_and_validates_bodies() {
     assert_eq!(ms.len(), 1);
     assert_eq!(ms[0]["seq"], 2);
     assert_eq!(ms[0]["content"], "m1");
+    // Without afterSeq the API reads from the first message.
+    let (status, _, resp) = http(
+        addr,
+        "GET",
+        "/api/conversations/c1/messages?limit=2",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{resp}");
+    let v: Value = serde_json::from_str(&resp).expect("json");
+    assert_eq!(v["messages"][0]["seq"], 1, "{resp}");
+    assert_eq!(v["messages"][1]["seq"], 2, "{resp}");
     let (status, _, _) = http(
         addr,
         "GET",

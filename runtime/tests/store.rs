@@ -399,7 +399,11 @@ fn paging_after_before_and_limit() {
     let page = |after: Option<u64>, before: Option<u64>, limit: usize| {
         seqs(&store.messages("c1", after, before, limit).expect("page"))
     };
-    assert_eq!(page(None, None, 3), vec![1, 2, 3]);
+    assert_eq!(
+        page(None, None, 3),
+        vec![18, 19, 20],
+        "no cursor: the latest"
+    );
     assert_eq!(page(Some(0), None, 3), vec![1, 2, 3]);
     assert_eq!(page(Some(5), None, 3), vec![6, 7, 8]);
     assert_eq!(page(Some(18), None, 10), vec![19, 20]);
@@ -439,8 +443,11 @@ fn page_size_is_capped() {
         .map(|i| req(&format!("m{i}"), "c1", "u1", None))
         .collect();
     assert!(store.append_batch(&reqs).iter().all(|r| r.is_ok()));
-    let first = store.messages("c1", None, None, usize::MAX).expect("page");
+    let first = store
+        .messages("c1", Some(0), None, usize::MAX)
+        .expect("page");
     assert_eq!(first.len(), MAX_PAGE);
+    assert_eq!(first.first().map(|m| m.seq), Some(1));
     let last = store
         .messages("c1", None, Some(u64::MAX), MAX_PAGE * 2)
         .expect("page");

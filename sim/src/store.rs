@@ -136,7 +136,7 @@ impl Store {
                     .filter(|m| request.before_seq.is_none_or(|b| m.seq < b))
                     .cloned()
                     .collect();
-                if request.after_seq.is_none() && request.before_seq.is_some() {
+                if request.after_seq.is_none() {
                     let skip = sel.len().saturating_sub(request.limit);
                     sel.drain(..skip);
                 } else {

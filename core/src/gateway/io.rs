@@ -142,7 +142,8 @@ pub struct ReadRequest {
     pub conversation_id: String,
     /// Only messages with a greater `seq`.
     pub after_seq: Option<u64>,
-    /// Only messages with a smaller `seq`; without `after_seq`, the last page before it.
+    /// Only messages with a smaller `seq`. Without `after_seq` the page is the last
+    /// messages (before this one, if given), not the first.
     pub before_seq: Option<u64>,
     /// At most this many.
     pub limit: usize,

@@ -133,7 +133,7 @@ impl MemStore {
                     .filter(|m| request.after_seq.is_none_or(|a| m.seq > a))
                     .filter(|m| request.before_seq.is_none_or(|b| m.seq < b))
                     .collect();
-                if request.after_seq.is_none() && request.before_seq.is_some() {
+                if request.after_seq.is_none() {
                     let skip = sel.len().saturating_sub(request.limit);
                     sel.drain(..skip);
                 } else {
