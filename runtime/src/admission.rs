@@ -1,15 +1,16 @@
-//! Who gets in: the connection cap and the per-IP connection rate.
+//! Who gets in: the connection cap and the per-IP rate of new clients.
 //!
-//! Both are decided at TCP accept, before a byte is parsed, because that is where an
-//! overload or a reconnect storm is cheapest to refuse. A refused connection is answered
-//! with a short HTTP error (503 over the cap, 429 over the rate) and closed, which
-//! `socket.io-client` treats as a failed attempt and retries with backoff.
+//! The cap is decided at TCP accept, before a byte is parsed, because that is where an
+//! overload is cheapest to refuse: a refused connection is answered with a short 503 and
+//! closed, which `socket.io-client` treats as a failed attempt and retries with backoff.
 //!
-//! One TCP connection kept alive can carry several Engine.IO handshakes (each a new
-//! long-polling session); every one after the first asks the per-IP rate too
-//! ([`crate::engineio`]), and the engine holds no more sessions than
-//! `server.max_connections` whatever the rate (its `max_sessions`), so a single admitted
-//! connection cannot open sessions without limit.
+//! The per-IP rate counts new clients, which are Engine.IO handshakes, not TCP
+//! connections ([`crate::engineio`] asks it; over the rate a handshake gets 429). A
+//! polling client uses several connections for one session and a browser reuses them for
+//! the next, so a rate on connections refused the held GETs and upgrades of clients it had
+//! admitted, and let a kept-alive connection open sessions past it. A connection that
+//! never handshakes is bounded by the cap and `server.handshake_timeout_ms`; sessions are
+//! bounded by the engine's `max_sessions` (the same cap) whatever the rate.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -57,7 +57,6 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
         remote,
         accepted_at,
         permit: Arc::new(permit),
-        handshakes: Arc::default(),
     };
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),

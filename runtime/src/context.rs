@@ -36,8 +36,7 @@ pub struct Context {
     pub metrics: Arc<RuntimeMetrics>,
     /// Set once shutdown began.
     pub draining: Arc<AtomicBool>,
-    /// `server.connect_rate_per_ip`: asked at each TCP accept, and at each further
-    /// Engine.IO handshake on a kept-alive connection.
+    /// `server.connect_rate_per_ip`: asked at each Engine.IO handshake.
     pub ip_rate: IpRate,
     next_transport: AtomicU64,
     next_request: AtomicU64,

@@ -11,7 +11,6 @@
 //! hyper drops the handler, and its guard tells the core (`HttpAborted`), which ends the
 //! session as the protocol requires.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,10 +41,6 @@ pub struct ConnInfo {
     pub accepted_at: Instant,
     /// Its slot under `server.max_connections`, kept by a WebSocket after the upgrade.
     pub permit: Arc<Permit>,
-    /// Engine.IO handshakes (requests without a `sid`) made on it so far. The first was
-    /// admitted with the connection; each further one is a new session on a kept-alive
-    /// connection and is asked of the per-IP rate like a new connection.
-    pub handshakes: Arc<AtomicU32>,
 }
 
 /// Serves one request on the Engine.IO path.
@@ -80,9 +75,12 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         cors_headers(origin.as_deref(), resp.headers_mut());
         return resp;
     }
+    // A new client is a handshake (a GET without a sid, polling or WebSocket), whatever
+    // TCP connections it comes over: a polling client opens several (the held GET, the
+    // POSTs, the upgrade) and a browser reuses them, so counting connections would refuse
+    // the requests of clients already admitted and let kept-alive ones open sessions freely.
     if query.sid.is_none()
         && req.method() == hyper::Method::GET
-        && conn.handshakes.fetch_add(1, Ordering::Relaxed) > 0
         && !ctx.ip_rate.allow(conn.remote.ip(), ctx.clock.now())
     {
         RuntimeMetrics::inc(&ctx.metrics.refused_rate_per_ip);

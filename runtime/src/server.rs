@@ -256,8 +256,8 @@ impl ServerHandle {
     }
 }
 
-/// Accepts connections until told to stop, admitting each under the connection cap and
-/// the per-IP rate.
+/// Accepts connections until told to stop, admitting each under the connection cap (the
+/// per-IP rate is asked per Engine.IO handshake, in [`crate::engineio`]).
 async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let cap = ConnectionCap::new(ctx.config.server.max_connections, ctx.metrics.clone());
     let refusals = Arc::new(AtomicUsize::new(0));
@@ -275,12 +275,6 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::
             },
             _ = stop.changed() => break,
         };
-        if !ctx.ip_rate.allow(remote.ip(), ctx.clock.now()) {
-            RuntimeMetrics::inc(&ctx.metrics.refused_rate_per_ip);
-            tracing::debug!(%remote, "connection refused: per-IP rate");
-            refuse(stream, 429, "Too Many Requests", &refusals);
-            continue;
-        }
         let Some(permit) = cap.try_acquire() else {
             RuntimeMetrics::inc(&ctx.metrics.refused_max_connections);
             tracing::debug!(%remote, "connection refused: max_connections");

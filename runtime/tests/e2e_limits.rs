@@ -170,17 +170,23 @@ async fn max_connections_refuses_the_excess() {
 }
 
 #[tokio::test]
-async fn connect_rate_per_ip_refuses_bursts() {
+async fn connect_rate_per_ip_refuses_bursts_of_new_clients() {
     let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 2).await;
+    let path = "/socket.io/?EIO=4&transport=polling";
     let mut statuses = vec![];
     for _ in 0..4 {
-        let (status, _, _) = http(server.addr, "GET", "/healthz", &[], "").await;
+        let (status, _, _) = http(server.addr, "GET", path, &[], "").await;
         statuses.push(status);
     }
     assert_eq!(&statuses[..2], &[200, 200], "{statuses:?}");
     assert!(statuses[2..].contains(&429), "{statuses:?}");
+    // Requests that open no session are not new clients: never refused by the rate.
+    for _ in 0..5 {
+        let (status, _, _) = http(server.addr, "GET", "/healthz", &[], "").await;
+        assert_eq!(status, 200);
+    }
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (status, _, _) = http(server.addr, "GET", "/healthz", &[], "").await;
+    let (status, _, _) = http(server.addr, "GET", path, &[], "").await;
     assert_eq!(status, 200, "tokens refill");
     server.stop().await;
 }
@@ -244,9 +250,10 @@ async fn sessions_on_kept_alive_connections_are_capped_by_max_connections() {
     let (status, body) = keep_alive_get(&mut stream, path).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body, r#"{"code":4,"message":"Too many sessions"}"#);
-    // The sessions already open are untouched: the first still takes packets (a NOOP).
+    // The sessions already open are untouched: the first still takes packets (a stray
+    // PONG, which changes nothing).
     let first = format!("{path}&sid={}", sids[0]);
-    let (status, body) = keep_alive_request(&mut stream, "POST", &first, "6").await;
+    let (status, body) = keep_alive_request(&mut stream, "POST", &first, "3").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     let m = server.metrics().await;
     assert_eq!(
@@ -257,37 +264,50 @@ async fn sessions_on_kept_alive_connections_are_capped_by_max_connections() {
         Some(1.0),
         "{m}"
     );
-    // A client that closes its session frees the slot for the next handshake.
-    let sid = &sids[1];
-    let (status, body) =
-        keep_alive_request(&mut stream, "POST", &format!("{path}&sid={sid}"), "1").await;
+    // A client that closes its session frees the slot for the next handshake, once it has
+    // fetched the session's last packet (a closed session lingers for that, and holds its
+    // slot meanwhile, at most ping_timeout_ms).
+    let second = format!("{path}&sid={}", sids[1]);
+    let (status, body) = keep_alive_request(&mut stream, "POST", &second, "1").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, body) = keep_alive_get(&mut stream, path).await;
+    assert_eq!(status, 503, "still lingering: {body}");
+    let (status, body) = keep_alive_get(&mut stream, &second).await;
+    assert_eq!((status, body.as_str()), (200, "6"));
     let (status, body) = keep_alive_get(&mut stream, path).await;
     assert_eq!(status, 200, "{body}");
     server.stop().await;
 }
 
 #[tokio::test]
-async fn handshakes_on_a_kept_alive_connection_count_against_the_per_ip_rate() {
+async fn the_per_ip_rate_counts_handshakes_not_connections() {
     let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 2).await;
-    // The connection takes the first of 2 tokens; its first handshake comes with it.
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let path = "/socket.io/?EIO=4&transport=polling";
+    // Two sessions on one kept-alive connection take the two tokens; a third is refused,
+    // as an Engine.IO error, on that connection and on a new one alike.
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let (status, body) = keep_alive_get(&mut stream, path).await;
     assert_eq!(status, 200, "{body}");
-    // A second session on the same connection is a new connection to the limit: the
-    // second token. A third is refused, and refused as an Engine.IO error.
+    let open: serde_json::Value =
+        serde_json::from_str(body.trim_start_matches('0')).expect("open packet");
+    let sid = open["sid"].as_str().expect("sid").to_owned();
     let (status, body) = keep_alive_get(&mut stream, path).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = keep_alive_get(&mut stream, path).await;
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("\"code\":4"), "{body}");
-    // The same bucket as new connections: one now is refused at accept.
-    let (status, _, _) = http(server.addr, "GET", "/healthz", &[], "").await;
+    let (status, _, _) = http(server.addr, "GET", path, &[], "").await;
     assert_eq!(status, 429);
-    // Tokens refill (the scrape takes one), and the kept-alive connection may open a
-    // session again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // An admitted session's own requests on new connections (POSTs, the held GET, the
+    // upgrade) are not new clients, however many connections they take.
+    // (A stray PONG: the one client packet with no effect on a fresh session.)
+    for _ in 0..3 {
+        let (status, _, body) =
+            http(server.addr, "POST", &format!("{path}&sid={sid}"), &[], "3").await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "heartline_engine_sessions"), Some(2.0), "{m}");
     let m = server.metrics().await;
     assert_eq!(
         metric(
@@ -297,6 +317,8 @@ async fn handshakes_on_a_kept_alive_connection_count_against_the_per_ip_rate() {
         Some(2.0),
         "{m}"
     );
+    // Tokens refill, and the kept-alive connection may open a session again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, body) = keep_alive_get(&mut stream, path).await;
     assert_eq!(status, 200, "{body}");
     server.stop().await;

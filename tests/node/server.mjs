@@ -63,10 +63,12 @@ class Served {
 }
 
 export class Server extends Served {
-  constructor(extraToml = '') {
+  /** `extraToml` goes at the end of the file; `serverToml` inside its `[server]` table. */
+  constructor(extraToml = '', serverToml = '') {
     super();
     this.dir = mkdtempSync(join(tmpdir(), 'heartline-node-'));
     this.extraToml = extraToml;
+    this.serverToml = serverToml;
   }
 
   async start() {
@@ -76,6 +78,7 @@ export class Server extends Served {
 [server]
 listen = "127.0.0.1:${this.port}"
 handshake_timeout_ms = 5000
+${this.serverToml}
 [engine]
 ping_interval_ms = 1000
 ping_timeout_ms = 1000

@@ -188,3 +188,45 @@ test('an upgrade that never completes is dropped after upgrade_timeout_ms; polli
   const post = await fetch(`${base}&sid=${sid}`, { method: 'POST', body: '3' });
   assert.equal(post.status, 200, 'the polling session survived');
 });
+
+test('connect_rate_per_ip counts clients, not their HTTP requests: polling clients get in and stay', async () => {
+  // Default transports: each client makes a handshake GET, a POST, a held GET and an
+  // upgrade, over several TCP connections. The limit is on new clients.
+  const limited = new Server('', 'connect_rate_per_ip = 3');
+  await limited.start();
+  const sockets = [];
+  try {
+    for (let i = 0; i < 5; i++) {
+      sockets.push(
+        io(`${limited.url}/chat`, {
+          auth: { token: token(`rate${i}`, 'customer') },
+          reconnection: false,
+        }),
+      );
+    }
+    const outcome = (s) =>
+      new Promise((r) => {
+        s.once('connection:success', () => r('ok'));
+        s.once('connect_error', () => r('refused'));
+        setTimeout(() => r('timeout'), 5000);
+      });
+    const results = await Promise.all(sockets.map(outcome));
+    const ok = results.filter((r) => r === 'ok').length;
+    // Three tokens at once; a fourth could only come from a refill a third of a second in.
+    assert.ok(ok >= 3 && ok <= 4, `admitted ${ok}: ${results}`);
+    assert.equal(results.filter((r) => r === 'refused').length, 5 - ok, `${results}`);
+    // The admitted clients upgrade and keep working, more than a second later.
+    await sleep(1500);
+    for (const [i, s] of sockets.entries()) {
+      if (results[i] !== 'ok') continue;
+      assert.ok(s.connected, `client ${i} still connected`);
+      assert.equal(s.io.engine.transport.name, 'websocket');
+      const pong = once(s, 'pong');
+      s.emit('ping', {});
+      assert.ok((await pong).timestamp > 0);
+    }
+  } finally {
+    for (const s of sockets) s.close();
+    await limited.kill('SIGTERM');
+  }
+});
