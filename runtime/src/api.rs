@@ -34,14 +34,14 @@ pub const MAX_ID_BYTES: usize = 256;
 /// Most messages one read returns when no `limit` is given.
 pub const DEFAULT_LIMIT: usize = 100;
 
+// Fields beyond these (a display name, a member's role) are not errors: the body is not
+// malformed, and an admin tool that sends more than Heartline keeps should still work.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PutBody {
     members: Vec<MemberBody>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct MemberBody {
     #[serde(rename = "userId")]
     user_id: String,

@@ -109,6 +109,25 @@ async fn api_requires_the_key_and_validates_bodies() {
         .await;
         assert_eq!(status, 400, "{bad}: {resp}");
     }
+    // Fields Heartline does not keep are ignored, not refused.
+    let extra = json!({
+        "name": "Support",
+        "members": [{"userId": "u9", "userType": "agent", "role": "owner"}]
+    })
+    .to_string();
+    let (status, _, resp) = http(
+        addr,
+        "PUT",
+        "/api/conversations/c9",
+        &[("Authorization", &auth)],
+        &extra,
+    )
+    .await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&resp).expect("json")["members"],
+        json!([{"userId": "u9", "userType": "agent"}])
+    );
     let (status, _, resp) = http(
         addr,
         "PUT",
