@@ -199,6 +199,35 @@ fn duplicate_retry() {
 }
 
 #[test]
+fn a_numeric_temp_id_is_an_id_too() {
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    let tid = 1_767_225_600_123u64;
+    let send = json!({"conversationId":"c1","content":"hi","tempId":tid});
+    let first = g.emit(1, "message:send", send.clone());
+    let retry = g.emit(1, "message:send", send);
+    let a = g.ack(1, first).expect("acked");
+    assert_eq!(a["ok"], json!(true), "{a}");
+    assert_eq!(a["message"]["tempId"], json!(tid.to_string()));
+    assert_eq!(
+        g.events_named(1, "message:sent")[0]["tempId"],
+        json!(tid.to_string())
+    );
+    assert_eq!(g.ack(1, retry).expect("acked")["duplicate"], json!(true));
+    assert_eq!(g.store.messages["c1"].len(), 1, "stored once");
+    // Other JSON values are still refused.
+    let bad = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"hi","tempId":{"id":1}}),
+    );
+    assert_eq!(
+        g.ack(1, bad).expect("acked")["code"],
+        json!("invalid_payload")
+    );
+}
+
+#[test]
 fn rate_limit_hit_and_recovery() {
     let mut g = setup();
     g.connect(1, "alice", "customer");
@@ -424,7 +453,7 @@ fn invalid_payloads_change_nothing() {
     let e = g.emit(
         1,
         "message:send",
-        json!({"conversationId":"c1","content":"x","tempId":7}),
+        json!({"conversationId":"c1","content":"x","tempId":[7]}),
     );
     assert_eq!(
         g.ack(1, a).expect("answered")["code"],

@@ -338,10 +338,10 @@ impl Gateway {
         }
         let temp_id = match arg.get("tempId") {
             None | Some(Value::Null) => None,
-            Some(Value::String(t)) if !t.is_empty() && t.len() <= self.config.max_temp_id_bytes => {
-                Some(t.clone())
-            }
-            Some(_) => return Err(Refusal::new(ErrorCode::InvalidPayload, "Invalid tempId")),
+            Some(v) => match temp_id_text(v) {
+                Some(t) if !t.is_empty() && t.len() <= self.config.max_temp_id_bytes => Some(t),
+                _ => return Err(Refusal::new(ErrorCode::InvalidPayload, "Invalid tempId")),
+            },
         };
         Ok(Send {
             conversation_id: conversation_id.to_owned(),
@@ -351,7 +351,7 @@ impl Gateway {
     }
 
     fn on_send(&mut self, now: Instant, session: SessionId, ack: Option<u64>, arg: &Value) {
-        let temp_id = str_field(arg, "tempId").map(str::to_owned);
+        let temp_id = arg.get("tempId").and_then(temp_id_text);
         let Some(user_key) = self.conns.get(&session).map(|c| c.user.clone()) else {
             return;
         };
@@ -657,5 +657,16 @@ impl Gateway {
             Err(error) => json!({ "ok": false, "error": error }),
         };
         self.ack(now, session, ack, reply);
+    }
+}
+
+/// A `tempId` as Heartline keeps it: a string as it is, a number (`Date.now()` is a common
+/// choice) as its decimal text, so that a retry with the same number is a duplicate. Other
+/// JSON values are not ids.
+fn temp_id_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(t) => Some(t.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
