@@ -228,6 +228,55 @@ fn a_numeric_temp_id_is_an_id_too() {
 }
 
 #[test]
+fn a_retry_is_a_duplicate_even_when_the_window_is_full() {
+    // Three sends per window; only the last tempId is remembered in memory, so older
+    // retries are asked of the store.
+    let mut cfg = config();
+    cfg.temp_ids_remembered = 1;
+    let mut g = Gw::new(cfg);
+    g.conversation("c1", &[("alice", "customer"), ("bob", "agent")]);
+    g.connect(1, "alice", "customer");
+    let send = |g: &mut Gw, t: &str| {
+        g.emit(
+            1,
+            "message:send",
+            json!({"conversationId":"c1","content":"hi","tempId":t}),
+        )
+    };
+    send(&mut g, "t1");
+    send(&mut g, "t2");
+    // The third is still being stored when its retry arrives, with the window full.
+    g.auto_store = false;
+    send(&mut g, "t3");
+    let early_retry = send(&mut g, "t3");
+    g.complete_one();
+    g.complete_one();
+    g.auto_store = true;
+    // An old retry, and a new send: the window is full for both.
+    let old_retry = send(&mut g, "t1");
+    let new = send(&mut g, "t4");
+    insta::assert_snapshot!(g.transcript());
+    let a = g.ack(1, early_retry).expect("answered");
+    assert_eq!(
+        (&a["duplicate"], &a["message"]["seq"]),
+        (&json!(true), &json!(3)),
+        "{a}"
+    );
+    let a = g.ack(1, old_retry).expect("answered");
+    assert_eq!(
+        (&a["duplicate"], &a["message"]["seq"]),
+        (&json!(true), &json!(1)),
+        "{a}"
+    );
+    let a = g.ack(1, new).expect("answered");
+    assert_eq!(a["code"], json!("rate_limited"), "{a}");
+    assert!(a["retryAfterMs"].as_u64().is_some_and(|ms| ms > 0), "{a}");
+    assert_eq!(g.store.messages["c1"].len(), 3, "nothing stored twice");
+    assert_eq!(g.events_named(1, "message:error").len(), 1);
+    assert_eq!(g.gw.rate_limit_entries(), 1);
+}
+
+#[test]
 fn rate_limit_hit_and_recovery() {
     let mut g = setup();
     g.connect(1, "alice", "customer");

@@ -322,6 +322,15 @@ impl<A: App> Actor<A> {
         let job = match e {
             Effect::Append { op, request } => Job::Append { op, request },
             Effect::Read { op, request } => Job::Read { op, request },
+            Effect::FindSent {
+                op,
+                sender,
+                temp_id,
+            } => Job::Find {
+                op,
+                sender,
+                temp_id,
+            },
         };
         if !self.store.send(job) {
             tracing::error!("store thread is gone; storage effect dropped");

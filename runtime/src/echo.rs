@@ -212,6 +212,7 @@ impl App for EchoApp {
             // Storage answers and conversations are the gateway's; the echo has none.
             Input::Appended { .. }
             | Input::Read { .. }
+            | Input::Found { .. }
             | Input::ConversationPut { .. }
             | Input::SendsRestored { .. } => Ok(()),
         };

@@ -57,6 +57,16 @@ pub enum Job {
         /// What to read.
         request: gateway::ReadRequest,
     },
+    /// A core lookup of a sender's tempId; answered with `Input::Found` once the appends
+    /// queued around it are committed (it does not split their group commit).
+    Find {
+        /// The core's operation id.
+        op: OpId,
+        /// Who sent it.
+        sender: gateway::Member,
+        /// The sender's idempotency key.
+        temp_id: String,
+    },
     /// Create a conversation or replace its members (HTTP API); the core is told with
     /// `Input::ConversationPut`, then the caller is answered.
     Put {
@@ -188,6 +198,11 @@ fn run(
                     appends.queued.push(at);
                     appends.requests.push(request);
                 }
+                Job::Find {
+                    op,
+                    sender,
+                    temp_id,
+                } => appends.finds.push((op, at, sender, temp_id)),
                 Job::Stop => {
                     commit(&mut store, &mut appends, &results, &metrics);
                     stop = true;
@@ -211,16 +226,38 @@ fn run(
 
 /// A run of consecutive appends: the core's operation ids, when each was queued and, in
 /// the same order, the requests (kept apart so the batch is handed to the store without
-/// copying it).
+/// copying it); and the tempId lookups asked among them, answered after the commit.
 #[derive(Debug, Default)]
 struct Appends {
     ops: Vec<OpId>,
     queued: Vec<Instant>,
     requests: Vec<store::AppendRequest>,
+    finds: Vec<(OpId, Instant, gateway::Member, String)>,
 }
 
-/// Appends a run of requests in one transaction and answers each.
+/// Appends a run of requests in one transaction and answers each, then answers the
+/// lookups asked among them (which so see every append asked before them).
 fn commit(
+    store: &mut Store,
+    appends: &mut Appends,
+    results: &mpsc::UnboundedSender<gateway::Input>,
+    metrics: &RuntimeMetrics,
+) {
+    commit_appends(store, appends, results, metrics);
+    for (op, at, sender, temp_id) in appends.finds.drain(..) {
+        metrics.store_wait.observe(at.elapsed());
+        let result = store
+            .find_by_temp_id(&sender.user_id, &sender.user_type, &temp_id)
+            .map_err(|e| {
+                RuntimeMetrics::inc(&metrics.store_failures);
+                tracing::warn!(%op, error = %e, "tempId lookup failed");
+                gateway::StoreFailure(e.to_string())
+            });
+        let _ = results.send(gateway::Input::Found { op, result });
+    }
+}
+
+fn commit_appends(
     store: &mut Store,
     appends: &mut Appends,
     results: &mpsc::UnboundedSender<gateway::Input>,
@@ -260,7 +297,8 @@ fn serve(
     metrics: &RuntimeMetrics,
 ) {
     match job {
-        Job::Append { .. } => {}
+        // Handled by the run loop itself.
+        Job::Append { .. } | Job::Find { .. } => {}
         Job::Read { op, request } => {
             let result = store
                 .messages(

@@ -83,6 +83,10 @@ impl Store {
                     op,
                     result: Err(failure),
                 },
+                Effect::FindSent { op, .. } => Input::Found {
+                    op,
+                    result: Err(failure),
+                },
             };
             return Some((input, Committed::Nothing));
         }
@@ -146,6 +150,20 @@ impl Store {
                     Input::Read {
                         op,
                         result: Ok(sel),
+                    },
+                    Committed::Nothing,
+                )
+            }
+            Effect::FindSent {
+                op,
+                sender,
+                temp_id,
+            } => {
+                let found = self.lookup(&(sender.user_id, sender.user_type, temp_id));
+                (
+                    Input::Found {
+                        op,
+                        result: Ok(found),
                     },
                     Committed::Nothing,
                 )

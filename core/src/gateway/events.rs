@@ -16,7 +16,7 @@ use crate::gateway::io::{
 };
 use crate::gateway::payload::MessageJson;
 use crate::gateway::state::{ConnTimer, Owner};
-use crate::gateway::{Gateway, Pending, UserKey};
+use crate::gateway::{Gateway, Member, Pending, UserKey};
 use crate::ids::SessionId;
 use crate::time::Instant;
 
@@ -318,7 +318,7 @@ impl Gateway {
             (Pending::Join { session, ack, .. } | Pending::History { session, ack }, Err(_)) => {
                 self.refuse(now, session, ack, ErrorCode::Internal);
             }
-            (Pending::Append { .. }, _) => {}
+            (Pending::Append { .. } | Pending::Retry { .. }, _) => {}
         }
     }
 
@@ -355,32 +355,88 @@ impl Gateway {
         let Some(user_key) = self.conns.get(&session).map(|c| c.user.clone()) else {
             return;
         };
-        match self.admit_send(now, session, ack, &user_key, arg) {
-            Ok(()) => {}
-            Err(refusal) => {
-                *self
-                    .metrics
-                    .send_refused
-                    .entry(refusal.code.as_str())
-                    .or_default() += 1;
-                self.notice(Notice::SendRefused {
-                    user: user_key,
-                    code: refusal.code,
-                });
-                self.ack(now, session, ack, refusal.to_json());
-                let mut err = json!({
-                    "error": refusal.error,
-                    "code": refusal.code.as_str(),
-                    "tempId": temp_id,
-                });
-                if let Some(ms) = refusal.retry_after_ms {
-                    err["retryAfterMs"] = json!(ms);
+        if let Err(refusal) = self.admit_send(now, session, ack, &user_key, arg) {
+            self.refuse_send(now, session, ack, user_key, temp_id, &refusal);
+        }
+    }
+
+    /// Answers a refused send: the ack, `message:error`, the counters.
+    fn refuse_send(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        ack: Option<u64>,
+        user: UserKey,
+        temp_id: Option<String>,
+        refusal: &Refusal,
+    ) {
+        *self
+            .metrics
+            .send_refused
+            .entry(refusal.code.as_str())
+            .or_default() += 1;
+        self.notice(Notice::SendRefused {
+            user,
+            code: refusal.code,
+        });
+        self.ack(now, session, ack, refusal.to_json());
+        let mut err = json!({
+            "error": refusal.error,
+            "code": refusal.code.as_str(),
+            "tempId": temp_id,
+        });
+        if let Some(ms) = refusal.retry_after_ms {
+            err["retryAfterMs"] = json!(ms);
+        }
+        self.emit(now, session, "message:error", err);
+        // Refusals are cheap to cause; they spend (a fraction of) the event budget.
+        self.charge_milli(now, session, self.config.event_budget.refused_send_milli);
+    }
+
+    /// The answer to a send the rate limit refused, asked of the store in case it was a
+    /// retry: the stored message as a duplicate, or the refusal after all.
+    pub(super) fn on_found(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        result: Result<Option<Message>, StoreFailure>,
+    ) {
+        let Some(Pending::Retry {
+            session,
+            user,
+            ack,
+            temp_id,
+            retry_after_ms,
+            asked_at,
+        }) = self.pending.remove(&op)
+        else {
+            return;
+        };
+        match result {
+            Ok(Some(message)) => {
+                let remember = self.config.temp_ids_remembered;
+                if let Some(u) = self.users.get_mut(&user) {
+                    u.in_flight = u.in_flight.saturating_sub(1);
+                    u.recent.remember(message.clone(), remember);
                 }
-                self.emit(now, session, "message:error", err);
-                // Refusals are cheap to cause; they spend (a fraction of) the event budget.
-                self.charge_milli(now, session, self.config.event_budget.refused_send_milli);
+                if self.conns.contains_key(&session) {
+                    self.answer_send(now, session, ack, &user, &message, true);
+                }
+            }
+            // Not a retry (or the store could not tell): the rate limit's answer stands.
+            Ok(None) | Err(_) => {
+                if let Some(u) = self.users.get_mut(&user) {
+                    u.in_flight = u.in_flight.saturating_sub(1);
+                }
+                if self.conns.contains_key(&session) {
+                    let mut refusal = refusal_for(ErrorCode::RateLimited);
+                    let waited = now.ms_since(asked_at);
+                    refusal.retry_after_ms = Some(retry_after_ms.saturating_sub(waited).max(1));
+                    self.refuse_send(now, session, ack, user.clone(), Some(temp_id), &refusal);
+                }
             }
         }
+        self.reclaim_user(&user);
     }
 
     /// Validates, deduplicates and rate-limits a send; on success asks the store for it.
@@ -419,9 +475,33 @@ impl Gateway {
             user.window.try_admit(now, limit, window_ms)
         };
         if let Err(wait) = admitted {
-            let mut r = refusal_for(ErrorCode::RateLimited);
-            r.retry_after_ms = Some(wait);
-            return Err(r);
+            let Some(temp_id) = send.temp_id else {
+                let mut r = refusal_for(ErrorCode::RateLimited);
+                r.retry_after_ms = Some(wait);
+                return Err(r);
+            };
+            // Perhaps a retry of a send older than the ones remembered, or still being
+            // stored: a retry is answered as a duplicate, never refused. The store knows.
+            // (Counted in flight so the user's state stays until the answer.)
+            user.in_flight = user.in_flight.saturating_add(1);
+            let op = self.next_op();
+            self.pending.insert(
+                op,
+                Pending::Retry {
+                    session,
+                    user: user_key.clone(),
+                    ack,
+                    temp_id: temp_id.clone(),
+                    retry_after_ms: wait,
+                    asked_at: now,
+                },
+            );
+            self.out.push_back(Output::Effect(Effect::FindSent {
+                op,
+                sender: Member::new(user_key.user_id(), user_key.user_type()),
+                temp_id,
+            }));
+            return Ok(());
         }
         user.in_flight = user.in_flight.saturating_add(1);
         super::arm_rate_expiry(

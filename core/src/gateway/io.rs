@@ -171,6 +171,18 @@ pub enum Effect {
         /// What to read.
         request: ReadRequest,
     },
+    /// Look up the message `sender` stored under `temp_id`, then answer with
+    /// [`Input::Found`]. Asked for a send the rate limit would refuse: if it is a retry of
+    /// a stored message, the answer is that message (`duplicate: true`), not a refusal.
+    /// Answered in order with the appends, so an append asked before it is seen.
+    FindSent {
+        /// The operation.
+        op: OpId,
+        /// Who sent it.
+        sender: Member,
+        /// The sender's idempotency key.
+        temp_id: String,
+    },
 }
 
 /// What the gateway is handed.
@@ -191,6 +203,13 @@ pub enum Input {
         op: OpId,
         /// Its result.
         result: Result<Vec<Message>, StoreFailure>,
+    },
+    /// A [`Effect::FindSent`] finished: the stored message, if there is one.
+    Found {
+        /// The operation.
+        op: OpId,
+        /// Its result.
+        result: Result<Option<Message>, StoreFailure>,
     },
     /// Sends a user made shortly before this process started (read from the store at start),
     /// so the rate window survives a restart: a crash is not a way around the limit.
@@ -335,6 +354,11 @@ impl fmt::Display for Effect {
                 "{op} store read {} after={:?} before={:?} limit={}",
                 request.conversation_id, request.after_seq, request.before_seq, request.limit
             ),
+            Effect::FindSent {
+                op,
+                sender,
+                temp_id,
+            } => write!(f, "{op} store find {} tempId={temp_id:?}", sender.key()),
         }
     }
 }
@@ -393,6 +417,11 @@ impl fmt::Display for Input {
                     ms.iter().map(|m| m.seq).collect::<Vec<_>>()
                 ),
                 Err(e) => write!(f, "{op} read failed: {e}"),
+            },
+            Input::Found { op, result } => match result {
+                Ok(Some(m)) => write!(f, "{op} found {}#{}", m.conversation_id, m.seq),
+                Ok(None) => write!(f, "{op} found nothing"),
+                Err(e) => write!(f, "{op} find failed: {e}"),
             },
             Input::SendsRestored {
                 sender,

@@ -80,6 +80,16 @@ enum Pending {
         session: SessionId,
         ack: Option<u64>,
     },
+    /// A send the rate limit refused, unless it is a retry of a stored message.
+    Retry {
+        session: SessionId,
+        user: UserKey,
+        ack: Option<u64>,
+        temp_id: String,
+        /// The refusal's `retryAfterMs` when it was asked, and when that was.
+        retry_after_ms: u64,
+        asked_at: Instant,
+    },
 }
 
 /// The chat gateway. See the module docs.
@@ -258,6 +268,11 @@ impl Gateway {
             }
             Input::Read { op, result } => {
                 self.on_read(now, op, result);
+                self.pump(now);
+                Ok(())
+            }
+            Input::Found { op, result } => {
+                self.on_found(now, op, result);
                 self.pump(now);
                 Ok(())
             }

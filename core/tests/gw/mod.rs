@@ -144,6 +144,21 @@ impl MemStore {
                     result: Ok(sel),
                 }
             }
+            Effect::FindSent {
+                op,
+                sender,
+                temp_id,
+            } => Input::Found {
+                op: *op,
+                result: Ok(self
+                    .by_temp
+                    .get(&(
+                        sender.user_id.clone(),
+                        sender.user_type.clone(),
+                        temp_id.clone(),
+                    ))
+                    .cloned()),
+            },
         }
     }
 }
@@ -322,7 +337,9 @@ impl Gw {
         }
         let e = self.effects.remove(0);
         let op: OpId = match &e {
-            Effect::Append { op, .. } | Effect::Read { op, .. } => *op,
+            Effect::Append { op, .. } | Effect::Read { op, .. } | Effect::FindSent { op, .. } => {
+                *op
+            }
         };
         let failure = StoreFailure("disk full".into());
         let input = match e {
@@ -331,6 +348,10 @@ impl Gw {
                 result: Err(failure),
             },
             Effect::Read { .. } => Input::Read {
+                op,
+                result: Err(failure),
+            },
+            Effect::FindSent { .. } => Input::Found {
                 op,
                 result: Err(failure),
             },
