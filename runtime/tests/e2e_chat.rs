@@ -248,6 +248,45 @@ async fn duplicate_temp_id_returns_the_stored_message() {
 }
 
 #[tokio::test]
+async fn a_retry_before_the_ack_with_the_window_full_is_a_duplicate() {
+    let mut server = TestServer::start(|c| {
+        c.rate_limit.messages = 1;
+        c.rate_limit.window_ms = 60_000;
+    })
+    .await;
+    server.conversation("c1", &["alice:customer"]).await;
+    let mut alice = server.connect("alice", "customer").await;
+    let send = json!({"conversationId": "c1", "content": "once", "tempId": "early-1"});
+    // The retry leaves before the first ack arrives: the window is full by then, and the
+    // first is not stored yet; the store answers it after committing the first.
+    let first = alice
+        .emit_with_ack("message:send", send.clone())
+        .expect("send");
+    let retry = alice.emit_with_ack("message:send", send).expect("send");
+    let wait = |rx: tokio::sync::oneshot::Receiver<Vec<Value>>| async move {
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("answered in time")
+            .expect("answered")
+    };
+    let first: Vec<Value> = wait(first).await;
+    let retry: Vec<Value> = wait(retry).await;
+    assert_eq!(first[0]["duplicate"], false, "{first:?}");
+    assert_eq!(retry[0]["duplicate"], true, "{retry:?}");
+    assert_eq!(retry[0]["message"], first[0]["message"]);
+    let other = alice
+        .emit_ack(
+            "message:send",
+            json!({"conversationId": "c1", "content": "new", "tempId": "early-2"}),
+        )
+        .await
+        .expect("ack");
+    assert_eq!(other["code"], "rate_limited", "{other}");
+    assert_eq!(stored(server.addr, "c1").await.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn replacement_tells_the_old_connection_then_disconnects_it() {
     let mut server = TestServer::start(|_| {}).await;
     let mut old = server.connect("alice", "customer").await;
