@@ -459,6 +459,23 @@ fn token_expiry_with_and_without_refresh() {
 }
 
 #[test]
+fn a_refreshed_token_brings_its_role() {
+    let mut g = setup();
+    g.connect_with(1, Some(json!({ "token": admin_token("ops") })));
+    g.emit_noack(1, "metrics:request", json!(null));
+    assert_eq!(g.events_named(1, "metrics:response").len(), 1);
+    // The same user, a later expiry, no admin role: the connection is no longer admin.
+    let r = g.emit(
+        1,
+        "auth:refresh",
+        json!({"token": token("ops", "agent", 200_000)}),
+    );
+    assert_eq!(g.ack(1, r).expect("answered")["ok"], json!(true));
+    g.emit_noack(1, "metrics:request", json!(null));
+    assert_eq!(g.events_named(1, "metrics:response").len(), 1);
+}
+
+#[test]
 fn event_flood_ends_in_disconnect() {
     let mut cfg = config();
     cfg.event_budget = heartline_core::gateway::BudgetConfig {

@@ -722,6 +722,8 @@ impl Gateway {
             }
             Ok(claims) => {
                 conn.exp_ms = claims.exp_ms();
+                // The connection now holds this token: its role too, granted or withdrawn.
+                conn.admin = claims.is_admin();
                 let owner = Owner::Conn(session);
                 self.timers
                     .stop(&mut conn.timers, owner, ConnTimer::AuthGrace);
