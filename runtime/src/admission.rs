@@ -4,13 +4,13 @@
 //! overload is cheapest to refuse: a refused connection is answered with a short 503 and
 //! closed, which `socket.io-client` treats as a failed attempt and retries with backoff.
 //!
-//! The per-IP rate counts new clients, which are Engine.IO handshakes, not TCP
-//! connections ([`crate::engineio`] asks it; over the rate a handshake gets 429). A
-//! polling client uses several connections for one session and a browser reuses them for
-//! the next, so a rate on connections refused the held GETs and upgrades of clients it had
-//! admitted, and let a kept-alive connection open sessions past it. A connection that
-//! never handshakes is bounded by the cap and `server.handshake_timeout_ms`; sessions are
-//! bounded by the engine's `max_sessions` (the same cap) whatever the rate.
+//! The per-IP rate counts new clients: a connection pays with its first request, unless
+//! that request belongs to a session already admitted (it names a `sid`), and a further
+//! handshake on a kept-alive connection pays for itself ([`crate::engineio::pays_ip_rate`]);
+//! over the rate the request gets 429. It is asked at the first request rather than at
+//! accept because only then can a polling client's extra connections (the held GET, the
+//! POSTs, the upgrade) be told from a new client. Sessions are bounded by the engine's
+//! `max_sessions` (the same cap) whatever the rate.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -73,7 +73,8 @@ struct Bucket {
     at: Instant,
 }
 
-/// Allows each IP `rate` new connections per second, with a burst of `rate`
+/// Allows each IP `rate` new clients per second (see [`crate::engineio::pays_ip_rate`]),
+/// with a burst of `rate`
 /// (`server.connect_rate_per_ip`; 0 turns it off).
 #[derive(Debug)]
 pub struct IpRate {
@@ -85,7 +86,7 @@ pub struct IpRate {
 const PRUNE_ABOVE: usize = 10_000;
 
 impl IpRate {
-    /// A limiter of `rate` connections per second per IP; 0 allows everything.
+    /// A limiter of `rate` new clients per second per IP; 0 allows everything.
     pub fn new(rate: u64) -> Self {
         IpRate {
             rate,

@@ -121,7 +121,8 @@ pub struct ServerConfig {
     pub max_connections: u64,
     /// From TCP accept to a completed namespace connect.
     pub handshake_timeout_ms: u64,
-    /// New connections per second from one client IP; 0 means no limit.
+    /// New connections per second from one client IP (a session's own further
+    /// connections excepted); 0 means no limit.
     pub connect_rate_per_ip: u64,
     /// Per-connection send queue; droppable traffic is shed first, then the connection closes.
     pub max_outbound_bytes: u64,

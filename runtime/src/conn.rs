@@ -57,6 +57,7 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
         remote,
         accepted_at,
         permit: Arc::new(permit),
+        first_request: true,
     };
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
@@ -76,7 +77,8 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
             // A later request on a kept-alive connection (a client reconnecting over its
             // pooled connection) starts its own handshake clock: counting from the
             // original accept would time its new session out at once.
-            if served.fetch_add(1, Ordering::Relaxed) > 0 {
+            info.first_request = served.fetch_add(1, Ordering::Relaxed) == 0;
+            if !info.first_request {
                 info.accepted_at = ctx.clock.now();
             }
             let ctx = ctx.clone();

@@ -36,7 +36,8 @@ pub struct Context {
     pub metrics: Arc<RuntimeMetrics>,
     /// Set once shutdown began.
     pub draining: Arc<AtomicBool>,
-    /// `server.connect_rate_per_ip`: asked at each Engine.IO handshake.
+    /// `server.connect_rate_per_ip`: asked by a connection's first request and by each
+    /// further handshake (see [`crate::engineio::pays_ip_rate`]).
     pub ip_rate: IpRate,
     next_transport: AtomicU64,
     next_request: AtomicU64,

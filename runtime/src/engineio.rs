@@ -41,6 +41,25 @@ pub struct ConnInfo {
     pub accepted_at: Instant,
     /// Its slot under `server.max_connections`, kept by a WebSocket after the upgrade.
     pub permit: Arc<Permit>,
+    /// Whether this request is the first on its connection (see [`pays_ip_rate`]).
+    pub first_request: bool,
+}
+
+/// Whether a request takes a token of `server.connect_rate_per_ip`. The rate is on new
+/// clients, and a client is new by its connection or by its handshake, not by every TCP
+/// connection it uses: a polling client opens several for one session (the held GET, the
+/// POSTs beside it, the upgrade) and a browser reuses them. So a connection pays with its
+/// first request, unless that request names a session already admitted (a `sid`); and a
+/// handshake (a GET without `sid`) on a kept-alive connection pays for itself. Counting
+/// every connection refused the requests of clients it had let in (five polling clients
+/// against a rate of 3: none got in); counting only connections let a kept-alive one open
+/// sessions past the rate. A connection that sends nothing is bounded by
+/// `server.max_connections` and `server.handshake_timeout_ms`.
+pub fn pays_ip_rate(first_request: bool, engine_path: bool, sid: bool, get: bool) -> bool {
+    if engine_path && sid {
+        return false;
+    }
+    first_request || (engine_path && get)
 }
 
 /// Serves one request on the Engine.IO path.
@@ -75,12 +94,8 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         cors_headers(origin.as_deref(), resp.headers_mut());
         return resp;
     }
-    // A new client is a handshake (a GET without a sid, polling or WebSocket), whatever
-    // TCP connections it comes over: a polling client opens several (the held GET, the
-    // POSTs, the upgrade) and a browser reuses them, so counting connections would refuse
-    // the requests of clients already admitted and let kept-alive ones open sessions freely.
-    if query.sid.is_none()
-        && req.method() == hyper::Method::GET
+    let get = req.method() == hyper::Method::GET;
+    if pays_ip_rate(conn.first_request, true, query.sid.is_some(), get)
         && !ctx.ip_rate.allow(conn.remote.ip(), ctx.clock.now())
     {
         RuntimeMetrics::inc(&ctx.metrics.refused_rate_per_ip);
@@ -303,4 +318,64 @@ fn preflight_headers(req: &HeaderMap, headers: &mut HeaderMap) {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("86400"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pays_ip_rate;
+
+    #[test]
+    fn who_pays_the_per_ip_rate() {
+        // (first request, Engine.IO path, sid, GET) -> pays
+        let table = [
+            (
+                (true, true, false, true),
+                true,
+                "a handshake on a new connection",
+            ),
+            (
+                (false, true, false, true),
+                true,
+                "a handshake on a kept-alive connection",
+            ),
+            (
+                (true, true, true, true),
+                false,
+                "a session's held GET on a new connection",
+            ),
+            (
+                (true, true, true, false),
+                false,
+                "a session's POST on a new connection",
+            ),
+            (
+                (false, true, true, false),
+                false,
+                "a session's POST on a kept-alive one",
+            ),
+            (
+                (true, true, false, false),
+                true,
+                "a new connection's first request",
+            ),
+            (
+                (false, true, false, false),
+                false,
+                "a POST without sid, kept alive",
+            ),
+            (
+                (true, false, false, true),
+                true,
+                "/healthz on a new connection",
+            ),
+            (
+                (false, false, false, true),
+                false,
+                "/healthz on a kept-alive one",
+            ),
+        ];
+        for ((first, engine, sid, get), pays, what) in table {
+            assert_eq!(pays_ip_rate(first, engine, sid, get), pays, "{what}");
+        }
+    }
 }

@@ -13,7 +13,7 @@
 //!   that decide nothing; [`frames`]: the WebSocket frames they read and write.
 //! - [`storage`]: the store's own thread, with group commit, in front of [`store`].
 //! - [`outbox`]: per-connection send queues bounded in bytes (the slow-consumer policy).
-//! - [`admission`]: the connection cap and the per-IP connection rate.
+//! - [`admission`]: the connection cap and the per-IP rate of new clients.
 //! - [`client`]: a Rust Socket.IO client over tokio-tungstenite, for tests and load.
 
 pub mod actor;

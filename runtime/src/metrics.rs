@@ -23,7 +23,7 @@ pub struct RuntimeMetrics {
     pub tcp_open: AtomicU64,
     /// TCP connections refused because `server.max_connections` were open.
     pub refused_max_connections: AtomicU64,
-    /// TCP connections refused by the per-IP connection rate limit.
+    /// New clients (connections, handshakes) refused by the per-IP rate limit.
     pub refused_rate_per_ip: AtomicU64,
     /// Engine.IO handshakes refused because their `Origin` is not allowed.
     pub refused_origin: AtomicU64,

@@ -12,6 +12,7 @@ use crate::api;
 use crate::context::Context;
 use crate::engineio::{self, ConnInfo};
 use crate::http::{self, Body};
+use crate::metrics::RuntimeMetrics;
 
 /// The status page: connection indicator and a minimal chat, embedded in the binary.
 const PAGE: &str = include_str!("../assets/index.html");
@@ -23,6 +24,13 @@ pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) ->
     let path = req.uri().path().to_owned();
     if ctx.is_engine_path(&path) {
         return engineio::handle(req, ctx, conn).await;
+    }
+    if engineio::pays_ip_rate(conn.first_request, false, false, false)
+        && !ctx.ip_rate.allow(conn.remote.ip(), ctx.clock.now())
+    {
+        RuntimeMetrics::inc(&ctx.metrics.refused_rate_per_ip);
+        tracing::debug!(remote = %conn.remote, "connection refused: per-IP rate");
+        return http::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
     }
     match path.as_str() {
         "/healthz" if req.method() == Method::GET => http::text(StatusCode::OK, "ok"),

@@ -180,11 +180,9 @@ async fn connect_rate_per_ip_refuses_bursts_of_new_clients() {
     }
     assert_eq!(&statuses[..2], &[200, 200], "{statuses:?}");
     assert!(statuses[2..].contains(&429), "{statuses:?}");
-    // Requests that open no session are not new clients: never refused by the rate.
-    for _ in 0..5 {
-        let (status, _, _) = http(server.addr, "GET", "/healthz", &[], "").await;
-        assert_eq!(status, 200);
-    }
+    // Any new connection is a new client to the rate, whatever it asks first.
+    let (status, _, _) = http(server.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 429);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, _, _) = http(server.addr, "GET", path, &[], "").await;
     assert_eq!(status, 200, "tokens refill");
@@ -280,10 +278,11 @@ async fn sessions_on_kept_alive_connections_are_capped_by_max_connections() {
 }
 
 #[tokio::test]
-async fn the_per_ip_rate_counts_handshakes_not_connections() {
+async fn the_per_ip_rate_counts_new_clients_not_their_connections() {
     let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 2).await;
     let path = "/socket.io/?EIO=4&transport=polling";
-    // Two sessions on one kept-alive connection take the two tokens; a third is refused,
+    // Two sessions on one kept-alive connection take the two tokens (the connection's
+    // first request pays for it, the second handshake for itself); a third is refused,
     // as an Engine.IO error, on that connection and on a new one alike.
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let (status, body) = keep_alive_get(&mut stream, path).await;
@@ -299,16 +298,21 @@ async fn the_per_ip_rate_counts_handshakes_not_connections() {
     let (status, _, _) = http(server.addr, "GET", path, &[], "").await;
     assert_eq!(status, 429);
     // An admitted session's own requests on new connections (POSTs, the held GET, the
-    // upgrade) are not new clients, however many connections they take.
+    // upgrade) are not new clients, however many connections they take; nor is a request
+    // that opens no session on a connection already paid for.
     // (A stray PONG: the one client packet with no effect on a fresh session.)
     for _ in 0..3 {
         let (status, _, body) =
             http(server.addr, "POST", &format!("{path}&sid={sid}"), &[], "3").await;
         assert_eq!((status, body.as_str()), (200, "ok"));
     }
+    let (status, body) = keep_alive_get(&mut stream, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    // Tokens refill; the scrape (a new connection) takes one, and the kept-alive
+    // connection may open a session with the other.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let m = server.metrics().await;
     assert_eq!(metric(&m, "heartline_engine_sessions"), Some(2.0), "{m}");
-    let m = server.metrics().await;
     assert_eq!(
         metric(
             &m,
@@ -317,8 +321,6 @@ async fn the_per_ip_rate_counts_handshakes_not_connections() {
         Some(2.0),
         "{m}"
     );
-    // Tokens refill, and the kept-alive connection may open a session again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, body) = keep_alive_get(&mut stream, path).await;
     assert_eq!(status, 200, "{body}");
     server.stop().await;
