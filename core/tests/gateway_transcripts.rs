@@ -208,12 +208,22 @@ fn a_numeric_temp_id_is_an_id_too() {
     let retry = g.emit(1, "message:send", send);
     let a = g.ack(1, first).expect("acked");
     assert_eq!(a["ok"], json!(true), "{a}");
+    // Kept as text; echoed as the client sent it, the way it matches its pending sends.
     assert_eq!(a["message"]["tempId"], json!(tid.to_string()));
+    let sent = g.events_named(1, "message:sent");
     assert_eq!(
-        g.events_named(1, "message:sent")[0]["tempId"],
-        json!(tid.to_string())
+        (&sent[0]["tempId"], &sent[1]["tempId"]),
+        (&json!(tid), &json!(tid))
     );
     assert_eq!(g.ack(1, retry).expect("acked")["duplicate"], json!(true));
+    // A refusal echoes it as sent too.
+    let refused = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"nope","content":"hi","tempId":7}),
+    );
+    assert_eq!(g.ack(1, refused).expect("acked")["ok"], json!(false));
+    assert_eq!(g.events_named(1, "message:error")[0]["tempId"], json!(7));
     assert_eq!(g.store.messages["c1"].len(), 1, "stored once");
     // Other JSON values are still refused.
     let bad = g.emit(
@@ -274,6 +284,53 @@ fn a_retry_is_a_duplicate_even_when_the_window_is_full() {
     assert_eq!(g.store.messages["c1"].len(), 3, "nothing stored twice");
     assert_eq!(g.events_named(1, "message:error").len(), 1);
     assert_eq!(g.gw.rate_limit_entries(), 1);
+}
+
+#[test]
+fn lookups_for_refused_sends_are_bounded_and_charged() {
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    for i in 0..3 {
+        g.emit(
+            1,
+            "message:send",
+            json!({"conversationId":"c1","content":"hi","tempId":format!("t{i}")}),
+        );
+    }
+    // Window full, store slow: a few lookups wait, the rest are refused without one.
+    g.auto_store = false;
+    let ids: Vec<u64> = (0..20)
+        .map(|i| {
+            g.emit(
+                1,
+                "message:send",
+                json!({"conversationId":"c1","content":"hi","tempId":format!("n{i}")}),
+            )
+        })
+        .collect();
+    let lookups = g
+        .effects
+        .iter()
+        .filter(|e| matches!(e, heartline_core::gateway::Effect::FindSent { .. }))
+        .count();
+    // In flight per user: appends (none now) and lookups, at most the limit (3) + 8.
+    assert_eq!(lookups, 3 + 8);
+    let refused_at_once = ids.iter().filter(|id| g.ack(1, **id).is_some()).count();
+    assert_eq!(refused_at_once, 20 - lookups);
+    g.auto_store = true;
+    while !g.effects.is_empty() {
+        g.complete_one();
+    }
+    assert!(ids
+        .iter()
+        .all(|id| g.ack(1, *id).expect("answered")["code"] == json!("rate_limited")));
+    // Sends refused for being invalid get no discount: a whole event each.
+    let mut g = setup();
+    g.connect(1, "bob", "agent");
+    for _ in 0..61 {
+        g.emit(1, "message:send", json!({"conversationId":"c1"}));
+    }
+    assert!(g.view(1).disconnected, "60 at once, then cut off");
 }
 
 #[test]

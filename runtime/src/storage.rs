@@ -6,8 +6,11 @@
 //! thread wakes it takes everything queued (up to [`MAX_BATCH`]) and works through it in
 //! order, folding each run of consecutive appends into one [`Store::append_batch`]: one
 //! transaction and one fsync for the whole run, however many clients sent at once. Answers
-//! go back in exactly the order the operations were asked, because the core relies on it
-//! (a join's catch-up read must see every append that was acknowledged before it).
+//! go back in the order the operations were asked, because the core relies on it (a
+//! join's catch-up read must see every append that was acknowledged before it). The one
+//! exception is a tempId lookup ([`Job::Find`]): it does not end a run, but is answered
+//! after the run's commit, so it sees every append before it (and those of its run after
+//! it), and a stream of refused sends cannot split other users' group commits.
 //!
 //! A second thread checkpoints the database's log every [`CHECKPOINT_EVERY`] (see
 //! [`crate::store`] for why not inside commits); it ends with the store thread.

@@ -16,7 +16,7 @@ use crate::gateway::io::{
 };
 use crate::gateway::payload::MessageJson;
 use crate::gateway::state::{ConnTimer, Owner};
-use crate::gateway::{Gateway, Member, Pending, UserKey};
+use crate::gateway::{Gateway, GatewayConfig, Member, Pending, UserKey};
 use crate::ids::SessionId;
 use crate::time::Instant;
 
@@ -75,6 +75,8 @@ struct Send {
     conversation_id: String,
     content: String,
     temp_id: Option<String>,
+    /// The client sent `tempId` as a number: it is echoed as one.
+    numeric_temp_id: bool,
 }
 
 impl Gateway {
@@ -347,16 +349,31 @@ impl Gateway {
             conversation_id: conversation_id.to_owned(),
             content: content.to_owned(),
             temp_id,
+            numeric_temp_id: arg.get("tempId").is_some_and(Value::is_number),
         })
     }
 
     fn on_send(&mut self, now: Instant, session: SessionId, ack: Option<u64>, arg: &Value) {
-        let temp_id = arg.get("tempId").and_then(temp_id_text);
+        // Echoed in `message:error` as the client sent it (if it is an id at all).
+        let temp_id = arg
+            .get("tempId")
+            .filter(|v| v.is_string() || v.is_number())
+            .cloned()
+            .unwrap_or(Value::Null);
         let Some(user_key) = self.conns.get(&session).map(|c| c.user.clone()) else {
             return;
         };
-        if let Err(refusal) = self.admit_send(now, session, ack, &user_key, arg) {
-            self.refuse_send(now, session, ack, user_key, temp_id, &refusal);
+        match self.admit_send(now, session, ack, &user_key, arg) {
+            Ok(Admitted::ToStore) => {}
+            // A retry answered from memory, or a send over the limit asked of the store:
+            // cheap for the client to repeat, so each spends what a refusal does.
+            Ok(Admitted::Duplicate | Admitted::Lookup) => {
+                self.charge_milli(now, session, self.config.event_budget.refused_send_milli);
+            }
+            Err(refusal) => {
+                self.refuse_send(now, session, ack, user_key, temp_id, &refusal);
+                self.charge_milli(now, session, refusal_cost(&self.config, &refusal));
+            }
         }
     }
 
@@ -367,7 +384,7 @@ impl Gateway {
         session: SessionId,
         ack: Option<u64>,
         user: UserKey,
-        temp_id: Option<String>,
+        temp_id: Value,
         refusal: &Refusal,
     ) {
         *self
@@ -389,8 +406,6 @@ impl Gateway {
             err["retryAfterMs"] = json!(ms);
         }
         self.emit(now, session, "message:error", err);
-        // Refusals are cheap to cause; they spend (a fraction of) the event budget.
-        self.charge_milli(now, session, self.config.event_budget.refused_send_milli);
     }
 
     /// The answer to a send the rate limit refused, asked of the store in case it was a
@@ -406,12 +421,14 @@ impl Gateway {
             user,
             ack,
             temp_id,
+            numeric_temp_id,
             retry_after_ms,
             asked_at,
         }) = self.pending.remove(&op)
         else {
             return;
         };
+        let echo = temp_id_echo(Some(&temp_id), numeric_temp_id);
         match result {
             Ok(Some(message)) => {
                 let remember = self.config.temp_ids_remembered;
@@ -420,7 +437,7 @@ impl Gateway {
                     u.recent.remember(message.clone(), remember);
                 }
                 if self.conns.contains_key(&session) {
-                    self.answer_send(now, session, ack, &user, &message, true);
+                    self.answer_send(now, session, ack, &user, &message, true, &echo);
                 }
             }
             // Not a retry (or the store could not tell): the rate limit's answer stands.
@@ -432,7 +449,7 @@ impl Gateway {
                     let mut refusal = refusal_for(ErrorCode::RateLimited);
                     let waited = now.ms_since(asked_at);
                     refusal.retry_after_ms = Some(retry_after_ms.saturating_sub(waited).max(1));
-                    self.refuse_send(now, session, ack, user.clone(), Some(temp_id), &refusal);
+                    self.refuse_send(now, session, ack, user.clone(), echo, &refusal);
                 }
             }
         }
@@ -447,7 +464,7 @@ impl Gateway {
         ack: Option<u64>,
         user_key: &UserKey,
         arg: &Value,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Admitted, Refusal> {
         let send = self.parse_send(arg)?;
         self.conversations
             .access(&send.conversation_id, user_key)
@@ -461,8 +478,9 @@ impl Gateway {
             if let Some(stored) = user.recent.find(t) {
                 // A retry of a send already acknowledged: answer it again, store nothing.
                 let stored = stored.clone();
-                self.answer_send(now, session, ack, user_key, &stored, true);
-                return Ok(());
+                let echo = temp_id_echo(Some(t), send.numeric_temp_id);
+                self.answer_send(now, session, ack, user_key, &stored, true, &echo);
+                return Ok(Admitted::Duplicate);
             }
         }
         #[cfg(not(feature = "mutations"))]
@@ -475,7 +493,11 @@ impl Gateway {
             user.window.try_admit(now, limit, window_ms)
         };
         if let Err(wait) = admitted {
-            let Some(temp_id) = send.temp_id else {
+            // Appends in flight are within the window, so at most `limit` of them; past
+            // that, lookups: a few at a time per user, the rest refused at once.
+            let lookups_full = user.in_flight as usize >= limit.saturating_add(MAX_LOOKUPS);
+            let temp_id = send.temp_id.filter(|_| !lookups_full);
+            let Some(temp_id) = temp_id else {
                 let mut r = refusal_for(ErrorCode::RateLimited);
                 r.retry_after_ms = Some(wait);
                 return Err(r);
@@ -492,6 +514,7 @@ impl Gateway {
                     user: user_key.clone(),
                     ack,
                     temp_id: temp_id.clone(),
+                    numeric_temp_id: send.numeric_temp_id,
                     retry_after_ms: wait,
                     asked_at: now,
                 },
@@ -501,7 +524,7 @@ impl Gateway {
                 sender: Member::new(user_key.user_id(), user_key.user_type()),
                 temp_id,
             }));
-            return Ok(());
+            return Ok(Admitted::Lookup);
         }
         user.in_flight = user.in_flight.saturating_add(1);
         super::arm_rate_expiry(
@@ -523,6 +546,7 @@ impl Gateway {
                 user: user_key.clone(),
                 ack,
                 temp_id: send.temp_id.clone(),
+                numeric_temp_id: send.numeric_temp_id,
                 admitted_at: now,
             },
         );
@@ -553,14 +577,17 @@ impl Gateway {
                 temp_id: request.temp_id.clone(),
                 created_at_ms: request.created_at_ms,
             };
-            self.answer_send(now, session, ack, user_key, &guess, false);
+            let echo = temp_id_echo(guess.temp_id.as_deref(), send.numeric_temp_id);
+            self.answer_send(now, session, ack, user_key, &guess, false, &echo);
         }
         self.out
             .push_back(Output::Effect(Effect::Append { op, request }));
-        Ok(())
+        Ok(Admitted::ToStore)
     }
 
-    /// Acknowledges a send to its sender: the ack (if asked for) and `message:sent`.
+    /// Acknowledges a send to its sender: the ack (if asked for) and `message:sent`, whose
+    /// `tempId` is `echo`, the request's as the client sent it.
+    #[allow(clippy::too_many_arguments)]
     fn answer_send(
         &mut self,
         now: Instant,
@@ -569,6 +596,7 @@ impl Gateway {
         user: &UserKey,
         message: &Message,
         duplicate: bool,
+        echo: &Value,
     ) {
         self.metrics.accepted += 1;
         if duplicate {
@@ -576,7 +604,7 @@ impl Gateway {
         }
         let m = MessageJson::new(message);
         self.ack_json(now, session, ack, &m.send_ack(duplicate));
-        self.emit_json(now, session, &m.sent_event(message.temp_id.as_deref()));
+        self.emit_json(now, session, &m.sent_event(echo));
         self.notice(Notice::Accepted {
             user: user.clone(),
             conversation_id: message.conversation_id.clone(),
@@ -596,11 +624,13 @@ impl Gateway {
             user,
             ack,
             temp_id,
+            numeric_temp_id,
             admitted_at,
         }) = self.pending.remove(&op)
         else {
             return;
         };
+        let echo = temp_id_echo(temp_id.as_deref(), numeric_temp_id);
         let live = self.conns.contains_key(&session);
         // MUTATION (test-only): the sender was answered before the store committed.
         #[cfg(feature = "mutations")]
@@ -612,7 +642,7 @@ impl Gateway {
                     conv.last_seq = conv.last_seq.max(message.seq);
                 }
                 if live {
-                    self.answer_send(now, session, ack, &user, &message, false);
+                    self.answer_send(now, session, ack, &user, &message, false, &echo);
                 } else {
                     self.notice(Notice::Accepted {
                         user: user.clone(),
@@ -626,7 +656,7 @@ impl Gateway {
             }
             Ok(AppendOutcome::Duplicate(message)) => {
                 if live {
-                    self.answer_send(now, session, ack, &user, &message, true);
+                    self.answer_send(now, session, ack, &user, &message, true, &echo);
                 }
                 Some(message)
             }
@@ -643,7 +673,7 @@ impl Gateway {
                         now,
                         session,
                         "message:error",
-                        json!({ "error": r.error, "code": r.code.as_str(), "tempId": temp_id }),
+                        json!({ "error": r.error, "code": r.code.as_str(), "tempId": echo }),
                     );
                 }
                 None
@@ -743,12 +773,50 @@ impl Gateway {
 }
 
 /// A `tempId` as Heartline keeps it: a string as it is, a number (`Date.now()` is a common
-/// choice) as its decimal text, so that a retry with the same number is a duplicate. Other
-/// JSON values are not ids.
+/// choice) as its decimal text, so that a retry with the same number is a duplicate (and
+/// `123` and `"123"` are one id). Other JSON values are not ids. The stored message carries
+/// the text; `message:sent` and `message:error` echo the id as the client sent it
+/// ([`temp_id_echo`]), since that is what a client matches its pending sends by.
 fn temp_id_text(v: &Value) -> Option<String> {
     match v {
         Value::String(t) => Some(t.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// A kept `tempId` as the client sent it: back to a number if it came as one.
+fn temp_id_echo(temp_id: Option<&str>, numeric: bool) -> Value {
+    match temp_id {
+        None => Value::Null,
+        Some(t) if numeric => t
+            .parse::<serde_json::Number>()
+            .map_or_else(|_| Value::String(t.to_owned()), Value::Number),
+        Some(t) => Value::String(t.to_owned()),
+    }
+}
+
+/// Store lookups one user may have outstanding for sends over the rate limit (see
+/// [`Effect::FindSent`]); more are refused without asking.
+const MAX_LOOKUPS: usize = 8;
+
+/// What [`Gateway::admit_send`] did with a send it did not refuse.
+enum Admitted {
+    /// Asked the store to append it.
+    ToStore,
+    /// Answered it as a retry of a message remembered in memory.
+    Duplicate,
+    /// The rate limit would refuse it; asked the store whether it is a retry.
+    Lookup,
+}
+
+/// What a refused send spends of the event budget: a fraction of an event when the rate
+/// limit refused it (an honest client in a retry loop), a whole one otherwise (a client
+/// that sends garbage or to conversations it is not in gets no discount).
+fn refusal_cost(config: &GatewayConfig, refusal: &Refusal) -> u32 {
+    if refusal.code == ErrorCode::RateLimited {
+        config.event_budget.refused_send_milli
+    } else {
+        1000
     }
 }

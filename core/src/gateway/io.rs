@@ -174,7 +174,9 @@ pub enum Effect {
     /// Look up the message `sender` stored under `temp_id`, then answer with
     /// [`Input::Found`]. Asked for a send the rate limit would refuse: if it is a retry of
     /// a stored message, the answer is that message (`duplicate: true`), not a refusal.
-    /// Answered in order with the appends, so an append asked before it is seen.
+    /// It must see every append asked before it; it may also see appends asked after it
+    /// (the runtime answers it once the run of appends around it is committed), which
+    /// only means the tempId is stored by then.
     FindSent {
         /// The operation.
         op: OpId,

@@ -69,6 +69,7 @@ enum Pending {
         user: UserKey,
         ack: Option<u64>,
         temp_id: Option<String>,
+        numeric_temp_id: bool,
         admitted_at: Instant,
     },
     Join {
@@ -86,6 +87,7 @@ enum Pending {
         user: UserKey,
         ack: Option<u64>,
         temp_id: String,
+        numeric_temp_id: bool,
         /// The refusal's `retryAfterMs` when it was asked, and when that was.
         retry_after_ms: u64,
         asked_at: Instant,

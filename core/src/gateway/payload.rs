@@ -75,11 +75,8 @@ impl MessageJson {
     }
 
     /// Event data `["message:sent",{"tempId":…,"message":…}]`.
-    pub(crate) fn sent_event(&self, temp_id: Option<&str>) -> String {
-        let before = format!(
-            r#"["message:sent",{{"tempId":{},"message":"#,
-            json(&temp_id)
-        );
+    pub(crate) fn sent_event(&self, temp_id: &serde_json::Value) -> String {
+        let before = format!(r#"["message:sent",{{"tempId":{},"message":"#, json(temp_id));
         self.around(&before, "}]")
     }
 
@@ -127,7 +124,9 @@ mod tests {
             assert_eq!(j.send_ack(duplicate), want.to_string());
         }
         let want = json!(["message:sent", { "tempId": m.temp_id, "message": v }]);
-        assert_eq!(j.sent_event(m.temp_id.as_deref()), want.to_string());
+        assert_eq!(j.sent_event(&json!(m.temp_id)), want.to_string());
+        let want = json!(["message:sent", { "tempId": 17, "message": v }]);
+        assert_eq!(j.sent_event(&json!(17)), want.to_string());
         assert_eq!(j.new_event(), json!(["message:new", v]).to_string());
         let want = json!([
             "message:notification",
@@ -135,7 +134,7 @@ mod tests {
         ]);
         assert_eq!(j.notification_event(&m.conversation_id), want.to_string());
         // And each is one JSON array.
-        for text in [j.send_ack(false), j.new_event(), j.sent_event(None)] {
+        for text in [j.send_ack(false), j.new_event(), j.sent_event(&Value::Null)] {
             let parsed: Value = serde_json::from_str(&text).expect("valid JSON");
             assert!(parsed.is_array());
         }

@@ -136,8 +136,8 @@ pub(crate) struct User {
     pub(crate) window: SlidingWindow,
     /// Recently accepted messages by `tempId`, newest last, to answer retries at once.
     pub(crate) recent: RecentSends,
-    /// Appends in flight (a `u32` beside `online`: with a `usize` the user's box moves up
-    /// to the next allocation size).
+    /// Appends and tempId lookups in flight (a `u32` beside `online`: with a `usize` the
+    /// user's box moves up to the next allocation size).
     pub(crate) in_flight: u32,
     /// Deadlines.
     pub(crate) timers: UserTimers,
