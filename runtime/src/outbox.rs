@@ -174,15 +174,20 @@ impl Outbox {
         if st.ended {
             return;
         }
+        let waker = Self::end_with_close(&mut st, code, reason);
+        drop(st);
+        wake(waker);
+    }
+
+    /// Ends the queue with a close frame; returns the waker to wake once unlocked.
+    fn end_with_close(st: &mut State, code: u16, reason: &str) -> Option<Waker> {
         st.ended = true;
         st.close = Some(Box::new((code, reason.to_owned())));
         // Open becomes Closing; Killed stays Killed.
         if st.phase == Phase::Open {
             st.phase = Phase::Closing;
         }
-        let waker = st.waker.take();
-        drop(st);
-        wake(waker);
+        st.waker.take()
     }
 
     /// Answers the peer's close frame: what is still queued is dropped (the peer has said
@@ -193,11 +198,13 @@ impl Outbox {
         if st.ended {
             return;
         }
+        // Under one lock with the close, so nothing pushed meanwhile goes out before it.
         let bytes = std::mem::take(&mut st.bytes);
         st.frames = VecDeque::new();
+        let waker = Self::end_with_close(&mut st, code, "");
         drop(st);
         RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(bytes));
-        self.close(code, "");
+        wake(waker);
     }
 
     /// Drops everything queued and tells the connection's tasks to drop the socket now.
