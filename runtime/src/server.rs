@@ -222,8 +222,9 @@ impl ServerHandle {
         self.ctx.is_draining()
     }
 
-    /// Drains and stops (see the module docs); returns within `shutdown.drain_ms` plus
-    /// [`SHUTDOWN_SLACK`] whatever the clients do.
+    /// Drains and stops (see the module docs). Every wait is bounded whatever the clients
+    /// do: the drain by `shutdown.drain_ms` plus [`SHUTDOWN_SLACK`], then 1 s for the
+    /// listener and [`SHUTDOWN_SLACK`] for the store thread.
     pub async fn shutdown(mut self) {
         let drain_ms = self.ctx.config.shutdown.drain_ms;
         self.ctx.draining.store(true, Ordering::SeqCst);
