@@ -351,6 +351,9 @@ fn run(ops: Vec<Op>, per_user: usize) -> Result<(), TestCaseError> {
     cfg.rate_window_ms = RATE_W;
     cfg.offline_grace_ms = GRACE;
     cfg.heartbeat_interval_ms = 3_600_000;
+    // Four tempIds in play and two remembered: some retries are answered from memory, the
+    // rest by the store (appended as duplicates, or looked up when the window is full).
+    cfg.temp_ids_remembered = 2;
     cfg.event_budget = BudgetConfig {
         burst: 100_000,
         per_second: 1_000,
