@@ -251,13 +251,21 @@ fn commit(
         metrics.store_wait.observe(at.elapsed());
         let result = store
             .find_by_temp_id(&sender.user_id, &sender.user_type, &temp_id)
-            .map_err(|e| {
-                RuntimeMetrics::inc(&metrics.store_failures);
-                tracing::warn!(%op, error = %e, "tempId lookup failed");
-                gateway::StoreFailure(e.to_string())
-            });
+            .map_err(|e| failure(metrics, op, "tempId lookup", &e));
         let _ = results.send(gateway::Input::Found { op, result });
     }
+}
+
+/// A core operation the store could not do: counted, logged, and told to the core.
+fn failure(
+    metrics: &RuntimeMetrics,
+    op: OpId,
+    what: &str,
+    e: &StoreError,
+) -> gateway::StoreFailure {
+    RuntimeMetrics::inc(&metrics.store_failures);
+    tracing::warn!(%op, error = %e, "{what} failed");
+    gateway::StoreFailure(e.to_string())
 }
 
 fn commit_appends(
@@ -284,11 +292,7 @@ fn commit_appends(
         std::sync::atomic::Ordering::Relaxed,
     );
     for (op, outcome) in appends.ops.drain(..).zip(outcomes) {
-        let result = outcome.map_err(|e| {
-            RuntimeMetrics::inc(&metrics.store_failures);
-            tracing::warn!(%op, error = %e, "append failed");
-            gateway::StoreFailure(e.to_string())
-        });
+        let result = outcome.map_err(|e| failure(metrics, op, "append", &e));
         let _ = results.send(gateway::Input::Appended { op, result });
     }
 }
@@ -310,11 +314,7 @@ fn serve(
                     request.before_seq,
                     request.limit,
                 )
-                .map_err(|e| {
-                    RuntimeMetrics::inc(&metrics.store_failures);
-                    tracing::warn!(%op, error = %e, "read failed");
-                    gateway::StoreFailure(e.to_string())
-                });
+                .map_err(|e| failure(metrics, op, "read", &e));
             let _ = results.send(gateway::Input::Read { op, result });
         }
         Job::Put { id, members, reply } => {
