@@ -232,3 +232,34 @@ test('connect_rate_per_ip counts clients, not their HTTP requests: polling clien
     await limited.kill('SIGTERM');
   }
 });
+
+test('a numeric tempId is echoed as sent; its retry into a full window is a duplicate', async () => {
+  const limited = new Server('[rate_limit]\nmessages = 1\nwindow_ms = 60000');
+  await limited.start();
+  await limited.conversation('n1', [['numeric', 'customer']]);
+  const s = io(`${limited.url}/chat`, {
+    auth: { token: token('numeric', 'customer') },
+    transports: ['websocket'],
+    reconnection: false,
+  });
+  try {
+    await once(s, 'connection:success');
+    const tempId = Date.now();
+    const sent = once(s, 'message:sent');
+    const first = await s.timeout(5000).emitWithAck('message:send', { conversationId: 'n1', content: 'hi', tempId });
+    assert.equal(first.ok, true, JSON.stringify(first));
+    assert.equal(first.duplicate, false);
+    assert.equal((await sent).tempId, tempId, 'matched by the number the client sent');
+    // The window (one send) is full: a retry is still answered with the stored message.
+    const again = await s.timeout(5000).emitWithAck('message:send', { conversationId: 'n1', content: 'hi', tempId });
+    assert.equal(again.duplicate, true, JSON.stringify(again));
+    assert.equal(again.message.seq, first.message.seq);
+    const other = await s
+      .timeout(5000)
+      .emitWithAck('message:send', { conversationId: 'n1', content: 'hi', tempId: tempId + 1 });
+    assert.equal(other.code, 'rate_limited', JSON.stringify(other));
+  } finally {
+    s.close();
+    await limited.kill('SIGTERM');
+  }
+});
