@@ -796,8 +796,9 @@ fn temp_id_echo(temp_id: Option<&str>, numeric: bool) -> Value {
     }
 }
 
-/// Store lookups one user may have outstanding for sends over the rate limit (see
-/// [`Effect::FindSent`]); more are refused without asking.
+/// Store operations one user may have in flight beyond `rate_limit.messages` (its appends
+/// stay within that): room for tempId lookups of sends over the limit (see
+/// [`Effect::FindSent`]). Past it, such sends are refused without asking.
 const MAX_LOOKUPS: usize = 8;
 
 /// What [`Gateway::admit_send`] did with a send it did not refuse.
