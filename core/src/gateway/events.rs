@@ -429,22 +429,21 @@ impl Gateway {
             return;
         };
         let echo = temp_id_echo(Some(&temp_id), numeric_temp_id);
+        let remember = self.config.temp_ids_remembered;
+        if let Some(u) = self.users.get_mut(&user) {
+            u.in_flight = u.in_flight.saturating_sub(1);
+            if let Ok(Some(message)) = &result {
+                u.recent.remember(message.clone(), remember);
+            }
+        }
         match result {
             Ok(Some(message)) => {
-                let remember = self.config.temp_ids_remembered;
-                if let Some(u) = self.users.get_mut(&user) {
-                    u.in_flight = u.in_flight.saturating_sub(1);
-                    u.recent.remember(message.clone(), remember);
-                }
                 if self.conns.contains_key(&session) {
                     self.answer_send(now, session, ack, &user, &message, true, &echo);
                 }
             }
             // Not a retry (or the store could not tell): the rate limit's answer stands.
             Ok(None) | Err(_) => {
-                if let Some(u) = self.users.get_mut(&user) {
-                    u.in_flight = u.in_flight.saturating_sub(1);
-                }
                 if self.conns.contains_key(&session) {
                     let mut refusal = refusal_for(ErrorCode::RateLimited);
                     let waited = now.ms_since(asked_at);
