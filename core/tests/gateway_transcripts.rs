@@ -7,6 +7,16 @@ use gw::{admin_token, config, token, Gw};
 use heartline_core::gateway::UserKey;
 use serde_json::{json, Value};
 
+/// The `seq` of each message in a list of messages.
+fn seqs(messages: &Value) -> Vec<Value> {
+    messages
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| m["seq"].clone())
+        .collect()
+}
+
 fn setup() -> Gw {
     let mut g = Gw::new(config());
     g.conversation("c1", &[("alice", "customer"), ("bob", "agent")]);
@@ -463,23 +473,11 @@ fn join_with_catch_up() {
     insta::assert_snapshot!(g.transcript());
     let a = g.ack(3, join).expect("answered");
     assert_eq!(a["lastSeq"], json!(3));
-    let seqs: Vec<_> = a["missed"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|m| m["seq"].clone())
-        .collect();
-    assert_eq!(seqs, vec![json!(2), json!(3)]);
+    assert_eq!(seqs(&a["missed"]), vec![json!(2), json!(3)]);
     let h = g.ack(3, hist).expect("answered");
     assert_eq!(h["messages"][0]["seq"], json!(2));
     let l = g.ack(3, latest).expect("answered");
-    let seqs: Vec<_> = l["messages"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|m| m["seq"].clone())
-        .collect();
-    assert_eq!(seqs, vec![json!(2), json!(3)]);
+    assert_eq!(seqs(&l["messages"]), vec![json!(2), json!(3)]);
     assert_eq!(
         g.ack(1, denied).expect("answered")["code"],
         json!("not_found")
