@@ -37,9 +37,10 @@ pub const MAX_DURATION_MS: u64 = i32::MAX as u64;
 /// body beyond this is a misconfiguration, and every connection may buffer this much.
 pub const MAX_PAYLOAD_LIMIT: u64 = 256 * 1024 * 1024;
 
-/// Lower bound for `server.max_outbound_bytes`: below this a connection could not queue even
-/// an ordinary message plus its framing, and would be closed for normal traffic.
-pub const MIN_OUTBOUND_BYTES: u64 = 1024;
+/// Below this `server.max_outbound_bytes` a connection cannot queue even an ordinary
+/// message plus its framing, and is closed as a slow consumer for normal traffic; allowed
+/// (the operator asked for it), but said at startup.
+pub const SMALL_OUTBOUND_BYTES: u64 = 1024;
 
 /// Transport names accepted in `engine.transports`.
 pub const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
@@ -426,15 +427,30 @@ impl Config {
         Ok(())
     }
 
+    /// Valid settings that are probably not what the operator meant, one sentence each, to
+    /// be said at startup.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.server.cors_origins.is_empty() {
+            out.push(
+                "server.cors_origins is empty: every browser (any request with an Origin \
+                 header) is refused; use [\"*\"] to allow any origin"
+                    .to_owned(),
+            );
+        }
+        if self.server.max_outbound_bytes < SMALL_OUTBOUND_BYTES {
+            out.push(format!(
+                "server.max_outbound_bytes = {}: below {SMALL_OUTBOUND_BYTES} bytes, ordinary \
+                 traffic closes connections as slow consumers",
+                self.server.max_outbound_bytes
+            ));
+        }
+        out
+    }
+
     fn validate_server(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         check_namespace(&self.server.namespace)?;
-        if self.server.cors_origins.is_empty() {
-            return Err(ConfigError::invalid(
-                "server.cors_origins",
-                "must not be empty (use [\"*\"] to allow any origin)",
-            ));
-        }
         for origin in &self.server.cors_origins {
             check_origin(origin)?;
         }
@@ -444,10 +460,10 @@ impl Config {
                 "must be >= 1",
             ));
         }
-        if self.server.max_outbound_bytes < MIN_OUTBOUND_BYTES {
+        if self.server.max_outbound_bytes < 1 {
             return Err(ConfigError::invalid(
                 "server.max_outbound_bytes",
-                format!("must be >= {MIN_OUTBOUND_BYTES}"),
+                "must be >= 1",
             ));
         }
         Ok(())
@@ -523,14 +539,15 @@ fn check_namespace(namespace: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// An `Origin` header is `scheme://host[:port]` with no path and no trailing slash; an entry
-/// of any other form would never match and silently lock browsers out.
+/// An `Origin` header is `scheme://host[:port]` with no path; an entry of any other form
+/// would never match and silently lock browsers out. One trailing slash, as a URL copied
+/// from a browser's address bar has, is tolerated and ignored when matching.
 fn check_origin(origin: &str) -> Result<(), ConfigError> {
     const KEY: &str = "server.cors_origins";
     if origin == "*" {
         return Ok(());
     }
-    let well_formed = match origin.split_once("://") {
+    let well_formed = match origin_without_slash(origin).split_once("://") {
         Some((scheme, authority)) => {
             !scheme.is_empty()
                 && scheme
@@ -553,6 +570,12 @@ fn check_origin(origin: &str) -> Result<(), ConfigError> {
             ),
         ))
     }
+}
+
+/// A `server.cors_origins` entry as it is compared with an `Origin` header: without the one
+/// trailing slash [`check_origin`] tolerates.
+pub fn origin_without_slash(entry: &str) -> &str {
+    entry.strip_suffix('/').unwrap_or(entry)
 }
 
 /// The shape every configuration file must fit: the defaults as a TOML table.
@@ -821,8 +844,8 @@ path = "heartline.db"         # embedded default
             ),
             ("[store]\npath = \"\"\n", "store.path: must not be empty"),
             (
-                "[server]\nmax_outbound_bytes = 1023\n",
-                "server.max_outbound_bytes: must be >= 1024",
+                "[server]\nmax_outbound_bytes = 0\n",
+                "server.max_outbound_bytes: must be >= 1",
             ),
             (
                 "[server]\nmax_connections = 0\n",
@@ -839,14 +862,34 @@ path = "heartline.db"         # embedded default
     }
 
     #[test]
+    fn odd_but_valid_settings_are_accepted_with_a_warning() {
+        assert!(Config::default().warnings().is_empty());
+        let config =
+            Config::from_toml_str("[server]\ncors_origins = []\nmax_outbound_bytes = 512\n")
+                .expect("valid");
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("server.cors_origins is empty"));
+        assert!(warnings[1].starts_with("server.max_outbound_bytes = 512"));
+        let config =
+            Config::from_toml_str("[server]\ncors_origins = [\"http://a.example:8080/\"]\n")
+                .expect("a trailing slash is tolerated");
+        assert!(config.warnings().is_empty());
+    }
+
+    #[test]
     fn invalid_strings_and_lists_are_named() {
         assert!(err("[server]\nlisten = \"localhost\"\n").starts_with("server.listen: "));
         assert!(err("[server]\nlisten = \"127.0.0.1\"\n").starts_with("server.listen: "));
         assert!(err("[server]\nnamespace = \"/\"\n").starts_with("server.namespace: "));
         assert!(err("[server]\nnamespace = \"/a,b\"\n").starts_with("server.namespace: "));
-        assert!(err("[server]\ncors_origins = []\n").starts_with("server.cors_origins: "));
-        assert!(err("[server]\ncors_origins = [\"https://a.example/\"]\n")
+        assert!(err("[server]\ncors_origins = [\"https://a.example/x\"]\n")
             .starts_with("server.cors_origins: "));
+        assert!(err("[server]\ncors_origins = [\"https://a.example//\"]\n")
+            .starts_with("server.cors_origins: "));
+        assert!(
+            err("[server]\ncors_origins = [\"https:///\"]\n").starts_with("server.cors_origins: ")
+        );
         assert!(
             err("[server]\ncors_origins = [\"a.example\"]\n").starts_with("server.cors_origins: ")
         );

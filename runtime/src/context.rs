@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use crate::actor::Msg;
 use crate::admission::IpRate;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{origin_without_slash, Config};
 use crate::metrics::RuntimeMetrics;
 use crate::storage::StoreQueue;
 
@@ -95,6 +95,6 @@ impl Context {
             .server
             .cors_origins
             .iter()
-            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+            .any(|o| o == "*" || origin_without_slash(o).eq_ignore_ascii_case(origin))
     }
 }

@@ -409,6 +409,42 @@ async fn origin_is_checked_and_cors_answered() {
 }
 
 #[tokio::test]
+async fn empty_origin_list_refuses_browsers_only_and_trailing_slash_is_ignored() {
+    let path = "/socket.io/?EIO=4&transport=polling";
+    let browser = [("Origin", "https://chat.example.com")];
+    // No origin listed: every browser is refused, non-browser clients are not.
+    let mut server = TestServer::start(|c| c.server.cors_origins = vec![]).await;
+    let (status, _, body) = http(server.addr, "GET", path, &browser, "").await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = http(server.addr, "GET", path, &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("0{\"sid\":"), "{body}");
+    server.stop().await;
+    // An entry copied with its trailing slash matches the header, which never has one.
+    let mut server = TestServer::start(|c| {
+        c.server.cors_origins = vec!["https://chat.example.com/".into()];
+    })
+    .await;
+    let (status, head, body) = http(server.addr, "GET", path, &browser, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://chat.example.com\r\n"),
+        "{head}"
+    );
+    let (status, _, body) = http(
+        server.addr,
+        "GET",
+        path,
+        &[("Origin", "https://chat.example.com.evil.example")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn slow_consumer_is_closed_without_unbounded_memory() {
     let limit = 64 * 1024;
     let mut server = TestServer::start(|c| {
