@@ -82,6 +82,34 @@ fn replacement() {
     assert!(g.gw.is_online(&UserKey::new("alice", "customer")));
 }
 
+/// A CONNECT that arrives with its socket's close behind it (a client that gave the
+/// attempt up, held up with it by a stalled network) opens nothing, so it displaces nobody:
+/// the user's live connection stays, and is not told `connection:replaced`.
+#[test]
+fn a_connect_behind_its_peers_close_displaces_nobody() {
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    g.open(2);
+    g.peer_closing(2);
+    let t = token("alice", "customer", 86_400);
+    g.ws_text(2, &format!("40/chat,{}", json!({ "token": t })));
+    g.peer_close(2);
+    insta::assert_snapshot!(g.transcript());
+    assert_eq!(g.event_names(1), vec!["connection:success"]);
+    assert!(!g.view(1).disconnected);
+    assert!(g.event_names(2).is_empty());
+    let alice = UserKey::new("alice", "customer");
+    assert_eq!(g.gw.connections_of(&alice).len(), 1);
+    assert!(g.gw.is_online(&alice));
+    // The same CONNECT without the close ahead of it does displace (the rule stands).
+    g.open(3);
+    g.ws_text(3, &format!("40/chat,{}", json!({ "token": t })));
+    assert_eq!(
+        g.event_names(1),
+        vec!["connection:success", "connection:replaced"]
+    );
+}
+
 /// `a:b` of type `c` and `a` of type `b:c` print alike as user keys but are two users:
 /// neither replaces the other, and a membership of one is not the other's.
 #[test]

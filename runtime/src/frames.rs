@@ -142,6 +142,14 @@ impl Decoder {
         self.held.is_some()
     }
 
+    /// Whether the next frame held (whole or not) is a close frame: the peer closed right
+    /// behind what was decoded so far.
+    pub fn holds_close_next(&self) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|h| starts_close_frame(&h.bytes[h.start..]))
+    }
+
     /// The next message from the bytes held, if they contain one.
     pub fn next_held(&mut self, max: usize) -> Result<Option<Received>, FrameError> {
         let Some(held) = self.held.as_mut() else {
@@ -192,6 +200,13 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Whether `bytes` begin with the header of a close frame (its first byte is enough).
+pub fn starts_close_frame(bytes: &[u8]) -> bool {
+    bytes
+        .first()
+        .is_some_and(|first| OpCode::from(first & 0x0F) == OpCode::Control(Control::Close))
 }
 
 /// Decodes frames from the front of `bytes` until one completes something to act on (a

@@ -52,6 +52,9 @@ use crate::outbox::{Next, Outbox, Phase};
 /// the core sees a slightly oversize frame and closes it with its own reason.
 pub const FRAME_SLACK: usize = 1024;
 
+/// How a Socket.IO namespace CONNECT starts (Engine.IO message `4`, Socket.IO CONNECT `0`).
+const SOCKETIO_CONNECT: &[u8] = b"40";
+
 /// How long the task waits for the peer's close frame after a close was asked for.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -209,6 +212,15 @@ fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
             // nor the message made of it is stored across the wait below.
             let frame = match poll_fn(|cx| c.poll_step(cx)).await {
                 Step::Frame(frame) => frame,
+                Step::Closing(frame) => {
+                    // A hint, so not worth a wait: lost only when the actor's inbox is
+                    // full, and then the frame is handed over as usual.
+                    let closing = engine::Input::WsClosing {
+                        transport: c.transport,
+                    };
+                    let _ = c.ctx.actor.try_send(Msg::Net(closing));
+                    frame
+                }
                 Step::End(ending) => break ending,
             };
             let msg = Msg::Net(engine::Input::WsFrame {
@@ -294,6 +306,9 @@ impl Ending {
 enum Step {
     /// A message for the core.
     Frame(Frame),
+    /// A namespace CONNECT with the peer's close already read or in the socket behind it
+    /// (see [`engine::Input::WsClosing`]).
+    Closing(Frame),
     /// Reading is over.
     End(Ending),
 }
@@ -384,6 +399,13 @@ impl Connection {
                 decoded => decoded,
             };
             let step = match decoded {
+                Ok(Some(Received::Text(text))) if text.starts_with(SOCKETIO_CONNECT) => {
+                    if self.peer_closed_ahead(cx) {
+                        Step::Closing(Frame::Text(text))
+                    } else {
+                        Step::Frame(Frame::Text(text))
+                    }
+                }
                 Ok(Some(Received::Text(text))) => Step::Frame(Frame::Text(text)),
                 Ok(Some(Received::Binary(bytes))) => Step::Frame(Frame::Binary(bytes)),
                 Ok(Some(Received::Ping(payload))) => {
@@ -408,6 +430,23 @@ impl Connection {
                 let _ = self.poll_send(cx);
             }
             return Poll::Ready(step);
+        }
+    }
+
+    /// Whether the peer's close is already here behind what was decoded: a close frame
+    /// held, or, with nothing held, the end of the stream or a close frame waiting in the
+    /// socket (looked at, not read). Only asked for a namespace CONNECT, once or so per
+    /// connection.
+    fn peer_closed_ahead(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        if self.decoder.holds_bytes() {
+            return self.decoder.holds_close_next();
+        }
+        let mut first = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut first);
+        match self.tcp.poll_peek(cx, &mut buf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => true,
+            Poll::Ready(Ok(_)) => frames::starts_close_frame(&first),
+            Poll::Pending => false,
         }
     }
 

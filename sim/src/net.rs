@@ -63,6 +63,8 @@ pub struct Link {
     pub black_hole: bool,
     /// The server's host already answered this link with a reset.
     pub reset_sent: bool,
+    /// The server was told that the client's close is already in hand behind frames.
+    pub closing_told: bool,
     to_server: Dir,
     to_client: Dir,
 }
@@ -117,6 +119,7 @@ impl Net {
                 server_open: false,
                 black_hole: false,
                 reset_sent: false,
+                closing_told: false,
                 to_server: Dir::default(),
                 to_client: Dir::default(),
             },
@@ -267,6 +270,18 @@ impl Net {
             self.arm(id, to_server, next, agenda);
         }
         Some(seg)
+    }
+
+    /// Whether the client's close of link `id` has already arrived at the server, behind
+    /// what is still to be handed over: what a server reading ahead would find.
+    pub fn close_arrived(&self, now: Instant, id: u64) -> bool {
+        self.links.get(&id).is_some_and(|l| {
+            l.to_server
+                .queue
+                .iter()
+                .take_while(|(at, _)| *at <= now)
+                .any(|(_, seg)| matches!(seg, Seg::Fin { .. }))
+        })
     }
 
     /// Drops a link once neither end holds it and nothing is in flight.

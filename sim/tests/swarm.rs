@@ -14,3 +14,22 @@ fn swarm_of_200_seeds_holds_every_invariant() {
     }
     assert!(failing.is_empty(), "{}", failing.join("\n"));
 }
+
+/// Seeds of the `heartline-sim swarm` defaults (12 clients, 120 s) that once failed, kept
+/// as they were found:
+/// - 1410: two connect attempts given up by their clients (connect timeout while a clog
+///   held them) arrived, CONNECT and close together, after both devices had reconnected;
+///   the first displaced a live device, which then stayed away for good.
+#[test]
+fn seeds_that_once_failed_hold() {
+    for seed in [1410] {
+        let opts = Options::swarm(seed, 12, 120_000);
+        let report = Sim::new(opts, None, None).expect("valid options").run();
+        assert!(
+            report.violation.is_none(),
+            "seed {seed}: {:?}\n{}",
+            report.violation,
+            report.knobs
+        );
+    }
+}

@@ -73,6 +73,17 @@ pub enum Input {
         /// The message.
         frame: Frame,
     },
+    /// The peer of a WebSocket has already closed it (its close frame or the end of the
+    /// stream is in hand, read ahead), behind frames not handed over yet; they follow, then
+    /// [`Input::WsClosed`]. A namespace CONNECT among them opens nothing: it was sent by a
+    /// client that has since given the socket up (typically after its own connect timeout,
+    /// both held up together by a stalled network), and as the newest connection of its
+    /// user it would otherwise displace that user's live one for a session already over.
+    /// Drivers that cannot read ahead never send it.
+    WsClosing {
+        /// The socket.
+        transport: TransportId,
+    },
     /// A WebSocket ended; `error` if it failed rather than closed.
     WsClosed {
         /// The socket.
@@ -257,6 +268,12 @@ impl fmt::Display for Input {
             } => write!(f, "{transport} ws open {}", query_text(query)),
             Input::WsFrame { transport, frame } => {
                 write!(f, "{transport} ws recv {}", frame_text(frame))
+            }
+            Input::WsClosing { transport } => {
+                write!(
+                    f,
+                    "{transport} ws closed by peer behind frames still to come"
+                )
             }
             Input::WsClosed { transport, error } => {
                 write!(

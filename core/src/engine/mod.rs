@@ -216,6 +216,10 @@ impl Engine {
                 self.on_ws_frame(now, transport, frame);
                 Ok(())
             }
+            Input::WsClosing { transport } => {
+                self.on_ws_closing(transport);
+                Ok(())
+            }
             Input::WsClosed { transport, error } => {
                 let reason = if error {
                     CloseReason::TransportError
@@ -459,6 +463,7 @@ impl Engine {
             namespaces: Namespaces::default(),
             handshake,
             closed: false,
+            peer_leaving: false,
         };
         if self.config.socketio {
             self.timers
@@ -579,6 +584,9 @@ impl Engine {
         // Whether the namespace is connected (a copy: the socket id is inline and small).
         let state = s.namespaces.get(&packet.nsp).cloned();
         match (packet.kind, state) {
+            // Sent by a client that has since given this socket up: nobody is left to
+            // answer, and a session opened now would be over as soon as it began.
+            (PacketType::Connect, None) if s.peer_leaving => {}
             (PacketType::Connect, None) => {
                 if self.config.namespaces.contains(&packet.nsp) {
                     s.namespaces.insert(packet.nsp.clone(), Namespace::Pending);

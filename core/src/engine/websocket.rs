@@ -112,6 +112,19 @@ impl Engine {
         }
     }
 
+    /// The peer closed behind frames still to come (see [`crate::engine::Input::WsClosing`]); only the
+    /// session's own socket counts, not an upgrade probe.
+    pub(crate) fn on_ws_closing(&mut self, ws: TransportId) {
+        let Some(id) = self.by_transport.get(&ws).copied() else {
+            return;
+        };
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if matches!(s.transport, Transport::WebSocket(t) if t == ws) {
+                s.peer_leaving = true;
+            }
+        }
+    }
+
     pub(crate) fn on_ws_closed(&mut self, ws: TransportId, reason: CloseReason) {
         let Some(id) = self.by_transport.get(&ws).copied() else {
             return;

@@ -258,6 +258,15 @@ impl Gw {
 
     /// Opens a WebSocket and connects `/chat` with `auth` as the CONNECT payload.
     pub fn connect_with(&mut self, ws: u64, auth: Option<Value>) {
+        self.open(ws);
+        match auth {
+            Some(a) => self.ws_text(ws, &format!("40/chat,{a}")),
+            None => self.ws_text(ws, "40/chat,"),
+        }
+    }
+
+    /// Opens a WebSocket (the Engine.IO handshake only).
+    pub fn open(&mut self, ws: u64) {
         self.views.insert(ws, ClientView::default());
         self.decoders.insert(ws, Decoder::new(10));
         self.net(engine::Input::WsOpened {
@@ -273,10 +282,6 @@ impl Gw {
                 remote: None,
             },
         });
-        match auth {
-            Some(a) => self.ws_text(ws, &format!("40/chat,{a}")),
-            None => self.ws_text(ws, "40/chat,"),
-        }
     }
 
     pub fn connect(&mut self, ws: u64, user: &str, kind: &str) {
@@ -297,6 +302,13 @@ impl Gw {
     pub fn emit_noack(&mut self, ws: u64, event: &str, payload: Value) {
         let text = format!("42/chat,{}", json!([event, payload]));
         self.ws_text(ws, &text);
+    }
+
+    /// The driver read the peer's close ahead of frames still to be handed over.
+    pub fn peer_closing(&mut self, ws: u64) {
+        self.net(engine::Input::WsClosing {
+            transport: TransportId(ws),
+        });
     }
 
     pub fn peer_close(&mut self, ws: u64) {

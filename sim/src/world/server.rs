@@ -205,6 +205,22 @@ impl Sim {
                     }
                     return;
                 }
+                // Like the runtime, which reads ahead behind a frame when it can: the
+                // client's close may have arrived with it.
+                let now = self.now;
+                if self.net.close_arrived(now, id) {
+                    if let Some(link) = self.net.link_mut(id).filter(|l| !l.closing_told) {
+                        link.closing_told = true;
+                        tr!(
+                            self,
+                            "net",
+                            ("ws{id} -> server: its close is already in hand")
+                        );
+                        self.server_input(Input::Network(engine::Input::WsClosing {
+                            transport: TransportId(id),
+                        }));
+                    }
+                }
                 tr!(self, "net", ("ws{id} -> server {}", frame_str(&frame)));
                 if is_text(&frame, "3") {
                     let now = self.now;
