@@ -300,13 +300,17 @@ impl Sim {
         tr!(self, "sim", ("liveness: heal everything, stop traffic"));
         self.heal();
         // The rate limit paces the largest outbox: allow for it on top of the bound.
-        // (per user: the window is the user's, shared by its devices).
+        // (per user: the window is the user's, shared by its devices). A slot of the
+        // window is taken again one round trip after it frees at best: the refusal that
+        // names the moment travels to the client, its retry back to the server.
         let mut per_user: BTreeMap<usize, u64> = BTreeMap::new();
         for s in &self.clients {
             *per_user.entry(s.user).or_default() += s.client.outbox_len() as u64;
         }
         let backlog = per_user.values().copied().max().unwrap_or(0);
-        let drain_ms = backlog * self.opts.rate_window_ms / self.opts.rate_messages.max(1) as u64;
+        let round_trip_ms = 2 * (self.opts.latency_ms + self.opts.jitter_ms) + 1;
+        let drain_ms = backlog * (self.opts.rate_window_ms + round_trip_ms)
+            / self.opts.rate_messages.max(1) as u64;
         let bound_ms = self.opts.convergence_ms + drain_ms;
         let deadline = self.now.add_ms(bound_ms);
         loop {
