@@ -4,7 +4,8 @@
 
 mod support;
 
-use heartline_core::engine::{EngineConfig, Method};
+use heartline_core::engine::{EngineConfig, Input, Method};
+use heartline_core::TransportId;
 use support::{config, q, App, Harness};
 
 fn echo() -> Harness {
@@ -243,6 +244,39 @@ fn client_close_posted_before_its_get_arrives() {
         "a GET that never comes is not waited for past ping_timeout"
     );
     assert_eq!(h.engine.sessions_held(), 0);
+}
+
+/// A CONNECT with the client's close already in hand behind it opens nothing: on a
+/// WebSocket the driver says so (`WsClosing`), over polling the CLOSE is in the same POST.
+#[test]
+fn connect_with_its_close_behind_opens_nothing() {
+    let mut h = echo();
+    h.ws_open(1, None);
+    h.input(Input::WsClosing {
+        transport: TransportId(1),
+    });
+    h.ws_text(1, "40/chat,");
+    h.ws_closed(1);
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,\u{1e}1");
+    // Without the close behind it, the same CONNECT connects (the control).
+    h.ws_open(2, None);
+    h.ws_text(2, "40/chat,");
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(
+        h.ws_sent(1).len(),
+        1,
+        "only the open packet: {:?}",
+        h.ws_sent(1)
+    );
+    assert_eq!(h.response(2), Some((200, "ok".into())));
+    assert!(h
+        .ws_sent(2)
+        .iter()
+        .any(|f| f.starts_with("40/chat,{\"sid\"")));
+    let connects = h.transcript().matches("connect /chat").count();
+    assert_eq!(connects, 1, "only the control connects");
 }
 
 #[test]

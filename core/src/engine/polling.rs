@@ -194,6 +194,13 @@ impl Engine {
             }
         };
         self.respond(request, 200, ContentType::Text, Bytes::from_static(b"ok"));
+        // The client's close in the same body, behind a CONNECT: as on a WebSocket
+        // (`Input::WsClosing`), that CONNECT opens nothing.
+        if packets.contains(&EioPacket::Close) {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.peer_leaving = true;
+            }
+        }
         for packet in packets {
             if self.live(id).is_none() {
                 break;

@@ -154,8 +154,9 @@ pub(crate) struct Session {
     pub(crate) handshake: Handshake,
     /// Whether the session has ended; it only lingers to hand over its last packets.
     pub(crate) closed: bool,
-    /// Whether its WebSocket's peer has already closed behind frames still to come
-    /// ([`Input::WsClosing`](crate::engine::Input::WsClosing)): a namespace CONNECT opens nothing.
+    /// Whether the client's close is already in hand behind packets still to be handled
+    /// ([`Input::WsClosing`](crate::engine::Input::WsClosing), or a CLOSE later in the same
+    /// polling POST): a namespace CONNECT opens nothing.
     pub(crate) peer_leaving: bool,
 }
 
