@@ -111,6 +111,27 @@ fn polling_handshake_then_upgrade() {
     assert!(h.closes().is_empty());
 }
 
+/// Packets the reference server tolerates from a client: an upgrade finished with a
+/// payload (`52`, as the BestHTTP client sends it), and later NOOP and UPGRADE packets on
+/// the open session, which change nothing.
+#[test]
+fn upgrade_with_a_payload_and_stray_client_packets_are_tolerated() {
+    let mut h = echo();
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,");
+    h.ws_open(7, Some(&sid));
+    h.ws_text(7, "2probe");
+    h.ws_text(7, "52");
+    for stray in ["6", "6x", "5"] {
+        h.ws_text(7, stray);
+    }
+    h.ws_text(7, r#"42/chat,["message","still here"]"#);
+    insta::assert_snapshot!(h.transcript());
+    assert!(h.closes().is_empty(), "{:?}", h.closes());
+    assert!(h.ws_sent(7).iter().any(|f| f.contains("still here")));
+}
+
 #[test]
 fn upgrade_that_times_out() {
     let mut h = echo();

@@ -97,9 +97,6 @@ pub enum DecodeError {
     /// An `open` packet whose JSON is missing, malformed or of the wrong shape.
     #[error("invalid open packet: {0}")]
     InvalidOpen(String),
-    /// A `close`, `upgrade` or `noop` packet followed by a payload.
-    #[error("packet type {0:?} takes no payload")]
-    UnexpectedPayload(char),
     /// A polling payload with more packets than the caller allows.
     #[error("polling payload holds more than {max} packets")]
     TooManyPackets {
@@ -175,6 +172,10 @@ impl Packet {
     }
 
     /// Decodes one text packet: a type digit and its payload, or `b` and base64.
+    ///
+    /// `close`, `upgrade` and `noop` carry nothing, but a payload after them is ignored,
+    /// not refused, as the reference parser does: some clients send one (the BestHTTP
+    /// client finishes its upgrade with `52`).
     pub fn from_text(s: &str) -> Result<Packet, DecodeError> {
         let mut chars = s.chars();
         let kind = chars.next().ok_or(DecodeError::Empty)?;
@@ -182,12 +183,12 @@ impl Packet {
         let rest = chars.as_str();
         match kind {
             '0' => decode_open(rest).map(Packet::Open),
-            '1' => no_payload(Packet::Close, kind, rest),
+            '1' => Ok(Packet::Close),
             '2' => Ok(Packet::Ping(rest.to_owned())),
             '3' => Ok(Packet::Pong(rest.to_owned())),
             '4' => Ok(Packet::Message(Data::Text(rest.to_owned()))),
-            '5' => no_payload(Packet::Upgrade, kind, rest),
-            '6' => no_payload(Packet::Noop, kind, rest),
+            '5' => Ok(Packet::Upgrade),
+            '6' => Ok(Packet::Noop),
             'b' => BASE64_LENIENT
                 .decode(rest)
                 .map(|bytes| Packet::Message(Data::Binary(Bytes::from(bytes))))
@@ -202,14 +203,6 @@ fn prefixed(kind: char, payload: &str) -> String {
     out.push(kind);
     out.push_str(payload);
     out
-}
-
-fn no_payload(packet: Packet, kind: char, rest: &str) -> Result<Packet, DecodeError> {
-    if rest.is_empty() {
-        Ok(packet)
-    } else {
-        Err(DecodeError::UnexpectedPayload(kind))
-    }
 }
 
 fn encode_open(handshake: &Handshake) -> String {
@@ -465,20 +458,15 @@ mod tests {
         assert_eq!(Packet::from_text("abc"), Err(DecodeError::UnknownType('a')));
         assert_eq!(Packet::from_text("7"), Err(DecodeError::UnknownType('7')));
         assert_eq!(Packet::from_text("é4"), Err(DecodeError::UnknownType('é')));
-        assert_eq!(
-            Packet::from_text("1x"),
-            Err(DecodeError::UnexpectedPayload('1'))
-        );
-        assert_eq!(
-            Packet::from_text("5x"),
-            Err(DecodeError::UnexpectedPayload('5'))
-        );
-        assert_eq!(
-            Packet::from_text("6x"),
-            Err(DecodeError::UnexpectedPayload('6'))
-        );
         let bad = Frame::Text(Bytes::from_static(&[b'4', 0xff]));
         assert_eq!(Packet::from_frame(&bad), Err(DecodeError::InvalidUtf8));
+    }
+
+    #[test]
+    fn payloads_on_packets_that_carry_none_are_ignored() {
+        assert_eq!(Packet::from_text("1x"), Ok(Packet::Close));
+        assert_eq!(Packet::from_text("52"), Ok(Packet::Upgrade));
+        assert_eq!(Packet::from_text("6é"), Ok(Packet::Noop));
     }
 
     #[test]

@@ -556,9 +556,10 @@ impl Engine {
             EioPacket::Message(data) => self.event(Event::Message { session: id, data }),
             EioPacket::Close => self.end(now, id, CloseReason::ClientClose, Ending::Abort),
             EioPacket::Ping(_) => self.protocol_error(now, id, "ping from client"),
-            EioPacket::Open(_) | EioPacket::Upgrade | EioPacket::Noop => {
-                self.protocol_error(now, id, "unexpected engine packet")
-            }
+            // Meaningless from a client once the session is open (an upgrade is finished
+            // on its probe socket, before this), and harmless: ignored, as the reference
+            // server does, rather than ending the session of a client that sends one.
+            EioPacket::Open(_) | EioPacket::Upgrade | EioPacket::Noop => {}
         }
     }
 
