@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use heartline_core::codec::Frame;
 use heartline_core::engine::{self, CloseReason, ContentType, Transmit};
 use heartline_core::gateway::{self, Effect, Notice, Output, UserKey};
 use heartline_core::{RequestId, TransportId};
@@ -65,6 +66,15 @@ pub enum Msg {
     },
     /// Any other network input (frames, closes, aborted requests).
     Net(engine::Input),
+    /// A WebSocket message with the peer's close already read ahead behind it: the core
+    /// is told `engine::Input::WsClosing`, then given the frame (one message, so that a
+    /// connection's task never holds the frame across a wait for room in the inbox).
+    FrameBehindClose {
+        /// The socket.
+        transport: TransportId,
+        /// The message.
+        frame: Frame,
+    },
     /// Render `/metrics`.
     Metrics(oneshot::Sender<String>),
     /// Drain: flush the store, close every session over `drain_ms`, then answer.
@@ -245,6 +255,15 @@ impl<A: App> Actor<A> {
                     _ => {}
                 }
                 self.feed(gateway::Input::Network(input));
+            }
+            Msg::FrameBehindClose { transport, frame } => {
+                self.feed(gateway::Input::Network(engine::Input::WsClosing {
+                    transport,
+                }));
+                self.feed(gateway::Input::Network(engine::Input::WsFrame {
+                    transport,
+                    frame,
+                }));
             }
             Msg::Metrics(reply) => {
                 self.metrics

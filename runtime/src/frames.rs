@@ -142,12 +142,13 @@ impl Decoder {
         self.held.is_some()
     }
 
-    /// Whether the next frame held (whole or not) is a close frame: the peer closed right
-    /// behind what was decoded so far.
-    pub fn holds_close_next(&self) -> bool {
-        self.held
-            .as_ref()
-            .is_some_and(|h| starts_close_frame(&h.bytes[h.start..]))
+    /// Whether the frames held behind what was decoded so far include the peer's close
+    /// (see [`scan_for_close`]); nothing held is [`Ahead::Boundary`].
+    pub fn held_ahead(&self) -> Ahead {
+        match self.held.as_ref() {
+            Some(h) => scan_for_close(&h.bytes[h.start..]),
+            None => Ahead::Boundary,
+        }
     }
 
     /// The next message from the bytes held, if they contain one.
@@ -202,11 +203,44 @@ impl Decoder {
     }
 }
 
-/// Whether `bytes` begin with the header of a close frame (its first byte is enough).
-pub fn starts_close_frame(bytes: &[u8]) -> bool {
-    bytes
-        .first()
-        .is_some_and(|first| OpCode::from(first & 0x0F) == OpCode::Control(Control::Close))
+/// What a look ahead at received bytes that start on a frame boundary found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ahead {
+    /// A close frame's header, behind whole frames or none.
+    Close,
+    /// Whole frames and no close: the bytes end where the next frame would start.
+    Boundary,
+    /// No close in the whole frames, then part of a frame (or a header this decoder would
+    /// refuse anyway).
+    Partial,
+}
+
+/// Walks the frame headers in `bytes` (which start on a frame boundary), skipping their
+/// payloads, until a close frame's header, the end, or a frame not all there: whether the
+/// peer's close is already in hand behind what was decoded.
+pub fn scan_for_close(bytes: &[u8]) -> Ahead {
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        if rest
+            .first()
+            .is_some_and(|first| OpCode::from(first & 0x0F) == OpCode::Control(Control::Close))
+        {
+            return Ahead::Close;
+        }
+        let mut cursor = Cursor::new(rest);
+        let Ok(Some((_, length))) = FrameHeader::parse(&mut cursor) else {
+            return Ahead::Partial;
+        };
+        let frame_len = usize::try_from(length)
+            .ok()
+            .and_then(|n| n.checked_add(cursor.position() as usize));
+        match frame_len {
+            Some(n) if n <= rest.len() => at += n,
+            _ => return Ahead::Partial,
+        }
+    }
+    Ahead::Boundary
 }
 
 /// Decodes frames from the front of `bytes` until one completes something to act on (a
@@ -448,7 +482,53 @@ mod tests {
         client_frame(0x81, s.as_bytes())
     }
 
-    /// Everything `bytes` decodes to, fed `chunk` bytes at a time.
+    #[test]
+    fn the_close_is_found_behind_whole_frames_only() {
+        let close = client_frame(0x88, &1000u16.to_be_bytes());
+        let pong = client_frame(0x8A, b"");
+        let ping = client_frame(0x89, b"p");
+        let long = client_frame(0x81, &[b'x'; 300]);
+        let cat = |parts: &[&[u8]]| parts.concat();
+        assert_eq!(scan_for_close(&[]), Ahead::Boundary);
+        assert_eq!(scan_for_close(&close), Ahead::Close);
+        assert_eq!(scan_for_close(&close[..1]), Ahead::Close);
+        assert_eq!(
+            scan_for_close(&cat(&[&text("3"), &pong, &close])),
+            Ahead::Close
+        );
+        // A fragmented text with a ping inside it, then the close.
+        let first = client_frame(0x01, b"4");
+        let last = client_frame(0x80, b"0");
+        assert_eq!(
+            scan_for_close(&cat(&[&first, &ping, &last, &close])),
+            Ahead::Close
+        );
+        assert_eq!(scan_for_close(&cat(&[&text("3"), &pong])), Ahead::Boundary);
+        // A frame not all there hides whatever follows it; its payload is never read as a
+        // header, even when it holds a close frame's bytes.
+        assert_eq!(scan_for_close(&long[..200]), Ahead::Partial);
+        assert_eq!(scan_for_close(&long[..1]), Ahead::Partial);
+        let looks_like_close = client_frame(0x82, &close);
+        assert_eq!(scan_for_close(&looks_like_close), Ahead::Boundary);
+        assert_eq!(
+            scan_for_close(&cat(&[&looks_like_close, &close])),
+            Ahead::Close
+        );
+        // What the decoder holds after handing over a message.
+        let mut decoder = Decoder::default();
+        let mut bytes = cat(&[&text("40/chat,"), &pong, &close]);
+        assert_eq!(
+            decoder.next_from(&mut bytes, MAX),
+            Ok(Some(Received::Text(Bytes::from_static(b"40/chat,"))))
+        );
+        assert_eq!(decoder.held_ahead(), Ahead::Close);
+        let mut alone = text("40/chat,");
+        let mut decoder = Decoder::default();
+        assert!(decoder.next_from(&mut alone, MAX).is_ok());
+        assert_eq!(decoder.held_ahead(), Ahead::Boundary);
+    }
+
+    /// Everything `bytes` decodes to, fed `chunk` bytes at a time.    /// Everything `bytes` decodes to, fed `chunk` bytes at a time.
     fn decode_all(bytes: &[u8], chunk: usize) -> Result<Vec<Received>, FrameError> {
         let mut decoder = Decoder::default();
         let mut out = Vec::new();

@@ -44,7 +44,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::actor::Msg;
 use crate::admission::Permit;
 use crate::context::Context;
-use crate::frames::{self, Decoder, FrameError, Received};
+use crate::frames::{self, Ahead, Decoder, FrameError, Received};
 use crate::metrics::RuntimeMetrics;
 use crate::outbox::{Next, Outbox, Phase};
 
@@ -54,6 +54,10 @@ pub const FRAME_SLACK: usize = 1024;
 
 /// How a Socket.IO namespace CONNECT starts (Engine.IO message `4`, Socket.IO CONNECT `0`).
 const SOCKETIO_CONNECT: &[u8] = b"40";
+
+/// How far past a namespace CONNECT the socket is looked at for the peer's close: a few
+/// small frames (a PONG, say) and the close behind them.
+const PEEK_BYTES: usize = 256;
 
 /// How long the task waits for the peer's close frame after a close was asked for.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -210,23 +214,12 @@ fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
         let ending = loop {
             // The step is taken apart in the statement that awaits it, so that neither it
             // nor the message made of it is stored across the wait below.
-            let frame = match poll_fn(|cx| c.poll_step(cx)).await {
-                Step::Frame(frame) => frame,
-                Step::Closing(frame) => {
-                    // A hint, so not worth a wait: lost only when the actor's inbox is
-                    // full, and then the frame is handed over as usual.
-                    let closing = engine::Input::WsClosing {
-                        transport: c.transport,
-                    };
-                    let _ = c.ctx.actor.try_send(Msg::Net(closing));
-                    frame
-                }
+            let transport = c.transport;
+            let msg = match poll_fn(|cx| c.poll_step(cx)).await {
+                Step::Frame(frame) => Msg::Net(engine::Input::WsFrame { transport, frame }),
+                Step::Closing(frame) => Msg::FrameBehindClose { transport, frame },
                 Step::End(ending) => break ending,
             };
-            let msg = Msg::Net(engine::Input::WsFrame {
-                transport: c.transport,
-                frame,
-            });
             // The wait is taken out in a statement of its own, so that the result it came
             // in is not stored beside it.
             let wait = match hand_over(&c.ctx, msg) {
@@ -434,18 +427,21 @@ impl Connection {
     }
 
     /// Whether the peer's close is already here behind what was decoded: a close frame
-    /// held, or, with nothing held, the end of the stream or a close frame waiting in the
-    /// socket (looked at, not read). Only asked for a namespace CONNECT, once or so per
-    /// connection.
+    /// among the whole frames held, or, when those end on a frame boundary, the end of the
+    /// stream, a failed socket, or a close frame among the whole frames of the next
+    /// [`PEEK_BYTES`] waiting in the socket (looked at, not read). Only asked for a
+    /// namespace CONNECT, once or so per connection.
     fn peer_closed_ahead(&mut self, cx: &mut TaskContext<'_>) -> bool {
-        if self.decoder.holds_bytes() {
-            return self.decoder.holds_close_next();
+        match self.decoder.held_ahead() {
+            Ahead::Close => return true,
+            Ahead::Partial => return false,
+            Ahead::Boundary => {}
         }
-        let mut first = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut first);
+        let mut waiting = [0u8; PEEK_BYTES];
+        let mut buf = ReadBuf::new(&mut waiting);
         match self.tcp.poll_peek(cx, &mut buf) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => true,
-            Poll::Ready(Ok(_)) => frames::starts_close_frame(&first),
+            Poll::Ready(Ok(n)) => frames::scan_for_close(&waiting[..n]) == Ahead::Close,
             Poll::Pending => false,
         }
     }

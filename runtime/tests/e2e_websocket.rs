@@ -281,53 +281,86 @@ async fn a_close_from_the_client_is_answered_and_the_socket_closed() {
 /// A client that gave a connect attempt up (its own timeout, while a stalled network held
 /// the CONNECT) sends its close right behind the CONNECT, and both arrive together. That
 /// CONNECT opens nothing: as the newest connection of its user it would displace the live
-/// one, which socket.io-client then never reconnects, for a session already over.
+/// one, which socket.io-client then never reconnects, for a session already over. The
+/// close is found in the bytes read with the CONNECT, behind a PONG, or (the CONNECT
+/// filling the whole read) still waiting in the socket.
 #[tokio::test]
 async fn a_connect_arriving_with_its_sockets_close_displaces_nobody() {
-    let mut server = TestServer::start(|_| {}).await;
-    let mut live = Raw::open(&server, &[]).await;
-    live.text_containing("\"sid\"").await;
-    live.send(&masked(0x81, connect_packet("erin").as_bytes()))
+    let close = masked(0x88, &1000u16.to_be_bytes());
+    let small = masked(0x81, connect_packet("erin").as_bytes());
+    // One frame of exactly one read (16 KiB), so the close stays in the socket.
+    let filling = {
+        let token = token("erin", "customer", 3600);
+        let bare = format!("40/chat,{{\"token\":\"{token}\",\"pad\":\"\"}}");
+        let pad = 16 * 1024 - 8 - bare.len();
+        let packet = format!(
+            "40/chat,{{\"token\":\"{token}\",\"pad\":\"{}\"}}",
+            "x".repeat(pad)
+        );
+        let frame = masked(0x81, packet.as_bytes());
+        assert_eq!(frame.len(), 16 * 1024);
+        frame
+    };
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "close read with it",
+            [small.clone(), close.clone()].concat(),
+        ),
+        (
+            "close behind a pong",
+            [small.clone(), masked(0x8A, b""), close.clone()].concat(),
+        ),
+        ("close still in the socket", [filling, close].concat()),
+    ];
+    for (case, late) in cases {
+        let mut server = TestServer::start(|_| {}).await;
+        let mut live = Raw::open(&server, &[]).await;
+        live.text_containing("\"sid\"").await;
+        live.send(&small).await;
+        live.text_containing("connection:success").await;
+
+        let mut ghost = Raw::open(&server, &[]).await;
+        ghost.text_containing("\"sid\"").await;
+        ghost.send(&late).await;
+        // Its close is answered and the socket ends; the session is gone.
+        assert_eq!(ghost.close_code().await, 1000, "{case}");
+        let gone = eventually(WAIT, || async {
+            metric(&server.metrics().await, "heartline_engine_sessions") == Some(1.0)
+        })
         .await;
-    live.text_containing("connection:success").await;
+        assert!(gone, "{case}: {}", server.metrics().await);
+        let m = server.metrics().await;
+        assert_eq!(
+            metric(&m, "heartline_replacements_total"),
+            Some(0.0),
+            "{case}: {m}"
+        );
+        assert_eq!(
+            metric(&m, "heartline_connections"),
+            Some(1.0),
+            "{case}: {m}"
+        );
 
-    let mut ghost = Raw::open(&server, &[]).await;
-    ghost.text_containing("\"sid\"").await;
-    let mut late = masked(0x81, connect_packet("erin").as_bytes());
-    late.extend(masked(0x88, &1000u16.to_be_bytes()));
-    ghost.send(&late).await;
-    // Its close is answered and the socket ends; the session is gone.
-    assert_eq!(ghost.close_code().await, 1000);
-    let gone = eventually(WAIT, || async {
-        metric(&server.metrics().await, "heartline_engine_sessions") == Some(1.0)
-    })
-    .await;
-    assert!(gone, "{}", server.metrics().await);
-    let m = server.metrics().await;
-    assert_eq!(metric(&m, "heartline_replacements_total"), Some(0.0), "{m}");
-    assert_eq!(metric(&m, "heartline_connections"), Some(1.0), "{m}");
-
-    // The live connection was told nothing and still works.
-    live.send(&masked(0x81, br#"42/chat,["ping",{}]"#)).await;
-    loop {
-        let (opcode, payload) = live.frame().await;
-        assert_eq!(opcode, OpCode::Data(Data::Text), "{payload:?}");
-        let text = String::from_utf8(payload).expect("utf-8");
-        assert!(!text.contains("connection:replaced"), "{text}");
-        if text.contains("\"pong\"") {
-            break;
+        // The live connection was told nothing and still works.
+        live.send(&masked(0x81, br#"42/chat,["ping",{}]"#)).await;
+        loop {
+            let (opcode, payload) = live.frame().await;
+            assert_eq!(opcode, OpCode::Data(Data::Text), "{case}: {payload:?}");
+            let text = String::from_utf8(payload).expect("utf-8");
+            assert!(!text.contains("connection:replaced"), "{case}: {text}");
+            if text.contains("\"pong\"") {
+                break;
+            }
         }
-    }
 
-    // The same CONNECT without the close behind it does displace (the rule stands).
-    let mut newer = Raw::open(&server, &[]).await;
-    newer.text_containing("\"sid\"").await;
-    newer
-        .send(&masked(0x81, connect_packet("erin").as_bytes()))
-        .await;
-    newer.text_containing("connection:success").await;
-    live.text_containing("connection:replaced").await;
-    server.stop().await;
+        // The same CONNECT without the close behind it does displace (the rule stands).
+        let mut newer = Raw::open(&server, &[]).await;
+        newer.text_containing("\"sid\"").await;
+        newer.send(&small).await;
+        newer.text_containing("connection:success").await;
+        live.text_containing("connection:replaced").await;
+        server.stop().await;
+    }
 }
 
 #[tokio::test]
