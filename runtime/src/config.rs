@@ -427,6 +427,13 @@ impl Config {
         Ok(())
     }
 
+    /// Logs each of [`Config::warnings`]; servers call it when they start.
+    pub fn log_warnings(&self) {
+        for warning in self.warnings() {
+            tracing::warn!("{warning}");
+        }
+    }
+
     /// Valid settings that are probably not what the operator meant, one sentence each, to
     /// be said at startup.
     pub fn warnings(&self) -> Vec<String> {

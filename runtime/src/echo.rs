@@ -85,6 +85,7 @@ pub fn engine_config(config: &Config, mode: EchoMode, seed: Seed) -> EngineConfi
 /// plumbing as the gateway (no store is opened).
 pub async fn start(config: Config, mode: EchoMode) -> Result<ServerHandle, ServerError> {
     config.validate()?;
+    config.log_warnings();
     let addr = config.listen_addr()?;
     let seed = settings::random_seed().map_err(|e| ServerError::System(e.to_string()))?;
     let app = EchoApp::new(engine_config(&config, mode, seed))?;

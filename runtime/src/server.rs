@@ -65,6 +65,7 @@ pub struct ServerHandle {
 /// outside; the binary's dev mode sets one it prints tokens for).
 pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
     config.validate()?;
+    config.log_warnings();
     let addr = config.listen_addr()?;
     if config.auth.jwt_secret.is_empty() {
         config.auth.jwt_secret =

@@ -84,9 +84,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    for warning in config.warnings() {
-        tracing::warn!("{warning}");
-    }
     let dev_users = if config.auth.jwt_secret.is_empty() {
         match dev::prepare(&mut config) {
             Ok(users) => Some(users),
