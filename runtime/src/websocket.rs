@@ -214,10 +214,17 @@ fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
         let ending = loop {
             // The step is taken apart in the statement that awaits it, so that neither it
             // nor the message made of it is stored across the wait below.
-            let transport = c.transport;
+            // The transport is read from the connection after the wait, not kept in a local
+            // across it (every local kept over a wait is part of the task).
             let msg = match poll_fn(|cx| c.poll_step(cx)).await {
-                Step::Frame(frame) => Msg::Net(engine::Input::WsFrame { transport, frame }),
-                Step::Closing(frame) => Msg::FrameBehindClose { transport, frame },
+                Step::Frame(frame) => Msg::Net(engine::Input::WsFrame {
+                    transport: c.transport,
+                    frame,
+                }),
+                Step::Closing(frame) => Msg::FrameBehindClose {
+                    transport: c.transport,
+                    frame,
+                },
                 Step::End(ending) => break ending,
             };
             // The wait is taken out in a statement of its own, so that the result it came
