@@ -112,8 +112,9 @@ impl Engine {
         }
     }
 
-    /// The peer closed behind frames still to come (see [`crate::engine::Input::WsClosing`]); only the
-    /// session's own socket counts, not an upgrade probe.
+    /// The peer closed behind frames still to come (see
+    /// [`crate::engine::Input::WsClosing`]); only the session's own socket counts, not an
+    /// upgrade probe.
     pub(crate) fn on_ws_closing(&mut self, ws: TransportId) {
         let Some(id) = self.by_transport.get(&ws).copied() else {
             return;
