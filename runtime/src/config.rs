@@ -580,7 +580,7 @@ fn check_origin(origin: &str) -> Result<(), ConfigError> {
 }
 
 /// A `server.cors_origins` entry as it is compared with an `Origin` header: without the one
-/// trailing slash [`check_origin`] tolerates.
+/// trailing slash the configuration tolerates.
 pub fn origin_without_slash(entry: &str) -> &str {
     entry.strip_suffix('/').unwrap_or(entry)
 }
