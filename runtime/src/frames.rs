@@ -528,7 +528,7 @@ mod tests {
         assert_eq!(decoder.held_ahead(), Ahead::Boundary);
     }
 
-    /// Everything `bytes` decodes to, fed `chunk` bytes at a time.    /// Everything `bytes` decodes to, fed `chunk` bytes at a time.
+    /// Everything `bytes` decodes to, fed `chunk` bytes at a time.
     fn decode_all(bytes: &[u8], chunk: usize) -> Result<Vec<Received>, FrameError> {
         let mut decoder = Decoder::default();
         let mut out = Vec::new();

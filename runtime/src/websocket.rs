@@ -213,9 +213,8 @@ fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
     async move {
         let ending = loop {
             // The step is taken apart in the statement that awaits it, so that neither it
-            // nor the message made of it is stored across the wait below.
-            // The transport is read from the connection after the wait, not kept in a local
-            // across it (every local kept over a wait is part of the task).
+            // nor the message made of it is stored across the wait below; the transport is
+            // read from the connection there too, not kept in a local across the wait.
             let msg = match poll_fn(|cx| c.poll_step(cx)).await {
                 Step::Frame(frame) => Msg::Net(engine::Input::WsFrame {
                     transport: c.transport,
