@@ -239,6 +239,40 @@ fn polling_errors_and_client_close() {
     assert_eq!(h.response(9).map(|r| r.0), Some(400));
 }
 
+/// A POST is handled packet by packet, as a WebSocket's frames are: the packets before a
+/// bad one take effect, then the POST is answered 400 and the session ends; a held GET is
+/// released with the session's end.
+#[test]
+fn polling_post_with_a_bad_packet_delivers_the_ones_before_it() {
+    let mut h = echo();
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,");
+    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    h.http(4, Method::Get, q("polling", Some(&sid)), "");
+    h.http(
+        5,
+        Method::Post,
+        q("polling", Some(&sid)),
+        "42/chat,[\"message\",\"kept\"]\u{1e}9\u{1e}42/chat,[\"message\",\"never\"]",
+    );
+    h.http(6, Method::Get, q("polling", Some(&sid)), "");
+    insta::assert_snapshot!(h.transcript());
+    let t = h.transcript();
+    assert!(
+        t.contains(r#"== s1 packet "42/chat,[\"message\",\"kept\"]""#),
+        "the packet before the bad one is handled: {t}"
+    );
+    assert_eq!(
+        t.matches("== s1 packet").count(),
+        1,
+        "nothing after the bad one is handled: {t}"
+    );
+    assert_eq!(h.response(5).map(|r| r.0), Some(400));
+    assert_eq!(h.response(6).map(|r| r.0), Some(400), "the session is over");
+    assert_eq!(h.engine.sessions_held(), 0);
+}
+
 #[test]
 fn client_close_posted_before_its_get_arrives() {
     // The client's GET and its CLOSE POST travel on separate connections; the POST may

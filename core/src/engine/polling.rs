@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 
-use crate::codec::engine::{decode_payload, encode_payload, Packet as EioPacket};
+use crate::codec::engine::{decode_payload_iter, encode_payload, Packet as EioPacket};
 use crate::engine::close::{CloseReason, UsageError};
 use crate::engine::io::{ContentType, Handshake, Method, Query, Transmit};
 use crate::engine::session::{Ending, Transport};
@@ -182,18 +182,28 @@ impl Engine {
             // Refused, and nothing else changes: the session goes on.
             return self.respond(request, 413, ContentType::Text, Bytes::new());
         }
-        let packets = std::str::from_utf8(&body)
-            .map_err(|_| "polling body is not UTF-8".to_owned())
-            .and_then(|text| decode_payload(text, MAX_PACKETS_PER_POST).map_err(|e| e.to_string()));
-        let packets = match packets {
-            Ok(p) => p,
-            Err(e) => {
-                self.respond_error(request, HttpError::BadRequest);
-                self.end(now, id, CloseReason::ProtocolError(e), Ending::Abort);
-                return;
+        // Packets are handled up to the first that does not decode, as over a WebSocket,
+        // where the frames before a bad one have been handled by the time it arrives; then
+        // the POST is answered 400 and the session ends.
+        let mut packets = Vec::new();
+        let mut error = None;
+        match std::str::from_utf8(&body) {
+            Err(_) => error = Some("polling body is not UTF-8".to_owned()),
+            Ok(text) => {
+                for packet in decode_payload_iter(text, MAX_PACKETS_PER_POST) {
+                    match packet {
+                        Ok(packet) => packets.push(packet),
+                        Err(e) => {
+                            error = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
             }
-        };
-        self.respond(request, 200, ContentType::Text, Bytes::from_static(b"ok"));
+        }
+        if error.is_none() {
+            self.respond(request, 200, ContentType::Text, Bytes::from_static(b"ok"));
+        }
         // The client's close in the same body, behind a CONNECT: as on a WebSocket
         // (`Input::WsClosing`), that CONNECT opens nothing.
         if packets.contains(&EioPacket::Close) {
@@ -217,6 +227,12 @@ impl Engine {
                 break;
             }
             self.on_engine_packet(now, id, packet);
+        }
+        if let Some(e) = error {
+            self.respond_error(request, HttpError::BadRequest);
+            if self.live(id).is_some() {
+                self.end(now, id, CloseReason::ProtocolError(e), Ending::Abort);
+            }
         }
     }
 
