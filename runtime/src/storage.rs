@@ -33,8 +33,8 @@ use crate::store::{self, Conversation, Store, StoreError, StoredMessage};
 /// Most operations taken in one wake-up; bounds the latency of the first of them.
 pub const MAX_BATCH: usize = 1024;
 
-/// How often the log is checkpointed: often enough that it stays a few megabytes long at
-/// the highest send rates measured.
+/// How often the log is checkpointed, so that the writer's own checkpoint, when the log
+/// reaches [`store::WAL_AUTOCHECKPOINT_PAGES`], has only the last interval's pages to copy.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// Reply to a conversation write: the conversation as stored, and its last `seq`.
