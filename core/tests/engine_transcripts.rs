@@ -93,6 +93,9 @@ fn polling_handshake_then_upgrade() {
     h.ws_open(7, Some(&sid));
     h.ws_text(7, "2probe");
     h.http(5, Method::Get, q("polling", Some(&sid)), "");
+    h.advance(49);
+    assert_eq!(h.response(5), None, "held for a moment");
+    h.advance(1);
     h.ws_text(7, "5");
     h.ws_text(7, r#"42/chat,["message","over websocket"]"#);
     h.http(6, Method::Get, q("polling", Some(&sid)), "");
@@ -105,10 +108,51 @@ fn polling_handshake_then_upgrade() {
     assert_eq!(
         h.response(5),
         Some((200, "6".into())),
-        "GET during upgrade gets a noop"
+        "GET during upgrade gets a noop after 50 ms"
     );
     assert_eq!(h.response(6).map(|r| r.0), Some(400), "polling is over");
     assert!(h.closes().is_empty());
+}
+
+/// A client sends `5` only once its polling has paused, so a GET the engine holds when `5`
+/// arrives was sent after it (on another connection, handled first): it is refused like
+/// any GET after the upgrade. Data queued while a GET is held during the upgrade still goes
+/// out at once.
+#[test]
+fn a_get_handled_just_before_the_upgrade_completes_is_refused() {
+    let mut h = echo();
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,");
+    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    h.ws_open(7, Some(&sid));
+    h.ws_text(7, "2probe");
+    h.http(4, Method::Get, q("polling", Some(&sid)), "");
+    h.http(
+        5,
+        Method::Post,
+        q("polling", Some(&sid)),
+        r#"42/chat,["message","echoed"]"#,
+    );
+    h.http(6, Method::Get, q("polling", Some(&sid)), "");
+    h.advance(10);
+    h.ws_text(7, "5");
+    h.ws_text(7, r#"42/chat,["message","over websocket"]"#);
+    insta::assert_snapshot!(h.transcript());
+    let echoed = h.response(4).expect("answered with the echo");
+    assert_eq!(echoed.0, 200);
+    assert!(echoed.1.contains("message-back"), "{echoed:?}");
+    assert_eq!(
+        h.response(6).map(|r| r.0),
+        Some(400),
+        "held when 5 arrived: refused"
+    );
+    assert!(h.closes().is_empty());
+    assert!(
+        h.ws_sent(7).iter().any(|f| f.contains("message-back")),
+        "{:?}",
+        h.ws_sent(7)
+    );
 }
 
 /// Packets the reference server tolerates from a client: an upgrade finished with a

@@ -276,7 +276,7 @@ impl Engine {
                     }
                     self.end(now, id, CloseReason::PingTimeout, Ending::Abort)
                 }
-                Timer::Upgrade => self.cancel_upgrade(id, CloseReason::TransportClose),
+                Timer::Upgrade => self.on_upgrade_timer(now, id),
                 Timer::Linger => self.remove(id),
             }
         }

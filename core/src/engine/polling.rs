@@ -11,7 +11,7 @@ use crate::codec::engine::{decode_payload_iter, encode_payload, Packet as EioPac
 use crate::engine::close::{CloseReason, UsageError};
 use crate::engine::io::{ContentType, Handshake, Method, Query, Transmit};
 use crate::engine::session::{Ending, Transport};
-use crate::engine::Engine;
+use crate::engine::{Engine, Timer};
 use crate::ids::{Id20, RequestId, SessionId};
 use crate::time::Instant;
 
@@ -40,6 +40,13 @@ impl HttpError {
         Bytes::from(format!(r#"{{"code":{code},"message":"{message}"}}"#))
     }
 }
+
+/// How long a GET that comes while a WebSocket takes over (after the probe was answered) is
+/// held before it gets a NOOP. A client sends `5` only once its polling has paused, so the
+/// GET is released for it to pause; held briefly, a GET sent after `5` but handled before it
+/// (they travel on different connections) is still refused as one after the upgrade. The
+/// reference server releases such a GET within 100 ms.
+pub(crate) const UPGRADE_GET_HOLD_MS: u64 = 50;
 
 /// Most packets one POST may carry; each costs at least one byte, so this only bounds
 /// pathological bodies of empty records.
@@ -154,13 +161,18 @@ impl Engine {
             );
             return;
         }
-        if upgrading && p.queue.is_empty() && !closed {
-            // While a WebSocket takes over, a reader is released at once so the client can
-            // pause polling and send the upgrade.
-            return self.respond(request, 200, ContentType::Text, noop());
-        }
         p.pending_get = Some(request);
         self.by_request.insert(request, id);
+        if upgrading && p.queue.is_empty() && !closed {
+            // While a WebSocket takes over, a reader gets a NOOP soon, so that the client can
+            // pause polling and send the upgrade (see UPGRADE_GET_HOLD_MS).
+            if let Some(up) = s.upgrade_mut() {
+                up.get_hold = Some(now.add_ms(UPGRADE_GET_HOLD_MS));
+                let at = up.next_deadline();
+                self.timers.set(&mut s.timers, id, Timer::Upgrade, at);
+            }
+            return;
+        }
         self.flush_poll(id);
         if closed && self.sessions.get(&id).is_some_and(|s| s.closed) {
             // A lingering session has handed over its last packets.
@@ -267,6 +279,40 @@ impl Engine {
         self.by_request.remove(&request);
         let body = encode_payload(&frames);
         self.respond(request, 200, ContentType::Text, body.into());
+    }
+
+    /// The session's upgrade timer: a GET held during the upgrade is released with a NOOP,
+    /// or the upgrade has run out of time.
+    pub(crate) fn on_upgrade_timer(&mut self, now: Instant, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(up) = s.upgrade_mut() else {
+            return;
+        };
+        match up.get_hold {
+            Some(hold) if hold <= now && now < up.deadline => {
+                up.get_hold = None;
+                let at = up.deadline;
+                self.timers.set(&mut s.timers, id, Timer::Upgrade, at);
+                self.release_get(id);
+            }
+            _ => self.cancel_upgrade(id, CloseReason::TransportClose),
+        }
+    }
+
+    /// Answers the held GET, if any, with a 400 (a GET after the upgrade).
+    pub(crate) fn refuse_get(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Transport::Polling(p) = &mut s.transport else {
+            return;
+        };
+        if let Some(request) = p.pending_get.take() {
+            self.by_request.remove(&request);
+            self.respond_error(request, HttpError::BadRequest);
+        }
     }
 
     /// Answers the held GET, if any, with a NOOP; whether there was one.

@@ -10,6 +10,7 @@ use crate::codec::socket::Decoder;
 use crate::codec::Frame;
 use crate::engine::io::Handshake;
 use crate::ids::{Id20, RequestId, TransportId};
+use crate::time::Instant;
 use crate::timer::{TimerKind, TimerTable};
 
 /// The deadlines a session can have. The declaration order is the firing order for
@@ -74,6 +75,22 @@ pub(crate) struct Upgrade {
     pub(crate) ws: TransportId,
     /// Whether `2probe` was answered; only then may `5` complete the upgrade.
     pub(crate) probed: bool,
+    /// When the upgrade times out.
+    pub(crate) deadline: Instant,
+    /// A GET that came after the probe was answered is held until then (see
+    /// [`UPGRADE_GET_HOLD_MS`](super::polling::UPGRADE_GET_HOLD_MS)); the session's
+    /// [`Timer::Upgrade`] fires at the earlier of this and `deadline`.
+    pub(crate) get_hold: Option<Instant>,
+}
+
+impl Upgrade {
+    /// When [`Timer::Upgrade`] should fire next.
+    pub(crate) fn next_deadline(&self) -> Instant {
+        match self.get_hold {
+            Some(hold) if hold < self.deadline => hold,
+            _ => self.deadline,
+        }
+    }
 }
 
 /// A Socket.IO namespace on the session.

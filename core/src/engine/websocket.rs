@@ -66,12 +66,18 @@ impl Engine {
             refuse(self, "unknown sid");
             return Ok(());
         };
-        if s.closed || s.upgrade().is_some() || !s.start_upgrade(Upgrade { ws, probed: false }) {
+        let deadline = now.add_ms(self.config.upgrade_timeout_ms);
+        let up = Upgrade {
+            ws,
+            probed: false,
+            deadline,
+            get_hold: None,
+        };
+        if s.closed || s.upgrade().is_some() || !s.start_upgrade(up) {
             refuse(self, "session cannot be upgraded");
             return Ok(());
         }
-        let at = now.add_ms(self.config.upgrade_timeout_ms);
-        self.timers.set(&mut s.timers, id, Timer::Upgrade, at);
+        self.timers.set(&mut s.timers, id, Timer::Upgrade, deadline);
         self.by_transport.insert(ws, id);
         Ok(())
     }
@@ -171,8 +177,13 @@ impl Engine {
     }
 
     /// Moves the session onto the probe socket and sends it what polling had queued.
+    ///
+    /// A GET still held here came after the probe was answered (the one held before was
+    /// released then), and a client sends `5` only once its polling has paused: so that GET
+    /// was sent after the upgrade and reached the engine first. It is refused like any GET
+    /// after the upgrade.
     fn complete_upgrade(&mut self, id: SessionId, ws: TransportId) {
-        self.release_get(id);
+        self.refuse_get(id);
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
