@@ -3,8 +3,8 @@
 #
 # Sets ROOT, BENCH, PING_INTERVAL, PING_TIMEOUT, HEARTBEAT, SECRET, APIKEY, STAMP, LOAD,
 # HL, and exports MACHINE_JSON (cores, CPU model, memory) for the results files; defines
-# log, build_release and install_peer (both skipped when SKIP_BUILD is set), start_peer
-# and rss_kb.
+# log, build_release and install_peer (both skipped when SKIP_BUILD is set), start_peer,
+# heartline_toml and rss_kb.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BENCH="$ROOT/tests/bench"
@@ -55,6 +55,29 @@ start_peer() {
         HEARTBEAT_INTERVAL_MS=$HEARTBEAT RATE_LIMIT_MESSAGES=1000000 \
         RATE_LIMIT_WINDOW_MS=1000 SQLITE_SYNCHRONOUS=FULL \
         node server.js --listen "$1") >>"$3" 2>&1 &
+}
+
+# heartline_toml ADDR DB: Heartline's configuration for compare.sh and profile.sh, on
+# stdout: the timing settings above, a rate limit that never refuses, the store at DB.
+heartline_toml() {
+    cat <<EOF
+[server]
+listen = "$1"
+[engine]
+ping_interval_ms = $PING_INTERVAL
+ping_timeout_ms = $PING_TIMEOUT
+[heartbeat]
+interval_ms = $HEARTBEAT
+[rate_limit]
+messages = 1000000
+window_ms = 1000
+[auth]
+jwt_secret = "$SECRET"
+[api]
+key = "$APIKEY"
+[store]
+path = "$2"
+EOF
 }
 
 # rss_kb PID: the process's resident memory, kB.

@@ -68,24 +68,7 @@ trap cleanup EXIT
 build_release
 install_peer
 
-cat >"$WORK/heartline.toml" <<EOF
-[server]
-listen = "$HL_ADDR"
-[engine]
-ping_interval_ms = $PING_INTERVAL
-ping_timeout_ms = $PING_TIMEOUT
-[heartbeat]
-interval_ms = $HEARTBEAT
-[rate_limit]
-messages = 1000000
-window_ms = 1000
-[auth]
-jwt_secret = "$SECRET"
-[api]
-key = "$APIKEY"
-[store]
-path = "$WORK/heartline.db"
-EOF
+heartline_toml "$HL_ADDR" "$WORK/heartline.db" >"$WORK/heartline.toml"
 
 addr_of() { if [ "$1" = heartline ]; then echo "$HL_ADDR"; else echo "$PEER_ADDR"; fi; }
 

@@ -32,24 +32,7 @@ SERVER_PID=
 cleanup() { [ -n "$SERVER_PID" ] && kill -9 "$SERVER_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 
-cat >"$WORK/heartline.toml" <<EOF
-[server]
-listen = "$ADDR"
-[engine]
-ping_interval_ms = $PING_INTERVAL
-ping_timeout_ms = $PING_TIMEOUT
-[heartbeat]
-interval_ms = $HEARTBEAT
-[rate_limit]
-messages = 1000000
-window_ms = 1000
-[auth]
-jwt_secret = "$SECRET"
-[api]
-key = "$APIKEY"
-[store]
-path = "$WORK/heartline.db"
-EOF
+heartline_toml "$ADDR" "$WORK/heartline.db" >"$WORK/heartline.toml"
 
 # start [WRAPPER...]: the server on a fresh database, wrapped (e.g. by valgrind).
 start() {
