@@ -4,7 +4,7 @@
 # Sets ROOT, BENCH, PING_INTERVAL, PING_TIMEOUT, HEARTBEAT, SECRET, APIKEY, STAMP, LOAD,
 # HL, and exports MACHINE_JSON (cores, CPU model, memory) for the results files; defines
 # log, build_release and install_peer (both skipped when SKIP_BUILD is set), start_peer,
-# heartline_toml and rss_kb.
+# heartline_toml, wait_healthz and rss_kb.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BENCH="$ROOT/tests/bench"
@@ -78,6 +78,16 @@ key = "$APIKEY"
 [store]
 path = "$2"
 EOF
+}
+
+# wait_healthz ADDR [TRIES]: until ADDR answers /healthz, 0.1 s apart (100 tries unless
+# given); fails if it never does.
+wait_healthz() {
+    for _ in $(seq 1 "${2:-100}"); do
+        curl -sf "http://$1/healthz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
 }
 
 # rss_kb PID: the process's resident memory, kB.

@@ -82,10 +82,7 @@ start_server() {
         start_peer "$addr" "$WORK/peer.db" "$WORK/peer.log"
     fi
     SERVER_PID=$!
-    for _ in $(seq 1 100); do
-        curl -sf "http://$addr/healthz" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
+    wait_healthz "$addr" && return 0
     log "$kind did not start"; return 1
 }
 

@@ -39,10 +39,7 @@ start() {
     rm -f "$WORK"/heartline.db*
     RUST_LOG=warn "$@" "$HL" --config "$WORK/heartline.toml" >>"$WORK/heartline.log" 2>&1 &
     SERVER_PID=$!
-    for _ in $(seq 1 600); do
-        curl -sf "http://$ADDR/healthz" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
+    wait_healthz "$ADDR" 600 && return 0
     log "the server did not start"; exit 1
 }
 

@@ -72,10 +72,7 @@ EOF
     SERVER_PIDS+=("$!")
 done
 for i in $(seq 0 $((SERVERS - 1))); do
-    for _ in $(seq 1 100); do
-        curl -sf "http://127.0.0.1:$((BASE_PORT + i))/healthz" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    wait_healthz "127.0.0.1:$((BASE_PORT + i))" || log "server $i did not answer /healthz"
 done
 sleep 2
 BASE_RSS=()
