@@ -303,32 +303,28 @@ impl Engine {
 
     /// Answers the held GET, if any, with a 400 (a GET after the upgrade).
     pub(crate) fn refuse_get(&mut self, id: SessionId) {
-        let Some(s) = self.sessions.get_mut(&id) else {
-            return;
-        };
-        let Transport::Polling(p) = &mut s.transport else {
-            return;
-        };
-        if let Some(request) = p.pending_get.take() {
-            self.by_request.remove(&request);
+        if let Some(request) = self.take_held_get(id) {
             self.respond_error(request, HttpError::BadRequest);
         }
     }
 
     /// Answers the held GET, if any, with a NOOP; whether there was one.
     pub(crate) fn release_get(&mut self, id: SessionId) -> bool {
-        let Some(s) = self.sessions.get_mut(&id) else {
+        let Some(request) = self.take_held_get(id) else {
             return false;
         };
-        let Transport::Polling(p) = &mut s.transport else {
-            return false;
-        };
-        let Some(request) = p.pending_get.take() else {
-            return false;
-        };
-        self.by_request.remove(&request);
         self.respond(request, 200, ContentType::Text, noop());
         true
+    }
+
+    /// The session's held GET, no longer held, for the caller to answer.
+    fn take_held_get(&mut self, id: SessionId) -> Option<RequestId> {
+        let Transport::Polling(p) = &mut self.sessions.get_mut(&id)?.transport else {
+            return None;
+        };
+        let request = p.pending_get.take()?;
+        self.by_request.remove(&request);
+        Some(request)
     }
 }
 
