@@ -12,6 +12,16 @@ fn echo() -> Harness {
     Harness::new(config(), App::Echo)
 }
 
+/// Opens a polling session, connects `/chat` and fetches the CONNECT's answer, with
+/// requests 1 to 3; returns the session's sid.
+fn polling_connected(h: &mut Harness) -> String {
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,");
+    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    sid
+}
+
 #[test]
 fn websocket_handshake_with_namespace_connect() {
     let mut h = echo();
@@ -85,10 +95,7 @@ fn malformed_packet() {
 #[test]
 fn polling_handshake_then_upgrade() {
     let mut h = echo();
-    h.http(1, Method::Get, q("polling", None), "");
-    let sid = h.last_sid();
-    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,");
-    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    let sid = polling_connected(&mut h);
     h.http(4, Method::Get, q("polling", Some(&sid)), "");
     h.ws_open(7, Some(&sid));
     h.ws_text(7, "2probe");
@@ -121,10 +128,7 @@ fn polling_handshake_then_upgrade() {
 #[test]
 fn a_get_handled_just_before_the_upgrade_completes_is_refused() {
     let mut h = echo();
-    h.http(1, Method::Get, q("polling", None), "");
-    let sid = h.last_sid();
-    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,");
-    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    let sid = polling_connected(&mut h);
     h.ws_open(7, Some(&sid));
     h.ws_text(7, "2probe");
     h.http(4, Method::Get, q("polling", Some(&sid)), "");
@@ -179,10 +183,7 @@ fn upgrade_with_a_payload_and_stray_client_packets_are_tolerated() {
 #[test]
 fn upgrade_that_times_out() {
     let mut h = echo();
-    h.http(1, Method::Get, q("polling", None), "");
-    let sid = h.last_sid();
-    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,");
-    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    let sid = polling_connected(&mut h);
     h.ws_open(7, Some(&sid));
     h.ws_text(7, "2probe");
     h.advance(10_000);
@@ -289,10 +290,7 @@ fn polling_errors_and_client_close() {
 #[test]
 fn polling_post_with_a_bad_packet_delivers_the_ones_before_it() {
     let mut h = echo();
-    h.http(1, Method::Get, q("polling", None), "");
-    let sid = h.last_sid();
-    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,");
-    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    let sid = polling_connected(&mut h);
     h.http(4, Method::Get, q("polling", Some(&sid)), "");
     h.http(
         5,
@@ -395,10 +393,7 @@ fn overlapping_polling_get_ends_the_session() {
 #[test]
 fn server_disconnect_over_polling_lingers_until_fetched() {
     let mut h = echo();
-    h.http(1, Method::Get, q("polling", None), "");
-    let sid = h.last_sid();
-    h.http(2, Method::Post, q("polling", Some(&sid)), "40/chat,");
-    h.http(3, Method::Get, q("polling", Some(&sid)), "");
+    let sid = polling_connected(&mut h);
     let session = heartline_core::SessionId(1);
     h.engine
         .disconnect(
