@@ -54,6 +54,12 @@ pub const CHECKPOINT_EVERY_NEAR_BOUND: Duration = Duration::from_millis(200);
 pub const CHECKPOINT_NEAR_BOUND_PAGES: i64 =
     store::WAL_AUTOCHECKPOINT_PAGES - store::WAL_AUTOCHECKPOINT_PAGES / 4;
 
+// The closer spacing is closer, and it starts before the bound.
+const _: () = assert!(
+    CHECKPOINT_EVERY_NEAR_BOUND.as_millis() < CHECKPOINT_EVERY.as_millis()
+        && CHECKPOINT_NEAR_BOUND_PAGES < store::WAL_AUTOCHECKPOINT_PAGES
+);
+
 /// Reply to a conversation write: the conversation as stored, and its last `seq`.
 pub type PutReply = oneshot::Sender<Result<(Conversation, u64), StoreError>>;
 
@@ -420,8 +426,6 @@ mod tests {
             checkpoint_interval(store::WAL_AUTOCHECKPOINT_PAGES + 10),
             CHECKPOINT_EVERY_NEAR_BOUND
         );
-        assert!(CHECKPOINT_EVERY_NEAR_BOUND < CHECKPOINT_EVERY);
-        assert!(CHECKPOINT_NEAR_BOUND_PAGES < store::WAL_AUTOCHECKPOINT_PAGES);
     }
 
     #[tokio::test]
