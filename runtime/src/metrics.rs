@@ -48,12 +48,18 @@ pub struct RuntimeMetrics {
     pub store_appends: AtomicU64,
     /// Store operations that failed.
     pub store_failures: AtomicU64,
-    /// How long each group commit took, fsync included: what every acknowledged send
-    /// waits for, and the first thing to look at when ack latency grows.
+    /// How long each group commit took: the write transaction, and with it the flush of
+    /// the log unless the log is flushed apart (see `store_sync`). Every acknowledged
+    /// send waits for one.
     pub store_commit: DurationHistogram,
+    /// How long each flush of the store's log took, when the flushes run apart from the
+    /// commits (a file-backed store): an appended message is acknowledged after the first
+    /// flush that began after its commit.
+    pub store_sync: DurationHistogram,
     /// How long each storage operation waited in the store's queue before its own work
-    /// began: mostly the commit that was in progress when it arrived. Added to
-    /// `store_commit`, it is the store's share of an acknowledged send's latency.
+    /// began: mostly the commit that was in progress when it arrived. With
+    /// `store_commit` and `store_sync`, it is the store's share of an acknowledged send's
+    /// latency.
     pub store_wait: DurationHistogram,
 }
 
@@ -64,8 +70,8 @@ pub const STORE_BUCKETS_US: [u64; 12] = [
     100, 250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
 ];
 
-/// A histogram of durations over [`STORE_BUCKETS_US`], written by one thread, read by
-/// scrapes; lock-free.
+/// A histogram of durations over [`STORE_BUCKETS_US`], written by the store's threads,
+/// read by scrapes; lock-free.
 #[derive(Debug, Default)]
 pub struct DurationHistogram {
     /// Observations at or under each bound (not cumulative; rendering sums).
@@ -461,7 +467,12 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
     rt.store_commit.render(
         out,
         "heartline_store_commit_seconds",
-        "Duration of each store group commit, fsync included.",
+        "Duration of each store group commit (without the flush of the log when that runs apart).",
+    );
+    rt.store_sync.render(
+        out,
+        "heartline_store_sync_seconds",
+        "Duration of each flush of the store's log to disk.",
     );
     rt.store_wait.render(
         out,

@@ -5,7 +5,13 @@
 //! where "acknowledged" becomes a promise. The database runs in WAL mode with
 //! `synchronous = FULL`: every commit fsyncs the log before it returns, so a commit that
 //! returned survives `kill -9` and an operating-system crash or power loss (on macOS
-//! `fullfsync` asks the drive itself to flush as well).
+//! `fullfsync` asks the drive itself to flush as well). The runtime instead flushes the
+//! log apart from the commits ([`Store::sync_log_apart`], [`LogSync`]): commits then only
+//! write the log (`synchronous = NORMAL`, which in WAL mode still flushes everything
+//! else: the log before a checkpoint copies from it, the database file after), and a
+//! commit counts as durable once a flush of the log that began after it has returned.
+//! That is the same promise, and it lets one commit's flush overlap the next commit and
+//! the flushes of others.
 //!
 //! An fsync per message would cap throughput at the disk's flush rate, so appends come in
 //! batches: [`Store::append_batch`] writes every request of a batch in one transaction and
@@ -95,6 +101,11 @@ pub enum StoreError {
     /// The file is not a Heartline database, or its data breaks the store's invariants.
     #[error("database is corrupt or not a Heartline database: {0}")]
     Corrupt(String),
+    /// The log could not be flushed to disk after a commit (see [`LogSync`]): what was
+    /// committed since the last flush may not survive a crash, so nothing of it is
+    /// acknowledged and the store takes no further operations until it is opened again.
+    #[error("flushing the database log failed: {0}")]
+    LogSync(Arc<std::io::Error>),
     /// SQLite itself failed (I/O error, disk full, lock held elsewhere, ...).
     #[error("database error: {0}")]
     Sqlite(#[source] Arc<rusqlite::Error>),
@@ -132,6 +143,53 @@ impl Checkpointer {
                 Ok((row.get(1)?, row.get(2)?))
             })?)
     }
+}
+
+/// Flushes a store's log to disk for commits made after [`Store::sync_log_apart`]; any
+/// number of threads may call [`LogSync::sync`] at once, and their flushes overlap.
+///
+/// It holds its own descriptor of the log file. SQLite deletes the log only when the last
+/// connection to the database closes (the store's own stays open), but should the file at
+/// the log's path ever be another one, a flush of the old one would promise what it does
+/// not keep: so every flush first checks that the path still names the file it flushes.
+#[derive(Debug)]
+pub struct LogSync {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    identity: (u64, u64),
+}
+
+impl LogSync {
+    /// Flushes the log: every commit that returned before this call began is durable once
+    /// it returns `Ok`.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let at_path =
+            std::fs::metadata(&self.path).map_err(|e| StoreError::LogSync(Arc::new(e)))?;
+        if file_identity(&at_path) != self.identity {
+            return Err(StoreError::LogSync(Arc::new(std::io::Error::other(
+                format!(
+                    "{} is no longer the log this store writes",
+                    self.path.display()
+                ),
+            ))));
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::LogSync(Arc::new(e)))
+    }
+}
+
+/// Device and inode of a file, to tell whether a path still names it.
+#[cfg(unix)]
+fn file_identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// Elsewhere there is no cheap identity: the check is skipped.
+#[cfg(not(unix))]
+fn file_identity(_: &std::fs::Metadata) -> (u64, u64) {
+    (0, 0)
 }
 
 /// The durable store; one SQLite connection, used from one thread at a time.
@@ -278,6 +336,41 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Commits stop flushing the log themselves; the returned [`LogSync`] flushes it, from
+    /// any thread, so that the flush of one commit can overlap the next commit and the
+    /// flushes of others. `None` for an in-memory store (nothing to flush). A commit is
+    /// durable once a [`LogSync::sync`] that began after it returned has returned `Ok`.
+    ///
+    /// On error the store is left as it was: committing flushes the log itself.
+    pub fn sync_log_apart(&mut self) -> Result<Option<LogSync>, StoreError> {
+        let Some(path) = self.conn.path().filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        // SQLite names the log after the database file, and creates it when the connection
+        // first reads in WAL mode (opening the store did).
+        let mut wal = std::ffi::OsString::from(path);
+        wal.push("-wal");
+        let wal = std::path::PathBuf::from(wal);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wal)
+            .map_err(|e| StoreError::LogSync(Arc::new(e)))?;
+        let identity = file_identity(
+            &file
+                .metadata()
+                .map_err(|e| StoreError::LogSync(Arc::new(e)))?,
+        );
+        // In WAL mode NORMAL writes commits without flushing them and flushes everything
+        // else as FULL does: the log before a checkpoint copies from it, the database
+        // file after. The flush after each commit is the caller's, through `LogSync`.
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(Some(LogSync {
+            file,
+            path: wal,
+            identity,
+        }))
     }
 
     /// How long a write waits for a lock held by another process before failing.

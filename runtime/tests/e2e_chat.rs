@@ -451,6 +451,14 @@ async fn leave_history_and_admin_metrics() {
         Some(commits)
     );
     assert!(metric(&m, "heartline_store_commit_seconds_sum").is_some_and(|s| s > 0.0));
+    // A file-backed store flushes its log apart from the commits: at least one flush,
+    // timed, before the send was acknowledged.
+    let flushes = metric(&m, "heartline_store_sync_seconds_count").unwrap_or(0.0);
+    assert!(flushes >= 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "heartline_store_sync_seconds_bucket{le=\"+Inf\"}"),
+        Some(flushes)
+    );
     // Each append waited in the store's queue before its commit: at least as many waits
     // as appends were timed.
     let waits = metric(&m, "heartline_store_wait_seconds_count").unwrap_or(0.0);

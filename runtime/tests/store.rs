@@ -786,3 +786,36 @@ fn an_in_memory_store_has_no_checkpointer() {
     let store = Store::open_in_memory().expect("store");
     assert!(store.checkpointer().expect("checkpointer").is_none());
 }
+
+#[test]
+fn commits_flushed_apart_are_kept_and_a_replaced_log_is_refused() {
+    assert!(Store::open_in_memory()
+        .expect("store")
+        .sync_log_apart()
+        .expect("memory")
+        .is_none());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db");
+    let mut store = open(&path);
+    let log = store
+        .sync_log_apart()
+        .expect("log")
+        .expect("a file has a log");
+    store.put_conversation("c", &members()).expect("put");
+    let results = store.append_batch(&[req("m1", "c", "u1", Some("t1"))]);
+    assert_eq!(stored(&results[0]).seq, 1);
+    log.sync().expect("flush");
+    drop(store);
+    assert_eq!(seqs(&all_messages(&open(&path), "c")), vec![1]);
+
+    // Another file at the log's path: flushing the old one would keep nothing of it.
+    let mut store = open(&path);
+    let log = store
+        .sync_log_apart()
+        .expect("log")
+        .expect("a file has a log");
+    let wal = dir.path().join("t.db-wal");
+    std::fs::rename(&wal, dir.path().join("elsewhere")).expect("move the log");
+    std::fs::write(&wal, b"").expect("a new file at its path");
+    assert!(matches!(log.sync(), Err(StoreError::LogSync(_))));
+}
