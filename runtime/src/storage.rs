@@ -282,6 +282,7 @@ fn run(mut store: Store, rx: std_mpsc::Receiver<Queued>, stage: &Stage, metrics:
         for Queued { at, job } in jobs.drain(..) {
             if let Some(e) = stage.failed() {
                 // The log could not be flushed: nothing more is stored or read.
+                refuse_appends(&mut appends, stage, &e, metrics);
                 stop |= matches!(job, Job::Stop);
                 if let Some(answer) = Answer::refusal(job, &e, metrics) {
                     stage.answer(answer);
@@ -314,8 +315,9 @@ fn run(mut store: Store, rx: std_mpsc::Receiver<Queued>, stage: &Stage, metrics:
                 }
             }
         }
-        if stage.failed().is_none() {
-            commit(&mut store, &mut appends, stage, metrics);
+        match stage.failed() {
+            None => commit(&mut store, &mut appends, stage, metrics),
+            Some(e) => refuse_appends(&mut appends, stage, &e, metrics),
         }
         if stop {
             break;
@@ -346,6 +348,31 @@ fn commit(store: &mut Store, appends: &mut Appends, stage: &Stage, metrics: &Run
             .map_err(|e| failure(metrics, op, "tempId lookup", &e));
         stage.answer(Answer::Core(gateway::Input::Found { op, result }));
     }
+}
+
+/// Answers a run of appends (and the lookups among them) that will not be committed,
+/// because the stage failed with `e` while they were being gathered.
+fn refuse_appends(appends: &mut Appends, stage: &Stage, e: &StoreError, metrics: &RuntimeMetrics) {
+    appends.queued.clear();
+    appends.requests.clear();
+    for op in appends.ops.drain(..) {
+        stage.answer(Answer::Core(gateway::Input::Appended {
+            op,
+            result: Err(store_failure(e, metrics)),
+        }));
+    }
+    for (op, _, _, _) in appends.finds.drain(..) {
+        stage.answer(Answer::Core(gateway::Input::Found {
+            op,
+            result: Err(store_failure(e, metrics)),
+        }));
+    }
+}
+
+/// The core's view of a store that failed with `e`, counted.
+fn store_failure(e: &StoreError, metrics: &RuntimeMetrics) -> gateway::StoreFailure {
+    RuntimeMetrics::inc(&metrics.store_failures);
+    gateway::StoreFailure(e.to_string())
 }
 
 /// A core operation the store could not do: counted, logged, and told to the core.
@@ -455,10 +482,7 @@ enum Answer {
 impl Answer {
     /// The answer to a job the store will not do because the stage failed with `e`.
     fn refusal(job: Job, e: &StoreError, metrics: &RuntimeMetrics) -> Option<Answer> {
-        let failure = || {
-            RuntimeMetrics::inc(&metrics.store_failures);
-            gateway::StoreFailure(e.to_string())
-        };
+        let failure = || store_failure(e, metrics);
         Some(match job {
             Job::Append { op, .. } => Answer::Core(gateway::Input::Appended {
                 op,
@@ -488,10 +512,7 @@ impl Answer {
     /// This answer with a success replaced by `e`: what it saw may not survive a crash.
     /// A failure stays as it is.
     fn failed(self, e: &StoreError, metrics: &RuntimeMetrics) -> Answer {
-        let failure = || {
-            RuntimeMetrics::inc(&metrics.store_failures);
-            gateway::StoreFailure(e.to_string())
-        };
+        let failure = || store_failure(e, metrics);
         match self {
             Answer::Core(gateway::Input::Appended { op, result: Ok(_) }) => {
                 Answer::Core(gateway::Input::Appended {
@@ -865,6 +886,61 @@ mod tests {
         stage.stop();
         flusher.join().expect("join");
         assert_eq!(drain(&mut rx), vec!["op3 read 0 messages []"]);
+    }
+
+    #[tokio::test]
+    async fn once_a_flush_failed_every_operation_is_refused_in_order() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let metrics = Arc::new(RuntimeMetrics::default());
+        let stage = Stage::new(tx, metrics.clone(), true);
+        stage.lock().failed = Some(StoreError::LogSync(Arc::new(std::io::Error::other(
+            "disk gone",
+        ))));
+        let mut store = Store::open_in_memory().expect("store");
+        store
+            .put_conversation("c", &[store::Member::new("u", "customer")])
+            .expect("put");
+        let (queue, jobs) = {
+            let (tx, rx) = std_mpsc::channel();
+            (StoreQueue { tx }, rx)
+        };
+        queue.send(append(1, "a"));
+        queue.send(Job::Find {
+            op: OpId(2),
+            sender: gateway::Member::new("u", "customer"),
+            temp_id: "a".into(),
+        });
+        queue.send(read(3));
+        let (ptx, prx) = oneshot::channel();
+        queue.send(Job::Put {
+            id: "d".into(),
+            members: vec![],
+            reply: ptx,
+        });
+        let (mtx, mrx) = oneshot::channel();
+        queue.send(Job::Messages {
+            id: "c".into(),
+            after_seq: None,
+            limit: 10,
+            reply: mtx,
+        });
+        let (ftx, frx) = oneshot::channel();
+        queue.send(Job::Flush { reply: ftx });
+        queue.send(Job::Stop);
+        run(store, jobs, &stage, &metrics);
+        let failed = "failed: store failure: flushing the database log failed: disk gone";
+        assert_eq!(
+            drain(&mut rx),
+            vec![
+                format!("op1 append {failed}"),
+                format!("op2 find {failed}"),
+                format!("op3 read {failed}"),
+            ]
+        );
+        assert!(matches!(prx.await, Ok(Err(StoreError::LogSync(_)))));
+        assert!(matches!(mrx.await, Ok(Err(StoreError::LogSync(_)))));
+        frx.await.expect("the flush is still answered");
+        assert_eq!(metrics.store_failures.load(Ordering::Relaxed), 3);
     }
 
     #[tokio::test]
