@@ -355,18 +355,23 @@ fn commit(store: &mut Store, appends: &mut Appends, stage: &Stage, metrics: &Run
 /// because the stage failed with `e` while they were being gathered.
 fn refuse_appends(appends: &mut Appends, stage: &Stage, e: &StoreError, metrics: &RuntimeMetrics) {
     appends.queued.clear();
-    appends.requests.clear();
-    for op in appends.ops.drain(..) {
-        stage.answer(Answer::Core(gateway::Input::Appended {
+    let appended = appends
+        .ops
+        .drain(..)
+        .zip(appends.requests.drain(..))
+        .map(|(op, request)| Job::Append { op, request });
+    let found = appends
+        .finds
+        .drain(..)
+        .map(|(op, _, sender, temp_id)| Job::Find {
             op,
-            result: Err(store_failure(e, metrics)),
-        }));
-    }
-    for (op, _, _, _) in appends.finds.drain(..) {
-        stage.answer(Answer::Core(gateway::Input::Found {
-            op,
-            result: Err(store_failure(e, metrics)),
-        }));
+            sender,
+            temp_id,
+        });
+    for job in appended.chain(found) {
+        if let Some(answer) = Answer::refusal(job, e, metrics) {
+            stage.answer(answer);
+        }
     }
 }
 
@@ -584,8 +589,8 @@ impl Answer {
 /// commit up to `n` durable; answers go out in order while their tag is durable. So no
 /// one learns of a message (an ack, a fan-out, a catch-up read, the HTTP API) before it
 /// would survive a crash, and answers still reach the core in the order asked. Without a
-/// [`store::LogSync`] (an in-memory store, or one whose commits flush themselves) every commit is
-/// durable when it returns.
+/// [`store::LogSync`] (an in-memory store, or one whose commits flush themselves) every
+/// commit is durable when it returns.
 ///
 /// If a flush fails, what was committed since the last good one may be lost in a crash,
 /// and a later flush cannot be trusted to have written it (Linux may drop the pages of a
@@ -678,7 +683,7 @@ impl Stage {
         }
     }
 
-    /// A flush thread: flushes (with `flush`, [`LogSync::sync`] but in tests) whenever a
+    /// A flush thread: flushes (with `flush`, [`store::LogSync::sync`] but in tests) whenever a
     /// commit has no flush begun after it.
     fn flush_loop(&self, flush: impl Fn() -> Result<(), StoreError>) {
         let mut st = self.lock();

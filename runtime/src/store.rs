@@ -163,8 +163,7 @@ impl LogSync {
     /// Flushes the log: every commit that returned before this call began is durable once
     /// it returns `Ok`.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let at_path =
-            std::fs::metadata(&self.path).map_err(|e| StoreError::LogSync(Arc::new(e)))?;
+        let at_path = std::fs::metadata(&self.path).map_err(log_sync_error)?;
         if file_identity(&at_path) != self.identity {
             return Err(StoreError::LogSync(Arc::new(std::io::Error::other(
                 format!(
@@ -173,10 +172,13 @@ impl LogSync {
                 ),
             ))));
         }
-        self.file
-            .sync_data()
-            .map_err(|e| StoreError::LogSync(Arc::new(e)))
+        self.file.sync_data().map_err(log_sync_error)
     }
+}
+
+/// A failure to open, inspect or flush the log.
+fn log_sync_error(e: std::io::Error) -> StoreError {
+    StoreError::LogSync(Arc::new(e))
 }
 
 /// Device and inode of a file, to tell whether a path still names it.
@@ -356,12 +358,8 @@ impl Store {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&wal)
-            .map_err(|e| StoreError::LogSync(Arc::new(e)))?;
-        let identity = file_identity(
-            &file
-                .metadata()
-                .map_err(|e| StoreError::LogSync(Arc::new(e)))?,
-        );
+            .map_err(log_sync_error)?;
+        let identity = file_identity(&file.metadata().map_err(log_sync_error)?);
         // In WAL mode NORMAL writes commits without flushing them and flushes everything
         // else as FULL does: the log before a checkpoint copies from it, the database
         // file after. The flush after each commit is the caller's, through `LogSync`.
