@@ -12,9 +12,10 @@
 //! Headers are parsed and written by tungstenite's [`FrameHeader`]. What this module adds
 //! is the message layer over them that tungstenite's stream otherwise provides, for a
 //! server with no extensions: client frames must be masked; reserved bits and opcodes are
-//! refused; control frames are final and at most 125 bytes; fragments are joined into one
-//! message; text must be UTF-8; frames and messages are bounded in size before their
-//! payload is buffered; close frames carry a valid code.
+//! refused; lengths must be written in their shortest form; control frames are final and
+//! at most 125 bytes; fragments are joined into one message; text must be UTF-8; frames
+//! and messages are bounded in size before their payload is buffered; close frames carry
+//! a valid code.
 
 use std::io::Cursor;
 
@@ -261,6 +262,16 @@ fn decode_until_received(
     Ok((used, None))
 }
 
+/// Whether `length`, written in `extended` bytes after the 7-bit field (0, 2 or 8), could
+/// not have been written in fewer.
+fn length_is_minimal(extended: usize, length: u64) -> bool {
+    match extended {
+        2 => length >= 126,
+        8 => length > u64::from(u16::MAX),
+        _ => true,
+    }
+}
+
 /// Decodes the frame at the front of `input`, unmasking its payload in place. `None` while
 /// the frame is incomplete.
 fn decode(
@@ -291,6 +302,11 @@ fn decode(
     // RFC 6455 5.2: the most significant bit of a 64-bit length MUST be 0.
     if length > i64::MAX as u64 {
         return Err(FrameError::Protocol("64-bit length with its top bit set"));
+    }
+    // RFC 6455 5.2: the minimal number of bytes MUST be used to encode the length. The
+    // header is 2 bytes, then 0, 2 or 8 of extended length, then the 4-byte mask.
+    if !length_is_minimal(header_len.saturating_sub(6), length) {
+        return Err(FrameError::Protocol("length not in its shortest form"));
     }
     let too_large = || FrameError::TooLarge { size: length, max };
     let payload_len = usize::try_from(length).map_err(|_| too_large())?;
@@ -717,6 +733,60 @@ mod tests {
         let mut cut_at_end = client_frame(0x01, b"a");
         cut_at_end.extend(client_frame(0x80, &"é".as_bytes()[..1]));
         assert_eq!(decode_all(&cut_at_end, 1), Err(FrameError::InvalidUtf8));
+    }
+
+    /// A masked text frame whose length is written in `extended` bytes (0, 2 or 8),
+    /// whether or not that is the shortest form.
+    fn text_with_length_in(extended: usize, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len();
+        let mut out = vec![0x81];
+        match extended {
+            0 => out.push(0x80 | n as u8),
+            2 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&KEY);
+        let mut masked = payload.to_vec();
+        unmask(&mut masked, KEY);
+        out.extend_from_slice(&masked);
+        out
+    }
+
+    #[test]
+    fn a_length_must_be_written_in_its_shortest_form() {
+        let max = 70_000;
+        let refused = [
+            (2, 0),
+            (2, 5),
+            (2, 125),
+            (8, 5),
+            (8, 125),
+            (8, 126),
+            (8, 65_535),
+        ];
+        for (extended, n) in refused {
+            let mut frame = text_with_length_in(extended, &vec![b'x'; n]);
+            match Decoder::default().next_from(&mut frame, max) {
+                Err(e) => assert_eq!(e.close_code(), 1002, "{n} in {extended} bytes: {e}"),
+                Ok(r) => panic!("{n} in {extended} bytes: accepted as {r:?}"),
+            }
+        }
+        let accepted = [(0, 0), (0, 125), (2, 126), (2, 65_535), (8, 65_536)];
+        for (extended, n) in accepted {
+            let payload = vec![b'x'; n];
+            let mut frame = text_with_length_in(extended, &payload);
+            assert_eq!(
+                Decoder::default().next_from(&mut frame, max),
+                Ok(Some(Received::Text(Bytes::from(payload)))),
+                "{n} in {extended} bytes"
+            );
+        }
     }
 
     #[test]
