@@ -475,14 +475,26 @@ mod tests {
 
     /// A client frame: masked, with the given first byte (FIN, RSV, opcode).
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let extended = match payload.len() {
+            n if n < 126 => 0,
+            n if n <= 0xffff => 2,
+            _ => 8,
+        };
+        frame_with_length_in(first, extended, payload)
+    }
+
+    /// A masked client frame whose length is written in `extended` bytes (0, 2 or 8),
+    /// whether or not that is the shortest form.
+    fn frame_with_length_in(first: u8, extended: usize, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len();
         let mut out = vec![first];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xffff => {
+        match extended {
+            0 => out.push(0x80 | n as u8),
+            2 => {
                 out.push(0x80 | 126);
                 out.extend_from_slice(&(n as u16).to_be_bytes());
             }
-            n => {
+            _ => {
                 out.push(0x80 | 127);
                 out.extend_from_slice(&(n as u64).to_be_bytes());
             }
@@ -735,29 +747,6 @@ mod tests {
         assert_eq!(decode_all(&cut_at_end, 1), Err(FrameError::InvalidUtf8));
     }
 
-    /// A masked text frame whose length is written in `extended` bytes (0, 2 or 8),
-    /// whether or not that is the shortest form.
-    fn text_with_length_in(extended: usize, payload: &[u8]) -> Vec<u8> {
-        let n = payload.len();
-        let mut out = vec![0x81];
-        match extended {
-            0 => out.push(0x80 | n as u8),
-            2 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            _ => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&KEY);
-        let mut masked = payload.to_vec();
-        unmask(&mut masked, KEY);
-        out.extend_from_slice(&masked);
-        out
-    }
-
     #[test]
     fn a_length_must_be_written_in_its_shortest_form() {
         let max = 70_000;
@@ -771,7 +760,7 @@ mod tests {
             (8, 65_535),
         ];
         for (extended, n) in refused {
-            let mut frame = text_with_length_in(extended, &vec![b'x'; n]);
+            let mut frame = frame_with_length_in(0x81, extended, &vec![b'x'; n]);
             match Decoder::default().next_from(&mut frame, max) {
                 Err(e) => assert_eq!(e.close_code(), 1002, "{n} in {extended} bytes: {e}"),
                 Ok(r) => panic!("{n} in {extended} bytes: accepted as {r:?}"),
@@ -780,7 +769,7 @@ mod tests {
         let accepted = [(0, 0), (0, 125), (2, 126), (2, 65_535), (8, 65_536)];
         for (extended, n) in accepted {
             let payload = vec![b'x'; n];
-            let mut frame = text_with_length_in(extended, &payload);
+            let mut frame = frame_with_length_in(0x81, extended, &payload);
             assert_eq!(
                 Decoder::default().next_from(&mut frame, max),
                 Ok(Some(Received::Text(Bytes::from(payload)))),
