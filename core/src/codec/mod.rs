@@ -22,6 +22,7 @@
 use bytes::Bytes;
 
 pub mod engine;
+pub mod json;
 pub mod socket;
 
 pub use engine::{

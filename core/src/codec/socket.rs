@@ -485,7 +485,7 @@ fn decode_counted(text: &str) -> Result<(Packet, usize), DecodeError> {
     let data = match rest.chars().next() {
         None => None,
         Some('[' | '{' | '"') => Some(
-            serde_json::from_str::<Value>(rest)
+            super::json::parse_lenient(rest)
                 .map_err(|e| DecodeError::InvalidJson(e.to_string()))?,
         ),
         Some(other) => return Err(DecodeError::UnexpectedChar(other)),
@@ -1113,6 +1113,18 @@ mod tests {
             Packet::decode(r#"2["a""#),
             Err(DecodeError::InvalidJson(_))
         ));
+    }
+
+    #[test]
+    fn a_lone_surrogate_from_javascript_is_read_not_refused() {
+        // What `JSON.stringify` writes for an emoji cut in half.
+        let packet =
+            Packet::decode(r#"2/chat,7["message:send",{"content":"hi \ud83d"}]"#).expect("decodes");
+        assert_eq!(packet.id, Some(7));
+        assert_eq!(
+            packet.args().first().and_then(|a| a["content"].as_str()),
+            Some("hi \u{fffd}")
+        );
     }
 
     #[test]
