@@ -74,14 +74,18 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, rest: &str) -> Re
             if req.method() != Method::PUT {
                 return error(StatusCode::METHOD_NOT_ALLOWED, "use PUT");
             }
-            let id = query::percent_decode(id);
+            let Some(id) = query::percent_decode_path(id) else {
+                return bad_escape();
+            };
             put_conversation(req, ctx, id).await
         }
         ["conversations", id, "messages"] if !id.is_empty() => {
             if req.method() != Method::GET {
                 return error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
             }
-            let id = query::percent_decode(id);
+            let Some(id) = query::percent_decode_path(id) else {
+                return bad_escape();
+            };
             messages(req, ctx, id).await
         }
         _ => error(StatusCode::NOT_FOUND, "no such API route"),
@@ -103,6 +107,14 @@ fn authorized(header: Option<&HeaderValue>, key: &str) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A refusal for a conversation id whose escapes do not decode to one string.
+fn bad_escape() -> Response<Body> {
+    error(
+        StatusCode::BAD_REQUEST,
+        "conversation id must be percent-encoded UTF-8",
+    )
 }
 
 /// A refusal for a malformed conversation id.

@@ -2,11 +2,18 @@
 //!
 //! Only what Heartline reads is decoded: a handful of known keys. Unknown keys (the
 //! client's cache buster `t`, app query values) are ignored, as the protocol asks.
+//!
+//! A query string and a path are decoded by different rules. In a query `+` stands for a
+//! space (form encoding) and a value that is not UTF-8 only fails to match. A path segment
+//! names something stored (a conversation id), so `+` is itself (RFC 3986) and a segment
+//! that does not decode to exactly one string is refused: read leniently, `c++` would
+//! become `"c  "`, and `%fe` and `%ff` would both become U+FFFD, one conversation's
+//! member list replacing the other's.
 
 use heartline_core::engine::Query;
 
 /// Decodes `%XX` escapes and `+` (as a space); invalid escapes are kept as they are.
-pub fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -33,6 +40,26 @@ pub fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Decodes a path segment: `%XX` escapes only, `+` as itself. `None` for a malformed
+/// escape or for bytes that are not UTF-8.
+pub fn percent_decode_path(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let high = hex(*bytes.get(i + 1)?)?;
+            let low = hex(*bytes.get(i + 2)?)?;
+            out.push(high * 16 + low);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -71,6 +98,17 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
         assert_eq!(percent_decode("%C3%A9"), "é");
+    }
+
+    #[test]
+    fn a_path_segment_decodes_to_one_string_or_none() {
+        assert_eq!(percent_decode_path("c++").as_deref(), Some("c++"));
+        assert_eq!(percent_decode_path("a%2Bb").as_deref(), Some("a+b"));
+        assert_eq!(percent_decode_path("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(percent_decode_path("a%20b").as_deref(), Some("a b"));
+        for bad in ["%ff", "%fe", "%C3", "100%", "%4", "%zz"] {
+            assert_eq!(percent_decode_path(bad), None, "{bad}");
+        }
     }
 
     #[test]

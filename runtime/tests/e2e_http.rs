@@ -244,6 +244,36 @@ async fn an_api_body_that_never_arrives_is_refused_in_time() {
 }
 
 #[tokio::test]
+async fn a_conversation_id_in_the_path_is_read_as_a_path_not_as_a_form() {
+    let mut server = TestServer::start(|_| {}).await;
+    let addr = server.addr;
+    // `+` is itself in a path; `%2B` is the same character.
+    let (status, body) = put_conversation(addr, "c++", &["u1:customer"]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["id"],
+        "c++"
+    );
+    let mut alice = server.connect("u1", "customer").await;
+    let ack = alice
+        .emit_ack("conversation:join", json!({"conversationId": "c++"}))
+        .await
+        .expect("ack");
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert!(stored(addr, "c%2B%2B").await.is_empty());
+    // Escapes that are not UTF-8 name no conversation: they would all read as U+FFFD.
+    for bad in ["%ff", "%fe", "c%C3", "100%", "%zz"] {
+        let (status, body) = put_conversation(addr, bad, &["u2:customer"]).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        let auth = format!("Bearer {API_KEY}");
+        let path = format!("/api/conversations/{bad}/messages");
+        let (status, _, body) = http(addr, "GET", &path, &[("Authorization", &auth)], "").await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn api_is_disabled_without_a_key() {
     let mut server = TestServer::start(|c| c.api.key = String::new()).await;
     let (status, _, _) = http(
