@@ -59,7 +59,7 @@ fn config() -> GatewayConfig {
         event_budget: BudgetConfig {
             burst: u32::MAX / 2,
             per_second: u32::MAX / 2,
-            refused_send_milli: 1000,
+            refusal_milli: 1000,
         },
         ..GatewayConfig::default()
     }

@@ -357,7 +357,7 @@ fn run(ops: Vec<Op>, per_user: usize) -> Result<(), TestCaseError> {
     cfg.event_budget = BudgetConfig {
         burst: 100_000,
         per_second: 1_000,
-        refused_send_milli: 1000,
+        refusal_milli: 1000,
     };
     let mut g = Gw::new(cfg);
     for (id, members) in CONVS {

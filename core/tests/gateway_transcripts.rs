@@ -362,13 +362,31 @@ fn lookups_for_refused_sends_are_bounded_and_charged() {
     assert!(ids
         .iter()
         .all(|id| g.ack(1, *id).expect("answered")["code"] == json!("rate_limited")));
-    // Sends refused for being invalid get no discount: a whole event each.
+    // Sends refused for being invalid are events served: a whole event each, 60 at once;
+    // past that they are refused as over the budget, and once the refusals are spent as
+    // well (1,200 at a twentieth each) the connection is cut off.
     let mut g = setup();
     g.connect(1, "bob", "agent");
-    for _ in 0..61 {
-        g.emit(1, "message:send", json!({"conversationId":"c1"}));
+    let invalid = |g: &mut Gw| g.emit(1, "message:send", json!({"conversationId":"c1"}));
+    let ids: Vec<u64> = (0..61).map(|_| invalid(&mut g)).collect();
+    assert!(ids[..60]
+        .iter()
+        .all(|id| g.ack(1, *id).expect("answered")["code"] == json!("invalid_payload")));
+    let over = g.ack(1, ids[60]).expect("answered");
+    assert_eq!(over["code"], json!("rate_limited"), "{over}");
+    assert_eq!(
+        over["retryAfterMs"],
+        json!(50),
+        "one event a twentieth of a second"
+    );
+    assert_eq!(g.events_named(1, "message:error").len(), 61);
+    for _ in 0..1_199 {
+        invalid(&mut g);
     }
-    assert!(g.view(1).disconnected, "60 at once, then cut off");
+    assert!(!g.view(1).disconnected, "every refusal answered");
+    invalid(&mut g);
+    assert!(g.view(1).disconnected, "a flood");
+    assert_eq!(g.gw.metrics().floods, 1);
 }
 
 #[test]
@@ -559,23 +577,44 @@ fn a_refreshed_token_brings_its_role() {
 }
 
 #[test]
-fn event_flood_ends_in_disconnect() {
+fn events_over_budget_are_refused_and_a_flood_is_disconnected() {
     let mut cfg = config();
+    // Five events at once, one a second; ten refusals at half an event each.
     cfg.event_budget = heartline_core::gateway::BudgetConfig {
         burst: 5,
         per_second: 1,
-        refused_send_milli: 1000,
+        refusal_milli: 500,
     };
     let mut g = Gw::new(cfg);
     g.connect(1, "alice", "customer");
     g.connect_with(2, Some(json!({ "token": admin_token("ops") })));
-    for _ in 0..6 {
+    for _ in 0..5 {
         g.emit_noack(1, "ping", json!({}));
     }
+    // Over the budget: an event that asked for an ack is told when to come back, one that
+    // did not is dropped; neither ends the connection.
+    let join = g.emit(1, "conversation:join", json!({"conversationId": "c1"}));
+    g.emit_noack(1, "ping", json!({}));
+    assert_eq!(
+        g.ack(1, join).expect("answered"),
+        &json!({"ok": false, "error": "Rate limit exceeded", "code": "rate_limited", "retryAfterMs": 1000})
+    );
+    assert_eq!(g.events_named(1, "pong").len(), 5);
+    // A second later one more event is served, and the refusals are whole again.
+    g.advance(1_000);
+    g.emit_noack(1, "ping", json!({}));
+    assert_eq!(g.events_named(1, "pong").len(), 6);
+    for _ in 0..10 {
+        g.emit_noack(1, "ping", json!({}));
+    }
+    assert!(!g.view(1).disconnected);
+    g.emit_noack(1, "ping", json!({}));
     g.emit_noack(2, "metrics:request", json!(null));
     insta::assert_snapshot!(g.transcript());
-    assert_eq!(g.events_named(1, "pong").len(), 5);
+    assert_eq!(g.events_named(1, "pong").len(), 6);
     assert!(g.view(1).disconnected && g.view(1).closed);
+    assert_eq!(g.gw.metrics().events_refused, 12);
+    assert_eq!(g.gw.metrics().floods, 1);
     assert_eq!(
         g.events_named(2, "metrics:response").len(),
         1,

@@ -316,6 +316,13 @@ pub fn render(gateway: &Gateway, rt: &RuntimeMetrics, draining: bool) -> String 
     sample(&mut out, "heartline_deliveries_total", m.deliveries);
     family(
         &mut out,
+        "heartline_events_refused_total",
+        "counter",
+        "Events refused (rate_limited) for coming over their connection's event budget.",
+    );
+    sample(&mut out, "heartline_events_refused_total", m.events_refused);
+    family(
+        &mut out,
         "heartline_floods_total",
         "counter",
         "Connections ended for exhausting their event budget.",

@@ -263,3 +263,28 @@ test('a numeric tempId is echoed as sent; its retry into a full window is a dupl
     await limited.kill('SIGTERM');
   }
 });
+
+test('a burst of joins over the event budget is slowed with rate_limited, not cut off', async () => {
+  // A front end rejoining many conversations at once after a reconnect.
+  await server.conversation('many', [['gina', 'customer']]);
+  const s = connect('gina', 'customer', { transports: ['websocket'] });
+  await once(s, 'connection:success');
+  let disconnected = null;
+  s.on('disconnect', (reason) => (disconnected = reason));
+  const replies = await Promise.all(Array.from({ length: 100 }, () =>
+    s.timeout(5000).emitWithAck('conversation:join', { conversationId: 'many' })));
+  const served = replies.filter((r) => r.ok);
+  const slowed = replies.filter((r) => !r.ok);
+  assert.ok(served.length >= 60 && served.length < 100, `served ${served.length}`);
+  for (const r of slowed) {
+    assert.equal(r.code, 'rate_limited', JSON.stringify(r));
+    assert.ok(Number.isInteger(r.retryAfterMs) && r.retryAfterMs > 0, JSON.stringify(r));
+  }
+  // Told when to come back, it comes back and is served.
+  await sleep(Math.max(...slowed.map((r) => r.retryAfterMs)));
+  const again = await s.timeout(5000).emitWithAck('conversation:join', { conversationId: 'many' });
+  assert.equal(again.ok, true, JSON.stringify(again));
+  assert.equal(disconnected, null);
+  assert.ok(s.connected);
+  s.close();
+});

@@ -1,92 +1,179 @@
 //! The per-connection budget for events other than accepted sends.
 //!
 //! Sends have their own exact limit per user. Everything else a client can emit (`ping`,
-//! `metrics:request`, joins, refused sends, unknown events, garbage) is cheap for the client
-//! and costs the server a little each; a token bucket bounds that cost per connection
-//! without a timer: it refills from the time elapsed, a pure function of `now`. A refused
-//! send is charged a fraction of an event: refusing is the cheapest thing the server does,
-//! and an honest client in a retry loop should be told "rate_limited", not cut off.
+//! `metrics:request`, joins, history reads, refused sends, unknown events, garbage) is cheap
+//! for the client and costs the server a little each; a budget bounds that cost per
+//! connection without a timer: it refills from the time elapsed, a pure function of `now`.
+//!
+//! The budget has two balances, both `burst` events deep and refilled at `per_second`:
+//! - the **serving** balance pays a whole event for each event served;
+//! - the **refusal** balance pays a fraction of an event for each refusal: a send over the
+//!   rate limit (or answered as a retry), and an event that came when the serving balance
+//!   was empty, answered `rate_limited` with `retryAfterMs` instead of being served.
+//!
+//! An honest burst is therefore slowed, not cut off: a client rejoining its hundred
+//! conversations after a reconnect has the first `burst` joins served and is told when to
+//! send the others. Refusing is the cheapest thing the server does, so it has a balance of
+//! its own; only a client that keeps sending when even that is spent (thousands of events
+//! at once, hundreds a second) is a flood, and is disconnected.
 
 use crate::gateway::config::BudgetConfig;
 use crate::time::Instant;
 
-/// A token bucket, in thousandths of a token so refill needs no floats.
+/// What a connection's event costs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Charge {
+    /// Paid from the serving balance: serve it.
+    Served,
+    /// The serving balance is empty; a refusal was paid instead. Another event will be
+    /// served in `retry_after_ms`.
+    Refused { retry_after_ms: u64 },
+    /// Both balances are empty: the connection is flooding.
+    Exhausted,
+}
+
+/// Both balances in thousandths of an event, so refill needs no floats; 32 bits each keep
+/// a connection's state small (a balance deeper than `u32::MAX` thousandths is cut to it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TokenBucket {
-    milli_tokens: u64,
+    serving: u32,
+    refusals: u32,
     updated: Instant,
 }
 
+/// One event, in thousandths.
+const EVENT: u64 = 1000;
+
 impl TokenBucket {
-    /// A full bucket.
+    /// Both balances full.
     pub(crate) fn new(config: BudgetConfig, now: Instant) -> Self {
+        let cap = depth(config);
         TokenBucket {
-            milli_tokens: u64::from(config.burst) * 1000,
+            serving: cap,
+            refusals: cap,
             updated: now,
         }
     }
 
-    /// Spends `cost` thousandths of a token; `false` (and nothing spent) when fewer are left.
-    pub(crate) fn spend_milli(&mut self, config: BudgetConfig, now: Instant, cost: u32) -> bool {
-        let elapsed = now.ms_since(self.updated);
-        self.updated = self.updated.max(now);
-        let cap = u64::from(config.burst) * 1000;
-        self.milli_tokens = self
-            .milli_tokens
-            .saturating_add(elapsed.saturating_mul(u64::from(config.per_second)))
-            .min(cap);
-        let cost = u64::from(cost);
-        if self.milli_tokens >= cost {
-            self.milli_tokens -= cost;
+    /// An event to serve: a whole event from the serving balance, or else a refusal.
+    pub(crate) fn serve(&mut self, config: BudgetConfig, now: Instant) -> Charge {
+        self.refill(config, now);
+        if u64::from(self.serving) >= EVENT {
+            self.serving -= EVENT as u32;
+            return Charge::Served;
+        }
+        if !self.refuse_refilled(config) {
+            return Charge::Exhausted;
+        }
+        let missing = EVENT - u64::from(self.serving);
+        let per_ms = u64::from(config.per_second).max(1);
+        Charge::Refused {
+            retry_after_ms: missing.div_ceil(per_ms).max(1),
+        }
+    }
+
+    /// A refusal the gateway made on other grounds (the rate limit): paid from the refusal
+    /// balance; `false` when that is empty.
+    pub(crate) fn refuse(&mut self, config: BudgetConfig, now: Instant) -> bool {
+        self.refill(config, now);
+        self.refuse_refilled(config)
+    }
+
+    fn refuse_refilled(&mut self, config: BudgetConfig) -> bool {
+        let cost = u64::from(config.refusal_milli).min(EVENT);
+        if u64::from(self.refusals) >= cost {
+            self.refusals -= cost as u32;
             true
         } else {
             false
         }
     }
+
+    /// Adds what the time since the last charge earned: `per_second` thousandths a
+    /// millisecond to each balance, up to its depth.
+    fn refill(&mut self, config: BudgetConfig, now: Instant) {
+        let earned = now
+            .ms_since(self.updated)
+            .saturating_mul(u64::from(config.per_second));
+        self.updated = self.updated.max(now);
+        let cap = u64::from(depth(config));
+        let add = |balance: u32| u64::from(balance).saturating_add(earned).min(cap) as u32;
+        self.serving = add(self.serving);
+        self.refusals = add(self.refusals);
+    }
+}
+
+/// A balance's depth in thousandths: `burst` events, at most `u32::MAX`.
+fn depth(config: BudgetConfig) -> u32 {
+    u32::try_from(u64::from(config.burst).saturating_mul(EVENT)).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    impl TokenBucket {
-        fn spend(&mut self, config: BudgetConfig, now: Instant) -> bool {
-            self.spend_milli(config, now, 1000)
+    fn cfg(burst: u32, per_second: u32, refusal_milli: u32) -> BudgetConfig {
+        BudgetConfig {
+            burst,
+            per_second,
+            refusal_milli,
         }
     }
 
     #[test]
-    fn burst_then_refill() {
-        let cfg = BudgetConfig {
-            burst: 3,
-            per_second: 2,
-            refused_send_milli: 100,
-        };
+    fn a_burst_is_served_then_refused_with_the_time_to_wait() {
+        // 2 events a second: one every 500 ms.
+        let c = cfg(3, 2, 250);
         let t0 = Instant::from_millis(1_000);
-        let mut b = TokenBucket::new(cfg, t0);
-        assert!(b.spend(cfg, t0) && b.spend(cfg, t0) && b.spend(cfg, t0));
-        assert!(!b.spend(cfg, t0));
-        assert!(!b.spend(cfg, t0.add_ms(499)));
-        assert!(b.spend(cfg, t0.add_ms(500)));
+        let mut b = TokenBucket::new(c, t0);
+        assert!((0..3).all(|_| b.serve(c, t0) == Charge::Served));
+        assert_eq!(
+            b.serve(c, t0),
+            Charge::Refused {
+                retry_after_ms: 500
+            }
+        );
+        // 200 ms earned 400 thousandths: 300 ms to go.
+        assert_eq!(
+            b.serve(c, t0.add_ms(200)),
+            Charge::Refused {
+                retry_after_ms: 300
+            }
+        );
+        assert_eq!(b.serve(c, t0.add_ms(500)), Charge::Served);
         // Refill never exceeds the burst.
         let later = t0.add_ms(60_000);
-        assert!((0..3).all(|_| b.spend(cfg, later)));
-        assert!(!b.spend(cfg, later));
+        assert!((0..3).all(|_| b.serve(c, later) == Charge::Served));
+        assert!(matches!(b.serve(c, later), Charge::Refused { .. }));
     }
 
     #[test]
-    fn a_cheaper_charge_spends_a_fraction() {
-        let cfg = BudgetConfig {
-            burst: 1,
-            per_second: 1,
-            refused_send_milli: 250,
-        };
+    fn refusals_have_a_balance_of_their_own_and_then_it_is_a_flood() {
+        let c = cfg(1, 1, 250);
         let t0 = Instant::from_millis(0);
-        let mut b = TokenBucket::new(cfg, t0);
-        assert!((0..4).all(|_| b.spend_milli(cfg, t0, 250)));
-        assert!(!b.spend_milli(cfg, t0, 250));
-        // A quarter of a token refills in 250 ms; a whole event needs all of it.
-        assert!(!b.spend(cfg, t0.add_ms(250)));
-        assert!(b.spend_milli(cfg, t0.add_ms(250), 250));
+        let mut b = TokenBucket::new(c, t0);
+        // Four refusals of a quarter event each, whatever the serving balance holds.
+        assert!((0..4).all(|_| b.refuse(c, t0)));
+        assert!(!b.refuse(c, t0));
+        assert_eq!(b.serve(c, t0), Charge::Served);
+        assert_eq!(b.serve(c, t0), Charge::Exhausted);
+        // A quarter of an event refills in 250 ms: one more refusal, no event yet.
+        assert_eq!(
+            b.serve(c, t0.add_ms(250)),
+            Charge::Refused {
+                retry_after_ms: 750
+            }
+        );
+        assert_eq!(b.serve(c, t0.add_ms(250)), Charge::Exhausted);
+    }
+
+    #[test]
+    fn a_deep_budget_is_cut_to_what_32_bits_hold() {
+        let c = cfg(u32::MAX, u32::MAX, 1000);
+        let t0 = Instant::from_millis(0);
+        let mut b = TokenBucket::new(c, t0);
+        assert_eq!(b.serving, u32::MAX);
+        assert!((0..1000).all(|_| b.serve(c, t0) == Charge::Served));
+        assert_eq!(b.serve(c, t0.add_ms(u64::MAX / 2)), Charge::Served);
     }
 }

@@ -3,17 +3,19 @@
 
 use crate::engine::{ConfigError, EngineConfig};
 
-/// A token bucket's shape: `burst` events at once, refilled at `per_second`.
+/// A connection's event budget: `burst` events at once, refilled at `per_second`, and as
+/// deep a balance again for refusals (see `gateway::budget`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BudgetConfig {
-    /// Events a connection may send back to back.
+    /// Events a connection may have served back to back.
     pub burst: u32,
     /// Events per second it may sustain.
     pub per_second: u32,
-    /// What one refused send costs, in thousandths of an event. Below 1,000 so that a
-    /// client that keeps sending into a full rate-limit window (a retry loop, a test that
-    /// hammers) has every refusal answered for a good while; a flood is still cut off.
-    pub refused_send_milli: u32,
+    /// What one refusal costs, in thousandths of an event (at most 1,000). Below 1,000 so
+    /// that a client that keeps sending into a full window (a retry loop, a rejoin burst,
+    /// a test that hammers) has every refusal answered for a good while; a flood is still
+    /// cut off.
+    pub refusal_milli: u32,
 }
 
 /// Settings of the chat gateway.
@@ -46,7 +48,8 @@ pub struct GatewayConfig {
     pub max_content_chars: usize,
     /// Longest `tempId`, in bytes.
     pub max_temp_id_bytes: usize,
-    /// Budget for every event that is not an accepted send; exhausting it is a flood.
+    /// Budget for every event that is not an accepted send; an event over it is refused,
+    /// and exhausting its refusals too is a flood.
     pub event_budget: BudgetConfig,
     /// Most messages one history page returns.
     pub history_limit_max: usize,
@@ -72,11 +75,12 @@ impl Default for GatewayConfig {
             wall_epoch_ms: 0,
             max_content_chars: 10_000,
             max_temp_id_bytes: 128,
-            // Refusals alone: 1,200 at once, 400 per second.
+            // 60 events served at once and 20 a second; refusals besides: 1,200 at once
+            // and 400 a second.
             event_budget: BudgetConfig {
                 burst: 60,
                 per_second: 20,
-                refused_send_milli: 50,
+                refusal_milli: 50,
             },
             history_limit_max: 100,
             missed_limit: 1_000,
@@ -102,8 +106,8 @@ impl GatewayConfig {
                 u64::from(self.event_budget.per_second),
             ),
             (
-                "event_budget.refused_send_milli",
-                u64::from(self.event_budget.refused_send_milli),
+                "event_budget.refusal_milli",
+                u64::from(self.event_budget.refusal_milli),
             ),
         ] {
             if value == 0 {

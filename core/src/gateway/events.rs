@@ -3,20 +3,22 @@
 //!
 //! Every request is validated before it touches anything: a malformed payload is answered
 //! with `invalid_payload` and changes no state. Sends are charged to the user's exact rate
-//! window; everything else (and every refused send) to the connection's event budget, whose
-//! exhaustion ends the connection as a flood.
+//! window; everything else (and every refused send) to the connection's event budget: an
+//! event over it is answered `rate_limited` instead of served, and a connection that
+//! spends even its refusals is ended as a flood.
 
 use serde_json::{json, Value};
 
 use crate::codec::socket::{Packet as SioPacket, PacketType};
 use crate::engine::CloseReason;
+use crate::gateway::budget::Charge;
 use crate::gateway::io::{
     AppendOutcome, AppendRequest, Effect, ErrorCode, Message, Notice, OpId, Output, ReadRequest,
     StoreFailure,
 };
 use crate::gateway::payload::MessageJson;
 use crate::gateway::state::{ConnTimer, Owner};
-use crate::gateway::{Gateway, GatewayConfig, Member, Pending, UserKey};
+use crate::gateway::{Gateway, Member, Pending, UserKey};
 use crate::ids::SessionId;
 use crate::time::Instant;
 
@@ -99,7 +101,7 @@ impl Gateway {
         if name == "message:send" {
             return self.on_send(now, session, ack, &arg);
         }
-        if !self.charge(now, session) {
+        if !self.charge(now, session, ack) {
             return;
         }
         match name.as_str() {
@@ -133,28 +135,51 @@ impl Gateway {
         }
     }
 
-    /// Charges one event to the connection's budget; on exhaustion ends the connection as
-    /// a flood and returns `false`.
-    fn charge(&mut self, now: Instant, session: SessionId) -> bool {
-        self.charge_milli(now, session, 1000)
-    }
-
-    /// Charges `cost` thousandths of an event; see [`Self::charge`].
-    fn charge_milli(&mut self, now: Instant, session: SessionId, cost: u32) -> bool {
+    /// Charges an event to the connection's budget: `true` to serve it. Over budget it is
+    /// refused instead (`rate_limited` with `retryAfterMs`, if it asked for an ack); with
+    /// the refusals spent too, the connection is ended as a flood.
+    fn charge(&mut self, now: Instant, session: SessionId, ack: Option<u64>) -> bool {
         let budget = self.config.event_budget;
         let Some(conn) = self.conns.get_mut(&session) else {
             return false;
         };
-        if conn.budget.spend_milli(budget, now, cost) {
-            return true;
+        match conn.budget.serve(budget, now) {
+            Charge::Served => true,
+            Charge::Refused { retry_after_ms } => {
+                self.metrics.events_refused += 1;
+                let mut refusal = refusal_for(ErrorCode::RateLimited);
+                refusal.retry_after_ms = Some(retry_after_ms);
+                self.ack(now, session, ack, refusal.to_json());
+                false
+            }
+            Charge::Exhausted => {
+                self.flood(now, session);
+                false
+            }
         }
+    }
+
+    /// Charges a refusal made on other grounds (a send over the rate limit, or answered as
+    /// a retry, which is as cheap to repeat): from the refusal balance; with that spent,
+    /// the connection is ended as a flood.
+    fn charge_refusal(&mut self, now: Instant, session: SessionId) {
+        let budget = self.config.event_budget;
+        let Some(conn) = self.conns.get_mut(&session) else {
+            return;
+        };
+        if !conn.budget.refuse(budget, now) {
+            self.flood(now, session);
+        }
+    }
+
+    /// Ends a connection that spent its whole budget.
+    fn flood(&mut self, now: Instant, session: SessionId) {
         self.metrics.floods += 1;
         let _ = self.engine.disconnect(
             now,
             session,
             CloseReason::ServerDisconnect("event flood".into()),
         );
-        false
     }
 
     // ---- conversations -------------------------------------------------------------------
@@ -367,12 +392,30 @@ impl Gateway {
             Ok(Admitted::ToStore) => {}
             // A retry answered from memory, or a send over the limit asked of the store:
             // cheap for the client to repeat, so each spends what a refusal does.
-            Ok(Admitted::Duplicate | Admitted::Lookup) => {
-                self.charge_milli(now, session, self.config.event_budget.refused_send_milli);
-            }
-            Err(refusal) => {
+            Ok(Admitted::Duplicate | Admitted::Lookup) => self.charge_refusal(now, session),
+            Err(refusal) if refusal.code == ErrorCode::RateLimited => {
                 self.refuse_send(now, session, ack, user_key, temp_id, &refusal);
-                self.charge_milli(now, session, refusal_cost(&self.config, &refusal));
+                self.charge_refusal(now, session);
+            }
+            // Any other refusal (invalid, forbidden, not found) is an event served; over
+            // the budget the send is refused for that instead, as any other event is.
+            Err(refusal) => {
+                let budget = self.config.event_budget;
+                let Some(conn) = self.conns.get_mut(&session) else {
+                    return;
+                };
+                match conn.budget.serve(budget, now) {
+                    Charge::Served => {
+                        self.refuse_send(now, session, ack, user_key, temp_id, &refusal);
+                    }
+                    Charge::Refused { retry_after_ms } => {
+                        self.metrics.events_refused += 1;
+                        let mut over = refusal_for(ErrorCode::RateLimited);
+                        over.retry_after_ms = Some(retry_after_ms);
+                        self.refuse_send(now, session, ack, user_key, temp_id, &over);
+                    }
+                    Charge::Exhausted => self.flood(now, session),
+                }
             }
         }
     }
@@ -808,15 +851,4 @@ enum Admitted {
     Duplicate,
     /// The rate limit would refuse it; asked the store whether it is a retry.
     Lookup,
-}
-
-/// What a refused send spends of the event budget: a fraction of an event when the rate
-/// limit refused it (an honest client in a retry loop), a whole one otherwise (a client
-/// that sends garbage or to conversations it is not in gets no discount).
-fn refusal_cost(config: &GatewayConfig, refusal: &Refusal) -> u32 {
-    if refusal.code == ErrorCode::RateLimited {
-        config.event_budget.refused_send_milli
-    } else {
-        1000
-    }
 }

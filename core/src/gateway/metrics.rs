@@ -52,6 +52,8 @@ pub struct Metrics {
     pub send_refused: BTreeMap<&'static str, u64>,
     /// `message:new` and `message:notification` deliveries queued.
     pub deliveries: u64,
+    /// Events refused (`rate_limited`) for coming over the connection's event budget.
+    pub events_refused: u64,
     /// Connections ended for exhausting their event budget.
     pub floods: u64,
     /// Round trip of the application heartbeat.
