@@ -9,8 +9,10 @@
 //    connect, so two devices of one user never take turns replacing each other;
 //  - an outbox: a send is kept until acknowledged and resent after a reconnect with its
 //    original tempId (the server stores it once); `rate_limited` waits `retryAfterMs`;
-//  - catch-up: joined conversations are rejoined with `afterSeq`, and each message is
-//    handed over once, in seq order.
+//  - catch-up: joined conversations are rejoined with `afterSeq`, what the join's reply
+//    cannot hold is read through `message:history` before live messages are shown, and
+//    each message is handed over once, in seq order; a join or read the server asks to
+//    come back for later (`rate_limited`, `internal`) is sent again after `retryAfterMs`.
 
 const DEFAULTS = {
   namespace: '/chat',
@@ -37,6 +39,7 @@ export class HeartlineClient extends EventTarget {
     this.acks = new Map(); // ack id -> callback
     this.outbox = new Map(); // tempId -> { conversationId, content, sentOn, notBefore }
     this.joined = new Map(); // conversationId -> last seq delivered (null until known)
+    this.catching = new Map(); // conversationId -> live messages held while catching up
     this.timers = {};
     this.seq = 0;
   }
@@ -118,6 +121,7 @@ export class HeartlineClient extends EventTarget {
     this.ws = null;
     this.up = false;
     this.acks.clear();
+    this.catching.clear();
     for (const o of this.outbox.values()) o.sentOn = null;
     if (ws) ws.close();
     this.clearTimers();
@@ -241,7 +245,15 @@ export class HeartlineClient extends EventTarget {
     }
   }
 
+  /** A live message: held while its conversation is catching up, else shown. */
   deliver(message) {
+    const held = this.catching.get(message.conversationId);
+    if (held) return held.push(message);
+    this.show(message);
+  }
+
+  /** Hands a message to the application once, in seq order. */
+  show(message) {
     const last = this.joined.get(message.conversationId);
     if (last != null && message.seq <= last) return; // already shown
     if (this.joined.has(message.conversationId)) this.joined.set(message.conversationId, message.seq);
@@ -253,12 +265,59 @@ export class HeartlineClient extends EventTarget {
     const payload = { conversationId };
     if (last != null) payload.afterSeq = last;
     this.request('conversation:join', payload, (reply) => {
+      if (this.later(reply, `join-${conversationId}`, () => this.sendJoin(conversationId))) return;
       if (!reply || !reply.ok) return this.fire('join-failed', { conversationId, ...reply });
-      for (const m of reply.missed || []) this.deliver(m);
-      const seen = this.joined.get(conversationId);
-      if (seen == null || seen < reply.lastSeq) this.joined.set(conversationId, reply.lastSeq);
-      this.fire('joined', { conversationId, lastSeq: reply.lastSeq });
+      const missed = reply.missed || [];
+      for (const m of missed) this.show(m);
+      const upTo = missed.length ? missed[missed.length - 1].seq : null;
+      if (upTo != null && upTo < reply.lastSeq) {
+        // The reply holds one page of what was missed: read the rest before going live.
+        this.catching.set(conversationId, []);
+        return this.readOn(conversationId, upTo, reply.lastSeq);
+      }
+      this.caughtUp(conversationId, reply.lastSeq);
     });
+  }
+
+  /** Reads what was missed after `afterSeq`, a page at a time, up to `lastSeq`. */
+  readOn(conversationId, afterSeq, lastSeq) {
+    const payload = { conversationId, afterSeq, limit: 100 };
+    this.request('message:history', payload, (reply) => {
+      const again = () => this.readOn(conversationId, afterSeq, lastSeq);
+      if (this.later(reply, `read-${conversationId}`, again)) return;
+      const held = () => {
+        const live = this.catching.get(conversationId) || [];
+        this.catching.delete(conversationId);
+        return live;
+      };
+      if (!reply || !reply.ok) {
+        for (const m of held()) this.show(m);
+        return this.fire('join-failed', { conversationId, ...reply });
+      }
+      const page = reply.messages || [];
+      for (const m of page) this.show(m);
+      const upTo = page.length ? page[page.length - 1].seq : lastSeq;
+      if (upTo < lastSeq) return this.readOn(conversationId, upTo, lastSeq);
+      for (const m of held()) this.show(m);
+      this.caughtUp(conversationId, lastSeq);
+    });
+  }
+
+  caughtUp(conversationId, lastSeq) {
+    const seen = this.joined.get(conversationId);
+    if (seen == null || seen < lastSeq) this.joined.set(conversationId, lastSeq);
+    this.fire('joined', { conversationId, lastSeq });
+  }
+
+  /** Sends a request again later if the server asked for that; says whether it did. */
+  later(reply, name, retry) {
+    if (!reply || reply.ok || (reply.code !== 'rate_limited' && reply.code !== 'internal')) {
+      return false;
+    }
+    // Spread out, so that a burst the server turned away does not come back as one.
+    const wait = (reply.retryAfterMs || 1000) + Math.floor(Math.random() * 1000);
+    this.timer(name, wait, () => this.up && retry());
+    return true;
   }
 
   flush() {

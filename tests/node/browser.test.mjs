@@ -7,6 +7,7 @@ import { mkdirSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { io } from 'socket.io-client';
 import { Server, token, sleep } from './server.mjs';
 
 const artifacts = join(dirname(fileURLToPath(import.meta.url)), 'artifacts');
@@ -97,4 +98,43 @@ test('after max attempts the page shows failed', async () => {
   await page.screenshot({ path: join(artifacts, 'failed.png') });
   await page.close();
   await server.start();
+});
+
+test('back after a long absence, the page reads past one join reply and shows every message once, in order', async () => {
+  // A join answers at most 1,000 missed messages; the page reads the rest through history.
+  const busy = new Server('[rate_limit]\nmessages = 100000\nwindow_ms = 1000\n');
+  await busy.start();
+  await busy.conversation('busy', [['dana', 'customer'], ['erin', 'agent']]);
+  const page = await browser.newPage();
+  try {
+    await page.goto(`${busy.url}/?token=${token('dana', 'customer')}&conversation=busy&autoconnect` +
+      '&initialDelayMs=8000&randomization=0&maxAttempts=30');
+    await status(page, 'connected');
+    await page.waitForFunction(() => document.querySelector('#notice').textContent.startsWith('Joined'));
+    // Away for one backoff (8 s), in which 1,100 messages are written.
+    await busy.kill('SIGKILL');
+    await status(page, 'reconnecting');
+    await busy.start();
+    const erin = io(`${busy.url}/chat`, {
+      auth: { token: token('erin', 'agent') }, transports: ['websocket'], reconnection: false,
+    });
+    const send = (i) => erin.timeout(10_000).emitWithAck('message:send',
+      { conversationId: 'busy', content: `m${i}`, tempId: `t${i}` });
+    for (let i = 1; i <= 1100; i += 100) {
+      const acks = await Promise.all(Array.from({ length: 100 }, (_, k) => send(i + k)));
+      assert.ok(acks.every((a) => a.ok), JSON.stringify(acks.find((a) => !a.ok)));
+    }
+    assert.equal(await page.getAttribute('#status', 'data-status'), 'reconnecting', 'still away');
+    assert.equal(await status(page, 'connected', 15_000), 'Connected');
+    await page.waitForSelector('#messages li[data-seq="1100"]', { timeout: 15_000 });
+    // And live again once caught up.
+    assert.ok((await send(1101)).ok);
+    await page.waitForSelector('#messages li[data-seq="1101"]', { timeout: 5_000 });
+    const seqs = await page.$$eval('#messages li', (lis) => lis.map((li) => Number(li.dataset.seq)));
+    assert.deepEqual(seqs, Array.from({ length: 1101 }, (_, k) => k + 1), 'each once, in order');
+    erin.close();
+  } finally {
+    await page.close();
+    await busy.kill('SIGTERM');
+  }
 });
