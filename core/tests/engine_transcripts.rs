@@ -412,6 +412,22 @@ fn server_disconnect_over_polling_lingers_until_fetched() {
 }
 
 #[test]
+fn a_post_of_thousands_of_packets_within_max_payload_is_handled_whole() {
+    let mut cfg = config();
+    cfg.max_payload_bytes = 1_000_000;
+    let mut h = Harness::new(cfg, App::Echo);
+    let sid = polling_connected(&mut h);
+    let body = vec!["42/chat,[\"message\",1]"; 5_000].join("\u{1e}");
+    assert!(body.len() < 1_000_000);
+    h.http(4, Method::Post, q("polling", Some(&sid)), &body);
+    assert_eq!(h.response(4).map(|r| r.0), Some(200));
+    assert_eq!(h.transcript().matches("== s1 packet").count(), 5_000);
+    h.http(5, Method::Get, q("polling", Some(&sid)), "");
+    assert_eq!(h.response(5).map(|r| r.0), Some(200), "the session goes on");
+    assert_eq!(h.engine.sessions_held(), 1);
+}
+
+#[test]
 fn plain_engine_io_echo_without_socketio() {
     let mut cfg = config();
     cfg.socketio = false;

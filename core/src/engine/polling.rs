@@ -48,10 +48,6 @@ impl HttpError {
 /// reference server releases such a GET within 100 ms.
 pub(crate) const UPGRADE_GET_HOLD_MS: u64 = 50;
 
-/// Most packets one POST may carry; each costs at least one byte, so this only bounds
-/// pathological bodies of empty records.
-const MAX_PACKETS_PER_POST: usize = 4096;
-
 impl Engine {
     /// Checks `EIO` and `transport` against what this server speaks.
     pub(crate) fn check_query(&self, query: &Query) -> Result<bool, HttpError> {
@@ -202,7 +198,10 @@ impl Engine {
         match std::str::from_utf8(&body) {
             Err(_) => error = Some("polling body is not UTF-8".to_owned()),
             Ok(text) => {
-                for packet in decode_payload_iter(text, MAX_PACKETS_PER_POST) {
+                // No count of its own: the body's size (at most `max_payload_bytes`)
+                // bounds the packets, as in the reference server, whose client flushes its
+                // whole buffer (all that was emitted while offline) in one POST.
+                for packet in decode_payload_iter(text, usize::MAX) {
                     match packet {
                         Ok(packet) => packets.push(packet),
                         Err(e) => {

@@ -139,6 +139,9 @@ impl Harness {
         self.now = target;
     }
 
+    /// Takes the engine's outputs in order; the app reacts to each event as it is taken,
+    /// and what it causes is queued behind the outputs already waiting (a loop, not a
+    /// recursion: a POST of thousands of packets is thousands of events).
     pub fn drain(&mut self) {
         while let Some(out) = self.engine.poll_output() {
             self.lines
@@ -156,7 +159,6 @@ impl Harness {
                 self.engine
                     .send_message(self.now, session, data)
                     .expect("live session");
-                self.drain();
             }
             return;
         }
@@ -180,7 +182,6 @@ impl Harness {
             }
             _ => {}
         }
-        self.drain();
     }
 
     /// The transcript so far, one line per step.
