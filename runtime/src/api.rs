@@ -8,7 +8,6 @@
 //! forgotten key never leaves it open.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -18,6 +17,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
+
+use heartline_core::Instant;
 
 use crate::context::Context;
 use crate::http::{self, Body};
@@ -54,7 +55,14 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 /// Serves a request under `/api/`; `rest` is the path after `/api/`.
-pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, rest: &str) -> Response<Body> {
+/// Serves `/api/{rest}`; `accepted_at` is when the request's connection was accepted (or,
+/// kept alive, when this request began), which its body's deadline counts from.
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<Context>,
+    rest: &str,
+    accepted_at: Instant,
+) -> Response<Body> {
     let key = &ctx.config.api.key;
     if key.is_empty() {
         return error(
@@ -77,7 +85,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, rest: &str) -> Re
             let Some(id) = query::percent_decode_path(id) else {
                 return bad_escape();
             };
-            put_conversation(req, ctx, id).await
+            put_conversation(req, ctx, id, accepted_at).await
         }
         ["conversations", id, "messages"] if !id.is_empty() => {
             if req.method() != Method::GET {
@@ -127,14 +135,18 @@ fn bad_id(id: &str) -> Option<Response<Body>> {
     })
 }
 
-async fn put_conversation(req: Request<Incoming>, ctx: Arc<Context>, id: String) -> Response<Body> {
+async fn put_conversation(
+    req: Request<Incoming>,
+    ctx: Arc<Context>,
+    id: String,
+    accepted_at: Instant,
+) -> Response<Body> {
     if let Some(resp) = bad_id(&id) {
         return resp;
     }
     // Bounded in size and in time, like an Engine.IO POST body.
-    let timeout = Duration::from_millis(ctx.config.server.handshake_timeout_ms);
     let read = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
-    let body: Bytes = match tokio::time::timeout(timeout, read).await {
+    let body: Bytes = match tokio::time::timeout_at(ctx.request_deadline(accepted_at), read).await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) if e.is::<LengthLimitError>() => {
             return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB")

@@ -78,6 +78,14 @@ impl Context {
         RequestId(self.next_request.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// When a request on a connection accepted (or, kept alive, begun) at `accepted_at`
+    /// must have arrived whole: `server.handshake_timeout_ms` later. The contract counts a
+    /// partial request's time from the TCP accept, not from when its headers were read.
+    pub fn request_deadline(&self, accepted_at: heartline_core::Instant) -> tokio::time::Instant {
+        self.clock
+            .deadline(accepted_at.add_ms(self.config.server.handshake_timeout_ms))
+    }
+
     /// Whether shutdown began.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)

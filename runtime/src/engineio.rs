@@ -12,7 +12,6 @@
 //! session as the protocol requires.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use heartline_core::engine::{self, ContentType, Handshake, Method, Query};
@@ -220,8 +219,8 @@ async fn poll(
         let limit = usize::try_from(ctx.config.engine.max_payload_bytes)
             .unwrap_or(usize::MAX)
             .saturating_add(1);
-        let timeout = Duration::from_millis(ctx.config.server.handshake_timeout_ms);
-        match tokio::time::timeout(timeout, read_bounded(req.into_body(), limit)).await {
+        let due = ctx.request_deadline(handshake.accepted_at);
+        match tokio::time::timeout_at(due, read_bounded(req.into_body(), limit)).await {
             Ok(Ok(body)) => body,
             Ok(Err(())) => return http::empty(StatusCode::BAD_REQUEST),
             Err(_) => return http::empty(StatusCode::REQUEST_TIMEOUT),

@@ -273,6 +273,65 @@ async fn a_conversation_id_in_the_path_is_read_as_a_path_not_as_a_form() {
     server.stop().await;
 }
 
+/// Opens a connection, waits `before_headers`, sends `head` and then one byte of body
+/// every 100 ms; returns the status the server answered and when, counted from the
+/// connect.
+async fn dribble(
+    addr: std::net::SocketAddr,
+    before_headers: Duration,
+    head: &str,
+) -> (u16, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = tokio::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::time::sleep(before_headers).await;
+    s.write_all(head.as_bytes()).await.expect("head");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    for _ in 0..100 {
+        tokio::select! {
+            read = s.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if s.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    (parse_response(&buf).0, started.elapsed())
+}
+
+#[tokio::test]
+async fn a_partial_request_runs_out_of_time_counted_from_the_tcp_accept() {
+    // The headers come 900 ms after the connect, then the body a byte at a time: the
+    // request is cut at 1 s from the accept, not 1 s after its headers.
+    let mut server = TestServer::start(|c| c.server.handshake_timeout_ms = 1_000).await;
+    let api = format!(
+        "PUT /api/conversations/c1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Length: 1000\r\n\r\n"
+    );
+    let sid = polling_handshake(server.addr).await;
+    let post = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: text/plain\r\nContent-Length: 1000\r\n\r\n"
+    );
+    for (what, head) in [("api", api), ("polling post", post)] {
+        let (status, after) = dribble(server.addr, Duration::from_millis(900), &head).await;
+        assert_eq!(status, 408, "{what}");
+        // Counted from the headers it would come at 1.9 s.
+        assert!(after < Duration::from_millis(1_600), "{what}: {after:?}");
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn api_is_disabled_without_a_key() {
     let mut server = TestServer::start(|c| c.api.key = String::new()).await;
