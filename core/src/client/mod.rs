@@ -280,6 +280,8 @@ impl Client {
         }
         self.attempt = 0;
         self.replaced = false;
+        // Connecting while a reconnection is pending: this attempt replaces that one.
+        self.clear_deadlines();
         self.set_status(Status::Connecting);
         self.open(now);
     }
@@ -292,6 +294,7 @@ impl Client {
         }
         self.phase = Phase::Down;
         self.clear_deadlines();
+        self.forget_connection();
         self.set_status(Status::Idle);
     }
 
@@ -432,16 +435,23 @@ impl Client {
         self.schedule_reconnect(now);
     }
 
-    fn schedule_reconnect(&mut self, now: Instant) {
-        self.clear_deadlines();
+    /// Forgets what belonged to the connection that ended: ack ids (the next connection
+    /// numbers its acks from 0 again, so an old id must not match a new answer), joins and
+    /// reads in flight, held messages. Sends stay queued and are sent again; every joined
+    /// conversation is rejoined on the next connect.
+    fn forget_connection(&mut self) {
         for o in &mut self.outbox {
             o.ack = None;
         }
         self.joins.clear();
         self.history.clear();
         self.convs.reset();
-        // Every joined conversation is rejoined on the next connect anyway.
         self.rejoin_at.clear();
+    }
+
+    fn schedule_reconnect(&mut self, now: Instant) {
+        self.clear_deadlines();
+        self.forget_connection();
         if self.replaced {
             return self.set_status(Status::Replaced);
         }
@@ -469,6 +479,7 @@ impl Client {
         }
         self.phase = Phase::Down;
         self.clear_deadlines();
+        self.forget_connection();
         self.set_status(status);
     }
 
@@ -637,15 +648,31 @@ impl Client {
     fn join_refused(&mut self, now: Instant, conv: String, reply: &Value) {
         let code = reply["code"].as_str().unwrap_or("").to_owned();
         if matches!(code.as_str(), "internal" | "rate_limited") {
-            let wait = reply["retryAfterMs"].as_u64().unwrap_or(JOIN_RETRY_MS);
-            self.rejoin_at.insert(conv, now.add_ms(wait));
-            return;
+            return self.rejoin_later(now, conv, reply);
         }
         self.convs.joined.remove(&conv);
         self.out.push_back(Output::Event(
             "conversation:join_failed".into(),
             json!({ "conversationId": conv, "code": code }),
         ));
+    }
+
+    /// Schedules a rejoin the server asked to come back for. Joins turned away by the
+    /// connection's event budget (a rejoin burst after a reconnect) are spaced
+    /// `retryAfterMs` apart, the pace at which the budget refills, rather than all sent
+    /// again at once, which would only be turned away again and spend the budget's
+    /// refusals until the server counts it a flood.
+    fn rejoin_later(&mut self, now: Instant, conv: String, reply: &Value) {
+        let wait = reply["retryAfterMs"].as_u64().unwrap_or(JOIN_RETRY_MS);
+        let from = if reply["code"] == json!("rate_limited") {
+            self.rejoin_at
+                .values()
+                .max()
+                .map_or(now, |last| now.max(*last))
+        } else {
+            now
+        };
+        self.rejoin_at.insert(conv, from.add_ms(wait));
     }
 
     fn on_ack(&mut self, now: Instant, packet: &SioPacket) {
@@ -670,8 +697,7 @@ impl Client {
         if let Some(conv) = self.history.remove(&id) {
             if reply["ok"] != json!(true) {
                 // Try again through a rejoin, which catches up from the same point.
-                self.rejoin_at.insert(conv, now.add_ms(JOIN_RETRY_MS));
-                return;
+                return self.rejoin_later(now, conv, &reply);
             }
             let page = reply["messages"].as_array().cloned().unwrap_or_default();
             let mut ready = vec![];

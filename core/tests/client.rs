@@ -1,0 +1,168 @@
+//! The client state machine driven by hand, frame by frame, where the simulator does not
+//! go: the application closing and reopening a client, connecting during a backoff, and a
+//! rejoin burst the server turns away.
+
+use heartline_core::client::{Client, ClientConfig, Output, Status};
+use heartline_core::codec::Frame;
+use heartline_core::Instant;
+use serde_json::{json, Value};
+
+struct Driven {
+    client: Client,
+    now: Instant,
+    out: Vec<Output>,
+}
+
+impl Driven {
+    fn new() -> Self {
+        Driven {
+            client: Client::new(ClientConfig::default()),
+            now: Instant::from_millis(1_000),
+            out: vec![],
+        }
+    }
+
+    fn take(&mut self) -> Vec<Output> {
+        while let Some(o) = self.client.poll_output() {
+            self.out.push(o);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn frame(&mut self, text: &str) {
+        self.client
+            .handle_frame(self.now, &Frame::text(text.to_owned()));
+    }
+
+    /// The server's open packet and namespace CONNECT: the client is connected.
+    fn server_accepts(&mut self) {
+        self.frame(r#"0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#);
+        self.frame(r#"40/chat,{"sid":"x"}"#);
+        assert_eq!(self.client.status(), &Status::Connected);
+    }
+
+    fn ack(&mut self, id: u64, reply: Value) {
+        self.frame(&format!("43/chat,{id}{}", json!([reply])));
+    }
+
+    fn advance_to(&mut self, ms: u64) {
+        self.now = Instant::from_millis(ms);
+        self.client.handle_timeout(self.now);
+    }
+}
+
+/// The `(ack id, event, payload)` of each Socket.IO event sent.
+fn sent_events(outputs: &[Output]) -> Vec<(Option<u64>, String, Value)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(f) => f.as_text().and_then(|t| t.strip_prefix("42/chat,")),
+            _ => None,
+        })
+        .map(|rest| {
+            let digits = rest.chars().take_while(char::is_ascii_digit).count();
+            let id = rest[..digits].parse().ok();
+            let v: Value = serde_json::from_str(&rest[digits..]).expect("event JSON");
+            (id, v[0].as_str().unwrap_or("").to_owned(), v[1].clone())
+        })
+        .collect()
+}
+
+fn opens(outputs: &[Output]) -> usize {
+    outputs.iter().filter(|o| matches!(o, Output::Open)).count()
+}
+
+#[test]
+fn a_send_from_before_a_disconnect_is_sent_again_and_acks_do_not_cross() {
+    let mut d = Driven::new();
+    d.client.connect(d.now);
+    d.server_accepts();
+    let a = d.client.send_message(d.now, "c1", "first");
+    let first = sent_events(&d.take());
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, Some(0));
+    // The application closes the client and opens it again before A was acknowledged.
+    d.client.disconnect(d.now);
+    d.client.connect(d.now);
+    d.server_accepts();
+    let b = d.client.send_message(d.now, "c1", "second");
+    let again = sent_events(&d.take());
+    let temp_ids: Vec<(Option<u64>, &str)> = again
+        .iter()
+        .map(|(id, _, p)| (*id, p["tempId"].as_str().unwrap_or("")))
+        .collect();
+    // A goes again on the new connection, then B, with ids of the new connection.
+    assert_eq!(temp_ids, [(Some(0), a.as_str()), (Some(1), b.as_str())]);
+    d.ack(
+        1,
+        json!({"ok": true, "message": {"tempId": b}, "duplicate": false}),
+    );
+    let acked: Vec<String> = d
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Acked { temp_id, .. } => Some(temp_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acked, [b]);
+    assert_eq!(d.client.outbox_len(), 1, "A still waits for its own ack");
+}
+
+#[test]
+fn connecting_during_a_backoff_opens_one_transport() {
+    let mut d = Driven::new();
+    d.client.connect(d.now);
+    d.server_accepts();
+    d.client.handle_closed(d.now);
+    assert!(matches!(d.client.status(), Status::Reconnecting { .. }));
+    let due = d
+        .client
+        .poll_timeout()
+        .expect("a reconnection is scheduled");
+    d.take();
+    d.client.connect(d.now);
+    assert_eq!(opens(&d.take()), 1);
+    d.server_accepts();
+    d.advance_to(due.as_millis() + 1);
+    assert_eq!(
+        opens(&d.take()),
+        0,
+        "the old backoff does not open a second transport"
+    );
+}
+
+#[test]
+fn joins_turned_away_by_the_budget_come_back_one_refill_apart() {
+    let mut d = Driven::new();
+    let convs: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
+    for c in &convs {
+        d.client.join(d.now, c);
+    }
+    d.client.connect(d.now);
+    d.server_accepts();
+    let joins = sent_events(&d.take());
+    assert_eq!(joins.len(), 5);
+    let refused = json!({"ok": false, "error": "Rate limit exceeded", "code": "rate_limited", "retryAfterMs": 50});
+    for (id, _, _) in &joins {
+        d.ack(id.expect("join asks for an ack"), refused.clone());
+    }
+    // One every 50 ms, not five at once every 50 ms.
+    let start = d.now.as_millis();
+    let mut resent = vec![];
+    for step in 1..=6 {
+        d.advance_to(start + step * 50);
+        for (_, event, payload) in sent_events(&d.take()) {
+            assert_eq!(event, "conversation:join");
+            resent.push((
+                step,
+                payload["conversationId"].as_str().unwrap_or("").to_owned(),
+            ));
+        }
+    }
+    let steps: Vec<u64> = resent.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5]);
+    let mut names: Vec<String> = resent.into_iter().map(|(_, c)| c).collect();
+    names.sort();
+    assert_eq!(names, convs);
+}
