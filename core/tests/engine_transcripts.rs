@@ -428,6 +428,29 @@ fn a_post_of_thousands_of_packets_within_max_payload_is_handled_whole() {
 }
 
 #[test]
+fn one_reply_larger_than_the_polling_buffer_is_taken_into_an_empty_queue() {
+    let mut cfg = config();
+    cfg.max_buffered_bytes = 100;
+    let mut h = Harness::new(cfg, App::Echo);
+    let sid = polling_connected(&mut h);
+    let big = format!("42/chat,[\"message\",\"{}\"]", "x".repeat(300));
+    h.http(4, Method::Post, q("polling", Some(&sid)), &big);
+    h.http(5, Method::Get, q("polling", Some(&sid)), "");
+    let (status, body) = h.response(5).expect("answered");
+    assert_eq!(status, 200);
+    assert!(body.contains("message-back"), "{body}");
+    assert_eq!(h.engine.sessions_held(), 1, "not a slow consumer");
+    // Behind a reply not yet fetched, the bound holds.
+    h.http(
+        6,
+        Method::Post,
+        q("polling", Some(&sid)),
+        &format!("{big}\u{1e}{big}"),
+    );
+    assert_eq!(h.engine.sessions_held(), 0, "two unfetched replies are");
+}
+
+#[test]
 fn plain_engine_io_echo_without_socketio() {
     let mut cfg = config();
     cfg.socketio = false;

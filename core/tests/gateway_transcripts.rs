@@ -484,6 +484,74 @@ fn a_client_sending_into_a_full_window_is_answered_not_cut_off() {
 }
 
 #[test]
+fn a_reply_of_messages_holds_at_most_half_the_send_queue() {
+    let mut cfg = config();
+    cfg.rate_messages = 100;
+    // A 4,000-byte queue: replies of at most 2,000 bytes of messages.
+    cfg.engine.max_buffered_bytes = 4_000;
+    let mut g = Gw::new(cfg);
+    g.conversation("c1", &[("alice", "customer"), ("bob", "agent")]);
+    g.connect(1, "alice", "customer");
+    for i in 1..=10 {
+        let content = format!("{i:03}{}", "x".repeat(400));
+        g.emit(
+            1,
+            "message:send",
+            json!({"conversationId":"c1","content":content}),
+        );
+    }
+    g.connect(2, "bob", "agent");
+    let join = g.emit(
+        2,
+        "conversation:join",
+        json!({"conversationId":"c1","afterSeq":0}),
+    );
+    let back = g.emit(2, "message:history", json!({"conversationId":"c1"}));
+    let forward = g.emit(
+        2,
+        "message:history",
+        json!({"conversationId":"c1","afterSeq":4}),
+    );
+    let bytes = |v: &Value| serde_json::to_string(v).expect("json").len();
+    // A join keeps the first messages and says how far the conversation goes.
+    let j = g.ack(2, join).expect("answered");
+    // Each message is about 650 bytes as JSON: three fit.
+    assert_eq!(
+        seqs(&j["missed"]),
+        (1..=3).map(|s| json!(s)).collect::<Vec<_>>()
+    );
+    assert_eq!(j["lastSeq"], json!(10));
+    assert!(bytes(&j["missed"]) <= 2_000, "{}", bytes(&j["missed"]));
+    // Read back from the newest, a page keeps the last; read forward, the first.
+    let b = g.ack(2, back).expect("answered");
+    assert_eq!(
+        seqs(&b["messages"]),
+        (8..=10).map(|s| json!(s)).collect::<Vec<_>>()
+    );
+    let f = g.ack(2, forward).expect("answered");
+    assert_eq!(
+        seqs(&f["messages"]),
+        (5..=7).map(|s| json!(s)).collect::<Vec<_>>()
+    );
+    // However small the budget, a reply holds at least one message.
+    let mut cfg = config();
+    cfg.engine.max_buffered_bytes = 10;
+    let mut g = Gw::new(cfg);
+    g.conversation("c1", &[("alice", "customer")]);
+    g.connect(1, "alice", "customer");
+    g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"only"}),
+    );
+    let h = g.emit(1, "message:history", json!({"conversationId":"c1"}));
+    assert_eq!(
+        seqs(&g.ack(1, h).expect("answered")["messages"]),
+        vec![json!(1)]
+    );
+}
+
+#[test]
 fn join_with_catch_up() {
     let mut g = setup();
     g.connect(1, "alice", "customer");

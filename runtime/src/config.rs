@@ -42,6 +42,10 @@ pub const MAX_PAYLOAD_LIMIT: u64 = 256 * 1024 * 1024;
 /// (the operator asked for it), but said at startup.
 pub const SMALL_OUTBOUND_BYTES: u64 = 1024;
 
+/// Upper bound for `server.max_outbound_bytes` (1 GiB): a connection's send queue counts
+/// its bytes in 32 bits.
+pub const MAX_OUTBOUND_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// Transport names accepted in `engine.transports`.
 pub const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
 
@@ -467,10 +471,12 @@ impl Config {
                 "must be >= 1",
             ));
         }
-        if self.server.max_outbound_bytes < 1 {
+        // A connection's queue counts its bytes in 32 bits; a gigabyte per connection is
+        // far past any use.
+        if !(1..=MAX_OUTBOUND_BYTES).contains(&self.server.max_outbound_bytes) {
             return Err(ConfigError::invalid(
                 "server.max_outbound_bytes",
-                "must be >= 1",
+                "must be between 1 and 1073741824 (1 GiB)",
             ));
         }
         Ok(())
@@ -852,7 +858,11 @@ path = "heartline.db"         # embedded default
             ("[store]\npath = \"\"\n", "store.path: must not be empty"),
             (
                 "[server]\nmax_outbound_bytes = 0\n",
-                "server.max_outbound_bytes: must be >= 1",
+                "server.max_outbound_bytes: must be between 1 and 1073741824 (1 GiB)",
+            ),
+            (
+                "[server]\nmax_outbound_bytes = 99999999999999\n",
+                "server.max_outbound_bytes: must be between 1 and 1073741824 (1 GiB)",
             ),
             (
                 "[server]\nmax_connections = 0\n",

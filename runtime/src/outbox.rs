@@ -5,7 +5,8 @@
 //! slower than it is written to would make that queue grow without bound, so the queue
 //! holds at most `server.max_outbound_bytes`:
 //!
-//! 1. A frame that fits is queued.
+//! 1. A frame that fits is queued, and so is any frame into an empty queue (one large
+//!    reply to a client that reads as fast as it can is not a slow consumer).
 //! 2. A frame that does not fit first makes room by shedding droppable traffic: the
 //!    periodic `heartbeat` event and presence (`user:online` / `user:offline`) events,
 //!    which carry no state a client cannot live without (the next heartbeat comes, presence
@@ -15,8 +16,9 @@
 //!    that does not read). The core is told the transport failed, and the client, which
 //!    sees a transport error, reconnects and catches up from the store.
 //!
-//! Memory per connection is therefore bounded by the limit plus one frame in the writer's
-//! hands, and the total is exported as `heartline_outbound_queue_bytes`.
+//! Memory per connection is therefore bounded by the limit plus one frame (queued into an
+//! empty queue, or in the writer's hands), and the total is exported as
+//! `heartline_outbound_queue_bytes`.
 //!
 //! The connection has one task, which both reads and writes; every push, close or kill wakes
 //! it through one registered waker. An idle connection's queue is a mutex, an empty deque,
@@ -129,7 +131,9 @@ impl Outbox {
         if st.ended {
             return Push::Closed;
         }
-        if u64::from(st.bytes) + u64::from(len) > limit {
+        // A frame into an empty queue is always taken, however large: a client whose
+        // writer keeps up is not a slow consumer because one reply was big.
+        if !st.frames.is_empty() && u64::from(st.bytes) + u64::from(len) > limit {
             if droppable {
                 RuntimeMetrics::inc(&self.metrics.outbound_shed);
                 return Push::Shed;
@@ -359,6 +363,19 @@ mod tests {
         assert_eq!(o.phase(), Phase::Killed);
         assert_eq!(o.bytes(), 0);
         assert_eq!(o.try_next(), None);
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_limit_is_taken_into_an_empty_queue() {
+        let o = outbox(100);
+        let big = Frame::text(format!("43/chat,1[\"{}\"]", "z".repeat(500)));
+        assert_eq!(o.push(big.clone()), Push::Queued);
+        assert_eq!(o.try_next(), Some(Next::Frame(big.clone())));
+        // Taken by the writer: the queue is empty again, and takes the next one too.
+        assert_eq!(o.push(big.clone()), Push::Queued);
+        // Behind it, the limit holds as before.
+        assert_eq!(o.push(big), Push::Overflow);
+        assert_eq!(o.phase(), Phase::Killed);
     }
 
     #[test]

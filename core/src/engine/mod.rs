@@ -521,11 +521,14 @@ impl Engine {
                 }
             }
             Transport::Polling(p) => {
+                // As over a WebSocket, what is pushed into an empty queue is taken whatever
+                // its size: one large reply is not a client that does not fetch.
+                let was_empty = p.queue.is_empty();
                 for frame in frames {
                     p.queued_bytes += frame.len() as u64;
                     p.queue.push_back(frame.clone());
                 }
-                if p.queued_bytes > self.config.max_buffered_bytes && !s.closed {
+                if !was_empty && p.queued_bytes > self.config.max_buffered_bytes && !s.closed {
                     self.end(now, id, CloseReason::SlowConsumer, Ending::Abort);
                     return;
                 }

@@ -264,13 +264,52 @@ impl Gateway {
         conv.room.insert(session, user);
         conn.joined.insert(id.to_owned());
         let last_seq = missed.last().map_or(0, |m| m.seq).max(conv.last_seq);
-        let missed: Vec<Value> = missed.iter().map(Message::to_json).collect();
+        let missed = self.within_reply_budget(&missed, true);
         self.ack(
             now,
             session,
             ack,
             json!({ "ok": true, "conversationId": id, "lastSeq": last_seq, "missed": missed }),
         );
+    }
+
+    /// The messages of a reply as JSON, as many as fit half the connection's send queue
+    /// (`server.max_outbound_bytes`), and always at least one: read forward, the first of
+    /// them, else the last. A reply the queue could not take would close a client that
+    /// reads as fast as it can (a catch-up of a thousand long messages is megabytes); what
+    /// is cut is read on from where the reply ends, as a join's reader does when the last
+    /// missed message is before `lastSeq`.
+    fn within_reply_budget(&self, messages: &[Message], forward: bool) -> Vec<Value> {
+        let budget =
+            usize::try_from(self.config.engine.max_buffered_bytes / 2).unwrap_or(usize::MAX);
+        let mut used = 0usize;
+        let mut kept = Vec::with_capacity(messages.len());
+        let mut take = |m: &Message| {
+            let json = m.to_json();
+            // The encoded length and its separating comma.
+            let len = serde_json::to_string(&json).map_or(0, |t| t.len()) + 1;
+            if !kept.is_empty() && used.saturating_add(len) > budget {
+                return false;
+            }
+            used = used.saturating_add(len);
+            kept.push(json);
+            true
+        };
+        if forward {
+            for m in messages {
+                if !take(m) {
+                    break;
+                }
+            }
+        } else {
+            for m in messages.iter().rev() {
+                if !take(m) {
+                    break;
+                }
+            }
+            kept.reverse();
+        }
+        kept
     }
 
     fn on_leave(&mut self, now: Instant, session: SessionId, ack: Option<u64>, arg: &Value) {
@@ -303,7 +342,15 @@ impl Gateway {
         let max = self.config.history_limit_max;
         let limit = limit.map_or(max, |l| (l as usize).clamp(1, max));
         let op = self.next_op();
-        self.pending.insert(op, Pending::History { session, ack });
+        let forward = after_seq.is_some();
+        self.pending.insert(
+            op,
+            Pending::History {
+                session,
+                ack,
+                forward,
+            },
+        );
         self.out.push_back(Output::Effect(Effect::Read {
             op,
             request: ReadRequest {
@@ -333,8 +380,15 @@ impl Gateway {
                 },
                 Ok(missed),
             ) => self.complete_join(now, session, &conversation_id, ack, missed),
-            (Pending::History { session, ack }, Ok(messages)) => {
-                let messages: Vec<Value> = messages.iter().map(Message::to_json).collect();
+            (
+                Pending::History {
+                    session,
+                    ack,
+                    forward,
+                },
+                Ok(messages),
+            ) => {
+                let messages = self.within_reply_budget(&messages, forward);
                 self.ack(
                     now,
                     session,
@@ -342,7 +396,10 @@ impl Gateway {
                     json!({ "ok": true, "messages": messages }),
                 );
             }
-            (Pending::Join { session, ack, .. } | Pending::History { session, ack }, Err(_)) => {
+            (
+                Pending::Join { session, ack, .. } | Pending::History { session, ack, .. },
+                Err(_),
+            ) => {
                 self.refuse(now, session, ack, ErrorCode::Internal);
             }
             (Pending::Append { .. } | Pending::Retry { .. }, _) => {}

@@ -80,6 +80,9 @@ enum Pending {
     History {
         session: SessionId,
         ack: Option<u64>,
+        /// Read forward from `afterSeq` (a cut page keeps its first messages), else back
+        /// from the newest (it keeps its last).
+        forward: bool,
     },
     /// A send the rate limit refused, unless it is a retry of a stored message.
     Retry {
