@@ -40,6 +40,8 @@ export class HeartlineClient extends EventTarget {
     this.outbox = new Map(); // tempId -> { conversationId, content, sentOn, notBefore }
     this.joined = new Map(); // conversationId -> last seq delivered (null until known)
     this.catching = new Map(); // conversationId -> live messages held while catching up
+    this.joining = new Set(); // conversations with a join (or its catch-up) under way
+    this.pacedUntil = 0; // when the last request turned away by the budget goes again
     this.timers = {};
     this.seq = 0;
   }
@@ -48,6 +50,8 @@ export class HeartlineClient extends EventTarget {
 
   connect() {
     if (this.ws) return;
+    // Connecting while a reconnection is pending: this attempt replaces that one.
+    this.clearTimers();
     this.attempt = 0;
     this.replaced = false;
     this.setStatus('connecting');
@@ -55,11 +59,7 @@ export class HeartlineClient extends EventTarget {
   }
 
   disconnect() {
-    this.clearTimers();
-    const ws = this.ws;
-    this.ws = null;
-    this.up = false;
-    if (ws) ws.close();
+    this.drop();
     this.setStatus('idle');
   }
 
@@ -110,21 +110,40 @@ export class HeartlineClient extends EventTarget {
     this.ws = ws;
     this.up = false;
     this.timer('connect', this.opts.connectTimeoutMs, () => this.lost('connect timeout'));
-    ws.onmessage = (e) => this.ws === ws && this.onFrame(e.data);
+    ws.onmessage = (e) => {
+      if (this.ws !== ws) return;
+      // A frame this client cannot read ends the connection, as any protocol error does.
+      try {
+        this.onFrame(e.data);
+      } catch {
+        this.lost('parse error');
+      }
+    };
     ws.onclose = () => this.ws === ws && this.lost('transport close');
     ws.onerror = () => {};
   }
 
-  /** The connection went away without the server asking: come back later. */
-  lost(why) {
+  /**
+   * Ends the current connection and forgets what belonged to it: acks (the next one
+   * numbers them from 0 again), joins and catch-ups under way, timers. Sends stay in the
+   * outbox and joined conversations are rejoined on the next connect.
+   */
+  drop() {
     const ws = this.ws;
     this.ws = null;
     this.up = false;
     this.acks.clear();
     this.catching.clear();
+    this.joining.clear();
+    this.pacedUntil = 0;
     for (const o of this.outbox.values()) o.sentOn = null;
     if (ws) ws.close();
     this.clearTimers();
+  }
+
+  /** The connection went away without the server asking: come back later. */
+  lost(why) {
+    this.drop();
     if (this.replaced) return this.setStatus('replaced');
     if (this.status === 'disconnected' || this.status === 'failed' || this.status === 'idle') return;
     this.attempt += 1;
@@ -141,11 +160,7 @@ export class HeartlineClient extends EventTarget {
 
   /** The server sent this client away on purpose: stay away. */
   sentAway(status, reason = '') {
-    const ws = this.ws;
-    this.ws = null;
-    this.up = false;
-    this.clearTimers();
-    if (ws) ws.close();
+    this.drop();
     this.setStatus(status, reason);
   }
 
@@ -203,12 +218,15 @@ export class HeartlineClient extends EventTarget {
       this.sentAway('failed', (data && data.message) || 'connect error');
     } else if (kind === '1') {
       this.sentAway(this.replaced ? 'replaced' : 'disconnected');
-    } else if (kind === '2') {
+    } else if (kind === '2' && Array.isArray(data) && typeof data[0] === 'string') {
       this.onEvent(data[0], data[1]);
     } else if (kind === '3') {
       const cb = this.acks.get(id);
       this.acks.delete(id);
-      if (cb) cb(data[0]);
+      // An answer that is not an object is read as a server fault: tried again later.
+      const reply = Array.isArray(data) && data[0] && typeof data[0] === 'object'
+        ? data[0] : { ok: false, code: 'internal' };
+      if (cb) cb(reply);
     }
   }
 
@@ -228,7 +246,7 @@ export class HeartlineClient extends EventTarget {
         this.fire('replaced', payload);
         break;
       case 'message:new':
-        this.deliver(payload);
+        if (payload && typeof payload === 'object') this.deliver(payload);
         break;
       case 'user:online':
       case 'user:offline':
@@ -260,14 +278,24 @@ export class HeartlineClient extends EventTarget {
     this.fire('message', message);
   }
 
+  /** Joins on this connection, once at a time per conversation. */
   sendJoin(conversationId) {
+    if (this.joining.has(conversationId)) return;
+    this.joining.add(conversationId);
+    this.requestJoin(conversationId);
+  }
+
+  requestJoin(conversationId) {
     const last = this.joined.get(conversationId);
     const payload = { conversationId };
     if (last != null) payload.afterSeq = last;
     this.request('conversation:join', payload, (reply) => {
-      if (this.later(reply, `join-${conversationId}`, () => this.sendJoin(conversationId))) return;
-      if (!reply || !reply.ok) return this.fire('join-failed', { conversationId, ...reply });
-      const missed = reply.missed || [];
+      if (this.later(reply, `join-${conversationId}`, () => this.requestJoin(conversationId))) return;
+      if (!reply || !reply.ok) {
+        this.joining.delete(conversationId);
+        return this.fire('join-failed', { conversationId, ...reply });
+      }
+      const missed = Array.isArray(reply.missed) ? reply.missed : [];
       for (const m of missed) this.show(m);
       const upTo = missed.length ? missed[missed.length - 1].seq : null;
       if (upTo != null && upTo < reply.lastSeq) {
@@ -292,9 +320,10 @@ export class HeartlineClient extends EventTarget {
       };
       if (!reply || !reply.ok) {
         for (const m of held()) this.show(m);
+        this.joining.delete(conversationId);
         return this.fire('join-failed', { conversationId, ...reply });
       }
-      const page = reply.messages || [];
+      const page = Array.isArray(reply.messages) ? reply.messages : [];
       for (const m of page) this.show(m);
       const upTo = page.length ? page[page.length - 1].seq : lastSeq;
       if (upTo < lastSeq) return this.readOn(conversationId, upTo, lastSeq);
@@ -304,31 +333,56 @@ export class HeartlineClient extends EventTarget {
   }
 
   caughtUp(conversationId, lastSeq) {
+    this.joining.delete(conversationId);
     const seen = this.joined.get(conversationId);
     if (seen == null || seen < lastSeq) this.joined.set(conversationId, lastSeq);
     this.fire('joined', { conversationId, lastSeq });
   }
 
-  /** Sends a request again later if the server asked for that; says whether it did. */
+  /**
+   * Sends a request again later if the server asked for that; says whether it did.
+   * Requests turned away by the connection's event budget (`rate_limited`, a rejoin
+   * burst) go again `retryAfterMs` apart, the pace at which the budget refills, not all
+   * at once, which would only be turned away again; after a server fault (`internal`)
+   * each waits `retryAfterMs` plus up to a second.
+   */
   later(reply, name, retry) {
     if (!reply || reply.ok || (reply.code !== 'rate_limited' && reply.code !== 'internal')) {
       return false;
     }
-    // Spread out, so that a burst the server turned away does not come back as one.
-    const wait = (reply.retryAfterMs || 1000) + Math.floor(Math.random() * 1000);
-    this.timer(name, wait, () => this.up && retry());
+    const wait = reply.retryAfterMs || 1000;
+    const now = Date.now();
+    let at;
+    if (reply.code === 'rate_limited') {
+      at = Math.max(now, this.pacedUntil) + wait;
+      this.pacedUntil = at;
+    } else {
+      at = now + wait + Math.floor(Math.random() * 1000);
+    }
+    this.timer(name, at - now, () => this.up && retry());
     return true;
   }
 
+  /**
+   * Sends what the outbox holds, in order, at most four awaiting their ack at a time (as
+   * the Rust client): an outbox that filled up offline is not fired at the server at
+   * once, where past the rate limit each extra send would only be refused. A send
+   * refused for the rate limit (or a server fault) holds back every send not yet on the
+   * wire until `retryAfterMs` has passed.
+   */
   flush() {
     if (!this.up) return;
     const now = Date.now();
+    let inFlight = 0;
+    for (const o of this.outbox.values()) if (o.sentOn !== null) inFlight += 1;
     for (const [tempId, o] of this.outbox) {
+      if (inFlight >= 4) break;
       if (o.sentOn !== null) continue;
       if (o.notBefore > now) {
-        this.timer(`retry-${tempId}`, o.notBefore - now, () => this.flush());
-        continue;
+        this.timer('retry-sends', o.notBefore - now, () => this.flush());
+        break;
       }
+      inFlight += 1;
       o.sentOn = this.nextAck;
       this.request('message:send', { conversationId: o.conversationId, content: o.content, tempId }, (reply) => {
         if (!this.outbox.has(tempId)) return;
@@ -337,14 +391,18 @@ export class HeartlineClient extends EventTarget {
           this.fire('acked', { tempId, message: reply.message, duplicate: reply.duplicate });
         } else if (reply && (reply.code === 'rate_limited' || reply.code === 'internal')) {
           o.sentOn = null;
-          o.notBefore = Date.now() + (reply.retryAfterMs || 1000);
+          const until = Date.now() + (reply.retryAfterMs || 1000);
+          for (const other of this.outbox.values()) {
+            if (other.sentOn === null) other.notBefore = Math.max(other.notBefore, until);
+          }
           this.fire('send-delayed', { tempId, ...reply });
-          this.flush();
         } else {
           this.outbox.delete(tempId);
           this.fire('send-failed', { tempId, ...(reply || {}) });
         }
+        this.flush();
       });
     }
   }
+
 }

@@ -1,0 +1,166 @@
+// heartline.js on its own, over a scripted WebSocket: what it sends and what it hands to
+// the page when connections end in each way, joins are turned away or a catch-up is long.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+class FakeSocket {
+  static OPEN = 1;
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    this.readyState = FakeSocket.OPEN;
+    this.sent = [];
+    this.closed = false;
+    FakeSocket.all.push(this);
+  }
+  send(text) { this.sent.push(text); }
+  close() { this.closed = true; this.readyState = 3; }
+  /** A frame from the server. */
+  recv(text) { this.onmessage({ data: text }); }
+  /** The Engine.IO open packet and the namespace CONNECT. */
+  accept() {
+    this.recv('0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}');
+    this.recv('40/chat,{"sid":"x"}');
+  }
+  /** Events sent on this socket: [ackId, name, payload]. */
+  events() {
+    return this.sent.filter((t) => t.startsWith('42/chat,')).map((t) => {
+      const m = /^42\/chat,(\d*)(.*)$/s.exec(t);
+      const [name, payload] = JSON.parse(m[2]);
+      return [m[1] === '' ? null : Number(m[1]), name, payload];
+    });
+  }
+  ack(id, reply) { this.recv(`43/chat,${id}${JSON.stringify([reply])}`); }
+}
+globalThis.WebSocket = FakeSocket;
+const { HeartlineClient } = await import('../../runtime/assets/heartline.js');
+
+function client() {
+  FakeSocket.all = [];
+  const c = new HeartlineClient('http://127.0.0.1:1', { token: 't', initialDelayMs: 60_000 });
+  c.shown = [];
+  c.addEventListener('message', (e) => c.shown.push(e.detail.seq));
+  return c;
+}
+const last = () => FakeSocket.all[FakeSocket.all.length - 1];
+const msg = (seq) => ({ id: `m${seq}`, conversationId: 'c', seq, senderId: 'u', content: `${seq}` });
+const range = (a, b) => Array.from({ length: b - a + 1 }, (_, k) => a + k);
+
+test('closed and opened again, unacknowledged sends go again and acks do not cross', () => {
+  const c = client();
+  c.connect();
+  last().accept();
+  const a = c.send('c', 'first');
+  assert.deepEqual(last().events().map(([id, , p]) => [id, p.tempId]), [[0, a]]);
+  c.disconnect();
+  c.connect();
+  last().accept();
+  const b = c.send('c', 'second');
+  assert.deepEqual(last().events().map(([id, , p]) => [id, p.tempId]), [[0, a], [1, b]]);
+  const acked = [];
+  c.addEventListener('acked', (e) => acked.push(e.detail.tempId));
+  last().ack(1, { ok: true, message: msg(1), duplicate: false });
+  assert.deepEqual(acked, [b]);
+  assert.equal(c.outbox.size, 1);
+  c.disconnect();
+});
+
+test('connecting during a backoff opens one socket, and the backoff does not open another', async () => {
+  const c = new HeartlineClient('http://127.0.0.1:1', { token: 't', initialDelayMs: 30, randomization: 0 });
+  FakeSocket.all = [];
+  c.connect();
+  last().accept();
+  last().onclose();
+  assert.equal(c.status, 'reconnecting');
+  c.connect();
+  assert.equal(FakeSocket.all.length, 2);
+  await new Promise((r) => setTimeout(r, 80));
+  assert.equal(FakeSocket.all.length, 2, 'no second socket from the old backoff');
+  c.disconnect();
+});
+
+test('a long catch-up is read through history once, even if joined twice, live messages after it', () => {
+  const c = client();
+  c.join('c');
+  c.connect();
+  let ws = last();
+  ws.accept();
+  ws.ack(0, { ok: true, conversationId: 'c', lastSeq: 0, missed: [] });
+  // Away while 1,100 are written; back, the page joins again on its own as well.
+  ws.onclose();
+  c.connect();
+  ws = last();
+  ws.accept();
+  c.join('c');
+  const joins = ws.events().filter(([, name]) => name === 'conversation:join');
+  assert.equal(joins.length, 1, 'one join per conversation at a time');
+  assert.equal(joins[0][2].afterSeq, 0);
+  ws.ack(joins[0][0], { ok: true, conversationId: 'c', lastSeq: 1100, missed: range(1, 1000).map(msg) });
+  // A live message before the catch-up is done is held back.
+  ws.recv(`42/chat,${JSON.stringify(['message:new', msg(1101)])}`);
+  for (let page = 0; page < 2; page += 1) {
+    const [id, name, p] = ws.events().at(-1);
+    assert.equal(name, 'message:history');
+    const from = p.afterSeq + 1;
+    ws.ack(id, { ok: true, messages: range(from, Math.min(from + 49, 1100)).map(msg) });
+  }
+  assert.deepEqual(c.shown, range(1, 1101));
+  assert.equal(c.joined.get('c'), 1101);
+  c.disconnect();
+});
+
+test('an outbox filled offline goes four at a time', () => {
+  const c = client();
+  const ids = range(1, 10).map((i) => c.send('c', `m${i}`));
+  c.connect();
+  const ws = last();
+  ws.accept();
+  assert.equal(ws.events().length, 4);
+  ws.ack(0, { ok: true, message: msg(1), duplicate: false });
+  assert.deepEqual(ws.events().map(([, , p]) => p.tempId), ids.slice(0, 5));
+  c.disconnect();
+});
+
+test('joins turned away by the event budget go again one refill apart', () => {
+  const delays = [];
+  const realSetTimeout = globalThis.setTimeout;
+  globalThis.setTimeout = (fn, ms) => {
+    delays.push(ms);
+    return realSetTimeout(() => {}, 0);
+  };
+  try {
+    const c = client();
+    for (const conv of ['a', 'b', 'c', 'd']) c.join(conv);
+    c.connect();
+    const ws = last();
+    ws.accept();
+    delays.length = 0;
+    for (const [id] of ws.events()) {
+      ws.ack(id, { ok: false, error: 'Rate limit exceeded', code: 'rate_limited', retryAfterMs: 50 });
+    }
+    // Each waits 50 ms more than the one before (give or take the clock's tick).
+    assert.equal(delays.length, 4);
+    for (let k = 1; k < delays.length; k += 1) {
+      assert.ok(Math.abs(delays[k] - delays[k - 1] - 50) <= 5, `${delays}`);
+    }
+    c.disconnect();
+  } finally {
+    globalThis.setTimeout = realSetTimeout;
+  }
+});
+
+test('odd server payloads end nothing but that frame, and a bare ack keeps the send', () => {
+  const c = client();
+  c.connect();
+  const ws = last();
+  ws.accept();
+  const t = c.send('c', 'hello');
+  ws.recv('42/chat,["message:new",null]');
+  ws.recv('42/chat,null');
+  assert.equal(c.status, 'connected');
+  ws.recv('43/chat,0[]');
+  assert.ok(c.outbox.has(t), 'kept, to be sent again');
+  ws.recv('42/chat,[not json');
+  assert.equal(c.status, 'reconnecting');
+  c.disconnect();
+});
