@@ -86,6 +86,12 @@ impl Context {
             .deadline(accepted_at.add_ms(self.config.server.handshake_timeout_ms))
     }
 
+    /// Whether the store's log could not be flushed (see [`crate::storage`]): nothing is
+    /// stored until the server is restarted.
+    pub fn store_failed(&self) -> bool {
+        self.metrics.store_failed.load(Ordering::Relaxed) != 0
+    }
+
     /// Whether shutdown began.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)

@@ -48,6 +48,9 @@ pub struct RuntimeMetrics {
     pub store_appends: AtomicU64,
     /// Store operations that failed.
     pub store_failures: AtomicU64,
+    /// 1 once the store's log could not be flushed: nothing can be stored until the
+    /// server is restarted, and `/healthz` and `/readyz` say so.
+    pub store_failed: AtomicU64,
     /// How long each group commit took: the write transaction, and with it the flush of
     /// the log unless the log is flushed apart (see `store_sync`). Every acknowledged
     /// send waits for one.
@@ -234,6 +237,13 @@ pub fn render(gateway: &Gateway, rt: &RuntimeMetrics, draining: bool) -> String 
         "heartline_rate_limit_entries",
         gateway.rate_limit_entries() as u64,
     );
+    family(
+        &mut out,
+        "heartline_store_failed",
+        "gauge",
+        "1 once the store's log could not be flushed; nothing is stored until a restart.",
+    );
+    sample(&mut out, "heartline_store_failed", get(&rt.store_failed));
     family(
         &mut out,
         "heartline_store_pending_ops",

@@ -33,9 +33,19 @@ pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) ->
         return http::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
     }
     match path.as_str() {
-        "/healthz" if req.method() == Method::GET => http::text(StatusCode::OK, "ok"),
+        // A store whose log could not be flushed stores nothing until a restart: not
+        // healthy (a supervisor restarts it) and not ready (no new clients sent to it).
+        "/healthz" if req.method() == Method::GET => {
+            if ctx.store_failed() {
+                http::text(StatusCode::SERVICE_UNAVAILABLE, "store failed")
+            } else {
+                http::text(StatusCode::OK, "ok")
+            }
+        }
         "/readyz" if req.method() == Method::GET => {
-            if ctx.is_draining() {
+            if ctx.store_failed() {
+                http::text(StatusCode::SERVICE_UNAVAILABLE, "store failed")
+            } else if ctx.is_draining() {
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "draining")
             } else {
                 http::text(StatusCode::OK, "ready")

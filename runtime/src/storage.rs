@@ -38,6 +38,7 @@
 //! results, so the core learns a conversation's `last_seq` in order with its messages.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -708,6 +709,7 @@ impl Stage {
                              operation until restarted"
                         );
                         st.failed = Some(e);
+                        self.metrics.store_failed.store(1, Ordering::Relaxed);
                         self.more.notify_all();
                     }
                 }
@@ -731,7 +733,6 @@ impl Stage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
 
     fn append(op: u64, temp: &str) -> Job {
         Job::Append {
@@ -1006,6 +1007,7 @@ mod tests {
         queue.send(append(1, "a"));
         flush(&queue).await;
         assert_eq!(drain(&mut rx), vec!["op1 stored c#1"]);
+        assert_eq!(metrics.store_failed.load(Ordering::Relaxed), 0);
         // The log's path no longer names the file the flushes would flush.
         std::fs::remove_file(dir.path().join("t.db-wal")).expect("remove the log");
         queue.send(append(2, "b"));
@@ -1030,6 +1032,7 @@ mod tests {
             .starts_with("op4 append failed: store failure: flushing the database log failed"));
         assert!(matches!(prx.await, Ok(Err(StoreError::LogSync(_)))));
         assert_eq!(metrics.store_failures.load(Ordering::Relaxed), 3);
+        assert_eq!(metrics.store_failed.load(Ordering::Relaxed), 1);
         drop(queue);
         handle.join().expect("join");
     }

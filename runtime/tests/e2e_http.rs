@@ -333,6 +333,34 @@ async fn a_partial_request_runs_out_of_time_counted_from_the_tcp_accept() {
 }
 
 #[tokio::test]
+async fn a_store_that_cannot_flush_its_log_is_neither_healthy_nor_ready() {
+    let mut server = TestServer::start(|_| {}).await;
+    let addr = server.addr;
+    put_conversation(addr, "c1", &["u1:customer"]).await;
+    let mut u1 = server.connect("u1", "customer").await;
+    let send = json!({"conversationId": "c1", "content": "kept"});
+    let ack = u1.emit_ack("message:send", send).await.expect("ack");
+    assert_eq!(ack["ok"], true, "{ack}");
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(http(addr, "GET", path, &[], "").await.0, 200, "{path}");
+    }
+    // The log is gone from under the store: the next flush fails, and with it the store.
+    std::fs::remove_file(server.dir.path().join("heartline.db-wal")).expect("remove the log");
+    let send = json!({"conversationId": "c1", "content": "lost"});
+    let ack = u1.emit_ack("message:send", send).await.expect("ack");
+    assert_eq!(ack["code"], "internal", "{ack}");
+    for path in ["/healthz", "/readyz"] {
+        let (status, _, body) = http(addr, "GET", path, &[], "").await;
+        assert_eq!((status, body.as_str()), (503, "store failed"), "{path}");
+    }
+    assert_eq!(
+        metric(&server.metrics().await, "heartline_store_failed"),
+        Some(1.0)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn api_is_disabled_without_a_key() {
     let mut server = TestServer::start(|c| c.api.key = String::new()).await;
     let (status, _, _) = http(
