@@ -89,9 +89,12 @@ pub enum Msg {
 /// Shutdown progress.
 #[derive(Debug)]
 enum Drain {
-    /// Waiting for the store to answer everything asked before the drain.
+    /// Waiting for the store to answer everything asked before the drain, so that their
+    /// acks go out before the closes; at most until `wait_until`, half the drain, so that
+    /// a stuck store (a database locked by another process) does not hold the closes.
     Flushing {
         flushed: oneshot::Receiver<()>,
+        wait_until: tokio::time::Instant,
         deadline: tokio::time::Instant,
         done: oneshot::Sender<()>,
     },
@@ -365,9 +368,11 @@ impl<A: App> Actor<A> {
         tracing::info!(sessions = self.app.session_count(), drain_ms, "draining");
         let (tx, rx) = oneshot::channel();
         self.store.send(Job::Flush { reply: tx });
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(drain_ms);
+        let now = tokio::time::Instant::now();
+        let deadline = now + Duration::from_millis(drain_ms);
         self.drain = Some(Drain::Flushing {
             flushed: rx,
+            wait_until: now + Duration::from_millis(drain_ms / 2),
             deadline,
             done,
         });
@@ -396,11 +401,17 @@ impl<A: App> Actor<A> {
 
     fn drain_wakeup(&self) -> Option<tokio::time::Instant> {
         match &self.drain {
+            Some(Drain::Flushing { wait_until, .. }) => Some(*wait_until),
             Some(Drain::Closing { next_tick, .. }) => Some(*next_tick),
             Some(Drain::Finishing { flushed: None, .. }) => {
                 Some(tokio::time::Instant::now() + Duration::from_millis(20))
             }
-            _ => None,
+            Some(Drain::Finishing {
+                flushed: Some(_),
+                until,
+                ..
+            }) => Some(*until),
+            None => None,
         }
     }
 
@@ -408,6 +419,39 @@ impl<A: App> Actor<A> {
     fn drain_tick(&mut self) -> bool {
         let now = tokio::time::Instant::now();
         match self.drain.take() {
+            Some(Drain::Flushing {
+                wait_until,
+                deadline,
+                done,
+                flushed,
+            }) => {
+                if now >= wait_until {
+                    // Acks still wait for the store; their senders will send again.
+                    tracing::warn!("the store did not answer in half the drain; closing anyway");
+                    self.drain = Some(Drain::Closing {
+                        deadline,
+                        next_tick: now,
+                        done,
+                    });
+                } else {
+                    self.drain = Some(Drain::Flushing {
+                        flushed,
+                        wait_until,
+                        deadline,
+                        done,
+                    });
+                }
+                false
+            }
+            Some(Drain::Finishing {
+                flushed: Some(_),
+                until,
+                done,
+            }) if now >= until => {
+                tracing::warn!("the store did not answer before the end of the drain");
+                let _ = done.send(());
+                true
+            }
             Some(Drain::Closing { deadline, done, .. }) => {
                 let remaining = self.app.session_count();
                 let ticks_left = (deadline.saturating_duration_since(now).as_millis()

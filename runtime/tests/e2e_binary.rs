@@ -131,6 +131,53 @@ async fn sigterm_drains_and_exits_0() {
 }
 
 #[tokio::test]
+async fn sigterm_with_the_database_locked_by_another_process_still_drains_and_exits_in_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "[shutdown]\ndrain_ms = 2000\n");
+    let (mut child, addr) = spawn(&config).await;
+    put_conversation(addr, "c1", &["u0:customer", "u1:customer"]).await;
+    let mut clients = vec![
+        connect_as(addr, "u0", "customer").await,
+        connect_as(addr, "u1", "customer").await,
+    ];
+    // Another process (an operator's shell, a backup) holds the write lock: every write
+    // batch waits out the store's 5 s busy timeout.
+    let lock = rusqlite::Connection::open(dir.path().join("heartline.db")).expect("open");
+    lock.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    // Sends between reads: separate write batches, each waiting 5 s.
+    let mut pending = vec![];
+    for i in 0..6 {
+        let c = &mut clients[i % 2];
+        let send = json!({"conversationId": "c1", "content": format!("m{i}")});
+        pending.push(c.emit_with_ack("message:send", send).expect("emit"));
+        let read = json!({"conversationId": "c1"});
+        pending.push(c.emit_with_ack("message:history", read).expect("emit"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = tokio::time::Instant::now();
+    signal(&child, "TERM");
+    // The closes wait for the store at most half the drain, then go out over the rest.
+    for c in &mut clients {
+        let events = c.wait_closed(Duration::from_secs(6)).await.expect("closed");
+        assert!(
+            !events.contains(&heartline_runtime::client::ClientEvent::Disconnect),
+            "{events:?}"
+        );
+    }
+    let closed_after = started.elapsed();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits in bounded time, not after the store's whole backlog")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    println!(
+        "closed after {closed_after:?}, exited after {:?}",
+        started.elapsed()
+    );
+    drop(lock);
+}
+
+#[tokio::test]
 async fn kill_9_then_restart_loses_and_duplicates_no_acked_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(

@@ -106,7 +106,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config, dev_users))
+    let code = runtime.block_on(run(config, dev_users));
+    // The server has stopped, with every wait bounded; a blocking task still running
+    // (the join of a store thread stuck behind a database another process holds
+    // locked) must not keep the process alive past that bound. Nothing it holds was
+    // acknowledged: acks go out only after the log is flushed.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
 }
 
 async fn run(config: Config, dev_users: Option<Vec<dev::DevUser>>) -> ExitCode {
