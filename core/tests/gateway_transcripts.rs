@@ -533,6 +533,16 @@ fn a_reply_of_messages_holds_at_most_half_the_send_queue() {
         seqs(&f["messages"]),
         (5..=7).map(|s| json!(s)).collect::<Vec<_>>()
     );
+    // A limit of 0 asks for nothing: refused, not answered with one message.
+    let zero = g.emit(
+        2,
+        "message:history",
+        json!({"conversationId":"c1","limit":0}),
+    );
+    assert_eq!(
+        g.ack(2, zero).expect("answered")["code"],
+        json!("invalid_payload")
+    );
     // However small the budget, a reply holds at least one message.
     let mut cfg = config();
     cfg.engine.max_buffered_bytes = 10;

@@ -335,12 +335,16 @@ impl Gateway {
         let (Some(id), Ok(before_seq), Ok(after_seq), Ok(limit)) = parsed else {
             return self.refuse(now, session, ack, ErrorCode::InvalidPayload);
         };
+        // A page of nothing is a caller's mistake, not a request for one message.
+        if limit == Some(0) {
+            return self.refuse(now, session, ack, ErrorCode::InvalidPayload);
+        }
         let id = id.to_owned();
         if !self.may_use(now, session, ack, &id) {
             return;
         }
         let max = self.config.history_limit_max;
-        let limit = limit.map_or(max, |l| (l as usize).clamp(1, max));
+        let limit = limit.map_or(max, |l| usize::try_from(l).unwrap_or(max).min(max));
         let op = self.next_op();
         let forward = after_seq.is_some();
         self.pending.insert(
