@@ -273,15 +273,16 @@ impl Gateway {
         );
     }
 
-    /// The messages of a reply as JSON, as many as fit half the connection's send queue
+    /// The messages of a reply as JSON, as many as the connection's send queue holds
     /// (`server.max_outbound_bytes`), and always at least one: read forward, the first of
-    /// them, else the last. A reply the queue could not take would close a client that
-    /// reads as fast as it can (a catch-up of a thousand long messages is megabytes); what
-    /// is cut is read on from where the reply ends, as a join's reader does when the last
-    /// missed message is before `lastSeq`.
+    /// them, else the last. A reply larger than the queue would close a client that reads
+    /// as fast as it can whenever anything else was queued before it (a catch-up of a
+    /// thousand long messages is megabytes); what is cut is read on from where the reply
+    /// ends, as a join's reader does when the last missed message is before `lastSeq`.
+    /// Replies that fit are never cut, so front ends that do not read on see no change
+    /// but where the reply could not have been delivered at all.
     fn within_reply_budget(&self, messages: &[Message], forward: bool) -> Vec<Value> {
-        let budget =
-            usize::try_from(self.config.engine.max_buffered_bytes / 2).unwrap_or(usize::MAX);
+        let budget = usize::try_from(self.config.engine.max_buffered_bytes).unwrap_or(usize::MAX);
         let mut used = 0usize;
         let mut kept = Vec::with_capacity(messages.len());
         let mut take = |m: &Message| {
