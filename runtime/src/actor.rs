@@ -90,8 +90,9 @@ pub enum Msg {
 #[derive(Debug)]
 enum Drain {
     /// Waiting for the store to answer everything asked before the drain, so that their
-    /// acks go out before the closes; at most until `wait_until`, half the drain, so that
-    /// a stuck store (a database locked by another process) does not hold the closes.
+    /// acks go out before the closes; at most until `wait_until` (half the drain, and at
+    /// least [`DRAIN_STORE_WAIT`]), so that a stuck store (a database locked by another
+    /// process) does not hold the closes.
     Flushing {
         flushed: oneshot::Receiver<()>,
         wait_until: tokio::time::Instant,
@@ -111,6 +112,11 @@ enum Drain {
         done: oneshot::Sender<()>,
     },
 }
+
+/// The least time a drain waits for the store's pending answers before it closes
+/// sessions, however short `shutdown.drain_ms` (a healthy store answers in milliseconds);
+/// well within the shutdown's slack beyond the drain.
+const DRAIN_STORE_WAIT: Duration = Duration::from_secs(1);
 
 /// Time between two batches of closes while draining.
 const DRAIN_TICK: Duration = Duration::from_millis(100);
@@ -372,7 +378,7 @@ impl<A: App> Actor<A> {
         let deadline = now + Duration::from_millis(drain_ms);
         self.drain = Some(Drain::Flushing {
             flushed: rx,
-            wait_until: now + Duration::from_millis(drain_ms / 2),
+            wait_until: now + Duration::from_millis(drain_ms / 2).max(DRAIN_STORE_WAIT),
             deadline,
             done,
         });
