@@ -55,13 +55,13 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 /// Serves a request under `/api/`; `rest` is the path after `/api/`.
-/// Serves `/api/{rest}`; `accepted_at` is when the request's connection was accepted (or,
-/// kept alive, when this request began), which its body's deadline counts from.
+/// Serves `/api/{rest}`; `began` is when the request began (see
+/// [`crate::engineio::ConnInfo::request_began`]), which its body's deadline counts from.
 pub async fn handle(
     req: Request<Incoming>,
     ctx: Arc<Context>,
     rest: &str,
-    accepted_at: Instant,
+    began: Instant,
 ) -> Response<Body> {
     let key = &ctx.config.api.key;
     if key.is_empty() {
@@ -85,7 +85,7 @@ pub async fn handle(
             let Some(id) = query::percent_decode_path(id) else {
                 return bad_escape();
             };
-            put_conversation(req, ctx, id, accepted_at).await
+            put_conversation(req, ctx, id, began).await
         }
         ["conversations", id, "messages"] if !id.is_empty() => {
             if req.method() != Method::GET {
@@ -139,14 +139,14 @@ async fn put_conversation(
     req: Request<Incoming>,
     ctx: Arc<Context>,
     id: String,
-    accepted_at: Instant,
+    began: Instant,
 ) -> Response<Body> {
     if let Some(resp) = bad_id(&id) {
         return resp;
     }
     // Bounded in size and in time, like an Engine.IO POST body.
     let read = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
-    let body: Bytes = match tokio::time::timeout_at(ctx.request_deadline(accepted_at), read).await {
+    let body: Bytes = match tokio::time::timeout_at(ctx.request_deadline(began), read).await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) if e.is::<LengthLimitError>() => {
             return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB")

@@ -56,6 +56,7 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
     let info = ConnInfo {
         remote,
         accepted_at,
+        request_began: accepted_at,
         permit: Arc::new(permit),
         first_request: true,
     };
@@ -80,6 +81,10 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
             info.first_request = served.fetch_add(1, Ordering::Relaxed) == 0;
             if !info.first_request {
                 info.accepted_at = ctx.clock.now();
+                // Its headers were coming in since the request before it ended.
+                info.request_began = heartline_core::Instant::from_millis(
+                    activity.idle_since_ms.load(Ordering::Relaxed),
+                );
             }
             let ctx = ctx.clone();
             async move {

@@ -78,12 +78,13 @@ impl Context {
         RequestId(self.next_request.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// When a request on a connection accepted (or, kept alive, begun) at `accepted_at`
-    /// must have arrived whole: `server.handshake_timeout_ms` later. The contract counts a
-    /// partial request's time from the TCP accept, not from when its headers were read.
-    pub fn request_deadline(&self, accepted_at: heartline_core::Instant) -> tokio::time::Instant {
+    /// When a request that began at `began` (the TCP accept, or the end of the request
+    /// before it on a kept-alive connection) must have arrived whole:
+    /// `server.handshake_timeout_ms` later. The contract counts a partial request's time
+    /// from the TCP accept, not from when its headers were read.
+    pub fn request_deadline(&self, began: heartline_core::Instant) -> tokio::time::Instant {
         self.clock
-            .deadline(accepted_at.add_ms(self.config.server.handshake_timeout_ms))
+            .deadline(began.add_ms(self.config.server.handshake_timeout_ms))
     }
 
     /// Whether the store's log could not be flushed (see [`crate::storage`]): nothing is

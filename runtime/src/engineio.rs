@@ -36,8 +36,14 @@ use crate::websocket;
 pub struct ConnInfo {
     /// The peer's address.
     pub remote: std::net::SocketAddr,
-    /// When it was accepted, on the core's clock.
+    /// When it was accepted, on the core's clock; for a later request on a kept-alive
+    /// connection, when that request was handed over (a new session's handshake clock
+    /// starts there).
     pub accepted_at: Instant,
+    /// When this request began: the accept for the first request, the end of the one
+    /// before for a later one (its headers were arriving from then on). Its body must be
+    /// in by this plus `server.handshake_timeout_ms`.
+    pub request_began: Instant,
     /// Its slot under `server.max_connections`, kept by a WebSocket after the upgrade.
     pub permit: Arc<Permit>,
     /// Whether this request is the first on its connection (see [`pays_ip_rate`]).
@@ -93,6 +99,15 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         cors_headers(origin.as_deref(), resp.headers_mut());
         return resp;
     }
+    // Not ready (`/readyz`) for new clients: it could store none of their messages.
+    if query.sid.is_none() && ctx.store_failed() {
+        let mut resp = http::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"code": 4, "message": "Server cannot store messages"}),
+        );
+        cors_headers(origin.as_deref(), resp.headers_mut());
+        return resp;
+    }
     let get = req.method() == hyper::Method::GET;
     if pays_ip_rate(conn.first_request, true, query.sid.is_some(), get)
         && !ctx.ip_rate.allow(conn.remote.ip(), ctx.clock.now())
@@ -118,7 +133,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
     if is_websocket_upgrade(req.headers()) && req.method() == hyper::Method::GET {
         return upgrade(req, ctx, query, handshake, conn.permit);
     }
-    let mut resp = poll(req, ctx, query, handshake).await;
+    let mut resp = poll(req, ctx, query, handshake, conn.request_began).await;
     cors_headers(origin.as_deref(), resp.headers_mut());
     resp
 }
@@ -209,6 +224,7 @@ async fn poll(
     ctx: Arc<Context>,
     query: Query,
     handshake: Handshake,
+    request_began: Instant,
 ) -> Response<Body> {
     let method = match *req.method() {
         hyper::Method::GET => Method::Get,
@@ -219,7 +235,7 @@ async fn poll(
         let limit = usize::try_from(ctx.config.engine.max_payload_bytes)
             .unwrap_or(usize::MAX)
             .saturating_add(1);
-        let due = ctx.request_deadline(handshake.accepted_at);
+        let due = ctx.request_deadline(request_began);
         match tokio::time::timeout_at(due, read_bounded(req.into_body(), limit)).await {
             Ok(Ok(body)) => body,
             Ok(Err(())) => return http::empty(StatusCode::BAD_REQUEST),

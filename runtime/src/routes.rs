@@ -61,7 +61,7 @@ pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) ->
         p => match p.strip_prefix("/api/") {
             Some(rest) => {
                 let rest = rest.to_owned();
-                api::handle(req, ctx, &rest, conn.accepted_at).await
+                api::handle(req, ctx, &rest, conn.request_began).await
             }
             None => http::text(StatusCode::NOT_FOUND, "not found"),
         },

@@ -273,17 +273,30 @@ async fn a_conversation_id_in_the_path_is_read_as_a_path_not_as_a_form() {
     server.stop().await;
 }
 
-/// Opens a connection, waits `before_headers`, sends `head` and then one byte of body
-/// every 100 ms; returns the status the server answered and when, counted from the
-/// connect.
+/// Opens a connection (and, with `first`, has that request answered on it first), waits
+/// `before_headers`, sends `head` and then one byte of body every 100 ms; returns the
+/// status the server answered and when, counted from the connect (or from the first
+/// request's answer).
 async fn dribble(
     addr: std::net::SocketAddr,
+    first: Option<&str>,
     before_headers: Duration,
     head: &str,
 ) -> (u16, Duration) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let started = tokio::time::Instant::now();
+    let mut started = tokio::time::Instant::now();
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    if let Some(first) = first {
+        s.write_all(first.as_bytes()).await.expect("first request");
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.ends_with(b"ok") {
+            let n = s.read(&mut chunk).await.expect("first answer");
+            assert!(n > 0, "closed after the first request");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        started = tokio::time::Instant::now();
+    }
     tokio::time::sleep(before_headers).await;
     s.write_all(head.as_bytes()).await.expect("head");
     let mut buf = Vec::new();
@@ -323,11 +336,20 @@ async fn a_partial_request_runs_out_of_time_counted_from_the_tcp_accept() {
         "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
          Content-Type: text/plain\r\nContent-Length: 1000\r\n\r\n"
     );
-    for (what, head) in [("api", api), ("polling post", post)] {
-        let (status, after) = dribble(server.addr, Duration::from_millis(900), &head).await;
-        assert_eq!(status, 408, "{what}");
-        // Counted from the headers it would come at 1.9 s.
-        assert!(after < Duration::from_millis(1_600), "{what}: {after:?}");
+    // On a kept-alive connection, a later request's time counts from the end of the one
+    // before it.
+    let healthz = Some("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    for (what, head) in [("api", &api), ("polling post", &post)] {
+        for (first, on) in [(None, "a new connection"), (healthz, "a kept-alive one")] {
+            let wait = Duration::from_millis(900);
+            let (status, after) = dribble(server.addr, first, wait, head).await;
+            assert_eq!(status, 408, "{what} on {on}");
+            // Counted from the headers it would come at 1.9 s.
+            assert!(
+                after < Duration::from_millis(1_600),
+                "{what} on {on}: {after:?}"
+            );
+        }
     }
     server.stop().await;
 }
@@ -357,6 +379,11 @@ async fn a_store_that_cannot_flush_its_log_is_neither_healthy_nor_ready() {
         metric(&server.metrics().await, "heartline_store_failed"),
         Some(1.0)
     );
+    // Not ready means not taking new clients either; the connected one stays.
+    let (status, _, _) = http(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    assert_eq!(status, 503);
+    let ping = u1.emit_ack("message:history", json!({"conversationId": "c1"}));
+    assert_eq!(ping.await.expect("ack")["code"], "internal");
     server.stop().await;
 }
 
