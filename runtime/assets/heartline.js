@@ -319,7 +319,8 @@ export class HeartlineClient extends EventTarget {
         return live;
       };
       if (!reply || !reply.ok) {
-        for (const m of held()) this.show(m);
+        // Live messages stay held: shown now, they would move the cursor past what was
+        // never read. The next rejoin reads on from the cursor.
         this.joining.delete(conversationId);
         return this.fire('join-failed', { conversationId, ...reply });
       }

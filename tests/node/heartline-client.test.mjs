@@ -164,3 +164,29 @@ test('odd server payloads end nothing but that frame, and a bare ack keeps the s
   assert.equal(c.status, 'reconnecting');
   c.disconnect();
 });
+
+test('a catch-up read refused for good skips nothing: the gap is read on the next rejoin', () => {
+  const c = client();
+  c.join('c');
+  c.connect();
+  let ws = last();
+  ws.accept();
+  ws.ack(0, { ok: true, conversationId: 'c', lastSeq: 0, missed: [] });
+  ws.onclose();
+  c.connect();
+  ws = last();
+  ws.accept();
+  const [[join]] = ws.events();
+  ws.ack(join, { ok: true, conversationId: 'c', lastSeq: 10, missed: [msg(1), msg(2)] });
+  ws.recv(`42/chat,${JSON.stringify(['message:new', msg(11)])}`);
+  const [read] = ws.events().at(-1);
+  ws.ack(read, { ok: false, error: 'Invalid payload', code: 'invalid_payload' });
+  assert.deepEqual(c.shown, [1, 2], 'nothing past the gap');
+  // Back again: the rejoin asks from the last message shown.
+  ws.onclose();
+  c.connect();
+  ws = last();
+  ws.accept();
+  assert.equal(ws.events()[0][2].afterSeq, 2);
+  c.disconnect();
+});
