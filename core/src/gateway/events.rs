@@ -702,11 +702,28 @@ impl Gateway {
         duplicate: bool,
         echo: &Value,
     ) {
+        let m = MessageJson::new(message);
+        self.answer_send_json(now, session, ack, user, message, &m, duplicate, echo);
+    }
+
+    /// [`Self::answer_send`] with the message's JSON written already (a stored message's
+    /// JSON is written once for its sender and its fan-out).
+    #[allow(clippy::too_many_arguments)]
+    fn answer_send_json(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        ack: Option<u64>,
+        user: &UserKey,
+        message: &Message,
+        m: &MessageJson,
+        duplicate: bool,
+        echo: &Value,
+    ) {
         self.metrics.accepted += 1;
         if duplicate {
             self.metrics.duplicates += 1;
         }
-        let m = MessageJson::new(message);
         self.ack_json(now, session, ack, &m.send_ack(duplicate));
         self.emit_json(now, session, &m.sent_event(echo));
         self.notice(Notice::Accepted {
@@ -745,8 +762,9 @@ impl Gateway {
                 if let Some(conv) = self.conversations.get_mut(&message.conversation_id) {
                     conv.last_seq = conv.last_seq.max(message.seq);
                 }
+                let m = MessageJson::new(&message);
                 if live {
-                    self.answer_send(now, session, ack, &user, &message, false, &echo);
+                    self.answer_send_json(now, session, ack, &user, &message, &m, false, &echo);
                 } else {
                     self.notice(Notice::Accepted {
                         user: user.clone(),
@@ -755,7 +773,7 @@ impl Gateway {
                         duplicate: false,
                     });
                 }
-                self.fan_out(now, &message);
+                self.fan_out(now, &message, &m);
                 Some(message)
             }
             Ok(AppendOutcome::Duplicate(message)) => {
@@ -800,8 +818,9 @@ impl Gateway {
     }
 
     /// `message:new` to the room, `message:notification` to members connected elsewhere.
-    /// Each is encoded once and its bytes shared by every recipient.
-    fn fan_out(&mut self, now: Instant, message: &Message) {
+    /// Each is encoded once, from the message's JSON `m`, and its bytes shared by every
+    /// recipient.
+    fn fan_out(&mut self, now: Instant, message: &Message, m: &MessageJson) {
         let Some(conv) = self.conversations.get(&message.conversation_id) else {
             return;
         };
@@ -812,7 +831,6 @@ impl Gateway {
                 elsewhere.extend(u.conns.iter().filter(|s| !conv.room.contains_key(s)));
             }
         }
-        let m = MessageJson::new(message);
         let nsp = &self.config.namespace;
         let new = [SioPacket::text_frame(
             PacketType::Event,
