@@ -79,18 +79,24 @@ test('connecting during a backoff opens one socket, and the backoff does not ope
   c.disconnect();
 });
 
-test('a long catch-up is read through history once, even if joined twice, live messages after it', () => {
-  const c = client();
+/** A client that joined conversation `c` when it was empty, lost its connection and is
+ * connected again; returns the new socket, the rejoin sent on it. */
+function backAfterAbsence(c) {
   c.join('c');
   c.connect();
-  let ws = last();
-  ws.accept();
-  ws.ack(0, { ok: true, conversationId: 'c', lastSeq: 0, missed: [] });
-  // Away while 1,100 are written; back, the page joins again on its own as well.
-  ws.onclose();
+  const first = last();
+  first.accept();
+  first.ack(0, { ok: true, conversationId: 'c', lastSeq: 0, missed: [] });
+  first.onclose();
   c.connect();
-  ws = last();
-  ws.accept();
+  last().accept();
+  return last();
+}
+
+test('a long catch-up is read through history once, even if joined twice, live messages after it', () => {
+  const c = client();
+  // Away while 1,100 are written; back, the page joins again on its own as well.
+  const ws = backAfterAbsence(c);
   c.join('c');
   const joins = ws.events().filter(([, name]) => name === 'conversation:join');
   assert.equal(joins.length, 1, 'one join per conversation at a time');
@@ -167,15 +173,7 @@ test('odd server payloads end nothing but that frame, and a bare ack keeps the s
 
 test('a catch-up read refused for good skips nothing: the gap is read on the next rejoin', () => {
   const c = client();
-  c.join('c');
-  c.connect();
-  let ws = last();
-  ws.accept();
-  ws.ack(0, { ok: true, conversationId: 'c', lastSeq: 0, missed: [] });
-  ws.onclose();
-  c.connect();
-  ws = last();
-  ws.accept();
+  let ws = backAfterAbsence(c);
   const [[join]] = ws.events();
   ws.ack(join, { ok: true, conversationId: 'c', lastSeq: 10, missed: [msg(1), msg(2)] });
   ws.recv(`42/chat,${JSON.stringify(['message:new', msg(11)])}`);

@@ -544,7 +544,16 @@ impl Gateway {
         match result {
             Ok(Some(message)) => {
                 if self.conns.contains_key(&session) {
-                    self.answer_send(now, session, ack, &user, &message, true, &echo);
+                    self.answer_send(
+                        now,
+                        session,
+                        ack,
+                        &user,
+                        &message,
+                        &MessageJson::new(&message),
+                        true,
+                        &echo,
+                    );
                 }
             }
             // Not a retry (or the store could not tell): the rate limit's answer stands.
@@ -583,7 +592,16 @@ impl Gateway {
                 // A retry of a send already acknowledged: answer it again, store nothing.
                 let stored = stored.clone();
                 let echo = temp_id_echo(Some(t), send.numeric_temp_id);
-                self.answer_send(now, session, ack, user_key, &stored, true, &echo);
+                self.answer_send(
+                    now,
+                    session,
+                    ack,
+                    user_key,
+                    &stored,
+                    &MessageJson::new(&stored),
+                    true,
+                    &echo,
+                );
                 return Ok(Admitted::Duplicate);
             }
         }
@@ -682,7 +700,16 @@ impl Gateway {
                 created_at_ms: request.created_at_ms,
             };
             let echo = temp_id_echo(guess.temp_id.as_deref(), send.numeric_temp_id);
-            self.answer_send(now, session, ack, user_key, &guess, false, &echo);
+            self.answer_send(
+                now,
+                session,
+                ack,
+                user_key,
+                &guess,
+                &MessageJson::new(&guess),
+                false,
+                &echo,
+            );
         }
         self.out
             .push_back(Output::Effect(Effect::Append { op, request }));
@@ -690,26 +717,10 @@ impl Gateway {
     }
 
     /// Acknowledges a send to its sender: the ack (if asked for) and `message:sent`, whose
-    /// `tempId` is `echo`, the request's as the client sent it.
+    /// `tempId` is `echo`, the request's as the client sent it. `m` is the message's JSON
+    /// (a stored message's is written once for its sender and its fan-out).
     #[allow(clippy::too_many_arguments)]
     fn answer_send(
-        &mut self,
-        now: Instant,
-        session: SessionId,
-        ack: Option<u64>,
-        user: &UserKey,
-        message: &Message,
-        duplicate: bool,
-        echo: &Value,
-    ) {
-        let m = MessageJson::new(message);
-        self.answer_send_json(now, session, ack, user, message, &m, duplicate, echo);
-    }
-
-    /// [`Self::answer_send`] with the message's JSON written already (a stored message's
-    /// JSON is written once for its sender and its fan-out).
-    #[allow(clippy::too_many_arguments)]
-    fn answer_send_json(
         &mut self,
         now: Instant,
         session: SessionId,
@@ -764,7 +775,7 @@ impl Gateway {
                 }
                 let m = MessageJson::new(&message);
                 if live {
-                    self.answer_send_json(now, session, ack, &user, &message, &m, false, &echo);
+                    self.answer_send(now, session, ack, &user, &message, &m, false, &echo);
                 } else {
                     self.notice(Notice::Accepted {
                         user: user.clone(),
@@ -778,7 +789,16 @@ impl Gateway {
             }
             Ok(AppendOutcome::Duplicate(message)) => {
                 if live {
-                    self.answer_send(now, session, ack, &user, &message, true, &echo);
+                    self.answer_send(
+                        now,
+                        session,
+                        ack,
+                        &user,
+                        &message,
+                        &MessageJson::new(&message),
+                        true,
+                        &echo,
+                    );
                 }
                 Some(message)
             }
