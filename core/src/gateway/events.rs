@@ -544,16 +544,7 @@ impl Gateway {
         match result {
             Ok(Some(message)) => {
                 if self.conns.contains_key(&session) {
-                    self.answer_send(
-                        now,
-                        session,
-                        ack,
-                        &user,
-                        &message,
-                        &MessageJson::new(&message),
-                        true,
-                        &echo,
-                    );
+                    self.answer_duplicate(now, session, ack, &user, &message, &echo);
                 }
             }
             // Not a retry (or the store could not tell): the rate limit's answer stands.
@@ -592,16 +583,7 @@ impl Gateway {
                 // A retry of a send already acknowledged: answer it again, store nothing.
                 let stored = stored.clone();
                 let echo = temp_id_echo(Some(t), send.numeric_temp_id);
-                self.answer_send(
-                    now,
-                    session,
-                    ack,
-                    user_key,
-                    &stored,
-                    &MessageJson::new(&stored),
-                    true,
-                    &echo,
-                );
+                self.answer_duplicate(now, session, ack, user_key, &stored, &echo);
                 return Ok(Admitted::Duplicate);
             }
         }
@@ -745,6 +727,20 @@ impl Gateway {
         });
     }
 
+    /// [`Self::answer_send`] for a send answered as a duplicate of a stored message.
+    fn answer_duplicate(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        ack: Option<u64>,
+        user: &UserKey,
+        message: &Message,
+        echo: &Value,
+    ) {
+        let m = MessageJson::new(message);
+        self.answer_send(now, session, ack, user, message, &m, true, echo);
+    }
+
     pub(super) fn on_appended(
         &mut self,
         now: Instant,
@@ -789,16 +785,7 @@ impl Gateway {
             }
             Ok(AppendOutcome::Duplicate(message)) => {
                 if live {
-                    self.answer_send(
-                        now,
-                        session,
-                        ack,
-                        &user,
-                        &message,
-                        &MessageJson::new(&message),
-                        true,
-                        &echo,
-                    );
+                    self.answer_duplicate(now, session, ack, &user, &message, &echo);
                 }
                 Some(message)
             }
