@@ -1,8 +1,8 @@
 //! The client state machine driven by hand, frame by frame, where the simulator does not
-//! go: the application closing and reopening a client, connecting during a backoff, and a
-//! rejoin burst the server turns away.
+//! go: the application closing and reopening a client, connecting during a backoff, and
+//! rejoin bursts (the joins kept in flight, the server turning them away).
 
-use heartline_core::client::{Client, ClientConfig, Output, Status};
+use heartline_core::client::{Client, ClientConfig, Output, Status, MAX_JOINS_IN_FLIGHT};
 use heartline_core::codec::Frame;
 use heartline_core::Instant;
 use serde_json::{json, Value};
@@ -141,23 +141,29 @@ fn joins_turned_away_by_the_budget_come_back_one_refill_apart() {
     }
     d.client.connect(d.now);
     d.server_accepts();
-    let joins = sent_events(&d.take());
-    assert_eq!(joins.len(), 5);
+    let mut joins = sent_events(&d.take());
     let refused = json!({"ok": false, "error": "Rate limit exceeded", "code": "rate_limited", "retryAfterMs": 50});
-    for (id, _, _) in &joins {
-        d.ack(id.expect("join asks for an ack"), refused.clone());
+    // Four go at once; the fifth when the first answer makes room.
+    assert_eq!(joins.len(), MAX_JOINS_IN_FLIGHT);
+    let mut answered = 0;
+    while answered < joins.len() {
+        let id = joins[answered].0.expect("join asks for an ack");
+        d.ack(id, refused.clone());
+        joins.extend(sent_events(&d.take()));
+        answered += 1;
     }
+    assert_eq!(joins.len(), 5);
     // One every 50 ms, not five at once every 50 ms.
     let start = d.now.as_millis();
     let mut resent = vec![];
     for step in 1..=6 {
         d.advance_to(start + step * 50);
-        for (_, event, payload) in sent_events(&d.take()) {
+        for (id, event, payload) in sent_events(&d.take()) {
             assert_eq!(event, "conversation:join");
-            resent.push((
-                step,
-                payload["conversationId"].as_str().unwrap_or("").to_owned(),
-            ));
+            let conv = payload["conversationId"].as_str().unwrap_or("").to_owned();
+            let served = json!({"ok": true, "conversationId": conv, "lastSeq": 0, "missed": []});
+            d.ack(id.expect("join asks for an ack"), served);
+            resent.push((step, conv));
         }
     }
     let steps: Vec<u64> = resent.iter().map(|(s, _)| *s).collect();
@@ -165,4 +171,86 @@ fn joins_turned_away_by_the_budget_come_back_one_refill_apart() {
     let mut names: Vec<String> = resent.into_iter().map(|(_, c)| c).collect();
     names.sort();
     assert_eq!(names, convs);
+}
+
+/// Ack ids of the joins in `outputs`, with their conversations.
+fn joins_sent(outputs: &[Output]) -> Vec<(u64, String)> {
+    sent_events(outputs)
+        .into_iter()
+        .filter(|(_, event, _)| event == "conversation:join")
+        .map(|(id, _, p)| {
+            let conv = p["conversationId"].as_str().unwrap_or("").to_owned();
+            (id.expect("join asks for an ack"), conv)
+        })
+        .collect()
+}
+
+#[test]
+fn a_rejoin_burst_keeps_four_joins_in_flight_and_asks_for_each_once() {
+    let mut d = Driven::new();
+    let convs: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    for c in &convs {
+        d.client.join(d.now, c);
+    }
+    d.client.connect(d.now);
+    d.server_accepts();
+    let mut in_flight = joins_sent(&d.take());
+    assert_eq!(in_flight.len(), MAX_JOINS_IN_FLIGHT);
+    // Asking again for a conversation already asked for (in flight or waiting) sends nothing.
+    d.client.join(d.now, "c0");
+    d.client.join(d.now, "c9");
+    assert!(joins_sent(&d.take()).is_empty());
+    // Answered two at a time: each answer lets one waiting join go, never more than four.
+    let mut asked: Vec<String> = in_flight.iter().map(|(_, c)| c.clone()).collect();
+    while !in_flight.is_empty() {
+        for (id, conv) in in_flight
+            .drain(..2.min(in_flight.len()))
+            .collect::<Vec<_>>()
+        {
+            d.ack(
+                id,
+                json!({"ok": true, "conversationId": conv, "lastSeq": 0, "missed": []}),
+            );
+        }
+        let next = joins_sent(&d.take());
+        asked.extend(next.iter().map(|(_, c)| c.clone()));
+        in_flight.extend(next);
+        assert!(in_flight.len() <= MAX_JOINS_IN_FLIGHT, "{in_flight:?}");
+    }
+    assert_eq!(asked, convs, "each conversation asked for once, in order");
+}
+
+#[test]
+fn joins_waiting_on_a_lost_connection_are_asked_for_once_on_the_next() {
+    let mut d = Driven::new();
+    let convs: Vec<String> = (0..7).map(|i| format!("c{i}")).collect();
+    for c in &convs {
+        d.client.join(d.now, c);
+    }
+    d.client.connect(d.now);
+    d.server_accepts();
+    let first = joins_sent(&d.take());
+    assert_eq!(first.len(), MAX_JOINS_IN_FLIGHT);
+    // Lost with three joins still waiting; their answers can no longer come.
+    d.client.handle_closed(d.now);
+    let due = d
+        .client
+        .poll_timeout()
+        .expect("a reconnection is scheduled");
+    d.advance_to(due.as_millis());
+    assert_eq!(opens(&d.take()), 1);
+    d.server_accepts();
+    let mut in_flight = joins_sent(&d.take());
+    assert_eq!(in_flight.len(), MAX_JOINS_IN_FLIGHT);
+    let mut asked = vec![];
+    while let Some((id, conv)) = in_flight.pop() {
+        asked.push(conv.clone());
+        d.ack(
+            id,
+            json!({"ok": true, "conversationId": conv, "lastSeq": 0, "missed": []}),
+        );
+        in_flight.extend(joins_sent(&d.take()));
+    }
+    asked.sort();
+    assert_eq!(asked, convs);
 }

@@ -9,10 +9,16 @@
 //    connect, so two devices of one user never take turns replacing each other;
 //  - an outbox: a send is kept until acknowledged and resent after a reconnect with its
 //    original tempId (the server stores it once); `rate_limited` waits `retryAfterMs`;
-//  - catch-up: joined conversations are rejoined with `afterSeq`, what the join's reply
-//    cannot hold is read through `message:history` before live messages are shown, and
-//    each message is handed over once, in seq order; a join or read the server asks to
-//    come back for later (`rate_limited`, `internal`) is sent again after `retryAfterMs`.
+//  - catch-up: joined conversations are rejoined with `afterSeq`, four at a time; what
+//    the join's reply cannot hold is read through `message:history` before live messages
+//    are shown, and each message is handed over once, in seq order; a join or read the
+//    server asks to come back for later (`rate_limited`, `internal`) is sent again after
+//    `retryAfterMs`.
+
+// Joins under way at once (a join and the reads that finish its catch-up count as one):
+// after a reconnect every joined conversation is rejoined, and each reply may carry up to
+// 1,000 missed messages. The rest wait here, in order.
+const MAX_JOINS = 4;
 
 const DEFAULTS = {
   namespace: '/chat',
@@ -41,6 +47,7 @@ export class HeartlineClient extends EventTarget {
     this.joined = new Map(); // conversationId -> last seq delivered (null until known)
     this.catching = new Map(); // conversationId -> live messages held while catching up
     this.joining = new Set(); // conversations with a join (or its catch-up) under way
+    this.joinQueue = []; // conversations waiting for room among those joining
     this.pacedUntil = 0; // when the last request turned away by the budget goes again
     this.timers = {};
     this.seq = 0;
@@ -135,6 +142,7 @@ export class HeartlineClient extends EventTarget {
     this.acks.clear();
     this.catching.clear();
     this.joining.clear();
+    this.joinQueue = [];
     this.pacedUntil = 0;
     for (const o of this.outbox.values()) o.sentOn = null;
     if (ws) ws.close();
@@ -278,11 +286,24 @@ export class HeartlineClient extends EventTarget {
     this.fire('message', message);
   }
 
-  /** Joins on this connection, once at a time per conversation. */
+  /** Joins on this connection, once at a time per conversation, MAX_JOINS at a time. */
   sendJoin(conversationId) {
-    if (this.joining.has(conversationId)) return;
+    if (this.joining.has(conversationId) || this.joinQueue.includes(conversationId)) return;
+    if (this.joining.size >= MAX_JOINS) {
+      this.joinQueue.push(conversationId);
+      return;
+    }
     this.joining.add(conversationId);
     this.requestJoin(conversationId);
+  }
+
+  /** A join ended (caught up or failed): the next one waiting takes its place. */
+  joinEnded(conversationId) {
+    this.joining.delete(conversationId);
+    while (this.up && this.joining.size < MAX_JOINS && this.joinQueue.length) {
+      const next = this.joinQueue.shift();
+      if (this.joined.has(next)) this.sendJoin(next);
+    }
   }
 
   requestJoin(conversationId) {
@@ -292,7 +313,7 @@ export class HeartlineClient extends EventTarget {
     this.request('conversation:join', payload, (reply) => {
       if (this.later(reply, `join-${conversationId}`, () => this.requestJoin(conversationId))) return;
       if (!reply || !reply.ok) {
-        this.joining.delete(conversationId);
+        this.joinEnded(conversationId);
         return this.fire('join-failed', { conversationId, ...reply });
       }
       const missed = Array.isArray(reply.missed) ? reply.missed : [];
@@ -321,7 +342,7 @@ export class HeartlineClient extends EventTarget {
       if (!reply || !reply.ok) {
         // Live messages stay held: shown now, they would move the cursor past what was
         // never read. The next rejoin reads on from the cursor.
-        this.joining.delete(conversationId);
+        this.joinEnded(conversationId);
         return this.fire('join-failed', { conversationId, ...reply });
       }
       const page = Array.isArray(reply.messages) ? reply.messages : [];
@@ -334,10 +355,10 @@ export class HeartlineClient extends EventTarget {
   }
 
   caughtUp(conversationId, lastSeq) {
-    this.joining.delete(conversationId);
     const seen = this.joined.get(conversationId);
     if (seen == null || seen < lastSeq) this.joined.set(conversationId, lastSeq);
     this.fire('joined', { conversationId, lastSeq });
+    this.joinEnded(conversationId);
   }
 
   /**

@@ -155,6 +155,36 @@ test('joins turned away by the event budget go again one refill apart', () => {
   }
 });
 
+test('a rejoin burst keeps four joins and their catch-ups under way, each asked for once', () => {
+  const c = client();
+  const convs = range(0, 9).map((i) => `c${i}`);
+  for (const conv of convs) c.join(conv);
+  c.connect();
+  const ws = last();
+  ws.accept();
+  const joins = () => ws.events().filter(([, name]) => name === 'conversation:join');
+  assert.deepEqual(joins().map(([, , p]) => p.conversationId), convs.slice(0, 4));
+  // Asked again by the page, in flight or waiting: nothing more is sent.
+  c.join('c0');
+  c.join('c9');
+  assert.equal(joins().length, 4);
+  // c0 has more missed than its reply holds: its read keeps its place until done.
+  ws.ack(joins()[0][0], { ok: true, conversationId: 'c0', lastSeq: 3, missed: [{ ...msg(1), conversationId: 'c0' }] });
+  assert.equal(joins().length, 4, 'c0 is still catching up');
+  const [read] = ws.events().at(-1);
+  ws.ack(read, { ok: true, messages: [2, 3].map((seq) => ({ ...msg(seq), conversationId: 'c0' })) });
+  assert.equal(joins().length, 5, 'caught up: the next one goes');
+  // The rest as answers come, never more than four under way.
+  for (let k = 1; k < joins().length; k += 1) {
+    const [id, , p] = joins()[k];
+    ws.ack(id, { ok: true, conversationId: p.conversationId, lastSeq: 0, missed: [] });
+    assert.ok(joins().length <= k + 1 + 4);
+  }
+  assert.deepEqual(joins().map(([, , p]) => p.conversationId), convs);
+  assert.equal(c.joining.size, 0);
+  c.disconnect();
+});
+
 test('odd server payloads end nothing but that frame, and a bare ack keeps the send', () => {
   const c = client();
   c.connect();

@@ -10,8 +10,9 @@
 //! - an outbox: a send stays queued until the server acknowledges it and is resent after a
 //!   reconnect with its original `tempId`, so a retry can never store a message twice; a
 //!   `rate_limited` answer is retried after `retryAfterMs`;
-//! - catch-up: joined conversations are rejoined with `afterSeq` = the last `seq` seen, and
-//!   messages are handed to the application once, in order;
+//! - catch-up: joined conversations are rejoined with `afterSeq` = the last `seq` seen,
+//!   [`MAX_JOINS_IN_FLIGHT`] at a time, and messages are handed to the application once,
+//!   in order;
 //! - no reconnection after `connection:replaced` or a refused connect: two devices of one
 //!   user must never take turns replacing each other.
 //!
@@ -40,6 +41,13 @@ use crate::time::{Clock, Instant};
 /// offline is not fired at the server all at once: past the rate limit each extra send
 /// is refused, and enough refusals in a burst end the connection as a flood.
 const MAX_SENDS_IN_FLIGHT: usize = 4;
+
+/// Joins on the wire awaiting their reply at any time. A client in many conversations
+/// rejoins them all after a reconnect, and each reply may carry up to 1,000 missed
+/// messages: sent all at once, a burst of such replies can outgrow the server's send
+/// queue for a slow link, and past the connection's event budget each extra join is only
+/// turned away. The rest wait on the client, in the order they were asked for.
+pub const MAX_JOINS_IN_FLIGHT: usize = 4;
 
 /// Pause before a join the server failed to serve is tried again.
 const JOIN_RETRY_MS: u64 = 1_000;
@@ -177,6 +185,8 @@ pub struct Client {
     next_ack: u64,
     /// Ack ids of joins in flight: ack id -> conversation.
     joins: BTreeMap<u64, String>,
+    /// Joins waiting for room among those in flight ([`MAX_JOINS_IN_FLIGHT`]), in order.
+    join_queue: VecDeque<String>,
     /// Joins the server could not serve (store failure), to try again at the given time.
     rejoin_at: BTreeMap<String, Instant>,
     /// Joined conversations, what has been handed to the application, what is held back.
@@ -206,6 +216,7 @@ impl Client {
             outbox: VecDeque::new(),
             next_ack: 0,
             joins: BTreeMap::new(),
+            join_queue: VecDeque::new(),
             rejoin_at: BTreeMap::new(),
             convs: CatchUp::default(),
             history: BTreeMap::new(),
@@ -444,6 +455,7 @@ impl Client {
             o.ack = None;
         }
         self.joins.clear();
+        self.join_queue.clear();
         self.history.clear();
         self.convs.reset();
         self.rejoin_at.clear();
@@ -555,7 +567,35 @@ impl Client {
         id
     }
 
+    /// Joins now, or once there is room among the joins in flight. A conversation is
+    /// asked for once at a time.
     fn send_join(&mut self, conversation_id: &str) {
+        let asked = self.joins.values().any(|c| c == conversation_id)
+            || self.join_queue.iter().any(|c| c == conversation_id);
+        if asked {
+            return;
+        }
+        if self.joins.len() >= MAX_JOINS_IN_FLIGHT {
+            self.join_queue.push_back(conversation_id.to_owned());
+            return;
+        }
+        self.join_now(conversation_id);
+    }
+
+    /// Sends the joins waiting for room, as far as there is room.
+    fn join_queued(&mut self) {
+        while self.phase == Phase::Up && self.joins.len() < MAX_JOINS_IN_FLIGHT {
+            let Some(conv) = self.join_queue.pop_front() else {
+                return;
+            };
+            // Left meanwhile by a join refused for good: nothing to ask for.
+            if self.convs.joined.contains_key(&conv) {
+                self.join_now(&conv);
+            }
+        }
+    }
+
+    fn join_now(&mut self, conversation_id: &str) {
         let id = self.take_ack_id();
         self.joins.insert(id, conversation_id.to_owned());
         let mut payload = json!({ "conversationId": conversation_id });
@@ -684,6 +724,7 @@ impl Client {
             .cloned()
             .unwrap_or(Value::Null);
         if let Some(conv) = self.joins.remove(&id) {
+            self.join_queued();
             if reply["ok"] != json!(true) {
                 return self.join_refused(now, conv, &reply);
             }
