@@ -141,19 +141,16 @@ fn joins_turned_away_by_the_budget_come_back_one_refill_apart() {
     }
     d.client.connect(d.now);
     d.server_accepts();
-    let mut joins = sent_events(&d.take());
+    let joins = sent_events(&d.take());
     let refused = json!({"ok": false, "error": "Rate limit exceeded", "code": "rate_limited", "retryAfterMs": 50});
-    // Four go at once; the fifth when the first answer makes room.
     assert_eq!(joins.len(), MAX_JOINS_IN_FLIGHT);
-    let mut answered = 0;
-    while answered < joins.len() {
-        let id = joins[answered].0.expect("join asks for an ack");
-        d.ack(id, refused.clone());
-        joins.extend(sent_events(&d.take()));
-        answered += 1;
+    for (id, _, _) in &joins {
+        d.ack(id.expect("join asks for an ack"), refused.clone());
     }
-    assert_eq!(joins.len(), 5);
-    // One every 50 ms, not five at once every 50 ms.
+    // A join turned away keeps its place while it waits: the fifth does not go into a
+    // budget that is spent.
+    assert!(sent_events(&d.take()).is_empty());
+    // One every 50 ms, not four at once every 50 ms; the fifth once one is served.
     let start = d.now.as_millis();
     let mut resent = vec![];
     for step in 1..=6 {
@@ -167,7 +164,7 @@ fn joins_turned_away_by_the_budget_come_back_one_refill_apart() {
         }
     }
     let steps: Vec<u64> = resent.iter().map(|(s, _)| *s).collect();
-    assert_eq!(steps, [1, 2, 3, 4, 5]);
+    assert_eq!(steps, [1, 2, 2, 3, 4]);
     let mut names: Vec<String> = resent.into_iter().map(|(_, c)| c).collect();
     names.sort();
     assert_eq!(names, convs);
@@ -253,4 +250,70 @@ fn joins_waiting_on_a_lost_connection_are_asked_for_once_on_the_next() {
     }
     asked.sort();
     assert_eq!(asked, convs);
+}
+
+#[test]
+fn a_join_keeps_its_place_until_its_catch_up_through_history_is_done() {
+    let mut d = Driven::new();
+    let convs: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+    for c in &convs {
+        d.client.join(d.now, c);
+    }
+    d.client.connect(d.now);
+    d.server_accepts();
+    // Joined once (each at seq 0), then the connection is lost.
+    let mut in_flight = joins_sent(&d.take());
+    while let Some((id, conv)) = in_flight.pop() {
+        d.ack(
+            id,
+            json!({"ok": true, "conversationId": conv, "lastSeq": 0, "missed": []}),
+        );
+        in_flight.extend(joins_sent(&d.take()));
+    }
+    d.client.handle_closed(d.now);
+    let due = d
+        .client
+        .poll_timeout()
+        .expect("a reconnection is scheduled");
+    d.advance_to(due.as_millis());
+    d.take();
+    d.server_accepts();
+    let first = joins_sent(&d.take());
+    let names: Vec<&str> = first.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(names, ["c0", "c1", "c2", "c3"]);
+    // c0 missed more than its reply holds: it reads the rest through history.
+    let missed: Vec<Value> = (1..=1000)
+        .map(|seq| json!({"conversationId": "c0", "seq": seq}))
+        .collect();
+    d.ack(
+        first[0].0,
+        json!({"ok": true, "conversationId": "c0", "lastSeq": 1100, "missed": missed}),
+    );
+    let out = d.take();
+    assert!(joins_sent(&out).is_empty(), "c0 is still catching up");
+    let read = sent_events(&out)
+        .into_iter()
+        .find(|(_, event, _)| event == "message:history")
+        .expect("the rest is read");
+    // The other three are served: three more go, c0 still holds its place.
+    for (id, conv) in &first[1..] {
+        d.ack(
+            *id,
+            json!({"ok": true, "conversationId": conv, "lastSeq": 0, "missed": []}),
+        );
+    }
+    let more = joins_sent(&d.take());
+    let names: Vec<&str> = more.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(names, ["c4", "c5", "c6"]);
+    // The read completes the catch-up: c7 goes.
+    let page: Vec<Value> = (1001..=1100)
+        .map(|seq| json!({"conversationId": "c0", "seq": seq}))
+        .collect();
+    d.ack(
+        read.0.expect("a read asks for an ack"),
+        json!({"ok": true, "messages": page}),
+    );
+    let last = joins_sent(&d.take());
+    let names: Vec<&str> = last.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(names, ["c7"]);
 }

@@ -117,8 +117,8 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// SQLite's page cache, KiB: four times its 2 MiB default, and no larger, because of what
-/// a commit costs with a large cache.
+/// SQLite's page cache, KiB: about four times its default (2,000 KiB), and no larger,
+/// because of what a commit costs with a large cache.
 ///
 /// When an insert splits an index page in the middle of the tree (tempIds are random, so
 /// every few dozen sends do), SQLite renumbers the new pages into ascending order by
@@ -129,7 +129,7 @@ impl From<rusqlite::Error> for StoreError {
 /// was 15 % of the server's CPU samples at 500 sends/s; 13–14 % of commits took over 1 ms,
 /// with the sends queued behind them waiting. With 8 MiB the walk is an eighth as long,
 /// 7 % of commits take over 1 ms, and pages not in the log are read through the memory
-/// map anyway ([`MMAP_BYTES`]).
+/// map anyway (the file's first [`MMAP_BYTES`]).
 const CACHE_KIB: i64 = 8 * 1024;
 
 /// Bytes of the database file SQLite may read through a memory map.

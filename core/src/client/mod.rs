@@ -23,7 +23,7 @@
 mod backoff;
 mod catchup;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde_json::{json, Value};
 
@@ -42,11 +42,13 @@ use crate::time::{Clock, Instant};
 /// is refused, and enough refusals in a burst end the connection as a flood.
 const MAX_SENDS_IN_FLIGHT: usize = 4;
 
-/// Joins on the wire awaiting their reply at any time. A client in many conversations
-/// rejoins them all after a reconnect, and each reply may carry up to 1,000 missed
-/// messages: sent all at once, a burst of such replies can outgrow the server's send
-/// queue for a slow link, and past the connection's event budget each extra join is only
-/// turned away. The rest wait on the client, in the order they were asked for.
+/// Joins under way at any time. A join is under way from when it is sent until its
+/// catch-up is done: its reply, the history reads that complete it, and any wait the
+/// server asked for before trying again. A client in many conversations rejoins them all
+/// after a reconnect, and each reply may carry up to 1,000 missed messages: sent all at
+/// once, a burst of such replies can outgrow the server's send queue for a slow link, and
+/// past the connection's event budget each extra join is only turned away. The rest wait
+/// on the client, in the order they were asked for.
 pub const MAX_JOINS_IN_FLIGHT: usize = 4;
 
 /// Pause before a join the server failed to serve is tried again.
@@ -185,7 +187,9 @@ pub struct Client {
     next_ack: u64,
     /// Ack ids of joins in flight: ack id -> conversation.
     joins: BTreeMap<u64, String>,
-    /// Joins waiting for room among those in flight ([`MAX_JOINS_IN_FLIGHT`]), in order.
+    /// Conversations with a join under way (see [`MAX_JOINS_IN_FLIGHT`]).
+    joining: BTreeSet<String>,
+    /// Joins waiting for room among those under way, in order.
     join_queue: VecDeque<String>,
     /// Joins the server could not serve (store failure), to try again at the given time.
     rejoin_at: BTreeMap<String, Instant>,
@@ -216,6 +220,7 @@ impl Client {
             outbox: VecDeque::new(),
             next_ack: 0,
             joins: BTreeMap::new(),
+            joining: BTreeSet::new(),
             join_queue: VecDeque::new(),
             rejoin_at: BTreeMap::new(),
             convs: CatchUp::default(),
@@ -414,7 +419,12 @@ impl Client {
                 .collect();
             for conv in due {
                 self.rejoin_at.remove(&conv);
-                self.send_join(&conv);
+                if self.joining.contains(&conv) {
+                    // Its place among the joins under way was kept through the wait.
+                    self.join_now(&conv);
+                } else {
+                    self.send_join(&conv);
+                }
             }
         }
         self.flush_outbox(now);
@@ -455,6 +465,7 @@ impl Client {
             o.ack = None;
         }
         self.joins.clear();
+        self.joining.clear();
         self.join_queue.clear();
         self.history.clear();
         self.convs.reset();
@@ -567,31 +578,43 @@ impl Client {
         id
     }
 
-    /// Joins now, or once there is room among the joins in flight. A conversation is
+    /// Joins now, or once there is room among the joins under way. A conversation is
     /// asked for once at a time.
     fn send_join(&mut self, conversation_id: &str) {
-        let asked = self.joins.values().any(|c| c == conversation_id)
+        let asked = self.joining.contains(conversation_id)
             || self.join_queue.iter().any(|c| c == conversation_id);
         if asked {
             return;
         }
-        if self.joins.len() >= MAX_JOINS_IN_FLIGHT {
+        if self.joining.len() >= MAX_JOINS_IN_FLIGHT {
             self.join_queue.push_back(conversation_id.to_owned());
             return;
         }
+        self.joining.insert(conversation_id.to_owned());
         self.join_now(conversation_id);
     }
 
     /// Sends the joins waiting for room, as far as there is room.
     fn join_queued(&mut self) {
-        while self.phase == Phase::Up && self.joins.len() < MAX_JOINS_IN_FLIGHT {
+        while self.phase == Phase::Up && self.joining.len() < MAX_JOINS_IN_FLIGHT {
             let Some(conv) = self.join_queue.pop_front() else {
                 return;
             };
             // Left meanwhile by a join refused for good: nothing to ask for.
             if self.convs.joined.contains_key(&conv) {
-                self.join_now(&conv);
+                self.send_join(&conv);
             }
+        }
+    }
+
+    /// Ends `conv`'s join if nothing of it is left: no reply, read or retry awaited. The
+    /// next waiting join takes its place.
+    fn join_settled(&mut self, conv: &str) {
+        let pending = self.joins.values().any(|c| c == conv)
+            || self.history.values().any(|c| c == conv)
+            || self.rejoin_at.contains_key(conv);
+        if !pending && self.joining.remove(conv) {
+            self.join_queued();
         }
     }
 
@@ -685,12 +708,12 @@ impl Client {
     /// retried on this connection after a pause: until the join succeeds the client is not
     /// in the room and would miss every message. Any other refusal is final for this
     /// conversation, and the application is told.
-    fn join_refused(&mut self, now: Instant, conv: String, reply: &Value) {
+    fn join_refused(&mut self, now: Instant, conv: &str, reply: &Value) {
         let code = reply["code"].as_str().unwrap_or("").to_owned();
         if matches!(code.as_str(), "internal" | "rate_limited") {
-            return self.rejoin_later(now, conv, reply);
+            return self.rejoin_later(now, conv.to_owned(), reply);
         }
-        self.convs.joined.remove(&conv);
+        self.convs.joined.remove(conv);
         self.out.push_back(Output::Event(
             "conversation:join_failed".into(),
             json!({ "conversationId": conv, "code": code }),
@@ -724,16 +747,17 @@ impl Client {
             .cloned()
             .unwrap_or(Value::Null);
         if let Some(conv) = self.joins.remove(&id) {
-            self.join_queued();
             if reply["ok"] != json!(true) {
-                return self.join_refused(now, conv, &reply);
+                self.join_refused(now, &conv, &reply);
+                return self.join_settled(&conv);
             }
             let missed = reply["missed"].as_array().cloned().unwrap_or_default();
             let mut ready = vec![];
             self.convs
                 .joined(&conv, &missed, reply["lastSeq"].as_u64(), &mut ready);
             self.delivered(ready);
-            return self.fetch_gap(&conv);
+            self.fetch_gap(&conv);
+            return self.join_settled(&conv);
         }
         if let Some(conv) = self.history.remove(&id) {
             if reply["ok"] != json!(true) {
@@ -744,7 +768,8 @@ impl Client {
             let mut ready = vec![];
             self.convs.page(&conv, &page, &mut ready);
             self.delivered(ready);
-            return self.fetch_gap(&conv);
+            self.fetch_gap(&conv);
+            return self.join_settled(&conv);
         }
         let Some(pos) = self.outbox.iter().position(|o| o.ack == Some(id)) else {
             return;
