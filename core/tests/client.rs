@@ -49,6 +49,50 @@ impl Driven {
         self.now = Instant::from_millis(ms);
         self.client.handle_timeout(self.now);
     }
+
+    /// A client that joined `c0`..`c{n-1}` and then connected; and those conversations.
+    fn connected_in(n: usize) -> (Self, Vec<String>) {
+        let mut d = Driven::new();
+        let convs: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        for c in &convs {
+            d.client.join(d.now, c);
+        }
+        d.client.connect(d.now);
+        d.server_accepts();
+        (d, convs)
+    }
+
+    /// The connection is lost; the client reconnects when its backoff is due, once.
+    fn reconnect(&mut self) {
+        self.client.handle_closed(self.now);
+        let due = self
+            .client
+            .poll_timeout()
+            .expect("a reconnection is scheduled");
+        self.advance_to(due.as_millis());
+        assert_eq!(opens(&self.take()), 1);
+        self.server_accepts();
+    }
+
+    /// Answers a join as served, with nothing missed.
+    fn serve_join(&mut self, id: u64, conv: &str) {
+        self.ack(
+            id,
+            json!({"ok": true, "conversationId": conv, "lastSeq": 0, "missed": []}),
+        );
+    }
+
+    /// Serves `in_flight` and every join sent after them, last first; the conversations
+    /// served, in that order.
+    fn serve_every_join(&mut self, mut in_flight: Vec<(u64, String)>) -> Vec<String> {
+        let mut served = vec![];
+        while let Some((id, conv)) = in_flight.pop() {
+            self.serve_join(id, &conv);
+            served.push(conv);
+            in_flight.extend(joins_sent(&self.take()));
+        }
+        served
+    }
 }
 
 /// The `(ack id, event, payload)` of each Socket.IO event sent.
@@ -134,13 +178,7 @@ fn connecting_during_a_backoff_opens_one_transport() {
 
 #[test]
 fn joins_turned_away_by_the_budget_come_back_one_refill_apart() {
-    let mut d = Driven::new();
-    let convs: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
-    for c in &convs {
-        d.client.join(d.now, c);
-    }
-    d.client.connect(d.now);
-    d.server_accepts();
+    let (mut d, convs) = Driven::connected_in(5);
     let joins = sent_events(&d.take());
     let refused = json!({"ok": false, "error": "Rate limit exceeded", "code": "rate_limited", "retryAfterMs": 50});
     assert_eq!(joins.len(), MAX_JOINS_IN_FLIGHT);
@@ -158,8 +196,7 @@ fn joins_turned_away_by_the_budget_come_back_one_refill_apart() {
         for (id, event, payload) in sent_events(&d.take()) {
             assert_eq!(event, "conversation:join");
             let conv = payload["conversationId"].as_str().unwrap_or("").to_owned();
-            let served = json!({"ok": true, "conversationId": conv, "lastSeq": 0, "missed": []});
-            d.ack(id.expect("join asks for an ack"), served);
+            d.serve_join(id.expect("join asks for an ack"), &conv);
             resent.push((step, conv));
         }
     }
@@ -184,13 +221,7 @@ fn joins_sent(outputs: &[Output]) -> Vec<(u64, String)> {
 
 #[test]
 fn a_rejoin_burst_keeps_four_joins_in_flight_and_asks_for_each_once() {
-    let mut d = Driven::new();
-    let convs: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
-    for c in &convs {
-        d.client.join(d.now, c);
-    }
-    d.client.connect(d.now);
-    d.server_accepts();
+    let (mut d, convs) = Driven::connected_in(10);
     let mut in_flight = joins_sent(&d.take());
     assert_eq!(in_flight.len(), MAX_JOINS_IN_FLIGHT);
     // Asking again for a conversation already asked for (in flight or waiting) sends nothing.
@@ -204,10 +235,7 @@ fn a_rejoin_burst_keeps_four_joins_in_flight_and_asks_for_each_once() {
             .drain(..2.min(in_flight.len()))
             .collect::<Vec<_>>()
         {
-            d.ack(
-                id,
-                json!({"ok": true, "conversationId": conv, "lastSeq": 0, "missed": []}),
-            );
+            d.serve_join(id, &conv);
         }
         let next = joins_sent(&d.take());
         asked.extend(next.iter().map(|(_, c)| c.clone()));
@@ -219,65 +247,27 @@ fn a_rejoin_burst_keeps_four_joins_in_flight_and_asks_for_each_once() {
 
 #[test]
 fn joins_waiting_on_a_lost_connection_are_asked_for_once_on_the_next() {
-    let mut d = Driven::new();
-    let convs: Vec<String> = (0..7).map(|i| format!("c{i}")).collect();
-    for c in &convs {
-        d.client.join(d.now, c);
-    }
-    d.client.connect(d.now);
-    d.server_accepts();
+    let (mut d, convs) = Driven::connected_in(7);
     let first = joins_sent(&d.take());
     assert_eq!(first.len(), MAX_JOINS_IN_FLIGHT);
     // Lost with three joins still waiting; their answers can no longer come.
-    d.client.handle_closed(d.now);
-    let due = d
-        .client
-        .poll_timeout()
-        .expect("a reconnection is scheduled");
-    d.advance_to(due.as_millis());
-    assert_eq!(opens(&d.take()), 1);
-    d.server_accepts();
-    let mut in_flight = joins_sent(&d.take());
+    d.reconnect();
+    let in_flight = joins_sent(&d.take());
     assert_eq!(in_flight.len(), MAX_JOINS_IN_FLIGHT);
-    let mut asked = vec![];
-    while let Some((id, conv)) = in_flight.pop() {
-        asked.push(conv.clone());
-        d.ack(
-            id,
-            json!({"ok": true, "conversationId": conv, "lastSeq": 0, "missed": []}),
-        );
-        in_flight.extend(joins_sent(&d.take()));
-    }
+    let mut asked = d.serve_every_join(in_flight);
     asked.sort();
     assert_eq!(asked, convs);
 }
 
 #[test]
 fn a_join_keeps_its_place_until_its_catch_up_through_history_is_done() {
-    let mut d = Driven::new();
-    let convs: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
-    for c in &convs {
-        d.client.join(d.now, c);
-    }
-    d.client.connect(d.now);
-    d.server_accepts();
+    let (mut d, convs) = Driven::connected_in(8);
     // Joined once (each at seq 0), then the connection is lost.
-    let mut in_flight = joins_sent(&d.take());
-    while let Some((id, conv)) = in_flight.pop() {
-        d.ack(
-            id,
-            json!({"ok": true, "conversationId": conv, "lastSeq": 0, "missed": []}),
-        );
-        in_flight.extend(joins_sent(&d.take()));
-    }
-    d.client.handle_closed(d.now);
-    let due = d
-        .client
-        .poll_timeout()
-        .expect("a reconnection is scheduled");
-    d.advance_to(due.as_millis());
-    d.take();
-    d.server_accepts();
+    let first = joins_sent(&d.take());
+    let mut served = d.serve_every_join(first);
+    served.sort();
+    assert_eq!(served, convs);
+    d.reconnect();
     let first = joins_sent(&d.take());
     let names: Vec<&str> = first.iter().map(|(_, c)| c.as_str()).collect();
     assert_eq!(names, ["c0", "c1", "c2", "c3"]);
@@ -297,10 +287,7 @@ fn a_join_keeps_its_place_until_its_catch_up_through_history_is_done() {
         .expect("the rest is read");
     // The other three are served: three more go, c0 still holds its place.
     for (id, conv) in &first[1..] {
-        d.ack(
-            *id,
-            json!({"ok": true, "conversationId": conv, "lastSeq": 0, "missed": []}),
-        );
+        d.serve_join(*id, conv);
     }
     let more = joins_sent(&d.take());
     let names: Vec<&str> = more.iter().map(|(_, c)| c.as_str()).collect();
