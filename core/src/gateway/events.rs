@@ -72,6 +72,26 @@ fn opt_u64(v: &Value, key: &str) -> Result<Option<u64>, ()> {
     }
 }
 
+/// To whom a send is answered: the sender's session, the ack id it asked with (if any), its
+/// user, and its `tempId` as it sent it (echoed in `message:sent`).
+struct SendReply<'a> {
+    session: SessionId,
+    ack: Option<u64>,
+    user: &'a UserKey,
+    echo: &'a Value,
+}
+
+impl<'a> SendReply<'a> {
+    fn new(session: SessionId, ack: Option<u64>, user: &'a UserKey, echo: &'a Value) -> Self {
+        SendReply {
+            session,
+            ack,
+            user,
+            echo,
+        }
+    }
+}
+
 /// A parsed `message:send`.
 struct Send {
     conversation_id: String,
@@ -544,7 +564,8 @@ impl Gateway {
         match result {
             Ok(Some(message)) => {
                 if self.conns.contains_key(&session) {
-                    self.answer_duplicate(now, session, ack, &user, &message, &echo);
+                    let to = SendReply::new(session, ack, &user, &echo);
+                    self.answer_duplicate(now, &to, &message);
                 }
             }
             // Not a retry (or the store could not tell): the rate limit's answer stands.
@@ -583,7 +604,8 @@ impl Gateway {
                 // A retry of a send already acknowledged: answer it again, store nothing.
                 let stored = stored.clone();
                 let echo = temp_id_echo(Some(t), send.numeric_temp_id);
-                self.answer_duplicate(now, session, ack, user_key, &stored, &echo);
+                let to = SendReply::new(session, ack, user_key, &echo);
+                self.answer_duplicate(now, &to, &stored);
                 return Ok(Admitted::Duplicate);
             }
         }
@@ -682,16 +704,8 @@ impl Gateway {
                 created_at_ms: request.created_at_ms,
             };
             let echo = temp_id_echo(guess.temp_id.as_deref(), send.numeric_temp_id);
-            self.answer_send(
-                now,
-                session,
-                ack,
-                user_key,
-                &guess,
-                &MessageJson::new(&guess),
-                false,
-                &echo,
-            );
+            let to = SendReply::new(session, ack, user_key, &echo);
+            self.answer_send(now, &to, &guess, &MessageJson::new(&guess), false);
         }
         self.out
             .push_back(Output::Effect(Effect::Append { op, request }));
@@ -699,28 +713,24 @@ impl Gateway {
     }
 
     /// Acknowledges a send to its sender: the ack (if asked for) and `message:sent`, whose
-    /// `tempId` is `echo`, the request's as the client sent it. `m` is the message's JSON
-    /// (a stored message's is written once for its sender and its fan-out).
-    #[allow(clippy::too_many_arguments)]
+    /// `tempId` is the request's as the client sent it. `m` is the message's JSON (a
+    /// stored message's is written once for its sender and its fan-out).
     fn answer_send(
         &mut self,
         now: Instant,
-        session: SessionId,
-        ack: Option<u64>,
-        user: &UserKey,
+        to: &SendReply<'_>,
         message: &Message,
         m: &MessageJson,
         duplicate: bool,
-        echo: &Value,
     ) {
         self.metrics.accepted += 1;
         if duplicate {
             self.metrics.duplicates += 1;
         }
-        self.ack_json(now, session, ack, &m.send_ack(duplicate));
-        self.emit_json(now, session, &m.sent_event(echo));
+        self.ack_json(now, to.session, to.ack, &m.send_ack(duplicate));
+        self.emit_json(now, to.session, &m.sent_event(to.echo));
         self.notice(Notice::Accepted {
-            user: user.clone(),
+            user: to.user.clone(),
             conversation_id: message.conversation_id.clone(),
             seq: message.seq,
             duplicate,
@@ -728,17 +738,9 @@ impl Gateway {
     }
 
     /// [`Self::answer_send`] for a send answered as a duplicate of a stored message.
-    fn answer_duplicate(
-        &mut self,
-        now: Instant,
-        session: SessionId,
-        ack: Option<u64>,
-        user: &UserKey,
-        message: &Message,
-        echo: &Value,
-    ) {
+    fn answer_duplicate(&mut self, now: Instant, to: &SendReply<'_>, message: &Message) {
         let m = MessageJson::new(message);
-        self.answer_send(now, session, ack, user, message, &m, true, echo);
+        self.answer_send(now, to, message, &m, true);
     }
 
     pub(super) fn on_appended(
@@ -771,7 +773,8 @@ impl Gateway {
                 }
                 let m = MessageJson::new(&message);
                 if live {
-                    self.answer_send(now, session, ack, &user, &message, &m, false, &echo);
+                    let to = SendReply::new(session, ack, &user, &echo);
+                    self.answer_send(now, &to, &message, &m, false);
                 } else {
                     self.notice(Notice::Accepted {
                         user: user.clone(),
@@ -785,7 +788,8 @@ impl Gateway {
             }
             Ok(AppendOutcome::Duplicate(message)) => {
                 if live {
-                    self.answer_duplicate(now, session, ack, &user, &message, &echo);
+                    let to = SendReply::new(session, ack, &user, &echo);
+                    self.answer_duplicate(now, &to, &message);
                 }
                 Some(message)
             }
