@@ -744,6 +744,39 @@ fn invalid_payloads_change_nothing() {
 }
 
 #[test]
+fn a_restored_send_from_the_future_counts_as_made_now() {
+    // The wall clock went back 5 s across the restart: a stored send is stamped after now.
+    let mut g = setup();
+    g.input(heartline_core::gateway::Input::SendsRestored {
+        sender: heartline_core::gateway::Member {
+            user_id: "alice".into(),
+            user_type: "customer".into(),
+        },
+        created_at_ms: vec![gw::EPOCH_MS + 5_000],
+    });
+    g.connect(1, "alice", "customer");
+    g.advance(1_000);
+    let first = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"after the clock went back"}),
+    );
+    assert_eq!(g.ack(1, first).expect("answered")["ok"], json!(true));
+    // The restored send leaves the window 10 s after the start, this one 1 s later; each
+    // deadline forgets what it is for, and the user's window then empties.
+    g.advance(9_500);
+    assert_eq!(g.gw.rate_limit_entries(), 1);
+    g.advance(1_000);
+    assert_eq!(g.gw.rate_limit_entries(), 0);
+    let again = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"the window is open again"}),
+    );
+    assert_eq!(g.ack(1, again).expect("answered")["ok"], json!(true));
+}
+
+#[test]
 fn rate_window_survives_a_restart() {
     // A fresh gateway after a crash: the store hands back the sends of the last window.
     let mut g = setup();

@@ -576,7 +576,7 @@ impl Gateway {
             return;
         };
         for r in remaining {
-            user.window.restore(now, r);
+            user.window.restore(now, r, window);
         }
         arm_rate_expiry(&mut self.timers, &mut self.timed_users, user, &key, window);
     }

@@ -37,7 +37,7 @@ impl SlidingWindow {
     pub fn try_admit(&mut self, now: Instant, limit: usize, window_ms: u64) -> Result<(), u64> {
         self.prune(now, window_ms);
         if self.expiries.len() < limit {
-            self.expiries.push_back(now.add_ms(window_ms));
+            self.insert(now.add_ms(window_ms));
             return Ok(());
         }
         let first_out = self.expiries.front().copied().unwrap_or(now);
@@ -46,8 +46,18 @@ impl SlidingWindow {
 
     /// Remembers a send accepted before this process started, still in the window for
     /// `remaining_ms` more. Keeps the log in expiry order.
-    pub fn restore(&mut self, now: Instant, remaining_ms: u64) {
-        let expiry = now.add_ms(remaining_ms);
+    ///
+    /// No send leaves the window later than one admitted now: a send stamped after this
+    /// process's clock (the wall clock stepped back across a restart) counts as made now,
+    /// rather than holding a place in the window for as long as the clock was off.
+    pub fn restore(&mut self, now: Instant, remaining_ms: u64, window_ms: u64) {
+        self.insert(now.add_ms(remaining_ms.min(window_ms)));
+    }
+
+    /// Adds an expiry in order, so that [`SlidingWindow::prune`] and
+    /// [`SlidingWindow::expires_at`] hold whatever the times given (at most `limit` entries:
+    /// a binary search).
+    fn insert(&mut self, expiry: Instant) {
         let pos = self.expiries.partition_point(|&t| t <= expiry);
         self.expiries.insert(pos, expiry);
     }
@@ -124,11 +134,25 @@ mod tests {
     fn restored_sends_count_until_they_leave_the_window() {
         let mut w = SlidingWindow::default();
         // Two sends from before a restart leave the window 300 ms and 100 ms from now.
-        w.restore(at(0), 300);
-        w.restore(at(0), 100);
+        w.restore(at(0), 300, 1_000);
+        w.restore(at(0), 100, 1_000);
         assert!(w.try_admit(at(0), 3, 1_000).is_ok());
         assert_eq!(w.try_admit(at(50), 3, 1_000), Err(50));
         assert!(w.try_admit(at(100), 3, 1_000).is_ok());
         assert_eq!(w.try_admit(at(100), 3, 1_000), Err(200));
+    }
+
+    #[test]
+    fn a_send_from_the_future_counts_as_made_now() {
+        // Stamped 5 s past this process's clock with a 1 s window: the clock went back.
+        let mut w = SlidingWindow::default();
+        w.restore(at(0), 6_000, 1_000);
+        assert!(w.try_admit(at(500), 3, 1_000).is_ok());
+        // Both leave the window in order, the restored one first.
+        assert_eq!(w.expires_at(1_000), Some(at(1_500)));
+        w.prune(at(1_000), 1_000);
+        assert_eq!(w.expiries.len(), 1);
+        w.prune(at(1_500), 1_000);
+        assert!(w.is_empty());
     }
 }
