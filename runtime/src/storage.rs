@@ -198,7 +198,7 @@ pub fn spawn(
         }
     };
     let log = match store.sync_log_apart() {
-        Ok(log) => log.map(Arc::new),
+        Ok(log) => log,
         Err(e) => {
             tracing::warn!(error = %e, "each commit flushes the log itself");
             None
@@ -207,8 +207,14 @@ pub fn spawn(
     let stage = Arc::new(Stage::new(results, metrics.clone(), log.is_some()));
     let mut flushers = Vec::new();
     if let Some(log) = log {
-        for i in 0..LOG_SYNC_THREADS {
-            let (flusher, log) = (stage.clone(), log.clone());
+        // A descriptor per flush thread: see `LogSync::reopen`.
+        let mut logs = Vec::with_capacity(LOG_SYNC_THREADS);
+        for _ in 1..LOG_SYNC_THREADS {
+            logs.push(log.reopen().map_err(std::io::Error::other)?);
+        }
+        logs.push(log);
+        for (i, log) in logs.into_iter().enumerate() {
+            let flusher = stage.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("heartline-flush-{i}"))
                 .spawn(move || flusher.flush_loop(|| log.sync()));

@@ -157,8 +157,8 @@ impl Checkpointer {
     }
 }
 
-/// Flushes a store's log to disk for commits made after [`Store::sync_log_apart`]; any
-/// number of threads may call [`LogSync::sync`] at once, and their flushes overlap.
+/// Flushes a store's log to disk for commits made after [`Store::sync_log_apart`]. Flushes
+/// may overlap, each from a thread with a handle of its own ([`LogSync::reopen`]).
 ///
 /// It holds its own descriptor of the log file. SQLite deletes the log only when the last
 /// connection to the database closes (the store's own stays open), but should the file at
@@ -186,6 +186,55 @@ impl LogSync {
         }
         self.file.sync_data().map_err(log_sync_error)
     }
+
+    /// Another handle on the same log, with a descriptor of its own, for another thread.
+    ///
+    /// Flushes that overlap must not share a descriptor: Linux reports a failed write-back
+    /// once per open file, so of two flushes of one descriptor under way when a page of
+    /// the log fails to be written, one may return the error and the other `Ok` for that
+    /// same page (and vouch for the commit it was waiting on). Each descriptor is told of
+    /// every failure after it was opened.
+    pub fn reopen(&self) -> Result<LogSync, StoreError> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(log_sync_error)?;
+        let identity = file_identity(&file.metadata().map_err(log_sync_error)?);
+        if identity != self.identity {
+            return Err(StoreError::LogSync(Arc::new(std::io::Error::other(
+                format!(
+                    "{} is no longer the log this store writes",
+                    self.path.display()
+                ),
+            ))));
+        }
+        Ok(LogSync {
+            file,
+            path: self.path.clone(),
+            identity,
+        })
+    }
+}
+
+/// Flushes the database file and its log as a process before this one may have left them.
+///
+/// A process killed between a commit and its flush leaves that commit's log pages in the
+/// operating system's cache, not yet on disk, and SQLite reads them back as committed when
+/// the database is opened again. Until something flushes them, what this process would
+/// serve from them (a catch-up read, a retry answered as a duplicate, the HTTP API) could
+/// still be lost to a power failure, and its `seq` handed out again: so they are flushed
+/// before the store is used. Opening already wrote the log's file if it had none.
+fn flush_leftovers(path: &Path) -> Result<(), StoreError> {
+    let mut wal = std::ffi::OsString::from(path);
+    wal.push("-wal");
+    for file in [path.to_path_buf(), std::path::PathBuf::from(wal)] {
+        match std::fs::OpenOptions::new().write(true).open(&file) {
+            Ok(f) => f.sync_data().map_err(log_sync_error)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(log_sync_error(e)),
+        }
+    }
+    Ok(())
 }
 
 /// A failure to open, inspect or flush the log.
@@ -253,7 +302,9 @@ const SELECT_MESSAGE: &str = "SELECT id, conversation_id, seq, sender_id, sender
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        Store::init(Connection::open(path)?)
+        let store = Store::init(Connection::open(path)?)?;
+        flush_leftovers(path)?;
+        Ok(store)
     }
 
     /// A connection that checkpoints this store's log; `None` for an in-memory store.

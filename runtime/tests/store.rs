@@ -814,8 +814,39 @@ fn commits_flushed_apart_are_kept_and_a_replaced_log_is_refused() {
         .sync_log_apart()
         .expect("log")
         .expect("a file has a log");
+    // A second handle on it, as each flush thread has, flushes the same commits.
+    let other = log.reopen().expect("another handle on the log");
+    store.put_conversation("d", &members()).expect("put");
+    let results = store.append_batch(&[req("m2", "d", "u1", Some("t2"))]);
+    assert_eq!(stored(&results[0]).seq, 1);
+    other.sync().expect("flush through the second handle");
     let wal = dir.path().join("t.db-wal");
     std::fs::rename(&wal, dir.path().join("elsewhere")).expect("move the log");
     std::fs::write(&wal, b"").expect("a new file at its path");
     assert!(matches!(log.sync(), Err(StoreError::LogSync(_))));
+    assert!(matches!(other.sync(), Err(StoreError::LogSync(_))));
+    assert!(matches!(log.reopen(), Err(StoreError::LogSync(_))));
+}
+
+#[test]
+fn a_store_left_open_as_by_a_killed_process_opens_with_its_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db");
+    let mut store = open(&path);
+    // Commits written to the log and never flushed by this process: as `kill -9` leaves
+    // them, in the operating system's cache. The next open flushes them before use.
+    let _log = store
+        .sync_log_apart()
+        .expect("log")
+        .expect("a file has a log");
+    store.put_conversation("c", &members()).expect("put");
+    let results = store.append_batch(&[
+        req("m1", "c", "u1", Some("t1")),
+        req("m2", "c", "u2", Some("t2")),
+    ]);
+    assert_eq!(stored(&results[1]).seq, 2);
+    assert!(dir.path().join("t.db-wal").exists());
+    std::mem::forget(store);
+    let reopened = open(&path);
+    assert_eq!(seqs(&all_messages(&reopened, "c")), vec![1, 2]);
 }
