@@ -93,6 +93,10 @@ struct Held {
     /// Where the undecoded bytes start: frames are taken from the front one at a time, so
     /// the rest is moved down only when more bytes are added.
     start: usize,
+    /// A frame boundary up to which [`Decoder::held_ahead`] found whole frames and no
+    /// close: the next look resumes there, so looking ahead once per frame of a read full
+    /// of small frames costs their number, not its square.
+    scanned: usize,
 }
 
 #[derive(Debug)]
@@ -145,11 +149,14 @@ impl Decoder {
 
     /// Whether the frames held behind what was decoded so far include the peer's close
     /// (see [`scan_for_close`]); nothing held is [`Ahead::Boundary`].
-    pub fn held_ahead(&self) -> Ahead {
-        match self.held.as_ref() {
-            Some(h) => scan_for_close(&h.bytes[h.start..]),
-            None => Ahead::Boundary,
-        }
+    pub fn held_ahead(&mut self) -> Ahead {
+        let Some(h) = self.held.as_mut() else {
+            return Ahead::Boundary;
+        };
+        let from = h.scanned.max(h.start);
+        let (ahead, walked) = scan(h.bytes.get(from..).unwrap_or_default());
+        h.scanned = from + walked;
+        ahead
     }
 
     /// The next message from the bytes held, if they contain one.
@@ -191,6 +198,7 @@ impl Decoder {
         match self.held.as_mut() {
             Some(held) => {
                 held.bytes.drain(..held.start);
+                held.scanned = held.scanned.saturating_sub(held.start);
                 held.start = 0;
                 held.bytes.extend_from_slice(bytes);
             }
@@ -198,6 +206,7 @@ impl Decoder {
                 self.held = Some(Box::new(Held {
                     bytes: bytes.to_vec(),
                     start: 0,
+                    scanned: 0,
                 }))
             }
         }
@@ -220,28 +229,33 @@ pub enum Ahead {
 /// payloads, until a close frame's header, the end, or a frame not all there: whether the
 /// peer's close is already in hand behind what was decoded.
 pub fn scan_for_close(bytes: &[u8]) -> Ahead {
+    scan(bytes).0
+}
+
+/// [`scan_for_close`], and how far it walked: to the close frame's header, to the frame
+/// not all there, or to the end (always a frame boundary).
+fn scan(bytes: &[u8]) -> (Ahead, usize) {
     let mut at = 0usize;
-    while at < bytes.len() {
-        let rest = &bytes[at..];
+    while let Some(rest) = bytes.get(at..).filter(|rest| !rest.is_empty()) {
         if rest
             .first()
             .is_some_and(|first| OpCode::from(first & 0x0F) == OpCode::Control(Control::Close))
         {
-            return Ahead::Close;
+            return (Ahead::Close, at);
         }
         let mut cursor = Cursor::new(rest);
         let Ok(Some((_, length))) = FrameHeader::parse(&mut cursor) else {
-            return Ahead::Partial;
+            return (Ahead::Partial, at);
         };
         let frame_len = usize::try_from(length)
             .ok()
             .and_then(|n| n.checked_add(cursor.position() as usize));
         match frame_len {
             Some(n) if n <= rest.len() => at += n,
-            _ => return Ahead::Partial,
+            _ => return (Ahead::Partial, at),
         }
     }
-    Ahead::Boundary
+    (Ahead::Boundary, at)
 }
 
 /// Decodes frames from the front of `bytes` until one completes something to act on (a
@@ -554,6 +568,47 @@ mod tests {
         let mut decoder = Decoder::default();
         assert!(decoder.next_from(&mut alone, MAX).is_ok());
         assert_eq!(decoder.held_ahead(), Ahead::Boundary);
+    }
+
+    #[test]
+    fn looking_ahead_again_resumes_where_the_last_look_ended() {
+        let close = client_frame(0x88, &1000u16.to_be_bytes());
+        let connect = text("40/chat,");
+        let long = client_frame(0x81, &[b'x'; 300]);
+        let cat = |parts: &[&[u8]]| parts.concat();
+        // A read of many CONNECTs: after each, the look ahead sees whole frames and no close
+        // up to the end, and the next look starts from there.
+        let mut bytes = cat(&[&connect, &connect, &connect, &connect]);
+        let mut decoder = Decoder::default();
+        let mut taken = 0;
+        assert!(decoder
+            .next_from(&mut bytes, MAX)
+            .is_ok_and(|r| r.is_some()));
+        loop {
+            taken += 1;
+            assert_eq!(decoder.held_ahead(), Ahead::Boundary);
+            let walked = decoder.held.as_ref().map(|h| (h.scanned, h.bytes.len()));
+            assert!(walked.is_none_or(|(scanned, len)| scanned == len));
+            if decoder.next_held(MAX).ok().flatten().is_none() {
+                break;
+            }
+        }
+        assert_eq!(taken, 4);
+        // More bytes behind what was looked at: half a frame, then the rest of it and a
+        // close. The frames already walked are not walked again, and nothing is missed.
+        let mut bytes = cat(&[&connect, &connect, &long[..100]]);
+        let mut decoder = Decoder::default();
+        assert!(decoder
+            .next_from(&mut bytes, MAX)
+            .is_ok_and(|r| r.is_some()));
+        assert_eq!(decoder.held_ahead(), Ahead::Partial);
+        let mut rest = cat(&[&long[100..], &connect, &close]);
+        assert_eq!(
+            decoder.next_from(&mut rest, MAX),
+            Ok(Some(Received::Text(Bytes::from_static(b"40/chat,"))))
+        );
+        assert_eq!(decoder.held_ahead(), Ahead::Close);
+        assert_eq!(decoder.held_ahead(), Ahead::Close);
     }
 
     /// Everything `bytes` decodes to, fed `chunk` bytes at a time.
