@@ -609,6 +609,48 @@ fn join_with_catch_up() {
 }
 
 #[test]
+fn a_leave_while_the_join_reads_its_catch_up_wins() {
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    g.connect(2, "bob", "agent");
+    g.auto_store = false;
+    // Join with a catch-up (a read), then leave before the read is done.
+    let join = g.emit(
+        2,
+        "conversation:join",
+        json!({"conversationId":"c1","afterSeq":0}),
+    );
+    let leave = g.emit(2, "conversation:leave", json!({"conversationId":"c1"}));
+    assert_eq!(g.ack(2, leave).expect("answered")["ok"], json!(true));
+    g.complete_one();
+    assert_eq!(g.ack(2, join).expect("answered")["ok"], json!(true));
+    // Bob left last: a new message reaches him as a notification, not in the room.
+    g.auto_store = true;
+    g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"after the leave"}),
+    );
+    assert!(g.events_named(2, "message:new").is_empty());
+    assert_eq!(g.events_named(2, "message:notification").len(), 1);
+    // A join asked after the leave enters the room as usual.
+    g.auto_store = false;
+    g.emit(
+        2,
+        "conversation:join",
+        json!({"conversationId":"c1","afterSeq":1}),
+    );
+    g.complete_one();
+    g.auto_store = true;
+    g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"after the second join"}),
+    );
+    assert_eq!(g.events_named(2, "message:new").len(), 1);
+}
+
+#[test]
 fn token_expiry_with_and_without_refresh() {
     let mut g = setup();
     g.connect_with(1, Some(json!({ "token": token("alice", "customer", 10) })));
@@ -652,6 +694,95 @@ fn a_refreshed_token_brings_its_role() {
     assert_eq!(g.ack(1, r).expect("answered")["ok"], json!(true));
     g.emit_noack(1, "metrics:request", json!(null));
     assert_eq!(g.events_named(1, "metrics:response").len(), 1);
+}
+
+/// The body of the polling response to `request`, if there was one.
+fn http_body(g: &Gw, request: u64) -> Option<String> {
+    g.outputs.iter().find_map(|(_, out)| match out {
+        heartline_core::gateway::Output::Transmit(
+            heartline_core::engine::Transmit::HttpResponse {
+                request: r, body, ..
+            },
+        ) if r.0 == request => Some(String::from_utf8_lossy(body).into_owned()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_flood_inside_one_polling_post_ends_the_session_there() {
+    use heartline_core::engine::{Handshake, Input as Net, Method, Query};
+    use heartline_core::gateway::Input;
+    let mut cfg = config();
+    // Two events at once, then two refusals; the fifth event of a burst is a flood.
+    cfg.event_budget = heartline_core::gateway::BudgetConfig {
+        burst: 2,
+        per_second: 1,
+        refusal_milli: 1000,
+    };
+    let mut g = Gw::new(cfg);
+    let http = |g: &mut Gw, request: u64, method: Method, sid: Option<String>, body: String| {
+        let handshake = Handshake {
+            accepted_at: g.now,
+            authorization: None,
+            remote: None,
+        };
+        g.input(Input::Network(Net::Http {
+            request: heartline_core::RequestId(request),
+            method,
+            query: Query {
+                eio: Some("4".into()),
+                transport: Some("polling".into()),
+                sid,
+            },
+            body: body.into(),
+            handshake,
+        }));
+    };
+    http(&mut g, 1, Method::Get, None, String::new());
+    let open = http_body(&g, 1).expect("handshake answered");
+    let open: Value = serde_json::from_str(open.trim_start_matches('0')).expect("open packet");
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    let connect = format!(
+        "40/chat,{}",
+        json!({"token": token("alice", "customer", 86_400)})
+    );
+    http(&mut g, 2, Method::Post, Some(sid.clone()), connect);
+    assert_eq!(http_body(&g, 2).as_deref(), Some("ok"));
+    // One POST: six events, the fifth a flood, then a send the session no longer makes.
+    let mut packets = vec![r#"42/chat,["ping",{}]"#.to_owned(); 6];
+    packets.push(
+        r#"42/chat,["message:send",{"conversationId":"c1","content":"x","tempId":"t"}]"#.into(),
+    );
+    http(&mut g, 3, Method::Post, Some(sid), packets.join("\u{1e}"));
+    assert_eq!(g.gw.metrics().floods, 1);
+    assert!(
+        g.store.messages.is_empty(),
+        "nothing after the flood is served"
+    );
+    assert_eq!(g.gw.rate_limit_entries(), 0);
+}
+
+#[test]
+fn acks_a_client_sends_unasked_are_paid_for_like_other_events() {
+    let mut cfg = config();
+    cfg.event_budget = heartline_core::gateway::BudgetConfig {
+        burst: 2,
+        per_second: 1,
+        refusal_milli: 1000,
+    };
+    let mut g = Gw::new(cfg);
+    g.connect(1, "alice", "customer");
+    g.connect(2, "bob", "agent");
+    // The gateway asks no client for acks: each is dropped, and a stream of them is a
+    // flood like any other.
+    for id in 0..4 {
+        g.ws_text(1, &format!("43/chat,{id}[]"));
+    }
+    assert!(!g.view(1).disconnected);
+    g.ws_text(1, "43/chat,4[]");
+    assert!(g.view(1).disconnected);
+    assert_eq!(g.gw.metrics().floods, 1);
+    assert!(!g.view(2).disconnected, "others unaffected");
 }
 
 #[test]

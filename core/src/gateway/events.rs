@@ -103,8 +103,15 @@ struct Send {
 
 impl Gateway {
     pub(super) fn on_packet(&mut self, now: Instant, session: SessionId, packet: SioPacket) {
+        if !self.engine.is_live(session) {
+            // The rest of a polling POST whose session an earlier packet of it ended (a
+            // flood, say): the engine hands over the packets of a POST before its end.
+            return;
+        }
         if !matches!(packet.kind, PacketType::Event | PacketType::BinaryEvent) {
-            // Acks from the client: the gateway never asks for any.
+            // Acks from the client: the gateway never asks for any, so each is dropped,
+            // paid for like any event that cannot be answered.
+            self.charge(now, session, None);
             return;
         }
         let Some(conn) = self.conns.get_mut(&session) else {
@@ -215,7 +222,7 @@ impl Gateway {
             return;
         }
         match after_seq {
-            None => self.complete_join(now, session, &id, ack, vec![]),
+            None => self.complete_join(now, session, &id, ack, vec![], true),
             Some(after) => {
                 // The room is joined when the read completes: the store answers in order,
                 // so every message is then either in `missed` or fanned out live, once.
@@ -226,6 +233,7 @@ impl Gateway {
                         session,
                         conversation_id: id.clone(),
                         ack,
+                        left: false,
                     },
                 );
                 let limit = self.config.missed_limit;
@@ -262,6 +270,8 @@ impl Gateway {
         }
     }
 
+    /// Answers a join; `enter`: the connection enters the room (not when it left the
+    /// conversation while its catch-up was being read, as the later request wins).
     fn complete_join(
         &mut self,
         now: Instant,
@@ -269,6 +279,7 @@ impl Gateway {
         id: &str,
         ack: Option<u64>,
         missed: Vec<Message>,
+        enter: bool,
     ) {
         let Some(conn) = self.conns.get_mut(&session) else {
             return;
@@ -281,8 +292,10 @@ impl Gateway {
             // Removed from the conversation while the read was under way.
             return self.refuse(now, session, ack, ErrorCode::Forbidden);
         }
-        conv.room.insert(session, user);
-        conn.joined.insert(id.to_owned());
+        if enter {
+            conv.room.insert(session, user);
+            conn.joined.insert(id.to_owned());
+        }
         let last_seq = missed.last().map_or(0, |m| m.seq).max(conv.last_seq);
         let missed = self.within_reply_budget(&missed, true);
         self.ack(
@@ -343,6 +356,21 @@ impl Gateway {
         if let Some(conv) = self.conversations.get_mut(id) {
             conv.room.remove(&session);
         }
+        // A join of this conversation still reading its catch-up is answered when the read
+        // is done, but must not put the connection back in the room it has since left.
+        for pending in self.pending.values_mut() {
+            if let Pending::Join {
+                session: s,
+                conversation_id,
+                left,
+                ..
+            } = pending
+            {
+                if *s == session && conversation_id == id {
+                    *left = true;
+                }
+            }
+        }
         self.ack(now, session, ack, json!({ "ok": true }));
     }
 
@@ -402,9 +430,10 @@ impl Gateway {
                     session,
                     conversation_id,
                     ack,
+                    left,
                 },
                 Ok(missed),
-            ) => self.complete_join(now, session, &conversation_id, ack, missed),
+            ) => self.complete_join(now, session, &conversation_id, ack, missed, !left),
             (
                 Pending::History {
                     session,

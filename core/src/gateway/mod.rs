@@ -76,6 +76,9 @@ enum Pending {
         session: SessionId,
         conversation_id: String,
         ack: Option<u64>,
+        /// The connection left the conversation after asking to join it: the join is
+        /// answered, but the room is not entered.
+        left: bool,
     },
     History {
         session: SessionId,
