@@ -25,6 +25,22 @@ pub const ENV_JWT_SECRET: &str = "HEARTLINE_JWT_SECRET";
 /// Environment variable that overrides `api.key`.
 pub const ENV_API_KEY: &str = "HEARTLINE_API_KEY";
 
+/// `api.key` must be one that a request can present: an HTTP header carries visible ASCII
+/// and inner spaces, and the `Bearer` token is read without the spaces around it. A key
+/// read from a secret file with its final newline would otherwise refuse every request
+/// with 401 and nothing said at startup. (The key itself is never shown.)
+fn check_api_key(key: &str) -> Result<(), ConfigError> {
+    let presentable = key.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+    if !presentable || key.trim() != key {
+        return Err(ConfigError::invalid(
+            "api.key",
+            "must be printable ASCII without spaces at either end (a newline from a secret \
+             file?): no request could present it",
+        ));
+    }
+    Ok(())
+}
+
 /// Upper bound for every `*_ms` duration: 2^31 - 1 ms, about 24.8 days.
 ///
 /// Browsers and Node.js run timers on a signed 32-bit millisecond count and fire a longer
@@ -428,6 +444,7 @@ impl Config {
         if self.store.path.is_empty() {
             return Err(ConfigError::invalid("store.path", "must not be empty"));
         }
+        check_api_key(&self.api.key)?;
         Ok(())
     }
 
@@ -975,6 +992,30 @@ idle_timeout_ms = 600000
         });
         assert_eq!(config.auth.jwt_secret, "from-env");
         assert_eq!(config.api.key, "api-from-env");
+    }
+
+    #[test]
+    fn an_api_key_no_request_could_present_is_refused() {
+        for bad in [
+            "s3cr3t\n",
+            " s3cr3t",
+            "s3cr3t ",
+            "s3\u{7f}cr3t",
+            "s3cr3tключ",
+            "s3\tcr3t",
+        ] {
+            let mut config = Config::default();
+            config.api.key = bad.to_owned();
+            let e = config.validate().expect_err("refused");
+            assert_eq!(e.key(), Some("api.key"), "{bad:?}");
+            assert!(
+                !e.to_string().contains(bad.trim()),
+                "the key is not shown: {e}"
+            );
+        }
+        let mut config = Config::default();
+        config.api.key = "a key-with.some~chars".to_owned();
+        config.validate().expect("any printable key");
     }
 
     #[test]
