@@ -79,10 +79,20 @@ struct Bucket {
 #[derive(Debug)]
 pub struct IpRate {
     rate: u64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<Buckets>,
 }
 
-/// Above this many tracked addresses, full buckets are forgotten on the next check.
+#[derive(Debug)]
+struct Buckets {
+    by_client: HashMap<IpAddr, Bucket>,
+    /// Past this many tracked clients, full buckets are forgotten on the next check: at
+    /// least [`PRUNE_ABOVE`], and twice what the last pruning kept, so that while many
+    /// clients are mid-refill (a flood from many addresses) the walk over all of them
+    /// comes once per doubling, not at every new client.
+    prune_at: usize,
+}
+
+/// The fewest tracked clients at which full buckets are forgotten.
 const PRUNE_ABOVE: usize = 10_000;
 
 impl IpRate {
@@ -90,8 +100,18 @@ impl IpRate {
     pub fn new(rate: u64) -> Self {
         IpRate {
             rate,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                by_client: HashMap::new(),
+                prune_at: PRUNE_ABOVE,
+            }),
         }
+    }
+
+    /// Clients tracked now (buckets not yet forgotten).
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        buckets.by_client.len()
     }
 
     /// Takes a token for `ip` at `now`; `false` if it has none.
@@ -101,11 +121,14 @@ impl IpRate {
         }
         let full = self.rate.saturating_mul(1000);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() > PRUNE_ABOVE {
+        if buckets.by_client.len() > buckets.prune_at {
             let rate = self.rate;
-            buckets.retain(|_, b| refill(b, now, rate, full) < full);
+            buckets
+                .by_client
+                .retain(|_, b| refill(b, now, rate, full) < full);
+            buckets.prune_at = PRUNE_ABOVE.max(buckets.by_client.len().saturating_mul(2));
         }
-        let b = buckets.entry(client_of(ip)).or_insert(Bucket {
+        let b = buckets.by_client.entry(client_of(ip)).or_insert(Bucket {
             milli_tokens: full,
             at: now,
         });
@@ -172,6 +195,31 @@ mod tests {
         let other: IpAddr = "127.0.0.2".parse().expect("ip");
         assert!(rate.allow(other, t0));
         assert!(IpRate::new(0).allow(ip, t0));
+    }
+
+    #[test]
+    fn full_buckets_are_forgotten_once_per_doubling() {
+        let rate = IpRate::new(1);
+        let t0 = Instant::from_millis(1000);
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        // Clients all mid-refill: nothing can be forgotten, and the next walk waits until
+        // the count has doubled.
+        for i in 0..=PRUNE_ABOVE as u32 + 1 {
+            assert!(rate.allow(ip(i), t0));
+        }
+        assert_eq!(rate.tracked(), PRUNE_ABOVE + 2);
+        // A second later every bucket is full again: the next pruning forgets them all,
+        // but only once the count passes twice what the last one kept.
+        let t1 = t0.add_ms(1000);
+        let upto = 2 * (PRUNE_ABOVE as u32 + 1);
+        for i in PRUNE_ABOVE as u32 + 2..=upto {
+            assert!(rate.allow(ip(i), t1));
+        }
+        assert_eq!(rate.tracked(), upto as usize + 1);
+        assert!(rate.allow(ip(upto + 1), t1));
+        assert_eq!(rate.tracked(), upto as usize - PRUNE_ABOVE);
+        // The refusals still hold for those mid-refill.
+        assert!(!rate.allow(ip(upto + 1), t1));
     }
 
     #[test]
