@@ -651,6 +651,38 @@ fn a_leave_while_the_join_reads_its_catch_up_wins() {
 }
 
 #[test]
+fn answers_go_to_the_connection_that_asked_not_a_later_one_on_its_session() {
+    let mut g = setup();
+    g.connect(2, "bob", "agent");
+    g.emit(2, "conversation:join", json!({"conversationId":"c1"}));
+    g.connect(1, "alice", "customer");
+    g.auto_store = false;
+    let send = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"asked by alice","tempId":"a1"}),
+    );
+    let history = g.emit(1, "message:history", json!({"conversationId":"c1"}));
+    // Alice leaves the namespace and the same Engine.IO session connects it again (with
+    // any token: here hers again) before the store has answered her.
+    g.ws_text(1, "41/chat,");
+    let again = json!({ "token": gw::token("alice", "customer", 86_400) });
+    g.ws_text(1, &format!("40/chat,{again}"));
+    g.complete_one();
+    g.complete_one();
+    // Stored and delivered, but the answers do not reach the later connection.
+    assert_eq!(g.store.messages.get("c1").map(Vec::len), Some(1));
+    assert_eq!(g.events_named(2, "message:new").len(), 1);
+    assert!(g.ack(1, send).is_none());
+    assert!(g.ack(1, history).is_none());
+    assert!(g.events_named(1, "message:sent").is_empty());
+    // The later connection's own requests are answered as usual.
+    g.auto_store = true;
+    let own = g.emit(1, "message:history", json!({"conversationId":"c1"}));
+    assert_eq!(g.ack(1, own).expect("answered")["ok"], json!(true));
+}
+
+#[test]
 fn token_expiry_with_and_without_refresh() {
     let mut g = setup();
     g.connect_with(1, Some(json!({ "token": token("alice", "customer", 10) })));

@@ -226,11 +226,15 @@ impl Gateway {
             Some(after) => {
                 // The room is joined when the read completes: the store answers in order,
                 // so every message is then either in `missed` or fanned out live, once.
+                let Some(conn) = self.conn_no(session) else {
+                    return;
+                };
                 let op = self.next_op();
                 self.pending.insert(
                     op,
                     Pending::Join {
                         session,
+                        conn,
                         conversation_id: id.clone(),
                         ack,
                         left: false,
@@ -394,12 +398,16 @@ impl Gateway {
         }
         let max = self.config.history_limit_max;
         let limit = limit.map_or(max, |l| usize::try_from(l).unwrap_or(max).min(max));
+        let Some(conn) = self.conn_no(session) else {
+            return;
+        };
         let op = self.next_op();
         let forward = after_seq.is_some();
         self.pending.insert(
             op,
             Pending::History {
                 session,
+                conn,
                 ack,
                 forward,
             },
@@ -425,12 +433,17 @@ impl Gateway {
             return;
         };
         match (pending, result) {
+            // Answers for a connection that has since ended go nowhere, also when its
+            // session has connected the namespace again.
+            (Pending::Join { session, conn, .. } | Pending::History { session, conn, .. }, _)
+                if !self.asked_by(session, conn) => {}
             (
                 Pending::Join {
                     session,
                     conversation_id,
                     ack,
                     left,
+                    ..
                 },
                 Ok(missed),
             ) => self.complete_join(now, session, &conversation_id, ack, missed, !left),
@@ -439,6 +452,7 @@ impl Gateway {
                     session,
                     ack,
                     forward,
+                    ..
                 },
                 Ok(messages),
             ) => {
@@ -572,6 +586,7 @@ impl Gateway {
     ) {
         let Some(Pending::Retry {
             session,
+            conn,
             user,
             ack,
             temp_id,
@@ -590,16 +605,17 @@ impl Gateway {
                 u.recent.remember(message.clone(), remember);
             }
         }
+        let live = self.asked_by(session, conn);
         match result {
             Ok(Some(message)) => {
-                if self.conns.contains_key(&session) {
+                if live {
                     let to = SendReply::new(session, ack, &user, &echo);
                     self.answer_duplicate(now, &to, &message);
                 }
             }
             // Not a retry (or the store could not tell): the rate limit's answer stands.
             Ok(None) | Err(_) => {
-                if self.conns.contains_key(&session) {
+                if live {
                     let mut refusal = refusal_for(ErrorCode::RateLimited);
                     let waited = now.ms_since(asked_at);
                     refusal.retry_after_ms = Some(retry_after_ms.saturating_sub(waited).max(1));
@@ -623,6 +639,9 @@ impl Gateway {
         self.conversations
             .access(&send.conversation_id, user_key)
             .map_err(refusal_for)?;
+        let conn = self
+            .conn_no(session)
+            .ok_or_else(|| refusal_for(ErrorCode::Internal))?;
         let window_ms = self.config.rate_window_ms;
         let limit = self.config.rate_messages;
         let Some(user) = self.users.get_mut(user_key) else {
@@ -666,6 +685,7 @@ impl Gateway {
                 op,
                 Pending::Retry {
                     session,
+                    conn,
                     user: user_key.clone(),
                     ack,
                     temp_id: temp_id.clone(),
@@ -698,6 +718,7 @@ impl Gateway {
             op,
             Pending::Append {
                 session,
+                conn,
                 user: user_key.clone(),
                 ack,
                 temp_id: send.temp_id.clone(),
@@ -780,6 +801,7 @@ impl Gateway {
     ) {
         let Some(Pending::Append {
             session,
+            conn,
             user,
             ack,
             temp_id,
@@ -790,7 +812,7 @@ impl Gateway {
             return;
         };
         let echo = temp_id_echo(temp_id.as_deref(), numeric_temp_id);
-        let live = self.conns.contains_key(&session);
+        let live = self.asked_by(session, conn);
         // MUTATION (test-only): the sender was answered before the store committed.
         #[cfg(feature = "mutations")]
         let live = live && !self.config.engine.mutations.ack_before_persist;

@@ -66,6 +66,7 @@ use state::{Conn, ConnTimers, User, UserTimers};
 enum Pending {
     Append {
         session: SessionId,
+        conn: u32,
         user: UserKey,
         ack: Option<u64>,
         temp_id: Option<String>,
@@ -74,6 +75,7 @@ enum Pending {
     },
     Join {
         session: SessionId,
+        conn: u32,
         conversation_id: String,
         ack: Option<u64>,
         /// The connection left the conversation after asking to join it: the join is
@@ -82,6 +84,7 @@ enum Pending {
     },
     History {
         session: SessionId,
+        conn: u32,
         ack: Option<u64>,
         /// Read forward from `afterSeq` (a cut page keeps its first messages), else back
         /// from the newest (it keeps its last).
@@ -90,6 +93,7 @@ enum Pending {
     /// A send the rate limit refused, unless it is a retry of a stored message.
     Retry {
         session: SessionId,
+        conn: u32,
         user: UserKey,
         ack: Option<u64>,
         temp_id: String,
@@ -117,6 +121,8 @@ pub struct Gateway {
     // and online, have none, and pay nothing here); looked up, never iterated.
     timed_users: HashMap<u64, UserKey>,
     next_uid: u64,
+    /// The number of the next connection (see `Conn::no`).
+    next_conn: u32,
     conversations: Conversations,
     pending: BTreeMap<OpId, Pending>,
     next_op: u64,
@@ -145,6 +151,7 @@ impl Gateway {
             users: BTreeMap::new(),
             timed_users: HashMap::new(),
             next_uid: 1,
+            next_conn: 0,
             conversations: Conversations::default(),
             pending: BTreeMap::new(),
             next_op: 1,
@@ -408,9 +415,12 @@ impl Gateway {
         };
         self.metrics.connects += 1;
         let user_key = self.ensure_user(claims.user_key());
+        let no = self.next_conn;
+        self.next_conn = no.wrapping_add(1);
         let mut conn = Conn {
             user: user_key.clone(),
             admin: claims.is_admin(),
+            no,
             exp_ms: claims.exp_ms(),
             joined: Default::default(),
             budget: TokenBucket::new(self.config.event_budget, now),
@@ -582,6 +592,16 @@ impl Gateway {
             user.window.restore(now, r, window);
         }
         arm_rate_expiry(&mut self.timers, &mut self.timed_users, user, &key, window);
+    }
+
+    /// Whether `session` still has the connection numbered `no`: the one that asked.
+    fn asked_by(&self, session: SessionId, no: u32) -> bool {
+        self.conns.get(&session).is_some_and(|c| c.no == no)
+    }
+
+    /// The number of the connection `session` has now, if any.
+    fn conn_no(&self, session: SessionId) -> Option<u32> {
+        self.conns.get(&session).map(|c| c.no)
     }
 
     /// Drops a user's state once nothing about it needs remembering.

@@ -112,6 +112,10 @@ pub(crate) struct Conn {
     pub(crate) user: UserKey,
     /// Whether its token carries `role: admin`.
     pub(crate) admin: bool,
+    /// Which connection of its session this is: a session may connect the namespace
+    /// again after a DISCONNECT, and answers to requests of the earlier connection (still
+    /// with the store) must not reach the later one, perhaps another user's.
+    pub(crate) no: u32,
     /// Token expiry, Unix milliseconds.
     pub(crate) exp_ms: u64,
     /// Conversations joined.
