@@ -85,3 +85,17 @@ fn missing_ping_timeout_is_caught() {
     });
     assert_eq!(checker, heartline_sim::check::dead_peer::NAME);
 }
+
+#[test]
+fn a_server_that_turns_every_client_away_is_caught() {
+    // Not one of the core's bugs: a server whose secret no client's token matches refuses
+    // every connect. Every client then fails, and no one is left whose delivery or
+    // presence could look wrong: only liveness, which asks failed clients to connect
+    // again once the faults heal, can see it.
+    let (_, checker) = first_violation("turns-everyone-away", 1, |s| {
+        let mut o = base(s);
+        o.gateway_hook = Some(|c| c.jwt_secret = b"not the clients' secret".to_vec());
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::liveness::NAME);
+}

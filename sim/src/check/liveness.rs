@@ -1,5 +1,8 @@
-//! After the faults heal, every client with attempts left reconnects, drains its outbox
-//! and catches up, within a bound.
+//! After the faults heal, every client reconnects, drains its outbox and catches up,
+//! within a bound: those with attempts left by themselves, those that had used them up
+//! (`Failed`) once their application asks again, as a front end's "retry" does. So a
+//! server that turns every client away after a fault is a violation, not a run in which
+//! nobody is left to check.
 //!
 //! [`pending`] names the first thing still stuck (TigerBeetle's `pending()`): the run
 //! converges when it returns `None`, and a run that does not converge in time fails with
@@ -13,14 +16,19 @@ use crate::store::Store;
 /// The checker's name.
 pub const NAME: &str = "liveness-after-heal";
 
-/// Whether a client is still expected to come back: it has attempts left and was not
+/// Whether a client is expected to be connected once the run has converged: it was not
 /// displaced by another device of its user. An honest client the server sent away
-/// (`Disconnected`) is expected too: nothing in the workload deserves that.
+/// (`Disconnected`) is expected too: nothing in the workload deserves that; and so is one
+/// that used up its attempts while the faults lasted, as it is asked to connect again
+/// when they heal.
 pub fn expected(status: &Status) -> bool {
-    !matches!(
-        status,
-        Status::Failed { .. } | Status::Replaced | Status::Idle
-    )
+    !matches!(status, Status::Replaced | Status::Idle)
+}
+
+/// Whether the application still uses its client: not once the client gave up
+/// (`Failed`, until the application asks it to connect again) or was displaced.
+pub fn in_use(status: &Status) -> bool {
+    expected(status) && !matches!(status, Status::Failed { .. })
 }
 
 /// The first thing not yet converged, readable; `None` once everything has.

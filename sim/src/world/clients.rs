@@ -51,7 +51,7 @@ impl Sim {
         let Some(slot) = self.clients.get_mut(i) else {
             return;
         };
-        if !crate::check::liveness::expected(slot.client.status()) {
+        if !crate::check::liveness::in_use(slot.client.status()) {
             return; // the application gave up with its client
         }
         let convs = &self.layout.convs_of[slot.user];

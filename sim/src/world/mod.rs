@@ -25,7 +25,7 @@ mod server;
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use heartline_core::client::{Backoff, Client, ClientConfig};
+use heartline_core::client::{Backoff, Client, ClientConfig, Status};
 use heartline_core::engine::EngineConfig;
 use heartline_core::gateway::{Gateway, GatewayConfig};
 use heartline_core::{Instant, Rng, Seed};
@@ -299,6 +299,7 @@ impl Sim {
         self.phase = Phase::Liveness;
         tr!(self, "sim", ("liveness: heal everything, stop traffic"));
         self.heal();
+        self.retry_failed();
         // The rate limit paces the largest outbox: allow for it on top of the bound.
         // (per user: the window is the user's, shared by its devices). A slot of the
         // window is taken again one round trip after it frees at best: the refusal that
@@ -328,6 +329,7 @@ impl Sim {
             if self.violation.is_some() {
                 return;
             }
+            self.retry_failed();
         }
         tr!(self, "sim", ("converged"));
         // Quiet for longer than the offline grace, then presence must match connections.
@@ -344,6 +346,23 @@ impl Sim {
                 self.gw_config.offline_grace_ms,
             );
             self.found(finding);
+        }
+    }
+
+    /// Asks every client that used up its attempts to connect again, as a user presses
+    /// "retry": once the faults have healed it must come back like the others (its last
+    /// attempt may have been under way when they healed).
+    fn retry_failed(&mut self) {
+        let now = self.now;
+        for i in 0..self.clients.len() {
+            let Some(slot) = self.clients.get_mut(i) else {
+                continue;
+            };
+            if matches!(slot.client.status(), Status::Failed { .. }) {
+                slot.client.connect(now);
+                tr!(self, "client", ("c{i} asked to connect again"));
+                self.drain_client(i);
+            }
         }
     }
 
