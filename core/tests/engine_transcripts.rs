@@ -315,6 +315,39 @@ fn polling_post_with_a_bad_packet_delivers_the_ones_before_it() {
     assert_eq!(h.engine.sessions_held(), 0);
 }
 
+/// A session the server ended keeps its last packets for the client's next GET. A POST
+/// that crosses them (the client answering the event it just received, say) is taken and
+/// dropped, as the reference server does: a 400 would make the client report a transport
+/// error and reconnect, where the DISCONNECT waiting for it tells it to stay away.
+#[test]
+fn a_post_to_a_session_the_server_ended_is_taken_and_dropped() {
+    use heartline_core::engine::CloseReason;
+    let mut h = echo();
+    let sid = polling_connected(&mut h);
+    let session = h.engine.live_sessions(1)[0];
+    h.http(4, Method::Get, q("polling", Some(&sid)), "");
+    h.engine
+        .disconnect(h.now, session, CloseReason::Replaced)
+        .expect("live");
+    h.drain();
+    h.http(
+        5,
+        Method::Post,
+        q("polling", Some(&sid)),
+        "42/chat,[\"message\",\"too late\"]",
+    );
+    h.http(6, Method::Get, q("polling", Some(&sid)), "");
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.response(4), Some((200, "41/chat,".into())));
+    assert_eq!(h.response(5), Some((200, "ok".into())));
+    assert!(!h.transcript().contains("== s1 packet"), "not handed over");
+    assert_eq!(h.response(6), Some((200, "1".into())));
+    assert_eq!(h.engine.sessions_held(), 0);
+    // Past that, the session is unknown.
+    h.http(7, Method::Post, q("polling", Some(&sid)), "3");
+    assert_eq!(h.response(7).map(|r| r.0), Some(400));
+}
+
 #[test]
 fn client_close_posted_before_its_get_arrives() {
     // The client's GET and its CLOSE POST travel on separate connections; the POST may

@@ -181,7 +181,12 @@ impl Engine {
             return self.respond_error(request, HttpError::SessionIdUnknown);
         };
         if s.closed {
-            return self.respond_error(request, HttpError::SessionIdUnknown);
+            // Ended, its last packets waiting for the client's next GET. A POST that
+            // crossed them (the client answering what it just received) is taken and
+            // dropped, as the reference server does while a socket closes: a 400 would make
+            // the client report a transport error and reconnect, where the DISCONNECT
+            // waiting for it says to stay away.
+            return self.respond(request, 200, ContentType::Text, Bytes::from_static(b"ok"));
         }
         if !matches!(s.transport, Transport::Polling(_)) {
             return self.respond_error(request, HttpError::BadRequest);
