@@ -304,3 +304,18 @@ fn a_join_keeps_its_place_until_its_catch_up_through_history_is_done() {
     let names: Vec<&str> = last.iter().map(|(_, c)| c.as_str()).collect();
     assert_eq!(names, ["c7"]);
 }
+
+#[test]
+fn a_server_announcing_absurd_ping_times_is_taken_without_overflow() {
+    let mut d = Driven::new();
+    d.client.connect(d.now);
+    let huge = u64::MAX;
+    d.frame(&format!(
+        r#"0{{"sid":"s","upgrades":[],"pingInterval":{huge},"pingTimeout":{huge},"maxPayload":1000000}}"#
+    ));
+    d.frame(r#"40/chat,{"sid":"x"}"#);
+    assert_eq!(d.client.status(), &Status::Connected);
+    // The silence deadline is as far as time goes: an hour of quiet does not end it.
+    d.advance_to(3_600_000);
+    assert_eq!(d.client.status(), &Status::Connected);
+}

@@ -369,7 +369,8 @@ impl Client {
         };
         match packet {
             EioPacket::Open(hs) => {
-                self.ping_deadline_ms = hs.ping_interval_ms + hs.ping_timeout_ms;
+                // Both come from the server: added without overflowing.
+                self.ping_deadline_ms = hs.ping_interval_ms.saturating_add(hs.ping_timeout_ms);
                 self.silence_deadline = Some(now.add_ms(self.ping_deadline_ms));
                 let auth = json!({ "token": self.config.token });
                 let connect = format!("40{},{auth}", self.config.namespace);
