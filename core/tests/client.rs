@@ -319,3 +319,30 @@ fn a_server_announcing_absurd_ping_times_is_taken_without_overflow() {
     d.advance_to(3_600_000);
     assert_eq!(d.client.status(), &Status::Connected);
 }
+
+#[test]
+fn a_token_set_while_connected_is_the_one_the_next_attempt_presents() {
+    let mut d = Driven::new();
+    d.client.connect(d.now);
+    d.take();
+    d.server_accepts();
+    d.client.set_token("fresh");
+    d.client.handle_closed(d.now);
+    d.take();
+    // The reconnection attempt: its CONNECT carries the new token.
+    d.advance_to(60_000);
+    d.client.handle_opened(d.now);
+    d.frame(r#"0{"sid":"t","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#);
+    let sent: Vec<String> = d
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send(Frame::Text(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        sent.iter().any(|f| f == r#"40/chat,{"token":"fresh"}"#),
+        "{sent:?}"
+    );
+}

@@ -65,7 +65,12 @@ pub struct ClientConfig {
     pub backoff: Backoff,
     /// An attempt that has not connected the namespace within this long is abandoned.
     pub connect_timeout_ms: u64,
-    /// Seed of the generator behind jitter and `tempId`s.
+    /// Seed of the generator behind jitter and `tempId`s. Give every client its own (drawn
+    /// from the platform's entropy by the application): the server keeps the `tempId`s a
+    /// user has used, so two clients of one user with the same seed (an application
+    /// restarted, say) would send the same `tempId`s, and the later client's messages
+    /// would be answered as duplicates of the earlier's; the same seed also means the
+    /// same reconnection delays, the storm jitter exists to spread.
     pub seed: u64,
     /// Test-only: deliberate bugs for the simulator's mutation tests. All off by default.
     #[cfg(feature = "mutations")]
@@ -300,6 +305,14 @@ impl Client {
         self.clear_deadlines();
         self.set_status(Status::Connecting);
         self.open(now);
+    }
+
+    /// The token sent with every later connect attempt, as `socket.io-client` takes a new
+    /// `socket.auth`: once the application has a fresh token (after `auth:refresh`, or
+    /// from its login service when `auth:expired` came), a reconnect must not present the
+    /// old one, which the server would refuse for good once it expires.
+    pub fn set_token(&mut self, token: impl Into<String>) {
+        self.config.token = token.into();
     }
 
     /// Closes for good (the application logged out, say).
