@@ -4,7 +4,9 @@
 //! `ping_timeout` later. Watched from the wire: a link's last sign of life is its open or
 //! the last PONG that answered an outstanding PING, both as the server received them; the
 //! server's close of the link must come by that plus the bound. Deadlines sit in an ordered
-//! set, so each step checks only the earliest.
+//! set, so each step checks only the earliest; and a PONG or a close that itself comes
+//! past the deadline is a violation as it arrives, before it would clear the watch, as the
+//! step that brings it may be the first one past the deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +33,8 @@ pub struct DeadPeer {
     pub worst_ms: u64,
     /// Ping-timeout closes seen.
     pub detected: u64,
+    /// A sign of life or a close that came after its link's deadline, as first seen.
+    late: Option<String>,
 }
 
 impl DeadPeer {
@@ -69,9 +73,21 @@ impl DeadPeer {
         }
     }
 
+    /// Notes a link still open past its deadline, seen as `what` arrives at `now`.
+    fn past_deadline(&mut self, now: Instant, link: u64, w: Watch, what: &str) {
+        let deadline = w.last_life.add_ms(self.bound_ms);
+        if deadline < now && self.late.is_none() {
+            self.late = Some(format!(
+                "ws{link} silent since {} still open at {now}, when {what} came (bound {}ms)",
+                w.last_life, self.bound_ms
+            ));
+        }
+    }
+
     /// The server received a PONG.
     pub fn pong(&mut self, now: Instant, link: u64) {
         if let Some(w) = self.links.get(&link).copied() {
+            self.past_deadline(now, link, w, "a PONG");
             if w.ping_outstanding {
                 self.set(
                     link,
@@ -87,6 +103,7 @@ impl DeadPeer {
     /// The server's side of a link is gone; `ping_timeout` if that was the reason.
     pub fn closed(&mut self, now: Instant, link: u64, ping_timeout: bool) {
         if let Some(w) = self.links.remove(&link) {
+            self.past_deadline(now, link, w, "its close");
             self.deadlines
                 .remove(&(w.last_life.add_ms(self.bound_ms), link));
             if ping_timeout {
@@ -109,6 +126,9 @@ impl DeadPeer {
 
     /// Fails if a link outlived its deadline.
     pub fn check(&self, now: Instant) -> Finding {
+        if let Some(late) = &self.late {
+            return Err((NAME, late.clone()));
+        }
         match self.deadlines.first() {
             Some(&(deadline, link)) if deadline < now => Err((
                 NAME,
@@ -121,5 +141,36 @@ impl DeadPeer {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    #[test]
+    fn a_pong_or_close_that_comes_late_is_caught_as_it_arrives() {
+        // Within the bound: a PONG answers the PING, a ping-timeout close ends the link.
+        let mut d = DeadPeer::new(30);
+        d.opened(at(0), 1);
+        d.ping(1);
+        d.pong(at(30), 1);
+        d.closed(at(60), 1, true);
+        assert!(d.check(at(60)).is_ok());
+        // A PONG past the deadline, in the first step past it, would clear the watch.
+        let mut d = DeadPeer::new(30);
+        d.opened(at(0), 1);
+        d.ping(1);
+        d.pong(at(31), 1);
+        assert!(d.check(at(31)).is_err());
+        // So would a close past the deadline.
+        let mut d = DeadPeer::new(30);
+        d.opened(at(0), 1);
+        d.closed(at(31), 1, true);
+        assert!(d.check(at(31)).is_err());
     }
 }
