@@ -93,7 +93,10 @@ impl Delivery {
                 format!("c{client}: got {conv}#{seq} before the store had it"),
             ));
         }
-        let slot = self.last.entry((client, conv.clone())).or_insert(seq - 1);
+        let Some(before) = seq.checked_sub(1) else {
+            return Err((NAME, format!("c{client}: got {conv}#0 (seq starts at 1)")));
+        };
+        let slot = self.last.entry((client, conv.clone())).or_insert(before);
         if seq != *slot + 1 {
             let was = *slot;
             return Err((
@@ -105,13 +108,42 @@ impl Delivery {
         Ok(())
     }
 
-    /// A client's first join of a conversation fixed where its history starts.
-    pub fn baseline(&mut self, client: usize, conv: &str, last: u64) {
+    /// A client's first join of a conversation fixed where its history starts: at most
+    /// what the store has (a `lastSeq` beyond it would have the client drop the messages
+    /// that come next as already seen, and the checks above take it as the start).
+    pub fn baseline(&mut self, client: usize, conv: &str, last: u64, store: &Store) -> Finding {
+        if last > store.last_seq(conv) {
+            return Err((
+                NAME,
+                format!(
+                    "c{client}: {conv} starts at #{last}, the store has #{}",
+                    store.last_seq(conv)
+                ),
+            ));
+        }
         self.last.entry((client, conv.to_owned())).or_insert(last);
+        Ok(())
     }
 
     /// The last `seq` a client has of a conversation, if it ever joined it.
     pub fn last(&self, client: usize, conv: &str) -> Option<u64> {
         self.last.get(&(client, conv.to_owned())).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_start_beyond_the_store_and_a_seq_of_zero_are_violations() {
+        let store = Store::default();
+        let mut d = Delivery::default();
+        // Nothing stored in c1: a join that says it is at #3 is wrong.
+        assert!(d.baseline(0, "c1", 3, &store).is_err());
+        assert!(d.baseline(0, "c1", 0, &store).is_ok());
+        let zero = json!({"conversationId": "c1", "seq": 0});
+        assert!(d.delivered(0, &zero, &store).is_err());
     }
 }

@@ -222,9 +222,10 @@ impl Sim {
         let Some(slot) = self.clients.get_mut(i) else {
             return;
         };
+        let mut baseline = Ok(());
         for (conv, last) in slot.client.joined() {
             if let Some(last) = last {
-                self.delivery.baseline(i, conv, *last);
+                baseline = baseline.and(self.delivery.baseline(i, conv, *last, &self.store));
             }
         }
         match slot.client.poll_timeout() {
@@ -235,6 +236,7 @@ impl Sim {
             Some(_) => {}
             None => slot.armed = None,
         }
+        self.found(baseline);
     }
 
     /// The client end closes a link (an orderly close, which the server sees as a FIN).
