@@ -31,9 +31,12 @@ pub fn in_use(status: &Status) -> bool {
     expected(status) && !matches!(status, Status::Failed { .. })
 }
 
-/// The first thing not yet converged, readable; `None` once everything has.
+/// The first thing not yet converged, readable; `None` once everything has. `clients`:
+/// each client with the conversations its application joined (from the workload, not
+/// from the client, so that a join the server wrongly refused, which the client then
+/// forgets, still counts).
 pub fn pending<'a>(
-    clients: impl Iterator<Item = (usize, &'a Client)>,
+    clients: impl Iterator<Item = (usize, &'a Client, Vec<&'a str>)>,
     delivery: &Delivery,
     store: &Store,
     server_up: bool,
@@ -41,7 +44,7 @@ pub fn pending<'a>(
     if !server_up {
         return Some("server down".into());
     }
-    for (i, c) in clients {
+    for (i, c, convs) in clients {
         if !expected(c.status()) {
             continue;
         }
@@ -51,7 +54,7 @@ pub fn pending<'a>(
         if c.outbox_len() > 0 {
             return Some(format!("c{i} outbox {} not acknowledged", c.outbox_len()));
         }
-        for conv in c.joined().keys() {
+        for conv in convs {
             let last = store.last_seq(conv);
             match delivery.last(i, conv) {
                 None => return Some(format!("c{i} never joined {conv}")),

@@ -398,8 +398,15 @@ impl Sim {
 
     /// What has not converged yet.
     pub fn pending(&self) -> Option<String> {
+        let layout = &self.layout;
         liveness::pending(
-            self.clients.iter().map(|s| &s.client).enumerate(),
+            self.clients.iter().enumerate().map(|(i, s)| {
+                let convs = layout.convs_of[s.user]
+                    .iter()
+                    .map(|c| layout.conversations[*c].0.as_str())
+                    .collect();
+                (i, &s.client, convs)
+            }),
             &self.delivery,
             &self.store,
             self.gw.is_some(),
