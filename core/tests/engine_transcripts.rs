@@ -348,6 +348,53 @@ fn a_post_to_a_session_the_server_ended_is_taken_and_dropped() {
     assert_eq!(h.response(7).map(|r| r.0), Some(400));
 }
 
+/// A session the server ends after answering an upgrade probe: the client may already
+/// have paused polling for the probe, so its last packets go out there when its `5`
+/// comes (and the socket is closed then), as the reference server does; else the client
+/// would see only the socket close, and come back.
+#[test]
+fn a_session_ended_while_its_upgrade_finishes_says_its_last_on_the_new_socket() {
+    use heartline_core::engine::CloseReason;
+    let mut h = echo();
+    let sid = polling_connected(&mut h);
+    let session = h.engine.live_sessions(1)[0];
+    h.http(4, Method::Get, q("polling", Some(&sid)), "");
+    h.ws_open(10, Some(&sid));
+    h.ws_text(10, "2probe");
+    assert_eq!(h.response(4), Some((200, "6".into())));
+    h.engine
+        .disconnect(h.now, session, CloseReason::Replaced)
+        .expect("live");
+    h.drain();
+    assert!(
+        !h.ws_closed_by_server(10),
+        "the probe is kept for the client's 5"
+    );
+    h.advance(40);
+    h.ws_text(10, "5");
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.ws_sent(10), ["3probe", "41/chat,"]);
+    assert!(h.ws_closed_by_server(10));
+    assert_eq!(h.engine.sessions_held(), 0);
+    h.http(5, Method::Get, q("polling", Some(&sid)), "");
+    assert_eq!(h.response(5).map(|r| r.0), Some(400));
+
+    // A client that never sends its 5: the probe is closed when the session is let go.
+    let mut h = echo();
+    let sid = polling_connected(&mut h);
+    let session = h.engine.live_sessions(1)[0];
+    h.http(4, Method::Get, q("polling", Some(&sid)), "");
+    h.ws_open(10, Some(&sid));
+    h.ws_text(10, "2probe");
+    h.engine
+        .disconnect(h.now, session, CloseReason::Replaced)
+        .expect("live");
+    h.drain();
+    h.advance(config().ping_timeout_ms);
+    assert!(h.ws_closed_by_server(10));
+    assert_eq!(h.engine.sessions_held(), 0);
+}
+
 #[test]
 fn client_close_posted_before_its_get_arrives() {
     // The client's GET and its CLOSE POST travel on separate connections; the POST may

@@ -650,7 +650,7 @@ impl Engine {
     /// Ends a session. `Abort` drops everything at once; `Flush` lets the client have what
     /// was already sent, followed by an Engine.IO CLOSE on polling.
     fn end(&mut self, now: Instant, id: SessionId, reason: CloseReason, how: Ending) {
-        if !self.mark_closed(id, &reason) {
+        if !self.mark_closed(id, &reason, how == Ending::Flush) {
             return;
         }
         let Some(s) = self.sessions.get_mut(&id) else {
@@ -691,7 +691,12 @@ impl Engine {
     /// Records that a live session has ended: its deadlines stop, a probe WebSocket is
     /// closed, and the application hears [`Event::Closed`] once. Returns `false` if the
     /// session was unknown or had already ended.
-    pub(crate) fn mark_closed(&mut self, id: SessionId, reason: &CloseReason) -> bool {
+    ///
+    /// `flush`: the session's last packets are to reach the client. Then a probe already
+    /// answered is kept: the client may have paused polling for it, and would never read
+    /// them there; they go out on the probe when its `5` comes (see `complete_upgrade`),
+    /// or the probe is closed when the session is let go.
+    pub(crate) fn mark_closed(&mut self, id: SessionId, reason: &CloseReason, flush: bool) -> bool {
         let Some(s) = self.sessions.get_mut(&id) else {
             return false;
         };
@@ -700,7 +705,10 @@ impl Engine {
         }
         s.closed = true;
         self.timers.stop_all(&mut s.timers, id);
-        if let Some(up) = s.take_upgrade() {
+        let keep = |up: &session::Upgrade| flush && up.probed;
+        if let Some(up) = s.upgrade_mut().filter(|up| keep(up)) {
+            up.closing = Some(reason.clone());
+        } else if let Some(up) = s.take_upgrade() {
             self.by_transport.remove(&up.ws);
             self.transmit(Transmit::WsClose {
                 transport: up.ws,
@@ -721,7 +729,7 @@ impl Engine {
         };
         self.timers.stop_all(&mut s.timers, id);
         self.by_sid.remove(&s.sid);
-        match &s.transport {
+        match &mut s.transport {
             Transport::WebSocket(ws) => {
                 self.by_transport.remove(ws);
             }
@@ -729,8 +737,13 @@ impl Engine {
                 if let Some(get) = p.pending_get {
                     self.by_request.remove(&get);
                 }
-                if let Some(up) = &p.upgrade {
+                if let Some(up) = p.upgrade.take() {
                     self.by_transport.remove(&up.ws);
+                    // A probe kept for a session that ended (see `mark_closed`).
+                    self.transmit(Transmit::WsClose {
+                        transport: up.ws,
+                        reason: up.closing.unwrap_or(CloseReason::TransportClose),
+                    });
                 }
             }
         }

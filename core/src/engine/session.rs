@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use crate::codec::socket::Decoder;
 use crate::codec::Frame;
+use crate::engine::close::CloseReason;
 use crate::engine::io::Handshake;
 use crate::ids::{Id20, RequestId, TransportId};
 use crate::time::Instant;
@@ -81,6 +82,11 @@ pub(crate) struct Upgrade {
     /// [`UPGRADE_GET_HOLD_MS`](super::polling::UPGRADE_GET_HOLD_MS)); the session's
     /// [`Timer::Upgrade`] fires at the earlier of this and `deadline`.
     pub(crate) get_hold: Option<Instant>,
+    /// The session ended (why) after the probe was answered: the client may already
+    /// have paused polling for this socket, so what the session still had to say goes
+    /// out on it when its `5` comes, and the socket is closed then (or when the session
+    /// is let go).
+    pub(crate) closing: Option<CloseReason>,
 }
 
 impl Upgrade {

@@ -72,6 +72,7 @@ impl Engine {
             probed: false,
             deadline,
             get_hold: None,
+            closing: None,
         };
         if s.closed || s.upgrade().is_some() || !s.start_upgrade(up) {
             refuse(self, "session cannot be upgraded");
@@ -147,7 +148,7 @@ impl Engine {
             return;
         }
         // The socket is already gone, so there is nothing to flush and no close to send.
-        self.mark_closed(id, &reason);
+        self.mark_closed(id, &reason, false);
         self.remove(id);
     }
 
@@ -169,6 +170,8 @@ impl Engine {
                 self.release_get(id);
             }
             EioPacket::Upgrade if up.probed => self.complete_upgrade(id, ws),
+            // The session has ended and waits only for this `5` to say its last.
+            _ if up.closing.is_some() => {}
             _ => self.cancel_upgrade(
                 id,
                 CloseReason::ProtocolError("unexpected packet during upgrade".into()),
@@ -182,23 +185,40 @@ impl Engine {
     /// released then), and a client sends `5` only once its polling has paused: so that GET
     /// was sent after the upgrade and reached the engine first. It is refused like any GET
     /// after the upgrade.
+    ///
+    /// If the session ended after the probe was answered, what it still had to say goes
+    /// out on the socket (not polling's CLOSE: the socket's own close says that), the
+    /// socket is closed and the session let go, as the reference server does.
     fn complete_upgrade(&mut self, id: SessionId, ws: TransportId) {
         self.refuse_get(id);
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        s.take_upgrade();
+        let closing = s.take_upgrade().and_then(|up| up.closing);
         self.timers.stop(&mut s.timers, id, Timer::Upgrade);
         let old = std::mem::replace(&mut s.transport, Transport::WebSocket(ws));
         if let Transport::Polling(p) = old {
+            let close = EioPacket::Close.to_frame();
             for frame in p.queue {
+                if closing.is_some() && frame == close {
+                    continue;
+                }
                 self.transmit(Transmit::WsSend {
                     transport: ws,
                     frame,
                 });
             }
         }
-        self.event(Event::Upgraded { session: id });
+        match closing {
+            None => self.event(Event::Upgraded { session: id }),
+            Some(reason) => {
+                self.transmit(Transmit::WsClose {
+                    transport: ws,
+                    reason,
+                });
+                self.remove(id);
+            }
+        }
     }
 
     /// Closes the probe socket; the session stays on polling.
