@@ -319,6 +319,8 @@ async fn connect_inner_with(
                     _ => early.push(packet),
                 }
             }
+            // The server's Engine.IO CLOSE: the handshake is over, as when the socket ends.
+            Some(EnginePacket::Close) => return Ok(Connect::Closed),
             Some(_) => {}
         }
     };
@@ -676,5 +678,33 @@ mod tests {
             Some(r#"["message:new",{}]"#)
         );
         assert_eq!(RawEvents::new("/chat", &[]).data(new), None);
+    }
+
+    /// A server that opens a session, takes the CONNECT and answers with an Engine.IO
+    /// CLOSE: the connect ends then, rather than waiting out its timeout.
+    #[tokio::test]
+    async fn an_engine_close_during_the_handshake_ends_the_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+            let open = r#"0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+            ws.send(Message::text(open)).await.expect("open");
+            let connect = ws.next().await.expect("a frame").expect("read");
+            assert!(connect.to_text().is_ok_and(|t| t.starts_with("40")));
+            ws.send(Message::text("1")).await.expect("close packet");
+            // Held open: only the CLOSE packet may end the client's connect.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let options = ClientOptions {
+            timeout: Duration::from_secs(20),
+            ..ClientOptions::default()
+        };
+        let outcome = connect(addr, options).await.expect("no error");
+        assert!(matches!(outcome, Connect::Closed), "{outcome:?}");
+        server.abort();
     }
 }
