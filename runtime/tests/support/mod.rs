@@ -148,7 +148,7 @@ pub async fn stored(addr: SocketAddr, id: &str) -> Vec<Value> {
     .await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("json");
-    v["messages"].as_array().cloned().unwrap_or_default()
+    v["messages"].as_array().cloned().expect("a messages array")
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns status, raw head and body.
