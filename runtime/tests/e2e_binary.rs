@@ -135,7 +135,8 @@ async fn sigterm_with_the_database_locked_by_another_process_still_drains_and_ex
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), "[shutdown]\ndrain_ms = 2000\n");
     let (mut child, addr) = spawn(&config).await;
-    put_conversation(addr, "c1", &["u0:customer", "u1:customer"]).await;
+    let (status, body) = put_conversation(addr, "c1", &["u0:customer", "u1:customer"]).await;
+    assert_eq!(status, 200, "{body}");
     let mut clients = vec![
         connect_as(addr, "u0", "customer").await,
         connect_as(addr, "u1", "customer").await,
@@ -154,6 +155,10 @@ async fn sigterm_with_the_database_locked_by_another_process_still_drains_and_ex
         pending.push(c.emit_with_ack("message:history", read).expect("emit"));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every request is still waiting on the lock: the shutdown meets a store backlog.
+    for rx in &mut pending {
+        assert!(rx.try_recv().is_err(), "answered while the lock was held");
+    }
     let started = tokio::time::Instant::now();
     signal(&child, "TERM");
     // The closes wait for the store at most half the drain, then go out over the rest.

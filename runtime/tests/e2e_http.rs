@@ -324,9 +324,10 @@ async fn dribble(
 
 #[tokio::test]
 async fn a_partial_request_runs_out_of_time_counted_from_the_tcp_accept() {
-    // The headers come 900 ms after the connect, then the body a byte at a time: the
-    // request is cut at 1 s from the accept, not 1 s after its headers.
-    let mut server = TestServer::start(|c| c.server.handshake_timeout_ms = 1_000).await;
+    // The headers come 1.8 s after the connect, then the body a byte at a time: the
+    // request is cut at 2 s from the accept, not 2 s after its headers. (The two
+    // deadlines are 1.8 s apart, so a slow machine cannot mistake one for the other.)
+    let mut server = TestServer::start(|c| c.server.handshake_timeout_ms = 2_000).await;
     let api = format!(
         "PUT /api/conversations/c1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
          Content-Length: 1000\r\n\r\n"
@@ -341,12 +342,12 @@ async fn a_partial_request_runs_out_of_time_counted_from_the_tcp_accept() {
     let healthz = Some("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     for (what, head) in [("api", &api), ("polling post", &post)] {
         for (first, on) in [(None, "a new connection"), (healthz, "a kept-alive one")] {
-            let wait = Duration::from_millis(900);
+            let wait = Duration::from_millis(1_800);
             let (status, after) = dribble(server.addr, first, wait, head).await;
             assert_eq!(status, 408, "{what} on {on}");
-            // Counted from the headers it would come at 1.9 s.
+            // Counted from the headers it would come at 3.8 s.
             assert!(
-                after < Duration::from_millis(1_600),
+                after < Duration::from_millis(2_900),
                 "{what} on {on}: {after:?}"
             );
         }
