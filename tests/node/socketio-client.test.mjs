@@ -198,7 +198,7 @@ test('connect_rate_per_ip counts clients, not their HTTP requests: polling clien
   await sleep(1100);
   const sockets = [];
   try {
-    for (let i = 0; i < 5; i++) {
+    for (let i = 0; i < 8; i++) {
       sockets.push(
         io(`${limited.url}/chat`, {
           auth: { token: token(`rate${i}`, 'customer') },
@@ -214,9 +214,10 @@ test('connect_rate_per_ip counts clients, not their HTTP requests: polling clien
       });
     const results = await Promise.all(sockets.map(outcome));
     const ok = results.filter((r) => r === 'ok').length;
-    // Three tokens at once; a fourth could only come from a refill a third of a second in.
-    assert.ok(ok >= 3 && ok <= 4, `admitted ${ok}: ${results}`);
-    assert.equal(results.filter((r) => r === 'refused').length, 5 - ok, `${results}`);
+    // Three tokens at once, then one every third of a second: all eight only if their
+    // handshakes were spread over more than 1.6 s.
+    assert.ok(ok >= 3 && ok < 8, `admitted ${ok}: ${results}`);
+    assert.equal(results.filter((r) => r === 'refused').length, 8 - ok, `${results}`);
     // The admitted clients upgrade and keep working, more than a second later.
     await sleep(1500);
     for (const [i, s] of sockets.entries()) {
@@ -271,11 +272,12 @@ test('a burst of joins over the event budget is slowed with rate_limited, not cu
   await once(s, 'connection:success');
   let disconnected = null;
   s.on('disconnect', (reason) => (disconnected = reason));
-  const replies = await Promise.all(Array.from({ length: 100 }, () =>
+  const replies = await Promise.all(Array.from({ length: 200 }, () =>
     s.timeout(5000).emitWithAck('conversation:join', { conversationId: 'many' })));
   const served = replies.filter((r) => r.ok);
   const slowed = replies.filter((r) => !r.ok);
-  assert.ok(served.length >= 60 && served.length < 100, `served ${served.length}`);
+  // 60 at once and 20 a second: all 200 only if they took the server over 7 s.
+  assert.ok(served.length >= 60 && served.length < 200, `served ${served.length}`);
   for (const r of slowed) {
     assert.equal(r.code, 'rate_limited', JSON.stringify(r));
     assert.ok(Number.isInteger(r.retryAfterMs) && r.retryAfterMs > 0, JSON.stringify(r));
