@@ -795,6 +795,64 @@ fn a_flood_inside_one_polling_post_ends_the_session_there() {
 }
 
 #[test]
+fn sends_before_the_clients_close_in_one_polling_post_are_stored() {
+    use heartline_core::engine::{Handshake, Input as Net, Method, Query};
+    use heartline_core::gateway::Input;
+    let mut g = setup();
+    let http = |g: &mut Gw, request: u64, method: Method, sid: Option<String>, body: String| {
+        let handshake = Handshake {
+            accepted_at: g.now,
+            authorization: None,
+            remote: None,
+        };
+        g.input(Input::Network(Net::Http {
+            request: heartline_core::RequestId(request),
+            method,
+            query: Query {
+                eio: Some("4".into()),
+                transport: Some("polling".into()),
+                sid,
+            },
+            body: body.into(),
+            handshake,
+        }));
+    };
+    // A client that sends, leaves the namespace and closes, all in one POST (as
+    // socket.io-client's emit then disconnect may go out together); and another whose POST
+    // ends in a packet that does not decode.
+    for (n, tail) in [(0u64, "41/chat,\u{1e}1"), (1, "9")] {
+        let base = 10 * n;
+        http(&mut g, base + 1, Method::Get, None, String::new());
+        let open = http_body(&g, base + 1).expect("handshake answered");
+        let open: Value = serde_json::from_str(open.trim_start_matches('0')).expect("open");
+        let sid = open["sid"].as_str().expect("sid").to_owned();
+        let connect = format!(
+            "40/chat,{}",
+            json!({"token": token("alice", "customer", 86_400)})
+        );
+        http(&mut g, base + 2, Method::Post, Some(sid.clone()), connect);
+        let send = format!(
+            r#"42/chat,["message:send",{{"conversationId":"c1","content":"sent before the end {n}","tempId":"t{n}"}}]"#
+        );
+        http(
+            &mut g,
+            base + 3,
+            Method::Post,
+            Some(sid),
+            format!("{send}\u{1e}{tail}"),
+        );
+    }
+    let stored: Vec<&str> = g
+        .store
+        .messages
+        .get("c1")
+        .map(|l| l.iter().map(|m| m.content.as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(stored, ["sent before the end 0", "sent before the end 1"]);
+    assert_eq!(g.gw.metrics().floods, 0);
+}
+
+#[test]
 fn acks_a_client_sends_unasked_are_paid_for_like_other_events() {
     let mut cfg = config();
     cfg.event_budget = heartline_core::gateway::BudgetConfig {

@@ -128,11 +128,6 @@ impl Engine {
         self.timers.len()
     }
 
-    /// Whether the session is live: open, and not ended by either side.
-    pub fn is_live(&self, session: SessionId) -> bool {
-        self.live(session).is_some()
-    }
-
     /// The public id of a live session.
     pub fn sid(&self, session: SessionId) -> Option<&str> {
         self.live(session).map(|s| s.sid.as_str())

@@ -103,9 +103,10 @@ struct Send {
 
 impl Gateway {
     pub(super) fn on_packet(&mut self, now: Instant, session: SessionId, packet: SioPacket) {
-        if !self.engine.is_live(session) {
-            // The rest of a polling POST whose session an earlier packet of it ended (a
-            // flood, say): the engine hands over the packets of a POST before its end.
+        if self.conns.get(&session).is_some_and(|c| c.flooded) {
+            // The rest of a polling POST that an earlier packet of it made a flood: the
+            // engine hands over a POST's packets before the session's end. (Packets before
+            // the client's own CLOSE, or a bad packet, in the same POST are served.)
             return;
         }
         if !matches!(packet.kind, PacketType::Event | PacketType::BinaryEvent) {
@@ -201,6 +202,9 @@ impl Gateway {
 
     /// Ends a connection that spent its whole budget.
     fn flood(&mut self, now: Instant, session: SessionId) {
+        if let Some(conn) = self.conns.get_mut(&session) {
+            conn.flooded = true;
+        }
         self.metrics.floods += 1;
         let _ = self.engine.disconnect(
             now,
@@ -226,9 +230,11 @@ impl Gateway {
             Some(after) => {
                 // The room is joined when the read completes: the store answers in order,
                 // so every message is then either in `missed` or fanned out live, once.
-                let Some(conn) = self.conn_no(session) else {
+                let Some(c) = self.conns.get_mut(&session) else {
                     return;
                 };
+                c.joins_reading = c.joins_reading.saturating_add(1);
+                let conn = c.no;
                 let op = self.next_op();
                 self.pending.insert(
                     op,
@@ -354,15 +360,19 @@ impl Gateway {
         let Some(id) = str_field(arg, "conversationId") else {
             return self.refuse(now, session, ack, ErrorCode::InvalidPayload);
         };
+        let mut reading = false;
         if let Some(conn) = self.conns.get_mut(&session) {
             conn.joined.remove(id);
+            reading = conn.joins_reading > 0;
         }
         if let Some(conv) = self.conversations.get_mut(id) {
             conv.room.remove(&session);
         }
         // A join of this conversation still reading its catch-up is answered when the read
         // is done, but must not put the connection back in the room it has since left.
-        for pending in self.pending.values_mut() {
+        // (Looked for only when the connection has such joins: the pending requests are
+        // every connection's.)
+        for pending in self.pending.values_mut().filter(|_| reading) {
             if let Pending::Join {
                 session: s,
                 conversation_id,
@@ -432,6 +442,11 @@ impl Gateway {
         let Some(pending) = self.pending.remove(&op) else {
             return;
         };
+        if let Pending::Join { session, conn, .. } = &pending {
+            if let Some(c) = self.conns.get_mut(session).filter(|c| c.no == *conn) {
+                c.joins_reading = c.joins_reading.saturating_sub(1);
+            }
+        }
         match (pending, result) {
             // Answers for a connection that has since ended go nowhere, also when its
             // session has connected the namespace again.

@@ -421,6 +421,8 @@ impl Gateway {
             user: user_key.clone(),
             admin: claims.is_admin(),
             no,
+            flooded: false,
+            joins_reading: 0,
             exp_ms: claims.exp_ms(),
             joined: Default::default(),
             budget: TokenBucket::new(self.config.event_budget, now),
