@@ -29,7 +29,7 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 }
 
 #[tokio::test]
-async fn dead_peer_is_closed_within_ping_interval_plus_timeout() {
+async fn a_dead_peer_is_closed_by_the_ping_timeout_and_a_live_one_is_not() {
     let mut server = TestServer::start(|c| {
         c.engine.ping_interval_ms = 200;
         c.engine.ping_timeout_ms = 200;
@@ -42,8 +42,8 @@ async fn dead_peer_is_closed_within_ping_interval_plus_timeout() {
         .wait_closed(Duration::from_secs(5))
         .await
         .expect("closed");
-    // ping_interval + ping_timeout = 400 ms: closed well within the 5 s waited (no
-    // tighter bound here; timings belong in the benchmarks).
+    // ping_interval + ping_timeout = 400 ms; that bound itself is checked on virtual time
+    // by the simulator's dead-peer checker, not on this machine's clock.
     assert!(matches!(events.last(), Some(ClientEvent::Closed { .. })));
     // The live one is untouched.
     tokio::time::sleep(Duration::from_millis(600)).await;
