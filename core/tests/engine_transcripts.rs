@@ -22,6 +22,26 @@ fn polling_connected(h: &mut Harness) -> String {
     sid
 }
 
+/// The application ends the one live session, as the gateway does on a replacement.
+fn server_replaces(h: &mut Harness) {
+    use heartline_core::engine::CloseReason;
+    let session = h.engine.live_sessions(1)[0];
+    h.engine
+        .disconnect(h.now, session, CloseReason::Replaced)
+        .expect("live");
+    h.drain();
+}
+
+/// A polling session connected (requests 1 to 3), a GET held (4), and a WebSocket probe
+/// (`ws10`) answered, which releases that GET; returns the sid.
+fn probe_answered(h: &mut Harness) -> String {
+    let sid = polling_connected(h);
+    h.http(4, Method::Get, q("polling", Some(&sid)), "");
+    h.ws_open(10, Some(&sid));
+    h.ws_text(10, "2probe");
+    sid
+}
+
 #[test]
 fn websocket_handshake_with_namespace_connect() {
     let mut h = echo();
@@ -321,15 +341,10 @@ fn polling_post_with_a_bad_packet_delivers_the_ones_before_it() {
 /// error and reconnect, where the DISCONNECT waiting for it tells it to stay away.
 #[test]
 fn a_post_to_a_session_the_server_ended_is_taken_and_dropped() {
-    use heartline_core::engine::CloseReason;
     let mut h = echo();
     let sid = polling_connected(&mut h);
-    let session = h.engine.live_sessions(1)[0];
     h.http(4, Method::Get, q("polling", Some(&sid)), "");
-    h.engine
-        .disconnect(h.now, session, CloseReason::Replaced)
-        .expect("live");
-    h.drain();
+    server_replaces(&mut h);
     h.http(
         5,
         Method::Post,
@@ -354,18 +369,10 @@ fn a_post_to_a_session_the_server_ended_is_taken_and_dropped() {
 /// would see only the socket close, and come back.
 #[test]
 fn a_session_ended_while_its_upgrade_finishes_says_its_last_on_the_new_socket() {
-    use heartline_core::engine::CloseReason;
     let mut h = echo();
-    let sid = polling_connected(&mut h);
-    let session = h.engine.live_sessions(1)[0];
-    h.http(4, Method::Get, q("polling", Some(&sid)), "");
-    h.ws_open(10, Some(&sid));
-    h.ws_text(10, "2probe");
+    let sid = probe_answered(&mut h);
     assert_eq!(h.response(4), Some((200, "6".into())));
-    h.engine
-        .disconnect(h.now, session, CloseReason::Replaced)
-        .expect("live");
-    h.drain();
+    server_replaces(&mut h);
     assert!(
         !h.ws_closed_by_server(10),
         "the probe is kept for the client's 5"
@@ -381,15 +388,8 @@ fn a_session_ended_while_its_upgrade_finishes_says_its_last_on_the_new_socket() 
 
     // A client that never sends its 5: the probe is closed when the session is let go.
     let mut h = echo();
-    let sid = polling_connected(&mut h);
-    let session = h.engine.live_sessions(1)[0];
-    h.http(4, Method::Get, q("polling", Some(&sid)), "");
-    h.ws_open(10, Some(&sid));
-    h.ws_text(10, "2probe");
-    h.engine
-        .disconnect(h.now, session, CloseReason::Replaced)
-        .expect("live");
-    h.drain();
+    probe_answered(&mut h);
+    server_replaces(&mut h);
     h.advance(config().ping_timeout_ms);
     assert!(h.ws_closed_by_server(10));
     assert_eq!(h.engine.sessions_held(), 0);

@@ -4,6 +4,8 @@
 mod gw;
 
 use gw::{admin_token, config, token, Gw};
+use heartline_core::engine::{Handshake, Input as Net, Method, Query};
+use heartline_core::gateway::Input;
 use heartline_core::gateway::UserKey;
 use serde_json::{json, Value};
 
@@ -728,6 +730,42 @@ fn a_refreshed_token_brings_its_role() {
     assert_eq!(g.events_named(1, "metrics:response").len(), 1);
 }
 
+/// A polling request `request` (a handshake without `sid`).
+fn polling(g: &mut Gw, request: u64, method: Method, sid: Option<&str>, body: String) {
+    let handshake = Handshake {
+        accepted_at: g.now,
+        authorization: None,
+        remote: None,
+    };
+    g.input(Input::Network(Net::Http {
+        request: heartline_core::RequestId(request),
+        method,
+        query: Query {
+            eio: Some("4".into()),
+            transport: Some("polling".into()),
+            sid: sid.map(str::to_owned),
+        },
+        body: body.into(),
+        handshake,
+    }));
+}
+
+/// A polling session (requests `first` and `first + 1`) with `/chat` connected as alice;
+/// returns its sid.
+fn polling_alice(g: &mut Gw, first: u64) -> String {
+    polling(g, first, Method::Get, None, String::new());
+    let open = http_body(g, first).expect("handshake answered");
+    let open: Value = serde_json::from_str(open.trim_start_matches('0')).expect("open packet");
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    let connect = format!(
+        "40/chat,{}",
+        json!({"token": token("alice", "customer", 86_400)})
+    );
+    polling(g, first + 1, Method::Post, Some(&sid), connect);
+    assert_eq!(http_body(g, first + 1).as_deref(), Some("ok"));
+    sid
+}
+
 /// The body of the polling response to `request`, if there was one.
 fn http_body(g: &Gw, request: u64) -> Option<String> {
     g.outputs.iter().find_map(|(_, out)| match out {
@@ -742,8 +780,6 @@ fn http_body(g: &Gw, request: u64) -> Option<String> {
 
 #[test]
 fn a_flood_inside_one_polling_post_ends_the_session_there() {
-    use heartline_core::engine::{Handshake, Input as Net, Method, Query};
-    use heartline_core::gateway::Input;
     let mut cfg = config();
     // Two events at once, then two refusals; the fifth event of a burst is a flood.
     cfg.event_budget = heartline_core::gateway::BudgetConfig {
@@ -752,40 +788,13 @@ fn a_flood_inside_one_polling_post_ends_the_session_there() {
         refusal_milli: 1000,
     };
     let mut g = Gw::new(cfg);
-    let http = |g: &mut Gw, request: u64, method: Method, sid: Option<String>, body: String| {
-        let handshake = Handshake {
-            accepted_at: g.now,
-            authorization: None,
-            remote: None,
-        };
-        g.input(Input::Network(Net::Http {
-            request: heartline_core::RequestId(request),
-            method,
-            query: Query {
-                eio: Some("4".into()),
-                transport: Some("polling".into()),
-                sid,
-            },
-            body: body.into(),
-            handshake,
-        }));
-    };
-    http(&mut g, 1, Method::Get, None, String::new());
-    let open = http_body(&g, 1).expect("handshake answered");
-    let open: Value = serde_json::from_str(open.trim_start_matches('0')).expect("open packet");
-    let sid = open["sid"].as_str().expect("sid").to_owned();
-    let connect = format!(
-        "40/chat,{}",
-        json!({"token": token("alice", "customer", 86_400)})
-    );
-    http(&mut g, 2, Method::Post, Some(sid.clone()), connect);
-    assert_eq!(http_body(&g, 2).as_deref(), Some("ok"));
+    let sid = polling_alice(&mut g, 1);
     // One POST: six events, the fifth a flood, then a send the session no longer makes.
     let mut packets = vec![r#"42/chat,["ping",{}]"#.to_owned(); 6];
     packets.push(
         r#"42/chat,["message:send",{"conversationId":"c1","content":"x","tempId":"t"}]"#.into(),
     );
-    http(&mut g, 3, Method::Post, Some(sid), packets.join("\u{1e}"));
+    polling(&mut g, 3, Method::Post, Some(&sid), packets.join("\u{1e}"));
     assert_eq!(g.gw.metrics().floods, 1);
     assert!(
         g.store.messages.is_empty(),
@@ -796,49 +805,21 @@ fn a_flood_inside_one_polling_post_ends_the_session_there() {
 
 #[test]
 fn sends_before_the_clients_close_in_one_polling_post_are_stored() {
-    use heartline_core::engine::{Handshake, Input as Net, Method, Query};
-    use heartline_core::gateway::Input;
     let mut g = setup();
-    let http = |g: &mut Gw, request: u64, method: Method, sid: Option<String>, body: String| {
-        let handshake = Handshake {
-            accepted_at: g.now,
-            authorization: None,
-            remote: None,
-        };
-        g.input(Input::Network(Net::Http {
-            request: heartline_core::RequestId(request),
-            method,
-            query: Query {
-                eio: Some("4".into()),
-                transport: Some("polling".into()),
-                sid,
-            },
-            body: body.into(),
-            handshake,
-        }));
-    };
     // A client that sends, leaves the namespace and closes, all in one POST (as
     // socket.io-client's emit then disconnect may go out together); and another whose POST
     // ends in a packet that does not decode.
     for (n, tail) in [(0u64, "41/chat,\u{1e}1"), (1, "9")] {
         let base = 10 * n;
-        http(&mut g, base + 1, Method::Get, None, String::new());
-        let open = http_body(&g, base + 1).expect("handshake answered");
-        let open: Value = serde_json::from_str(open.trim_start_matches('0')).expect("open");
-        let sid = open["sid"].as_str().expect("sid").to_owned();
-        let connect = format!(
-            "40/chat,{}",
-            json!({"token": token("alice", "customer", 86_400)})
-        );
-        http(&mut g, base + 2, Method::Post, Some(sid.clone()), connect);
+        let sid = polling_alice(&mut g, base + 1);
         let send = format!(
             r#"42/chat,["message:send",{{"conversationId":"c1","content":"sent before the end {n}","tempId":"t{n}"}}]"#
         );
-        http(
+        polling(
             &mut g,
             base + 3,
             Method::Post,
-            Some(sid),
+            Some(&sid),
             format!("{send}\u{1e}{tail}"),
         );
     }
