@@ -103,7 +103,10 @@ struct Send {
 
 impl Gateway {
     pub(super) fn on_packet(&mut self, now: Instant, session: SessionId, packet: SioPacket) {
-        if self.conns.get(&session).is_some_and(|c| c.flooded) {
+        let Some(conn) = self.conns.get_mut(&session) else {
+            return;
+        };
+        if conn.flooded {
             // The rest of a polling POST that an earlier packet of it made a flood: the
             // engine hands over a POST's packets before the session's end. (Packets before
             // the client's own CLOSE, or a bad packet, in the same POST are served.)
@@ -115,9 +118,6 @@ impl Gateway {
             self.charge(now, session, None);
             return;
         }
-        let Some(conn) = self.conns.get_mut(&session) else {
-            return;
-        };
         if self.config.idle_timeout_ms > 0 {
             let at = now.add_ms(self.config.idle_timeout_ms);
             self.timers
