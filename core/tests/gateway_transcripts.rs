@@ -766,6 +766,18 @@ fn polling_alice(g: &mut Gw, first: u64) -> String {
     sid
 }
 
+/// A gateway whose connections may have two events at once, then two refusals: the
+/// fifth event of a burst is a flood.
+fn tight_budget() -> Gw {
+    let mut cfg = config();
+    cfg.event_budget = heartline_core::gateway::BudgetConfig {
+        burst: 2,
+        per_second: 1,
+        refusal_milli: 1000,
+    };
+    Gw::new(cfg)
+}
+
 /// The body of the polling response to `request`, if there was one.
 fn http_body(g: &Gw, request: u64) -> Option<String> {
     g.outputs.iter().find_map(|(_, out)| match out {
@@ -780,14 +792,7 @@ fn http_body(g: &Gw, request: u64) -> Option<String> {
 
 #[test]
 fn a_flood_inside_one_polling_post_ends_the_session_there() {
-    let mut cfg = config();
-    // Two events at once, then two refusals; the fifth event of a burst is a flood.
-    cfg.event_budget = heartline_core::gateway::BudgetConfig {
-        burst: 2,
-        per_second: 1,
-        refusal_milli: 1000,
-    };
-    let mut g = Gw::new(cfg);
+    let mut g = tight_budget();
     let sid = polling_alice(&mut g, 1);
     // One POST: six events, the fifth a flood, then a send the session no longer makes.
     let mut packets = vec![r#"42/chat,["ping",{}]"#.to_owned(); 6];
@@ -835,13 +840,7 @@ fn sends_before_the_clients_close_in_one_polling_post_are_stored() {
 
 #[test]
 fn acks_a_client_sends_unasked_are_paid_for_like_other_events() {
-    let mut cfg = config();
-    cfg.event_budget = heartline_core::gateway::BudgetConfig {
-        burst: 2,
-        per_second: 1,
-        refusal_milli: 1000,
-    };
-    let mut g = Gw::new(cfg);
+    let mut g = tight_budget();
     g.connect(1, "alice", "customer");
     g.connect(2, "bob", "agent");
     // The gateway asks no client for acks: each is dropped, and a stream of them is a
