@@ -140,7 +140,19 @@ pub enum ClientEvent {
     },
 }
 
-type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<Value>>>>>;
+/// Acks awaited, by id, and whether the reader has ended: once it has, nothing more will
+/// be answered, and an ack asked for after that fails at once rather than at its timeout.
+#[derive(Debug, Default)]
+struct AckTable {
+    waiting: HashMap<u64, oneshot::Sender<Vec<Value>>>,
+    ended: bool,
+}
+
+type Acks = Arc<Mutex<AckTable>>;
+
+fn lock_acks(acks: &Acks) -> std::sync::MutexGuard<'_, AckTable> {
+    acks.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A connected client. Dropping it drops the connection.
 #[derive(Debug)]
@@ -326,7 +338,7 @@ async fn connect_inner_with(
     };
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let acks: Acks = Arc::new(Mutex::new(HashMap::new()));
+    let acks: Acks = Arc::new(Mutex::new(AckTable::default()));
     let answer_pings = Arc::new(AtomicBool::new(options.answer_pings));
     let writer = tokio::spawn(async move {
         while let Some(m) = out_rx.recv().await {
@@ -346,8 +358,10 @@ async fn connect_inner_with(
                 deliver(p, &nsp, &ev_tx, &acks);
             }
             read_loop(stream, nsp, raw, out, ev_tx, acks.clone(), answer).await;
-            // Nothing more will be answered: fail the waiting acks at once.
-            acks.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            // Nothing more will be answered: fail the waiting acks, and later ones, at once.
+            let mut table = lock_acks(&acks);
+            table.ended = true;
+            table.waiting.clear();
         })
     };
     Ok(Connect::Connected(Client {
@@ -387,7 +401,7 @@ fn deliver(
             let Some(id) = packet.id else {
                 return;
             };
-            let waiter = acks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            let waiter = lock_acks(acks).waiting.remove(&id);
             if let Some(w) = waiter {
                 let _ = w.send(packet.into_args());
             }
@@ -537,7 +551,9 @@ impl Client {
     }
 
     /// Emits an event asking for an ack, without waiting: the receiver gets the ack's
-    /// arguments. Lets a load generator keep many sends in flight.
+    /// arguments, or is dropped when the connection ends first. Lets a load generator
+    /// keep many sends in flight. Fails with [`ClientError::Closed`] once the connection's
+    /// reader has ended.
     pub fn emit_with_ack(
         &mut self,
         event: &str,
@@ -546,10 +562,13 @@ impl Client {
         let id = self.next_ack;
         self.next_ack += 1;
         let (tx, rx) = oneshot::channel();
-        self.acks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        {
+            let mut table = lock_acks(&self.acks);
+            if table.ended {
+                return Err(ClientError::Closed);
+            }
+            table.waiting.insert(id, tx);
+        }
         let packet = SocketPacket::event(
             self.namespace.clone(),
             Some(id),
@@ -705,6 +724,63 @@ mod tests {
         };
         let outcome = connect(addr, options).await.expect("no error");
         assert!(matches!(outcome, Connect::Closed), "{outcome:?}");
+        server.abort();
+    }
+
+    /// Once the server has closed the connection, an ack asked for fails at once as
+    /// `Closed`, not after the client's timeout as if the server were only slow.
+    #[tokio::test]
+    async fn an_ack_asked_for_after_the_close_fails_as_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+            let open = r#"0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+            ws.send(Message::text(open)).await.expect("open");
+            let connect = ws.next().await.expect("a frame").expect("read");
+            assert!(connect.to_text().is_ok_and(|t| t.starts_with("40")));
+            ws.send(Message::text(r#"40/chat,{"sid":"x"}"#))
+                .await
+                .expect("connect reply");
+            ws.close(None).await.expect("close");
+            // Read the client's answer to the close; the TCP connection stays open.
+            while let Some(Ok(_)) = ws.next().await {}
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let options = ClientOptions {
+            timeout: Duration::from_secs(30),
+            ..ClientOptions::default()
+        };
+        let mut client = connect(addr, options)
+            .await
+            .expect("no error")
+            .client()
+            .expect("connected");
+        let events = client
+            .wait_closed(Duration::from_secs(10))
+            .await
+            .expect("the close arrives");
+        assert!(matches!(events.last(), Some(ClientEvent::Closed { .. })));
+        // The reader ends within a second of the close (it reads on for the close reply);
+        // the writer is still waiting for something to write.
+        let reader = &client.tasks[1];
+        for _ in 0..500 {
+            if reader.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(reader.is_finished(), "the reader ended");
+        let asked = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.emit_ack("message:history", serde_json::json!({})),
+        )
+        .await
+        .expect("answered well before the client's 30 s timeout");
+        assert!(matches!(asked, Err(ClientError::Closed)), "{asked:?}");
         server.abort();
     }
 }
