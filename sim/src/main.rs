@@ -86,6 +86,12 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "no-ping-timeout" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.no_ping_timeout = true)
         }
+        "any-user-may-read" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.any_user_may_read = true)
+        }
+        "expired-tokens-accepted" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.expired_tokens_accepted = true)
+        }
         "reconnect-after-replaced" => {
             opts.client_hook = Some(|c| c.mutations.reconnect_after_replaced = true)
         }

@@ -126,7 +126,7 @@ pub enum Attack {
     ExpiredToken,
     /// A connection that says nothing.
     Silent,
-    /// Sends to a conversation it is not a member of.
+    /// Joins, reads and sends to a conversation it is not a member of.
     Trespass,
     /// Many connections of one user in quick succession, each replacing the last.
     Churn,
@@ -181,7 +181,12 @@ impl Attack {
             Attack::ExpiredToken => (vec![connect(&token(user, 0, SECRET))], 1),
             Attack::Silent => (vec![], 1),
             Attack::Trespass => {
-                let mut v = vec![connect(&good)];
+                let g0 = json!({ "conversationId": "g0" });
+                let mut v = vec![
+                    connect(&good),
+                    Frame::text(format!("42/chat,100{}", json!(["conversation:join", g0]))),
+                    Frame::text(format!("42/chat,101{}", json!(["message:history", g0]))),
+                ];
                 v.extend((0..10).map(|i| {
                     Frame::text(format!(
                         "42/chat,{i}{}",

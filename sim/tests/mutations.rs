@@ -87,6 +87,30 @@ fn missing_ping_timeout_is_caught() {
 }
 
 #[test]
+fn a_join_without_membership_is_caught() {
+    let (_, checker) = first_violation("any-user-may-read", 40, |s| {
+        let mut o = base(s);
+        o.faults.insert(FaultKind::Hostile);
+        o.hostile = o.hostile.max(2);
+        o.gateway_hook = Some(|c| c.engine.mutations.any_user_may_read = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::members::NAME);
+}
+
+#[test]
+fn an_expired_token_taken_is_caught() {
+    let (_, checker) = first_violation("expired-tokens-accepted", 40, |s| {
+        let mut o = base(s);
+        o.faults.insert(FaultKind::Hostile);
+        o.hostile = o.hostile.max(2);
+        o.gateway_hook = Some(|c| c.engine.mutations.expired_tokens_accepted = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::bad_token::NAME);
+}
+
+#[test]
 fn a_server_that_turns_every_client_away_is_caught() {
     // Not one of the core's bugs: a server whose secret no client's token matches refuses
     // every connect. Every client then fails, and no one is left whose delivery or

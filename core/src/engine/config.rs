@@ -69,6 +69,10 @@ pub struct Mutations {
     pub reconnect_after_replaced: bool,
     /// The engine never closes a session whose PING went unanswered.
     pub no_ping_timeout: bool,
+    /// The gateway lets any user join and read any conversation (sends still checked).
+    pub any_user_may_read: bool,
+    /// The gateway takes a token whose `exp` has passed.
+    pub expired_tokens_accepted: bool,
 }
 
 impl Default for EngineConfig {

@@ -5,10 +5,12 @@
 //! trusts the gateway's own bookkeeping for the property it checks, so a bug in that
 //! bookkeeping cannot hide itself.
 
+pub mod bad_token;
 pub mod baseline;
 pub mod dead_peer;
 pub mod delivery;
 pub mod liveness;
+pub mod members;
 pub mod per_user;
 pub mod ping_pong;
 pub mod presence;
@@ -42,12 +44,14 @@ impl fmt::Display for Violation {
 }
 
 /// Every checker's name, in report order.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 10] = [
     dead_peer::NAME,
     per_user::NAME,
     ping_pong::NAME,
     rate_window::NAME,
     delivery::NAME,
+    members::NAME,
+    bad_token::NAME,
     presence::NAME,
     baseline::NAME,
     liveness::NAME,

@@ -99,14 +99,25 @@ impl Sim {
         }
         let now = self.now;
         match link.end {
-            End::Raw(a) => {
-                if let Seg::Fin { .. } = seg {
+            End::Raw(a) => match &seg {
+                Seg::Fin { .. } => {
                     if let Some(link) = self.net.link_mut(id) {
                         link.client_open = false;
                     }
+                    self.members.closed(id);
+                    self.bad_token.closed(id);
                     tr!(self, "net", ("ws{id} -> h{a} closed"));
                 }
-            }
+                Seg::Frame(heartline_core::codec::Frame::Text(bytes)) => {
+                    let text = String::from_utf8_lossy(bytes);
+                    let user = self.raws.get(a).map(|u| u.key()).unwrap_or_default();
+                    let finding = self.members.hostile_received(id, &user, &text);
+                    self.found(finding);
+                    let finding = self.bad_token.received(id, &text);
+                    self.found(finding);
+                }
+                _ => {}
+            },
             End::Client(i) => {
                 let Some(slot) = self.clients.get_mut(i) else {
                     return;
@@ -114,6 +125,7 @@ impl Sim {
                 if slot.link != Some(id) {
                     return; // a connection the client already left
                 }
+                let mut seen = Ok(());
                 match &seg {
                     Seg::Open => {
                         slot.client.handle_opened(now);
@@ -123,7 +135,9 @@ impl Sim {
                         slot.client.handle_frame(now, f);
                         let text = match f {
                             heartline_core::codec::Frame::Text(b) => {
-                                crate::trace::short(&String::from_utf8_lossy(b), 72)
+                                let text = String::from_utf8_lossy(b);
+                                seen = self.members.honest_received(slot.user, &text);
+                                crate::trace::short(&text, 72)
                             }
                             heartline_core::codec::Frame::Binary(b) => format!("<{}B>", b.len()),
                         };
@@ -138,6 +152,7 @@ impl Sim {
                         tr!(self, "net", ("ws{id} -> c{i} closed (error={error})"));
                     }
                 }
+                self.found(seen);
                 self.drain_client(i);
             }
         }
@@ -289,6 +304,13 @@ impl Sim {
                     &mut self.rng,
                     &mut self.agenda,
                 );
+            }
+            match attack {
+                Attack::NoToken | Attack::ForgedToken | Attack::ExpiredToken => {
+                    self.bad_token.presented(id);
+                }
+                Attack::Trespass => self.members.trespasses(id, user.key()),
+                _ => {}
             }
             // Half close on their own after a while; the rest leave it to the server.
             if self.rng.below(2) == 0 {

@@ -31,8 +31,10 @@ use heartline_core::gateway::{Gateway, GatewayConfig};
 use heartline_core::{Instant, Rng, Seed};
 
 use crate::agenda::{Agenda, Ev};
+use crate::check::bad_token::BadToken;
 use crate::check::dead_peer::DeadPeer;
 use crate::check::delivery::Delivery;
+use crate::check::members::MembersOnly;
 use crate::check::per_user::PerUser;
 use crate::check::ping_pong::PingPong;
 use crate::check::rate_window::RateWindow;
@@ -123,6 +125,8 @@ pub struct Sim {
     ping_pong: PingPong,
     rate: RateWindow,
     delivery: Delivery,
+    members: MembersOnly,
+    bad_token: BadToken,
     violation: Option<Violation>,
     counters: Counters,
     trace: Trace,
@@ -220,6 +224,8 @@ impl Sim {
             ping_pong: PingPong::default(),
             rate: RateWindow::new(opts.rate_messages, opts.rate_window_ms),
             delivery: Delivery::default(),
+            members: MembersOnly::new(&layout),
+            bad_token: BadToken::default(),
             store: Store::new(opts.store_latency_ms),
             net: Net::new(opts.latency_ms, opts.jitter_ms),
             trace: Trace::new(opts.trace_tail, sink),

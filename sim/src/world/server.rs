@@ -137,6 +137,8 @@ impl Sim {
         if let Committed::Stored(m) = &committed {
             let finding = self.delivery.stored(m);
             self.found(finding);
+            let finding = self.members.stored(m);
+            self.found(finding);
         }
         self.server_input(input);
     }

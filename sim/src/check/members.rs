@@ -1,0 +1,181 @@
+//! Only members of a conversation may join it, read it or send to it.
+//!
+//! Seen from outside the gateway: every `message:new` that reaches a connection is for a
+//! conversation its user is a member of; every message the store keeps was sent by a
+//! member of its conversation; and a hostile user's requests for a conversation it is not
+//! in (a join, a history read, sends) are never answered `ok: true`. Who is a member comes
+//! from the workload's layout, not from the gateway, so a bug in the gateway's own
+//! membership or rooms cannot hide itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use heartline_core::gateway::Message;
+use serde_json::Value;
+
+use super::Finding;
+use crate::workload::Layout;
+
+/// The checker's name.
+pub const NAME: &str = "members-only";
+
+/// The Socket.IO packet in a server frame of the `/chat` namespace: its type digit and
+/// its data, after any ack id. `None` for anything else (Engine.IO control packets,
+/// other namespaces, binary frames).
+pub fn chat_packet(text: &str) -> Option<(u8, Value)> {
+    let rest = text.strip_prefix('4')?;
+    let kind = *rest.as_bytes().first()?;
+    let rest = rest.get(1..)?.strip_prefix("/chat,")?;
+    let data = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    Some((kind, serde_json::from_str(data).ok()?))
+}
+
+/// Membership by the layout, and what each connection received.
+#[derive(Debug)]
+pub struct MembersOnly {
+    /// Conversation id to its members' user keys.
+    members: BTreeMap<String, BTreeSet<String>>,
+    /// The user key of each layout user, by index.
+    keys: Vec<String>,
+    /// Hostile connections asking for a conversation their user is not in, and the user.
+    trespassing: BTreeMap<u64, String>,
+}
+
+impl MembersOnly {
+    /// The membership of `layout`.
+    pub fn new(layout: &Layout) -> Self {
+        let keys: Vec<String> = layout.users.iter().map(|u| u.key()).collect();
+        let members = layout
+            .conversations
+            .iter()
+            .map(|(id, users)| {
+                let set = users.iter().filter_map(|u| keys.get(*u).cloned()).collect();
+                (id.clone(), set)
+            })
+            .collect();
+        MembersOnly {
+            members,
+            keys,
+            trespassing: BTreeMap::new(),
+        }
+    }
+
+    fn is_member(&self, conversation: &str, user: &str) -> bool {
+        self.members
+            .get(conversation)
+            .is_some_and(|m| m.contains(user))
+    }
+
+    /// A frame reached a connection of layout user `user`.
+    pub fn honest_received(&self, user: usize, text: &str) -> Finding {
+        match self.keys.get(user) {
+            Some(key) => self.message_new(key, text),
+            None => Ok(()),
+        }
+    }
+
+    /// A `message:new` in `text` must be for a conversation `user` is a member of.
+    fn message_new(&self, user: &str, text: &str) -> Finding {
+        if !text.starts_with("42/chat,[\"message:new\"") {
+            return Ok(());
+        }
+        let Some((_, data)) = chat_packet(text) else {
+            return Err((
+                NAME,
+                format!("{user} got a message:new that does not parse"),
+            ));
+        };
+        let conv = data[1]["conversationId"].as_str().unwrap_or("");
+        if self.is_member(conv, user) {
+            Ok(())
+        } else {
+            Err((
+                NAME,
+                format!("{user}, not a member of {conv:?}, was delivered {text}"),
+            ))
+        }
+    }
+
+    /// Hostile connection `link` of `user` asks only for conversations `user` is not in.
+    pub fn trespasses(&mut self, link: u64, user: String) {
+        self.trespassing.insert(link, user);
+    }
+
+    /// Connection `link` is gone.
+    pub fn closed(&mut self, link: u64) {
+        self.trespassing.remove(&link);
+    }
+
+    /// A frame reached hostile connection `link` of `user`; if it trespasses, none of its
+    /// requests may be granted.
+    pub fn hostile_received(&self, link: u64, user: &str, text: &str) -> Finding {
+        self.message_new(user, text)?;
+        if !self.trespassing.contains_key(&link) {
+            return Ok(());
+        }
+        if let Some((b'3', data)) = chat_packet(text) {
+            if data[0]["ok"] == Value::Bool(true) {
+                return Err((
+                    NAME,
+                    format!("{user}, a member of nothing, had a request granted: {text}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The store kept `m`: its sender must be a member of its conversation.
+    pub fn stored(&self, m: &Message) -> Finding {
+        let sender = format!("{}:{}", m.sender_id, m.sender_type);
+        if self.is_member(&m.conversation_id, &sender) {
+            Ok(())
+        } else {
+            Err((
+                NAME,
+                format!(
+                    "stored {}#{} from {sender}, not a member",
+                    m.conversation_id, m.seq
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_events_and_acks_of_the_chat_namespace() {
+        let (kind, data) = chat_packet(r#"42/chat,["message:new",{"seq":1}]"#).expect("event");
+        assert_eq!((kind, data[0].as_str()), (b'2', Some("message:new")));
+        let (kind, data) = chat_packet(r#"43/chat,12[{"ok":false}]"#).expect("ack");
+        assert_eq!((kind, data[0]["ok"].as_bool()), (b'3', Some(false)));
+        assert!(chat_packet("3").is_none());
+        assert!(chat_packet(r#"42["message:new",{}]"#).is_none());
+    }
+
+    #[test]
+    fn a_message_for_a_conversation_of_others_is_a_violation() {
+        let layout = Layout::new(10, 1);
+        let check = MembersOnly::new(&layout);
+        let to_g0 = r#"42/chat,["message:new",{"conversationId":"g0","seq":1}]"#;
+        assert!(check.honest_received(0, to_g0).is_ok());
+        assert!(
+            check.honest_received(7, to_g0).is_err(),
+            "u7 is in g1 and x0 only"
+        );
+        let mut check = check;
+        assert!(check.hostile_received(1, "h0:customer", to_g0).is_err());
+        check.trespasses(1, "h0:customer".into());
+        let refused = r#"43/chat,3[{"ok":false,"error":{"code":"forbidden"}}]"#;
+        assert!(check.hostile_received(1, "h0:customer", refused).is_ok());
+        let granted = r#"43/chat,3[{"ok":true}]"#;
+        assert!(check.hostile_received(1, "h0:customer", granted).is_err());
+        assert!(
+            check.hostile_received(2, "h0:customer", granted).is_ok(),
+            "not trespassing"
+        );
+        check.closed(1);
+        assert!(check.hostile_received(1, "h0:customer", granted).is_ok());
+    }
+}
