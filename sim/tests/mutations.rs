@@ -111,6 +111,22 @@ fn an_expired_token_taken_is_caught() {
 }
 
 #[test]
+fn a_client_that_retries_refused_sends_at_once_is_caught() {
+    let (_, checker) = first_violation("retry-refused-at-once", 40, |s| {
+        let mut o = base(s);
+        // Bursts over a small limit, refused quickly: each retry comes a round trip later.
+        o.burst_pct = 50;
+        o.rate_messages = 2;
+        o.latency_ms = 1;
+        o.jitter_ms = 0;
+        o.store_latency_ms = 1;
+        o.client_hook = Some(|c| c.mutations.retry_refused_at_once = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::blame::NAME);
+}
+
+#[test]
 fn a_server_that_turns_every_client_away_is_caught() {
     // Not one of the core's bugs: a server whose secret no client's token matches refuses
     // every connect. Every client then fails, and no one is left whose delivery or

@@ -801,6 +801,13 @@ impl Client {
         match code.as_str() {
             "rate_limited" | "internal" => {
                 let wait = reply["retryAfterMs"].as_u64().unwrap_or(1_000);
+                // MUTATION (test-only): the wait the server asked for is ignored.
+                #[cfg(feature = "mutations")]
+                let wait = if self.config.mutations.retry_refused_at_once {
+                    0
+                } else {
+                    wait
+                };
                 let until = now.add_ms(wait);
                 if let Some(o) = self.outbox.get_mut(pos) {
                     o.ack = None;

@@ -67,6 +67,9 @@ pub struct Mutations {
     pub close_unregisters_successor: bool,
     /// The client reconnects after `connection:replaced`.
     pub reconnect_after_replaced: bool,
+    /// The client sends a refused (`rate_limited`) send again at once, not after
+    /// `retryAfterMs`.
+    pub retry_refused_at_once: bool,
     /// The engine never closes a session whose PING went unanswered.
     pub no_ping_timeout: bool,
     /// The gateway lets any user join and read any conversation (sends still checked).

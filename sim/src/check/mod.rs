@@ -7,6 +7,7 @@
 
 pub mod bad_token;
 pub mod baseline;
+pub mod blame;
 pub mod dead_peer;
 pub mod delivery;
 pub mod liveness;
@@ -44,7 +45,7 @@ impl fmt::Display for Violation {
 }
 
 /// Every checker's name, in report order.
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 11] = [
     dead_peer::NAME,
     per_user::NAME,
     ping_pong::NAME,
@@ -52,6 +53,7 @@ pub const NAMES: [&str; 10] = [
     delivery::NAME,
     members::NAME,
     bad_token::NAME,
+    blame::NAME,
     presence::NAME,
     baseline::NAME,
     liveness::NAME,

@@ -32,6 +32,7 @@ use heartline_core::{Instant, Rng, Seed};
 
 use crate::agenda::{Agenda, Ev};
 use crate::check::bad_token::BadToken;
+use crate::check::blame::Blame;
 use crate::check::dead_peer::DeadPeer;
 use crate::check::delivery::Delivery;
 use crate::check::members::MembersOnly;
@@ -127,6 +128,7 @@ pub struct Sim {
     delivery: Delivery,
     members: MembersOnly,
     bad_token: BadToken,
+    blame: Blame,
     violation: Option<Violation>,
     counters: Counters,
     trace: Trace,
@@ -226,6 +228,7 @@ impl Sim {
             delivery: Delivery::default(),
             members: MembersOnly::new(&layout),
             bad_token: BadToken::default(),
+            blame: Blame::default(),
             store: Store::new(opts.store_latency_ms),
             net: Net::new(opts.latency_ms, opts.jitter_ms),
             trace: Trace::new(opts.trace_tail, sink),

@@ -89,6 +89,7 @@ impl Sim {
         self.per_user.crash(now);
         self.rate.crash();
         self.ping_pong.crash();
+        self.blame.crash();
         for id in self.net.ids() {
             let Some(link) = self.net.link_mut(id) else {
                 continue;
@@ -319,12 +320,20 @@ impl Sim {
                 let device = self.device(*session);
                 let finding = self.ping_pong.connected(*session, device);
                 self.found(finding);
+                self.blame.connected(*session, device);
             }
-            Notice::Closed { session, user, .. } => {
+            Notice::Closed {
+                session,
+                user,
+                reason,
+            } => {
                 if let Some(user) = user {
                     self.per_user.closed(now, user, *session);
                 }
                 self.ping_pong.closed(*session);
+                let device = self.device(*session);
+                let finding = self.blame.closed(*session, device, reason);
+                self.found(finding);
             }
             Notice::Replaced { old, new, .. } => {
                 let finding = self.ping_pong.replaced(*old, *new);
