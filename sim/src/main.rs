@@ -92,6 +92,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "expired-tokens-accepted" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.expired_tokens_accepted = true)
         }
+        "no-offline-grace" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.no_offline_grace = true)
+        }
         "retry-refused-at-once" => {
             opts.client_hook = Some(|c| c.mutations.retry_refused_at_once = true)
         }

@@ -56,7 +56,10 @@ fn late_close_unregistering_successor_is_caught() {
     assert!(
         [
             heartline_sim::check::per_user::NAME,
-            heartline_sim::check::presence::NAME
+            heartline_sim::check::presence::NAME,
+            // The successor is unregistered, so its user is announced offline while it
+            // is still connected.
+            heartline_sim::check::presence_flaps::NAME
         ]
         .contains(&checker),
         "caught by {checker}"
@@ -124,6 +127,16 @@ fn a_client_that_retries_refused_sends_at_once_is_caught() {
         o
     });
     assert_eq!(checker, heartline_sim::check::blame::NAME);
+}
+
+#[test]
+fn an_offline_without_grace_is_caught() {
+    let (_, checker) = first_violation("no-offline-grace", 40, |s| {
+        let mut o = base(s);
+        o.gateway_hook = Some(|c| c.engine.mutations.no_offline_grace = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::presence_flaps::NAME);
 }
 
 #[test]

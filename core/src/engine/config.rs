@@ -76,6 +76,8 @@ pub struct Mutations {
     pub any_user_may_read: bool,
     /// The gateway takes a token whose `exp` has passed.
     pub expired_tokens_accepted: bool,
+    /// The gateway announces a user offline as soon as its last connection ends.
+    pub no_offline_grace: bool,
 }
 
 impl Default for EngineConfig {

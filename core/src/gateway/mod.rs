@@ -544,6 +544,13 @@ impl Gateway {
             user.conns.retain(|s| *s != session);
             if user.conns.is_empty() && user.online {
                 let at = now.add_ms(self.config.offline_grace_ms);
+                // MUTATION (test-only): no grace before the offline announcement.
+                #[cfg(feature = "mutations")]
+                let at = if self.config.engine.mutations.no_offline_grace {
+                    now
+                } else {
+                    at
+                };
                 arm_user_timer(
                     &mut self.timers,
                     &mut self.timed_users,

@@ -15,6 +15,7 @@ pub mod members;
 pub mod per_user;
 pub mod ping_pong;
 pub mod presence;
+pub mod presence_flaps;
 pub mod rate_window;
 
 use std::fmt;
@@ -45,7 +46,7 @@ impl fmt::Display for Violation {
 }
 
 /// Every checker's name, in report order.
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 12] = [
     dead_peer::NAME,
     per_user::NAME,
     ping_pong::NAME,
@@ -54,6 +55,7 @@ pub const NAMES: [&str; 11] = [
     members::NAME,
     bad_token::NAME,
     blame::NAME,
+    presence_flaps::NAME,
     presence::NAME,
     baseline::NAME,
     liveness::NAME,

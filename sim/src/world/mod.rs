@@ -38,6 +38,7 @@ use crate::check::delivery::Delivery;
 use crate::check::members::MembersOnly;
 use crate::check::per_user::PerUser;
 use crate::check::ping_pong::PingPong;
+use crate::check::presence_flaps::PresenceFlaps;
 use crate::check::rate_window::RateWindow;
 use crate::check::{baseline, liveness, presence, Finding, Violation};
 use crate::net::Net;
@@ -129,6 +130,7 @@ pub struct Sim {
     members: MembersOnly,
     bad_token: BadToken,
     blame: Blame,
+    presence_flaps: PresenceFlaps,
     violation: Option<Violation>,
     counters: Counters,
     trace: Trace,
@@ -229,6 +231,7 @@ impl Sim {
             members: MembersOnly::new(&layout),
             bad_token: BadToken::default(),
             blame: Blame::default(),
+            presence_flaps: PresenceFlaps::new(gw_config.offline_grace_ms),
             store: Store::new(opts.store_latency_ms),
             net: Net::new(opts.latency_ms, opts.jitter_ms),
             trace: Trace::new(opts.trace_tail, sink),

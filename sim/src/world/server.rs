@@ -90,6 +90,7 @@ impl Sim {
         self.rate.crash();
         self.ping_pong.crash();
         self.blame.crash();
+        self.presence_flaps.crash();
         for id in self.net.ids() {
             let Some(link) = self.net.link_mut(id) else {
                 continue;
@@ -337,6 +338,14 @@ impl Sim {
             }
             Notice::Replaced { old, new, .. } => {
                 let finding = self.ping_pong.replaced(*old, *new);
+                self.found(finding);
+            }
+            Notice::Online { user } => {
+                let finding = self.presence_flaps.online(user);
+                self.found(finding);
+            }
+            Notice::Offline { user } => {
+                let finding = self.presence_flaps.offline(now, user, &self.per_user);
                 self.found(finding);
             }
             _ => {}
