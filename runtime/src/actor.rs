@@ -173,6 +173,22 @@ impl<A: App> Actor<A> {
         loop {
             let deadline = self.app.poll_timeout().map(|t| self.clock.deadline(t));
             let drain_at = self.drain_wakeup();
+            // What is due goes first. The select below takes store answers and inputs
+            // before deadlines, and under steady load an input is always waiting: its
+            // timer branch alone would never be reached, and with it no PING, heartbeat,
+            // ping timeout or shutdown tick would ever come.
+            let now = tokio::time::Instant::now();
+            if deadline.is_some_and(|d| d <= now) {
+                self.app.handle_timeout(self.clock.now());
+                self.dispatch();
+                continue;
+            }
+            if drain_at.is_some_and(|d| d <= now) {
+                if self.drain_tick() {
+                    break;
+                }
+                continue;
+            }
             tokio::select! {
                 biased;
                 Some(input) = results.recv() => {
@@ -585,4 +601,98 @@ fn abnormal(reason: &CloseReason) -> bool {
             | CloseReason::SlowConsumer
             | CloseReason::TransportError
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use heartline_core::engine::UsageError;
+    use heartline_core::gateway::{Input, Output};
+    use heartline_core::{Instant, TransportId};
+
+    use super::*;
+
+    /// Inputs the test feeds, one after another.
+    const INPUTS: u64 = 1_000_000;
+
+    /// An application whose only deadline is already due, and each of whose inputs puts
+    /// another into the actor's inbox (up to [`INPUTS`]): the inbox is never empty until
+    /// then. `fired` records how many inputs had been taken when the deadline fired.
+    struct Busy {
+        inbox: mpsc::Sender<Msg>,
+        inputs: u64,
+        fired: Arc<AtomicU64>,
+    }
+
+    fn input(n: u64) -> Msg {
+        Msg::Net(engine::Input::WsClosed {
+            transport: TransportId(n),
+            error: false,
+        })
+    }
+
+    impl App for Busy {
+        fn handle_input(&mut self, _: Instant, _: Input) -> Result<(), UsageError> {
+            self.inputs += 1;
+            if self.inputs < INPUTS {
+                let _ = self.inbox.try_send(input(self.inputs));
+            }
+            Ok(())
+        }
+        fn handle_timeout(&mut self, _: Instant) {
+            self.fired.store(self.inputs + 1, Ordering::Relaxed);
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            (self.fired.load(Ordering::Relaxed) == 0).then_some(Instant::ZERO)
+        }
+        fn poll_output(&mut self) -> Option<Output> {
+            None
+        }
+        fn shutdown_some(&mut self, _: Instant, _: usize) -> usize {
+            0
+        }
+        fn session_count(&self) -> usize {
+            0
+        }
+        fn render_metrics(&self, _: &RuntimeMetrics, _: bool) -> String {
+            String::new()
+        }
+    }
+
+    /// With an input always waiting, a due deadline still fires, and at once.
+    #[tokio::test]
+    async fn deadlines_fire_while_inputs_keep_coming() {
+        let fired = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel(64);
+        tx.try_send(input(0)).expect("room");
+        let app = Busy {
+            inbox: tx.clone(),
+            inputs: 0,
+            fired: fired.clone(),
+        };
+        let actor = Actor::new(
+            app,
+            Clock::start(),
+            StoreQueue::detached(),
+            Arc::new(RuntimeMetrics::default()),
+            Arc::new(AtomicBool::new(false)),
+            1 << 20,
+        );
+        let (_results_tx, results) = mpsc::unbounded_channel();
+        let actor = tokio::spawn(actor.run(rx, results));
+        for _ in 0..200 {
+            if fired.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        actor.abort();
+        let fired = fired.load(Ordering::Relaxed);
+        assert!(
+            (1..INPUTS).contains(&fired),
+            "the due deadline fired while inputs kept coming (fired after {} inputs)",
+            fired.saturating_sub(1)
+        );
+    }
 }
