@@ -163,11 +163,14 @@ impl Outbox {
         }
         st.bytes += len;
         st.frames.push_back(Queued { frame, droppable });
-        let waker = st.waker.take();
-        drop(st);
+        // Counted before the lock goes, so the frame's taker (the connection's task, on
+        // another thread) can only take it off the gauge after it was put on: the gauge
+        // stops at zero, and a subtraction first would have left the addition for good.
         self.metrics
             .outbound_bytes
             .fetch_add(u64::from(len), Ordering::Relaxed);
+        let waker = st.waker.take();
+        drop(st);
         wake(waker);
         Push::Queued
     }
@@ -333,6 +336,35 @@ mod tests {
     #[test]
     fn a_shared_outbox_fits_a_96_byte_block() {
         assert!(std::mem::size_of::<Outbox>() + 16 <= 96);
+    }
+
+    /// Frames pushed on one thread and taken on another: once all are taken, the gauge
+    /// of queued bytes is back at zero.
+    #[test]
+    fn the_queued_bytes_gauge_returns_to_zero_under_a_concurrent_taker() {
+        let metrics = Arc::new(RuntimeMetrics::default());
+        let o = Arc::new(Outbox::new(metrics.clone()));
+        const FRAMES: u64 = 200_000;
+        let taker = {
+            let o = o.clone();
+            std::thread::spawn(move || {
+                let mut taken = 0u64;
+                while taken < FRAMES {
+                    match o.try_next() {
+                        Some(Next::Frame(_)) => taken += 1,
+                        _ => std::hint::spin_loop(),
+                    }
+                }
+            })
+        };
+        for _ in 0..FRAMES {
+            assert_eq!(
+                o.push(Frame::text("42/chat,[\"x\"]"), 1 << 30),
+                Push::Queued
+            );
+        }
+        taker.join().expect("the taker ends");
+        assert_eq!(metrics.outbound_bytes.load(Ordering::Relaxed), 0);
     }
 
     #[test]
