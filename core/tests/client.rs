@@ -346,3 +346,73 @@ fn a_token_set_while_connected_is_the_one_the_next_attempt_presents() {
         "{sent:?}"
     );
 }
+
+/// The tempIds of the `message:send`s in `outputs`, in order.
+fn sends(outputs: &[Output]) -> Vec<String> {
+    sent_events(outputs)
+        .into_iter()
+        .filter(|(_, event, _)| event == "message:send")
+        .map(|(_, _, p)| p["tempId"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn a_message_sent_while_an_earlier_one_waits_to_be_retried_goes_after_it() {
+    let mut d = Driven::new();
+    d.client.connect(d.now);
+    d.server_accepts();
+    let a = d.client.send_message(d.now, "c1", "first");
+    assert_eq!(sends(&d.take()), std::slice::from_ref(&a));
+    // A store hiccup: A waits a second before it is tried again.
+    d.ack(0, json!({"ok": false, "code": "internal"}));
+    d.now = Instant::from_millis(1_100);
+    let b = d.client.send_message(d.now, "c1", "second");
+    assert_eq!(sends(&d.take()), Vec::<String>::new(), "B waits behind A");
+    let due = d.client.poll_timeout().expect("the retry is scheduled");
+    assert_eq!(due.as_millis(), 2_000, "the deadline is A's, not B's");
+    d.advance_to(due.as_millis());
+    assert_eq!(sends(&d.take()), [a, b], "in the order they were written");
+}
+
+#[test]
+fn a_reply_that_is_not_the_contracts_is_tried_again_not_given_up() {
+    let mut d = Driven::new();
+    d.client.connect(d.now);
+    d.server_accepts();
+    let a = d.client.send_message(d.now, "c1", "first");
+    assert_eq!(sends(&d.take()), std::slice::from_ref(&a));
+    d.frame("43/chat,0[]");
+    let out = d.take();
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::SendFailed { .. })),
+        "{out:?}"
+    );
+    assert_eq!(d.client.outbox_len(), 1);
+    let due = d.client.poll_timeout().expect("tried again later");
+    d.advance_to(due.as_millis());
+    assert_eq!(sends(&d.take()), [a]);
+}
+
+#[test]
+fn a_seq_at_the_end_of_the_range_is_taken_without_overflow() {
+    let (mut d, _) = Driven::connected_in(1);
+    let near = u64::MAX - 2;
+    d.ack(
+        0,
+        json!({"ok": true, "conversationId": "c0", "lastSeq": near, "missed": []}),
+    );
+    d.take();
+    let new =
+        |seq: u64| format!(r#"42/chat,["message:new",{{"conversationId":"c0","seq":{seq}}}]"#);
+    d.frame(&new(u64::MAX));
+    d.frame(&new(u64::MAX - 1));
+    let delivered: Vec<u64> = d
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Message(m) => m["seq"].as_u64(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, [u64::MAX - 1, u64::MAX]);
+}

@@ -72,7 +72,8 @@ impl CatchUp {
             return;
         };
         if let Some(held) = self.held.get_mut(conv) {
-            while let Some(m) = held.remove(&(last + 1)) {
+            // A seq of u64::MAX (from a server gone wrong) has no successor.
+            while let Some(m) = last.checked_add(1).and_then(|next| held.remove(&next)) {
                 last += 1;
                 out.push(m);
             }

@@ -260,14 +260,15 @@ impl Client {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let (retry, rejoin) = if self.phase == Phase::Up {
-            // With the window full, the next ack (not a deadline) is what lets a send go.
+            // With the window full, the next ack (not a deadline) is what lets a send go;
+            // otherwise the first send not on the wire, which the others wait behind.
             let in_flight = self.outbox.iter().filter(|o| o.ack.is_some()).count();
             let retry = self
                 .outbox
                 .iter()
-                .filter(|o| o.ack.is_none() && in_flight < MAX_SENDS_IN_FLIGHT)
-                .map(|o| o.not_before)
-                .min();
+                .find(|o| o.ack.is_none())
+                .filter(|_| in_flight < MAX_SENDS_IN_FLIGHT)
+                .map(|o| o.not_before);
             (retry, self.rejoin_at.values().min().copied())
         } else {
             (None, None)
@@ -643,7 +644,10 @@ impl Client {
         self.send_event("conversation:join", payload, Some(id));
     }
 
-    /// Sends every queued message not yet sent on this connection and due now.
+    /// Sends the queued messages not yet sent on this connection, in the order they were
+    /// queued, up to the first that must still wait: a message sent while an earlier one
+    /// waits to be tried again (after `rate_limited` or `internal`) would be stored, and
+    /// shown to everyone, before it.
     fn flush_outbox(&mut self, now: Instant) {
         if self.phase != Phase::Up {
             return;
@@ -654,13 +658,16 @@ impl Client {
             if in_flight >= MAX_SENDS_IN_FLIGHT {
                 break;
             }
-            let due = self.outbox[i].ack.is_none() && self.outbox[i].not_before <= now;
-            if due {
-                in_flight += 1;
-                let id = self.take_ack_id();
-                self.outbox[i].ack = Some(id);
-                to_send.push(i);
+            if self.outbox[i].ack.is_some() {
+                continue;
             }
+            if self.outbox[i].not_before > now {
+                break;
+            }
+            in_flight += 1;
+            let id = self.take_ack_id();
+            self.outbox[i].ack = Some(id);
+            to_send.push(i);
         }
         for i in to_send {
             let o = self.outbox[i].clone();
@@ -723,7 +730,7 @@ impl Client {
     /// in the room and would miss every message. Any other refusal is final for this
     /// conversation, and the application is told.
     fn join_refused(&mut self, now: Instant, conv: &str, reply: &Value) {
-        let code = reply["code"].as_str().unwrap_or("").to_owned();
+        let code = refusal_code(reply);
         if matches!(code.as_str(), "internal" | "rate_limited") {
             return self.rejoin_later(now, conv.to_owned(), reply);
         }
@@ -797,7 +804,7 @@ impl Client {
             }
             return;
         }
-        let code = reply["code"].as_str().unwrap_or("").to_owned();
+        let code = refusal_code(&reply);
         match code.as_str() {
             "rate_limited" | "internal" => {
                 let wait = reply["retryAfterMs"].as_u64().unwrap_or(1_000);
@@ -827,5 +834,15 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+/// The error code of a reply that is not `ok: true`. A reply that is not the contract's
+/// (no `ok: false` with a code: another server, a proxy) says nothing about the request,
+/// so it counts as `internal`: tried again, not given up.
+fn refusal_code(reply: &Value) -> String {
+    match reply["code"].as_str() {
+        Some(code) if reply["ok"] == json!(false) => code.to_owned(),
+        _ => "internal".to_owned(),
     }
 }
