@@ -313,6 +313,10 @@ export class HeartlineClient extends EventTarget {
     this.request('conversation:join', payload, (reply) => {
       if (this.later(reply, `join-${conversationId}`, () => this.requestJoin(conversationId))) return;
       if (!reply || !reply.ok) {
+        // Refused for good (not a member, no such conversation): not asked for again on
+        // the next reconnect, and nothing of it held back any more.
+        this.joined.delete(conversationId);
+        this.catching.delete(conversationId);
         this.joinEnded(conversationId);
         return this.fire('join-failed', { conversationId, ...reply });
       }
@@ -321,9 +325,14 @@ export class HeartlineClient extends EventTarget {
       const upTo = missed.length ? missed[missed.length - 1].seq : null;
       if (upTo != null && upTo < reply.lastSeq) {
         // The reply holds one page of what was missed: read the rest before going live.
-        this.catching.set(conversationId, []);
+        if (!this.catching.has(conversationId)) this.catching.set(conversationId, []);
         return this.readOn(conversationId, upTo, reply.lastSeq);
       }
+      // Caught up: live messages held by an earlier catch-up that did not finish go now
+      // (those already shown are skipped).
+      const held = this.catching.get(conversationId) || [];
+      this.catching.delete(conversationId);
+      for (const m of held) this.show(m);
       this.caughtUp(conversationId, reply.lastSeq);
     });
   }
@@ -341,9 +350,11 @@ export class HeartlineClient extends EventTarget {
       };
       if (!reply || !reply.ok) {
         // Live messages stay held: shown now, they would move the cursor past what was
-        // never read. The next rejoin reads on from the cursor.
-        this.joinEnded(conversationId);
-        return this.fire('join-failed', { conversationId, ...reply });
+        // never read. A rejoin reads on from the cursor, after a pause, keeping this
+        // join's place among those under way; if the user is no longer a member, the
+        // rejoin's refusal ends it.
+        const wait = (reply && reply.retryAfterMs) || 1000;
+        return this.timer(`join-${conversationId}`, wait, () => this.requestJoin(conversationId));
       }
       const page = Array.isArray(reply.messages) ? reply.messages : [];
       for (const m of page) this.show(m);

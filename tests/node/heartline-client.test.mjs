@@ -218,3 +218,43 @@ test('a catch-up read refused for good skips nothing: the gap is read on the nex
   assert.equal(ws.events()[0][2].afterSeq, 2);
   c.disconnect();
 });
+
+test('a join refused for good is not asked for again after a reconnect', () => {
+  const c = client();
+  c.join('x');
+  c.connect();
+  let ws = last();
+  ws.accept();
+  const [[join]] = ws.events();
+  const failed = [];
+  c.addEventListener('join-failed', (e) => failed.push(e.detail.code));
+  ws.ack(join, { ok: false, error: 'Not a member of this conversation', code: 'forbidden' });
+  assert.deepEqual(failed, ['forbidden']);
+  ws.onclose();
+  c.connect();
+  ws = last();
+  ws.accept();
+  assert.deepEqual(ws.events().filter(([, name]) => name === 'conversation:join'), []);
+  assert.deepEqual(failed, ['forbidden'], 'told once');
+  c.disconnect();
+});
+
+test('a catch-up read refused is tried again through a rejoin, which releases what was held', async () => {
+  const c = client();
+  const ws = backAfterAbsence(c);
+  const [[join]] = ws.events();
+  ws.ack(join, { ok: true, conversationId: 'c', lastSeq: 10, missed: [msg(1), msg(2)] });
+  ws.recv(`42/chat,${JSON.stringify(['message:new', msg(11)])}`);
+  const [read] = ws.events().at(-1);
+  ws.ack(read, { ok: false, error: 'Not a member of this conversation', code: 'forbidden', retryAfterMs: 5 });
+  assert.deepEqual(c.shown, [1, 2], 'nothing past the gap yet');
+  await new Promise((r) => setTimeout(r, 50));
+  const [rejoin, name, payload] = ws.events().at(-1);
+  assert.equal(name, 'conversation:join');
+  assert.equal(payload.afterSeq, 2);
+  ws.ack(rejoin, { ok: true, conversationId: 'c', lastSeq: 11, missed: range(3, 11).map(msg) });
+  assert.deepEqual(c.shown, range(1, 11));
+  ws.recv(`42/chat,${JSON.stringify(['message:new', msg(12)])}`);
+  assert.deepEqual(c.shown, range(1, 12), 'live again, nothing held back');
+  c.disconnect();
+});
