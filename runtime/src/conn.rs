@@ -5,33 +5,70 @@
 //! to reach a handler, only this task sees the connection, so it enforces the deadline
 //! itself: a connection that is idle, or dribbles a request line and headers (slowloris),
 //! is dropped when its time runs out. The same rule applies between requests on a
-//! keep-alive connection, counted from the end of the last one. A request being served
-//! (a held polling GET) is never cut; once a WebSocket is upgraded the core enforces the
-//! rest of the handshake (a namespace connect) from the same accept instant.
+//! keep-alive connection, counted from the end of the last one, or from the last bytes of
+//! its response to leave, as a response to a slow reader is still being written after its
+//! handler returned. A request being served (a held polling GET) is never cut; once a
+//! WebSocket is upgraded the core enforces the rest of the handshake (a namespace connect)
+//! from the same accept instant. Closing a kept-alive connection that simply stayed idle
+//! is routine; only one that never completed a request, or was sending one, counts as
+//! refused (`heartline_admission_refused_total{reason="http_timeout"}`).
 
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::admission::Permit;
+use crate::clock::Clock;
 use crate::context::Context;
 use crate::engineio::ConnInfo;
 use crate::metrics::RuntimeMetrics;
 use crate::routes;
 
-/// Requests in flight on a connection and when the last one ended.
+/// No time recorded.
+const NONE: u64 = u64::MAX;
+
+/// Requests in flight on a connection, when the last one ended, and what its socket saw.
+/// Times are milliseconds on the core's clock.
 #[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
-    /// Milliseconds on the core's clock.
+    /// Requests that reached a handler.
+    requests: AtomicU64,
     idle_since_ms: AtomicU64,
+    /// The last time bytes of a response were written.
+    last_write_ms: AtomicU64,
+    /// When the first bytes arrived since the last request reached its handler, or
+    /// [`NONE`]: a request is coming in.
+    next_began_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new(now_ms: u64) -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(now_ms),
+            last_write_ms: AtomicU64::new(now_ms),
+            next_began_ms: AtomicU64::new(NONE),
+        }
+    }
+
+    /// When the connection last did something: a request ended or response bytes left.
+    fn quiet_since_ms(&self) -> u64 {
+        let ended = self.idle_since_ms.load(Ordering::Relaxed);
+        ended.max(self.last_write_ms.load(Ordering::Relaxed))
+    }
 }
 
 struct InFlight {
@@ -48,6 +85,91 @@ impl Drop for InFlight {
     }
 }
 
+/// The connection's socket as hyper sees it: notes when the bytes of a request begin to
+/// arrive (to tell a request cut short from an idle connection) and when those of a
+/// response leave. After an upgrade the WebSocket takes the
+/// plain stream back ([`Watched::into_inner`]) and pays for none of this.
+#[derive(Debug)]
+pub(crate) struct Watched {
+    tcp: TcpStream,
+    activity: Arc<Activity>,
+    clock: Clock,
+}
+
+impl Watched {
+    /// The socket.
+    pub(crate) fn into_inner(self) -> TcpStream {
+        self.tcp
+    }
+
+    fn wrote(&self, n: usize) {
+        if n > 0 {
+            let now = self.clock.now().as_millis();
+            self.activity.last_write_ms.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        let between_requests = self.activity.in_flight.load(Ordering::Acquire) == 0;
+        if buf.filled().len() > before && between_requests {
+            let now = self.clock.now().as_millis();
+            let _ = self.activity.next_began_ms.compare_exchange(
+                NONE,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.wrote(n);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.wrote(n);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
 /// Serves a TCP connection until it closes, is upgraded, or runs out of time.
 pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, permit: Permit) {
     let accepted_at = ctx.clock.now();
@@ -60,31 +182,27 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
         permit: Arc::new(permit),
         first_request: true,
     };
-    let activity = Arc::new(Activity {
-        in_flight: AtomicUsize::new(0),
-        idle_since_ms: AtomicU64::new(accepted_at.as_millis()),
-    });
+    let activity = Arc::new(Activity::new(accepted_at.as_millis()));
     let service = {
         let ctx = ctx.clone();
         let activity = activity.clone();
-        let served = Arc::new(AtomicU64::new(0));
         service_fn(move |req| {
             activity.in_flight.fetch_add(1, Ordering::AcqRel);
             let guard = InFlight {
                 activity: activity.clone(),
                 ctx: ctx.clone(),
             };
+            activity.next_began_ms.store(NONE, Ordering::Relaxed);
             let mut info = info.clone();
             // A later request on a kept-alive connection (a client reconnecting over its
             // pooled connection) starts its own handshake clock: counting from the
             // original accept would time its new session out at once.
-            info.first_request = served.fetch_add(1, Ordering::Relaxed) == 0;
+            info.first_request = activity.requests.fetch_add(1, Ordering::Relaxed) == 0;
             if !info.first_request {
                 info.accepted_at = ctx.clock.now();
-                // Its headers were coming in since the request before it ended.
-                info.request_began = heartline_core::Instant::from_millis(
-                    activity.idle_since_ms.load(Ordering::Relaxed),
-                );
+                // Its headers could come in since the response before it was written.
+                info.request_began =
+                    heartline_core::Instant::from_millis(activity.quiet_since_ms());
             }
             let ctx = ctx.clone();
             async move {
@@ -96,14 +214,20 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
     };
     let conn = http1::Builder::new()
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(
+            TokioIo::new(Watched {
+                tcp: stream,
+                activity: activity.clone(),
+                clock: ctx.clock,
+            }),
+            service,
+        )
         .with_upgrades();
     tokio::pin!(conn);
     let timeout_ms = ctx.config.server.handshake_timeout_ms;
     loop {
         let busy = activity.in_flight.load(Ordering::Acquire) > 0;
-        let idle_since =
-            heartline_core::Instant::from_millis(activity.idle_since_ms.load(Ordering::Relaxed));
+        let idle_since = heartline_core::Instant::from_millis(activity.quiet_since_ms());
         let due = if busy {
             // A request is being served; look again later.
             tokio::time::Instant::now() + Duration::from_millis(timeout_ms.clamp(1, 1000))
@@ -119,11 +243,17 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
             }
             _ = tokio::time::sleep_until(due) => {
                 let idle = activity.in_flight.load(Ordering::Acquire) == 0;
-                let since = activity.idle_since_ms.load(Ordering::Relaxed);
+                let since = activity.quiet_since_ms();
                 let expired = ctx.clock.now().as_millis() >= since.saturating_add(timeout_ms);
                 if idle && expired {
-                    RuntimeMetrics::inc(&ctx.metrics.http_timeouts);
-                    tracing::debug!(%remote, "connection idle past handshake_timeout_ms; closed");
+                    let never_served = activity.requests.load(Ordering::Relaxed) == 0;
+                    let partial = activity.next_began_ms.load(Ordering::Relaxed) != NONE;
+                    if never_served || partial {
+                        RuntimeMetrics::inc(&ctx.metrics.http_timeouts);
+                        tracing::debug!(%remote, "no complete request within handshake_timeout_ms; closed");
+                    } else {
+                        tracing::trace!(%remote, "kept-alive connection idle; closed");
+                    }
                     break;
                 }
             }

@@ -43,6 +43,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::actor::Msg;
 use crate::admission::Permit;
+use crate::conn::Watched;
 use crate::context::Context;
 use crate::frames::{self, Ahead, Decoder, FrameError, Received};
 use crate::metrics::RuntimeMetrics;
@@ -126,10 +127,11 @@ pub async fn accept(up: Upgrade) {
             return;
         }
     };
-    // The server hands hyper plain TCP streams, so this is one; holding the stream itself
-    // (not hyper's boxed wrapper around it) is what lets reads share a buffer.
-    let (tcp, read_before) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => (parts.io.into_inner(), parts.read_buf),
+    // The server hands hyper TCP streams in a watch of their own (see `conn`), so this is
+    // one; holding the stream itself (not hyper's boxed wrapper around it) is what lets
+    // reads share a buffer.
+    let (tcp, read_before) = match upgraded.downcast::<TokioIo<Watched>>() {
+        Ok(parts) => (parts.io.into_inner().into_inner(), parts.read_buf),
         Err(_) => {
             tracing::warn!("websocket upgrade over a stream that is not TCP; dropped");
             return;

@@ -518,3 +518,82 @@ async fn polling_session_upgrades_to_websocket() {
     assert_eq!(status, 400);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_long_response_to_a_slow_reader_is_not_cut_by_the_idle_deadline() {
+    use heartline_runtime::store::{AppendRequest, Member, Store};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // About 20 MB of messages (10,000 two-byte characters each): far more than loopback's
+    // socket buffers hold (some 4 MB here), so most of the response is still being
+    // written long after its handler returned.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.db");
+    {
+        let mut store = Store::open(&path).expect("store");
+        store
+            .put_conversation("big", &[Member::new("a", "customer")])
+            .expect("conversation");
+        let content = "é".repeat(10_000);
+        let reqs: Vec<AppendRequest> = (0..1_000)
+            .map(|i| AppendRequest {
+                id: format!("m{i}"),
+                conversation_id: "big".into(),
+                sender_id: "a".into(),
+                sender_type: "customer".into(),
+                content: content.clone(),
+                temp_id: None,
+                created_at_ms: 1_700_000_000_000,
+            })
+            .collect();
+        assert!(store.append_batch(&reqs).iter().all(Result::is_ok));
+    }
+    let db = path.to_string_lossy().into_owned();
+    let mut server = TestServer::start(move |c| {
+        c.server.handshake_timeout_ms = 2_000;
+        c.store.path = db;
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let get = format!(
+        "GET /api/conversations/big/messages?limit=1000 HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {API_KEY}\r\n\r\n"
+    );
+    s.write_all(get.as_bytes()).await.expect("request");
+    // 64 KiB at a time, 10 ms apart, some 4-6 MB/s: the whole response takes several
+    // times the deadline, while its bytes keep leaving the server (a write every few
+    // hundred milliseconds, as the buffers drain).
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut expected = None;
+    for _ in 0..3_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the server keeps writing")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if expected.is_none() {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("a content length");
+                expected = Some(end + 4 + length);
+            }
+        }
+        if expected.is_some_and(|e| buf.len() >= e) {
+            break;
+        }
+    }
+    let expected = expected.expect("a response head");
+    assert!(expected > 19_000_000, "a body of {expected} bytes");
+    assert_eq!(buf.len(), expected, "the whole response arrived");
+    server.stop().await;
+}
