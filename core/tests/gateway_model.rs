@@ -436,6 +436,9 @@ fn run(ops: Vec<Op>, per_user: usize) -> Result<(), TestCaseError> {
                 m.advance(ms);
             }
         }
+        // The user counts the metrics report, kept as states change, are what walking
+        // every user counts.
+        prop_assert_eq!(g.gw.tally(), g.gw.recount(), "after {:?}", op);
         // Compare what every socket received in this step.
         for (ws, v) in &g.views {
             let (fe, fa, fd) = marks.get(ws).copied().unwrap_or((0, 0, false));

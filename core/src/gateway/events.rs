@@ -17,7 +17,7 @@ use crate::gateway::io::{
     StoreFailure,
 };
 use crate::gateway::payload::MessageJson;
-use crate::gateway::state::{ConnTimer, Owner};
+use crate::gateway::state::{ConnTimer, Owner, Tally};
 use crate::gateway::{Gateway, Member, Pending, UserKey};
 use crate::ids::SessionId;
 use crate::time::Instant;
@@ -675,6 +675,7 @@ impl Gateway {
                 return Ok(Admitted::Duplicate);
             }
         }
+        let had = !user.window.is_empty();
         #[cfg(not(feature = "mutations"))]
         let admitted = user.window.try_admit(now, limit, window_ms);
         // MUTATION (test-only): a fixed-window limiter.
@@ -684,6 +685,7 @@ impl Gateway {
         } else {
             user.window.try_admit(now, limit, window_ms)
         };
+        Tally::moved(&mut self.tally.windows, had, !user.window.is_empty());
         if let Err(wait) = admitted {
             // Appends in flight are within the window, so at most `limit` of them; past
             // that, lookups: a few at a time per user, the rest refused at once.
@@ -891,7 +893,9 @@ impl Gateway {
             }
             if !stored {
                 // Not a new accepted send: its place in the window is given back.
+                let had = !u.window.is_empty();
                 u.window.refund(admitted_at, window_ms);
+                Tally::moved(&mut self.tally.windows, had, !u.window.is_empty());
             }
         }
         self.reclaim_user(&user);

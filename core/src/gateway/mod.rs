@@ -46,7 +46,7 @@ pub use io::{
     AppendOutcome, AppendRequest, Effect, ErrorCode, Input, Member, Message, Notice, OpId, Output,
     ReadRequest, StoreFailure,
 };
-pub use state::{ConnTimer, GatewayTimer, Owner, UserTimer};
+pub use state::{ConnTimer, GatewayTimer, Owner, Tally, UserTimer};
 pub use user_key::UserKey;
 
 use crate::codec::socket::{Packet as SioPacket, PacketType};
@@ -128,6 +128,7 @@ pub struct Gateway {
     next_op: u64,
     timers: TimerQueue<Owner, GatewayTimer>,
     metrics: Metrics,
+    tally: Tally,
     out: VecDeque<Output>,
 }
 
@@ -157,6 +158,7 @@ impl Gateway {
             next_op: 1,
             timers: TimerQueue::default(),
             metrics: Metrics::default(),
+            tally: Tally::default(),
             out: VecDeque::new(),
         })
     }
@@ -185,12 +187,28 @@ impl Gateway {
 
     /// Users others see as online.
     pub fn users_online(&self) -> usize {
-        self.users.values().filter(|u| u.online).count()
+        self.tally.online
     }
 
     /// Users with at least one connection.
     pub fn users_connected(&self) -> usize {
-        self.users.values().filter(|u| !u.conns.is_empty()).count()
+        self.tally.connected
+    }
+
+    /// The three user counts, counted by walking every user: what [`Gateway::tally`]
+    /// must always equal. For tests.
+    pub fn recount(&self) -> Tally {
+        let count = |f: &dyn Fn(&User) -> bool| self.users.values().filter(|u| f(u)).count();
+        Tally {
+            online: count(&|u| u.online),
+            connected: count(&|u| !u.conns.is_empty()),
+            windows: count(&|u| !u.window.is_empty()),
+        }
+    }
+
+    /// The user counts, as kept.
+    pub fn tally(&self) -> Tally {
+        self.tally
     }
 
     /// User keys held in memory for any reason.
@@ -200,7 +218,7 @@ impl Gateway {
 
     /// User keys with sends in their rate window.
     pub fn rate_limit_entries(&self) -> usize {
-        self.users.values().filter(|u| !u.window.is_empty()).count()
+        self.tally.windows
     }
 
     /// Storage operations in flight.
@@ -477,6 +495,7 @@ impl Gateway {
         // Register, displacing the oldest connections beyond the limit.
         let displaced: Vec<SessionId> = match self.users.get_mut(&user_key) {
             Some(user) => {
+                Tally::moved(&mut self.tally.connected, !user.conns.is_empty(), true);
                 user.conns.reserve_exact(1);
                 user.conns.push(session);
                 let excess = user.conns.len().saturating_sub(self.config.per_user);
@@ -512,6 +531,7 @@ impl Gateway {
         );
         if !user.online {
             user.online = true;
+            self.tally.online += 1;
             self.announce_presence(now, &user_key, true);
         }
     }
@@ -534,6 +554,7 @@ impl Gateway {
             }
         }
         if let Some(user) = self.users.get_mut(&conn.user) {
+            let had = !user.conns.is_empty();
             // MUTATION (test-only): a displaced connection's close unregisters its successor.
             #[cfg(feature = "mutations")]
             if self.config.engine.mutations.close_unregisters_successor
@@ -542,6 +563,7 @@ impl Gateway {
                 user.conns.clear();
             }
             user.conns.retain(|s| *s != session);
+            Tally::moved(&mut self.tally.connected, had, !user.conns.is_empty());
             if user.conns.is_empty() && user.online {
                 let at = now.add_ms(self.config.offline_grace_ms);
                 // MUTATION (test-only): no grace before the offline announcement.
@@ -608,9 +630,11 @@ impl Gateway {
         let Some(user) = self.users.get_mut(&key) else {
             return;
         };
+        let had = !user.window.is_empty();
         for r in remaining {
             user.window.restore(now, r, window);
         }
+        Tally::moved(&mut self.tally.windows, had, !user.window.is_empty());
         arm_rate_expiry(&mut self.timers, &mut self.timed_users, user, &key, window);
     }
 
@@ -718,12 +742,15 @@ impl Gateway {
                     UserTimer::OfflineGrace => {
                         if user.conns.is_empty() && user.online {
                             user.online = false;
+                            self.tally.online = self.tally.online.saturating_sub(1);
                             self.announce_presence(now, &key, false);
                         }
                     }
                     UserTimer::RateExpiry => {
                         let window = self.config.rate_window_ms;
+                        let had = !user.window.is_empty();
                         user.window.prune(now, window);
+                        Tally::moved(&mut self.tally.windows, had, !user.window.is_empty());
                         arm_rate_expiry(
                             &mut self.timers,
                             &mut self.timed_users,

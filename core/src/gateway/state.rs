@@ -182,3 +182,28 @@ mod tests {
         assert_eq!(GatewayTimer::COUNT, ConnTimer::COUNT + UserTimer::COUNT);
     }
 }
+
+/// How many users are in each state the metrics report, kept as the states change: a
+/// `/metrics` scrape or a `metrics:request` then costs nothing per user, where counting
+/// would walk every user held (a hundred thousand, on the actor every connection waits
+/// for) each time anyone asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Users others see as online.
+    pub online: usize,
+    /// Users with at least one connection.
+    pub connected: usize,
+    /// Users with sends in their rate window.
+    pub windows: usize,
+}
+
+impl Tally {
+    /// Moves `count` by a state that was `before` and is `after`.
+    pub(crate) fn moved(count: &mut usize, before: bool, after: bool) {
+        match (before, after) {
+            (false, true) => *count += 1,
+            (true, false) => *count = count.saturating_sub(1),
+            _ => {}
+        }
+    }
+}

@@ -2,7 +2,8 @@
 //!
 //! No connections, no sessions (lingering ones included), no users, no rate-limit entries,
 //! no armed deadlines, no storage operations in flight. Anything left is a leak that a
-//! long-running server would accumulate.
+//! long-running server would accumulate. And the user counts the gateway keeps for its
+//! metrics agree with a count of its users.
 
 use heartline_core::gateway::Gateway;
 
@@ -27,9 +28,24 @@ pub fn check(gw: &Gateway) -> Finding {
         .filter(|(_, n)| *n > 0)
         .map(|(name, n)| format!("{name}={n}"))
         .collect();
+    counts(gw)?;
     if left.is_empty() {
         Ok(())
     } else {
         Err((NAME, format!("after everyone left: {}", left.join(" "))))
+    }
+}
+
+/// The user counts the gateway keeps for its metrics agree with a count of its users
+/// (checked at quiescence as well as after the leave).
+pub fn counts(gw: &Gateway) -> Finding {
+    let (kept, counted) = (gw.tally(), gw.recount());
+    if kept == counted {
+        Ok(())
+    } else {
+        Err((
+            NAME,
+            format!("user counts kept {kept:?}, counted {counted:?}"),
+        ))
     }
 }

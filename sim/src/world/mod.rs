@@ -351,6 +351,10 @@ impl Sim {
             return;
         }
         if let Some(gw) = &self.gw {
+            let finding = baseline::counts(gw);
+            self.found(finding);
+        }
+        if let Some(gw) = &self.gw {
             let finding = presence::check(
                 self.now,
                 gw,
