@@ -105,10 +105,12 @@ enum Drain {
         next_tick: tokio::time::Instant,
         done: oneshot::Sender<()>,
     },
-    /// Waiting for the store's last answers and the writers' last frames.
+    /// Waiting for the store's last answers and the writers' last frames (looked at
+    /// again at `next_check`, once the store has answered).
     Finishing {
         flushed: Option<oneshot::Receiver<()>>,
         until: tokio::time::Instant,
+        next_check: tokio::time::Instant,
         done: oneshot::Sender<()>,
     },
 }
@@ -187,6 +189,13 @@ impl<A: App> Actor<A> {
                 if self.drain_tick() {
                     break;
                 }
+                continue;
+            }
+            if self.flush_answered() {
+                while let Ok(input) = results.try_recv() {
+                    self.feed(input);
+                }
+                self.after_flush();
                 continue;
             }
             tokio::select! {
@@ -414,6 +423,7 @@ impl<A: App> Actor<A> {
                 self.drain = Some(Drain::Finishing {
                     flushed: None,
                     until,
+                    next_check: tokio::time::Instant::now(),
                     done,
                 });
             }
@@ -425,9 +435,11 @@ impl<A: App> Actor<A> {
         match &self.drain {
             Some(Drain::Flushing { wait_until, .. }) => Some(*wait_until),
             Some(Drain::Closing { next_tick, .. }) => Some(*next_tick),
-            Some(Drain::Finishing { flushed: None, .. }) => {
-                Some(tokio::time::Instant::now() + Duration::from_millis(20))
-            }
+            Some(Drain::Finishing {
+                flushed: None,
+                next_check,
+                ..
+            }) => Some(*next_check),
             Some(Drain::Finishing {
                 flushed: Some(_),
                 until,
@@ -469,6 +481,7 @@ impl<A: App> Actor<A> {
                 flushed: Some(_),
                 until,
                 done,
+                ..
             }) if now >= until => {
                 tracing::warn!("the store did not answer before the end of the drain");
                 let _ = done.send(());
@@ -493,6 +506,7 @@ impl<A: App> Actor<A> {
                     self.drain = Some(Drain::Finishing {
                         flushed: Some(rx),
                         until: now + WRITER_GRACE,
+                        next_check: now,
                         done,
                     });
                 } else {
@@ -508,6 +522,7 @@ impl<A: App> Actor<A> {
                 flushed: None,
                 until,
                 done,
+                ..
             }) => {
                 let writers = self.metrics.ws_open.load(Ordering::Relaxed);
                 if writers == 0 || now >= until {
@@ -518,6 +533,7 @@ impl<A: App> Actor<A> {
                 self.drain = Some(Drain::Finishing {
                     flushed: None,
                     until,
+                    next_check: now + Duration::from_millis(20),
                     done,
                 });
                 false
@@ -531,6 +547,22 @@ impl<A: App> Actor<A> {
 }
 
 /// Waits for the store's flush answer of the current drain phase, if any.
+impl<A: App> Actor<A> {
+    /// Whether the store has answered the drain's flush (or can no longer), without
+    /// waiting: under load the select below would take inputs before that answer.
+    fn flush_answered(&mut self) -> bool {
+        let rx = match &mut self.drain {
+            Some(Drain::Flushing { flushed, .. })
+            | Some(Drain::Finishing {
+                flushed: Some(flushed),
+                ..
+            }) => flushed,
+            _ => return false,
+        };
+        !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+    }
+}
+
 async fn flush_wait(drain: &mut Option<Drain>) {
     let rx = match drain {
         Some(Drain::Flushing { flushed, .. }) => flushed,
@@ -658,6 +690,45 @@ mod tests {
         fn render_metrics(&self, _: &RuntimeMetrics, _: bool) -> String {
             String::new()
         }
+    }
+
+    /// With an input always waiting, a drain still sees the store's answer to its flush
+    /// at once (a detached store answers at once), rather than after waiting half of
+    /// `drain_ms` for an answer it was given.
+    #[tokio::test]
+    async fn a_drain_takes_the_store_answer_while_inputs_keep_coming() {
+        // Fired already: no deadline of its own.
+        let fired = Arc::new(AtomicU64::new(1));
+        let (tx, rx) = mpsc::channel(64);
+        let (done_tx, done_rx) = oneshot::channel();
+        tx.try_send(Msg::Drain {
+            drain_ms: 10_000,
+            done: done_tx,
+        })
+        .expect("room");
+        tx.try_send(input(0)).expect("room");
+        let app = Busy {
+            inbox: tx.clone(),
+            inputs: 0,
+            fired,
+        };
+        let actor = Actor::new(
+            app,
+            Clock::start(),
+            StoreQueue::detached(),
+            Arc::new(RuntimeMetrics::default()),
+            Arc::new(AtomicBool::new(false)),
+            1 << 20,
+        );
+        let (_results_tx, results) = mpsc::unbounded_channel();
+        let actor = tokio::spawn(actor.run(rx, results));
+        // Half the drain would be 5 s; the inputs run out after a second or two.
+        let drained = tokio::time::timeout(Duration::from_millis(800), done_rx).await;
+        actor.abort();
+        assert!(
+            drained.is_ok(),
+            "drained while inputs kept coming, not after they stopped"
+        );
     }
 
     /// With an input always waiting, a due deadline still fires, and at once.
