@@ -489,8 +489,9 @@ fn a_client_sending_into_a_full_window_is_answered_not_cut_off() {
 fn a_reply_of_messages_holds_at_most_what_the_send_queue_does() {
     let mut cfg = config();
     cfg.rate_messages = 100;
-    // A 2,000-byte queue: replies of at most 2,000 bytes of messages.
-    cfg.engine.max_buffered_bytes = 2_000;
+    // A 16,000-byte queue: replies of at most an eighth of it, 2,000 bytes of messages,
+    // so that the four a client may have under way fit in it together.
+    cfg.engine.max_buffered_bytes = 16_000;
     let mut g = Gw::new(cfg);
     g.conversation("c1", &[("alice", "customer"), ("bob", "agent")]);
     g.connect(1, "alice", "customer");

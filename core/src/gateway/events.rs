@@ -319,16 +319,17 @@ impl Gateway {
         );
     }
 
-    /// The messages of a reply as JSON, as many as the connection's send queue holds
-    /// (`server.max_outbound_bytes`), and always at least one: read forward, the first of
-    /// them, else the last. A reply larger than the queue would close a client that reads
-    /// as fast as it can whenever anything else was queued before it (a catch-up of a
-    /// thousand long messages is megabytes); what is cut is read on from where the reply
-    /// ends, as a join's reader does when the last missed message is before `lastSeq`.
-    /// Replies that fit are never cut, so front ends that do not read on see no change
-    /// but where the reply could not have been delivered at all.
+    /// The messages of a reply as JSON, as many as an eighth of the connection's send
+    /// queue holds (`server.max_outbound_bytes`, see [`REPLY_SHARE`]), and always at least
+    /// one: read forward, the first of them, else the last. A reply larger than the queue
+    /// would close a client that reads as fast as it can whenever anything else was queued
+    /// before it (a catch-up of a thousand long messages is megabytes); what is cut is read
+    /// on from where the reply ends, as a join's reader does when the last missed message
+    /// is before `lastSeq`. Replies that fit are never cut, so front ends that do not read
+    /// on see no change but where the reply could not have been delivered at all.
     fn within_reply_budget(&self, messages: &[Message], forward: bool) -> Vec<Value> {
-        let budget = usize::try_from(self.config.engine.max_buffered_bytes).unwrap_or(usize::MAX);
+        let queue = usize::try_from(self.config.engine.max_buffered_bytes).unwrap_or(usize::MAX);
+        let budget = queue / REPLY_SHARE;
         let mut used = 0usize;
         let mut kept = Vec::with_capacity(messages.len());
         let mut take = |m: &Message| {
@@ -1001,6 +1002,13 @@ fn temp_id_echo(temp_id: Option<&str>, numeric: bool) -> Value {
         Some(t) => Value::String(t.to_owned()),
     }
 }
+
+/// The share of a connection's send queue one reply of messages may fill: the answers
+/// to every join and read a client has under way can arrive together, in one batch of
+/// the store's, and go into its queue back to back. The shipped clients keep at most
+/// four under way; four replies of an eighth leave half the queue for live traffic, so
+/// a client that reads as fast as it can is never taken for a slow consumer.
+const REPLY_SHARE: usize = 8;
 
 /// Store operations one user may have in flight beyond `rate_limit.messages` (its appends
 /// stay within that): room for tempId lookups of sends over the limit (see
