@@ -1012,3 +1012,25 @@ fn rate_window_survives_a_restart() {
     assert_eq!(r["retryAfterMs"], json!(1_000));
     assert_eq!(g.ack(1, ok).expect("answered")["ok"], json!(true));
 }
+
+#[test]
+fn a_history_page_read_for_a_member_removed_meanwhile_is_refused() {
+    let mut g = setup();
+    g.connect(2, "bob", "agent");
+    g.auto_store = false;
+    let page = g.emit(2, "message:history", json!({"conversationId":"c1"}));
+    let join = g.emit(
+        2,
+        "conversation:join",
+        json!({"conversationId":"c1","afterSeq":0}),
+    );
+    // Bob is taken out of c1 while both reads are with the store.
+    g.conversation("c1", &[("alice", "customer")]);
+    g.complete_one();
+    g.complete_one();
+    for (what, id) in [("history", page), ("join", join)] {
+        let reply = g.ack(2, id).expect("answered");
+        assert_eq!(reply["ok"], json!(false), "{what}: {reply}");
+        assert_eq!(reply["code"], json!("forbidden"), "{what}: {reply}");
+    }
+}

@@ -283,6 +283,19 @@ impl Gateway {
         }
     }
 
+    /// Whether `user` is (still) a member of conversation `id`, when a read for it
+    /// comes back.
+    fn still_member(&self, id: &str, user: &UserKey) -> bool {
+        // MUTATION (test-only): membership is not checked, only that it exists.
+        #[cfg(feature = "mutations")]
+        if self.config.engine.mutations.any_user_may_read {
+            return self.conversations.get(id).is_some();
+        }
+        self.conversations
+            .get(id)
+            .is_some_and(|conv| conv.members.contains(user))
+    }
+
     /// Answers a join; `enter`: the connection enters the room (not when it left the
     /// conversation while its catch-up was being read, as the later request wins).
     fn complete_join(
@@ -298,13 +311,15 @@ impl Gateway {
             return;
         };
         let user = conn.user.clone();
-        let Some(conv) = self.conversations.get_mut(id) else {
-            return;
-        };
-        if !conv.members.contains(&user) {
+        if !self.still_member(id, &user) {
             // Removed from the conversation while the read was under way.
             return self.refuse(now, session, ack, ErrorCode::Forbidden);
         }
+        let (Some(conn), Some(conv)) =
+            (self.conns.get_mut(&session), self.conversations.get_mut(id))
+        else {
+            return;
+        };
         if enter {
             conv.room.insert(session, user);
             conn.joined.insert(id.to_owned());
@@ -422,6 +437,7 @@ impl Gateway {
             Pending::History {
                 session,
                 conn,
+                conversation_id: id.clone(),
                 ack,
                 forward,
             },
@@ -469,12 +485,21 @@ impl Gateway {
             (
                 Pending::History {
                     session,
+                    conversation_id,
                     ack,
                     forward,
                     ..
                 },
                 Ok(messages),
             ) => {
+                let member = self
+                    .conns
+                    .get(&session)
+                    .is_some_and(|c| self.still_member(&conversation_id, &c.user));
+                if !member {
+                    // Removed from the conversation while the page was being read.
+                    return self.refuse(now, session, ack, ErrorCode::Forbidden);
+                }
                 let messages = self.within_reply_budget(&messages, forward);
                 self.ack(
                     now,

@@ -85,6 +85,9 @@ enum Pending {
     History {
         session: SessionId,
         conn: u32,
+        /// Read again for membership when the page comes: the user may have been removed
+        /// from it meanwhile.
+        conversation_id: String,
         ack: Option<u64>,
         /// Read forward from `afterSeq` (a cut page keeps its first messages), else back
         /// from the newest (it keeps its last).
