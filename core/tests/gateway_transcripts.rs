@@ -1034,3 +1034,27 @@ fn a_history_page_read_for_a_member_removed_meanwhile_is_refused() {
         assert_eq!(reply["code"], json!("forbidden"), "{what}: {reply}");
     }
 }
+
+#[test]
+fn the_idle_timeout_counts_what_a_person_does_not_what_the_client_does_by_itself() {
+    let mut cfg = config();
+    cfg.idle_timeout_ms = 10_000;
+    cfg.heartbeat_interval_ms = 3_000;
+    let mut g = Gw::new(cfg);
+    g.conversation("c1", &[("alice", "customer")]);
+    g.connect(1, "alice", "customer");
+    // A page left open: its client answers every heartbeat, pings and refreshes nothing
+    // else. At 6 s its user opens the conversation.
+    for step in 1..=5u64 {
+        g.advance(3_000);
+        g.emit_noack(1, "heartbeat:response", json!({ "timestamp": 0 }));
+        g.emit_noack(1, "ping", json!({}));
+        if step == 2 {
+            g.emit(1, "conversation:join", json!({"conversationId":"c1"}));
+        }
+        assert!(!g.view(1).disconnected, "connected at {} s", step * 3);
+    }
+    // 15 s: still within 10 s of the join; by 16 s it is not.
+    g.advance(1_500);
+    assert!(g.view(1).disconnected, "idle since the join at 6 s");
+}

@@ -29,7 +29,8 @@ pub struct GatewayConfig {
     pub heartbeat_interval_ms: u64,
     /// `connections.per_user`: live connections per user key.
     pub per_user: usize,
-    /// `connections.idle_timeout_ms`: close after this long without an application event; 0 = never.
+    /// `connections.idle_timeout_ms`: close after this long without an application event
+    /// (a send, join, leave or history read); 0 = never.
     pub idle_timeout_ms: u64,
     /// `presence.offline_grace_ms`: how long a user with no connection still counts as online.
     pub offline_grace_ms: u64,

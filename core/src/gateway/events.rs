@@ -118,19 +118,21 @@ impl Gateway {
             self.charge(now, session, None);
             return;
         }
-        if self.config.idle_timeout_ms > 0 {
-            let at = now.add_ms(self.config.idle_timeout_ms);
-            self.timers
-                .set(&mut conn.timers, Owner::Conn(session), ConnTimer::Idle, at);
-        }
         let name = packet.event_name().unwrap_or("").to_owned();
         let arg = packet.args().first().cloned().unwrap_or(Value::Null);
         let ack = packet.id;
         if name == "message:send" {
+            self.active(now, session);
             return self.on_send(now, session, ack, &arg);
         }
         if !self.charge(now, session, ack) {
             return;
+        }
+        if matches!(
+            name.as_str(),
+            "conversation:join" | "conversation:leave" | "message:history"
+        ) {
+            self.active(now, session);
         }
         match name.as_str() {
             "conversation:join" => self.on_join(now, session, ack, &arg),
@@ -161,6 +163,23 @@ impl Gateway {
             "auth:refresh" => self.on_refresh(now, session, ack, &arg),
             _ => {}
         }
+    }
+
+    /// The connection's user did something: the idle deadline moves. Only what a person
+    /// at the front end does counts (a send, a join or leave, a history read); what a
+    /// client does by itself on an open page (answering heartbeats, `ping`,
+    /// `auth:refresh`) or an event refused over budget would keep a forgotten tab
+    /// connected for ever.
+    fn active(&mut self, now: Instant, session: SessionId) {
+        if self.config.idle_timeout_ms == 0 {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&session) else {
+            return;
+        };
+        let at = now.add_ms(self.config.idle_timeout_ms);
+        self.timers
+            .set(&mut conn.timers, Owner::Conn(session), ConnTimer::Idle, at);
     }
 
     /// Charges an event to the connection's budget: `true` to serve it. Over budget it is
