@@ -444,6 +444,12 @@ impl Config {
         if self.store.path.is_empty() {
             return Err(ConfigError::invalid("store.path", "must not be empty"));
         }
+        if self.store.path == ":memory:" {
+            return Err(ConfigError::invalid(
+                "store.path",
+                "must name a file: an in-memory database keeps nothing across a restart",
+            ));
+        }
         check_api_key(&self.api.key)?;
         Ok(())
     }
@@ -1016,6 +1022,18 @@ idle_timeout_ms = 600000
         let mut config = Config::default();
         config.api.key = "a key-with.some~chars".to_owned();
         config.validate().expect("any printable key");
+    }
+
+    #[test]
+    fn a_store_path_that_keeps_nothing_is_refused() {
+        let mut config = Config::default();
+        config.store.path = ":memory:".to_owned();
+        let e = config.validate().expect_err("refused");
+        assert_eq!(e.key(), Some("store.path"));
+        assert!(matches!(
+            crate::store::Store::open(std::path::Path::new(":memory:")),
+            Err(crate::store::StoreError::InMemory(_))
+        ));
     }
 
     #[test]

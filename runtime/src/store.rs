@@ -49,7 +49,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Row, Statement, TransactionBehavior};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Row, Statement, TransactionBehavior,
+};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -109,6 +111,9 @@ pub enum StoreError {
     /// SQLite itself failed (I/O error, disk full, lock held elsewhere, ...).
     #[error("database error: {0}")]
     Sqlite(#[source] Arc<rusqlite::Error>),
+    /// The path names no file: SQLite's in-memory database, which keeps nothing.
+    #[error("{0:?} is an in-memory database, which keeps nothing: the store needs a file")]
+    InMemory(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -301,9 +306,23 @@ const SELECT_MESSAGE: &str = "SELECT id, conversation_id, seq, sender_id, sender
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up.
+    /// `path` is a file name, never a URI (`file:...` names a file of that name), and
+    /// ":memory:" is refused: it would keep nothing, and every acknowledged send would be
+    /// lost at the next restart.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let store = Store::init(Connection::open(path)?)?;
-        flush_leftovers(path)?;
+        if path.as_os_str() == ":memory:" {
+            return Err(StoreError::InMemory(":memory:".into()));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let store = Store::init(Connection::open_with_flags(path, flags)?)?;
+        // The file SQLite opened, symbolic links resolved: its log is named after it.
+        let opened = store
+            .conn
+            .path()
+            .map_or_else(|| path.to_path_buf(), Into::into);
+        flush_leftovers(&opened)?;
         Ok(store)
     }
 
