@@ -203,8 +203,22 @@ async fn put_conversation(
                 "lastSeq": last_seq,
             }),
         ),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Ok(Err(e)) => store_error(&e),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    }
+}
+
+/// The answer to a store failure: `503` when the store cannot serve now (its log could
+/// not be flushed, so it takes nothing until a restart; the database is locked by another
+/// process; SQLite failed), as `/healthz` says of the same state and a client may retry
+/// elsewhere or later; `500` for anything else. What failed is logged, not told.
+fn store_error(e: &StoreError) -> Response<Body> {
+    tracing::warn!(error = %e, "an API request failed in the store");
+    match e {
+        StoreError::LogSync(_) | StoreError::Sqlite(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+        }
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     }
 }
 
@@ -251,7 +265,7 @@ async fn messages(req: Request<Incoming>, ctx: Arc<Context>, id: String) -> Resp
         Ok(Err(StoreError::UnknownConversation(_))) => {
             error(StatusCode::NOT_FOUND, "no such conversation")
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Ok(Err(e)) => store_error(&e),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
     }
 }

@@ -385,6 +385,24 @@ async fn a_store_that_cannot_flush_its_log_is_neither_healthy_nor_ready() {
     assert_eq!(status, 503);
     let ping = u1.emit_ack("message:history", json!({"conversationId": "c1"}));
     assert_eq!(ping.await.expect("ack")["code"], "internal");
+    // The API says the same as /healthz: unavailable, not an internal error, and no more.
+    let auth = format!("Bearer {API_KEY}");
+    let body = json!({"members": [{"userId": "u1", "userType": "customer"}]}).to_string();
+    for (method, path, body) in [
+        ("GET", "/api/conversations/c1/messages", ""),
+        ("PUT", "/api/conversations/c2", body.as_str()),
+    ] {
+        let (status, _, answer) = http(
+            addr,
+            method,
+            path,
+            &[("Authorization", auth.as_str())],
+            body,
+        )
+        .await;
+        assert_eq!(status, 503, "{method} {path}: {answer}");
+        assert!(!answer.contains("flush"), "{method} {path}: {answer}");
+    }
     server.stop().await;
 }
 
