@@ -109,6 +109,17 @@ impl Layout {
     }
 }
 
+/// `connect`, then a join and a send asking for acks, as if it had been accepted.
+fn after_connect(connect: Frame) -> Vec<Frame> {
+    let g0 = json!({ "conversationId": "g0" });
+    let send = json!({ "conversationId": "g0", "content": "hi", "tempId": "b1" });
+    vec![
+        connect,
+        Frame::text(format!("42/chat,0{}", json!(["conversation:join", g0]))),
+        Frame::text(format!("42/chat,1{}", json!(["message:send", send]))),
+    ]
+}
+
 /// The hostile tricks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attack {
@@ -176,9 +187,14 @@ impl Attack {
                     1,
                 )
             }
-            Attack::NoToken => (vec![Frame::text("40/chat,")], 1),
-            Attack::ForgedToken => (vec![connect(&token(user, 86_400, b"not-the-secret"))], 1),
-            Attack::ExpiredToken => (vec![connect(&token(user, 0, SECRET))], 1),
+            // Each bad connect is followed by what a connected client would send: none of
+            // it may be served.
+            Attack::NoToken => (after_connect(Frame::text("40/chat,")), 1),
+            Attack::ForgedToken => (
+                after_connect(connect(&token(user, 86_400, b"not-the-secret"))),
+                1,
+            ),
+            Attack::ExpiredToken => (after_connect(connect(&token(user, 0, SECRET))), 1),
             Attack::Silent => (vec![], 1),
             Attack::Trespass => {
                 let g0 = json!({ "conversationId": "g0" });

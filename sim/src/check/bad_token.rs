@@ -1,8 +1,9 @@
 //! A connect with a missing, forged or expired token never opens the namespace.
 //!
-//! Seen on the wire of each hostile connection that presented such a token: the server
-//! may answer with a CONNECT_ERROR and close, but never with a namespace CONNECT (`40`)
-//! and never with an event, whatever faults delay, reorder or cut its packets.
+//! Seen on the wire of each hostile connection that presented such a token and then sent
+//! a join and a send as if connected: the server may answer with a CONNECT_ERROR and
+//! close, but never with a namespace CONNECT (`40`), an event or an ack, whatever faults
+//! delay, reorder or cut its packets.
 
 use std::collections::BTreeSet;
 
@@ -42,6 +43,12 @@ impl BadToken {
                 format!("ws{link} with a bad token got an event: {text}"),
             ));
         }
+        if text.starts_with("43/chat") {
+            return Err((
+                NAME,
+                format!("ws{link} with a bad token was answered: {text}"),
+            ));
+        }
         Ok(())
     }
 }
@@ -60,6 +67,7 @@ mod tests {
         assert!(check.received(4, r#"0{"sid":"a"}"#).is_ok());
         assert!(check.received(4, r#"40/chat,{"sid":"b"}"#).is_err());
         assert!(check.received(4, r#"42/chat,["heartbeat",{}]"#).is_err());
+        assert!(check.received(4, r#"43/chat,1[{"ok":true}]"#).is_err());
         assert!(
             check.received(5, r#"40/chat,{"sid":"b"}"#).is_ok(),
             "not a bad token"

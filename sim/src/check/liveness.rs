@@ -32,11 +32,13 @@ pub fn in_use(status: &Status) -> bool {
 }
 
 /// The first thing not yet converged, readable; `None` once everything has. `clients`:
-/// each client with the conversations its application joined (from the workload, not
-/// from the client, so that a join the server wrongly refused, which the client then
-/// forgets, still counts).
+/// each client with its user and the conversations its application joined (from the
+/// workload, not from the client, so that a join the server wrongly refused, which the
+/// client then forgets, still counts). Each user must end with a device connected: a
+/// device displaced by another is not expected back, but a server that displaced every
+/// device of a user (both told `connection:replaced`, say) has left that user with none.
 pub fn pending<'a>(
-    clients: impl Iterator<Item = (usize, &'a Client, Vec<&'a str>)>,
+    clients: impl Iterator<Item = (usize, usize, &'a Client, Vec<&'a str>)>,
     delivery: &Delivery,
     store: &Store,
     server_up: bool,
@@ -44,7 +46,11 @@ pub fn pending<'a>(
     if !server_up {
         return Some("server down".into());
     }
-    for (i, c, convs) in clients {
+    // Per user: whether any device is connected, and one of its devices.
+    let mut users: std::collections::BTreeMap<usize, (bool, usize)> = Default::default();
+    for (i, user, c, convs) in clients {
+        let seen = users.entry(user).or_insert((false, i));
+        seen.0 |= *c.status() == Status::Connected;
         if !expected(c.status()) {
             continue;
         }
@@ -64,6 +70,11 @@ pub fn pending<'a>(
                 _ => {}
             }
         }
+    }
+    if let Some((user, (_, device))) = users.iter().find(|(_, (connected, _))| !connected) {
+        return Some(format!(
+            "user {user} has no device connected (c{device} among them)"
+        ));
     }
     if store.in_flight() > 0 {
         return Some(format!(

@@ -421,7 +421,7 @@ impl Sim {
                     .iter()
                     .map(|c| layout.conversations[*c].0.as_str())
                     .collect();
-                (i, &s.client, convs)
+                (i, s.user, &s.client, convs)
             }),
             &self.delivery,
             &self.store,
