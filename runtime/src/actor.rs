@@ -655,6 +655,8 @@ mod tests {
         inbox: mpsc::Sender<Msg>,
         inputs: u64,
         fired: Arc<AtomicU64>,
+        /// Inputs taken so far, for the test to read.
+        taken: Arc<AtomicU64>,
     }
 
     fn input(n: u64) -> Msg {
@@ -667,6 +669,7 @@ mod tests {
     impl App for Busy {
         fn handle_input(&mut self, _: Instant, _: Input) -> Result<(), UsageError> {
             self.inputs += 1;
+            self.taken.store(self.inputs, Ordering::Relaxed);
             if self.inputs < INPUTS {
                 let _ = self.inbox.try_send(input(self.inputs));
             }
@@ -707,10 +710,12 @@ mod tests {
         })
         .expect("room");
         tx.try_send(input(0)).expect("room");
+        let taken = Arc::new(AtomicU64::new(0));
         let app = Busy {
             inbox: tx.clone(),
             inputs: 0,
             fired,
+            taken: taken.clone(),
         };
         let actor = Actor::new(
             app,
@@ -722,12 +727,15 @@ mod tests {
         );
         let (_results_tx, results) = mpsc::unbounded_channel();
         let actor = tokio::spawn(actor.run(rx, results));
-        // Half the drain would be 5 s; the inputs run out after a second or two.
-        let drained = tokio::time::timeout(Duration::from_millis(800), done_rx).await;
+        // Half the drain would be 5 s, and the inputs run out after a second or two: the
+        // drain must end while they still come, whatever the machine's speed.
+        let drained = tokio::time::timeout(Duration::from_secs(30), done_rx).await;
+        let taken_then = taken.load(Ordering::Relaxed);
         actor.abort();
+        assert!(drained.is_ok(), "drained");
         assert!(
-            drained.is_ok(),
-            "drained while inputs kept coming, not after they stopped"
+            taken_then < INPUTS,
+            "drained while inputs kept coming, not after all {taken_then} were taken"
         );
     }
 
@@ -741,6 +749,7 @@ mod tests {
             inbox: tx.clone(),
             inputs: 0,
             fired: fired.clone(),
+            taken: Arc::new(AtomicU64::new(0)),
         };
         let actor = Actor::new(
             app,

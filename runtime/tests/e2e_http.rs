@@ -345,9 +345,10 @@ async fn a_partial_request_runs_out_of_time_counted_from_the_tcp_accept() {
             let wait = Duration::from_millis(1_800);
             let (status, after) = dribble(server.addr, first, wait, head).await;
             assert_eq!(status, 408, "{what} on {on}");
-            // Counted from the headers it would come at 3.8 s.
+            // Counted from the headers it would come at 3.8 s: well apart, with room for a
+            // slow machine.
             assert!(
-                after < Duration::from_millis(2_900),
+                after < Duration::from_millis(3_500),
                 "{what} on {on}: {after:?}"
             );
         }

@@ -88,13 +88,14 @@ async fn oversize_frame_closes_only_that_connection() {
 #[tokio::test]
 async fn slowloris_and_idle_connections_close_at_the_handshake_timeout() {
     let mut server = TestServer::start(|c| c.server.handshake_timeout_ms = 300).await;
+    // Before the connects: the deadline counts from their accept, never earlier.
+    let started = tokio::time::Instant::now();
     let mut partial = TcpStream::connect(server.addr).await.expect("connect");
     partial
         .write_all(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("write");
     let mut idle = TcpStream::connect(server.addr).await.expect("connect");
-    let started = tokio::time::Instant::now();
     assert!(
         closed_within(&mut partial, Duration::from_secs(3)).await,
         "partial request closed"
