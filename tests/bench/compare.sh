@@ -174,6 +174,9 @@ one_run() {
     wait "$p1" || true
     [ -n "$p2" ] && { wait "$p2" || true; }
     wait_conns "$ADDR" "<0" 60 >/dev/null
+    # The dropped clients' offline announcements come 3 s later (presence grace, both
+    # servers): let them pass before the saturation run's CPU is counted.
+    sleep 4
 
     # -- chat at saturation, then at a fixed offered load; CPU and deliveries around each.
     local cpu0 d0 cpu1 d1
@@ -294,6 +297,9 @@ figures = [
     ("fixed load: fan-out p99 (ms)", lambda r: r["rate"]["fanout_p99_ms"], "low"),
     ("fixed load: fan-out p999 (ms)", lambda r: r["rate"]["fanout_p999_ms"], "low"),
     ("saturation: ack p99 (ms)", lambda r: r["saturation"]["ack_p99_ms"], "low"),
+    # A send that timed out or was refused has no latency sample: shown, so that a side
+    # whose slowest acks never came cannot look faster for it.
+    ("acks timed out or refused (saturation + fixed load)", lambda r: r["saturation"]["ack_timeouts"] + r["saturation"]["refused"] + r["rate"]["ack_timeouts"] + r["rate"]["refused"], "low"),
 ]
 for rate in os.environ.get("EXTRA_RATES", "").split():
     figures += [
@@ -306,20 +312,36 @@ figures += [
     ("dead peers: s until all freed", lambda r: r["deadpeers"]["freed_secs"], "low"),
 ]
 table = []
+rounds = int(os.environ.get("ROUNDS", "2"))
 print()
-print(f"{'figure':<50} {'heartline':>12} {'node peer':>12} {'HL/peer':>9}")
+print("(median of the rounds, which for two is their mean, so one stall moves it: 'by round'")
+print(" gives the ratio of each round of Heartline to the same round of the peer, and a")
+print(" figure missing from a round, a phase that failed or timed out, is flagged with '!')")
+print(f"{'figure':<50} {'heartline':>12} {'node peer':>12} {'HL/peer':>9}  by round")
 for name, f, better in figures:
     med = {}
+    per_round = {}
     for k in ("heartline", "peer"):
-        vals = [v for v in (get(r, f) for r in runs if r["server"] == k) if v is not None]
+        by = {r.get("round"): get(r, f) for r in runs if r["server"] == k}
+        per_round[k] = by
+        vals = [v for v in by.values() if v is not None]
         med[k] = statistics.median(vals) if vals else None
         med[k + "_runs"] = vals
     h, p = med["heartline"], med["peer"]
     ratio = (h / p) if (h is not None and p not in (None, 0)) else None
+    paired = []
+    for rnd in sorted(set(per_round["heartline"]) & set(per_round["peer"]), key=str):
+        hv, pv = per_round["heartline"][rnd], per_round["peer"][rnd]
+        if hv is not None and pv not in (None, 0):
+            paired.append(hv / pv)
+    missing = any(len(med[k + "_runs"]) < rounds for k in ("heartline", "peer"))
     fmt = lambda v: "-" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}")
-    print(f"{name:<50} {fmt(h):>12} {fmt(p):>12} {('-' if ratio is None else f'{ratio:.3f}'):>9}")
+    rng = " / ".join(f"{x:.3f}" for x in paired) if paired else "-"
+    flag = " !" if missing else ""
+    print(f"{name:<50} {fmt(h):>12} {fmt(p):>12} {('-' if ratio is None else f'{ratio:.3f}'):>9}  {rng}{flag}")
     table.append({"figure": name, "better": better, "heartline_median": h, "peer_median": p,
-                  "ratio_heartline_over_peer": ratio, "heartline_runs": med["heartline_runs"],
+                  "ratio_heartline_over_peer": ratio, "ratio_by_round": paired,
+                  "rounds_missing": missing, "heartline_runs": med["heartline_runs"],
                   "peer_runs": med["peer_runs"]})
 json.dump({"date": stamp, **json.loads(os.environ["MACHINE_JSON"]),
            "settings": {k: v for k, v in os.environ.items() if k in (

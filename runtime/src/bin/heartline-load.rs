@@ -570,32 +570,37 @@ async fn chat_user(
     };
     let mut next_send = plan.start + period.mul_f64(jitter(&mut rng));
     tokio::time::sleep_until(plan.start.into()).await;
-    let send = |c: &mut Client, seq: &mut u64, st: &mut ChatStats| -> Option<PendingAck> {
-        let now = Instant::now();
-        let stamp = now.duration_since(base()).as_nanos();
-        let content = format!("{stamp:020}|{pad}");
-        let tempid = format!("{me}-{seq}");
-        *seq += 1;
-        let payload = json!({"conversationId": conversation, "content": content, "tempId": tempid});
-        match c.emit_with_ack("message:send", payload) {
-            Ok(rx) => {
-                if now >= plan.measure_from {
-                    st.sent += 1;
+    // `at`: when the send is due. At a fixed rate that is its place in the schedule, not
+    // when this task got to it: a late wake-up of the generator is part of the latency
+    // a client would see (no coordinated omission).
+    let send =
+        |c: &mut Client, seq: &mut u64, st: &mut ChatStats, at: Instant| -> Option<PendingAck> {
+            let now = at.min(Instant::now());
+            let stamp = now.duration_since(base()).as_nanos();
+            let content = format!("{stamp:020}|{pad}");
+            let tempid = format!("{me}-{seq}");
+            *seq += 1;
+            let payload =
+                json!({"conversationId": conversation, "content": content, "tempId": tempid});
+            match c.emit_with_ack("message:send", payload) {
+                Ok(rx) => {
+                    if now >= plan.measure_from {
+                        st.sent += 1;
+                    }
+                    Some(Box::pin(async move {
+                        let r = tokio::time::timeout(Duration::from_secs(30), rx).await;
+                        (now, r.ok().and_then(|r| r.ok()))
+                    }))
                 }
-                Some(Box::pin(async move {
-                    let r = tokio::time::timeout(Duration::from_secs(30), rx).await;
-                    (now, r.ok().and_then(|r| r.ok()))
-                }))
+                Err(e) => {
+                    st.errors.push(e.to_string());
+                    None
+                }
             }
-            Err(e) => {
-                st.errors.push(e.to_string());
-                None
-            }
-        }
-    };
+        };
     if plan.rate_per_user <= 0.0 {
         for _ in 0..plan.in_flight.max(1) {
-            if let Some(f) = send(&mut c, &mut seq, &mut st) {
+            if let Some(f) = send(&mut c, &mut seq, &mut st, Instant::now()) {
                 pending.push(f);
             }
         }
@@ -616,7 +621,7 @@ async fn chat_user(
         tokio::select! {
             _ = tokio::time::sleep_until(wake.into()) => {
                 if sending && Instant::now() >= next_send {
-                    if let Some(f) = send(&mut c, &mut seq, &mut st) {
+                    if let Some(f) = send(&mut c, &mut seq, &mut st, next_send) {
                         pending.push(f);
                     }
                     next_send += period;
@@ -626,11 +631,14 @@ async fn chat_user(
                 let at = Instant::now();
                 match args {
                     Some(a) if a.first().map(|a| a["ok"] == true) == Some(true) => {
+                        // Throughput: acks that arrive within the window, like deliveries
+                        // (counting only those of sends made within it left out one
+                        // in-flight window's worth); latency: sends made within it.
+                        if at >= plan.measure_from && at <= plan.end {
+                            st.acked += 1;
+                        }
                         if sent >= plan.measure_from {
-                            if at <= plan.end {
-                                st.acked += 1;
-                            }
-                            st.ack_lat.push(at - sent);
+                            st.ack_lat.push(at.saturating_duration_since(sent));
                         }
                     }
                     Some(a) => {
@@ -642,7 +650,7 @@ async fn chat_user(
                     None => st.ack_timeouts += 1,
                 }
                 if plan.rate_per_user <= 0.0 && at < plan.end {
-                    if let Some(f) = send(&mut c, &mut seq, &mut st) {
+                    if let Some(f) = send(&mut c, &mut seq, &mut st, Instant::now()) {
                         pending.push(f);
                     }
                 }
@@ -853,6 +861,7 @@ async fn storm_client(
 ) {
     let mut rng = (i as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
     let mut was_down = false;
+    let mut counted_back = false;
     let mut attempt = 0u32;
     while Instant::now() < deadline {
         st.attempts.fetch_add(1, Ordering::Relaxed);
@@ -868,7 +877,12 @@ async fn storm_client(
             Ok(mut c) => {
                 st.up.fetch_add(1, Ordering::Relaxed);
                 if was_down {
-                    st.back.fetch_add(1, Ordering::Relaxed);
+                    // Each client counts once; one that drops again and returns later
+                    // moves the time all were back, but is not counted twice.
+                    if !counted_back {
+                        counted_back = true;
+                        st.back.fetch_add(1, Ordering::Relaxed);
+                    }
                     if let Ok(mut l) = st.last_back.lock() {
                         *l = Some(Instant::now());
                     }
@@ -952,16 +966,17 @@ async fn storm(
     };
     // Wait until everyone that was connected is back.
     let t = Instant::now();
-    while first_down.is_some() && st.back.load(Ordering::Relaxed) < connected && t.elapsed() < bound
-    {
+    // Every client back once, and all of them up at the same time.
+    let all_back = || {
+        st.back.load(Ordering::Relaxed) >= connected && st.up.load(Ordering::Relaxed) >= connected
+    };
+    while first_down.is_some() && !all_back() && t.elapsed() < bound {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let back = st.back.load(Ordering::Relaxed);
     let last = st.last_back.lock().ok().and_then(|l| *l);
     let secs = match (first_down, last) {
-        (Some(f), Some(l)) if back >= connected => {
-            Some(l.saturating_duration_since(f).as_secs_f64())
-        }
+        (Some(f), Some(l)) if all_back() => Some(l.saturating_duration_since(f).as_secs_f64()),
         _ => None,
     };
     let attempts = st.attempts.load(Ordering::Relaxed);
