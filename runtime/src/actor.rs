@@ -695,6 +695,21 @@ mod tests {
         }
     }
 
+    /// Runs an actor around `app` with no store behind it (every job refused at once).
+    fn run_detached(app: Busy, inbox: mpsc::Receiver<Msg>) -> tokio::task::JoinHandle<()> {
+        let actor = Actor::new(
+            app,
+            Clock::start(),
+            StoreQueue::detached(),
+            Arc::new(RuntimeMetrics::default()),
+            Arc::new(AtomicBool::new(false)),
+            1 << 20,
+        );
+        // No store answers ever come: the sender may go at once.
+        let (_, results) = mpsc::unbounded_channel();
+        tokio::spawn(actor.run(inbox, results))
+    }
+
     /// With an input always waiting, a drain still sees the store's answer to its flush
     /// at once (a detached store answers at once), rather than after waiting half of
     /// `drain_ms` for an answer it was given.
@@ -717,16 +732,7 @@ mod tests {
             fired,
             taken: taken.clone(),
         };
-        let actor = Actor::new(
-            app,
-            Clock::start(),
-            StoreQueue::detached(),
-            Arc::new(RuntimeMetrics::default()),
-            Arc::new(AtomicBool::new(false)),
-            1 << 20,
-        );
-        let (_results_tx, results) = mpsc::unbounded_channel();
-        let actor = tokio::spawn(actor.run(rx, results));
+        let actor = run_detached(app, rx);
         // Half the drain would be 5 s, and the inputs run out after a second or two: the
         // drain must end while they still come, whatever the machine's speed.
         let drained = tokio::time::timeout(Duration::from_secs(30), done_rx).await;
@@ -751,16 +757,7 @@ mod tests {
             fired: fired.clone(),
             taken: Arc::new(AtomicU64::new(0)),
         };
-        let actor = Actor::new(
-            app,
-            Clock::start(),
-            StoreQueue::detached(),
-            Arc::new(RuntimeMetrics::default()),
-            Arc::new(AtomicBool::new(false)),
-            1 << 20,
-        );
-        let (_results_tx, results) = mpsc::unbounded_channel();
-        let actor = tokio::spawn(actor.run(rx, results));
+        let actor = run_detached(app, rx);
         for _ in 0..200 {
             if fired.load(Ordering::Relaxed) > 0 {
                 break;

@@ -699,10 +699,15 @@ mod tests {
         assert_eq!(RawEvents::new("/chat", &[]).data(new), None);
     }
 
-    /// A server that opens a session, takes the CONNECT and answers with an Engine.IO
-    /// CLOSE: the connect ends then, rather than waiting out its timeout.
-    #[tokio::test]
-    async fn an_engine_close_during_the_handshake_ends_the_connect() {
+    type ServerSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+    /// A scripted server on loopback: `script` gets the first WebSocket accepted, after the
+    /// Engine.IO open packet went out and the client's namespace CONNECT came in.
+    async fn scripted_server<F, Fut>(script: F) -> (SocketAddr, JoinHandle<()>)
+    where
+        F: FnOnce(ServerSocket) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -714,10 +719,21 @@ mod tests {
             ws.send(Message::text(open)).await.expect("open");
             let connect = ws.next().await.expect("a frame").expect("read");
             assert!(connect.to_text().is_ok_and(|t| t.starts_with("40")));
+            script(ws).await;
+        });
+        (addr, server)
+    }
+
+    /// A server that opens a session, takes the CONNECT and answers with an Engine.IO
+    /// CLOSE: the connect ends then, rather than waiting out its timeout.
+    #[tokio::test]
+    async fn an_engine_close_during_the_handshake_ends_the_connect() {
+        let (addr, server) = scripted_server(|mut ws| async move {
             ws.send(Message::text("1")).await.expect("close packet");
             // Held open: only the CLOSE packet may end the client's connect.
             tokio::time::sleep(Duration::from_secs(30)).await;
-        });
+        })
+        .await;
         let options = ClientOptions {
             timeout: Duration::from_secs(20),
             ..ClientOptions::default()
@@ -731,17 +747,7 @@ mod tests {
     /// `Closed`, not after the client's timeout as if the server were only slow.
     #[tokio::test]
     async fn an_ack_asked_for_after_the_close_fails_as_closed() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
-            let open = r#"0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
-            ws.send(Message::text(open)).await.expect("open");
-            let connect = ws.next().await.expect("a frame").expect("read");
-            assert!(connect.to_text().is_ok_and(|t| t.starts_with("40")));
+        let (addr, server) = scripted_server(|mut ws| async move {
             ws.send(Message::text(r#"40/chat,{"sid":"x"}"#))
                 .await
                 .expect("connect reply");
@@ -749,7 +755,8 @@ mod tests {
             // Read the client's answer to the close; the TCP connection stays open.
             while let Some(Ok(_)) = ws.next().await {}
             tokio::time::sleep(Duration::from_secs(30)).await;
-        });
+        })
+        .await;
         let options = ClientOptions {
             timeout: Duration::from_secs(30),
             ..ClientOptions::default()

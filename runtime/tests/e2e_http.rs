@@ -540,32 +540,13 @@ async fn polling_session_upgrades_to_websocket() {
 
 #[tokio::test]
 async fn a_long_response_to_a_slow_reader_is_not_cut_by_the_idle_deadline() {
-    use heartline_runtime::store::{AppendRequest, Member, Store};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // About 20 MB of messages (10,000 two-byte characters each): far more than loopback's
     // socket buffers hold (some 4 MB here), so most of the response is still being
     // written long after its handler returned.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("big.db");
-    {
-        let mut store = Store::open(&path).expect("store");
-        store
-            .put_conversation("big", &[Member::new("a", "customer")])
-            .expect("conversation");
-        let content = "é".repeat(10_000);
-        let reqs: Vec<AppendRequest> = (0..1_000)
-            .map(|i| AppendRequest {
-                id: format!("m{i}"),
-                conversation_id: "big".into(),
-                sender_id: "a".into(),
-                sender_type: "customer".into(),
-                content: content.clone(),
-                temp_id: None,
-                created_at_ms: 1_700_000_000_000,
-            })
-            .collect();
-        assert!(store.append_batch(&reqs).iter().all(Result::is_ok));
-    }
+    seed_store(&path, &["big"], "a:customer", 1_000, &"é".repeat(10_000));
     let db = path.to_string_lossy().into_owned();
     let mut server = TestServer::start(move |c| {
         c.server.handshake_timeout_ms = 2_000;

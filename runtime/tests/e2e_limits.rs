@@ -563,34 +563,13 @@ async fn closes_reach(server: &TestServer, reason: &str, n: f64) -> bool {
 
 #[tokio::test]
 async fn catch_ups_arriving_together_do_not_make_a_reader_a_slow_consumer() {
-    use heartline_runtime::store::{AppendRequest, Member, Store};
     // Four conversations with 200 KB each to catch up, against a 64 KiB send queue: each
     // join's reply is cut, and the four replies may come out of one batch of the store's
     // and go into the queue back to back.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("catchup.db");
-    {
-        let mut store = Store::open(&path).expect("store");
-        let content = "z".repeat(2_000);
-        for k in 0..4 {
-            let conv = format!("k{k}");
-            store
-                .put_conversation(&conv, &[Member::new("r", "customer")])
-                .expect("conversation");
-            let reqs: Vec<AppendRequest> = (0..100)
-                .map(|i| AppendRequest {
-                    id: format!("{conv}-{i}"),
-                    conversation_id: conv.clone(),
-                    sender_id: "r".into(),
-                    sender_type: "customer".into(),
-                    content: content.clone(),
-                    temp_id: None,
-                    created_at_ms: 1_700_000_000_000,
-                })
-                .collect();
-            assert!(store.append_batch(&reqs).iter().all(Result::is_ok));
-        }
-    }
+    let convs = ["k0", "k1", "k2", "k3"];
+    seed_store(&path, &convs, "r:customer", 100, &"z".repeat(2_000));
     let db = path.to_string_lossy().into_owned();
     let mut server = TestServer::start(move |c| {
         c.server.max_outbound_bytes = 64 * 1024;

@@ -215,3 +215,35 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Writes a store at `path` before any server opens it: each of `conversations` with the
+/// one member `user` (`id:type`), who has sent `per_conversation` messages of `content`.
+#[allow(dead_code)]
+pub fn seed_store(
+    path: &Path,
+    conversations: &[&str],
+    user: &str,
+    per_conversation: usize,
+    content: &str,
+) {
+    use heartline_runtime::store::{AppendRequest, Member, Store};
+    let (id, kind) = user.split_once(':').expect("id:type");
+    let mut store = Store::open(path).expect("store");
+    for conv in conversations {
+        store
+            .put_conversation(conv, &[Member::new(id, kind)])
+            .expect("conversation");
+        let reqs: Vec<AppendRequest> = (0..per_conversation)
+            .map(|i| AppendRequest {
+                id: format!("{conv}-{i}"),
+                conversation_id: (*conv).to_owned(),
+                sender_id: id.to_owned(),
+                sender_type: kind.to_owned(),
+                content: content.to_owned(),
+                temp_id: None,
+                created_at_ms: 1_700_000_000_000,
+            })
+            .collect();
+        assert!(store.append_batch(&reqs).iter().all(Result::is_ok));
+    }
+}
