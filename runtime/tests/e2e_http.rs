@@ -578,15 +578,7 @@ async fn a_long_response_to_a_slow_reader_is_not_cut_by_the_idle_deadline() {
         }
         buf.extend_from_slice(&chunk[..n]);
         if expected.is_none() {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .expect("a content length");
-                expected = Some(end + 4 + length);
-            }
+            expected = response_len(&buf);
         }
         if expected.is_some_and(|e| buf.len() >= e) {
             break;

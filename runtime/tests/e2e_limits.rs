@@ -221,17 +221,9 @@ async fn keep_alive_request(
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .expect("content-length");
-            if buf.len() >= end + 4 + length {
-                let (status, _, body) = parse_response(&buf[..end + 4 + length]);
-                return (status, body);
-            }
+        if let Some(len) = response_len(&buf).filter(|len| buf.len() >= *len) {
+            let (status, _, body) = parse_response(&buf[..len]);
+            return (status, body);
         }
         let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
             .await
