@@ -296,6 +296,8 @@ figures = [
     ("fixed load: fan-out p50 (ms)", lambda r: r["rate"]["fanout_p50_ms"], "low"),
     ("fixed load: fan-out p99 (ms)", lambda r: r["rate"]["fanout_p99_ms"], "low"),
     ("fixed load: fan-out p999 (ms)", lambda r: r["rate"]["fanout_p999_ms"], "low"),
+    # The generator's own part of those latencies: how late its sends left their schedule.
+    ("fixed load: generator's send lateness p99 (ms)", lambda r: r["rate"]["late_p99_ms"], "low"),
     ("saturation: ack p99 (ms)", lambda r: r["saturation"]["ack_p99_ms"], "low"),
     # A send that timed out or was refused has no latency sample: shown, so that a side
     # whose slowest acks never came cannot look faster for it.
