@@ -5,8 +5,9 @@
 //! closed, which `socket.io-client` treats as a failed attempt and retries with backoff.
 //!
 //! The per-IP rate counts new clients: a connection pays with its first request, unless
-//! that request belongs to a session already admitted (it names a `sid`), and a further
-//! handshake on a kept-alive connection pays for itself ([`crate::engineio::pays_ip_rate`]);
+//! that request belongs to a session already admitted (it names a `sid`; one the core
+//! turns away pays afterwards and closes the connection), and a further handshake on a
+//! kept-alive connection pays for itself ([`crate::engineio::pays_ip_rate`]);
 //! over the rate the request gets 429. It is asked at the first request rather than at
 //! accept because only then can a polling client's extra connections (the held GET, the
 //! POSTs, the upgrade) be told from a new client. Sessions are bounded by the engine's

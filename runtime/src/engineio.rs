@@ -55,7 +55,9 @@ pub struct ConnInfo {
 /// connection it uses: a polling client opens several for one session (the held GET, the
 /// POSTs beside it, the upgrade) and a browser reuses them. So a connection pays with its
 /// first request, unless that request names a session already admitted (a `sid`); and a
-/// handshake (a GET without `sid`) on a kept-alive connection pays for itself. Counting
+/// handshake (a GET without `sid`) on a kept-alive connection pays for itself; a first
+/// request whose `sid` the core turns away pays afterwards and its connection is closed
+/// ([`handle`]). Counting
 /// every connection refused the requests of clients it had let in (five polling clients
 /// against a rate of 3: none got in); counting only connections let a kept-alive one open
 /// sessions past the rate. A connection that sends nothing is bounded by
@@ -133,7 +135,16 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
     if is_websocket_upgrade(req.headers()) && req.method() == hyper::Method::GET {
         return upgrade(req, ctx, query, handshake, conn.permit);
     }
-    let mut resp = poll(req, ctx, query, handshake, conn.request_began).await;
+    // A first request let through on its `sid` without paying: if the core turns that
+    // sid away, the connection was never a session's, so it pays now and is not kept
+    // alive (otherwise any made-up sid would hold a TCP connection without a token).
+    let on_credit = conn.first_request && query.sid.is_some();
+    let mut resp = poll(req, ctx.clone(), query, handshake, conn.request_began).await;
+    if on_credit && resp.status() == StatusCode::BAD_REQUEST {
+        let _ = ctx.ip_rate.allow(conn.remote.ip(), ctx.clock.now());
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     cors_headers(origin.as_deref(), resp.headers_mut());
     resp
 }

@@ -331,6 +331,31 @@ async fn the_per_ip_rate_counts_new_clients_not_their_connections() {
 }
 
 #[tokio::test]
+async fn a_made_up_sid_pays_the_per_ip_rate_and_keeps_no_connection() {
+    let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 1).await;
+    let path = "/socket.io/?EIO=4&transport=polling";
+    // A first request naming a sid passes the rate on credit (a session's extra
+    // connections are not new clients); the core does not know this one, so the address
+    // pays for it, and the connection is closed rather than kept alive for free.
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let (status, body) =
+        keep_alive_get(&mut stream, &format!("{path}&sid=AAAAAAAAAAAAAAAAAAAA")).await;
+    assert_eq!(status, 400, "{body}");
+    let mut rest = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut rest))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection is closed after the answer");
+    let (status, _, body) = http(server.addr, "GET", path, &[], "").await;
+    assert_eq!(
+        status, 429,
+        "the address's one token went to the made-up sid: {body}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn origin_is_checked_and_cors_answered() {
     let mut server = TestServer::start(|c| {
         c.server.cors_origins = vec!["https://chat.example.com".into()];
