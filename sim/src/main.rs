@@ -95,6 +95,12 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "no-offline-grace" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.no_offline_grace = true)
         }
+        "presence-to-everyone" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.presence_to_everyone = true)
+        }
+        "offline-frames-lost" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.offline_frames_lost = true)
+        }
         "retry-refused-at-once" => {
             opts.client_hook = Some(|c| c.mutations.retry_refused_at_once = true)
         }

@@ -140,6 +140,28 @@ fn an_offline_without_grace_is_caught() {
 }
 
 #[test]
+fn presence_told_to_everyone_is_caught() {
+    let (_, checker) = first_violation("presence-to-everyone", 40, |s| {
+        let mut o = base(s);
+        o.gateway_hook = Some(|c| c.engine.mutations.presence_to_everyone = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::presence_frames::NAME);
+}
+
+#[test]
+fn offline_frames_that_never_go_out_are_caught() {
+    // The server's own notices are right (presence-transitions-only passes): only what
+    // partners were told shows the offline missing.
+    let (_, checker) = first_violation("offline-frames-lost", 40, |s| {
+        let mut o = base(s);
+        o.gateway_hook = Some(|c| c.engine.mutations.offline_frames_lost = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::presence_frames::NAME);
+}
+
+#[test]
 fn a_server_that_turns_every_client_away_is_caught() {
     // Not one of the core's bugs: a server whose secret no client's token matches refuses
     // every connect. Every client then fails, and no one is left whose delivery or

@@ -78,6 +78,10 @@ pub struct Mutations {
     pub expired_tokens_accepted: bool,
     /// The gateway announces a user offline as soon as its last connection ends.
     pub no_offline_grace: bool,
+    /// The gateway tells every connected user of a presence change, not only its partners.
+    pub presence_to_everyone: bool,
+    /// The gateway records a user's going offline but sends no `user:offline` frame.
+    pub offline_frames_lost: bool,
 }
 
 impl Default for EngineConfig {

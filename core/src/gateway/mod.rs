@@ -681,6 +681,17 @@ impl Gateway {
                 targets.extend(p.conns.iter().copied());
             }
         }
+        // MUTATION (test-only): everyone is told, or nobody of an offline.
+        #[cfg(feature = "mutations")]
+        {
+            let m = self.config.engine.mutations;
+            if m.presence_to_everyone {
+                targets = self.conns.keys().copied().collect();
+            }
+            if m.offline_frames_lost && !online {
+                targets.clear();
+            }
+        }
         for s in targets {
             let _ = self.engine.send(now, s, &frames);
         }

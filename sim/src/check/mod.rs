@@ -16,6 +16,7 @@ pub mod per_user;
 pub mod ping_pong;
 pub mod presence;
 pub mod presence_flaps;
+pub mod presence_frames;
 pub mod rate_window;
 
 use std::fmt;
@@ -46,7 +47,7 @@ impl fmt::Display for Violation {
 }
 
 /// Every checker's name, in report order.
-pub const NAMES: [&str; 12] = [
+pub const NAMES: [&str; 13] = [
     dead_peer::NAME,
     per_user::NAME,
     ping_pong::NAME,
@@ -56,6 +57,7 @@ pub const NAMES: [&str; 12] = [
     bad_token::NAME,
     blame::NAME,
     presence_flaps::NAME,
+    presence_frames::NAME,
     presence::NAME,
     baseline::NAME,
     liveness::NAME,

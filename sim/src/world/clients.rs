@@ -136,7 +136,10 @@ impl Sim {
                         let text = match f {
                             heartline_core::codec::Frame::Text(b) => {
                                 let text = String::from_utf8_lossy(b);
-                                seen = self.members.honest_received(slot.user, &text);
+                                seen = self
+                                    .members
+                                    .honest_received(slot.user, &text)
+                                    .and(self.presence_frames.received(id, slot.user, &text));
                                 crate::trace::short(&text, 72)
                             }
                             heartline_core::codec::Frame::Binary(b) => format!("<{}B>", b.len()),
@@ -145,6 +148,7 @@ impl Sim {
                     }
                     Seg::Fin { error } => {
                         slot.link = None;
+                        self.presence_frames.closed(id);
                         slot.client.handle_closed(now);
                         if let Some(link) = self.net.link_mut(id) {
                             link.client_open = false;
@@ -264,6 +268,7 @@ impl Sim {
             return;
         }
         link.client_open = false;
+        self.presence_frames.closed(id);
         self.net.send(
             now,
             id,

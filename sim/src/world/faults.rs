@@ -33,6 +33,7 @@ impl Sim {
                     if let Some(link) = self.net.link_mut(id) {
                         link.client_open = false;
                     }
+                    self.presence_frames.closed(id);
                     if let Some(slot) = self.clients.get_mut(c) {
                         slot.link = None;
                         slot.client.handle_closed(now);

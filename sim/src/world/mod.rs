@@ -39,6 +39,7 @@ use crate::check::members::MembersOnly;
 use crate::check::per_user::PerUser;
 use crate::check::ping_pong::PingPong;
 use crate::check::presence_flaps::PresenceFlaps;
+use crate::check::presence_frames::PresenceFrames;
 use crate::check::rate_window::RateWindow;
 use crate::check::{baseline, liveness, presence, Finding, Violation};
 use crate::net::Net;
@@ -131,6 +132,7 @@ pub struct Sim {
     bad_token: BadToken,
     blame: Blame,
     presence_flaps: PresenceFlaps,
+    presence_frames: PresenceFrames,
     violation: Option<Violation>,
     counters: Counters,
     trace: Trace,
@@ -232,6 +234,7 @@ impl Sim {
             bad_token: BadToken::default(),
             blame: Blame::default(),
             presence_flaps: PresenceFlaps::new(gw_config.offline_grace_ms),
+            presence_frames: PresenceFrames::new(&layout),
             store: Store::new(opts.store_latency_ms),
             net: Net::new(opts.latency_ms, opts.jitter_ms),
             trace: Trace::new(opts.trace_tail, sink),
@@ -363,6 +366,22 @@ impl Sim {
             );
             self.found(finding);
         }
+        // Connections open at both ends, to this server process: a client may still hold
+        // a link to a crashed one until its ping timeout, told things the new process
+        // never announced.
+        let live: Vec<(u64, usize)> = self
+            .clients
+            .iter()
+            .filter(|s| *s.client.status() == Status::Connected)
+            .filter_map(|s| Some((s.link?, s.user)))
+            .filter(|(id, _)| {
+                self.net
+                    .link(*id)
+                    .is_some_and(|l| l.server_open && l.epoch == Some(self.epoch))
+            })
+            .collect();
+        let finding = self.presence_frames.settled(&live);
+        self.found(finding);
     }
 
     /// Asks every client that used up its attempts to connect again, as a user presses

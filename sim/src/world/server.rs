@@ -91,6 +91,7 @@ impl Sim {
         self.ping_pong.crash();
         self.blame.crash();
         self.presence_flaps.crash();
+        self.presence_frames.crash();
         for id in self.net.ids() {
             let Some(link) = self.net.link_mut(id) else {
                 continue;
@@ -341,10 +342,12 @@ impl Sim {
                 self.found(finding);
             }
             Notice::Online { user } => {
+                self.presence_frames.announced(user.to_string(), true);
                 let finding = self.presence_flaps.online(user);
                 self.found(finding);
             }
             Notice::Offline { user } => {
+                self.presence_frames.announced(user.to_string(), false);
                 let finding = self.presence_flaps.offline(now, user, &self.per_user);
                 self.found(finding);
             }

@@ -1,0 +1,219 @@
+//! What partners are told of presence, on the wire.
+//!
+//! [`super::presence_flaps`] reads the server's own notices of its announcements; this
+//! checker reads the `user:online` / `user:offline` frames that reach the honest clients'
+//! connections, so a fan-out that goes astray cannot hide behind a correct notice:
+//!
+//! - a connection is told only about users who share a conversation with its user (by the
+//!   workload's layout, not the gateway's membership), never about its own user;
+//! - on one connection, the frames about one user alternate (online, offline, online...):
+//!   the server announces transitions only, so a repeat is a duplicate or a lost frame;
+//! - once the run has healed and gone quiet, every live connection's last frame about a
+//!   user agrees with what the server last announced about that user.
+//!
+//! A connection that opened after a user's last transition has been told nothing about it
+//! (there is no snapshot at connect), and that is not a violation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::members::chat_packet;
+use super::Finding;
+use crate::workload::Layout;
+
+/// The checker's name.
+pub const NAME: &str = "presence-frames";
+
+/// What each live connection was told, and what the server announced.
+#[derive(Debug)]
+pub struct PresenceFrames {
+    /// The user key of each layout user, by index.
+    keys: Vec<String>,
+    /// The users each layout user shares a conversation with (keys, itself excluded).
+    partners: Vec<BTreeSet<String>>,
+    /// Per connection and user told about: whether the last frame said online.
+    told: BTreeMap<(u64, String), bool>,
+    /// Per user: whether this server process last announced it online.
+    announced: BTreeMap<String, bool>,
+}
+
+impl PresenceFrames {
+    /// Partners by `layout`.
+    pub fn new(layout: &Layout) -> Self {
+        let keys: Vec<String> = layout.users.iter().map(|u| u.key()).collect();
+        let mut partners = vec![BTreeSet::new(); keys.len()];
+        for (_, members) in &layout.conversations {
+            for a in members {
+                for b in members {
+                    if a != b {
+                        if let (Some(set), Some(key)) = (partners.get_mut(*a), keys.get(*b)) {
+                            set.insert(key.clone());
+                        }
+                    }
+                }
+            }
+        }
+        PresenceFrames {
+            keys,
+            partners,
+            told: BTreeMap::new(),
+            announced: BTreeMap::new(),
+        }
+    }
+
+    /// The server announced `user` (`"id:type"`) online or offline.
+    pub fn announced(&mut self, user: String, online: bool) {
+        self.announced.insert(user, online);
+    }
+
+    /// The server process died: the next one knows nothing of what this one announced
+    /// (and every connection it had is gone with it).
+    pub fn crash(&mut self) {
+        self.announced.clear();
+    }
+
+    /// A frame reached connection `link` of layout user `user`.
+    pub fn received(&mut self, link: u64, user: usize, text: &str) -> Finding {
+        let online = if text.starts_with("42/chat,[\"user:online\"") {
+            true
+        } else if text.starts_with("42/chat,[\"user:offline\"") {
+            false
+        } else {
+            return Ok(());
+        };
+        let Some(me) = self.keys.get(user) else {
+            return Ok(());
+        };
+        let Some((_, data)) = chat_packet(text) else {
+            return Err((
+                NAME,
+                format!("{me} got a presence frame that does not parse"),
+            ));
+        };
+        let subject = format!(
+            "{}:{}",
+            data[1]["userId"].as_str().unwrap_or(""),
+            data[1]["userType"].as_str().unwrap_or("")
+        );
+        let partner = self
+            .partners
+            .get(user)
+            .is_some_and(|p| p.contains(&subject));
+        if !partner {
+            return Err((
+                NAME,
+                format!(
+                    "{me} was told about {subject}, who shares no conversation with it: {text}"
+                ),
+            ));
+        }
+        if let Some(before) = self.told.insert((link, subject.clone()), online) {
+            if before == online {
+                let kind = if online { "online" } else { "offline" };
+                return Err((
+                    NAME,
+                    format!("{me} was told {subject} is {kind} twice in a row on ws{link}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Connection `link` is gone.
+    pub fn closed(&mut self, link: u64) {
+        self.told.retain(|(l, _), _| *l != link);
+    }
+
+    /// After the run healed and went quiet: the last frame about each user on each of
+    /// the `live` connections (with the layout user of each) says what the server last
+    /// announced.
+    pub fn settled(&self, live: &[(u64, usize)]) -> Finding {
+        for (link, user) in live {
+            let me = self.keys.get(*user).map_or("?", String::as_str);
+            for ((l, subject), online) in self.told.range((*link, String::new())..) {
+                if l != link {
+                    break;
+                }
+                let server = self.announced.get(subject).copied().unwrap_or(false);
+                if *online != server {
+                    let (said, is) = if *online {
+                        ("online", "offline")
+                    } else {
+                        ("offline", "online")
+                    };
+                    return Err((
+                        NAME,
+                        format!(
+                            "{me} on ws{link} was last told {subject} is {said}; the server has it {is}"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(event: &str, user: &str) -> String {
+        format!(r#"42/chat,["{event}",{{"userId":"{user}","userType":"customer"}}]"#)
+    }
+
+    #[test]
+    fn only_partners_are_told_and_frames_alternate() {
+        // Ten users: g0 = u0..u4, g1 = u5..u9, x0 = {u4, u5}.
+        let layout = Layout::new(10, 1);
+        let mut check = PresenceFrames::new(&layout);
+        assert!(check.received(1, 0, &frame("user:online", "u1")).is_ok());
+        assert!(check.received(1, 0, &frame("user:offline", "u1")).is_ok());
+        assert!(check.received(1, 0, &frame("user:online", "u1")).is_ok());
+        assert!(
+            check.received(1, 0, &frame("user:online", "u1")).is_err(),
+            "twice in a row"
+        );
+        assert!(
+            check.received(2, 0, &frame("user:online", "u1")).is_ok(),
+            "another connection"
+        );
+        assert!(
+            check.received(3, 0, &frame("user:online", "u7")).is_err(),
+            "u7 shares nothing with u0"
+        );
+        assert!(
+            check.received(3, 4, &frame("user:online", "u6")).is_err(),
+            "u4 and u6 share nothing either"
+        );
+        assert!(
+            check.received(3, 0, &frame("user:online", "u0")).is_err(),
+            "itself"
+        );
+        assert!(
+            check.received(4, 5, &frame("user:online", "u4")).is_ok(),
+            "u4 and u5 share x0"
+        );
+        assert!(check
+            .received(4, 5, r#"42/chat,["message:new",{}]"#)
+            .is_ok());
+        check.closed(1);
+        assert!(
+            check.received(1, 0, &frame("user:online", "u1")).is_ok(),
+            "a closed connection is forgotten"
+        );
+    }
+
+    #[test]
+    fn the_last_frame_agrees_with_the_server_once_settled() {
+        let layout = Layout::new(10, 1);
+        let mut check = PresenceFrames::new(&layout);
+        check.announced("u1:customer".into(), true);
+        assert!(check.received(1, 0, &frame("user:online", "u1")).is_ok());
+        assert!(check.settled(&[(1, 0)]).is_ok());
+        check.announced("u1:customer".into(), false);
+        assert!(check.settled(&[(1, 0)]).is_err(), "the offline never came");
+        assert!(check.settled(&[(2, 0)]).is_ok(), "told nothing on ws2");
+        assert!(check.received(1, 0, &frame("user:offline", "u1")).is_ok());
+        assert!(check.settled(&[(1, 0)]).is_ok());
+    }
+}
