@@ -104,6 +104,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "retry-refused-at-once" => {
             opts.client_hook = Some(|c| c.mutations.retry_refused_at_once = true)
         }
+        "client-trusts-silence" => {
+            opts.client_hook = Some(|c| c.mutations.client_trusts_silence = true)
+        }
         "reconnect-after-replaced" => {
             opts.client_hook = Some(|c| c.mutations.reconnect_after_replaced = true)
         }

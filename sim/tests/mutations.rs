@@ -162,6 +162,22 @@ fn offline_frames_that_never_go_out_are_caught() {
 }
 
 #[test]
+fn a_client_that_never_notices_a_silent_server_is_caught() {
+    // After a crash that closes nothing, or a half-open link, such a client takes itself
+    // for connected for ever: liveness counts a device connected only over a link the
+    // running server holds. Idle clients, so that no unacknowledged send or missed
+    // message gives the dead link away by other means.
+    let (_, checker) = first_violation("client-trusts-silence", 40, |s| {
+        let mut o = base(s);
+        o.idle_pct = 100;
+        o.faults.insert(FaultKind::Crash);
+        o.client_hook = Some(|c| c.mutations.client_trusts_silence = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::liveness::NAME);
+}
+
+#[test]
 fn a_server_that_turns_every_client_away_is_caught() {
     // Not one of the core's bugs: a server whose secret no client's token matches refuses
     // every connect. Every client then fails, and no one is left whose delivery or

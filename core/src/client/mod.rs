@@ -386,12 +386,21 @@ impl Client {
                 // Both come from the server: added without overflowing.
                 self.ping_deadline_ms = hs.ping_interval_ms.saturating_add(hs.ping_timeout_ms);
                 self.silence_deadline = Some(now.add_ms(self.ping_deadline_ms));
+                #[cfg(feature = "mutations")]
+                if self.config.mutations.client_trusts_silence {
+                    self.silence_deadline = None;
+                }
                 let auth = json!({ "token": self.config.token });
                 let connect = format!("40{},{auth}", self.config.namespace);
                 self.out.push_back(Output::Send(Frame::text(connect)));
             }
             EioPacket::Ping(_) => {
                 self.silence_deadline = Some(now.add_ms(self.ping_deadline_ms));
+                // MUTATION (test-only): no deadline on the server's silence.
+                #[cfg(feature = "mutations")]
+                if self.config.mutations.client_trusts_silence {
+                    self.silence_deadline = None;
+                }
                 self.out
                     .push_back(Output::Send(EioPacket::Pong(String::new()).to_frame()));
             }

@@ -67,6 +67,8 @@ pub struct Mutations {
     pub close_unregisters_successor: bool,
     /// The client reconnects after `connection:replaced`.
     pub reconnect_after_replaced: bool,
+    /// The client never gives up on a server that has gone silent (no PING deadline).
+    pub client_trusts_silence: bool,
     /// The client sends a refused (`rate_limited`) send again at once, not after
     /// `retryAfterMs`.
     pub retry_refused_at_once: bool,

@@ -32,13 +32,16 @@ pub fn in_use(status: &Status) -> bool {
 }
 
 /// The first thing not yet converged, readable; `None` once everything has. `clients`:
-/// each client with its user and the conversations its application joined (from the
+/// each client with its user, the conversations its application joined (from the
 /// workload, not from the client, so that a join the server wrongly refused, which the
-/// client then forgets, still counts). Each user must end with a device connected: a
+/// client then forgets, still counts), and whether its connection is open at the server's
+/// end in the running process: a client may take itself for connected over a link to a
+/// crashed process, or one the server dropped silently, until its ping deadline tells it
+/// otherwise, and only then is it back. Each user must end with a device connected: a
 /// device displaced by another is not expected back, but a server that displaced every
 /// device of a user (both told `connection:replaced`, say) has left that user with none.
 pub fn pending<'a>(
-    clients: impl Iterator<Item = (usize, usize, &'a Client, Vec<&'a str>)>,
+    clients: impl Iterator<Item = (usize, usize, &'a Client, Vec<&'a str>, bool)>,
     delivery: &Delivery,
     store: &Store,
     server_up: bool,
@@ -48,14 +51,20 @@ pub fn pending<'a>(
     }
     // Per user: whether any device is connected, and one of its devices.
     let mut users: std::collections::BTreeMap<usize, (bool, usize)> = Default::default();
-    for (i, user, c, convs) in clients {
+    for (i, user, c, convs, held) in clients {
+        let connected = *c.status() == Status::Connected && held;
         let seen = users.entry(user).or_insert((false, i));
-        seen.0 |= *c.status() == Status::Connected;
+        seen.0 |= connected;
         if !expected(c.status()) {
             continue;
         }
         if *c.status() != Status::Connected {
             return Some(format!("c{i} {:?}, outbox {}", c.status(), c.outbox_len()));
+        }
+        if !connected {
+            return Some(format!(
+                "c{i} connected over a link the server does not hold"
+            ));
         }
         if c.outbox_len() > 0 {
             return Some(format!("c{i} outbox {} not acknowledged", c.outbox_len()));

@@ -366,19 +366,14 @@ impl Sim {
             );
             self.found(finding);
         }
-        // Connections open at both ends, to this server process: a client may still hold
-        // a link to a crashed one until its ping timeout, told things the new process
-        // never announced.
+        // Connections open at both ends, to this server process (liveness waited for
+        // them: a client on a link to a crashed process was told things the running one
+        // never announced).
         let live: Vec<(u64, usize)> = self
             .clients
             .iter()
-            .filter(|s| *s.client.status() == Status::Connected)
+            .filter(|s| *s.client.status() == Status::Connected && self.held(s.link))
             .filter_map(|s| Some((s.link?, s.user)))
-            .filter(|(id, _)| {
-                self.net
-                    .link(*id)
-                    .is_some_and(|l| l.server_open && l.epoch == Some(self.epoch))
-            })
             .collect();
         let finding = self.presence_frames.settled(&live);
         self.found(finding);
@@ -440,12 +435,18 @@ impl Sim {
                     .iter()
                     .map(|c| layout.conversations[*c].0.as_str())
                     .collect();
-                (i, s.user, &s.client, convs)
+                (i, s.user, &s.client, convs, self.held(s.link))
             }),
             &self.delivery,
             &self.store,
             self.gw.is_some(),
         )
+    }
+
+    /// Whether `link` is open at the server's end, in the running server process.
+    fn held(&self, link: Option<u64>) -> bool {
+        link.and_then(|id| self.net.link(id))
+            .is_some_and(|l| l.server_open && l.epoch == Some(self.epoch))
     }
 
     /// Steps until nothing is due before `end`, a violation, or the step budget.
