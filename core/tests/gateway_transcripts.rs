@@ -112,6 +112,33 @@ fn a_connect_behind_its_peers_close_displaces_nobody() {
     );
 }
 
+/// A CONNECT that arrives on a session opened before the user's live one (an attempt its
+/// client gave up on, delivered seconds late, while the same device has connected again)
+/// is the older connection: it is displaced itself, and the live one is left alone.
+#[test]
+fn a_late_connect_on_an_older_session_displaces_only_itself() {
+    let mut g = setup();
+    let t = token("alice", "customer", 86_400);
+    g.open(1);
+    g.connect(2, "alice", "customer");
+    g.ws_text(1, &format!("40/chat,{}", json!({ "token": t })));
+    insta::assert_snapshot!(g.transcript());
+    assert_eq!(g.event_names(2), vec!["connection:success"]);
+    assert!(!g.view(2).disconnected);
+    assert_eq!(
+        g.event_names(1),
+        vec!["connection:success", "connection:replaced"]
+    );
+    assert!(g.view(1).disconnected);
+    let alice = UserKey::new("alice", "customer");
+    assert_eq!(g.gw.connections_of(&alice).len(), 1);
+    assert!(g.gw.is_online(&alice));
+    // Its close afterwards changes nothing for the live one.
+    g.peer_close(1);
+    assert_eq!(g.gw.connections_of(&alice).len(), 1);
+    assert!(!g.view(2).disconnected);
+}
+
 /// `a:b` of type `c` and `a` of type `b:c` print alike as user keys but are two users:
 /// neither replaces the other, and a membership of one is not the other's.
 #[test]

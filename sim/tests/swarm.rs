@@ -22,10 +22,17 @@ fn swarm_of_200_seeds_holds_every_invariant() {
 ///   the first displaced a live device, which then stayed away for good.
 /// - 1699: the drain bound after healing assumed a rate-limit slot is taken again the
 ///   moment it frees; with 150 + 100 ms latency each retry comes a round trip later.
+/// - 1259 (40 clients, 200 s): a connect attempt its device gave up on reached the server
+///   4 s late, after the device had connected again, and displaced that newer connection;
+///   the device, told `connection:replaced`, stayed away, and its user had no connection.
 #[test]
 fn seeds_that_once_failed_hold() {
-    for seed in [1410, 1699] {
-        let opts = Options::swarm(seed, 12, 120_000);
+    for (seed, clients, duration_ms) in [
+        (1410, 12, 120_000),
+        (1699, 12, 120_000),
+        (1259, 40, 200_000),
+    ] {
+        let opts = Options::swarm(seed, clients, duration_ms);
         let report = Sim::new(opts, None, None).expect("valid options").run();
         assert!(
             report.violation.is_none(),

@@ -495,23 +495,33 @@ impl Gateway {
             user: user_key.clone(),
         });
 
-        // Register, displacing the oldest connections beyond the limit.
-        let displaced: Vec<SessionId> = match self.users.get_mut(&user_key) {
+        // Register, displacing the oldest connections beyond the limit. Oldest by when
+        // their Engine.IO session opened (session ids are allocated in that order), not by
+        // when their CONNECT arrived: a connect attempt its client gave up on (a connect
+        // timeout while the network held it) can still reach the server, seconds late,
+        // after the same device has connected again; it must not displace that newer
+        // connection, which would be told `connection:replaced` and stay away for good,
+        // leaving the user with no connection at all. Such a late CONNECT is displaced
+        // itself, at once. (Sessions of one process only: a shared registry across nodes
+        // would order by the sessions' opening time.)
+        let (displaced, newest): (Vec<SessionId>, SessionId) = match self.users.get_mut(&user_key) {
             Some(user) => {
                 Tally::moved(&mut self.tally.connected, !user.conns.is_empty(), true);
                 user.conns.reserve_exact(1);
-                user.conns.push(session);
+                let at = user.conns.partition_point(|s| *s < session);
+                user.conns.insert(at, session);
                 let excess = user.conns.len().saturating_sub(self.config.per_user);
-                user.conns.drain(..excess).collect()
+                let displaced = user.conns.drain(..excess).collect();
+                (displaced, user.conns.last().copied().unwrap_or(session))
             }
-            None => vec![],
+            None => (vec![], session),
         };
         for old in displaced {
             self.metrics.replacements += 1;
             self.notice(Notice::Replaced {
                 user: user_key.clone(),
                 old,
-                new: session,
+                new: newest,
             });
             self.emit(
                 now,

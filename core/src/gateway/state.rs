@@ -136,7 +136,7 @@ pub(crate) struct Conn {
 pub(crate) struct User {
     /// Internal number, for timers.
     pub(crate) uid: u64,
-    /// Live connections, oldest first. A vector of exact size: a user has `per_user`
+    /// Live connections, oldest session first (see `on_connect`). A vector of exact size: a user has `per_user`
     /// connections at most, and most have one.
     pub(crate) conns: Vec<SessionId>,
     /// Whether others see this user as online (true through the offline grace).
