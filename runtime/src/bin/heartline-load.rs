@@ -573,7 +573,8 @@ impl Ord for Due {
 }
 
 impl Pacer {
-    fn start() -> Pacer {
+    /// `None` if its thread cannot be started: the tasks then keep time with tokio.
+    fn start() -> Option<Pacer> {
         use std::sync::mpsc::RecvTimeoutError;
         let (due, rx) = std::sync::mpsc::channel::<Due>();
         let spawned = std::thread::Builder::new()
@@ -611,13 +612,16 @@ impl Pacer {
                     }
                 }
             });
-        if let Err(e) = spawned {
-            eprintln!("heartline-load: pacer thread: {e}");
+        match spawned {
+            Ok(_) => Some(Pacer { due }),
+            Err(e) => {
+                eprintln!("heartline-load: pacer thread: {e}; keeping time with tokio");
+                None
+            }
         }
-        Pacer { due }
     }
 
-    /// Sends `()` to `wake` at `at` (at once if the pacer thread is gone).
+    /// Sends `()` to `wake` at `at` (by tokio's timer if the pacer thread is gone).
     fn wake_at(&self, at: Instant, wake: &Wake) {
         let d = Due {
             at,
@@ -625,7 +629,10 @@ impl Pacer {
             wake: wake.clone(),
         };
         if let Err(std::sync::mpsc::SendError(d)) = self.due.send(d) {
-            let _ = d.wake.send(());
+            tokio::spawn(async move {
+                tokio::time::sleep_until(d.at.into()).await;
+                let _ = d.wake.send(());
+            });
         }
     }
 }
@@ -866,7 +873,7 @@ async fn chat(
         rate_per_user: if rate > 0.0 { rate / n as f64 } else { 0.0 },
         in_flight,
         size: size.max(24),
-        pacer: (rate > 0.0).then(Pacer::start),
+        pacer: if rate > 0.0 { Pacer::start() } else { None },
     });
     let mut tasks = vec![];
     for (i, (c, (user, conv))) in clients.into_iter().zip(users).enumerate() {
