@@ -329,6 +329,12 @@ impl Sim {
             / self.opts.rate_messages.max(1) as u64;
         let bound_ms = self.opts.convergence_ms + drain_ms;
         let deadline = self.now.add_ms(bound_ms);
+        // What the network held when it healed (a close queued behind a partition, say)
+        // arrives before anything is judged converged.
+        self.run_until(self.now.add_ms(round_trip_ms));
+        if self.violation.is_some() {
+            return;
+        }
         loop {
             let pending = self.pending();
             let Some(reason) = pending else { break };
@@ -443,10 +449,13 @@ impl Sim {
         )
     }
 
-    /// Whether `link` is open at the server's end, in the running server process.
+    /// Whether `link` is open at both ends, to the running server process, and carries
+    /// what is sent on it (a black-holed link looks open to both ends until their ping
+    /// deadlines).
     fn held(&self, link: Option<u64>) -> bool {
-        link.and_then(|id| self.net.link(id))
-            .is_some_and(|l| l.server_open && l.epoch == Some(self.epoch))
+        link.and_then(|id| self.net.link(id)).is_some_and(|l| {
+            l.client_open && l.server_open && !l.black_hole && l.epoch == Some(self.epoch)
+        })
     }
 
     /// Steps until nothing is due before `end`, a violation, or the step budget.
