@@ -56,8 +56,8 @@ pub struct ConnInfo {
 /// POSTs beside it, the upgrade) and a browser reuses them. So a connection pays with its
 /// first request, unless that request names a session already admitted (a `sid`); and a
 /// handshake (a GET without `sid`) on a kept-alive connection pays for itself; a first
-/// request whose `sid` the core turns away pays afterwards and its connection is closed
-/// ([`handle`]). Counting
+/// request whose `sid` is turned away pays afterwards, and it, a first preflight and a
+/// first request from a refused origin keep no connection open ([`handle`]). Counting
 /// every connection refused the requests of clients it had let in (five polling clients
 /// against a rate of 3: none got in); counting only connections let a kept-alive one open
 /// sessions past the rate. A connection that sends nothing is bounded by
@@ -79,10 +79,12 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         if !ctx.origin_allowed(o) {
             RuntimeMetrics::inc(&ctx.metrics.refused_origin);
             tracing::debug!(origin = %o, remote = %conn.remote, "origin refused");
-            return http::json(
+            let mut resp = http::json(
                 StatusCode::FORBIDDEN,
                 &serde_json::json!({"code": 4, "message": "Forbidden"}),
             );
+            close_unpaid(&conn, &mut resp);
+            return resp;
         }
     }
     let query = query::engine_query(req.uri().query());
@@ -90,6 +92,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         let mut resp = http::empty(StatusCode::NO_CONTENT);
         preflight_headers(req.headers(), resp.headers_mut());
         cors_headers(origin.as_deref(), resp.headers_mut());
+        close_unpaid(&conn, &mut resp);
         return resp;
     }
     if query.sid.is_none() && ctx.is_draining() {
@@ -132,21 +135,35 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
             .map(Box::from),
         remote: Some(conn.remote.to_string().into()),
     };
-    if is_websocket_upgrade(req.headers()) && req.method() == hyper::Method::GET {
-        return upgrade(req, ctx, query, handshake, conn.permit);
-    }
-    // A first request let through on its `sid` without paying: if the core turns that
-    // sid away, the connection was never a session's, so it pays now and is not kept
-    // alive (otherwise any made-up sid would hold a TCP connection without a token).
+    // A first request let through on its `sid` without paying: if that sid is turned
+    // away, the connection was never a session's, so it pays now and is not kept alive
+    // (otherwise any made-up sid would hold a TCP connection without a token).
     let on_credit = conn.first_request && query.sid.is_some();
-    let mut resp = poll(req, ctx.clone(), query, handshake, conn.request_began).await;
-    if on_credit && resp.status() == StatusCode::BAD_REQUEST {
-        let _ = ctx.ip_rate.allow(conn.remote.ip(), ctx.clock.now());
+    let (ip, now) = (conn.remote.ip(), ctx.clock.now());
+    let mut resp = if is_websocket_upgrade(req.headers()) && req.method() == hyper::Method::GET {
+        upgrade(req, ctx.clone(), query, handshake, conn.permit)
+    } else {
+        let mut resp = poll(req, ctx.clone(), query, handshake, conn.request_began).await;
+        cors_headers(origin.as_deref(), resp.headers_mut());
+        resp
+    };
+    if on_credit && resp.status().is_client_error() {
+        let _ = ctx.ip_rate.allow(ip, now);
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    cors_headers(origin.as_deref(), resp.headers_mut());
     resp
+}
+
+/// A connection's first request answered without paying the per-IP rate (a preflight, a
+/// refused origin) keeps no connection open: the client's next request comes on a new
+/// one, which pays if it opens a session. Otherwise requests that never pay could hold
+/// TCP connections for as long as they keep coming.
+fn close_unpaid(conn: &ConnInfo, resp: &mut Response<Body>) {
+    if conn.first_request {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {

@@ -331,7 +331,7 @@ async fn the_per_ip_rate_counts_new_clients_not_their_connections() {
 }
 
 #[tokio::test]
-async fn a_made_up_sid_pays_the_per_ip_rate_and_keeps_no_connection() {
+async fn unpaid_first_requests_keep_no_connection_and_a_made_up_sid_pays() {
     let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 1).await;
     let path = "/socket.io/?EIO=4&transport=polling";
     // A first request naming a sid passes the rate on credit (a session's extra
@@ -351,6 +351,19 @@ async fn a_made_up_sid_pays_the_per_ip_rate_and_keeps_no_connection() {
     assert_eq!(
         status, 429,
         "the address's one token went to the made-up sid: {body}"
+    );
+    // Nor does a first request that pays nothing by its kind (a preflight) keep its
+    // connection: what follows comes on a new one, which pays if it opens a session.
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let (status, _) = keep_alive_request(&mut stream, "OPTIONS", path, "").await;
+    assert_eq!(status, 204);
+    let n = tokio::time::timeout(WAIT, stream.read(&mut rest))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "the preflight's connection is closed after the answer"
     );
     server.stop().await;
 }

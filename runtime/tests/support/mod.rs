@@ -249,15 +249,22 @@ pub fn seed_store(
 }
 
 /// The length of the whole HTTP response at the start of `buf` (head, blank line and a
-/// `Content-Length` body), once its head has arrived; `None` before that.
+/// `Content-Length` body, none for a 204), once its head has arrived; `None` before that.
 #[allow(dead_code)]
 pub fn response_len(buf: &[u8]) -> Option<usize> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    let length: usize = head
+    let no_body = head
         .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("a content length");
+        .next()
+        .is_some_and(|status| status.split(' ').nth(1) == Some("204"));
+    let length: usize = if no_body {
+        0
+    } else {
+        head.lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a content length")
+    };
     Some(end + 4 + length)
 }
