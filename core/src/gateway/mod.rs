@@ -16,8 +16,9 @@
 //!
 //! - A refused connect creates no user state.
 //! - A user has at most `per_user` live connections; a newer one displaces the oldest, which
-//!   gets `connection:replaced` and a Socket.IO DISCONNECT (the client does not retry). A
-//!   displaced connection's late close only ever removes itself.
+//!   gets `connection:replaced` and a Socket.IO DISCONNECT (the client does not retry).
+//!   Age is the Engine.IO session's, so a CONNECT delivered late on an older session is
+//!   the one displaced. A displaced connection's late close only ever removes itself.
 //! - `user:online` / `user:offline` go out only on real transitions, to users who share a
 //!   conversation; offline only after `offline_grace_ms` with no connection.
 //! - A send is acknowledged only after the store committed it; a retry with a used `tempId`
