@@ -547,17 +547,16 @@ struct Pacer {
 
 type Wake = tokio::sync::mpsc::UnboundedSender<()>;
 
-/// A task's turn: `()` goes to `wake` at `at`. Ordered by time, then by when it was asked
-/// for.
+/// A task's turn: `()` goes to `wake` at `at`. Ordered by time alone: turns due at the
+/// same instant all go out in the same pass.
 struct Due {
     at: Instant,
-    seq: u64,
     wake: Wake,
 }
 
 impl PartialEq for Due {
     fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
+        self.at == other.at
     }
 }
 impl Eq for Due {}
@@ -568,7 +567,7 @@ impl PartialOrd for Due {
 }
 impl Ord for Due {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
+        self.at.cmp(&other.at)
     }
 }
 
@@ -581,7 +580,6 @@ impl Pacer {
             .name("pacer".into())
             .spawn(move || {
                 let mut heap = std::collections::BinaryHeap::<std::cmp::Reverse<Due>>::new();
-                let mut seq = 0u64;
                 let mut open = true;
                 loop {
                     let now = Instant::now();
@@ -602,11 +600,7 @@ impl Pacer {
                         None => return,
                     };
                     match got {
-                        Ok(mut d) => {
-                            d.seq = seq;
-                            seq += 1;
-                            heap.push(std::cmp::Reverse(d));
-                        }
+                        Ok(d) => heap.push(std::cmp::Reverse(d)),
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => open = false,
                     }
@@ -625,7 +619,6 @@ impl Pacer {
     fn wake_at(&self, at: Instant, wake: &Wake) {
         let d = Due {
             at,
-            seq: 0,
             wake: wake.clone(),
         };
         if let Err(std::sync::mpsc::SendError(d)) = self.due.send(d) {
