@@ -83,7 +83,9 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
                 StatusCode::FORBIDDEN,
                 &serde_json::json!({"code": 4, "message": "Forbidden"}),
             );
-            close_unpaid(&conn, &mut resp);
+            if conn.first_request {
+                keep_no_connection(&mut resp);
+            }
             return resp;
         }
     }
@@ -92,7 +94,9 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         let mut resp = http::empty(StatusCode::NO_CONTENT);
         preflight_headers(req.headers(), resp.headers_mut());
         cors_headers(origin.as_deref(), resp.headers_mut());
-        close_unpaid(&conn, &mut resp);
+        if conn.first_request {
+            keep_no_connection(&mut resp);
+        }
         return resp;
     }
     if query.sid.is_none() && ctx.is_draining() {
@@ -149,21 +153,18 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
     };
     if on_credit && resp.status().is_client_error() {
         let _ = ctx.ip_rate.allow(ip, now);
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        keep_no_connection(&mut resp);
     }
     resp
 }
 
-/// A connection's first request answered without paying the per-IP rate (a preflight, a
-/// refused origin) keeps no connection open: the client's next request comes on a new
-/// one, which pays if it opens a session. Otherwise requests that never pay could hold
-/// TCP connections for as long as they keep coming.
-fn close_unpaid(conn: &ConnInfo, resp: &mut Response<Body>) {
-    if conn.first_request {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
+/// Closes the connection after `resp`. For a connection's first request answered without
+/// paying the per-IP rate (a preflight, a refused origin, a sid turned away): the client's
+/// next request comes on a new connection, which pays if it opens a session. Otherwise
+/// requests that never pay could hold TCP connections for as long as they keep coming.
+fn keep_no_connection(resp: &mut Response<Body>) {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
