@@ -181,24 +181,52 @@ async fn max_connections_refuses_the_excess() {
     server.stop().await;
 }
 
+/// How many fresh servers a rate scenario is tried on before the machine is called too slow.
+const RATE_ATTEMPTS: usize = 4;
+
+/// Whether the part of a rate scenario that counts on no token coming back ran inside
+/// `refill` (one token's refill at the configured rate) from `started`, taken before its
+/// first request. A run the machine stalled through for longer proves nothing either way
+/// (a refused request may have been refilled in between) and is run again on a fresh
+/// server; a run inside it is judged.
+fn inside_one_refill(started: std::time::Instant, refill: Duration, attempt: usize) -> bool {
+    let took = started.elapsed();
+    if took < refill {
+        return true;
+    }
+    assert!(
+        attempt < RATE_ATTEMPTS,
+        "{RATE_ATTEMPTS} runs each took {took:?} or more, past one refill ({refill:?})"
+    );
+    eprintln!("run {attempt} took {took:?}, past one refill ({refill:?}): again");
+    false
+}
+
 #[tokio::test]
 async fn connect_rate_per_ip_refuses_bursts_of_new_clients() {
-    let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 2).await;
     let path = "/socket.io/?EIO=4&transport=polling";
-    let mut statuses = vec![];
-    for _ in 0..4 {
+    for attempt in 1..=RATE_ATTEMPTS {
+        let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 2).await;
+        let started = std::time::Instant::now();
+        let mut statuses = vec![];
+        for _ in 0..4 {
+            let (status, _, _) = http(server.addr, "GET", path, &[], "").await;
+            statuses.push(status);
+        }
+        // Any new connection is a new client to the rate, whatever it asks first.
+        let (health, _, _) = http(server.addr, "GET", "/healthz", &[], "").await;
+        if !inside_one_refill(started, Duration::from_millis(500), attempt) {
+            server.stop().await;
+            continue;
+        }
+        assert_eq!(statuses, [200, 200, 429, 429]);
+        assert_eq!(health, 429);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let (status, _, _) = http(server.addr, "GET", path, &[], "").await;
-        statuses.push(status);
+        assert_eq!(status, 200, "tokens refill");
+        server.stop().await;
+        return;
     }
-    assert_eq!(&statuses[..2], &[200, 200], "{statuses:?}");
-    assert!(statuses[2..].contains(&429), "{statuses:?}");
-    // Any new connection is a new client to the rate, whatever it asks first.
-    let (status, _, _) = http(server.addr, "GET", "/healthz", &[], "").await;
-    assert_eq!(status, 429);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (status, _, _) = http(server.addr, "GET", path, &[], "").await;
-    assert_eq!(status, 200, "tokens refill");
-    server.stop().await;
 }
 
 /// Sends a GET on a kept-alive connection and reads its response: status and body.
@@ -283,89 +311,107 @@ async fn sessions_on_kept_alive_connections_are_capped_by_max_connections() {
 
 #[tokio::test]
 async fn the_per_ip_rate_counts_new_clients_not_their_connections() {
-    let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 2).await;
     let path = "/socket.io/?EIO=4&transport=polling";
-    // Two sessions on one kept-alive connection take the two tokens (the connection's
-    // first request pays for it, the second handshake for itself); a third is refused,
-    // as an Engine.IO error, on that connection and on a new one alike.
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    let (status, body) = keep_alive_get(&mut stream, path).await;
-    assert_eq!(status, 200, "{body}");
-    let open: serde_json::Value =
-        serde_json::from_str(body.trim_start_matches('0')).expect("open packet");
-    let sid = open["sid"].as_str().expect("sid").to_owned();
-    let (status, body) = keep_alive_get(&mut stream, path).await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = keep_alive_get(&mut stream, path).await;
-    assert_eq!(status, 429, "{body}");
-    assert!(body.contains("\"code\":4"), "{body}");
-    let (status, _, _) = http(server.addr, "GET", path, &[], "").await;
-    assert_eq!(status, 429);
-    // An admitted session's own requests on new connections (POSTs, the held GET, the
-    // upgrade) are not new clients, however many connections they take; nor is a request
-    // that opens no session on a connection already paid for.
-    // (A stray PONG: the one client packet with no effect on a fresh session.)
-    for _ in 0..3 {
-        let (status, _, body) =
-            http(server.addr, "POST", &format!("{path}&sid={sid}"), &[], "3").await;
+    for attempt in 1..=RATE_ATTEMPTS {
+        let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 2).await;
+        let started = std::time::Instant::now();
+        // Two sessions on one kept-alive connection take the two tokens (the connection's
+        // first request pays for it, the second handshake for itself); a third is refused,
+        // as an Engine.IO error, on that connection and on a new one alike.
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        let first = keep_alive_get(&mut stream, path).await;
+        let second = keep_alive_get(&mut stream, path).await;
+        let third = keep_alive_get(&mut stream, path).await;
+        let (elsewhere, _, _) = http(server.addr, "GET", path, &[], "").await;
+        if !inside_one_refill(started, Duration::from_millis(500), attempt) {
+            server.stop().await;
+            continue;
+        }
+        let (status, body) = first;
+        assert_eq!(status, 200, "{body}");
+        let open: serde_json::Value =
+            serde_json::from_str(body.trim_start_matches('0')).expect("open packet");
+        let sid = open["sid"].as_str().expect("sid").to_owned();
+        assert_eq!(second.0, 200, "{}", second.1);
+        assert_eq!(third.0, 429, "{}", third.1);
+        assert!(third.1.contains("\"code\":4"), "{}", third.1);
+        assert_eq!(elsewhere, 429);
+        // An admitted session's own requests on new connections (POSTs, the held GET, the
+        // upgrade) are not new clients, however many connections they take; nor is a
+        // request that opens no session on a connection already paid for. These pass
+        // whenever they come, so they need no refill's bound. (A stray PONG: the one
+        // client packet with no effect on a fresh session.)
+        for _ in 0..3 {
+            let (status, _, body) =
+                http(server.addr, "POST", &format!("{path}&sid={sid}"), &[], "3").await;
+            assert_eq!((status, body.as_str()), (200, "ok"));
+        }
+        let (status, body) = keep_alive_get(&mut stream, "/healthz").await;
         assert_eq!((status, body.as_str()), (200, "ok"));
+        // Tokens refill; the scrape (a new connection) takes one, and the kept-alive
+        // connection may open a session with the other.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let m = server.metrics().await;
+        assert_eq!(metric(&m, "heartline_engine_sessions"), Some(2.0), "{m}");
+        assert_eq!(
+            metric(
+                &m,
+                "heartline_admission_refused_total{reason=\"rate_per_ip\"}"
+            ),
+            Some(2.0),
+            "{m}"
+        );
+        let (status, body) = keep_alive_get(&mut stream, path).await;
+        assert_eq!(status, 200, "{body}");
+        server.stop().await;
+        return;
     }
-    let (status, body) = keep_alive_get(&mut stream, "/healthz").await;
-    assert_eq!((status, body.as_str()), (200, "ok"));
-    // Tokens refill; the scrape (a new connection) takes one, and the kept-alive
-    // connection may open a session with the other.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let m = server.metrics().await;
-    assert_eq!(metric(&m, "heartline_engine_sessions"), Some(2.0), "{m}");
-    assert_eq!(
-        metric(
-            &m,
-            "heartline_admission_refused_total{reason=\"rate_per_ip\"}"
-        ),
-        Some(2.0),
-        "{m}"
-    );
-    let (status, body) = keep_alive_get(&mut stream, path).await;
-    assert_eq!(status, 200, "{body}");
-    server.stop().await;
 }
 
 #[tokio::test]
 async fn unpaid_first_requests_keep_no_connection_and_a_made_up_sid_pays() {
-    let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 1).await;
     let path = "/socket.io/?EIO=4&transport=polling";
-    // A first request naming a sid passes the rate on credit (a session's extra
-    // connections are not new clients); the core does not know this one, so the address
-    // pays for it, and the connection is closed rather than kept alive for free.
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    let (status, body) =
-        keep_alive_get(&mut stream, &format!("{path}&sid=AAAAAAAAAAAAAAAAAAAA")).await;
-    assert_eq!(status, 400, "{body}");
     let mut rest = [0u8; 64];
-    let n = tokio::time::timeout(WAIT, stream.read(&mut rest))
-        .await
-        .expect("closed in time")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "the connection is closed after the answer");
-    let (status, _, body) = http(server.addr, "GET", path, &[], "").await;
-    assert_eq!(
-        status, 429,
-        "the address's one token went to the made-up sid: {body}"
-    );
-    // Nor does a first request that pays nothing by its kind (a preflight) keep its
-    // connection: what follows comes on a new one, which pays if it opens a session.
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    let (status, _) = keep_alive_request(&mut stream, "OPTIONS", path, "").await;
-    assert_eq!(status, 204);
-    let n = tokio::time::timeout(WAIT, stream.read(&mut rest))
-        .await
-        .expect("closed in time")
-        .unwrap_or(0);
-    assert_eq!(
-        n, 0,
-        "the preflight's connection is closed after the answer"
-    );
-    server.stop().await;
+    for attempt in 1..=RATE_ATTEMPTS {
+        let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 1).await;
+        let started = std::time::Instant::now();
+        // A first request naming a sid passes the rate on credit (a session's extra
+        // connections are not new clients); the core does not know this one, so the
+        // address pays for it, and the connection is closed rather than kept alive for free.
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        let (status, body) =
+            keep_alive_get(&mut stream, &format!("{path}&sid=AAAAAAAAAAAAAAAAAAAA")).await;
+        let (next, _, next_body) = http(server.addr, "GET", path, &[], "").await;
+        if !inside_one_refill(started, Duration::from_millis(1000), attempt) {
+            server.stop().await;
+            continue;
+        }
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(
+            next, 429,
+            "the address's one token went to the made-up sid: {next_body}"
+        );
+        let n = tokio::time::timeout(WAIT, stream.read(&mut rest))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the connection is closed after the answer");
+        // Nor does a first request that pays nothing by its kind (a preflight) keep its
+        // connection: what follows comes on a new one, which pays if it opens a session.
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        let (status, _) = keep_alive_request(&mut stream, "OPTIONS", path, "").await;
+        assert_eq!(status, 204);
+        let n = tokio::time::timeout(WAIT, stream.read(&mut rest))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(
+            n, 0,
+            "the preflight's connection is closed after the answer"
+        );
+        server.stop().await;
+        return;
+    }
 }
 
 #[tokio::test]
