@@ -48,7 +48,8 @@ pub struct RuntimeMetrics {
     pub store_appends: AtomicU64,
     /// Store operations that failed.
     pub store_failures: AtomicU64,
-    /// 1 once the store's log could not be flushed: nothing can be stored until the
+    /// 1 once the store's log could not be flushed (or a checkpoint failed with an I/O
+    /// error): nothing can be stored until the
     /// server is restarted, and `/healthz` and `/readyz` say so.
     pub store_failed: AtomicU64,
     /// How long each group commit took: the write transaction, and with it the flush of
@@ -241,7 +242,7 @@ pub fn render(gateway: &Gateway, rt: &RuntimeMetrics, draining: bool) -> String 
         &mut out,
         "heartline_store_failed",
         "gauge",
-        "1 once the store's log could not be flushed; nothing is stored until a restart.",
+        "1 once the store's log could not be flushed or checkpointed; nothing is stored until a restart.",
     );
     sample(&mut out, "heartline_store_failed", get(&rt.store_failed));
     family(

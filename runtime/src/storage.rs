@@ -21,7 +21,8 @@
 //! alternated pairs of 30 s runs against each commit flushing the log itself: ack p99
 //! lower in 15, medians 3.84 against 4.46 ms on a fresh database and 4.40 against 4.84 ms
 //! after a saturation run.) A failed flush fails every answer it held back and every
-//! operation after it, until the store is opened again.
+//! operation after it, until the store is opened again; so does a checkpoint that fails
+//! with an I/O error (see [`StoreError::Checkpoint`]).
 //!
 //! A second thread checkpoints the database's log (see [`crate::store`] for why not inside
 //! commits); it ends with the store thread. Every checkpoint ends with an fsync of the
@@ -183,20 +184,6 @@ pub fn spawn(
     metrics: Arc<RuntimeMetrics>,
 ) -> std::io::Result<(StoreQueue, JoinHandle<()>)> {
     let (tx, rx) = std_mpsc::channel();
-    let checkpoints = match store.checkpointer() {
-        Ok(Some(cp)) => {
-            let (stop, stopped) = std_mpsc::channel::<()>();
-            let handle = std::thread::Builder::new()
-                .name("heartline-checkpoint".into())
-                .spawn(move || checkpoint_loop(&cp, &stopped))?;
-            Some((stop, handle))
-        }
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "no checkpoint thread; the writer checkpoints by itself");
-            None
-        }
-    };
     let log = match store.sync_log_apart() {
         Ok(log) => log,
         Err(e) => {
@@ -205,6 +192,21 @@ pub fn spawn(
         }
     };
     let stage = Arc::new(Stage::new(results, metrics.clone(), log.is_some()));
+    let checkpoints = match store.checkpointer() {
+        Ok(Some(cp)) => {
+            let (stop, stopped) = std_mpsc::channel::<()>();
+            let failing = stage.clone();
+            let handle = std::thread::Builder::new()
+                .name("heartline-checkpoint".into())
+                .spawn(move || checkpoint_loop(|| cp.checkpoint(), &failing, &stopped))?;
+            Some((stop, handle))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "no checkpoint thread; the writer checkpoints by itself");
+            None
+        }
+    };
     let mut flushers = Vec::new();
     if let Some(log) = log {
         // A descriptor per flush thread: see `LogSync::reopen`.
@@ -251,15 +253,30 @@ pub fn spawn(
     }
 }
 
-/// Checkpoints until `stopped`'s sender is dropped, at the interval [`checkpoint_interval`]
-/// picks from the log's size.
-fn checkpoint_loop(cp: &store::Checkpointer, stopped: &std_mpsc::Receiver<()>) {
+/// Checkpoints (with `checkpoint`, [`store::Checkpointer::checkpoint`] but in tests) until
+/// `stopped`'s sender is dropped, at the interval [`checkpoint_interval`] picks from the
+/// log's size. A checkpoint that failed with an I/O error ([`StoreError::Checkpoint`]) fails
+/// the stage, as a failed flush of the log does, and ends the checkpoints: a later one could
+/// succeed over pages that were never written and let the log, which still holds them, be
+/// started over. Any other failure is retried at the next interval.
+fn checkpoint_loop(
+    checkpoint: impl Fn() -> Result<(i64, i64), StoreError>,
+    stage: &Stage,
+    stopped: &std_mpsc::Receiver<()>,
+) {
     let mut wait = CHECKPOINT_EVERY;
     while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
-        wait = match cp.checkpoint() {
+        if stage.failed().is_some() {
+            break;
+        }
+        wait = match checkpoint() {
             Ok((log_pages, _copied)) => checkpoint_interval(log_pages),
+            Err(e @ StoreError::Checkpoint(_)) => {
+                stage.fail(e);
+                break;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "checkpoint failed");
+                tracing::warn!(error = %e, "checkpoint failed; trying again");
                 CHECKPOINT_EVERY
             }
         };
@@ -602,7 +619,8 @@ impl Answer {
 /// If a flush fails, what was committed since the last good one may be lost in a crash,
 /// and a later flush cannot be trusted to have written it (Linux may drop the pages of a
 /// failed write): every held answer and every later operation fails, until the store is
-/// opened again (from what the disk really holds).
+/// opened again (from what the disk really holds). A checkpoint that fails with an I/O
+/// error fails the stage the same way (see `checkpoint_loop`).
 struct Stage {
     state: Mutex<StageState>,
     more: Condvar,
@@ -708,16 +726,7 @@ impl Stage {
                 st = self.lock();
                 match flushed {
                     Ok(()) => st.durable = st.durable.max(target),
-                    Err(e) => {
-                        tracing::error!(
-                            error = %e,
-                            "the database log could not be flushed: refusing every \
-                             operation until restarted"
-                        );
-                        st.failed = Some(e);
-                        self.metrics.store_failed.store(1, Ordering::Relaxed);
-                        self.more.notify_all();
-                    }
+                    Err(e) => self.fail_locked(&mut st, e),
                 }
                 self.settle(&mut st);
                 continue;
@@ -727,6 +736,24 @@ impl Stage {
             }
             st = self.more.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
+    }
+
+    /// The store can no longer promise that what it commits is on disk (`e` says why):
+    /// every held answer and every later operation fails, until the store is opened again.
+    fn fail(&self, e: StoreError) {
+        let mut st = self.lock();
+        self.fail_locked(&mut st, e);
+        self.settle(&mut st);
+    }
+
+    fn fail_locked(&self, st: &mut StageState, e: StoreError) {
+        if st.failed.is_some() {
+            return;
+        }
+        tracing::error!(error = %e, "refusing every store operation until restarted");
+        st.failed = Some(e);
+        self.metrics.store_failed.store(1, Ordering::Relaxed);
+        self.more.notify_all();
     }
 
     /// The store thread has ended: the flush threads finish what is committed and stop.
@@ -954,6 +981,48 @@ mod tests {
         assert!(matches!(mrx.await, Ok(Err(StoreError::LogSync(_)))));
         frx.await.expect("the flush is still answered");
         assert_eq!(metrics.store_failures.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_checkpoint_failing_with_an_io_error_fails_the_stage_and_ends_the_checkpoints() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let metrics = Arc::new(RuntimeMetrics::default());
+        let stage = Stage::new(tx, metrics.clone(), true);
+        stage.committed([answer_for(1)]);
+        let (stop, stopped) = std_mpsc::channel::<()>();
+        let stop = std::cell::RefCell::new(Some(stop));
+        let calls = std::cell::Cell::new(0);
+        // A lock held elsewhere is retried; an I/O error is the end.
+        checkpoint_loop(
+            || {
+                calls.set(calls.get() + 1);
+                if calls.get() > 2 {
+                    // Not stopped when it should have been: end the loop all the same.
+                    stop.borrow_mut().take();
+                }
+                let code = if calls.get() == 1 {
+                    rusqlite::ffi::SQLITE_BUSY
+                } else {
+                    rusqlite::ffi::SQLITE_IOERR_FSYNC
+                };
+                let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+                Err(store::checkpoint_error(e))
+            },
+            &stage,
+            &stopped,
+        );
+        assert_eq!(calls.get(), 2, "retried once, then stopped");
+        assert_eq!(metrics.store_failed.load(Ordering::Relaxed), 1);
+        let seen = drain(&mut rx);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].starts_with(
+                "op1 read failed: store failure: copying the log into the database file failed"
+            ),
+            "the commit held for its flush is refused: {seen:?}"
+        );
+        stage.answer(answer_for(2));
+        assert!(drain(&mut rx)[0].starts_with("op2 read failed"));
     }
 
     #[tokio::test]

@@ -108,6 +108,14 @@ pub enum StoreError {
     /// acknowledged and the store takes no further operations until it is opened again.
     #[error("flushing the database log failed: {0}")]
     LogSync(Arc<std::io::Error>),
+    /// Copying the log into the database file failed with an I/O error, a failed write or
+    /// flush of the database file. Linux may drop the pages of a failed write and report the
+    /// failure only once, so a later checkpoint could succeed over pages that never reached
+    /// the disk and let the log be started over, losing acknowledged messages: the store takes
+    /// no further operations, and the log (which still holds every page) is copied again
+    /// when the store is opened again.
+    #[error("copying the log into the database file failed: {0}")]
+    Checkpoint(#[source] Arc<rusqlite::Error>),
     /// SQLite itself failed (I/O error, disk full, lock held elsewhere, ...).
     #[error("database error: {0}")]
     Sqlite(#[source] Arc<rusqlite::Error>),
@@ -152,13 +160,25 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// One passive checkpoint; returns the pages in the log and the pages now copied.
+    /// One passive checkpoint; returns the pages in the log and the pages now copied. An
+    /// I/O error is [`StoreError::Checkpoint`]; anything else (a lock, a full disk before
+    /// anything was written) leaves the log as it was, and the next checkpoint tries again.
     pub fn checkpoint(&self) -> Result<(i64, i64), StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
                 Ok((row.get(1)?, row.get(2)?))
-            })?)
+            })
+            .map_err(checkpoint_error)
+    }
+}
+
+/// A checkpoint's failure: an I/O error (of any kind: a write, a flush, a read of the log)
+/// is [`StoreError::Checkpoint`]; anything else is retried.
+pub fn checkpoint_error(e: rusqlite::Error) -> StoreError {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure) {
+        StoreError::Checkpoint(Arc::new(e))
+    } else {
+        StoreError::from(e)
     }
 }
 
@@ -189,7 +209,10 @@ impl LogSync {
                 ),
             ))));
         }
-        self.file.sync_data().map_err(log_sync_error)
+        self.file.sync_data().map_err(|e| {
+            forget_cached_pages(&self.file);
+            log_sync_error(e)
+        })
     }
 
     /// Another handle on the same log, with a descriptor of its own, for another thread.
@@ -241,6 +264,28 @@ fn flush_leftovers(path: &Path) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// Asks the operating system to drop its cached pages of `file`, after a flush of it failed.
+///
+/// Linux keeps the pages of a failed write in its cache, marked clean, and reports the
+/// failure once per open file: the next process to open the log would read those pages
+/// back as written and its own flush (see `flush_leftovers`) would succeed, so it would
+/// take commits that are not on disk for committed (and hand out their `seq` again after
+/// a power loss). Dropped, they are read from the disk instead, where SQLite's checksums
+/// end the log before them. Best effort: the kernel may keep a page it cannot drop.
+#[cfg(target_os = "linux")]
+fn forget_cached_pages(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a descriptor this handle owns; it reads no memory.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        tracing::warn!(errno = rc, "could not drop the log's cached pages");
+    }
+}
+
+/// Elsewhere there is no such request.
+#[cfg(not(target_os = "linux"))]
+fn forget_cached_pages(_: &std::fs::File) {}
 
 /// A failure to open, inspect or flush the log.
 fn log_sync_error(e: std::io::Error) -> StoreError {
