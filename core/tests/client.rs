@@ -2,7 +2,7 @@
 //! go: the application closing and reopening a client, connecting during a backoff, and
 //! rejoin bursts (the joins kept in flight, the server turning them away).
 
-use heartline_core::client::{Client, ClientConfig, Output, Status, MAX_JOINS_IN_FLIGHT};
+use heartline_core::client::{Client, ClientConfig, Notice, Output, Status, MAX_JOINS_IN_FLIGHT};
 use heartline_core::codec::Frame;
 use heartline_core::Instant;
 use serde_json::{json, Value};
@@ -145,7 +145,7 @@ fn a_send_from_before_a_disconnect_is_sent_again_and_acks_do_not_cross() {
         .take()
         .into_iter()
         .filter_map(|o| match o {
-            Output::Acked { temp_id, .. } => Some(temp_id),
+            Output::Notice(Notice::Acked { temp_id, .. }) => Some(temp_id),
             _ => None,
         })
         .collect();
@@ -384,7 +384,8 @@ fn a_reply_that_is_not_the_contracts_is_tried_again_not_given_up() {
     d.frame("43/chat,0[]");
     let out = d.take();
     assert!(
-        !out.iter().any(|o| matches!(o, Output::SendFailed { .. })),
+        !out.iter()
+            .any(|o| matches!(o, Output::Notice(Notice::SendFailed { .. }))),
         "{out:?}"
     );
     assert_eq!(d.client.outbox_len(), 1);
@@ -410,7 +411,7 @@ fn a_seq_at_the_end_of_the_range_is_taken_without_overflow() {
         .take()
         .into_iter()
         .filter_map(|o| match o {
-            Output::Message(m) => m["seq"].as_u64(),
+            Output::Notice(Notice::Message(m)) => m["seq"].as_u64(),
             _ => None,
         })
         .collect();

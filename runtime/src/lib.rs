@@ -14,7 +14,9 @@
 //! - [`storage`]: the store's own thread, with group commit, in front of [`store`].
 //! - [`outbox`]: per-connection send queues bounded in bytes (the slow-consumer policy).
 //! - [`admission`]: the connection cap and the per-IP rate of new clients.
-//! - [`client`]: a Rust Socket.IO client over tokio-tungstenite, for tests and load.
+//! - [`client`]: a Rust Socket.IO client over tokio-tungstenite, for tests and load;
+//!   [`reconnecting`]: the client for applications, the core's reconnection logic driven
+//!   over real sockets.
 
 pub mod actor;
 pub mod admission;
@@ -34,6 +36,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod query;
+pub mod reconnecting;
 pub mod routes;
 pub mod server;
 pub mod settings;

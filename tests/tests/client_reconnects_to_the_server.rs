@@ -1,20 +1,19 @@
-//! The core's client state machine (the reconnection logic the simulator drives) against
-//! the real server over real sockets: through a server restart it comes back by itself,
-//! catches up what it missed in order, and its unacknowledged sends are stored once.
+//! The runtime's reconnecting client (the core's client state machine, the reconnection
+//! logic the simulator drives, over real sockets) against the real server: through a
+//! server restart it comes back by itself, catches up what it missed in order, and its
+//! unacknowledged sends are stored once.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
-use heartline_core::client::{Backoff, Client, ClientConfig, Output, Status};
-use heartline_core::codec::Frame;
 use heartline_core::gateway::auth::{issue, Claims};
-use heartline_core::Instant;
+use heartline_runtime::reconnecting::{
+    Backoff, ClientConfig, Notice, Reconnecting, Snapshot, Status,
+};
 use heartline_runtime::{Config, ServerHandle};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const SECRET: &str = "cross-crate-secret";
 const API_KEY: &str = "cross-crate-key";
@@ -81,17 +80,14 @@ struct Seen {
     acked: Vec<String>,
 }
 
-/// The client, a WebSocket when it has one, and a clock: the driver a front end would be.
-struct Driver {
-    client: Client,
-    addr: SocketAddr,
-    started: std::time::Instant,
-    ws: Option<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>,
+/// The runtime's reconnecting client and what it has told the application.
+struct App {
+    client: Reconnecting,
     seen: Seen,
 }
 
-impl Driver {
-    fn new(addr: SocketAddr, user: &str, seed: u64) -> Driver {
+impl App {
+    fn start(addr: SocketAddr, user: &str, seed: u64) -> App {
         let config = ClientConfig {
             token: token(user),
             backoff: Backoff {
@@ -104,115 +100,42 @@ impl Driver {
             seed,
             ..ClientConfig::default()
         };
-        Driver {
-            client: Client::new(config),
-            addr,
-            started: std::time::Instant::now(),
-            ws: None,
+        App {
+            client: Reconnecting::start(&format!("http://{addr}"), config).expect("client starts"),
             seen: Seen::default(),
         }
     }
 
-    fn now(&self) -> Instant {
-        Instant::from_millis(self.started.elapsed().as_millis() as u64)
-    }
-
-    /// Acts on the client's outputs until there are none.
-    async fn pump(&mut self) {
-        while let Some(out) = self.client.poll_output() {
-            let now = self.now();
-            match out {
-                Output::Open => {
-                    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", self.addr);
-                    match tokio_tungstenite::connect_async(url).await {
-                        Ok((ws, _)) => {
-                            self.ws = Some(ws);
-                            self.client.handle_opened(now);
-                        }
-                        Err(_) => self.client.handle_closed(now),
-                    }
-                }
-                Output::Send(Frame::Text(text)) => {
-                    let text = String::from_utf8_lossy(&text).into_owned();
-                    let sent = match self.ws.as_mut() {
-                        Some(ws) => ws.send(WsMessage::text(text)).await.is_ok(),
-                        None => false,
-                    };
-                    if !sent {
-                        self.ws = None;
-                        self.client.handle_closed(now);
-                    }
-                }
-                Output::Send(Frame::Binary(_)) => {}
-                Output::Close => {
-                    if let Some(mut ws) = self.ws.take() {
-                        let _ = ws.close(None).await;
-                    }
-                }
-                Output::Status(s) => self.seen.statuses.push(s),
-                Output::Message(m) => self.seen.messages.push(m),
-                Output::Acked { temp_id, .. } => self.seen.acked.push(temp_id),
-                Output::SendFailed { temp_id, code } => panic!("{temp_id} refused: {code}"),
-                Output::Event(..) => {}
-            }
-        }
-    }
-
-    /// Drives the client until `done`; fails if that takes longer than `limit`.
-    async fn run_until(&mut self, limit: Duration, done: impl Fn(&Driver) -> bool) {
-        let reached = self.drive(limit, done).await;
-        assert!(
-            reached,
-            "not done within {limit:?}: status {:?}, {} messages, {} acked",
-            self.client.status(),
-            self.seen.messages.len(),
-            self.seen.acked.len()
-        );
-    }
-
-    /// Drives the client (frames, closes, deadlines) until `done` (`true`) or `limit`
-    /// passes (`false`).
-    async fn drive(&mut self, limit: Duration, done: impl Fn(&Driver) -> bool) -> bool {
+    /// Reads updates until `done`; fails if that takes longer than `limit`.
+    async fn until(&mut self, limit: Duration, done: impl Fn(&Seen) -> bool) {
         let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            self.pump().await;
-            if done(self) {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            let wake = self.client.poll_timeout().map(|t| {
-                let ms = t.ms_since(self.now());
-                tokio::time::Instant::now() + Duration::from_millis(ms)
-            });
-            let wake = wake.unwrap_or(deadline).min(deadline);
-            let frame = async {
-                match self.ws.as_mut() {
-                    Some(ws) => ws.next().await,
-                    None => std::future::pending().await,
+        while !done(&self.seen) {
+            let update = tokio::time::timeout_at(deadline, self.client.next()).await;
+            match update {
+                Ok(Some(Notice::Status(s))) => self.seen.statuses.push(s),
+                Ok(Some(Notice::Message(m))) => self.seen.messages.push(m),
+                Ok(Some(Notice::Acked { temp_id, .. })) => self.seen.acked.push(temp_id),
+                Ok(Some(Notice::SendFailed { temp_id, code })) => {
+                    panic!("{temp_id} refused: {code}")
                 }
-            };
-            tokio::select! {
-                got = frame => {
-                    let now = self.now();
-                    match got {
-                        Some(Ok(WsMessage::Text(t))) => {
-                            self.client.handle_frame(now, &Frame::text(t.to_string()));
-                        }
-                        Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {
-                            self.ws = None;
-                            self.client.handle_closed(now);
-                        }
-                        Some(Ok(_)) => {}
-                    }
-                }
-                _ = tokio::time::sleep_until(wake) => {
-                    let now = self.now();
-                    self.client.handle_timeout(now);
-                }
+                Ok(Some(Notice::Event(..))) => {}
+                Ok(None) => panic!("the client stopped"),
+                Err(_) => panic!(
+                    "not done within {limit:?}: {:?}, {} messages, {} acked",
+                    self.client.snapshot(),
+                    self.seen.messages.len(),
+                    self.seen.acked.len()
+                ),
             }
         }
+    }
+
+    /// Waits until the client's state satisfies `done`.
+    async fn state(&mut self, limit: Duration, done: impl FnMut(&Snapshot) -> bool) {
+        tokio::time::timeout(limit, self.client.wait_for(done))
+            .await
+            .unwrap_or_else(|_| panic!("not within {limit:?}: {:?}", self.client.snapshot()))
+            .expect("the client runs");
     }
 }
 
@@ -237,39 +160,44 @@ async fn through_a_restart_the_client_comes_back_catches_up_and_stores_each_send
     let (status, body) = http(addr, "PUT", "/api/conversations/c1", &members.to_string()).await;
     assert_eq!(status, 200, "{body}");
 
-    let mut alice = Driver::new(addr, "alice", 1);
-    let mut bob = Driver::new(addr, "bob", 2);
-    for d in [&mut alice, &mut bob] {
-        let now = d.now();
-        d.client.join(now, "c1");
-        d.client.connect(now);
-        d.run_until(Duration::from_secs(10), |d| {
-            *d.client.status() == Status::Connected
-                && d.client.joined().get("c1").is_some_and(Option::is_some)
+    let mut alice = App::start(addr, "alice", 1);
+    let mut bob = App::start(addr, "bob", 2);
+    for a in [&mut alice, &mut bob] {
+        a.client.join("c1").expect("join");
+        a.state(Duration::from_secs(10), |s| {
+            s.status == Status::Connected && s.joined.get("c1").is_some_and(Option::is_some)
         })
         .await;
     }
-    let now = alice.now();
-    alice.client.send_message(now, "c1", "before the restart");
     alice
-        .run_until(Duration::from_secs(10), |d| d.seen.acked.len() == 1)
+        .client
+        .send_message("c1", "before the restart")
+        .await
+        .expect("queued");
+    alice
+        .until(Duration::from_secs(10), |s| s.acked.len() == 1)
         .await;
-    bob.run_until(Duration::from_secs(10), |d| d.seen.messages.len() == 1)
+    bob.until(Duration::from_secs(10), |s| s.messages.len() == 1)
         .await;
 
     // The server goes away; alice queues two sends while it is gone.
     server.shutdown().await;
-    for d in [&mut alice, &mut bob] {
-        d.run_until(Duration::from_secs(10), |d| {
-            matches!(d.client.status(), Status::Reconnecting { .. })
+    for a in [&mut alice, &mut bob] {
+        a.state(Duration::from_secs(10), |s| {
+            matches!(s.status, Status::Reconnecting { .. })
         })
         .await;
     }
-    let now = alice.now();
-    alice.client.send_message(now, "c1", "while it was down 1");
-    alice.client.send_message(now, "c1", "while it was down 2");
+    for content in ["while it was down 1", "while it was down 2"] {
+        alice
+            .client
+            .send_message("c1", content)
+            .await
+            .expect("queued");
+    }
     // A few failed attempts against the closed port before it is back.
-    alice.drive(Duration::from_millis(300), |_| false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(alice.client.snapshot().unacknowledged, 2);
 
     // Back on the same address and store: both clients return by themselves, alice's
     // sends are stored once each, and bob gets them in order after what he had.
@@ -277,9 +205,9 @@ async fn through_a_restart_the_client_comes_back_catches_up_and_stores_each_send
         .await
         .expect("server restarts");
     alice
-        .run_until(Duration::from_secs(20), |d| d.seen.acked.len() == 3)
+        .until(Duration::from_secs(20), |s| s.acked.len() == 3)
         .await;
-    bob.run_until(Duration::from_secs(20), |d| d.seen.messages.len() == 3)
+    bob.until(Duration::from_secs(20), |s| s.messages.len() == 3)
         .await;
     assert_eq!(
         contents(&bob.seen.messages),
@@ -307,5 +235,7 @@ async fn through_a_restart_the_client_comes_back_catches_up_and_stores_each_send
         .statuses
         .iter()
         .any(|s| matches!(s, Status::Reconnecting { .. })));
+    alice.client.close().await;
+    bob.client.close().await;
     server.shutdown().await;
 }

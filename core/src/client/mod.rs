@@ -70,7 +70,9 @@ pub struct ClientConfig {
     /// user has used, so two clients of one user with the same seed (an application
     /// restarted, say) would send the same `tempId`s, and the later client's messages
     /// would be answered as duplicates of the earlier's; the same seed also means the
-    /// same reconnection delays, the storm jitter exists to spread.
+    /// same reconnection delays, the storm jitter exists to spread. The default is 0, which
+    /// the runtime's client (`heartline_runtime::reconnecting`) replaces with a seed from
+    /// the system's entropy; a driver of its own must draw one itself.
     pub seed: u64,
     /// Test-only: deliberate bugs for the simulator's mutation tests. All off by default.
     #[cfg(feature = "mutations")]
@@ -116,7 +118,7 @@ pub enum Status {
     },
 }
 
-/// What the driver must do, or the application should know.
+/// What the driver must do, or pass on to the application.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     /// Open a new WebSocket to the server.
@@ -125,6 +127,13 @@ pub enum Output {
     Send(Frame),
     /// Close the current WebSocket.
     Close,
+    /// For the application.
+    Notice(Notice),
+}
+
+/// What the application should know, in the order it happened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
     /// The status changed.
     Status(Status),
     /// A chat message, delivered once and in `seq` order per conversation.
@@ -288,7 +297,7 @@ impl Client {
     fn set_status(&mut self, status: Status) {
         if self.status != status {
             self.status = status.clone();
-            self.out.push_back(Output::Status(status));
+            self.out.push_back(Output::Notice(Notice::Status(status)));
         }
     }
 
@@ -702,7 +711,7 @@ impl Client {
 
     fn delivered(&mut self, ready: Vec<Value>) {
         for m in ready {
-            self.out.push_back(Output::Message(m));
+            self.out.push_back(Output::Notice(Notice::Message(m)));
         }
     }
 
@@ -731,7 +740,8 @@ impl Client {
             _ => {}
         }
         let _ = now;
-        self.out.push_back(Output::Event(name, payload));
+        self.out
+            .push_back(Output::Notice(Notice::Event(name, payload)));
     }
 
     /// A join the server refused. A server-side failure (`internal`, `rate_limited`) is
@@ -744,10 +754,10 @@ impl Client {
             return self.rejoin_later(now, conv.to_owned(), reply);
         }
         self.convs.joined.remove(conv);
-        self.out.push_back(Output::Event(
+        self.out.push_back(Output::Notice(Notice::Event(
             "conversation:join_failed".into(),
             json!({ "conversationId": conv, "code": code }),
-        ));
+        )));
     }
 
     /// Schedules a rejoin the server asked to come back for. Joins turned away by the
@@ -806,10 +816,10 @@ impl Client {
         };
         if reply["ok"] == json!(true) {
             if let Some(o) = self.outbox.remove(pos) {
-                self.out.push_back(Output::Acked {
+                self.out.push_back(Output::Notice(Notice::Acked {
                     temp_id: o.temp_id,
                     message: reply["message"].clone(),
-                });
+                }));
             }
             return;
         }
@@ -836,10 +846,10 @@ impl Client {
             }
             _ => {
                 if let Some(o) = self.outbox.remove(pos) {
-                    self.out.push_back(Output::SendFailed {
+                    self.out.push_back(Output::Notice(Notice::SendFailed {
                         temp_id: o.temp_id,
                         code,
-                    });
+                    }));
                 }
             }
         }

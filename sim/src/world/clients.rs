@@ -1,7 +1,7 @@
 //! The client side of the world: honest devices driving the real client state machine,
 //! and hostile actors speaking raw frames.
 
-use heartline_core::client::{Output, Status};
+use heartline_core::client::{Notice, Output, Status};
 
 use super::{Phase, Sim};
 use crate::agenda::Ev;
@@ -206,17 +206,17 @@ impl Sim {
                         self.client_closes(id);
                     }
                 }
-                Output::Status(status) => {
+                Output::Notice(Notice::Status(status)) => {
                     if status == Status::Connected {
                         slot.connects += 1;
                     }
                     tr!(self, "client", ("c{i} status {status:?}"));
                 }
-                Output::Message(m) => {
+                Output::Notice(Notice::Message(m)) => {
                     let finding = self.delivery.delivered(i, &m, &self.store);
                     self.found(finding);
                 }
-                Output::Acked { temp_id, message } => {
+                Output::Notice(Notice::Acked { temp_id, message }) => {
                     let user = &self.layout.users[slot.user];
                     let finding = self.delivery.acked(
                         i,
@@ -227,10 +227,10 @@ impl Sim {
                     );
                     self.found(finding);
                 }
-                Output::SendFailed { temp_id, code } => {
+                Output::Notice(Notice::SendFailed { temp_id, code }) => {
                     tr!(self, "client", ("c{i} send {temp_id} failed: {code}"));
                 }
-                Output::Event(name, _) => {
+                Output::Notice(Notice::Event(name, _)) => {
                     if name == "connection:replaced" {
                         self.ping_pong.told(i);
                         tr!(self, "client", ("c{i} told it was replaced"));
