@@ -417,3 +417,63 @@ fn a_seq_at_the_end_of_the_range_is_taken_without_overflow() {
         .collect();
     assert_eq!(delivered, [u64::MAX - 1, u64::MAX]);
 }
+
+#[test]
+fn a_refreshed_token_is_sent_while_connected_and_presented_at_the_next_connect() {
+    let (mut d, _) = Driven::connected_in(0);
+    d.take();
+    d.frame(r#"42/chat,["auth:expired",{}]"#);
+    assert!(d.take().contains(&Output::Notice(Notice::Event(
+        "auth:expired".into(),
+        json!({})
+    ))));
+    d.client.refresh_token(d.now, "fresh");
+    let sent = sent_events(&d.take());
+    let [(Some(id), event, payload)] = sent.as_slice() else {
+        panic!("one auth:refresh with an ack id: {sent:?}");
+    };
+    assert_eq!(
+        (event.as_str(), payload),
+        ("auth:refresh", &json!({"token": "fresh"}))
+    );
+    d.ack(*id, json!({"ok": true}));
+    assert_eq!(
+        d.take(),
+        vec![Output::Notice(Notice::Refreshed { error: None })]
+    );
+    // A refused one says why; a later reconnect presents the newest token either way.
+    d.client.refresh_token(d.now, "newer");
+    let id = sent_events(&d.take())[0].0.expect("ack id");
+    d.ack(
+        id,
+        json!({"ok": false, "error": "Token does not extend the current one"}),
+    );
+    assert_eq!(
+        d.take(),
+        vec![Output::Notice(Notice::Refreshed {
+            error: Some("Token does not extend the current one".into())
+        })]
+    );
+    d.client.handle_closed(d.now);
+    let due = d
+        .client
+        .poll_timeout()
+        .expect("a reconnection is scheduled");
+    d.advance_to(due.as_millis());
+    d.take();
+    d.frame(r#"0{"sid":"s2","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#);
+    let connect: Vec<String> = d
+        .take()
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(f) => f.as_text().map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(connect, [r#"40/chat,{"token":"newer"}"#]);
+    // While disconnected nothing is sent: the token waits for the connect.
+    d.client.handle_closed(d.now);
+    d.take();
+    d.client.refresh_token(d.now, "offline");
+    assert!(sent_events(&d.take()).is_empty());
+}

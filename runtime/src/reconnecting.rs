@@ -69,6 +69,7 @@ enum Command {
     },
     Emit(String, Value),
     SetToken(String),
+    RefreshToken(String),
     Connect,
     Disconnect,
     Close,
@@ -90,6 +91,7 @@ impl std::fmt::Debug for Command {
             Command::Send { .. } => "Send",
             Command::Emit(..) => "Emit",
             Command::SetToken(_) => "SetToken",
+            Command::RefreshToken(_) => "RefreshToken",
             Command::Connect => "Connect",
             Command::Disconnect => "Disconnect",
             Command::Close => "Close",
@@ -192,9 +194,17 @@ impl Reconnecting {
         self.command(Command::Emit(event.to_owned(), payload))
     }
 
-    /// The token for the next connect (after `auth:expired`, say).
+    /// The token for the next connect only (see [`Reconnecting::refresh_token`] to keep the
+    /// current connection as well).
     pub fn set_token(&self, token: &str) -> Result<(), ReconnectingError> {
         self.command(Command::SetToken(token.to_owned()))
+    }
+
+    /// A fresh token: presented at every later connect and, while connected, sent at once
+    /// as `auth:refresh` (the answer comes as [`Notice::Refreshed`]). The application's
+    /// answer to `auth:expired`, or its way to stay ahead of it.
+    pub fn refresh_token(&self, token: &str) -> Result<(), ReconnectingError> {
+        self.command(Command::RefreshToken(token.to_owned()))
     }
 
     /// Connects again after [`Reconnecting::disconnect`], or after the client gave up.
@@ -357,6 +367,7 @@ impl Driver {
             }
             Command::Emit(event, payload) => self.client.emit(now, &event, payload),
             Command::SetToken(token) => self.client.set_token(token),
+            Command::RefreshToken(token) => self.client.refresh_token(now, token),
             Command::Connect => self.client.connect(now),
             Command::Disconnect => self.client.disconnect(now),
             Command::Close => {}

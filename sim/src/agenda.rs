@@ -35,6 +35,16 @@ pub enum Ev {
         /// The client.
         client: usize,
     },
+    /// An honest client's application answers `auth:expired` with a fresh token.
+    Refresh {
+        /// The client.
+        client: usize,
+    },
+    /// An honest client's application, sent away for an expired token, logs in again.
+    Relogin {
+        /// The client.
+        client: usize,
+    },
     /// A hostile actor attacks.
     Attack {
         /// The actor.

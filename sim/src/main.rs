@@ -101,6 +101,12 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "offline-frames-lost" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.offline_frames_lost = true)
         }
+        "expired-connections-kept" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.expired_connections_kept = true)
+        }
+        "refresh-keeps-grace" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.refresh_keeps_grace = true)
+        }
         "retry-refused-at-once" => {
             opts.client_hook = Some(|c| c.mutations.retry_refused_at_once = true)
         }

@@ -152,6 +152,12 @@ pub struct Options {
     pub connect_timeout_ms: u64,
     /// Store latency per operation.
     pub store_latency_ms: u64,
+    /// Percent of honest clients whose tokens expire during the run: their applications
+    /// refresh them after `auth:expired` (some too late, some not at all) and log in again
+    /// once sent away.
+    pub expiring_pct: u64,
+    /// `auth.grace_ms`: time to refresh after `auth:expired`.
+    pub auth_grace_ms: u64,
     /// Bound on the liveness phase: everything must converge within this long after healing.
     pub convergence_ms: u64,
     /// Lines of trace kept for a failure report.
@@ -187,6 +193,8 @@ impl Options {
             max_attempts: 8,
             connect_timeout_ms: 10_000,
             store_latency_ms: 3,
+            expiring_pct: 25,
+            auth_grace_ms: 10_000,
             convergence_ms: 120_000,
             trace_tail: 40,
             gateway_hook: None,
@@ -226,6 +234,9 @@ impl Options {
         o.max_attempts = pick(&mut rng, &[3, 8, 30]) as u32;
         o.connect_timeout_ms = pick(&mut rng, &[2_000, 10_000]);
         o.store_latency_ms = pick(&mut rng, &[1, 5, 50]);
+        // Drawn last, so the knobs above stay what they were for every seed.
+        o.expiring_pct = pick(&mut rng, &[0, 25, 100]);
+        o.auth_grace_ms = pick(&mut rng, &[2_000, 10_000, 30_000]);
         o
     }
 
@@ -236,7 +247,7 @@ impl Options {
             "seed={} clients={} devices_per_user={} idle_pct={} hostile={} duration_ms={} \
              faults={} fault_gap_ms={} latency_ms={}+{} send_gap_ms={} burst_pct={} \
              ping={}+{} per_user={} rate={}/{}ms missed_limit={} max_attempts={} \
-             connect_timeout_ms={} store_latency_ms={}",
+             connect_timeout_ms={} store_latency_ms={} expiring_pct={} auth_grace_ms={}",
             self.seed,
             self.clients,
             self.devices_per_user,
@@ -262,6 +273,8 @@ impl Options {
             self.max_attempts,
             self.connect_timeout_ms,
             self.store_latency_ms,
+            self.expiring_pct,
+            self.auth_grace_ms,
         )
     }
 

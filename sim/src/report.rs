@@ -36,6 +36,8 @@ pub struct Report {
     pub dead_peer_worst_ms: u64,
     /// Store operations failed by injection.
     pub store_failures: u64,
+    /// `auth:expired` frames sent, refreshes accepted, connections closed for their token.
+    pub token_expiry: (u64, u64, u64),
     /// Simulated time at the end.
     pub sim_ms: u64,
     /// Hash of the trace.
@@ -103,6 +105,11 @@ impl fmt::Display for Report {
             f,
             "dead peers closed {} | worst detection {}ms | store failures {}",
             self.dead_peers, self.dead_peer_worst_ms, self.store_failures
+        )?;
+        let (told, refreshed, closed) = self.token_expiry;
+        writeln!(
+            f,
+            "tokens: auth:expired sent {told} | refreshed {refreshed} | closed for expiry {closed}"
         )?;
         writeln!(f, "invariants:")?;
         for line in self.checker_lines() {

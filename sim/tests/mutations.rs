@@ -190,3 +190,25 @@ fn a_server_that_turns_every_client_away_is_caught() {
     });
     assert_eq!(checker, heartline_sim::check::liveness::NAME);
 }
+
+#[test]
+fn expired_connections_kept_past_the_grace_are_caught() {
+    let (_, checker) = first_violation("expired-connections-kept", 40, |s| {
+        let mut o = base(s);
+        o.expiring_pct = 100;
+        o.gateway_hook = Some(|c| c.engine.mutations.expired_connections_kept = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::token_expiry::NAME);
+}
+
+#[test]
+fn a_refreshed_connection_closed_for_its_old_token_is_caught() {
+    let (_, checker) = first_violation("refresh-keeps-grace", 40, |s| {
+        let mut o = base(s);
+        o.expiring_pct = 100;
+        o.gateway_hook = Some(|c| c.engine.mutations.refresh_keeps_grace = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::token_expiry::NAME);
+}

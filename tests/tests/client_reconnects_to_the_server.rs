@@ -118,7 +118,7 @@ impl App {
                 Ok(Some(Notice::SendFailed { temp_id, code })) => {
                     panic!("{temp_id} refused: {code}")
                 }
-                Ok(Some(Notice::Event(..))) => {}
+                Ok(Some(Notice::Event(..) | Notice::Refreshed { .. })) => {}
                 Ok(None) => panic!("the client stopped"),
                 Err(_) => panic!(
                     "not done within {limit:?}: {:?}, {} messages, {} acked",

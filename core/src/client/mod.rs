@@ -152,6 +152,12 @@ pub enum Notice {
         /// The contract's error code.
         code: String,
     },
+    /// The server answered an `auth:refresh` ([`Client::refresh_token`]): `None` if it
+    /// took the token, else its error.
+    Refreshed {
+        /// Why the token was refused.
+        error: Option<String>,
+    },
     /// Any other event from the server: (name, payload).
     Event(String, Value),
 }
@@ -201,6 +207,8 @@ pub struct Client {
     next_ack: u64,
     /// Ack ids of joins in flight: ack id -> conversation.
     joins: BTreeMap<u64, String>,
+    /// Ack ids of `auth:refresh` requests in flight.
+    refreshes: BTreeSet<u64>,
     /// Conversations with a join under way (see [`MAX_JOINS_IN_FLIGHT`]).
     joining: BTreeSet<String>,
     /// Joins waiting for room among those under way, in order.
@@ -234,6 +242,7 @@ impl Client {
             outbox: VecDeque::new(),
             next_ack: 0,
             joins: BTreeMap::new(),
+            refreshes: BTreeSet::new(),
             joining: BTreeSet::new(),
             join_queue: VecDeque::new(),
             rejoin_at: BTreeMap::new(),
@@ -323,6 +332,21 @@ impl Client {
     /// old one, which the server would refuse for good once it expires.
     pub fn set_token(&mut self, token: impl Into<String>) {
         self.config.token = token.into();
+    }
+
+    /// Takes a fresh token: it is presented at every later connect and, while connected,
+    /// sent at once as `auth:refresh` so that the server keeps this connection past the
+    /// old token's expiry (after `auth:expired`, or before it). The server's answer comes
+    /// back as [`Notice::Refreshed`].
+    pub fn refresh_token(&mut self, now: Instant, token: impl Into<String>) {
+        self.clock.observe(now);
+        self.config.token = token.into();
+        if self.phase == Phase::Up {
+            let id = self.take_ack_id();
+            self.refreshes.insert(id);
+            let payload = json!({ "token": self.config.token });
+            self.send_event("auth:refresh", payload, Some(id));
+        }
     }
 
     /// Closes for good (the application logged out, say).
@@ -498,6 +522,7 @@ impl Client {
             o.ack = None;
         }
         self.joins.clear();
+        self.refreshes.clear();
         self.joining.clear();
         self.join_queue.clear();
         self.history.clear();
@@ -786,6 +811,13 @@ impl Client {
             .and_then(|d| d.get(0))
             .cloned()
             .unwrap_or(Value::Null);
+        if self.refreshes.remove(&id) {
+            let error = (reply["ok"] != json!(true))
+                .then(|| reply["error"].as_str().unwrap_or("refused").to_owned());
+            self.out
+                .push_back(Output::Notice(Notice::Refreshed { error }));
+            return;
+        }
         if let Some(conv) = self.joins.remove(&id) {
             if reply["ok"] != json!(true) {
                 self.join_refused(now, &conv, &reply);

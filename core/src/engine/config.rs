@@ -84,6 +84,10 @@ pub struct Mutations {
     pub presence_to_everyone: bool,
     /// The gateway records a user's going offline but sends no `user:offline` frame.
     pub offline_frames_lost: bool,
+    /// The gateway sends `auth:expired` but never closes the connection after the grace.
+    pub expired_connections_kept: bool,
+    /// An accepted `auth:refresh` moves the expiry but leaves the grace's close armed.
+    pub refresh_keeps_grace: bool,
 }
 
 impl Default for EngineConfig {

@@ -1006,8 +1006,15 @@ impl Gateway {
                 // The connection now holds this token: its role too, granted or withdrawn.
                 conn.admin = claims.is_admin();
                 let owner = Owner::Conn(session);
-                self.timers
-                    .stop(&mut conn.timers, owner, ConnTimer::AuthGrace);
+                // MUTATION (test-only): the grace's close stays armed.
+                #[cfg(feature = "mutations")]
+                let keep = self.config.engine.mutations.refresh_keeps_grace;
+                #[cfg(not(feature = "mutations"))]
+                let keep = false;
+                if !keep {
+                    self.timers
+                        .stop(&mut conn.timers, owner, ConnTimer::AuthGrace);
+                }
                 let at =
                     Instant::from_millis(conn.exp_ms.saturating_sub(self.config.wall_epoch_ms));
                 self.timers

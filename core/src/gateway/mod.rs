@@ -744,6 +744,11 @@ impl Gateway {
                         self.emit(now, session, "auth:expired", json!({}));
                     }
                     ConnTimer::AuthGrace => {
+                        // MUTATION (test-only): the expired connection stays.
+                        #[cfg(feature = "mutations")]
+                        if self.config.engine.mutations.expired_connections_kept {
+                            return;
+                        }
                         let reason = CloseReason::ServerDisconnect("token expired".into());
                         let _ = self.engine.disconnect(now, session, reason);
                     }

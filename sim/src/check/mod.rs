@@ -18,6 +18,7 @@ pub mod presence;
 pub mod presence_flaps;
 pub mod presence_frames;
 pub mod rate_window;
+pub mod token_expiry;
 
 use std::fmt;
 
@@ -47,7 +48,7 @@ impl fmt::Display for Violation {
 }
 
 /// Every checker's name, in report order.
-pub const NAMES: [&str; 13] = [
+pub const NAMES: [&str; 14] = [
     dead_peer::NAME,
     per_user::NAME,
     ping_pong::NAME,
@@ -55,6 +56,7 @@ pub const NAMES: [&str; 13] = [
     delivery::NAME,
     members::NAME,
     bad_token::NAME,
+    token_expiry::NAME,
     blame::NAME,
     presence_flaps::NAME,
     presence_frames::NAME,

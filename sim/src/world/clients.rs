@@ -3,10 +3,10 @@
 
 use heartline_core::client::{Notice, Output, Status};
 
-use super::{Phase, Sim};
+use super::{Phase, Sim, LONG_TOKEN_S};
 use crate::agenda::Ev;
 use crate::net::{End, Seg};
-use crate::workload::Attack;
+use crate::workload::{token, Attack, EPOCH_MS, SECRET};
 
 impl Sim {
     pub(super) fn start_client(&mut self, i: usize) {
@@ -29,6 +29,117 @@ impl Sim {
         if !idle {
             self.schedule_send(i);
         }
+    }
+
+    /// A new token for client `i`'s user, noted for the checker: for an expiring device
+    /// during the safety phase one that runs out again within 10–70 s, else one that
+    /// outlasts the run.
+    fn mint(&mut self, i: usize) -> Option<String> {
+        let short = self.phase == Phase::Safety;
+        let slot = self.clients.get(i)?;
+        let ttl = if slot.expiring && short {
+            10 + self.rng.below(60)
+        } else {
+            LONG_TOKEN_S
+        };
+        let valid_s = self.now.as_millis() / 1000 + ttl;
+        let user = self.layout.users.get(slot.user)?;
+        let fresh = token(user, valid_s, SECRET);
+        self.token_expiry.minted(&fresh, EPOCH_MS / 1000 + valid_s);
+        if let Some(slot) = self.clients.get_mut(i) {
+            slot.exp_s = EPOCH_MS / 1000 + valid_s;
+        }
+        Some(fresh)
+    }
+
+    /// Client `i` was told `auth:expired`: its application refreshes the token within the
+    /// grace, or late, or (asleep, one time in four during the safety phase) not at all.
+    fn auth_expired(&mut self, i: usize) {
+        let Some(slot) = self.clients.get_mut(i) else {
+            return;
+        };
+        slot.told_expired = true;
+        if self.phase == Phase::Safety && self.rng.below(4) == 0 {
+            tr!(
+                self,
+                "client",
+                ("c{i} told auth:expired; its application is asleep")
+            );
+            return;
+        }
+        let grace = self.gw_config.auth_grace_ms;
+        let window = if self.phase == Phase::Safety {
+            grace + grace / 2
+        } else {
+            grace / 2
+        };
+        let at = self.now.add_ms(self.rng.below(window + 1));
+        self.agenda.push(at, Ev::Refresh { client: i });
+        tr!(
+            self,
+            "client",
+            ("c{i} told auth:expired; refreshes at {at}")
+        );
+    }
+
+    /// Client `i`'s application hands it a fresh token (`auth:refresh` if connected).
+    pub(super) fn app_refreshes(&mut self, i: usize) {
+        if matches!(self.phase, Phase::Leave | Phase::Done) {
+            return;
+        }
+        let Some(fresh) = self.mint(i) else { return };
+        let now = self.now;
+        if let Some(slot) = self.clients.get_mut(i) {
+            slot.client.refresh_token(now, fresh);
+        }
+        tr!(self, "client", ("c{i} refreshes its token"));
+        self.drain_client(i);
+    }
+
+    /// As the faults heal, every expiring device's application takes a token that outlasts
+    /// the run (sent as `auth:refresh` where connected): an expiry while the run settles
+    /// would close a connection and move presence inside the quiet that the final checks
+    /// rely on. Refreshing is itself checked on the way.
+    pub(super) fn refresh_all(&mut self) {
+        for i in 0..self.clients.len() {
+            if self.clients.get(i).is_some_and(|s| s.expiring) {
+                self.app_refreshes(i);
+            }
+        }
+    }
+
+    /// Client `i` was sent away after `auth:expired`: its application logs in again a
+    /// little later.
+    fn sent_away(&mut self, i: usize) {
+        if matches!(self.phase, Phase::Leave | Phase::Done) {
+            return;
+        }
+        let at = self.now.add_ms(1_000 + self.rng.below(4_000));
+        self.agenda.push(at, Ev::Relogin { client: i });
+        tr!(self, "client", ("c{i} sent away; logs in again at {at}"));
+    }
+
+    /// Client `i`'s application, its client sent away for an expired token, connects it
+    /// again with a fresh token.
+    pub(super) fn log_in_again(&mut self, i: usize) {
+        if matches!(self.phase, Phase::Leave | Phase::Done) {
+            return;
+        }
+        let sent_away = self
+            .clients
+            .get(i)
+            .is_some_and(|s| s.told_expired && *s.client.status() == Status::Disconnected);
+        if !sent_away {
+            return;
+        }
+        let Some(fresh) = self.mint(i) else { return };
+        let now = self.now;
+        if let Some(slot) = self.clients.get_mut(i) {
+            slot.client.set_token(fresh);
+            slot.client.connect(now);
+        }
+        tr!(self, "client", ("c{i} logs in again"));
+        self.drain_client(i);
     }
 
     fn schedule_send(&mut self, i: usize) {
@@ -174,7 +285,19 @@ impl Sim {
             };
             match out {
                 Output::Open => {
-                    if let Some(old) = slot.link.take() {
+                    // Like `socket.auth` as a callback: a token about to run out is
+                    // renewed before it is presented.
+                    let stale = slot.exp_s <= EPOCH_MS / 1000 + now.as_millis() / 1000 + 2;
+                    let old = slot.link.take();
+                    if stale {
+                        if let Some(fresh) = self.mint(i) {
+                            if let Some(slot) = self.clients.get_mut(i) {
+                                slot.client.set_token(fresh);
+                            }
+                            tr!(self, "client", ("c{i} renews its token before connecting"));
+                        }
+                    }
+                    if let Some(old) = old {
                         tr!(self, "client", ("c{i} opens without closing ws{old}"));
                         self.client_closes(old);
                     }
@@ -209,6 +332,10 @@ impl Sim {
                 Output::Notice(Notice::Status(status)) => {
                     if status == Status::Connected {
                         slot.connects += 1;
+                        slot.told_expired = false;
+                    }
+                    if status == Status::Disconnected && slot.told_expired {
+                        self.sent_away(i);
                     }
                     tr!(self, "client", ("c{i} status {status:?}"));
                 }
@@ -230,7 +357,13 @@ impl Sim {
                 Output::Notice(Notice::SendFailed { temp_id, code }) => {
                     tr!(self, "client", ("c{i} send {temp_id} failed: {code}"));
                 }
+                Output::Notice(Notice::Refreshed { error }) => {
+                    tr!(self, "client", ("c{i} refresh answered: {error:?}"));
+                }
                 Output::Notice(Notice::Event(name, _)) => {
+                    if name == "auth:expired" {
+                        self.auth_expired(i);
+                    }
                     if name == "connection:replaced" {
                         self.ping_pong.told(i);
                         tr!(self, "client", ("c{i} told it was replaced"));

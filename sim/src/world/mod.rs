@@ -41,6 +41,7 @@ use crate::check::ping_pong::PingPong;
 use crate::check::presence_flaps::PresenceFlaps;
 use crate::check::presence_frames::PresenceFrames;
 use crate::check::rate_window::RateWindow;
+use crate::check::token_expiry::TokenExpiry;
 use crate::check::{baseline, liveness, presence, Finding, Violation};
 use crate::net::Net;
 use crate::options::{FaultKind, Options};
@@ -94,6 +95,12 @@ pub struct Slot {
     pub connects: u64,
     /// Messages its application sent.
     pub sent: u64,
+    /// Its current token's `exp`, Unix seconds.
+    pub exp_s: u64,
+    /// Its tokens expire during the run.
+    pub expiring: bool,
+    /// Told `auth:expired` since it last connected.
+    pub told_expired: bool,
 }
 
 /// The counters of a run.
@@ -133,6 +140,7 @@ pub struct Sim {
     blame: Blame,
     presence_flaps: PresenceFlaps,
     presence_frames: PresenceFrames,
+    token_expiry: TokenExpiry,
     violation: Option<Violation>,
     counters: Counters,
     trace: Trace,
@@ -147,6 +155,9 @@ impl std::fmt::Debug for Sim {
             .finish()
     }
 }
+
+/// Lifetime of a token that does not expire during a run, seconds.
+pub(super) const LONG_TOKEN_S: u64 = 86_400 * 30;
 
 fn gateway_config(opts: &Options) -> GatewayConfig {
     let mut c = GatewayConfig {
@@ -166,6 +177,7 @@ fn gateway_config(opts: &Options) -> GatewayConfig {
         jwt_secret: SECRET.to_vec(),
         wall_epoch_ms: EPOCH_MS,
         missed_limit: opts.missed_limit,
+        auth_grace_ms: opts.auth_grace_ms,
         ..GatewayConfig::default()
     };
     if let Some(hook) = opts.gateway_hook {
@@ -187,11 +199,21 @@ impl Sim {
         let layout = Layout::new(opts.clients, opts.devices_per_user);
         let mut rng = Rng::from_seed(opts.seed);
         let schedule = schedule.unwrap_or_else(|| schedule::generate(&opts));
+        let mut token_expiry = TokenExpiry::new(gw_config.auth_grace_ms, EPOCH_MS);
         let clients = (0..opts.clients)
             .map(|i| {
                 let user = layout.user_of[i];
+                // An expiring device's first token runs out during the safety phase.
+                let expiring = rng.below(100) < opts.expiring_pct;
+                let valid_s = if expiring {
+                    5 + rng.below(opts.duration_ms / 1000 + 1)
+                } else {
+                    LONG_TOKEN_S
+                };
+                let first = token(&layout.users[user], valid_s, SECRET);
+                token_expiry.minted(&first, EPOCH_MS / 1000 + valid_s);
                 let mut config = ClientConfig {
-                    token: token(&layout.users[user], 86_400 * 30, SECRET),
+                    token: first,
                     backoff: Backoff {
                         max_attempts: opts.max_attempts,
                         ..Backoff::default()
@@ -211,6 +233,9 @@ impl Sim {
                     armed: None,
                     connects: 0,
                     sent: 0,
+                    exp_s: EPOCH_MS / 1000 + valid_s,
+                    expiring,
+                    told_expired: false,
                 }
             })
             .collect();
@@ -235,6 +260,7 @@ impl Sim {
             blame: Blame::default(),
             presence_flaps: PresenceFlaps::new(gw_config.offline_grace_ms),
             presence_frames: PresenceFrames::new(&layout),
+            token_expiry,
             store: Store::new(opts.store_latency_ms),
             net: Net::new(opts.latency_ms, opts.jitter_ms),
             trace: Trace::new(opts.trace_tail, sink),
@@ -314,6 +340,7 @@ impl Sim {
         self.phase = Phase::Liveness;
         tr!(self, "sim", ("liveness: heal everything, stop traffic"));
         self.heal();
+        self.refresh_all();
         self.retry_failed();
         // The rate limit paces the largest outbox: allow for it on top of the bound.
         // (per user: the window is the user's, shared by its devices). A slot of the
@@ -398,6 +425,8 @@ impl Sim {
                 slot.client.connect(now);
                 tr!(self, "client", ("c{i} asked to connect again"));
                 self.drain_client(i);
+            } else if slot.told_expired && *slot.client.status() == Status::Disconnected {
+                self.log_in_again(i);
             }
         }
     }
@@ -482,6 +511,8 @@ impl Sim {
             self.found(finding);
             let finding = self.dead_peer.check(self.now);
             self.found(finding);
+            let finding = self.token_expiry.check(self.now);
+            self.found(finding);
         }
         if self.step >= STEP_BUDGET {
             let finding = Err(("step-budget", format!("{STEP_BUDGET} steps used")));
@@ -527,6 +558,8 @@ impl Sim {
             Ev::ClientTimer { client } => self.client_timer(client),
             Ev::Start { client } => self.start_client(client),
             Ev::Send { client } => self.app_sends(client),
+            Ev::Refresh { client } => self.app_refreshes(client),
+            Ev::Relogin { client } => self.log_in_again(client),
             Ev::Attack { actor } => self.attack(actor),
             Ev::RawClose { link } => self.raw_close(link),
             Ev::Fault(f) => self.inject(f),
@@ -570,6 +603,11 @@ impl Sim {
             replacements: self.ping_pong.replacements,
             dead_peers: self.dead_peer.detected,
             dead_peer_worst_ms: self.dead_peer.worst_ms,
+            token_expiry: (
+                self.token_expiry.told,
+                self.token_expiry.refreshed,
+                self.token_expiry.closed,
+            ),
             store_failures: self.store.failures,
             sim_ms: self.now.as_millis(),
             trace_hash: self.trace.hash(),

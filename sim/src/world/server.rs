@@ -85,6 +85,7 @@ impl Sim {
         self.crash_silent = silent;
         self.store.crash();
         self.dead_peer.forget_all();
+        self.token_expiry.forget_all();
         let now = self.now;
         self.per_user.crash(now);
         self.rate.crash();
@@ -231,6 +232,9 @@ impl Sim {
                     let now = self.now;
                     self.dead_peer.pong(now, id);
                 }
+                if let Some(text) = frame.as_text() {
+                    self.token_expiry.received(id, text);
+                }
                 self.server_input(Input::Network(engine::Input::WsFrame {
                     transport: TransportId(id),
                     frame,
@@ -245,6 +249,7 @@ impl Sim {
                 }
                 let now = self.now;
                 self.dead_peer.closed(now, id, false);
+                self.token_expiry.closed(now, id, false);
                 tr!(self, "net", ("ws{id} -> server closed (error={error})"));
                 self.server_input(Input::Network(engine::Input::WsClosed {
                     transport: TransportId(id),
@@ -269,6 +274,9 @@ impl Sim {
                         self.dead_peer.ping(id);
                     }
                     let now = self.now;
+                    if let Some(text) = frame.as_text() {
+                        self.token_expiry.sent(now, id, text);
+                    }
                     self.net.send(
                         now,
                         id,
@@ -290,6 +298,8 @@ impl Sim {
                     let now = self.now;
                     let timed_out = reason == CloseReason::PingTimeout;
                     self.dead_peer.closed(now, id, timed_out);
+                    let expired = reason == CloseReason::ServerDisconnect("token expired".into());
+                    self.token_expiry.closed(now, id, expired);
                     tr!(self, "server", ("ws{id} close ({reason})"));
                     self.net.send(
                         now,
