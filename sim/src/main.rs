@@ -104,6 +104,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "expired-connections-kept" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.expired_connections_kept = true)
         }
+        "no-handshake-timeout" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.no_handshake_timeout = true)
+        }
         "refresh-keeps-grace" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.refresh_keeps_grace = true)
         }

@@ -36,6 +36,8 @@ pub struct Report {
     pub dead_peer_worst_ms: u64,
     /// Store operations failed by injection.
     pub store_failures: u64,
+    /// Links the server closed before any namespace was connected on them.
+    pub unconnected_closed: u64,
     /// `auth:expired` frames sent, refreshes accepted, connections closed for their token.
     pub token_expiry: (u64, u64, u64),
     /// Simulated time at the end.
@@ -103,8 +105,8 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "dead peers closed {} | worst detection {}ms | store failures {}",
-            self.dead_peers, self.dead_peer_worst_ms, self.store_failures
+            "dead peers closed {} | worst detection {}ms | store failures {} | closed unconnected {}",
+            self.dead_peers, self.dead_peer_worst_ms, self.store_failures, self.unconnected_closed
         )?;
         let (told, refreshed, closed) = self.token_expiry;
         writeln!(

@@ -212,3 +212,19 @@ fn a_refreshed_connection_closed_for_its_old_token_is_caught() {
     });
     assert_eq!(checker, heartline_sim::check::token_expiry::NAME);
 }
+
+#[test]
+fn a_session_kept_with_no_namespace_past_the_handshake_deadline_is_caught() {
+    // Silent hostile connections answer no PING: with a ping deadline longer than the
+    // handshake's, only the handshake timeout closes them in time.
+    let (_, checker) = first_violation("no-handshake-timeout", 40, |s| {
+        let mut o = base(s);
+        o.faults.insert(FaultKind::Hostile);
+        o.hostile = o.hostile.max(2);
+        o.ping_interval_ms = 25_000;
+        o.ping_timeout_ms = 20_000;
+        o.gateway_hook = Some(|c| c.engine.mutations.no_handshake_timeout = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::handshake::NAME);
+}

@@ -88,6 +88,8 @@ pub struct Mutations {
     pub expired_connections_kept: bool,
     /// An accepted `auth:refresh` moves the expiry but leaves the grace's close armed.
     pub refresh_keeps_grace: bool,
+    /// The engine never closes a session that connected no namespace in time.
+    pub no_handshake_timeout: bool,
 }
 
 impl Default for EngineConfig {

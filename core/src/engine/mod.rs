@@ -257,6 +257,11 @@ impl Engine {
             TimerQueue::<SessionId, Timer>::fired(&mut s.timers, timer);
             match timer {
                 Timer::Handshake => {
+                    // MUTATION (test-only): a session that never connects stays.
+                    #[cfg(feature = "mutations")]
+                    if self.config.mutations.no_handshake_timeout {
+                        continue;
+                    }
                     if !s.has_connected_namespace() {
                         self.end(now, id, CloseReason::HandshakeTimeout, Ending::Abort);
                     }

@@ -10,6 +10,7 @@ pub mod baseline;
 pub mod blame;
 pub mod dead_peer;
 pub mod delivery;
+pub mod handshake;
 pub mod liveness;
 pub mod members;
 pub mod per_user;
@@ -48,8 +49,9 @@ impl fmt::Display for Violation {
 }
 
 /// Every checker's name, in report order.
-pub const NAMES: [&str; 14] = [
+pub const NAMES: [&str; 15] = [
     dead_peer::NAME,
+    handshake::NAME,
     per_user::NAME,
     ping_pong::NAME,
     rate_window::NAME,

@@ -35,6 +35,7 @@ use crate::check::bad_token::BadToken;
 use crate::check::blame::Blame;
 use crate::check::dead_peer::DeadPeer;
 use crate::check::delivery::Delivery;
+use crate::check::handshake::Handshake;
 use crate::check::members::MembersOnly;
 use crate::check::per_user::PerUser;
 use crate::check::ping_pong::PingPong;
@@ -141,6 +142,7 @@ pub struct Sim {
     presence_flaps: PresenceFlaps,
     presence_frames: PresenceFrames,
     token_expiry: TokenExpiry,
+    handshake: Handshake,
     violation: Option<Violation>,
     counters: Counters,
     trace: Trace,
@@ -261,6 +263,7 @@ impl Sim {
             presence_flaps: PresenceFlaps::new(gw_config.offline_grace_ms),
             presence_frames: PresenceFrames::new(&layout),
             token_expiry,
+            handshake: Handshake::new(gw_config.engine.handshake_timeout_ms),
             store: Store::new(opts.store_latency_ms),
             net: Net::new(opts.latency_ms, opts.jitter_ms),
             trace: Trace::new(opts.trace_tail, sink),
@@ -513,6 +516,8 @@ impl Sim {
             self.found(finding);
             let finding = self.token_expiry.check(self.now);
             self.found(finding);
+            let finding = self.handshake.check(self.now);
+            self.found(finding);
         }
         if self.step >= STEP_BUDGET {
             let finding = Err(("step-budget", format!("{STEP_BUDGET} steps used")));
@@ -603,6 +608,7 @@ impl Sim {
             replacements: self.ping_pong.replacements,
             dead_peers: self.dead_peer.detected,
             dead_peer_worst_ms: self.dead_peer.worst_ms,
+            unconnected_closed: self.handshake.closed_unconnected,
             token_expiry: (
                 self.token_expiry.told,
                 self.token_expiry.refreshed,

@@ -86,6 +86,7 @@ impl Sim {
         self.store.crash();
         self.dead_peer.forget_all();
         self.token_expiry.forget_all();
+        self.handshake.forget_all();
         let now = self.now;
         self.per_user.crash(now);
         self.rate.crash();
@@ -187,6 +188,7 @@ impl Sim {
                 tr!(self, "net", ("ws{id} {remote} -> server open"));
                 let now = self.now;
                 self.dead_peer.opened(now, id);
+                self.handshake.accepted(now, id);
                 let input = engine::Input::WsOpened {
                     transport: TransportId(id),
                     query: Query {
@@ -250,6 +252,7 @@ impl Sim {
                 let now = self.now;
                 self.dead_peer.closed(now, id, false);
                 self.token_expiry.closed(now, id, false);
+                self.handshake.closed(now, id);
                 tr!(self, "net", ("ws{id} -> server closed (error={error})"));
                 self.server_input(Input::Network(engine::Input::WsClosed {
                     transport: TransportId(id),
@@ -276,6 +279,7 @@ impl Sim {
                     let now = self.now;
                     if let Some(text) = frame.as_text() {
                         self.token_expiry.sent(now, id, text);
+                        self.handshake.sent(id, text);
                     }
                     self.net.send(
                         now,
@@ -300,6 +304,7 @@ impl Sim {
                     self.dead_peer.closed(now, id, timed_out);
                     let expired = reason == CloseReason::ServerDisconnect("token expired".into());
                     self.token_expiry.closed(now, id, expired);
+                    self.handshake.closed(now, id);
                     tr!(self, "server", ("ws{id} close ({reason})"));
                     self.net.send(
                         now,

@@ -1,0 +1,141 @@
+//! A connection with no namespace connected `handshake_timeout_ms` after the server
+//! accepted it is closed by then: a client that opens sockets and never says who it is
+//! (or is refused and stays) cannot hold them, whether or not it answers PINGs.
+//!
+//! Watched from the server's end of the wire: a link is accepted when the server takes its
+//! open, and connected when the server answers a namespace CONNECT with its `sid`; until
+//! then the server's close of it must come by the deadline. As in `dead-peer-closed`,
+//! deadlines sit in an ordered set and a close that itself comes late is a violation as
+//! it is seen.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use heartline_core::Instant;
+
+use super::Finding;
+
+/// The checker's name.
+pub const NAME: &str = "handshake-deadline";
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct Handshake {
+    timeout_ms: u64,
+    /// Links accepted and not yet connected: their deadlines.
+    waiting: BTreeMap<u64, Instant>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// Links closed with no namespace connected, by the deadline.
+    pub closed_unconnected: u64,
+    late: Option<String>,
+}
+
+impl Handshake {
+    /// `timeout_ms`: the engine's `handshake_timeout_ms`.
+    pub fn new(timeout_ms: u64) -> Self {
+        Handshake {
+            timeout_ms,
+            ..Handshake::default()
+        }
+    }
+
+    fn forget(&mut self, link: u64) -> Option<Instant> {
+        let deadline = self.waiting.remove(&link)?;
+        self.deadlines.remove(&(deadline, link));
+        Some(deadline)
+    }
+
+    /// The server accepted `link` at `now`.
+    pub fn accepted(&mut self, now: Instant, link: u64) {
+        self.forget(link);
+        let deadline = now.add_ms(self.timeout_ms);
+        self.waiting.insert(link, deadline);
+        self.deadlines.insert((deadline, link));
+    }
+
+    /// The server sent a text frame on `link`: a namespace CONNECT's answer with a `sid`
+    /// ends the watch.
+    pub fn sent(&mut self, link: u64, text: &str) {
+        if text.starts_with("40/") && text.contains("\"sid\"") {
+            self.forget(link);
+        }
+    }
+
+    /// The server's side of `link` is gone at `now`.
+    pub fn closed(&mut self, now: Instant, link: u64) {
+        let Some(deadline) = self.forget(link) else {
+            return;
+        };
+        self.closed_unconnected += 1;
+        if now > deadline && self.late.is_none() {
+            self.late = Some(format!(
+                "ws{link} closed at {now} with no namespace connected, past its deadline \
+                 {deadline}"
+            ));
+        }
+    }
+
+    /// The server died: its links are gone with it.
+    pub fn forget_all(&mut self) {
+        self.waiting.clear();
+        self.deadlines.clear();
+    }
+
+    /// Checks the earliest deadline against `now`.
+    pub fn check(&mut self, now: Instant) -> Finding {
+        if let Some(what) = self.late.take() {
+            return Err((NAME, what));
+        }
+        match self.deadlines.first() {
+            Some(&(deadline, link)) if now > deadline => {
+                self.forget(link);
+                Err((
+                    NAME,
+                    format!(
+                        "ws{link} still open at {now} with no namespace connected, past its \
+                         deadline {deadline} ({}ms after it was accepted)",
+                        self.timeout_ms
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    #[test]
+    fn a_connected_link_is_not_watched_and_an_unconnected_one_must_close_in_time() {
+        let mut h = Handshake::new(1_000);
+        h.accepted(at(0), 1);
+        h.accepted(at(0), 2);
+        h.sent(1, r#"40/chat,{"sid":"x"}"#);
+        // A refused connect connects nothing.
+        h.sent(2, r#"44/chat,{"message":"Invalid authentication token"}"#);
+        assert_eq!(h.check(at(1_000)), Ok(()));
+        h.closed(at(1_000), 2);
+        assert_eq!(h.check(at(5_000)), Ok(()));
+        assert_eq!(h.closed_unconnected, 1);
+    }
+
+    #[test]
+    fn open_past_the_deadline_or_closed_late_is_a_violation() {
+        let mut h = Handshake::new(1_000);
+        h.accepted(at(0), 1);
+        assert!(h.check(at(1_001)).is_err());
+        let mut h = Handshake::new(1_000);
+        h.accepted(at(0), 1);
+        h.closed(at(1_001), 1);
+        assert!(h.check(at(1_001)).is_err());
+        let mut h = Handshake::new(1_000);
+        h.accepted(at(0), 1);
+        h.forget_all();
+        assert_eq!(h.check(at(9_000)), Ok(()));
+    }
+}
