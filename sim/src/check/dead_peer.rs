@@ -3,15 +3,16 @@
 //! The server PINGs `ping_interval` after the open or the last PONG, and gives up
 //! `ping_timeout` later. Watched from the wire: a link's last sign of life is its open or
 //! the last PONG that answered an outstanding PING, both as the server received them; the
-//! server's close of the link must come by that plus the bound. Deadlines sit in an ordered
-//! set, so each step checks only the earliest; and a PONG or a close that itself comes
-//! past the deadline is a violation as it arrives, before it would clear the watch, as the
-//! step that brings it may be the first one past the deadline.
+//! server's close of the link must come by that plus the bound ([`Deadlines`]); and a PONG
+//! or a close that itself comes past the deadline is a violation as it arrives, before it
+//! would clear the watch, as the step that brings it may be the first one past the
+//! deadline.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use heartline_core::Instant;
 
+use super::deadlines::Deadlines;
 use super::Finding;
 
 /// The checker's name.
@@ -28,7 +29,7 @@ struct Watch {
 pub struct DeadPeer {
     bound_ms: u64,
     links: BTreeMap<u64, Watch>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    deadlines: Deadlines,
     /// Longest time from last sign of life to a ping-timeout close.
     pub worst_ms: u64,
     /// Ping-timeout closes seen.
@@ -47,12 +48,8 @@ impl DeadPeer {
     }
 
     fn set(&mut self, link: u64, w: Watch) {
-        if let Some(old) = self.links.insert(link, w) {
-            self.deadlines
-                .remove(&(old.last_life.add_ms(self.bound_ms), link));
-        }
-        self.deadlines
-            .insert((w.last_life.add_ms(self.bound_ms), link));
+        self.links.insert(link, w);
+        self.deadlines.set(link, w.last_life.add_ms(self.bound_ms));
     }
 
     /// The server accepted a link.
@@ -104,8 +101,7 @@ impl DeadPeer {
     pub fn closed(&mut self, now: Instant, link: u64, ping_timeout: bool) {
         if let Some(w) = self.links.remove(&link) {
             self.past_deadline(now, link, w, "its close");
-            self.deadlines
-                .remove(&(w.last_life.add_ms(self.bound_ms), link));
+            self.deadlines.remove(link);
             if ping_timeout {
                 self.detected += 1;
                 self.worst_ms = self.worst_ms.max(now.ms_since(w.last_life));
@@ -129,8 +125,8 @@ impl DeadPeer {
         if let Some(late) = &self.late {
             return Err((NAME, late.clone()));
         }
-        match self.deadlines.first() {
-            Some(&(deadline, link)) if deadline < now => Err((
+        match self.deadlines.overdue(now) {
+            Some((deadline, link)) => Err((
                 NAME,
                 format!(
                     "ws{link} silent since {} still open at {} (bound {}ms)",
@@ -139,7 +135,7 @@ impl DeadPeer {
                     self.bound_ms
                 ),
             )),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 }

@@ -4,14 +4,12 @@
 //!
 //! Watched from the server's end of the wire: a link is accepted when the server takes its
 //! open, and connected when the server answers a namespace CONNECT with its `sid`; until
-//! then the server's close of it must come by the deadline. As in `dead-peer-closed`,
-//! deadlines sit in an ordered set and a close that itself comes late is a violation as
-//! it is seen.
-
-use std::collections::{BTreeMap, BTreeSet};
+//! then the server's close of it must come by the deadline ([`Deadlines`]); a close that
+//! itself comes late is a violation as it is seen.
 
 use heartline_core::Instant;
 
+use super::deadlines::Deadlines;
 use super::Finding;
 
 /// The checker's name.
@@ -22,8 +20,7 @@ pub const NAME: &str = "handshake-deadline";
 pub struct Handshake {
     timeout_ms: u64,
     /// Links accepted and not yet connected: their deadlines.
-    waiting: BTreeMap<u64, Instant>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    waiting: Deadlines,
     /// Links closed with no namespace connected, by the deadline.
     pub closed_unconnected: u64,
     late: Option<String>,
@@ -38,31 +35,22 @@ impl Handshake {
         }
     }
 
-    fn forget(&mut self, link: u64) -> Option<Instant> {
-        let deadline = self.waiting.remove(&link)?;
-        self.deadlines.remove(&(deadline, link));
-        Some(deadline)
-    }
-
     /// The server accepted `link` at `now`.
     pub fn accepted(&mut self, now: Instant, link: u64) {
-        self.forget(link);
-        let deadline = now.add_ms(self.timeout_ms);
-        self.waiting.insert(link, deadline);
-        self.deadlines.insert((deadline, link));
+        self.waiting.set(link, now.add_ms(self.timeout_ms));
     }
 
     /// The server sent a text frame on `link`: a namespace CONNECT's answer with a `sid`
     /// ends the watch.
     pub fn sent(&mut self, link: u64, text: &str) {
         if text.starts_with("40/") && text.contains("\"sid\"") {
-            self.forget(link);
+            self.waiting.remove(link);
         }
     }
 
     /// The server's side of `link` is gone at `now`.
     pub fn closed(&mut self, now: Instant, link: u64) {
-        let Some(deadline) = self.forget(link) else {
+        let Some(deadline) = self.waiting.remove(link) else {
             return;
         };
         self.closed_unconnected += 1;
@@ -77,7 +65,6 @@ impl Handshake {
     /// The server died: its links are gone with it.
     pub fn forget_all(&mut self) {
         self.waiting.clear();
-        self.deadlines.clear();
     }
 
     /// Checks the earliest deadline against `now`.
@@ -85,9 +72,9 @@ impl Handshake {
         if let Some(what) = self.late.take() {
             return Err((NAME, what));
         }
-        match self.deadlines.first() {
-            Some(&(deadline, link)) if now > deadline => {
-                self.forget(link);
+        match self.waiting.overdue(now) {
+            Some((deadline, link)) => {
+                self.waiting.remove(link);
                 Err((
                     NAME,
                     format!(
@@ -97,7 +84,7 @@ impl Handshake {
                     ),
                 ))
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod bad_token;
 pub mod baseline;
 pub mod blame;
 pub mod dead_peer;
+pub mod deadlines;
 pub mod delivery;
 pub mod handshake;
 pub mod liveness;

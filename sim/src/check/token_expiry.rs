@@ -6,16 +6,16 @@
 //! `exp` known from the tokens the world minted), the `auth:expired` frames the server
 //! sent on it, the `auth:refresh` requests it received and the `{ok:true}` acks it sent
 //! back for them, and its closes with their reasons. A connection's deadline is its token's
-//! `exp` until it is told, then the grace's end; deadlines sit in an ordered set, so each
-//! step checks only the earliest, and an expiry close or `auth:expired` that itself comes
-//! at the wrong time is a violation as it is seen. Links with a token the world did not
+//! `exp` until it is told, then the grace's end ([`Deadlines`]); an expiry close or
+//! `auth:expired` that itself comes at the wrong time is a violation as it is seen. Links with a token the world did not
 //! mint (hostile actors') are not watched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use heartline_core::Instant;
 use serde_json::Value;
 
+use super::deadlines::Deadlines;
 use super::Finding;
 
 /// The checker's name.
@@ -42,7 +42,7 @@ pub struct TokenExpiry {
     /// The `exp` a link's CONNECT carried, until the server answers it.
     connecting: BTreeMap<u64, Instant>,
     links: BTreeMap<u64, Watch>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    deadlines: Deadlines,
     /// `auth:expired` frames sent.
     pub told: u64,
     /// Refreshes the server accepted.
@@ -93,10 +93,7 @@ impl TokenExpiry {
     }
 
     fn set(&mut self, link: u64, w: Watch) {
-        if let Some(old) = self.links.remove(&link) {
-            self.deadlines.remove(&(self.deadline(&old), link));
-        }
-        self.deadlines.insert((self.deadline(&w), link));
+        self.deadlines.set(link, self.deadline(&w));
         self.links.insert(link, w);
     }
 
@@ -198,7 +195,7 @@ impl TokenExpiry {
             return;
         };
         let deadline = self.deadline(&w);
-        self.deadlines.remove(&(deadline, link));
+        self.deadlines.remove(link);
         if now > deadline {
             self.wrong(format!(
                 "ws{link} still open at {now}, past {deadline} ({})",
@@ -236,12 +233,9 @@ impl TokenExpiry {
         if let Some(what) = self.wrong.take() {
             return Err((NAME, what));
         }
-        let Some(&(deadline, link)) = self.deadlines.first() else {
+        let Some((_, link)) = self.deadlines.overdue(now) else {
             return Ok(());
         };
-        if now <= deadline {
-            return Ok(());
-        }
         let Some(w) = self.links.get(&link) else {
             return Ok(());
         };
@@ -256,7 +250,7 @@ impl TokenExpiry {
             ),
         };
         // Reported once: the watch goes.
-        self.deadlines.remove(&(deadline, link));
+        self.deadlines.remove(link);
         self.links.remove(&link);
         Err((NAME, what))
     }
