@@ -107,16 +107,21 @@ pub fn entropy_seed() -> Result<u64, ReconnectingError> {
 /// The WebSocket URL of a server given as `http://host:port[/path]` or `ws://...`; the
 /// Socket.IO path is `/socket.io/` unless one is given.
 fn websocket_url(server: &str) -> Result<String, ReconnectingError> {
+    let bad = || ReconnectingError::Address(server.to_owned());
     let rest = server
         .strip_prefix("http://")
         .or_else(|| server.strip_prefix("ws://"))
-        .ok_or_else(|| ReconnectingError::Address(server.to_owned()))?;
+        .ok_or_else(bad)?;
+    // A query, a fragment or credentials have no place in it: the client adds the query.
+    if rest.contains(['?', '#', '@']) {
+        return Err(bad());
+    }
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
-    if authority.is_empty() || path.contains(['?', '#']) {
-        return Err(ReconnectingError::Address(server.to_owned()));
+    if authority.is_empty() {
+        return Err(bad());
     }
     let path = match path.trim_end_matches('/') {
         "" => "/socket.io/".to_owned(),
@@ -145,7 +150,8 @@ impl Reconnecting {
         let driver = Driver {
             client,
             url,
-            started: std::time::Instant::now(),
+            started: tokio::time::Instant::now(),
+            replies: Vec::new(),
             ws: None,
             opening: None,
             notices: tx,
@@ -258,7 +264,11 @@ fn snapshot(client: &Client) -> Snapshot {
 struct Driver {
     client: Client,
     url: String,
-    started: std::time::Instant,
+    /// Its clock's zero; tokio's clock, so that paused time in an application's tests
+    /// moves the core's deadlines as it moves the sleeps.
+    started: tokio::time::Instant,
+    /// `tempId`s to hand back once the state that counts their sends is published.
+    replies: Vec<(oneshot::Sender<String>, String)>,
     ws: Option<Box<Ws>>,
     /// A WebSocket being opened, at the core's request.
     opening: Option<Opening>,
@@ -363,7 +373,7 @@ impl Driver {
                 temp_id,
             } => {
                 let id = self.client.send_message(now, &conversation_id, &content);
-                let _ = temp_id.send(id);
+                self.replies.push((temp_id, id));
             }
             Command::Emit(event, payload) => self.client.emit(now, &event, payload),
             Command::SetToken(token) => self.client.set_token(token),
@@ -407,7 +417,9 @@ impl Driver {
                 Output::Close => {
                     self.opening = None;
                     if let Some(mut ws) = self.ws.take() {
-                        let _ = ws.close(None).await;
+                        // A close is a write like any other: a server that stopped reading
+                        // must not hold the task in it.
+                        let _ = tokio::time::timeout(self.send_timeout, ws.close(None)).await;
                     }
                 }
                 Output::Notice(notice) => {
@@ -422,6 +434,9 @@ impl Driver {
             *s = now;
             changed
         });
+        for (reply, temp_id) in self.replies.drain(..) {
+            let _ = reply.send(temp_id);
+        }
     }
 }
 
@@ -449,6 +464,9 @@ mod tests {
             "127.0.0.1:3000",
             "http://",
             "http://x:1/p?q=1",
+            "http://x:1?q=1",
+            "ws://x:1#f",
+            "http://user@x:1",
         ] {
             assert!(
                 matches!(websocket_url(bad), Err(ReconnectingError::Address(_))),
