@@ -477,3 +477,34 @@ fn a_refreshed_token_is_sent_while_connected_and_presented_at_the_next_connect()
     d.client.refresh_token(d.now, "offline");
     assert!(sent_events(&d.take()).is_empty());
 }
+
+#[test]
+fn a_token_refreshed_while_the_connect_is_on_its_way_follows_it() {
+    let mut d = Driven::new();
+    d.client.connect(d.now);
+    d.take();
+    d.frame(r#"0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#);
+    d.take(); // the CONNECT, with the token of the configuration
+    d.client.refresh_token(d.now, "fresh");
+    assert!(sent_events(&d.take()).is_empty(), "not connected yet");
+    d.frame(r#"40/chat,{"sid":"x"}"#);
+    let sent = sent_events(&d.take());
+    assert!(
+        sent.iter().any(|(id, e, p)| id.is_some()
+            && e == "auth:refresh"
+            && p == &json!({"token": "fresh"})),
+        "{sent:?}"
+    );
+    // Connected with the token it presents: nothing more to send.
+    d.client.handle_closed(d.now);
+    let due = d
+        .client
+        .poll_timeout()
+        .expect("a reconnection is scheduled");
+    d.advance_to(due.as_millis());
+    d.take();
+    d.server_accepts();
+    assert!(!sent_events(&d.take())
+        .iter()
+        .any(|(_, e, _)| e == "auth:refresh"));
+}

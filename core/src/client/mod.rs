@@ -209,6 +209,8 @@ pub struct Client {
     joins: BTreeMap<u64, String>,
     /// Ack ids of `auth:refresh` requests in flight.
     refreshes: BTreeSet<u64>,
+    /// The token last presented to the server (by a CONNECT or an `auth:refresh`).
+    presented: String,
     /// Conversations with a join under way (see [`MAX_JOINS_IN_FLIGHT`]).
     joining: BTreeSet<String>,
     /// Joins waiting for room among those under way, in order.
@@ -243,6 +245,7 @@ impl Client {
             next_ack: 0,
             joins: BTreeMap::new(),
             refreshes: BTreeSet::new(),
+            presented: String::new(),
             joining: BTreeSet::new(),
             join_queue: VecDeque::new(),
             rejoin_at: BTreeMap::new(),
@@ -342,11 +345,17 @@ impl Client {
         self.clock.observe(now);
         self.config.token = token.into();
         if self.phase == Phase::Up {
-            let id = self.take_ack_id();
-            self.refreshes.insert(id);
-            let payload = json!({ "token": self.config.token });
-            self.send_event("auth:refresh", payload, Some(id));
+            self.send_refresh();
         }
+    }
+
+    /// Sends the current token as `auth:refresh`; the connection holds it from the answer.
+    fn send_refresh(&mut self) {
+        let id = self.take_ack_id();
+        self.refreshes.insert(id);
+        self.presented = self.config.token.clone();
+        let payload = json!({ "token": self.config.token });
+        self.send_event("auth:refresh", payload, Some(id));
     }
 
     /// Closes for good (the application logged out, say).
@@ -424,6 +433,7 @@ impl Client {
                     self.silence_deadline = None;
                 }
                 let auth = json!({ "token": self.config.token });
+                self.presented = self.config.token.clone();
                 let connect = format!("40{},{auth}", self.config.namespace);
                 self.out.push_back(Output::Send(Frame::text(connect)));
             }
@@ -610,6 +620,11 @@ impl Client {
         self.connect_deadline = None;
         self.next_ack = 0;
         self.set_status(Status::Connected);
+        // A token handed over while this connect was on its way: the connection holds the
+        // one the CONNECT carried, so the new one follows at once.
+        if self.presented != self.config.token {
+            self.send_refresh();
+        }
         let convs: Vec<String> = self.convs.joined.keys().cloned().collect();
         for c in convs {
             self.send_join(&c);
