@@ -992,18 +992,19 @@ mod tests {
         let (stop, stopped) = std_mpsc::channel::<()>();
         let stop = std::cell::RefCell::new(Some(stop));
         let calls = std::cell::Cell::new(0);
-        // A lock held elsewhere is retried; an I/O error is the end.
+        // A lock held elsewhere and a shared-memory failure are retried; a failed flush of
+        // the database file is the end.
         checkpoint_loop(
             || {
                 calls.set(calls.get() + 1);
-                if calls.get() > 2 {
+                if calls.get() > 3 {
                     // Not stopped when it should have been: end the loop all the same.
                     stop.borrow_mut().take();
                 }
-                let code = if calls.get() == 1 {
-                    rusqlite::ffi::SQLITE_BUSY
-                } else {
-                    rusqlite::ffi::SQLITE_IOERR_FSYNC
+                let code = match calls.get() {
+                    1 => rusqlite::ffi::SQLITE_BUSY,
+                    2 => rusqlite::ffi::SQLITE_IOERR_SHMMAP,
+                    _ => rusqlite::ffi::SQLITE_IOERR_FSYNC,
                 };
                 let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
                 Err(store::checkpoint_error(e))
@@ -1011,7 +1012,7 @@ mod tests {
             &stage,
             &stopped,
         );
-        assert_eq!(calls.get(), 2, "retried once, then stopped");
+        assert_eq!(calls.get(), 3, "retried twice, then stopped");
         assert_eq!(metrics.store_failed.load(Ordering::Relaxed), 1);
         let seen = drain(&mut rx);
         assert_eq!(seen.len(), 1, "{seen:?}");

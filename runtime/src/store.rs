@@ -172,10 +172,23 @@ impl Checkpointer {
     }
 }
 
-/// A checkpoint's failure: an I/O error (of any kind: a write, a flush, a read of the log)
-/// is [`StoreError::Checkpoint`]; anything else is retried.
+/// A checkpoint's failure: an I/O error that may have left pages written but not on disk
+/// (a failed write, flush or truncation of a file, or one SQLite does not name) is
+/// [`StoreError::Checkpoint`]; anything else (a lock, the shared-memory index, memory, a
+/// read) wrote nothing that could be lost, and is retried.
 pub fn checkpoint_error(e: rusqlite::Error) -> StoreError {
-    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure) {
+    use rusqlite::ffi;
+    let lost_write = e.sqlite_error().is_some_and(|f| {
+        [
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_IOERR_DIR_FSYNC,
+            ffi::SQLITE_IOERR_TRUNCATE,
+        ]
+        .contains(&f.extended_code)
+    });
+    if lost_write {
         StoreError::Checkpoint(Arc::new(e))
     } else {
         StoreError::from(e)
