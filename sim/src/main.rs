@@ -35,6 +35,9 @@ enum Command {
         /// Faults to inject: `all`, `none`, or a list such as `partition,crash,storefail`.
         #[arg(long)]
         faults: Option<String>,
+        /// Percent of honest devices whose tokens expire during the run.
+        #[arg(long)]
+        expiring: Option<u64>,
         /// Derive the other knobs from the seed, as `swarm` does.
         #[arg(long)]
         swarm: bool,
@@ -163,6 +166,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             clients,
             duration,
             faults,
+            expiring,
             swarm,
             trace,
             mutation,
@@ -183,6 +187,9 @@ fn run(cli: Cli) -> Result<bool, String> {
             if let Some(list) = &faults {
                 opts.faults = FaultKind::parse_list(list)?;
             }
+            if let Some(pct) = expiring {
+                opts.expiring_pct = pct.min(100);
+            }
             if let Some(m) = &mutation {
                 apply_mutation(&mut opts, m)?;
             }
@@ -191,6 +198,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 ("--clients", clients.map(|v| v.to_string())),
                 ("--duration", duration.map(|v| v.to_string())),
                 ("--faults", faults.clone()),
+                ("--expiring", expiring.map(|v| v.to_string())),
                 ("--mutation", mutation.clone()),
             ] {
                 if let Some(v) = value {

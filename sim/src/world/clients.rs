@@ -38,7 +38,7 @@ impl Sim {
         let short = self.phase == Phase::Safety;
         let slot = self.clients.get(i)?;
         let ttl = if slot.expiring && short {
-            10 + self.rng.below(60)
+            10 + self.token_rng.below(60)
         } else {
             LONG_TOKEN_S
         };
@@ -59,7 +59,7 @@ impl Sim {
             return;
         };
         slot.told_expired = true;
-        if self.phase == Phase::Safety && self.rng.below(4) == 0 {
+        if self.phase == Phase::Safety && self.token_rng.below(4) == 0 {
             tr!(
                 self,
                 "client",
@@ -73,7 +73,7 @@ impl Sim {
         } else {
             grace / 2
         };
-        let at = self.now.add_ms(self.rng.below(window + 1));
+        let at = self.now.add_ms(self.token_rng.below(window + 1));
         self.agenda.push(at, Ev::Refresh { client: i });
         tr!(
             self,
@@ -114,7 +114,7 @@ impl Sim {
         if matches!(self.phase, Phase::Leave | Phase::Done) {
             return;
         }
-        let at = self.now.add_ms(1_000 + self.rng.below(4_000));
+        let at = self.now.add_ms(1_000 + self.token_rng.below(4_000));
         self.agenda.push(at, Ev::Relogin { client: i });
         tr!(self, "client", ("c{i} sent away; logs in again at {at}"));
     }
@@ -358,6 +358,9 @@ impl Sim {
                     tr!(self, "client", ("c{i} send {temp_id} failed: {code}"));
                 }
                 Output::Notice(Notice::Refreshed { error }) => {
+                    if error.is_none() {
+                        slot.told_expired = false;
+                    }
                     tr!(self, "client", ("c{i} refresh answered: {error:?}"));
                 }
                 Output::Notice(Notice::Event(name, _)) => {
