@@ -62,6 +62,10 @@ use metrics::Metrics;
 use recent::RecentSends;
 use state::{Conn, ConnTimers, User, UserTimers};
 
+/// The reason a connection is closed with when its token expired and no `auth:refresh`
+/// came within `auth_grace_ms` (a Socket.IO DISCONNECT: the client stays away).
+pub const TOKEN_EXPIRED: &str = "token expired";
+
 /// A storage operation waiting for its result.
 #[derive(Debug)]
 enum Pending {
@@ -749,7 +753,7 @@ impl Gateway {
                         if self.config.engine.mutations.expired_connections_kept {
                             return;
                         }
-                        let reason = CloseReason::ServerDisconnect("token expired".into());
+                        let reason = CloseReason::ServerDisconnect(TOKEN_EXPIRED.into());
                         let _ = self.engine.disconnect(now, session, reason);
                     }
                     ConnTimer::Idle => {

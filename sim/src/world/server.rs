@@ -302,7 +302,10 @@ impl Sim {
                     let now = self.now;
                     let timed_out = reason == CloseReason::PingTimeout;
                     self.dead_peer.closed(now, id, timed_out);
-                    let expired = reason == CloseReason::ServerDisconnect("token expired".into());
+                    let expired = matches!(
+                        &reason,
+                        CloseReason::ServerDisconnect(r) if r == heartline_core::gateway::TOKEN_EXPIRED
+                    );
                     self.token_expiry.closed(now, id, expired);
                     self.handshake.closed(now, id);
                     tr!(self, "server", ("ws{id} close ({reason})"));
