@@ -3,10 +3,10 @@
 
 use heartline_core::client::{Notice, Output, Status};
 
-use super::{Phase, Sim, LONG_TOKEN_S};
+use super::{sign, Phase, Sim, LONG_TOKEN_S};
 use crate::agenda::Ev;
 use crate::net::{End, Seg};
-use crate::workload::{token, Attack, EPOCH_MS, SECRET};
+use crate::workload::{Attack, EPOCH_MS};
 
 impl Sim {
     pub(super) fn start_client(&mut self, i: usize) {
@@ -42,12 +42,14 @@ impl Sim {
         } else {
             LONG_TOKEN_S
         };
-        let valid_s = self.now.as_millis() / 1000 + ttl;
         let user = self.layout.users.get(slot.user)?;
-        let fresh = token(user, valid_s, SECRET);
-        self.token_expiry.minted(&fresh, EPOCH_MS / 1000 + valid_s);
+        let (fresh, exp_s) = sign(
+            user,
+            self.now.as_millis() / 1000 + ttl,
+            &mut self.token_expiry,
+        );
         if let Some(slot) = self.clients.get_mut(i) {
-            slot.exp_s = EPOCH_MS / 1000 + valid_s;
+            slot.exp_s = exp_s;
         }
         Some(fresh)
     }

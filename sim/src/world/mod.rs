@@ -162,6 +162,15 @@ impl std::fmt::Debug for Sim {
 /// Lifetime of a token that does not expire during a run, seconds.
 pub(super) const LONG_TOKEN_S: u64 = 86_400 * 30;
 
+/// A token for `user` that runs out `valid_s` seconds after the simulated clock's zero,
+/// noted for the checker; and its `exp`, Unix seconds.
+pub(super) fn sign(user: &User, valid_s: u64, checker: &mut TokenExpiry) -> (String, u64) {
+    let exp_s = EPOCH_MS / 1000 + valid_s;
+    let signed = token(user, valid_s, SECRET);
+    checker.minted(&signed, exp_s);
+    (signed, exp_s)
+}
+
 fn gateway_config(opts: &Options) -> GatewayConfig {
     let mut c = GatewayConfig {
         engine: EngineConfig {
@@ -216,8 +225,7 @@ impl Sim {
                 } else {
                     LONG_TOKEN_S
                 };
-                let first = token(&layout.users[user], valid_s, SECRET);
-                token_expiry.minted(&first, EPOCH_MS / 1000 + valid_s);
+                let (first, exp_s) = sign(&layout.users[user], valid_s, &mut token_expiry);
                 let mut config = ClientConfig {
                     token: first,
                     backoff: Backoff {
@@ -239,7 +247,7 @@ impl Sim {
                     armed: None,
                     connects: 0,
                     sent: 0,
-                    exp_s: EPOCH_MS / 1000 + valid_s,
+                    exp_s,
                     expiring,
                     told_expired: false,
                 }
