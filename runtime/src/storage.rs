@@ -25,14 +25,21 @@
 //! with an I/O error (see [`StoreError::Checkpoint`]).
 //!
 //! A second thread checkpoints the database's log (see [`crate::store`] for why not inside
-//! commits); it ends with the store thread. Every checkpoint ends with an fsync of the
-//! database file, and a commit whose own fsync meets one waits longer, so checkpoints are
-//! spaced [`CHECKPOINT_EVERY`] apart; only when the log nears the size at which the writer
-//! checkpoints by itself are they [`CHECKPOINT_EVERY_NEAR_BOUND`] apart, so that the
-//! writer's checkpoint, which every send behind it waits for, finds little left to copy.
-//! (Measured at 500 sends/s, five alternated 30 s runs each: a checkpoint every 200 ms
-//! gave an ack p99 of 4.35–6.20 ms, every second 3.66–4.70 ms; every second without the
-//! closer spacing, 2 of the 5 runs' p999 went from ~9 ms to 22 and 87 ms.)
+//! commits); it ends with the store thread. Its writes of the database file reach the
+//! disk with that file's next fsync, which SQLite does only after a checkpoint that copied
+//! the whole log (under steady traffic a commit usually overtakes the copy, and the pages
+//! wait in the operating system's cache for a later complete one, often the writer's own at
+//! the log's bound). Those writes slow the log's flushes they meet, on the same disk, so
+//! checkpoints are spaced [`CHECKPOINT_EVERY`] apart; only when the log nears the size at
+//! which the writer checkpoints by itself are they [`CHECKPOINT_EVERY_NEAR_BOUND`] apart,
+//! so that the writer's checkpoint, which every send behind it waits for, finds little
+//! left to copy. (Measured at 500 sends/s, five alternated 30 s runs each: a checkpoint
+//! every 200 ms gave an ack p99 of 4.35–6.20 ms, every second 3.66–4.70 ms; every second
+//! without the closer spacing, 2 of the 5 runs' p999 went from ~9 ms to 22 and 87 ms.
+//! Flushing the database file after every checkpoint raised the share of log flushes over
+//! 2 ms and the ack p99; repeating a checkpoint until no commit overtook it, so that the
+//! log starts over every second, changed neither p99 nor p999 clearly: see
+//! `tests/bench/FINDINGS.md`.)
 //!
 //! Conversation writes from the HTTP API pass through the same queue, and their
 //! [`gateway::Input::ConversationPut`] travels back on the same channel as the append
