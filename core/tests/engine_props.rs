@@ -138,6 +138,7 @@ proptest! {
             }
             observe(&h, mark, &mut closed, &mut clients);
             prop_assert!(h.engine.sessions_held() <= 3, "{}", h.transcript());
+            prop_assert_eq!(h.engine.session_count(), h.engine.recount_live(), "{}", h.transcript());
             // A silent peer is closed by its last sign of life + interval + timeout.
             for cl in &clients {
                 if cl.ws.is_some() {
@@ -309,6 +310,7 @@ proptest! {
                     probe = None;
                 }
             }
+            prop_assert_eq!(h.engine.session_count(), h.engine.recount_live(), "{}", h.transcript());
         }
         // The client leaves: its socket closes, time passes beyond every deadline.
         if let Some((ws, _)) = probe.take() {

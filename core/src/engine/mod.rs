@@ -72,6 +72,10 @@ pub struct Engine {
     // Boxed: a B-tree node holds eleven entries and is about half full when keys only
     // grow, so inline sessions would leave most of each node's memory unused.
     sessions: BTreeMap<SessionId, Box<Session>>,
+    /// Sessions in `sessions` not yet closed, kept as they open and close so that
+    /// [`Engine::session_count`] (asked by every `/metrics` request) is not a walk over
+    /// every session on the thread that serves them all.
+    live_count: usize,
     // Lookup-only indexes; never iterated, so their order cannot leak into outputs.
     by_sid: HashMap<Id20, SessionId>,
     by_transport: HashMap<TransportId, SessionId>,
@@ -92,6 +96,7 @@ impl Engine {
             clock: Clock::default(),
             next_session: 1,
             sessions: BTreeMap::new(),
+            live_count: 0,
             by_sid: HashMap::new(),
             by_transport: HashMap::new(),
             by_request: HashMap::new(),
@@ -110,6 +115,12 @@ impl Engine {
 
     /// Live sessions (lingering closed ones excluded).
     pub fn session_count(&self) -> usize {
+        self.live_count
+    }
+
+    /// Live sessions, counted by walking every session: what [`Engine::session_count`]
+    /// must always equal. For tests.
+    pub fn recount_live(&self) -> usize {
         self.sessions.values().filter(|s| !s.closed).count()
     }
 
@@ -485,6 +496,7 @@ impl Engine {
         }
         self.by_sid.insert(sid, id);
         self.sessions.insert(id, Box::new(s));
+        self.live_count += 1;
         self.event(Event::Opened {
             session: id,
             sid: sid.to_string(),
@@ -704,6 +716,7 @@ impl Engine {
             return false;
         }
         s.closed = true;
+        self.live_count = self.live_count.saturating_sub(1);
         self.timers.stop_all(&mut s.timers, id);
         let keep = |up: &session::Upgrade| flush && up.probed;
         if let Some(up) = s.upgrade_mut().filter(|up| keep(up)) {
@@ -727,6 +740,9 @@ impl Engine {
         let Some(mut s) = self.sessions.remove(&id) else {
             return;
         };
+        if !s.closed {
+            self.live_count = self.live_count.saturating_sub(1);
+        }
         self.timers.stop_all(&mut s.timers, id);
         self.by_sid.remove(&s.sid);
         match &mut s.transport {

@@ -36,16 +36,20 @@ pub fn check(gw: &Gateway) -> Finding {
     }
 }
 
-/// The user counts the gateway keeps for its metrics agree with a count of its users
-/// (checked at quiescence as well as after the leave).
+/// The user counts the gateway keeps for its metrics agree with a count of its users, and
+/// the engine's count of live sessions with a count of its sessions (checked at quiescence
+/// as well as after the leave).
 pub fn counts(gw: &Gateway) -> Finding {
     let (kept, counted) = (gw.tally(), gw.recount());
-    if kept == counted {
-        Ok(())
-    } else {
+    let (live, walked) = (gw.engine().session_count(), gw.engine().recount_live());
+    if kept != counted {
         Err((
             NAME,
             format!("user counts kept {kept:?}, counted {counted:?}"),
         ))
+    } else if live != walked {
+        Err((NAME, format!("live sessions kept {live}, counted {walked}")))
+    } else {
+        Ok(())
     }
 }
