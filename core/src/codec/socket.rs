@@ -157,6 +157,14 @@ pub enum DecodeError {
         /// The limit.
         max: usize,
     },
+    /// A binary packet's attachments together larger than allowed.
+    #[error("attachments of {bytes} bytes, at most {max} allowed in one packet")]
+    AttachmentsTooLarge {
+        /// Bytes received for the packet when it went over.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A namespace containing a control character.
     #[error("invalid namespace")]
     InvalidNamespace,
@@ -614,11 +622,15 @@ fn walk_placeholders(
 
 /// Reassembles binary packets: feed it each Engine.IO `message` of a connection, in order.
 ///
-/// Holds at most one packet, waiting for at most `max_attachments` buffers. After any error
-/// the pending packet is dropped; the connection is expected to close anyway.
+/// Holds at most one packet, waiting for at most `max_attachments` buffers of at most
+/// `max_attachment_bytes` together: a peer that announces attachments and never sends the
+/// last one holds no more than that for as long as it stays connected. After any error the
+/// pending packet is dropped; the connection is expected to close anyway.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    max_attachments: usize,
+    // `u32`s: every session has a decoder, and two of them fit where one `usize` did.
+    max_attachments: u32,
+    max_attachment_bytes: u32,
     // Boxed: every session has a decoder and almost none is ever waiting for attachments.
     pending: Option<Box<Pending>>,
 }
@@ -627,15 +639,26 @@ pub struct Decoder {
 struct Pending {
     packet: Packet,
     expected: usize,
+    bytes: usize,
 }
 
 impl Decoder {
-    /// A decoder that refuses binary packets with more than `max_attachments` attachments.
+    /// A decoder that refuses binary packets with more than `max_attachments` attachments
+    /// (limits past `u32::MAX` are `u32::MAX`); their bytes are not bounded unless
+    /// [`Decoder::with_max_attachment_bytes`] says so.
     pub fn new(max_attachments: usize) -> Self {
         Decoder {
-            max_attachments,
+            max_attachments: u32::try_from(max_attachments).unwrap_or(u32::MAX),
+            max_attachment_bytes: u32::MAX,
             pending: None,
         }
+    }
+
+    /// The same decoder, refusing a packet whose attachments together exceed `max` bytes
+    /// ([`DecodeError::AttachmentsTooLarge`]; limits past `u32::MAX` are `u32::MAX`).
+    pub fn with_max_attachment_bytes(mut self, max: u64) -> Self {
+        self.max_attachment_bytes = u32::try_from(max).unwrap_or(u32::MAX);
+        self
     }
 
     /// Whether a binary packet is waiting for attachments.
@@ -671,17 +694,30 @@ impl Decoder {
                 if expected == 0 {
                     return Ok(Some(packet));
                 }
-                if expected > self.max_attachments {
+                let max = self.max_attachments as usize;
+                if expected > max {
                     return Err(DecodeError::TooManyAttachments {
                         count: expected,
-                        max: self.max_attachments,
+                        max,
                     });
                 }
-                self.pending = Some(Box::new(Pending { packet, expected }));
+                self.pending = Some(Box::new(Pending {
+                    packet,
+                    expected,
+                    bytes: 0,
+                }));
                 Ok(None)
             }
             Data::Binary(bytes) => {
                 let mut pending = self.pending.take().ok_or(DecodeError::UnexpectedBinary)?;
+                pending.bytes = pending.bytes.saturating_add(bytes.len());
+                let max = self.max_attachment_bytes as usize;
+                if pending.bytes > max {
+                    return Err(DecodeError::AttachmentsTooLarge {
+                        bytes: pending.bytes,
+                        max,
+                    });
+                }
                 pending.packet.attachments.push(bytes);
                 if pending.packet.attachments.len() >= pending.expected {
                     Ok(Some(pending.packet))
@@ -1041,6 +1077,34 @@ mod tests {
             )),
             Err(DecodeError::TooManyAttachments { count: 2, max: 1 })
         );
+        assert!(!decoder.is_pending());
+    }
+
+    #[test]
+    fn decoder_limits_the_bytes_a_pending_packet_holds() {
+        let mut decoder = Decoder::new(3).with_max_attachment_bytes(10);
+        let announce = || {
+            Data::Text(
+                r#"53-["e",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1},{"_placeholder":true,"num":2}]"#
+                    .to_owned(),
+            )
+        };
+        assert_eq!(decoder.feed(announce()), Ok(None));
+        assert_eq!(
+            decoder.feed(Data::Binary(Bytes::from(vec![1u8; 6]))),
+            Ok(None)
+        );
+        assert_eq!(
+            decoder.feed(Data::Binary(Bytes::from(vec![2u8; 5]))),
+            Err(DecodeError::AttachmentsTooLarge { bytes: 11, max: 10 })
+        );
+        assert!(!decoder.is_pending(), "the packet is dropped");
+        // At the limit exactly, the packet is whole.
+        assert_eq!(decoder.feed(announce()), Ok(None));
+        for n in [4usize, 4, 2] {
+            let got = decoder.feed(Data::Binary(Bytes::from(vec![3u8; n])));
+            assert!(got.is_ok(), "{got:?}");
+        }
         assert!(!decoder.is_pending());
     }
 

@@ -39,7 +39,9 @@ pub struct EngineConfig {
     pub transports: Transports,
     /// Namespaces clients may connect; any other gets CONNECT_ERROR "Invalid namespace".
     pub namespaces: Vec<String>,
-    /// Most binary attachments one Socket.IO packet may announce.
+    /// Most binary attachments one Socket.IO packet may announce. Together they may hold at
+    /// most `max_payload_bytes`, so that a packet waiting for its last attachment holds no
+    /// more than one message would.
     pub max_attachments: usize,
     /// Seed of the generator behind session and socket ids: a [`Seed::Key`] from the
     /// operating system on a server, a number in a simulation.

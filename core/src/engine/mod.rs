@@ -475,7 +475,8 @@ impl Engine {
             sid,
             transport,
             timers: Default::default(),
-            decoder: Decoder::new(self.config.max_attachments),
+            decoder: Decoder::new(self.config.max_attachments)
+                .with_max_attachment_bytes(self.config.max_payload_bytes),
             namespaces: Namespaces::default(),
             handshake,
             closed: false,
