@@ -197,23 +197,30 @@ impl Engine {
         }
         // Packets are handled up to the first that does not decode, as over a WebSocket,
         // where the frames before a bad one have been handled by the time it arrives; then
-        // the POST is answered 400 and the session ends.
-        let mut packets = Vec::new();
-        let mut error = None;
-        match std::str::from_utf8(&body) {
-            Err(_) => error = Some("polling body is not UTF-8".to_owned()),
-            Ok(text) => {
-                // No count of its own: the body's size (at most `max_payload_bytes`)
-                // bounds the packets, as in the reference server, whose client flushes its
-                // whole buffer (all that was emitted while offline) in one POST.
-                for packet in decode_payload_iter(text, usize::MAX) {
-                    match packet {
-                        Ok(packet) => packets.push(packet),
-                        Err(e) => {
-                            error = Some(e.to_string());
-                            break;
-                        }
-                    }
+        // the POST is answered 400 and the session ends. No count of its own: the body's
+        // size (at most `max_payload_bytes`) bounds the packets, as in the reference
+        // server, whose client flushes its whole buffer (all that was emitted while
+        // offline) in one POST. They are decoded twice rather than collected: a first pass
+        // finds the answer and whether the client closes, then each is handled as it is
+        // decoded, so a body of a million one-byte packets holds one at a time.
+        let text = std::str::from_utf8(&body);
+        let packets = || {
+            text.ok()
+                .map(|t| decode_payload_iter(t, usize::MAX))
+                .into_iter()
+                .flatten()
+        };
+        let mut error = text
+            .is_err()
+            .then(|| "polling body is not UTF-8".to_owned());
+        let mut closing = false;
+        for packet in packets() {
+            match packet {
+                Ok(EioPacket::Close) => closing = true,
+                Ok(_) => {}
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
                 }
             }
         }
@@ -222,12 +229,15 @@ impl Engine {
         }
         // The client's close in the same body, behind a CONNECT: as on a WebSocket
         // (`Input::WsClosing`), that CONNECT opens nothing.
-        if packets.contains(&EioPacket::Close) {
+        if closing {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.peer_leaving = true;
             }
         }
-        for packet in packets {
+        for packet in packets() {
+            let Ok(packet) = packet else {
+                break;
+            };
             if self.live(id).is_none() {
                 break;
             }
