@@ -54,6 +54,8 @@ pub enum Msg {
         transport: TransportId,
         /// Its send queue.
         outbox: Arc<Outbox>,
+        /// Told if the core closes the socket while taking it (refused at once).
+        refused: Option<oneshot::Sender<()>>,
     },
     /// A polling request; `reply` gets the core's response.
     Http {
@@ -241,6 +243,7 @@ impl<A: App> Actor<A> {
                 input,
                 transport,
                 outbox,
+                refused,
             } => {
                 self.outboxes.insert(transport, outbox);
                 let result = self
@@ -253,6 +256,11 @@ impl<A: App> Actor<A> {
                     }
                 }
                 self.dispatch();
+                if !self.outboxes.contains_key(&transport) {
+                    if let Some(refused) = refused {
+                        let _ = refused.send(());
+                    }
+                }
             }
             Msg::Http {
                 input,

@@ -141,11 +141,14 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
     };
     // A first request let through on its `sid` without paying: if that sid is turned
     // away, the connection was never a session's, so it pays now and is not kept alive
-    // (otherwise any made-up sid would hold a TCP connection without a token).
+    // (otherwise any made-up sid would hold a TCP connection without a token). A WebSocket
+    // upgrade is answered 101 before the core sees its sid: it pays once the core closes
+    // it (`websocket::accept`).
     let on_credit = conn.first_request && query.sid.is_some();
     let (ip, now) = (conn.remote.ip(), ctx.clock.now());
     let mut resp = if is_websocket_upgrade(req.headers()) && req.method() == hyper::Method::GET {
-        upgrade(req, ctx.clone(), query, handshake, conn.permit)
+        let credit = on_credit.then_some(ip);
+        upgrade(req, ctx.clone(), query, handshake, conn.permit, credit)
     } else {
         let mut resp = poll(req, ctx.clone(), query, handshake, conn.request_began).await;
         cors_headers(origin.as_deref(), resp.headers_mut());
@@ -185,6 +188,7 @@ fn upgrade(
     query: Query,
     handshake: Handshake,
     permit: Arc<Permit>,
+    credit: Option<std::net::IpAddr>,
 ) -> Response<Body> {
     let version_ok = req
         .headers()
@@ -210,6 +214,7 @@ fn upgrade(
         query,
         handshake,
         permit,
+        credit,
     }));
     let mut resp = http::empty(StatusCode::SWITCHING_PROTOCOLS);
     let h = resp.headers_mut();

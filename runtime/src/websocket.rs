@@ -104,6 +104,10 @@ pub struct Upgrade {
     pub handshake: Handshake,
     /// The connection's admission slot, held until the socket is gone.
     pub permit: Arc<Permit>,
+    /// The peer's address when this upgrade passed the per-IP rate on credit (the
+    /// connection's first request, naming a session): if the core turns it away, the
+    /// address pays, as a polling request with a sid turned away does.
+    pub credit: Option<std::net::IpAddr>,
 }
 
 /// Takes over an upgraded connection: waits for the socket, tells the actor, then serves
@@ -119,6 +123,7 @@ pub async fn accept(up: Upgrade) {
         query,
         handshake,
         permit,
+        credit,
     } = up;
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
@@ -139,6 +144,13 @@ pub async fn accept(up: Upgrade) {
     };
     let outbox = Arc::new(Outbox::new(ctx.metrics.clone()));
     let transport = ctx.transport_id();
+    let (refused, told) = match credit {
+        Some(ip) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some((ip, rx)))
+        }
+        None => (None, None),
+    };
     let opened = Msg::WsOpened {
         input: engine::Input::WsOpened {
             transport,
@@ -147,9 +159,17 @@ pub async fn accept(up: Upgrade) {
         },
         transport,
         outbox: outbox.clone(),
+        refused,
     };
     if ctx.actor.send(opened).await.is_err() {
         return;
+    }
+    // The actor answers only a socket it closed at once (a made-up or ended sid); one it
+    // took drops the sender.
+    if let Some((ip, rx)) = told {
+        if rx.await.is_ok() {
+            let _ = ctx.ip_rate.allow(ip, ctx.clock.now());
+        }
     }
     ctx.metrics.ws_open.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(serve(Connection {

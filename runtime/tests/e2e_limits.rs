@@ -415,6 +415,45 @@ async fn unpaid_first_requests_keep_no_connection_and_a_made_up_sid_pays() {
     }
 }
 
+/// A WebSocket upgrade naming a sid passes the rate on credit and is answered 101 before
+/// the core sees the sid; turned away, its address pays as a polling request's does, so
+/// made-up sids cannot open sockets past the rate.
+#[tokio::test]
+async fn a_websocket_upgrade_with_a_made_up_sid_pays_the_per_ip_rate() {
+    let path = "/socket.io/?EIO=4&transport=polling";
+    for attempt in 1..=RATE_ATTEMPTS {
+        let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 1).await;
+        let started = std::time::Instant::now();
+        let url = format!(
+            "ws://{}/socket.io/?EIO=4&transport=websocket&sid=AAAAAAAAAAAAAAAAAAAA",
+            server.addr
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+        let closed = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_close() {
+                    return true;
+                }
+                assert!(!m.is_text(), "nothing is sent on a refused upgrade: {m:?}");
+            }
+            true
+        })
+        .await;
+        assert_eq!(closed, Ok(true), "the core closes the socket");
+        let (next, _, next_body) = http(server.addr, "GET", path, &[], "").await;
+        if !inside_one_refill(started, Duration::from_millis(1000), attempt) {
+            server.stop().await;
+            continue;
+        }
+        assert_eq!(
+            next, 429,
+            "the address's one token went to the made-up sid: {next_body}"
+        );
+        server.stop().await;
+        return;
+    }
+}
+
 #[tokio::test]
 async fn origin_is_checked_and_cors_answered() {
     let mut server = TestServer::start(|c| {
