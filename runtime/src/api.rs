@@ -80,7 +80,7 @@ pub async fn handle(
     match segments.as_slice() {
         ["conversations", id] if !id.is_empty() => {
             if req.method() != Method::PUT {
-                return error(StatusCode::METHOD_NOT_ALLOWED, "use PUT");
+                return not_allowed("PUT");
             }
             let Some(id) = query::percent_decode_path(id) else {
                 return bad_escape();
@@ -89,7 +89,7 @@ pub async fn handle(
         }
         ["conversations", id, "messages"] if !id.is_empty() => {
             if req.method() != Method::GET {
-                return error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+                return not_allowed("GET");
             }
             let Some(id) = query::percent_decode_path(id) else {
                 return bad_escape();
@@ -118,6 +118,15 @@ fn authorized(header: Option<&HeaderValue>, key: &str) -> bool {
 }
 
 /// A refusal for a conversation id whose escapes do not decode to one string.
+/// 405 for a route that takes only `method`, which the `Allow` header names (RFC 9110
+/// requires it with a 405).
+fn not_allowed(method: &'static str) -> Response<Body> {
+    let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, &format!("use {method}"));
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(method));
+    resp
+}
+
 fn bad_escape() -> Response<Body> {
     error(
         StatusCode::BAD_REQUEST,

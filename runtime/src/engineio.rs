@@ -272,8 +272,18 @@ async fn poll(
         let due = ctx.request_deadline(request_began);
         match tokio::time::timeout_at(due, read_bounded(req.into_body(), limit)).await {
             Ok(Ok(body)) => body,
-            Ok(Err(())) => return http::empty(StatusCode::BAD_REQUEST),
-            Err(_) => return http::empty(StatusCode::REQUEST_TIMEOUT),
+            Ok(Err(())) => {
+                return http::json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"code": 3, "message": "Request body could not be read"}),
+                )
+            }
+            Err(_) => {
+                return http::text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                )
+            }
         }
     } else {
         Bytes::new()

@@ -203,6 +203,15 @@ async fn api_requires_the_key_and_validates_bodies() {
     assert_eq!(status, 404);
     let (status, _, _) = http(addr, "GET", "/api/conversations/c1/messages", &[], "").await;
     assert_eq!(status, 401);
+    // A route asked with a method it does not take names the one it does.
+    for (method, path, allow) in [
+        ("POST", "/api/conversations/c1/messages", "allow: get"),
+        ("DELETE", "/api/conversations/c1", "allow: put"),
+    ] {
+        let (status, head, _) = http(addr, method, path, &[("Authorization", &auth)], "").await;
+        assert_eq!(status, 405, "{method} {path}");
+        assert!(head.to_ascii_lowercase().contains(allow), "{head}");
+    }
 
     // Replacing the members takes effect at once: u1 may no longer send.
     let others = json!({"members": [{"userId": "u2", "userType": "agent"}]}).to_string();
