@@ -63,6 +63,27 @@ fn auth_refused_missing_bad_expired() {
     assert_eq!(g.gw.connection_count(), 0);
 }
 
+/// A token that is there but not a string is malformed, not missing (contract: "Bad
+/// signature, malformed or expired" against "Missing token").
+#[test]
+fn a_token_that_is_not_a_string_is_refused_as_invalid() {
+    let mut g = setup();
+    g.connect_with(1, Some(json!({ "token": 123 })));
+    g.connect_with(2, Some(json!({ "token": "" })));
+    g.connect_with(3, Some(json!({ "token": null })));
+    assert_eq!(
+        g.view(1).connect_errors,
+        vec![json!({"message":"Invalid authentication token"})]
+    );
+    for ws in 2..=3 {
+        assert_eq!(
+            g.view(ws).connect_errors,
+            vec![json!({"message":"Authentication required"})]
+        );
+    }
+    assert_eq!(g.gw.connection_count(), 0);
+}
+
 #[test]
 fn replacement() {
     let mut g = setup();

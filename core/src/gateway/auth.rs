@@ -106,6 +106,17 @@ pub fn issue(secret: &[u8], claims: &Claims) -> Result<String, AuthError> {
     .map_err(|_| AuthError::Invalid)
 }
 
+/// Why a connect with no token ([`token_of`] found none) is refused: a `auth.token` that is
+/// there but not a string (a number, an object) is a malformed token, [`AuthError::Invalid`];
+/// none at all, `null` or `""` is [`AuthError::Missing`].
+pub fn no_token(auth: Option<&Value>) -> AuthError {
+    match auth.and_then(|a| a.get("token")) {
+        None | Some(Value::Null) => AuthError::Missing,
+        Some(Value::String(s)) if s.is_empty() => AuthError::Missing,
+        Some(_) => AuthError::Invalid,
+    }
+}
+
 /// The token of a connect: `auth.token` from the CONNECT payload, else the bearer token of
 /// the handshake's `Authorization` header.
 pub fn token_of(auth: Option<&Value>, authorization: Option<&str>) -> Option<String> {
@@ -211,5 +222,29 @@ mod tests {
         assert_eq!(token_of(Some(&json!({})), Some("Basic abc")), None);
         assert_eq!(token_of(Some(&json!({"token": 5})), None), None);
         assert_eq!(token_of(None, None), None);
+    }
+
+    #[test]
+    fn a_token_that_is_there_but_not_a_string_is_invalid_not_missing() {
+        for malformed in [
+            json!({"token": 5}),
+            json!({"token": {"jwt": "x"}}),
+            json!({"token": true}),
+        ] {
+            assert_eq!(
+                no_token(Some(&malformed)),
+                AuthError::Invalid,
+                "{malformed}"
+            );
+        }
+        for missing in [
+            json!({}),
+            json!({"token": null}),
+            json!({"token": ""}),
+            json!(7),
+        ] {
+            assert_eq!(no_token(Some(&missing)), AuthError::Missing, "{missing}");
+        }
+        assert_eq!(no_token(None), AuthError::Missing);
     }
 }

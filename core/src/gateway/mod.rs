@@ -412,7 +412,7 @@ impl Gateway {
             .handshake(session)
             .and_then(|h| h.authorization.clone());
         let claims = match auth::token_of(auth.as_ref(), header.as_deref()) {
-            None => Err(AuthError::Missing),
+            None => Err(auth::no_token(auth.as_ref())),
             #[cfg(not(feature = "mutations"))]
             Some(token) => self.verifier.verify(&token, self.wall_ms(now)),
             // MUTATION (test-only): tokens are checked as if at the epoch, expired or not.
