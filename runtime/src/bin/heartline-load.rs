@@ -140,7 +140,8 @@ enum Scenario {
         /// Fixed offered load: sends per second in total (open loop); 0 = saturation.
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
-        /// Bytes of content per message (at least 24: the send time is carried in it).
+        /// Bytes of content per message (at least 45: the send's two times are carried in
+        /// it).
         #[arg(long, default_value_t = 100)]
         size: usize,
     },
@@ -523,8 +524,12 @@ struct ChatStats {
     refused: u64,
     ack_timeouts: u64,
     deliveries: u64,
+    /// From each send's time in the schedule (the generator's lateness included).
     ack_lat: Vec<Duration>,
     fan_lat: Vec<Duration>,
+    /// From when each send actually went out (the server's part and the client's).
+    ack_sent_lat: Vec<Duration>,
+    fan_sent_lat: Vec<Duration>,
     /// How long after its time in the schedule each send went out (the generator's own
     /// lateness, part of `ack_lat`).
     late: Vec<Duration>,
@@ -649,8 +654,11 @@ struct NewMessage<'a> {
     content: Cow<'a, str>,
 }
 
-type PendingAck =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (Instant, Option<Vec<Value>>)> + Send>>;
+/// Resolves to (due, sent, the ack's arguments): the send's time in the schedule, when it
+/// actually went out, and `None` if no ack came in time.
+type PendingAck = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Instant, Instant, Option<Vec<Value>>)> + Send>,
+>;
 
 async fn chat_user(
     mut c: Client,
@@ -660,7 +668,7 @@ async fn chat_user(
     seed: u64,
 ) -> ChatStats {
     let mut st = ChatStats::default();
-    let pad = "x".repeat(plan.size.saturating_sub(24));
+    let pad = "x".repeat(plan.size.saturating_sub(45));
     let mut seq = 0u64;
     let mut pending: FuturesUnordered<PendingAck> = FuturesUnordered::new();
     let mut rng = seed | 1;
@@ -675,12 +683,17 @@ async fn chat_user(
     tokio::time::sleep_until(plan.start.into()).await;
     // `at`: when the send is due. At a fixed rate that is its place in the schedule, not
     // when this task got to it: a late wake-up of the generator is part of the latency
-    // a client would see (no coordinated omission).
+    // a client would see (no coordinated omission). Both times travel in the content, so
+    // that the latencies are also reported from the moment the send went out: the
+    // generator's lateness (its timer's wake-up on this machine) is the same for either
+    // server and says nothing about them.
     let send =
         |c: &mut Client, seq: &mut u64, st: &mut ChatStats, at: Instant| -> Option<PendingAck> {
-            let now = at.min(Instant::now());
+            let sent = Instant::now();
+            let now = at.min(sent);
             let stamp = now.duration_since(base()).as_nanos();
-            let content = format!("{stamp:020}|{pad}");
+            let sent_stamp = sent.duration_since(base()).as_nanos();
+            let content = format!("{stamp:020}|{sent_stamp:020}|{pad}");
             let tempid = format!("{me}-{seq}");
             *seq += 1;
             let payload =
@@ -692,7 +705,7 @@ async fn chat_user(
                     }
                     Some(Box::pin(async move {
                         let r = tokio::time::timeout(Duration::from_secs(30), rx).await;
-                        (now, r.ok().and_then(|r| r.ok()))
+                        (now, sent, r.ok().and_then(|r| r.ok()))
                     }))
                 }
                 Err(e) => {
@@ -737,7 +750,7 @@ async fn chat_user(
         tokio::select! {
             _ = turn.recv(), if paced => due = true,
             _ = tokio::time::sleep_until(wake.into()), if !paced => due = sending,
-            Some((sent, args)) = pending.next(), if !pending.is_empty() => {
+            Some((due_at, sent, args)) = pending.next(), if !pending.is_empty() => {
                 let at = Instant::now();
                 match args {
                     Some(a) if a.first().map(|a| a["ok"] == true) == Some(true) => {
@@ -747,8 +760,9 @@ async fn chat_user(
                         if at >= plan.measure_from && at <= plan.end {
                             st.acked += 1;
                         }
-                        if sent >= plan.measure_from {
-                            st.ack_lat.push(at.saturating_duration_since(sent));
+                        if due_at >= plan.measure_from {
+                            st.ack_lat.push(at.saturating_duration_since(due_at));
+                            st.ack_sent_lat.push(at.saturating_duration_since(sent));
                         }
                     }
                     Some(a) => {
@@ -772,14 +786,20 @@ async fn chat_user(
                         st.deliveries += 1;
                     }
                     // Only two fields are read: decode them borrowed, build nothing else.
-                    let stamp = serde_json::from_str::<(IgnoredAny, NewMessage<'_>)>(&data)
+                    let stamps = serde_json::from_str::<(IgnoredAny, NewMessage<'_>)>(&data)
                         .ok()
                         .filter(|(_, m)| m.sender_id != me)
-                        .and_then(|(_, m)| m.content.get(..20)?.parse::<u64>().ok());
-                    if let Some(ns) = stamp {
-                        let sent = base() + Duration::from_nanos(ns);
-                        if sent >= plan.measure_from {
-                            st.fan_lat.push(at.saturating_duration_since(sent));
+                        .and_then(|(_, m)| {
+                            let due = m.content.get(..20)?.parse::<u64>().ok()?;
+                            let sent = m.content.get(21..41)?.parse::<u64>().ok()?;
+                            Some((due, sent))
+                        });
+                    if let Some((due, sent)) = stamps {
+                        let due = base() + Duration::from_nanos(due);
+                        let sent = base() + Duration::from_nanos(sent);
+                        if due >= plan.measure_from {
+                            st.fan_lat.push(at.saturating_duration_since(due));
+                            st.fan_sent_lat.push(at.saturating_duration_since(sent));
                         }
                     }
                 }
@@ -865,7 +885,7 @@ async fn chat(
         end: measure_from + Duration::from_secs(secs),
         rate_per_user: if rate > 0.0 { rate / n as f64 } else { 0.0 },
         in_flight,
-        size: size.max(24),
+        size: size.max(45),
         pacer: if rate > 0.0 { Pacer::start() } else { None },
     });
     let mut tasks = vec![];
@@ -885,6 +905,8 @@ async fn chat(
                 all.deliveries += s.deliveries;
                 all.ack_lat.extend(s.ack_lat);
                 all.fan_lat.extend(s.fan_lat);
+                all.ack_sent_lat.extend(s.ack_sent_lat);
+                all.fan_sent_lat.extend(s.fan_sent_lat);
                 all.late.extend(s.late);
                 if all.errors.len() < 5 {
                     all.errors.extend(s.errors.into_iter().take(2));
@@ -895,10 +917,13 @@ async fn chat(
     }
     all.ack_lat.sort();
     all.fan_lat.sort();
+    all.ack_sent_lat.sort();
+    all.fan_sent_lat.sort();
     all.late.sort();
     let secs_f = secs as f64;
     let mode = if rate > 0.0 { "rate" } else { "saturation" };
     let (a, f) = (&all.ack_lat, &all.fan_lat);
+    let (sa, sf) = (&all.ack_sent_lat, &all.fan_sent_lat);
     let lat = |v: &[Duration]| {
         format!(
             "p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms ({} samples)",
@@ -936,6 +961,8 @@ async fn chat(
             ("ack latency", lat(a)),
             ("fan-out latency", lat(f)),
             ("send lateness", lat(&all.late)),
+            ("ack latency from the send", lat(sa)),
+            ("fan-out latency from the send", lat(sf)),
             (
                 "refused / ack timeouts",
                 format!("{} / {}", all.refused, all.ack_timeouts),
@@ -956,6 +983,12 @@ async fn chat(
             "late_p50_ms": ms(percentile(&all.late, 0.5)),
             "late_p99_ms": ms(percentile(&all.late, 0.99)),
             "late_max_ms": ms(all.late.last().copied().unwrap_or_default()),
+            "ack_sent_p50_ms": ms(percentile(sa, 0.5)),
+            "ack_sent_p99_ms": ms(percentile(sa, 0.99)),
+            "ack_sent_p999_ms": ms(percentile(sa, 0.999)),
+            "fanout_sent_p50_ms": ms(percentile(sf, 0.5)),
+            "fanout_sent_p99_ms": ms(percentile(sf, 0.99)),
+            "fanout_sent_p999_ms": ms(percentile(sf, 0.999)),
             "errors": all.errors,
         }),
     );
