@@ -138,8 +138,9 @@ pub struct Actor<A> {
     metrics: Arc<RuntimeMetrics>,
     draining: Arc<AtomicBool>,
     drain: Option<Drain>,
-    /// Network inputs produced while draining outputs (a slow consumer's failure).
-    deferred: Vec<engine::Input>,
+    /// Inputs produced while draining outputs (a slow consumer's failure, a storage
+    /// effect refused because the store thread is gone).
+    deferred: Vec<gateway::Input>,
     /// Most bytes a connection's send queue holds (`server.max_outbound_bytes`).
     outbound_limit: usize,
 }
@@ -335,7 +336,7 @@ impl<A: App> Actor<A> {
             }
             let now = self.clock.now();
             for input in std::mem::take(&mut self.deferred) {
-                if let Err(e) = self.app.handle_input(now, gateway::Input::Network(input)) {
+                if let Err(e) = self.app.handle_input(now, input) {
                     tracing::debug!(error = %e, "deferred input for a gone session");
                 }
             }
@@ -351,10 +352,11 @@ impl<A: App> Actor<A> {
                 if outbox.push(frame, self.outbound_limit) == Push::Overflow {
                     tracing::info!(%transport, "slow consumer: send queue full, connection closed");
                     self.outboxes.remove(&transport);
-                    self.deferred.push(engine::Input::WsAborted {
-                        transport,
-                        reason: CloseReason::SlowConsumer,
-                    });
+                    self.deferred
+                        .push(gateway::Input::Network(engine::Input::WsAborted {
+                            transport,
+                            reason: CloseReason::SlowConsumer,
+                        }));
                 }
             }
             Transmit::WsClose { transport, reason } => {
@@ -393,8 +395,30 @@ impl<A: App> Actor<A> {
                 temp_id,
             },
         };
-        if !self.store.send(job) {
-            tracing::error!("store thread is gone; storage effect dropped");
+        if let Some(job) = self.store.send_or_return(job) {
+            // The store thread ended (it never should while the actor runs): the operation
+            // is answered as failed, so that its sender gets an error instead of waiting
+            // for an answer that will never come.
+            RuntimeMetrics::inc(&self.metrics.store_failures);
+            self.metrics.store_failed.store(1, Ordering::Relaxed);
+            tracing::error!("store thread is gone; storage effect refused");
+            let gone = || gateway::StoreFailure("the store is not running".into());
+            self.deferred.push(match job {
+                Job::Append { op, .. } => gateway::Input::Appended {
+                    op,
+                    result: Err(gone()),
+                },
+                Job::Read { op, .. } => gateway::Input::Read {
+                    op,
+                    result: Err(gone()),
+                },
+                Job::Find { op, .. } => gateway::Input::Found {
+                    op,
+                    result: Err(gone()),
+                },
+                // Only the three above come from effects.
+                _ => return,
+            });
         }
     }
 
@@ -646,6 +670,7 @@ fn abnormal(reason: &CloseReason) -> bool {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicU64;
+    use std::sync::Mutex;
 
     use heartline_core::engine::UsageError;
     use heartline_core::gateway::{Input, Output};
@@ -779,5 +804,93 @@ mod tests {
             "the due deadline fired while inputs kept coming (fired after {} inputs)",
             fired.saturating_sub(1)
         );
+    }
+
+    /// Asks the store for one read on its first input, and keeps the store's answers.
+    struct AsksStore {
+        asked: bool,
+        out: Option<Output>,
+        answers: Arc<Mutex<Vec<Input>>>,
+    }
+
+    impl App for AsksStore {
+        fn handle_input(&mut self, _: Instant, input: Input) -> Result<(), UsageError> {
+            match input {
+                Input::Network(_) if !self.asked => {
+                    self.asked = true;
+                    self.out = Some(Output::Effect(gateway::Effect::Read {
+                        op: gateway::OpId(7),
+                        request: gateway::ReadRequest {
+                            conversation_id: "c".into(),
+                            after_seq: None,
+                            before_seq: None,
+                            limit: 10,
+                        },
+                    }));
+                }
+                Input::Network(_) => {}
+                other => self.answers.lock().expect("answers").push(other),
+            }
+            Ok(())
+        }
+        fn handle_timeout(&mut self, _: Instant) {}
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn poll_output(&mut self) -> Option<Output> {
+            self.out.take()
+        }
+        fn shutdown_some(&mut self, _: Instant, _: usize) -> usize {
+            0
+        }
+        fn session_count(&self) -> usize {
+            0
+        }
+        fn render_metrics(&self, _: &RuntimeMetrics, _: bool) -> String {
+            String::new()
+        }
+    }
+
+    /// With the store thread gone, a storage effect is answered as failed at once (its
+    /// sender gets an error, not silence), and the store counts as failed.
+    #[tokio::test]
+    async fn an_effect_the_store_thread_cannot_take_is_answered_as_failed() {
+        let answers = Arc::new(Mutex::new(vec![]));
+        let metrics = Arc::new(RuntimeMetrics::default());
+        let actor = Actor::new(
+            AsksStore {
+                asked: false,
+                out: None,
+                answers: answers.clone(),
+            },
+            Clock::start(),
+            StoreQueue::detached(),
+            metrics.clone(),
+            Arc::new(AtomicBool::new(false)),
+            1 << 20,
+        );
+        let (tx, rx) = mpsc::channel(4);
+        let (_keep, results) = mpsc::unbounded_channel();
+        let task = tokio::spawn(actor.run(rx, results));
+        tx.send(input(1)).await.expect("actor runs");
+        for _ in 0..500 {
+            if !answers.lock().expect("answers").is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.abort();
+        let answers = answers.lock().expect("answers").clone();
+        assert!(
+            matches!(
+                answers.as_slice(),
+                [Input::Read {
+                    op: gateway::OpId(7),
+                    result: Err(_)
+                }]
+            ),
+            "{answers:?}"
+        );
+        assert_eq!(metrics.store_failed.load(Ordering::Relaxed), 1);
     }
 }

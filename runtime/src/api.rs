@@ -224,9 +224,10 @@ async fn put_conversation(
 fn store_error(e: &StoreError) -> Response<Body> {
     tracing::warn!(error = %e, "an API request failed in the store");
     match e {
-        StoreError::LogSync(_) | StoreError::Sqlite(_) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
-        }
+        StoreError::LogSync(_)
+        | StoreError::Checkpoint(_)
+        | StoreError::Stopped
+        | StoreError::Sqlite(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     }
 }

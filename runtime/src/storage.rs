@@ -22,7 +22,8 @@
 //! lower in 15, medians 3.84 against 4.46 ms on a fresh database and 4.40 against 4.84 ms
 //! after a saturation run.) A failed flush fails every answer it held back and every
 //! operation after it, until the store is opened again; so does a checkpoint that fails
-//! with an I/O error (see [`StoreError::Checkpoint`]).
+//! with an I/O error (see [`StoreError::Checkpoint`]), the checkpointer's or the one the
+//! writer runs inside a commit at the log's bound ([`Store::take_checkpoint_failure`]).
 //!
 //! A second thread checkpoints the database's log (see [`crate::store`] for why not inside
 //! commits); it ends with the store thread. Its writes of the database file reach the
@@ -167,12 +168,18 @@ impl StoreQueue {
 
     /// Queues a job; `false` if the store thread is gone.
     pub fn send(&self, job: Job) -> bool {
+        self.send_or_return(job).is_none()
+    }
+
+    /// Queues a job; hands it back if the store thread is gone.
+    pub fn send_or_return(&self, job: Job) -> Option<Job> {
         self.tx
             .send(Queued {
                 at: Instant::now(),
                 job,
             })
-            .is_ok()
+            .err()
+            .map(|e| e.0.job)
     }
 }
 
@@ -241,8 +248,11 @@ pub fn spawn(
     let spawned = std::thread::Builder::new()
         .name("heartline-store".into())
         .spawn(move || {
+            // Should the thread unwind (nothing in it panics by design), what it held back
+            // is failed rather than left waiting, and the flush threads still end.
+            let ended = Ended(&writer);
             run(store, rx, &writer, &metrics);
-            writer.stop();
+            drop(ended);
             for handle in flushers {
                 let _ = handle.join();
             }
@@ -257,6 +267,19 @@ pub fn spawn(
             stage.stop();
             Err(e)
         }
+    }
+}
+
+/// Ends the stage when the store thread ends, however it ends: an unwinding thread fails
+/// every answer held back (and everything after), so that no caller waits forever.
+struct Ended<'a>(&'a Stage);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail(StoreError::Stopped);
+        }
+        self.0.stop();
     }
 }
 
@@ -452,6 +475,16 @@ fn commit_appends(
         Answer::Core(gateway::Input::Appended { op, result })
     });
     stage.committed(answers);
+    check_own_checkpoint(store, stage);
+}
+
+/// Fails the stage if the commit just made ran a checkpoint of the writer's own (at the
+/// log's bound) that failed with an I/O error: as with the checkpointer's, a later one
+/// could succeed over pages that never reached the disk.
+fn check_own_checkpoint(store: &Store, stage: &Stage) {
+    if let Some(e) = store.take_checkpoint_failure() {
+        stage.fail(e);
+    }
 }
 
 fn serve(store: &mut Store, job: Job, stage: &Stage, metrics: &RuntimeMetrics) {
@@ -481,6 +514,7 @@ fn serve(store: &mut Store, job: Job, stage: &Stage, metrics: &RuntimeMetrics) {
             // A failed put may still have written (a statement after the first failed);
             // either way its answer waits for the flush of what is committed so far.
             stage.committed([Answer::Put { reply, result }]);
+            check_own_checkpoint(store, stage);
         }
         Job::Messages {
             id,

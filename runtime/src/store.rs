@@ -41,13 +41,19 @@
 //! checkpointer runs. That checkpoint copies the whole log, so it ends with an fsync of the
 //! database file, which then carries every page the checkpointer copied since the last
 //! complete checkpoint: 2–7 ms on the store thread, every ~5 s at 500 sends/s after a
-//! saturation run (traced).
+//! saturation run (traced). SQLite's own hook for that checkpoint drops its result, so the
+//! store installs one of its own ([`checkpoint_at_bound`]) that keeps an I/O error for
+//! [`Store::take_checkpoint_failure`]: the runtime then stops the store, as it does when the
+//! checkpointer's checkpoint fails, instead of committing on over pages that may never have
+//! reached the disk.
 //!
 //! Membership checks are the caller's business; the store only keeps the member lists.
 //! The API is synchronous because SQLite is: the runtime gives the store a thread of its
 //! own. Nothing here panics on any input; every failure is a [`StoreError`].
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::os::raw::c_int;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,6 +128,9 @@ pub enum StoreError {
     /// SQLite itself failed (I/O error, disk full, lock held elsewhere, ...).
     #[error("database error: {0}")]
     Sqlite(#[source] Arc<rusqlite::Error>),
+    /// The thread that owned the store ended unexpectedly.
+    #[error("the store thread stopped unexpectedly")]
+    Stopped,
     /// The path names no file: SQLite's in-memory database, which keeps nothing.
     #[error("{0:?} is an in-memory database, which keeps nothing: the store needs a file")]
     InMemory(String),
@@ -154,6 +163,42 @@ const MMAP_BYTES: i64 = 1 << 30;
 /// Log pages past which the writer checkpoints by itself: under a steady load, this is what
 /// lets the log start over (see the module docs).
 pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+
+thread_local! {
+    /// The I/O error of the last checkpoint [`checkpoint_at_bound`] ran on this thread and
+    /// no one has taken yet ([`Store::take_checkpoint_failure`]). Per thread because the
+    /// hook is a plain function and runs inside the commit, on the committing thread: the
+    /// store's own.
+    static BOUND_CHECKPOINT_FAILURE: RefCell<Option<StoreError>> = const { RefCell::new(None) };
+    /// Checkpoints [`checkpoint_at_bound`] ran on this thread (for tests).
+    static BOUND_CHECKPOINTS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The writer's log hook, called by SQLite after every commit with the log's size in
+/// pages: at [`WAL_AUTOCHECKPOINT_PAGES`] or more it checkpoints, as SQLite's default hook
+/// does, but keeps the result. A lock (the checkpointer is mid-copy) is no failure, and the
+/// next commit tries again; an I/O error ([`checkpoint_error`]) is kept for the store's
+/// owner. Always answers OK: the commit itself has happened, and an error here would
+/// report it as failed.
+fn checkpoint_at_bound(wal: &rusqlite::hooks::Wal, pages: c_int) -> rusqlite::Result<()> {
+    if i64::from(pages) < WAL_AUTOCHECKPOINT_PAGES {
+        return Ok(());
+    }
+    BOUND_CHECKPOINTS.with(|n| n.set(n.get() + 1));
+    let result = wal.checkpoint_v2(rusqlite::hooks::CheckpointMode::PASSIVE);
+    keep_bound_checkpoint_result(result.map(|_| ()));
+    Ok(())
+}
+
+/// Keeps `result`'s error if it is one that may have lost a write (the first such error
+/// stays until it is taken).
+fn keep_bound_checkpoint_result(result: rusqlite::Result<()>) {
+    if let Err(e @ StoreError::Checkpoint(_)) = result.map_err(checkpoint_error) {
+        BOUND_CHECKPOINT_FAILURE.with(|f| {
+            f.borrow_mut().get_or_insert(e);
+        });
+    }
+}
 
 /// A second connection to a file-backed store's database that only checkpoints: it copies
 /// committed log pages into the database file without waiting for, or blocking, the writer.
@@ -399,6 +444,14 @@ impl Store {
         Ok(Some(Checkpointer { conn }))
     }
 
+    /// The I/O error of a checkpoint the writer ran by itself at the log's bound, if one
+    /// failed since the last call (see [`checkpoint_at_bound`]): [`StoreError::Checkpoint`],
+    /// after which the store must not be written to until it is opened again. Call it on
+    /// the thread that commits, after each commit.
+    pub fn take_checkpoint_failure(&self) -> Option<StoreError> {
+        BOUND_CHECKPOINT_FAILURE.with(|f| f.borrow_mut().take())
+    }
+
     /// A store that lives in memory only; for tests and tools.
     pub fn open_in_memory() -> Result<Store, StoreError> {
         Store::init(Connection::open_in_memory()?)
@@ -421,7 +474,9 @@ impl Store {
         // were random too). Not much larger: see `CACHE_KIB`.
         conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+        // In place of SQLite's default hook (a checkpoint past 1,000 pages, its result
+        // dropped): the same at WAL_AUTOCHECKPOINT_PAGES, its I/O errors kept.
+        conn.wal_hook(Some(checkpoint_at_bound));
         let mut store = Store { conn };
         store.migrate()?;
         Ok(store)
@@ -907,4 +962,67 @@ fn message_from_row(row: &Row<'_>) -> Result<StoredMessage, StoreError> {
 
 fn seq_from_db(seq: i64) -> Result<u64, StoreError> {
     u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("negative seq {seq}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::ffi;
+
+    fn sqlite_error(code: c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn the_writers_own_checkpoint_keeps_an_io_error_for_the_stores_owner() {
+        let store = Store::open_in_memory().expect("store");
+        // A lock is no failure: the next commit checkpoints again.
+        keep_bound_checkpoint_result(Err(sqlite_error(ffi::SQLITE_BUSY)));
+        assert!(store.take_checkpoint_failure().is_none());
+        keep_bound_checkpoint_result(Err(sqlite_error(ffi::SQLITE_IOERR_FSYNC)));
+        keep_bound_checkpoint_result(Err(sqlite_error(ffi::SQLITE_IOERR_WRITE)));
+        let kept = store.take_checkpoint_failure();
+        let code = match &kept {
+            Some(StoreError::Checkpoint(e)) => e.sqlite_error().map(|f| f.extended_code),
+            other => panic!("not a checkpoint failure: {other:?}"),
+        };
+        assert_eq!(
+            code,
+            Some(ffi::SQLITE_IOERR_FSYNC),
+            "the first error is kept"
+        );
+        assert!(store.take_checkpoint_failure().is_none(), "taken once");
+    }
+
+    #[test]
+    fn the_writer_checkpoints_the_whole_log_at_its_bound_through_the_stores_hook() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("t.db")).expect("store");
+        let before = BOUND_CHECKPOINTS.with(Cell::get);
+        // One commit that takes the log past its bound (4 KiB pages).
+        let bytes = (WAL_AUTOCHECKPOINT_PAGES + 64) * 4096;
+        store
+            .conn
+            .execute_batch(&format!(
+                "CREATE TABLE scratch (b BLOB); INSERT INTO scratch VALUES (zeroblob({bytes}));"
+            ))
+            .expect("big commit");
+        assert_eq!(BOUND_CHECKPOINTS.with(Cell::get), before + 1);
+        assert!(store.take_checkpoint_failure().is_none());
+        // Every page was copied, so the next write starts the log over.
+        store
+            .conn
+            .execute("DELETE FROM scratch", [])
+            .expect("small commit");
+        let (log, copied): (i64, i64) = store
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })
+            .expect("checkpoint");
+        assert!(
+            log < 1_000,
+            "log started over: {log} pages ({copied} copied)"
+        );
+    }
 }
