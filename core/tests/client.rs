@@ -497,3 +497,55 @@ fn a_token_refreshed_while_the_connect_is_on_its_way_follows_it() {
         .iter()
         .any(|(_, e, _)| e == "auth:refresh"));
 }
+
+#[test]
+fn a_second_connect_on_a_live_connection_does_not_restart_the_ack_ids() {
+    let mut d = Driven::new();
+    d.client.connect(d.now);
+    d.server_accepts();
+    let a = d.client.send_message(d.now, "c1", "first");
+    assert_eq!(sent_events(&d.take())[0].0, Some(0));
+    // A broken server repeats the namespace CONNECT: nothing is asked again, and the next
+    // send takes the next ack id, not 0 again.
+    d.frame(r#"40/chat,{"sid":"y"}"#);
+    assert!(sent_events(&d.take()).is_empty());
+    let b = d.client.send_message(d.now, "c1", "second");
+    let sent = sent_events(&d.take());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, Some(1));
+    assert_eq!(sent[0].2["tempId"], b.as_str());
+    // The first ack still finds the first send.
+    d.ack(
+        0,
+        json!({"ok": true, "message": {"tempId": a}, "duplicate": false}),
+    );
+    let acked: Vec<String> = d
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Notice(Notice::Acked { temp_id, .. }) => Some(temp_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acked, [a]);
+}
+
+#[test]
+fn temp_ids_carry_128_random_bits_so_two_starts_of_a_client_do_not_repeat_them() {
+    let temp_id = |seed| {
+        let mut c = Client::new(ClientConfig {
+            seed,
+            ..ClientConfig::default()
+        });
+        c.send_message(Instant::from_millis(0), "c1", "x")
+    };
+    let (x, y) = (temp_id(1), temp_id(2));
+    for t in [&x, &y] {
+        let (counter, random) = t.split_once('-').expect("t<n>-<hex>");
+        assert_eq!(counter, "t1");
+        assert_eq!(random.len(), 32, "{t}");
+        assert!(random.chars().all(|c| c.is_ascii_hexdigit()), "{t}");
+    }
+    assert_ne!(x, y);
+    assert!(x.len() <= 128, "within the contract's tempId bound");
+}

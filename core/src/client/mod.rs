@@ -374,7 +374,16 @@ impl Client {
     /// resent with the same `tempId` until acknowledged. Returns the `tempId`.
     pub fn send_message(&mut self, now: Instant, conversation_id: &str, content: &str) -> String {
         let now = self.clock.observe(now);
-        let temp_id = format!("t{}-{:08x}", self.next_temp, self.rng.next_u64() as u32);
+        // 128 random bits: the server keeps a user's tempIds with no end, and every start of
+        // a client counts from 1 again, so the counter alone (or with 32 bits, ~1 % odds per
+        // user over 10,000 past sessions) would in time answer a new message as a duplicate
+        // of an old one.
+        let temp_id = format!(
+            "t{}-{:016x}{:016x}",
+            self.next_temp,
+            self.rng.next_u64(),
+            self.rng.next_u64()
+        );
         self.next_temp += 1;
         self.outbox.push_back(Outgoing {
             temp_id: temp_id.clone(),
@@ -584,6 +593,10 @@ impl Client {
             return;
         }
         match packet.kind {
+            // A second CONNECT on a connection already up (only a broken server sends one)
+            // changes nothing: taking it would restart the ack ids while answers under the
+            // old ones are still due.
+            PacketType::Connect if self.phase == Phase::Up => {}
             PacketType::Connect => self.on_connected(now),
             PacketType::ConnectError => {
                 let reason = packet
@@ -705,7 +718,10 @@ impl Client {
     /// Sends the queued messages not yet sent on this connection, in the order they were
     /// queued, up to the first that must still wait: a message sent while an earlier one
     /// waits to be tried again (after `rate_limited` or `internal`) would be stored, and
-    /// shown to everyone, before it.
+    /// shown to everyone, before it. That keeps order only for what is not yet on the wire:
+    /// of up to [`MAX_SENDS_IN_FLIGHT`] sends under way together, one refused while those
+    /// after it are stored is stored after them when it is tried again (the price of not
+    /// waiting a round trip per message).
     fn flush_outbox(&mut self, now: Instant) {
         if self.phase != Phase::Up {
             return;
