@@ -13,7 +13,7 @@ use heartline_core::gateway::auth::{self, Claims};
 
 use crate::config::Config;
 use crate::settings;
-use crate::store::{Member, Store, StoreError};
+use crate::store::{Member, Store, StoreError, StoreLock};
 
 /// The conversation dev mode creates.
 pub const DEV_CONVERSATION: &str = "dev";
@@ -46,14 +46,28 @@ pub struct DevUser {
     pub token: String,
 }
 
-/// Sets a random secret in `config`, creates the dev conversation and signs the tokens.
+/// Sets a random secret in `config`, creates the dev conversation if the store has none
+/// of that id, and signs the tokens. A conversation `dev` already stored is left as it is:
+/// a store that holds real data (the secret was forgotten) keeps it untouched.
 pub fn prepare(config: &mut Config) -> Result<Vec<DevUser>, DevError> {
     let secret = settings::random_hex(32).map_err(|e| DevError::Random(e.to_string()))?;
     config.auth.jwt_secret = secret;
     let users = [("dev", "customer"), ("dev2", "agent")];
-    let mut store = Store::open(Path::new(&config.store.path))?;
+    let path = Path::new(&config.store.path);
+    // Not while a server runs on it (that server's start takes the same lock).
+    let _lock = StoreLock::acquire(path)?;
+    let mut store = Store::open(path)?;
     let members: Vec<Member> = users.iter().map(|(u, t)| Member::new(*u, *t)).collect();
-    store.put_conversation(DEV_CONVERSATION, &members)?;
+    match store.conversation(DEV_CONVERSATION)? {
+        None => {
+            store.put_conversation(DEV_CONVERSATION, &members)?;
+        }
+        Some(kept) if kept.members != members => tracing::warn!(
+            conversation = DEV_CONVERSATION,
+            "dev mode: the store already has this conversation with other members; left as it is"
+        ),
+        Some(_) => {}
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -102,4 +116,52 @@ pub fn banner(users: &[DevUser], addr: &str, namespace: &str) -> String {
         "\nConnect with socket.io-client:\n  const socket = io(\"http://{addr}{namespace}\", {{ auth: {{ token: \"<token>\" }} }});\n  socket.emit(\"conversation:join\", {{ conversationId: \"{DEV_CONVERSATION}\" }}, console.log);\n  socket.emit(\"message:send\", {{ conversationId: \"{DEV_CONVERSATION}\", content: \"hello\", tempId: \"t1\" }}, console.log);\n"
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_at(path: &Path) -> Config {
+        let mut config = Config::default();
+        config.store.path = path.to_string_lossy().into_owned();
+        config
+    }
+
+    #[test]
+    fn dev_mode_creates_its_conversation_in_an_empty_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dev.db");
+        let mut config = config_at(&path);
+        let users = prepare(&mut config).expect("prepare");
+        assert_eq!(users.len(), 2);
+        assert!(!config.auth.jwt_secret.is_empty());
+        let conv = Store::open(&path)
+            .expect("store")
+            .conversation(DEV_CONVERSATION)
+            .expect("read")
+            .expect("created");
+        assert!(conv.has_member("dev", "customer") && conv.has_member("dev2", "agent"));
+    }
+
+    #[test]
+    fn dev_mode_leaves_a_stored_conversation_of_its_id_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("real.db");
+        let real = vec![
+            Member::new("alice", "customer"),
+            Member::new("bob", "agent"),
+        ];
+        Store::open(&path)
+            .expect("store")
+            .put_conversation(DEV_CONVERSATION, &real)
+            .expect("put");
+        prepare(&mut config_at(&path)).expect("prepare");
+        let conv = Store::open(&path)
+            .expect("store")
+            .conversation(DEV_CONVERSATION)
+            .expect("read")
+            .expect("kept");
+        assert_eq!(conv.members, real);
+    }
 }

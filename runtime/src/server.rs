@@ -33,7 +33,7 @@ use crate::http::raw_refusal;
 use crate::metrics::RuntimeMetrics;
 use crate::settings;
 use crate::storage::{self, Job, StoreQueue};
-use crate::store::Store;
+use crate::store::{Store, StoreLock};
 
 /// Where the gateway serves Engine.IO.
 pub const ENGINE_PATH: &str = "/socket.io/";
@@ -83,7 +83,11 @@ pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
     let (store, conversations, recent) = {
         let open_path = path.clone();
         tokio::task::spawn_blocking(move || {
-            let store = Store::open(&open_path)?;
+            // First the lock: a second server on this database stops here, before it has
+            // written anything.
+            let lock = StoreLock::acquire(&open_path)?;
+            let mut store = Store::open(&open_path)?;
+            store.keep_lock(lock);
             let conversations = store.conversations()?;
             let recent = store.recent_sends(since_ms)?;
             Ok((store, conversations, recent))

@@ -503,16 +503,13 @@ fn serve(store: &mut Store, job: Job, stage: &Stage, metrics: &RuntimeMetrics) {
             stage.answer(Answer::Core(gateway::Input::Read { op, result }));
         }
         Job::Put { id, members, reply } => {
-            let result = store.put_conversation(&id, &members).and_then(|conv| {
-                let last_seq = store.last_seq(&id)?.unwrap_or(0);
-                Ok((conv, last_seq))
-            });
+            let result = store.put_conversation_with_last_seq(&id, &members);
             if let Err(e) = &result {
                 RuntimeMetrics::inc(&metrics.store_failures);
                 tracing::warn!(conversation = %id, error = %e, "conversation write failed");
             }
-            // A failed put may still have written (a statement after the first failed);
-            // either way its answer waits for the flush of what is committed so far.
+            // A failed put wrote nothing (its transaction, the last-seq read included, rolled
+            // back); either way its answer waits for the flush of what is committed so far.
             stage.committed([Answer::Put { reply, result }]);
             check_own_checkpoint(store, stage);
         }

@@ -128,6 +128,13 @@ pub enum StoreError {
     /// SQLite itself failed (I/O error, disk full, lock held elsewhere, ...).
     #[error("database error: {0}")]
     Sqlite(#[source] Arc<rusqlite::Error>),
+    /// Another process (or another store of this one) holds the database: two servers on one
+    /// store would hand out the same `seq` and miss each other's member changes.
+    #[error("{0} is in use by another Heartline (its lock file is held)")]
+    InUse(String),
+    /// The lock file beside the database could not be opened or locked.
+    #[error("lock file {0}: {1}")]
+    LockFile(String, #[source] Arc<std::io::Error>),
     /// The thread that owned the store ended unexpectedly.
     #[error("the store thread stopped unexpectedly")]
     Stopped,
@@ -305,6 +312,89 @@ impl LogSync {
     }
 }
 
+/// A lock on a database that one holder at a time can have: taken before the database is
+/// opened, held for as long as the server runs (the store keeps it, [`Store::keep_lock`]),
+/// and let go by the operating system however the process ends, `kill -9` included.
+///
+/// It is an advisory lock on a file beside the database, `<path>-lock` (SQLite's own locks
+/// cannot say "one server": the checkpointer and readers are other connections, and a
+/// second server would look like one more of them). The file stays after the server stops;
+/// it holds nothing.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: std::fs::File,
+}
+
+impl StoreLock {
+    /// Takes the lock of the database at `path`, or [`StoreError::InUse`] if another holder
+    /// has it (without waiting).
+    pub fn acquire(path: &Path) -> Result<StoreLock, StoreError> {
+        // The database's real name (its directory's, if the file is not there yet), so that
+        // two names of one file (a symbolic link) share one lock.
+        let real = std::fs::canonicalize(path)
+            .ok()
+            .or_else(|| {
+                let dir = match path.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => Path::new("."),
+                };
+                Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
+            })
+            .unwrap_or_else(|| path.to_path_buf());
+        let mut name = real.into_os_string();
+        name.push("-lock");
+        let lock_path = std::path::PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::LockFile(lock_path.display().to_string(), Arc::new(e)))?;
+        match try_lock(&file) {
+            Ok(true) => Ok(StoreLock { _file: file }),
+            Ok(false) => Err(StoreError::InUse(path.display().to_string())),
+            Err(e) => Err(StoreError::LockFile(
+                lock_path.display().to_string(),
+                Arc::new(e),
+            )),
+        }
+    }
+}
+
+/// An exclusive advisory lock on `file` without waiting: `Ok(false)` if another open file
+/// holds it. (`flock`, which goes with the open file and ends when it is closed.)
+#[cfg(unix)]
+fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a descriptor this handle owns; it reads no memory.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Elsewhere no lock is taken: two servers on one store are the operator's to avoid.
+#[cfg(not(unix))]
+fn try_lock(_: &std::fs::File) -> std::io::Result<bool> {
+    Ok(true)
+}
+
+/// `path` as SQLite must be given it to read it as a file name: one that starts with
+/// `file:` (which the bundled SQLite takes for a URI whatever the open flags) behind `./`.
+fn as_file_name(path: &Path) -> std::borrow::Cow<'_, Path> {
+    if path.as_os_str().as_encoded_bytes().starts_with(b"file:") {
+        std::borrow::Cow::Owned(Path::new(".").join(path))
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    }
+}
+
 /// Flushes the database file and its log as a process before this one may have left them.
 ///
 /// A process killed between a commit and its flush leaves that commit's log pages in the
@@ -313,6 +403,12 @@ impl LogSync {
 /// serve from them (a catch-up read, a retry answered as a duplicate, the HTTP API) could
 /// still be lost to a power failure, and its `seq` handed out again: so they are flushed
 /// before the store is used. Opening already wrote the log's file if it had none.
+///
+/// Then the directory: opening may just have created the database file or its log (SQLite
+/// deletes the log when the last connection closes, so every start after a clean stop
+/// creates it again), and a file's flush does not make its name durable. SQLite would
+/// flush the directory at the log's first flush, but the runtime flushes the log itself
+/// ([`LogSync`]), so it is done here, once, before anything is acknowledged.
 fn flush_leftovers(path: &Path) -> Result<(), StoreError> {
     let mut wal = std::ffi::OsString::from(path);
     wal.push("-wal");
@@ -323,6 +419,25 @@ fn flush_leftovers(path: &Path) -> Result<(), StoreError> {
             Err(e) => return Err(log_sync_error(e)),
         }
     }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    sync_directory(dir)
+}
+
+/// Flushes a directory's entries (the names of the files in it).
+#[cfg(unix)]
+fn sync_directory(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(log_sync_error)
+}
+
+/// Elsewhere a directory cannot be opened as a file; its entries go with the file system's
+/// own flushes.
+#[cfg(not(unix))]
+fn sync_directory(_: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
@@ -370,6 +485,8 @@ fn file_identity(_: &std::fs::Metadata) -> (u64, u64) {
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+    /// The lock that makes this the database's only server, if one was handed over.
+    lock: Option<StoreLock>,
 }
 
 const SCHEMA_V1: &str = "
@@ -419,10 +536,20 @@ impl Store {
         if path.as_os_str() == ":memory:" {
             return Err(StoreError::InMemory(":memory:".into()));
         }
+        // The bundled SQLite is built to read any name that starts with `file:` as a URI,
+        // whatever the open flags say, and `file::memory:` or `file:x?mode=memory` would
+        // then be a database that keeps nothing. As `./file:...` it is a file name.
+        let path = as_file_name(path);
+        let path = path.as_ref();
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let store = Store::init(Connection::open_with_flags(path, flags)?)?;
+        if store.conn.path().is_none_or(str::is_empty) {
+            // Nothing names a file (a form of in-memory or temporary database this check did
+            // not foresee): refused, as `:memory:` is.
+            return Err(StoreError::InMemory(path.display().to_string()));
+        }
         // The file SQLite opened, symbolic links resolved: its log is named after it.
         let opened = store
             .conn
@@ -442,6 +569,11 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "checkpoint_fullfsync", true)?;
         Ok(Some(Checkpointer { conn }))
+    }
+
+    /// Keeps `lock` for as long as this store lives (on the store thread, until it stops).
+    pub fn keep_lock(&mut self, lock: StoreLock) {
+        self.lock = Some(lock);
     }
 
     /// The I/O error of a checkpoint the writer ran by itself at the log's bound, if one
@@ -477,7 +609,7 @@ impl Store {
         // In place of SQLite's default hook (a checkpoint past 1,000 pages, its result
         // dropped): the same at WAL_AUTOCHECKPOINT_PAGES, its I/O errors kept.
         conn.wal_hook(Some(checkpoint_at_bound));
-        let mut store = Store { conn };
+        let mut store = Store { conn, lock: None };
         store.migrate()?;
         Ok(store)
     }
@@ -582,6 +714,18 @@ impl Store {
         id: &str,
         members: &[Member],
     ) -> Result<Conversation, StoreError> {
+        self.put_conversation_with_last_seq(id, members)
+            .map(|(conversation, _)| conversation)
+    }
+
+    /// [`Store::put_conversation`], and the conversation's last `seq` (0 if it has no
+    /// messages), read inside the same transaction: once the write is committed nothing
+    /// more can fail, so a caller told of a failure knows nothing was written.
+    pub fn put_conversation_with_last_seq(
+        &mut self,
+        id: &str,
+        members: &[Member],
+    ) -> Result<(Conversation, u64), StoreError> {
         // A set of those seen: a 1 MiB API body lists ~30,000 members, and comparing each
         // with every one kept before would hold the store thread for a second.
         let mut seen = std::collections::HashSet::with_capacity(members.len());
@@ -608,11 +752,15 @@ impl Store {
                 insert.execute(params![id, position, member.user_id, member.user_type])?;
             }
         }
+        let last_seq = last_seq_of(&tx, id)?.unwrap_or(0);
         tx.commit()?;
-        Ok(Conversation {
-            id: id.to_owned(),
-            members: unique,
-        })
+        Ok((
+            Conversation {
+                id: id.to_owned(),
+                members: unique,
+            },
+            last_seq,
+        ))
     }
 
     /// Every conversation with its members and last `seq` (0 if it has no messages),
@@ -971,6 +1119,26 @@ mod tests {
 
     fn sqlite_error(code: c_int) -> rusqlite::Error {
         rusqlite::Error::SqliteFailure(ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn a_name_that_reads_as_a_uri_is_opened_as_a_file_of_that_name() {
+        for uri in ["file::memory:", "file:hl.db?mode=memory", "file:hl.db"] {
+            assert_eq!(as_file_name(Path::new(uri)), Path::new(".").join(uri));
+        }
+        for name in ["heartline.db", "/var/lib/file:x.db", "data/file:x.db"] {
+            assert_eq!(as_file_name(Path::new(name)), Path::new(name));
+        }
+        // What names no file after all (here SQLite's private temporary database) is
+        // refused, as `:memory:` is.
+        assert!(matches!(
+            Store::open(Path::new("")),
+            Err(StoreError::InMemory(_))
+        ));
+        assert!(matches!(
+            Store::open(Path::new(":memory:")),
+            Err(StoreError::InMemory(_))
+        ));
     }
 
     #[test]

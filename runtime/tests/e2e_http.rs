@@ -598,3 +598,22 @@ async fn a_long_response_to_a_slow_reader_is_not_cut_by_the_idle_deadline() {
     assert_eq!(buf.len(), expected, "the whole response arrived");
     server.stop().await;
 }
+
+/// A second server on a store another one serves is refused at start, before it writes
+/// anything; once the first has stopped, the store is free again.
+#[tokio::test]
+async fn a_second_server_on_the_same_store_is_refused_until_the_first_stops() {
+    let mut first = TestServer::start(|_| {}).await;
+    let (status, body) = put_conversation(first.addr, "c1", &["u1:customer"]).await;
+    assert_eq!(status, 200, "{body}");
+    let second = heartline_runtime::start(config(first.dir.path())).await;
+    let err = second.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("in use by another Heartline"), "{err}");
+    first.stop().await;
+    let again = heartline_runtime::start(config(first.dir.path()))
+        .await
+        .expect("free once the first stopped");
+    let addr = again.local_addr();
+    assert_eq!(stored(addr, "c1").await, Vec::<Value>::new());
+    again.shutdown().await;
+}

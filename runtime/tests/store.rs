@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use heartline_runtime::store::{
-    AppendOutcome, AppendRequest, Member, Store, StoreError, StoredMessage, MAX_PAGE,
+    AppendOutcome, AppendRequest, Member, Store, StoreError, StoreLock, StoredMessage, MAX_PAGE,
 };
 
 fn members() -> Vec<Member> {
@@ -359,6 +359,15 @@ fn put_conversation_replaces_members_and_keeps_messages() {
     assert_eq!(seqs(&all_messages(&store, "c1")), vec![1]);
     let results = store.append_batch(&[req("m2", "c1", "u1", None)]);
     assert_eq!(stored(&results[0]).seq, 2);
+    // The write and the last seq in one transaction.
+    let (again, last_seq) = store
+        .put_conversation_with_last_seq("c1", &members())
+        .expect("put");
+    assert_eq!((again.members, last_seq), (members(), 2));
+    let (_, fresh) = store
+        .put_conversation_with_last_seq("c2", &members())
+        .expect("put");
+    assert_eq!(fresh, 0);
 }
 
 #[test]
@@ -537,6 +546,34 @@ fn a_newer_schema_is_refused() {
         Store::open(&path),
         Err(StoreError::SchemaTooNew { .. })
     ));
+}
+
+#[test]
+fn one_holder_at_a_time_has_a_stores_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("heartline.db");
+    let first = StoreLock::acquire(&path).expect("first");
+    assert!(matches!(
+        StoreLock::acquire(&path),
+        Err(StoreError::InUse(_))
+    ));
+    // Through another name of the same file, once it exists.
+    drop(Store::open(&path).expect("store"));
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&path, &link).expect("symlink");
+    assert!(matches!(
+        StoreLock::acquire(&link),
+        Err(StoreError::InUse(_))
+    ));
+    drop(first);
+    let mut store = Store::open(&path).expect("store");
+    store.keep_lock(StoreLock::acquire(&link).expect("free again"));
+    assert!(matches!(
+        StoreLock::acquire(&path),
+        Err(StoreError::InUse(_))
+    ));
+    drop(store);
+    StoreLock::acquire(&path).expect("let go with the store");
 }
 
 #[test]
