@@ -348,24 +348,39 @@ impl fmt::Debug for Redacted<'_> {
 impl Config {
     /// Parses and validates a configuration; missing keys keep their defaults.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
-        check_shape(&table, &default_shape(), "")?;
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.message().to_owned()))?;
+        let config = Config::parse_toml_str(text)?;
         config.validate()?;
         Ok(config)
     }
 
+    /// Parses a configuration without checking its values (keys and types are checked):
+    /// for a caller that applies overrides first and then calls [`Config::validate`], so
+    /// that an override can stand in for a bad value in the file.
+    pub fn parse_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        check_shape(&table, &default_shape(), "")?;
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.message().to_owned()))
+    }
+
     /// Reads, parses and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses the configuration file at `path` without checking its values
+    /// (see [`Config::parse_toml_str`]).
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_toml_str(&text)
+        Config::parse_toml_str(&text)
     }
 
     /// Applies the secret overrides from the environment: `HEARTLINE_JWT_SECRET` replaces

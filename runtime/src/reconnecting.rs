@@ -224,6 +224,10 @@ impl Reconnecting {
     }
 
     /// The next notice; `None` once the client has stopped and every notice was read.
+    ///
+    /// Notices wait in an unbounded queue until read, as they carry the messages, which
+    /// must not be dropped: an application reads them all, even when it follows the
+    /// connection through [`Reconnecting::snapshot`] or [`Reconnecting::wait_for`] alone.
     pub async fn next(&mut self) -> Option<Notice> {
         self.notices.recv().await
     }

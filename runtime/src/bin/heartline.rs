@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use heartline_runtime::config::Config;
+use heartline_runtime::config::{self, Config, ConfigError};
 use heartline_runtime::{dev, server};
 use tracing_subscriber::EnvFilter;
 
@@ -53,11 +53,23 @@ struct Args {
 /// Exit code for a configuration error.
 const EXIT_CONFIG: u8 = 2;
 
-fn load(args: &Args) -> Result<Config, heartline_runtime::config::ConfigError> {
+/// The file, then the environment's secrets, then `--listen`; the values are checked
+/// once, after every override, so that an override can stand in for a bad value.
+fn load(args: &Args) -> Result<Config, ConfigError> {
     let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
+        Some(path) => Config::read(path)?,
         None => Config::default(),
     };
+    // A secret that is not Unicode is refused, not taken for unset: unset, the server would
+    // run with a generated secret and refuse every real token.
+    for key in [config::ENV_JWT_SECRET, config::ENV_API_KEY] {
+        if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(key) {
+            return Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                reason: "the environment variable is not valid Unicode".to_owned(),
+            });
+        }
+    }
     config.apply_env(|k| std::env::var(k).ok());
     if let Some(listen) = &args.listen {
         config.server.listen = listen.clone();
@@ -125,38 +137,78 @@ async fn run(config: Config, dev_users: Option<Vec<dev::DevUser>>) -> ExitCode {
         }
     };
     let addr = handle.local_addr();
-    if let Some(users) = dev_users {
-        println!("{}", dev::banner(&users, &addr.to_string(), &namespace));
+    // Written, not printed: `println!` panics when stdout is a pipe whose reader is gone
+    // (`heartline | head -1`), and the server must go on serving then.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if let Some(users) = dev_users {
+            let _ = writeln!(
+                out,
+                "{}",
+                dev::banner(&users, &addr.to_string(), &namespace)
+            );
+        }
+        let _ = writeln!(out, "heartline listening on http://{addr}");
+        let _ = out.flush();
     }
-    println!("heartline listening on http://{addr}");
-    if let Err(e) = wait_for_signal().await {
-        eprintln!("heartline: cannot wait for signals: {e}");
-        return ExitCode::FAILURE;
-    }
+    // Listened to from here on, once: a second signal that comes right after the first
+    // (SIGTERM and SIGINT together) is not lost between two listeners.
+    let mut signals = match Signals::listen() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("heartline: cannot wait for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    signals.next().await;
     tokio::select! {
         _ = handle.shutdown() => ExitCode::SUCCESS,
-        _ = wait_for_signal() => {
+        _ = signals.next() => {
             eprintln!("heartline: second signal, exiting without finishing the drain");
             ExitCode::FAILURE
         }
     }
 }
 
+/// The signals that stop the server: SIGTERM and SIGINT (Ctrl-C elsewhere).
 #[cfg(unix)]
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn listen() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    /// The next signal (each is seen once, however close together they come).
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> std::io::Result<()> {
-    tokio::signal::ctrl_c().await
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn listen() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn next(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[cfg(test)]
