@@ -32,17 +32,27 @@ pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) ->
         tracing::debug!(remote = %conn.remote, "connection refused: per-IP rate");
         return http::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
     }
+    // HEAD as GET (hyper leaves the body out), so that probes that use it see the status.
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
     match path.as_str() {
+        "/healthz" | "/readyz" | "/metrics" | "/" | "/index.html" | "/heartline.js" if !read => {
+            let mut resp = http::text(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD");
+            resp.headers_mut().insert(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static("GET, HEAD"),
+            );
+            resp
+        }
         // A store whose log could not be flushed stores nothing until a restart: not
         // healthy (a supervisor restarts it) and not ready (no new clients sent to it).
-        "/healthz" if req.method() == Method::GET => {
+        "/healthz" => {
             if ctx.store_failed() {
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "store failed")
             } else {
                 http::text(StatusCode::OK, "ok")
             }
         }
-        "/readyz" if req.method() == Method::GET => {
+        "/readyz" => {
             if ctx.store_failed() {
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "store failed")
             } else if ctx.is_draining() {
@@ -51,11 +61,9 @@ pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) ->
                 http::text(StatusCode::OK, "ready")
             }
         }
-        "/metrics" if req.method() == Method::GET => metrics(&ctx).await,
-        "/" | "/index.html" if req.method() == Method::GET => {
-            http::with_body(StatusCode::OK, "text/html; charset=utf-8", PAGE)
-        }
-        "/heartline.js" if req.method() == Method::GET => {
+        "/metrics" => metrics(&ctx).await,
+        "/" | "/index.html" => http::with_body(StatusCode::OK, "text/html; charset=utf-8", PAGE),
+        "/heartline.js" => {
             http::with_body(StatusCode::OK, "text/javascript; charset=utf-8", CLIENT_JS)
         }
         p => match p.strip_prefix("/api/") {

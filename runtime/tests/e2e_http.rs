@@ -36,6 +36,17 @@ async fn health_readiness_and_metrics() {
     }
     let (status, _, _) = http(server.addr, "GET", "/nope", &[], "").await;
     assert_eq!(status, 404);
+    // Probes that use HEAD get the status without a body; other methods are told which.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, head, body) = http(server.addr, "HEAD", path, &[], "").await;
+        assert_eq!((status, body.as_str()), (200, ""), "HEAD {path}: {head}");
+        let (status, head, _) = http(server.addr, "POST", path, &[], "x").await;
+        assert_eq!(status, 405, "POST {path}");
+        assert!(
+            head.to_ascii_lowercase().contains("allow: get, head"),
+            "{head}"
+        );
+    }
     server.stop().await;
 }
 
