@@ -49,6 +49,10 @@ fn check_api_key(key: &str) -> Result<(), ConfigError> {
 /// far from overflow.
 pub const MAX_DURATION_MS: u64 = i32::MAX as u64;
 
+/// Below this many bytes `auth.jwt_secret` draws a warning at startup (HS256's output size;
+/// RFC 7518 §3.2). Not refused: a deployment's existing tokens may use a shorter one.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
 /// Upper bound for `engine.max_payload_bytes` (256 MiB): a single chat message or polling
 /// body beyond this is a misconfiguration, and every connection may buffer this much.
 pub const MAX_PAYLOAD_LIMIT: u64 = 256 * 1024 * 1024;
@@ -494,6 +498,15 @@ impl Config {
                 self.server.max_outbound_bytes
             ));
         }
+        // Empty is dev mode; anything else shorter than HS256's 256-bit output can be
+        // guessed offline from one token (RFC 7518 §3.2 asks for at least that much key).
+        let secret = self.auth.jwt_secret.len();
+        if (1..MIN_JWT_SECRET_BYTES).contains(&secret) {
+            out.push(format!(
+                "auth.jwt_secret is {secret} bytes: an HS256 secret shorter than \
+                 {MIN_JWT_SECRET_BYTES} bytes can be guessed from any token it signed"
+            ));
+        }
         out
     }
 
@@ -926,6 +939,17 @@ path = "heartline.db"         # embedded default
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].starts_with("server.cors_origins is empty"));
         assert!(warnings[1].starts_with("server.max_outbound_bytes = 512"));
+        let short = Config::from_toml_str("[auth]\njwt_secret = \"s3cret\"\n").expect("valid");
+        assert_eq!(
+            short.warnings(),
+            [
+                "auth.jwt_secret is 6 bytes: an HS256 secret shorter than 32 bytes can be guessed \
+              from any token it signed"
+            ]
+        );
+        let long = Config::from_toml_str(&format!("[auth]\njwt_secret = \"{}\"\n", "k".repeat(32)))
+            .expect("valid");
+        assert!(long.warnings().is_empty());
         let config =
             Config::from_toml_str("[server]\ncors_origins = [\"http://a.example:8080/\"]\n")
                 .expect("a trailing slash is tolerated");
