@@ -112,6 +112,17 @@ fn sent_events(outputs: &[Output]) -> Vec<(Option<u64>, String, Value)> {
         .collect()
 }
 
+/// The tempIds acknowledged among `outputs`, in order.
+fn acked(outputs: Vec<Output>) -> Vec<String> {
+    outputs
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Notice(Notice::Acked { temp_id, .. }) => Some(temp_id),
+            _ => None,
+        })
+        .collect()
+}
+
 fn opens(outputs: &[Output]) -> usize {
     outputs.iter().filter(|o| matches!(o, Output::Open)).count()
 }
@@ -141,14 +152,7 @@ fn a_send_from_before_a_disconnect_is_sent_again_and_acks_do_not_cross() {
         1,
         json!({"ok": true, "message": {"tempId": b}, "duplicate": false}),
     );
-    let acked: Vec<String> = d
-        .take()
-        .into_iter()
-        .filter_map(|o| match o {
-            Output::Notice(Notice::Acked { temp_id, .. }) => Some(temp_id),
-            _ => None,
-        })
-        .collect();
+    let acked = acked(d.take());
     assert_eq!(acked, [b]);
     assert_eq!(d.client.outbox_len(), 1, "A still waits for its own ack");
 }
@@ -519,14 +523,7 @@ fn a_second_connect_on_a_live_connection_does_not_restart_the_ack_ids() {
         0,
         json!({"ok": true, "message": {"tempId": a}, "duplicate": false}),
     );
-    let acked: Vec<String> = d
-        .take()
-        .into_iter()
-        .filter_map(|o| match o {
-            Output::Notice(Notice::Acked { temp_id, .. }) => Some(temp_id),
-            _ => None,
-        })
-        .collect();
+    let acked = acked(d.take());
     assert_eq!(acked, [a]);
 }
 
