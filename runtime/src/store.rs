@@ -51,7 +51,7 @@
 //! The API is synchronous because SQLite is: the runtime gives the store a thread of its
 //! own. Nothing here panics on any input; every failure is a [`StoreError`].
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::raw::c_int;
 use std::path::Path;
@@ -178,7 +178,8 @@ thread_local! {
     /// store's own.
     static BOUND_CHECKPOINT_FAILURE: RefCell<Option<StoreError>> = const { RefCell::new(None) };
     /// Checkpoints [`checkpoint_at_bound`] ran on this thread (for tests).
-    static BOUND_CHECKPOINTS: Cell<u64> = const { Cell::new(0) };
+    #[cfg(test)]
+    static BOUND_CHECKPOINTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// The writer's log hook, called by SQLite after every commit with the log's size in
@@ -191,6 +192,7 @@ fn checkpoint_at_bound(wal: &rusqlite::hooks::Wal, pages: c_int) -> rusqlite::Re
     if i64::from(pages) < WAL_AUTOCHECKPOINT_PAGES {
         return Ok(());
     }
+    #[cfg(test)]
     BOUND_CHECKPOINTS.with(|n| n.set(n.get() + 1));
     let result = wal.checkpoint_v2(rusqlite::hooks::CheckpointMode::PASSIVE);
     keep_bound_checkpoint_result(result.map(|_| ()));
@@ -334,16 +336,14 @@ impl StoreLock {
         let real = std::fs::canonicalize(path)
             .ok()
             .or_else(|| {
-                let dir = match path.parent() {
-                    Some(d) if !d.as_os_str().is_empty() => d,
-                    _ => Path::new("."),
-                };
-                Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
+                Some(
+                    std::fs::canonicalize(directory_of(path))
+                        .ok()?
+                        .join(path.file_name()?),
+                )
             })
             .unwrap_or_else(|| path.to_path_buf());
-        let mut name = real.into_os_string();
-        name.push("-lock");
-        let lock_path = std::path::PathBuf::from(name);
+        let lock_path = beside(&real, "-lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -410,20 +410,30 @@ fn as_file_name(path: &Path) -> std::borrow::Cow<'_, Path> {
 /// flush the directory at the log's first flush, but the runtime flushes the log itself
 /// ([`LogSync`]), so it is done here, once, before anything is acknowledged.
 fn flush_leftovers(path: &Path) -> Result<(), StoreError> {
-    let mut wal = std::ffi::OsString::from(path);
-    wal.push("-wal");
-    for file in [path.to_path_buf(), std::path::PathBuf::from(wal)] {
+    for file in [path.to_path_buf(), beside(path, "-wal")] {
         match std::fs::OpenOptions::new().write(true).open(&file) {
             Ok(f) => f.sync_data().map_err(log_sync_error)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(log_sync_error(e)),
         }
     }
-    let dir = match path.parent() {
+    sync_directory(directory_of(path))
+}
+
+/// The file named `path` followed by `suffix`, as SQLite names the files beside a database
+/// (`-wal`), and as the store names its lock (`-lock`).
+fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
-    sync_directory(dir)
+    }
 }
 
 /// Flushes a directory's entries (the names of the files in it).
@@ -682,9 +692,7 @@ impl Store {
         };
         // SQLite names the log after the database file, and creates it when the connection
         // first reads in WAL mode (opening the store did).
-        let mut wal = std::ffi::OsString::from(path);
-        wal.push("-wal");
-        let wal = std::path::PathBuf::from(wal);
+        let wal = beside(Path::new(path), "-wal");
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&wal)
@@ -1114,6 +1122,8 @@ fn seq_from_db(seq: i64) -> Result<u64, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
     use rusqlite::ffi;
 
