@@ -504,9 +504,7 @@ fn a_token_refreshed_while_the_connect_is_on_its_way_follows_it() {
 
 #[test]
 fn a_second_connect_on_a_live_connection_does_not_restart_the_ack_ids() {
-    let mut d = Driven::new();
-    d.client.connect(d.now);
-    d.server_accepts();
+    let (mut d, _) = Driven::connected_in(0);
     let a = d.client.send_message(d.now, "c1", "first");
     assert_eq!(sent_events(&d.take())[0].0, Some(0));
     // A broken server repeats the namespace CONNECT: nothing is asked again, and the next
