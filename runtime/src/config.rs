@@ -390,16 +390,33 @@ impl Config {
     /// Applies the secret overrides from the environment: `HEARTLINE_JWT_SECRET` replaces
     /// `auth.jwt_secret` and `HEARTLINE_API_KEY` replaces `api.key`.
     ///
-    /// `get` looks a variable up (pass `|k| std::env::var(k).ok()` in production). An empty
-    /// value counts as unset, so that a deployment template that passes an unset variable
-    /// through does not silently disable the HTTP API or swap the token secret.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
-        if let Some(secret) = get(ENV_JWT_SECRET).filter(|v| !v.is_empty()) {
+    /// `get` looks a variable up (pass `std::env::var` in production). An empty value
+    /// counts as unset, so that a deployment template that passes an unset variable
+    /// through does not silently disable the HTTP API or swap the token secret. A value
+    /// that is not Unicode is refused, not taken for unset: unset, the server would run
+    /// with a generated secret and refuse every real token. Nothing is changed unless both
+    /// variables can be read.
+    pub fn apply_env(
+        &mut self,
+        get: impl Fn(&str) -> Result<String, std::env::VarError>,
+    ) -> Result<(), ConfigError> {
+        let read = |key: &str| match get(key) {
+            Ok(value) if !value.is_empty() => Ok(Some(value)),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::invalid(
+                key,
+                "the environment variable is not valid Unicode",
+            )),
+        };
+        let secret = read(ENV_JWT_SECRET)?;
+        let key = read(ENV_API_KEY)?;
+        if let Some(secret) = secret {
             self.auth.jwt_secret = secret;
         }
-        if let Some(key) = get(ENV_API_KEY).filter(|v| !v.is_empty()) {
+        if let Some(key) = key {
             self.api.key = key;
         }
+        Ok(())
     }
 
     /// `server.listen` as a socket address.
@@ -1030,11 +1047,13 @@ idle_timeout_ms = 600000
         let mut config =
             Config::from_toml_str("[auth]\njwt_secret = \"file\"\n[api]\nkey = \"k\"\n")
                 .expect("secrets");
-        config.apply_env(|name| match name {
-            ENV_JWT_SECRET => Some("from-env".to_owned()),
-            ENV_API_KEY => Some("api-from-env".to_owned()),
-            _ => None,
-        });
+        config
+            .apply_env(|name| match name {
+                ENV_JWT_SECRET => Ok("from-env".to_owned()),
+                ENV_API_KEY => Ok("api-from-env".to_owned()),
+                _ => Err(std::env::VarError::NotPresent),
+            })
+            .expect("both readable");
         assert_eq!(config.auth.jwt_secret, "from-env");
         assert_eq!(config.api.key, "api-from-env");
     }
@@ -1080,12 +1099,37 @@ idle_timeout_ms = 600000
         let mut config =
             Config::from_toml_str("[auth]\njwt_secret = \"file\"\n[api]\nkey = \"k\"\n")
                 .expect("secrets");
-        config.apply_env(|_| None);
+        config
+            .apply_env(|_| Err(std::env::VarError::NotPresent))
+            .expect("unset");
         assert_eq!(config.auth.jwt_secret, "file");
         assert_eq!(config.api.key, "k");
-        config.apply_env(|_| Some(String::new()));
+        config.apply_env(|_| Ok(String::new())).expect("empty");
         assert_eq!(config.auth.jwt_secret, "file");
         assert_eq!(config.api.key, "k");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_that_is_not_unicode_is_refused_and_changes_nothing() {
+        use std::os::unix::ffi::OsStringExt;
+        let not_unicode = || std::ffi::OsString::from_vec(vec![b's', 0xff, b'k']);
+        let mut config =
+            Config::from_toml_str("[auth]\njwt_secret = \"file\"\n[api]\nkey = \"k\"\n")
+                .expect("secrets");
+        let e = config
+            .apply_env(|name| match name {
+                ENV_JWT_SECRET => Ok("from-env".to_owned()),
+                _ => Err(std::env::VarError::NotUnicode(not_unicode())),
+            })
+            .expect_err("refused");
+        assert_eq!(e.key(), Some(ENV_API_KEY));
+        assert_eq!(config.auth.jwt_secret, "file", "nothing applied");
+        let e = config
+            .apply_env(|_| Err(std::env::VarError::NotUnicode(not_unicode())))
+            .expect_err("refused");
+        assert_eq!(e.key(), Some(ENV_JWT_SECRET));
+        assert!(e.to_string().contains("not valid Unicode"), "{e}");
     }
 
     #[test]

@@ -97,6 +97,29 @@ async fn config_errors_name_the_key_and_exit_2() {
         .await
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
+
+    // A secret the environment holds but cannot give as text is refused, not ignored.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        let run = Command::new(BIN)
+            .env(
+                "HEARTLINE_JWT_SECRET",
+                std::ffi::OsString::from_vec(vec![b's', 0xff, b'k']),
+            )
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .kill_on_drop(true)
+            .output();
+        // Were the secret ignored, the server would start and run: bounded, not hung.
+        let out = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("exits at once")
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("HEARTLINE_JWT_SECRET"), "{stderr}");
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use heartline_runtime::config::{self, Config, ConfigError};
+use heartline_runtime::config::{Config, ConfigError};
 use heartline_runtime::{dev, server};
 use tracing_subscriber::EnvFilter;
 
@@ -60,17 +60,7 @@ fn load(args: &Args) -> Result<Config, ConfigError> {
         Some(path) => Config::read(path)?,
         None => Config::default(),
     };
-    // A secret that is not Unicode is refused, not taken for unset: unset, the server would
-    // run with a generated secret and refuse every real token.
-    for key in [config::ENV_JWT_SECRET, config::ENV_API_KEY] {
-        if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(key) {
-            return Err(ConfigError::Invalid {
-                key: key.to_owned(),
-                reason: "the environment variable is not valid Unicode".to_owned(),
-            });
-        }
-    }
-    config.apply_env(|k| std::env::var(k).ok());
+    config.apply_env(|key| std::env::var(key))?;
     if let Some(listen) = &args.listen {
         config.server.listen = listen.clone();
     }
