@@ -110,6 +110,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "no-handshake-timeout" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.no_handshake_timeout = true)
         }
+        "fan-out-skips-sender" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.fan_out_skips_sender = true)
+        }
         "refresh-keeps-grace" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.refresh_keeps_grace = true)
         }

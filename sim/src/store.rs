@@ -178,6 +178,12 @@ impl Store {
         self.messages.get(conv)?.get(idx).cloned()
     }
 
+    /// The message stored at `seq` in a conversation.
+    pub fn get(&self, conversation_id: &str, seq: u64) -> Option<&Message> {
+        let idx = usize::try_from(seq.checked_sub(1)?).ok()?;
+        self.messages.get(conversation_id)?.get(idx)
+    }
+
     /// The last `seq` of a conversation (0 if empty).
     pub fn last_seq(&self, conversation_id: &str) -> u64 {
         self.messages

@@ -228,3 +228,14 @@ fn a_session_kept_with_no_namespace_past_the_handshake_deadline_is_caught() {
     });
     assert_eq!(checker, heartline_sim::check::handshake::NAME);
 }
+
+#[test]
+fn a_fan_out_that_leaves_the_sender_out_is_caught() {
+    // The project's client would fill the gap from its own ack, so only the frames show it.
+    let (_, checker) = first_violation("fan-out-skips-sender", 40, |s| {
+        let mut o = base(s);
+        o.gateway_hook = Some(|c| c.engine.mutations.fan_out_skips_sender = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::message_frames::NAME);
+}

@@ -899,7 +899,7 @@ impl Gateway {
                         duplicate: false,
                     });
                 }
-                self.fan_out(now, &message, &m);
+                self.fan_out(now, &message, &m, session);
                 Some(message)
             }
             Ok(AppendOutcome::Duplicate(message)) => {
@@ -949,11 +949,18 @@ impl Gateway {
     /// `message:new` to the room, `message:notification` to members connected elsewhere.
     /// Each is encoded once, from the message's JSON `m`, and its bytes shared by every
     /// recipient.
-    fn fan_out(&mut self, now: Instant, message: &Message, m: &MessageJson) {
+    #[cfg_attr(not(feature = "mutations"), allow(unused_variables))]
+    fn fan_out(&mut self, now: Instant, message: &Message, m: &MessageJson, sender: SessionId) {
         let Some(conv) = self.conversations.get(&message.conversation_id) else {
             return;
         };
-        let room: Vec<SessionId> = conv.room.keys().copied().collect();
+        #[allow(unused_mut)]
+        let mut room: Vec<SessionId> = conv.room.keys().copied().collect();
+        // MUTATION (test-only): the sender's own connection is left out.
+        #[cfg(feature = "mutations")]
+        if self.config.engine.mutations.fan_out_skips_sender {
+            room.retain(|s| *s != sender);
+        }
         let mut elsewhere = vec![];
         for member in &conv.members {
             if let Some(u) = self.users.get(member) {

@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod handshake;
 pub mod liveness;
 pub mod members;
+pub mod message_frames;
 pub mod per_user;
 pub mod ping_pong;
 pub mod presence;
@@ -50,13 +51,14 @@ impl fmt::Display for Violation {
 }
 
 /// Every checker's name, in report order.
-pub const NAMES: [&str; 15] = [
+pub const NAMES: [&str; 16] = [
     dead_peer::NAME,
     handshake::NAME,
     per_user::NAME,
     ping_pong::NAME,
     rate_window::NAME,
     delivery::NAME,
+    message_frames::NAME,
     members::NAME,
     bad_token::NAME,
     token_expiry::NAME,

@@ -252,7 +252,8 @@ impl Sim {
                                 seen = self
                                     .members
                                     .honest_received(slot.user, &text)
-                                    .and(self.presence_frames.received(id, slot.user, &text));
+                                    .and(self.presence_frames.received(id, slot.user, &text))
+                                    .and(self.message_frames.received(id, &text, &self.store));
                                 crate::trace::short(&text, 72)
                             }
                             heartline_core::codec::Frame::Binary(b) => format!("<{}B>", b.len()),
@@ -262,6 +263,7 @@ impl Sim {
                     Seg::Fin { error } => {
                         slot.link = None;
                         self.presence_frames.closed(id);
+                        self.message_frames.closed(id);
                         slot.client.handle_closed(now);
                         if let Some(link) = self.net.link_mut(id) {
                             link.client_open = false;
@@ -314,6 +316,10 @@ impl Sim {
                 Output::Send(frame) => {
                     if let Some(id) = slot.link {
                         if self.net.link(id).is_some_and(|l| l.client_open) {
+                            if let heartline_core::codec::Frame::Text(bytes) = &frame {
+                                let text = String::from_utf8_lossy(bytes);
+                                self.message_frames.sent(id, &text);
+                            }
                             self.net.send(
                                 now,
                                 id,
@@ -407,6 +413,7 @@ impl Sim {
         }
         link.client_open = false;
         self.presence_frames.closed(id);
+        self.message_frames.closed(id);
         self.net.send(
             now,
             id,

@@ -34,6 +34,7 @@ impl Sim {
                         link.client_open = false;
                     }
                     self.presence_frames.closed(id);
+                    self.message_frames.closed(id);
                     if let Some(slot) = self.clients.get_mut(c) {
                         slot.link = None;
                         slot.client.handle_closed(now);

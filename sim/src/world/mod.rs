@@ -37,6 +37,7 @@ use crate::check::dead_peer::DeadPeer;
 use crate::check::delivery::Delivery;
 use crate::check::handshake::Handshake;
 use crate::check::members::MembersOnly;
+use crate::check::message_frames::MessageFrames;
 use crate::check::per_user::PerUser;
 use crate::check::ping_pong::PingPong;
 use crate::check::presence_flaps::PresenceFlaps;
@@ -141,6 +142,7 @@ pub struct Sim {
     blame: Blame,
     presence_flaps: PresenceFlaps,
     presence_frames: PresenceFrames,
+    message_frames: MessageFrames,
     token_expiry: TokenExpiry,
     token_rng: Rng,
     handshake: Handshake,
@@ -274,6 +276,7 @@ impl Sim {
             blame: Blame::default(),
             presence_flaps: PresenceFlaps::new(gw_config.offline_grace_ms),
             presence_frames: PresenceFrames::new(&layout),
+            message_frames: MessageFrames::default(),
             token_expiry,
             token_rng,
             handshake: Handshake::new(gw_config.engine.handshake_timeout_ms),
@@ -426,6 +429,9 @@ impl Sim {
             .collect();
         let finding = self.presence_frames.settled(&live);
         self.found(finding);
+        let links: Vec<u64> = live.iter().map(|(link, _)| *link).collect();
+        let finding = self.message_frames.settled(&links, &self.store);
+        self.found(finding);
     }
 
     /// Asks every client that used up its attempts to connect again, as a user presses
@@ -523,20 +529,29 @@ impl Sim {
                     }
                 }
             }
-            let finding = self.per_user.check();
-            self.found(finding);
-            let finding = self.dead_peer.check(self.now);
-            self.found(finding);
-            let finding = self.token_expiry.check(self.now);
-            self.found(finding);
-            let finding = self.handshake.check(self.now);
-            self.found(finding);
+            self.check_deadlines();
         }
         if self.step >= STEP_BUDGET {
             let finding = Err(("step-budget", format!("{STEP_BUDGET} steps used")));
             self.found(finding);
         }
-        self.now = self.now.max(end);
+        // Nothing was due before `end`, but a deadline may still have passed by then.
+        if self.now < end {
+            self.now = end;
+            self.check_deadlines();
+        }
+    }
+
+    /// The checkers that judge what should have happened by now.
+    fn check_deadlines(&mut self) {
+        let finding = self.per_user.check();
+        self.found(finding);
+        let finding = self.dead_peer.check(self.now);
+        self.found(finding);
+        let finding = self.token_expiry.check(self.now);
+        self.found(finding);
+        let finding = self.handshake.check(self.now);
+        self.found(finding);
     }
 
     /// The earliest thing due; ties go to the server, then the store, then the agenda.

@@ -1,0 +1,390 @@
+//! What the server sends of each message, frame by frame, on each honest connection.
+//!
+//! [`super::delivery`] judges what a client hands its application, after the client's
+//! catch-up has dropped repeats and filled gaps from history, as the project's own client
+//! does. A front end on `socket.io-client` does none of that, so this checker reads the
+//! frames themselves, keeping its own view of each connection's rooms from the requests the
+//! client sent and the acks that answered them:
+//!
+//! - after a `conversation:join` is answered `ok: true` with `lastSeq` L, that connection's
+//!   `message:new` frames for the conversation run L+1, L+2, ... with no gap, repeat or
+//!   swap, until a `conversation:leave` is answered; a second join's `lastSeq` is the last
+//!   one the connection was sent (everything before it reached it live);
+//! - a join's `missed` list runs `seq` by `seq` from its `afterSeq` and ends at or before
+//!   `lastSeq`;
+//! - `message:new` reaches only connections that joined the conversation, and
+//!   `message:notification` only connected ones that did not;
+//! - every message in a frame, live or missed, is the stored one, field for field;
+//! - once the run has healed and gone quiet, every live connection was sent the last
+//!   message of each conversation it joined.
+//!
+//! A join is in the room from the moment it is answered (the server enters the room and
+//! queues the answer in the same step, and a connection's frames keep their order), and out
+//! of it from the moment a leave is answered; so the rules above hold exactly, with no
+//! allowance for frames in flight.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::Finding;
+use crate::store::Store;
+
+/// The checker's name.
+pub const NAME: &str = "message-frames";
+
+/// A request awaiting its ack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Request {
+    Join {
+        conversation: String,
+        after_seq: Option<u64>,
+    },
+    Leave {
+        conversation: String,
+    },
+}
+
+/// Each honest connection's rooms, by the wire.
+#[derive(Debug, Default)]
+pub struct MessageFrames {
+    /// (link, ack id) to the request it will answer.
+    asked: BTreeMap<(u64, u64), Request>,
+    /// (link, conversation) joined, to the last `seq` sent on it.
+    joined: BTreeMap<(u64, String), u64>,
+    /// `message:new` frames checked.
+    pub frames: u64,
+}
+
+/// A `/chat` packet of type `kind` in `text`: its ack id, if any, and its data.
+fn packet(text: &str, kind: char) -> Option<(Option<u64>, Value)> {
+    let rest = text.strip_prefix('4')?.strip_prefix(kind)?;
+    let rest = rest.strip_prefix("/chat,")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let (id, data) = rest.split_at(digits);
+    let id = if id.is_empty() {
+        None
+    } else {
+        Some(id.parse().ok()?)
+    };
+    Some((id, serde_json::from_str(data).ok()?))
+}
+
+fn conversation_of(v: &Value) -> Option<String> {
+    Some(v.get("conversationId")?.as_str()?.to_owned())
+}
+
+impl MessageFrames {
+    /// An honest client sent `text` on `link`.
+    pub fn sent(&mut self, link: u64, text: &str) {
+        let Some((Some(id), data)) = packet(text, '2') else {
+            return;
+        };
+        let request = match (data.get(0).and_then(Value::as_str), data.get(1)) {
+            (Some("conversation:join"), Some(arg)) => {
+                conversation_of(arg).map(|conversation| Request::Join {
+                    conversation,
+                    after_seq: arg.get("afterSeq").and_then(Value::as_u64),
+                })
+            }
+            (Some("conversation:leave"), Some(arg)) => {
+                conversation_of(arg).map(|conversation| Request::Leave { conversation })
+            }
+            _ => None,
+        };
+        if let Some(request) = request {
+            self.asked.insert((link, id), request);
+        }
+    }
+
+    /// A frame from the server reached an honest client on `link`.
+    pub fn received(&mut self, link: u64, text: &str, store: &Store) -> Finding {
+        if let Some((Some(id), data)) = packet(text, '3') {
+            return match self.asked.remove(&(link, id)) {
+                Some(request) => self.answered(link, request, data.get(0), store),
+                None => Ok(()),
+            };
+        }
+        let Some((_, data)) = packet(text, '2') else {
+            return Ok(());
+        };
+        match data.get(0).and_then(Value::as_str) {
+            Some("message:new") => self.message_new(link, data.get(1), store),
+            Some("message:notification") => {
+                let arg = data.get(1);
+                let Some(conv) = arg.and_then(conversation_of) else {
+                    return Err((
+                        NAME,
+                        format!("ws{link}: a notification without a conversation"),
+                    ));
+                };
+                if self.joined.contains_key(&(link, conv.clone())) {
+                    return Err((
+                        NAME,
+                        format!("ws{link}: message:notification for {conv}, which it joined"),
+                    ));
+                }
+                stored_as_sent(link, arg.and_then(|a| a.get("message")), store).map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn answered(
+        &mut self,
+        link: u64,
+        request: Request,
+        reply: Option<&Value>,
+        store: &Store,
+    ) -> Finding {
+        let ok = reply.and_then(|r| r.get("ok")).and_then(Value::as_bool) == Some(true);
+        match request {
+            Request::Leave { conversation } => {
+                if ok {
+                    self.joined.remove(&(link, conversation));
+                }
+                Ok(())
+            }
+            Request::Join { .. } if !ok => Ok(()),
+            Request::Join {
+                conversation,
+                after_seq,
+            } => {
+                let reply = reply.unwrap_or(&Value::Null);
+                let Some(last) = reply.get("lastSeq").and_then(Value::as_u64) else {
+                    return Err((
+                        NAME,
+                        format!("ws{link}: join of {conversation} without lastSeq"),
+                    ));
+                };
+                if last > store.last_seq(&conversation) {
+                    return Err((
+                        NAME,
+                        format!(
+                            "ws{link}: {conversation} joined at #{last}, the store has #{}",
+                            store.last_seq(&conversation)
+                        ),
+                    ));
+                }
+                let mut at = after_seq;
+                let missed = reply.get("missed").and_then(Value::as_array);
+                for m in missed.into_iter().flatten() {
+                    let seq = stored_as_sent(link, Some(m), store)?;
+                    let expected = at.map(|a| a + 1);
+                    if expected.is_some_and(|e| e != seq) || seq > last {
+                        return Err((
+                            NAME,
+                            format!(
+                                "ws{link}: {conversation} missed #{seq} after {at:?}, lastSeq {last}"
+                            ),
+                        ));
+                    }
+                    at = Some(seq);
+                }
+                if let Some(sent) = self.joined.insert((link, conversation.clone()), last) {
+                    if sent != last {
+                        return Err((
+                            NAME,
+                            format!(
+                                "ws{link}: {conversation} joined again at #{last}, \
+                                 but #{sent} was the last sent to it"
+                            ),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn message_new(&mut self, link: u64, message: Option<&Value>, store: &Store) -> Finding {
+        self.frames += 1;
+        let Some(conv) = message.and_then(conversation_of) else {
+            return Err((
+                NAME,
+                format!("ws{link}: message:new without a conversation"),
+            ));
+        };
+        let seq = stored_as_sent(link, message, store)?;
+        let Some(sent) = self.joined.get_mut(&(link, conv.clone())) else {
+            return Err((
+                NAME,
+                format!("ws{link}: message:new {conv}#{seq}, a conversation it has not joined"),
+            ));
+        };
+        if seq != *sent + 1 {
+            let was = *sent;
+            return Err((
+                NAME,
+                format!("ws{link}: message:new {conv}#{seq} after #{was} (gap, repeat or swap)"),
+            ));
+        }
+        *sent = seq;
+        Ok(())
+    }
+
+    /// Connection `link` is gone.
+    pub fn closed(&mut self, link: u64) {
+        self.asked.retain(|(l, _), _| *l != link);
+        self.joined.retain(|(l, _), _| *l != link);
+    }
+
+    /// After the run healed and went quiet: every one of the `live` connections was sent
+    /// the last stored message of each conversation it joined.
+    pub fn settled(&self, live: &[u64], store: &Store) -> Finding {
+        for link in live {
+            let joined = self.joined.range((*link, String::new())..);
+            for ((_, conv), sent) in joined.take_while(|((l, _), _)| l == link) {
+                if *sent < store.last_seq(conv) {
+                    return Err((
+                        NAME,
+                        format!(
+                            "ws{link}: {conv} sent up to #{sent}, the store has #{}",
+                            store.last_seq(conv)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The message in a frame must be the stored one, field for field; its `seq`.
+fn stored_as_sent(
+    link: u64,
+    message: Option<&Value>,
+    store: &Store,
+) -> Result<u64, (&'static str, String)> {
+    let message = message.unwrap_or(&Value::Null);
+    let key = conversation_of(message).zip(message.get("seq").and_then(Value::as_u64));
+    let Some((conv, seq)) = key else {
+        return Err((
+            NAME,
+            format!("ws{link}: a message without conversation/seq: {message}"),
+        ));
+    };
+    match store.get(&conv, seq) {
+        Some(stored) if stored.to_json() == *message => Ok(seq),
+        Some(stored) => Err((
+            NAME,
+            format!(
+                "ws{link}: {conv}#{seq} sent as {message}, stored as {}",
+                stored.to_json()
+            ),
+        )),
+        None => Err((
+            NAME,
+            format!("ws{link}: {conv}#{seq} sent, not in the store"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heartline_core::gateway::{AppendRequest, Effect, OpId};
+    use heartline_core::{Instant, Rng};
+
+    /// A store holding `n` messages of conversation `c`.
+    fn store_with(n: u64) -> Store {
+        let mut store = Store::new(0);
+        let mut rng = Rng::from_seed(1);
+        for i in 0..n {
+            let request = AppendRequest {
+                id: format!("id{i}"),
+                conversation_id: "c".into(),
+                sender_id: "u".into(),
+                sender_type: "t".into(),
+                content: format!("m{i}"),
+                temp_id: Some(format!("t{i}")),
+                created_at_ms: 0,
+            };
+            let effect = Effect::Append {
+                op: OpId(i),
+                request,
+            };
+            store.submit(Instant::ZERO, effect, &mut rng);
+            assert!(store.complete(&mut rng).is_some());
+        }
+        store
+    }
+
+    fn new_frame(store: &Store, seq: u64) -> String {
+        let m = store.get("c", seq).expect("stored").to_json();
+        format!("42/chat,[\"message:new\",{m}]")
+    }
+
+    #[test]
+    fn frames_run_seq_by_seq_from_the_join_and_match_the_store() {
+        let store = store_with(4);
+        let mut f = MessageFrames::default();
+        // Before any join, a message:new is a frame to a connection not in the room.
+        assert!(f.received(1, &new_frame(&store, 1), &store).is_err());
+
+        let mut f = MessageFrames::default();
+        f.sent(
+            1,
+            r#"42/chat,7["conversation:join",{"conversationId":"c","afterSeq":0}]"#,
+        );
+        let missed = store.get("c", 1).expect("stored").to_json();
+        let ack = format!(
+            r#"43/chat,7[{{"ok":true,"conversationId":"c","lastSeq":2,"missed":[{missed}]}}]"#
+        );
+        f.received(1, &ack, &store)
+            .expect("a missed list cut after #1 is allowed");
+        f.received(1, &new_frame(&store, 3), &store)
+            .expect("#3 follows lastSeq 2");
+        assert!(
+            f.received(1, &new_frame(&store, 3), &store).is_err(),
+            "a repeat"
+        );
+
+        let mut f = MessageFrames::default();
+        f.sent(
+            1,
+            r#"42/chat,7["conversation:join",{"conversationId":"c"}]"#,
+        );
+        f.received(
+            1,
+            r#"43/chat,7[{"ok":true,"conversationId":"c","lastSeq":1,"missed":[]}]"#,
+            &store,
+        )
+        .expect("joined");
+        assert!(
+            f.received(1, &new_frame(&store, 3), &store).is_err(),
+            "a gap"
+        );
+
+        // A notification to a joined connection, a message not as stored.
+        let note = format!(
+            "42/chat,[\"message:notification\",{{\"conversationId\":\"c\",\"message\":{}}}]",
+            store.get("c", 2).expect("stored").to_json()
+        );
+        assert!(f.received(1, &note, &store).is_err());
+        assert!(f.received(2, &note, &store).is_ok(), "not joined there");
+        let forged = new_frame(&store, 2).replace("m1", "forged");
+        assert!(f.received(1, &forged, &store).is_err());
+
+        // Left: no more message:new; a live connection short of the store is reported.
+        f.sent(
+            1,
+            r#"42/chat,8["conversation:leave",{"conversationId":"c"}]"#,
+        );
+        assert!(f.settled(&[1], &store).is_err(), "sent up to #1 of #4");
+        f.received(1, r#"43/chat,8[{"ok":true}]"#, &store)
+            .expect("left");
+        assert!(f.received(1, &new_frame(&store, 2), &store).is_err());
+        f.sent(
+            2,
+            r#"42/chat,1["conversation:join",{"conversationId":"c"}]"#,
+        );
+        let joined = r#"43/chat,1[{"ok":true,"conversationId":"c","lastSeq":3,"missed":[]}]"#;
+        f.received(2, joined, &store).expect("joined");
+        assert!(
+            f.settled(&[1], &store).is_ok(),
+            "only the live links are judged"
+        );
+        assert!(f.settled(&[1, 2], &store).is_err());
+    }
+}
