@@ -110,6 +110,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "no-handshake-timeout" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.no_handshake_timeout = true)
         }
+        "presence-to-one-device" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.presence_to_one_device = true)
+        }
         "fan-out-skips-sender" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.fan_out_skips_sender = true)
         }

@@ -239,3 +239,17 @@ fn a_fan_out_that_leaves_the_sender_out_is_caught() {
     });
     assert_eq!(checker, heartline_sim::check::message_frames::NAME);
 }
+
+#[test]
+fn a_presence_change_told_to_one_device_of_a_partner_is_caught() {
+    // The server's notices are right and every frame that arrives alternates: only a
+    // device that was connected and never told shows it.
+    let (_, checker) = first_violation("presence-to-one-device", 40, |s| {
+        let mut o = base(s);
+        o.devices_per_user = 2;
+        o.per_user = 2;
+        o.gateway_hook = Some(|c| c.engine.mutations.presence_to_one_device = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::presence_frames::NAME);
+}

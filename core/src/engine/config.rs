@@ -92,6 +92,9 @@ pub struct Mutations {
     pub refresh_keeps_grace: bool,
     /// The engine never closes a session that connected no namespace in time.
     pub no_handshake_timeout: bool,
+    /// The gateway tells each partner's newest connection of a presence change, not all
+    /// of them (one socket remembered per user, a common hand-rolled design).
+    pub presence_to_one_device: bool,
     /// The gateway sends `message:new` to the room except the sender's own connection
     /// (Socket.IO's `socket.to(room)` where `io.to(room)` was meant).
     pub fan_out_skips_sender: bool,

@@ -693,6 +693,12 @@ impl Gateway {
         let mut targets = vec![];
         for partner in self.conversations.partners(user) {
             if let Some(p) = self.users.get(&partner) {
+                // MUTATION (test-only): only the partner's newest connection is told.
+                #[cfg(feature = "mutations")]
+                if self.config.engine.mutations.presence_to_one_device {
+                    targets.extend(p.conns.iter().max().copied());
+                    continue;
+                }
                 targets.extend(p.conns.iter().copied());
             }
         }

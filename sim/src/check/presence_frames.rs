@@ -9,10 +9,12 @@
 //! - on one connection, the frames about one user alternate (online, offline, online...):
 //!   the server announces transitions only, so a repeat is a duplicate or a lost frame;
 //! - once the run has healed and gone quiet, every live connection's last frame about a
-//!   user agrees with what the server last announced about that user.
+//!   user agrees with what the server last announced about that user, and a connection
+//!   that was connected (its `connection:success` sent) before that announcement was told
+//!   it: an announcement that reached some devices of a partner and not others shows.
 //!
-//! A connection that opened after a user's last transition has been told nothing about it
-//! (there is no snapshot at connect), and that is not a violation.
+//! A connection that connected after a user's last transition has been told nothing about
+//! it (there is no snapshot at connect), and that is not a violation.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,8 +34,14 @@ pub struct PresenceFrames {
     partners: Vec<BTreeSet<String>>,
     /// Per connection and user told about: whether the last frame said online.
     told: BTreeMap<(u64, String), bool>,
-    /// Per user: whether this server process last announced it online.
-    announced: BTreeMap<String, bool>,
+    /// Per user: whether this server process last announced it online, and the
+    /// announcement's number.
+    announced: BTreeMap<String, (bool, u64)>,
+    /// Announcements made so far, by any server process.
+    announcements: u64,
+    /// Per connection: how many announcements had been made when its
+    /// `connection:success` was sent.
+    connected_after: BTreeMap<u64, u64>,
 }
 
 impl PresenceFrames {
@@ -57,12 +65,22 @@ impl PresenceFrames {
             partners,
             told: BTreeMap::new(),
             announced: BTreeMap::new(),
+            announcements: 0,
+            connected_after: BTreeMap::new(),
         }
     }
 
     /// The server announced `user` (`"id:type"`) online or offline.
     pub fn announced(&mut self, user: String, online: bool) {
-        self.announced.insert(user, online);
+        self.announcements += 1;
+        self.announced.insert(user, (online, self.announcements));
+    }
+
+    /// The server sent `text` on connection `link`.
+    pub fn sent(&mut self, link: u64, text: &str) {
+        if text.starts_with("42/chat,[\"connection:success\"") {
+            self.connected_after.insert(link, self.announcements);
+        }
     }
 
     /// The server process died: the next one knows nothing of what this one announced
@@ -121,6 +139,7 @@ impl PresenceFrames {
     /// Connection `link` is gone.
     pub fn closed(&mut self, link: u64) {
         self.told.retain(|(l, _), _| *l != link);
+        self.connected_after.remove(&link);
     }
 
     /// After the run healed and went quiet: the last frame about each user on each of
@@ -133,7 +152,7 @@ impl PresenceFrames {
                 if l != link {
                     break;
                 }
-                let server = self.announced.get(subject).copied().unwrap_or(false);
+                let server = self.announced.get(subject).is_some_and(|(on, _)| *on);
                 if *online != server {
                     let (said, is) = if *online {
                         ("online", "offline")
@@ -144,6 +163,25 @@ impl PresenceFrames {
                         NAME,
                         format!(
                             "{me} on ws{link} was last told {subject} is {said}; the server has it {is}"
+                        ),
+                    ));
+                }
+            }
+            let Some(after) = self.connected_after.get(link) else {
+                continue;
+            };
+            let partners = self.partners.get(*user).into_iter().flatten();
+            for subject in partners {
+                let Some((online, number)) = self.announced.get(subject) else {
+                    continue;
+                };
+                if number > after && !self.told.contains_key(&(*link, subject.clone())) {
+                    let kind = if *online { "online" } else { "offline" };
+                    return Err((
+                        NAME,
+                        format!(
+                            "{me} on ws{link} was connected when {subject} was announced \
+                             {kind}, and was never told"
                         ),
                     ));
                 }
@@ -215,5 +253,24 @@ mod tests {
         assert!(check.settled(&[(2, 0)]).is_ok(), "told nothing on ws2");
         assert!(check.received(1, 0, &frame("user:offline", "u1")).is_ok());
         assert!(check.settled(&[(1, 0)]).is_ok());
+    }
+
+    #[test]
+    fn a_connection_connected_before_an_announcement_must_have_been_told() {
+        let layout = Layout::new(10, 1);
+        let mut check = PresenceFrames::new(&layout);
+        let success = r#"42/chat,["connection:success",{"userId":"u0"}]"#;
+        check.sent(1, success);
+        check.announced("u1:customer".into(), true);
+        check.sent(2, success);
+        assert!(check.settled(&[(2, 0)]).is_ok(), "connected after it");
+        assert!(
+            check.settled(&[(1, 0)]).is_err(),
+            "connected before it, told nothing"
+        );
+        assert!(check.received(1, 0, &frame("user:online", "u1")).is_ok());
+        assert!(check.settled(&[(1, 0), (2, 0)]).is_ok());
+        check.announced("u7:customer".into(), true);
+        assert!(check.settled(&[(1, 0)]).is_ok(), "u7 is no partner of u0");
     }
 }

@@ -280,6 +280,7 @@ impl Sim {
                     if let Some(text) = frame.as_text() {
                         self.token_expiry.sent(now, id, text);
                         self.handshake.sent(id, text);
+                        self.presence_frames.sent(id, text);
                     }
                     self.net.send(
                         now,
