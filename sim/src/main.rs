@@ -110,6 +110,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "no-handshake-timeout" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.no_handshake_timeout = true)
         }
+        "pong-leaves-deadline-armed" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.pong_leaves_deadline_armed = true)
+        }
         "presence-to-one-device" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.presence_to_one_device = true)
         }

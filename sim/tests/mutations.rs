@@ -253,3 +253,15 @@ fn a_presence_change_told_to_one_device_of_a_partner_is_caught() {
     });
     assert_eq!(checker, heartline_sim::check::presence_frames::NAME);
 }
+
+#[test]
+fn a_live_peer_closed_as_dead_is_caught() {
+    // Its client reconnects at once and everything converges: only the close of a link
+    // whose PING was answered shows it.
+    let (_, checker) = first_violation("pong-leaves-deadline-armed", 40, |s| {
+        let mut o = base(s);
+        o.gateway_hook = Some(|c| c.engine.mutations.pong_leaves_deadline_armed = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::dead_peer::NAME);
+}

@@ -92,6 +92,9 @@ pub struct Mutations {
     pub refresh_keeps_grace: bool,
     /// The engine never closes a session that connected no namespace in time.
     pub no_handshake_timeout: bool,
+    /// The engine leaves a PING's deadline armed when its PONG comes (a forgotten
+    /// `clearTimeout`), so answered connections are closed as dead.
+    pub pong_leaves_deadline_armed: bool,
     /// The gateway tells each partner's newest connection of a presence change, not all
     /// of them (one socket remembered per user, a common hand-rolled design).
     pub presence_to_one_device: bool,

@@ -568,7 +568,14 @@ impl Engine {
                 };
                 // Only a PONG to an outstanding PING counts; a stray one changes nothing.
                 if s.timers.is_armed(Timer::PongDeadline) {
-                    self.timers.stop(&mut s.timers, id, Timer::PongDeadline);
+                    // MUTATION (test-only): the answered PING's deadline stays armed.
+                    #[cfg(feature = "mutations")]
+                    let keep = self.config.mutations.pong_leaves_deadline_armed;
+                    #[cfg(not(feature = "mutations"))]
+                    let keep = false;
+                    if !keep {
+                        self.timers.stop(&mut s.timers, id, Timer::PongDeadline);
+                    }
                     let at = now.add_ms(self.config.ping_interval_ms);
                     self.timers.set(&mut s.timers, id, Timer::PingSend, at);
                 }

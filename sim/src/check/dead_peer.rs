@@ -7,6 +7,10 @@
 //! or a close that itself comes past the deadline is a violation as it arrives, before it
 //! would clear the watch, as the step that brings it may be the first one past the
 //! deadline.
+//!
+//! The other way round, no live peer is closed as dead: a close for a ping timeout must
+//! come with a PING outstanding, unanswered at the server, sent at least `ping_timeout`
+//! before (the server's own close reason is not taken on trust).
 
 use std::collections::BTreeMap;
 
@@ -21,13 +25,15 @@ pub const NAME: &str = "dead-peer-closed";
 #[derive(Clone, Copy, Debug)]
 struct Watch {
     last_life: Instant,
-    ping_outstanding: bool,
+    /// When the PING awaiting its PONG was sent.
+    ping_outstanding: Option<Instant>,
 }
 
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct DeadPeer {
     bound_ms: u64,
+    ping_timeout_ms: u64,
     links: BTreeMap<u64, Watch>,
     deadlines: Deadlines,
     /// Longest time from last sign of life to a ping-timeout close.
@@ -39,10 +45,11 @@ pub struct DeadPeer {
 }
 
 impl DeadPeer {
-    /// `bound_ms`: ping interval plus ping timeout.
-    pub fn new(bound_ms: u64) -> Self {
+    /// The server's ping interval and timeout.
+    pub fn new(ping_interval_ms: u64, ping_timeout_ms: u64) -> Self {
         DeadPeer {
-            bound_ms,
+            bound_ms: ping_interval_ms + ping_timeout_ms,
+            ping_timeout_ms,
             ..DeadPeer::default()
         }
     }
@@ -58,15 +65,15 @@ impl DeadPeer {
             link,
             Watch {
                 last_life: now,
-                ping_outstanding: false,
+                ping_outstanding: None,
             },
         );
     }
 
     /// The server sent a PING.
-    pub fn ping(&mut self, link: u64) {
+    pub fn ping(&mut self, now: Instant, link: u64) {
         if let Some(w) = self.links.get_mut(&link) {
-            w.ping_outstanding = true;
+            w.ping_outstanding.get_or_insert(now);
         }
     }
 
@@ -85,12 +92,12 @@ impl DeadPeer {
     pub fn pong(&mut self, now: Instant, link: u64) {
         if let Some(w) = self.links.get(&link).copied() {
             self.past_deadline(now, link, w, "a PONG");
-            if w.ping_outstanding {
+            if w.ping_outstanding.is_some() {
                 self.set(
                     link,
                     Watch {
                         last_life: now,
-                        ping_outstanding: false,
+                        ping_outstanding: None,
                     },
                 );
             }
@@ -98,15 +105,31 @@ impl DeadPeer {
     }
 
     /// The server's side of a link is gone; `ping_timeout` if that was the reason.
-    pub fn closed(&mut self, now: Instant, link: u64, ping_timeout: bool) {
+    pub fn closed(&mut self, now: Instant, link: u64, ping_timeout: bool) -> Finding {
+        let mut finding = Ok(());
         if let Some(w) = self.links.remove(&link) {
             self.past_deadline(now, link, w, "its close");
             self.deadlines.remove(link);
             if ping_timeout {
+                let due = w.ping_outstanding.map(|at| at.add_ms(self.ping_timeout_ms));
+                if due.is_none_or(|due| now < due) {
+                    finding = Err((
+                        NAME,
+                        format!(
+                            "ws{link} closed at {now} for a ping timeout, its PING {}",
+                            match w.ping_outstanding {
+                                None => "answered".to_owned(),
+                                Some(at) =>
+                                    format!("sent at {at} (timeout {}ms)", self.ping_timeout_ms),
+                            }
+                        ),
+                    ));
+                }
                 self.detected += 1;
                 self.worst_ms = self.worst_ms.max(now.ms_since(w.last_life));
             }
         }
+        finding
     }
 
     /// The server died: its links are gone with it.
@@ -150,23 +173,52 @@ mod tests {
 
     #[test]
     fn a_pong_or_close_that_comes_late_is_caught_as_it_arrives() {
-        // Within the bound: a PONG answers the PING, a ping-timeout close ends the link.
-        let mut d = DeadPeer::new(30);
+        // Interval 10, timeout 20: within the bound, a PONG answers the PING, a
+        // ping-timeout close ends the link.
+        let mut d = DeadPeer::new(10, 20);
         d.opened(at(0), 1);
-        d.ping(1);
+        d.ping(at(10), 1);
         d.pong(at(30), 1);
-        d.closed(at(60), 1, true);
+        d.ping(at(40), 1);
+        assert!(d.closed(at(60), 1, true).is_ok());
         assert!(d.check(at(60)).is_ok());
         // A PONG past the deadline, in the first step past it, would clear the watch.
-        let mut d = DeadPeer::new(30);
+        let mut d = DeadPeer::new(10, 20);
         d.opened(at(0), 1);
-        d.ping(1);
+        d.ping(at(10), 1);
         d.pong(at(31), 1);
         assert!(d.check(at(31)).is_err());
         // So would a close past the deadline.
-        let mut d = DeadPeer::new(30);
+        let mut d = DeadPeer::new(10, 20);
         d.opened(at(0), 1);
-        d.closed(at(31), 1, true);
+        assert!(d.closed(at(31), 1, false).is_ok());
         assert!(d.check(at(31)).is_err());
+    }
+
+    #[test]
+    fn a_ping_timeout_close_of_a_live_peer_is_caught() {
+        // Its PING answered.
+        let mut d = DeadPeer::new(10, 20);
+        d.opened(at(0), 1);
+        d.ping(at(10), 1);
+        d.pong(at(12), 1);
+        assert!(d.closed(at(30), 1, true).is_err());
+        // Its PING not yet due.
+        let mut d = DeadPeer::new(10, 20);
+        d.opened(at(0), 1);
+        d.ping(at(10), 1);
+        assert!(d.closed(at(29), 1, true).is_err());
+        // No PING at all.
+        let mut d = DeadPeer::new(10, 20);
+        d.opened(at(0), 1);
+        assert!(d.closed(at(5), 1, true).is_err());
+        // Due: a close for another reason is not judged here.
+        let mut d = DeadPeer::new(10, 20);
+        d.opened(at(0), 1);
+        d.ping(at(10), 1);
+        assert!(d.closed(at(30), 1, true).is_ok());
+        let mut d = DeadPeer::new(10, 20);
+        d.opened(at(0), 1);
+        assert!(d.closed(at(5), 1, false).is_ok());
     }
 }

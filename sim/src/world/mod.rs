@@ -266,7 +266,7 @@ impl Sim {
             vec![]
         };
         Ok(Sim {
-            dead_peer: DeadPeer::new(opts.ping_interval_ms + opts.ping_timeout_ms),
+            dead_peer: DeadPeer::new(opts.ping_interval_ms, opts.ping_timeout_ms),
             per_user: PerUser::new(opts.per_user),
             ping_pong: PingPong::default(),
             rate: RateWindow::new(opts.rate_messages, opts.rate_window_ms),

@@ -250,7 +250,8 @@ impl Sim {
                     link.server_open = false;
                 }
                 let now = self.now;
-                self.dead_peer.closed(now, id, false);
+                let finding = self.dead_peer.closed(now, id, false);
+                self.found(finding);
                 self.token_expiry.closed(now, id, false);
                 self.handshake.closed(now, id);
                 tr!(self, "net", ("ws{id} -> server closed (error={error})"));
@@ -273,10 +274,10 @@ impl Sim {
                     if !self.net.link(id).is_some_and(|l| l.server_open) {
                         continue;
                     }
-                    if is_text(&frame, "2") {
-                        self.dead_peer.ping(id);
-                    }
                     let now = self.now;
+                    if is_text(&frame, "2") {
+                        self.dead_peer.ping(now, id);
+                    }
                     if let Some(text) = frame.as_text() {
                         self.token_expiry.sent(now, id, text);
                         self.handshake.sent(id, text);
@@ -302,7 +303,8 @@ impl Sim {
                     link.server_open = false;
                     let now = self.now;
                     let timed_out = reason == CloseReason::PingTimeout;
-                    self.dead_peer.closed(now, id, timed_out);
+                    let finding = self.dead_peer.closed(now, id, timed_out);
+                    self.found(finding);
                     let expired = matches!(
                         &reason,
                         CloseReason::ServerDisconnect(r) if r == heartline_core::gateway::TOKEN_EXPIRED
