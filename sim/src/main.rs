@@ -110,6 +110,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "no-handshake-timeout" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.no_handshake_timeout = true)
         }
+        "replaced-left-connected" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.replaced_left_connected = true)
+        }
         "pong-leaves-deadline-armed" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.pong_leaves_deadline_armed = true)
         }

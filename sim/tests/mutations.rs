@@ -265,3 +265,16 @@ fn a_live_peer_closed_as_dead_is_caught() {
     });
     assert_eq!(checker, heartline_sim::check::dead_peer::NAME);
 }
+
+#[test]
+fn a_displaced_connection_left_connected_is_caught() {
+    // The server's notices say it closed: only the wire shows it still connected.
+    let (_, checker) = first_violation("replaced-left-connected", 40, |s| {
+        let mut o = base(s);
+        o.devices_per_user = 2;
+        o.per_user = 1;
+        o.gateway_hook = Some(|c| c.engine.mutations.replaced_left_connected = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::per_user::NAME);
+}

@@ -92,6 +92,9 @@ pub struct Mutations {
     pub refresh_keeps_grace: bool,
     /// The engine never closes a session that connected no namespace in time.
     pub no_handshake_timeout: bool,
+    /// The gateway forgets a displaced connection without disconnecting it (a map of
+    /// one socket per user overwritten, the old socket left open).
+    pub replaced_left_connected: bool,
     /// The engine leaves a PING's deadline armed when its PONG comes (a forgotten
     /// `clearTimeout`), so answered connections are closed as dead.
     pub pong_leaves_deadline_armed: bool,

@@ -534,6 +534,12 @@ impl Gateway {
                 "connection:replaced",
                 json!({ "message": "Connection replaced by a newer connection of the same user" }),
             );
+            // MUTATION (test-only): forgotten by the gateway, left connected on the wire.
+            #[cfg(feature = "mutations")]
+            if self.config.engine.mutations.replaced_left_connected {
+                self.drop_conn(now, old, CloseReason::Replaced);
+                continue;
+            }
             let _ = self.engine.disconnect(now, old, CloseReason::Replaced);
         }
 

@@ -1,9 +1,12 @@
 //! At most `per_user` live connections per user key.
 //!
-//! Counted from the server's notices (a connection is live from `Connected` to `Closed`),
-//! not from the gateway's user index, so a bug in that index cannot hide itself. Checked at
-//! the end of each step: a newer connection is announced just before the one it displaces
-//! is closed, within the same input.
+//! Counted twice, neither from the gateway's user index, so a bug in that index cannot
+//! hide itself: from the server's notices (a connection is live from `Connected` to
+//! `Closed`), and from the wire (a link is live from the server's `connection:success` on
+//! it, for the user that frame names, until a namespace DISCONNECT crosses it either way
+//! or it closes), so that a displaced connection the server forgot but left connected
+//! shows too. Checked at the end of each step: a newer connection is announced just
+//! before the one it displaces is closed, within the same input.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +23,10 @@ pub const NAME: &str = "per-user-limit";
 pub struct PerUser {
     limit: usize,
     live: BTreeMap<UserKey, BTreeSet<SessionId>>,
+    /// By the wire: user (`"id:type"`) to its live links, and each live link's user.
+    wire: BTreeMap<String, BTreeSet<u64>>,
+    wire_user: BTreeMap<u64, String>,
+    wire_touched: BTreeSet<String>,
     last_change: BTreeMap<UserKey, Instant>,
     touched: BTreeSet<UserKey>,
 }
@@ -59,6 +66,48 @@ impl PerUser {
         }
         self.live.clear();
         self.touched.clear();
+        self.wire.clear();
+        self.wire_user.clear();
+        self.wire_touched.clear();
+    }
+
+    /// The server sent `text` on `link`.
+    pub fn server_sent(&mut self, link: u64, text: &str) {
+        if let Some(data) = text.strip_prefix("42/chat,[\"connection:success\",") {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim_end_matches(']'))
+            else {
+                return;
+            };
+            let user = format!(
+                "{}:{}",
+                v["userId"].as_str().unwrap_or(""),
+                v["userType"].as_str().unwrap_or("")
+            );
+            self.wire.entry(user.clone()).or_default().insert(link);
+            self.wire_user.insert(link, user.clone());
+            self.wire_touched.insert(user);
+        } else if text.starts_with("41/chat,") {
+            self.link_gone(link);
+        }
+    }
+
+    /// The server received `text` on `link`.
+    pub fn server_received(&mut self, link: u64, text: &str) {
+        if text.starts_with("41/chat,") {
+            self.link_gone(link);
+        }
+    }
+
+    /// `link` closed, at either end as the server sees it.
+    pub fn link_gone(&mut self, link: u64) {
+        if let Some(user) = self.wire_user.remove(&link) {
+            if let Some(set) = self.wire.get_mut(&user) {
+                set.remove(&link);
+                if set.is_empty() {
+                    self.wire.remove(&user);
+                }
+            }
+        }
     }
 
     /// Live connections of a user.
@@ -83,6 +132,25 @@ impl PerUser {
 
     /// Checks the users touched since the last check.
     pub fn check(&mut self) -> Finding {
+        for user in std::mem::take(&mut self.wire_touched) {
+            let links = self.wire.get(&user);
+            if links.map_or(0, BTreeSet::len) > self.limit {
+                let links: Vec<String> = links
+                    .into_iter()
+                    .flatten()
+                    .map(|l| format!("ws{l}"))
+                    .collect();
+                return Err((
+                    NAME,
+                    format!(
+                        "{user} has {} connected links [{}], limit {}",
+                        links.len(),
+                        links.join(", "),
+                        self.limit
+                    ),
+                ));
+            }
+        }
         for user in std::mem::take(&mut self.touched) {
             let n = self.live(&user);
             if n > self.limit {

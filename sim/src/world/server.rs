@@ -236,6 +236,7 @@ impl Sim {
                 }
                 if let Some(text) = frame.as_text() {
                     self.token_expiry.received(id, text);
+                    self.per_user.server_received(id, text);
                 }
                 self.server_input(Input::Network(engine::Input::WsFrame {
                     transport: TransportId(id),
@@ -252,6 +253,7 @@ impl Sim {
                 let now = self.now;
                 let finding = self.dead_peer.closed(now, id, false);
                 self.found(finding);
+                self.per_user.link_gone(id);
                 self.token_expiry.closed(now, id, false);
                 self.handshake.closed(now, id);
                 tr!(self, "net", ("ws{id} -> server closed (error={error})"));
@@ -282,6 +284,7 @@ impl Sim {
                         self.token_expiry.sent(now, id, text);
                         self.handshake.sent(id, text);
                         self.presence_frames.sent(id, text);
+                        self.per_user.server_sent(id, text);
                     }
                     self.net.send(
                         now,
@@ -305,6 +308,7 @@ impl Sim {
                     let timed_out = reason == CloseReason::PingTimeout;
                     let finding = self.dead_peer.closed(now, id, timed_out);
                     self.found(finding);
+                    self.per_user.link_gone(id);
                     let expired = matches!(
                         &reason,
                         CloseReason::ServerDisconnect(r) if r == heartline_core::gateway::TOKEN_EXPIRED
