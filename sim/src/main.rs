@@ -110,6 +110,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "no-handshake-timeout" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.no_handshake_timeout = true)
         }
+        "heartbeat-not-rearmed" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.heartbeat_not_rearmed = true)
+        }
         "replaced-left-connected" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.replaced_left_connected = true)
         }

@@ -278,3 +278,14 @@ fn a_displaced_connection_left_connected_is_caught() {
     });
     assert_eq!(checker, heartline_sim::check::per_user::NAME);
 }
+
+#[test]
+fn heartbeats_that_stop_are_caught() {
+    // Engine.IO's PING keeps the connection alive either way: only the cadence shows it.
+    let (_, checker) = first_violation("heartbeat-not-rearmed", 40, |s| {
+        let mut o = base(s);
+        o.gateway_hook = Some(|c| c.engine.mutations.heartbeat_not_rearmed = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::heartbeat::NAME);
+}

@@ -92,6 +92,8 @@ pub struct Mutations {
     pub refresh_keeps_grace: bool,
     /// The engine never closes a session that connected no namespace in time.
     pub no_handshake_timeout: bool,
+    /// The gateway sends a connection one `heartbeat` and never re-arms its timer.
+    pub heartbeat_not_rearmed: bool,
     /// The gateway forgets a displaced connection without disconnecting it (a map of
     /// one socket per user overwritten, the old socket left open).
     pub replaced_left_connected: bool,

@@ -142,7 +142,9 @@ impl Gateway {
                 if let Some(ts) = arg.get("timestamp").and_then(Value::as_u64) {
                     let wall = self.wall_ms(now);
                     // Only a timestamp the server could have sent counts.
-                    if ts <= wall && wall - ts <= self.config.heartbeat_interval_ms * 4 {
+                    if ts <= wall
+                        && wall - ts <= self.config.heartbeat_interval_ms.saturating_mul(4)
+                    {
                         self.metrics.heartbeat_latency.observe(wall - ts);
                     }
                 }

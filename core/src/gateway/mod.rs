@@ -748,8 +748,15 @@ impl Gateway {
                 match timer {
                     ConnTimer::Heartbeat => {
                         let at = now.add_ms(self.config.heartbeat_interval_ms);
-                        self.timers
-                            .set(&mut conn.timers, owner, ConnTimer::Heartbeat, at);
+                        // MUTATION (test-only): one heartbeat, then none.
+                        #[cfg(feature = "mutations")]
+                        let rearm = !self.config.engine.mutations.heartbeat_not_rearmed;
+                        #[cfg(not(feature = "mutations"))]
+                        let rearm = true;
+                        if rearm {
+                            self.timers
+                                .set(&mut conn.timers, owner, ConnTimer::Heartbeat, at);
+                        }
                         let ts = self.wall_ms(now);
                         self.emit(now, session, "heartbeat", json!({ "timestamp": ts }));
                     }

@@ -12,6 +12,7 @@ pub mod dead_peer;
 pub mod deadlines;
 pub mod delivery;
 pub mod handshake;
+pub mod heartbeat;
 pub mod liveness;
 pub mod members;
 pub mod message_frames;
@@ -51,9 +52,10 @@ impl fmt::Display for Violation {
 }
 
 /// Every checker's name, in report order.
-pub const NAMES: [&str; 16] = [
+pub const NAMES: [&str; 17] = [
     dead_peer::NAME,
     handshake::NAME,
+    heartbeat::NAME,
     per_user::NAME,
     ping_pong::NAME,
     rate_window::NAME,

@@ -36,6 +36,7 @@ use crate::check::blame::Blame;
 use crate::check::dead_peer::DeadPeer;
 use crate::check::delivery::Delivery;
 use crate::check::handshake::Handshake;
+use crate::check::heartbeat::Heartbeat;
 use crate::check::members::MembersOnly;
 use crate::check::message_frames::MessageFrames;
 use crate::check::per_user::PerUser;
@@ -146,6 +147,7 @@ pub struct Sim {
     token_expiry: TokenExpiry,
     token_rng: Rng,
     handshake: Handshake,
+    heartbeat: Heartbeat,
     violation: Option<Violation>,
     counters: Counters,
     trace: Trace,
@@ -280,6 +282,7 @@ impl Sim {
             token_expiry,
             token_rng,
             handshake: Handshake::new(gw_config.engine.handshake_timeout_ms),
+            heartbeat: Heartbeat::new(gw_config.heartbeat_interval_ms, gw_config.wall_epoch_ms),
             store: Store::new(opts.store_latency_ms),
             net: Net::new(opts.latency_ms, opts.jitter_ms),
             trace: Trace::new(opts.trace_tail, sink),
@@ -551,6 +554,8 @@ impl Sim {
         let finding = self.token_expiry.check(self.now);
         self.found(finding);
         let finding = self.handshake.check(self.now);
+        self.found(finding);
+        let finding = self.heartbeat.check(self.now);
         self.found(finding);
     }
 

@@ -87,6 +87,7 @@ impl Sim {
         self.dead_peer.forget_all();
         self.token_expiry.forget_all();
         self.handshake.forget_all();
+        self.heartbeat.forget_all();
         let now = self.now;
         self.per_user.crash(now);
         self.rate.crash();
@@ -237,6 +238,7 @@ impl Sim {
                 if let Some(text) = frame.as_text() {
                     self.token_expiry.received(id, text);
                     self.per_user.server_received(id, text);
+                    self.heartbeat.received(id, text);
                 }
                 self.server_input(Input::Network(engine::Input::WsFrame {
                     transport: TransportId(id),
@@ -254,6 +256,7 @@ impl Sim {
                 let finding = self.dead_peer.closed(now, id, false);
                 self.found(finding);
                 self.per_user.link_gone(id);
+                self.heartbeat.gone(id);
                 self.token_expiry.closed(now, id, false);
                 self.handshake.closed(now, id);
                 tr!(self, "net", ("ws{id} -> server closed (error={error})"));
@@ -285,6 +288,7 @@ impl Sim {
                         self.handshake.sent(id, text);
                         self.presence_frames.sent(id, text);
                         self.per_user.server_sent(id, text);
+                        self.heartbeat.sent(now, id, text);
                     }
                     self.net.send(
                         now,
@@ -309,6 +313,7 @@ impl Sim {
                     let finding = self.dead_peer.closed(now, id, timed_out);
                     self.found(finding);
                     self.per_user.link_gone(id);
+                    self.heartbeat.gone(id);
                     let expired = matches!(
                         &reason,
                         CloseReason::ServerDisconnect(r) if r == heartline_core::gateway::TOKEN_EXPIRED
