@@ -14,7 +14,9 @@
 //!   `lastSeq`;
 //! - `message:new` reaches only connections that joined the conversation, and
 //!   `message:notification` only connected ones that did not;
-//! - every message in a frame, live or missed, is the stored one, field for field;
+//! - every message in a frame, live or missed, is the stored one, field for field, and
+//!   the one a `message:send` ack or a `message:sent` names carries the send's `tempId`;
+//!   a refused send names one of the contract's error codes;
 //! - once the run has healed and gone quiet, every live connection was sent the last
 //!   message of each conversation it joined.
 //!
@@ -43,7 +45,20 @@ enum Request {
     Leave {
         conversation: String,
     },
+    Send {
+        temp_id: Option<String>,
+    },
 }
+
+/// The contract's error codes for a refused send.
+const SEND_ERRORS: [&str; 6] = [
+    "rate_limited",
+    "invalid_payload",
+    "forbidden",
+    "not_found",
+    "too_large",
+    "internal",
+];
 
 /// Each honest connection's rooms, by the wire.
 #[derive(Debug, Default)]
@@ -90,6 +105,9 @@ impl MessageFrames {
             (Some("conversation:leave"), Some(arg)) => {
                 conversation_of(arg).map(|conversation| Request::Leave { conversation })
             }
+            (Some("message:send"), Some(arg)) => Some(Request::Send {
+                temp_id: arg.get("tempId").and_then(Value::as_str).map(str::to_owned),
+            }),
             _ => None,
         };
         if let Some(request) = request {
@@ -110,6 +128,19 @@ impl MessageFrames {
         };
         match data.get(0).and_then(Value::as_str) {
             Some("message:new") => self.message_new(link, data.get(1), store),
+            Some("message:sent") => {
+                let arg = data.get(1).unwrap_or(&Value::Null);
+                let message = arg.get("message");
+                stored_as_sent(link, message, store)?;
+                let named = arg.get("tempId");
+                if named.is_none_or(|t| Some(t) != message.and_then(|m| m.get("tempId"))) {
+                    return Err((
+                        NAME,
+                        format!("ws{link}: message:sent names tempId {named:?} for {arg}"),
+                    ));
+                }
+                Ok(())
+            }
             Some("message:notification") => {
                 let arg = data.get(1);
                 let Some(conv) = arg.and_then(conversation_of) else {
@@ -139,6 +170,28 @@ impl MessageFrames {
     ) -> Finding {
         let ok = reply.and_then(|r| r.get("ok")).and_then(Value::as_bool) == Some(true);
         match request {
+            Request::Send { temp_id } => {
+                let reply = reply.unwrap_or(&Value::Null);
+                if !ok {
+                    let code = reply.get("code").and_then(Value::as_str);
+                    return match code {
+                        Some(code) if SEND_ERRORS.contains(&code) => Ok(()),
+                        _ => Err((NAME, format!("ws{link}: a send refused as {reply}"))),
+                    };
+                }
+                let message = reply.get("message");
+                stored_as_sent(link, message, store)?;
+                let stored = message
+                    .and_then(|m| m.get("tempId"))
+                    .and_then(Value::as_str);
+                if temp_id.is_some() && stored != temp_id.as_deref() {
+                    return Err((
+                        NAME,
+                        format!("ws{link}: a send of tempId {temp_id:?} acknowledged as {reply}"),
+                    ));
+                }
+                Ok(())
+            }
             Request::Leave { conversation } => {
                 if ok {
                     self.joined.remove(&(link, conversation));
@@ -313,6 +366,38 @@ mod tests {
     fn new_frame(store: &Store, seq: u64) -> String {
         let m = store.get("c", seq).expect("stored").to_json();
         format!("42/chat,[\"message:new\",{m}]")
+    }
+
+    #[test]
+    fn acks_and_message_sent_carry_the_stored_message_with_the_sends_temp_id() {
+        let store = store_with(2);
+        let m1 = store.get("c", 1).expect("stored").to_json();
+        let mut f = MessageFrames::default();
+        let send = |id: u64, temp: &str| {
+            format!(
+                r#"42/chat,{id}["message:send",{{"conversationId":"c","content":"x","tempId":"{temp}"}}]"#
+            )
+        };
+        f.sent(1, &send(3, "t0"));
+        let ack = format!(r#"43/chat,3[{{"ok":true,"message":{m1},"duplicate":false}}]"#);
+        f.received(1, &ack, &store).expect("its own message");
+        f.sent(1, &send(4, "t1"));
+        let ack = format!(r#"43/chat,4[{{"ok":true,"message":{m1},"duplicate":true}}]"#);
+        assert!(
+            f.received(1, &ack, &store).is_err(),
+            "another send's message"
+        );
+        f.sent(1, &send(5, "t1"));
+        let refused =
+            r#"43/chat,5[{"ok":false,"error":"x","code":"rate_limited","retryAfterMs":5}]"#;
+        f.received(1, refused, &store).expect("a contract code");
+        f.sent(1, &send(6, "t1"));
+        let odd = r#"43/chat,6[{"ok":false,"error":"x","code":"busy"}]"#;
+        assert!(f.received(1, odd, &store).is_err(), "not a contract code");
+        let sent = format!(r#"42/chat,["message:sent",{{"tempId":"t0","message":{m1}}}]"#);
+        f.received(1, &sent, &store).expect("as stored");
+        let wrong = format!(r#"42/chat,["message:sent",{{"tempId":"t9","message":{m1}}}]"#);
+        assert!(f.received(1, &wrong, &store).is_err());
     }
 
     #[test]
