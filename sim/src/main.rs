@@ -131,6 +131,7 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "retry-refused-at-once" => {
             opts.client_hook = Some(|c| c.mutations.retry_refused_at_once = true)
         }
+        "reconnect-at-once" => opts.client_hook = Some(|c| c.mutations.reconnect_at_once = true),
         "client-trusts-silence" => {
             opts.client_hook = Some(|c| c.mutations.client_trusts_silence = true)
         }

@@ -30,7 +30,16 @@ fn ack_before_persist_is_caught() {
         o.gateway_hook = Some(|c| c.engine.mutations.ack_before_persist = true);
         o
     });
-    assert_eq!(checker, heartline_sim::check::delivery::NAME);
+    // The ack's frame names a message the store does not have: seen on the wire first,
+    // and by the client once it takes the ack.
+    assert!(
+        [
+            heartline_sim::check::message_frames::NAME,
+            heartline_sim::check::delivery::NAME
+        ]
+        .contains(&checker),
+        "{checker}"
+    );
 }
 
 #[test]
@@ -288,4 +297,15 @@ fn heartbeats_that_stop_are_caught() {
         o
     });
     assert_eq!(checker, heartline_sim::check::heartbeat::NAME);
+}
+
+#[test]
+fn reconnections_without_backoff_are_caught() {
+    // Every client still comes back, sooner: only the spacing of its attempts shows it.
+    let (_, checker) = first_violation("reconnect-at-once", 40, |s| {
+        let mut o = base(s);
+        o.client_hook = Some(|c| c.mutations.reconnect_at_once = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::reconnect::NAME);
 }

@@ -559,7 +559,17 @@ impl Client {
             return;
         }
         self.attempt += 1;
-        match self.config.backoff.delay(self.attempt, &mut self.rng) {
+        let delay = self.config.backoff.delay(self.attempt, &mut self.rng);
+        // MUTATION (test-only): no wait before a reconnection.
+        #[cfg(feature = "mutations")]
+        let delay = delay.map(|d| {
+            if self.config.mutations.reconnect_at_once {
+                1
+            } else {
+                d
+            }
+        });
+        match delay {
             Some(delay) => {
                 self.reconnect_at = Some(now.add_ms(delay));
                 self.set_status(Status::Reconnecting {

@@ -74,6 +74,8 @@ pub struct Mutations {
     /// The client sends a refused (`rate_limited`) send again at once, not after
     /// `retryAfterMs`.
     pub retry_refused_at_once: bool,
+    /// The client reconnects a millisecond after losing its connection, with no backoff.
+    pub reconnect_at_once: bool,
     /// The engine never closes a session whose PING went unanswered.
     pub no_ping_timeout: bool,
     /// The gateway lets any user join and read any conversation (sends still checked).

@@ -22,6 +22,7 @@ pub mod presence;
 pub mod presence_flaps;
 pub mod presence_frames;
 pub mod rate_window;
+pub mod reconnect;
 pub mod token_expiry;
 
 use std::fmt;
@@ -52,7 +53,7 @@ impl fmt::Display for Violation {
 }
 
 /// Every checker's name, in report order.
-pub const NAMES: [&str; 17] = [
+pub const NAMES: [&str; 18] = [
     dead_peer::NAME,
     handshake::NAME,
     heartbeat::NAME,
@@ -64,6 +65,7 @@ pub const NAMES: [&str; 17] = [
     members::NAME,
     bad_token::NAME,
     token_expiry::NAME,
+    reconnect::NAME,
     blame::NAME,
     presence_flaps::NAME,
     presence_frames::NAME,

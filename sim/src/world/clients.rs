@@ -19,6 +19,7 @@ impl Sim {
             slot.client.join(now, id);
         }
         slot.client.connect(now);
+        self.reconnect.asked(i);
         let idle = slot.idle;
         tr!(
             self,
@@ -140,6 +141,7 @@ impl Sim {
             slot.client.set_token(fresh);
             slot.client.connect(now);
         }
+        self.reconnect.asked(i);
         tr!(self, "client", ("c{i} logs in again"));
         self.drain_client(i);
     }
@@ -289,6 +291,7 @@ impl Sim {
             };
             match out {
                 Output::Open => {
+                    let paced = self.reconnect.opened(now, i);
                     // Like `socket.auth` as a callback: a token about to run out is
                     // renewed before it is presented.
                     let stale = slot.exp_s <= EPOCH_MS / 1000 + now.as_millis() / 1000 + 2;
@@ -312,6 +315,7 @@ impl Sim {
                         slot.link = Some(id);
                     }
                     tr!(self, "client", ("c{i} opens ws{id}"));
+                    self.found(paced);
                 }
                 Output::Send(frame) => {
                     if let Some(id) = slot.link {
@@ -338,6 +342,7 @@ impl Sim {
                     }
                 }
                 Output::Notice(Notice::Status(status)) => {
+                    self.reconnect.status(now, i, &status);
                     if status == Status::Connected {
                         slot.connects += 1;
                         slot.told_expired = false;

@@ -44,6 +44,7 @@ use crate::check::ping_pong::PingPong;
 use crate::check::presence_flaps::PresenceFlaps;
 use crate::check::presence_frames::PresenceFrames;
 use crate::check::rate_window::RateWindow;
+use crate::check::reconnect::Reconnect;
 use crate::check::token_expiry::TokenExpiry;
 use crate::check::{baseline, liveness, presence, Finding, Violation};
 use crate::net::Net;
@@ -144,6 +145,7 @@ pub struct Sim {
     presence_flaps: PresenceFlaps,
     presence_frames: PresenceFrames,
     message_frames: MessageFrames,
+    reconnect: Reconnect,
     token_expiry: TokenExpiry,
     token_rng: Rng,
     handshake: Handshake,
@@ -279,6 +281,10 @@ impl Sim {
             presence_flaps: PresenceFlaps::new(gw_config.offline_grace_ms),
             presence_frames: PresenceFrames::new(&layout),
             message_frames: MessageFrames::default(),
+            reconnect: Reconnect::new(Backoff {
+                max_attempts: opts.max_attempts,
+                ..Backoff::default()
+            }),
             token_expiry,
             token_rng,
             handshake: Handshake::new(gw_config.engine.handshake_timeout_ms),
@@ -448,6 +454,7 @@ impl Sim {
             };
             if matches!(slot.client.status(), Status::Failed { .. }) {
                 slot.client.connect(now);
+                self.reconnect.asked(i);
                 tr!(self, "client", ("c{i} asked to connect again"));
                 self.drain_client(i);
             } else if slot.told_expired && *slot.client.status() == Status::Disconnected {
