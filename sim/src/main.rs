@@ -110,6 +110,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "no-handshake-timeout" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.no_handshake_timeout = true)
         }
+        "refresh-any-user" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.refresh_any_user = true)
+        }
         "heartbeat-not-rearmed" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.heartbeat_not_rearmed = true)
         }

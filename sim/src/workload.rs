@@ -137,7 +137,8 @@ pub enum Attack {
     ExpiredToken,
     /// A connection that says nothing.
     Silent,
-    /// Joins, reads and sends to a conversation it is not a member of.
+    /// Tries to take a member's identity with `auth:refresh`, then joins, reads and sends
+    /// to a conversation it is not a member of.
     Trespass,
     /// Many connections of one user in quick succession, each replacing the last.
     Churn,
@@ -198,8 +199,27 @@ impl Attack {
             Attack::Silent => (vec![], 1),
             Attack::Trespass => {
                 let g0 = json!({ "conversationId": "g0" });
+                // First, refreshes that would make it someone else or extend nothing: a
+                // member's token, its own id as another user type, its own token again.
+                let member = User {
+                    id: "u0".into(),
+                    kind: "customer".into(),
+                };
+                let retyped = User {
+                    id: user.id.clone(),
+                    kind: "agent".into(),
+                };
+                let refresh = |id: u64, t: &str| {
+                    Frame::text(format!(
+                        "42/chat,{id}{}",
+                        json!(["auth:refresh", { "token": t }])
+                    ))
+                };
                 let mut v = vec![
                     connect(&good),
+                    refresh(200, &token(&member, 172_800, SECRET)),
+                    refresh(201, &token(&retyped, 172_800, SECRET)),
+                    refresh(202, &good),
                     Frame::text(format!("42/chat,100{}", json!(["conversation:join", g0]))),
                     Frame::text(format!("42/chat,101{}", json!(["message:history", g0]))),
                 ];

@@ -309,3 +309,15 @@ fn reconnections_without_backoff_are_caught() {
     });
     assert_eq!(checker, heartline_sim::check::reconnect::NAME);
 }
+
+#[test]
+fn a_refresh_with_another_users_token_is_caught() {
+    let (_, checker) = first_violation("refresh-any-user", 40, |s| {
+        let mut o = base(s);
+        o.faults.insert(FaultKind::Hostile);
+        o.hostile = o.hostile.max(2);
+        o.gateway_hook = Some(|c| c.engine.mutations.refresh_any_user = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::members::NAME);
+}

@@ -94,6 +94,8 @@ pub struct Mutations {
     pub refresh_keeps_grace: bool,
     /// The engine never closes a session that connected no namespace in time.
     pub no_handshake_timeout: bool,
+    /// The gateway takes an `auth:refresh` token of any user, not only the connection's.
+    pub refresh_any_user: bool,
     /// The gateway sends a connection one `heartbeat` and never re-arms its timer.
     pub heartbeat_not_rearmed: bool,
     /// The gateway forgets a displaced connection without disconnecting it (a map of

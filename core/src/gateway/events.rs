@@ -1006,7 +1006,10 @@ impl Gateway {
         };
         let answer = match verdict {
             Err(e) => Err(e.to_string()),
-            Ok(claims) if claims.user_key() != conn.user => Err("Token is for another user".into()),
+            // MUTATION (test-only): a token of any user is taken.
+            Ok(claims) if claims.user_key() != conn.user && !refresh_any_user(&self.config) => {
+                Err("Token is for another user".into())
+            }
             Ok(claims) if claims.exp_ms() <= conn.exp_ms => {
                 Err("Token does not extend the current one".into())
             }
@@ -1083,4 +1086,15 @@ enum Admitted {
     Duplicate,
     /// The rate limit would refuse it; asked the store whether it is a retry.
     Lookup,
+}
+
+/// Whether the test-only mutation that takes any user's token in `auth:refresh` is on.
+fn refresh_any_user(config: &crate::gateway::GatewayConfig) -> bool {
+    #[cfg(feature = "mutations")]
+    return config.engine.mutations.refresh_any_user;
+    #[cfg(not(feature = "mutations"))]
+    {
+        let _ = config;
+        false
+    }
 }
