@@ -202,7 +202,11 @@ impl Engine {
         // server, whose client flushes its whole buffer (all that was emitted while
         // offline) in one POST. They are decoded twice rather than collected: a first pass
         // finds the answer and whether the client closes, then each is handled as it is
-        // decoded, so a body of a million one-byte packets holds one at a time.
+        // decoded. What they become for the gateway (a Socket.IO event each, its JSON
+        // parsed) waits in the event queue until the gateway takes it after this request:
+        // a body of the smallest events, `42[0]` over and over, is ~166,000 of them per
+        // megabyte, by estimate some tens of megabytes for that moment, once per POST
+        // handled. The gateway's event budget then ends a session that sends that many.
         let text = std::str::from_utf8(&body);
         let packets = || {
             text.ok()
