@@ -16,7 +16,12 @@ fn swarm_of_200_seeds_holds_every_invariant() {
 }
 
 /// Seeds of the `heartline-sim swarm` defaults (12 clients, 120 s) that once failed, kept
-/// as they were found:
+/// with the knobs they were found with. Later changes to the workload, the client and the
+/// hostile scripts change their traces, so they no longer replay the very interleaving
+/// that failed; the rules they found are pinned by tests of their own (the late CONNECT:
+/// `a_late_connect_on_an_older_session_displaces_only_itself` in
+/// `core/tests/gateway_transcripts.rs`; the drain bound: the liveness phase's own
+/// computation). What they were:
 /// - 1410: two connect attempts given up by their clients (connect timeout while a clog
 ///   held them) arrived, CONNECT and close together, after both devices had reconnected;
 ///   the first displaced a live device, which then stayed away for good.
