@@ -4,7 +4,7 @@
 
 use heartline_sim::{FaultEvent, FaultKind, Options, Sim};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
 fn fault() -> impl Strategy<Value = FaultEvent> {
     use heartline_sim::Fault;
@@ -32,11 +32,17 @@ fn options() -> Options {
 
 #[test]
 fn failing_fault_schedule_shrinks_to_one_half_open() {
-    let mut runner = TestRunner::new(Config {
+    // A fixed seed. Shrinking is greedy: each fault is tried for removal before the others'
+    // times are shrunk, and not again after; with some random seeds a clog that could go
+    // is tried while the half-open's time still needed it, and the schedule reported is
+    // two long (seen once in a clean-clone run: that half-open alone fails as well).
+    let config = Config {
         cases: 64,
         failure_persistence: None,
         ..Config::default()
-    });
+    };
+    let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    let mut runner = TestRunner::new_with_rng(config, rng);
     let result = runner.run(&proptest::collection::vec(fault(), 0..8), |schedule| {
         let report = Sim::new(options(), Some(schedule), None)
             .map_err(TestCaseError::fail)?
