@@ -51,7 +51,7 @@ impl Heartbeat {
     pub fn sent(&mut self, now: Instant, link: u64, text: &str) {
         if text.starts_with("42/chat,[\"connection:success\"") {
             self.expect_next(now, link);
-        } else if text.starts_with("41/chat,") {
+        } else if text == "41/chat" || text.starts_with("41/chat,") {
             self.gone(link);
         } else if let Some(data) = text.strip_prefix("42/chat,[\"heartbeat\",") {
             self.sent += 1;
@@ -81,7 +81,7 @@ impl Heartbeat {
 
     /// The server received `text` on `link`.
     pub fn received(&mut self, link: u64, text: &str) {
-        if text.starts_with("41/chat,") {
+        if text == "41/chat" || text.starts_with("41/chat,") {
             self.gone(link);
         }
     }

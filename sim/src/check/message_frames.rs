@@ -23,9 +23,11 @@
 //! A join is in the room from the moment it is answered (the server enters the room and
 //! queues the answer in the same step, and a connection's frames keep their order), and out
 //! of it from the moment a leave is answered; so the rules above hold exactly, with no
-//! allowance for frames in flight.
+//! allowance for frames in flight. A join whose catch-up was still being read when a leave
+//! of the same conversation was answered is answered without entering the room (the later
+//! request wins), and is taken so. `message:sent` goes to the connection that sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
@@ -41,6 +43,8 @@ enum Request {
     Join {
         conversation: String,
         after_seq: Option<u64>,
+        /// Not if a leave of the conversation was answered while it was under way.
+        enters: bool,
     },
     Leave {
         conversation: String,
@@ -67,6 +71,8 @@ pub struct MessageFrames {
     asked: BTreeMap<(u64, u64), Request>,
     /// (link, conversation) joined, to the last `seq` sent on it.
     joined: BTreeMap<(u64, String), u64>,
+    /// (link, tempId) of every send made on a link.
+    sends: BTreeSet<(u64, String)>,
     /// `message:new` frames checked.
     pub frames: u64,
 }
@@ -100,14 +106,19 @@ impl MessageFrames {
                 conversation_of(arg).map(|conversation| Request::Join {
                     conversation,
                     after_seq: arg.get("afterSeq").and_then(Value::as_u64),
+                    enters: true,
                 })
             }
             (Some("conversation:leave"), Some(arg)) => {
                 conversation_of(arg).map(|conversation| Request::Leave { conversation })
             }
-            (Some("message:send"), Some(arg)) => Some(Request::Send {
-                temp_id: arg.get("tempId").and_then(Value::as_str).map(str::to_owned),
-            }),
+            (Some("message:send"), Some(arg)) => {
+                let temp_id = arg.get("tempId").and_then(Value::as_str).map(str::to_owned);
+                if let Some(t) = &temp_id {
+                    self.sends.insert((link, t.clone()));
+                }
+                Some(Request::Send { temp_id })
+            }
             _ => None,
         };
         if let Some(request) = request {
@@ -133,7 +144,10 @@ impl MessageFrames {
                 let message = arg.get("message");
                 stored_as_sent(link, message, store)?;
                 let named = arg.get("tempId");
-                if named.is_none_or(|t| Some(t) != message.and_then(|m| m.get("tempId"))) {
+                let ours = named
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| self.sends.contains(&(link, t.to_owned())));
+                if !ours || named.is_none_or(|t| Some(t) != message.and_then(|m| m.get("tempId"))) {
                     return Err((
                         NAME,
                         format!("ws{link}: message:sent names tempId {named:?} for {arg}"),
@@ -194,6 +208,22 @@ impl MessageFrames {
             }
             Request::Leave { conversation } => {
                 if ok {
+                    // A join of it still being read is answered later, out of the room.
+                    for request in self.asked.range_mut((link, 0)..=(link, u64::MAX)) {
+                        if let (
+                            _,
+                            Request::Join {
+                                conversation: c,
+                                enters,
+                                ..
+                            },
+                        ) = request
+                        {
+                            if *c == conversation {
+                                *enters = false;
+                            }
+                        }
+                    }
                     self.joined.remove(&(link, conversation));
                 }
                 Ok(())
@@ -202,6 +232,7 @@ impl MessageFrames {
             Request::Join {
                 conversation,
                 after_seq,
+                enters,
             } => {
                 let reply = reply.unwrap_or(&Value::Null);
                 let Some(last) = reply.get("lastSeq").and_then(Value::as_u64) else {
@@ -233,6 +264,9 @@ impl MessageFrames {
                         ));
                     }
                     at = Some(seq);
+                }
+                if !enters {
+                    return Ok(());
                 }
                 if let Some(sent) = self.joined.insert((link, conversation.clone()), last) {
                     if sent != last {
@@ -280,6 +314,7 @@ impl MessageFrames {
     pub fn closed(&mut self, link: u64) {
         self.asked.retain(|(l, _), _| *l != link);
         self.joined.retain(|(l, _), _| *l != link);
+        self.sends.retain(|(l, _)| *l != link);
     }
 
     /// After the run healed and went quiet: every one of the `live` connections was sent
@@ -396,8 +431,36 @@ mod tests {
         assert!(f.received(1, odd, &store).is_err(), "not a contract code");
         let sent = format!(r#"42/chat,["message:sent",{{"tempId":"t0","message":{m1}}}]"#);
         f.received(1, &sent, &store).expect("as stored");
+        assert!(
+            f.received(2, &sent, &store).is_err(),
+            "to a connection that did not send it"
+        );
         let wrong = format!(r#"42/chat,["message:sent",{{"tempId":"t9","message":{m1}}}]"#);
         assert!(f.received(1, &wrong, &store).is_err());
+    }
+
+    #[test]
+    fn a_join_answered_after_a_leave_of_the_same_conversation_does_not_enter() {
+        let store = store_with(3);
+        let mut f = MessageFrames::default();
+        f.sent(
+            1,
+            r#"42/chat,1["conversation:join",{"conversationId":"c","afterSeq":0}]"#,
+        );
+        f.sent(
+            1,
+            r#"42/chat,2["conversation:leave",{"conversationId":"c"}]"#,
+        );
+        f.received(1, r#"43/chat,2[{"ok":true}]"#, &store)
+            .expect("left");
+        let joined = r#"43/chat,1[{"ok":true,"conversationId":"c","lastSeq":3,"missed":[]}]"#;
+        f.received(1, joined, &store).expect("answered");
+        let note = format!(
+            "42/chat,[\"message:notification\",{{\"conversationId\":\"c\",\"message\":{}}}]",
+            store.get("c", 3).expect("stored").to_json()
+        );
+        f.received(1, &note, &store).expect("not in the room");
+        assert!(f.settled(&[1], &store).is_ok());
     }
 
     #[test]

@@ -86,14 +86,14 @@ impl PerUser {
             self.wire.entry(user.clone()).or_default().insert(link);
             self.wire_user.insert(link, user.clone());
             self.wire_touched.insert(user);
-        } else if text.starts_with("41/chat,") {
+        } else if text == "41/chat" || text.starts_with("41/chat,") {
             self.link_gone(link);
         }
     }
 
     /// The server received `text` on `link`.
     pub fn server_received(&mut self, link: u64, text: &str) {
-        if text.starts_with("41/chat,") {
+        if text == "41/chat" || text.starts_with("41/chat,") {
             self.link_gone(link);
         }
     }

@@ -6,7 +6,8 @@
 //! reconnections since the client was last connected; before the n-th, the client waits at
 //! least `initial × factor^(n−1) × (1 − randomization)` (capped at `max_ms`) from the
 //! moment it noticed the loss. A connect the application asks for (at start, after being
-//! sent away, or "retry" after the attempts ran out) is not a reconnection.
+//! sent away, or "retry" after the attempts ran out) is not a reconnection, and the count
+//! starts over from it.
 
 use std::collections::BTreeMap;
 
@@ -73,9 +74,8 @@ impl Reconnect {
 
     /// The application asked client `device` to connect.
     pub fn asked(&mut self, device: usize) {
-        if let Some(d) = self.devices.get_mut(&device) {
-            d.waiting_since = None;
-        }
+        // The client's backoff starts over, as socket.io-client's does.
+        self.devices.insert(device, Device::default());
     }
 
     /// Client `device` opened a connection at `now`.
@@ -136,10 +136,12 @@ mod tests {
         r.status(at(8_000), 0, &Status::Failed { reason: "x".into() });
         r.asked(0);
         assert!(r.opened(at(8_000), 0).is_ok(), "the application's retry");
+        r.status(at(9_000), 0, &Status::Reconnecting { attempt: 1 });
+        assert!(r.opened(at(9_600), 0).is_ok(), "its backoff started over");
         for n in 1..=10 {
             r.status(at(10_000), 1, &Status::Reconnecting { attempt: n });
         }
         assert!(r.opened(at(14_000), 1).is_err(), "capped at 5 s, not less");
-        assert_eq!(r.checked, 5);
+        assert_eq!(r.checked, 6);
     }
 }

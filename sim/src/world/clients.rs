@@ -221,6 +221,7 @@ impl Sim {
                     }
                     self.members.closed(id);
                     self.bad_token.closed(id);
+                    self.presence_frames.closed(id);
                     tr!(self, "net", ("ws{id} -> h{a} closed"));
                 }
                 Seg::Frame(heartline_core::codec::Frame::Text(bytes)) => {
