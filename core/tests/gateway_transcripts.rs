@@ -858,6 +858,31 @@ fn a_flood_inside_one_polling_post_ends_the_session_there() {
 }
 
 #[test]
+fn a_connect_left_and_made_again_in_one_post_connects_nobody() {
+    let mut g = setup();
+    polling(&mut g, 1, Method::Get, None, String::new());
+    let open = http_body(&g, 1).expect("handshake answered");
+    let open: Value = serde_json::from_str(open.trim_start_matches('0')).expect("open packet");
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    // Both CONNECTs are decided after the whole body is read: the first one's answer must
+    // not settle the second, whose token is another user's.
+    let alice = json!({"token": token("alice", "customer", 86_400)});
+    let bob = json!({"token": token("bob", "agent", 86_400)});
+    let body = format!("40/chat,{alice}\u{1e}41/chat,\u{1e}40/chat,{bob}");
+    polling(&mut g, 2, Method::Post, Some(&sid), body);
+    let connected = g.outputs.iter().any(|(_, out)| {
+        matches!(
+            out,
+            heartline_core::gateway::Output::Notice(
+                heartline_core::gateway::Notice::Connected { .. }
+            )
+        )
+    });
+    assert!(!connected, "no connection from a CONNECT made twice");
+    assert_eq!(g.gw.engine().session_count(), 0, "the session ended");
+}
+
+#[test]
 fn sends_before_the_clients_close_in_one_polling_post_are_stored() {
     let mut g = setup();
     // A client that sends, leaves the namespace and closes, all in one POST (as

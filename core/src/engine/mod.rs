@@ -637,15 +637,20 @@ impl Engine {
                     self.push_sio(now, id, &reply);
                 }
             }
-            (PacketType::Disconnect, Some(ns)) => {
+            (PacketType::Disconnect, Some(Namespace::Connected(_))) => {
                 s.namespaces.remove(&packet.nsp);
-                if let Namespace::Connected(_) = ns {
-                    self.event(Event::Disconnected {
-                        session: id,
-                        nsp: packet.nsp,
-                    });
-                }
+                self.event(Event::Disconnected {
+                    session: id,
+                    nsp: packet.nsp,
+                });
             }
+            // A DISCONNECT while the CONNECT is still being decided is ignored, as in the
+            // reference server, whose socket does not exist yet. Removing the pending state
+            // here let the answer to this CONNECT settle a later one: a connect, a
+            // disconnect and a connect again in one POST was authenticated with the first
+            // CONNECT's token; now the second CONNECT meets the pending first, a CONNECT
+            // twice, and ends the session. A client that has left closes its transport.
+            (PacketType::Disconnect, Some(Namespace::Pending)) => {}
             (PacketType::Disconnect, None) => {}
             (
                 PacketType::Event
