@@ -321,3 +321,16 @@ fn a_refresh_with_another_users_token_is_caught() {
     });
     assert_eq!(checker, heartline_sim::check::members::NAME);
 }
+
+#[test]
+fn a_displaced_connection_closed_without_a_disconnect_is_caught() {
+    // The project's client stays away on the event alone; socket.io-client would not.
+    let (_, checker) = first_violation("replaced-closed-not-disconnected", 40, |s| {
+        let mut o = base(s);
+        o.devices_per_user = 2;
+        o.per_user = 1;
+        o.gateway_hook = Some(|c| c.engine.mutations.replaced_closed_not_disconnected = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::ping_pong::NAME);
+}

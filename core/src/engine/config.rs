@@ -101,6 +101,9 @@ pub struct Mutations {
     /// The gateway forgets a displaced connection without disconnecting it (a map of
     /// one socket per user overwritten, the old socket left open).
     pub replaced_left_connected: bool,
+    /// The gateway closes a displaced connection's transport without a Socket.IO
+    /// DISCONNECT (`socket.conn.close()` where `socket.disconnect(true)` was meant).
+    pub replaced_closed_not_disconnected: bool,
     /// The engine leaves a PING's deadline armed when its PONG comes (a forgotten
     /// `clearTimeout`), so answered connections are closed as dead.
     pub pong_leaves_deadline_armed: bool,

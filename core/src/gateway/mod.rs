@@ -540,6 +540,17 @@ impl Gateway {
                 self.drop_conn(now, old, CloseReason::Replaced);
                 continue;
             }
+            // MUTATION (test-only): the transport closed with no Socket.IO DISCONNECT.
+            #[cfg(feature = "mutations")]
+            if self
+                .config
+                .engine
+                .mutations
+                .replaced_closed_not_disconnected
+            {
+                let _ = self.engine.close(now, old, CloseReason::Replaced);
+                continue;
+            }
             let _ = self.engine.disconnect(now, old, CloseReason::Replaced);
         }
 

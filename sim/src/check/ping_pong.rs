@@ -3,7 +3,10 @@
 //! A device told `connection:replaced` must stay away; if it comes back it displaces the
 //! device that displaced it, which then comes back too, forever. Watched from both ends:
 //! a device that received `connection:replaced` and later completes a connect is the
-//! first half of that loop.
+//! first half of that loop. And what keeps `socket.io-client` away is the Socket.IO
+//! DISCONNECT (reason `io server disconnect`), not the event: a link told it was replaced
+//! that the server then closes in order without a DISCONNECT would bring such a client
+//! back (reason `transport close`), even though the project's own client stays away.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +21,8 @@ pub const NAME: &str = "no-ping-pong-replacement";
 #[derive(Debug, Default)]
 pub struct PingPong {
     told: BTreeSet<usize>,
+    /// Links told `connection:replaced`, and whether a DISCONNECT followed on each.
+    replaced_links: BTreeMap<u64, bool>,
     devices: BTreeMap<SessionId, usize>,
     /// Replacements between two different devices, by (displaced, newer) device.
     pub pairs: BTreeMap<(usize, usize), u64>,
@@ -44,6 +49,36 @@ impl PingPong {
             ));
         }
         Ok(())
+    }
+
+    /// A frame from the server reached an honest client's `link`.
+    pub fn link_frame(&mut self, link: u64, text: &str) {
+        if text.starts_with("42/chat,[\"connection:replaced\"") {
+            self.replaced_links.insert(link, false);
+        } else if text == "41/chat" || text.starts_with("41/chat,") {
+            if let Some(disconnected) = self.replaced_links.get_mut(&link) {
+                *disconnected = true;
+            }
+        }
+    }
+
+    /// The server's close of an honest client's `link` arrived (`error`: a reset).
+    pub fn link_closed(&mut self, link: u64, error: bool) -> Finding {
+        match self.replaced_links.remove(&link) {
+            Some(false) if !error => Err((
+                NAME,
+                format!(
+                    "ws{link} was told connection:replaced and closed without a Socket.IO \
+                     DISCONNECT: socket.io-client would reconnect"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The client gave `link` up itself.
+    pub fn link_dropped(&mut self, link: u64) {
+        self.replaced_links.remove(&link);
     }
 
     /// A session ended.

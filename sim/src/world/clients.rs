@@ -257,6 +257,7 @@ impl Sim {
                                     .honest_received(slot.user, &text)
                                     .and(self.presence_frames.received(id, slot.user, &text))
                                     .and(self.message_frames.received(id, &text, &self.store));
+                                self.ping_pong.link_frame(id, &text);
                                 crate::trace::short(&text, 72)
                             }
                             heartline_core::codec::Frame::Binary(b) => format!("<{}B>", b.len()),
@@ -264,6 +265,7 @@ impl Sim {
                         tr!(self, "net", ("ws{id} -> c{i} {text}"));
                     }
                     Seg::Fin { error } => {
+                        seen = self.ping_pong.link_closed(id, *error);
                         slot.link = None;
                         self.presence_frames.closed(id);
                         self.message_frames.closed(id);
@@ -420,6 +422,7 @@ impl Sim {
         link.client_open = false;
         self.presence_frames.closed(id);
         self.message_frames.closed(id);
+        self.ping_pong.link_dropped(id);
         self.net.send(
             now,
             id,

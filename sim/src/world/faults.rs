@@ -35,6 +35,7 @@ impl Sim {
                     }
                     self.presence_frames.closed(id);
                     self.message_frames.closed(id);
+                    self.ping_pong.link_dropped(id);
                     if let Some(slot) = self.clients.get_mut(c) {
                         slot.link = None;
                         slot.client.handle_closed(now);
