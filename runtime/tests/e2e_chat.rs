@@ -120,7 +120,17 @@ async fn join_send_ack_fan_out_and_notification() {
     assert_eq!(m["senderType"], "customer");
     assert_eq!(m["tempId"], "t1");
     assert_eq!(m["conversationId"], "c1");
-    assert!(m["id"].is_string() && m["createdAt"].is_u64());
+    assert!(m["id"].is_string(), "{m}");
+    // Milliseconds since the epoch, from this machine's clock (a minute either way: the
+    // point is the unit, not the time).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let created = m["createdAt"].as_u64().expect("createdAt is an integer");
+    assert!(
+        created.abs_diff(now_ms) < 60_000,
+        "createdAt {created}, now {now_ms} ms"
+    );
 
     let new_a = alice.wait_event("message:new").await.expect("alice new");
     assert_eq!(&new_a, m);

@@ -297,11 +297,15 @@ async fn a_conversation_id_in_the_path_is_read_as_a_path_not_as_a_form() {
 /// `before_headers`, sends `head` and then one byte of body every 100 ms; returns the
 /// status the server answered and when, counted from the connect (or from the first
 /// request's answer).
+/// The body length the dribbled requests announce.
+const DRIBBLED_BODY: usize = 1_000;
+
 async fn dribble(
     addr: std::net::SocketAddr,
     first: Option<&str>,
     before_headers: Duration,
     head: &str,
+    body_done_at: Duration,
 ) -> (u16, Duration) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut started = tokio::time::Instant::now();
@@ -321,6 +325,7 @@ async fn dribble(
     s.write_all(head.as_bytes()).await.expect("head");
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
+    let mut body_left = DRIBBLED_BODY;
     for _ in 0..100 {
         tokio::select! {
             read = s.read(&mut chunk) => match read {
@@ -332,10 +337,14 @@ async fn dribble(
                     }
                 }
             },
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                if s.write_all(b"x").await.is_err() {
+            _ = tokio::time::sleep(Duration::from_millis(100)), if body_left > 0 => {
+                // A byte at a time, then the rest at once: from then on the request is
+                // complete, and only a deadline that had already passed answers 408.
+                let n = if started.elapsed() >= body_done_at { body_left } else { 1 };
+                if s.write_all(&b"x".repeat(n)).await.is_err() {
                     break;
                 }
+                body_left -= n;
             }
         }
     }
@@ -344,18 +353,20 @@ async fn dribble(
 
 #[tokio::test]
 async fn a_partial_request_runs_out_of_time_counted_from_the_tcp_accept() {
-    // The headers come 1.8 s after the connect, then the body a byte at a time: the
-    // request is cut at 2 s from the accept, not 2 s after its headers. (The two
-    // deadlines are 1.8 s apart, so a slow machine cannot mistake one for the other.)
+    // The headers come 1.8 s after the connect, then the body a byte at a time, and the
+    // rest of it at once 3 s after the connect: the request is cut at 2 s from the accept
+    // (408), not 2 s after its headers, by when it would be complete (and refused for
+    // its body of x's, not for time). The answer tells the deadlines apart; no duration
+    // is asserted.
     let mut server = TestServer::start(|c| c.server.handshake_timeout_ms = 2_000).await;
     let api = format!(
         "PUT /api/conversations/c1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
-         Content-Length: 1000\r\n\r\n"
+         Content-Length: {DRIBBLED_BODY}\r\n\r\n"
     );
     let sid = polling_handshake(server.addr).await;
     let post = format!(
         "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
-         Content-Type: text/plain\r\nContent-Length: 1000\r\n\r\n"
+         Content-Type: text/plain\r\nContent-Length: {DRIBBLED_BODY}\r\n\r\n"
     );
     // On a kept-alive connection, a later request's time counts from the end of the one
     // before it.
@@ -363,14 +374,9 @@ async fn a_partial_request_runs_out_of_time_counted_from_the_tcp_accept() {
     for (what, head) in [("api", &api), ("polling post", &post)] {
         for (first, on) in [(None, "a new connection"), (healthz, "a kept-alive one")] {
             let wait = Duration::from_millis(1_800);
-            let (status, after) = dribble(server.addr, first, wait, head).await;
-            assert_eq!(status, 408, "{what} on {on}");
-            // Counted from the headers it would come at 3.8 s: well apart, with room for a
-            // slow machine.
-            assert!(
-                after < Duration::from_millis(3_500),
-                "{what} on {on}: {after:?}"
-            );
+            let done = Duration::from_millis(3_000);
+            let (status, after) = dribble(server.addr, first, wait, head, done).await;
+            assert_eq!(status, 408, "{what} on {on}, answered after {after:?}");
         }
     }
     server.stop().await;
@@ -488,7 +494,16 @@ async fn a_held_poll_abandoned_by_the_client_ends_the_session() {
     let mut held = tokio::net::TcpStream::connect(addr).await.expect("tcp");
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
     held.write_all(req.as_bytes()).await.expect("write");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Dropped once the server holds it, not after a guess at how long that takes.
+    let holding = eventually(WAIT, || {
+        let server = &server;
+        async move {
+            let m = server.metrics().await;
+            metric(&m, "heartline_http_requests_waiting") == Some(1.0)
+        }
+    })
+    .await;
+    assert!(holding, "the poll is held");
     drop(held);
     let gone = eventually(WAIT, || {
         let path = path.clone();

@@ -30,23 +30,25 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 
 #[tokio::test]
 async fn a_dead_peer_is_closed_by_the_ping_timeout_and_a_live_one_is_not() {
+    // A second each: long enough that the live client, on the test's own runtime beside
+    // the server, never misses its deadline on a busy machine.
     let mut server = TestServer::start(|c| {
-        c.engine.ping_interval_ms = 200;
-        c.engine.ping_timeout_ms = 200;
+        c.engine.ping_interval_ms = 1_000;
+        c.engine.ping_timeout_ms = 1_000;
     })
     .await;
     let mut alive = server.connect("bob", "agent").await;
     let mut dead = server.connect("alice", "customer").await;
     dead.set_answer_pings(false);
     let events = dead
-        .wait_closed(Duration::from_secs(5))
+        .wait_closed(Duration::from_secs(15))
         .await
         .expect("closed");
-    // ping_interval + ping_timeout = 400 ms; that bound itself is checked on virtual time
+    // ping_interval + ping_timeout = 2 s; that bound itself is checked on virtual time
     // by the simulator's dead-peer checker, not on this machine's clock.
     assert!(matches!(events.last(), Some(ClientEvent::Closed { .. })));
-    // The live one is untouched.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The live one is untouched, past another whole ping round.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     alive.emit("ping", json!({})).expect("emit");
     alive.wait_event("pong").await.expect("still alive");
     let m = server.metrics().await;
