@@ -476,13 +476,20 @@ async fn leave_history_and_admin_metrics() {
     let appends = metric(&m, "heartline_store_appends_total").unwrap_or(0.0);
     assert!(appends >= 1.0 && waits >= appends, "{m}");
 
-    // metrics:request is answered for admin tokens only.
+    // metrics:request is answered for admin tokens only. The server answers a
+    // connection's events in order, so a `pong` to a `ping` sent after the request fences
+    // it: a metrics:response would have come first.
     alice.emit("metrics:request", Value::Null).expect("emit");
-    while let Ok(e) = alice.next(Duration::from_millis(300)).await {
+    alice.emit("ping", json!({})).expect("emit");
+    loop {
+        let e = alice.next(WAIT).await.expect("the pong comes");
         assert!(
             !matches!(&e, ClientEvent::Event { name, .. } if name == "metrics:response"),
             "metrics for a non-admin: {e:?}"
         );
+        if matches!(&e, ClientEvent::Event { name, .. } if name == "pong") {
+            break;
+        }
     }
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
