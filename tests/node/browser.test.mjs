@@ -108,11 +108,12 @@ test('back after a long absence, the page reads past one join reply and shows ev
   const page = await browser.newPage();
   try {
     await page.goto(`${busy.url}/?token=${token('dana', 'customer')}&conversation=busy&autoconnect` +
-      '&initialDelayMs=15000&randomization=0&maxAttempts=30');
+      '&initialDelayMs=30000&randomization=0&maxAttempts=30');
     await status(page, 'connected');
     await page.waitForFunction(() => document.querySelector('#notice').textContent.startsWith('Joined'));
-    // Away for one backoff (15 s, ample for a restart and 1,100 acknowledged sends on a
-    // slow machine), in which 1,100 messages are written.
+    // Away for one backoff (30 s, ample for a restart and 1,100 acknowledged sends even on
+    // a slow machine running the debug build beside Chromium), in which 1,100 messages
+    // are written.
     await busy.kill('SIGKILL');
     await status(page, 'reconnecting');
     await busy.start();
@@ -126,7 +127,7 @@ test('back after a long absence, the page reads past one join reply and shows ev
       assert.ok(acks.every((a) => a.ok), JSON.stringify(acks.find((a) => !a.ok)));
     }
     assert.equal(await page.getAttribute('#status', 'data-status'), 'reconnecting', 'still away');
-    assert.equal(await status(page, 'connected', 25_000), 'Connected');
+    assert.equal(await status(page, 'connected', 45_000), 'Connected');
     await page.waitForSelector('#messages li[data-seq="1100"]', { timeout: 15_000 });
     // And live again once caught up.
     assert.ok((await send(1101)).ok);
