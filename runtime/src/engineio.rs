@@ -99,6 +99,35 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         }
         return resp;
     }
+    // A WebSocket the server does not offer, or of another protocol version, is refused
+    // before the 101, as the reference server refuses it: answered, the upgrade would only
+    // be closed at once, which a client reads as a network failure and retries.
+    if is_websocket_upgrade(req.headers()) {
+        let offered = ctx
+            .config
+            .engine
+            .transports
+            .iter()
+            .any(|t| t == "websocket");
+        let refusal = if query.transport.as_deref() != Some("websocket") || !offered {
+            Some((0, "Transport unknown"))
+        } else if query.eio.as_deref() != Some("4") {
+            Some((5, "Unsupported protocol version"))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refusal {
+            let mut resp = http::json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"code": code, "message": message}),
+            );
+            cors_headers(origin.as_deref(), resp.headers_mut());
+            if conn.first_request {
+                keep_no_connection(&mut resp);
+            }
+            return resp;
+        }
+    }
     if query.sid.is_none() && ctx.is_draining() {
         RuntimeMetrics::inc(&ctx.metrics.refused_draining);
         let mut resp = http::json(

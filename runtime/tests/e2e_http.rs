@@ -522,6 +522,70 @@ async fn a_held_poll_abandoned_by_the_client_ends_the_session() {
 }
 
 #[tokio::test]
+async fn only_the_configured_transports_are_offered() {
+    // Polling only: no upgrade offered, a WebSocket refused.
+    let mut server = TestServer::start(|c| c.engine.transports = vec!["polling".to_owned()]).await;
+    let addr = server.addr;
+    let (status, _, body) = http(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let open: Value = serde_json::from_str(body.strip_prefix('0').expect("open")).expect("json");
+    assert_eq!(open["upgrades"], json!([]), "{open}");
+    // Refused before the upgrade, with the reference server's answer.
+    let refused = |query: &str| {
+        let url = format!("ws://{addr}/socket.io/?{query}");
+        async move {
+            match tokio_tungstenite::connect_async(url).await {
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                    let body = resp.body().clone().unwrap_or_default();
+                    (
+                        resp.status().as_u16(),
+                        String::from_utf8_lossy(&body).into_owned(),
+                    )
+                }
+                other => panic!("not refused over HTTP: {:?}", other.map(|_| ())),
+            }
+        }
+    };
+    let (status, body) = refused("EIO=4&transport=websocket").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["code"],
+        0
+    );
+    server.stop().await;
+
+    // WebSocket only: a polling handshake is an unknown transport; clients connect.
+    let mut server =
+        TestServer::start(|c| c.engine.transports = vec!["websocket".to_owned()]).await;
+    let (status, _, body) = http(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let error: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(error["code"], 0, "{body}");
+    let mut alice = server.connect("alice", "customer").await;
+    alice.emit("ping", json!({})).expect("emit");
+    alice.wait_event("pong").await.expect("served");
+    // Another protocol version is refused before the upgrade too.
+    let url = format!("ws://{}/socket.io/?EIO=3&transport=websocket", server.addr);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 400);
+            let body = resp.body().clone().unwrap_or_default();
+            let body: Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(body["code"], 5, "{body}");
+        }
+        other => panic!("not refused over HTTP: {:?}", other.map(|_| ())),
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn polling_session_upgrades_to_websocket() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
