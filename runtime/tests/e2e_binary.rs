@@ -34,6 +34,12 @@ async fn spawn(config: &Path) -> (Child, SocketAddr) {
 
 /// [`spawn`] with more command-line arguments.
 async fn spawn_with(config: &Path, args: &[&str]) -> (Child, SocketAddr) {
+    let (child, addr, _) = spawn_reading(config, args).await;
+    (child, addr)
+}
+
+/// [`spawn_with`], also returning what the binary printed before it listened.
+async fn spawn_reading(config: &Path, args: &[&str]) -> (Child, SocketAddr, Vec<String>) {
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(config)
@@ -46,11 +52,13 @@ async fn spawn_with(config: &Path, args: &[&str]) -> (Child, SocketAddr) {
         .expect("spawn heartline");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
+    let mut before = vec![];
     let addr = tokio::time::timeout(Duration::from_secs(20), async {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(rest) = line.strip_prefix("heartline listening on http://") {
                 return rest.trim().parse::<SocketAddr>().expect("address");
             }
+            before.push(line);
         }
         panic!("heartline exited before listening");
     })
@@ -58,7 +66,7 @@ async fn spawn_with(config: &Path, args: &[&str]) -> (Child, SocketAddr) {
     .expect("heartline listens in time");
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    (child, addr, before)
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -146,6 +154,60 @@ async fn listen_on_the_command_line_stands_in_for_the_files_address() {
         .expect("exits")
         .expect("wait");
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn with_no_secret_the_printed_dev_tokens_connect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let text = text.replace(&format!("jwt_secret = \"{SECRET}\""), "jwt_secret = \"\"");
+    std::fs::write(&path, text).expect("write");
+    let (child, addr, printed) = spawn_reading(&path, &[]).await;
+    let tokens: Vec<(String, String)> = printed
+        .iter()
+        .filter_map(|l| {
+            let (user, token) = l.trim().split_once("  token: ")?;
+            Some((user.to_owned(), token.trim().to_owned()))
+        })
+        .collect();
+    assert!(tokens.len() >= 2, "{printed:?}");
+    for (user, token) in &tokens {
+        let opts = heartline_runtime::client::ClientOptions::with_token(token);
+        let mut c = heartline_runtime::client::connect(addr, opts)
+            .await
+            .expect("connect")
+            .client()
+            .expect("the printed token is taken");
+        let ok = c.wait_event("connection:success").await.expect("success");
+        assert_eq!(
+            format!(
+                "{}:{}",
+                ok["userId"].as_str().unwrap_or(""),
+                ok["userType"].as_str().unwrap_or("")
+            ),
+            *user
+        );
+        // And the dev conversation is theirs.
+        let ack = c
+            .emit_with_ack("conversation:join", json!({"conversationId": "dev"}))
+            .expect("emit");
+        let joined = tokio::time::timeout(Duration::from_secs(10), ack)
+            .await
+            .expect("in time")
+            .expect("answered");
+        assert_eq!(joined[0]["ok"], true, "{joined:?}");
+    }
+    // A token signed with the usual test secret is not: the secret was generated.
+    let opts = heartline_runtime::client::ClientOptions::with_token(&token("u0", "customer", 60));
+    let refused = heartline_runtime::client::connect(addr, opts)
+        .await
+        .expect("connect");
+    assert!(
+        refused.client().is_err(),
+        "a token of another secret is refused"
+    );
+    signal(&child, "TERM");
 }
 
 #[tokio::test]
