@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 
 use heartline_core::Instant;
-use serde_json::Value;
 
 use super::deadlines::Deadlines;
+use super::wire::{chat_data, is_chat_disconnect};
 use super::Finding;
 
 /// The checker's name.
@@ -51,13 +51,11 @@ impl Heartbeat {
     pub fn sent(&mut self, now: Instant, link: u64, text: &str) {
         if text.starts_with("42/chat,[\"connection:success\"") {
             self.expect_next(now, link);
-        } else if text == "41/chat" || text.starts_with("41/chat,") {
+        } else if is_chat_disconnect(text) {
             self.gone(link);
-        } else if let Some(data) = text.strip_prefix("42/chat,[\"heartbeat\",") {
+        } else if text.starts_with("42/chat,[\"heartbeat\",") {
             self.sent += 1;
-            let stamp = serde_json::from_str::<Value>(data.trim_end_matches(']'))
-                .ok()
-                .and_then(|v| v.get("timestamp").and_then(Value::as_u64));
+            let stamp = chat_data(text).and_then(|(_, _, v)| v[1]["timestamp"].as_u64());
             let wall = self.wall_epoch_ms + now.as_millis();
             let problem = match self.last.get(&link) {
                 None => Some("on a link with no namespace connected".to_owned()),
@@ -81,7 +79,7 @@ impl Heartbeat {
 
     /// The server received `text` on `link`.
     pub fn received(&mut self, link: u64, text: &str) {
-        if text == "41/chat" || text.starts_with("41/chat,") {
+        if is_chat_disconnect(text) {
             self.gone(link);
         }
     }

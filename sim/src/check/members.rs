@@ -12,22 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use heartline_core::gateway::Message;
 use serde_json::Value;
 
+use super::wire::chat_data;
 use super::Finding;
 use crate::workload::Layout;
 
 /// The checker's name.
 pub const NAME: &str = "members-only";
-
-/// The Socket.IO packet in a server frame of the `/chat` namespace: its type digit and
-/// its data, after any ack id. `None` for anything else (Engine.IO control packets,
-/// other namespaces, binary frames).
-pub fn chat_packet(text: &str) -> Option<(u8, Value)> {
-    let rest = text.strip_prefix('4')?;
-    let kind = *rest.as_bytes().first()?;
-    let rest = rest.get(1..)?.strip_prefix("/chat,")?;
-    let data = rest.trim_start_matches(|c: char| c.is_ascii_digit());
-    Some((kind, serde_json::from_str(data).ok()?))
-}
 
 /// Membership by the layout, and what each connection received.
 #[derive(Debug)]
@@ -78,7 +68,7 @@ impl MembersOnly {
         if !text.starts_with("42/chat,[\"message:new\"") {
             return Ok(());
         }
-        let Some((_, data)) = chat_packet(text) else {
+        let Some((_, _, data)) = chat_data(text) else {
             return Err((
                 NAME,
                 format!("{user} got a message:new that does not parse"),
@@ -112,7 +102,7 @@ impl MembersOnly {
         if !self.trespassing.contains_key(&link) {
             return Ok(());
         }
-        if let Some((b'3', data)) = chat_packet(text) {
+        if let Some((b'3', _, data)) = chat_data(text) {
             if data[0]["ok"] == Value::Bool(true) {
                 return Err((
                     NAME,
@@ -143,16 +133,6 @@ impl MembersOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_events_and_acks_of_the_chat_namespace() {
-        let (kind, data) = chat_packet(r#"42/chat,["message:new",{"seq":1}]"#).expect("event");
-        assert_eq!((kind, data[0].as_str()), (b'2', Some("message:new")));
-        let (kind, data) = chat_packet(r#"43/chat,12[{"ok":false}]"#).expect("ack");
-        assert_eq!((kind, data[0]["ok"].as_bool()), (b'3', Some(false)));
-        assert!(chat_packet("3").is_none());
-        assert!(chat_packet(r#"42["message:new",{}]"#).is_none());
-    }
 
     #[test]
     fn a_message_for_a_conversation_of_others_is_a_violation() {

@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use super::wire::chat_data;
 use super::Finding;
 use crate::store::Store;
 
@@ -77,20 +78,6 @@ pub struct MessageFrames {
     pub frames: u64,
 }
 
-/// A `/chat` packet of type `kind` in `text`: its ack id, if any, and its data.
-fn packet(text: &str, kind: char) -> Option<(Option<u64>, Value)> {
-    let rest = text.strip_prefix('4')?.strip_prefix(kind)?;
-    let rest = rest.strip_prefix("/chat,")?;
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    let (id, data) = rest.split_at(digits);
-    let id = if id.is_empty() {
-        None
-    } else {
-        Some(id.parse().ok()?)
-    };
-    Some((id, serde_json::from_str(data).ok()?))
-}
-
 fn conversation_of(v: &Value) -> Option<String> {
     Some(v.get("conversationId")?.as_str()?.to_owned())
 }
@@ -98,7 +85,7 @@ fn conversation_of(v: &Value) -> Option<String> {
 impl MessageFrames {
     /// An honest client sent `text` on `link`.
     pub fn sent(&mut self, link: u64, text: &str) {
-        let Some((Some(id), data)) = packet(text, '2') else {
+        let Some((b'2', Some(id), data)) = chat_data(text) else {
             return;
         };
         let request = match (data.get(0).and_then(Value::as_str), data.get(1)) {
@@ -128,13 +115,13 @@ impl MessageFrames {
 
     /// A frame from the server reached an honest client on `link`.
     pub fn received(&mut self, link: u64, text: &str, store: &Store) -> Finding {
-        if let Some((Some(id), data)) = packet(text, '3') {
+        if let Some((b'3', Some(id), data)) = chat_data(text) {
             return match self.asked.remove(&(link, id)) {
                 Some(request) => self.answered(link, request, data.get(0), store),
                 None => Ok(()),
             };
         }
-        let Some((_, data)) = packet(text, '2') else {
+        let Some((b'2', _, data)) = chat_data(text) else {
             return Ok(());
         };
         match data.get(0).and_then(Value::as_str) {

@@ -24,6 +24,7 @@ pub mod presence_frames;
 pub mod rate_window;
 pub mod reconnect;
 pub mod token_expiry;
+pub mod wire;
 
 use std::fmt;
 

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use heartline_core::gateway::UserKey;
 use heartline_core::{Instant, SessionId};
 
+use super::wire::{chat_data, is_chat_disconnect};
 use super::Finding;
 
 /// The checker's name.
@@ -73,27 +74,26 @@ impl PerUser {
 
     /// The server sent `text` on `link`.
     pub fn server_sent(&mut self, link: u64, text: &str) {
-        if let Some(data) = text.strip_prefix("42/chat,[\"connection:success\",") {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim_end_matches(']'))
-            else {
+        if text.starts_with("42/chat,[\"connection:success\"") {
+            let Some((_, _, data)) = chat_data(text) else {
                 return;
             };
             let user = format!(
                 "{}:{}",
-                v["userId"].as_str().unwrap_or(""),
-                v["userType"].as_str().unwrap_or("")
+                data[1]["userId"].as_str().unwrap_or(""),
+                data[1]["userType"].as_str().unwrap_or("")
             );
             self.wire.entry(user.clone()).or_default().insert(link);
             self.wire_user.insert(link, user.clone());
             self.wire_touched.insert(user);
-        } else if text == "41/chat" || text.starts_with("41/chat,") {
+        } else if is_chat_disconnect(text) {
             self.link_gone(link);
         }
     }
 
     /// The server received `text` on `link`.
     pub fn server_received(&mut self, link: u64, text: &str) {
-        if text == "41/chat" || text.starts_with("41/chat,") {
+        if is_chat_disconnect(text) {
             self.link_gone(link);
         }
     }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use heartline_core::SessionId;
 
+use super::wire::is_chat_disconnect;
 use super::Finding;
 
 /// The checker's name.
@@ -55,7 +56,7 @@ impl PingPong {
     pub fn link_frame(&mut self, link: u64, text: &str) {
         if text.starts_with("42/chat,[\"connection:replaced\"") {
             self.replaced_links.insert(link, false);
-        } else if text == "41/chat" || text.starts_with("41/chat,") {
+        } else if is_chat_disconnect(text) {
             if let Some(disconnected) = self.replaced_links.get_mut(&link) {
                 *disconnected = true;
             }

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::members::chat_packet;
+use super::wire::chat_data;
 use super::Finding;
 use crate::workload::Layout;
 
@@ -101,7 +101,7 @@ impl PresenceFrames {
         let Some(me) = self.keys.get(user) else {
             return Ok(());
         };
-        let Some((_, data)) = chat_packet(text) else {
+        let Some((_, _, data)) = chat_data(text) else {
             return Err((
                 NAME,
                 format!("{me} got a presence frame that does not parse"),

@@ -16,6 +16,7 @@ use heartline_core::Instant;
 use serde_json::Value;
 
 use super::deadlines::Deadlines;
+use super::wire::chat_packet;
 use super::Finding;
 
 /// The checker's name.
@@ -51,17 +52,6 @@ pub struct TokenExpiry {
     pub closed: u64,
     /// A frame or close that came at the wrong time, as first seen.
     wrong: Option<String>,
-}
-
-/// A Socket.IO packet on `/chat` inside an Engine.IO message: its type digit, ack id and
-/// JSON payload.
-fn chat_packet(text: &str) -> Option<(u8, Option<u64>, &str)> {
-    let rest = text.strip_prefix('4')?;
-    let kind = *rest.as_bytes().first()?;
-    let rest = rest.get(1..)?.strip_prefix("/chat,")?;
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    let id = rest.get(..digits).and_then(|d| d.parse().ok());
-    Some((kind, id, rest.get(digits..)?))
 }
 
 impl TokenExpiry {
