@@ -27,6 +27,13 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
+/// Replaces `from` (which must be there) with `to` in the configuration file at `path`.
+fn edit_config(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("read config");
+    assert!(text.contains(from), "{from:?} not in {text}");
+    std::fs::write(path, text.replace(from, to)).expect("write config");
+}
+
 /// Starts the binary and waits for its "listening on" line.
 async fn spawn(config: &Path) -> (Child, SocketAddr) {
     spawn_with(config, &[]).await
@@ -141,9 +148,7 @@ async fn listen_on_the_command_line_stands_in_for_the_files_address() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), "");
     // The file's address is not one at all: only the override can make this start.
-    let text = std::fs::read_to_string(&path).expect("read");
-    let text = text.replace("listen = \"127.0.0.1:0\"", "listen = \"nowhere\"");
-    std::fs::write(&path, text).expect("write");
+    edit_config(&path, "listen = \"127.0.0.1:0\"", "listen = \"nowhere\"");
     let (mut child, addr) = spawn_with(&path, &["--listen", "127.0.0.2:0"]).await;
     assert_eq!(addr.ip().to_string(), "127.0.0.2");
     let (status, body) = put_conversation(addr, "c1", &["u0:customer"]).await;
@@ -160,9 +165,11 @@ async fn listen_on_the_command_line_stands_in_for_the_files_address() {
 async fn with_no_secret_the_printed_dev_tokens_connect() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), "");
-    let text = std::fs::read_to_string(&path).expect("read");
-    let text = text.replace(&format!("jwt_secret = \"{SECRET}\""), "jwt_secret = \"\"");
-    std::fs::write(&path, text).expect("write");
+    edit_config(
+        &path,
+        &format!("jwt_secret = \"{SECRET}\""),
+        "jwt_secret = \"\"",
+    );
     let (child, addr, printed) = spawn_reading(&path, &[]).await;
     let tokens: Vec<(String, String)> = printed
         .iter()
