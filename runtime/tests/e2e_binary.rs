@@ -27,6 +27,16 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
+/// Waits at most `within` for the process to exit (`why` names the bound if it does not),
+/// and expects exit code 0.
+async fn exits_0(child: &mut Child, within: Duration, why: &str) {
+    let status = tokio::time::timeout(within, child.wait())
+        .await
+        .expect(why)
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
+
 /// Replaces `from` (which must be there) with `to` in the configuration file at `path`.
 fn edit_config(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).expect("read config");
@@ -154,11 +164,7 @@ async fn listen_on_the_command_line_stands_in_for_the_files_address() {
     let (status, body) = put_conversation(addr, "c1", &["u0:customer"]).await;
     assert_eq!(status, 200, "served there: {body}");
     signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    exits_0(&mut child, Duration::from_secs(20), "exits").await;
 }
 
 #[tokio::test]
@@ -241,11 +247,7 @@ async fn sigterm_drains_and_exits_0() {
             "{events:?}"
         );
     }
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits in bounded time")
-        .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    exits_0(&mut child, Duration::from_secs(10), "exits in bounded time").await;
 }
 
 #[tokio::test]
@@ -297,11 +299,12 @@ async fn sigterm_with_the_database_locked_by_another_process_still_drains_and_ex
         );
     }
     let closed_after = started.elapsed();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits in bounded time, not after the store's whole backlog")
-        .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    exits_0(
+        &mut child,
+        Duration::from_secs(20),
+        "exits in bounded time, not after the store's whole backlog",
+    )
+    .await;
     println!(
         "closed after {closed_after:?}, exited after {:?}",
         started.elapsed()
@@ -410,9 +413,5 @@ async fn kill_9_then_restart_loses_and_duplicates_no_acked_message() {
         .collect();
     assert_eq!(temps, sent);
     signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    exits_0(&mut child, Duration::from_secs(10), "exits").await;
 }
