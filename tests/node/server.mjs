@@ -63,12 +63,16 @@ class Served {
 }
 
 export class Server extends Served {
-  /** `extraToml` goes at the end of the file; `serverToml` inside its `[server]` table. */
-  constructor(extraToml = '', serverToml = '') {
+  /**
+   * `extraToml` goes at the end of the file; `serverToml` inside its `[server]` table;
+   * `drainMs` is `shutdown.drain_ms`.
+   */
+  constructor(extraToml = '', serverToml = '', { drainMs = 200 } = {}) {
     super();
     this.dir = mkdtempSync(join(tmpdir(), 'heartline-node-'));
     this.extraToml = extraToml;
     this.serverToml = serverToml;
+    this.drainMs = drainMs;
   }
 
   async start() {
@@ -90,7 +94,7 @@ key = "${API_KEY}"
 [store]
 path = "${join(this.dir, 'heartline.db')}"
 [shutdown]
-drain_ms = 200
+drain_ms = ${this.drainMs}
 ${this.extraToml}
 `;
     const file = join(this.dir, 'heartline.toml');

@@ -291,3 +291,67 @@ test('a burst of joins over the event budget is slowed with rate_limited, not cu
   assert.ok(s.connected);
   s.close();
 });
+
+test('SIGTERM: not ready, closes spread over drain_ms as transport closes, and every client comes back by itself', async () => {
+  const drainMs = 2000;
+  const draining = new Server('', '', { drainMs });
+  await draining.start();
+  // Each transport socket.io-client can end up on: WebSocket at once, polling upgraded to
+  // WebSocket, and polling throughout.
+  const kinds = [
+    ...Array(6).fill({ transports: ['websocket'] }),
+    ...Array(6).fill({}),
+    ...Array(4).fill({ transports: ['polling'] }),
+  ];
+  const clients = kinds.map((opts, i) => {
+    const s = io(`${draining.url}/chat`, {
+      auth: { token: token(`drain${i}`, 'customer') },
+      reconnectionDelay: 100,
+      reconnectionDelayMax: 500,
+      ...opts,
+    });
+    return { s, gone: null, back: 0 };
+  });
+  try {
+    await Promise.all(clients.map(({ s }) => once(s, 'connection:success')));
+    // The upgrades settle before the signal, so each client has one transport to lose.
+    for (let i = 0; i < 100 && !clients.slice(6, 12).every(({ s }) => s.io.engine.transport.name === 'websocket'); i++) {
+      await sleep(50);
+    }
+    for (const c of clients) {
+      c.s.once('disconnect', (reason) => (c.gone = { reason, at: Date.now() }));
+      c.s.on('connection:success', () => (c.back += 1));
+    }
+    draining.proc.kill('SIGTERM');
+    // Not ready and refusing new clients at once, while the clients it has are let go.
+    let ready = 200;
+    for (let i = 0; i < 40 && ready !== 503; i++) {
+      ready = (await fetch(`${draining.url}/readyz`)).status;
+      if (ready !== 503) await sleep(25);
+    }
+    assert.equal(ready, 503, 'readyz while draining');
+    const fresh = await fetch(`${draining.url}/socket.io/?EIO=4&transport=polling`);
+    assert.equal(fresh.status, 503, 'a new client while draining');
+    assert.equal((await fresh.json()).code, 4);
+    const { code, signal } = await draining.exited;
+    assert.equal(code, 0, `exit ${code} ${signal}:\n${draining.log}`);
+    for (const [i, c] of clients.entries()) {
+      assert.ok(c.gone, `client ${i} was told nothing`);
+      // Not `io server disconnect`, which would keep socket.io-client away for good.
+      assert.ok(['transport close', 'transport error'].includes(c.gone.reason), `client ${i}: ${c.gone.reason}`);
+    }
+    // Paced: 16 closes in 100 ms batches over the drain, not all at one instant. (A
+    // lower bound only: a slow machine spreads them further, never closer.)
+    const times = clients.map((c) => c.gone.at);
+    const spread = Math.max(...times) - Math.min(...times);
+    assert.ok(spread >= drainMs / 3, `closes spread over ${spread} ms`);
+    // Back on the same port and store: each client reconnects on its own, once.
+    await draining.start();
+    for (let i = 0; i < 200 && !clients.every((c) => c.back >= 1); i++) await sleep(50);
+    assert.deepEqual(clients.map((c) => c.back), clients.map(() => 1));
+    for (const { s } of clients) assert.ok(s.connected);
+  } finally {
+    for (const { s } of clients) s.close();
+    await draining.kill('SIGTERM');
+  }
+});
