@@ -11,7 +11,10 @@
 //! - once the run has healed and gone quiet, every live connection's last frame about a
 //!   user agrees with what the server last announced about that user, and a connection
 //!   that was connected (its `connection:success` sent) before that announcement was told
-//!   it: an announcement that reached some devices of a partner and not others shows.
+//!   it: an announcement that reached some devices of a partner and not others shows;
+//! - and such a connection got exactly one frame about a user per announcement made since
+//!   it connected: a device that missed an offline and the online after it ends where one
+//!   told both would, and only the count tells them apart.
 //!
 //! A connection that connected after a user's last transition has been told nothing about
 //! it (there is no snapshot at connect), and that is not a violation.
@@ -32,11 +35,14 @@ pub struct PresenceFrames {
     keys: Vec<String>,
     /// The users each layout user shares a conversation with (keys, itself excluded).
     partners: Vec<BTreeSet<String>>,
-    /// Per connection and user told about: whether the last frame said online.
-    told: BTreeMap<(u64, String), bool>,
+    /// Per connection and user told about: whether the last frame said online, and how
+    /// many frames about that user the connection got.
+    told: BTreeMap<(u64, String), (bool, u64)>,
     /// Per user: whether this server process last announced it online, and the
     /// announcement's number.
     announced: BTreeMap<String, (bool, u64)>,
+    /// Per user: the numbers of this server process's announcements of it, ascending.
+    numbers: BTreeMap<String, Vec<u64>>,
     /// Announcements made so far, by any server process.
     announcements: u64,
     /// Per connection: how many announcements had been made when its
@@ -65,6 +71,7 @@ impl PresenceFrames {
             partners,
             told: BTreeMap::new(),
             announced: BTreeMap::new(),
+            numbers: BTreeMap::new(),
             announcements: 0,
             connected_after: BTreeMap::new(),
         }
@@ -73,6 +80,10 @@ impl PresenceFrames {
     /// The server announced `user` (`"id:type"`) online or offline.
     pub fn announced(&mut self, user: String, online: bool) {
         self.announcements += 1;
+        self.numbers
+            .entry(user.clone())
+            .or_default()
+            .push(self.announcements);
         self.announced.insert(user, (online, self.announcements));
     }
 
@@ -87,6 +98,7 @@ impl PresenceFrames {
     /// (and every connection it had is gone with it).
     pub fn crash(&mut self) {
         self.announced.clear();
+        self.numbers.clear();
     }
 
     /// A frame reached connection `link` of layout user `user`.
@@ -124,7 +136,13 @@ impl PresenceFrames {
                 ),
             ));
         }
-        if let Some(before) = self.told.insert((link, subject.clone()), online) {
+        let entry = self
+            .told
+            .entry((link, subject.clone()))
+            .or_insert((!online, 0));
+        let before = entry.0;
+        *entry = (online, entry.1 + 1);
+        if entry.1 > 1 {
             if before == online {
                 let kind = if online { "online" } else { "offline" };
                 return Err((
@@ -148,7 +166,7 @@ impl PresenceFrames {
     pub fn settled(&self, live: &[(u64, usize)]) -> Finding {
         for (link, user) in live {
             let me = self.keys.get(*user).map_or("?", String::as_str);
-            for ((l, subject), online) in self.told.range((*link, String::new())..) {
+            for ((l, subject), (online, _)) in self.told.range((*link, String::new())..) {
                 if l != link {
                     break;
                 }
@@ -175,13 +193,28 @@ impl PresenceFrames {
                 let Some((online, number)) = self.announced.get(subject) else {
                     continue;
                 };
-                if number > after && !self.told.contains_key(&(*link, subject.clone())) {
+                let got = self
+                    .told
+                    .get(&(*link, subject.clone()))
+                    .map_or(0, |(_, frames)| *frames);
+                if number > after && got == 0 {
                     let kind = if *online { "online" } else { "offline" };
                     return Err((
                         NAME,
                         format!(
                             "{me} on ws{link} was connected when {subject} was announced \
                              {kind}, and was never told"
+                        ),
+                    ));
+                }
+                let numbers = self.numbers.get(subject).map_or(&[][..], Vec::as_slice);
+                let since = numbers.len() - numbers.partition_point(|n| n <= after);
+                if got != since as u64 {
+                    return Err((
+                        NAME,
+                        format!(
+                            "{me} on ws{link} got {got} frames about {subject}; {since} \
+                             announcements of it were made since it connected"
                         ),
                     ));
                 }
@@ -272,5 +305,37 @@ mod tests {
         assert!(check.settled(&[(1, 0), (2, 0)]).is_ok());
         check.announced("u7:customer".into(), true);
         assert!(check.settled(&[(1, 0)]).is_ok(), "u7 is no partner of u0");
+    }
+    #[test]
+    fn a_connection_gets_one_frame_per_announcement_since_it_connected() {
+        let layout = Layout::new(10, 1);
+        let mut check = PresenceFrames::new(&layout);
+        let success = r#"42/chat,["connection:success",{"userId":"u0"}]"#;
+        check.announced("u1:customer".into(), true);
+        check.sent(1, success);
+        check.announced("u1:customer".into(), false);
+        assert!(check.received(1, 0, &frame("user:offline", "u1")).is_ok());
+        assert!(
+            check.settled(&[(1, 0)]).is_ok(),
+            "the one announcement since"
+        );
+        check.announced("u1:customer".into(), true);
+        check.announced("u1:customer".into(), false);
+        assert!(
+            check.settled(&[(1, 0)]).is_err(),
+            "missed an online and the offline after it: last told offline all the same"
+        );
+        assert!(check.received(1, 0, &frame("user:online", "u1")).is_ok());
+        assert!(check.received(1, 0, &frame("user:offline", "u1")).is_ok());
+        assert!(check.settled(&[(1, 0)]).is_ok());
+        check.crash();
+        check.closed(1);
+        check.sent(2, success);
+        check.announced("u1:customer".into(), true);
+        assert!(check.received(2, 0, &frame("user:online", "u1")).is_ok());
+        assert!(
+            check.settled(&[(2, 0)]).is_ok(),
+            "a new server process counts its own announcements"
+        );
     }
 }
