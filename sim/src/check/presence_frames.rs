@@ -136,20 +136,19 @@ impl PresenceFrames {
                 ),
             ));
         }
+        // A first frame counts as following its opposite.
         let entry = self
             .told
             .entry((link, subject.clone()))
             .or_insert((!online, 0));
         let before = entry.0;
         *entry = (online, entry.1 + 1);
-        if entry.1 > 1 {
-            if before == online {
-                let kind = if online { "online" } else { "offline" };
-                return Err((
-                    NAME,
-                    format!("{me} was told {subject} is {kind} twice in a row on ws{link}"),
-                ));
-            }
+        if before == online {
+            let kind = if online { "online" } else { "offline" };
+            return Err((
+                NAME,
+                format!("{me} was told {subject} is {kind} twice in a row on ws{link}"),
+            ));
         }
         Ok(())
     }
