@@ -118,21 +118,26 @@ test('events with and without acks: join, send, message:new, message:sent', asyn
   b.close();
 });
 
-test('replacement: the older socket gets connection:replaced, then io server disconnect, and stays away', async () => {
-  const first = connect('carol', 'customer', { transports: ['websocket'] });
-  await once(first, 'connection:success');
-  const replaced = once(first, 'connection:replaced');
-  const gone = once(first, 'disconnect');
-  const second = connect('carol', 'customer', { transports: ['websocket'] });
-  await once(second, 'connection:success');
-  assert.ok((await replaced).message);
-  const [reason] = await gone;
-  assert.equal(reason, 'io server disconnect');
-  await sleep(500);
-  assert.equal(first.connected, false, 'the displaced client does not fight back');
-  assert.equal(second.connected, true);
-  second.close();
-});
+for (const transport of ['websocket', 'polling']) {
+  test(`replacement on ${transport}: the older socket gets connection:replaced, then io server disconnect, and stays away`, async () => {
+    const user = `carol-${transport}`;
+    const first = connect(user, 'customer', { transports: [transport] });
+    await once(first, 'connection:success');
+    const replaced = once(first, 'connection:replaced');
+    const reasons = [];
+    first.on('disconnect', (reason) => reasons.push(reason));
+    const second = connect(user, 'customer', { transports: [transport] });
+    await once(second, 'connection:success');
+    assert.ok((await replaced).message);
+    for (let i = 0; i < 100 && reasons.length === 0; i++) await sleep(20);
+    await sleep(500);
+    // The only ending it hears: a `transport close` first would have it come back.
+    assert.deepEqual(reasons, ['io server disconnect']);
+    assert.equal(first.connected, false, 'the displaced client does not fight back');
+    assert.equal(second.connected, true);
+    second.close();
+  });
+}
 
 test('the client reconnects by itself after a crash and catches up with afterSeq', async () => {
   const a = connect('alice', 'customer', { transports: ['websocket'] });

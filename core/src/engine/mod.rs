@@ -704,8 +704,14 @@ impl Engine {
                 p.queue.push_back(last);
                 if p.pending_get.is_some() || how == Ending::Abort {
                     self.flush_poll(id);
+                }
+                let Some(s) = self.sessions.get_mut(&id) else {
+                    return;
+                };
+                if how == Ending::Abort || s.queue_is_empty() {
                     self.remove(id);
                 } else {
+                    // Until the client's next GET takes what is left (at least the CLOSE).
                     let at = now.add_ms(self.config.ping_timeout_ms);
                     self.timers.set(&mut s.timers, id, Timer::Linger, at);
                 }

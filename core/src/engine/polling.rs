@@ -170,7 +170,12 @@ impl Engine {
             return;
         }
         self.flush_poll(id);
-        if closed && self.sessions.get(&id).is_some_and(|s| s.closed) {
+        if closed
+            && self
+                .sessions
+                .get(&id)
+                .is_some_and(|s| s.closed && s.queue_is_empty())
+        {
             // A lingering session has handed over its last packets.
             self.remove(id);
         }
@@ -292,8 +297,16 @@ impl Engine {
         let Some(request) = p.pending_get.take() else {
             return;
         };
-        let frames: Vec<_> = p.queue.drain(..).collect();
-        p.queued_bytes = 0;
+        // An ended session's CLOSE goes out alone, in the response after the packets
+        // queued before it. socket.io-client handles the packets of a payload on the next
+        // tick but a CLOSE at once, so a DISCONNECT in the CLOSE's payload would reach it
+        // second, after a `transport close` it reconnects from; alone, the DISCONNECT is
+        // handled before the client's next GET can bring the CLOSE back.
+        let close_apart =
+            s.closed && p.queue.len() > 1 && p.queue.back() == Some(&EioPacket::Close.to_frame());
+        let take = p.queue.len() - usize::from(close_apart);
+        let frames: Vec<_> = p.queue.drain(..take).collect();
+        p.queued_bytes = p.queue.iter().map(|f| f.len() as u64).sum();
         self.by_request.remove(&request);
         let body = encode_payload(&frames);
         self.respond(request, 200, ContentType::Text, body.into());

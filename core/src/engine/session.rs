@@ -184,6 +184,14 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// Whether nothing waits for a polling client's GET (always, on a WebSocket).
+    pub(crate) fn queue_is_empty(&self) -> bool {
+        match &self.transport {
+            Transport::Polling(p) => p.queue.is_empty(),
+            Transport::WebSocket(_) => true,
+        }
+    }
+
     /// The upgrade under way, if any.
     pub(crate) fn upgrade(&self) -> Option<&Upgrade> {
         match &self.transport {
