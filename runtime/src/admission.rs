@@ -1,8 +1,15 @@
-//! Who gets in: the connection cap and the per-IP rate of new clients.
+//! Who gets in: the bound on sockets, and the per-IP rate of new clients.
 //!
-//! The cap is decided at TCP accept, before a byte is parsed, because that is where an
-//! overload is cheapest to refuse: a refused connection is answered with a short 503 and
-//! closed, which `socket.io-client` treats as a failed attempt and retries with backoff.
+//! `server.max_connections` counts clients: Engine.IO sessions, capped by the engine
+//! (`max_sessions`), whose handshakes over it are refused. Sockets are bounded too, at
+//! TCP accept, before a byte is parsed, because that is where an overload is cheapest to
+//! refuse: a refused connection is answered with a short 503 and closed, which
+//! `socket.io-client` treats as a failed attempt and retries with backoff. That bound
+//! ([`socket_bound`]) is above `max_connections`, as clients need more sockets than
+//! sessions: a polling client's held GET and its POSTs come on connections of their own,
+//! and health probes and API calls are connections too. Were the bound `max_connections`
+//! itself, a server full of clients would answer its own health probe 503 and refuse the
+//! next poll of a polling client it had admitted, which then loses its session.
 //!
 //! The per-IP rate counts new clients: a connection pays with its first request, unless
 //! that request belongs to a session already admitted (it names a `sid`; one the core
@@ -22,7 +29,48 @@ use heartline_core::Instant;
 
 use crate::metrics::RuntimeMetrics;
 
-/// Caps the number of open TCP connections (`server.max_connections`); the count is the
+/// Sockets a server of `max_connections` clients keeps room for beyond one per client:
+/// for its polling clients' second connections (with [`socket_bound`]'s doubling), its
+/// health probes and API calls, and connections that have not yet sent a request.
+pub const SOCKET_HEADROOM: u64 = 1024;
+
+/// Descriptors kept for the server's own files (its listener, the store's files, the
+/// runtime's) and a few refusals in flight, under the process's open-file limit.
+pub const OWN_DESCRIPTORS: u64 = 64;
+
+/// The most open TCP connections for `max_connections` clients: two per client plus
+/// [`SOCKET_HEADROOM`], but never more than the process may open (its soft limit on
+/// open files, less [`OWN_DESCRIPTORS`]), so that an accept past it is refused with a
+/// 503 rather than failing for want of a descriptor.
+pub fn socket_bound(max_connections: u64, open_file_limit: Option<u64>) -> u64 {
+    let wanted = max_connections
+        .saturating_mul(2)
+        .saturating_add(SOCKET_HEADROOM);
+    match open_file_limit {
+        Some(limit) => wanted.min(limit.saturating_sub(OWN_DESCRIPTORS).max(1)),
+        None => wanted,
+    }
+}
+
+/// The process's soft limit on open files, if it has one.
+#[cfg(unix)]
+pub fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct it is given, which lives on this stack.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// The process's soft limit on open files, if it has one.
+#[cfg(not(unix))]
+pub fn open_file_limit() -> Option<u64> {
+    None
+}
+
+/// Caps the number of open TCP connections (at [`socket_bound`]); the count is the
 /// `heartline_tcp_connections` gauge, upgraded WebSockets included.
 #[derive(Debug)]
 pub struct ConnectionCap {
@@ -172,6 +220,23 @@ fn refill(b: &Bucket, now: Instant, rate: u64, full: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockets_are_bounded_above_the_clients_and_under_the_open_file_limit() {
+        assert_eq!(socket_bound(2, None), 4 + SOCKET_HEADROOM);
+        assert_eq!(socket_bound(2, Some(1_000_000)), 4 + SOCKET_HEADROOM);
+        assert_eq!(
+            socket_bound(100_000, Some(20_000)),
+            20_000 - OWN_DESCRIPTORS,
+            "the default cap on a machine of 20,000 files"
+        );
+        assert_eq!(socket_bound(u64::MAX, None), u64::MAX);
+        assert_eq!(
+            socket_bound(5, Some(10)),
+            1,
+            "a tiny limit still admits one"
+        );
+    }
 
     #[test]
     fn cap_frees_slots_on_drop() {

@@ -143,6 +143,8 @@ pub struct ServerConfig {
     pub namespace: String,
     /// Allowed `Origin` values for browser clients; `"*"` allows any.
     pub cors_origins: Vec<String>,
+    /// Clients (Engine.IO sessions) at once; open sockets are bounded above it, see
+    /// [`crate::admission::socket_bound`].
     pub max_connections: u64,
     /// From TCP accept to a completed namespace connect.
     pub handshake_timeout_ms: u64,

@@ -44,7 +44,8 @@ pub struct ConnInfo {
     /// before for a later one (its headers were arriving from then on). Its body must be
     /// in by this plus `server.handshake_timeout_ms`.
     pub request_began: Instant,
-    /// Its slot under `server.max_connections`, kept by a WebSocket after the upgrade.
+    /// Its slot under the socket bound ([`crate::admission::socket_bound`]), kept by a
+    /// WebSocket after the upgrade.
     pub permit: Arc<Permit>,
     /// Whether this request is the first on its connection (see [`pays_ip_rate`]).
     pub first_request: bool,
@@ -60,8 +61,8 @@ pub struct ConnInfo {
 /// first request from a refused origin keep no connection open ([`handle`]). Counting
 /// every connection refused the requests of clients it had let in (five polling clients
 /// against a rate of 3: none got in); counting only connections let a kept-alive one open
-/// sessions past the rate. A connection that sends nothing is bounded by
-/// `server.max_connections` and `server.handshake_timeout_ms`.
+/// sessions past the rate. A connection that sends nothing is bounded by the socket bound
+/// ([`crate::admission::socket_bound`]) and `server.handshake_timeout_ms`.
 pub fn pays_ip_rate(first_request: bool, engine_path: bool, sid: bool, get: bool) -> bool {
     if engine_path && sid {
         return false;

@@ -21,8 +21,11 @@ pub struct RuntimeMetrics {
     pub tcp_accepted: AtomicU64,
     /// TCP connections open now.
     pub tcp_open: AtomicU64,
-    /// TCP connections refused because `server.max_connections` were open.
-    pub refused_max_connections: AtomicU64,
+    /// TCP connections refused because the socket bound was reached (see
+    /// [`crate::admission::socket_bound`]).
+    pub refused_sockets: AtomicU64,
+    /// That bound.
+    pub tcp_bound: AtomicU64,
     /// New clients (connections, handshakes) refused by the per-IP rate limit.
     pub refused_rate_per_ip: AtomicU64,
     /// Engine.IO handshakes refused because their `Origin` is not allowed.
@@ -385,6 +388,13 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
     sample(out, "heartline_tcp_connections", get(&rt.tcp_open));
     family(
         out,
+        "heartline_tcp_connections_max",
+        "gauge",
+        "Open TCP connections past which new ones are refused (twice server.max_connections and some, within the open-file limit).",
+    );
+    sample(out, "heartline_tcp_connections_max", get(&rt.tcp_bound));
+    family(
+        out,
         "heartline_tcp_accepted_total",
         "counter",
         "TCP connections served.",
@@ -397,7 +407,7 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
         "Connections or handshakes refused at admission, by reason.",
     );
     for (reason, v) in [
-        ("max_connections", &rt.refused_max_connections),
+        ("max_sockets", &rt.refused_sockets),
         ("rate_per_ip", &rt.refused_rate_per_ip),
         ("origin", &rt.refused_origin),
         ("draining", &rt.refused_draining),

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::actor::{Actor, Msg};
-use crate::admission::ConnectionCap;
+use crate::admission::{self, ConnectionCap};
 use crate::app::App;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -265,7 +265,18 @@ impl ServerHandle {
 /// Accepts connections until told to stop, admitting each under the connection cap (the
 /// per-IP rate is asked per Engine.IO handshake, in [`crate::engineio`]).
 async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
-    let cap = ConnectionCap::new(ctx.config.server.max_connections, ctx.metrics.clone());
+    let limit = admission::open_file_limit();
+    let bound = admission::socket_bound(ctx.config.server.max_connections, limit);
+    if bound < ctx.config.server.max_connections {
+        tracing::warn!(
+            max_connections = ctx.config.server.max_connections,
+            open_file_limit = limit,
+            sockets = bound,
+            "the open-file limit holds fewer sockets than server.max_connections clients"
+        );
+    }
+    ctx.metrics.tcp_bound.store(bound, Ordering::Release);
+    let cap = ConnectionCap::new(bound, ctx.metrics.clone());
     let refusals = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, remote) = tokio::select! {
@@ -282,8 +293,8 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::
             _ = stop.changed() => break,
         };
         let Some(permit) = cap.try_acquire() else {
-            RuntimeMetrics::inc(&ctx.metrics.refused_max_connections);
-            tracing::debug!(%remote, "connection refused: max_connections");
+            RuntimeMetrics::inc(&ctx.metrics.refused_sockets);
+            tracing::debug!(%remote, "connection refused: too many sockets");
             refuse(stream, 503, "Service Unavailable", &refusals);
             continue;
         };

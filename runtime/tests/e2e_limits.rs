@@ -1,5 +1,6 @@
 //! End to end over loopback: the limits that protect the server — heartbeat timeout,
-//! oversize frames, the handshake deadline (slowloris), max_connections, the per-IP rate,
+//! oversize frames, the handshake deadline (slowloris), max_connections and the socket
+//! bound, the per-IP rate,
 //! Origin, and slow consumers.
 
 mod support;
@@ -153,32 +154,111 @@ async fn slowloris_and_idle_connections_close_at_the_handshake_timeout() {
 }
 
 #[tokio::test]
-async fn max_connections_refuses_the_excess() {
+async fn a_server_full_of_clients_still_serves_them_and_its_health_probe() {
     let mut server = TestServer::start(|c| c.server.max_connections = 2).await;
-    let first = TcpStream::connect(server.addr).await.expect("1");
-    let _second = TcpStream::connect(server.addr).await.expect("2");
-    // Let the server accept both before the third arrives.
     let addr = server.addr;
-    let ok = eventually(WAIT, || async move {
-        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
-        status == 503
+    let alice = server.connect("alice", "customer").await;
+    let path = "/socket.io/?EIO=4&transport=polling";
+    let (status, _, body) = http(addr, "GET", path, &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let open: serde_json::Value =
+        serde_json::from_str(body.trim_start_matches('0')).expect("open packet");
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    // Two clients: a third is refused, as an Engine.IO error.
+    let (status, _, body) = http(addr, "GET", path, &[], "").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body, r#"{"code":4,"message":"Too many sessions"}"#);
+    // The clients in are served, the polling one on connections of its own (its held
+    // GET on one, each POST on another), and so is the health probe.
+    let session = format!("{path}&sid={sid}");
+    let held = {
+        let session = session.clone();
+        tokio::spawn(async move { http(addr, "GET", &session, &[], "").await })
+    };
+    let waiting = eventually(WAIT, || async move {
+        let (_, _, m) = http(addr, "GET", "/metrics", &[], "").await;
+        metric(&m, "heartline_http_requests_waiting") == Some(1.0)
     })
     .await;
-    assert!(ok, "third connection refused with 503");
-    drop(first);
+    assert!(waiting, "the GET is held");
+    for _ in 0..3 {
+        let (status, _, body) = http(addr, "POST", &session, &[], "3").await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+    let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "heartline_websockets"), Some(1.0), "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "heartline_admission_refused_total{reason=\"max_sessions\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "heartline_admission_refused_total{reason=\"max_sockets\"}"
+        ),
+        Some(0.0)
+    );
+    held.abort();
+    drop(alice);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sockets_past_their_bound_are_refused_with_503_until_one_closes() {
+    let mut server = TestServer::start(|c| c.server.max_connections = 1).await;
+    let addr = server.addr;
+    let bound = heartline_runtime::admission::socket_bound(
+        1,
+        heartline_runtime::admission::open_file_limit(),
+    );
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(&m, "heartline_tcp_connections_max"),
+        Some(bound as f64)
+    );
+    // Connections that send nothing (yet): all but one of the bound.
+    let mut idle = Vec::new();
+    for i in 0..bound - 1 {
+        idle.push(
+            TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{i}: {e}")),
+        );
+    }
     let ok = eventually(WAIT, || async move {
         let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
         status == 200
     })
     .await;
-    assert!(ok, "served again once a slot is free");
-    drop(_second);
+    assert!(ok, "the last socket of the bound is served");
+    idle.push(TcpStream::connect(addr).await.expect("the last one"));
+    let ok = eventually(WAIT, || async move {
+        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+        status == 503
+    })
+    .await;
+    assert!(ok, "one past the bound is refused with 503");
+    drop(idle.pop());
+    drop(idle.pop());
+    let ok = eventually(WAIT, || async move {
+        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+        status == 200
+    })
+    .await;
+    assert!(ok, "served again once a socket is free");
+    drop(idle);
     let m = server.metrics().await;
     assert!(
         metric(
             &m,
-            "heartline_admission_refused_total{reason=\"max_connections\"}"
-        ) >= Some(1.0)
+            "heartline_admission_refused_total{reason=\"max_sockets\"}"
+        ) >= Some(1.0),
+        "{m}"
     );
     server.stop().await;
 }
