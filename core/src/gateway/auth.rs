@@ -4,6 +4,10 @@
 //! machine's clock, so that the simulator can expire tokens in simulated time and a run
 //! repeats exactly. Signature and algorithm checks are jsonwebtoken's; only HS256 is
 //! accepted, so `none`, HS512 and RS256 tokens are refused like forged ones.
+//!
+//! `exp` and `nbf` are NumericDates (RFC 7519): seconds that may have a fraction, which
+//! tokens minted by hand (`Date.now() / 1000`) do. A token is refused from its `exp` on,
+//! and before its `nbf` if it has one, to the millisecond, with no leeway either way.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -77,7 +81,9 @@ impl Verifier {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
-        validation.required_spec_claims = ["exp".to_owned(), "sub".to_owned()].into();
+        // Presence of `exp` and `sub` is checked by reading them ([`Read`]): jsonwebtoken
+        // would call an `exp` with a fraction missing.
+        validation.required_spec_claims = Default::default();
         Verifier {
             key: DecodingKey::from_secret(secret),
             validation,
@@ -86,14 +92,72 @@ impl Verifier {
 
     /// Checks `token` at wall-clock time `now_ms` (milliseconds since the Unix epoch).
     pub fn verify(&self, token: &str, now_ms: u64) -> Result<Claims, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let data = jsonwebtoken::decode::<Read>(token, &self.key, &self.validation)
             .map_err(|_| AuthError::Invalid)?;
-        let claims = data.claims;
-        if claims.sub.is_empty() || claims.user_type.is_empty() || claims.exp_ms() <= now_ms {
+        let read = data.claims;
+        let exp_ms = read.exp.ms_floor().ok_or(AuthError::Invalid)?;
+        let nbf_ms = match read.nbf {
+            Some(nbf) => nbf.ms_ceil().ok_or(AuthError::Invalid)?,
+            None => 0,
+        };
+        if read.sub.is_empty() || read.user_type.is_empty() || exp_ms <= now_ms || now_ms < nbf_ms {
             return Err(AuthError::Invalid);
         }
-        Ok(claims)
+        Ok(Claims {
+            sub: read.sub,
+            user_type: read.user_type,
+            // Whole seconds, as `exp_ms` multiplies back; a fraction ends it a little early.
+            exp: exp_ms / 1000,
+            role: read.role,
+        })
     }
+}
+
+/// The claims as a token carries them.
+#[derive(Deserialize)]
+struct Read {
+    sub: String,
+    #[serde(rename = "userType")]
+    user_type: String,
+    exp: NumericDate,
+    #[serde(default)]
+    nbf: Option<NumericDate>,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// Seconds since the Unix epoch, as a JSON number, whole or not.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct NumericDate(serde_json::Number);
+
+impl NumericDate {
+    fn ms_floor(&self) -> Option<u64> {
+        match self.0.as_u64() {
+            Some(secs) => Some(secs.saturating_mul(1000)),
+            None => self.fraction_ms().map(f64::floor).map(to_ms),
+        }
+    }
+
+    fn ms_ceil(&self) -> Option<u64> {
+        match self.0.as_u64() {
+            Some(secs) => Some(secs.saturating_mul(1000)),
+            None => self.fraction_ms().map(f64::ceil).map(to_ms),
+        }
+    }
+
+    /// Milliseconds of a number that is not a whole `u64`: a fraction, or too large (a
+    /// negative or non-finite one is no date).
+    fn fraction_ms(&self) -> Option<f64> {
+        let secs = self.0.as_f64()?;
+        (secs.is_finite() && secs >= 0.0).then_some(secs * 1000.0)
+    }
+}
+
+/// A non-negative finite number of milliseconds; saturates past `u64::MAX`.
+fn to_ms(ms: f64) -> u64 {
+    // `as` saturates float to integer conversions.
+    ms as u64
 }
 
 /// Signs claims with HS256: dev tokens, tests and the simulator's clients.
@@ -206,6 +270,40 @@ mod tests {
             Verifier::new(SECRET).verify(&token, 0),
             Err(AuthError::Invalid)
         );
+    }
+
+    fn signed(body: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &body,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("sign")
+    }
+
+    #[test]
+    fn exp_may_have_a_fraction_and_counts_to_the_millisecond() {
+        let v = Verifier::new(SECRET);
+        let token = signed(json!({"sub":"u1","userType":"customer","exp":1_000.5}));
+        assert_eq!(v.verify(&token, 1_000_499), Ok(claims(1_000)));
+        assert_eq!(v.verify(&token, 1_000_500), Err(AuthError::Invalid));
+        for exp in [json!(-1), json!(-0.5), json!("1000"), json!(null)] {
+            let token = signed(json!({"sub":"u1","userType":"customer","exp":exp}));
+            assert_eq!(v.verify(&token, 0), Err(AuthError::Invalid), "{exp}");
+        }
+    }
+
+    #[test]
+    fn a_token_is_refused_before_its_nbf() {
+        let v = Verifier::new(SECRET);
+        let token = signed(json!({"sub":"u1","userType":"customer","exp":2_000,"nbf":1_000}));
+        assert_eq!(v.verify(&token, 999_999), Err(AuthError::Invalid));
+        assert_eq!(v.verify(&token, 1_000_000), Ok(claims(2_000)));
+        let token = signed(json!({"sub":"u1","userType":"customer","exp":2_000,"nbf":999.0001}));
+        assert_eq!(v.verify(&token, 999_000), Err(AuthError::Invalid));
+        assert_eq!(v.verify(&token, 999_001), Ok(claims(2_000)));
+        let token = signed(json!({"sub":"u1","userType":"customer","exp":2_000,"nbf":"soon"}));
+        assert_eq!(v.verify(&token, 1_500_000), Err(AuthError::Invalid));
     }
 
     #[test]
