@@ -234,6 +234,34 @@ fn handshake_timeout_without_namespace() {
 }
 
 #[test]
+fn a_session_that_leaves_its_namespace_has_the_handshake_timeout_again() {
+    let mut h = echo();
+    h.ws_open(1, None);
+    h.ws_text(1, "40/chat,");
+    h.advance(1_000);
+    h.ws_text(1, "41/chat,");
+    // Its pings still answered, it would otherwise be held for good.
+    h.advance(9_999);
+    h.ws_text(1, "3");
+    assert!(h.closes().is_empty());
+    h.advance(1);
+    assert_eq!(h.closes()[0].2, "handshake_timeout");
+    assert_eq!(h.closes()[0].0.as_millis(), 11_000);
+
+    // Connecting again in time keeps it.
+    let mut h = echo();
+    h.ws_open(1, None);
+    h.ws_text(1, "40/chat,");
+    h.ws_text(1, "41/chat,");
+    h.advance(5_000);
+    h.ws_text(1, "40/chat,");
+    h.advance(20_000);
+    h.ws_text(1, "3");
+    h.advance(20_000);
+    assert!(h.closes().is_empty(), "{:?}", h.closes());
+}
+
+#[test]
 fn handshakes_past_max_sessions_are_refused_until_one_ends() {
     let mut h = Harness::new(
         EngineConfig {

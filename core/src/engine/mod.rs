@@ -639,6 +639,12 @@ impl Engine {
             }
             (PacketType::Disconnect, Some(Namespace::Connected(_))) => {
                 s.namespaces.remove(&packet.nsp);
+                if !s.has_connected_namespace() {
+                    // A session left with no namespace is bounded as one that never
+                    // connected one: it connects again or is closed, not kept for pings.
+                    let at = now.add_ms(self.config.handshake_timeout_ms);
+                    self.timers.set(&mut s.timers, id, Timer::Handshake, at);
+                }
                 self.event(Event::Disconnected {
                     session: id,
                     nsp: packet.nsp,
