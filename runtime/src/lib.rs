@@ -1,8 +1,10 @@
 //! Heartline's production runtime: real sockets, a real clock and an embedded store around
 //! the sans-IO core.
 //!
-//! The core decides everything; this crate only does what needs an operating system. Its
-//! shape:
+//! The core decides the protocol, session and chat rules; this crate does what needs an
+//! operating system, and decides only what is about the machine: which connections to
+//! accept ([`admission`]), WebSocket framing limits ([`frames`]) and how much a connection
+//! may have queued for sending ([`outbox`]). Its shape:
 //!
 //! - [`server`]: [`server::start`] binds one port for HTTP and WebSocket and returns a
 //!   handle; the binary and the end-to-end tests start the very same server.
@@ -13,7 +15,7 @@
 //!   that decide nothing; [`frames`]: the WebSocket frames they read and write.
 //! - [`storage`]: the store's own thread, with group commit, in front of [`store`].
 //! - [`outbox`]: per-connection send queues bounded in bytes (the slow-consumer policy).
-//! - [`admission`]: the connection cap and the per-IP rate of new clients.
+//! - [`admission`]: the bound on sockets and the per-IP rate of new clients.
 //! - [`client`]: a Rust Socket.IO client over tokio-tungstenite, for tests and load;
 //!   [`reconnecting`]: the client for applications, the core's reconnection logic driven
 //!   over real sockets.
