@@ -42,7 +42,7 @@
 //! database file, which then carries every page the checkpointer copied since the last
 //! complete checkpoint: 2–7 ms on the store thread, every ~5 s at 500 sends/s after a
 //! saturation run (traced). SQLite's own hook for that checkpoint drops its result, so the
-//! store installs one of its own ([`checkpoint_at_bound`]) that keeps an I/O error for
+//! store installs one of its own (`checkpoint_at_bound`) that keeps an I/O error for
 //! [`Store::take_checkpoint_failure`]: the runtime then stops the store, as it does when the
 //! checkpointer's checkpoint fails, instead of committing on over pages that may never have
 //! reached the disk.
@@ -587,7 +587,7 @@ impl Store {
     }
 
     /// The I/O error of a checkpoint the writer ran by itself at the log's bound, if one
-    /// failed since the last call (see [`checkpoint_at_bound`]): [`StoreError::Checkpoint`],
+    /// failed since the last call (see `checkpoint_at_bound`): [`StoreError::Checkpoint`],
     /// after which the store must not be written to until it is opened again. Call it on
     /// the thread that commits, after each commit.
     pub fn take_checkpoint_failure(&self) -> Option<StoreError> {
