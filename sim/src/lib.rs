@@ -16,9 +16,10 @@
 //! - [`world::Sim`] owns the clock, the agenda and every component, and steps to the
 //!   earliest thing due (server deadline, store completion, network delivery, client
 //!   deadline, workload action, fault) with fixed tie-breaks; every loop is bounded.
-//! - [`check`] holds one module per invariant (and two shared helpers), run continuously; the run has a safety
-//!   phase (faults on), a liveness phase (everything healed, must converge within a bound)
-//!   and a leave phase (everyone goes, server state must return to its baseline).
+//! - [`check`] holds one module per invariant (and two shared helpers), run continuously;
+//!   the run has a safety phase (faults on), a liveness phase (everything healed, must
+//!   converge within a bound) and a leave phase (everyone goes, server state must return
+//!   to its baseline).
 //! - [`trace::Trace`] writes one line per step and hashes them: same seed, same hash.
 
 pub mod agenda;
