@@ -502,15 +502,7 @@ fn overlapping_polling_get_ends_the_session() {
 fn server_disconnect_over_polling_lingers_until_fetched() {
     let mut h = echo();
     let sid = polling_connected(&mut h);
-    let session = heartline_core::SessionId(1);
-    h.engine
-        .disconnect(
-            h.now,
-            session,
-            heartline_core::engine::CloseReason::Replaced,
-        )
-        .expect("live");
-    h.drain();
+    server_replaces(&mut h);
     h.http(4, Method::Get, q("polling", Some(&sid)), "");
     // The DISCONNECT travels without the CLOSE: socket.io-client handles a payload's
     // CLOSE before its packets, and would report `transport close` and come back.
@@ -530,15 +522,7 @@ fn a_disconnect_with_a_get_held_answers_it_and_lingers_for_the_close() {
     let sid = polling_connected(&mut h);
     h.http(4, Method::Get, q("polling", Some(&sid)), "");
     assert_eq!(h.response(4), None, "held");
-    let session = heartline_core::SessionId(1);
-    h.engine
-        .disconnect(
-            h.now,
-            session,
-            heartline_core::engine::CloseReason::Replaced,
-        )
-        .expect("live");
-    h.drain();
+    server_replaces(&mut h);
     assert_eq!(h.response(4), Some((200, "41/chat,".into())));
     // The client, told to stay away, posts its own CLOSE and polls no more: the session
     // is let go at the linger's end.
