@@ -95,9 +95,9 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Read>(token, &self.key, &self.validation)
             .map_err(|_| AuthError::Invalid)?;
         let read = data.claims;
-        let exp_ms = read.exp.ms_floor().ok_or(AuthError::Invalid)?;
+        let exp_ms = read.exp.ms(f64::floor).ok_or(AuthError::Invalid)?;
         let nbf_ms = match read.nbf {
-            Some(nbf) => nbf.ms_ceil().ok_or(AuthError::Invalid)?,
+            Some(nbf) => nbf.ms(f64::ceil).ok_or(AuthError::Invalid)?,
             None => 0,
         };
         if read.sub.is_empty() || read.user_type.is_empty() || exp_ms <= now_ms || now_ms < nbf_ms {
@@ -132,32 +132,16 @@ struct Read {
 struct NumericDate(serde_json::Number);
 
 impl NumericDate {
-    fn ms_floor(&self) -> Option<u64> {
-        match self.0.as_u64() {
-            Some(secs) => Some(secs.saturating_mul(1000)),
-            None => self.fraction_ms().map(f64::floor).map(to_ms),
+    /// In milliseconds, a fraction of one rounded by `round`; `None` for a negative or
+    /// non-finite number, which is no date. Past `u64::MAX` it saturates.
+    fn ms(&self, round: fn(f64) -> f64) -> Option<u64> {
+        if let Some(secs) = self.0.as_u64() {
+            return Some(secs.saturating_mul(1000));
         }
-    }
-
-    fn ms_ceil(&self) -> Option<u64> {
-        match self.0.as_u64() {
-            Some(secs) => Some(secs.saturating_mul(1000)),
-            None => self.fraction_ms().map(f64::ceil).map(to_ms),
-        }
-    }
-
-    /// Milliseconds of a number that is not a whole `u64`: a fraction, or too large (a
-    /// negative or non-finite one is no date).
-    fn fraction_ms(&self) -> Option<f64> {
         let secs = self.0.as_f64()?;
-        (secs.is_finite() && secs >= 0.0).then_some(secs * 1000.0)
+        // `as` saturates a float's conversion to an integer.
+        (secs.is_finite() && secs >= 0.0).then(|| round(secs * 1000.0) as u64)
     }
-}
-
-/// A non-negative finite number of milliseconds; saturates past `u64::MAX`.
-fn to_ms(ms: f64) -> u64 {
-    // `as` saturates float to integer conversions.
-    ms as u64
 }
 
 /// Signs claims with HS256: dev tokens, tests and the simulator's clients.
