@@ -38,11 +38,9 @@ pub struct PresenceFrames {
     /// Per connection and user told about: whether the last frame said online, and how
     /// many frames about that user the connection got.
     told: BTreeMap<(u64, String), (bool, u64)>,
-    /// Per user: whether this server process last announced it online, and the
-    /// announcement's number.
-    announced: BTreeMap<String, (bool, u64)>,
-    /// Per user: the numbers of this server process's announcements of it, ascending.
-    numbers: BTreeMap<String, Vec<u64>>,
+    /// Per user: whether this server process last announced it online, and the numbers
+    /// of its announcements of that user, ascending.
+    announced: BTreeMap<String, (bool, Vec<u64>)>,
     /// Announcements made so far, by any server process.
     announcements: u64,
     /// Per connection: how many announcements had been made when its
@@ -71,7 +69,6 @@ impl PresenceFrames {
             partners,
             told: BTreeMap::new(),
             announced: BTreeMap::new(),
-            numbers: BTreeMap::new(),
             announcements: 0,
             connected_after: BTreeMap::new(),
         }
@@ -80,11 +77,9 @@ impl PresenceFrames {
     /// The server announced `user` (`"id:type"`) online or offline.
     pub fn announced(&mut self, user: String, online: bool) {
         self.announcements += 1;
-        self.numbers
-            .entry(user.clone())
-            .or_default()
-            .push(self.announcements);
-        self.announced.insert(user, (online, self.announcements));
+        let entry = self.announced.entry(user).or_default();
+        entry.0 = online;
+        entry.1.push(self.announcements);
     }
 
     /// The server sent `text` on connection `link`.
@@ -98,7 +93,6 @@ impl PresenceFrames {
     /// (and every connection it had is gone with it).
     pub fn crash(&mut self) {
         self.announced.clear();
-        self.numbers.clear();
     }
 
     /// A frame reached connection `link` of layout user `user`.
@@ -189,14 +183,15 @@ impl PresenceFrames {
             };
             let partners = self.partners.get(*user).into_iter().flatten();
             for subject in partners {
-                let Some((online, number)) = self.announced.get(subject) else {
+                let Some((online, numbers)) = self.announced.get(subject) else {
                     continue;
                 };
+                let since = numbers.len() - numbers.partition_point(|n| n <= after);
                 let got = self
                     .told
                     .get(&(*link, subject.clone()))
                     .map_or(0, |(_, frames)| *frames);
-                if number > after && got == 0 {
+                if since > 0 && got == 0 {
                     let kind = if *online { "online" } else { "offline" };
                     return Err((
                         NAME,
@@ -206,8 +201,6 @@ impl PresenceFrames {
                         ),
                     ));
                 }
-                let numbers = self.numbers.get(subject).map_or(&[][..], Vec::as_slice);
-                let since = numbers.len() - numbers.partition_point(|n| n <= after);
                 if got != since as u64 {
                     return Err((
                         NAME,
