@@ -208,6 +208,14 @@ async fn a_server_full_of_clients_still_serves_them_and_its_health_probe() {
     server.stop().await;
 }
 
+/// Whether `/healthz`, asked on a new connection each time, answers `status` within [`WAIT`].
+async fn healthz_becomes(addr: std::net::SocketAddr, status: u16) -> bool {
+    eventually(WAIT, || async move {
+        http(addr, "GET", "/healthz", &[], "").await.0 == status
+    })
+    .await
+}
+
 #[tokio::test]
 async fn sockets_past_their_bound_are_refused_with_503_until_one_closes() {
     let mut server = TestServer::start(|c| c.server.max_connections = 1).await;
@@ -230,27 +238,21 @@ async fn sockets_past_their_bound_are_refused_with_503_until_one_closes() {
                 .unwrap_or_else(|e| panic!("{i}: {e}")),
         );
     }
-    let ok = eventually(WAIT, || async move {
-        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
-        status == 200
-    })
-    .await;
-    assert!(ok, "the last socket of the bound is served");
+    assert!(
+        healthz_becomes(addr, 200).await,
+        "the last socket of the bound is served"
+    );
     idle.push(TcpStream::connect(addr).await.expect("the last one"));
-    let ok = eventually(WAIT, || async move {
-        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
-        status == 503
-    })
-    .await;
-    assert!(ok, "one past the bound is refused with 503");
+    assert!(
+        healthz_becomes(addr, 503).await,
+        "one past the bound is refused with 503"
+    );
     drop(idle.pop());
     drop(idle.pop());
-    let ok = eventually(WAIT, || async move {
-        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
-        status == 200
-    })
-    .await;
-    assert!(ok, "served again once a socket is free");
+    assert!(
+        healthz_becomes(addr, 200).await,
+        "served again once a socket is free"
+    );
     drop(idle);
     let m = server.metrics().await;
     assert!(
