@@ -71,6 +71,11 @@ pub enum Ev {
     },
     /// The crashed server comes back.
     Restart,
+    /// A supervisor restarts a server whose store died, if it still runs with it dead.
+    SupervisorRestart {
+        /// Downtime.
+        down_ms: u64,
+    },
     /// Store and latency faults may have ended.
     FaultsExpire,
 }

@@ -39,11 +39,14 @@ pub enum FaultKind {
     Storm,
     /// Hostile clients: floods, garbage, oversize frames, bad tokens, connection churn.
     Hostile,
+    /// The store dies under operations in flight (some kept, all answered as failures)
+    /// until the server is restarted.
+    StoreDies,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Partition,
         FaultKind::HalfOpen,
         FaultKind::Reset,
@@ -56,7 +59,12 @@ impl FaultKind {
         FaultKind::SlowStore,
         FaultKind::Storm,
         FaultKind::Hostile,
+        FaultKind::StoreDies,
     ];
+
+    /// The kinds a swarm seed draws first, in this order; kinds added after them are drawn
+    /// after every other knob, so that each seed keeps the knobs and faults it had.
+    const SWARM_FIRST: usize = 12;
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -73,6 +81,7 @@ impl FaultKind {
             FaultKind::SlowStore => "slowstore",
             FaultKind::Storm => "storm",
             FaultKind::Hostile => "hostile",
+            FaultKind::StoreDies => "storedies",
         }
     }
 
@@ -213,12 +222,14 @@ impl Options {
         o.hostile = rng.below(3) as usize;
         o.duration_ms = duration_ms / 2 + rng.below(duration_ms / 2 + 1);
         // Each fault kind is present with probability 1/2; at least one.
-        o.faults = FaultKind::ALL
-            .into_iter()
+        o.faults = FaultKind::ALL[..FaultKind::SWARM_FIRST]
+            .iter()
+            .copied()
             .filter(|_| rng.below(2) == 0)
             .collect();
         if o.faults.is_empty() {
-            o.faults.insert(FaultKind::ALL[rng.below(12) as usize]);
+            o.faults
+                .insert(FaultKind::ALL[rng.below(FaultKind::SWARM_FIRST as u64) as usize]);
         }
         o.fault_gap_ms = pick(&mut rng, &[2_000, 5_000, 15_000]);
         o.latency_ms = pick(&mut rng, &[1, 20, 150]);
@@ -237,6 +248,11 @@ impl Options {
         // Drawn last, so the knobs above stay what they were for every seed.
         o.expiring_pct = pick(&mut rng, &[0, 25, 100]);
         o.auth_grace_ms = pick(&mut rng, &[2_000, 10_000, 30_000]);
+        for kind in &FaultKind::ALL[FaultKind::SWARM_FIRST..] {
+            if rng.below(2) == 0 {
+                o.faults.insert(*kind);
+            }
+        }
         o
     }
 

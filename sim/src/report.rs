@@ -36,6 +36,8 @@ pub struct Report {
     pub dead_peer_worst_ms: u64,
     /// Store operations failed by injection.
     pub store_failures: u64,
+    /// Appends kept by a store that died, though answered as failures.
+    pub kept_unanswered: u64,
     /// Links the server closed before any namespace was connected on them.
     pub unconnected_closed: u64,
     /// `auth:expired` frames sent, refreshes accepted, connections closed for their token.
@@ -105,8 +107,13 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "dead peers closed {} | worst detection {}ms | store failures {} | closed unconnected {}",
-            self.dead_peers, self.dead_peer_worst_ms, self.store_failures, self.unconnected_closed
+            "dead peers closed {} | worst detection {}ms | store failures {} (kept though failed {}) \
+             | closed unconnected {}",
+            self.dead_peers,
+            self.dead_peer_worst_ms,
+            self.store_failures,
+            self.kept_unanswered,
+            self.unconnected_closed
         )?;
         let (told, refreshed, closed) = self.token_expiry;
         writeln!(

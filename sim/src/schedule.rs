@@ -88,6 +88,18 @@ pub enum Fault {
         /// How long.
         ms: u64,
     },
+    /// The store dies (its log cannot be flushed): every operation fails; of the appends in
+    /// flight, a prefix is kept, each with `kept_pct`% chance, though answered as failures.
+    /// A supervisor restarts the server `restart_ms` later, which comes back after
+    /// `down_ms` with the store opened again.
+    StoreDies {
+        /// Chance that each append in flight is kept, percent.
+        kept_pct: u64,
+        /// Time until the server is restarted.
+        restart_ms: u64,
+        /// Downtime of that restart.
+        down_ms: u64,
+    },
     /// Every client connection is reset at once.
     Storm,
 }
@@ -106,6 +118,7 @@ impl Fault {
             Fault::Crash { .. } => FaultKind::Crash,
             Fault::StoreFail { .. } => FaultKind::StoreFail,
             Fault::SlowStore { .. } => FaultKind::SlowStore,
+            Fault::StoreDies { .. } => FaultKind::StoreDies,
             Fault::Storm => FaultKind::Storm,
         }
     }
@@ -139,6 +152,15 @@ impl fmt::Display for Fault {
             ),
             Fault::StoreFail { pct, ms } => write!(f, "store fails {pct}% for {ms}ms"),
             Fault::SlowStore { extra_ms, ms } => write!(f, "store +{extra_ms}ms for {ms}ms"),
+            Fault::StoreDies {
+                kept_pct,
+                restart_ms,
+                down_ms,
+            } => write!(
+                f,
+                "store dies ({kept_pct}% of appends in flight kept), \
+                 restarted after {restart_ms}ms, down {down_ms}ms"
+            ),
             Fault::Storm => write!(f, "reconnect storm: every connection reset"),
         }
     }
@@ -198,6 +220,11 @@ pub fn draw(kind: FaultKind, rng: &mut Rng, clients: usize) -> Fault {
         FaultKind::SlowStore => Fault::SlowStore {
             extra_ms: 50 + rng.below(3_000),
             ms: 1_000 + rng.below(15_000),
+        },
+        FaultKind::StoreDies => Fault::StoreDies {
+            kept_pct: rng.below(101),
+            restart_ms: 100 + rng.below(10_000),
+            down_ms: 100 + rng.below(5_000),
         },
         FaultKind::Storm | FaultKind::Hostile => Fault::Storm,
     }

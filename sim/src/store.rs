@@ -5,6 +5,14 @@
 //! requires. Faults: an operation can fail (it then has no effect) and can be slow (it
 //! still completes in order). An operation commits when it completes; a crash of the server
 //! loses every operation not completed yet and keeps everything committed.
+//!
+//! The store can also die ([`Store::die_at_next_append`]), as the server's does when its log cannot be
+//! flushed: every operation fails from then on, until the server is restarted. The appends
+//! that were in flight when it died had been committed but not flushed, so each of them may
+//! or may not be on disk: a prefix of them, drawn at random, is kept (a torn log is read
+//! back up to its first bad frame), and every one of them is answered as a failure all the
+//! same. Those are the sends whose senders are told `internal` for a message that is
+//! stored: their retries, with the same `tempId`, must find it and store nothing new.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -38,6 +46,20 @@ pub struct Store {
     pub failures: u64,
     /// Operations lost in a crash.
     pub lost: u64,
+    /// Appends kept although they were answered as failures (the store died under them).
+    pub kept_unanswered: u64,
+    /// Dead ([`Store::die`]) until the server restarts.
+    dead: bool,
+    /// Operations in flight when the store died, not completed yet.
+    doomed: usize,
+    /// Percent chance that each append in flight at death is kept, while all before it were.
+    kept_pct: u64,
+    /// Whether every append in flight at death so far was kept.
+    keeping: bool,
+    /// A death to come at the next append: kept percent, and what to pass on.
+    dying: Option<(u64, (u64, u64))>,
+    /// A death that happened, not yet taken.
+    died: Option<(u64, u64)>,
 }
 
 impl Store {
@@ -67,28 +89,64 @@ impl Store {
         self.queue.len()
     }
 
+    /// The store will die at its next append: that append and every operation queued
+    /// behind it are in flight, and each of those appends is kept with `kept_pct`% chance
+    /// while every one before it was kept; every operation fails from then until
+    /// [`Store::crash`] (the server's restart). [`Store::take_died`] hands back `restart`
+    /// when it has died.
+    pub fn die_at_next_append(&mut self, kept_pct: u64, restart: (u64, u64)) {
+        if !self.dead {
+            self.dying = Some((kept_pct, restart));
+        }
+    }
+
+    /// If the store has just died, what [`Store::die_at_next_append`] was given to pass on.
+    pub fn take_died(&mut self) -> Option<(u64, u64)> {
+        self.died.take()
+    }
+
+    /// A pending death is called off (the faults heal).
+    pub fn spare(&mut self) {
+        self.dying = None;
+    }
+
+    /// Whether the store has died and the server has not restarted since.
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
     /// Completes the next operation: its result for the gateway, and what it committed.
     pub fn complete(&mut self, rng: &mut Rng) -> Option<(Input, Committed)> {
         let (_, effect) = self.queue.pop_front()?;
+        if let (Some((kept_pct, restart)), Effect::Append { .. }) = (self.dying, &effect) {
+            self.dying = None;
+            self.dead = true;
+            self.doomed = self.queue.len() + 1;
+            self.kept_pct = kept_pct;
+            self.keeping = true;
+            self.died = Some(restart);
+        }
+        if self.dead {
+            self.failures += 1;
+            let in_flight = self.doomed > 0;
+            self.doomed = self.doomed.saturating_sub(1);
+            if in_flight && matches!(effect, Effect::Append { .. }) {
+                self.keeping = self.keeping && rng.below(100) < self.kept_pct;
+                if self.keeping {
+                    let failed = failed(&effect, "flush failed after commit");
+                    let (_, committed) = self.apply(effect);
+                    if matches!(committed, Committed::Stored(_)) {
+                        self.kept_unanswered += 1;
+                    }
+                    return Some((failed, committed));
+                }
+            }
+            return Some((failed(&effect, "store failed"), Committed::Nothing));
+        }
         let fail = self.fail_pct > 0 && rng.below(100) < self.fail_pct;
         if fail {
             self.failures += 1;
-            let failure = StoreFailure("injected failure".into());
-            let input = match effect {
-                Effect::Append { op, .. } => Input::Appended {
-                    op,
-                    result: Err(failure),
-                },
-                Effect::Read { op, .. } => Input::Read {
-                    op,
-                    result: Err(failure),
-                },
-                Effect::FindSent { op, .. } => Input::Found {
-                    op,
-                    result: Err(failure),
-                },
-            };
-            return Some((input, Committed::Nothing));
+            return Some((failed(&effect, "injected failure"), Committed::Nothing));
         }
         Some(self.apply(effect))
     }
@@ -201,9 +259,127 @@ impl Store {
         self.messages.values().flatten()
     }
 
-    /// The server crashed: operations not completed are lost.
+    /// The server crashed: operations not completed are lost. The restarted server opens
+    /// the store again, from what it holds.
     pub fn crash(&mut self) {
         self.lost += self.queue.len() as u64;
         self.queue.clear();
+        self.dead = false;
+        self.doomed = 0;
+        self.dying = None;
+    }
+}
+
+/// The failed answer to `effect`.
+fn failed(effect: &Effect, why: &str) -> Input {
+    let failure = StoreFailure(why.into());
+    match effect {
+        Effect::Append { op, .. } => Input::Appended {
+            op: *op,
+            result: Err(failure),
+        },
+        Effect::Read { op, .. } => Input::Read {
+            op: *op,
+            result: Err(failure),
+        },
+        Effect::FindSent { op, .. } => Input::Found {
+            op: *op,
+            result: Err(failure),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heartline_core::gateway::{AppendRequest, OpId};
+
+    fn append(op: u64) -> Effect {
+        Effect::Append {
+            op: OpId(op),
+            request: AppendRequest {
+                id: format!("m{op}"),
+                conversation_id: "c".into(),
+                sender_id: "u".into(),
+                sender_type: "customer".into(),
+                content: format!("text {op}"),
+                temp_id: Some(format!("t{op}")),
+                created_at_ms: op,
+            },
+        }
+    }
+
+    fn failed_append(input: &Input) -> bool {
+        matches!(input, Input::Appended { result: Err(_), .. })
+    }
+
+    #[test]
+    fn a_dying_store_keeps_a_prefix_of_what_was_in_flight_and_answers_all_as_failed() {
+        let mut rng = Rng::from_seed(1);
+        let mut store = Store::new(1);
+        store.submit(Instant::ZERO, append(1), &mut rng);
+        assert!(matches!(
+            store.complete(&mut rng),
+            Some((_, Committed::Stored(_)))
+        ));
+        store.die_at_next_append(100, (5, 7));
+        assert_eq!(store.take_died(), None, "not before an append completes");
+        for op in 2..=4 {
+            store.submit(Instant::ZERO, append(op), &mut rng);
+        }
+        // Every append in flight is kept (100%) and every one is answered as failed.
+        for _ in 2..=4 {
+            let (input, committed) = store.complete(&mut rng).expect("queued");
+            assert!(failed_append(&input), "{input:?}");
+            assert!(matches!(committed, Committed::Stored(_)));
+        }
+        assert_eq!(store.take_died(), Some((5, 7)));
+        assert_eq!(store.take_died(), None);
+        assert_eq!((store.stored(), store.kept_unanswered), (4, 3));
+        // Later operations fail and keep nothing, until the restart.
+        store.submit(Instant::ZERO, append(5), &mut rng);
+        let (input, committed) = store.complete(&mut rng).expect("queued");
+        assert!(failed_append(&input));
+        assert_eq!(committed, Committed::Nothing);
+        assert!(store.is_dead());
+        store.crash();
+        assert!(!store.is_dead());
+        // The retry of a kept send finds it; a new send is stored after it.
+        store.submit(Instant::ZERO, append(3), &mut rng);
+        store.submit(Instant::ZERO, append(5), &mut rng);
+        let (input, _) = store.complete(&mut rng).expect("queued");
+        assert!(
+            matches!(
+                &input,
+                Input::Appended { result: Ok(AppendOutcome::Duplicate(m)), .. } if m.seq == 3
+            ),
+            "{input:?}"
+        );
+        assert!(matches!(
+            store.complete(&mut rng),
+            Some((_, Committed::Stored(m))) if m.seq == 5
+        ));
+    }
+
+    #[test]
+    fn what_a_dying_store_keeps_has_no_holes() {
+        for seed in 0..50 {
+            let mut rng = Rng::from_seed(seed);
+            let mut store = Store::new(1);
+            store.die_at_next_append(50, (1, 1));
+            for op in 1..=8 {
+                store.submit(Instant::ZERO, append(op), &mut rng);
+            }
+            let kept: Vec<bool> = (1..=8)
+                .map(|_| {
+                    let (_, committed) = store.complete(&mut rng).expect("queued");
+                    matches!(committed, Committed::Stored(_))
+                })
+                .collect();
+            // A torn log is read back up to its first bad frame: kept ones come first.
+            let n = kept.iter().take_while(|k| **k).count();
+            assert!(kept[n..].iter().all(|k| !k), "seed {seed}: {kept:?}");
+            assert_eq!(store.stored(), n as u64);
+        }
     }
 }

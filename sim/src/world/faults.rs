@@ -88,6 +88,16 @@ impl Sim {
                 self.store.extra_ms = extra_ms;
                 self.expire_at("slowstore", now.add_ms(ms));
             }
+            Fault::StoreDies {
+                kept_pct,
+                restart_ms,
+                down_ms,
+            } => {
+                if self.gw.is_some() {
+                    self.store
+                        .die_at_next_append(kept_pct, (restart_ms, down_ms));
+                }
+            }
             Fault::Storm => {
                 let links: Vec<u64> = self.clients.iter().filter_map(|s| s.link).collect();
                 for id in links {
@@ -147,13 +157,19 @@ impl Sim {
     }
 
     /// The liveness phase begins: every stall ends, fault rates drop to zero, a crashed
-    /// server comes back. Dead connections stay dead: their ends find out as they would.
+    /// server comes back, one whose store died is restarted. Dead connections stay dead:
+    /// their ends find out as they would.
     pub(super) fn heal(&mut self) {
         let now = self.now;
         self.faults_until.clear();
         self.net.heal(now, &mut self.agenda);
         self.store.fail_pct = 0;
         self.store.extra_ms = 0;
+        self.store.spare();
+        if self.store.is_dead() {
+            tr!(self, "fault", ("supervisor restarts the server"));
+            self.crash(false);
+        }
         if self.gw.is_none() {
             self.start_server();
         }

@@ -623,6 +623,18 @@ impl Sim {
                     self.start_server();
                 }
             }
+            Ev::SupervisorRestart { down_ms } => {
+                if self.store.is_dead() && self.gw.is_some() {
+                    tr!(
+                        self,
+                        "fault",
+                        ("supervisor restarts the server, down {down_ms}ms")
+                    );
+                    self.crash(false);
+                    let at = self.now.add_ms(down_ms);
+                    self.agenda.push(at, Ev::Restart);
+                }
+            }
             Ev::FaultsExpire => self.expire_faults(),
         }
     }
@@ -655,6 +667,7 @@ impl Sim {
                 self.token_expiry.closed,
             ),
             store_failures: self.store.failures,
+            kept_unanswered: self.store.kept_unanswered,
             sim_ms: self.now.as_millis(),
             trace_hash: self.trace.hash(),
             trace_lines: self.trace.lines(),

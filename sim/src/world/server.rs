@@ -8,6 +8,7 @@ use heartline_core::{Seed, TransportId};
 use std::collections::BTreeMap;
 
 use super::Sim;
+use crate::agenda::Ev;
 use crate::net::{End, Seg};
 use crate::store::Committed;
 use crate::trace::short;
@@ -135,6 +136,15 @@ impl Sim {
             return;
         };
         tr!(self, "store", ("{input}"));
+        if let Some((restart_ms, down_ms)) = self.store.take_died() {
+            tr!(
+                self,
+                "fault",
+                ("the store dies; restarted in {restart_ms}ms")
+            );
+            let at = self.now.add_ms(restart_ms);
+            self.agenda.push(at, Ev::SupervisorRestart { down_ms });
+        }
         if let Input::Appended { op, .. } = &input {
             let stored = matches!(committed, Committed::Stored(_));
             let finding = self.rate.completed(*op, stored);
