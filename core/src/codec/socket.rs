@@ -174,9 +174,6 @@ pub enum DecodeError {
     /// An ack id on a packet type that cannot be acknowledged.
     #[error("{0:?} packet cannot carry an ack id")]
     UnexpectedAckId(PacketType),
-    /// An ACK without the id it answers.
-    #[error("{0:?} packet without an ack id")]
-    MissingAckId(PacketType),
     /// Something other than an ack id or a JSON payload after the namespace.
     #[error("unexpected character {0:?} where an ack id or payload was expected")]
     UnexpectedChar(char),
@@ -499,12 +496,11 @@ fn decode_counted(text: &str) -> Result<(Packet, usize), DecodeError> {
         Some(other) => return Err(DecodeError::UnexpectedChar(other)),
     };
 
-    match (kind.takes_ack_id(), id, kind) {
-        (false, Some(_), _) => return Err(DecodeError::UnexpectedAckId(kind)),
-        (true, None, PacketType::Ack | PacketType::BinaryAck) => {
-            return Err(DecodeError::MissingAckId(kind))
-        }
-        _ => {}
+    // An ACK without an id answers nothing the receiver asked; it is decoded, as the
+    // reference parser decodes it, and the receiver ignores it rather than treat the whole
+    // connection as broken.
+    if !kind.takes_ack_id() && id.is_some() {
+        return Err(DecodeError::UnexpectedAckId(kind));
     }
     check_shape(kind, data.as_ref())?;
     let count = match (&data, kind.is_binary()) {
@@ -911,10 +907,8 @@ mod tests {
         assert_eq!(p.args().len(), 3);
         roundtrip_text(r#"3/admin,13["bar"]"#);
         roundtrip_text("30[]");
-        assert_eq!(
-            Packet::decode("3[]"),
-            Err(DecodeError::MissingAckId(PacketType::Ack))
-        );
+        let p = Packet::decode("3[]").expect("an ACK without an id decodes");
+        assert_eq!((p.kind, p.id), (PacketType::Ack, None));
         assert!(matches!(
             Packet::decode("31{}"),
             Err(DecodeError::InvalidPayload {
