@@ -101,10 +101,12 @@ enum Drain {
         deadline: tokio::time::Instant,
         done: oneshot::Sender<()>,
     },
-    /// Closing sessions, a batch per tick.
+    /// Closing sessions, a batch per tick ([`drain_batch`]); `owed_milli` is the fraction
+    /// of a close carried from tick to tick, in thousandths.
     Closing {
         deadline: tokio::time::Instant,
         next_tick: tokio::time::Instant,
+        owed_milli: u64,
         done: oneshot::Sender<()>,
     },
     /// Waiting for the store's last answers and the writers' last frames (looked at
@@ -124,6 +126,22 @@ const DRAIN_STORE_WAIT: Duration = Duration::from_secs(1);
 
 /// Time between two batches of closes while draining.
 const DRAIN_TICK: Duration = Duration::from_millis(100);
+
+/// How many sessions a drain tick closes, and the fraction of a close carried to the next
+/// tick (thousandths): the `remaining` sessions are spread evenly over the `ticks_left`
+/// ticks before the deadline, the last tick (none left) closing all that remain. So a few
+/// clients are closed across the whole drain, not one a tick at its start, which would end
+/// the drain, and `/readyz`'s 503, within a fraction of `shutdown.drain_ms`, and send
+/// them back to a restarted server together.
+fn drain_batch(remaining: usize, ticks_left: u128, owed_milli: u64) -> (usize, u64) {
+    if ticks_left == 0 {
+        return (remaining, 0);
+    }
+    let per_tick = (remaining as u128 * 1000 / (ticks_left + 1)) as u64;
+    let owed = owed_milli.saturating_add(per_tick);
+    let batch = usize::try_from(owed / 1000).unwrap_or(usize::MAX);
+    (batch.min(remaining), owed % 1000)
+}
 
 /// Longest wait for writers to deliver their last frames after the last close.
 const WRITER_GRACE: Duration = Duration::from_millis(1500);
@@ -448,6 +466,7 @@ impl<A: App> Actor<A> {
                 self.drain = Some(Drain::Closing {
                     deadline,
                     next_tick: tokio::time::Instant::now(),
+                    owed_milli: 0,
                     done,
                 });
             }
@@ -497,6 +516,7 @@ impl<A: App> Actor<A> {
                     self.drain = Some(Drain::Closing {
                         deadline,
                         next_tick: now,
+                        owed_milli: 0,
                         done,
                     });
                 } else {
@@ -519,19 +539,28 @@ impl<A: App> Actor<A> {
                 let _ = done.send(());
                 true
             }
-            Some(Drain::Closing { deadline, done, .. }) => {
+            Some(Drain::Closing {
+                deadline,
+                owed_milli,
+                done,
+                ..
+            }) => {
                 let remaining = self.app.session_count();
-                let ticks_left = (deadline.saturating_duration_since(now).as_millis()
-                    / DRAIN_TICK.as_millis())
-                .max(1) as usize;
-                let batch = remaining.div_ceil(ticks_left).max(1);
-                let left = self.app.shutdown_some(self.clock.now(), batch);
-                self.dispatch();
-                tracing::debug!(
-                    closed = remaining - left.min(remaining),
-                    left,
-                    "drain batch"
-                );
+                let ticks_left =
+                    deadline.saturating_duration_since(now).as_millis() / DRAIN_TICK.as_millis();
+                let (batch, owed_milli) = drain_batch(remaining, ticks_left, owed_milli);
+                let left = if batch > 0 {
+                    let left = self.app.shutdown_some(self.clock.now(), batch);
+                    self.dispatch();
+                    tracing::debug!(
+                        closed = remaining - left.min(remaining),
+                        left,
+                        "drain batch"
+                    );
+                    left
+                } else {
+                    remaining
+                };
                 if left == 0 {
                     let (tx, rx) = oneshot::channel();
                     self.store.send(Job::Flush { reply: tx });
@@ -545,6 +574,7 @@ impl<A: App> Actor<A> {
                     self.drain = Some(Drain::Closing {
                         deadline,
                         next_tick: now + DRAIN_TICK,
+                        owed_milli,
                         done,
                     });
                 }
@@ -677,6 +707,51 @@ mod tests {
     use heartline_core::{Instant, TransportId};
 
     use super::*;
+
+    /// Runs [`drain_batch`] over a drain of `ticks` ticks (the deadline after the last)
+    /// with `n` sessions; the tick at which each close happens.
+    fn drain_schedule(n: usize, ticks: u128) -> Vec<u128> {
+        let (mut remaining, mut owed, mut at) = (n, 0, vec![]);
+        for tick in 0..=ticks {
+            let (batch, carried) = drain_batch(remaining, ticks - tick, owed);
+            owed = carried;
+            at.extend(std::iter::repeat_n(tick, batch));
+            remaining -= batch;
+        }
+        assert_eq!(remaining, 0, "every session closed by the deadline");
+        at
+    }
+
+    #[test]
+    fn a_drain_spreads_few_sessions_over_all_of_it() {
+        // Three sessions over 50 ticks: about a third of the drain apart, not three ticks
+        // in a row at its start.
+        let at = drain_schedule(3, 50);
+        assert_eq!(at.len(), 3);
+        let gaps = [at[0], at[1] - at[0], at[2] - at[1]];
+        assert!(gaps.iter().all(|g| (13..=17).contains(g)), "{at:?}");
+        assert!(at[2] >= 40, "the last close late in the drain: {at:?}");
+        let one = drain_schedule(1, 50);
+        assert!(one.len() == 1 && (20..=50).contains(&one[0]), "{one:?}");
+        assert_eq!(drain_schedule(0, 50), Vec::<u128>::new());
+        // Past the deadline, everything left goes at once.
+        assert_eq!(drain_batch(7, 0, 999), (7, 0));
+    }
+
+    #[test]
+    fn a_drain_spreads_many_sessions_evenly() {
+        let at = drain_schedule(10_000, 50);
+        assert_eq!(at.len(), 10_000);
+        let mut per_tick = vec![0usize; 51];
+        for t in at {
+            per_tick[t as usize] += 1;
+        }
+        // 10,000 over 51 ticks: 196 a tick, give or take one.
+        assert!(
+            per_tick.iter().all(|n| (195..=197).contains(n)),
+            "{per_tick:?}"
+        );
+    }
 
     /// Inputs the test feeds, one after another.
     const INPUTS: u64 = 1_000_000;

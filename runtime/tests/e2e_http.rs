@@ -59,6 +59,7 @@ async fn readyz_turns_503_while_draining_and_clients_are_closed_without_disconne
         clients.push(server.connect(&format!("u{i}"), "customer").await);
     }
     let handle = server.handle.take().expect("handle");
+    let signalled = tokio::time::Instant::now();
     let shutdown = tokio::spawn(handle.shutdown());
     let draining = eventually(WAIT, || async move {
         http(addr, "GET", "/readyz", &[], "").await.0 == 503
@@ -80,6 +81,13 @@ async fn readyz_turns_503_while_draining_and_clients_are_closed_without_disconne
             other => panic!("{other:?}"),
         }
     }
+    // Six clients are spread over the 1.5 s drain, not closed one a 100 ms batch at its
+    // start (done by 0.6 s). A lower bound only: a slow machine closes them later.
+    let all_closed = signalled.elapsed();
+    assert!(
+        all_closed >= Duration::from_millis(1000),
+        "all six closed {all_closed:?} after the signal"
+    );
     tokio::time::timeout(Duration::from_secs(10), shutdown)
         .await
         .expect("shutdown bounded")

@@ -345,11 +345,12 @@ test('SIGTERM: not ready, closes spread over drain_ms as transport closes, and e
       // Not `io server disconnect`, which would keep socket.io-client away for good.
       assert.ok(['transport close', 'transport error'].includes(c.gone.reason), `client ${i}: ${c.gone.reason}`);
     }
-    // Paced: 16 closes in 100 ms batches over the drain, not all at one instant. (A
-    // lower bound only: a slow machine spreads them further, never closer.)
+    // Paced: 16 closes spread evenly over the drain's 20 batches, not all at one instant
+    // nor one a batch at its start. (A lower bound only: a slow machine spreads them
+    // further, never closer.)
     const times = clients.map((c) => c.gone.at);
     const spread = Math.max(...times) - Math.min(...times);
-    assert.ok(spread >= drainMs / 3, `closes spread over ${spread} ms`);
+    assert.ok(spread >= drainMs / 2, `closes spread over ${spread} ms`);
     // Back on the same port and store: each client reconnects on its own, once.
     await draining.start();
     for (let i = 0; i < 200 && !clients.every((c) => c.back >= 1); i++) await sleep(50);
