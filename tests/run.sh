@@ -6,12 +6,12 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "Debian's Chromium for the browser test"
-if ! command -v chromium >/dev/null 2>&1; then
+step "Debian's Chromium for the browser test, and sqlite3 for the store's test against it"
+if ! command -v chromium >/dev/null 2>&1 || ! command -v sqlite3 >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium sqlite3 >/dev/null
 fi
 # The browser test runs this one (it would look for /usr/bin/chromium).
 CHROMIUM="${CHROMIUM:-$(command -v chromium)}"

@@ -402,13 +402,20 @@ fn as_file_name(path: &Path) -> std::borrow::Cow<'_, Path> {
 /// the database is opened again. Until something flushes them, what this process would
 /// serve from them (a catch-up read, a retry answered as a duplicate, the HTTP API) could
 /// still be lost to a power failure, and its `seq` handed out again: so they are flushed
-/// before the store is used. Opening already wrote the log's file if it had none.
+/// before the store is used.
 ///
-/// Then the directory: opening may just have created the database file or its log (SQLite
-/// deletes the log when the last connection closes, so every start after a clean stop
-/// creates it again), and a file's flush does not make its name durable. SQLite would
-/// flush the directory at the log's first flush, but the runtime flushes the log itself
-/// ([`LogSync`]), so it is done here, once, before anything is acknowledged.
+/// Before SQLite opens the database, never after: SQLite's locks on the database file are
+/// POSIX record locks, which belong to the process and all go when any descriptor of that
+/// file the process holds is closed. A descriptor opened here and closed after the store's
+/// connection was open dropped the shared lock that tells other processes the database is
+/// in use; the next `sqlite3` run by an operator then took its exclusive lock on closing,
+/// checkpointed and deleted the log under the running server, whose next flush failed and
+/// stopped the store. [`Store::open`] then flushes the directory, since opening may just
+/// have created the database file or its log (SQLite deletes the log when the last
+/// connection closes, so every start after a clean stop creates it again), and a file's
+/// flush does not make its name durable. SQLite would flush the directory at the log's
+/// first flush, but the runtime flushes the log itself ([`LogSync`]), so it is done there,
+/// once, before anything is acknowledged.
 fn flush_leftovers(path: &Path) -> Result<(), StoreError> {
     for file in [path.to_path_buf(), beside(path, "-wal")] {
         match std::fs::OpenOptions::new().write(true).open(&file) {
@@ -417,7 +424,7 @@ fn flush_leftovers(path: &Path) -> Result<(), StoreError> {
             Err(e) => return Err(log_sync_error(e)),
         }
     }
-    sync_directory(directory_of(path))
+    Ok(())
 }
 
 /// The file named `path` followed by `suffix`, as SQLite names the files beside a database
@@ -551,6 +558,10 @@ impl Store {
         // then be a database that keeps nothing. As `./file:...` it is a file name.
         let path = as_file_name(path);
         let path = path.as_ref();
+        // Before SQLite opens the files: see `flush_leftovers` for why not after.
+        if let Ok(real) = std::fs::canonicalize(path) {
+            flush_leftovers(&real)?;
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -560,12 +571,13 @@ impl Store {
             // not foresee): refused, as `:memory:` is.
             return Err(StoreError::InMemory(path.display().to_string()));
         }
-        // The file SQLite opened, symbolic links resolved: its log is named after it.
+        // The file SQLite opened, symbolic links resolved: opening may have created it
+        // and its log, and their names are made durable here.
         let opened = store
             .conn
             .path()
             .map_or_else(|| path.to_path_buf(), Into::into);
-        flush_leftovers(&opened)?;
+        sync_directory(directory_of(&opened))?;
         Ok(store)
     }
 

@@ -312,6 +312,52 @@ async fn sigterm_with_the_database_locked_by_another_process_still_drains_and_ex
     drop(lock);
 }
 
+/// An operator's `sqlite3` on the live database (another process that opens it, reads,
+/// and closes): SQLite deletes the log when the last connection closes, and the server's
+/// connection must still count as one.
+#[tokio::test]
+async fn another_process_reading_the_database_leaves_the_store_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "");
+    let (mut child, addr) = spawn(&config).await;
+    let (status, body) = put_conversation(addr, "c1", &["alice:customer"]).await;
+    assert_eq!(status, 200, "{body}");
+    let mut alice = connect_as(addr, "alice", "customer").await;
+    let send = |i: u32| json!({"conversationId": "c1", "content": format!("m{i}"), "tempId": format!("t{i}")});
+    let ack = alice.emit_ack("message:send", send(1)).await.expect("ack");
+    assert_eq!(ack["ok"], true, "{ack:?}");
+    // After a quiet moment: the store's checkpoints have run, none is under way.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let db = dir.path().join("heartline.db");
+    for round in 0..2 {
+        // The system's `sqlite3`, as an operator would run it (`tests/run.sh` installs it).
+        let out = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg("SELECT COUNT(*) FROM messages;")
+            .output()
+            .expect("the sqlite3 command (Debian package sqlite3) runs");
+        assert!(out.status.success(), "{out:?}");
+        let n: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a count");
+        assert!(n >= 1, "round {round}: {n}");
+        assert!(
+            dir.path().join("heartline.db-wal").exists(),
+            "round {round}: the log was deleted under the server"
+        );
+        let ack = alice
+            .emit_ack("message:send", send(2 + round))
+            .await
+            .expect("ack");
+        assert_eq!(ack["ok"], true, "round {round}: {ack:?}");
+        let (status, _, body) = http(addr, "GET", "/healthz", &[], "").await;
+        assert_eq!(status, 200, "round {round}: {body}");
+    }
+    signal(&child, "TERM");
+    exits_0(&mut child, Duration::from_secs(15), "exits").await;
+}
+
 #[tokio::test]
 async fn kill_9_then_restart_loses_and_duplicates_no_acked_message() {
     let dir = tempfile::tempdir().expect("tempdir");
