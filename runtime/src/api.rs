@@ -50,6 +50,19 @@ struct MemberBody {
     user_type: String,
 }
 
+/// The body and each member must be JSON objects: serde would also take a struct from an
+/// array of its fields in order, so `{"members":[["u1","customer"]]}` made a member.
+fn objects_only(body: &Value) -> Result<(), serde_json::Error> {
+    use serde::de::Error as _;
+    let members = body.get("members").and_then(Value::as_array);
+    if !body.is_object() || members.is_some_and(|ms| ms.iter().any(|m| !m.is_object())) {
+        return Err(serde_json::Error::custom(
+            "the body and each member must be JSON objects",
+        ));
+    }
+    Ok(())
+}
+
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     http::json(status, &json!({ "error": message }))
 }
@@ -168,7 +181,10 @@ async fn put_conversation(
             )
         }
     };
-    let parsed: PutBody = match serde_json::from_slice(&body) {
+    let parsed: PutBody = match serde_json::from_slice::<Value>(&body)
+        .and_then(|v| objects_only(&v).map(|()| v))
+        .and_then(serde_json::from_value)
+    {
         Ok(p) => p,
         Err(e) => {
             return error(

@@ -116,6 +116,9 @@ async fn api_requires_the_key_and_validates_bodies() {
         "{}",
         "{\"members\": [{\"userId\": \"u1\"}]}",
         "{\"members\": \"u1\"}",
+        // A struct as an array of its fields, which serde alone would take.
+        "{\"members\": [[\"u1\", \"customer\"]]}",
+        "[[{\"userId\": \"u1\", \"userType\": \"customer\"}]]",
         "{\"members\": [{\"userId\": \"\", \"userType\": \"x\"}]}",
     ] {
         let (status, _, resp) = http(
