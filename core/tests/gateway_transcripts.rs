@@ -304,6 +304,39 @@ fn a_numeric_temp_id_is_an_id_too() {
         (&json!(tid), &json!(tid))
     );
     assert_eq!(g.ack(1, retry).expect("acked")["duplicate"], json!(true));
+    // By value, as a JavaScript server reads numbers: the same id written `….0` is the
+    // same id, and so are 0 and -0; a fraction keeps its digits.
+    let as_float = json!({"conversationId":"c1","content":"hi","tempId":tid as f64});
+    let again = g.emit(1, "message:send", as_float);
+    assert_eq!(g.ack(1, again).expect("acked")["duplicate"], json!(true));
+    let zero = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"0","tempId":0}),
+    );
+    let minus_zero = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"0","tempId":-0.0}),
+    );
+    let half = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"h","tempId":7.5}),
+    );
+    assert_eq!(
+        g.ack(1, zero).expect("acked")["message"]["tempId"],
+        json!("0")
+    );
+    assert_eq!(
+        g.ack(1, minus_zero).expect("acked")["duplicate"],
+        json!(true)
+    );
+    assert_eq!(
+        g.ack(1, half).expect("acked")["message"]["tempId"],
+        json!("7.5")
+    );
+    assert_eq!(g.store.messages["c1"].len(), 3, "three ids, three messages");
     // A refusal echoes it as sent too.
     let refused = g.emit(
         1,
@@ -312,7 +345,7 @@ fn a_numeric_temp_id_is_an_id_too() {
     );
     assert_eq!(g.ack(1, refused).expect("acked")["ok"], json!(false));
     assert_eq!(g.events_named(1, "message:error")[0]["tempId"], json!(7));
-    assert_eq!(g.store.messages["c1"].len(), 1, "stored once");
+    assert_eq!(g.store.messages["c1"].len(), 3, "nothing more stored");
     // Other JSON values are still refused.
     let bad = g.emit(
         1,

@@ -1050,8 +1050,29 @@ impl Gateway {
 fn temp_id_text(v: &Value) -> Option<String> {
     match v {
         Value::String(t) => Some(t.clone()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::Number(n) => Some(number_text(n)),
         _ => None,
+    }
+}
+
+/// A number's text by its value, as JavaScript's `String(n)` gives it for whole numbers:
+/// `7`, `7.0`, `7e0` and `70e-1` are one number to a JavaScript server and so one id here,
+/// and `-0` is `0`. Other fractions keep Rust's shortest text that reads back the same
+/// (JavaScript's for every value but those under 1e-6, which it writes with an exponent).
+fn number_text(n: &serde_json::Number) -> String {
+    if let Some(i) = n.as_i64() {
+        return i.to_string();
+    }
+    if let Some(u) = n.as_u64() {
+        return u.to_string();
+    }
+    match n.as_f64() {
+        // Adding 0.0 turns -0.0 into 0.0.
+        Some(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e21 => {
+            format!("{:.0}", f + 0.0)
+        }
+        Some(f) => f.to_string(),
+        None => n.to_string(),
     }
 }
 
