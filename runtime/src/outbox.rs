@@ -5,19 +5,23 @@
 //! slower than it is written to would make that queue grow without bound, so the queue
 //! holds at most `server.max_outbound_bytes`:
 //!
-//! 1. A frame that fits is queued, and so is any frame into an empty queue (one large
-//!    reply to a client that reads as fast as it can is not a slow consumer).
-//! 2. A frame that does not fit first makes room by shedding droppable traffic: the
-//!    periodic `heartbeat` event and presence (`user:online` / `user:offline`) events,
-//!    which carry no state a client cannot live without (the next heartbeat comes, presence
-//!    is reconciled on reconnect). A droppable frame that does not fit is itself shed.
-//! 3. If the frame still does not fit, the consumer is hopeless: the queue is discarded and
-//!    the connection killed (the socket is dropped; a close frame could not reach a peer
-//!    that does not read). The core is told the transport failed, and the client, which
-//!    sees a transport error, reconnects and catches up from the store.
+//! 1. A frame is queued while the queue holds less than the limit, however large the frame
+//!    (a high-water mark): one step of the core can hand a connection several frames at
+//!    once (a send's ack, its `message:sent` and its `message:new`, or one large reply),
+//!    and a client that reads as fast as it can is not a slow consumer because they
+//!    crossed the limit together before its writer could take the first.
+//! 2. Into a queue at or over the limit, a frame first makes room by shedding droppable
+//!    traffic: the periodic `heartbeat` event and presence (`user:online` /
+//!    `user:offline`) events, which carry no state a client cannot live without (the next
+//!    heartbeat comes, presence is reconciled on reconnect). A droppable frame meeting a
+//!    full queue is itself shed.
+//! 3. If the queue is still at or over the limit, the consumer is hopeless: the queue is
+//!    discarded and the connection killed (the socket is dropped; a close frame could not
+//!    reach a peer that does not read). The core is told the transport failed, and the
+//!    client, which sees a transport error, reconnects and catches up from the store.
 //!
-//! Memory per connection is therefore bounded by the limit plus one frame (queued into an
-//! empty queue, or in the writer's hands), and the total is exported as
+//! Memory per connection is therefore bounded by the limit plus one frame in the queue
+//! and one in the writer's hands, and the total is exported as
 //! `heartline_outbound_queue_bytes`.
 //!
 //! The connection has one task, which both reads and writes; every push, close or kill wakes
@@ -131,9 +135,9 @@ impl Outbox {
         if st.ended {
             return Push::Closed;
         }
-        // A frame into an empty queue is always taken, however large: a client whose
-        // writer keeps up is not a slow consumer because one reply was big.
-        if !st.frames.is_empty() && u64::from(st.bytes) + u64::from(len) > limit {
+        // Taken while the queue is under the limit, however large (an empty queue takes
+        // one even with a limit of 0): see the module docs.
+        if !st.frames.is_empty() && u64::from(st.bytes) >= limit {
             if droppable {
                 RuntimeMetrics::inc(&self.metrics.outbound_shed);
                 return Push::Shed;
@@ -154,7 +158,7 @@ impl Outbox {
             self.metrics
                 .outbound_shed
                 .fetch_add(shed, Ordering::Relaxed);
-            if u64::from(st.bytes) + u64::from(len) > limit {
+            if !st.frames.is_empty() && u64::from(st.bytes) >= limit {
                 drop(st);
                 self.kill();
                 RuntimeMetrics::inc(&self.metrics.slow_consumer_closes);
@@ -380,12 +384,14 @@ mod tests {
 
     #[test]
     fn sheds_droppable_then_overflows() {
-        let o = outbox(150);
+        let o = outbox(100);
         let hb = Frame::text(format!("42/chat,[\"heartbeat\",\"{}\"]", "x".repeat(40)));
         let msg = Frame::text(format!("42/chat,[\"message:new\",\"{}\"]", "y".repeat(40)));
+        assert!(hb.len() < 100 && msg.len() < 100 && hb.len() + msg.len() > 100);
         assert_eq!(o.push(hb.clone()), Push::Queued);
+        // Under the limit before it: taken, and the queue is over it now.
         assert_eq!(o.push(msg.clone()), Push::Queued);
-        // No room for another heartbeat: shed.
+        // A heartbeat meeting a full queue: shed.
         assert_eq!(o.push(hb.clone()), Push::Shed);
         // A message makes room by shedding the queued heartbeat.
         assert_eq!(o.push(msg.clone()), Push::Queued);
@@ -395,6 +401,29 @@ mod tests {
         assert_eq!(o.phase(), Phase::Killed);
         assert_eq!(o.bytes(), 0);
         assert_eq!(o.try_next(), None);
+    }
+
+    /// A send's ack, its `message:sent` and its `message:new` come in one step: together
+    /// over the limit, each pushed while the queue was under it, they are all taken; the
+    /// next frame, if none was written meanwhile, meets the full queue.
+    #[test]
+    fn a_burst_that_crosses_the_limit_is_taken_and_the_next_frame_meets_it() {
+        let o = outbox(100);
+        let frame = Frame::text(format!("42/chat,[\"message:new\",\"{}\"]", "m".repeat(19)));
+        assert_eq!(frame.len(), 45);
+        for _ in 0..3 {
+            assert_eq!(o.push(frame.clone()), Push::Queued);
+        }
+        assert_eq!(o.bytes(), 135);
+        assert_eq!(o.push(frame.clone()), Push::Overflow);
+        assert_eq!(o.phase(), Phase::Killed);
+        // Had the writer taken one, the queue (90 bytes) would have taken the next.
+        let o = outbox(100);
+        for _ in 0..3 {
+            o.push(frame.clone());
+        }
+        assert_eq!(o.try_next(), Some(Next::Frame(frame.clone())));
+        assert_eq!(o.push(frame), Push::Queued);
     }
 
     #[test]

@@ -732,6 +732,44 @@ async fn slow_consumer_is_closed_without_unbounded_memory() {
     server.stop().await;
 }
 
+/// One send hands its sender three frames at once (the ack, `message:sent`, and
+/// `message:notification` as it has not joined): with 9,000 characters each against a
+/// 20,000-byte queue they cross the limit together, before the writer takes the first.
+/// A sender that reads as fast as it can is not a slow consumer for that.
+#[tokio::test]
+async fn one_sends_frames_crossing_the_queue_limit_together_do_not_close_the_sender() {
+    let mut server = TestServer::start(|c| {
+        c.server.max_outbound_bytes = 20_000;
+        c.rate_limit.messages = 100_000;
+        c.rate_limit.window_ms = 1000;
+    })
+    .await;
+    server
+        .conversation("c1", &["alice:customer", "bob:agent"])
+        .await;
+    let mut alice = server.connect("alice", "customer").await;
+    let content = "x".repeat(9_000);
+    for i in 0..20 {
+        let payload =
+            json!({"conversationId": "c1", "content": content, "tempId": format!("t{i}")});
+        let ack = tokio::time::timeout(
+            WAIT,
+            alice.emit_with_ack("message:send", payload).expect("emit"),
+        )
+        .await
+        .expect("ack in time")
+        .expect("acked, not closed");
+        assert_eq!(ack[0]["ok"], true, "send {i}: {ack:?}");
+    }
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(&m, "heartline_slow_consumer_closes_total"),
+        Some(0.0),
+        "{m}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn refused_connect_creates_no_user_state() {
     let mut server = TestServer::start(|_| {}).await;
