@@ -350,6 +350,8 @@ impl<A: App> Actor<A> {
                 }
             }
             if self.deferred.is_empty() {
+                let sessions = self.app.session_count() as u64;
+                self.metrics.sessions.store(sessions, Ordering::Relaxed);
                 return;
             }
             let now = self.clock.now();
@@ -379,7 +381,7 @@ impl<A: App> Actor<A> {
             }
             Transmit::WsClose { transport, reason } => {
                 if let Some(outbox) = self.outboxes.remove(&transport) {
-                    outbox.close(reason.ws_code(), reason.label());
+                    outbox.close(reason.ws_code(), reason.ws_reason());
                 }
             }
             Transmit::HttpResponse {

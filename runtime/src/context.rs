@@ -93,6 +93,16 @@ impl Context {
         self.metrics.store_failed.load(Ordering::Relaxed) != 0
     }
 
+    /// Whether the server held `server.max_connections` sessions when the actor last
+    /// looked: a WebSocket handshake is then refused before its upgrade, as a polling one
+    /// is by the engine, since an upgraded one closed at once (1013, no open packet) leaves
+    /// `socket.io-client` waiting out its connect timeout (20 s) before it tries again. A
+    /// handshake this lets through while the count is stale is still refused by the
+    /// engine, after the upgrade.
+    pub fn sessions_full(&self) -> bool {
+        self.metrics.sessions.load(Ordering::Relaxed) >= self.config.server.max_connections
+    }
+
     /// Whether shutdown began.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)

@@ -147,6 +147,16 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         cors_headers(origin.as_deref(), resp.headers_mut());
         return resp;
     }
+    if query.sid.is_none() && is_websocket_upgrade(req.headers()) && ctx.sessions_full() {
+        RuntimeMetrics::inc(&ctx.metrics.refused_sessions_early);
+        tracing::debug!(remote = %conn.remote, "WebSocket handshake refused: max_connections");
+        let mut resp = http::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"code": 4, "message": "Too many sessions"}),
+        );
+        cors_headers(origin.as_deref(), resp.headers_mut());
+        return resp;
+    }
     let get = req.method() == hyper::Method::GET;
     if pays_ip_rate(conn.first_request, true, query.sid.is_some(), get)
         && !ctx.ip_rate.allow(conn.remote.ip(), ctx.clock.now())

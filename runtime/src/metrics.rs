@@ -32,6 +32,11 @@ pub struct RuntimeMetrics {
     pub refused_origin: AtomicU64,
     /// Engine.IO handshakes refused while draining.
     pub refused_draining: AtomicU64,
+    /// Engine.IO sessions held, as the actor last saw them (after each of its steps).
+    pub sessions: AtomicU64,
+    /// WebSocket handshakes refused before the upgrade because `sessions` had reached
+    /// `server.max_connections` (the engine counts the ones it refuses itself).
+    pub refused_sessions_early: AtomicU64,
     /// Connections closed by the runtime before a complete request (slowloris, idle).
     pub http_timeouts: AtomicU64,
     /// WebSockets open now.
@@ -423,7 +428,7 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
     let _ = writeln!(
         out,
         "heartline_admission_refused_total{{reason=\"max_sessions\"}} {}",
-        engine.sessions_refused()
+        engine.sessions_refused() + get(&rt.refused_sessions_early)
     );
     family(out, "heartline_websockets", "gauge", "Open WebSockets.");
     sample(out, "heartline_websockets", get(&rt.ws_open));

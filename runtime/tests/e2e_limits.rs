@@ -168,6 +168,17 @@ async fn a_server_full_of_clients_still_serves_them_and_its_health_probe() {
     let (status, _, body) = http(addr, "GET", path, &[], "").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body, r#"{"code":4,"message":"Too many sessions"}"#);
+    // A WebSocket one is refused the same way, before the upgrade: upgraded and closed at
+    // once, socket.io-client would wait out its connect timeout before trying again.
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
+            assert_eq!(body, r#"{"code":4,"message":"Too many sessions"}"#);
+        }
+        other => panic!("{other:?}"),
+    }
     // The clients in are served, the polling one on connections of its own (its held
     // GET on one, each POST on another), and so is the health probe.
     let session = format!("{path}&sid={sid}");
@@ -194,7 +205,7 @@ async fn a_server_full_of_clients_still_serves_them_and_its_health_probe() {
             &m,
             "heartline_admission_refused_total{reason=\"max_sessions\"}"
         ),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(
         metric(

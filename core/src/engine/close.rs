@@ -74,6 +74,27 @@ impl CloseReason {
         }
     }
 
+    /// The reason text of the WebSocket close frame: the label in words, as Engine.IO
+    /// names its reasons (`ping timeout`, `transport close`). `socket.io-client` reads
+    /// none of it; a raw client or a proxy's log may.
+    pub fn ws_reason(&self) -> &'static str {
+        match self {
+            CloseReason::ClientClose => "client close",
+            CloseReason::TransportClose => "transport close",
+            CloseReason::TransportError => "transport error",
+            CloseReason::PingTimeout => "ping timeout",
+            CloseReason::HandshakeTimeout => "handshake timeout",
+            CloseReason::PayloadTooLarge => "payload too large",
+            CloseReason::ProtocolError(_) => "protocol error",
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::Replaced => "replaced",
+            CloseReason::ServerShutdown => "server shutting down",
+            CloseReason::TooManySessions => "too many sessions",
+            CloseReason::ServerDisconnect(_) => "server disconnect",
+            CloseReason::ServerClose(_) => "server close",
+        }
+    }
+
     /// The WebSocket close code that goes with the reason.
     pub fn ws_code(&self) -> u16 {
         match self {
