@@ -5,7 +5,7 @@
 mod support;
 
 use heartline_core::engine::{EngineConfig, Input, Method};
-use heartline_core::TransportId;
+use heartline_core::{RequestId, TransportId};
 use support::{config, q, App, Harness};
 
 fn echo() -> Harness {
@@ -496,6 +496,26 @@ fn overlapping_polling_get_ends_the_session() {
     assert_eq!(h.response(2), Some((200, "1".into())));
     assert_eq!(h.response(3).map(|r| r.0), Some(400));
     assert_eq!(h.response(4).map(|r| r.0), Some(400));
+}
+
+#[test]
+fn a_post_overlapping_another_ends_the_session() {
+    let mut h = echo();
+    h.http(1, Method::Get, q("polling", None), "");
+    let sid = h.last_sid();
+    h.http(2, Method::Get, q("polling", Some(&sid)), "");
+    // The driver was still reading the first POST's body when the second came.
+    h.input(Input::HttpPostOverlap {
+        request: RequestId(3),
+        query: q("polling", Some(&sid)),
+    });
+    // The first POST, read in full afterwards, finds the session gone.
+    h.http(4, Method::Post, q("polling", Some(&sid)), "40/chat,");
+    insta::assert_snapshot!(h.transcript());
+    assert_eq!(h.response(2), Some((200, "1".into())));
+    assert_eq!(h.response(3).map(|r| r.0), Some(400));
+    assert_eq!(h.response(4).map(|r| r.0), Some(400));
+    assert_eq!(h.engine.sessions_held(), 0);
 }
 
 #[test]

@@ -5,8 +5,9 @@
 //! or a request before the core does; they are never reused, so a late message about a
 //! finished one can only ever be ignored, never misrouted.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use heartline_core::{RequestId, TransportId};
 use tokio::sync::mpsc;
@@ -39,6 +40,9 @@ pub struct Context {
     /// `server.connect_rate_per_ip`: asked by a connection's first request and by each
     /// further handshake (see [`crate::engineio::pays_ip_rate`]).
     pub ip_rate: IpRate,
+    /// Polling sessions (their sids) with a POST whose body is being read: a second POST
+    /// meanwhile is an overlap ([`heartline_core::engine::Input::HttpPostOverlap`]).
+    posts_reading: Mutex<HashSet<Box<str>>>,
     next_transport: AtomicU64,
     next_request: AtomicU64,
 }
@@ -63,9 +67,23 @@ impl Context {
             store,
             metrics,
             draining,
+            posts_reading: Mutex::new(HashSet::new()),
             next_transport: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
         }
+    }
+
+    /// Marks a POST of session `sid` as being read; `None` if another one is, an
+    /// overlap. The mark goes when the returned guard drops.
+    pub fn begin_post(self: &Arc<Self>, sid: &str) -> Option<PostReading> {
+        let mut reading = self.posts_reading.lock().unwrap_or_else(|e| e.into_inner());
+        if !reading.insert(sid.into()) {
+            return None;
+        }
+        Some(PostReading {
+            ctx: self.clone(),
+            sid: sid.into(),
+        })
     }
 
     /// A fresh WebSocket id.
@@ -121,5 +139,24 @@ impl Context {
             .cors_origins
             .iter()
             .any(|o| o == "*" || origin_without_slash(o).eq_ignore_ascii_case(origin))
+    }
+}
+
+/// A POST being read, from its headers until its packets are handed to the actor
+/// ([`Context::begin_post`]).
+#[derive(Debug)]
+pub struct PostReading {
+    ctx: Arc<Context>,
+    sid: Box<str>,
+}
+
+impl Drop for PostReading {
+    fn drop(&mut self) {
+        let mut reading = self
+            .ctx
+            .posts_reading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        reading.remove(&self.sid);
     }
 }

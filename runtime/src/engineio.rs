@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::actor::{HttpReply, Msg};
 use crate::admission::Permit;
-use crate::context::Context;
+use crate::context::{Context, PostReading};
 use crate::http::{self, Body};
 use crate::metrics::RuntimeMetrics;
 use crate::query;
@@ -305,6 +305,19 @@ async fn poll(
         hyper::Method::POST => Method::Post,
         _ => Method::Other,
     };
+    // A second POST while the first is being read: the engine ends the session (it sees
+    // POSTs only once read, so the runtime tells it).
+    let reading = match (&query.sid, method) {
+        (Some(sid), Method::Post) => match ctx.begin_post(sid) {
+            Some(reading) => Some(reading),
+            None => {
+                let request = ctx.request_id();
+                let input = engine::Input::HttpPostOverlap { request, query };
+                return ask(&ctx, request, input, None).await;
+            }
+        },
+        _ => None,
+    };
     let body = if method == Method::Post {
         let limit = usize::try_from(ctx.config.engine.max_payload_bytes)
             .unwrap_or(usize::MAX)
@@ -329,21 +342,34 @@ async fn poll(
         Bytes::new()
     };
     let request = ctx.request_id();
+    let input = engine::Input::Http {
+        request,
+        method,
+        query,
+        body,
+        handshake,
+    };
+    ask(&ctx, request, input, reading).await
+}
+
+/// Hands an HTTP request to the core and waits for its answer. `reading`, a POST's mark,
+/// goes once the request is in the actor's inbox, so that a POST after it is in order.
+async fn ask(
+    ctx: &Arc<Context>,
+    request: RequestId,
+    input: engine::Input,
+    reading: Option<PostReading>,
+) -> Response<Body> {
     let (tx, rx) = oneshot::channel();
     let msg = Msg::Http {
-        input: engine::Input::Http {
-            request,
-            method,
-            query,
-            body,
-            handshake,
-        },
+        input,
         request,
         reply: tx,
     };
     if ctx.actor.send(msg).await.is_err() {
         return http::empty(StatusCode::SERVICE_UNAVAILABLE);
     }
+    drop(reading);
     let mut guard = AbortGuard {
         request,
         actor: ctx.actor.clone(),

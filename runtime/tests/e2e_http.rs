@@ -532,6 +532,41 @@ async fn a_held_poll_abandoned_by_the_client_ends_the_session() {
     server.stop().await;
 }
 
+/// Two writers on one session, as two readers are, mean the client lost track of it: a
+/// POST that comes while an earlier one's body is still arriving ends the session, where
+/// taking both would hand the core their packets in the order their bodies ended.
+#[tokio::test]
+async fn a_post_overlapping_another_ends_the_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start(|_| {}).await;
+    let addr = server.addr;
+    let sid = polling_handshake(addr).await;
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let mut first = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n40/c");
+    first.write_all(head.as_bytes()).await.expect("write");
+    // Not a timing claim: only lets the server read the first POST's head before the
+    // second comes (too short a wait would take the second as the first, and fail).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, body) = http(addr, "POST", &path, &[], "40/chat,").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (400, r#"{"code":3,"message":"Bad request"}"#)
+    );
+    first.write_all(b"hat,").await.expect("write");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, first.read(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("Session ID unknown"), "{answer}");
+    let (status, _, body) = http(addr, "GET", &path, &[], "").await;
+    assert_eq!(status, 400, "the session is gone: {body}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn only_the_configured_transports_are_offered() {
     // Polling only: no upgrade offered, a WebSocket refused.

@@ -113,6 +113,16 @@ pub enum Input {
         /// Its handshake facts.
         handshake: Handshake,
     },
+    /// A polling POST arrived while the driver was still reading the body of an earlier
+    /// POST of the same session (the engine sees a POST only once its body is in, so the
+    /// driver is the one that can tell). Two writers mean the client lost track of the
+    /// session, as two readers do: it ends, and this request is answered 400.
+    HttpPostOverlap {
+        /// The second POST, answered by exactly one [`Transmit::HttpResponse`].
+        request: RequestId,
+        /// Its query string.
+        query: Query,
+    },
     /// The client gave up on an HTTP request that had not been answered yet.
     HttpAborted {
         /// The request.
@@ -298,6 +308,11 @@ impl fmt::Display for Input {
                 }
                 Ok(())
             }
+            Input::HttpPostOverlap { request, query } => write!(
+                f,
+                "{request} http Post {} while an earlier POST is still being read",
+                query_text(query)
+            ),
             Input::HttpAborted { request } => write!(f, "{request} http aborted by client"),
         }
     }

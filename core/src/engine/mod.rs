@@ -251,6 +251,7 @@ impl Engine {
                 body,
                 handshake,
             } => self.on_http(now, request, method, query, body, handshake),
+            Input::HttpPostOverlap { request, query } => self.on_post_overlap(now, request, &query),
             Input::HttpAborted { request } => {
                 self.on_http_aborted(now, request);
                 Ok(())

@@ -3,7 +3,10 @@
 //!
 //! At most one GET is held per session. A second concurrent GET, or a held GET the client
 //! aborts, ends the session: both mean the client lost track of it, and answering them
-//! apart would let packets go to a reader that is no longer there.
+//! apart would let packets go to a reader that is no longer there. So does a second POST
+//! while the first is still being read (the driver tells, [`crate::engine::Input::HttpPostOverlap`]):
+//! their packets would otherwise be taken in the order their bodies ended, not the order
+//! the client sent them.
 
 use bytes::Bytes;
 
@@ -108,6 +111,43 @@ impl Engine {
                     },
                 },
             },
+        }
+        Ok(())
+    }
+
+    /// A second POST while the first was still being read (see
+    /// [`crate::engine::Input::HttpPostOverlap`]): the session ends, as with two GETs.
+    pub(crate) fn on_post_overlap(
+        &mut self,
+        now: Instant,
+        request: RequestId,
+        query: &Query,
+    ) -> Result<(), UsageError> {
+        if self.by_request.contains_key(&request) {
+            return Err(UsageError::DuplicateRequest(request));
+        }
+        let id = query
+            .sid
+            .as_deref()
+            .and_then(Id20::parse)
+            .and_then(|k| self.by_sid.get(&k))
+            .copied();
+        let Some(id) = id else {
+            self.respond_error(request, HttpError::SessionIdUnknown);
+            return Ok(());
+        };
+        self.respond_error(request, HttpError::BadRequest);
+        let polling = self
+            .sessions
+            .get(&id)
+            .is_some_and(|s| matches!(s.transport, Transport::Polling(_)));
+        if polling {
+            self.end(
+                now,
+                id,
+                CloseReason::ProtocolError("overlapping polling POST".into()),
+                Ending::Abort,
+            );
         }
         Ok(())
     }
