@@ -1055,25 +1055,61 @@ fn temp_id_text(v: &Value) -> Option<String> {
     }
 }
 
-/// A number's text by its value, as JavaScript's `String(n)` gives it for whole numbers:
-/// `7`, `7.0`, `7e0` and `70e-1` are one number to a JavaScript server and so one id here,
-/// and `-0` is `0`. Other fractions keep Rust's shortest text that reads back the same
-/// (JavaScript's for every value but those under 1e-6, which it writes with an exponent).
+/// A number's text by its value, as JavaScript's `String(n)` writes it: a JavaScript
+/// server reads every JSON number as a double, so `7`, `7.0`, `7e0` and `70e-1` are one
+/// number to it (and one id here), `-0` is `0`, and integers past 2^53 are the double
+/// nearest them. ECMAScript's Number::toString: the shortest digits that read back as the
+/// same double, written plainly from 1e-7 up to 1e21 and with an exponent outside that.
 fn number_text(n: &serde_json::Number) -> String {
-    if let Some(i) = n.as_i64() {
-        return i.to_string();
-    }
-    if let Some(u) = n.as_u64() {
-        return u.to_string();
-    }
     match n.as_f64() {
-        // Adding 0.0 turns -0.0 into 0.0.
-        Some(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e21 => {
-            format!("{:.0}", f + 0.0)
-        }
-        Some(f) => f.to_string(),
+        Some(f) => js_number_text(f),
         None => n.to_string(),
     }
+}
+
+fn js_number_text(f: f64) -> String {
+    if f == 0.0 {
+        return "0".to_owned();
+    }
+    if !f.is_finite() {
+        return if f.is_nan() {
+            "NaN".to_owned()
+        } else if f > 0.0 {
+            "Infinity".to_owned()
+        } else {
+            "-Infinity".to_owned()
+        };
+    }
+    let sign = if f < 0.0 { "-" } else { "" };
+    // Rust writes the shortest round-trip digits too: `d.ddde±x`.
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i64 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let k = digits.len() as i64;
+    // The value is 0.digits × 10^n.
+    let n = exp + 1;
+    let zeros = |count: i64| "0".repeat(usize::try_from(count).unwrap_or(0));
+    let body = if k <= n && n <= 21 {
+        format!("{digits}{}", zeros(n - k))
+    } else if 0 < n && n <= 21 {
+        let (int, frac) = digits.split_at(usize::try_from(n).unwrap_or(0));
+        format!("{int}.{frac}")
+    } else if -6 < n && n <= 0 {
+        format!("0.{}{digits}", zeros(-n))
+    } else {
+        let e = n - 1;
+        let e = if e >= 0 {
+            format!("+{e}")
+        } else {
+            e.to_string()
+        };
+        match digits.split_at(1) {
+            (first, "") => format!("{first}e{e}"),
+            (first, rest) => format!("{first}.{rest}e{e}"),
+        }
+    };
+    format!("{sign}{body}")
 }
 
 /// A kept `tempId` as the client sent it: back to a number if it came as one.
@@ -1117,5 +1153,33 @@ fn refresh_any_user(config: &crate::gateway::GatewayConfig) -> bool {
     {
         let _ = config;
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::js_number_text;
+
+    #[test]
+    fn numbers_are_written_as_javascript_writes_them() {
+        for (f, js) in [
+            (7.0, "7"),
+            (70e-1, "7"),
+            (-0.0, "0"),
+            (0.1, "0.1"),
+            (-123.456, "-123.456"),
+            (1.5e-7, "1.5e-7"),
+            (1e-6, "0.000001"),
+            (1.23e-18, "1.23e-18"),
+            (1e20, "100000000000000000000"),
+            (1e21, "1e+21"),
+            (1e200, "1e+200"),
+            (1_767_225_600_123.0, "1767225600123"),
+            // 2^60 and 2^53 + 1 as a JavaScript double holds them.
+            (1_152_921_504_606_846_976.0, "1152921504606847000"),
+            (9_007_199_254_740_993u64 as f64, "9007199254740992"),
+        ] {
+            assert_eq!(js_number_text(f), js, "{f:e}");
+        }
     }
 }
