@@ -593,6 +593,36 @@ fn one_reply_larger_than_the_polling_buffer_is_taken_into_an_empty_queue() {
 }
 
 #[test]
+fn packets_of_one_post_may_cross_the_polling_buffer_together() {
+    let mut cfg = config();
+    cfg.max_buffered_bytes = 100;
+    let mut h = Harness::new(cfg, App::Echo);
+    let sid = polling_connected(&mut h);
+    let small = format!("42/chat,[\"message\",\"{}\"]", "x".repeat(15));
+    // Three replies of about 45 bytes each, queued one after another while the queue was
+    // under 100 bytes: together over it, and still not a client that does not fetch.
+    h.http(
+        4,
+        Method::Post,
+        q("polling", Some(&sid)),
+        &[small.as_str(); 3].join("\u{1e}"),
+    );
+    assert_eq!(h.engine.sessions_held(), 1, "not a slow consumer");
+    h.http(5, Method::Get, q("polling", Some(&sid)), "");
+    let (status, body) = h.response(5).expect("answered");
+    assert_eq!(status, 200);
+    assert_eq!(body.matches("message-back").count(), 3, "{body}");
+    // A fourth, behind three not fetched, meets the full queue.
+    h.http(
+        6,
+        Method::Post,
+        q("polling", Some(&sid)),
+        &[small.as_str(); 4].join("\u{1e}"),
+    );
+    assert_eq!(h.engine.sessions_held(), 0, "four unfetched replies are");
+}
+
+#[test]
 fn plain_engine_io_echo_without_socketio() {
     let mut cfg = config();
     cfg.socketio = false;

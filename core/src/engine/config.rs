@@ -27,8 +27,9 @@ pub struct EngineConfig {
     pub handshake_timeout_ms: u64,
     /// Largest message accepted: a WebSocket frame or a polling POST body, in bytes.
     pub max_payload_bytes: u64,
-    /// Bytes a polling session may hold for a client that does not come to fetch them;
-    /// past that the session is closed as a slow consumer.
+    /// Bytes a polling session may hold for a client that does not come to fetch them: a
+    /// packet is queued while it holds less (a high-water mark), and one that meets the
+    /// queue at or past it closes the session as a slow consumer.
     pub max_buffered_bytes: u64,
     /// Sessions held at once. A handshake past it is refused: a polling one with HTTP 503,
     /// a WebSocket one closed with 1013 (try again later). One kept-alive HTTP connection

@@ -540,16 +540,19 @@ impl Engine {
                 }
             }
             Transport::Polling(p) => {
-                // As over a WebSocket, what is pushed into an empty queue is taken whatever
-                // its size: one large reply is not a client that does not fetch.
-                let was_empty = p.queue.is_empty();
+                // As over a WebSocket, a high-water mark: a packet is taken while the queue
+                // holds less than the bound, whatever its size, so that one step's packets
+                // (a send's ack, `message:sent` and `message:new`) or one large reply may
+                // cross it together; one that meets a queue at or over it ends the session:
+                // its client does not fetch.
+                let full = !p.queue.is_empty() && p.queued_bytes >= self.config.max_buffered_bytes;
+                if full && !s.closed {
+                    self.end(now, id, CloseReason::SlowConsumer, Ending::Abort);
+                    return;
+                }
                 for frame in frames {
                     p.queued_bytes += frame.len() as u64;
                     p.queue.push_back(frame.clone());
-                }
-                if !was_empty && p.queued_bytes > self.config.max_buffered_bytes && !s.closed {
-                    self.end(now, id, CloseReason::SlowConsumer, Ending::Abort);
-                    return;
                 }
                 self.flush_poll(id);
             }
