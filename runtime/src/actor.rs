@@ -350,7 +350,7 @@ impl<A: App> Actor<A> {
                 }
             }
             if self.deferred.is_empty() {
-                let sessions = self.app.session_count() as u64;
+                let sessions = self.app.sessions_held() as u64;
                 self.metrics.sessions.store(sessions, Ordering::Relaxed);
                 return;
             }

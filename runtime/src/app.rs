@@ -31,6 +31,11 @@ pub trait App: Send + 'static {
     fn shutdown_some(&mut self, now: Instant, max: usize) -> usize;
     /// Live Engine.IO sessions.
     fn session_count(&self) -> usize;
+    /// Engine.IO sessions held, closed ones still lingering for their client's last fetch
+    /// included: what the engine compares with `server.max_connections` when it admits one.
+    fn sessions_held(&self) -> usize {
+        self.session_count()
+    }
     /// The `/metrics` page, the runtime's counters included.
     fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool) -> String;
 }
@@ -58,6 +63,10 @@ impl App for Gateway {
 
     fn session_count(&self) -> usize {
         self.engine().session_count()
+    }
+
+    fn sessions_held(&self) -> usize {
+        self.engine().sessions_held()
     }
 
     fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool) -> String {

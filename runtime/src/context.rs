@@ -80,6 +80,7 @@ impl Context {
         if !reading.insert(sid.into()) {
             return None;
         }
+        RuntimeMetrics::inc(&self.metrics.posts_reading);
         Some(PostReading {
             ctx: self.clone(),
             sid: sid.into(),
@@ -158,5 +159,6 @@ impl Drop for PostReading {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         reading.remove(&self.sid);
+        RuntimeMetrics::sub(&self.ctx.metrics.posts_reading, 1);
     }
 }

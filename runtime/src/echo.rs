@@ -248,6 +248,10 @@ impl App for EchoApp {
         self.engine.session_count()
     }
 
+    fn sessions_held(&self) -> usize {
+        self.engine.sessions_held()
+    }
+
     fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool) -> String {
         metrics::render_engine(&self.engine, rt, draining)
     }

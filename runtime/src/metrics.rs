@@ -32,7 +32,11 @@ pub struct RuntimeMetrics {
     pub refused_origin: AtomicU64,
     /// Engine.IO handshakes refused while draining.
     pub refused_draining: AtomicU64,
-    /// Engine.IO sessions held, as the actor last saw them (after each of its steps).
+    /// Polling POSTs whose body is being read, before they reach the actor.
+    pub posts_reading: AtomicU64,
+    /// Engine.IO sessions held (closed ones lingering for their client's last fetch
+    /// included, as the engine counts them against `server.max_connections`), as the actor
+    /// last saw them, after each of its steps.
     pub sessions: AtomicU64,
     /// WebSocket handshakes refused before the upgrade because `sessions` had reached
     /// `server.max_connections` (the engine counts the ones it refuses itself).
@@ -442,6 +446,17 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
         out,
         "heartline_http_requests_waiting",
         get(&rt.http_waiting),
+    );
+    family(
+        out,
+        "heartline_polling_posts_reading",
+        "gauge",
+        "Polling POSTs whose body is being read (a second one of the same session ends it).",
+    );
+    sample(
+        out,
+        "heartline_polling_posts_reading",
+        get(&rt.posts_reading),
     );
     family(
         out,

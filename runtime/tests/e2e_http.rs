@@ -545,9 +545,13 @@ async fn a_post_overlapping_another_ends_the_session() {
     let mut first = tokio::net::TcpStream::connect(addr).await.expect("tcp");
     let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n40/c");
     first.write_all(head.as_bytes()).await.expect("write");
-    // Not a timing claim: only lets the server read the first POST's head before the
-    // second comes (too short a wait would take the second as the first, and fail).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server has read the first POST's head and waits for its body.
+    let reading = eventually(WAIT, || async move {
+        let (_, _, m) = http(addr, "GET", "/metrics", &[], "").await;
+        metric(&m, "heartline_polling_posts_reading") == Some(1.0)
+    })
+    .await;
+    assert!(reading, "the first POST is being read");
     let (status, _, body) = http(addr, "POST", &path, &[], "40/chat,").await;
     assert_eq!(
         (status, body.as_str()),
@@ -564,6 +568,12 @@ async fn a_post_overlapping_another_ends_the_session() {
     assert!(answer.contains("Session ID unknown"), "{answer}");
     let (status, _, body) = http(addr, "GET", &path, &[], "").await;
     assert_eq!(status, 400, "the session is gone: {body}");
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(&m, "heartline_polling_posts_reading"),
+        Some(0.0),
+        "{m}"
+    );
     server.stop().await;
 }
 

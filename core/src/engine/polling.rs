@@ -126,21 +126,36 @@ impl Engine {
         if self.by_request.contains_key(&request) {
             return Err(UsageError::DuplicateRequest(request));
         }
+        // Answered as a POST would be up to the session itself.
+        match self.check_query(query) {
+            Ok(false) => {}
+            Ok(true) => {
+                self.respond_error(request, HttpError::BadRequest);
+                return Ok(());
+            }
+            Err(e) => {
+                self.respond_error(request, e);
+                return Ok(());
+            }
+        }
         let id = query
             .sid
             .as_deref()
             .and_then(Id20::parse)
             .and_then(|k| self.by_sid.get(&k))
             .copied();
-        let Some(id) = id else {
+        let Some((id, s)) = id.and_then(|id| Some((id, self.sessions.get(&id)?))) else {
             self.respond_error(request, HttpError::SessionIdUnknown);
             return Ok(());
         };
+        if s.closed {
+            // Ended already, its last packets waiting: taken and dropped, as `poll_post`
+            // takes a POST then, so that the client reads the DISCONNECT waiting for it.
+            self.respond(request, 200, ContentType::Text, Bytes::from_static(b"ok"));
+            return Ok(());
+        }
+        let polling = matches!(s.transport, Transport::Polling(_));
         self.respond_error(request, HttpError::BadRequest);
-        let polling = self
-            .sessions
-            .get(&id)
-            .is_some_and(|s| matches!(s.transport, Transport::Polling(_)));
         if polling {
             self.end(
                 now,
