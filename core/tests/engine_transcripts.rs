@@ -519,6 +519,31 @@ fn a_post_overlapping_another_ends_the_session() {
 }
 
 #[test]
+fn a_post_overlapping_another_on_an_ended_session_is_taken_and_dropped() {
+    let mut h = echo();
+    let sid = polling_connected(&mut h);
+    server_replaces(&mut h);
+    // The session has ended, its DISCONNECT waiting for the next GET: a 400 here would
+    // send the client reconnecting, where the DISCONNECT says to stay away.
+    h.input(Input::HttpPostOverlap {
+        request: RequestId(4),
+        query: q("polling", Some(&sid)),
+    });
+    assert_eq!(h.response(4), Some((200, "ok".into())));
+    h.http(5, Method::Get, q("polling", Some(&sid)), "");
+    assert_eq!(h.response(5), Some((200, "41/chat,".into())));
+    // An overlap that names the wrong transport is refused as a POST would be.
+    let mut h = echo();
+    let sid = polling_connected(&mut h);
+    h.input(Input::HttpPostOverlap {
+        request: RequestId(4),
+        query: q("websocket", Some(&sid)),
+    });
+    assert_eq!(h.response(4).map(|r| r.0), Some(400));
+    assert_eq!(h.engine.sessions_held(), 1, "the session goes on");
+}
+
+#[test]
 fn server_disconnect_over_polling_lingers_until_fetched() {
     let mut h = echo();
     let sid = polling_connected(&mut h);
