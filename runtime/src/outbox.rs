@@ -12,9 +12,11 @@
 //!    crossed the limit together before its writer could take the first.
 //! 2. Into a queue at or over the limit, a frame first makes room by shedding droppable
 //!    traffic: the periodic `heartbeat` event and presence (`user:online` /
-//!    `user:offline`) events, which carry no state a client cannot live without (the next
-//!    heartbeat comes, presence is reconciled on reconnect). A droppable frame meeting a
-//!    full queue is itself shed.
+//!    `user:offline`) events, which carry no state a client cannot live without: the next
+//!    heartbeat comes, and a shed presence event leaves that client's view of the user
+//!    stale until the user's next transition, as it is for a client that was away when
+//!    the transition happened (presence is announced as transitions only, no snapshot on
+//!    connect). A droppable frame meeting a full queue is itself shed.
 //! 3. If the queue is still at or over the limit, the consumer is hopeless: the queue is
 //!    discarded and the connection killed (the socket is dropped; a close frame could not
 //!    reach a peer that does not read). The core is told the transport failed, and the
