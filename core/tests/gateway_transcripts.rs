@@ -873,6 +873,41 @@ fn http_body(g: &Gw, request: u64) -> Option<String> {
 }
 
 #[test]
+fn a_polling_client_that_does_not_fetch_has_droppable_traffic_shed_first() {
+    let mut cfg = config();
+    cfg.heartbeat_interval_ms = 100;
+    cfg.engine.max_buffered_bytes = 400;
+    let mut g = Gw::new(cfg);
+    g.conversation("c1", &[("alice", "customer"), ("bob", "agent")]);
+    let sid = polling_alice(&mut g, 1);
+    // Three seconds of heartbeats, about 50 bytes each, no GET: far past 400 bytes, shed
+    // once the buffer is full, and the session goes on.
+    g.advance(3_000);
+    assert_eq!(
+        g.gw.engine().sessions_held(),
+        1,
+        "not closed for heartbeats"
+    );
+    assert!(
+        g.gw.engine().frames_shed() >= 20,
+        "{}",
+        g.gw.engine().frames_shed()
+    );
+    // A message meeting the full buffer sheds the heartbeats queued and is kept.
+    g.connect(2, "bob", "agent");
+    g.emit(
+        2,
+        "message:send",
+        json!({"conversationId":"c1","content":"kept"}),
+    );
+    assert_eq!(g.gw.engine().sessions_held(), 2);
+    polling(&mut g, 3, Method::Get, Some(&sid), String::new());
+    let body = http_body(&g, 3).expect("answered");
+    assert!(body.contains("message:notification"), "{body}");
+    assert!(body.contains("kept"), "{body}");
+}
+
+#[test]
 fn a_flood_inside_one_polling_post_ends_the_session_there() {
     let mut g = tight_budget();
     let sid = polling_alice(&mut g, 1);

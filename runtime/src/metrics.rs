@@ -473,9 +473,13 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
         out,
         "heartline_outbound_shed_total",
         "counter",
-        "Droppable frames (heartbeat, presence) shed for slow consumers.",
+        "Droppable frames (heartbeat, presence) shed for slow consumers, WebSocket and polling.",
     );
-    sample(out, "heartline_outbound_shed_total", get(&rt.outbound_shed));
+    sample(
+        out,
+        "heartline_outbound_shed_total",
+        get(&rt.outbound_shed) + engine.frames_shed(),
+    );
     family(
         out,
         "heartline_slow_consumer_closes_total",

@@ -292,27 +292,7 @@ impl Drop for Outbox {
     }
 }
 
-/// Whether a frame is traffic the slow-consumer policy may shed: a Socket.IO EVENT (no ack
-/// id) named `heartbeat`, `user:online` or `user:offline`.
-pub fn is_droppable(frame: &Frame) -> bool {
-    let Some(text) = frame.as_text() else {
-        return false;
-    };
-    let Some(rest) = text.strip_prefix("42") else {
-        return false;
-    };
-    let rest = if rest.starts_with('/') {
-        match rest.split_once(',') {
-            Some((_, after)) => after,
-            None => return false,
-        }
-    } else {
-        rest
-    };
-    ["[\"heartbeat\"", "[\"user:online\"", "[\"user:offline\""]
-        .iter()
-        .any(|p| rest.starts_with(p))
-}
+pub use heartline_core::codec::socket::is_droppable;
 
 #[cfg(test)]
 mod tests {

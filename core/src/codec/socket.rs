@@ -512,6 +512,31 @@ fn decode_counted(text: &str) -> Result<(Packet, usize), DecodeError> {
     Ok((packet, count))
 }
 
+/// Whether a frame is traffic a full send queue may shed: a Socket.IO EVENT (no ack id)
+/// named `heartbeat`, `user:online` or `user:offline`, which carries no state a client
+/// cannot live without (the next heartbeat comes; a shed presence event leaves that
+/// client's view of the user stale until the user's next transition). One rule for the
+/// WebSocket send queue (the runtime's) and the polling buffer (the engine's).
+pub fn is_droppable(frame: &super::Frame) -> bool {
+    let Some(text) = frame.as_text() else {
+        return false;
+    };
+    let Some(rest) = text.strip_prefix("42") else {
+        return false;
+    };
+    let rest = if rest.starts_with('/') {
+        match rest.split_once(',') {
+            Some((_, after)) => after,
+            None => return false,
+        }
+    } else {
+        rest
+    };
+    ["[\"heartbeat\"", "[\"user:online\"", "[\"user:offline\""]
+        .iter()
+        .any(|p| rest.starts_with(p))
+}
+
 /// Length of the run of ASCII digits starting at `pos`.
 fn digit_run(bytes: &[u8], pos: usize) -> usize {
     bytes.get(pos..).map_or(0, |tail| {

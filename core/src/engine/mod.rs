@@ -55,7 +55,7 @@ pub use io::{ContentType, Event, Handshake, Input, Method, Output, Query, Transm
 pub use session::Timer;
 
 use crate::codec::engine::{Data, Handshake as OpenPacket, Packet as EioPacket};
-use crate::codec::socket::{Decoder, Packet as SioPacket, PacketType};
+use crate::codec::socket::{is_droppable, Decoder, Packet as SioPacket, PacketType};
 use crate::codec::Frame;
 use crate::ids::{Id20, RequestId, Rng, SessionId, TransportId};
 use crate::time::{Clock, Instant};
@@ -84,6 +84,8 @@ pub struct Engine {
     out: VecDeque<Output>,
     /// Handshakes refused because `max_sessions` were held.
     refused_sessions: u64,
+    /// Droppable frames shed from polling buffers that were full.
+    shed: u64,
 }
 
 impl Engine {
@@ -103,6 +105,7 @@ impl Engine {
             timers: TimerQueue::default(),
             out: VecDeque::new(),
             refused_sessions: 0,
+            shed: 0,
         })
     }
 
@@ -132,6 +135,11 @@ impl Engine {
     /// Handshakes refused so far because `max_sessions` sessions were held.
     pub fn sessions_refused(&self) -> u64 {
         self.refused_sessions
+    }
+
+    /// Droppable frames shed so far from polling buffers that were full.
+    pub fn frames_shed(&self) -> u64 {
+        self.shed
     }
 
     /// Armed deadlines, all sessions together.
@@ -543,12 +551,25 @@ impl Engine {
                 // As over a WebSocket, a high-water mark: a packet is taken while the queue
                 // holds less than the bound, whatever its size, so that one step's packets
                 // (a send's ack, `message:sent` and `message:new`) or one large reply may
-                // cross it together; one that meets a queue at or over it ends the session:
-                // its client does not fetch.
-                let full = !p.queue.is_empty() && p.queued_bytes >= self.config.max_buffered_bytes;
-                if full && !s.closed {
-                    self.end(now, id, CloseReason::SlowConsumer, Ending::Abort);
-                    return;
+                // cross it together. One that meets a queue at or over it sheds droppable
+                // traffic first ([`is_droppable`]: itself, if it is such, else what is
+                // queued), and only if the queue is still full ends the session: its
+                // client does not fetch.
+                let max = self.config.max_buffered_bytes;
+                let full = |p: &session::Polling| !p.queue.is_empty() && p.queued_bytes >= max;
+                if full(p) && !s.closed {
+                    if frames.iter().all(is_droppable) {
+                        self.shed += frames.len() as u64;
+                        return;
+                    }
+                    let before = p.queue.len();
+                    p.queue.retain(|f| !is_droppable(f));
+                    p.queued_bytes = p.queue.iter().map(|f| f.len() as u64).sum();
+                    self.shed += (before - p.queue.len()) as u64;
+                    if full(p) {
+                        self.end(now, id, CloseReason::SlowConsumer, Ending::Abort);
+                        return;
+                    }
                 }
                 for frame in frames {
                     p.queued_bytes += frame.len() as u64;
