@@ -131,31 +131,28 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
     }
     if query.sid.is_none() && ctx.is_draining() {
         RuntimeMetrics::inc(&ctx.metrics.refused_draining);
-        let mut resp = http::json(
+        return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"code": 4, "message": "Server is shutting down"}),
+            "Server is shutting down",
+            &origin,
         );
-        cors_headers(origin.as_deref(), resp.headers_mut());
-        return resp;
     }
     // Not ready (`/readyz`) for new clients: it could store none of their messages.
     if query.sid.is_none() && ctx.store_failed() {
-        let mut resp = http::json(
+        return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"code": 4, "message": "Server cannot store messages"}),
+            "Server cannot store messages",
+            &origin,
         );
-        cors_headers(origin.as_deref(), resp.headers_mut());
-        return resp;
     }
     if query.sid.is_none() && is_websocket_upgrade(req.headers()) && ctx.sessions_full() {
         RuntimeMetrics::inc(&ctx.metrics.refused_sessions_early);
         tracing::debug!(remote = %conn.remote, "WebSocket handshake refused: max_connections");
-        let mut resp = http::json(
+        return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"code": 4, "message": "Too many sessions"}),
+            "Too many sessions",
+            &origin,
         );
-        cors_headers(origin.as_deref(), resp.headers_mut());
-        return resp;
     }
     let get = req.method() == hyper::Method::GET;
     if pays_ip_rate(conn.first_request, true, query.sid.is_some(), get)
@@ -163,12 +160,8 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
     {
         RuntimeMetrics::inc(&ctx.metrics.refused_rate_per_ip);
         tracing::debug!(remote = %conn.remote, "handshake refused: per-IP rate");
-        let mut resp = http::json(
-            StatusCode::TOO_MANY_REQUESTS,
-            &serde_json::json!({"code": 4, "message": "Too many new sessions from this address"}),
-        );
-        cors_headers(origin.as_deref(), resp.headers_mut());
-        return resp;
+        let message = "Too many new sessions from this address";
+        return refusal(StatusCode::TOO_MANY_REQUESTS, message, &origin);
     }
     let handshake = Handshake {
         accepted_at: conn.accepted_at,
@@ -198,6 +191,15 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         let _ = ctx.ip_rate.allow(ip, now);
         keep_no_connection(&mut resp);
     }
+    resp
+}
+
+/// A handshake refused for a reason the client may retry later (Engine.IO code 4, as the
+/// reference server uses for its own "forbidden"), with the CORS headers a browser needs
+/// to read it.
+fn refusal(status: StatusCode, message: &str, origin: &Option<String>) -> Response<Body> {
+    let mut resp = http::json(status, &serde_json::json!({"code": 4, "message": message}));
+    cors_headers(origin.as_deref(), resp.headers_mut());
     resp
 }
 
