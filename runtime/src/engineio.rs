@@ -134,7 +134,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "Server is shutting down",
-            &origin,
+            origin.as_deref(),
         );
     }
     // Not ready (`/readyz`) for new clients: it could store none of their messages.
@@ -142,7 +142,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "Server cannot store messages",
-            &origin,
+            origin.as_deref(),
         );
     }
     if query.sid.is_none() && is_websocket_upgrade(req.headers()) && ctx.sessions_full() {
@@ -151,7 +151,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "Too many sessions",
-            &origin,
+            origin.as_deref(),
         );
     }
     let get = req.method() == hyper::Method::GET;
@@ -161,7 +161,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         RuntimeMetrics::inc(&ctx.metrics.refused_rate_per_ip);
         tracing::debug!(remote = %conn.remote, "handshake refused: per-IP rate");
         let message = "Too many new sessions from this address";
-        return refusal(StatusCode::TOO_MANY_REQUESTS, message, &origin);
+        return refusal(StatusCode::TOO_MANY_REQUESTS, message, origin.as_deref());
     }
     let handshake = Handshake {
         accepted_at: conn.accepted_at,
@@ -197,9 +197,9 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
 /// A handshake refused for a reason the client may retry later (Engine.IO code 4, as the
 /// reference server uses for its own "forbidden"), with the CORS headers a browser needs
 /// to read it.
-fn refusal(status: StatusCode, message: &str, origin: &Option<String>) -> Response<Body> {
+fn refusal(status: StatusCode, message: &str, origin: Option<&str>) -> Response<Body> {
     let mut resp = http::json(status, &serde_json::json!({"code": 4, "message": message}));
-    cors_headers(origin.as_deref(), resp.headers_mut());
+    cors_headers(origin, resp.headers_mut());
     resp
 }
 

@@ -18,6 +18,14 @@ use crate::engine::{Engine, Timer};
 use crate::ids::{Id20, RequestId, SessionId};
 use crate::time::Instant;
 
+/// Whether a POST came while another of its session was still being read
+/// ([`crate::engine::Input::HttpPostOverlap`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Overlap {
+    No,
+    Yes,
+}
+
 /// Engine.IO's HTTP error codes, with the messages clients show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum HttpError {
@@ -97,11 +105,11 @@ impl Engine {
             Ok(false) => match &query.sid {
                 None if method == Method::Get => self.polling_handshake(now, request, handshake),
                 None => self.respond_error(request, HttpError::BadHandshakeMethod),
-                Some(sid) => match Id20::parse(sid).and_then(|k| self.by_sid.get(&k)).copied() {
+                Some(sid) => match self.session_by_sid(sid) {
                     None => self.respond_error(request, HttpError::SessionIdUnknown),
                     Some(id) => match method {
                         Method::Get => self.poll_get(now, id, request),
-                        Method::Post => self.poll_post(now, id, request, body),
+                        Method::Post => self.poll_post(now, id, request, body, Overlap::No),
                         Method::Other => self.respond(
                             request,
                             400,
@@ -138,33 +146,20 @@ impl Engine {
                 return Ok(());
             }
         }
-        let id = query
+        match query
             .sid
             .as_deref()
-            .and_then(Id20::parse)
-            .and_then(|k| self.by_sid.get(&k))
-            .copied();
-        let Some((id, s)) = id.and_then(|id| Some((id, self.sessions.get(&id)?))) else {
-            self.respond_error(request, HttpError::SessionIdUnknown);
-            return Ok(());
-        };
-        if s.closed {
-            // Ended already, its last packets waiting: taken and dropped, as `poll_post`
-            // takes a POST then, so that the client reads the DISCONNECT waiting for it.
-            self.respond(request, 200, ContentType::Text, Bytes::from_static(b"ok"));
-            return Ok(());
-        }
-        let polling = matches!(s.transport, Transport::Polling(_));
-        self.respond_error(request, HttpError::BadRequest);
-        if polling {
-            self.end(
-                now,
-                id,
-                CloseReason::ProtocolError("overlapping polling POST".into()),
-                Ending::Abort,
-            );
+            .and_then(|sid| self.session_by_sid(sid))
+        {
+            None => self.respond_error(request, HttpError::SessionIdUnknown),
+            Some(id) => self.poll_post(now, id, request, Bytes::new(), Overlap::Yes),
         }
         Ok(())
+    }
+
+    /// The session a `sid` names, if it is one the engine holds.
+    fn session_by_sid(&self, sid: &str) -> Option<SessionId> {
+        Id20::parse(sid).and_then(|k| self.by_sid.get(&k)).copied()
     }
 
     fn polling_handshake(&mut self, now: Instant, request: RequestId, handshake: Handshake) {
@@ -236,7 +231,14 @@ impl Engine {
         }
     }
 
-    fn poll_post(&mut self, now: Instant, id: SessionId, request: RequestId, body: Bytes) {
+    fn poll_post(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        request: RequestId,
+        body: Bytes,
+        overlap: Overlap,
+    ) {
         let Some(s) = self.sessions.get(&id) else {
             return self.respond_error(request, HttpError::SessionIdUnknown);
         };
@@ -250,6 +252,11 @@ impl Engine {
         }
         if !matches!(s.transport, Transport::Polling(_)) {
             return self.respond_error(request, HttpError::BadRequest);
+        }
+        if overlap == Overlap::Yes {
+            self.respond_error(request, HttpError::BadRequest);
+            let reason = CloseReason::ProtocolError("overlapping polling POST".into());
+            return self.end(now, id, reason, Ending::Abort);
         }
         if body.len() as u64 > self.config.max_payload_bytes {
             // Refused, and nothing else changes: the session goes on.
