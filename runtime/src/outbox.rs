@@ -1,26 +1,18 @@
-//! A WebSocket's send queue, bounded in bytes: the slow-consumer policy.
+//! A WebSocket's send queue, bounded in bytes.
 //!
 //! The actor that runs the core must never wait for a client, so it hands frames to a
-//! per-connection queue and a writer task drains it onto the socket. A client that reads
-//! slower than it is written to would make that queue grow without bound, so the queue
-//! holds at most `server.max_outbound_bytes`:
+//! per-connection queue and a writer task drains it onto the socket. The queue is the
+//! core's [`SendQueue`], which holds the slow-consumer rule (a high-water mark at
+//! `server.max_outbound_bytes`; droppable traffic shed first; then the consumer is
+//! hopeless), the same rule the engine applies to polling buffers and the simulator
+//! checks under faults. What this module adds is the sharing between two threads and what
+//! the rule's verdicts mean for a socket:
 //!
-//! 1. A frame is queued while the queue holds less than the limit, however large the frame
-//!    (a high-water mark): one step of the core can hand a connection several frames at
-//!    once (a send's ack, its `message:sent` and its `message:new`, or one large reply),
-//!    and a client that reads as fast as it can is not a slow consumer because they
-//!    crossed the limit together before its writer could take the first.
-//! 2. Into a queue at or over the limit, a frame first makes room by shedding droppable
-//!    traffic: the periodic `heartbeat` event and presence (`user:online` /
-//!    `user:offline`) events, which carry no state a client cannot live without: the next
-//!    heartbeat comes, and a shed presence event leaves that client's view of the user
-//!    stale until the user's next transition, as it is for a client that was away when
-//!    the transition happened (presence is announced as transitions only, no snapshot on
-//!    connect). A droppable frame meeting a full queue is itself shed.
-//! 3. If the queue is still at or over the limit, the consumer is hopeless: the queue is
-//!    discarded and the connection killed (the socket is dropped; a close frame could not
-//!    reach a peer that does not read). The core is told the transport failed, and the
-//!    client, which sees a transport error, reconnects and catches up from the store.
+//! - a shed frame is counted in `heartline_outbound_shed_total`;
+//! - on overflow the queue is discarded and the connection killed (the socket is dropped;
+//!   a close frame could not reach a peer that does not read). The core is told the
+//!   transport failed, and the client, which sees a transport error, reconnects and
+//!   catches up from the store.
 //!
 //! Memory per connection is therefore bounded by the limit plus one frame in the queue
 //! and one in the writer's hands, and the total is exported as
@@ -31,27 +23,15 @@
 //! a phase byte and that waker: with tens of thousands of idle connections, each byte here
 //! counts.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 use heartline_core::codec::Frame;
+pub use heartline_core::engine::send_queue::{Phase, Push};
+use heartline_core::engine::SendQueue;
 
 use crate::metrics::RuntimeMetrics;
-
-/// What became of a pushed frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Push {
-    /// Queued for the writer.
-    Queued,
-    /// Droppable and no room: dropped.
-    Shed,
-    /// No room even after shedding: the connection has been killed.
-    Overflow,
-    /// The connection is closing or gone: dropped.
-    Closed,
-}
 
 /// What the writer should do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,44 +42,16 @@ pub enum Next {
     Close(u16, String),
 }
 
-/// Where a connection is in its life, as its task sees it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
-    /// Sending and receiving.
-    #[default]
-    Open,
-    /// A close was asked for; the task lingers a little for the peer's close.
-    Closing,
-    /// Drop the socket now.
-    Killed,
-}
-
-#[derive(Debug)]
-struct Queued {
-    frame: Frame,
-    droppable: bool,
-}
-
-impl Queued {
-    fn len(&self) -> u32 {
-        u32::try_from(self.frame.len()).unwrap_or(u32::MAX)
-    }
-}
-
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<Queued>,
+    /// The frames, their byte count and the connection's phase.
+    queue: SendQueue,
     /// The connection's task, woken at the next push, close or kill. Taken when woken;
     /// the task registers again when it polls.
     waker: Option<Waker>,
     /// The close frame asked for. Boxed: it is needed once, at the end, and inline it
     /// would put every connection's outbox in a larger allocation.
     close: Option<Box<(u16, String)>>,
-    /// Bytes in `frames`. A connection's queue is limited to far less than 4 GiB.
-    bytes: u32,
-    /// A close was requested or the connection was killed: accept nothing more.
-    ended: bool,
-    phase: Phase,
 }
 
 /// One WebSocket's send queue. Shared by the actor (pushing) and the connection's task
@@ -127,64 +79,46 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a frame under the slow-consumer policy (see the module docs), the queue
-    /// holding at most `limit` bytes.
+    /// Queues a frame under the slow-consumer rule (see [`SendQueue`]), the queue holding
+    /// at most `limit` bytes. On [`Push::Overflow`] the connection has been killed.
     pub fn push(&self, frame: Frame, limit: usize) -> Push {
-        let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        let len = u64::try_from(frame.len()).unwrap_or(u64::MAX);
         let limit = u64::try_from(limit).unwrap_or(u64::MAX);
-        let droppable = is_droppable(&frame);
         let mut st = self.lock();
-        if st.ended {
-            return Push::Closed;
-        }
-        // Taken while the queue is under the limit, however large (an empty queue takes
-        // one even with a limit of 0): see the module docs.
-        if !st.frames.is_empty() && u64::from(st.bytes) >= limit {
-            if droppable {
-                RuntimeMetrics::inc(&self.metrics.outbound_shed);
-                return Push::Shed;
-            }
-            let mut shed_bytes = 0u32;
-            let mut shed = 0u64;
-            st.frames.retain(|q| {
-                if q.droppable {
-                    shed_bytes += q.len();
-                    shed += 1;
-                    false
-                } else {
-                    true
-                }
-            });
-            st.bytes -= shed_bytes;
-            RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(shed_bytes));
+        let pushed = st.queue.push(frame, limit);
+        if pushed.shed > 0 {
             self.metrics
                 .outbound_shed
-                .fetch_add(shed, Ordering::Relaxed);
-            if !st.frames.is_empty() && u64::from(st.bytes) >= limit {
+                .fetch_add(u64::from(pushed.shed), Ordering::Relaxed);
+        }
+        RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(pushed.shed_bytes));
+        match pushed.push {
+            Push::Queued => {
+                // Counted before the lock goes, so the frame's taker (the connection's
+                // task, on another thread) can only take it off the gauge after it was put
+                // on: the gauge stops at zero, and a subtraction first would have left the
+                // addition for good.
+                self.metrics
+                    .outbound_bytes
+                    .fetch_add(len, Ordering::Relaxed);
+                let waker = st.waker.take();
+                drop(st);
+                wake(waker);
+            }
+            Push::Overflow => {
                 drop(st);
                 self.kill();
                 RuntimeMetrics::inc(&self.metrics.slow_consumer_closes);
-                return Push::Overflow;
             }
+            Push::Shed | Push::Closed => {}
         }
-        st.bytes += len;
-        st.frames.push_back(Queued { frame, droppable });
-        // Counted before the lock goes, so the frame's taker (the connection's task, on
-        // another thread) can only take it off the gauge after it was put on: the gauge
-        // stops at zero, and a subtraction first would have left the addition for good.
-        self.metrics
-            .outbound_bytes
-            .fetch_add(u64::from(len), Ordering::Relaxed);
-        let waker = st.waker.take();
-        drop(st);
-        wake(waker);
-        Push::Queued
+        pushed.push
     }
 
     /// Asks the writer to send a close frame once everything queued before it is sent.
     pub fn close(&self, code: u16, reason: &str) {
         let mut st = self.lock();
-        if st.ended {
+        if st.queue.phase() != Phase::Open {
             return;
         }
         let waker = Self::end_with_close(&mut st, code, reason);
@@ -194,12 +128,8 @@ impl Outbox {
 
     /// Ends the queue with a close frame; returns the waker to wake once unlocked.
     fn end_with_close(st: &mut State, code: u16, reason: &str) -> Option<Waker> {
-        st.ended = true;
+        st.queue.close();
         st.close = Some(Box::new((code, reason.to_owned())));
-        // Open becomes Closing; Killed stays Killed.
-        if st.phase == Phase::Open {
-            st.phase = Phase::Closing;
-        }
         st.waker.take()
     }
 
@@ -208,12 +138,11 @@ impl Outbox {
     /// waits for) and the close frame goes next. A close of ours already asked for stays.
     pub fn answer_close(&self, code: u16) {
         let mut st = self.lock();
-        if st.ended {
+        if st.queue.phase() != Phase::Open {
             return;
         }
         // Under one lock with the close, so nothing pushed meanwhile goes out before it.
-        let bytes = std::mem::take(&mut st.bytes);
-        st.frames = VecDeque::new();
+        let bytes = st.queue.clear();
         let waker = Self::end_with_close(&mut st, code, "");
         drop(st);
         RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(bytes));
@@ -223,10 +152,7 @@ impl Outbox {
     /// Drops everything queued and tells the connection's tasks to drop the socket now.
     pub fn kill(&self) {
         let mut st = self.lock();
-        st.ended = true;
-        let bytes = std::mem::take(&mut st.bytes);
-        st.frames.clear();
-        st.phase = Phase::Killed;
+        let bytes = st.queue.kill();
         let waker = st.waker.take();
         drop(st);
         RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(bytes));
@@ -235,7 +161,7 @@ impl Outbox {
 
     /// Where the connection is in its life.
     pub fn phase(&self) -> Phase {
-        self.lock().phase
+        self.lock().queue.phase()
     }
 
     /// Wakes this waker at the next push, close or kill, and says whether the connection
@@ -247,24 +173,25 @@ impl Outbox {
             Some(w) if w.will_wake(waker) => {}
             _ => st.waker = Some(waker.clone()),
         }
-        st.phase
+        st.queue.phase()
     }
 
     /// The next thing to send, without waiting.
     pub fn try_next(&self) -> Option<Next> {
         let mut st = self.lock();
-        if let Some(q) = st.frames.pop_front() {
-            st.bytes -= q.len();
+        if let Some(frame) = st.queue.pop() {
             drop(st);
-            RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(q.len()));
-            return Some(Next::Frame(q.frame));
+            RuntimeMetrics::sub(
+                &self.metrics.outbound_bytes,
+                u64::try_from(frame.len()).unwrap_or(u64::MAX),
+            );
+            return Some(Next::Frame(frame));
         }
-        // Drained: give the deque's buffer back. Idle connections far outnumber busy ones,
-        // and each would otherwise keep room for the most frames it ever had queued (192
-        // bytes for the first four). A busy connection pays one allocation per drained
-        // burst, next to the write system call that burst costs anyway.
-        if st.frames.capacity() > 0 {
-            st.frames = VecDeque::new();
+        // Drained: give the deque's buffer back (a busy connection pays one allocation per
+        // drained burst, next to the write system call that burst costs anyway).
+        st.queue.release_if_empty();
+        if st.queue.phase() == Phase::Killed {
+            return None;
         }
         st.close.take().map(|close| {
             let (code, reason) = *close;
@@ -274,7 +201,7 @@ impl Outbox {
 
     /// Bytes queued now.
     pub fn bytes(&self) -> usize {
-        self.lock().bytes as usize
+        self.lock().queue.bytes() as usize
     }
 }
 
@@ -287,16 +214,15 @@ fn wake(waker: Option<Waker>) {
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        let bytes = self.lock().bytes;
+        let bytes = self.lock().queue.bytes();
         RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(bytes));
     }
 }
 
-pub use heartline_core::codec::socket::is_droppable;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use heartline_core::codec::socket::is_droppable;
 
     struct Limited(Outbox, usize);
 
@@ -379,46 +305,17 @@ mod tests {
         assert_eq!(o.push(msg.clone()), Push::Queued);
         assert_eq!(o.bytes(), 2 * msg.len());
         // Nothing left to shed: overflow kills the connection.
-        assert_eq!(o.push(msg), Push::Overflow);
+        assert_eq!(o.push(msg.clone()), Push::Overflow);
         assert_eq!(o.phase(), Phase::Killed);
         assert_eq!(o.bytes(), 0);
         assert_eq!(o.try_next(), None);
-    }
-
-    /// A send's ack, its `message:sent` and its `message:new` come in one step: together
-    /// over the limit, each pushed while the queue was under it, they are all taken; the
-    /// next frame, if none was written meanwhile, meets the full queue.
-    #[test]
-    fn a_burst_that_crosses_the_limit_is_taken_and_the_next_frame_meets_it() {
-        let o = outbox(100);
-        let frame = Frame::text(format!("42/chat,[\"message:new\",\"{}\"]", "m".repeat(19)));
-        assert_eq!(frame.len(), 45);
-        for _ in 0..3 {
-            assert_eq!(o.push(frame.clone()), Push::Queued);
-        }
-        assert_eq!(o.bytes(), 135);
-        assert_eq!(o.push(frame.clone()), Push::Overflow);
-        assert_eq!(o.phase(), Phase::Killed);
-        // Had the writer taken one, the queue (90 bytes) would have taken the next.
-        let o = outbox(100);
-        for _ in 0..3 {
-            o.push(frame.clone());
-        }
-        assert_eq!(o.try_next(), Some(Next::Frame(frame.clone())));
-        assert_eq!(o.push(frame), Push::Queued);
-    }
-
-    #[test]
-    fn one_frame_larger_than_the_limit_is_taken_into_an_empty_queue() {
-        let o = outbox(100);
-        let big = Frame::text(format!("43/chat,1[\"{}\"]", "z".repeat(500)));
-        assert_eq!(o.push(big.clone()), Push::Queued);
-        assert_eq!(o.try_next(), Some(Next::Frame(big.clone())));
-        // Taken by the writer: the queue is empty again, and takes the next one too.
-        assert_eq!(o.push(big.clone()), Push::Queued);
-        // Behind it, the limit holds as before.
-        assert_eq!(o.push(big), Push::Overflow);
-        assert_eq!(o.phase(), Phase::Killed);
+        assert_eq!(o.push(msg), Push::Closed);
+        // Counted: the heartbeat shed on arrival and the one shed from the queue, one
+        // slow consumer, and nothing left on the gauge.
+        let m = &o.0.metrics;
+        assert_eq!(m.outbound_shed.load(Ordering::Relaxed), 2);
+        assert_eq!(m.slow_consumer_closes.load(Ordering::Relaxed), 1);
+        assert_eq!(m.outbound_bytes.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -458,9 +355,9 @@ mod tests {
         for _ in 0..3 {
             o.push(Frame::text("4a"));
         }
-        assert!(o.lock().frames.capacity() >= 3);
+        assert!(o.lock().queue.capacity() >= 3);
         while let Some(Next::Frame(_)) = o.try_next() {}
-        assert_eq!(o.lock().frames.capacity(), 0);
+        assert_eq!(o.lock().queue.capacity(), 0);
         // Still a queue: later frames are delivered, in order.
         o.push(Frame::text("4b"));
         o.push(Frame::text("4c"));

@@ -114,6 +114,10 @@ pub struct Mutations {
     /// The gateway sends `message:new` to the room except the sender's own connection
     /// (Socket.IO's `socket.to(room)` where `io.to(room)` was meant).
     pub fan_out_skips_sender: bool,
+    /// A full send queue makes room by shedding whatever it holds (messages and acks
+    /// too), not only droppable frames. Set for the thread that creates the engine
+    /// ([`super::send_queue::mutate_sheds_anything`]), where its queues are pushed to.
+    pub queue_sheds_anything: bool,
 }
 
 impl Default for EngineConfig {

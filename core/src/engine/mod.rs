@@ -39,6 +39,7 @@ mod close;
 mod config;
 mod io;
 mod polling;
+pub mod send_queue;
 mod session;
 mod websocket;
 
@@ -52,10 +53,11 @@ pub use close::{CloseReason, UsageError};
 pub use config::Mutations;
 pub use config::{ConfigError, EngineConfig, Transports};
 pub use io::{ContentType, Event, Handshake, Input, Method, Output, Query, Transmit};
+pub use send_queue::SendQueue;
 pub use session::Timer;
 
 use crate::codec::engine::{Data, Handshake as OpenPacket, Packet as EioPacket};
-use crate::codec::socket::{is_droppable, Decoder, Packet as SioPacket, PacketType};
+use crate::codec::socket::{Decoder, Packet as SioPacket, PacketType};
 use crate::codec::Frame;
 use crate::ids::{Id20, RequestId, Rng, SessionId, TransportId};
 use crate::time::{Clock, Instant};
@@ -92,6 +94,9 @@ impl Engine {
     /// An engine with no sessions.
     pub fn new(config: EngineConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        // MUTATION (test-only): the send queues of this thread shed anything when full.
+        #[cfg(feature = "mutations")]
+        send_queue::mutate_sheds_anything(config.mutations.queue_sheds_anything);
         Ok(Engine {
             rng: Rng::seeded(config.seed),
             config,
@@ -548,32 +553,24 @@ impl Engine {
                 }
             }
             Transport::Polling(p) => {
-                // As over a WebSocket, a high-water mark: a packet is taken while the queue
-                // holds less than the bound, whatever its size, so that one step's packets
-                // (a send's ack, `message:sent` and `message:new`) or one large reply may
-                // cross it together. One that meets a queue at or over it sheds droppable
-                // traffic first ([`is_droppable`]: itself, if it is such, else what is
-                // queued), and only if the queue is still full ends the session: its
-                // client does not fetch.
-                let max = self.config.max_buffered_bytes;
-                let full = |p: &session::Polling| !p.queue.is_empty() && p.queued_bytes >= max;
-                if full(p) && !s.closed {
-                    if frames.iter().all(is_droppable) {
-                        self.shed += frames.len() as u64;
-                        return;
+                // The slow-consumer rule ([`SendQueue`]), as over a WebSocket: its client
+                // does not fetch. An ended session's last packets bypass it.
+                let mut overflow = false;
+                for frame in frames {
+                    if s.closed {
+                        p.queue.push_last(frame.clone());
+                        continue;
                     }
-                    let before = p.queue.len();
-                    p.queue.retain(|f| !is_droppable(f));
-                    p.queued_bytes = p.queue.iter().map(|f| f.len() as u64).sum();
-                    self.shed += (before - p.queue.len()) as u64;
-                    if full(p) {
-                        self.end(now, id, CloseReason::SlowConsumer, Ending::Abort);
-                        return;
+                    let pushed = p.queue.push(frame.clone(), self.config.max_buffered_bytes);
+                    self.shed += u64::from(pushed.shed);
+                    if pushed.push == send_queue::Push::Overflow {
+                        overflow = true;
+                        break;
                     }
                 }
-                for frame in frames {
-                    p.queued_bytes += frame.len() as u64;
-                    p.queue.push_back(frame.clone());
+                if overflow {
+                    self.end(now, id, CloseReason::SlowConsumer, Ending::Abort);
+                    return;
                 }
                 self.flush_poll(id);
             }
@@ -724,15 +721,13 @@ impl Engine {
             Transport::Polling(p) => {
                 if how != Ending::Flush {
                     p.queue.clear();
-                    p.queued_bytes = 0;
                 }
                 let last = if how == Ending::Release {
                     EioPacket::Noop.to_frame()
                 } else {
                     EioPacket::Close.to_frame()
                 };
-                p.queued_bytes += last.len() as u64;
-                p.queue.push_back(last);
+                p.queue.push_last(last);
                 if p.pending_get.is_some() || how == Ending::Abort {
                     self.flush_poll(id);
                 }

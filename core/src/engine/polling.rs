@@ -365,10 +365,10 @@ impl Engine {
         // second, after a `transport close` it reconnects from; alone, the DISCONNECT is
         // handled before the client's next GET can bring the CLOSE back.
         let close_apart =
-            s.closed && p.queue.len() > 1 && p.queue.back() == Some(&EioPacket::Close.to_frame());
+            s.closed && p.queue.len() > 1 && p.queue.last() == Some(&EioPacket::Close.to_frame());
         let take = p.queue.len() - usize::from(close_apart);
-        let frames: Vec<_> = p.queue.drain(..take).collect();
-        p.queued_bytes = p.queue.iter().map(|f| f.len() as u64).sum();
+        let frames: Vec<_> = std::iter::from_fn(|| p.queue.pop()).take(take).collect();
+        p.queue.release_if_empty();
         self.by_request.remove(&request);
         let body = encode_payload(&frames);
         self.respond(request, 200, ContentType::Text, body.into());

@@ -4,12 +4,10 @@
 //! from polling to a WebSocket once (the upgrade), and, when the server closes a polling
 //! session with something still to say, lingers until the client fetches it.
 
-use std::collections::VecDeque;
-
 use crate::codec::socket::Decoder;
-use crate::codec::Frame;
 use crate::engine::close::CloseReason;
 use crate::engine::io::Handshake;
+use crate::engine::send_queue::SendQueue;
 use crate::ids::{Id20, RequestId, TransportId};
 use crate::time::Instant;
 use crate::timer::{TimerKind, TimerTable};
@@ -61,10 +59,8 @@ pub(crate) enum Transport {
 pub(crate) struct Polling {
     /// The GET being held open until there is something to send.
     pub(crate) pending_get: Option<RequestId>,
-    /// Encoded packets waiting for a GET.
-    pub(crate) queue: VecDeque<Frame>,
-    /// Bytes in `queue`.
-    pub(crate) queued_bytes: u64,
+    /// Encoded packets waiting for a GET, bounded by the slow-consumer rule.
+    pub(crate) queue: SendQueue,
     /// A WebSocket probing to take the session over (only a polling session is upgraded).
     pub(crate) upgrade: Option<Upgrade>,
 }

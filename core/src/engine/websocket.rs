@@ -199,7 +199,7 @@ impl Engine {
         let old = std::mem::replace(&mut s.transport, Transport::WebSocket(ws));
         if let Transport::Polling(p) = old {
             let close = EioPacket::Close.to_frame();
-            for frame in p.queue {
+            for frame in p.queue.into_frames() {
                 if closing.is_some() && frame == close {
                     continue;
                 }
