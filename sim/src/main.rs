@@ -131,6 +131,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "fan-out-skips-sender" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.fan_out_skips_sender = true)
         }
+        "queue-sheds-anything" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.queue_sheds_anything = true)
+        }
         "refresh-keeps-grace" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.refresh_keeps_grace = true)
         }
@@ -265,8 +268,13 @@ fn run(cli: Cli) -> Result<bool, String> {
                 let report = run_one(opts, None, rerun)?;
                 match &report.violation {
                     None => println!(
-                        "  ok: {} events, {} faults, {} acked, hash {:016x}",
-                        report.events, report.faults, report.acked, report.trace_hash
+                        "  ok: {} events, {} faults, {} acked, slow consumers {} shed / {} dropped, hash {:016x}",
+                        report.events,
+                        report.faults,
+                        report.acked,
+                        report.slow_consumers.0,
+                        report.slow_consumers.2,
+                        report.trace_hash
                     ),
                     Some(v) => {
                         println!("  FAILED {v}");

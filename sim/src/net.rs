@@ -10,10 +10,18 @@
 //! Every direction of a link has at most one delivery armed on the agenda at a time, at
 //! the time its front segment is due; delivering re-arms for the next one. A blocked
 //! direction is not armed; unblocking re-arms it.
+//!
+//! The server's end of each link has a send queue, the core's [`SendQueue`] under the
+//! slow-consumer rule, as the runtime's WebSocket has: frames leave it for the wire while
+//! what the client has not read yet (the socket's buffers, [`Net::window`] bytes) has room.
+//! A client that stops reading, or a path that stalls, fills the window first and then the
+//! queue, which sheds droppable frames and, past its limit, tells the server to drop the
+//! connection, as the runtime does.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use heartline_core::codec::Frame;
+use heartline_core::engine::send_queue::{Pushed, SendQueue};
 use heartline_core::{Instant, Rng};
 
 use crate::agenda::{Agenda, Ev};
@@ -46,6 +54,33 @@ struct Dir {
     queue: VecDeque<(Instant, Seg)>,
     last_at: Instant,
     armed: Option<Instant>,
+    /// Bytes of the frames in `queue`: sent, not yet read.
+    unread: u64,
+}
+
+impl Dir {
+    fn push(&mut self, at: Instant, seg: Seg) {
+        if let Seg::Frame(f) = &seg {
+            self.unread += f.len() as u64;
+        }
+        self.queue.push_back((at, seg));
+    }
+
+    fn pop(&mut self) -> Option<(Instant, Seg)> {
+        let (at, seg) = self.queue.pop_front()?;
+        if let Seg::Frame(f) = &seg {
+            self.unread = self.unread.saturating_sub(f.len() as u64);
+        }
+        Some((at, seg))
+    }
+
+    /// Drops everything in flight; returns how many segments went.
+    fn clear(&mut self) -> u64 {
+        let n = self.queue.len() as u64;
+        self.queue.clear();
+        self.unread = 0;
+        n
+    }
 }
 
 /// One connection.
@@ -65,6 +100,11 @@ pub struct Link {
     pub reset_sent: bool,
     /// The server was told that the client's close is already in hand behind frames.
     pub closing_told: bool,
+    /// The server's send queue: frames waiting for room in the window.
+    outbox: SendQueue,
+    /// The server's close (a FIN, or a reset for a dropped connection), sent once the
+    /// queue ahead of it is empty.
+    fin_after: Option<Seg>,
     to_server: Dir,
     to_client: Dir,
 }
@@ -93,15 +133,19 @@ pub struct Net {
     pub spike_ms: u64,
     /// Segments that vanished (half-open links, dead servers).
     pub lost: u64,
+    /// Bytes a link holds sent but not yet read by its client, before the server's frames
+    /// wait in its send queue.
+    pub window: u64,
 }
 
 impl Net {
-    /// A network with the given latency.
-    pub fn new(latency_ms: u64, jitter_ms: u64) -> Self {
+    /// A network with the given latency, whose links hold `window` bytes unread.
+    pub fn new(latency_ms: u64, jitter_ms: u64, window: u64) -> Self {
         Net {
             latency_ms,
             jitter_ms,
             next_link: 1,
+            window,
             ..Net::default()
         }
     }
@@ -120,6 +164,8 @@ impl Net {
                 black_hole: false,
                 reset_sent: false,
                 closing_told: false,
+                outbox: SendQueue::new(),
+                fin_after: None,
                 to_server: Dir::default(),
                 to_client: Dir::default(),
             },
@@ -194,7 +240,7 @@ impl Net {
         };
         let at = now.add_ms(delay).max(dir.last_at);
         dir.last_at = at;
-        dir.queue.push_back((at, seg));
+        dir.push(at, seg);
         let end = link.end;
         if self.blocked(now, end, to_server).is_none() {
             self.arm(id, to_server, at, agenda);
@@ -245,8 +291,7 @@ impl Net {
         }
         dir.armed = None;
         if black_hole {
-            self.lost += dir.queue.len() as u64;
-            dir.queue.clear();
+            self.lost += dir.clear();
             return None;
         }
         if self.blocked(now, end, to_server).is_some() {
@@ -264,7 +309,7 @@ impl Net {
             self.arm(id, to_server, at, agenda);
             return None;
         }
-        let (_, seg) = dir.queue.pop_front()?;
+        let (_, seg) = dir.pop()?;
         if let Some((next, _)) = dir.queue.front() {
             let next = (*next).max(now);
             self.arm(id, to_server, next, agenda);
@@ -289,7 +334,11 @@ impl Net {
         let done = self.links.get(&id).is_some_and(|l| {
             !l.client_open
                 && !l.server_open
-                && (l.black_hole || (l.to_server.queue.is_empty() && l.to_client.queue.is_empty()))
+                && (l.black_hole
+                    || (l.to_server.queue.is_empty()
+                        && l.to_client.queue.is_empty()
+                        && l.outbox.is_empty()
+                        && l.fin_after.is_none()))
         });
         if done {
             if let Some(l) = self.links.remove(&id) {
@@ -306,9 +355,9 @@ impl Net {
     pub fn black_hole(&mut self, id: u64) {
         if let Some(l) = self.links.get_mut(&id) {
             l.black_hole = true;
-            self.lost += (l.to_server.queue.len() + l.to_client.queue.len()) as u64;
-            l.to_server.queue.clear();
-            l.to_client.queue.clear();
+            self.lost += l.to_server.clear() + l.to_client.clear() + l.outbox.len() as u64;
+            l.outbox.kill();
+            l.fin_after = None;
         }
     }
 
@@ -320,9 +369,115 @@ impl Net {
             } else {
                 &mut l.to_client
             };
-            self.lost += dir.queue.len() as u64;
-            dir.queue.clear();
+            self.lost += dir.clear();
         }
+    }
+
+    /// The server writes `frame` on link `id`: into its send queue under the slow-consumer
+    /// rule (`limit` bytes), and on to the wire as the window allows. On
+    /// [`Push::Overflow`](heartline_core::engine::send_queue::Push::Overflow) the caller
+    /// drops the connection ([`Net::server_drops`]).
+    pub fn server_write(
+        &mut self,
+        now: Instant,
+        id: u64,
+        frame: Frame,
+        limit: u64,
+        rng: &mut Rng,
+        agenda: &mut Agenda,
+    ) -> Option<Pushed> {
+        let link = self.links.get_mut(&id)?;
+        let pushed = link.outbox.push(frame, limit);
+        self.pump(now, id, rng, agenda);
+        Some(pushed)
+    }
+
+    /// The server closes link `id` (`seg`: its FIN), behind what its queue still holds.
+    pub fn server_close(
+        &mut self,
+        now: Instant,
+        id: u64,
+        seg: Seg,
+        rng: &mut Rng,
+        agenda: &mut Agenda,
+    ) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        link.outbox.close();
+        link.fin_after = Some(seg);
+        self.pump(now, id, rng, agenda);
+    }
+
+    /// The server drops link `id` at once (a hopeless consumer): its queue is discarded,
+    /// what is already on the wire still arrives, and then a reset.
+    pub fn server_drops(&mut self, now: Instant, id: u64, rng: &mut Rng, agenda: &mut Agenda) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        self.lost += link.outbox.len() as u64;
+        link.outbox.kill();
+        link.fin_after = None;
+        self.send(now, id, false, Seg::Fin { error: true }, rng, agenda);
+    }
+
+    /// The server's end of link `id` is gone with its process: nothing more leaves it.
+    pub fn server_gone(&mut self, id: u64) {
+        if let Some(link) = self.links.get_mut(&id) {
+            self.lost += link.outbox.len() as u64;
+            link.outbox.kill();
+            link.fin_after = None;
+        }
+    }
+
+    /// Moves frames from link `id`'s send queue to the wire while the window has room, and
+    /// the server's close once the queue is empty. Called after each write and after each
+    /// frame its client reads.
+    pub fn pump(&mut self, now: Instant, id: u64, rng: &mut Rng, agenda: &mut Agenda) {
+        loop {
+            let window = self.window;
+            let Some(link) = self.links.get_mut(&id) else {
+                return;
+            };
+            if link.black_hole {
+                return;
+            }
+            if !link.outbox.is_empty() {
+                if link.to_client.unread >= window {
+                    return;
+                }
+                let Some(frame) = link.outbox.pop() else {
+                    return;
+                };
+                link.outbox.release_if_empty();
+                self.send(now, id, false, Seg::Frame(frame), rng, agenda);
+                continue;
+            }
+            if let Some(fin) = link.fin_after.take() {
+                self.send(now, id, false, fin, rng, agenda);
+            }
+            return;
+        }
+    }
+
+    /// The frames of link `id` the server has written and its client not yet read: on the
+    /// wire, then in the server's queue, oldest first.
+    pub fn in_flight(&self, id: u64) -> Vec<Frame> {
+        let Some(l) = self.links.get(&id) else {
+            return Vec::new();
+        };
+        let wire = l.to_client.queue.iter().filter_map(|(_, seg)| match seg {
+            Seg::Frame(f) => Some(f.clone()),
+            _ => None,
+        });
+        wire.chain(l.outbox.frames().cloned()).collect()
+    }
+
+    /// Bytes waiting in link `id`'s send queue.
+    pub fn queued(&self, id: u64) -> u64 {
+        self.links
+            .get(&id)
+            .map_or(0, |l| u64::from(l.outbox.bytes()))
     }
 
     /// Stalls both directions of a client's links until `until`.

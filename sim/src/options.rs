@@ -167,6 +167,13 @@ pub struct Options {
     pub expiring_pct: u64,
     /// `auth.grace_ms`: time to refresh after `auth:expired`.
     pub auth_grace_ms: u64,
+    /// `heartbeat.interval_ms`.
+    pub heartbeat_ms: u64,
+    /// `server.max_outbound_bytes`: each connection's send queue at the server.
+    pub outbound_bytes: u64,
+    /// Bytes a connection holds written and not yet read by its client (the sockets'
+    /// buffers), before the server's frames wait in its send queue.
+    pub socket_buffer: u64,
     /// Bound on the liveness phase: everything must converge within this long after healing.
     pub convergence_ms: u64,
     /// Lines of trace kept for a failure report.
@@ -204,6 +211,9 @@ impl Options {
             store_latency_ms: 3,
             expiring_pct: 25,
             auth_grace_ms: 10_000,
+            heartbeat_ms: 15_000,
+            outbound_bytes: 1_048_576,
+            socket_buffer: 65_536,
             convergence_ms: 120_000,
             trace_tail: 40,
             gateway_hook: None,
@@ -253,6 +263,17 @@ impl Options {
                 o.faults.insert(*kind);
             }
         }
+        // Small queues and buffers in some seeds, so that clients that stop reading (or
+        // paths that stall) meet the slow-consumer rule: shedding, then the drop. The
+        // small buffer still lets a path carry 32 KB/s beyond 1 KiB at its latency, and the
+        // small queues hold replies of 2 to 4 messages (an eighth of the limit): with less,
+        // a client that reads would be too slow for the traffic, or for catching up with
+        // it, which would be the configuration's doing, not the server's.
+        o.outbound_bytes = pick(&mut rng, &[1_048_576, 8_192, 4_096]);
+        let small = 1_024 + 32 * (o.latency_ms + o.jitter_ms);
+        o.socket_buffer = pick(&mut rng, &[65_536, small]);
+        // Frequent heartbeats give a full queue droppable frames to shed.
+        o.heartbeat_ms = pick(&mut rng, &[15_000, 1_000]);
         o
     }
 
@@ -263,7 +284,8 @@ impl Options {
             "seed={} clients={} devices_per_user={} idle_pct={} hostile={} duration_ms={} \
              faults={} fault_gap_ms={} latency_ms={}+{} send_gap_ms={} burst_pct={} \
              ping={}+{} per_user={} rate={}/{}ms missed_limit={} max_attempts={} \
-             connect_timeout_ms={} store_latency_ms={} expiring_pct={} auth_grace_ms={}",
+             connect_timeout_ms={} store_latency_ms={} expiring_pct={} auth_grace_ms={} \
+             heartbeat_ms={} outbound_bytes={} socket_buffer={}",
             self.seed,
             self.clients,
             self.devices_per_user,
@@ -291,6 +313,9 @@ impl Options {
             self.store_latency_ms,
             self.expiring_pct,
             self.auth_grace_ms,
+            self.heartbeat_ms,
+            self.outbound_bytes,
+            self.socket_buffer,
         )
     }
 

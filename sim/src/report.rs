@@ -42,6 +42,9 @@ pub struct Report {
     pub unconnected_closed: u64,
     /// `auth:expired` frames sent, refreshes accepted, connections closed for their token.
     pub token_expiry: (u64, u64, u64),
+    /// Droppable frames the server's send queues shed, those of them seen missing on
+    /// honest links that went on, and connections dropped as slow consumers.
+    pub slow_consumers: (u64, u64, u64),
     /// Simulated time at the end.
     pub sim_ms: u64,
     /// Hash of the trace.
@@ -119,6 +122,12 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "tokens: auth:expired sent {told} | refreshed {refreshed} | closed for expiry {closed}"
+        )?;
+        let (shed, missed, dropped) = self.slow_consumers;
+        writeln!(
+            f,
+            "slow consumers: frames shed {shed} (seen missing on links that went on {missed}) \
+             | connections dropped {dropped}"
         )?;
         writeln!(f, "invariants:")?;
         for line in self.checker_lines() {

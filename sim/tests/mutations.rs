@@ -250,6 +250,22 @@ fn a_fan_out_that_leaves_the_sender_out_is_caught() {
 }
 
 #[test]
+fn a_send_queue_that_sheds_messages_is_caught() {
+    // Small queues and clients that stop reading: a full queue that makes room by dropping
+    // messages and acks, not only heartbeats and presence, loses them on a connection
+    // that goes on.
+    let (_, checker) = first_violation("queue-sheds-anything", 60, |s| {
+        let mut o = base(s);
+        o.faults.insert(FaultKind::StopRead);
+        o.outbound_bytes = 512;
+        o.heartbeat_ms = 1_000;
+        o.gateway_hook = Some(|c| c.engine.mutations.queue_sheds_anything = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::send_queue::NAME);
+}
+
+#[test]
 fn a_presence_change_told_to_one_device_of_a_partner_is_caught() {
     // The server's notices are right and every frame that arrives alternates: only a
     // device that was connected and never told shows it.

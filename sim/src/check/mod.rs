@@ -23,6 +23,7 @@ pub mod presence_flaps;
 pub mod presence_frames;
 pub mod rate_window;
 pub mod reconnect;
+pub mod send_queue;
 pub mod token_expiry;
 pub mod wire;
 
@@ -54,7 +55,7 @@ impl fmt::Display for Violation {
 }
 
 /// Every checker's name, in report order.
-pub const NAMES: [&str; 18] = [
+pub const NAMES: [&str; 19] = [
     dead_peer::NAME,
     handshake::NAME,
     heartbeat::NAME,
@@ -63,6 +64,7 @@ pub const NAMES: [&str; 18] = [
     rate_window::NAME,
     delivery::NAME,
     message_frames::NAME,
+    send_queue::NAME,
     members::NAME,
     bad_token::NAME,
     token_expiry::NAME,

@@ -17,7 +17,10 @@
 //!   told both would, and only the count tells them apart.
 //!
 //! A connection that connected after a user's last transition has been told nothing about
-//! it (there is no snapshot at connect), and that is not a violation.
+//! it (there is no snapshot at connect), and that is not a violation. Nor is a frame its
+//! server's send queue shed for it as a slow consumer ([`super::send_queue`] hands those
+//! over): it counts as an announcement made to the connection, and the connection's view
+//! of that user stays stale until the next one, as the contract allows.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,9 +38,10 @@ pub struct PresenceFrames {
     keys: Vec<String>,
     /// The users each layout user shares a conversation with (keys, itself excluded).
     partners: Vec<BTreeSet<String>>,
-    /// Per connection and user told about: whether the last frame said online, and how
-    /// many frames about that user the connection got.
-    told: BTreeMap<(u64, String), (bool, u64)>,
+    /// Per connection and user told about: whether the last frame said online, how many
+    /// frames about that user the connection got (or had shed), and whether the last one
+    /// was shed (the connection's view is stale).
+    told: BTreeMap<(u64, String), (bool, u64, bool)>,
     /// Per user: whether this server process last announced it online, and the numbers
     /// of its announcements of that user, ascending.
     announced: BTreeMap<String, (bool, Vec<u64>)>,
@@ -97,6 +101,16 @@ impl PresenceFrames {
 
     /// A frame reached connection `link` of layout user `user`.
     pub fn received(&mut self, link: u64, user: usize, text: &str) -> Finding {
+        self.frame(link, user, text, false)
+    }
+
+    /// A frame for connection `link` of layout user `user` was shed by the server's send
+    /// queue: announced to it, never seen by it.
+    pub fn shed(&mut self, link: u64, user: usize, text: &str) -> Finding {
+        self.frame(link, user, text, true)
+    }
+
+    fn frame(&mut self, link: u64, user: usize, text: &str, shed: bool) -> Finding {
         let online = if text.starts_with("42/chat,[\"user:online\"") {
             true
         } else if text.starts_with("42/chat,[\"user:offline\"") {
@@ -134,9 +148,9 @@ impl PresenceFrames {
         let entry = self
             .told
             .entry((link, subject.clone()))
-            .or_insert((!online, 0));
+            .or_insert((!online, 0, false));
         let before = entry.0;
-        *entry = (online, entry.1 + 1);
+        *entry = (online, entry.1 + 1, shed);
         if before == online {
             let kind = if online { "online" } else { "offline" };
             return Err((
@@ -159,9 +173,12 @@ impl PresenceFrames {
     pub fn settled(&self, live: &[(u64, usize)]) -> Finding {
         for (link, user) in live {
             let me = self.keys.get(*user).map_or("?", String::as_str);
-            for ((l, subject), (online, _)) in self.told.range((*link, String::new())..) {
+            for ((l, subject), (online, _, stale)) in self.told.range((*link, String::new())..) {
                 if l != link {
                     break;
+                }
+                if *stale {
+                    continue;
                 }
                 let server = self.announced.get(subject).is_some_and(|(on, _)| *on);
                 if *online != server {
@@ -190,7 +207,7 @@ impl PresenceFrames {
                 let got = self
                     .told
                     .get(&(*link, subject.clone()))
-                    .map_or(0, |(_, frames)| *frames);
+                    .map_or(0, |(_, frames, _)| *frames);
                 if since > 0 && got == 0 {
                     let kind = if *online { "online" } else { "offline" };
                     return Err((

@@ -249,12 +249,20 @@ impl Sim {
                     }
                     Seg::Frame(f) => {
                         slot.client.handle_frame(now, f);
+                        // Droppable frames written before this one and never read were
+                        // shed: presence counts them as told, unseen.
+                        seen = match self.send_queue.read(id, f) {
+                            Ok(shed) => shed
+                                .iter()
+                                .filter_map(|s| s.as_text())
+                                .try_for_each(|s| self.presence_frames.shed(id, slot.user, s)),
+                            Err(v) => Err(v),
+                        };
                         let text = match f {
                             heartline_core::codec::Frame::Text(b) => {
                                 let text = String::from_utf8_lossy(b);
-                                seen = self
-                                    .members
-                                    .honest_received(slot.user, &text)
+                                seen = seen
+                                    .and(self.members.honest_received(slot.user, &text))
                                     .and(self.presence_frames.received(id, slot.user, &text))
                                     .and(self.message_frames.received(id, &text, &self.store));
                                 self.ping_pong.link_frame(id, &text);
@@ -269,6 +277,7 @@ impl Sim {
                         slot.link = None;
                         self.presence_frames.closed(id);
                         self.message_frames.closed(id);
+                        self.send_queue.closed(id);
                         slot.client.handle_closed(now);
                         if let Some(link) = self.net.link_mut(id) {
                             link.client_open = false;
@@ -422,6 +431,7 @@ impl Sim {
         link.client_open = false;
         self.presence_frames.closed(id);
         self.message_frames.closed(id);
+        self.send_queue.closed(id);
         self.ping_pong.link_dropped(id);
         self.net.send(
             now,

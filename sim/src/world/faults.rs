@@ -35,6 +35,7 @@ impl Sim {
                     }
                     self.presence_frames.closed(id);
                     self.message_frames.closed(id);
+                    self.send_queue.closed(id);
                     self.ping_pong.link_dropped(id);
                     if let Some(slot) = self.clients.get_mut(c) {
                         slot.link = None;
@@ -148,6 +149,7 @@ impl Sim {
         let (client_open, server_open) = (link.client_open, link.server_open);
         self.net.discard(id, true);
         self.net.discard(id, false);
+        self.net.server_gone(id);
         if server_open {
             self.send_reset(now, id, true);
         }

@@ -45,6 +45,7 @@ use crate::check::presence_flaps::PresenceFlaps;
 use crate::check::presence_frames::PresenceFrames;
 use crate::check::rate_window::RateWindow;
 use crate::check::reconnect::Reconnect;
+use crate::check::send_queue::SendQueueCheck;
 use crate::check::token_expiry::TokenExpiry;
 use crate::check::{baseline, liveness, presence, Finding, Violation};
 use crate::net::Net;
@@ -113,6 +114,8 @@ struct Counters {
     faults: u64,
     attacks: u64,
     sent: u64,
+    /// Droppable frames the servers' send queues shed.
+    shed: u64,
 }
 
 /// The whole simulated deployment. See the module docs.
@@ -145,6 +148,7 @@ pub struct Sim {
     presence_flaps: PresenceFlaps,
     presence_frames: PresenceFrames,
     message_frames: MessageFrames,
+    send_queue: SendQueueCheck,
     reconnect: Reconnect,
     token_expiry: TokenExpiry,
     token_rng: Rng,
@@ -184,10 +188,11 @@ fn gateway_config(opts: &Options) -> GatewayConfig {
             ping_timeout_ms: opts.ping_timeout_ms,
             handshake_timeout_ms: 10_000,
             max_payload_bytes: MAX_PAYLOAD_BYTES,
+            max_buffered_bytes: opts.outbound_bytes,
             seed: Seed::from(opts.seed),
             ..EngineConfig::default()
         },
-        heartbeat_interval_ms: 15_000,
+        heartbeat_interval_ms: opts.heartbeat_ms,
         per_user: opts.per_user,
         offline_grace_ms: 3_000,
         rate_messages: opts.rate_messages,
@@ -281,6 +286,7 @@ impl Sim {
             presence_flaps: PresenceFlaps::new(gw_config.offline_grace_ms),
             presence_frames: PresenceFrames::new(&layout),
             message_frames: MessageFrames::default(),
+            send_queue: SendQueueCheck::default(),
             reconnect: Reconnect::new(Backoff {
                 max_attempts: opts.max_attempts,
                 ..Backoff::default()
@@ -290,7 +296,7 @@ impl Sim {
             handshake: Handshake::new(gw_config.engine.handshake_timeout_ms),
             heartbeat: Heartbeat::new(gw_config.heartbeat_interval_ms, gw_config.wall_epoch_ms),
             store: Store::new(opts.store_latency_ms),
-            net: Net::new(opts.latency_ms, opts.jitter_ms),
+            net: Net::new(opts.latency_ms, opts.jitter_ms, opts.socket_buffer),
             trace: Trace::new(opts.trace_tail, sink),
             rng,
             now: Instant::ZERO,
@@ -436,6 +442,21 @@ impl Sim {
             .filter(|s| *s.client.status() == Status::Connected && self.held(s.link))
             .filter_map(|s| Some((s.link?, s.user)))
             .collect();
+        // What is still unread now was shed: nothing is in flight once the run is quiet.
+        for (link, user) in &live {
+            let in_flight = self.net.in_flight(*link);
+            match self.send_queue.settled(*link, &in_flight) {
+                Ok(shed) => {
+                    for frame in shed {
+                        if let Some(text) = frame.as_text() {
+                            let finding = self.presence_frames.shed(*link, *user, text);
+                            self.found(finding);
+                        }
+                    }
+                }
+                Err(v) => self.found(Err(v)),
+            }
+        }
         let finding = self.presence_frames.settled(&live);
         self.found(finding);
         let links: Vec<u64> = live.iter().map(|(link, _)| *link).collect();
@@ -596,6 +617,8 @@ impl Sim {
                         self.server_receives(link, seg);
                     } else {
                         self.client_receives(link, seg);
+                        // The client read: room in the window for the server's queue.
+                        self.net.pump(now, link, &mut self.rng, &mut self.agenda);
                     }
                 }
                 self.net.collect(link);
@@ -665,6 +688,11 @@ impl Sim {
                 self.token_expiry.told,
                 self.token_expiry.refreshed,
                 self.token_expiry.closed,
+            ),
+            slow_consumers: (
+                self.counters.shed,
+                self.send_queue.shed,
+                self.send_queue.dropped,
             ),
             store_failures: self.store.failures,
             kept_unanswered: self.store.kept_unanswered,

@@ -2,6 +2,7 @@
 //! completions, crash and restart.
 
 use heartline_core::codec::Frame;
+use heartline_core::engine::send_queue::Push;
 use heartline_core::engine::{self, CloseReason, Handshake, Query, Transmit};
 use heartline_core::gateway::{Gateway, Input, Member, Notice, Output};
 use heartline_core::{Seed, TransportId};
@@ -100,9 +101,19 @@ impl Sim {
             let Some(link) = self.net.link_mut(id) else {
                 continue;
             };
-            if link.epoch != Some(self.epoch) || !link.server_open {
+            if link.epoch != Some(self.epoch) {
                 continue;
             }
+            if !link.server_open {
+                // Closing: what its queue still held goes with the process.
+                self.net.server_gone(id);
+                self.net.collect(id);
+                continue;
+            }
+            self.net.server_gone(id);
+            let Some(link) = self.net.link_mut(id) else {
+                continue;
+            };
             link.server_open = false;
             if !silent && link.client_open {
                 // The host's kernel resets the dead process's sockets.
@@ -262,6 +273,8 @@ impl Sim {
                 if let Some(link) = self.net.link_mut(id) {
                     link.server_open = false;
                 }
+                // The peer is leaving: what is still queued for it is dropped.
+                self.net.server_gone(id);
                 let now = self.now;
                 let finding = self.dead_peer.closed(now, id, false);
                 self.found(finding);
@@ -282,13 +295,17 @@ impl Sim {
     fn drain_server(&mut self) {
         let Some(gw) = self.gw.as_mut() else { return };
         let outs: Vec<Output> = std::iter::from_fn(|| gw.poll_output()).collect();
+        // Connections dropped as slow consumers, told to the gateway once this batch is
+        // routed, as the runtime does.
+        let mut dropped = Vec::new();
         for out in outs {
             match out {
                 Output::Transmit(Transmit::WsSend { transport, frame }) => {
                     let id = transport.0;
-                    if !self.net.link(id).is_some_and(|l| l.server_open) {
+                    let Some(link) = self.net.link(id).filter(|l| l.server_open) else {
                         continue;
-                    }
+                    };
+                    let honest = matches!(link.end, End::Client(_)) && link.client_open;
                     let now = self.now;
                     if is_text(&frame, "2") {
                         self.dead_peer.ping(now, id);
@@ -300,41 +317,51 @@ impl Sim {
                         self.per_user.server_sent(id, text);
                         self.heartbeat.sent(now, id, text);
                     }
-                    self.net.send(
+                    if honest {
+                        self.send_queue.written(id, &frame);
+                    }
+                    let limit = self.opts.outbound_bytes;
+                    let pushed = self.net.server_write(
                         now,
                         id,
-                        false,
-                        Seg::Frame(frame),
+                        frame,
+                        limit,
                         &mut self.rng,
                         &mut self.agenda,
                     );
+                    let Some(pushed) = pushed else { continue };
+                    if honest {
+                        let finding = self.send_queue.holds(id, self.net.queued(id), limit);
+                        self.found(finding);
+                    }
+                    if pushed.shed > 0 {
+                        self.counters.shed += u64::from(pushed.shed);
+                        tr!(
+                            self,
+                            "server",
+                            ("ws{id} queue full: {} frame(s) shed", pushed.shed)
+                        );
+                    }
+                    if pushed.push == Push::Overflow {
+                        dropped.push(id);
+                    }
                 }
                 Output::Transmit(Transmit::WsClose { transport, reason }) => {
                     let id = transport.0;
-                    let Some(link) = self.net.link_mut(id) else {
-                        continue;
-                    };
-                    if !link.server_open {
+                    if !self.net.link(id).is_some_and(|l| l.server_open) {
                         continue;
                     }
-                    link.server_open = false;
-                    let now = self.now;
                     let timed_out = reason == CloseReason::PingTimeout;
-                    let finding = self.dead_peer.closed(now, id, timed_out);
-                    self.found(finding);
-                    self.per_user.link_gone(id);
-                    self.heartbeat.gone(id);
                     let expired = matches!(
                         &reason,
                         CloseReason::ServerDisconnect(r) if r == heartline_core::gateway::TOKEN_EXPIRED
                     );
-                    self.token_expiry.closed(now, id, expired);
-                    self.handshake.closed(now, id);
+                    self.server_closes(id, timed_out, expired);
                     tr!(self, "server", ("ws{id} close ({reason})"));
-                    self.net.send(
+                    let now = self.now;
+                    self.net.server_close(
                         now,
                         id,
-                        false,
                         Seg::Fin { error: false },
                         &mut self.rng,
                         &mut self.agenda,
@@ -351,6 +378,37 @@ impl Sim {
                 Output::Notice(notice) => self.on_notice(notice),
             }
         }
+        for id in dropped {
+            if !self.net.link(id).is_some_and(|l| l.server_open) {
+                continue;
+            }
+            self.server_closes(id, false, false);
+            tr!(self, "server", ("ws{id} dropped: slow consumer"));
+            self.send_queue.dropped();
+            let now = self.now;
+            self.net
+                .server_drops(now, id, &mut self.rng, &mut self.agenda);
+            self.net.collect(id);
+            self.server_input(Input::Network(engine::Input::WsAborted {
+                transport: TransportId(id),
+                reason: CloseReason::SlowConsumer,
+            }));
+        }
+    }
+
+    /// The server's end of link `id` closes: the checkers watching it are told.
+    fn server_closes(&mut self, id: u64, timed_out: bool, expired: bool) {
+        let Some(link) = self.net.link_mut(id) else {
+            return;
+        };
+        link.server_open = false;
+        let now = self.now;
+        let finding = self.dead_peer.closed(now, id, timed_out);
+        self.found(finding);
+        self.per_user.link_gone(id);
+        self.heartbeat.gone(id);
+        self.token_expiry.closed(now, id, expired);
+        self.handshake.closed(now, id);
     }
 
     fn on_notice(&mut self, notice: Notice) {
