@@ -79,6 +79,14 @@ pub enum Msg {
     },
     /// Render `/metrics`.
     Metrics(oneshot::Sender<String>),
+    /// Whether the core holds a session with this `sid` (before a WebSocket upgrade
+    /// naming it is answered).
+    KnowsSid {
+        /// The `sid` of the upgrade request.
+        sid: Box<str>,
+        /// The answer.
+        reply: oneshot::Sender<bool>,
+    },
     /// Drain: flush the store, close every session over `drain_ms`, then answer.
     Drain {
         /// How long to spread the closes over.
@@ -325,6 +333,9 @@ impl<A: App> Actor<A> {
                     transport,
                     frame,
                 }));
+            }
+            Msg::KnowsSid { sid, reply } => {
+                let _ = reply.send(self.app.knows_sid(&sid));
             }
             Msg::Metrics(reply) => {
                 self.metrics

@@ -36,6 +36,11 @@ pub trait App: Send + 'static {
     fn sessions_held(&self) -> usize {
         self.session_count()
     }
+    /// Whether the core holds a session with this `sid` (asked before a WebSocket upgrade
+    /// naming one is answered 101). By default yes: the core then decides after the 101.
+    fn knows_sid(&self, _sid: &str) -> bool {
+        true
+    }
     /// The `/metrics` page, the runtime's counters included.
     fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool) -> String;
 }
@@ -67,6 +72,10 @@ impl App for Gateway {
 
     fn sessions_held(&self) -> usize {
         self.engine().sessions_held()
+    }
+
+    fn knows_sid(&self, sid: &str) -> bool {
+        self.engine().knows_sid(sid)
     }
 
     fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool) -> String {

@@ -244,6 +244,10 @@ impl App for EchoApp {
         self.engine.session_count()
     }
 
+    fn knows_sid(&self, sid: &str) -> bool {
+        self.engine.knows_sid(sid)
+    }
+
     fn session_count(&self) -> usize {
         self.engine.session_count()
     }

@@ -179,7 +179,24 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
     // it (`websocket::accept`).
     let on_credit = conn.first_request && query.sid.is_some();
     let (ip, now) = (conn.remote.ip(), ctx.clock.now());
-    let mut resp = if is_websocket_upgrade(req.headers()) && req.method() == hyper::Method::GET {
+    let ws_upgrade = is_websocket_upgrade(req.headers()) && req.method() == hyper::Method::GET;
+    // An upgrade naming a session the core does not hold gets the polling answer for an
+    // unknown sid, not a 101 and a close: the client's probe fails with the reason in hand.
+    if let (true, Some(sid)) = (ws_upgrade, query.sid.as_deref()) {
+        if !knows_sid(&ctx, sid).await {
+            let mut resp = http::json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"code": 1, "message": "Session ID unknown"}),
+            );
+            cors_headers(origin.as_deref(), resp.headers_mut());
+            if on_credit {
+                let _ = ctx.ip_rate.allow(ip, now);
+                keep_no_connection(&mut resp);
+            }
+            return resp;
+        }
+    }
+    let mut resp = if ws_upgrade {
         let credit = on_credit.then_some(ip);
         upgrade(req, ctx.clone(), query, handshake, conn.permit, credit)
     } else {
@@ -192,6 +209,20 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
         keep_no_connection(&mut resp);
     }
     resp
+}
+
+/// Asks the actor whether the core holds a session with `sid`; yes if it cannot answer
+/// (the core then decides after the 101, as it always may).
+async fn knows_sid(ctx: &Context, sid: &str) -> bool {
+    let (tx, rx) = oneshot::channel();
+    let msg = Msg::KnowsSid {
+        sid: sid.into(),
+        reply: tx,
+    };
+    if ctx.actor.send(msg).await.is_err() {
+        return true;
+    }
+    rx.await.unwrap_or(true)
 }
 
 /// A handshake refused for a reason the client may retry later (Engine.IO code 4, as the

@@ -510,11 +510,12 @@ async fn unpaid_first_requests_keep_no_connection_and_a_made_up_sid_pays() {
     }
 }
 
-/// A WebSocket upgrade naming a sid passes the rate on credit and is answered 101 before
-/// the core sees the sid; turned away, its address pays as a polling request's does, so
-/// made-up sids cannot open sockets past the rate.
+/// A WebSocket upgrade naming a sid the core does not hold is answered 400 code 1
+/// ("Session ID unknown", as a polling request naming it is), not 101 and a close; it
+/// passed the rate on credit, and turned away, its address pays as a polling request's
+/// does, so made-up sids cannot open sockets past the rate.
 #[tokio::test]
-async fn a_websocket_upgrade_with_a_made_up_sid_pays_the_per_ip_rate() {
+async fn a_websocket_upgrade_with_a_made_up_sid_is_refused_and_pays_the_per_ip_rate() {
     let path = "/socket.io/?EIO=4&transport=polling";
     for attempt in 1..=RATE_ATTEMPTS {
         let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 1).await;
@@ -523,18 +524,15 @@ async fn a_websocket_upgrade_with_a_made_up_sid_pays_the_per_ip_rate() {
             "ws://{}/socket.io/?EIO=4&transport=websocket&sid=AAAAAAAAAAAAAAAAAAAA",
             server.addr
         );
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
-        let closed = tokio::time::timeout(WAIT, async {
-            while let Some(Ok(m)) = ws.next().await {
-                if m.is_close() {
-                    return true;
-                }
-                assert!(!m.is_text(), "nothing is sent on a refused upgrade: {m:?}");
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 400);
+                let body = resp.body().as_deref().unwrap_or_default();
+                let body: serde_json::Value = serde_json::from_slice(body).expect("json body");
+                assert_eq!(body, json!({"code": 1, "message": "Session ID unknown"}));
             }
-            true
-        })
-        .await;
-        assert_eq!(closed, Ok(true), "the core closes the socket");
+            other => panic!("the upgrade is refused before the 101: {other:?}"),
+        }
         let (next, _, next_body) = http(server.addr, "GET", path, &[], "").await;
         if !inside_one_refill(started, Duration::from_millis(1000), attempt) {
             server.stop().await;

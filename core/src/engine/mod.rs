@@ -157,6 +157,14 @@ impl Engine {
         self.live(session).map(|s| s.sid.as_str())
     }
 
+    /// Whether `sid` names a session the engine holds, live or lingering for its client's
+    /// last fetch: what a driver asks before it answers a WebSocket upgrade naming a
+    /// `sid` with 101, so that a made-up or expired one gets the 400 a polling request
+    /// naming it gets.
+    pub fn knows_sid(&self, sid: &str) -> bool {
+        self.session_by_sid(sid).is_some()
+    }
+
     /// The handshake facts of a live session.
     pub fn handshake(&self, session: SessionId) -> Option<&Handshake> {
         self.live(session).map(|s| &s.handshake)

@@ -158,7 +158,7 @@ impl Engine {
     }
 
     /// The session a `sid` names, if it is one the engine holds.
-    fn session_by_sid(&self, sid: &str) -> Option<SessionId> {
+    pub(crate) fn session_by_sid(&self, sid: &str) -> Option<SessionId> {
         Id20::parse(sid).and_then(|k| self.by_sid.get(&k)).copied()
     }
 
