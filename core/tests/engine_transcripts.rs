@@ -614,7 +614,28 @@ fn one_reply_larger_than_the_polling_buffer_is_taken_into_an_empty_queue() {
         q("polling", Some(&sid)),
         &format!("{big}\u{1e}{big}"),
     );
-    assert_eq!(h.engine.sessions_held(), 0, "two unfetched replies are");
+    assert_eq!(h.engine.session_count(), 0, "two unfetched replies are");
+    // Its client's next GET gets the CLOSE, its replies dropped, and the session is gone.
+    h.http(7, Method::Get, q("polling", Some(&sid)), "");
+    assert_eq!(h.response(7), Some((200, "1".to_owned())));
+    assert_eq!(h.engine.sessions_held(), 0);
+}
+
+/// A POST whose packets decode as Engine.IO but break Socket.IO (an attachment with no
+/// binary event before it) is answered 200 and ends the session; the client's next GET
+/// gets the CLOSE, as from the reference server, not an unknown sid; the one after, 400.
+#[test]
+fn a_session_broken_off_for_its_post_gives_its_next_get_the_close() {
+    let mut h = Harness::new(config(), App::Echo);
+    let sid = polling_connected(&mut h);
+    h.http(4, Method::Post, q("polling", Some(&sid)), "bAQIDBA==");
+    assert_eq!(h.response(4).map(|r| r.0), Some(200));
+    assert_eq!(h.engine.session_count(), 0, "the session ended");
+    h.http(5, Method::Get, q("polling", Some(&sid)), "");
+    assert_eq!(h.response(5), Some((200, "1".to_owned())));
+    h.http(6, Method::Get, q("polling", Some(&sid)), "");
+    assert_eq!(h.response(6).map(|r| r.0), Some(400));
+    assert_eq!(h.engine.sessions_held(), 0);
 }
 
 #[test]
@@ -644,7 +665,12 @@ fn packets_of_one_post_may_cross_the_polling_buffer_together() {
         q("polling", Some(&sid)),
         &[small.as_str(); 4].join("\u{1e}"),
     );
-    assert_eq!(h.engine.sessions_held(), 0, "four unfetched replies are");
+    assert_eq!(h.engine.session_count(), 0, "four unfetched replies are");
+    assert_eq!(
+        h.engine.sessions_held(),
+        1,
+        "its CLOSE waits for the next GET"
+    );
 }
 
 #[test]

@@ -714,6 +714,15 @@ impl Engine {
         if !self.mark_closed(id, &reason, how == Ending::Flush) {
             return;
         }
+        // A polling client broken off for what it sent (a POST answered 200 whose Socket.IO
+        // packets broke the rules), or for not fetching, may still come with a GET: it gets
+        // the CLOSE (its queue dropped) rather than an unknown sid, as from the reference
+        // server, until the linger runs out. A peer that is gone (no PONG, its request
+        // aborted) or leaving is not waited for, nor one whose POST was answered 400.
+        let told = matches!(
+            reason,
+            CloseReason::ProtocolError(_) | CloseReason::SlowConsumer
+        );
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -742,7 +751,7 @@ impl Engine {
                 let Some(s) = self.sessions.get_mut(&id) else {
                     return;
                 };
-                if how == Ending::Abort || s.queue_is_empty() {
+                if (how == Ending::Abort && !told) || s.queue_is_empty() {
                     self.remove(id);
                 } else {
                     // Until the client's next GET takes what is left (at least the CLOSE).

@@ -256,7 +256,9 @@ impl Engine {
         if overlap == Overlap::Yes {
             self.respond_error(request, HttpError::BadRequest);
             let reason = CloseReason::ProtocolError("overlapping polling POST".into());
-            return self.end(now, id, reason, Ending::Abort);
+            self.end(now, id, reason, Ending::Abort);
+            // Told by the 400: nothing lingers (see `poll_post`'s refused packets).
+            return self.remove(id);
         }
         if body.len() as u64 > self.config.max_payload_bytes {
             // Refused, and nothing else changes: the session goes on.
@@ -329,6 +331,9 @@ impl Engine {
             self.respond_error(request, HttpError::BadRequest);
             if self.live(id).is_some() {
                 self.end(now, id, CloseReason::ProtocolError(e), Ending::Abort);
+                // Told by the 400 itself: nothing lingers for a next GET, which gets an
+                // unknown sid (as the Engine.IO suite expects).
+                self.remove(id);
             }
         }
     }
