@@ -118,6 +118,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config, dev_users: Option<Vec<dev::DevUser>>) -> ExitCode {
+    // Before the store opens: a file-size limit reached must fail a write, not kill us.
+    #[cfg(unix)]
+    if let Err(e) = ignore_stray_signals() {
+        eprintln!("heartline: cannot listen for signals: {e}");
+        return ExitCode::FAILURE;
+    }
     let namespace = config.server.namespace.clone();
     let handle = match server::start(config).await {
         Ok(h) => h,
@@ -159,6 +165,47 @@ async fn run(config: Config, dev_users: Option<Vec<dev::DevUser>>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Signals whose default action would end the process at once, with no drain and no
+/// word in the log: SIGHUP (sent by terminals closing and by log rotation set up for
+/// daemons that reopen their files; Heartline logs to stderr and has nothing to reload),
+/// SIGUSR1 and SIGUSR2, each logged and otherwise ignored; and SIGXFSZ, sent when a write
+/// would grow a file past the process's file-size limit (`ulimit -f`): ignored, that write
+/// fails instead (EFBIG) and the store answers it as the failure it is (`internal`, as
+/// for a full disk) rather than the process dying on every restart.
+#[cfg(unix)]
+fn ignore_stray_signals() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut xfsz = signal(SignalKind::from_raw(libc::SIGXFSZ))?;
+    tokio::spawn(async move {
+        // Every write past the limit signals: said once a minute at most.
+        let mut said: Option<tokio::time::Instant> = None;
+        loop {
+            let name = tokio::select! {
+                Some(()) = hup.recv() => "SIGHUP",
+                Some(()) = usr1.recv() => "SIGUSR1",
+                Some(()) = usr2.recv() => "SIGUSR2",
+                Some(()) = xfsz.recv() => {
+                    let now = tokio::time::Instant::now();
+                    if said.is_none_or(|t| now >= t + std::time::Duration::from_secs(60)) {
+                        said = Some(now);
+                        tracing::warn!(
+                            "SIGXFSZ: a file reached the process's file-size limit \
+                             (ulimit -f); its writes fail and the store reports them"
+                        );
+                    }
+                    continue;
+                }
+                else => return,
+            };
+            tracing::info!("{name} received and ignored (SIGTERM or SIGINT stops the server)");
+        }
+    });
+    Ok(())
 }
 
 /// The signals that stop the server: SIGTERM and SIGINT (Ctrl-C elsewhere).
