@@ -526,6 +526,14 @@ impl Config {
                  {MIN_JWT_SECRET_BYTES} bytes can be guessed from any token it signed"
             ));
         }
+        let jwt = &self.auth.jwt_secret;
+        if !jwt.is_empty() && jwt.trim() != jwt {
+            out.push(
+                "auth.jwt_secret begins or ends with whitespace (a newline from a secret \
+                 file?): only tokens signed with that whitespace included are accepted"
+                    .to_owned(),
+            );
+        }
         out
     }
 
@@ -624,35 +632,77 @@ fn check_namespace(namespace: &str) -> Result<(), ConfigError> {
 
 /// An `Origin` header is `scheme://host[:port]` with no path; an entry of any other form
 /// would never match and silently lock browsers out. One trailing slash, as a URL copied
-/// from a browser's address bar has, is tolerated and ignored when matching.
+/// from a browser's address bar has, is tolerated and ignored when matching. Entries are
+/// compared as strings, so wildcards, user info, queries and fragments never match, and a
+/// browser leaves a scheme's default port out (`http://a.com`, never `http://a.com:80`).
 fn check_origin(origin: &str) -> Result<(), ConfigError> {
     const KEY: &str = "server.cors_origins";
     if origin == "*" {
         return Ok(());
     }
-    let well_formed = match origin_without_slash(origin).split_once("://") {
-        Some((scheme, authority)) => {
-            !scheme.is_empty()
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-                && !authority.is_empty()
-                && !authority
-                    .chars()
-                    .any(|c| c == '/' || c.is_whitespace() || c.is_control())
-        }
-        None => false,
-    };
-    if well_formed {
-        Ok(())
-    } else {
+    let refuse = |why: &str| {
         Err(ConfigError::invalid(
             KEY,
             format!(
-                "{origin:?} is not \"*\" or an origin like \"https://chat.example.com\" (scheme://host[:port], no path)"
+                "{origin:?} is not \"*\" or an origin like \"https://chat.example.com\" \
+                 (scheme://host[:port], no path){why}"
             ),
         ))
+    };
+    let Some((scheme, authority)) = origin_without_slash(origin).split_once("://") else {
+        return refuse("");
+    };
+    let scheme_ok = !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok
+        || authority.is_empty()
+        || authority
+            .chars()
+            .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return refuse("");
     }
+    if let Some(c) = authority
+        .chars()
+        .find(|c| matches!(c, '*' | '@' | '?' | '#'))
+    {
+        return refuse(&format!(
+            ": {c:?} never matches, entries are compared with the Origin header as strings"
+        ));
+    }
+    // The port follows the host (an IPv6 host is bracketed: `[::1]:8080`).
+    let port = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((_, "")) => None,
+            Some((_, after)) => match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return refuse(""),
+            },
+            None => return refuse(""),
+        },
+        None => authority.split_once(':').map(|(_, port)| port),
+    };
+    if let Some(port) = port {
+        let number = port
+            .parse::<u16>()
+            .ok()
+            .filter(|n| *n > 0 && port.bytes().all(|b| b.is_ascii_digit()));
+        let Some(number) = number else {
+            return refuse(&format!(": port {port:?} is not 1 to 65535"));
+        };
+        let default = matches!(
+            (scheme.to_ascii_lowercase().as_str(), number),
+            ("http" | "ws", 80) | ("https" | "wss", 443)
+        );
+        if default {
+            return refuse(&format!(
+                ": browsers leave the default port {number} out of the Origin header"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A `server.cors_origins` entry as it is compared with an `Origin` header: without the one
@@ -969,6 +1019,11 @@ path = "heartline.db"         # embedded default
         let long = Config::from_toml_str(&format!("[auth]\njwt_secret = \"{}\"\n", "k".repeat(32)))
             .expect("valid");
         assert!(long.warnings().is_empty());
+        let spaced =
+            Config::from_toml_str(&format!("[auth]\njwt_secret = \"{}\\n\"\n", "k".repeat(32)))
+                .expect("valid");
+        assert_eq!(spaced.warnings().len(), 1, "{:?}", spaced.warnings());
+        assert!(spaced.warnings()[0].contains("whitespace"));
         let config =
             Config::from_toml_str("[server]\ncors_origins = [\"http://a.example:8080/\"]\n")
                 .expect("a trailing slash is tolerated");
@@ -991,6 +1046,33 @@ path = "heartline.db"         # embedded default
         assert!(
             err("[server]\ncors_origins = [\"a.example\"]\n").starts_with("server.cors_origins: ")
         );
+        // Entries that could never equal an Origin header a browser sends.
+        for bad in [
+            "http://b.example:80",
+            "https://b.example:443",
+            "http://*.c.example",
+            "http://d.example?x",
+            "http://user@e.example",
+            "http://a.example:99999",
+            "http://a.example:0",
+            "http://a.example:",
+            "http://[::1",
+        ] {
+            let e = err(&format!("[server]\ncors_origins = [\"{bad}\"]\n"));
+            assert!(e.starts_with("server.cors_origins: "), "{bad}: {e}");
+        }
+        for good in [
+            "http://b.example:8080",
+            "https://b.example",
+            "http://[::1]:3000",
+            "http://[::1]",
+            "http://127.0.0.1:3000/",
+        ] {
+            assert!(
+                Config::from_toml_str(&format!("[server]\ncors_origins = [\"{good}\"]\n")).is_ok(),
+                "{good}"
+            );
+        }
         assert!(err("[engine]\ntransports = []\n").starts_with("engine.transports: "));
         assert!(
             err("[engine]\ntransports = [\"webtransport\"]\n").starts_with("engine.transports: ")
