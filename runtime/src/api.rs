@@ -166,6 +166,15 @@ async fn put_conversation(
     if let Some(resp) = bad_id(&id) {
         return resp;
     }
+    // A body declared too large is refused at once, not read until the deadline.
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB");
+    }
     // Bounded in size and in time, like an Engine.IO POST body.
     let read = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
     let body: Bytes = match tokio::time::timeout_at(ctx.request_deadline(began), read).await {

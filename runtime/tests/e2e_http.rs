@@ -94,6 +94,30 @@ async fn readyz_turns_503_while_draining_and_clients_are_closed_without_disconne
         .expect("shutdown task");
 }
 
+/// A PUT declaring a body over 1 MiB is answered 413 at once, not read until the request
+/// deadline (which would answer 408 after `handshake_timeout_ms`).
+#[tokio::test]
+async fn api_refuses_a_declared_oversize_body_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start(|_| {}).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("tcp");
+    let head = format!(
+        "PUT /api/conversations/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 5000000000\r\n\r\n{{"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut answer))
+        .await
+        .expect("answered at once, not at the request deadline")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn api_requires_the_key_and_validates_bodies() {
     let mut server = TestServer::start(|_| {}).await;
