@@ -320,11 +320,16 @@ impl LogSync {
 ///
 /// It is an advisory lock on a file beside the database, `<path>-lock` (SQLite's own locks
 /// cannot say "one server": the checkpointer and readers are other connections, and a
-/// second server would look like one more of them). The file stays after the server stops;
-/// it holds nothing.
+/// second server would look like one more of them), and the same on the database file
+/// itself, so that a second name of the file (a hard link, which has a lock file and a
+/// log of its own) is refused too. The lock file stays after the server stops; it holds
+/// nothing. The database's descriptor is kept open until the store has closed its
+/// connections: closing one would drop SQLite's own record locks on the file, which are
+/// of another kind (`fcntl`) than these (`flock`) and are not touched by them.
 #[derive(Debug)]
 pub struct StoreLock {
     _file: std::fs::File,
+    _database: Option<std::fs::File>,
 }
 
 impl StoreLock {
@@ -351,10 +356,41 @@ impl StoreLock {
             .open(&lock_path)
             .map_err(|e| StoreError::LockFile(lock_path.display().to_string(), Arc::new(e)))?;
         match try_lock(&file) {
-            Ok(true) => Ok(StoreLock { _file: file }),
+            Ok(true) => {}
+            Ok(false) => return Err(StoreError::InUse(path.display().to_string())),
+            Err(e) => {
+                return Err(StoreError::LockFile(
+                    lock_path.display().to_string(),
+                    Arc::new(e),
+                ))
+            }
+        }
+        // The database file itself, created empty if it is not there yet (SQLite takes an
+        // empty file for a new database), so that a name given to it later is refused too.
+        // A path that cannot be opened so is left to SQLite to report.
+        let database = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&real)
+        {
+            Ok(db) if db.metadata().is_ok_and(|m| m.is_file()) => db,
+            _ => {
+                return Ok(StoreLock {
+                    _file: file,
+                    _database: None,
+                })
+            }
+        };
+        match try_lock(&database) {
+            Ok(true) => Ok(StoreLock {
+                _file: file,
+                _database: Some(database),
+            }),
             Ok(false) => Err(StoreError::InUse(path.display().to_string())),
             Err(e) => Err(StoreError::LockFile(
-                lock_path.display().to_string(),
+                real.display().to_string(),
                 Arc::new(e),
             )),
         }

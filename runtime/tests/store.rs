@@ -557,6 +557,15 @@ fn one_holder_at_a_time_has_a_stores_lock() {
         StoreLock::acquire(&path),
         Err(StoreError::InUse(_))
     ));
+    // Through a hard link made after the first holder started on a new database: the
+    // link has a lock file of its own, not the database file.
+    let hard = dir.path().join("hard.db");
+    std::fs::hard_link(&path, &hard).expect("hard link");
+    assert!(matches!(
+        StoreLock::acquire(&hard),
+        Err(StoreError::InUse(_))
+    ));
+    std::fs::remove_file(&hard).expect("unlink");
     // Through another name of the same file, once it exists.
     drop(Store::open(&path).expect("store"));
     let link = dir.path().join("link.db");
