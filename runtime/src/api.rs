@@ -101,8 +101,9 @@ pub async fn handle(
             put_conversation(req, ctx, id, began).await
         }
         ["conversations", id, "messages"] if !id.is_empty() => {
-            if req.method() != Method::GET {
-                return not_allowed("GET");
+            // HEAD as GET (RFC 9110 9.3.2); hyper sends the head without the body.
+            if !matches!(*req.method(), Method::GET | Method::HEAD) {
+                return not_allowed("GET, HEAD");
             }
             let Some(id) = query::percent_decode_path(id) else {
                 return bad_escape();

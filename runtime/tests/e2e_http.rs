@@ -249,9 +249,19 @@ async fn api_requires_the_key_and_validates_bodies() {
     assert_eq!(status, 404);
     let (status, _, _) = http(addr, "GET", "/api/conversations/c1/messages", &[], "").await;
     assert_eq!(status, 401);
+    // HEAD as GET, without the body.
+    let (status, _, body) = http(
+        addr,
+        "HEAD",
+        "/api/conversations/c1/messages",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, ""));
     // A route asked with a method it does not take names the one it does.
     for (method, path, allow) in [
-        ("POST", "/api/conversations/c1/messages", "allow: get"),
+        ("POST", "/api/conversations/c1/messages", "allow: get, head"),
         ("DELETE", "/api/conversations/c1", "allow: put"),
     ] {
         let (status, head, _) = http(addr, method, path, &[("Authorization", &auth)], "").await;
