@@ -100,18 +100,14 @@ impl PresenceFrames {
         self.announced.clear();
     }
 
-    /// A frame reached connection `link` of layout user `user`.
-    pub fn received(&mut self, link: u64, user: usize, text: &str) -> Finding {
-        self.frame(link, user, text)
-    }
-
     /// A frame for connection `link` of layout user `user` was shed by the server's send
     /// queue: announced to it, never seen by it.
     pub fn shed(&mut self, link: u64, user: usize, text: &str) -> Finding {
-        self.frame(link, user, text)
+        self.received(link, user, text)
     }
 
-    fn frame(&mut self, link: u64, user: usize, text: &str) -> Finding {
+    /// A frame reached connection `link` of layout user `user`.
+    pub fn received(&mut self, link: u64, user: usize, text: &str) -> Finding {
         let online = if text.starts_with("42/chat,[\"user:online\"") {
             true
         } else if text.starts_with("42/chat,[\"user:offline\"") {
