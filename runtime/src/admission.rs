@@ -9,7 +9,10 @@
 //! sessions: a polling client's held GET and its POSTs come on connections of their own,
 //! and health probes and API calls are connections too. Were the bound `max_connections`
 //! itself, a server full of clients would answer its own health probe 503 and refuse the
-//! next poll of a polling client it had admitted, which then loses its session.
+//! next poll of a polling client it had admitted, which then loses its session. At the
+//! bound, a newcomer first takes the socket of the longest-quiet connection, one with no
+//! request being served ([`QuietConnections`]), so that sockets held by connections that
+//! never send a request do not lock out the rest.
 //!
 //! The per-IP rate counts new clients: a connection pays with its first request, unless
 //! that request belongs to a session already admitted (it names a `sid`; one the core
@@ -20,7 +23,7 @@
 //! POSTs, the upgrade) be told from a new client. Sessions are bounded by the engine's
 //! `max_sessions` (the same cap) whatever the rate.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -109,9 +112,206 @@ impl ConnectionCap {
             })
     }
 
+    /// A slot for a newcomer admitted in place of a quiet connection just told to close
+    /// ([`QuietConnections::evict_oldest`]): up to `max` + [`EVICTION_SLACK`] until the
+    /// evicted sockets close.
+    pub fn try_acquire_beyond(&self) -> Option<Permit> {
+        let max = self.max.saturating_add(EVICTION_SLACK);
+        self.metrics
+            .tcp_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit {
+                metrics: self.metrics.clone(),
+            })
+    }
+
     /// Connections open now.
     pub fn open(&self) -> u64 {
         self.metrics.tcp_open.load(Ordering::Acquire)
+    }
+}
+
+/// How far over its bound [`ConnectionCap::try_acquire_beyond`] may take the count of
+/// open connections for newcomers admitted in place of evicted quiet ones, whose sockets
+/// close a moment later, when their tasks next run. Within [`OWN_DESCRIPTORS`].
+pub const EVICTION_SLACK: u64 = 32;
+
+/// Connections that hold a socket while none of their requests is being served: those
+/// that have not completed a first request (idle, or dribbling one in) and kept-alive ones
+/// between requests. Each would be closed at `server.handshake_timeout_ms` anyway; when
+/// the sockets run out, the oldest of them is closed at once in favour of a newcomer
+/// ([`QuietConnections::evict_oldest`]). Otherwise connections that never send a request
+/// (idle or hostile) could fill the socket bound and have every new connection, a health
+/// probe's or a `/metrics` scrape's included, refused until their deadline, for as long
+/// as someone keeps opening them: an orchestrator would then restart a server whose
+/// clients were all being served. Connections serving a request (a held polling GET)
+/// and WebSockets are never taken: those are sessions, bounded by `max_connections`.
+///
+/// Never-served connections go first, oldest first, then kept-alive ones, longest idle
+/// first. One quiet for less than [`QuietConnections::min_quiet_ms`] is left alone (and
+/// the newcomer refused if no other can go): a client whose request is still on its way
+/// would otherwise be closed in favour of the next newcomer, and so on, with nobody
+/// served.
+#[derive(Debug)]
+pub struct QuietConnections {
+    min_quiet_ms: u64,
+    inner: Mutex<Quiet>,
+}
+
+#[derive(Debug, Default)]
+struct Quiet {
+    next: u64,
+    /// By tier, then by when each became quiet (the sequence numbers are given in that
+    /// order): the first entry of a tier is its oldest.
+    by_age: BTreeMap<QuietKey, QuietSince>,
+}
+
+#[derive(Debug)]
+struct QuietSince {
+    since_ms: u64,
+    entry: Arc<QuietEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tier {
+    NeverServed,
+    KeptAlive,
+}
+
+type QuietKey = (Tier, u64);
+
+/// One connection's place among the quiet ones, and its notice of eviction.
+#[derive(Debug)]
+struct QuietEntry {
+    /// Its key while listed; changed only under the registry's lock.
+    key: Mutex<Option<QuietKey>>,
+    evict: tokio::sync::Notify,
+}
+
+/// A connection's handle on [`QuietConnections`]: quiet from accept, busy while a request
+/// is served, quiet again after it; unlisted when dropped.
+#[derive(Debug)]
+pub struct QuietHandle {
+    registry: Arc<QuietConnections>,
+    entry: Arc<QuietEntry>,
+}
+
+impl QuietConnections {
+    /// A registry that evicts connections quiet for at least `min_quiet_ms`.
+    pub fn new(min_quiet_ms: u64) -> Arc<Self> {
+        Arc::new(QuietConnections {
+            min_quiet_ms,
+            inner: Mutex::new(Quiet::default()),
+        })
+    }
+
+    /// How long a connection must have been quiet before it can be evicted.
+    pub fn min_quiet_ms(&self) -> u64 {
+        self.min_quiet_ms
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Quiet> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lists a connection just accepted at `now_ms`.
+    pub fn accepted(self: &Arc<Self>, now_ms: u64) -> QuietHandle {
+        let entry = Arc::new(QuietEntry {
+            key: Mutex::new(None),
+            evict: tokio::sync::Notify::new(),
+        });
+        self.lock().insert(Tier::NeverServed, now_ms, &entry);
+        QuietHandle {
+            registry: self.clone(),
+            entry,
+        }
+    }
+
+    /// Tells the oldest connection quiet since `min_quiet_ms` before `now_ms` to close
+    /// (it does when its task next runs, if it is still quiet) and unlists it; `false` if
+    /// there is none.
+    pub fn evict_oldest(&self, now_ms: u64) -> bool {
+        let mut quiet = self.lock();
+        let oldest = [Tier::NeverServed, Tier::KeptAlive]
+            .into_iter()
+            .find_map(|tier| {
+                let (key, since) = quiet.by_age.range((tier, 0)..=(tier, u64::MAX)).next()?;
+                (since.since_ms.saturating_add(self.min_quiet_ms) <= now_ms).then_some(*key)
+            });
+        let Some(key) = oldest else {
+            return false;
+        };
+        let Some(evicted) = quiet.by_age.remove(&key) else {
+            return false;
+        };
+        *evicted.entry.key.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        evicted.entry.evict.notify_one();
+        true
+    }
+
+    /// Connections listed now.
+    pub fn len(&self) -> usize {
+        self.lock().by_age.len()
+    }
+
+    /// Whether none is listed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Quiet {
+    fn insert(&mut self, tier: Tier, now_ms: u64, entry: &Arc<QuietEntry>) {
+        let mut key = entry.key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = key.take() {
+            self.by_age.remove(&old);
+        }
+        self.next += 1;
+        let new = (tier, self.next);
+        self.by_age.insert(
+            new,
+            QuietSince {
+                since_ms: now_ms,
+                entry: entry.clone(),
+            },
+        );
+        *key = Some(new);
+    }
+
+    fn remove(&mut self, entry: &QuietEntry) {
+        let mut key = entry.key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = key.take() {
+            self.by_age.remove(&old);
+        }
+    }
+}
+
+impl QuietHandle {
+    /// A request of this connection is being served: it cannot be evicted.
+    pub fn busy(&self) {
+        self.registry.lock().remove(&self.entry);
+    }
+
+    /// Its requests are all served, at `now_ms`: quiet again, as kept-alive.
+    pub fn idle(&self, now_ms: u64) {
+        self.registry
+            .lock()
+            .insert(Tier::KeptAlive, now_ms, &self.entry);
+    }
+
+    /// Resolves once the connection has been chosen for eviction (also if that happened
+    /// before this was called).
+    pub async fn evicted(&self) {
+        self.entry.evict.notified().await
+    }
+}
+
+impl Drop for QuietHandle {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.entry);
     }
 }
 
@@ -246,6 +446,63 @@ mod tests {
         assert!(cap.try_acquire().is_none());
         drop(a);
         assert!(cap.try_acquire().is_some());
+    }
+
+    #[test]
+    fn the_longest_quiet_connection_is_evicted_never_served_ones_first() {
+        let quiet = QuietConnections::new(100);
+        let kept = quiet.accepted(0);
+        kept.busy();
+        kept.idle(10);
+        let a = quiet.accepted(20);
+        let b = quiet.accepted(30);
+        let busy = quiet.accepted(5);
+        busy.busy();
+        assert_eq!(quiet.len(), 3, "the busy one is not listed");
+        assert!(!quiet.evict_oldest(109), "none quiet for 100 ms yet");
+        assert!(
+            quiet.evict_oldest(120),
+            "a, though kept has been quiet longer"
+        );
+        assert_eq!(quiet.len(), 2);
+        assert!(
+            quiet.evict_oldest(129),
+            "b is too young: the kept-alive one"
+        );
+        assert!(!quiet.evict_oldest(129), "b is still too young");
+        assert!(quiet.evict_oldest(130), "b");
+        assert!(!quiet.evict_oldest(10_000), "and no other");
+        drop((a, b, kept));
+        busy.idle(200);
+        assert!(quiet.evict_oldest(300), "quiet again after its request");
+    }
+
+    #[test]
+    fn a_dropped_connection_is_unlisted() {
+        let quiet = QuietConnections::new(0);
+        let a = quiet.accepted(0);
+        let b = quiet.accepted(0);
+        drop(a);
+        assert_eq!(quiet.len(), 1);
+        b.busy();
+        b.idle(5);
+        assert_eq!(quiet.len(), 1, "listed once, however often it goes quiet");
+        drop(b);
+        assert!(quiet.is_empty());
+        assert!(!quiet.evict_oldest(1));
+    }
+
+    #[tokio::test]
+    async fn an_evicted_connection_is_told_even_if_it_was_not_listening_yet() {
+        let quiet = QuietConnections::new(0);
+        let a = quiet.accepted(0);
+        let b = quiet.accepted(0);
+        assert!(quiet.evict_oldest(0));
+        tokio::time::timeout(std::time::Duration::from_secs(5), a.evicted())
+            .await
+            .expect("a is told");
+        let told = tokio::time::timeout(std::time::Duration::from_millis(20), b.evicted());
+        assert!(told.await.is_err(), "b is not");
     }
 
     #[test]

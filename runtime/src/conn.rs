@@ -11,7 +11,10 @@
 //! WebSocket is upgraded the core enforces the rest of the handshake (a namespace connect)
 //! from the same accept instant. Closing a kept-alive connection that simply stayed idle
 //! is routine; only one that never completed a request, or was sending one, counts as
-//! refused (`heartline_admission_refused_total{reason="http_timeout"}`).
+//! refused (`heartline_admission_refused_total{reason="http_timeout"}`). Until then, a
+//! connection with no request being served is listed as quiet, and closed sooner if the
+//! socket bound is reached and a newcomer needs its socket
+//! ([`crate::admission::QuietConnections`]).
 
 use std::convert::Infallible;
 use std::io;
@@ -28,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::admission::Permit;
+use crate::admission::{Permit, QuietHandle};
 use crate::clock::Clock;
 use crate::context::Context;
 use crate::engineio::ConnInfo;
@@ -73,15 +76,17 @@ impl Activity {
 
 struct InFlight {
     activity: Arc<Activity>,
+    quiet: Arc<QuietHandle>,
     ctx: Arc<Context>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.activity
-            .idle_since_ms
-            .store(self.ctx.clock.now().as_millis(), Ordering::Relaxed);
-        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let now = self.ctx.clock.now().as_millis();
+        self.activity.idle_since_ms.store(now, Ordering::Relaxed);
+        if self.activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.quiet.idle(now);
+        }
     }
 }
 
@@ -183,13 +188,17 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
         first_request: true,
     };
     let activity = Arc::new(Activity::new(accepted_at.as_millis()));
+    let quiet = Arc::new(ctx.quiet.accepted(accepted_at.as_millis()));
     let service = {
         let ctx = ctx.clone();
         let activity = activity.clone();
+        let quiet = quiet.clone();
         service_fn(move |req| {
             activity.in_flight.fetch_add(1, Ordering::AcqRel);
+            quiet.busy();
             let guard = InFlight {
                 activity: activity.clone(),
+                quiet: quiet.clone(),
                 ctx: ctx.clone(),
             };
             activity.next_began_ms.store(NONE, Ordering::Relaxed);
@@ -240,6 +249,22 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
                     tracing::trace!(%remote, error = %e, "http connection ended with an error");
                 }
                 break;
+            }
+            _ = quiet.evicted() => {
+                // A newcomer found the sockets all taken and this connection the longest
+                // quiet. It closes if it still is; one that has begun a request since, or
+                // is still writing its last response, stays and is listed again when quiet.
+                let idle = activity.in_flight.load(Ordering::Acquire) == 0;
+                let since = activity.quiet_since_ms();
+                let min_quiet = ctx.quiet.min_quiet_ms();
+                if idle && ctx.clock.now().as_millis() >= since.saturating_add(min_quiet) {
+                    RuntimeMetrics::inc(&ctx.metrics.evicted_quiet);
+                    tracing::debug!(%remote, "quiet connection closed: its socket went to a newcomer at the socket bound");
+                    break;
+                }
+                if idle {
+                    quiet.idle(since);
+                }
             }
             _ = tokio::time::sleep_until(due) => {
                 let idle = activity.in_flight.load(Ordering::Acquire) == 0;

@@ -13,11 +13,18 @@ use heartline_core::{RequestId, TransportId};
 use tokio::sync::mpsc;
 
 use crate::actor::Msg;
-use crate::admission::IpRate;
+use crate::admission::{IpRate, QuietConnections};
 use crate::clock::Clock;
 use crate::config::{origin_without_slash, Config};
 use crate::metrics::RuntimeMetrics;
 use crate::storage::StoreQueue;
+
+/// How long a connection must have been quiet before a newcomer may take its socket
+/// ([`QuietConnections`]): a second, or half the handshake timeout if that is shorter, so
+/// that a client whose first request is on its way is not the one closed.
+fn min_quiet_ms(handshake_timeout_ms: u64) -> u64 {
+    (handshake_timeout_ms / 2).min(1000)
+}
 
 /// Shared by all tasks of one server.
 #[derive(Debug)]
@@ -40,6 +47,9 @@ pub struct Context {
     /// `server.connect_rate_per_ip`: asked by a connection's first request and by each
     /// further handshake (see [`crate::engineio::pays_ip_rate`]).
     pub ip_rate: IpRate,
+    /// Connections with no request being served, the oldest of which gives its socket up
+    /// to a newcomer when the sockets run out.
+    pub quiet: Arc<QuietConnections>,
     /// Polling sessions (their sids) with a POST whose body is being read: a second POST
     /// meanwhile is an overlap ([`heartline_core::engine::Input::HttpPostOverlap`]).
     posts_reading: Mutex<HashSet<Box<str>>>,
@@ -60,6 +70,7 @@ impl Context {
     ) -> Self {
         Context {
             ip_rate: IpRate::new(config.server.connect_rate_per_ip),
+            quiet: QuietConnections::new(min_quiet_ms(config.server.handshake_timeout_ms)),
             config,
             engine_path,
             clock,

@@ -43,6 +43,9 @@ pub struct RuntimeMetrics {
     pub refused_sessions_early: AtomicU64,
     /// Connections closed by the runtime before a complete request (slowloris, idle).
     pub http_timeouts: AtomicU64,
+    /// Quiet connections (no request being served) closed to give their socket to a
+    /// newcomer when the socket bound was reached.
+    pub evicted_quiet: AtomicU64,
     /// WebSockets open now.
     pub ws_open: AtomicU64,
     /// HTTP requests handed to the core and not answered yet (held long-polls among
@@ -421,6 +424,7 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
         ("origin", &rt.refused_origin),
         ("draining", &rt.refused_draining),
         ("http_timeout", &rt.http_timeouts),
+        ("quiet_at_bound", &rt.evicted_quiet),
     ] {
         let _ = writeln!(
             out,

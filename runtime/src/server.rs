@@ -292,7 +292,16 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::
             },
             _ = stop.changed() => break,
         };
-        let Some(permit) = cap.try_acquire() else {
+        // At the bound, the oldest quiet connection (no request being served) gives its
+        // socket up to the newcomer; if none has been quiet long enough, the newcomer is
+        // refused.
+        let permit = cap.try_acquire().or_else(|| {
+            let permit = cap.try_acquire_beyond()?;
+            ctx.quiet
+                .evict_oldest(ctx.clock.now().as_millis())
+                .then_some(permit)
+        });
+        let Some(permit) = permit else {
             RuntimeMetrics::inc(&ctx.metrics.refused_sockets);
             tracing::debug!(%remote, "connection refused: too many sockets");
             refuse(stream, 503, "Service Unavailable", &refusals);

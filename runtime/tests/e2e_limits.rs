@@ -219,60 +219,129 @@ async fn a_server_full_of_clients_still_serves_them_and_its_health_probe() {
     server.stop().await;
 }
 
-/// Whether `/healthz`, asked on a new connection each time, answers `status` within [`WAIT`].
-async fn healthz_becomes(addr: std::net::SocketAddr, status: u16) -> bool {
-    eventually(WAIT, || async move {
-        http(addr, "GET", "/healthz", &[], "").await.0 == status
-    })
-    .await
-}
-
-#[tokio::test]
-async fn sockets_past_their_bound_are_refused_with_503_until_one_closes() {
-    let mut server = TestServer::start(|c| c.server.max_connections = 1).await;
-    let addr = server.addr;
-    let bound = heartline_runtime::admission::socket_bound(
-        1,
-        heartline_runtime::admission::open_file_limit(),
-    );
-    let m = server.metrics().await;
-    assert_eq!(
-        metric(&m, "heartline_tcp_connections_max"),
-        Some(bound as f64)
-    );
-    // Connections that send nothing (yet): all but one of the bound.
+/// Opens `n` connections to `addr` that send nothing.
+async fn idle_connections(addr: std::net::SocketAddr, n: u64) -> Vec<TcpStream> {
     let mut idle = Vec::new();
-    for i in 0..bound - 1 {
+    for i in 0..n {
         idle.push(
             TcpStream::connect(addr)
                 .await
                 .unwrap_or_else(|e| panic!("{i}: {e}")),
         );
     }
-    assert!(
-        healthz_becomes(addr, 200).await,
-        "the last socket of the bound is served"
+    idle
+}
+
+/// Whether the server has not closed `stream` (nothing to read, no EOF) in a short wait.
+async fn still_open(stream: &mut TcpStream) -> bool {
+    !closed_within(stream, Duration::from_millis(50)).await
+}
+
+#[tokio::test]
+async fn at_the_socket_bound_the_longest_quiet_connection_gives_way_to_a_newcomer() {
+    // The handshake timeout's default (10 s): connections quiet for a second can be taken.
+    let min_quiet = Duration::from_secs(1);
+    for attempt in 1..=RATE_ATTEMPTS {
+        let mut server = TestServer::start(|c| c.server.max_connections = 1).await;
+        let addr = server.addr;
+        let bound = heartline_runtime::admission::socket_bound(
+            1,
+            heartline_runtime::admission::open_file_limit(),
+        );
+        let m = server.metrics().await;
+        assert_eq!(
+            metric(&m, "heartline_tcp_connections_max"),
+            Some(bound as f64)
+        );
+        // Connections that send nothing (yet) fill the bound.
+        let started = std::time::Instant::now();
+        let mut idle = idle_connections(addr, bound).await;
+        // None has been quiet for a second: a newcomer is refused.
+        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+        if started.elapsed() + Duration::from_millis(200) >= min_quiet {
+            assert!(
+                attempt < RATE_ATTEMPTS,
+                "filling the bound took a second each time"
+            );
+            eprintln!("filling the bound took {:?}: again", started.elapsed());
+            drop(idle);
+            server.stop().await;
+            continue;
+        }
+        assert_eq!(status, 503, "a newcomer past the bound is refused");
+        // A second on, the oldest gives its socket up to the next newcomer, which is
+        // served; the others stay.
+        tokio::time::sleep(min_quiet).await;
+        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+        assert_eq!(status, 200, "served in the oldest quiet connection's place");
+        assert!(
+            closed_within(&mut idle[0], WAIT).await,
+            "the oldest quiet connection is closed"
+        );
+        assert!(still_open(&mut idle[1]).await, "the next one is not");
+        let last = idle.len() - 1;
+        assert!(still_open(&mut idle[last]).await, "nor the newest");
+        // Full again: the next newcomer takes the next oldest's socket.
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+        assert_eq!(status, 200);
+        assert!(
+            closed_within(&mut idle[1], WAIT).await,
+            "then the next oldest"
+        );
+        drop(idle);
+        let m = server.metrics().await;
+        assert!(
+            metric(
+                &m,
+                "heartline_admission_refused_total{reason=\"max_sockets\"}"
+            ) >= Some(1.0),
+            "{m}"
+        );
+        assert_eq!(
+            metric(
+                &m,
+                "heartline_admission_refused_total{reason=\"quiet_at_bound\"}"
+            ),
+            Some(2.0),
+            "{m}"
+        );
+        server.stop().await;
+        return;
+    }
+}
+
+#[tokio::test]
+async fn kept_alive_connections_give_way_only_after_never_served_ones() {
+    let mut server = TestServer::start(|c| {
+        c.server.max_connections = 1;
+        // A connection must be quiet for a second (at most half of this) to be taken;
+        // the kept-alive one is closed 3 s after its request, long after this test.
+        c.server.handshake_timeout_ms = 3000;
+    })
+    .await;
+    let addr = server.addr;
+    let bound = heartline_runtime::admission::socket_bound(
+        1,
+        heartline_runtime::admission::open_file_limit(),
     );
-    idle.push(TcpStream::connect(addr).await.expect("the last one"));
+    // The oldest connection is kept alive after a request; then never-served ones fill
+    // the bound.
+    let mut kept = TcpStream::connect(addr).await.expect("connect");
+    let (status, _) = keep_alive_get(&mut kept, "/healthz").await;
+    assert_eq!(status, 200);
+    let mut fresh = idle_connections(addr, bound - 1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
     assert!(
-        healthz_becomes(addr, 503).await,
-        "one past the bound is refused with 503"
+        closed_within(&mut fresh[0], WAIT).await,
+        "a never-served one goes first"
     );
-    drop(idle.pop());
-    drop(idle.pop());
-    assert!(
-        healthz_becomes(addr, 200).await,
-        "served again once a socket is free"
-    );
-    drop(idle);
-    let m = server.metrics().await;
-    assert!(
-        metric(
-            &m,
-            "heartline_admission_refused_total{reason=\"max_sockets\"}"
-        ) >= Some(1.0),
-        "{m}"
-    );
+    assert!(still_open(&mut kept).await, "the kept-alive one stays");
+    let (status, _) = keep_alive_get(&mut kept, "/healthz").await;
+    assert_eq!(status, 200, "and is still served");
+    drop(fresh);
     server.stop().await;
 }
 
