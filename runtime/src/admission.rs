@@ -38,20 +38,47 @@ use crate::metrics::RuntimeMetrics;
 pub const SOCKET_HEADROOM: u64 = 1024;
 
 /// Descriptors kept for the server's own files (its listener, the store's files, the
-/// runtime's) and a few refusals in flight, under the process's open-file limit.
-pub const OWN_DESCRIPTORS: u64 = 64;
+/// runtime's: 22 on a server at rest), under the process's open-file limit.
+pub const OWN_DESCRIPTORS: u64 = 48;
+
+/// Sockets kept, under the open-file limit, for connections past the bound being
+/// answered `503` ([`refusal_budget`]) when the limit is what bounds the sockets.
+pub const REFUSAL_SOCKETS: u64 = 16;
+
+/// Descriptors the socket bound leaves under the process's open-file limit: the server's
+/// own, the slack of evictions, and refusals being written.
+pub const RESERVED_DESCRIPTORS: u64 = OWN_DESCRIPTORS + EVICTION_SLACK + REFUSAL_SOCKETS;
+
+/// The most refusals written at once ([`RESERVED_DESCRIPTORS`]: only sockets the bound
+/// leaves free under the open-file limit, as each holds a descriptor until its `503` is
+/// written and the client has closed or a second has passed); past it, a connection
+/// over the bound is closed without a word.
+pub const MAX_REFUSALS: u64 = 1024;
 
 /// The most open TCP connections for `max_connections` clients: two per client plus
 /// [`SOCKET_HEADROOM`], but never more than the process may open (its soft limit on
-/// open files, less [`OWN_DESCRIPTORS`]), so that an accept past it is refused with a
-/// 503 rather than failing for want of a descriptor.
+/// open files, less [`RESERVED_DESCRIPTORS`]), so that an accept past it is refused with
+/// a 503 rather than failing for want of a descriptor.
 pub fn socket_bound(max_connections: u64, open_file_limit: Option<u64>) -> u64 {
     let wanted = max_connections
         .saturating_mul(2)
         .saturating_add(SOCKET_HEADROOM);
     match open_file_limit {
-        Some(limit) => wanted.min(limit.saturating_sub(OWN_DESCRIPTORS).max(1)),
+        Some(limit) => wanted.min(limit.saturating_sub(RESERVED_DESCRIPTORS).max(1)),
         None => wanted,
+    }
+}
+
+/// How many connections past `bound` may be answered `503` at once: [`MAX_REFUSALS`], or
+/// fewer if the open-file limit leaves fewer descriptors beside the bound, the server's
+/// own and the eviction slack.
+pub fn refusal_budget(bound: u64, open_file_limit: Option<u64>) -> u64 {
+    match open_file_limit {
+        Some(limit) => limit
+            .saturating_sub(bound)
+            .saturating_sub(OWN_DESCRIPTORS + EVICTION_SLACK)
+            .min(MAX_REFUSALS),
+        None => MAX_REFUSALS,
     }
 }
 
@@ -136,7 +163,7 @@ impl ConnectionCap {
 
 /// How far over its bound [`ConnectionCap::try_acquire_beyond`] may take the count of
 /// open connections for newcomers admitted in place of evicted quiet ones, whose sockets
-/// close a moment later, when their tasks next run. Within [`OWN_DESCRIPTORS`].
+/// close a moment later, when their tasks next run. Within [`RESERVED_DESCRIPTORS`].
 pub const EVICTION_SLACK: u64 = 32;
 
 /// Connections that hold a socket while none of their requests is being served: those
@@ -150,11 +177,17 @@ pub const EVICTION_SLACK: u64 = 32;
 /// clients were all being served. Connections serving a request (a held polling GET)
 /// and WebSockets are never taken: those are sessions, bounded by `max_connections`.
 ///
-/// Never-served connections go first, oldest first, then kept-alive ones, longest idle
-/// first. One quiet for less than [`QuietConnections::min_quiet_ms`] is left alone (and
-/// the newcomer refused if no other can go): a client whose request is still on its way
-/// would otherwise be closed in favour of the next newcomer, and so on, with nobody
-/// served.
+/// Never-served connections go first, oldest first, whatever their age: each newcomer
+/// then keeps its socket until as many newer ones have come as the bound holds, far
+/// longer than a client takes to send its first request even under a flood, whereas
+/// sparing young ones would let a flood faster than the bound per second keep every socket
+/// young and shut everyone out. Kept-alive connections belong to clients already served
+/// (a polling client between polls, an API client): one is taken only when no
+/// never-served one is left, and only once it has been quiet for
+/// [`QuietConnections::min_quiet_ms`], so that a request on its way is rarely cut; if
+/// none can go, the newcomer is refused. (A client that keeps sending requests on its
+/// kept-alive connections holds them; at the bound each response tells it to close
+/// instead, see `conn.rs`.)
 #[derive(Debug)]
 pub struct QuietConnections {
     min_quiet_ms: u64,
@@ -200,7 +233,7 @@ pub struct QuietHandle {
 }
 
 impl QuietConnections {
-    /// A registry that evicts connections quiet for at least `min_quiet_ms`.
+    /// A registry that evicts kept-alive connections quiet for at least `min_quiet_ms`.
     pub fn new(min_quiet_ms: u64) -> Arc<Self> {
         Arc::new(QuietConnections {
             min_quiet_ms,
@@ -208,7 +241,7 @@ impl QuietConnections {
         })
     }
 
-    /// How long a connection must have been quiet before it can be evicted.
+    /// How long a kept-alive connection must have been quiet before it can be evicted.
     pub fn min_quiet_ms(&self) -> u64 {
         self.min_quiet_ms
     }
@@ -230,17 +263,24 @@ impl QuietConnections {
         }
     }
 
-    /// Tells the oldest connection quiet since `min_quiet_ms` before `now_ms` to close
-    /// (it does when its task next runs, if it is still quiet) and unlists it; `false` if
-    /// there is none.
+    /// Tells the oldest never-served connection, or if there is none the kept-alive one
+    /// quiet longest, provided since `min_quiet_ms` before `now_ms`, to close (it does
+    /// when its task next runs, if it is still quiet) and unlists it; `false` if there is
+    /// none.
     pub fn evict_oldest(&self, now_ms: u64) -> bool {
         let mut quiet = self.lock();
-        let oldest = [Tier::NeverServed, Tier::KeptAlive]
-            .into_iter()
-            .find_map(|tier| {
-                let (key, since) = quiet.by_age.range((tier, 0)..=(tier, u64::MAX)).next()?;
-                (since.since_ms.saturating_add(self.min_quiet_ms) <= now_ms).then_some(*key)
-            });
+        let first = |tier| {
+            quiet
+                .by_age
+                .range((tier, 0)..=(tier, u64::MAX))
+                .next()
+                .map(|(key, since)| (*key, since.since_ms))
+        };
+        let oldest = first(Tier::NeverServed).map(|(key, _)| key).or_else(|| {
+            first(Tier::KeptAlive)
+                .filter(|(_, since)| since.saturating_add(self.min_quiet_ms) <= now_ms)
+                .map(|(key, _)| key)
+        });
         let Some(key) = oldest else {
             return false;
         };
@@ -427,8 +467,19 @@ mod tests {
         assert_eq!(socket_bound(2, Some(1_000_000)), 4 + SOCKET_HEADROOM);
         assert_eq!(
             socket_bound(100_000, Some(20_000)),
-            20_000 - OWN_DESCRIPTORS,
+            20_000 - RESERVED_DESCRIPTORS,
             "the default cap on a machine of 20,000 files"
+        );
+        assert_eq!(
+            refusal_budget(20_000 - RESERVED_DESCRIPTORS, Some(20_000)),
+            REFUSAL_SOCKETS
+        );
+        assert_eq!(refusal_budget(1_000, Some(20_000)), MAX_REFUSALS);
+        assert_eq!(refusal_budget(1_000, None), MAX_REFUSALS);
+        assert_eq!(
+            refusal_budget(1, Some(10)),
+            0,
+            "no room: closed without a word"
         );
         assert_eq!(socket_bound(u64::MAX, None), u64::MAX);
         assert_eq!(
@@ -459,22 +510,22 @@ mod tests {
         let busy = quiet.accepted(5);
         busy.busy();
         assert_eq!(quiet.len(), 3, "the busy one is not listed");
-        assert!(!quiet.evict_oldest(109), "none quiet for 100 ms yet");
-        assert!(
-            quiet.evict_oldest(120),
-            "a, though kept has been quiet longer"
-        );
+        assert!(quiet.evict_oldest(30), "a, however young, before kept");
         assert_eq!(quiet.len(), 2);
+        assert!(quiet.evict_oldest(30), "then b");
         assert!(
-            quiet.evict_oldest(129),
-            "b is too young: the kept-alive one"
+            !quiet.evict_oldest(109),
+            "kept has not been quiet for 100 ms"
         );
-        assert!(!quiet.evict_oldest(129), "b is still too young");
-        assert!(quiet.evict_oldest(130), "b");
+        assert!(quiet.evict_oldest(110), "now it has");
         assert!(!quiet.evict_oldest(10_000), "and no other");
         drop((a, b, kept));
         busy.idle(200);
-        assert!(quiet.evict_oldest(300), "quiet again after its request");
+        assert!(
+            !quiet.evict_oldest(299),
+            "quiet again after its request, not long enough"
+        );
+        assert!(quiet.evict_oldest(300));
     }
 
     #[test]

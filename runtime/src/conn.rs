@@ -175,6 +175,13 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// Whether the open TCP connections have reached their bound
+/// ([`crate::admission::socket_bound`]).
+fn at_socket_bound(ctx: &Context) -> bool {
+    let bound = ctx.metrics.tcp_bound.load(Ordering::Relaxed);
+    bound > 0 && ctx.metrics.tcp_open.load(Ordering::Relaxed) >= bound
+}
+
 /// Serves a TCP connection until it closes, is upgraded, or runs out of time.
 pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, permit: Permit) {
     let accepted_at = ctx.clock.now();
@@ -215,7 +222,18 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
             }
             let ctx = ctx.clone();
             async move {
-                let resp = routes::route(req, ctx, info).await;
+                let mut resp = routes::route(req, ctx.clone(), info).await;
+                if at_socket_bound(&ctx) && resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    // The sockets have run out: this one is given back after its response
+                    // rather than kept alive, so that clients that keep sending requests
+                    // cannot hold the bound with kept-alive connections that are never
+                    // quiet long enough to be taken.
+                    resp.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
                 drop(guard);
                 Ok::<_, Infallible>(resp)
             }
@@ -253,11 +271,15 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
             _ = quiet.evicted() => {
                 // A newcomer found the sockets all taken and this connection the longest
                 // quiet. It closes if it still is; one that has begun a request since, or
-                // is still writing its last response, stays and is listed again when quiet.
+                // (kept alive) is still writing its last response, stays and is listed
+                // again when quiet.
                 let idle = activity.in_flight.load(Ordering::Acquire) == 0;
+                let never_served = activity.requests.load(Ordering::Relaxed) == 0;
                 let since = activity.quiet_since_ms();
                 let min_quiet = ctx.quiet.min_quiet_ms();
-                if idle && ctx.clock.now().as_millis() >= since.saturating_add(min_quiet) {
+                let quiet_enough =
+                    ctx.clock.now().as_millis() >= since.saturating_add(min_quiet);
+                if idle && (never_served || quiet_enough) {
                     RuntimeMetrics::inc(&ctx.metrics.evicted_quiet);
                     tracing::debug!(%remote, "quiet connection closed: its socket went to a newcomer at the socket bound");
                     break;

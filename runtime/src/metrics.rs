@@ -21,6 +21,8 @@ pub struct RuntimeMetrics {
     pub tcp_accepted: AtomicU64,
     /// TCP connections open now.
     pub tcp_open: AtomicU64,
+    /// Refused connections whose `503` is being written (each holds a descriptor).
+    pub tcp_refusing: AtomicU64,
     /// TCP connections refused because the socket bound was reached (see
     /// [`crate::admission::socket_bound`]).
     pub refused_sockets: AtomicU64,
@@ -405,6 +407,13 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
         "Open TCP connections past which new ones are refused (twice server.max_connections and some, within the open-file limit).",
     );
     sample(out, "heartline_tcp_connections_max", get(&rt.tcp_bound));
+    family(
+        out,
+        "heartline_tcp_refusing",
+        "gauge",
+        "Connections past the socket bound whose 503 is being written (not counted in heartline_tcp_connections).",
+    );
+    sample(out, "heartline_tcp_refusing", get(&rt.tcp_refusing));
     family(
         out,
         "heartline_tcp_accepted_total",

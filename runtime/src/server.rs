@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,9 +43,6 @@ pub const ACTOR_INBOX: usize = 8192;
 
 /// Time allowed beyond `shutdown.drain_ms` before shutdown stops waiting.
 pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
-
-/// Most refusals being written at once; beyond it excess connections are just dropped.
-const MAX_REFUSALS_IN_FLIGHT: usize = 1024;
 
 /// A running server.
 #[derive(Debug)]
@@ -277,7 +274,11 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::
     }
     ctx.metrics.tcp_bound.store(bound, Ordering::Release);
     let cap = ConnectionCap::new(bound, ctx.metrics.clone());
-    let refusals = Arc::new(AtomicUsize::new(0));
+    let mut at_bound = AtBound::default();
+    let refusals = Refusals {
+        budget: admission::refusal_budget(bound, limit),
+        metrics: ctx.metrics.clone(),
+    };
     loop {
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -292,44 +293,97 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::
             },
             _ = stop.changed() => break,
         };
-        // At the bound, the oldest quiet connection (no request being served) gives its
-        // socket up to the newcomer; if none has been quiet long enough, the newcomer is
-        // refused.
+        // At the bound, the longest-quiet connection (no request being served) gives its
+        // socket up to the newcomer; if none can, the newcomer is refused.
         let permit = cap.try_acquire().or_else(|| {
             let permit = cap.try_acquire_beyond()?;
-            ctx.quiet
-                .evict_oldest(ctx.clock.now().as_millis())
-                .then_some(permit)
+            let taken = ctx.quiet.evict_oldest(ctx.clock.now().as_millis());
+            at_bound.note(&ctx);
+            taken.then_some(permit)
         });
         let Some(permit) = permit else {
             RuntimeMetrics::inc(&ctx.metrics.refused_sockets);
             tracing::debug!(%remote, "connection refused: too many sockets");
-            refuse(stream, 503, "Service Unavailable", &refusals);
+            refusals.refuse(stream, 503, "Service Unavailable");
+            at_bound.note(&ctx);
             continue;
         };
         tokio::spawn(conn::serve(stream, remote, ctx.clone(), permit));
     }
 }
 
-/// Answers a refused connection with a short HTTP error and closes it.
-fn refuse(stream: TcpStream, status: u16, reason: &'static str, in_flight: &Arc<AtomicUsize>) {
-    if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSALS_IN_FLIGHT {
-        in_flight.fetch_sub(1, Ordering::AcqRel);
-        return;
+/// Tells the log, at most every [`AT_BOUND_WARN_EVERY`], that the socket bound was
+/// reached and what it cost (each refusal itself is logged at debug level only, as a
+/// flood would drown the log).
+#[derive(Debug, Default)]
+struct AtBound {
+    last: Option<std::time::Instant>,
+    refused: u64,
+    taken: u64,
+}
+
+/// How often at most [`AtBound`] warns.
+const AT_BOUND_WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl AtBound {
+    fn note(&mut self, ctx: &Context) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < AT_BOUND_WARN_EVERY)
+        {
+            return;
+        }
+        let refused = ctx.metrics.refused_sockets.load(Ordering::Relaxed);
+        let taken = ctx.metrics.evicted_quiet.load(Ordering::Relaxed);
+        tracing::warn!(
+            open = ctx.metrics.tcp_open.load(Ordering::Relaxed),
+            bound = ctx.metrics.tcp_bound.load(Ordering::Relaxed),
+            refused = refused - self.refused,
+            quiet_taken = taken - self.taken,
+            "socket bound reached: newcomers take the sockets of quiet connections, or are refused with 503 (counts since the last such warning)"
+        );
+        self.last = Some(now);
+        self.refused = refused;
+        self.taken = taken;
     }
-    let in_flight = in_flight.clone();
-    tokio::spawn(async move {
-        let mut stream = stream;
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            stream.write_all(&raw_refusal(status, reason)).await?;
-            stream.shutdown().await?;
-            // Read what the client sent so that closing does not turn into a reset that
-            // could destroy the response before the client reads it.
-            let mut sink = [0u8; 4096];
-            while stream.read(&mut sink).await? > 0 {}
-            Ok::<_, std::io::Error>(())
-        })
-        .await;
-        in_flight.fetch_sub(1, Ordering::AcqRel);
-    });
+}
+
+/// Connections past the socket bound being answered, within a budget of descriptors
+/// ([`admission::refusal_budget`]); counted in `heartline_tcp_refusing`.
+struct Refusals {
+    budget: u64,
+    metrics: Arc<RuntimeMetrics>,
+}
+
+impl Refusals {
+    /// Answers a refused connection with a short HTTP error and closes it; past the
+    /// budget, just closes it.
+    fn refuse(&self, stream: TcpStream, status: u16, reason: &'static str) {
+        let refusing = &self.metrics.tcp_refusing;
+        let budget = self.budget;
+        if refusing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < budget).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return;
+        }
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                stream.write_all(&raw_refusal(status, reason)).await?;
+                stream.shutdown().await?;
+                // Read what the client sent so that closing does not turn into a reset
+                // that could destroy the response before the client reads it.
+                let mut sink = [0u8; 4096];
+                while stream.read(&mut sink).await? > 0 {}
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            metrics.tcp_refusing.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
 }

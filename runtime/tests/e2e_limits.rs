@@ -237,101 +237,75 @@ async fn still_open(stream: &mut TcpStream) -> bool {
     !closed_within(stream, Duration::from_millis(50)).await
 }
 
+/// The socket bound of a server of `max_connections` clients in this process.
+fn bound_of(max_connections: u64) -> u64 {
+    heartline_runtime::admission::socket_bound(
+        max_connections,
+        heartline_runtime::admission::open_file_limit(),
+    )
+}
+
 #[tokio::test]
-async fn at_the_socket_bound_the_longest_quiet_connection_gives_way_to_a_newcomer() {
-    // The handshake timeout's default (10 s): connections quiet for a second can be taken.
-    let min_quiet = Duration::from_secs(1);
-    for attempt in 1..=RATE_ATTEMPTS {
-        let mut server = TestServer::start(|c| c.server.max_connections = 1).await;
-        let addr = server.addr;
-        let bound = heartline_runtime::admission::socket_bound(
-            1,
-            heartline_runtime::admission::open_file_limit(),
-        );
-        let m = server.metrics().await;
-        assert_eq!(
-            metric(&m, "heartline_tcp_connections_max"),
-            Some(bound as f64)
-        );
-        // Connections that send nothing (yet) fill the bound.
-        let started = std::time::Instant::now();
-        let mut idle = idle_connections(addr, bound).await;
-        // None has been quiet for a second: a newcomer is refused.
-        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
-        if started.elapsed() + Duration::from_millis(200) >= min_quiet {
-            assert!(
-                attempt < RATE_ATTEMPTS,
-                "filling the bound took a second each time"
-            );
-            eprintln!("filling the bound took {:?}: again", started.elapsed());
-            drop(idle);
-            server.stop().await;
-            continue;
-        }
-        assert_eq!(status, 503, "a newcomer past the bound is refused");
-        // A second on, the oldest gives its socket up to the next newcomer, which is
-        // served; the others stay.
-        tokio::time::sleep(min_quiet).await;
-        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
-        assert_eq!(status, 200, "served in the oldest quiet connection's place");
-        assert!(
-            closed_within(&mut idle[0], WAIT).await,
-            "the oldest quiet connection is closed"
-        );
-        assert!(still_open(&mut idle[1]).await, "the next one is not");
-        let last = idle.len() - 1;
-        assert!(still_open(&mut idle[last]).await, "nor the newest");
-        // Full again: the next newcomer takes the next oldest's socket.
-        idle.push(TcpStream::connect(addr).await.expect("connect"));
-        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
-        assert_eq!(status, 200);
-        assert!(
-            closed_within(&mut idle[1], WAIT).await,
-            "then the next oldest"
-        );
-        drop(idle);
-        let m = server.metrics().await;
-        assert!(
-            metric(
-                &m,
-                "heartline_admission_refused_total{reason=\"max_sockets\"}"
-            ) >= Some(1.0),
-            "{m}"
-        );
-        assert_eq!(
-            metric(
-                &m,
-                "heartline_admission_refused_total{reason=\"quiet_at_bound\"}"
-            ),
-            Some(2.0),
-            "{m}"
-        );
-        server.stop().await;
-        return;
-    }
+async fn at_the_socket_bound_a_newcomer_takes_the_oldest_never_served_connection() {
+    let mut server = TestServer::start(|c| c.server.max_connections = 1).await;
+    let addr = server.addr;
+    let bound = bound_of(1);
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(&m, "heartline_tcp_connections_max"),
+        Some(bound as f64)
+    );
+    // Connections that send nothing (yet) fill the bound; the health probe still gets in,
+    // in the place of the oldest of them, however young.
+    let mut idle = idle_connections(addr, bound).await;
+    let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200, "served in the oldest quiet connection's place");
+    assert!(
+        closed_within(&mut idle[0], WAIT).await,
+        "the oldest quiet connection is closed"
+    );
+    assert!(still_open(&mut idle[1]).await, "the next one is not");
+    let last = idle.len() - 1;
+    assert!(still_open(&mut idle[last]).await, "nor the newest");
+    // Full again: the next newcomer takes the next oldest's socket.
+    idle.push(TcpStream::connect(addr).await.expect("connect"));
+    let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(
+        closed_within(&mut idle[1], WAIT).await,
+        "then the next oldest"
+    );
+    drop(idle);
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "heartline_admission_refused_total{reason=\"quiet_at_bound\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "heartline_admission_refused_total{reason=\"max_sockets\"}"
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn kept_alive_connections_give_way_only_after_never_served_ones() {
-    let mut server = TestServer::start(|c| {
-        c.server.max_connections = 1;
-        // A connection must be quiet for a second (at most half of this) to be taken;
-        // the kept-alive one is closed 3 s after its request, long after this test.
-        c.server.handshake_timeout_ms = 3000;
-    })
-    .await;
+    let mut server = TestServer::start(|c| c.server.max_connections = 1).await;
     let addr = server.addr;
-    let bound = heartline_runtime::admission::socket_bound(
-        1,
-        heartline_runtime::admission::open_file_limit(),
-    );
     // The oldest connection is kept alive after a request; then never-served ones fill
     // the bound.
     let mut kept = TcpStream::connect(addr).await.expect("connect");
     let (status, _) = keep_alive_get(&mut kept, "/healthz").await;
     assert_eq!(status, 200);
-    let mut fresh = idle_connections(addr, bound - 1).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut fresh = idle_connections(addr, bound_of(1) - 1).await;
     let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
     assert_eq!(status, 200);
     assert!(
@@ -343,6 +317,94 @@ async fn kept_alive_connections_give_way_only_after_never_served_ones() {
     assert_eq!(status, 200, "and is still served");
     drop(fresh);
     server.stop().await;
+}
+
+/// Opens a connection whose request is being served until the request deadline: a PUT
+/// whose body never comes.
+async fn busy_connection(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "PUT /api/conversations/c1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream
+}
+
+#[tokio::test]
+async fn with_only_busy_and_kept_alive_connections_at_the_bound() {
+    // Kept-alive connections can be taken once quiet for a second (at most half of the
+    // handshake timeout); the busy ones' requests run to 4 s after their accept.
+    let min_quiet = Duration::from_secs(1);
+    for attempt in 1..=RATE_ATTEMPTS {
+        let mut server = TestServer::start(|c| {
+            c.server.max_connections = 1;
+            c.server.handshake_timeout_ms = 4000;
+        })
+        .await;
+        let addr = server.addr;
+        let started = std::time::Instant::now();
+        let mut kept = Vec::new();
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let (status, _) = keep_alive_get(&mut stream, "/healthz").await;
+            assert_eq!(status, 200);
+            kept.push(stream);
+        }
+        let mut busy = Vec::new();
+        for _ in 0..bound_of(1) - 2 {
+            busy.push(busy_connection(addr).await);
+        }
+        // Nothing can be taken yet: the newcomer is refused.
+        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+        if started.elapsed() + Duration::from_millis(200) >= min_quiet {
+            assert!(
+                attempt < RATE_ATTEMPTS,
+                "filling the bound took a second each time"
+            );
+            eprintln!("filling the bound took {:?}: again", started.elapsed());
+            drop((kept, busy));
+            server.stop().await;
+            continue;
+        }
+        assert_eq!(status, 503, "nothing quiet long enough to take: refused");
+        // A second on, the kept-alive connection quiet longest gives way.
+        tokio::time::sleep_until((started + min_quiet + Duration::from_millis(100)).into()).await;
+        let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+        assert_eq!(status, 200, "served in the kept-alive connection's place");
+        assert!(
+            closed_within(&mut kept[0], WAIT).await,
+            "the first kept-alive one is closed"
+        );
+        assert!(
+            still_open(&mut busy[0]).await,
+            "a request being served is never cut"
+        );
+        // At the bound, a kept-alive connection is closed after its response, rather
+        // than kept.
+        let _refill = TcpStream::connect(addr).await.expect("connect");
+        let (status, _) = keep_alive_get(&mut kept[1], "/healthz").await;
+        assert_eq!(status, 200);
+        assert!(
+            closed_within(&mut kept[1], WAIT).await,
+            "given back after its response"
+        );
+        drop(busy);
+        let m = server.metrics().await;
+        assert!(
+            metric(
+                &m,
+                "heartline_admission_refused_total{reason=\"max_sockets\"}"
+            ) >= Some(1.0),
+            "{m}"
+        );
+        assert_eq!(
+            metric(&m, "heartline_tcp_refusing").map(|n| n <= 1.0),
+            Some(true),
+            "{m}"
+        );
+        server.stop().await;
+        return;
+    }
 }
 
 /// How many fresh servers a rate scenario is tried on before the machine is called too slow.
