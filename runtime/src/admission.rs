@@ -128,22 +128,17 @@ impl ConnectionCap {
 
     /// A slot, unless `max` are taken.
     pub fn try_acquire(&self) -> Option<Permit> {
-        self.metrics
-            .tcp_open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Permit {
-                metrics: self.metrics.clone(),
-            })
+        self.try_acquire_below(self.max)
     }
 
     /// A slot for a newcomer admitted in place of a quiet connection just told to close
     /// ([`QuietConnections::evict_oldest`]): up to `max` + [`EVICTION_SLACK`] until the
     /// evicted sockets close.
     pub fn try_acquire_beyond(&self) -> Option<Permit> {
-        let max = self.max.saturating_add(EVICTION_SLACK);
+        self.try_acquire_below(self.max.saturating_add(EVICTION_SLACK))
+    }
+
+    fn try_acquire_below(&self, max: u64) -> Option<Permit> {
         self.metrics
             .tcp_open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -188,7 +183,6 @@ pub const EVICTION_SLACK: u64 = 32;
 /// none can go, the newcomer is refused. (A client that keeps sending requests on its
 /// kept-alive connections holds them; at the bound each response tells it to close
 /// instead, see `conn.rs`.)
-#[derive(Debug)]
 pub struct QuietConnections {
     min_quiet_ms: u64,
     inner: Mutex<Quiet>,
@@ -197,8 +191,9 @@ pub struct QuietConnections {
 #[derive(Debug, Default)]
 struct Quiet {
     next: u64,
-    /// By tier, then by when each became quiet (the sequence numbers are given in that
-    /// order): the first entry of a tier is its oldest.
+    /// By tier, then in the order each was listed, which is the order each became quiet
+    /// but for a kept-alive one listed again after declining an eviction (listed last, as
+    /// it wrote just before): the first entry of a tier is, near enough, its oldest.
     by_age: BTreeMap<QuietKey, QuietSince>,
 }
 
@@ -230,6 +225,15 @@ struct QuietEntry {
 pub struct QuietHandle {
     registry: Arc<QuietConnections>,
     entry: Arc<QuietEntry>,
+}
+
+impl std::fmt::Debug for QuietConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuietConnections")
+            .field("min_quiet_ms", &self.min_quiet_ms)
+            .field("listed", &self.len())
+            .finish()
+    }
 }
 
 impl QuietConnections {

@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -54,6 +54,11 @@ struct Activity {
     /// When the first bytes arrived since the last request reached its handler, or
     /// [`NONE`]: a request is coming in.
     next_began_ms: AtomicU64,
+    /// The socket refused the last write (its buffer full): a response is still being
+    /// written, however long ago its handler returned.
+    write_blocked: AtomicBool,
+    /// A request was answered `101`: the connection is becoming a WebSocket.
+    upgrading: AtomicBool,
 }
 
 impl Activity {
@@ -64,6 +69,8 @@ impl Activity {
             idle_since_ms: AtomicU64::new(now_ms),
             last_write_ms: AtomicU64::new(now_ms),
             next_began_ms: AtomicU64::new(NONE),
+            write_blocked: AtomicBool::new(false),
+            upgrading: AtomicBool::new(false),
         }
     }
 
@@ -107,11 +114,18 @@ impl Watched {
         self.tcp
     }
 
-    fn wrote(&self, n: usize) {
-        if n > 0 {
-            let now = self.clock.now().as_millis();
-            self.activity.last_write_ms.store(now, Ordering::Relaxed);
+    /// Notes what a write to the socket came to.
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        let blocked = polled.is_pending();
+        if let Poll::Ready(Ok(n)) = polled {
+            if *n > 0 {
+                let now = self.clock.now().as_millis();
+                self.activity.last_write_ms.store(now, Ordering::Relaxed);
+            }
         }
+        self.activity
+            .write_blocked
+            .store(blocked, Ordering::Relaxed);
     }
 }
 
@@ -144,9 +158,7 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.tcp).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.wrote(n);
-        }
+        self.wrote(&polled);
         polled
     }
 
@@ -156,9 +168,7 @@ impl AsyncWrite for Watched {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.wrote(n);
-        }
+        self.wrote(&polled);
         polled
     }
 
@@ -221,10 +231,13 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
                     heartline_core::Instant::from_millis(activity.quiet_since_ms());
             }
             let ctx = ctx.clone();
+            let answered = activity.clone();
             async move {
                 let mut resp = routes::route(req, ctx.clone(), info).await;
-                if at_socket_bound(&ctx) && resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
-                {
+                let upgrade = resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
+                if upgrade {
+                    answered.upgrading.store(true, Ordering::Relaxed);
+                } else if at_socket_bound(&ctx) {
                     // The sockets have run out: this one is given back after its response
                     // rather than kept alive, so that clients that keep sending requests
                     // cannot hold the bound with kept-alive connections that are never
@@ -262,6 +275,9 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
             ctx.clock.deadline(idle_since.add_ms(timeout_ms))
         };
         tokio::select! {
+            // The connection first: a request that has arrived is read, and so makes the
+            // connection busy, before an eviction notice is looked at.
+            biased;
             result = &mut conn => {
                 if let Err(e) = result {
                     tracing::trace!(%remote, error = %e, "http connection ended with an error");
@@ -269,22 +285,28 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
                 break;
             }
             _ = quiet.evicted() => {
-                // A newcomer found the sockets all taken and this connection the longest
-                // quiet. It closes if it still is; one that has begun a request since, or
-                // (kept alive) is still writing its last response, stays and is listed
-                // again when quiet.
-                let idle = activity.in_flight.load(Ordering::Acquire) == 0;
+                // A newcomer found the sockets all taken and this connection the one to
+                // give way. It closes if it is still quiet: a never-served one as it is, a
+                // kept-alive one if no request is coming in and it has been quiet long
+                // enough. One serving a request, writing a response or being upgraded, or
+                // with a request coming in, stays, and hands the eviction on so that the
+                // newcomer admitted over the bound is paid for; a kept-alive one that only
+                // wrote too recently is listed again.
+                let idle = activity.in_flight.load(Ordering::Acquire) == 0
+                    && !activity.write_blocked.load(Ordering::Relaxed)
+                    && !activity.upgrading.load(Ordering::Relaxed);
                 let never_served = activity.requests.load(Ordering::Relaxed) == 0;
+                let arriving = activity.next_began_ms.load(Ordering::Relaxed) != NONE;
                 let since = activity.quiet_since_ms();
-                let min_quiet = ctx.quiet.min_quiet_ms();
-                let quiet_enough =
-                    ctx.clock.now().as_millis() >= since.saturating_add(min_quiet);
-                if idle && (never_served || quiet_enough) {
+                let now = ctx.clock.now().as_millis();
+                let quiet_enough = now >= since.saturating_add(ctx.quiet.min_quiet_ms());
+                if idle && (never_served || (!arriving && quiet_enough)) {
                     RuntimeMetrics::inc(&ctx.metrics.evicted_quiet);
                     tracing::debug!(%remote, "quiet connection closed: its socket went to a newcomer at the socket bound");
                     break;
                 }
-                if idle {
+                ctx.quiet.evict_oldest(now);
+                if idle && !arriving {
                     quiet.idle(since);
                 }
             }

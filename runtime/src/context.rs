@@ -19,11 +19,12 @@ use crate::config::{origin_without_slash, Config};
 use crate::metrics::RuntimeMetrics;
 use crate::storage::StoreQueue;
 
-/// How long a connection must have been quiet before a newcomer may take its socket
-/// ([`QuietConnections`]): a second, or half the handshake timeout if that is shorter, so
-/// that a client whose first request is on its way is not the one closed.
+/// How long a kept-alive connection must have been quiet before a newcomer may take its
+/// socket ([`QuietConnections`]): a second, or half the handshake timeout if that is
+/// shorter (but never under 100 ms), so that a client whose next request is on its way is
+/// rarely the one closed.
 fn min_quiet_ms(handshake_timeout_ms: u64) -> u64 {
-    (handshake_timeout_ms / 2).min(1000)
+    (handshake_timeout_ms / 2).clamp(100, 1000)
 }
 
 /// Shared by all tasks of one server.

@@ -234,7 +234,7 @@ async fn idle_connections(addr: std::net::SocketAddr, n: u64) -> Vec<TcpStream> 
 
 /// Whether the server has not closed `stream` (nothing to read, no EOF) in a short wait.
 async fn still_open(stream: &mut TcpStream) -> bool {
-    !closed_within(stream, Duration::from_millis(50)).await
+    !closed_within(stream, Duration::from_millis(200)).await
 }
 
 /// The socket bound of a server of `max_connections` clients in this process.
@@ -316,6 +316,71 @@ async fn kept_alive_connections_give_way_only_after_never_served_ones() {
     let (status, _) = keep_alive_get(&mut kept, "/healthz").await;
     assert_eq!(status, 200, "and is still served");
     drop(fresh);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_at_the_socket_bound_takes_no_websocket_and_no_held_poll() {
+    let mut server = TestServer::start(|c| c.server.max_connections = 2).await;
+    let addr = server.addr;
+    let mut alice = server.connect("alice", "customer").await;
+    let path = "/socket.io/?EIO=4&transport=polling";
+    let (status, _, body) = http(addr, "GET", path, &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let open: serde_json::Value =
+        serde_json::from_str(body.trim_start_matches('0')).expect("open packet");
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    let session = format!("{path}&sid={sid}");
+    let mut held = TcpStream::connect(addr).await.expect("connect");
+    let get = format!("GET {session} HTTP/1.1\r\nHost: x\r\n\r\n");
+    held.write_all(get.as_bytes()).await.expect("write");
+    let waiting = eventually(WAIT, || async move {
+        let (_, _, m) = http(addr, "GET", "/metrics", &[], "").await;
+        metric(&m, "heartline_http_requests_waiting") == Some(1.0)
+    })
+    .await;
+    assert!(waiting, "the GET is held");
+    // Held for longer than a kept-alive connection must be quiet to be taken.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The bound filled with idle connections, then as many newcomers again, each taking
+    // a socket.
+    let bound = bound_of(2);
+    let open_now = 2;
+    let mut idle = idle_connections(addr, bound - open_now).await;
+    for _ in 0..bound {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
+    // The WebSocket and the held GET are still there and served.
+    alice.emit("ping", json!({})).expect("emit");
+    alice.wait_event("pong").await.expect("alice still served");
+    assert!(still_open(&mut held).await, "the held GET is not cut");
+    drop(idle);
+    let (status, _, body) = http(addr, "POST", &session, &[], "1").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ok"),
+        "the polling session lives"
+    );
+    let mut answer = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, held.read(&mut answer))
+        .await
+        .expect("the held GET is answered")
+        .expect("read");
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    let m = server.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "heartline_admission_refused_total{reason=\"quiet_at_bound\"}"
+        ) >= Some(bound as f64),
+        "{m}"
+    );
     server.stop().await;
 }
 
