@@ -181,7 +181,7 @@ pub const EVICTION_SLACK: u64 = 32;
 /// never-served one is left, and only once it has been quiet for
 /// [`QuietConnections::min_quiet_ms`], so that a request on its way is rarely cut; if
 /// none can go, the newcomer is refused. (A client that keeps sending requests on its
-/// kept-alive connections holds them; at the bound each response tells it to close
+/// kept-alive connections holds them; near the bound each response tells it to close
 /// instead, see `conn.rs`.)
 pub struct QuietConnections {
     min_quiet_ms: u64,

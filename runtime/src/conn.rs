@@ -185,11 +185,14 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// Whether the open TCP connections have reached their bound
-/// ([`crate::admission::socket_bound`]).
-fn at_socket_bound(ctx: &Context) -> bool {
+/// Whether the open TCP connections are near their bound
+/// ([`crate::admission::socket_bound`]): at seven eighths of it, responses close their
+/// connections instead of keeping them alive, so that room is kept for newcomers before
+/// the bound is reached, and kept-alive connections too busy ever to be quiet long enough
+/// to be taken ([`crate::admission::QuietConnections`]) cannot hold it.
+fn near_socket_bound(ctx: &Context) -> bool {
     let bound = ctx.metrics.tcp_bound.load(Ordering::Relaxed);
-    bound > 0 && ctx.metrics.tcp_open.load(Ordering::Relaxed) >= bound
+    bound > 0 && ctx.metrics.tcp_open.load(Ordering::Relaxed) >= bound - bound / 8
 }
 
 /// Serves a TCP connection until it closes, is upgraded, or runs out of time.
@@ -237,11 +240,9 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
                 let upgrade = resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
                 if upgrade {
                     answered.upgrading.store(true, Ordering::Relaxed);
-                } else if at_socket_bound(&ctx) {
-                    // The sockets have run out: this one is given back after its response
-                    // rather than kept alive, so that clients that keep sending requests
-                    // cannot hold the bound with kept-alive connections that are never
-                    // quiet long enough to be taken.
+                } else if near_socket_bound(&ctx) {
+                    // The sockets are running out: this one is given back after its
+                    // response rather than kept alive.
                     resp.headers_mut().insert(
                         hyper::header::CONNECTION,
                         hyper::header::HeaderValue::from_static("close"),

@@ -292,29 +292,42 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::
                 }
             },
             _ = stop.changed() => break,
+            // Counts not told yet, once due: the end of an episode is told too.
+            _ = sleep_until_due(at_bound.due()), if at_bound.pending() => {
+                at_bound.report(&ctx, std::time::Instant::now());
+                continue;
+            }
         };
         // At the bound, the longest-quiet connection (no request being served) gives its
         // socket up to the newcomer; if none can, the newcomer is refused.
-        let permit = cap.try_acquire().or_else(|| {
-            let permit = cap.try_acquire_beyond()?;
-            let taken = ctx.quiet.evict_oldest(ctx.clock.now().as_millis());
-            at_bound.note(&ctx);
-            taken.then_some(permit)
-        });
+        let (permit, taken) = match cap.try_acquire() {
+            Some(permit) => (Some(permit), false),
+            None => {
+                let permit = cap
+                    .try_acquire_beyond()
+                    .filter(|_| ctx.quiet.evict_oldest(ctx.clock.now().as_millis()));
+                let taken = permit.is_some();
+                (permit, taken)
+            }
+        };
         let Some(permit) = permit else {
             RuntimeMetrics::inc(&ctx.metrics.refused_sockets);
             tracing::debug!(%remote, "connection refused: too many sockets");
             refusals.refuse(stream, 503, "Service Unavailable");
-            at_bound.note(&ctx);
+            at_bound.note(&ctx, true);
             continue;
         };
+        if taken {
+            at_bound.note(&ctx, false);
+        }
         tokio::spawn(conn::serve(stream, remote, ctx.clone(), permit));
     }
 }
 
-/// Tells the log, at most every [`AT_BOUND_WARN_EVERY`], that the socket bound was
-/// reached and what it cost (each refusal itself is logged at debug level only, as a
-/// flood would drown the log).
+/// Tells the log that the socket bound was reached, at once and then at most every
+/// [`AT_BOUND_WARN_EVERY`] while newcomers keep meeting it, with how many were refused and
+/// how many quiet connections were told to give way since the last such line (each
+/// refusal itself is logged at debug level only, as a flood would drown the log).
 #[derive(Debug, Default)]
 struct AtBound {
     last: Option<std::time::Instant>,
@@ -322,30 +335,52 @@ struct AtBound {
     taken: u64,
 }
 
+/// Sleeps until `due`, or forever if there is none.
+async fn sleep_until_due(due: Option<std::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How often at most [`AtBound`] warns.
 const AT_BOUND_WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl AtBound {
-    fn note(&mut self, ctx: &Context) {
-        let now = std::time::Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < AT_BOUND_WARN_EVERY)
-        {
-            return;
+    /// Counts a newcomer refused (`refused`) or admitted in a quiet connection's place.
+    fn note(&mut self, ctx: &Context, refused: bool) {
+        if refused {
+            self.refused += 1;
+        } else {
+            self.taken += 1;
         }
-        let refused = ctx.metrics.refused_sockets.load(Ordering::Relaxed);
-        let taken = ctx.metrics.evicted_quiet.load(Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        if self.due().is_none_or(|due| now >= due) {
+            self.report(ctx, now);
+        }
+    }
+
+    /// When counts not yet told are due to be told, if there are any.
+    fn due(&self) -> Option<std::time::Instant> {
+        self.last.map(|last| last + AT_BOUND_WARN_EVERY)
+    }
+
+    /// Whether counts are waiting to be told.
+    fn pending(&self) -> bool {
+        self.refused + self.taken > 0
+    }
+
+    fn report(&mut self, ctx: &Context, now: std::time::Instant) {
         tracing::warn!(
             open = ctx.metrics.tcp_open.load(Ordering::Relaxed),
             bound = ctx.metrics.tcp_bound.load(Ordering::Relaxed),
-            refused = refused - self.refused,
-            quiet_taken = taken - self.taken,
-            "socket bound reached: newcomers take the sockets of quiet connections, or are refused with 503 (counts since the last such warning)"
+            refused = self.refused,
+            quiet_taken = self.taken,
+            "socket bound reached: newcomers take the sockets of quiet connections, or are refused with 503 (counts since the last such line)"
         );
         self.last = Some(now);
-        self.refused = refused;
-        self.taken = taken;
+        self.refused = 0;
+        self.taken = 0;
     }
 }
 
