@@ -139,10 +139,7 @@ async fn slowloris_and_idle_connections_close_at_the_handshake_timeout() {
     assert!(ended.is_ok(), "websocket without namespace closed");
     let m = server.metrics().await;
     assert_eq!(
-        metric(
-            &m,
-            "heartline_admission_refused_total{reason=\"http_timeout\"}"
-        ),
+        refused_total(&m, "http_timeout"),
         Some(2.0),
         "the partial request and the connection that never sent one"
     );
@@ -200,23 +197,19 @@ async fn a_server_full_of_clients_still_serves_them_and_its_health_probe() {
     assert_eq!(status, 200);
     let m = server.metrics().await;
     assert_eq!(metric(&m, "heartline_websockets"), Some(1.0), "{m}");
-    assert_eq!(
-        metric(
-            &m,
-            "heartline_admission_refused_total{reason=\"max_sessions\"}"
-        ),
-        Some(2.0)
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "heartline_admission_refused_total{reason=\"max_sockets\"}"
-        ),
-        Some(0.0)
-    );
+    assert_eq!(refused_total(&m, "max_sessions"), Some(2.0));
+    assert_eq!(refused_total(&m, "max_sockets"), Some(0.0));
     held.abort();
     drop(alice);
     server.stop().await;
+}
+
+/// `heartline_admission_refused_total` for `reason` in the scrape `m`.
+fn refused_total(m: &str, reason: &str) -> Option<f64> {
+    metric(
+        m,
+        &format!("heartline_admission_refused_total{{reason=\"{reason}\"}}"),
+    )
 }
 
 /// Opens `n` connections to `addr` that send nothing.
@@ -277,22 +270,8 @@ async fn at_the_socket_bound_a_newcomer_takes_the_oldest_never_served_connection
     );
     drop(idle);
     let m = server.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "heartline_admission_refused_total{reason=\"quiet_at_bound\"}"
-        ),
-        Some(2.0),
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "heartline_admission_refused_total{reason=\"max_sockets\"}"
-        ),
-        Some(0.0),
-        "{m}"
-    );
+    assert_eq!(refused_total(&m, "quiet_at_bound"), Some(2.0), "{m}");
+    assert_eq!(refused_total(&m, "max_sockets"), Some(0.0), "{m}");
     server.stop().await;
 }
 
@@ -375,10 +354,7 @@ async fn a_flood_at_the_socket_bound_takes_no_websocket_and_no_held_poll() {
     );
     let m = server.metrics().await;
     assert!(
-        metric(
-            &m,
-            "heartline_admission_refused_total{reason=\"quiet_at_bound\"}"
-        ) >= Some(bound as f64),
+        refused_total(&m, "quiet_at_bound") >= Some(bound as f64),
         "{m}"
     );
     server.stop().await;
@@ -455,13 +431,7 @@ async fn with_only_busy_and_kept_alive_connections_at_the_bound() {
         );
         drop(busy);
         let m = server.metrics().await;
-        assert!(
-            metric(
-                &m,
-                "heartline_admission_refused_total{reason=\"max_sockets\"}"
-            ) >= Some(1.0),
-            "{m}"
-        );
+        assert!(refused_total(&m, "max_sockets") >= Some(1.0), "{m}");
         assert_eq!(
             metric(&m, "heartline_tcp_refusing").map(|n| n <= 1.0),
             Some(true),
@@ -578,14 +548,7 @@ async fn sessions_on_kept_alive_connections_are_capped_by_max_connections() {
     let (status, body) = keep_alive_request(&mut stream, "POST", &first, "3").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     let m = server.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "heartline_admission_refused_total{reason=\"max_sessions\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(refused_total(&m, "max_sessions"), Some(1.0), "{m}");
     // A client that closes its session frees the slot for the next handshake, once it has
     // fetched the session's last packet (a closed session lingers for that, and holds its
     // slot meanwhile, at most ping_timeout_ms).
@@ -645,14 +608,7 @@ async fn the_per_ip_rate_counts_new_clients_not_their_connections() {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let m = server.metrics().await;
         assert_eq!(metric(&m, "heartline_engine_sessions"), Some(2.0), "{m}");
-        assert_eq!(
-            metric(
-                &m,
-                "heartline_admission_refused_total{reason=\"rate_per_ip\"}"
-            ),
-            Some(2.0),
-            "{m}"
-        );
+        assert_eq!(refused_total(&m, "rate_per_ip"), Some(2.0), "{m}");
         let (status, body) = keep_alive_get(&mut stream, path).await;
         assert_eq!(status, 200, "{body}");
         server.stop().await;
