@@ -795,6 +795,44 @@ fn token_expiry_with_and_without_refresh() {
     );
 }
 
+/// A token for `user:kind` whose `exp` is `exp_after_s` seconds after the harness epoch,
+/// fraction included (a JWT's NumericDate may have one).
+fn token_expiring_at(user: &str, kind: &str, exp_after_s: f64) -> String {
+    let exp = (gw::EPOCH_MS / 1000) as f64 + exp_after_s;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user, "userType": kind, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(gw::SECRET),
+    )
+    .expect("sign")
+}
+
+#[test]
+fn an_expiry_counts_to_the_millisecond_and_a_refresh_later_in_the_same_second_extends_it() {
+    let mut g = setup();
+    let first = token_expiring_at("alice", "customer", 10.25);
+    g.connect_with(1, Some(json!({ "token": first })));
+    g.advance(10_000);
+    assert!(
+        g.events_named(1, "auth:expired").is_empty(),
+        "10.000 s: the token runs to 10.250 s"
+    );
+    let later = token_expiring_at("alice", "customer", 10.75);
+    let refreshed = g.emit(1, "auth:refresh", json!({ "token": later }));
+    assert_eq!(
+        g.ack(1, refreshed).expect("answered")["ok"],
+        json!(true),
+        "an exp 0.5 s later, in the same second, is later"
+    );
+    let same = token_expiring_at("alice", "customer", 10.75);
+    let again = g.emit(1, "auth:refresh", json!({ "token": same }));
+    assert_eq!(g.ack(1, again).expect("answered")["ok"], json!(false));
+    g.advance(749);
+    assert!(g.events_named(1, "auth:expired").is_empty(), "10.749 s");
+    g.advance(1);
+    assert_eq!(g.events_named(1, "auth:expired").len(), 1, "10.750 s");
+}
+
 #[test]
 fn a_refreshed_token_brings_its_role() {
     let mut g = setup();

@@ -42,11 +42,18 @@ impl Claims {
     pub fn is_admin(&self) -> bool {
         self.role.as_deref() == Some("admin")
     }
+}
 
-    /// Expiry in milliseconds since the Unix epoch.
-    pub fn exp_ms(&self) -> u64 {
-        self.exp.saturating_mul(1000)
-    }
+/// A token that passed [`Verifier::verify`]: its claims, and its expiry to the
+/// millisecond. A JWT's `exp` may have a fraction (RFC 7519's NumericDate), which the
+/// whole seconds of [`Claims::exp`] would drop: an `auth:refresh` token expiring later in
+/// the same second would then not count as later, and the expiry would fire early.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The claims; `exp` in whole seconds, rounded down.
+    pub claims: Claims,
+    /// Expiry in milliseconds since the Unix epoch, rounded down from the token's `exp`.
+    pub exp_ms: u64,
 }
 
 /// Why a token was refused. The messages are the contract's CONNECT_ERROR messages.
@@ -91,7 +98,7 @@ impl Verifier {
     }
 
     /// Checks `token` at wall-clock time `now_ms` (milliseconds since the Unix epoch).
-    pub fn verify(&self, token: &str, now_ms: u64) -> Result<Claims, AuthError> {
+    pub fn verify(&self, token: &str, now_ms: u64) -> Result<Verified, AuthError> {
         let data = jsonwebtoken::decode::<Read>(token, &self.key, &self.validation)
             .map_err(|_| AuthError::Invalid)?;
         let read = data.claims;
@@ -103,12 +110,14 @@ impl Verifier {
         if read.sub.is_empty() || read.user_type.is_empty() || exp_ms <= now_ms || now_ms < nbf_ms {
             return Err(AuthError::Invalid);
         }
-        Ok(Claims {
-            sub: read.sub,
-            user_type: read.user_type,
-            // Whole seconds, as `exp_ms` multiplies back; a fraction ends it a little early.
-            exp: exp_ms / 1000,
-            role: read.role,
+        Ok(Verified {
+            claims: Claims {
+                sub: read.sub,
+                user_type: read.user_type,
+                exp: exp_ms / 1000,
+                role: read.role,
+            },
+            exp_ms,
         })
     }
 }
@@ -197,11 +206,19 @@ mod tests {
         }
     }
 
+    /// What `verify` gives for a token of [`claims`] expiring at `exp_ms`.
+    fn verified(exp_ms: u64) -> Verified {
+        Verified {
+            claims: claims(exp_ms / 1000),
+            exp_ms,
+        }
+    }
+
     #[test]
     fn valid_token_passes_until_it_expires() {
         let v = Verifier::new(SECRET);
         let token = issue(SECRET, &claims(1_000)).expect("sign");
-        assert_eq!(v.verify(&token, 999_999), Ok(claims(1_000)));
+        assert_eq!(v.verify(&token, 999_999), Ok(verified(1_000_000)));
         assert_eq!(v.verify(&token, 1_000_000), Err(AuthError::Invalid));
     }
 
@@ -269,7 +286,7 @@ mod tests {
     fn exp_may_have_a_fraction_and_counts_to_the_millisecond() {
         let v = Verifier::new(SECRET);
         let token = signed(json!({"sub":"u1","userType":"customer","exp":1_000.5}));
-        assert_eq!(v.verify(&token, 1_000_499), Ok(claims(1_000)));
+        assert_eq!(v.verify(&token, 1_000_499), Ok(verified(1_000_500)));
         assert_eq!(v.verify(&token, 1_000_500), Err(AuthError::Invalid));
         for exp in [json!(-1), json!(-0.5), json!("1000"), json!(null)] {
             let token = signed(json!({"sub":"u1","userType":"customer","exp":exp}));
@@ -282,10 +299,10 @@ mod tests {
         let v = Verifier::new(SECRET);
         let token = signed(json!({"sub":"u1","userType":"customer","exp":2_000,"nbf":1_000}));
         assert_eq!(v.verify(&token, 999_999), Err(AuthError::Invalid));
-        assert_eq!(v.verify(&token, 1_000_000), Ok(claims(2_000)));
+        assert_eq!(v.verify(&token, 1_000_000), Ok(verified(2_000_000)));
         let token = signed(json!({"sub":"u1","userType":"customer","exp":2_000,"nbf":999.0001}));
         assert_eq!(v.verify(&token, 999_000), Err(AuthError::Invalid));
-        assert_eq!(v.verify(&token, 999_001), Ok(claims(2_000)));
+        assert_eq!(v.verify(&token, 999_001), Ok(verified(2_000_000)));
         let token = signed(json!({"sub":"u1","userType":"customer","exp":2_000,"nbf":"soon"}));
         assert_eq!(v.verify(&token, 1_500_000), Err(AuthError::Invalid));
     }

@@ -1007,16 +1007,14 @@ impl Gateway {
         let answer = match verdict {
             Err(e) => Err(e.to_string()),
             // MUTATION (test-only): a token of any user is taken.
-            Ok(claims) if claims.user_key() != conn.user && !refresh_any_user(&self.config) => {
+            Ok(v) if v.claims.user_key() != conn.user && !refresh_any_user(&self.config) => {
                 Err("Token is for another user".into())
             }
-            Ok(claims) if claims.exp_ms() <= conn.exp_ms => {
-                Err("Token does not extend the current one".into())
-            }
-            Ok(claims) => {
-                conn.exp_ms = claims.exp_ms();
+            Ok(v) if v.exp_ms <= conn.exp_ms => Err("Token does not extend the current one".into()),
+            Ok(v) => {
+                conn.exp_ms = v.exp_ms;
                 // The connection now holds this token: its role too, granted or withdrawn.
-                conn.admin = claims.is_admin();
+                conn.admin = v.claims.is_admin();
                 let owner = Owner::Conn(session);
                 // MUTATION (test-only): the grace's close stays armed.
                 #[cfg(feature = "mutations")]

@@ -426,8 +426,8 @@ impl Gateway {
                 self.verifier.verify(&token, at)
             }
         };
-        let claims = match claims {
-            Ok(c) => c,
+        let (claims, exp_ms) = match claims {
+            Ok(v) => (v.claims, v.exp_ms),
             Err(error) => {
                 let _ = self.engine.refuse_connect(
                     now,
@@ -460,7 +460,7 @@ impl Gateway {
             no,
             flooded: false,
             joins_reading: 0,
-            exp_ms: claims.exp_ms(),
+            exp_ms,
             joined: Default::default(),
             budget: TokenBucket::new(self.config.event_budget, now),
             timers: ConnTimers::default(),
