@@ -251,12 +251,11 @@ impl Gateway {
             Some(after) => {
                 // The room is joined when the read completes: the store answers in order,
                 // so every message is then either in `missed` or fanned out live, once.
-                let Some(c) = self.conns.get_mut(&session) else {
+                let Some(conn) = self.conns.get(&session).map(|c| c.no) else {
                     return;
                 };
-                c.joins_reading = c.joins_reading.saturating_add(1);
-                let conn = c.no;
                 let op = self.next_op();
+                self.joins_reading.insert((session, op));
                 self.pending.insert(
                     op,
                     Pending::Join {
@@ -400,27 +399,25 @@ impl Gateway {
         let Some(id) = str_field(arg, "conversationId") else {
             return self.refuse(now, session, ack, ErrorCode::InvalidPayload);
         };
-        let mut reading = false;
         if let Some(conn) = self.conns.get_mut(&session) {
             conn.joined.remove(id);
-            reading = conn.joins_reading > 0;
         }
         if let Some(conv) = self.conversations.get_mut(id) {
             conv.room.remove(&session);
         }
         // A join of this conversation still reading its catch-up is answered when the read
         // is done, but must not put the connection back in the room it has since left.
-        // (Looked for only when the connection has such joins: the pending requests are
-        // every connection's.)
-        for pending in self.pending.values_mut().filter(|_| reading) {
-            if let Pending::Join {
-                session: s,
+        let reading = self
+            .joins_reading
+            .range((session, OpId(0))..=(session, OpId(u64::MAX)));
+        for (_, op) in reading {
+            if let Some(Pending::Join {
                 conversation_id,
                 left,
                 ..
-            } = pending
+            }) = self.pending.get_mut(op)
             {
-                if *s == session && conversation_id == id {
+                if conversation_id == id {
                     *left = true;
                 }
             }
@@ -483,10 +480,8 @@ impl Gateway {
         let Some(pending) = self.pending.remove(&op) else {
             return;
         };
-        if let Pending::Join { session, conn, .. } = &pending {
-            if let Some(c) = self.conns.get_mut(session).filter(|c| c.no == *conn) {
-                c.joins_reading = c.joins_reading.saturating_sub(1);
-            }
+        if let Pending::Join { session, .. } = &pending {
+            self.joins_reading.remove(&(*session, op));
         }
         match (pending, result) {
             // Answers for a connection that has since ended go nowhere, also when its

@@ -38,7 +38,7 @@ mod recent;
 mod state;
 mod user_key;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde_json::{json, Value};
 
@@ -133,6 +133,9 @@ pub struct Gateway {
     next_conn: u32,
     conversations: Conversations,
     pending: BTreeMap<OpId, Pending>,
+    /// The joins in `pending` (waiting for their catch-up read), by session: a leave marks
+    /// its session's own, without a walk over every connection's pending requests.
+    joins_reading: BTreeSet<(SessionId, OpId)>,
     next_op: u64,
     timers: TimerQueue<Owner, GatewayTimer>,
     metrics: Metrics,
@@ -163,6 +166,7 @@ impl Gateway {
             next_conn: 0,
             conversations: Conversations::default(),
             pending: BTreeMap::new(),
+            joins_reading: BTreeSet::new(),
             next_op: 1,
             timers: TimerQueue::default(),
             metrics: Metrics::default(),
@@ -459,7 +463,6 @@ impl Gateway {
             admin: claims.is_admin(),
             no,
             flooded: false,
-            joins_reading: 0,
             exp_ms,
             joined: Default::default(),
             budget: TokenBucket::new(self.config.event_budget, now),

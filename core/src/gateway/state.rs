@@ -118,9 +118,6 @@ pub(crate) struct Conn {
     pub(crate) no: u32,
     /// Ended by the gateway for flooding: what is left of its polling POST is dropped.
     pub(crate) flooded: bool,
-    /// Joins of its waiting for their catch-up read: only then does a leave look for
-    /// them among the store's pending requests.
-    pub(crate) joins_reading: u16,
     /// Token expiry, Unix milliseconds.
     pub(crate) exp_ms: u64,
     /// Conversations joined.
