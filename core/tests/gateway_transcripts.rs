@@ -287,6 +287,37 @@ fn duplicate_retry() {
 }
 
 #[test]
+fn a_temp_id_is_the_users_across_conversations() {
+    let mut g = setup();
+    g.conversation("c2", &[("alice", "customer"), ("bob", "agent")]);
+    g.connect(1, "alice", "customer");
+    let first = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"to c1","tempId":"t-1"}),
+    );
+    assert_eq!(g.ack(1, first).expect("acked")["duplicate"], json!(false));
+    let send_c2 = json!({"conversationId":"c2","content":"to c2","tempId":"t-1"});
+    // Answered from the user's recent sends...
+    let again = g.emit(1, "message:send", send_c2.clone());
+    // ... and, once the user is forgotten (gone past the presence grace and the rate
+    // window), from the store.
+    g.peer_close(1);
+    g.advance(20_000);
+    assert_eq!(g.gw.users_held(), 0, "alice forgotten");
+    g.connect(2, "alice", "customer");
+    let later = g.emit(2, "message:send", send_c2);
+    for (ws, ack) in [(1, again), (2, later)] {
+        let a = g.ack(ws, ack).expect("acked");
+        assert_eq!(a["duplicate"], json!(true), "{a}");
+        assert_eq!(a["message"]["conversationId"], json!("c1"), "{a}");
+        assert_eq!(a["message"]["content"], json!("to c1"), "{a}");
+    }
+    assert_eq!(g.store.messages["c1"].len(), 1);
+    assert!(!g.store.messages.contains_key("c2"), "nothing stored in c2");
+}
+
+#[test]
 fn a_numeric_temp_id_is_an_id_too() {
     let mut g = setup();
     g.connect(1, "alice", "customer");
