@@ -318,6 +318,23 @@ fn a_temp_id_is_the_users_across_conversations() {
 }
 
 #[test]
+fn a_send_stored_after_its_sender_left_is_counted_accepted() {
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    g.auto_store = false;
+    g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"hi","tempId":"t-1"}),
+    );
+    g.peer_close(1);
+    g.complete_one();
+    assert_eq!(g.store.messages["c1"].len(), 1, "stored");
+    let m = g.gw.metrics();
+    assert_eq!((m.accepted, m.duplicates), (1, 0));
+}
+
+#[test]
 fn a_numeric_temp_id_is_an_id_too() {
     let mut g = setup();
     g.connect(1, "alice", "customer");

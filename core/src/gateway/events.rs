@@ -889,6 +889,8 @@ impl Gateway {
                     let to = SendReply::new(session, ack, &user, &echo);
                     self.answer_send(now, &to, &message, &m, false);
                 } else {
+                    // Stored all the same: counted, though its sender has gone unanswered.
+                    self.metrics.accepted += 1;
                     self.notice(Notice::Accepted {
                         user: user.clone(),
                         conversation_id: message.conversation_id.clone(),

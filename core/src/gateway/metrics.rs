@@ -44,7 +44,8 @@ pub struct Metrics {
     pub replacements: u64,
     /// Sessions ended, by reason label.
     pub closes: BTreeMap<&'static str, u64>,
-    /// Sends acknowledged (duplicates included).
+    /// Sends acknowledged (duplicates included), and sends stored after their sender had
+    /// gone: new messages stored are this less `duplicates`.
     pub accepted: u64,
     /// Sends acknowledged as duplicates of an earlier one.
     pub duplicates: u64,
