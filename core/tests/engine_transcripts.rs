@@ -607,6 +607,7 @@ fn one_reply_larger_than_the_polling_buffer_is_taken_into_an_empty_queue() {
     assert_eq!(status, 200);
     assert!(body.contains("message-back"), "{body}");
     assert_eq!(h.engine.sessions_held(), 1, "not a slow consumer");
+    assert_eq!(h.engine.polling_overflows(), 0);
     // Behind a reply not yet fetched, the bound holds.
     h.http(
         6,
@@ -615,6 +616,11 @@ fn one_reply_larger_than_the_polling_buffer_is_taken_into_an_empty_queue() {
         &format!("{big}\u{1e}{big}"),
     );
     assert_eq!(h.engine.session_count(), 0, "two unfetched replies are");
+    assert_eq!(
+        h.engine.polling_overflows(),
+        1,
+        "counted as a slow consumer"
+    );
     // Its client's next GET gets the CLOSE, its replies dropped, and the session is gone.
     h.http(7, Method::Get, q("polling", Some(&sid)), "");
     assert_eq!(h.response(7), Some((200, "1".to_owned())));

@@ -497,12 +497,12 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
         out,
         "heartline_slow_consumer_closes_total",
         "counter",
-        "WebSockets closed because their send queue overflowed.",
+        "Connections closed because their send queue overflowed (WebSocket or polling).",
     );
     sample(
         out,
         "heartline_slow_consumer_closes_total",
-        get(&rt.slow_consumer_closes),
+        get(&rt.slow_consumer_closes) + engine.polling_overflows(),
     );
     family(
         out,

@@ -88,6 +88,8 @@ pub struct Engine {
     refused_sessions: u64,
     /// Droppable frames shed from polling buffers that were full.
     shed: u64,
+    /// Polling sessions ended because their buffer overflowed (`SlowConsumer`).
+    polling_overflows: u64,
 }
 
 impl Engine {
@@ -111,6 +113,7 @@ impl Engine {
             out: VecDeque::new(),
             refused_sessions: 0,
             shed: 0,
+            polling_overflows: 0,
         })
     }
 
@@ -145,6 +148,12 @@ impl Engine {
     /// Droppable frames shed so far from polling buffers that were full.
     pub fn frames_shed(&self) -> u64 {
         self.shed
+    }
+
+    /// Polling sessions ended so far because their buffer was still full after shedding
+    /// (a WebSocket's send queue is the driver's, which counts its own).
+    pub fn polling_overflows(&self) -> u64 {
+        self.polling_overflows
     }
 
     /// Armed deadlines, all sessions together.
@@ -577,6 +586,7 @@ impl Engine {
                     }
                 }
                 if overflow {
+                    self.polling_overflows += 1;
                     self.end(now, id, CloseReason::SlowConsumer, Ending::Abort);
                     return;
                 }
