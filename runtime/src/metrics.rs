@@ -57,7 +57,7 @@ pub struct RuntimeMetrics {
     pub outbound_bytes: AtomicU64,
     /// Droppable frames (heartbeat, presence) shed for slow consumers.
     pub outbound_shed: AtomicU64,
-    /// WebSockets closed because their send queue overflowed.
+    /// WebSockets closed because their send queue overflowed (polling sessions: the engine counts).
     pub slow_consumer_closes: AtomicU64,
     /// Group commits done by the store.
     pub store_batches: AtomicU64,
