@@ -181,10 +181,48 @@ fn state_size() {
     }
 }
 
+/// Bytes of core state per conversation membership: 20,000 conversations of 5 members
+/// drawn from 10,000 users (each user in 10 conversations), with ids as long as UUIDs.
+fn membership_size() {
+    let users = 10_000usize;
+    let conversations = 20_000usize;
+    let per = 5usize;
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut g = Gateway::new(config(), Instant::ZERO).expect("config");
+    let empty = LIVE.load(Ordering::Relaxed);
+    for c in 0..conversations {
+        let members = (0..per)
+            .map(|m| Member {
+                user_id: format!("user-{:031}", (c * 7 + m * 1_999) % users),
+                user_type: "customer".into(),
+            })
+            .collect();
+        g.handle_input(
+            Instant::ZERO,
+            Input::ConversationPut {
+                id: format!("conv-{c:031}"),
+                members,
+                last_seq: 0,
+            },
+        )
+        .expect("put");
+        while g.poll_output().is_some() {}
+    }
+    let after = LIVE.load(Ordering::Relaxed);
+    println!(
+        "state: {conversations} conversations x {per} members of {users} users = {} bytes \
+         per membership (empty gateway {} bytes)",
+        (after - empty) / (conversations * per) as isize,
+        empty - before
+    );
+    drop(g);
+}
+
 /// One `message:send` through the gateway: parse, check, admit, store (completed at
 /// once), acknowledge and fan out to the room.
 fn send_path(c: &mut Criterion) {
     state_size();
+    membership_size();
     let users = 1_000;
     let mut g = populate(users, true);
     let mut seqs = vec![0u64; users / MEMBERS];

@@ -47,6 +47,12 @@ impl UserKey {
         self.text.get(self.id_len + 1..).unwrap_or_default()
     }
 
+    /// Whether both are the one copy of the text (not merely equal).
+    #[cfg(test)]
+    pub(crate) fn same_copy(&self, other: &UserKey) -> bool {
+        Arc::ptr_eq(&self.text, &other.text)
+    }
+
     /// `userId:userType`, as the contract and the logs spell it. Not an identity: two
     /// different users can spell alike (see the module docs).
     pub fn as_str(&self) -> &str {
