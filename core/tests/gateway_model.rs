@@ -3,8 +3,9 @@
 //! `Model` below is a plain, deliberately naive restatement of the contract's rules: lists
 //! instead of indexes, a scan instead of a timer queue. A proptest drives the real gateway
 //! (through real Socket.IO frames) and the model with the same random sequences of
-//! connects, closes, replacements, joins, leaves, sends, retries, clock advances and store
-//! failures, and after every step compares what each client received. Two properties are
+//! connects, closes, replacements, joins, leaves, sends, retries, clock advances, store
+//! failures and member lists replaced (as the HTTP API does), and after every step compares
+//! what each client received. Two properties are
 //! also checked directly on what clients saw: the rate limit holds in every sliding window,
 //! and every acknowledged message is stored once and reaches each joined socket in `seq`
 //! order without a gap.
@@ -43,7 +44,12 @@ enum Op {
     Send(usize, usize, Option<u8>),
     FailNextAppend,
     Advance(u64),
+    /// Conversation `.0`'s members become the users of mask `.1` (bit i: `USERS[i]`).
+    SetMembers(usize, u8),
 }
+
+/// The distinct users of `DEVICES`, for member lists.
+const USERS: [&str; 3] = ["alice:customer", "bob:agent", "carol:customer"];
 
 fn op() -> impl Strategy<Value = Op> {
     let d = 0usize..4;
@@ -53,9 +59,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => d.clone().prop_map(Op::Close),
         2 => (d.clone(), c.clone(), proptest::option::of(0u64..4)).prop_map(|(d, c, a)| Op::Join(d, c, a)),
         1 => (d.clone(), c.clone()).prop_map(|(d, c)| Op::Leave(d, c)),
-        6 => (d, c, proptest::option::of(0u8..4)).prop_map(|(d, c, t)| Op::Send(d, c, t)),
+        6 => (d, c.clone(), proptest::option::of(0u8..4)).prop_map(|(d, c, t)| Op::Send(d, c, t)),
         1 => Just(Op::FailNextAppend),
         3 => prop_oneof![0u64..1_500, 2_000u64..6_000].prop_map(Op::Advance),
+        1 => (c, 0u8..8).prop_map(|(c, mask)| Op::SetMembers(c, mask)),
     ]
 }
 
@@ -67,6 +74,8 @@ fn user_of(d: usize) -> String {
 #[derive(Default)]
 struct Model {
     per_user: usize,
+    /// Each conversation's members as they stand.
+    members: Vec<BTreeSet<String>>,
     now: u64,
     /// Live device connections: device -> (ws, joined conversations).
     conns: BTreeMap<usize, (u64, BTreeSet<usize>)>,
@@ -90,23 +99,37 @@ impl Model {
         self.expect.entry(ws).or_default().push(what);
     }
 
-    fn members(c: usize) -> &'static [&'static str] {
-        CONVS[c].1
+    fn is_member(&self, c: usize, user: &str) -> bool {
+        self.members.get(c).is_some_and(|m| m.contains(user))
     }
 
-    fn partners(user: &str) -> BTreeSet<String> {
+    fn partners(&self, user: &str) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
-        for (_, members) in CONVS {
-            if members.contains(&user) {
-                out.extend(
-                    members
-                        .iter()
-                        .filter(|m| **m != user)
-                        .map(|m| m.to_string()),
-                );
+        for members in &self.members {
+            if members.contains(user) {
+                out.extend(members.iter().filter(|m| *m != user).cloned());
             }
         }
         out
+    }
+
+    /// A member list replaced: sockets of users no longer in it leave its room, silently;
+    /// nothing else is told.
+    fn set_members(&mut self, c: usize, mask: u8) {
+        let members: BTreeSet<String> = USERS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, u)| u.to_string())
+            .collect();
+        for (d, (_, joined)) in self.conns.iter_mut() {
+            if !members.contains(&user_of(*d)) {
+                joined.remove(&c);
+            }
+        }
+        if let Some(slot) = self.members.get_mut(c) {
+            *slot = members;
+        }
     }
 
     fn sockets_of(&self, user: &str) -> Vec<u64> {
@@ -119,7 +142,7 @@ impl Model {
     }
 
     fn announce(&mut self, user: &str, online: bool) {
-        for p in Self::partners(user) {
+        for p in self.partners(user) {
             for ws in self.sockets_of(&p) {
                 self.tell(
                     ws,
@@ -186,7 +209,7 @@ impl Model {
         let Some((ws, _)) = self.conns.get(&d).cloned() else {
             return;
         };
-        if !Self::members(c).contains(&user_of(d).as_str()) {
+        if !self.is_member(c, &user_of(d)) {
             return self.tell(ws, "ack err forbidden".into());
         }
         let last = self.stored.get(&c).map_or(0, |l| l.len() as u64);
@@ -221,7 +244,7 @@ impl Model {
             return;
         };
         let user = user_of(d);
-        if !Self::members(c).contains(&user.as_str()) {
+        if !self.is_member(c, &user) {
             self.tell(ws, "ack err forbidden".into());
             return self.tell(ws, "error forbidden".into());
         }
@@ -264,8 +287,9 @@ impl Model {
         self.tell(ws, format!("ack sent c{}#{seq} dup=false", c + 1));
         self.tell(ws, format!("sent c{}#{seq}", c + 1));
         let mut deliveries = vec![];
-        for member in Self::members(c) {
-            for dev in self.order.get(*member).into_iter().flatten() {
+        let members = self.members.get(c).cloned().unwrap_or_default();
+        for member in &members {
+            for dev in self.order.get(member).into_iter().flatten() {
                 if let Some((mws, joined)) = self.conns.get(dev) {
                     let kind = if joined.contains(&c) { "new" } else { "notif" };
                     deliveries.push((*mws, format!("{kind} c{}#{seq}", c + 1)));
@@ -366,6 +390,10 @@ fn run(ops: Vec<Op>, per_user: usize) -> Result<(), TestCaseError> {
     }
     let mut m = Model {
         per_user,
+        members: CONVS
+            .iter()
+            .map(|(_, members)| members.iter().map(|u| u.to_string()).collect())
+            .collect(),
         ..Model::default()
     };
     let mut next_ws = 1u64;
@@ -434,6 +462,16 @@ fn run(ops: Vec<Op>, per_user: usize) -> Result<(), TestCaseError> {
             Op::Advance(ms) => {
                 g.advance(ms);
                 m.advance(ms);
+            }
+            Op::SetMembers(c, mask) => {
+                let pairs: Vec<(&str, &str)> = USERS
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .filter_map(|(_, u)| u.split_once(':'))
+                    .collect();
+                g.conversation(CONVS[c].0, &pairs);
+                m.set_members(c, mask);
             }
         }
         // The user counts the metrics report, kept as states change, are what walking
