@@ -26,16 +26,6 @@ impl Members {
     pub fn iter(&self) -> std::slice::Iter<'_, UserKey> {
         self.0.iter()
     }
-
-    /// How many there are.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl FromIterator<UserKey> for Members {
