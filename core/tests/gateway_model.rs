@@ -5,10 +5,9 @@
 //! (through real Socket.IO frames) and the model with the same random sequences of
 //! connects, closes, replacements, joins, leaves, sends, retries, clock advances, store
 //! failures and member lists replaced (as the HTTP API does), and after every step compares
-//! what each client received. Two properties are
-//! also checked directly on what clients saw: the rate limit holds in every sliding window,
-//! and every acknowledged message is stored once and reaches each joined socket in `seq`
-//! order without a gap.
+//! what each client received. Two properties are also checked directly on what clients
+//! saw: the rate limit holds in every sliding window, and every acknowledged message is
+//! stored once and reaches each joined socket in `seq` order without a gap.
 
 mod gw;
 
@@ -50,6 +49,15 @@ enum Op {
 
 /// The distinct users of `DEVICES`, for member lists.
 const USERS: [&str; 3] = ["alice:customer", "bob:agent", "carol:customer"];
+
+/// The users of `mask` (bit i: `USERS[i]`), as `userId:userType`.
+fn users_in(mask: u8) -> impl Iterator<Item = &'static str> {
+    USERS
+        .iter()
+        .enumerate()
+        .filter(move |(i, _)| mask & (1 << i) != 0)
+        .map(|(_, u)| *u)
+}
 
 fn op() -> impl Strategy<Value = Op> {
     let d = 0usize..4;
@@ -116,12 +124,7 @@ impl Model {
     /// A member list replaced: sockets of users no longer in it leave its room, silently;
     /// nothing else is told.
     fn set_members(&mut self, c: usize, mask: u8) {
-        let members: BTreeSet<String> = USERS
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| mask & (1 << i) != 0)
-            .map(|(_, u)| u.to_string())
-            .collect();
+        let members: BTreeSet<String> = users_in(mask).map(str::to_owned).collect();
         for (d, (_, joined)) in self.conns.iter_mut() {
             if !members.contains(&user_of(*d)) {
                 joined.remove(&c);
@@ -464,12 +467,8 @@ fn run(ops: Vec<Op>, per_user: usize) -> Result<(), TestCaseError> {
                 m.advance(ms);
             }
             Op::SetMembers(c, mask) => {
-                let pairs: Vec<(&str, &str)> = USERS
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| mask & (1 << i) != 0)
-                    .filter_map(|(_, u)| u.split_once(':'))
-                    .collect();
+                let pairs: Vec<(&str, &str)> =
+                    users_in(mask).filter_map(|u| u.split_once(':')).collect();
                 g.conversation(CONVS[c].0, &pairs);
                 m.set_members(c, mask);
             }
