@@ -544,3 +544,99 @@ fn temp_ids_carry_128_random_bits_so_two_starts_of_a_client_do_not_repeat_them()
     assert_ne!(x, y);
     assert!(x.len() <= 128, "within the contract's tempId bound");
 }
+
+/// Messages handed to the application, as `conversation#seq`.
+fn delivered(outputs: &[Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Notice(Notice::Message(m)) => Some(format!(
+                "{}#{}",
+                m["conversationId"].as_str().unwrap_or(""),
+                m["seq"]
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn message_frame(event: &str, seq: u64) -> String {
+    let m = json!({"conversationId": "c0", "seq": seq, "content": format!("m{seq}")});
+    let payload = if event == "message:new" {
+        m
+    } else {
+        json!({"conversationId": "c0", "message": m})
+    };
+    format!("42/chat,{}", json!([event, payload]))
+}
+
+#[test]
+fn a_notification_for_a_joined_conversation_rejoins_it_from_the_last_message() {
+    let (mut d, _) = Driven::connected_in(1);
+    let joins = joins_sent(&d.take());
+    // Notified while its join is under way: written before the answer, nothing to do.
+    d.frame(&message_frame("message:notification", 1));
+    assert!(joins_sent(&d.take()).is_empty());
+    d.ack(
+        joins[0].0,
+        json!({"ok": true, "conversationId": "c0", "lastSeq": 1, "missed": []}),
+    );
+    d.frame(&message_frame("message:new", 2));
+    assert_eq!(delivered(&d.take()), ["c0#2"]);
+    // Let out of the room (its user removed, then added back): #3 comes as a notification.
+    d.frame(&message_frame("message:notification", 3));
+    let out = d.take();
+    assert!(
+        delivered(&out).is_empty(),
+        "a notification is not a delivery"
+    );
+    let rejoin = joins_sent(&out);
+    let events = sent_events(&out);
+    assert_eq!(rejoin.len(), 1, "one rejoin: {events:?}");
+    assert_eq!(events[0].2["afterSeq"], json!(2), "from the last delivered");
+    // A second notification while that rejoin is under way asks for nothing more.
+    d.frame(&message_frame("message:notification", 4));
+    assert!(joins_sent(&d.take()).is_empty());
+    let missed: Vec<Value> = (3..=4)
+        .map(|s| json!({"conversationId": "c0", "seq": s, "content": format!("m{s}")}))
+        .collect();
+    d.ack(
+        rejoin[0].0,
+        json!({"ok": true, "conversationId": "c0", "lastSeq": 4, "missed": missed}),
+    );
+    assert_eq!(delivered(&d.take()), ["c0#3", "c0#4"]);
+}
+
+#[test]
+fn a_conversation_refused_for_good_resumes_where_it_stopped_when_joined_again() {
+    let (mut d, _) = Driven::connected_in(1);
+    let joins = joins_sent(&d.take());
+    d.ack(
+        joins[0].0,
+        json!({"ok": true, "conversationId": "c0", "lastSeq": 5, "missed": []}),
+    );
+    d.frame(&message_frame("message:new", 6));
+    assert_eq!(delivered(&d.take()), ["c0#6"]);
+    // Removed from the conversation: the rejoin after a reconnect is refused for good.
+    d.reconnect();
+    let joins = joins_sent(&d.take());
+    d.ack(
+        joins[0].0,
+        json!({"ok": false, "error": "Not a member", "code": "forbidden"}),
+    );
+    let out = d.take();
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Notice(Notice::Event(name, _)) if name == "conversation:join_failed"
+    )));
+    assert!(d.client.joined().is_empty());
+    // Not joined: a notification is the application's to act on.
+    d.frame(&message_frame("message:notification", 7));
+    assert!(joins_sent(&d.take()).is_empty());
+    // The application joins again (its user let back in): from #6, not from now.
+    d.client.join(d.now, "c0");
+    let out = d.take();
+    let events = sent_events(&out);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].2["afterSeq"], json!(6));
+}

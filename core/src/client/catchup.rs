@@ -23,6 +23,10 @@ pub(crate) struct CatchUp {
     held: BTreeMap<String, BTreeMap<u64, Value>>,
     /// The `seq` a conversation is known to have reached on the server.
     target: BTreeMap<String, u64>,
+    /// Conversations the server refused to let this client join (no longer a member), and
+    /// the last `seq` delivered of each: a later join resumes from there, so a user let
+    /// back in misses nothing that was sent meanwhile.
+    parked: BTreeMap<String, u64>,
 }
 
 fn key(message: &Value) -> Option<(&str, u64)> {
@@ -139,6 +143,22 @@ impl CatchUp {
             .then_some(last)
     }
 
+    /// Starts or resumes a conversation: from where it was parked, if it was.
+    pub(crate) fn start(&mut self, conv: &str) {
+        let resume = self.parked.remove(conv);
+        self.joined.entry(conv.to_owned()).or_insert(resume);
+    }
+
+    /// The server refused `conv` for good: it is no longer joined, and its position is
+    /// kept for a later [`CatchUp::start`].
+    pub(crate) fn park(&mut self, conv: &str) {
+        if let Some(Some(last)) = self.joined.remove(conv) {
+            self.parked.insert(conv.to_owned(), last);
+        }
+        self.held.remove(conv);
+        self.target.remove(conv);
+    }
+
     /// The connection is gone: held messages will come again with the rejoin.
     pub(crate) fn reset(&mut self) {
         self.held.clear();
@@ -172,6 +192,29 @@ mod tests {
         c.page("c", &[m(5), m(6), m(7), m(8)], &mut out);
         assert_eq!(seqs(&out), vec![2, 3, 4, 5, 6, 7, 8, 9]);
         assert_eq!(c.behind("c"), None);
+    }
+
+    #[test]
+    fn a_parked_conversation_resumes_where_it_stopped() {
+        let mut c = CatchUp::default();
+        c.start("c");
+        let mut out = vec![];
+        c.joined("c", &[], Some(2), &mut out);
+        c.take(&m(3), &mut out);
+        c.take(&m(5), &mut out); // held behind a gap
+        c.park("c");
+        assert!(!c.joined.contains_key("c"));
+        assert_eq!(c.behind("c"), None);
+        c.start("c");
+        assert_eq!(c.joined.get("c"), Some(&Some(3)), "resumes after #3");
+        // The rejoin's catch-up brings 4.. again; nothing held from before is released.
+        c.joined("c", &[m(4), m(5), m(6)], Some(6), &mut out);
+        assert_eq!(seqs(&out), vec![3, 4, 5, 6]);
+        // Never delivered anything: starts afresh.
+        c.start("d");
+        c.park("d");
+        c.start("d");
+        assert_eq!(c.joined.get("d"), Some(&None));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   `rate_limited` answer is retried after `retryAfterMs`;
 //! - catch-up: joined conversations are rejoined with `afterSeq` = the last `seq` seen,
 //!   [`MAX_JOINS_IN_FLIGHT`] at a time, and messages are handed to the application once,
-//!   in order;
+//!   in order; a `message:notification` for a joined conversation (the server let the
+//!   connection out of the room when the member list changed) rejoins it the same way;
 //! - no reconnection after `connection:replaced` or a refused connect: two devices of one
 //!   user must never take turns replacing each other.
 //!
@@ -399,10 +400,7 @@ impl Client {
     /// Joins a conversation (and rejoins it with catch-up after every reconnect).
     pub fn join(&mut self, now: Instant, conversation_id: &str) {
         self.clock.observe(now);
-        self.convs
-            .joined
-            .entry(conversation_id.to_owned())
-            .or_insert(None);
+        self.convs.start(conversation_id);
         if self.phase == Phase::Up {
             self.send_join(conversation_id);
         }
@@ -803,6 +801,7 @@ impl Client {
             "heartbeat" => self.send_event("heartbeat:response", payload.clone(), None),
             "connection:replaced" => self.replaced = true,
             "message:new" => self.deliver(&payload),
+            "message:notification" => self.notified(&payload),
             _ => {}
         }
         let _ = now;
@@ -810,16 +809,34 @@ impl Client {
             .push_back(Output::Notice(Notice::Event(name, payload)));
     }
 
+    /// `message:notification` goes only to connections outside the conversation's room.
+    /// For a conversation this client has joined, with no join of it under way (a
+    /// notification written before a join's answer arrives before it), the server has let
+    /// the connection out of the room: the conversation's member list was replaced without
+    /// this user and then with it again. The client rejoins, catching up from the last
+    /// message it delivered.
+    fn notified(&mut self, payload: &Value) {
+        let Some(conv) = payload.get("conversationId").and_then(Value::as_str) else {
+            return;
+        };
+        if self.phase == Phase::Up && self.convs.joined.contains_key(conv) {
+            let conv = conv.to_owned();
+            self.send_join(&conv);
+        }
+    }
+
     /// A join the server refused. A server-side failure (`internal`, `rate_limited`) is
     /// retried on this connection after a pause: until the join succeeds the client is not
     /// in the room and would miss every message. Any other refusal is final for this
-    /// conversation, and the application is told.
+    /// conversation, and the application is told; the position reached is kept, so that
+    /// if the application joins again (its user let back in) nothing sent meanwhile is
+    /// missed.
     fn join_refused(&mut self, now: Instant, conv: &str, reply: &Value) {
         let code = refusal_code(reply);
         if matches!(code.as_str(), "internal" | "rate_limited") {
             return self.rejoin_later(now, conv.to_owned(), reply);
         }
-        self.convs.joined.remove(conv);
+        self.convs.park(conv);
         self.out.push_back(Output::Notice(Notice::Event(
             "conversation:join_failed".into(),
             json!({ "conversationId": conv, "code": code }),
