@@ -134,6 +134,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "queue-sheds-anything" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.queue_sheds_anything = true)
         }
+        "removed-members-stay-in-room" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.removed_members_stay_in_room = true)
+        }
         "refresh-keeps-grace" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.refresh_keeps_grace = true)
         }

@@ -42,11 +42,14 @@ pub enum FaultKind {
     /// The store dies under operations in flight (some kept, all answered as failures)
     /// until the server is restarted.
     StoreDies,
+    /// The operator replaces a conversation's member list over the API: users are let out
+    /// of it (and of its room) while connected, joined and sending, and let back in.
+    Members,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Partition,
         FaultKind::HalfOpen,
         FaultKind::Reset,
@@ -60,11 +63,14 @@ impl FaultKind {
         FaultKind::Storm,
         FaultKind::Hostile,
         FaultKind::StoreDies,
+        FaultKind::Members,
     ];
 
     /// The kinds a swarm seed draws first, in this order; kinds added after them are drawn
     /// after every other knob, so that each seed keeps the knobs and faults it had.
     const SWARM_FIRST: usize = 12;
+    /// The kinds drawn after the token knobs; those after them are drawn last of all.
+    const SWARM_SECOND: usize = 13;
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -82,6 +88,7 @@ impl FaultKind {
             FaultKind::Storm => "storm",
             FaultKind::Hostile => "hostile",
             FaultKind::StoreDies => "storedies",
+            FaultKind::Members => "members",
         }
     }
 
@@ -258,7 +265,7 @@ impl Options {
         // Drawn last, so the knobs above stay what they were for every seed.
         o.expiring_pct = pick(&mut rng, &[0, 25, 100]);
         o.auth_grace_ms = pick(&mut rng, &[2_000, 10_000, 30_000]);
-        for kind in &FaultKind::ALL[FaultKind::SWARM_FIRST..] {
+        for kind in &FaultKind::ALL[FaultKind::SWARM_FIRST..FaultKind::SWARM_SECOND] {
             if rng.below(2) == 0 {
                 o.faults.insert(*kind);
             }
@@ -274,6 +281,11 @@ impl Options {
         o.socket_buffer = pick(&mut rng, &[65_536, small]);
         // Frequent heartbeats give a full queue droppable frames to shed.
         o.heartbeat_ms = pick(&mut rng, &[15_000, 1_000]);
+        for kind in &FaultKind::ALL[FaultKind::SWARM_SECOND..] {
+            if rng.below(2) == 0 {
+                o.faults.insert(*kind);
+            }
+        }
         o
     }
 

@@ -102,6 +102,14 @@ pub enum Fault {
     },
     /// Every client connection is reset at once.
     Storm,
+    /// The operator replaces a conversation's member list: of its members by the
+    /// workload's layout, those whose bit is set in `keep` (the `i`-th member, bit `i`).
+    Members {
+        /// The conversation (an index, taken modulo the number of conversations).
+        conversation: usize,
+        /// Which of its members stay.
+        keep: u64,
+    },
 }
 
 impl Fault {
@@ -120,6 +128,7 @@ impl Fault {
             Fault::SlowStore { .. } => FaultKind::SlowStore,
             Fault::StoreDies { .. } => FaultKind::StoreDies,
             Fault::Storm => FaultKind::Storm,
+            Fault::Members { .. } => FaultKind::Members,
         }
     }
 }
@@ -162,6 +171,10 @@ impl fmt::Display for Fault {
                  restarted after {restart_ms}ms, down {down_ms}ms"
             ),
             Fault::Storm => write!(f, "reconnect storm: every connection reset"),
+            Fault::Members { conversation, keep } => write!(
+                f,
+                "operator replaces the members of conversation #{conversation} (keeps {keep:#b})"
+            ),
         }
     }
 }
@@ -225,6 +238,15 @@ pub fn draw(kind: FaultKind, rng: &mut Rng, clients: usize) -> Fault {
             kept_pct: rng.below(101),
             restart_ms: 100 + rng.below(10_000),
             down_ms: 100 + rng.below(5_000),
+        },
+        FaultKind::Members => Fault::Members {
+            conversation: rng.below(1 << 16) as usize,
+            // Half the time the whole list again, letting everyone back in.
+            keep: if rng.below(2) == 0 {
+                u64::MAX
+            } else {
+                rng.below(1 << 5)
+            },
         },
         FaultKind::Storm | FaultKind::Hostile => Fault::Storm,
     }

@@ -13,10 +13,14 @@
 //! back up to its first bad frame), and every one of them is answered as a failure all the
 //! same. Those are the sends whose senders are told `internal` for a message that is
 //! stored: their retries, with the same `tempId`, must find it and store nothing new.
+//!
+//! Member lists are written through the same queue, as the HTTP API's are in the runtime,
+//! so the gateway learns a list with the `last_seq` of its conversation in order with
+//! the appends; a restarted server reads them back.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use heartline_core::gateway::{AppendOutcome, Effect, Input, Message, StoreFailure};
+use heartline_core::gateway::{AppendOutcome, Effect, Input, Member, Message, StoreFailure};
 use heartline_core::{Instant, Rng};
 
 /// What the checkers learn from a completed operation.
@@ -26,6 +30,27 @@ pub enum Committed {
     Stored(Message),
     /// Nothing new was stored.
     Nothing,
+    /// A conversation's member list was replaced.
+    Members {
+        /// The conversation.
+        id: String,
+        /// Its members now.
+        members: Vec<Member>,
+    },
+}
+
+/// An operation in the store's queue.
+#[derive(Clone, Debug)]
+enum Op {
+    /// One the gateway asked for.
+    Gateway(Effect),
+    /// A conversation's member list replaced (the HTTP API).
+    Put {
+        /// The conversation.
+        id: String,
+        /// Its members.
+        members: Vec<Member>,
+    },
 }
 
 /// The simulated store.
@@ -34,7 +59,9 @@ pub struct Store {
     messages: BTreeMap<String, Vec<Message>>,
     /// (sender id, sender type, tempId) to (conversation, seq).
     by_temp: BTreeMap<(String, String, String), (String, u64)>,
-    queue: VecDeque<(Instant, Effect)>,
+    /// Member lists written through [`Store::put`].
+    members: BTreeMap<String, Vec<Member>>,
+    queue: VecDeque<(Instant, Op)>,
     last_at: Instant,
     /// Base latency per operation.
     pub latency_ms: u64,
@@ -73,10 +100,31 @@ impl Store {
 
     /// Queues an operation; it completes after the ones before it.
     pub fn submit(&mut self, now: Instant, effect: Effect, rng: &mut Rng) {
+        self.enqueue(now, Op::Gateway(effect), rng);
+    }
+
+    /// Queues the replacement of a conversation's member list.
+    pub fn put(&mut self, now: Instant, id: String, members: Vec<Member>, rng: &mut Rng) {
+        self.enqueue(now, Op::Put { id, members }, rng);
+    }
+
+    fn enqueue(&mut self, now: Instant, op: Op, rng: &mut Rng) {
         let delay = self.latency_ms + rng.below(self.latency_ms + 1) + self.extra_ms;
         let at = now.add_ms(delay).max(self.last_at);
         self.last_at = at;
-        self.queue.push_back((at, effect));
+        self.queue.push_back((at, op));
+    }
+
+    /// The member list last written for a conversation, if any was.
+    pub fn members_of(&self, id: &str) -> Option<&[Member]> {
+        self.members.get(id).map(Vec::as_slice)
+    }
+
+    /// Whether a member list is waiting in the queue.
+    pub fn puts_in_flight(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|(_, op)| matches!(op, Op::Put { .. }))
     }
 
     /// When the next operation completes.
@@ -115,9 +163,36 @@ impl Store {
         self.dead
     }
 
-    /// Completes the next operation: its result for the gateway, and what it committed.
-    pub fn complete(&mut self, rng: &mut Rng) -> Option<(Input, Committed)> {
-        let (_, effect) = self.queue.pop_front()?;
+    /// Completes the next operation: its result for the gateway (none for a member list
+    /// that was not written: the API's caller is told, the gateway is not), and what it
+    /// committed.
+    pub fn complete(&mut self, rng: &mut Rng) -> Option<(Option<Input>, Committed)> {
+        let (_, op) = self.queue.pop_front()?;
+        let effect = match op {
+            Op::Gateway(effect) => effect,
+            Op::Put { id, members } => {
+                let fail = self.dead || (self.fail_pct > 0 && rng.below(100) < self.fail_pct);
+                if self.dead {
+                    self.doomed = self.doomed.saturating_sub(1);
+                }
+                if fail {
+                    self.failures += 1;
+                    return Some((None, Committed::Nothing));
+                }
+                self.members.insert(id.clone(), members.clone());
+                let input = Input::ConversationPut {
+                    id: id.clone(),
+                    members: members.clone(),
+                    last_seq: self.last_seq(&id),
+                };
+                return Some((Some(input), Committed::Members { id, members }));
+            }
+        };
+        self.complete_effect(effect, rng)
+            .map(|(input, committed)| (Some(input), committed))
+    }
+
+    fn complete_effect(&mut self, effect: Effect, rng: &mut Rng) -> Option<(Input, Committed)> {
         if let (Some((kept_pct, restart)), Effect::Append { .. }) = (self.dying, &effect) {
             self.dying = None;
             self.dead = true;
@@ -330,6 +405,7 @@ mod tests {
         // Every append in flight is kept (100%) and every one is answered as failed.
         for _ in 2..=4 {
             let (input, committed) = store.complete(&mut rng).expect("queued");
+            let input = input.expect("an answer");
             assert!(failed_append(&input), "{input:?}");
             assert!(matches!(committed, Committed::Stored(_)));
         }
@@ -339,7 +415,7 @@ mod tests {
         // Later operations fail and keep nothing, until the restart.
         store.submit(Instant::ZERO, append(5), &mut rng);
         let (input, committed) = store.complete(&mut rng).expect("queued");
-        assert!(failed_append(&input));
+        assert!(failed_append(&input.expect("an answer")));
         assert_eq!(committed, Committed::Nothing);
         assert!(store.is_dead());
         store.crash();
@@ -351,7 +427,7 @@ mod tests {
         assert!(
             matches!(
                 &input,
-                Input::Appended { result: Ok(AppendOutcome::Duplicate(m)), .. } if m.seq == 3
+                Some(Input::Appended { result: Ok(AppendOutcome::Duplicate(m)), .. }) if m.seq == 3
             ),
             "{input:?}"
         );

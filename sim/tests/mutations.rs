@@ -16,8 +16,11 @@ fn first_violation(name: &str, seeds: u64, make: impl Fn(u64) -> Options) -> (u6
     panic!("mutation {name}: no violation in {seeds} seeds");
 }
 
+/// A swarm seed's knobs, without member lists replaced (the tests that want them add
+/// them), so that each test meets its bug in the fault mixes it was written against.
 fn base(seed: u64) -> Options {
     let mut o = Options::swarm(seed, 10, 60_000);
+    o.faults.remove(&FaultKind::Members);
     o.trace_tail = 0;
     o
 }
@@ -349,4 +352,25 @@ fn a_displaced_connection_closed_without_a_disconnect_is_caught() {
         o
     });
     assert_eq!(checker, heartline_sim::check::ping_pong::NAME);
+}
+
+#[test]
+fn removed_members_left_in_the_room_are_caught() {
+    // Only member lists replaced while their users are joined show it.
+    let (_, checker) = first_violation("removed-members-stay-in-room", 40, |s| {
+        let mut o = base(s);
+        o.faults.insert(FaultKind::Members);
+        o.gateway_hook = Some(|c| c.engine.mutations.removed_members_stay_in_room = true);
+        o
+    });
+    // Written to a removed member (members-only), or to a connection that was let back
+    // in and has not joined again (message-frames).
+    assert!(
+        [
+            heartline_sim::check::members::NAME,
+            heartline_sim::check::message_frames::NAME
+        ]
+        .contains(&checker),
+        "{checker}"
+    );
 }

@@ -118,6 +118,9 @@ pub struct Mutations {
     /// too), not only droppable frames. Set for the thread that creates the engine
     /// ([`super::send_queue::mutate_sheds_anything`]), where its queues are pushed to.
     pub queue_sheds_anything: bool,
+    /// A member list replaced over the API leaves the removed users' connections in the
+    /// conversation's room (the member table updated, no `socket.leave`).
+    pub removed_members_stay_in_room: bool,
 }
 
 impl Default for EngineConfig {

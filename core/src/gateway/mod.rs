@@ -333,7 +333,19 @@ impl Gateway {
                 members,
                 last_seq,
             } => {
-                let evicted = self.conversations.put(&id, &members, last_seq);
+                #[cfg_attr(not(feature = "mutations"), allow(unused_mut))]
+                let mut evicted = self.conversations.put(&id, &members, last_seq);
+                // MUTATION (test-only): removed members stay in the room.
+                #[cfg(feature = "mutations")]
+                if self.config.engine.mutations.removed_members_stay_in_room {
+                    if let Some(conv) = self.conversations.get_mut(&id) {
+                        for s in evicted.drain(..) {
+                            if let Some(c) = self.conns.get(&s) {
+                                conv.room.insert(s, c.user.clone());
+                            }
+                        }
+                    }
+                }
                 for s in evicted {
                     if let Some(c) = self.conns.get_mut(&s) {
                         c.joined.remove(&id);

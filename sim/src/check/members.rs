@@ -1,15 +1,18 @@
 //! Only members of a conversation may join it, read it or send to it.
 //!
-//! Seen from outside the gateway: every `message:new` that reaches a connection is for a
-//! conversation its user is a member of; every message the store keeps was sent by a
-//! member of its conversation; and a hostile user's requests for a conversation it is not
-//! in (a join, a history read, sends) are never answered `ok: true`. Who is a member comes
-//! from the workload's layout, not from the gateway, so a bug in the gateway's own
-//! membership or rooms cannot hide itself.
+//! Seen from outside the gateway: every `message:new` the server writes to a connection is
+//! for a conversation its user is a member of at that moment; every append the server asks
+//! of the store is from a member of its conversation at that moment; and a hostile user's
+//! requests for a conversation it is not in (a join, a history read, sends) are never
+//! answered `ok: true`. Who is a member comes from the workload's layout and the member
+//! lists the operator has since written (as the store committed them), not from the
+//! gateway, so a bug in the gateway's own membership or rooms cannot hide itself. The
+//! checks are made when the server writes or asks, not when a frame arrives: a member
+//! removed meanwhile may still receive what was written to it before.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use heartline_core::gateway::Message;
+use heartline_core::gateway::Effect;
 use serde_json::Value;
 
 use super::wire::chat_data;
@@ -22,7 +25,7 @@ pub const NAME: &str = "members-only";
 /// Membership by the layout, and what each connection received.
 #[derive(Debug)]
 pub struct MembersOnly {
-    /// Conversation id to its members' user keys.
+    /// Conversation id to its members' user keys, now.
     members: BTreeMap<String, BTreeSet<String>>,
     /// The user key of each layout user, by index.
     keys: Vec<String>,
@@ -55,16 +58,18 @@ impl MembersOnly {
             .is_some_and(|m| m.contains(user))
     }
 
-    /// A frame reached a connection of layout user `user`.
-    pub fn honest_received(&self, user: usize, text: &str) -> Finding {
-        match self.keys.get(user) {
-            Some(key) => self.message_new(key, text),
-            None => Ok(()),
-        }
+    /// The store committed a new member list for `conversation`: layout users `users`.
+    pub fn set(&mut self, conversation: &str, users: &BTreeSet<usize>) {
+        let keys = users
+            .iter()
+            .filter_map(|u| self.keys.get(*u).cloned())
+            .collect();
+        self.members.insert(conversation.to_owned(), keys);
     }
 
-    /// A `message:new` in `text` must be for a conversation `user` is a member of.
-    fn message_new(&self, user: &str, text: &str) -> Finding {
+    /// The server wrote `text` to a connection of `user` (a user key): a `message:new` in
+    /// it must be for a conversation `user` is a member of now.
+    pub fn sent(&self, user: &str, text: &str) -> Finding {
         if !text.starts_with("42/chat,[\"message:new\"") {
             return Ok(());
         }
@@ -80,7 +85,7 @@ impl MembersOnly {
         } else {
             Err((
                 NAME,
-                format!("{user}, not a member of {conv:?}, was delivered {text}"),
+                format!("{user}, not a member of {conv:?}, was written {text}"),
             ))
         }
     }
@@ -98,7 +103,6 @@ impl MembersOnly {
     /// A frame reached hostile connection `link` of `user`; if it trespasses, none of its
     /// requests may be granted.
     pub fn hostile_received(&self, link: u64, user: &str, text: &str) -> Finding {
-        self.message_new(user, text)?;
         if !self.trespassing.contains_key(&link) {
             return Ok(());
         }
@@ -113,17 +117,21 @@ impl MembersOnly {
         Ok(())
     }
 
-    /// The store kept `m`: its sender must be a member of its conversation.
-    pub fn stored(&self, m: &Message) -> Finding {
-        let sender = format!("{}:{}", m.sender_id, m.sender_type);
-        if self.is_member(&m.conversation_id, &sender) {
+    /// The server asks the store for `effect`: an append's sender must be a member of its
+    /// conversation now.
+    pub fn asked(&self, effect: &Effect) -> Finding {
+        let Effect::Append { request, .. } = effect else {
+            return Ok(());
+        };
+        let sender = format!("{}:{}", request.sender_id, request.sender_type);
+        if self.is_member(&request.conversation_id, &sender) {
             Ok(())
         } else {
             Err((
                 NAME,
                 format!(
-                    "stored {}#{} from {sender}, not a member",
-                    m.conversation_id, m.seq
+                    "asked to store {:?} in {} from {sender}, not a member",
+                    request.content, request.conversation_id
                 ),
             ))
         }
@@ -137,15 +145,18 @@ mod tests {
     #[test]
     fn a_message_for_a_conversation_of_others_is_a_violation() {
         let layout = Layout::new(10, 1);
-        let check = MembersOnly::new(&layout);
+        let mut check = MembersOnly::new(&layout);
         let to_g0 = r#"42/chat,["message:new",{"conversationId":"g0","seq":1}]"#;
-        assert!(check.honest_received(0, to_g0).is_ok());
+        assert!(check.sent("u0:customer", to_g0).is_ok());
         assert!(
-            check.honest_received(7, to_g0).is_err(),
+            check.sent("u7:customer", to_g0).is_err(),
             "u7 is in g1 and x0 only"
         );
-        let mut check = check;
-        assert!(check.hostile_received(1, "h0:customer", to_g0).is_err());
+        assert!(check.sent("h0:customer", to_g0).is_err());
+        // The operator lets u0 out of g0 and u7 in.
+        check.set("g0", &[1, 2, 3, 4, 7].into_iter().collect());
+        assert!(check.sent("u0:customer", to_g0).is_err());
+        assert!(check.sent("u7:customer", to_g0).is_ok());
         check.trespasses(1, "h0:customer".into());
         let refused = r#"43/chat,3[{"ok":false,"error":{"code":"forbidden"}}]"#;
         assert!(check.hostile_received(1, "h0:customer", refused).is_ok());

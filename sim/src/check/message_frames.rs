@@ -26,6 +26,14 @@
 //! allowance for frames in flight. A join whose catch-up was still being read when a leave
 //! of the same conversation was answered is answered without entering the room (the later
 //! request wins), and is taken so. `message:sent` goes to the connection that sent.
+//!
+//! A member list replaced without a connection's user lets the connection out of the room
+//! at once and without a word ([`MessageFrames::evicted`]); what the server wrote to it
+//! before is still on its way. Every message stored by then, up to the conversation's
+//! last `seq` S, had been written to each connection in the room, so such a connection
+//! leaves the room, by the wire, when its `message:new` frames reach S (at once if they
+//! had), and a join the server answered before the eviction enters the room only up to S
+//! as well.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,6 +54,10 @@ enum Request {
         after_seq: Option<u64>,
         /// Not if a leave of the conversation was answered while it was under way.
         enters: bool,
+        /// Answered by the server (the answer on its way).
+        answered: bool,
+        /// Let out of the room after its answer, once the room's frames reach this `seq`.
+        evicted_at: Option<u64>,
     },
     Leave {
         conversation: String,
@@ -72,6 +84,9 @@ pub struct MessageFrames {
     asked: BTreeMap<(u64, u64), Request>,
     /// (link, conversation) joined, to the last `seq` sent on it.
     joined: BTreeMap<(u64, String), u64>,
+    /// (link, conversation) let out of the room by the server, to the `seq` at which the
+    /// frames written before that end.
+    leaving: BTreeMap<(u64, String), u64>,
     /// (link, tempId) of every send made on a link.
     sends: BTreeSet<(u64, String)>,
     /// `message:new` frames checked.
@@ -94,6 +109,8 @@ impl MessageFrames {
                     conversation,
                     after_seq: arg.get("afterSeq").and_then(Value::as_u64),
                     enters: true,
+                    answered: false,
+                    evicted_at: None,
                 })
             }
             (Some("conversation:leave"), Some(arg)) => {
@@ -110,6 +127,59 @@ impl MessageFrames {
         };
         if let Some(request) = request {
             self.asked.insert((link, id), request);
+        }
+    }
+
+    /// The server wrote `text` to honest connection `link`.
+    pub fn server_sent(&mut self, link: u64, text: &str) {
+        if let Some((b'3', Some(id), _)) = chat_data(text) {
+            if let Some(Request::Join { answered, .. }) = self.asked.get_mut(&(link, id)) {
+                *answered = true;
+            }
+        }
+    }
+
+    /// The server let `links` out of `conversation`'s room (their user's membership
+    /// ended), when the conversation's last stored `seq` was `last`.
+    pub fn evicted(&mut self, links: &[u64], conversation: &str, last: u64) {
+        for link in links {
+            let key = (*link, conversation.to_owned());
+            match self.joined.get(&key) {
+                Some(sent) if *sent >= last => {
+                    self.joined.remove(&key);
+                    self.leaving.remove(&key);
+                }
+                Some(_) => {
+                    self.leaving.insert(key, last);
+                }
+                None => {}
+            }
+            for request in self.asked.range_mut((*link, 0)..=(*link, u64::MAX)) {
+                if let (
+                    _,
+                    Request::Join {
+                        conversation: c,
+                        answered: true,
+                        evicted_at,
+                        ..
+                    },
+                ) = request
+                {
+                    if c == conversation {
+                        *evicted_at = Some(last);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The frames written to `link` before it was let out of `conversation`'s room have
+    /// all arrived (its last `seq` sent is `sent`): it is out of the room.
+    fn leave_if_done(&mut self, link: u64, conversation: &str, sent: u64) {
+        let key = (link, conversation.to_owned());
+        if self.leaving.get(&key).is_some_and(|at| sent >= *at) {
+            self.leaving.remove(&key);
+            self.joined.remove(&key);
         }
     }
 
@@ -211,6 +281,7 @@ impl MessageFrames {
                             }
                         }
                     }
+                    self.leaving.remove(&(link, conversation.clone()));
                     self.joined.remove(&(link, conversation));
                 }
                 Ok(())
@@ -220,6 +291,8 @@ impl MessageFrames {
                 conversation,
                 after_seq,
                 enters,
+                evicted_at,
+                ..
             } => {
                 let reply = reply.unwrap_or(&Value::Null);
                 let Some(last) = reply.get("lastSeq").and_then(Value::as_u64) else {
@@ -266,6 +339,10 @@ impl MessageFrames {
                         ));
                     }
                 }
+                if let Some(at) = evicted_at {
+                    self.leaving.insert((link, conversation.clone()), at);
+                    self.leave_if_done(link, &conversation, last);
+                }
                 Ok(())
             }
         }
@@ -294,6 +371,7 @@ impl MessageFrames {
             ));
         }
         *sent = seq;
+        self.leave_if_done(link, &conv, seq);
         Ok(())
     }
 
@@ -301,6 +379,7 @@ impl MessageFrames {
     pub fn closed(&mut self, link: u64) {
         self.asked.retain(|(l, _), _| *l != link);
         self.joined.retain(|(l, _), _| *l != link);
+        self.leaving.retain(|(l, _), _| *l != link);
         self.sends.retain(|(l, _)| *l != link);
     }
 
@@ -424,6 +503,53 @@ mod tests {
         );
         let wrong = format!(r#"42/chat,["message:sent",{{"tempId":"t9","message":{m1}}}]"#);
         assert!(f.received(1, &wrong, &store).is_err());
+    }
+
+    #[test]
+    fn a_connection_let_out_of_the_room_takes_what_was_written_before_and_nothing_after() {
+        let store = store_with(5);
+        let join = |f: &mut MessageFrames, link: u64, id: u64| {
+            f.sent(
+                link,
+                &format!(r#"42/chat,{id}["conversation:join",{{"conversationId":"c"}}]"#),
+            );
+        };
+        let ok = |id: u64, last: u64| {
+            format!(r#"43/chat,{id}[{{"ok":true,"lastSeq":{last},"missed":[]}}]"#)
+        };
+        let mut f = MessageFrames::default();
+        // Link 1 in the room at #1; #2 and #3 written to it, then it is let out at #3.
+        join(&mut f, 1, 0);
+        f.received(1, &ok(0, 1), &store).expect("joined");
+        // Link 2's join answered by the server before the eviction, at #2, arriving after.
+        join(&mut f, 2, 0);
+        f.server_sent(2, &ok(0, 2));
+        // Link 3's join answered after it: refused, or (let back in) entered anew.
+        join(&mut f, 3, 0);
+        f.evicted(&[1, 2, 3], "c", 3);
+        f.received(1, &new_frame(&store, 2), &store)
+            .expect("written before");
+        f.received(1, &new_frame(&store, 3), &store)
+            .expect("written before");
+        assert!(
+            f.received(1, &new_frame(&store, 4), &store).is_err(),
+            "written after it was let out"
+        );
+        f.received(2, &ok(0, 2), &store).expect("answered before");
+        f.received(2, &new_frame(&store, 3), &store)
+            .expect("written before");
+        assert!(f.received(2, &new_frame(&store, 4), &store).is_err());
+        f.received(3, &ok(0, 3), &store).expect("let back in");
+        f.received(3, &new_frame(&store, 4), &store)
+            .expect("in the room again");
+        // A link that had everything up to #4 is out at once.
+        f.evicted(&[3], "c", 4);
+        assert!(f.received(3, &new_frame(&store, 5), &store).is_err());
+        // Out of the room, a notification is what it may get.
+        let m5 = store.get("c", 5).expect("stored").to_json();
+        let note =
+            format!(r#"42/chat,["message:notification",{{"conversationId":"c","message":{m5}}}]"#);
+        f.received(3, &note, &store).expect("not in the room");
     }
 
     #[test]

@@ -5,16 +5,20 @@
 //! connections, so a fan-out that goes astray cannot hide behind a correct notice:
 //!
 //! - a connection is told only about users who share a conversation with its user (by the
-//!   workload's layout, not the gateway's membership), never about its own user;
+//!   workload's layout and the member lists the operator has since written, not by the
+//!   gateway's membership), never about its own user;
 //! - on one connection, the frames about one user alternate (online, offline, online...):
-//!   the server announces transitions only, so a repeat is a duplicate or a lost frame;
+//!   the server announces transitions only, so a repeat is a duplicate or a lost frame
+//!   (unless the user did not share a conversation with the subject at some announcement
+//!   in between, and so was not told of it);
 //! - once the run has healed and gone quiet, every live connection's last frame about a
-//!   user agrees with what the server last announced about that user, and a connection
-//!   that was connected (its `connection:success` sent) before that announcement was told
-//!   it: an announcement that reached some devices of a partner and not others shows;
-//! - and such a connection got exactly one frame about a user per announcement made since
-//!   it connected: a device that missed an offline and the online after it ends where one
-//!   told both would, and only the count tells them apart.
+//!   user agrees with what the server last announced about that user to the connection's
+//!   user (to everyone who shared a conversation with it then), and a connection that was
+//!   connected (its `connection:success` sent) before that announcement was told it: an
+//!   announcement that reached some devices of a partner and not others shows;
+//! - and such a connection got exactly one frame about a user per announcement made to
+//!   its user since it connected: a device that missed an offline and the online after it
+//!   ends where one told both would, and only the count tells them apart.
 //!
 //! A connection that connected after a user's last transition has been told nothing about
 //! it (there is no snapshot at connect), and that is not a violation. Nor is a frame its
@@ -36,16 +40,23 @@ pub const NAME: &str = "presence-frames";
 pub struct PresenceFrames {
     /// The user key of each layout user, by index.
     keys: Vec<String>,
-    /// The users each layout user shares a conversation with (keys, itself excluded).
+    /// Each conversation's members now (layout users).
+    members: BTreeMap<String, BTreeSet<usize>>,
+    /// The users each layout user shares a conversation with now (keys, itself excluded).
     partners: Vec<BTreeSet<String>>,
+    /// The users each layout user has shared a conversation with at any time.
+    ever: Vec<BTreeSet<String>>,
+    /// (layout user, subject): an announcement of the subject was made while the user
+    /// had shared a conversation with it before but did not then.
+    passed_over: BTreeSet<(usize, String)>,
     /// Per connection and user told about: whether the last frame said online, and how
     /// many frames about that user the connection got or had shed. A shed frame counts as
     /// told: the connection's own view then lags this record until the next frame about
     /// that user, which the contract allows; the record is what the checks read.
     told: BTreeMap<(u64, String), (bool, u64)>,
-    /// Per user: whether this server process last announced it online, and the numbers
-    /// of its announcements of that user, ascending.
-    announced: BTreeMap<String, (bool, Vec<u64>)>,
+    /// Per user: this server process's announcements of it, ascending: number, online,
+    /// and the layout users it was made to.
+    announced: BTreeMap<String, Vec<(u64, bool, BTreeSet<usize>)>>,
     /// Announcements made so far, by any server process.
     announcements: u64,
     /// Per connection: how many announcements had been made when its
@@ -57,34 +68,69 @@ impl PresenceFrames {
     /// Partners by `layout`.
     pub fn new(layout: &Layout) -> Self {
         let keys: Vec<String> = layout.users.iter().map(|u| u.key()).collect();
-        let mut partners = vec![BTreeSet::new(); keys.len()];
-        for (_, members) in &layout.conversations {
-            for a in members {
-                for b in members {
+        let members = layout
+            .conversations
+            .iter()
+            .map(|(id, users)| (id.clone(), users.iter().copied().collect()))
+            .collect();
+        let mut check = PresenceFrames {
+            partners: vec![BTreeSet::new(); keys.len()],
+            ever: vec![BTreeSet::new(); keys.len()],
+            keys,
+            members,
+            passed_over: BTreeSet::new(),
+            told: BTreeMap::new(),
+            announced: BTreeMap::new(),
+            announcements: 0,
+            connected_after: BTreeMap::new(),
+        };
+        check.partner_up();
+        check
+    }
+
+    /// Works out who shares a conversation with whom from the member lists.
+    fn partner_up(&mut self) {
+        for set in &mut self.partners {
+            set.clear();
+        }
+        for users in self.members.values() {
+            for a in users {
+                for b in users {
                     if a != b {
-                        if let (Some(set), Some(key)) = (partners.get_mut(*a), keys.get(*b)) {
+                        if let (Some(set), Some(key)) =
+                            (self.partners.get_mut(*a), self.keys.get(*b))
+                        {
                             set.insert(key.clone());
                         }
                     }
                 }
             }
         }
-        PresenceFrames {
-            keys,
-            partners,
-            told: BTreeMap::new(),
-            announced: BTreeMap::new(),
-            announcements: 0,
-            connected_after: BTreeMap::new(),
+        for (ever, now) in self.ever.iter_mut().zip(&self.partners) {
+            ever.extend(now.iter().cloned());
         }
     }
 
-    /// The server announced `user` (`"id:type"`) online or offline.
+    /// The store committed a new member list for `conversation`: layout users `users`.
+    pub fn set_members(&mut self, conversation: &str, users: BTreeSet<usize>) {
+        self.members.insert(conversation.to_owned(), users);
+        self.partner_up();
+    }
+
+    /// The server announced `user` (`"id:type"`) online or offline, to those who share a
+    /// conversation with it now.
     pub fn announced(&mut self, user: String, online: bool) {
         self.announcements += 1;
+        let mut to = BTreeSet::new();
+        for (u, partners) in self.partners.iter().enumerate() {
+            if partners.contains(&user) {
+                to.insert(u);
+            } else if self.ever.get(u).is_some_and(|e| e.contains(&user)) {
+                self.passed_over.insert((u, user.clone()));
+            }
+        }
         let entry = self.announced.entry(user).or_default();
-        entry.0 = online;
-        entry.1.push(self.announcements);
+        entry.push((self.announcements, online, to));
     }
 
     /// The server sent `text` on connection `link`.
@@ -129,10 +175,8 @@ impl PresenceFrames {
             data[1]["userId"].as_str().unwrap_or(""),
             data[1]["userType"].as_str().unwrap_or("")
         );
-        let partner = self
-            .partners
-            .get(user)
-            .is_some_and(|p| p.contains(&subject));
+        // Written before a member list changed, a frame may arrive after it.
+        let partner = self.ever.get(user).is_some_and(|p| p.contains(&subject));
         if !partner {
             return Err((
                 NAME,
@@ -148,7 +192,7 @@ impl PresenceFrames {
             .or_insert((!online, 0));
         let before = entry.0;
         *entry = (online, entry.1 + 1);
-        if before == online {
+        if before == online && !self.passed_over.contains(&(user, subject.clone())) {
             let kind = if online { "online" } else { "offline" };
             return Err((
                 NAME,
@@ -174,7 +218,11 @@ impl PresenceFrames {
                 if l != link {
                     break;
                 }
-                let server = self.announced.get(subject).is_some_and(|(on, _)| *on);
+                let server = self
+                    .announced
+                    .get(subject)
+                    .and_then(|a| a.iter().rev().find(|(_, _, to)| to.contains(user)))
+                    .is_some_and(|(_, on, _)| *on);
                 if *online != server {
                     let (said, is) = if *online {
                         ("online", "offline")
@@ -192,18 +240,24 @@ impl PresenceFrames {
             let Some(after) = self.connected_after.get(link) else {
                 continue;
             };
-            let partners = self.partners.get(*user).into_iter().flatten();
+            let partners = self.ever.get(*user).into_iter().flatten();
             for subject in partners {
-                let Some((online, numbers)) = self.announced.get(subject) else {
+                let Some(made) = self.announced.get(subject) else {
                     continue;
                 };
-                let since = numbers.len() - numbers.partition_point(|n| n <= after);
+                let to_me: Vec<bool> = made
+                    .iter()
+                    .filter(|(n, _, to)| n > after && to.contains(user))
+                    .map(|(_, on, _)| *on)
+                    .collect();
+                let since = to_me.len();
+                let online = to_me.last().copied().unwrap_or(false);
                 let got = self
                     .told
                     .get(&(*link, subject.clone()))
                     .map_or(0, |(_, frames)| *frames);
                 if since > 0 && got == 0 {
-                    let kind = if *online { "online" } else { "offline" };
+                    let kind = if online { "online" } else { "offline" };
                     return Err((
                         NAME,
                         format!(
@@ -275,6 +329,34 @@ mod tests {
             check.received(1, 0, &frame("user:online", "u1")).is_ok(),
             "a closed connection is forgotten"
         );
+    }
+
+    #[test]
+    fn announcements_follow_the_member_lists_as_they_stood_when_made() {
+        // Ten users: g0 = u0..u4. u0 is let out of g0 (it shares nothing with u1 then).
+        let layout = Layout::new(10, 1);
+        let mut check = PresenceFrames::new(&layout);
+        let success = r#"42/chat,["connection:success",{"userId":"u0"}]"#;
+        check.sent(1, success);
+        check.announced("u1:customer".into(), true);
+        check.set_members("g0", [1, 2, 3, 4].into_iter().collect());
+        // Written while they were partners, it may arrive after.
+        assert!(check.received(1, 0, &frame("user:online", "u1")).is_ok());
+        check.announced("u1:customer".into(), false);
+        assert!(
+            check.settled(&[(1, 0)]).is_ok(),
+            "not told of the offline: u0 was out of g0"
+        );
+        check.set_members("g0", [0, 1, 2, 3, 4].into_iter().collect());
+        check.announced("u1:customer".into(), true);
+        assert!(check.settled(&[(1, 0)]).is_err(), "back in: told nothing");
+        assert!(
+            check.received(1, 0, &frame("user:online", "u1")).is_ok(),
+            "online twice in a row, the offline between made to others"
+        );
+        assert!(check.settled(&[(1, 0)]).is_ok());
+        // u5 never shared a conversation with u0.
+        assert!(check.received(1, 0, &frame("user:online", "u5")).is_err());
     }
 
     #[test]

@@ -262,7 +262,6 @@ impl Sim {
                             heartline_core::codec::Frame::Text(b) => {
                                 let text = String::from_utf8_lossy(b);
                                 seen = seen
-                                    .and(self.members.honest_received(slot.user, &text))
                                     .and(self.presence_frames.received(id, slot.user, &text))
                                     .and(self.message_frames.received(id, &text, &self.store));
                                 self.ping_pong.link_frame(id, &text);
@@ -388,7 +387,19 @@ impl Sim {
                     }
                     tr!(self, "client", ("c{i} refresh answered: {error:?}"));
                 }
-                Output::Notice(Notice::Event(name, _)) => {
+                Output::Notice(Notice::Event(name, payload)) => {
+                    if name == "message:notification" {
+                        // Notified of a conversation of its user's that it is not in (its
+                        // join refused while its user was out of it): back in, it joins.
+                        let conv = payload["conversationId"].as_str().unwrap_or("");
+                        let ours = self.layout.convs_of[slot.user]
+                            .iter()
+                            .any(|c| self.layout.conversations[*c].0 == conv);
+                        if ours && !slot.client.joined().contains_key(conv) {
+                            slot.client.join(now, conv);
+                            tr!(self, "client", ("c{i} app joins {conv} again"));
+                        }
+                    }
                     if name == "auth:expired" {
                         self.auth_expired(i);
                     }

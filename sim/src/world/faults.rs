@@ -1,5 +1,7 @@
 //! Injecting faults, and healing them all for the liveness phase.
 
+use std::collections::BTreeSet;
+
 use heartline_core::Instant;
 
 use super::{Phase, Sim};
@@ -104,6 +106,62 @@ impl Sim {
                 for id in links {
                     self.reset(id);
                 }
+            }
+            Fault::Members { conversation, keep } => {
+                // The API is the server's: with the server down there is no one to ask.
+                let n = self.layout.conversations.len().max(1);
+                let Some((id, users)) = self.layout.conversations.get(conversation % n).cloned()
+                else {
+                    return;
+                };
+                if self.gw.is_none() {
+                    return;
+                }
+                let members = users
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| keep & (1 << (*i as u64 % 64)) != 0)
+                    .map(|(_, u)| self.layout.users[*u].member())
+                    .collect();
+                self.members_touched.insert(id.clone());
+                self.store.put(now, id, members, &mut self.rng);
+            }
+        }
+    }
+
+    /// The operator writes back the layout's member list of every conversation it
+    /// changed, as the faults heal; each user's devices join their conversations again
+    /// once it is written ([`Sim::members_restored`]).
+    pub(super) fn restore_members(&mut self) {
+        let now = self.now;
+        for id in self.members_touched.clone() {
+            let Some((_, users)) = self.layout.conversations.iter().find(|(c, _)| *c == id) else {
+                continue;
+            };
+            let members = users
+                .iter()
+                .map(|u| self.layout.users[*u].member())
+                .collect();
+            tr!(self, "sim", ("operator restores the members of {id}"));
+            self.store.put(now, id, members, &mut self.rng);
+        }
+    }
+
+    /// A restored member list was written: the application of each of its users' devices
+    /// joins the conversation again (one let out of the room still takes itself for
+    /// joined, and one refused it while out stopped asking), as a front end told by its
+    /// back end that its user is back in would.
+    pub(super) fn members_restored(&mut self, id: &str, users: &BTreeSet<usize>) {
+        let now = self.now;
+        for i in 0..self.clients.len() {
+            let Some(slot) = self.clients.get_mut(i) else {
+                continue;
+            };
+            if users.contains(&slot.user) && crate::check::liveness::expected(slot.client.status())
+            {
+                slot.client.join(now, id);
+                tr!(self, "client", ("c{i} app joins {id} again"));
+                self.drain_client(i);
             }
         }
     }

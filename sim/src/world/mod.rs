@@ -22,7 +22,7 @@ mod clients;
 mod faults;
 mod server;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
 use heartline_core::client::{Backoff, Client, ClientConfig, Status};
@@ -133,6 +133,10 @@ pub struct Sim {
     store: Store,
     net: Net,
     layout: Layout,
+    /// Each conversation's members as the store last committed them (layout users).
+    members_now: BTreeMap<String, BTreeSet<usize>>,
+    /// Conversations whose member lists the operator has written.
+    members_touched: BTreeSet<String>,
     clients: Vec<Slot>,
     raws: Vec<User>,
     schedule: Vec<FaultEvent>,
@@ -307,6 +311,12 @@ impl Sim {
             gw_config,
             epoch: 0,
             crash_silent: false,
+            members_now: layout
+                .conversations
+                .iter()
+                .map(|(id, users)| (id.clone(), users.iter().copied().collect()))
+                .collect(),
+            members_touched: BTreeSet::new(),
             layout,
             clients,
             raws,
@@ -374,6 +384,7 @@ impl Sim {
         self.phase = Phase::Liveness;
         tr!(self, "sim", ("liveness: heal everything, stop traffic"));
         self.heal();
+        self.restore_members();
         self.refresh_all();
         self.retry_failed();
         // The rate limit paces the largest outbox: allow for it on top of the bound.
@@ -388,7 +399,30 @@ impl Sim {
         let round_trip_ms = 2 * (self.opts.latency_ms + self.opts.jitter_ms) + 1;
         let drain_ms = backlog * (self.opts.rate_window_ms + round_trip_ms)
             / self.opts.rate_messages.max(1) as u64;
-        let bound_ms = self.opts.convergence_ms + drain_ms;
+        // A device let out of a conversation for a while comes back far behind, and catches
+        // up through replies the server keeps to an eighth of the send queue's limit: with
+        // the smallest queues, one message per reply, a read from the store and a round
+        // trip each. Allow for the farthest behind (the conversations one at a time).
+        let reply_ms = round_trip_ms + 2 * self.opts.store_latency_ms + 1;
+        let behind = self
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                self.layout.convs_of[s.user]
+                    .iter()
+                    .map(|c| &self.layout.conversations[*c].0)
+                    .filter(|id| self.members_touched.contains(*id))
+                    .map(|id| {
+                        let last = self.store.last_seq(id);
+                        last - self.delivery.last(i, id).unwrap_or(last).min(last)
+                    })
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0);
+        let catch_up_ms = behind * reply_ms;
+        let bound_ms = self.opts.convergence_ms + drain_ms + catch_up_ms;
         let deadline = self.now.add_ms(bound_ms);
         // What the network held when it healed (a close queued behind a partition, say)
         // arrives before anything is judged converged.
@@ -517,6 +551,13 @@ impl Sim {
     /// What has not converged yet.
     pub fn pending(&self) -> Option<String> {
         let layout = &self.layout;
+        for (id, users) in &layout.conversations {
+            let now = self.members_now.get(id);
+            let layout_users: BTreeSet<usize> = users.iter().copied().collect();
+            if now != Some(&layout_users) {
+                return Some(format!("the members of {id} not restored yet: {now:?}"));
+            }
+        }
         liveness::pending(
             self.clients.iter().enumerate().map(|(i, s)| {
                 let convs = layout.convs_of[s.user]

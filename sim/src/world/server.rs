@@ -6,9 +6,9 @@ use heartline_core::engine::send_queue::Push;
 use heartline_core::engine::{self, CloseReason, Handshake, Query, Transmit};
 use heartline_core::gateway::{Gateway, Input, Member, Notice, Output};
 use heartline_core::{Seed, TransportId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::Sim;
+use super::{Phase, Sim};
 use crate::agenda::Ev;
 use crate::net::{End, Seg};
 use crate::store::Committed;
@@ -47,10 +47,14 @@ impl Sim {
         self.gw = Some(gw);
         tr!(self, "server", ("start (incarnation {})", self.epoch));
         for (id, members) in self.layout.conversations.clone() {
-            let members: Vec<Member> = members
-                .iter()
-                .map(|u| self.layout.users[*u].member())
-                .collect();
+            // The member lists the operator wrote, else the layout's.
+            let members: Vec<Member> = match self.store.members_of(&id) {
+                Some(written) => written.to_vec(),
+                None => members
+                    .iter()
+                    .map(|u| self.layout.users[*u].member())
+                    .collect(),
+            };
             let last_seq = self.store.last_seq(&id);
             self.server_input(Input::ConversationPut {
                 id,
@@ -146,7 +150,10 @@ impl Sim {
         let Some((input, committed)) = self.store.complete(&mut self.rng) else {
             return;
         };
-        tr!(self, "store", ("{input}"));
+        match &input {
+            Some(input) => tr!(self, "store", ("{input}")),
+            None => tr!(self, "store", ("a member list failed to be written")),
+        }
         if let Some((restart_ms, down_ms)) = self.store.take_died() {
             tr!(
                 self,
@@ -156,18 +163,66 @@ impl Sim {
             let at = self.now.add_ms(restart_ms);
             self.agenda.push(at, Ev::SupervisorRestart { down_ms });
         }
-        if let Input::Appended { op, .. } = &input {
+        if let Some(Input::Appended { op, .. }) = &input {
             let stored = matches!(committed, Committed::Stored(_));
             let finding = self.rate.completed(*op, stored);
             self.found(finding);
         }
-        if let Committed::Stored(m) = &committed {
-            let finding = self.delivery.stored(m);
-            self.found(finding);
-            let finding = self.members.stored(m);
-            self.found(finding);
+        match &committed {
+            Committed::Stored(m) => {
+                let finding = self.delivery.stored(m);
+                self.found(finding);
+            }
+            Committed::Members { id, members } => self.members_written(id, members),
+            Committed::Nothing => {}
         }
-        self.server_input(input);
+        if let Some(input) = input {
+            self.server_input(input);
+        }
+    }
+
+    /// The store committed a member list: the checkers learn it before the gateway does
+    /// (the gateway lets the users removed out of the room in that step, silently).
+    fn members_written(&mut self, id: &str, members: &[Member]) {
+        let users: BTreeSet<usize> = members
+            .iter()
+            .filter_map(|m| {
+                self.layout
+                    .users
+                    .iter()
+                    .position(|u| u.id == m.user_id && u.kind == m.user_type)
+            })
+            .collect();
+        let before = self.members_now.insert(id.to_owned(), users.clone());
+        let removed: BTreeSet<usize> = before
+            .unwrap_or_default()
+            .difference(&users)
+            .copied()
+            .collect();
+        tr!(
+            self,
+            "store",
+            ("members of {id} now {users:?} (removed {removed:?})")
+        );
+        let links: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|s| removed.contains(&s.user))
+            .filter_map(|s| s.link)
+            .collect();
+        let last = self.store.last_seq(id);
+        self.message_frames.evicted(&links, id, last);
+        self.members.set(id, &users);
+        self.presence_frames.set_members(id, users.clone());
+        let layout: Option<BTreeSet<usize>> = self
+            .layout
+            .conversations
+            .iter()
+            .find(|(c, _)| c == id)
+            .map(|(_, u)| u.iter().copied().collect());
+        if self.phase != Phase::Safety && layout.as_ref() == Some(&users) {
+            self.members_restored(id, &users);
+        }
     }
 
     /// Resets a link from the server's host: the client sees an error.
@@ -306,11 +361,27 @@ impl Sim {
                         continue;
                     };
                     let honest = matches!(link.end, End::Client(_)) && link.client_open;
+                    let end = link.end;
                     let now = self.now;
                     if is_text(&frame, "2") {
                         self.dead_peer.ping(now, id);
                     }
                     if let Some(text) = frame.as_text() {
+                        let user = match end {
+                            End::Client(c) => self
+                                .clients
+                                .get(c)
+                                .and_then(|s| self.layout.users.get(s.user))
+                                .map(|u| u.key()),
+                            End::Raw(a) => self.raws.get(a).map(|u| u.key()),
+                        };
+                        if let Some(user) = user {
+                            let finding = self.members.sent(&user, text);
+                            self.found(finding);
+                        }
+                        if honest {
+                            self.message_frames.server_sent(id, text);
+                        }
                         self.token_expiry.sent(now, id, text);
                         self.handshake.sent(id, text);
                         self.presence_frames.sent(id, text);
@@ -372,6 +443,8 @@ impl Sim {
                 Output::Effect(effect) => {
                     let now = self.now;
                     tr!(self, "server", ("{effect}"));
+                    let finding = self.members.asked(&effect);
+                    self.found(finding);
                     self.rate.effect(now, &effect);
                     self.store.submit(now, effect, &mut self.rng);
                 }
