@@ -241,13 +241,26 @@ impl Model {
     /// `store_hit`: whether the gateway took this send to the store while a failure was
     /// armed. A retry of a known tempId is answered from memory while the gateway still
     /// remembers the user, and from the store after it forgot; with the store failing, the
-    /// latter is an `internal` refusal the client retries, which the contract allows.
+    /// latter is an `internal` refusal the client retries, which the contract allows. A
+    /// retry is a duplicate even from a user no longer a member (its message was stored
+    /// while it was one); any other send of a non-member with a tempId is looked up in the
+    /// store first, and refused `forbidden` (`internal` if the store failed).
     fn send(&mut self, d: usize, c: usize, temp: Option<u8>, store_hit: bool) {
         let Some((ws, _)) = self.conns.get(&d).cloned() else {
             return;
         };
         let user = user_of(d);
         if !self.is_member(c, &user) {
+            let known = temp.and_then(|t| self.temps.get(&(user.clone(), t)).copied());
+            if store_hit {
+                self.fail_next = false;
+                self.tell(ws, "ack err internal".into());
+                return self.tell(ws, "error internal".into());
+            }
+            if let Some((sc, seq)) = known {
+                self.tell(ws, format!("ack sent c{}#{seq} dup=true", sc + 1));
+                return self.tell(ws, format!("sent c{}#{seq}", sc + 1));
+            }
             self.tell(ws, "ack err forbidden".into());
             return self.tell(ws, "error forbidden".into());
         }

@@ -558,3 +558,70 @@ async fn expiring_token_gets_auth_expired_then_refresh_or_disconnect() {
     keeps.wait_event("pong").await.expect("still connected");
     server.stop().await;
 }
+
+/// A send stored while its user was a member, retried after the user was removed (its
+/// ack lost, say), is answered as the duplicate it is: from memory, and from the store
+/// after a restart. Told `forbidden`, the client would report a failure for a message
+/// everyone else sees. A new send of the removed user is still refused.
+#[tokio::test]
+async fn a_retry_from_a_user_removed_meanwhile_is_answered_as_stored() {
+    let mut server = TestServer::start(|_| {}).await;
+    server
+        .conversation("c1", &["alice:customer", "bob:agent"])
+        .await;
+    let mut alice = server.connect("alice", "customer").await;
+    let send = |temp: &str| json!({"conversationId": "c1", "content": "hello", "tempId": temp});
+    let first = alice
+        .emit_ack("message:send", send("keep-1"))
+        .await
+        .expect("ack");
+    assert_eq!(
+        (first["ok"].clone(), first["duplicate"].clone()),
+        (json!(true), json!(false)),
+        "{first}"
+    );
+    let (status, body) = put_conversation(server.addr, "c1", &["bob:agent"]).await;
+    assert_eq!(status, 200, "{body}");
+
+    let again = alice
+        .emit_ack("message:send", send("keep-1"))
+        .await
+        .expect("ack");
+    assert_eq!(again["ok"], true, "{again}");
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["message"], first["message"]);
+    let new = alice
+        .emit_ack("message:send", send("new-1"))
+        .await
+        .expect("ack");
+    assert_eq!(
+        (new["ok"].clone(), new["code"].clone()),
+        (json!(false), json!("forbidden")),
+        "{new}"
+    );
+
+    // After a restart nothing is remembered: the store answers.
+    server.stop().await;
+    let path = server
+        .dir
+        .path()
+        .join("heartline.db")
+        .to_string_lossy()
+        .into_owned();
+    let mut restarted = TestServer::start(move |c| c.store.path = path).await;
+    let mut alice = restarted.connect("alice", "customer").await;
+    let again = alice
+        .emit_ack("message:send", send("keep-1"))
+        .await
+        .expect("ack");
+    assert_eq!(again["ok"], true, "{again}");
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["message"], first["message"]);
+    let new = alice
+        .emit_ack("message:send", send("new-2"))
+        .await
+        .expect("ack");
+    assert_eq!(new["code"], "forbidden", "{new}");
+    assert_eq!(stored(restarted.addr, "c1").await.len(), 1, "stored once");
+    restarted.stop().await;
+}

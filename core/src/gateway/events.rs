@@ -18,7 +18,7 @@ use crate::gateway::io::{
 };
 use crate::gateway::payload::MessageJson;
 use crate::gateway::state::{ConnTimer, Owner, Tally};
-use crate::gateway::{Gateway, Member, Pending, UserKey};
+use crate::gateway::{Gateway, Member, Otherwise, Pending, UserKey};
 use crate::ids::SessionId;
 use crate::time::Instant;
 
@@ -605,6 +605,82 @@ impl Gateway {
         }
     }
 
+    /// A send its user may not make (`code`): refused, unless it is a retry of a message
+    /// stored while the user was a member. Removed from a conversation with a send under
+    /// way, a client that never got its ack sends it again: told `forbidden`, it would
+    /// report a failure for a message everyone else sees. So a retry is answered as the
+    /// duplicate it is, from memory or from the store (within the same bound on lookups as
+    /// sends over the rate limit), whatever has changed since.
+    fn refuse_unless_stored(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        ack: Option<u64>,
+        user_key: &UserKey,
+        send: Send,
+        code: ErrorCode,
+    ) -> Result<Admitted, Refusal> {
+        let refusal = refusal_for(code);
+        let Some(temp_id) = send.temp_id.filter(|_| code == ErrorCode::Forbidden) else {
+            return Err(refusal);
+        };
+        let Some(conn) = self.conn_no(session) else {
+            return Err(refusal);
+        };
+        let limit = self.config.rate_messages;
+        let Some(user) = self.users.get_mut(user_key) else {
+            return Err(refusal);
+        };
+        if let Some(stored) = user.recent.find(&temp_id) {
+            let stored = stored.clone();
+            let echo = temp_id_echo(Some(&temp_id), send.numeric_temp_id);
+            let to = SendReply::new(session, ack, user_key, &echo);
+            self.answer_duplicate(now, &to, &stored);
+            return Ok(Admitted::Duplicate);
+        }
+        if user.in_flight as usize >= limit.saturating_add(MAX_LOOKUPS) {
+            return Err(refusal);
+        }
+        let asked = (session, conn, ack);
+        let otherwise = Otherwise::Forbidden;
+        self.ask_if_stored(asked, user_key, temp_id, send.numeric_temp_id, otherwise);
+        Ok(Admitted::Lookup)
+    }
+
+    /// Asks the store whether `temp_id` of `user_key` was stored already: answered in
+    /// [`Gateway::on_found`], as a duplicate if it was, else as `otherwise` says. Counted
+    /// in flight, so the user's state stays until the answer.
+    fn ask_if_stored(
+        &mut self,
+        (session, conn, ack): (SessionId, u32, Option<u64>),
+        user_key: &UserKey,
+        temp_id: String,
+        numeric_temp_id: bool,
+        otherwise: Otherwise,
+    ) {
+        if let Some(user) = self.users.get_mut(user_key) {
+            user.in_flight = user.in_flight.saturating_add(1);
+        }
+        let op = self.next_op();
+        self.pending.insert(
+            op,
+            Pending::Retry {
+                session,
+                conn,
+                user: user_key.clone(),
+                ack,
+                temp_id: temp_id.clone(),
+                numeric_temp_id,
+                otherwise,
+            },
+        );
+        self.out.push_back(Output::Effect(Effect::FindSent {
+            op,
+            sender: Member::new(user_key.user_id(), user_key.user_type()),
+            temp_id,
+        }));
+    }
+
     /// Answers a refused send: the ack, `message:error`, the counters.
     fn refuse_send(
         &mut self,
@@ -651,8 +727,7 @@ impl Gateway {
             ack,
             temp_id,
             numeric_temp_id,
-            retry_after_ms,
-            asked_at,
+            otherwise,
         }) = self.pending.remove(&op)
         else {
             return;
@@ -674,14 +749,25 @@ impl Gateway {
                 }
             }
             // Not a retry (or the store could not tell): the rate limit's answer stands.
-            Ok(None) | Err(_) => {
-                if live {
-                    let mut refusal = refusal_for(ErrorCode::RateLimited);
-                    let waited = now.ms_since(asked_at);
-                    refusal.retry_after_ms = Some(retry_after_ms.saturating_sub(waited).max(1));
-                    self.refuse_send(now, session, ack, user.clone(), echo, &refusal);
-                }
+            Ok(None) | Err(_) if live => {
+                let refusal = match otherwise {
+                    Otherwise::RateLimited {
+                        retry_after_ms,
+                        asked_at,
+                    } => {
+                        let mut refusal = refusal_for(ErrorCode::RateLimited);
+                        let waited = now.ms_since(asked_at);
+                        refusal.retry_after_ms = Some(retry_after_ms.saturating_sub(waited).max(1));
+                        refusal
+                    }
+                    // Not a retry: not a member. If the store could not tell, neither can
+                    // the gateway, and the client tries again.
+                    Otherwise::Forbidden if result.is_ok() => refusal_for(ErrorCode::Forbidden),
+                    Otherwise::Forbidden => refusal_for(ErrorCode::Internal),
+                };
+                self.refuse_send(now, session, ack, user.clone(), echo, &refusal);
             }
+            Ok(None) | Err(_) => {}
         }
         self.reclaim_user(&user);
     }
@@ -696,9 +782,9 @@ impl Gateway {
         arg: &Value,
     ) -> Result<Admitted, Refusal> {
         let send = self.parse_send(arg)?;
-        self.conversations
-            .access(&send.conversation_id, user_key)
-            .map_err(refusal_for)?;
+        if let Err(code) = self.conversations.access(&send.conversation_id, user_key) {
+            return self.refuse_unless_stored(now, session, ack, user_key, send, code);
+        }
         let conn = self
             .conn_no(session)
             .ok_or_else(|| refusal_for(ErrorCode::Internal))?;
@@ -740,27 +826,12 @@ impl Gateway {
             };
             // Perhaps a retry of a send older than the ones remembered, or still being
             // stored: a retry is answered as a duplicate, never refused. The store knows.
-            // (Counted in flight so the user's state stays until the answer.)
-            user.in_flight = user.in_flight.saturating_add(1);
-            let op = self.next_op();
-            self.pending.insert(
-                op,
-                Pending::Retry {
-                    session,
-                    conn,
-                    user: user_key.clone(),
-                    ack,
-                    temp_id: temp_id.clone(),
-                    numeric_temp_id: send.numeric_temp_id,
-                    retry_after_ms: wait,
-                    asked_at: now,
-                },
-            );
-            self.out.push_back(Output::Effect(Effect::FindSent {
-                op,
-                sender: Member::new(user_key.user_id(), user_key.user_type()),
-                temp_id,
-            }));
+            let otherwise = Otherwise::RateLimited {
+                retry_after_ms: wait,
+                asked_at: now,
+            };
+            let asked = (session, conn, ack);
+            self.ask_if_stored(asked, user_key, temp_id, send.numeric_temp_id, otherwise);
             return Ok(Admitted::Lookup);
         }
         user.in_flight = user.in_flight.saturating_add(1);

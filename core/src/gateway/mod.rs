@@ -98,7 +98,8 @@ enum Pending {
         /// from the newest (it keeps its last).
         forward: bool,
     },
-    /// A send the rate limit refused, unless it is a retry of a stored message.
+    /// A send refused (over the rate limit, or from a user no longer a member), unless it
+    /// is a retry of a stored message.
     Retry {
         session: SessionId,
         conn: u32,
@@ -106,10 +107,22 @@ enum Pending {
         ack: Option<u64>,
         temp_id: String,
         numeric_temp_id: bool,
-        /// The refusal's `retryAfterMs` when it was asked, and when that was.
+        /// The answer if the store has no such message.
+        otherwise: Otherwise,
+    },
+}
+
+/// How a send looked up in the store ([`Pending::Retry`]) is refused if it is not a retry.
+#[derive(Clone, Copy, Debug)]
+enum Otherwise {
+    /// Over the rate limit: the refusal's `retryAfterMs` when it was asked, and when that
+    /// was.
+    RateLimited {
         retry_after_ms: u64,
         asked_at: Instant,
     },
+    /// Its user is not a member of the conversation (any more).
+    Forbidden,
 }
 
 /// The chat gateway. See the module docs.

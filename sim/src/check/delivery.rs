@@ -7,6 +7,9 @@
 //! - Per client and conversation, messages handed to the application run `seq` by `seq`
 //!   from the point of the first join; a skipped or repeated `seq` is a violation at once.
 //! - At convergence each connected client has everything the store has.
+//! - A send refused for good was not stored: a client told so of a message others see
+//!   would show its user a failure that did not happen (a retry of a stored message is
+//!   answered as a duplicate, whatever has changed since).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -78,6 +81,28 @@ impl Delivery {
                     stored.conversation_id, stored.seq
                 ),
             )),
+        }
+    }
+
+    /// A client was told its send `temp_id` (as user `sender`) was refused for good.
+    pub fn refused(
+        &self,
+        client: usize,
+        sender: (&str, &str),
+        temp_id: &str,
+        code: &str,
+        store: &Store,
+    ) -> Finding {
+        let key = (sender.0.to_owned(), sender.1.to_owned(), temp_id.to_owned());
+        match store.lookup(&key) {
+            Some(m) => Err((
+                NAME,
+                format!(
+                    "c{client}: {temp_id} refused for good ({code}), but stored as {}#{}",
+                    m.conversation_id, m.seq
+                ),
+            )),
+            None => Ok(()),
         }
     }
 

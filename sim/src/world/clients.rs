@@ -380,6 +380,15 @@ impl Sim {
                 }
                 Output::Notice(Notice::SendFailed { temp_id, code }) => {
                     tr!(self, "client", ("c{i} send {temp_id} failed: {code}"));
+                    let user = &self.layout.users[slot.user];
+                    let finding = self.delivery.refused(
+                        i,
+                        (&user.id, &user.kind),
+                        &temp_id,
+                        &code,
+                        &self.store,
+                    );
+                    self.found(finding);
                 }
                 Output::Notice(Notice::Refreshed { error }) => {
                     if error.is_none() {
