@@ -13,7 +13,11 @@
 //    the join's reply cannot hold is read through `message:history` before live messages
 //    are shown, and each message is handed over once, in seq order; a join or read the
 //    server asks to come back for later (`rate_limited`, `internal`) is sent again after
-//    `retryAfterMs`.
+//    `retryAfterMs`;
+//  - a `message:notification` for a joined conversation (the server let this connection
+//    out of the room when its user left the member list, and the user is back) rejoins
+//    it the same way, and a conversation refused for good keeps its place, so joining it
+//    again later shows everything sent meanwhile.
 
 // Joins under way at once (a join and the reads that finish its catch-up count as one):
 // after a reconnect every joined conversation is rejoined, and each reply may carry up to
@@ -45,6 +49,7 @@ export class HeartlineClient extends EventTarget {
     this.acks = new Map(); // ack id -> callback
     this.outbox = new Map(); // tempId -> { conversationId, content, sentOn, notBefore }
     this.joined = new Map(); // conversationId -> last seq delivered (null until known)
+    this.parked = new Map(); // conversationId refused for good -> last seq delivered
     this.catching = new Map(); // conversationId -> live messages held while catching up
     this.joining = new Set(); // conversations with a join (or its catch-up) under way
     this.joinQueue = []; // conversations waiting for room among those joining
@@ -71,7 +76,12 @@ export class HeartlineClient extends EventTarget {
   }
 
   join(conversationId) {
-    if (!this.joined.has(conversationId)) this.joined.set(conversationId, null);
+    if (!this.joined.has(conversationId)) {
+      // Joined again after a refusal: from where it stopped.
+      const resume = this.parked.has(conversationId) ? this.parked.get(conversationId) : null;
+      this.joined.set(conversationId, resume);
+    }
+    this.parked.delete(conversationId);
     if (this.up) this.sendJoin(conversationId);
   }
 
@@ -261,6 +271,11 @@ export class HeartlineClient extends EventTarget {
         this.fire('presence', { ...payload, online: name === 'user:online' });
         break;
       case 'message:notification':
+        // Sent only outside the room: for a conversation joined, with no join of it under
+        // way, the server let this connection out (its user removed, then added back).
+        if (payload && this.up && this.joined.has(payload.conversationId)) {
+          this.sendJoin(payload.conversationId);
+        }
         this.fire('notification', payload);
         break;
       case 'message:error':
@@ -314,7 +329,10 @@ export class HeartlineClient extends EventTarget {
       if (this.later(reply, `join-${conversationId}`, () => this.requestJoin(conversationId))) return;
       if (!reply || !reply.ok) {
         // Refused for good (not a member, no such conversation): not asked for again on
-        // the next reconnect, and nothing of it held back any more.
+        // the next reconnect, and nothing of it held back any more; its place is kept for
+        // a later join().
+        const last = this.joined.get(conversationId);
+        if (last != null) this.parked.set(conversationId, last);
         this.joined.delete(conversationId);
         this.catching.delete(conversationId);
         this.joinEnded(conversationId);

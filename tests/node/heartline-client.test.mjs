@@ -258,3 +258,52 @@ test('a catch-up read refused is tried again through a rejoin, which releases wh
   assert.deepEqual(c.shown, range(1, 12), 'live again, nothing held back');
   c.disconnect();
 });
+
+test('a notification for a joined conversation rejoins it from the last message shown', () => {
+  const c = client();
+  c.join('c');
+  c.connect();
+  const ws = last();
+  ws.accept();
+  const note = (seq) => ws.recv(`42/chat,${JSON.stringify(['message:notification', { conversationId: 'c', message: msg(seq) }])}`);
+  // Written before the join's answer, it arrives while the join is under way: nothing more.
+  note(1);
+  assert.equal(ws.events().length, 1);
+  const [[join]] = ws.events();
+  ws.ack(join, { ok: true, conversationId: 'c', lastSeq: 1, missed: [] });
+  ws.recv(`42/chat,${JSON.stringify(['message:new', msg(2)])}`);
+  assert.deepEqual(c.shown, [2]);
+  // Let out of the room and back in: #3 comes as a notification.
+  note(3);
+  const [rejoin, name, payload] = ws.events().at(-1);
+  assert.equal(name, 'conversation:join');
+  assert.equal(payload.afterSeq, 2);
+  note(4);
+  assert.equal(ws.events().length, 2, 'one rejoin');
+  ws.ack(rejoin, { ok: true, conversationId: 'c', lastSeq: 4, missed: [msg(3), msg(4)] });
+  assert.deepEqual(c.shown, [2, 3, 4]);
+  c.disconnect();
+});
+
+test('a conversation refused for good and joined again later resumes where it stopped', () => {
+  const c = client();
+  c.join('c');
+  c.connect();
+  let ws = last();
+  ws.accept();
+  ws.ack(ws.events()[0][0], { ok: true, conversationId: 'c', lastSeq: 5, missed: [] });
+  ws.recv(`42/chat,${JSON.stringify(['message:new', msg(6)])}`);
+  ws.onclose();
+  c.connect();
+  ws = last();
+  ws.accept();
+  ws.ack(ws.events()[0][0], { ok: false, error: 'Not a member of this conversation', code: 'forbidden' });
+  // Not joined any more: a notification is the page's to act on.
+  ws.recv(`42/chat,${JSON.stringify(['message:notification', { conversationId: 'c', message: msg(7) }])}`);
+  assert.equal(ws.events().length, 1);
+  c.join('c');
+  const [, name, payload] = ws.events().at(-1);
+  assert.equal(name, 'conversation:join');
+  assert.equal(payload.afterSeq, 6);
+  c.disconnect();
+});
