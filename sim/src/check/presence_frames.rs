@@ -6,7 +6,8 @@
 //!
 //! - a connection is told only about users who share a conversation with its user (by the
 //!   workload's layout and the member lists the operator has since written, not by the
-//!   gateway's membership), never about its own user;
+//!   gateway's membership), never about its own user: judged when the server writes the
+//!   frame, by the lists as they stand then, and again when it arrives;
 //! - on one connection, the frames about one user alternate (online, offline, online...):
 //!   the server announces transitions only, so a repeat is a duplicate or a lost frame
 //!   (unless the user did not share a conversation with the subject at some announcement
@@ -140,6 +141,27 @@ impl PresenceFrames {
         }
     }
 
+    /// The server wrote `text` to a connection of layout user `user`: a presence frame must
+    /// be about a user it shares a conversation with now (the announcement is made, and
+    /// its frames written, in one step).
+    pub fn sent_to(&self, user: usize, text: &str) -> Finding {
+        let Some((subject, _)) = presence_of(text) else {
+            return Ok(());
+        };
+        if self
+            .partners
+            .get(user)
+            .is_some_and(|p| p.contains(&subject))
+        {
+            return Ok(());
+        }
+        let me = self.keys.get(user).map_or("?", String::as_str);
+        Err((
+            NAME,
+            format!("{me} was written a frame about {subject}, who shares no conversation with it now: {text}"),
+        ))
+    }
+
     /// The server process died: the next one knows nothing of what this one announced
     /// (and every connection it had is gone with it).
     pub fn crash(&mut self) {
@@ -154,27 +176,18 @@ impl PresenceFrames {
 
     /// A frame reached connection `link` of layout user `user`.
     pub fn received(&mut self, link: u64, user: usize, text: &str) -> Finding {
-        let online = if text.starts_with("42/chat,[\"user:online\"") {
-            true
-        } else if text.starts_with("42/chat,[\"user:offline\"") {
-            false
-        } else {
-            return Ok(());
-        };
         let Some(me) = self.keys.get(user) else {
             return Ok(());
         };
-        let Some((_, _, data)) = chat_data(text) else {
-            return Err((
-                NAME,
-                format!("{me} got a presence frame that does not parse"),
-            ));
+        let Some((subject, online)) = presence_of(text) else {
+            if is_presence(text) {
+                return Err((
+                    NAME,
+                    format!("{me} got a presence frame that does not parse"),
+                ));
+            }
+            return Ok(());
         };
-        let subject = format!(
-            "{}:{}",
-            data[1]["userId"].as_str().unwrap_or(""),
-            data[1]["userType"].as_str().unwrap_or("")
-        );
         // Written before a member list changed, a frame may arrive after it.
         let partner = self.ever.get(user).is_some_and(|p| p.contains(&subject));
         if !partner {
@@ -281,6 +294,25 @@ impl PresenceFrames {
     }
 }
 
+fn is_presence(text: &str) -> bool {
+    text.starts_with("42/chat,[\"user:online\"") || text.starts_with("42/chat,[\"user:offline\"")
+}
+
+/// The subject (`"id:type"`) of a presence frame, and whether it says online.
+fn presence_of(text: &str) -> Option<(String, bool)> {
+    if !is_presence(text) {
+        return None;
+    }
+    let online = text.starts_with("42/chat,[\"user:online\"");
+    let (_, _, data) = chat_data(text)?;
+    let subject = format!(
+        "{}:{}",
+        data[1]["userId"].as_str().unwrap_or(""),
+        data[1]["userType"].as_str().unwrap_or("")
+    );
+    Some((subject, online))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,6 +389,11 @@ mod tests {
         assert!(check.settled(&[(1, 0)]).is_ok());
         // u5 never shared a conversation with u0.
         assert!(check.received(1, 0, &frame("user:online", "u5")).is_err());
+        // When written, a frame must be about a partner as the lists stand then.
+        assert!(check.sent_to(0, &frame("user:offline", "u1")).is_ok());
+        check.set_members("g0", [1, 2, 3, 4].into_iter().collect());
+        assert!(check.sent_to(0, &frame("user:offline", "u1")).is_err());
+        assert!(check.sent_to(0, r#"42/chat,["message:new",{}]"#).is_ok());
     }
 
     #[test]

@@ -379,6 +379,12 @@ impl Sim {
                             let finding = self.members.sent(&user, text);
                             self.found(finding);
                         }
+                        if let End::Client(c) = end {
+                            if let Some(u) = self.clients.get(c).map(|s| s.user) {
+                                let finding = self.presence_frames.sent_to(u, text);
+                                self.found(finding);
+                            }
+                        }
                         if honest {
                             self.message_frames.server_sent(id, text);
                         }
