@@ -640,3 +640,38 @@ fn a_conversation_refused_for_good_resumes_where_it_stopped_when_joined_again() 
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].2["afterSeq"], json!(6));
 }
+
+#[test]
+fn a_join_asked_for_again_while_one_is_on_the_wire_outlives_its_refusal() {
+    let (mut d, _) = Driven::connected_in(1);
+    let first = joins_sent(&d.take());
+    // The application asks again (its user let back in) before the answer comes.
+    d.client.join(d.now, "c0");
+    assert!(
+        joins_sent(&d.take()).is_empty(),
+        "one join on the wire at a time"
+    );
+    // That answer was for the moment it was served: refused, it is asked for again.
+    d.ack(
+        first[0].0,
+        json!({"ok": false, "error": "Not a member", "code": "forbidden"}),
+    );
+    let out = d.take();
+    assert!(!out.iter().any(|o| matches!(
+        o,
+        Output::Notice(Notice::Event(name, _)) if name == "conversation:join_failed"
+    )));
+    let again = joins_sent(&out);
+    assert_eq!(again.len(), 1);
+    d.serve_join(again[0].0, "c0");
+    assert!(d.client.joined().contains_key("c0"));
+    // Refused again with nothing asked since, it ends as any refusal does.
+    d.reconnect();
+    let third = joins_sent(&d.take());
+    d.ack(
+        third[0].0,
+        json!({"ok": false, "error": "Not a member", "code": "forbidden"}),
+    );
+    assert!(joins_sent(&d.take()).is_empty());
+    assert!(d.client.joined().is_empty());
+}

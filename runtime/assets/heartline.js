@@ -50,6 +50,8 @@ export class HeartlineClient extends EventTarget {
     this.outbox = new Map(); // tempId -> { conversationId, content, sentOn, notBefore }
     this.joined = new Map(); // conversationId -> last seq delivered (null until known)
     this.parked = new Map(); // conversationId refused for good -> last seq delivered
+    this.onWire = new Set(); // conversations with a join request awaiting its answer
+    this.askedAgain = new Set(); // joined again while that answer was awaited
     this.catching = new Map(); // conversationId -> live messages held while catching up
     this.joining = new Set(); // conversations with a join (or its catch-up) under way
     this.joinQueue = []; // conversations waiting for room among those joining
@@ -82,6 +84,9 @@ export class HeartlineClient extends EventTarget {
       this.joined.set(conversationId, resume);
     }
     this.parked.delete(conversationId);
+    // A join already on the wire answers for the moment it is served: if it is refused,
+    // this later request is sent then.
+    if (this.onWire.has(conversationId)) this.askedAgain.add(conversationId);
     if (this.up) this.sendJoin(conversationId);
   }
 
@@ -153,6 +158,8 @@ export class HeartlineClient extends EventTarget {
     this.catching.clear();
     this.joining.clear();
     this.joinQueue = [];
+    this.onWire.clear();
+    this.askedAgain.clear();
     this.pacedUntil = 0;
     for (const o of this.outbox.values()) o.sentOn = null;
     if (ws) ws.close();
@@ -325,8 +332,12 @@ export class HeartlineClient extends EventTarget {
     const last = this.joined.get(conversationId);
     const payload = { conversationId };
     if (last != null) payload.afterSeq = last;
+    this.onWire.add(conversationId);
     this.request('conversation:join', payload, (reply) => {
+      this.onWire.delete(conversationId);
       if (this.later(reply, `join-${conversationId}`, () => this.requestJoin(conversationId))) return;
+      const again = this.askedAgain.delete(conversationId);
+      if ((!reply || !reply.ok) && again) return this.requestJoin(conversationId);
       if (!reply || !reply.ok) {
         // Refused for good (not a member, no such conversation): not asked for again on
         // the next reconnect, and nothing of it held back any more; its place is kept for

@@ -307,3 +307,25 @@ test('a conversation refused for good and joined again later resumes where it st
   assert.equal(payload.afterSeq, 6);
   c.disconnect();
 });
+
+test('a join asked for again while one is on the wire outlives its refusal', () => {
+  const c = client();
+  c.join('c');
+  c.connect();
+  const ws = last();
+  ws.accept();
+  const failed = [];
+  c.addEventListener('join-failed', (e) => failed.push(e.detail.code));
+  const [[first]] = ws.events();
+  c.join('c');
+  assert.equal(ws.events().length, 1, 'one join on the wire at a time');
+  ws.ack(first, { ok: false, error: 'Not a member of this conversation', code: 'forbidden' });
+  assert.deepEqual(failed, []);
+  const [again, name] = ws.events().at(-1);
+  assert.equal(name, 'conversation:join');
+  assert.notEqual(again, first);
+  ws.ack(again, { ok: false, error: 'Not a member of this conversation', code: 'forbidden' });
+  assert.deepEqual(failed, ['forbidden'], 'nothing asked since: it ends');
+  assert.equal(ws.events().length, 2);
+  c.disconnect();
+});

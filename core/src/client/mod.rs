@@ -218,6 +218,10 @@ pub struct Client {
     join_queue: VecDeque<String>,
     /// Joins the server could not serve (store failure), to try again at the given time.
     rejoin_at: BTreeMap<String, Instant>,
+    /// Conversations the application asked to join again while a join of them was on the
+    /// wire: that join's answer speaks for the moment it was served, so a refusal of it
+    /// does not end the later request, which is sent then.
+    asked_again: BTreeSet<String>,
     /// Joined conversations, what has been handed to the application, what is held back.
     convs: CatchUp,
     /// Ack ids of history requests in flight: ack id -> conversation.
@@ -250,6 +254,7 @@ impl Client {
             joining: BTreeSet::new(),
             join_queue: VecDeque::new(),
             rejoin_at: BTreeMap::new(),
+            asked_again: BTreeSet::new(),
             convs: CatchUp::default(),
             history: BTreeMap::new(),
             next_temp: 1,
@@ -401,6 +406,9 @@ impl Client {
     pub fn join(&mut self, now: Instant, conversation_id: &str) {
         self.clock.observe(now);
         self.convs.start(conversation_id);
+        if self.joins.values().any(|c| c == conversation_id) {
+            self.asked_again.insert(conversation_id.to_owned());
+        }
         if self.phase == Phase::Up {
             self.send_join(conversation_id);
         }
@@ -545,6 +553,7 @@ impl Client {
         self.history.clear();
         self.convs.reset();
         self.rejoin_at.clear();
+        self.asked_again.clear();
     }
 
     fn schedule_reconnect(&mut self, now: Instant) {
@@ -836,6 +845,10 @@ impl Client {
         if matches!(code.as_str(), "internal" | "rate_limited") {
             return self.rejoin_later(now, conv.to_owned(), reply);
         }
+        if self.asked_again.remove(conv) {
+            // Asked for again after this join went out (its user let back in, say).
+            return self.join_now(conv);
+        }
         self.convs.park(conv);
         self.out.push_back(Output::Notice(Notice::Event(
             "conversation:join_failed".into(),
@@ -881,6 +894,7 @@ impl Client {
                 self.join_refused(now, &conv, &reply);
                 return self.join_settled(&conv);
             }
+            self.asked_again.remove(&conv);
             let missed = reply["missed"].as_array().cloned().unwrap_or_default();
             let mut ready = vec![];
             self.convs
