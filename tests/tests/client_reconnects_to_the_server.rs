@@ -1,7 +1,8 @@
 //! The runtime's reconnecting client (the core's client state machine, the reconnection
 //! logic the simulator drives, over real sockets) against the real server: through a
 //! server restart it comes back by itself, catches up what it missed in order, and its
-//! unacknowledged sends are stored once.
+//! unacknowledged sends are stored once; let out of a room and back in (its member list
+//! replaced), it rejoins and catches up.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -235,6 +236,99 @@ async fn through_a_restart_the_client_comes_back_catches_up_and_stores_each_send
         .statuses
         .iter()
         .any(|s| matches!(s, Status::Reconnecting { .. })));
+    alice.client.close().await;
+    bob.client.close().await;
+    server.shutdown().await;
+}
+
+/// The member list replaced without bob while he is joined (the server lets his
+/// connection out of the room without a word), then with him again: the next message
+/// reaches him as a `message:notification`, which tells his client it is out of the room,
+/// and it rejoins and hands over everything in order, what was sent while he was out too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_let_out_of_a_room_and_back_in_catches_up_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server: ServerHandle = heartline_runtime::start(config(dir.path(), "127.0.0.1:0"))
+        .await
+        .expect("server starts");
+    let addr = server.local_addr();
+    let put = |names: &[&str]| {
+        let members: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"userId": n, "userType": "customer"}))
+            .collect();
+        json!({ "members": members }).to_string()
+    };
+    let (status, body) = http(
+        addr,
+        "PUT",
+        "/api/conversations/c1",
+        &put(&["alice", "bob"]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut alice = App::start(addr, "alice", 1);
+    let mut bob = App::start(addr, "bob", 2);
+    for a in [&mut alice, &mut bob] {
+        a.client.join("c1").expect("join");
+        a.state(Duration::from_secs(10), |s| {
+            s.status == Status::Connected && s.joined.get("c1").is_some_and(Option::is_some)
+        })
+        .await;
+    }
+    alice
+        .client
+        .send_message("c1", "one")
+        .await
+        .expect("queued");
+    alice
+        .until(Duration::from_secs(10), |s| s.acked.len() == 1)
+        .await;
+    bob.until(Duration::from_secs(10), |s| s.messages.len() == 1)
+        .await;
+
+    let (status, body) = http(addr, "PUT", "/api/conversations/c1", &put(&["alice"])).await;
+    assert_eq!(status, 200, "{body}");
+    alice
+        .client
+        .send_message("c1", "two, bob out")
+        .await
+        .expect("queued");
+    alice
+        .until(Duration::from_secs(10), |s| s.acked.len() == 2)
+        .await;
+    let (status, body) = http(
+        addr,
+        "PUT",
+        "/api/conversations/c1",
+        &put(&["alice", "bob"]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    alice
+        .client
+        .send_message("c1", "three, bob back")
+        .await
+        .expect("queued");
+    alice
+        .until(Duration::from_secs(10), |s| s.acked.len() == 3)
+        .await;
+
+    bob.until(Duration::from_secs(10), |s| s.messages.len() == 3)
+        .await;
+    assert_eq!(
+        contents(&bob.seen.messages),
+        ["one", "two, bob out", "three, bob back"]
+    );
+    // Back in the room, the next one reaches him too.
+    alice
+        .client
+        .send_message("c1", "four")
+        .await
+        .expect("queued");
+    bob.until(Duration::from_secs(10), |s| s.messages.len() == 4)
+        .await;
+    assert_eq!(bob.seen.messages[3]["content"], "four");
     alice.client.close().await;
     bob.client.close().await;
     server.shutdown().await;
