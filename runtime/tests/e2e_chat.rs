@@ -582,23 +582,7 @@ async fn a_retry_from_a_user_removed_meanwhile_is_answered_as_stored() {
     );
     let (status, body) = put_conversation(server.addr, "c1", &["bob:agent"]).await;
     assert_eq!(status, 200, "{body}");
-
-    let again = alice
-        .emit_ack("message:send", send("keep-1"))
-        .await
-        .expect("ack");
-    assert_eq!(again["ok"], true, "{again}");
-    assert_eq!(again["duplicate"], true);
-    assert_eq!(again["message"], first["message"]);
-    let new = alice
-        .emit_ack("message:send", send("new-1"))
-        .await
-        .expect("ack");
-    assert_eq!(
-        (new["ok"].clone(), new["code"].clone()),
-        (json!(false), json!("forbidden")),
-        "{new}"
-    );
+    retry_is_stored_new_is_forbidden(&mut alice, &first, "new-1").await;
 
     // After a restart nothing is remembered: the store answers.
     server.stop().await;
@@ -610,6 +594,19 @@ async fn a_retry_from_a_user_removed_meanwhile_is_answered_as_stored() {
         .into_owned();
     let mut restarted = TestServer::start(move |c| c.store.path = path).await;
     let mut alice = restarted.connect("alice", "customer").await;
+    retry_is_stored_new_is_forbidden(&mut alice, &first, "new-2").await;
+    assert_eq!(stored(restarted.addr, "c1").await.len(), 1, "stored once");
+    restarted.stop().await;
+}
+
+/// `alice`, no longer a member of `c1`: her retry of `first` (tempId `keep-1`) is answered
+/// as that stored message, and a send under the new tempId `new` is refused `forbidden`.
+async fn retry_is_stored_new_is_forbidden(
+    alice: &mut heartline_runtime::client::Client,
+    first: &Value,
+    new: &str,
+) {
+    let send = |temp: &str| json!({"conversationId": "c1", "content": "hello", "tempId": temp});
     let again = alice
         .emit_ack("message:send", send("keep-1"))
         .await
@@ -617,11 +614,13 @@ async fn a_retry_from_a_user_removed_meanwhile_is_answered_as_stored() {
     assert_eq!(again["ok"], true, "{again}");
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["message"], first["message"]);
-    let new = alice
-        .emit_ack("message:send", send("new-2"))
+    let refused = alice
+        .emit_ack("message:send", send(new))
         .await
         .expect("ack");
-    assert_eq!(new["code"], "forbidden", "{new}");
-    assert_eq!(stored(restarted.addr, "c1").await.len(), 1, "stored once");
-    restarted.stop().await;
+    assert_eq!(
+        (refused["ok"].clone(), refused["code"].clone()),
+        (json!(false), json!("forbidden")),
+        "{refused}"
+    );
 }

@@ -73,6 +73,17 @@ async fn stored(addr: SocketAddr, conversation: &str) -> Vec<Value> {
     v["messages"].as_array().cloned().expect("messages")
 }
 
+/// Creates conversation `c1` or replaces its members (`customer` users), through the API.
+async fn put_members(addr: SocketAddr, names: &[&str]) {
+    let members: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"userId": n, "userType": "customer"}))
+        .collect();
+    let body = json!({ "members": members }).to_string();
+    let (status, body) = http(addr, "PUT", "/api/conversations/c1", &body).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// What the application saw.
 #[derive(Default)]
 struct Seen {
@@ -105,6 +116,17 @@ impl App {
             client: Reconnecting::start(&format!("http://{addr}"), config).expect("client starts"),
             seen: Seen::default(),
         }
+    }
+
+    /// A client of `user` that has connected and joined `c1`.
+    async fn joined(addr: SocketAddr, user: &str, seed: u64) -> App {
+        let mut app = App::start(addr, user, seed);
+        app.client.join("c1").expect("join");
+        app.state(Duration::from_secs(10), |s| {
+            s.status == Status::Connected && s.joined.get("c1").is_some_and(Option::is_some)
+        })
+        .await;
+        app
     }
 
     /// Reads updates until `done`; fails if that takes longer than `limit`.
@@ -154,22 +176,9 @@ async fn through_a_restart_the_client_comes_back_catches_up_and_stores_each_send
         .await
         .expect("server starts");
     let addr = server.local_addr();
-    let members = json!({"members": [
-        {"userId": "alice", "userType": "customer"},
-        {"userId": "bob", "userType": "customer"},
-    ]});
-    let (status, body) = http(addr, "PUT", "/api/conversations/c1", &members.to_string()).await;
-    assert_eq!(status, 200, "{body}");
-
-    let mut alice = App::start(addr, "alice", 1);
-    let mut bob = App::start(addr, "bob", 2);
-    for a in [&mut alice, &mut bob] {
-        a.client.join("c1").expect("join");
-        a.state(Duration::from_secs(10), |s| {
-            s.status == Status::Connected && s.joined.get("c1").is_some_and(Option::is_some)
-        })
-        .await;
-    }
+    put_members(addr, &["alice", "bob"]).await;
+    let mut alice = App::joined(addr, "alice", 1).await;
+    let mut bob = App::joined(addr, "bob", 2).await;
     alice
         .client
         .send_message("c1", "before the restart")
@@ -252,30 +261,9 @@ async fn a_client_let_out_of_a_room_and_back_in_catches_up_in_order() {
         .await
         .expect("server starts");
     let addr = server.local_addr();
-    let put = |names: &[&str]| {
-        let members: Vec<Value> = names
-            .iter()
-            .map(|n| json!({"userId": n, "userType": "customer"}))
-            .collect();
-        json!({ "members": members }).to_string()
-    };
-    let (status, body) = http(
-        addr,
-        "PUT",
-        "/api/conversations/c1",
-        &put(&["alice", "bob"]),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let mut alice = App::start(addr, "alice", 1);
-    let mut bob = App::start(addr, "bob", 2);
-    for a in [&mut alice, &mut bob] {
-        a.client.join("c1").expect("join");
-        a.state(Duration::from_secs(10), |s| {
-            s.status == Status::Connected && s.joined.get("c1").is_some_and(Option::is_some)
-        })
-        .await;
-    }
+    put_members(addr, &["alice", "bob"]).await;
+    let mut alice = App::joined(addr, "alice", 1).await;
+    let mut bob = App::joined(addr, "bob", 2).await;
     alice
         .client
         .send_message("c1", "one")
@@ -287,8 +275,7 @@ async fn a_client_let_out_of_a_room_and_back_in_catches_up_in_order() {
     bob.until(Duration::from_secs(10), |s| s.messages.len() == 1)
         .await;
 
-    let (status, body) = http(addr, "PUT", "/api/conversations/c1", &put(&["alice"])).await;
-    assert_eq!(status, 200, "{body}");
+    put_members(addr, &["alice"]).await;
     alice
         .client
         .send_message("c1", "two, bob out")
@@ -297,14 +284,7 @@ async fn a_client_let_out_of_a_room_and_back_in_catches_up_in_order() {
     alice
         .until(Duration::from_secs(10), |s| s.acked.len() == 2)
         .await;
-    let (status, body) = http(
-        addr,
-        "PUT",
-        "/api/conversations/c1",
-        &put(&["alice", "bob"]),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    put_members(addr, &["alice", "bob"]).await;
     alice
         .client
         .send_message("c1", "three, bob back")
