@@ -243,7 +243,7 @@ impl Model {
     /// remembers the user, and from the store after it forgot; with the store failing, the
     /// latter is an `internal` refusal the client retries, which the contract allows. A
     /// retry is a duplicate even from a user no longer a member (its message was stored
-    /// while it was one); any other send of a non-member with a tempId is looked up in the
+    /// while it was one, in that conversation); any other send of a non-member with a tempId is looked up in the
     /// store first, and refused `forbidden` (`internal` if the store failed).
     fn send(&mut self, d: usize, c: usize, temp: Option<u8>, store_hit: bool) {
         let Some((ws, _)) = self.conns.get(&d).cloned() else {
@@ -257,7 +257,7 @@ impl Model {
                 self.tell(ws, "ack err internal".into());
                 return self.tell(ws, "error internal".into());
             }
-            if let Some((sc, seq)) = known {
+            if let Some((sc, seq)) = known.filter(|(sc, _)| *sc == c) {
                 self.tell(ws, format!("ack sent c{}#{seq} dup=true", sc + 1));
                 return self.tell(ws, format!("sent c{}#{seq}", sc + 1));
             }

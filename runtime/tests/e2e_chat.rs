@@ -580,9 +580,22 @@ async fn a_retry_from_a_user_removed_meanwhile_is_answered_as_stored() {
         (json!(true), json!(false)),
         "{first}"
     );
+    server.conversation("c2", &["alice:customer"]).await;
+    let elsewhere = json!({"conversationId": "c2", "content": "hi", "tempId": "other-1"});
+    let ack = alice
+        .emit_ack("message:send", elsewhere)
+        .await
+        .expect("ack");
+    assert_eq!(ack["ok"], true, "{ack}");
     let (status, body) = put_conversation(server.addr, "c1", &["bob:agent"]).await;
     assert_eq!(status, 200, "{body}");
     retry_is_stored_new_is_forbidden(&mut alice, &first, "new-1").await;
+    // A tempId used in another conversation is no retry of a message in this one.
+    let ack = alice
+        .emit_ack("message:send", send("other-1"))
+        .await
+        .expect("ack");
+    assert_eq!(ack["code"], "forbidden", "{ack}");
 
     // After a restart nothing is remembered: the store answers.
     server.stop().await;

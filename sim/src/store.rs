@@ -120,13 +120,6 @@ impl Store {
         self.members.get(id).map(Vec::as_slice)
     }
 
-    /// Whether a member list is waiting in the queue.
-    pub fn puts_in_flight(&self) -> bool {
-        self.queue
-            .iter()
-            .any(|(_, op)| matches!(op, Op::Put { .. }))
-    }
-
     /// When the next operation completes.
     pub fn next_at(&self) -> Option<Instant> {
         self.queue.front().map(|(at, _)| *at)

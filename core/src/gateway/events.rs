@@ -631,7 +631,8 @@ impl Gateway {
         let Some(user) = self.users.get_mut(user_key) else {
             return Err(refusal);
         };
-        if let Some(stored) = user.recent.find(&temp_id) {
+        let here = |m: &Message| m.conversation_id == send.conversation_id;
+        if let Some(stored) = user.recent.find(&temp_id).filter(|m| here(m)) {
             let stored = stored.clone();
             let echo = temp_id_echo(Some(&temp_id), send.numeric_temp_id);
             let to = SendReply::new(session, ack, user_key, &echo);
@@ -639,10 +640,16 @@ impl Gateway {
             return Ok(Admitted::Duplicate);
         }
         if user.in_flight as usize >= limit.saturating_add(MAX_LOOKUPS) {
-            return Err(refusal);
+            // Too many lookups under way to ask now: a final `forbidden` could be wrong
+            // (the message may be stored), so the client is told to come back.
+            let mut busy = refusal_for(ErrorCode::RateLimited);
+            busy.retry_after_ms = Some(LOOKUP_RETRY_MS);
+            return Err(busy);
         }
         let asked = (session, conn, ack);
-        let otherwise = Otherwise::Forbidden;
+        let otherwise = Otherwise::Forbidden {
+            conversation: send.conversation_id,
+        };
         self.ask_if_stored(asked, user_key, temp_id, send.numeric_temp_id, otherwise);
         Ok(Admitted::Lookup)
     }
@@ -712,8 +719,9 @@ impl Gateway {
         self.emit(now, session, "message:error", err);
     }
 
-    /// The answer to a send the rate limit refused, asked of the store in case it was a
-    /// retry: the stored message as a duplicate, or the refusal after all.
+    /// The answer to a send refused (over the rate limit, or not a member), asked of the
+    /// store in case it was a retry: the stored message as a duplicate, or the refusal
+    /// after all.
     pub(super) fn on_found(
         &mut self,
         now: Instant,
@@ -742,13 +750,25 @@ impl Gateway {
         }
         let live = self.asked_by(session, conn);
         match result {
+            // Under that tempId, a message of another conversation: to one it is not a
+            // member of, the user is refused.
+            Ok(Some(message))
+                if matches!(&otherwise, Otherwise::Forbidden { conversation }
+                    if *conversation != message.conversation_id) =>
+            {
+                if live {
+                    let refusal = refusal_for(ErrorCode::Forbidden);
+                    self.refuse_send(now, session, ack, user.clone(), echo, &refusal);
+                }
+            }
             Ok(Some(message)) => {
                 if live {
                     let to = SendReply::new(session, ack, &user, &echo);
                     self.answer_duplicate(now, &to, &message);
                 }
             }
-            // Not a retry (or the store could not tell): the rate limit's answer stands.
+            // Not a retry (or the store could not tell): the refusal it was looked up for
+            // stands (over the rate limit, or not a member).
             Ok(None) | Err(_) if live => {
                 let refusal = match otherwise {
                     Otherwise::RateLimited {
@@ -762,8 +782,10 @@ impl Gateway {
                     }
                     // Not a retry: not a member. If the store could not tell, neither can
                     // the gateway, and the client tries again.
-                    Otherwise::Forbidden if result.is_ok() => refusal_for(ErrorCode::Forbidden),
-                    Otherwise::Forbidden => refusal_for(ErrorCode::Internal),
+                    Otherwise::Forbidden { .. } if result.is_ok() => {
+                        refusal_for(ErrorCode::Forbidden)
+                    }
+                    Otherwise::Forbidden { .. } => refusal_for(ErrorCode::Internal),
                 };
                 self.refuse_send(now, session, ack, user.clone(), echo, &refusal);
             }
@@ -1197,9 +1219,14 @@ fn temp_id_echo(temp_id: Option<&str>, numeric: bool) -> Value {
 const REPLY_SHARE: usize = 8;
 
 /// Store operations one user may have in flight beyond `rate_limit.messages` (its appends
-/// stay within that): room for tempId lookups of sends over the limit (see
-/// [`Effect::FindSent`]). Past it, such sends are refused without asking.
+/// stay within that): room for tempId lookups of sends over the limit or from a removed
+/// user (see [`Effect::FindSent`]). Past it, such sends are refused `rate_limited`
+/// without asking.
 const MAX_LOOKUPS: usize = 8;
+
+/// `retryAfterMs` for a removed user's send that may be a retry, when its lookups are all
+/// under way ([`MAX_LOOKUPS`]).
+const LOOKUP_RETRY_MS: u64 = 1_000;
 
 /// What [`Gateway::admit_send`] did with a send it did not refuse.
 enum Admitted {
@@ -1207,7 +1234,7 @@ enum Admitted {
     ToStore,
     /// Answered it as a retry of a message remembered in memory.
     Duplicate,
-    /// The rate limit would refuse it; asked the store whether it is a retry.
+    /// It would be refused (rate limit, membership); asked the store whether it is a retry.
     Lookup,
 }
 

@@ -172,8 +172,9 @@ pub enum Effect {
         request: ReadRequest,
     },
     /// Look up the message `sender` stored under `temp_id`, then answer with
-    /// [`Input::Found`]. Asked for a send the rate limit would refuse: if it is a retry of
-    /// a stored message, the answer is that message (`duplicate: true`), not a refusal.
+    /// [`Input::Found`]. Asked for a send the rate limit would refuse, or one from a user
+    /// no longer a member of its conversation: if it is a retry of a stored message, the
+    /// answer is that message (`duplicate: true`), not a refusal.
     /// It must see every append asked before it; it may also see appends asked after it
     /// (the runtime answers it once the run of appends around it is committed), which
     /// only means the tempId is stored by then.

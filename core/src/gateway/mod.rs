@@ -113,7 +113,7 @@ enum Pending {
 }
 
 /// How a send looked up in the store ([`Pending::Retry`]) is refused if it is not a retry.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Otherwise {
     /// Over the rate limit: the refusal's `retryAfterMs` when it was asked, and when that
     /// was.
@@ -121,8 +121,9 @@ enum Otherwise {
         retry_after_ms: u64,
         asked_at: Instant,
     },
-    /// Its user is not a member of the conversation (any more).
-    Forbidden,
+    /// Its user is not a member of the conversation (any more): a retry only of a message
+    /// stored in that conversation.
+    Forbidden { conversation: String },
 }
 
 /// The chat gateway. See the module docs.
