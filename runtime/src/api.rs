@@ -29,7 +29,7 @@ use crate::store::{Member, StoreError};
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Longest conversation id accepted.
+/// Longest conversation id, user id or user type accepted.
 pub const MAX_ID_BYTES: usize = 256;
 
 /// Most messages one read returns when no `limit` is given.
@@ -148,9 +148,17 @@ fn bad_escape() -> Response<Body> {
     )
 }
 
+/// Whether `name` is fit to be a conversation id, a user id or a user type: 1 to
+/// [`MAX_ID_BYTES`] bytes without control characters. Ids are written to logs, metrics
+/// labels and every message a user sends; a newline or a megabyte in one has no business
+/// there.
+fn good_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_ID_BYTES && !name.chars().any(char::is_control)
+}
+
 /// A refusal for a malformed conversation id.
 fn bad_id(id: &str) -> Option<Response<Body>> {
-    (id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control)).then(|| {
+    (!good_name(id)).then(|| {
         error(
             StatusCode::BAD_REQUEST,
             "conversation id must be 1 to 256 bytes without control characters",
@@ -206,11 +214,11 @@ async fn put_conversation(
     if parsed
         .members
         .iter()
-        .any(|m| m.user_id.is_empty() || m.user_type.is_empty())
+        .any(|m| !good_name(&m.user_id) || !good_name(&m.user_type))
     {
         return error(
             StatusCode::BAD_REQUEST,
-            "userId and userType must not be empty",
+            "userId and userType must be 1 to 256 bytes without control characters",
         );
     }
     let members: Vec<Member> = parsed

@@ -144,6 +144,9 @@ async fn api_requires_the_key_and_validates_bodies() {
         "{\"members\": [[\"u1\", \"customer\"]]}",
         "[[{\"userId\": \"u1\", \"userType\": \"customer\"}]]",
         "{\"members\": [{\"userId\": \"\", \"userType\": \"x\"}]}",
+        "{\"members\": [{\"userId\": \"u1\", \"userType\": \"\"}]}",
+        "{\"members\": [{\"userId\": \"u1\\n\", \"userType\": \"customer\"}]}",
+        "{\"members\": [{\"userId\": \"u1\", \"userType\": \"a\\u0000b\"}]}",
     ] {
         let (status, _, resp) = http(
             addr,
@@ -154,6 +157,19 @@ async fn api_requires_the_key_and_validates_bodies() {
         )
         .await;
         assert_eq!(status, 400, "{bad}: {resp}");
+    }
+    // A user id as long as a conversation id may be is taken; one byte more is not.
+    for (len, want) in [(256, 200), (257, 400)] {
+        let body = json!({"members": [{"userId": "u".repeat(len), "userType": "customer"}]});
+        let (status, _, resp) = http(
+            addr,
+            "PUT",
+            "/api/conversations/c1",
+            &[("Authorization", &auth)],
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(status, want, "{len}: {resp}");
     }
     // Fields Heartline does not keep are ignored, not refused.
     let extra = json!({
