@@ -520,6 +520,59 @@ fn lookups_for_refused_sends_are_bounded_and_charged() {
     assert_eq!(g.gw.metrics().floods, 1);
 }
 
+/// Store lookups asked for `message:send` so far.
+fn lookups(g: &Gw) -> usize {
+    g.outputs
+        .iter()
+        .filter(|(_, o)| {
+            matches!(
+                o,
+                heartline_core::gateway::Output::Effect(
+                    heartline_core::gateway::Effect::FindSent { .. }
+                )
+            )
+        })
+        .count()
+}
+
+#[test]
+fn a_user_in_no_conversation_cannot_keep_the_store_busy_with_lookups() {
+    // Each send with a tempId to a conversation its user is not in might be the retry of
+    // one stored while the user was a member, which only the store can tell. Each such
+    // question is an event served: the budget's burst of 60, then 20 a second; the rest
+    // are refused at once, as any event over the budget is.
+    let mut g = setup();
+    g.connect(1, "mallory", "customer");
+    let send = |g: &mut Gw, i: u32| {
+        g.emit(
+            1,
+            "message:send",
+            json!({"conversationId":"c1","content":"hi","tempId":format!("m{i}")}),
+        )
+    };
+    let ids: Vec<u64> = (0..100).map(|i| send(&mut g, i)).collect();
+    assert_eq!(lookups(&g), 60);
+    for id in &ids[..60] {
+        let a = g.ack(1, *id).expect("answered");
+        assert_eq!(a["code"], json!("forbidden"), "{a}");
+    }
+    for id in &ids[60..] {
+        let a = g.ack(1, *id).expect("answered");
+        assert_eq!(a["code"], json!("rate_limited"), "{a}");
+        assert_eq!(a["retryAfterMs"], json!(50), "{a}");
+    }
+    g.advance(1_000);
+    let later: Vec<u64> = (100..130).map(|i| send(&mut g, i)).collect();
+    assert_eq!(lookups(&g), 80, "20 more a second later");
+    let forbidden = later
+        .iter()
+        .filter(|id| g.ack(1, **id).expect("answered")["code"] == json!("forbidden"))
+        .count();
+    assert_eq!(forbidden, 20);
+    assert!(!g.view(1).disconnected, "every refusal answered");
+    assert!(g.store.messages.get("c1").is_none_or(Vec::is_empty));
+}
+
 #[test]
 fn rate_limit_hit_and_recovery() {
     let mut g = setup();

@@ -574,10 +574,18 @@ impl Gateway {
             return;
         };
         match self.admit_send(now, session, ack, &user_key, arg) {
-            Ok(Admitted::ToStore) => {}
-            // A retry answered from memory, or a send over the limit asked of the store:
-            // cheap for the client to repeat, so each spends what a refusal does.
-            Ok(Admitted::Duplicate | Admitted::Lookup) => self.charge_refusal(now, session),
+            // A lookup was paid for as an event served when it was asked.
+            Ok(Admitted::ToStore | Admitted::Lookup | Admitted::Flooded) => {}
+            // A retry answered from memory: cheap for the client to repeat, and for the
+            // server to answer, so it spends what a refusal does.
+            Ok(Admitted::Duplicate) => self.charge_refusal(now, session),
+            // A lookup over the event budget: refused (the refusal paid for already).
+            Ok(Admitted::OverBudget { retry_after_ms }) => {
+                self.metrics.events_refused += 1;
+                let mut over = refusal_for(ErrorCode::RateLimited);
+                over.retry_after_ms = Some(retry_after_ms);
+                self.refuse_send(now, session, ack, user_key, temp_id, &over);
+            }
             Err(refusal) if refusal.code == ErrorCode::RateLimited => {
                 self.refuse_send(now, session, ack, user_key, temp_id, &refusal);
                 self.charge_refusal(now, session);
@@ -646,12 +654,43 @@ impl Gateway {
             busy.retry_after_ms = Some(LOOKUP_RETRY_MS);
             return Err(busy);
         }
+        if let Some(answered) = self.charge_lookup(now, session, 0) {
+            return Ok(answered);
+        }
         let asked = (session, conn, ack);
         let otherwise = Otherwise::Forbidden {
             conversation: send.conversation_id,
         };
         self.ask_if_stored(asked, user_key, temp_id, send.numeric_temp_id, otherwise);
         Ok(Admitted::Lookup)
+    }
+
+    /// Charges a store lookup (is this send a retry of one stored?) to the connection as a
+    /// whole event served: `None` to ask. Answering from the store is not the refusal it
+    /// replaces, which costs a twentieth of an event: a store query, on the one thread
+    /// every user's appends go through. Charged at a refusal's price, one connection
+    /// sending tempIds it may not use could ask 400 a second, and a few hundred such
+    /// connections would slow every other user's sends. Over the budget the send is
+    /// refused `rate_limited`, told to wait at least `wait_ms`; with the refusals spent
+    /// too, the connection is ended as a flood.
+    fn charge_lookup(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        wait_ms: u64,
+    ) -> Option<Admitted> {
+        let budget = self.config.event_budget;
+        let conn = self.conns.get_mut(&session)?;
+        match conn.budget.serve(budget, now) {
+            Charge::Served => None,
+            Charge::Refused { retry_after_ms } => Some(Admitted::OverBudget {
+                retry_after_ms: retry_after_ms.max(wait_ms),
+            }),
+            Charge::Exhausted => {
+                self.flood(now, session);
+                Some(Admitted::Flooded)
+            }
+        }
     }
 
     /// Asks the store whether `temp_id` of `user_key` was stored already: answered in
@@ -848,6 +887,9 @@ impl Gateway {
             };
             // Perhaps a retry of a send older than the ones remembered, or still being
             // stored: a retry is answered as a duplicate, never refused. The store knows.
+            if let Some(answered) = self.charge_lookup(now, session, wait) {
+                return Ok(answered);
+            }
             let otherwise = Otherwise::RateLimited {
                 retry_after_ms: wait,
                 asked_at: now,
@@ -1236,6 +1278,15 @@ enum Admitted {
     Duplicate,
     /// It would be refused (rate limit, membership); asked the store whether it is a retry.
     Lookup,
+    /// It would have been asked of the store, but the connection's event budget is spent
+    /// for now: to be refused `rate_limited`.
+    OverBudget {
+        /// When to try again.
+        retry_after_ms: u64,
+    },
+    /// Asking the store would have been past every balance of the budget: the connection
+    /// is being ended as a flood.
+    Flooded,
 }
 
 /// Whether the test-only mutation that takes any user's token in `auth:refresh` is on.
