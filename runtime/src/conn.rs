@@ -195,6 +195,20 @@ fn near_socket_bound(ctx: &Context) -> bool {
     bound > 0 && ctx.metrics.tcp_open.load(Ordering::Relaxed) >= bound - bound / 8
 }
 
+/// Where a connection with no request being served counts its time from: a never-served
+/// one from its accept (the handshake timeout's start); a kept-alive one from its last
+/// activity, or, with the next request coming in, from that request's first bytes, so a
+/// request begun late in the quiet time has the whole timeout to arrive.
+fn timed_from_ms(activity: &Activity) -> u64 {
+    let quiet = activity.quiet_since_ms();
+    let began = activity.next_began_ms.load(Ordering::Relaxed);
+    if began == NONE || activity.requests.load(Ordering::Relaxed) == 0 {
+        quiet
+    } else {
+        began.max(quiet)
+    }
+}
+
 /// Serves a TCP connection until it closes, is upgraded, or runs out of time.
 pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, permit: Permit) {
     let accepted_at = ctx.clock.now();
@@ -221,7 +235,7 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
                 quiet: quiet.clone(),
                 ctx: ctx.clone(),
             };
-            activity.next_began_ms.store(NONE, Ordering::Relaxed);
+            let began_ms = activity.next_began_ms.swap(NONE, Ordering::Relaxed);
             let mut info = info.clone();
             // A later request on a kept-alive connection (a client reconnecting over its
             // pooled connection) starts its own handshake clock: counting from the
@@ -229,9 +243,16 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
             info.first_request = activity.requests.fetch_add(1, Ordering::Relaxed) == 0;
             if !info.first_request {
                 info.accepted_at = ctx.clock.now();
-                // Its headers could come in since the response before it was written.
-                info.request_began =
-                    heartline_core::Instant::from_millis(activity.quiet_since_ms());
+                // Its time to arrive counts from its first bytes, not from the response
+                // before it: a POST a browser sends over a connection quiet for most of
+                // the timeout has the whole timeout for its body too. Bytes read along
+                // with the request before (pipelined) noted no start: those count from
+                // that request's response.
+                info.request_began = heartline_core::Instant::from_millis(if began_ms == NONE {
+                    activity.quiet_since_ms()
+                } else {
+                    began_ms
+                });
             }
             let ctx = ctx.clone();
             let answered = activity.clone();
@@ -268,12 +289,13 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
     let timeout_ms = ctx.config.server.handshake_timeout_ms;
     loop {
         let busy = activity.in_flight.load(Ordering::Acquire) > 0;
-        let idle_since = heartline_core::Instant::from_millis(activity.quiet_since_ms());
         let due = if busy {
             // A request is being served; look again later.
             tokio::time::Instant::now() + Duration::from_millis(timeout_ms.clamp(1, 1000))
         } else {
-            ctx.clock.deadline(idle_since.add_ms(timeout_ms))
+            ctx.clock.deadline(heartline_core::Instant::from_millis(
+                timed_from_ms(&activity).saturating_add(timeout_ms),
+            ))
         };
         tokio::select! {
             // The connection first: a request that has arrived is read, and so makes the
@@ -313,7 +335,7 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
             }
             _ = tokio::time::sleep_until(due) => {
                 let idle = activity.in_flight.load(Ordering::Acquire) == 0;
-                let since = activity.quiet_since_ms();
+                let since = timed_from_ms(&activity);
                 let expired = ctx.clock.now().as_millis() >= since.saturating_add(timeout_ms);
                 if idle && expired {
                     let never_served = activity.requests.load(Ordering::Relaxed) == 0;

@@ -424,21 +424,44 @@ async fn a_partial_request_runs_out_of_time_counted_from_the_tcp_accept() {
         "PUT /api/conversations/c1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
          Content-Length: {DRIBBLED_BODY}\r\n\r\n"
     );
-    let sid = polling_handshake(server.addr).await;
-    let post = format!(
-        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
-         Content-Type: text/plain\r\nContent-Length: {DRIBBLED_BODY}\r\n\r\n"
-    );
-    // On a kept-alive connection, a later request's time counts from the end of the one
-    // before it.
+    // A session of its own for each POST: two at once on one session would end it.
+    let post = |sid: String| {
+        format!(
+            "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: text/plain\r\nContent-Length: {DRIBBLED_BODY}\r\n\r\n"
+        )
+    };
     let healthz = Some("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    for (what, head) in [("api", &api), ("polling post", &post)] {
-        for (first, on) in [(None, "a new connection"), (healthz, "a kept-alive one")] {
-            let wait = Duration::from_millis(1_800);
-            let done = Duration::from_millis(3_000);
-            let (status, after) = dribble(server.addr, first, wait, head, done).await;
-            assert_eq!(status, 408, "{what} on {on}, answered after {after:?}");
+    let ms = Duration::from_millis;
+    let mut runs = Vec::new();
+    for what in ["api", "polling post"] {
+        // On a kept-alive connection, a later request's time counts from its own first
+        // bytes, not from the end of the one before it: a browser that sends a POST over
+        // a connection quiet for most of the timeout has the whole of it for the body.
+        for (first, on, wait, done, cut) in [
+            (None, "a new connection", ms(1_800), ms(3_000), true),
+            (healthz, "a kept-alive one", ms(1_800), ms(3_000), false),
+            (healthz, "a kept-alive one", ms(1_800), ms(4_500), true),
+        ] {
+            let head = match what {
+                "api" => api.clone(),
+                _ => post(polling_handshake(server.addr).await),
+            };
+            let addr = server.addr;
+            runs.push(tokio::spawn(async move {
+                let (status, after) = dribble(addr, first, wait, &head, done).await;
+                (what, on, cut, status, after)
+            }));
         }
+    }
+    for run in runs {
+        let (what, on, cut, status, after) = run.await.expect("run");
+        let how = format!("{what} on {on} (cut: {cut}), answered {status} after {after:?}");
+        assert_eq!(status == 408, cut, "{how}");
+        assert!(
+            status >= 400,
+            "a body of x's is refused all the same: {how}"
+        );
     }
     server.stop().await;
 }
