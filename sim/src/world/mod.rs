@@ -399,11 +399,14 @@ impl Sim {
         let round_trip_ms = 2 * (self.opts.latency_ms + self.opts.jitter_ms) + 1;
         let drain_ms = backlog * (self.opts.rate_window_ms + round_trip_ms)
             / self.opts.rate_messages.max(1) as u64;
-        // A device let out of a conversation for a while comes back far behind, and catches
-        // up through replies the server keeps to an eighth of the send queue's limit: with
-        // the smallest queues, one message per reply, a read from the store and a round
-        // trip each. Allow for the farthest behind (the conversations one at a time).
+        // A device kept away for a while (let out of a conversation, or cut off by a long
+        // partition) comes back far behind, and catches up through replies the server
+        // keeps to an eighth of the send queue's limit (and a history page to 100
+        // messages): with the smallest queues, one message per reply, a read from the
+        // store and a round trip each. Allow for the farthest behind (the conversations
+        // one at a time), taking this workload's messages as under 1 KiB each in JSON.
         let reply_ms = round_trip_ms + 2 * self.opts.store_latency_ms + 1;
+        let per_reply = (self.opts.outbound_bytes / 8 / 1024).clamp(1, 100);
         let behind = self
             .clients
             .iter()
@@ -412,7 +415,6 @@ impl Sim {
                 self.layout.convs_of[s.user]
                     .iter()
                     .map(|c| &self.layout.conversations[*c].0)
-                    .filter(|id| self.members_touched.contains(*id))
                     .map(|id| {
                         let last = self.store.last_seq(id);
                         last - self.delivery.last(i, id).unwrap_or(last).min(last)
@@ -421,7 +423,7 @@ impl Sim {
             })
             .max()
             .unwrap_or(0);
-        let catch_up_ms = behind * reply_ms;
+        let catch_up_ms = behind.div_ceil(per_reply) * reply_ms;
         let bound_ms = self.opts.convergence_ms + drain_ms + catch_up_ms;
         let deadline = self.now.add_ms(bound_ms);
         // What the network held when it healed (a close queued behind a partition, say)
