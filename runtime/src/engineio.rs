@@ -270,6 +270,12 @@ fn upgrade(
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return http::text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
+    let Ok(subprotocol) = first_subprotocol(req.headers()) else {
+        return http::text(
+            StatusCode::BAD_REQUEST,
+            "invalid Sec-WebSocket-Protocol header",
+        );
+    };
     if !version_ok {
         let mut resp = http::text(
             StatusCode::UPGRADE_REQUIRED,
@@ -296,7 +302,32 @@ fn upgrade(
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
+    if let Some(chosen) = subprotocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, chosen);
+    }
     resp
+}
+
+/// The subprotocol to answer a WebSocket handshake with: the first the client offers, as
+/// the reference server (Node's `ws` without a `handleProtocols`) chooses. A client that
+/// offers any (socket.io-client's `protocols` option) fails the handshake unless one is
+/// chosen, and what is spoken is Engine.IO whatever it is called. `Err` for a header that
+/// is not a comma-separated list of tokens (RFC 6455 §4.1), which `ws` refuses with 400 too.
+fn first_subprotocol(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
+    let mut first = None;
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let text = value.to_str().map_err(|_| ())?;
+        for offered in text.split(',').map(str::trim) {
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if offered.is_empty() || !offered.chars().all(token) {
+                return Err(());
+            }
+            if first.is_none() {
+                first = Some(HeaderValue::from_str(offered).map_err(|_| ())?);
+            }
+        }
+    }
+    Ok(first)
 }
 
 /// Tells the core a held request was abandoned, unless it was answered.

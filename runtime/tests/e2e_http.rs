@@ -715,6 +715,41 @@ async fn only_the_configured_transports_are_offered() {
 }
 
 #[tokio::test]
+async fn a_websocket_offering_subprotocols_gets_the_first_chosen() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut server = TestServer::start(|_| {}).await;
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let mut offer = url.clone().into_client_request().expect("request");
+    offer.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "chat.v2, chat.v1".parse().expect("header"),
+    );
+    // tungstenite, as browsers and Node's `ws` do, fails a handshake that offered
+    // subprotocols and got none chosen.
+    let (_ws, resp) = tokio_tungstenite::connect_async(offer)
+        .await
+        .expect("the handshake completes");
+    assert_eq!(
+        resp.headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("chat.v2")
+    );
+    let mut bad = url.into_client_request().expect("request");
+    bad.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "chat v2, ".parse().expect("header"),
+    );
+    match tokio_tungstenite::connect_async(bad).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 400)
+        }
+        other => panic!("a list that is not of tokens is refused: {other:?}"),
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn polling_session_upgrades_to_websocket() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
