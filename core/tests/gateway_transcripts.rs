@@ -574,6 +574,48 @@ fn a_user_in_no_conversation_cannot_keep_the_store_busy_with_lookups() {
 }
 
 #[test]
+fn a_send_the_store_finds_from_a_non_member_is_forbidden_and_gives_its_slot_back() {
+    // The store commits a member list before the gateway hears of it, so a send admitted
+    // in between can reach the store after the list that removed its sender: the store
+    // answers that it did not store it, and the sender is told `forbidden`.
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    g.auto_store = false;
+    let first = g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"late","tempId":"t1"}),
+    );
+    let Some(heartline_core::gateway::Effect::Append { op, .. }) = g.effects.pop() else {
+        panic!("an append asked");
+    };
+    g.input(Input::Appended {
+        op,
+        result: Ok(heartline_core::gateway::AppendOutcome::NotMember),
+    });
+    let a = g.ack(1, first).expect("answered");
+    assert_eq!(a["code"], json!("forbidden"), "{a}");
+    let errors = g.events_named(1, "message:error");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["tempId"], json!("t1"));
+    assert_eq!(g.gw.metrics().send_refused.get("forbidden"), Some(&1));
+    assert!(
+        g.events_named(1, "message:new").is_empty(),
+        "nothing fanned out"
+    );
+    // Its place in the rate window was given back: the limit (3) is still whole.
+    g.auto_store = true;
+    for i in 0..3 {
+        let id = g.emit(
+            1,
+            "message:send",
+            json!({"conversationId":"c1","content":"hi","tempId":format!("n{i}")}),
+        );
+        assert_eq!(g.ack(1, id).expect("answered")["ok"], json!(true));
+    }
+}
+
+#[test]
 fn rate_limit_hit_and_recovery() {
     let mut g = setup();
     g.connect(1, "alice", "customer");

@@ -169,6 +169,10 @@ pub struct Actor<A> {
     deferred: Vec<gateway::Input>,
     /// Most bytes a connection's send queue holds (`server.max_outbound_bytes`).
     outbound_limit: usize,
+    /// Member lists written by the store that the core has been told of
+    /// (`Input::ConversationPut` from the store's results): stamped on every append, so the
+    /// store knows which lists the core admitted it by (`storage::Job::Append`).
+    members_seen: u64,
 }
 
 impl<A: App> Actor<A> {
@@ -192,6 +196,7 @@ impl<A: App> Actor<A> {
             drain: None,
             deferred: vec![],
             outbound_limit,
+            members_seen: 0,
         }
     }
 
@@ -258,6 +263,9 @@ impl<A: App> Actor<A> {
     }
 
     fn feed(&mut self, input: gateway::Input) {
+        if matches!(input, gateway::Input::ConversationPut { .. }) {
+            self.members_seen += 1;
+        }
         if let Err(e) = self.app.handle_input(self.clock.now(), input) {
             tracing::debug!(error = %e, "input for a gone session or request");
         }
@@ -414,7 +422,11 @@ impl<A: App> Actor<A> {
 
     fn effect(&mut self, e: Effect) {
         let job = match e {
-            Effect::Append { op, request } => Job::Append { op, request },
+            Effect::Append { op, request } => Job::Append {
+                op,
+                request,
+                members_seen: self.members_seen,
+            },
             Effect::Read { op, request } => Job::Read { op, request },
             Effect::FindSent {
                 op,

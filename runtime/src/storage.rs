@@ -97,6 +97,11 @@ pub enum Job {
         op: OpId,
         /// The message.
         request: gateway::AppendRequest,
+        /// How many member-list writes of this process the core had been told of
+        /// (`Input::ConversationPut` after a `Put`) when it asked: where a list was written
+        /// since, the sender's membership is checked again at the commit
+        /// ([`MemberWrites`]).
+        members_seen: u64,
     },
     /// A core read; answered with `Input::Read`.
     Read {
@@ -324,6 +329,7 @@ pub fn checkpoint_interval(log_pages: i64) -> Duration {
 
 fn run(mut store: Store, rx: std_mpsc::Receiver<Queued>, stage: &Stage, metrics: &RuntimeMetrics) {
     let mut jobs: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    let mut writes = MemberWrites::default();
     while let Ok(first) = rx.recv() {
         jobs.push(first);
         while jobs.len() < MAX_BATCH {
@@ -347,9 +353,14 @@ fn run(mut store: Store, rx: std_mpsc::Receiver<Queued>, stage: &Stage, metrics:
             match job {
                 // Asked after the stop: dropped, its caller sees the store gone.
                 _ if stop => {}
-                Job::Append { op, request } => {
+                Job::Append {
+                    op,
+                    request,
+                    members_seen,
+                } => {
                     appends.ops.push(op);
                     appends.queued.push(at);
+                    appends.check.push(writes.since(&request, members_seen));
                     appends.requests.push(request);
                 }
                 Job::Find {
@@ -366,10 +377,11 @@ fn run(mut store: Store, rx: std_mpsc::Receiver<Queued>, stage: &Stage, metrics:
                     if !matches!(other, Job::Flush { .. }) {
                         metrics.store_wait.observe(at.elapsed());
                     }
-                    serve(&mut store, other, stage, metrics);
+                    serve(&mut store, other, &mut writes, stage, metrics);
                 }
             }
         }
+        writes.forget_seen();
         match stage.failed() {
             None => commit(&mut store, &mut appends, stage, metrics),
             Some(e) => refuse_appends(&mut appends, stage, &e, metrics),
@@ -389,7 +401,58 @@ struct Appends {
     ops: Vec<OpId>,
     queued: Vec<Instant>,
     requests: Vec<store::AppendRequest>,
+    /// Per request, whether its sender's membership is checked at the commit.
+    check: Vec<bool>,
     finds: Vec<(OpId, Instant, gateway::Member, String)>,
+}
+
+/// The member lists this process has written, so that an append is checked against its
+/// conversation's list only where the core may not have known it ([`AppendOutcome::NotMember`]).
+///
+/// The core admits a send by the lists it has been told of, and it is told of a list only
+/// once its commit is flushed ([`Answer::Put`]), so a send admitted in between would
+/// otherwise be stored after the list that removed its sender. Every written list is
+/// numbered; an append carries how many of them the core had been told of when it asked
+/// (`members_seen`, stamped by the actor in the order it feeds the core); a list written
+/// with a higher number is news to it, and only then does the commit look the sender up
+/// (one probe of the members' unique index). Appends arrive with `members_seen` never
+/// decreasing, so a list numbered at or below the highest seen is news to no later
+/// append and is forgotten.
+///
+/// [`AppendOutcome::NotMember`]: gateway::AppendOutcome::NotMember
+#[derive(Debug, Default)]
+struct MemberWrites {
+    /// Lists written so far in this process.
+    written: u64,
+    /// Per conversation, the number of its latest list, while some append may not know it.
+    latest: std::collections::HashMap<String, u64>,
+    /// The highest `members_seen` of an append so far.
+    seen: u64,
+}
+
+impl MemberWrites {
+    /// A conversation's member list was written (committed).
+    fn written(&mut self, id: &str) {
+        self.written += 1;
+        self.latest.insert(id.to_owned(), self.written);
+    }
+
+    /// Whether `request`'s conversation has had a list written that the core had not been
+    /// told of when it asked, with `members_seen` lists known.
+    fn since(&mut self, request: &store::AppendRequest, members_seen: u64) -> bool {
+        self.seen = self.seen.max(members_seen);
+        self.latest
+            .get(&request.conversation_id)
+            .is_some_and(|n| *n > members_seen)
+    }
+
+    /// Forgets the lists every append from now on knows of.
+    fn forget_seen(&mut self) {
+        if !self.latest.is_empty() {
+            let seen = self.seen;
+            self.latest.retain(|_, n| *n > seen);
+        }
+    }
 }
 
 /// Appends a run of requests in one transaction and answers each, then answers the
@@ -409,11 +472,17 @@ fn commit(store: &mut Store, appends: &mut Appends, stage: &Stage, metrics: &Run
 /// because the stage failed with `e` while they were being gathered.
 fn refuse_appends(appends: &mut Appends, stage: &Stage, e: &StoreError, metrics: &RuntimeMetrics) {
     appends.queued.clear();
+    appends.check.clear();
     let appended = appends
         .ops
         .drain(..)
         .zip(appends.requests.drain(..))
-        .map(|(op, request)| Job::Append { op, request });
+        .map(|(op, request)| Job::Append {
+            op,
+            request,
+            // Refused whatever it was: nothing is checked.
+            members_seen: 0,
+        });
     let found = appends
         .finds
         .drain(..)
@@ -462,9 +531,10 @@ fn commit_appends(
             .store_wait
             .observe(started.saturating_duration_since(at));
     }
-    let outcomes = store.append_batch(&appends.requests);
+    let outcomes = store.append_batch_checking(&appends.requests, &appends.check);
     metrics.store_commit.observe(started.elapsed());
     appends.requests.clear();
+    appends.check.clear();
     RuntimeMetrics::inc(&metrics.store_batches);
     metrics.store_appends.fetch_add(
         outcomes.iter().filter(|o| o.is_ok()).count() as u64,
@@ -487,7 +557,13 @@ fn check_own_checkpoint(store: &Store, stage: &Stage) {
     }
 }
 
-fn serve(store: &mut Store, job: Job, stage: &Stage, metrics: &RuntimeMetrics) {
+fn serve(
+    store: &mut Store,
+    job: Job,
+    writes: &mut MemberWrites,
+    stage: &Stage,
+    metrics: &RuntimeMetrics,
+) {
     match job {
         // Handled by the run loop itself.
         Job::Append { .. } | Job::Find { .. } | Job::Stop => {}
@@ -504,9 +580,12 @@ fn serve(store: &mut Store, job: Job, stage: &Stage, metrics: &RuntimeMetrics) {
         }
         Job::Put { id, members, reply } => {
             let result = store.put_conversation_with_last_seq(&id, &members);
-            if let Err(e) = &result {
-                RuntimeMetrics::inc(&metrics.store_failures);
-                tracing::warn!(conversation = %id, error = %e, "conversation write failed");
+            match &result {
+                Ok(_) => writes.written(&id),
+                Err(e) => {
+                    RuntimeMetrics::inc(&metrics.store_failures);
+                    tracing::warn!(conversation = %id, error = %e, "conversation write failed");
+                }
             }
             // A failed put wrote nothing (its transaction, the last-seq read included, rolled
             // back); either way its answer waits for the flush of what is committed so far.
@@ -817,6 +896,7 @@ mod tests {
                 temp_id: Some(temp.into()),
                 created_at_ms: 1,
             },
+            members_seen: 0,
         }
     }
 
@@ -878,6 +958,64 @@ mod tests {
         // Three appends and a read waited in the queue; the flush is not an operation.
         assert_eq!(metrics.store_wait.count(), 4);
         assert!(metrics.store_commit.count() >= 1);
+        drop(queue);
+        handle.join().expect("join");
+    }
+
+    #[tokio::test]
+    async fn a_send_asked_before_the_core_knew_a_member_list_is_held_to_it() {
+        let mut store = Store::open_in_memory().expect("store");
+        let (u, v) = (
+            store::Member::new("u", "customer"),
+            store::Member::new("v", "agent"),
+        );
+        store
+            .put_conversation("c", &[u.clone(), v.clone()])
+            .expect("put");
+        store.put_conversation("d", std::slice::from_ref(&u)).expect("put");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (queue, handle) = spawn(store, tx, Arc::default()).expect("spawn");
+        let send = |op: u64, conv: &str, from: &store::Member, temp: &str| Job::Append {
+            op: OpId(op),
+            request: gateway::AppendRequest {
+                id: format!("m{op}"),
+                conversation_id: conv.into(),
+                sender_id: from.user_id.clone(),
+                sender_type: from.user_type.clone(),
+                content: "hi".into(),
+                temp_id: Some(temp.into()),
+                created_at_ms: 1,
+            },
+            // The core has been told of no list written by this store thread.
+            members_seen: 0,
+        };
+        queue.send(send(1, "c", &u, "a"));
+        // The operator lets u out of c; the core learns it only once this is flushed.
+        let (reply, put) = oneshot::channel();
+        queue.send(Job::Put {
+            id: "c".into(),
+            members: vec![v.clone()],
+            reply,
+        });
+        // Sends the core admitted before it learned: u's new one is refused, its retry
+        // of #1 is that message, v's is stored, and u's in d (no list written) too.
+        queue.send(send(2, "c", &u, "b"));
+        queue.send(send(3, "c", &u, "a"));
+        queue.send(send(4, "c", &v, "c"));
+        queue.send(send(5, "d", &u, "d"));
+        flush(&queue).await;
+        assert!(put.await.expect("answered").is_ok());
+        assert_eq!(
+            drain(&mut rx),
+            vec![
+                "op1 stored c#1",
+                "conversation c members [v:agent] lastSeq=1",
+                "op2 not stored: the sender is no longer a member",
+                "op3 duplicate of c#1",
+                "op4 stored c#2",
+                "op5 stored d#1",
+            ]
+        );
         drop(queue);
         handle.join().expect("join");
     }

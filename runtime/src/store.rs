@@ -898,10 +898,22 @@ impl Store {
         &mut self,
         reqs: &[AppendRequest],
     ) -> Vec<Result<AppendOutcome, StoreError>> {
+        self.append_batch_checking(reqs, &[])
+    }
+
+    /// [`Store::append_batch`], and each request `i` with `check[i]` is stored only if its
+    /// sender is a member of its conversation in the same transaction: otherwise it yields
+    /// [`AppendOutcome::NotMember`] (or its duplicate, if it is a retry of a message
+    /// stored before). Requests past the end of `check` are not checked.
+    pub fn append_batch_checking(
+        &mut self,
+        reqs: &[AppendRequest],
+        check: &[bool],
+    ) -> Vec<Result<AppendOutcome, StoreError>> {
         if reqs.is_empty() {
             return Vec::new();
         }
-        match self.try_append_batch(reqs) {
+        match self.try_append_batch(reqs, check) {
             Ok(results) => results,
             Err(e) => reqs.iter().map(|_| Err(e.clone())).collect(),
         }
@@ -912,6 +924,7 @@ impl Store {
     fn try_append_batch(
         &mut self,
         reqs: &[AppendRequest],
+        check: &[bool],
     ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
         let tx = self
             .conn
@@ -922,8 +935,9 @@ impl Store {
         {
             // Looked up in the statement cache once per batch, not once per message.
             let mut insert = tx.prepare_cached(INSERT_MESSAGE)?;
-            for req in reqs {
-                results.push(append_one(&tx, &mut insert, req, &mut last_seqs)?);
+            for (i, req) in reqs.iter().enumerate() {
+                let checked = check.get(i).copied().unwrap_or(false);
+                results.push(append_one(&tx, &mut insert, req, checked, &mut last_seqs)?);
             }
         }
         tx.commit()?;
@@ -1044,6 +1058,7 @@ fn append_one<'r>(
     conn: &Connection,
     insert: &mut Statement<'_>,
     req: &'r AppendRequest,
+    check_member: bool,
     last_seqs: &mut HashMap<&'r str, Option<u64>>,
 ) -> Result<Result<AppendOutcome, StoreError>, StoreError> {
     let Ok(created_at) = i64::try_from(req.created_at_ms) else {
@@ -1068,6 +1083,14 @@ fn append_one<'r>(
         let unknown = StoreError::UnknownConversation(req.conversation_id.clone());
         return refuse(conn, req, unknown);
     };
+    if check_member && !is_member(conn, req)? {
+        // A retry of a message stored while the sender was a member is its duplicate,
+        // as anywhere else; anything else is refused.
+        return Ok(Ok(match stored_before(conn, req)? {
+            Some(existing) => AppendOutcome::Duplicate(existing),
+            None => AppendOutcome::NotMember,
+        }));
+    }
     let seq = last_seq.saturating_add(1);
     let Ok(seq_db) = i64::try_from(seq) else {
         let err = StoreError::OutOfRange {
@@ -1111,12 +1134,34 @@ fn refuse(
     req: &AppendRequest,
     err: StoreError,
 ) -> Result<Result<AppendOutcome, StoreError>, StoreError> {
-    if let Some(temp_id) = &req.temp_id {
-        if let Some(existing) = find_by_temp_id(conn, &req.sender_id, &req.sender_type, temp_id)? {
-            return Ok(Ok(AppendOutcome::Duplicate(existing)));
-        }
+    Ok(match stored_before(conn, req)? {
+        Some(existing) => Ok(AppendOutcome::Duplicate(existing)),
+        None => Err(err),
+    })
+}
+
+/// The message `req`'s sender already stored under its `tempId`, if any.
+fn stored_before(
+    conn: &Connection,
+    req: &AppendRequest,
+) -> Result<Option<StoredMessage>, StoreError> {
+    match &req.temp_id {
+        Some(temp_id) => find_by_temp_id(conn, &req.sender_id, &req.sender_type, temp_id),
+        None => Ok(None),
     }
-    Ok(Err(err))
+}
+
+/// Whether the sender of `req` is a member of its conversation now.
+fn is_member(conn: &Connection, req: &AppendRequest) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM members \
+             WHERE conversation_id = ?1 AND user_id = ?2 AND user_type = ?3)",
+        )?
+        .query_row(
+            params![req.conversation_id, req.sender_id, req.sender_type],
+            |row| row.get(0),
+        )?)
 }
 
 /// The highest stored seq of a conversation (0 without messages), or `None` if the

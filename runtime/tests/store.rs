@@ -636,7 +636,10 @@ mod killed_writer {
                 .collect();
             let mut report = String::new();
             for result in store.append_batch(&reqs) {
-                let message = result.expect("append").into_message();
+                let message = result
+                    .expect("append")
+                    .into_message()
+                    .expect("no member check asked: stored or its duplicate");
                 let temp_id = message.temp_id.unwrap_or_default();
                 report.push_str(&format!("{LINE_PREFIX} {temp_id} {}\n", message.seq));
             }

@@ -16,7 +16,8 @@
 //!
 //! Member lists are written through the same queue, as the HTTP API's are in the runtime,
 //! so the gateway learns a list with the `last_seq` of its conversation in order with
-//! the appends; a restarted server reads them back.
+//! the appends; a restarted server reads them back. An append whose sender a list
+//! committed before it left out is not stored ([`AppendOutcome::NotMember`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -231,6 +232,22 @@ impl Store {
                 });
                 if let Some(existing) = key.as_ref().and_then(|k| self.lookup(k)) {
                     let result = Ok(AppendOutcome::Duplicate(existing));
+                    return (Input::Appended { op, result }, Committed::Nothing);
+                }
+                // Where the operator has written a list, the sender must be on it when the
+                // append commits, as the runtime's store checks (there only where a list
+                // was written since the gateway asked; before any, the gateway's lists
+                // are the layout's, which it checked itself).
+                let left_out = self
+                    .members
+                    .get(&request.conversation_id)
+                    .is_some_and(|list| {
+                        !list.iter().any(|m| {
+                            m.user_id == request.sender_id && m.user_type == request.sender_type
+                        })
+                    });
+                if left_out {
+                    let result = Ok(AppendOutcome::NotMember);
                     return (Input::Appended { op, result }, Committed::Nothing);
                 }
                 let list = self

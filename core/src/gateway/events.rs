@@ -1043,14 +1043,19 @@ impl Gateway {
                 }
                 Some(message)
             }
-            Err(_) => {
-                *self.metrics.send_refused.entry("internal").or_default() += 1;
+            Ok(AppendOutcome::NotMember) | Err(_) => {
+                let code = if matches!(result, Ok(AppendOutcome::NotMember)) {
+                    ErrorCode::Forbidden
+                } else {
+                    ErrorCode::Internal
+                };
+                *self.metrics.send_refused.entry(code.as_str()).or_default() += 1;
                 self.notice(Notice::SendRefused {
                     user: user.clone(),
-                    code: ErrorCode::Internal,
+                    code,
                 });
                 if live {
-                    let r = refusal_for(ErrorCode::Internal);
+                    let r = refusal_for(code);
                     self.ack(now, session, ack, r.to_json());
                     self.emit(
                         now,

@@ -112,20 +112,30 @@ pub enum AppendOutcome {
     Stored(Message),
     /// The sender's `temp_id` was used before: this is the message stored then.
     Duplicate(Message),
+    /// Nothing stored: by the time the store came to it, the conversation's member list
+    /// had been replaced without the sender. The gateway admits a send by the lists it
+    /// has been told of, and a list the store commits reaches it only after that commit
+    /// is flushed; a send admitted in between must not be stored after the list that
+    /// removed its sender (the operator was told the removal is done). The store checks
+    /// membership in the append's own transaction; it needs to only where a list was
+    /// written since the gateway admitted the send, and answers this rather than store.
+    NotMember,
 }
 
 impl AppendOutcome {
-    /// The stored message, new or earlier.
-    pub fn message(&self) -> &Message {
+    /// The stored message, new or earlier; `None` if nothing was stored.
+    pub fn message(&self) -> Option<&Message> {
         match self {
-            AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m,
+            AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => Some(m),
+            AppendOutcome::NotMember => None,
         }
     }
 
-    /// The stored message, new or earlier.
-    pub fn into_message(self) -> Message {
+    /// The stored message, new or earlier; `None` if nothing was stored.
+    pub fn into_message(self) -> Option<Message> {
         match self {
-            AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m,
+            AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => Some(m),
+            AppendOutcome::NotMember => None,
         }
     }
 
@@ -409,6 +419,9 @@ impl fmt::Display for Input {
                 }
                 Ok(AppendOutcome::Duplicate(m)) => {
                     write!(f, "{op} duplicate of {}#{}", m.conversation_id, m.seq)
+                }
+                Ok(AppendOutcome::NotMember) => {
+                    write!(f, "{op} not stored: the sender is no longer a member")
                 }
                 Err(e) => write!(f, "{op} append failed: {e}"),
             },

@@ -8,11 +8,15 @@
 //! lists the operator has since written (as the store committed them), not from the
 //! gateway, so a bug in the gateway's own membership or rooms cannot hide itself. The
 //! checks are made when the server writes or asks, not when a frame arrives: a member
-//! removed meanwhile may still receive what was written to it before.
+//! removed meanwhile may still receive what was written to it before. And every message
+//! the store commits is from a member by the lists committed before it: a send the
+//! gateway admitted just before it learned of a list that removed its sender is in the
+//! store's queue behind that list, and must not be stored after it (the operator was told
+//! the removal is done).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use heartline_core::gateway::Effect;
+use heartline_core::gateway::{Effect, Message};
 use serde_json::Value;
 
 use super::wire::chat_data;
@@ -115,6 +119,22 @@ impl MembersOnly {
             }
         }
         Ok(())
+    }
+
+    /// The store committed `message`: its sender must be a member of its conversation by
+    /// the lists committed before it.
+    pub fn stored(&self, message: &Message) -> Finding {
+        let sender = format!("{}:{}", message.sender_id, message.sender_type);
+        if self.is_member(&message.conversation_id, &sender) {
+            return Ok(());
+        }
+        Err((
+            NAME,
+            format!(
+                "stored {}#{} from {sender}, after the list that left it out",
+                message.conversation_id, message.seq
+            ),
+        ))
     }
 
     /// The server asks the store for `effect`: an append's sender must be a member of its

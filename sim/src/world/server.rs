@@ -172,6 +172,8 @@ impl Sim {
             Committed::Stored(m) => {
                 let finding = self.delivery.stored(m);
                 self.found(finding);
+                let finding = self.members.stored(m);
+                self.found(finding);
             }
             Committed::Members { id, members } => self.members_written(id, members),
             Committed::Nothing => {}
