@@ -938,6 +938,58 @@ fn token_expiry_with_and_without_refresh() {
     );
 }
 
+#[test]
+fn wall_clock_times_follow_a_clock_that_stepped() {
+    // alice's and bob's tokens both run out 60 s after the epoch. 10 s in, the machine's
+    // clock is found 2 minutes ahead of where the gateway had it (set at last by NTP,
+    // say): alice's token has run out by the clock, and expires at the next deadline.
+    let mut g = setup();
+    g.connect_with(1, Some(json!({ "token": token("alice", "customer", 60) })));
+    g.advance(10_000);
+    let wall = g.gw.wall_ms(g.now);
+    assert_eq!(wall, gw::EPOCH_MS + 10_000);
+    // Half a second off is the reading's own delay, not a step: nothing moves.
+    g.input(Input::WallClock {
+        wall_ms: wall + 500,
+    });
+    assert_eq!(g.gw.wall_ms(g.now), wall);
+    assert_eq!(g.gw.metrics().wall_clock_steps, 0);
+    g.input(Input::WallClock {
+        wall_ms: wall + 120_000,
+    });
+    assert_eq!(g.gw.wall_ms(g.now), wall + 120_000);
+    assert_eq!(g.gw.metrics().wall_clock_steps, 1);
+    g.advance(1);
+    assert_eq!(
+        g.events_named(1, "auth:expired").len(),
+        1,
+        "expired by the clock"
+    );
+    // A connection made now is told the stepped time.
+    g.connect_with(2, Some(json!({ "token": token("bob", "agent", 3_600) })));
+    let success = g.events_named(2, "connection:success");
+    assert_eq!(success[0]["serverTime"], json!(wall + 120_001));
+    // The clock steps back 3 minutes: carol's token, 5 minutes from the epoch by the
+    // clock, ran out 170 s of monotonic time later by the clock as it was, and now does
+    // 350 s later.
+    g.connect_with(3, Some(json!({ "token": token("carol", "customer", 300) })));
+    g.input(Input::WallClock {
+        wall_ms: wall + 120_001 - 180_000,
+    });
+    g.advance(170_000);
+    assert!(
+        g.events_named(3, "auth:expired").is_empty(),
+        "not yet by the clock"
+    );
+    g.advance(179_998);
+    assert!(
+        g.events_named(3, "auth:expired").is_empty(),
+        "not yet by the clock"
+    );
+    g.advance(2);
+    assert_eq!(g.events_named(3, "auth:expired").len(), 1);
+}
+
 /// A token for `user:kind` whose `exp` is `exp_after_s` seconds after the harness epoch,
 /// fraction included (a JWT's NumericDate may have one).
 fn token_expiring_at(user: &str, kind: &str, exp_after_s: f64) -> String {

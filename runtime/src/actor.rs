@@ -173,6 +173,8 @@ pub struct Actor<A> {
     /// (`Input::ConversationPut` from the store's results): stamped on every append, so the
     /// store knows which lists the core admitted it by (`storage::Job::Append`).
     members_seen: u64,
+    /// When the wall clock is next read for the core ([`crate::clock::WALL_CLOCK_EVERY`]).
+    wall_clock_at: tokio::time::Instant,
 }
 
 impl<A: App> Actor<A> {
@@ -197,6 +199,7 @@ impl<A: App> Actor<A> {
             deferred: vec![],
             outbound_limit,
             members_seen: 0,
+            wall_clock_at: tokio::time::Instant::now() + crate::clock::WALL_CLOCK_EVERY,
         }
     }
 
@@ -223,6 +226,12 @@ impl<A: App> Actor<A> {
                 if self.drain_tick() {
                     break;
                 }
+                continue;
+            }
+            if self.wall_clock_at <= now {
+                self.wall_clock_at = now + crate::clock::WALL_CLOCK_EVERY;
+                let wall_ms = crate::clock::unix_ms();
+                self.feed(gateway::Input::WallClock { wall_ms });
                 continue;
             }
             if self.flush_answered() {
@@ -258,6 +267,8 @@ impl<A: App> Actor<A> {
                         break;
                     }
                 }
+                // Read at the top of the loop.
+                _ = tokio::time::sleep_until(self.wall_clock_at) => {}
             }
         }
     }

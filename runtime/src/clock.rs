@@ -4,11 +4,26 @@
 //! The core reads no clock; it is handed milliseconds since an epoch its driver picks. The
 //! runtime picks the moment it started, and tells the core the Unix time of that moment
 //! (`GatewayConfig::wall_epoch_ms`) so it can state wall-clock times such as `serverTime`
-//! and judge token expiry. Monotonic time keeps deadlines right when the wall clock jumps.
+//! and judge token expiry. Monotonic time keeps deadlines right when the wall clock jumps;
+//! the actor reads the wall clock again every [`WALL_CLOCK_EVERY`] and hands it to the core
+//! (`gateway::Input::WallClock`), so that wall-clock times follow a clock that stepped
+//! (one NTP set some minutes after a boot, or a paused virtual machine's) instead of
+//! keeping the error for the life of the process.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use heartline_core::Instant;
+
+/// How often the actor reads the wall clock for the core.
+pub const WALL_CLOCK_EVERY: Duration = Duration::from_secs(5);
+
+/// Unix time now, in milliseconds (0 for a clock set before 1970).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
 
 /// Maps between tokio's monotonic time and the core's millisecond [`Instant`]s.
 #[derive(Clone, Copy, Debug)]
@@ -20,10 +35,7 @@ pub struct Clock {
 impl Clock {
     /// A clock whose epoch is now.
     pub fn start() -> Self {
-        let wall_epoch_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        let wall_epoch_ms = unix_ms();
         Clock {
             start: tokio::time::Instant::now(),
             wall_epoch_ms,

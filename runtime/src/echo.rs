@@ -210,12 +210,14 @@ impl App for EchoApp {
     fn handle_input(&mut self, now: Instant, input: Input) -> Result<(), UsageError> {
         let result = match input {
             Input::Network(i) => self.engine.handle_input(now, i),
-            // Storage answers and conversations are the gateway's; the echo has none.
+            // Storage answers, conversations and wall-clock times are the gateway's; the
+            // echo has none.
             Input::Appended { .. }
             | Input::Read { .. }
             | Input::Found { .. }
             | Input::ConversationPut { .. }
-            | Input::SendsRestored { .. } => Ok(()),
+            | Input::SendsRestored { .. }
+            | Input::WallClock { .. } => Ok(()),
         };
         self.pump(now);
         result

@@ -356,6 +356,17 @@ pub fn render(gateway: &Gateway, rt: &RuntimeMetrics, draining: bool) -> String 
         "Connections ended for exhausting their event budget.",
     );
     sample(&mut out, "heartline_floods_total", m.floods);
+    family(
+        &mut out,
+        "heartline_wall_clock_steps_total",
+        "counter",
+        "Times the wall clock was found to have stepped, and wall-clock times followed it.",
+    );
+    sample(
+        &mut out,
+        "heartline_wall_clock_steps_total",
+        m.wall_clock_steps,
+    );
 
     let h = &m.heartbeat_latency;
     let buckets = LATENCY_BUCKETS_MS

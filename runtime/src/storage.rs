@@ -972,7 +972,9 @@ mod tests {
         store
             .put_conversation("c", &[u.clone(), v.clone()])
             .expect("put");
-        store.put_conversation("d", std::slice::from_ref(&u)).expect("put");
+        store
+            .put_conversation("d", std::slice::from_ref(&u))
+            .expect("put");
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (queue, handle) = spawn(store, tx, Arc::default()).expect("spawn");
         let send = |op: u64, conv: &str, from: &store::Member, temp: &str| Job::Append {

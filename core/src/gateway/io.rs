@@ -241,6 +241,17 @@ pub enum Input {
         /// The last `seq` stored in it.
         last_seq: u64,
     },
+    /// The driver read the wall clock: Unix milliseconds at the `now` it hands over with
+    /// this. The gateway keeps its deadlines on the monotonic `now`, and states wall-clock
+    /// times (`serverTime`, `createdAt`, token expiry) as `now` plus an offset; a clock
+    /// that stepped (set at last by NTP after a boot with a wrong clock, a virtual machine
+    /// resumed after a pause that the monotonic clock did not count) moves that offset.
+    /// Drivers read it every few seconds; differences under
+    /// [`crate::gateway::WALL_CLOCK_TOLERANCE_MS`] are ignored.
+    WallClock {
+        /// Unix milliseconds.
+        wall_ms: u64,
+    },
 }
 
 /// The contract's error codes for refused requests.
@@ -439,6 +450,7 @@ impl fmt::Display for Input {
                 Ok(None) => write!(f, "{op} found nothing"),
                 Err(e) => write!(f, "{op} find failed: {e}"),
             },
+            Input::WallClock { wall_ms } => write!(f, "wall clock {wall_ms}"),
             Input::SendsRestored {
                 sender,
                 created_at_ms,

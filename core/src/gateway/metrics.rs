@@ -57,6 +57,8 @@ pub struct Metrics {
     pub events_refused: u64,
     /// Connections ended for exhausting their event budget.
     pub floods: u64,
+    /// Times the wall clock was found to have stepped ([`crate::gateway::Input::WallClock`]).
+    pub wall_clock_steps: u64,
     /// Round trip of the application heartbeat.
     pub heartbeat_latency: Histogram,
 }

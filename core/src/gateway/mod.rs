@@ -66,6 +66,12 @@ use state::{Conn, ConnTimers, User, UserTimers};
 /// came within `auth_grace_ms` (a Socket.IO DISCONNECT: the client stays away).
 pub const TOKEN_EXPIRED: &str = "token expired";
 
+/// A wall clock read this far or more from where the gateway's offset puts it is taken
+/// as a step ([`Input::WallClock`]); less is the reading's own delay and the drift
+/// between two clocks that NTP slews alike, and is ignored, so that wall-clock times do
+/// not jitter.
+pub const WALL_CLOCK_TOLERANCE_MS: u64 = 1_000;
+
 /// A storage operation waiting for its result.
 #[derive(Debug)]
 enum Pending {
@@ -340,6 +346,10 @@ impl Gateway {
                 created_at_ms,
             } => {
                 self.restore_sends(now, &sender, &created_at_ms);
+                Ok(())
+            }
+            Input::WallClock { wall_ms } => {
+                self.wall_clock(now, wall_ms);
                 Ok(())
             }
             Input::ConversationPut {
@@ -770,6 +780,33 @@ impl Gateway {
     }
 
     // ---- timers --------------------------------------------------------------------------
+
+    /// The wall clock read `wall_ms` at `now`: if it has moved from where the gateway's
+    /// offset puts it by [`WALL_CLOCK_TOLERANCE_MS`] or more, the offset follows it, and
+    /// every connection's token expiry, a deadline worked out from the wall clock, is
+    /// armed again from its `exp`: a token that ran out while the clock was behind expires
+    /// now, one the clock had run ahead of no longer expires early.
+    fn wall_clock(&mut self, now: Instant, wall_ms: u64) {
+        let epoch = wall_ms.saturating_sub(now.as_millis());
+        if epoch.abs_diff(self.config.wall_epoch_ms) < WALL_CLOCK_TOLERANCE_MS {
+            return;
+        }
+        self.config.wall_epoch_ms = epoch;
+        self.metrics.wall_clock_steps += 1;
+        let epoch_ms = self.config.wall_epoch_ms;
+        for (session, conn) in self.conns.iter_mut() {
+            if !conn.timers.is_armed(ConnTimer::AuthExpiry) {
+                continue;
+            }
+            let at = Instant::from_millis(conn.exp_ms.saturating_sub(epoch_ms));
+            self.timers.set(
+                &mut conn.timers,
+                Owner::Conn(*session),
+                ConnTimer::AuthExpiry,
+                at,
+            );
+        }
+    }
 
     fn instant_of_wall(&self, wall_ms: u64) -> Instant {
         Instant::from_millis(wall_ms.saturating_sub(self.config.wall_epoch_ms))
