@@ -179,6 +179,34 @@ fn a_get_handled_just_before_the_upgrade_completes_is_refused() {
     );
 }
 
+/// Packets that change nothing are tolerated, a hundred between two PINGs; a client that
+/// loops on them is ended, whichever of them it sends.
+#[test]
+fn a_client_looping_on_packets_that_do_nothing_is_ended() {
+    use heartline_core::engine::MAX_IDLE_PACKETS;
+    for (ws, stray) in [(1, "6"), (2, "3"), (3, "41/nowhere,"), (4, "40/nowhere,")] {
+        let mut h = echo();
+        h.ws_open(ws, None);
+        h.ws_text(ws, "40/chat,");
+        for _ in 0..MAX_IDLE_PACKETS {
+            h.ws_text(ws, stray);
+        }
+        assert!(h.closes().is_empty(), "{stray}: tolerated");
+        // A PING starts the count again.
+        h.advance(25_000);
+        assert_eq!(h.ws_sent(ws).last().map(String::as_str), Some("2"));
+        h.ws_text(ws, "3");
+        for _ in 0..MAX_IDLE_PACKETS {
+            h.ws_text(ws, stray);
+        }
+        assert!(h.closes().is_empty(), "{stray}: tolerated after a PING");
+        h.ws_text(ws, stray);
+        let closes = h.closes();
+        assert_eq!(closes.len(), 1, "{stray}");
+        assert_eq!(closes[0].2, "protocol_error", "{stray}");
+    }
+}
+
 /// Packets the reference server tolerates from a client: an upgrade finished with a
 /// payload (`52`, as the BestHTTP client sends it), and later NOOP and UPGRADE packets on
 /// the open session, which change nothing.

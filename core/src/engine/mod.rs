@@ -64,6 +64,11 @@ use crate::time::{Clock, Instant};
 use crate::timer::TimerQueue;
 use session::{Ending, Namespace, Namespaces, Session, Transport};
 
+/// Packets that change nothing (a NOOP, a PONG to no PING, a DISCONNECT from a namespace
+/// not connected, a CONNECT to one that does not exist) a session may send between two
+/// PINGs; one more ends it as a protocol error. An honest client sends a few at most.
+pub const MAX_IDLE_PACKETS: u16 = 100;
+
 /// The Engine.IO / Socket.IO server state machine. See the module docs for the loop.
 #[derive(Debug)]
 pub struct Engine {
@@ -311,6 +316,7 @@ impl Engine {
                 Timer::PingSend => {
                     self.push(now, id, &[Frame::Text(Bytes::from_static(b"2"))]);
                     if let Some(s) = self.sessions.get_mut(&id) {
+                        s.idle_packets = 0;
                         let at = now.add_ms(self.config.ping_timeout_ms);
                         self.timers.set(&mut s.timers, id, Timer::PongDeadline, at);
                     }
@@ -512,6 +518,7 @@ impl Engine {
             handshake,
             closed: false,
             peer_leaving: false,
+            idle_packets: 0,
         };
         if self.config.socketio {
             self.timers
@@ -607,18 +614,19 @@ impl Engine {
                     return;
                 };
                 // Only a PONG to an outstanding PING counts; a stray one changes nothing.
-                if s.timers.is_armed(Timer::PongDeadline) {
-                    // MUTATION (test-only): the answered PING's deadline stays armed.
-                    #[cfg(feature = "mutations")]
-                    let keep = self.config.mutations.pong_leaves_deadline_armed;
-                    #[cfg(not(feature = "mutations"))]
-                    let keep = false;
-                    if !keep {
-                        self.timers.stop(&mut s.timers, id, Timer::PongDeadline);
-                    }
-                    let at = now.add_ms(self.config.ping_interval_ms);
-                    self.timers.set(&mut s.timers, id, Timer::PingSend, at);
+                if !s.timers.is_armed(Timer::PongDeadline) {
+                    return self.idle_packet(now, id);
                 }
+                // MUTATION (test-only): the answered PING's deadline stays armed.
+                #[cfg(feature = "mutations")]
+                let keep = self.config.mutations.pong_leaves_deadline_armed;
+                #[cfg(not(feature = "mutations"))]
+                let keep = false;
+                if !keep {
+                    self.timers.stop(&mut s.timers, id, Timer::PongDeadline);
+                }
+                let at = now.add_ms(self.config.ping_interval_ms);
+                self.timers.set(&mut s.timers, id, Timer::PingSend, at);
             }
             EioPacket::Message(data) if self.config.socketio => self.on_message(now, id, data),
             EioPacket::Message(data) => self.event(Event::Message { session: id, data }),
@@ -627,7 +635,23 @@ impl Engine {
             // Meaningless from a client once the session is open (an upgrade is finished
             // on its probe socket, before this), and harmless: ignored, as the reference
             // server does, rather than ending the session of a client that sends one.
-            EioPacket::Open(_) | EioPacket::Upgrade | EioPacket::Noop => {}
+            EioPacket::Open(_) | EioPacket::Upgrade | EioPacket::Noop => self.idle_packet(now, id),
+        }
+    }
+
+    /// Counts a packet that changed nothing: each costs the server a little (reading it,
+    /// and for a CONNECT to a namespace that does not exist, an answer), and reaches no
+    /// application budget, so past [`MAX_IDLE_PACKETS`] since the last PING the session
+    /// ends as a protocol error. Clients send a few at most (a stray NOOP or UPGRADE, a
+    /// PONG that crossed the ping timeout); a client looping on them takes the core's time
+    /// from every other connection.
+    fn idle_packet(&mut self, now: Instant, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        s.idle_packets = s.idle_packets.saturating_add(1);
+        if s.idle_packets > MAX_IDLE_PACKETS {
+            self.protocol_error(now, id, "too many packets that do nothing");
         }
     }
 
@@ -665,6 +689,10 @@ impl Engine {
                         auth: packet.data,
                     });
                 } else {
+                    self.idle_packet(now, id);
+                    if self.sessions.get(&id).is_none_or(|s| s.closed) {
+                        return;
+                    }
                     let mut data = serde_json::Map::new();
                     data.insert("message".into(), Value::String("Invalid namespace".into()));
                     let reply = SioPacket {
@@ -696,8 +724,7 @@ impl Engine {
             // disconnect and a connect again in one POST was authenticated with the first
             // CONNECT's token; now the second CONNECT meets the pending first, a CONNECT
             // twice, and ends the session. A client that has left closes its transport.
-            (PacketType::Disconnect, Some(Namespace::Pending)) => {}
-            (PacketType::Disconnect, None) => {}
+            (PacketType::Disconnect, Some(Namespace::Pending) | None) => self.idle_packet(now, id),
             (
                 PacketType::Event
                 | PacketType::BinaryEvent

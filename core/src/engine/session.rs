@@ -177,6 +177,10 @@ pub(crate) struct Session {
     /// ([`Input::WsClosing`](crate::engine::Input::WsClosing), or a CLOSE later in the same
     /// polling POST): a namespace CONNECT opens nothing.
     pub(crate) peer_leaving: bool,
+    /// Packets from the client since the last PING that changed nothing (a NOOP, a PONG
+    /// to no PING, a DISCONNECT from a namespace not connected, a CONNECT to one that does
+    /// not exist): bounded by [`crate::engine::MAX_IDLE_PACKETS`].
+    pub(crate) idle_packets: u16,
 }
 
 impl Session {
