@@ -616,6 +616,43 @@ fn a_send_the_store_finds_from_a_non_member_is_forbidden_and_gives_its_slot_back
 }
 
 #[test]
+fn a_message_stored_while_a_join_reads_its_catch_up_comes_once_in_missed() {
+    // bob asks to join c1 just after alice's send: his read is behind her append in the
+    // store's queue, so her message is in his `missed`; he is not yet in the room when it
+    // is stored, and a notification besides would show it to him twice.
+    let mut g = setup();
+    g.connect(1, "alice", "customer");
+    g.emit(1, "conversation:join", json!({"conversationId":"c1"}));
+    g.connect(2, "bob", "agent");
+    g.auto_store = false;
+    g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"hello","tempId":"t1"}),
+    );
+    let join = g.emit(
+        2,
+        "conversation:join",
+        json!({"conversationId":"c1","afterSeq":0}),
+    );
+    g.complete_one();
+    g.complete_one();
+    assert!(g.events_named(2, "message:notification").is_empty());
+    assert!(g.events_named(2, "message:new").is_empty());
+    let a = g.ack(2, join).expect("answered");
+    assert_eq!(seqs(&a["missed"]), vec![json!(1)], "{a}");
+    // Not joining any more, and out of the room: a notification it is.
+    g.auto_store = true;
+    g.emit(2, "conversation:leave", json!({"conversationId":"c1"}));
+    g.emit(
+        1,
+        "message:send",
+        json!({"conversationId":"c1","content":"again"}),
+    );
+    assert_eq!(g.events_named(2, "message:notification").len(), 1);
+}
+
+#[test]
 fn rate_limit_hit_and_recovery() {
     let mut g = setup();
     g.connect(1, "alice", "customer");

@@ -1100,10 +1100,16 @@ impl Gateway {
         if self.config.engine.mutations.fan_out_skips_sender {
             room.retain(|s| *s != sender);
         }
+        // Members connected elsewhere are told, but not a connection still reading its join
+        // of this conversation: its read is behind this append in the store's queue (one
+        // ahead of it would have put the connection in the room already), so `missed`
+        // brings it the message, and a notification too would show it twice.
         let mut elsewhere = vec![];
         for member in &conv.members {
             if let Some(u) = self.users.get(member) {
-                elsewhere.extend(u.conns.iter().filter(|s| !conv.room.contains_key(s)));
+                elsewhere.extend(u.conns.iter().filter(|s| {
+                    !conv.room.contains_key(s) && !self.joining(**s, &message.conversation_id)
+                }));
             }
         }
         let nsp = &self.config.namespace;
@@ -1124,6 +1130,19 @@ impl Gateway {
             }
         }
         self.metrics.deliveries += (room.len() + elsewhere.len()) as u64;
+    }
+
+    /// Whether `session` has a join of `conversation_id` reading its catch-up (and not
+    /// left since).
+    fn joining(&self, session: SessionId, conversation_id: &str) -> bool {
+        self.joins_reading
+            .range((session, OpId(0))..=(session, OpId(u64::MAX)))
+            .any(|(_, op)| {
+                matches!(
+                    self.pending.get(op),
+                    Some(Pending::Join { conversation_id: c, left: false, .. }) if c == conversation_id
+                )
+            })
     }
 
     // ---- token refresh -------------------------------------------------------------------
