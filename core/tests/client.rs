@@ -608,6 +608,55 @@ fn a_notification_for_a_joined_conversation_rejoins_it_from_the_last_message() {
 }
 
 #[test]
+fn a_notification_after_a_joins_answer_rejoins_once_its_catch_up_is_read() {
+    let (mut d, _) = Driven::connected_in(1);
+    let joins = joins_sent(&d.take());
+    d.ack(
+        joins[0].0,
+        json!({"ok": true, "conversationId": "c0", "lastSeq": 2, "missed": []}),
+    );
+    d.frame(&message_frame("message:new", 3));
+    assert_eq!(delivered(&d.take()), ["c0#3"]);
+    d.reconnect();
+    // The rejoin's answer is cut short: the rest is read page by page.
+    let rejoin = joins_sent(&d.take());
+    let m4 = json!({"conversationId": "c0", "seq": 4, "content": "m4"});
+    d.ack(
+        rejoin[0].0,
+        json!({"ok": true, "conversationId": "c0", "lastSeq": 6, "missed": [m4]}),
+    );
+    let out = d.take();
+    assert_eq!(delivered(&out), ["c0#4"]);
+    let page = sent_events(&out)
+        .into_iter()
+        .find(|(_, event, _)| event == "message:history")
+        .expect("the rest asked for");
+    // Meanwhile the server lets the connection out of the room (its user removed and
+    // added back): #7 comes as a notification, written after the join's answer.
+    d.frame(&message_frame("message:notification", 7));
+    assert!(
+        joins_sent(&d.take()).is_empty(),
+        "the catch-up carries on first"
+    );
+    let rest: Vec<Value> = (5..=6)
+        .map(|s| json!({"conversationId": "c0", "seq": s, "content": format!("m{s}")}))
+        .collect();
+    d.ack(
+        page.0.expect("ack id"),
+        json!({"ok": true, "messages": rest}),
+    );
+    let out = d.take();
+    assert_eq!(delivered(&out), ["c0#5", "c0#6"]);
+    // Then it joins again from there, back into the room, #7 in its `missed`.
+    let again = sent_events(&out)
+        .into_iter()
+        .filter(|(_, event, _)| event == "conversation:join")
+        .collect::<Vec<_>>();
+    assert_eq!(again.len(), 1, "{out:?}");
+    assert_eq!(again[0].2["afterSeq"], json!(6));
+}
+
+#[test]
 fn a_conversation_refused_for_good_resumes_where_it_stopped_when_joined_again() {
     let (mut d, _) = Driven::connected_in(1);
     let joins = joins_sent(&d.take());

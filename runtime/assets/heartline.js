@@ -52,6 +52,7 @@ export class HeartlineClient extends EventTarget {
     this.parked = new Map(); // conversationId refused for good -> last seq delivered
     this.onWire = new Set(); // conversations with a join request awaiting its answer
     this.askedAgain = new Set(); // joined again while that answer was awaited
+    this.letOut = new Set(); // let out of the room after a join's answer, during its catch-up
     this.catching = new Map(); // conversationId -> live messages held while catching up
     this.joining = new Set(); // conversations with a join (or its catch-up) under way
     this.joinQueue = []; // conversations waiting for room among those joining
@@ -160,6 +161,7 @@ export class HeartlineClient extends EventTarget {
     this.joinQueue = [];
     this.onWire.clear();
     this.askedAgain.clear();
+    this.letOut.clear();
     this.pacedUntil = 0;
     for (const o of this.outbox.values()) o.sentOn = null;
     if (ws) ws.close();
@@ -278,10 +280,16 @@ export class HeartlineClient extends EventTarget {
         this.fire('presence', { ...payload, online: name === 'user:online' });
         break;
       case 'message:notification':
-        // Sent only outside the room: for a conversation joined, with no join of it under
-        // way, the server let this connection out (its user removed, then added back).
+        // Sent only outside the room: for a conversation joined, the server let this
+        // connection out (its user removed, then added back), unless it was written before
+        // a join's answer (it arrives before it: a join awaiting its answer is left be).
+        // Rejoined from the last message shown: at once, or, if the answer came and its
+        // catch-up is still being read (or waits to be tried again), once that is done.
         if (payload && this.up && this.joined.has(payload.conversationId)) {
-          this.sendJoin(payload.conversationId);
+          const id = payload.conversationId;
+          const answered = !this.onWire.has(id) && !this.timers[`join-${id}`];
+          if (this.joining.has(id) && answered) this.letOut.add(id);
+          else this.sendJoin(id);
         }
         this.fire('notification', payload);
         break;
@@ -322,6 +330,9 @@ export class HeartlineClient extends EventTarget {
   /** A join ended (caught up or failed): the next one waiting takes its place. */
   joinEnded(conversationId) {
     this.joining.delete(conversationId);
+    if (this.letOut.delete(conversationId) && this.up && this.joined.has(conversationId)) {
+      this.sendJoin(conversationId);
+    }
     while (this.up && this.joining.size < MAX_JOINS && this.joinQueue.length) {
       const next = this.joinQueue.shift();
       if (this.joined.has(next)) this.sendJoin(next);

@@ -285,6 +285,33 @@ test('a notification for a joined conversation rejoins it from the last message 
   c.disconnect();
 });
 
+test('a notification after a join\'s answer rejoins once its catch-up is read', () => {
+  const c = client();
+  c.join('c');
+  c.connect();
+  const ws = last();
+  ws.accept();
+  const [[join]] = ws.events();
+  // The answer holds one page: the rest is read through history.
+  ws.ack(join, { ok: true, conversationId: 'c', lastSeq: 3, missed: [msg(1)] });
+  const [read, readName, readPayload] = ws.events().at(-1);
+  assert.equal(readName, 'message:history');
+  assert.equal(readPayload.afterSeq, 1);
+  // Meanwhile the server lets the connection out of the room and back: #4 comes as a
+  // notification, written after the join's answer. The catch-up carries on first.
+  ws.recv(`42/chat,${JSON.stringify(['message:notification', { conversationId: 'c', message: msg(4) }])}`);
+  assert.equal(ws.events().length, 2);
+  ws.ack(read, { ok: true, messages: [msg(2), msg(3)] });
+  assert.deepEqual(c.shown, [1, 2, 3]);
+  // Then it joins again from there.
+  const [rejoin, name, payload] = ws.events().at(-1);
+  assert.equal(name, 'conversation:join');
+  assert.equal(payload.afterSeq, 3);
+  ws.ack(rejoin, { ok: true, conversationId: 'c', lastSeq: 4, missed: [msg(4)] });
+  assert.deepEqual(c.shown, [1, 2, 3, 4]);
+  c.disconnect();
+});
+
 test('a conversation refused for good and joined again later resumes where it stopped', () => {
   const c = client();
   c.join('c');

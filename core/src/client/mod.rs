@@ -13,7 +13,8 @@
 //! - catch-up: joined conversations are rejoined with `afterSeq` = the last `seq` seen,
 //!   [`MAX_JOINS_IN_FLIGHT`] at a time, and messages are handed to the application once,
 //!   in order; a `message:notification` for a joined conversation (the server let the
-//!   connection out of the room when the member list changed) rejoins it the same way;
+//!   connection out of the room when the member list changed) rejoins it the same way,
+//!   after the catch-up under way if it came during one;
 //! - no reconnection after `connection:replaced` or a refused connect: two devices of one
 //!   user must never take turns replacing each other.
 //!
@@ -222,6 +223,9 @@ pub struct Client {
     /// wire: that join's answer speaks for the moment it was served, so a refusal of it
     /// does not end the later request, which is sent then.
     asked_again: BTreeSet<String>,
+    /// Conversations the server let this connection out of after answering their join,
+    /// while the join's catch-up was still being read: joined again once it is done.
+    let_out: BTreeSet<String>,
     /// Joined conversations, what has been handed to the application, what is held back.
     convs: CatchUp,
     /// Ack ids of history requests in flight: ack id -> conversation.
@@ -255,6 +259,7 @@ impl Client {
             join_queue: VecDeque::new(),
             rejoin_at: BTreeMap::new(),
             asked_again: BTreeSet::new(),
+            let_out: BTreeSet::new(),
             convs: CatchUp::default(),
             history: BTreeMap::new(),
             next_temp: 1,
@@ -554,6 +559,7 @@ impl Client {
         self.convs.reset();
         self.rejoin_at.clear();
         self.asked_again.clear();
+        self.let_out.clear();
     }
 
     fn schedule_reconnect(&mut self, now: Instant) {
@@ -717,6 +723,9 @@ impl Client {
             || self.history.values().any(|c| c == conv)
             || self.rejoin_at.contains_key(conv);
         if !pending && self.joining.remove(conv) {
+            if self.let_out.remove(conv) && self.convs.joined.contains_key(conv) {
+                self.send_join(conv);
+            }
             self.join_queued();
         }
     }
@@ -819,19 +828,29 @@ impl Client {
     }
 
     /// `message:notification` goes only to connections outside the conversation's room.
-    /// For a conversation this client has joined, with no join of it under way (a
-    /// notification written before a join's answer arrives before it), the server has let
-    /// the connection out of the room: the conversation's member list was replaced without
-    /// this user and then with it again. The client rejoins, catching up from the last
-    /// message it delivered.
+    /// For a conversation this client has joined, the server has let the connection out
+    /// of the room (the conversation's member list was replaced without this user and
+    /// then with it again), unless the notification was written before a join's answer
+    /// (it arrives before it: a join still awaiting its answer is not disturbed). The
+    /// client rejoins, catching up from the last message it delivered: at once, or, if
+    /// the join's answer came and its catch-up is still being read, once that is done
+    /// (the catch-up reads the store, not the room, and carries on where it is).
     fn notified(&mut self, payload: &Value) {
         let Some(conv) = payload.get("conversationId").and_then(Value::as_str) else {
             return;
         };
-        if self.phase == Phase::Up && self.convs.joined.contains_key(conv) {
-            let conv = conv.to_owned();
-            self.send_join(&conv);
+        if self.phase != Phase::Up || !self.convs.joined.contains_key(conv) {
+            return;
         }
+        // Answered, and not waiting to be tried again (which rejoins anyway).
+        let answered =
+            !self.joins.values().any(|c| c == conv) && !self.rejoin_at.contains_key(conv);
+        if self.joining.contains(conv) && answered {
+            self.let_out.insert(conv.to_owned());
+            return;
+        }
+        let conv = conv.to_owned();
+        self.send_join(&conv);
     }
 
     /// A join the server refused. A server-side failure (`internal`, `rate_limited`) is
