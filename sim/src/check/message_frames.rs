@@ -149,8 +149,11 @@ impl MessageFrames {
                     self.joined.remove(&key);
                     self.leaving.remove(&key);
                 }
+                // Let out before and not back in since (a join answered would have said
+                // so): the server has written it nothing of the conversation since, and
+                // the frames that end its stay are those of that first time.
                 Some(_) => {
-                    self.leaving.insert(key, last);
+                    self.leaving.entry(key).or_insert(last);
                 }
                 None => {}
             }
@@ -165,7 +168,7 @@ impl MessageFrames {
                     },
                 ) = request
                 {
-                    if c == conversation {
+                    if c == conversation && evicted_at.is_none() {
                         *evicted_at = Some(last);
                     }
                 }
