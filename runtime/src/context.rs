@@ -134,6 +134,17 @@ impl Context {
         self.metrics.sessions.load(Ordering::Relaxed) >= self.config.server.max_connections
     }
 
+    /// Whether the core's actor ended outside a shutdown ([`RuntimeMetrics::core_stopped`]).
+    pub fn core_stopped(&self) -> bool {
+        self.metrics.core_stopped.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether the server holds `server.max_connections` sessions, as the core last
+    /// counted them: a new client would be refused.
+    pub fn is_full(&self) -> bool {
+        self.metrics.sessions.load(Ordering::Relaxed) >= self.config.server.max_connections
+    }
+
     /// Whether shutdown began.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)

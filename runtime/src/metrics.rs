@@ -65,6 +65,10 @@ pub struct RuntimeMetrics {
     pub store_appends: AtomicU64,
     /// Store operations that failed.
     pub store_failures: AtomicU64,
+    /// 1 once the core's actor ended while the server was not shutting down (it panicked):
+    /// nobody can be served until the server is restarted, and `/healthz` and `/readyz`
+    /// say so.
+    pub core_stopped: AtomicU64,
     /// 1 once the store's log could not be flushed (or a checkpoint failed with an I/O
     /// error): nothing can be stored until the
     /// server is restarted, and `/healthz` and `/readyz` say so.

@@ -25,7 +25,12 @@ pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) ->
     if ctx.is_engine_path(&path) {
         return engineio::handle(req, ctx, conn).await;
     }
-    if engineio::pays_ip_rate(conn.first_request, false, false, false)
+    // Probes and scrapes are the operator's, not clients: a per-IP rate low enough for
+    // clients must not fail a liveness probe (and restart the server) because a readiness
+    // probe came from the same node in the same second.
+    let probe = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    if !probe
+        && engineio::pays_ip_rate(conn.first_request, false, false, false)
         && !ctx.ip_rate.allow(conn.remote.ip(), ctx.clock.now())
     {
         RuntimeMetrics::inc(&ctx.metrics.refused_rate_per_ip);
@@ -45,18 +50,27 @@ pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) ->
         }
         // A store whose log could not be flushed stores nothing until a restart: not
         // healthy (a supervisor restarts it) and not ready (no new clients sent to it).
+        // A core that stopped serves nobody: the same.
         "/healthz" => {
             if ctx.store_failed() {
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "store failed")
+            } else if ctx.core_stopped() {
+                http::text(StatusCode::SERVICE_UNAVAILABLE, "core stopped")
             } else {
                 http::text(StatusCode::OK, "ok")
             }
         }
+        // Ready: accepting new connections, which a server holding `max_connections`
+        // sessions is not (a new handshake gets 503 "Too many sessions").
         "/readyz" => {
             if ctx.store_failed() {
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "store failed")
+            } else if ctx.core_stopped() {
+                http::text(StatusCode::SERVICE_UNAVAILABLE, "core stopped")
             } else if ctx.is_draining() {
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+            } else if ctx.is_full() {
+                http::text(StatusCode::SERVICE_UNAVAILABLE, "full")
             } else {
                 http::text(StatusCode::OK, "ready")
             }

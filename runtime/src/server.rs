@@ -173,6 +173,28 @@ pub(crate) struct Launch<A> {
     pub metrics: Arc<RuntimeMetrics>,
 }
 
+/// Runs the core's actor, and notes in `metrics.core_stopped` if it ends (returns, or
+/// unwinds from a panic) while the server is not shutting down: the process would go on
+/// accepting connections it can serve none of, and only its health probes can tell a
+/// supervisor to restart it.
+async fn watched(
+    actor: impl std::future::Future<Output = ()>,
+    metrics: Arc<RuntimeMetrics>,
+    draining: Arc<AtomicBool>,
+) {
+    struct Watch(Arc<RuntimeMetrics>, Arc<AtomicBool>);
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            if !self.1.load(Ordering::Relaxed) {
+                self.0.core_stopped.store(1, Ordering::Relaxed);
+                tracing::error!("the core's actor stopped; /healthz now answers 503");
+            }
+        }
+    }
+    let _watch = Watch(metrics, draining);
+    actor.await;
+}
+
 /// Spawns the actor around `app` and the accept loop; the same plumbing for every
 /// application.
 pub(crate) fn launch<A: App>(l: Launch<A>) -> ServerHandle {
@@ -186,7 +208,11 @@ pub(crate) fn launch<A: App>(l: Launch<A>) -> ServerHandle {
         draining.clone(),
         usize::try_from(l.config.server.max_outbound_bytes).unwrap_or(usize::MAX),
     );
-    let actor_task = tokio::spawn(actor.run(actor_rx, l.results));
+    let actor_task = tokio::spawn(watched(
+        actor.run(actor_rx, l.results),
+        l.metrics.clone(),
+        draining.clone(),
+    ));
     let ctx = Arc::new(Context::new(
         l.config,
         l.engine_path,
@@ -420,5 +446,31 @@ impl Refusals {
             .await;
             metrics.tcp_refusing.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_core_that_stops_outside_a_shutdown_is_noted() {
+        let metrics = Arc::new(RuntimeMetrics::default());
+        let draining = Arc::new(AtomicBool::new(false));
+        let panicked = tokio::spawn(watched(
+            async { panic!("a bug in the core") },
+            metrics.clone(),
+            draining.clone(),
+        ))
+        .await;
+        assert!(panicked.is_err());
+        assert_eq!(metrics.core_stopped.load(Ordering::Relaxed), 1);
+        // Ended by a shutdown, it is not.
+        let metrics = Arc::new(RuntimeMetrics::default());
+        draining.store(true, Ordering::Relaxed);
+        tokio::spawn(watched(async {}, metrics.clone(), draining))
+            .await
+            .expect("ended");
+        assert_eq!(metrics.core_stopped.load(Ordering::Relaxed), 0);
     }
 }

@@ -537,7 +537,10 @@ fn commit_appends(
     appends.check.clear();
     RuntimeMetrics::inc(&metrics.store_batches);
     metrics.store_appends.fetch_add(
-        outcomes.iter().filter(|o| o.is_ok()).count() as u64,
+        outcomes
+            .iter()
+            .filter(|o| o.as_ref().is_ok_and(|o| o.message().is_some()))
+            .count() as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
     let answers = appends.ops.drain(..).zip(outcomes).map(|(op, outcome)| {

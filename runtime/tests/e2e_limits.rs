@@ -195,12 +195,21 @@ async fn a_server_full_of_clients_still_serves_them_and_its_health_probe() {
     }
     let (status, _, _) = http(addr, "GET", "/healthz", &[], "").await;
     assert_eq!(status, 200);
+    // Healthy, but not ready: it is not accepting new connections.
+    let (status, _, body) = http(addr, "GET", "/readyz", &[], "").await;
+    assert_eq!((status, body.as_str()), (503, "full"));
     let m = server.metrics().await;
     assert_eq!(metric(&m, "heartline_websockets"), Some(1.0), "{m}");
     assert_eq!(refused_total(&m, "max_sessions"), Some(2.0));
     assert_eq!(refused_total(&m, "max_sockets"), Some(0.0));
     held.abort();
+    // A client gone, there is room again: ready.
     drop(alice);
+    let ready = eventually(WAIT, || async move {
+        http(addr, "GET", "/readyz", &[], "").await.0 == 200
+    })
+    .await;
+    assert!(ready, "ready once a client has left");
     server.stop().await;
 }
 
@@ -475,14 +484,20 @@ async fn connect_rate_per_ip_refuses_bursts_of_new_clients() {
             let (status, _, _) = http(server.addr, "GET", path, &[], "").await;
             statuses.push(status);
         }
-        // Any new connection is a new client to the rate, whatever it asks first.
-        let (health, _, _) = http(server.addr, "GET", "/healthz", &[], "").await;
+        // Any other new connection is a new client to the rate, whatever it asks first...
+        let (page, _, _) = http(server.addr, "GET", "/", &[], "").await;
+        // ...but probes and scrapes are the operator's, never refused for it.
+        let mut probes = vec![];
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            probes.push(http(server.addr, "GET", path, &[], "").await.0);
+        }
         if !inside_one_refill(started, Duration::from_millis(500), attempt) {
             server.stop().await;
             continue;
         }
         assert_eq!(statuses, [200, 200, 429, 429]);
-        assert_eq!(health, 429);
+        assert_eq!(page, 429);
+        assert_eq!(probes, [200, 200, 200]);
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let (status, _, _) = http(server.addr, "GET", path, &[], "").await;
         assert_eq!(status, 200, "tokens refill");

@@ -124,6 +124,17 @@ async fn run(config: Config, dev_users: Option<Vec<dev::DevUser>>) -> ExitCode {
         eprintln!("heartline: cannot listen for signals: {e}");
         return ExitCode::FAILURE;
     }
+    // Listened to from before the server starts, once: a SIGTERM that comes as soon as the
+    // port is open (a restart right after a start) drains like any other instead of
+    // killing the process by its default action; and a second signal that comes right
+    // after the first (SIGTERM and SIGINT together) is not lost between two listeners.
+    let mut signals = match Signals::listen() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("heartline: cannot wait for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let namespace = config.server.namespace.clone();
     let handle = match server::start(config).await {
         Ok(h) => h,
@@ -148,15 +159,6 @@ async fn run(config: Config, dev_users: Option<Vec<dev::DevUser>>) -> ExitCode {
         let _ = writeln!(out, "heartline listening on http://{addr}");
         let _ = out.flush();
     }
-    // Listened to from here on, once: a second signal that comes right after the first
-    // (SIGTERM and SIGINT together) is not lost between two listeners.
-    let mut signals = match Signals::listen() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("heartline: cannot wait for signals: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     signals.next().await;
     tokio::select! {
         _ = handle.shutdown() => ExitCode::SUCCESS,
