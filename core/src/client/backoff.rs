@@ -17,7 +17,7 @@ pub struct Backoff {
     pub initial_ms: u64,
     /// Growth per attempt (read as at least 1).
     pub factor: u32,
-    /// Ceiling, applied after jitter.
+    /// Ceiling, applied after jitter; a delay at the ceiling keeps its jitter below it.
     pub max_ms: u64,
     /// Jitter: the delay moves up or down by up to this fraction of itself (read as at
     /// most 0.99, so that no delay is zero).
@@ -59,7 +59,15 @@ impl Backoff {
         } else {
             base.saturating_add(deviation)
         };
-        Some(jittered.min(self.max_ms.max(1)))
+        let max = self.max_ms.max(1);
+        if jittered < max {
+            return Some(jittered);
+        }
+        // At the ceiling the jitter goes below it instead: capped alone, every client long
+        // into an outage (attempt 5 on, at the defaults) would retry on the same beat, and
+        // the first attempts after the server is back would come together.
+        let under = (r * randomization * max as f64) as u64;
+        Some(max.saturating_sub(under).max(1))
     }
 }
 
@@ -78,8 +86,9 @@ mod tests {
         for attempt in 1..=5 {
             let base = 1_000u64 << (attempt - 1);
             let d = b.delay(attempt, &mut rng).expect("within attempts");
+            // At the ceiling, within half of it below.
             assert!(
-                d >= base / 2 && d <= (base * 3 / 2).min(10_000),
+                d >= (base / 2).min(5_000) && d <= (base * 3 / 2).min(10_000),
                 "attempt {attempt}: {d}"
             );
         }
@@ -125,6 +134,21 @@ mod tests {
             .collect();
         assert!(delays.iter().all(|&d| d >= 10), "{delays:?}");
         assert!(delays.len() > 25);
+    }
+
+    #[test]
+    fn delays_at_the_ceiling_keep_their_jitter() {
+        let b = Backoff::default();
+        for attempt in [5, 10, 1_000] {
+            let delays: std::collections::BTreeSet<u64> = (0..50)
+                .map(|seed| b.delay(attempt, &mut Rng::from_seed(seed)).unwrap_or(0))
+                .collect();
+            assert!(
+                delays.iter().all(|d| (2_500..=5_000).contains(d)),
+                "{delays:?}"
+            );
+            assert!(delays.len() > 25, "attempt {attempt}: {delays:?}");
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! dropped at one instant must spread its attempts out, further apart the longer the
 //! outage. Counted by the checker itself, not taken from the client's attempt number: the
 //! reconnections since the client was last connected; before the n-th, the client waits at
-//! least `initial × factor^(n−1) × (1 − randomization)` (capped at `max_ms`) from the
+//! least `min(initial × factor^(n−1), max_ms) × (1 − randomization)` (a delay at the
+//! ceiling keeps its jitter below it) from the
 //! moment it noticed the loss. A connect the application asks for (at start, after being
 //! sent away, or "retry" after the attempts ran out) is not a reconnection, and the count
 //! starts over from it.
@@ -50,10 +51,14 @@ impl Reconnect {
     fn least_ms(&self, n: u32) -> u64 {
         let b = &self.backoff;
         let growth = u64::from(b.factor.max(1)).saturating_pow(n.saturating_sub(1));
-        let base = b.initial_ms.max(1).saturating_mul(growth);
+        let base = b
+            .initial_ms
+            .max(1)
+            .saturating_mul(growth)
+            .min(b.max_ms.max(1));
         let least = (base as f64 * (1.0 - b.randomization.clamp(0.0, 0.99))) as u64;
         // The draw's rounding may take the last millisecond.
-        least.saturating_sub(1).min(b.max_ms)
+        least.saturating_sub(1)
     }
 
     /// Client `device`'s status changed at `now`.
@@ -141,7 +146,10 @@ mod tests {
         for n in 1..=10 {
             r.status(at(10_000), 1, &Status::Reconnecting { attempt: n });
         }
-        assert!(r.opened(at(14_000), 1).is_err(), "capped at 5 s, not less");
+        assert!(
+            r.opened(at(12_400), 1).is_err(),
+            "capped at 5 s, with its jitter below: 2.5 s at least"
+        );
         assert_eq!(r.checked, 6);
     }
 }
