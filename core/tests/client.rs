@@ -657,6 +657,65 @@ fn a_notification_after_a_joins_answer_rejoins_once_its_catch_up_is_read() {
 }
 
 #[test]
+fn a_conversation_left_stays_left_and_resumes_where_it_stopped_when_joined_again() {
+    let (mut d, _) = Driven::connected_in(1);
+    let joins = joins_sent(&d.take());
+    d.ack(
+        joins[0].0,
+        json!({"ok": true, "conversationId": "c0", "lastSeq": 2, "missed": []}),
+    );
+    d.frame(&message_frame("message:new", 3));
+    assert_eq!(delivered(&d.take()), ["c0#3"]);
+    d.client.leave(d.now, "c0");
+    let out = d.take();
+    let events = sent_events(&out);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].1, "conversation:leave");
+    assert_eq!(events[0].2["conversationId"], json!("c0"));
+    assert!(d.client.joined().is_empty());
+    // Out of the room, the server notifies: a left conversation is not joined again.
+    d.frame(&message_frame("message:notification", 4));
+    assert!(joins_sent(&d.take()).is_empty());
+    // Nor after a reconnect.
+    d.reconnect();
+    assert!(joins_sent(&d.take()).is_empty());
+    // Joined again, it resumes from #3.
+    d.client.join(d.now, "c0");
+    let events = sent_events(&d.take());
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].2["afterSeq"], json!(3));
+}
+
+#[test]
+fn leaving_during_a_join_drops_its_answer_and_a_later_join_is_its_own() {
+    let (mut d, _) = Driven::connected_in(1);
+    let first = joins_sent(&d.take());
+    d.client.leave(d.now, "c0");
+    d.client.join(d.now, "c0");
+    let out = d.take();
+    let events = sent_events(&out);
+    assert_eq!(
+        events.iter().map(|e| e.1.as_str()).collect::<Vec<_>>(),
+        ["conversation:leave", "conversation:join"],
+        "the join after the leave is sent, not folded into the one on the wire"
+    );
+    let second = joins_sent(&out);
+    // The first join's answer (served before the leave came) is not taken as this one's.
+    let m = |s: u64| json!({"conversationId": "c0", "seq": s, "content": format!("m{s}")});
+    d.ack(
+        first[0].0,
+        json!({"ok": true, "conversationId": "c0", "lastSeq": 1, "missed": [m(1)]}),
+    );
+    assert!(delivered(&d.take()).is_empty());
+    d.ack(
+        second[0].0,
+        json!({"ok": true, "conversationId": "c0", "lastSeq": 2, "missed": []}),
+    );
+    d.frame(&message_frame("message:new", 3));
+    assert_eq!(delivered(&d.take()), ["c0#3"]);
+}
+
+#[test]
 fn a_conversation_refused_for_good_resumes_where_it_stopped_when_joined_again() {
     let (mut d, _) = Driven::connected_in(1);
     let joins = joins_sent(&d.take());

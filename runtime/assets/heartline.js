@@ -30,9 +30,33 @@ const DEFAULTS = {
   factor: 2,
   maxDelayMs: 10000,
   randomization: 0.5,
-  maxAttempts: 5,
+  // As socket.io-client and the Rust client: an outage longer than a few attempts (a
+  // deploy, a restart) must not leave pages that never come back by themselves.
+  maxAttempts: Infinity,
   connectTimeoutMs: 20000,
 };
+
+/**
+ * The delay before reconnection attempt `attempt` (1-based), `r` a uniform draw in [0, 1):
+ * exponential, moved up or down by up to `randomization` of itself (at most 0.99, so no
+ * delay is zero) on socket.io-client's schedule, and capped at `maxDelayMs`. A capped
+ * delay keeps its jitter below the cap: capped alone, every page long into an outage
+ * would retry on the same beat.
+ */
+export function backoffDelay(opts, attempt, r) {
+  const randomization = Number.isFinite(opts.randomization) ? Math.min(Math.max(opts.randomization, 0), 0.99) : 0;
+  const max = Math.max(opts.maxDelayMs, 1);
+  const base = Math.max(opts.initialDelayMs, 1) * Math.pow(Math.max(opts.factor, 1), attempt - 1);
+  const dev = Math.floor(r * randomization * base);
+  const jittered = Math.floor(r * 10) % 2 === 0 ? base - dev : base + dev;
+  if (jittered < max) return Math.max(jittered, 1);
+  return Math.max(max - Math.floor(r * randomization * max), 1);
+}
+
+/** The error code of a refusal; one without a code (a proxy, another server) is `internal`. */
+function refusalCode(reply) {
+  return reply && reply.ok === false && typeof reply.code === 'string' ? reply.code : 'internal';
+}
 
 export class HeartlineClient extends EventTarget {
   constructor(baseUrl, options = {}) {
@@ -53,6 +77,7 @@ export class HeartlineClient extends EventTarget {
     this.onWire = new Set(); // conversations with a join request awaiting its answer
     this.askedAgain = new Set(); // joined again while that answer was awaited
     this.letOut = new Set(); // let out of the room after a join's answer, during its catch-up
+    this.gen = new Map(); // conversationId -> number of leaves: answers to older joins are ignored
     this.catching = new Map(); // conversationId -> live messages held while catching up
     this.joining = new Set(); // conversations with a join (or its catch-up) under way
     this.joinQueue = []; // conversations waiting for room among those joining
@@ -76,6 +101,42 @@ export class HeartlineClient extends EventTarget {
   disconnect() {
     this.drop();
     this.setStatus('idle');
+  }
+
+  /**
+   * Leaves a conversation: `conversation:leave` is sent if connected, it is no longer
+   * rejoined after a reconnect nor on a notification, and a join or catch-up of it under
+   * way is dropped (its answers are ignored). Its place is kept for a later join().
+   */
+  leave(conversationId) {
+    if (!this.joined.has(conversationId)) return;
+    const last = this.joined.get(conversationId);
+    if (last != null) this.parked.set(conversationId, last);
+    this.joined.delete(conversationId);
+    this.catching.delete(conversationId);
+    this.gen.set(conversationId, this.genOf(conversationId) + 1);
+    this.joinQueue = this.joinQueue.filter((c) => c !== conversationId);
+    for (const set of [this.onWire, this.askedAgain, this.letOut]) set.delete(conversationId);
+    for (const name of [`join-${conversationId}`, `read-${conversationId}`]) {
+      clearTimeout(this.timers[name]);
+      delete this.timers[name];
+    }
+    if (this.up) this.packet('2', ['conversation:leave', { conversationId }]);
+    if (this.joining.has(conversationId)) this.joinEnded(conversationId);
+  }
+
+  genOf(conversationId) {
+    return this.gen.get(conversationId) || 0;
+  }
+
+  /**
+   * Takes a fresh token: presented at every later connect and, while connected, sent at
+   * once as `auth:refresh` so the server keeps this connection past the old token's
+   * expiry (after an `expired` event, or before it). The answer comes as `refreshed`.
+   */
+  refreshToken(token) {
+    this.opts.token = token;
+    if (this.up) this.request('auth:refresh', { token }, (reply) => this.fire('refreshed', reply || {}));
   }
 
   join(conversationId) {
@@ -177,10 +238,7 @@ export class HeartlineClient extends EventTarget {
     if (this.attempt > this.opts.maxAttempts) {
       return this.setStatus('failed', 'reconnection attempts exhausted');
     }
-    const base = this.opts.initialDelayMs * Math.pow(this.opts.factor, this.attempt - 1);
-    const r = Math.random();
-    const dev = Math.floor(r * this.opts.randomization * base);
-    const delay = Math.min(Math.floor(r * 10) % 2 === 0 ? base - dev : base + dev, this.opts.maxDelayMs);
+    const delay = backoffDelay(this.opts, this.attempt, Math.random());
     this.setStatus('reconnecting', why);
     this.timer('reconnect', delay, () => this.open());
   }
@@ -234,6 +292,9 @@ export class HeartlineClient extends EventTarget {
     const id = m[1] === '' ? null : Number(m[1]);
     const data = m[2] ? JSON.parse(m[2]) : null;
     if (kind === '0') {
+      // Once per connection: a second CONNECT (a server gone wrong) would number new acks
+      // over the ones still awaited.
+      if (this.up) return;
       clearTimeout(this.timers.connect);
       this.up = true;
       this.attempt = 0;
@@ -267,6 +328,10 @@ export class HeartlineClient extends EventTarget {
     switch (name) {
       case 'heartbeat':
         this.packet('2', ['heartbeat:response', payload]);
+        break;
+      case 'auth:expired':
+        // The page fetches a fresh token and hands it to refreshToken() within the grace.
+        this.fire('expired', payload);
         break;
       case 'connection:replaced':
         this.replaced = true;
@@ -340,11 +405,13 @@ export class HeartlineClient extends EventTarget {
   }
 
   requestJoin(conversationId) {
+    const gen = this.genOf(conversationId);
     const last = this.joined.get(conversationId);
     const payload = { conversationId };
     if (last != null) payload.afterSeq = last;
     this.onWire.add(conversationId);
     this.request('conversation:join', payload, (reply) => {
+      if (this.genOf(conversationId) !== gen) return; // left since
       this.onWire.delete(conversationId);
       if (this.later(reply, `join-${conversationId}`, () => this.requestJoin(conversationId))) return;
       const again = this.askedAgain.delete(conversationId);
@@ -379,8 +446,10 @@ export class HeartlineClient extends EventTarget {
 
   /** Reads what was missed after `afterSeq`, a page at a time, up to `lastSeq`. */
   readOn(conversationId, afterSeq, lastSeq) {
+    const gen = this.genOf(conversationId);
     const payload = { conversationId, afterSeq, limit: 100 };
     this.request('message:history', payload, (reply) => {
+      if (this.genOf(conversationId) !== gen) return; // left since
       const again = () => this.readOn(conversationId, afterSeq, lastSeq);
       if (this.later(reply, `read-${conversationId}`, again)) return;
       const held = () => {
@@ -420,13 +489,13 @@ export class HeartlineClient extends EventTarget {
    * each waits `retryAfterMs` plus up to a second.
    */
   later(reply, name, retry) {
-    if (!reply || reply.ok || (reply.code !== 'rate_limited' && reply.code !== 'internal')) {
-      return false;
-    }
-    const wait = reply.retryAfterMs || 1000;
-    const now = Date.now();
+    if (reply && reply.ok) return false;
+    const code = refusalCode(reply);
+    if (code !== 'rate_limited' && code !== 'internal') return false;
+    const wait = (reply && reply.retryAfterMs) || 1000;
+    const now = performance.now();
     let at;
-    if (reply.code === 'rate_limited') {
+    if (code === 'rate_limited') {
       at = Math.max(now, this.pacedUntil) + wait;
       this.pacedUntil = at;
     } else {
@@ -445,7 +514,7 @@ export class HeartlineClient extends EventTarget {
    */
   flush() {
     if (!this.up) return;
-    const now = Date.now();
+    const now = performance.now();
     let inFlight = 0;
     for (const o of this.outbox.values()) if (o.sentOn !== null) inFlight += 1;
     for (const [tempId, o] of this.outbox) {
@@ -462,9 +531,9 @@ export class HeartlineClient extends EventTarget {
         if (reply && reply.ok) {
           this.outbox.delete(tempId);
           this.fire('acked', { tempId, message: reply.message, duplicate: reply.duplicate });
-        } else if (reply && (reply.code === 'rate_limited' || reply.code === 'internal')) {
+        } else if (['rate_limited', 'internal'].includes(refusalCode(reply))) {
           o.sentOn = null;
-          const until = Date.now() + (reply.retryAfterMs || 1000);
+          const until = performance.now() + ((reply && reply.retryAfterMs) || 1000);
           for (const other of this.outbox.values()) {
             if (other.sentOn === null) other.notBefore = Math.max(other.notBefore, until);
           }

@@ -62,6 +62,7 @@ pub struct Snapshot {
 
 enum Command {
     Join(String),
+    Leave(String),
     Send {
         conversation_id: String,
         content: String,
@@ -88,6 +89,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::Join(_) => "Join",
+            Command::Leave(_) => "Leave",
             Command::Send { .. } => "Send",
             Command::Emit(..) => "Emit",
             Command::SetToken(_) => "SetToken",
@@ -176,6 +178,12 @@ impl Reconnecting {
     /// Joins a conversation, and joins it again with catch-up after every reconnect.
     pub fn join(&self, conversation_id: &str) -> Result<(), ReconnectingError> {
         self.command(Command::Join(conversation_id.to_owned()))
+    }
+
+    /// Leaves a conversation: no longer rejoined, its position kept for a later
+    /// [`Reconnecting::join`] (see [`heartline_core::client::Client::leave`]).
+    pub fn leave(&self, conversation_id: &str) -> Result<(), ReconnectingError> {
+        self.command(Command::Leave(conversation_id.to_owned()))
     }
 
     /// Queues a message; it is sent when connected and resent under the same `tempId` until
@@ -371,6 +379,7 @@ impl Driver {
     fn command(&mut self, now: Instant, c: Command) {
         match c {
             Command::Join(id) => self.client.join(now, &id),
+            Command::Leave(id) => self.client.leave(now, &id),
             Command::Send {
                 conversation_id,
                 content,

@@ -33,7 +33,7 @@ class FakeSocket {
   ack(id, reply) { this.recv(`43/chat,${id}${JSON.stringify([reply])}`); }
 }
 globalThis.WebSocket = FakeSocket;
-const { HeartlineClient } = await import('../../runtime/assets/heartline.js');
+const { HeartlineClient, backoffDelay } = await import('../../runtime/assets/heartline.js');
 
 function client() {
   FakeSocket.all = [];
@@ -354,5 +354,94 @@ test('a join asked for again while one is on the wire outlives its refusal', () 
   ws.ack(again, { ok: false, error: 'Not a member of this conversation', code: 'forbidden' });
   assert.deepEqual(failed, ['forbidden'], 'nothing asked since: it ends');
   assert.equal(ws.events().length, 2);
+  c.disconnect();
+});
+
+test('reconnection never gives up by default, and delays at the ceiling keep their jitter', () => {
+  const c = client();
+  assert.equal(c.opts.maxAttempts, Infinity);
+  const opts = { initialDelayMs: 1000, factor: 2, maxDelayMs: 10000, randomization: 0.5 };
+  for (const attempt of [5, 10, 1000]) {
+    const delays = new Set(range(0, 49).map((k) => backoffDelay(opts, attempt, (k + 0.5) / 50)));
+    assert.ok([...delays].every((d) => d >= 5000 && d <= 10000), `${[...delays]}`);
+    assert.ok(delays.size > 25, `attempt ${attempt}: ${[...delays]}`);
+  }
+  // A randomization that would take the delay away is read as at most 0.99.
+  assert.ok(range(0, 99).every((k) => backoffDelay({ ...opts, randomization: 5 }, 1, k / 100) >= 10));
+});
+
+test('a refusal without a code is a server fault: the send is tried again, not failed', () => {
+  const c = client();
+  c.connect();
+  const ws = last();
+  ws.accept();
+  const failed = [];
+  c.addEventListener('send-failed', (e) => failed.push(e.detail.tempId));
+  const t = c.send('c', 'hi');
+  const [[id]] = ws.events();
+  ws.ack(id, { ok: false, error: 'Bad Gateway' });
+  assert.deepEqual(failed, []);
+  assert.ok(c.outbox.has(t), 'kept for a retry');
+  // A second CONNECT on the live connection does not number new acks over awaited ones.
+  ws.recv('40/chat,{"sid":"y"}');
+  assert.equal(c.nextAck, 1);
+  c.disconnect();
+});
+
+test('a conversation left stays left, and joined again resumes where it stopped', () => {
+  const c = client();
+  c.join('c');
+  c.connect();
+  const ws = last();
+  ws.accept();
+  const [[join]] = ws.events();
+  ws.ack(join, { ok: true, conversationId: 'c', lastSeq: 2, missed: [] });
+  ws.recv(`42/chat,${JSON.stringify(['message:new', msg(3)])}`);
+  c.leave('c');
+  const [, name, payload] = ws.events().at(-1);
+  assert.equal(name, 'conversation:leave');
+  assert.equal(payload.conversationId, 'c');
+  // Out of the room the server notifies: a left conversation is not joined again.
+  ws.recv(`42/chat,${JSON.stringify(['message:notification', { conversationId: 'c', message: msg(4) }])}`);
+  assert.equal(ws.events().length, 2);
+  c.join('c');
+  const [again, joinName, joinPayload] = ws.events().at(-1);
+  assert.equal(joinName, 'conversation:join');
+  assert.equal(joinPayload.afterSeq, 3);
+  ws.ack(again, { ok: true, conversationId: 'c', lastSeq: 4, missed: [msg(4)] });
+  assert.deepEqual(c.shown, [3, 4]);
+  c.disconnect();
+});
+
+test('leaving during a join ignores its answer; a fresh token goes as auth:refresh', () => {
+  const c = client();
+  c.join('c');
+  c.connect();
+  const ws = last();
+  ws.accept();
+  const [[first]] = ws.events();
+  c.leave('c');
+  c.join('c');
+  const names = ws.events().map(([, n]) => n);
+  assert.deepEqual(names, ['conversation:join', 'conversation:leave', 'conversation:join']);
+  const [second] = ws.events().at(-1);
+  ws.ack(first, { ok: true, conversationId: 'c', lastSeq: 1, missed: [msg(1)] });
+  assert.deepEqual(c.shown, [], 'the answer to the join before the leave is not this one');
+  ws.ack(second, { ok: true, conversationId: 'c', lastSeq: 1, missed: [] });
+  ws.recv(`42/chat,${JSON.stringify(['message:new', msg(2)])}`);
+  assert.deepEqual(c.shown, [2]);
+  const expired = [];
+  c.addEventListener('expired', () => expired.push(true));
+  ws.recv(`42/chat,${JSON.stringify(['auth:expired', {}])}`);
+  assert.equal(expired.length, 1);
+  const refreshed = [];
+  c.addEventListener('refreshed', (e) => refreshed.push(e.detail.ok));
+  c.refreshToken('t2');
+  const [id, refreshName, refreshPayload] = ws.events().at(-1);
+  assert.equal(refreshName, 'auth:refresh');
+  assert.equal(refreshPayload.token, 't2');
+  ws.ack(id, { ok: true });
+  assert.deepEqual(refreshed, [true]);
+  assert.equal(c.opts.token, 't2', 'presented at the next connect');
   c.disconnect();
 });

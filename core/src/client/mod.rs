@@ -407,6 +407,35 @@ impl Client {
         temp_id
     }
 
+    /// Leaves a conversation: `conversation:leave` is sent if connected, it is no longer
+    /// rejoined after a reconnect nor on a `message:notification`, and a join or catch-up
+    /// of it under way is dropped. Its position is kept, so a later [`Client::join`] resumes
+    /// where it stopped. (A `conversation:leave` emitted by hand would be undone by the
+    /// next notification, which rejoins a conversation the client takes for joined.)
+    pub fn leave(&mut self, now: Instant, conversation_id: &str) {
+        self.clock.observe(now);
+        if !self.convs.joined.contains_key(conversation_id) {
+            return;
+        }
+        self.convs.park(conversation_id);
+        self.join_queue.retain(|c| c != conversation_id);
+        self.rejoin_at.remove(conversation_id);
+        self.asked_again.remove(conversation_id);
+        self.let_out.remove(conversation_id);
+        if self.phase == Phase::Up {
+            let payload = json!({ "conversationId": conversation_id });
+            self.send_event("conversation:leave", payload, None);
+        }
+        // Its join's answer and reads, if any are awaited, are ignored when they come (the
+        // server's, to a join read while the leave arrived, leaves it out of the room);
+        // a later join is a join of its own.
+        self.joins.retain(|_, c| c != conversation_id);
+        self.history.retain(|_, c| c != conversation_id);
+        if self.joining.remove(conversation_id) {
+            self.join_queued();
+        }
+    }
+
     /// Joins a conversation (and rejoins it with catch-up after every reconnect).
     pub fn join(&mut self, now: Instant, conversation_id: &str) {
         self.clock.observe(now);
@@ -926,6 +955,10 @@ impl Client {
             if reply["ok"] != json!(true) {
                 // Try again through a rejoin, which catches up from the same point.
                 return self.rejoin_later(now, conv, &reply);
+            }
+            if !self.convs.joined.contains_key(&conv) {
+                // Left meanwhile.
+                return self.join_settled(&conv);
             }
             let page = reply["messages"].as_array().cloned().unwrap_or_default();
             let mut ready = vec![];
