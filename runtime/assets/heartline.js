@@ -429,7 +429,10 @@ export class HeartlineClient extends EventTarget {
       }
       const missed = Array.isArray(reply.missed) ? reply.missed : [];
       for (const m of missed) this.show(m);
-      const upTo = missed.length ? missed[missed.length - 1].seq : null;
+      // Where the reply leaves off: its last message, or with none, where this rejoin
+      // asked from (a server that answers an empty `missed` short of `lastSeq` is read on
+      // from there, as the Rust client does, not taken at its word).
+      const upTo = missed.length ? missed[missed.length - 1].seq : last;
       if (upTo != null && upTo < reply.lastSeq) {
         // The reply holds one page of what was missed: read the rest before going live.
         if (!this.catching.has(conversationId)) this.catching.set(conversationId, []);

@@ -445,3 +445,26 @@ test('leaving during a join ignores its answer; a fresh token goes as auth:refre
   assert.equal(c.opts.token, 't2', 'presented at the next connect');
   c.disconnect();
 });
+
+test('a rejoin answered with nothing missed short of lastSeq reads on from its position', () => {
+  const c = client();
+  c.join('c');
+  c.connect();
+  let ws = last();
+  ws.accept();
+  const [[join]] = ws.events();
+  ws.ack(join, { ok: true, conversationId: 'c', lastSeq: 2, missed: [] });
+  c.disconnect();
+  c.connect();
+  ws = last();
+  ws.accept();
+  const [[rejoin, , payload]] = ws.events();
+  assert.equal(payload.afterSeq, 2);
+  ws.ack(rejoin, { ok: true, conversationId: 'c', lastSeq: 4, missed: [] });
+  const [read, name, readPayload] = ws.events().at(-1);
+  assert.equal(name, 'message:history');
+  assert.equal(readPayload.afterSeq, 2);
+  ws.ack(read, { ok: true, messages: [msg(3), msg(4)] });
+  assert.deepEqual(c.shown, [3, 4]);
+  c.disconnect();
+});
