@@ -570,6 +570,20 @@ fn message_frame(event: &str, seq: u64) -> String {
     format!("42/chat,{}", json!([event, payload]))
 }
 
+/// A client in `c0` whose first join was answered at `last_seq`, with the live message
+/// after it delivered.
+fn joined_at(last_seq: u64) -> Driven {
+    let (mut d, _) = Driven::connected_in(1);
+    let joins = joins_sent(&d.take());
+    d.ack(
+        joins[0].0,
+        json!({"ok": true, "conversationId": "c0", "lastSeq": last_seq, "missed": []}),
+    );
+    d.frame(&message_frame("message:new", last_seq + 1));
+    assert_eq!(delivered(&d.take()), [format!("c0#{}", last_seq + 1)]);
+    d
+}
+
 #[test]
 fn a_notification_for_a_joined_conversation_rejoins_it_from_the_last_message() {
     let (mut d, _) = Driven::connected_in(1);
@@ -609,14 +623,7 @@ fn a_notification_for_a_joined_conversation_rejoins_it_from_the_last_message() {
 
 #[test]
 fn a_notification_after_a_joins_answer_rejoins_once_its_catch_up_is_read() {
-    let (mut d, _) = Driven::connected_in(1);
-    let joins = joins_sent(&d.take());
-    d.ack(
-        joins[0].0,
-        json!({"ok": true, "conversationId": "c0", "lastSeq": 2, "missed": []}),
-    );
-    d.frame(&message_frame("message:new", 3));
-    assert_eq!(delivered(&d.take()), ["c0#3"]);
+    let mut d = joined_at(2);
     d.reconnect();
     // The rejoin's answer is cut short: the rest is read page by page.
     let rejoin = joins_sent(&d.take());
@@ -658,14 +665,7 @@ fn a_notification_after_a_joins_answer_rejoins_once_its_catch_up_is_read() {
 
 #[test]
 fn a_conversation_left_stays_left_and_resumes_where_it_stopped_when_joined_again() {
-    let (mut d, _) = Driven::connected_in(1);
-    let joins = joins_sent(&d.take());
-    d.ack(
-        joins[0].0,
-        json!({"ok": true, "conversationId": "c0", "lastSeq": 2, "missed": []}),
-    );
-    d.frame(&message_frame("message:new", 3));
-    assert_eq!(delivered(&d.take()), ["c0#3"]);
+    let mut d = joined_at(2);
     d.client.leave(d.now, "c0");
     let out = d.take();
     let events = sent_events(&out);
@@ -717,14 +717,7 @@ fn leaving_during_a_join_drops_its_answer_and_a_later_join_is_its_own() {
 
 #[test]
 fn a_conversation_refused_for_good_resumes_where_it_stopped_when_joined_again() {
-    let (mut d, _) = Driven::connected_in(1);
-    let joins = joins_sent(&d.take());
-    d.ack(
-        joins[0].0,
-        json!({"ok": true, "conversationId": "c0", "lastSeq": 5, "missed": []}),
-    );
-    d.frame(&message_frame("message:new", 6));
-    assert_eq!(delivered(&d.take()), ["c0#6"]);
+    let mut d = joined_at(5);
     // Removed from the conversation: the rejoin after a reconnect is refused for good.
     d.reconnect();
     let joins = joins_sent(&d.take());

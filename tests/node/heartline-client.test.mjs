@@ -43,6 +43,15 @@ function client() {
   return c;
 }
 const last = () => FakeSocket.all[FakeSocket.all.length - 1];
+/** A client that joined `c` and connected, and its socket. */
+function connectedIn() {
+  const c = client();
+  c.join('c');
+  c.connect();
+  const ws = last();
+  ws.accept();
+  return { c, ws };
+}
 const msg = (seq) => ({ id: `m${seq}`, conversationId: 'c', seq, senderId: 'u', content: `${seq}` });
 const range = (a, b) => Array.from({ length: b - a + 1 }, (_, k) => a + k);
 
@@ -260,11 +269,7 @@ test('a catch-up read refused is tried again through a rejoin, which releases wh
 });
 
 test('a notification for a joined conversation rejoins it from the last message shown', () => {
-  const c = client();
-  c.join('c');
-  c.connect();
-  const ws = last();
-  ws.accept();
+  const { c, ws } = connectedIn();
   const note = (seq) => ws.recv(`42/chat,${JSON.stringify(['message:notification', { conversationId: 'c', message: msg(seq) }])}`);
   // Written before the join's answer, it arrives while the join is under way: nothing more.
   note(1);
@@ -286,11 +291,7 @@ test('a notification for a joined conversation rejoins it from the last message 
 });
 
 test('a notification after a join\'s answer rejoins once its catch-up is read', () => {
-  const c = client();
-  c.join('c');
-  c.connect();
-  const ws = last();
-  ws.accept();
+  const { c, ws } = connectedIn();
   const [[join]] = ws.events();
   // The answer holds one page: the rest is read through history.
   ws.ack(join, { ok: true, conversationId: 'c', lastSeq: 3, missed: [msg(1)] });
@@ -336,11 +337,7 @@ test('a conversation refused for good and joined again later resumes where it st
 });
 
 test('a join asked for again while one is on the wire outlives its refusal', () => {
-  const c = client();
-  c.join('c');
-  c.connect();
-  const ws = last();
-  ws.accept();
+  const { c, ws } = connectedIn();
   const failed = [];
   c.addEventListener('join-failed', (e) => failed.push(e.detail.code));
   const [[first]] = ws.events();
@@ -389,11 +386,7 @@ test('a refusal without a code is a server fault: the send is tried again, not f
 });
 
 test('a conversation left stays left, and joined again resumes where it stopped', () => {
-  const c = client();
-  c.join('c');
-  c.connect();
-  const ws = last();
-  ws.accept();
+  const { c, ws } = connectedIn();
   const [[join]] = ws.events();
   ws.ack(join, { ok: true, conversationId: 'c', lastSeq: 2, missed: [] });
   ws.recv(`42/chat,${JSON.stringify(['message:new', msg(3)])}`);
@@ -414,11 +407,7 @@ test('a conversation left stays left, and joined again resumes where it stopped'
 });
 
 test('leaving during a join ignores its answer; a fresh token goes as auth:refresh', () => {
-  const c = client();
-  c.join('c');
-  c.connect();
-  const ws = last();
-  ws.accept();
+  const { c, ws } = connectedIn();
   const [[first]] = ws.events();
   c.leave('c');
   c.join('c');
