@@ -776,3 +776,27 @@ fn a_join_asked_for_again_while_one_is_on_the_wire_outlives_its_refusal() {
     assert!(joins_sent(&d.take()).is_empty());
     assert!(d.client.joined().is_empty());
 }
+
+#[test]
+fn a_client_the_server_refused_connects_again_with_a_fresh_token() {
+    let mut d = Driven::new();
+    d.client.connect(d.now);
+    d.frame(r#"0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#);
+    d.frame(r#"44/chat,{"message":"Invalid authentication token"}"#);
+    assert!(matches!(d.client.status(), Status::Failed { .. }));
+    d.take();
+    // Refused: no reconnection of its own.
+    d.advance_to(600_000);
+    assert_eq!(opens(&d.take()), 0);
+    // The application's fresh token is its answer to the refusal: it connects with it.
+    d.client.refresh_token(d.now, "fresh");
+    assert_eq!(opens(&d.take()), 1);
+    assert_eq!(d.client.status(), &Status::Connecting);
+    d.server_accepts();
+    // Once connected, a fresh token is an auth:refresh, not a new connection.
+    d.take();
+    d.client.refresh_token(d.now, "fresher");
+    let out = d.take();
+    assert_eq!(opens(&out), 0);
+    assert_eq!(sent_events(&out)[0].1, "auth:refresh");
+}

@@ -69,6 +69,7 @@ export class HeartlineClient extends EventTarget {
     this.ws = null;
     this.up = false;
     this.replaced = false;
+    this.refused = false; // the server refused the last connect (its token)
     this.nextAck = 0;
     this.acks = new Map(); // ack id -> callback
     this.outbox = new Map(); // tempId -> { conversationId, content, sentOn, notBefore }
@@ -94,6 +95,7 @@ export class HeartlineClient extends EventTarget {
     this.clearTimers();
     this.attempt = 0;
     this.replaced = false;
+    this.refused = false;
     this.setStatus('connecting');
     this.open();
   }
@@ -133,10 +135,13 @@ export class HeartlineClient extends EventTarget {
    * Takes a fresh token: presented at every later connect and, while connected, sent at
    * once as `auth:refresh` so the server keeps this connection past the old token's
    * expiry (after an `expired` event, or before it). The answer comes as `refreshed`.
+   * A client whose last connect the server refused (its token expired while it was
+   * reconnecting, say) connects again with it.
    */
   refreshToken(token) {
     this.opts.token = token;
     if (this.up) this.request('auth:refresh', { token }, (reply) => this.fire('refreshed', reply || {}));
+    else if (this.refused) this.connect();
   }
 
   join(conversationId) {
@@ -304,6 +309,7 @@ export class HeartlineClient extends EventTarget {
       this.flush();
     } else if (kind === '4') {
       this.sentAway('failed', (data && data.message) || 'connect error');
+      this.refused = true;
     } else if (kind === '1') {
       this.sentAway(this.replaced ? 'replaced' : 'disconnected');
     } else if (kind === '2' && Array.isArray(data) && typeof data[0] === 'string') {

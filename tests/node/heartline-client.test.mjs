@@ -457,3 +457,20 @@ test('a rejoin answered with nothing missed short of lastSeq reads on from its p
   assert.deepEqual(c.shown, [3, 4]);
   c.disconnect();
 });
+
+test('a client the server refused connects again with a fresh token', () => {
+  const c = client();
+  c.connect();
+  const ws = last();
+  ws.recv('0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}');
+  ws.recv('44/chat,{"message":"Invalid authentication token"}');
+  assert.equal(c.status, 'failed');
+  assert.equal(FakeSocket.all.length, 1);
+  c.refreshToken('fresh');
+  assert.equal(FakeSocket.all.length, 2, 'connects with it');
+  assert.equal(c.status, 'connecting');
+  last().accept();
+  assert.equal(c.status, 'connected');
+  assert.match(last().sent.find((t) => t.startsWith('40/chat,')), /"token":"fresh"/);
+  c.disconnect();
+});

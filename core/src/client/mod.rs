@@ -199,6 +199,9 @@ pub struct Client {
     attempt: u32,
     /// Whether the last server event was `connection:replaced`.
     replaced: bool,
+    /// The server refused the last connect (CONNECT_ERROR: a token missing, forged or
+    /// expired): no reconnection until the application acts, as by a fresh token.
+    refused: bool,
     decoder: Decoder,
     ping_deadline_ms: u64,
     /// Deadlines: next attempt, connect timeout, server silence, rate-limit retry.
@@ -245,6 +248,7 @@ impl Client {
             phase: Phase::Down,
             attempt: 0,
             replaced: false,
+            refused: false,
             decoder: Decoder::new(10),
             ping_deadline_ms: 0,
             reconnect_at: None,
@@ -334,6 +338,7 @@ impl Client {
         }
         self.attempt = 0;
         self.replaced = false;
+        self.refused = false;
         // Connecting while a reconnection is pending: this attempt replaces that one.
         self.clear_deadlines();
         self.set_status(Status::Connecting);
@@ -352,11 +357,17 @@ impl Client {
     /// sent at once as `auth:refresh` so that the server keeps this connection past the
     /// old token's expiry (after `auth:expired`, or before it). The server's answer comes
     /// back as [`Notice::Refreshed`].
+    ///
+    /// A client whose last connect the server refused (its token expired while it was
+    /// reconnecting, say) connects again with it: the fresh token is the application's
+    /// answer to that refusal.
     pub fn refresh_token(&mut self, now: Instant, token: impl Into<String>) {
         self.clock.observe(now);
         self.config.token = token.into();
         if self.phase == Phase::Up {
             self.send_refresh();
+        } else if self.refused {
+            self.connect(now);
         }
     }
 
@@ -659,6 +670,7 @@ impl Client {
                     .unwrap_or("connect error")
                     .to_owned();
                 self.sent_away(Status::Failed { reason });
+                self.refused = true;
             }
             // MUTATION (test-only): a replaced client comes back as if it had lost the link.
             #[cfg(feature = "mutations")]

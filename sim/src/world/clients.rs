@@ -93,6 +93,11 @@ impl Sim {
         let Some(fresh) = self.mint(i) else { return };
         let now = self.now;
         if let Some(slot) = self.clients.get_mut(i) {
+            // A client the server refused connects again with the fresh token: a connect
+            // the application asked for, not a reconnection of the backoff's.
+            if matches!(slot.client.status(), Status::Failed { .. }) {
+                self.reconnect.asked(i);
+            }
             slot.client.refresh_token(now, fresh);
         }
         tr!(self, "client", ("c{i} refreshes its token"));
