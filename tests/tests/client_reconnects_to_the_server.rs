@@ -129,6 +129,17 @@ impl App {
         app
     }
 
+    /// Sends `content` to `c1` and waits until the server has acknowledged it.
+    async fn send_acked(&mut self, content: &str) {
+        let acked = self.seen.acked.len() + 1;
+        self.client
+            .send_message("c1", content)
+            .await
+            .expect("queued");
+        self.until(Duration::from_secs(10), |s| s.acked.len() == acked)
+            .await;
+    }
+
     /// Reads updates until `done`; fails if that takes longer than `limit`.
     async fn until(&mut self, limit: Duration, done: impl Fn(&Seen) -> bool) {
         let deadline = tokio::time::Instant::now() + limit;
@@ -179,14 +190,7 @@ async fn through_a_restart_the_client_comes_back_catches_up_and_stores_each_send
     put_members(addr, &["alice", "bob"]).await;
     let mut alice = App::joined(addr, "alice", 1).await;
     let mut bob = App::joined(addr, "bob", 2).await;
-    alice
-        .client
-        .send_message("c1", "before the restart")
-        .await
-        .expect("queued");
-    alice
-        .until(Duration::from_secs(10), |s| s.acked.len() == 1)
-        .await;
+    alice.send_acked("before the restart").await;
     bob.until(Duration::from_secs(10), |s| s.messages.len() == 1)
         .await;
 
@@ -264,35 +268,14 @@ async fn a_client_let_out_of_a_room_and_back_in_catches_up_in_order() {
     put_members(addr, &["alice", "bob"]).await;
     let mut alice = App::joined(addr, "alice", 1).await;
     let mut bob = App::joined(addr, "bob", 2).await;
-    alice
-        .client
-        .send_message("c1", "one")
-        .await
-        .expect("queued");
-    alice
-        .until(Duration::from_secs(10), |s| s.acked.len() == 1)
-        .await;
+    alice.send_acked("one").await;
     bob.until(Duration::from_secs(10), |s| s.messages.len() == 1)
         .await;
 
     put_members(addr, &["alice"]).await;
-    alice
-        .client
-        .send_message("c1", "two, bob out")
-        .await
-        .expect("queued");
-    alice
-        .until(Duration::from_secs(10), |s| s.acked.len() == 2)
-        .await;
+    alice.send_acked("two, bob out").await;
     put_members(addr, &["alice", "bob"]).await;
-    alice
-        .client
-        .send_message("c1", "three, bob back")
-        .await
-        .expect("queued");
-    alice
-        .until(Duration::from_secs(10), |s| s.acked.len() == 3)
-        .await;
+    alice.send_acked("three, bob back").await;
 
     bob.until(Duration::from_secs(10), |s| s.messages.len() == 3)
         .await;
