@@ -173,6 +173,19 @@ impl App {
     }
 }
 
+/// A server on the store in `dir`, `c1` with alice and bob in it, and a client of each
+/// that has joined it.
+async fn alice_and_bob_in_c1(dir: &std::path::Path) -> (ServerHandle, SocketAddr, App, App) {
+    let server: ServerHandle = heartline_runtime::start(config(dir, "127.0.0.1:0"))
+        .await
+        .expect("server starts");
+    let addr = server.local_addr();
+    put_members(addr, &["alice", "bob"]).await;
+    let alice = App::joined(addr, "alice", 1).await;
+    let bob = App::joined(addr, "bob", 2).await;
+    (server, addr, alice, bob)
+}
+
 fn contents(messages: &[Value]) -> Vec<String> {
     messages
         .iter()
@@ -183,13 +196,7 @@ fn contents(messages: &[Value]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_a_restart_the_client_comes_back_catches_up_and_stores_each_send_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server: ServerHandle = heartline_runtime::start(config(dir.path(), "127.0.0.1:0"))
-        .await
-        .expect("server starts");
-    let addr = server.local_addr();
-    put_members(addr, &["alice", "bob"]).await;
-    let mut alice = App::joined(addr, "alice", 1).await;
-    let mut bob = App::joined(addr, "bob", 2).await;
+    let (server, addr, mut alice, mut bob) = alice_and_bob_in_c1(dir.path()).await;
     alice.send_acked("before the restart").await;
     bob.until(Duration::from_secs(10), |s| s.messages.len() == 1)
         .await;
@@ -261,13 +268,7 @@ async fn through_a_restart_the_client_comes_back_catches_up_and_stores_each_send
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_let_out_of_a_room_and_back_in_catches_up_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server: ServerHandle = heartline_runtime::start(config(dir.path(), "127.0.0.1:0"))
-        .await
-        .expect("server starts");
-    let addr = server.local_addr();
-    put_members(addr, &["alice", "bob"]).await;
-    let mut alice = App::joined(addr, "alice", 1).await;
-    let mut bob = App::joined(addr, "bob", 2).await;
+    let (server, addr, mut alice, mut bob) = alice_and_bob_in_c1(dir.path()).await;
     alice.send_acked("one").await;
     bob.until(Duration::from_secs(10), |s| s.messages.len() == 1)
         .await;
