@@ -253,10 +253,11 @@ pub fn spawn(
     let spawned = std::thread::Builder::new()
         .name("heartline-store".into())
         .spawn(move || {
+            let mut store = store;
             // Should the thread unwind (nothing in it panics by design), what it held back
             // is failed rather than left waiting, and the flush threads still end.
             let ended = Ended(&writer);
-            run(store, rx, &writer, &metrics);
+            run(&mut store, rx, &writer, &metrics);
             drop(ended);
             for handle in flushers {
                 let _ = handle.join();
@@ -265,6 +266,10 @@ pub fn spawn(
                 drop(stop);
                 let _ = handle.join();
             }
+            // Last: closing the store closes its lock's descriptor of the database file,
+            // and with it every POSIX lock this process holds on that file, the
+            // checkpointer's connection's included, which must have finished by then.
+            drop(store);
         });
     match spawned {
         Ok(handle) => Ok((StoreQueue { tx }, handle)),
@@ -327,7 +332,7 @@ pub fn checkpoint_interval(log_pages: i64) -> Duration {
     }
 }
 
-fn run(mut store: Store, rx: std_mpsc::Receiver<Queued>, stage: &Stage, metrics: &RuntimeMetrics) {
+fn run(store: &mut Store, rx: std_mpsc::Receiver<Queued>, stage: &Stage, metrics: &RuntimeMetrics) {
     let mut jobs: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut writes = MemberWrites::default();
     while let Ok(first) = rx.recv() {
@@ -369,21 +374,21 @@ fn run(mut store: Store, rx: std_mpsc::Receiver<Queued>, stage: &Stage, metrics:
                     temp_id,
                 } => appends.finds.push((op, at, sender, temp_id)),
                 Job::Stop => {
-                    commit(&mut store, &mut appends, stage, metrics);
+                    commit(store, &mut appends, stage, metrics);
                     stop = true;
                 }
                 other => {
-                    commit(&mut store, &mut appends, stage, metrics);
+                    commit(store, &mut appends, stage, metrics);
                     if !matches!(other, Job::Flush { .. }) {
                         metrics.store_wait.observe(at.elapsed());
                     }
-                    serve(&mut store, other, &mut writes, stage, metrics);
+                    serve(store, other, &mut writes, stage, metrics);
                 }
             }
         }
         writes.forget_seen();
         match stage.failed() {
-            None => commit(&mut store, &mut appends, stage, metrics),
+            None => commit(store, &mut appends, stage, metrics),
             Some(e) => refuse_appends(&mut appends, stage, &e, metrics),
         }
         if stop {
@@ -1148,7 +1153,7 @@ mod tests {
         let (ftx, frx) = oneshot::channel();
         queue.send(Job::Flush { reply: ftx });
         queue.send(Job::Stop);
-        run(store, jobs, &stage, &metrics);
+        run(&mut store, jobs, &stage, &metrics);
         let failed = "failed: store failure: flushing the database log failed: disk gone";
         assert_eq!(
             drain(&mut rx),
