@@ -68,6 +68,10 @@ pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
         config.auth.jwt_secret =
             settings::random_hex(32).map_err(|e| ServerError::System(e.to_string()))?;
     }
+    // The port first: a start that cannot have it (a second copy, a mistaken `--listen`)
+    // fails before the store is created, locked or migrated. Connections that come while
+    // the store opens wait in the listener's backlog.
+    let (listener, local_addr) = bind(addr).await?;
     let path = PathBuf::from(&config.store.path);
     // Sends from the last rate window before this start, so a restart is no way around
     // the limit.
@@ -122,7 +126,6 @@ pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
     }
     while gateway.poll_output().is_some() {}
 
-    let (listener, local_addr) = bind(addr).await?;
     let metrics = Arc::new(RuntimeMetrics::default());
     let (results_tx, results_rx) = mpsc::unbounded_channel();
     let (queue, store_thread) = storage::spawn(store, results_tx, metrics.clone())

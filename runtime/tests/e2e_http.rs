@@ -853,6 +853,26 @@ async fn a_long_response_to_a_slow_reader_is_not_cut_by_the_idle_deadline() {
     server.stop().await;
 }
 
+/// A server whose address is taken fails to start before it creates, locks or migrates
+/// its store.
+#[tokio::test]
+async fn a_start_on_an_address_in_use_leaves_the_store_untouched() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = config(dir.path());
+    c.server.listen = taken.local_addr().expect("addr").to_string();
+    let err = heartline_runtime::start(c)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.is_some(), "the address is taken");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "{err:?}; files made: {left:?}");
+}
+
 /// A second server on a store another one serves is refused at start, before it writes
 /// anything; once the first has stopped, the store is free again.
 #[tokio::test]
