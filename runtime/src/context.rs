@@ -125,7 +125,8 @@ impl Context {
     }
 
     /// Whether the server held `server.max_connections` sessions when the actor last
-    /// looked: a WebSocket handshake is then refused before its upgrade, as a polling one
+    /// looked: not ready (`/readyz`), and a WebSocket handshake is refused before its
+    /// upgrade, as a polling one
     /// is by the engine, since an upgraded one closed at once (1013, no open packet) leaves
     /// `socket.io-client` waiting out its connect timeout (20 s) before it tries again. A
     /// handshake this lets through while the count is stale is still refused by the
@@ -137,12 +138,6 @@ impl Context {
     /// Whether the core's actor ended outside a shutdown ([`RuntimeMetrics::core_stopped`]).
     pub fn core_stopped(&self) -> bool {
         self.metrics.core_stopped.load(Ordering::Relaxed) != 0
-    }
-
-    /// Whether the server holds `server.max_connections` sessions, as the core last
-    /// counted them: a new client would be refused.
-    pub fn is_full(&self) -> bool {
-        self.metrics.sessions.load(Ordering::Relaxed) >= self.config.server.max_connections
     }
 
     /// Whether shutdown began.

@@ -69,7 +69,7 @@ pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) ->
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "core stopped")
             } else if ctx.is_draining() {
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "draining")
-            } else if ctx.is_full() {
+            } else if ctx.sessions_full() {
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "full")
             } else {
                 http::text(StatusCode::OK, "ready")

@@ -1181,8 +1181,7 @@ impl Gateway {
                     self.timers
                         .stop(&mut conn.timers, owner, ConnTimer::AuthGrace);
                 }
-                let at =
-                    Instant::from_millis(conn.exp_ms.saturating_sub(self.config.wall_epoch_ms));
+                let at = super::instant_of_wall(self.config.wall_epoch_ms, conn.exp_ms);
                 self.timers
                     .set(&mut conn.timers, owner, ConnTimer::AuthExpiry, at);
                 Ok(())

@@ -72,6 +72,12 @@ pub const TOKEN_EXPIRED: &str = "token expired";
 /// not jitter.
 pub const WALL_CLOCK_TOLERANCE_MS: u64 = 1_000;
 
+/// The core's `Instant` at which the wall clock reads `wall_ms`, given the Unix time of
+/// the core's zero (`GatewayConfig::wall_epoch_ms`); the zero for a time before it.
+fn instant_of_wall(wall_epoch_ms: u64, wall_ms: u64) -> Instant {
+    Instant::from_millis(wall_ms.saturating_sub(wall_epoch_ms))
+}
+
 /// A storage operation waiting for its result.
 #[derive(Debug)]
 enum Pending {
@@ -511,7 +517,7 @@ impl Gateway {
             ConnTimer::Heartbeat,
             now.add_ms(self.config.heartbeat_interval_ms),
         );
-        let expiry = self.instant_of_wall(conn.exp_ms);
+        let expiry = instant_of_wall(self.config.wall_epoch_ms, conn.exp_ms);
         self.timers
             .set(&mut conn.timers, owner, ConnTimer::AuthExpiry, expiry);
         if self.config.idle_timeout_ms > 0 {
@@ -793,12 +799,11 @@ impl Gateway {
         }
         self.config.wall_epoch_ms = epoch;
         self.metrics.wall_clock_steps += 1;
-        let epoch_ms = self.config.wall_epoch_ms;
         for (session, conn) in self.conns.iter_mut() {
             if !conn.timers.is_armed(ConnTimer::AuthExpiry) {
                 continue;
             }
-            let at = Instant::from_millis(conn.exp_ms.saturating_sub(epoch_ms));
+            let at = instant_of_wall(epoch, conn.exp_ms);
             self.timers.set(
                 &mut conn.timers,
                 Owner::Conn(*session),
@@ -806,10 +811,6 @@ impl Gateway {
                 at,
             );
         }
-    }
-
-    fn instant_of_wall(&self, wall_ms: u64) -> Instant {
-        Instant::from_millis(wall_ms.saturating_sub(self.config.wall_epoch_ms))
     }
 
     fn fire_one(&mut self, now: Instant) {
