@@ -109,6 +109,19 @@ impl ConfigError {
         }
     }
 
+    /// This error, if it is about `key`, named after where the value came from instead
+    /// (`--listen`, an environment variable), the key beside it: the operator looks there
+    /// first, not in a file that may not even set it.
+    pub fn given_as(self, key: &str, source: &str) -> Self {
+        match self {
+            ConfigError::Invalid { key: k, reason } if k == key => ConfigError::Invalid {
+                key: format!("{source} (for {key})"),
+                reason,
+            },
+            other => other,
+        }
+    }
+
     fn invalid(key: &str, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.to_owned(),
@@ -1247,5 +1260,11 @@ idle_timeout_ms = 600000
         config.server.listen = "not an address".to_owned();
         let e = config.validate().expect_err("bad listen");
         assert_eq!(e.key(), Some("server.listen"));
+        let named = e.given_as("server.listen", "--listen");
+        assert_eq!(named.key(), Some("--listen (for server.listen)"));
+        assert!(named.to_string().contains("\"not an address\""), "{named}");
+        // An error about another key keeps its name.
+        let other = ConfigError::invalid("api.key", "bad").given_as("server.listen", "--listen");
+        assert_eq!(other.key(), Some("api.key"));
     }
 }

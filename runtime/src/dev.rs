@@ -6,17 +6,19 @@
 //! `dev2:agent`, and signs a 24-hour token for each so two people (or two browser tabs)
 //! can talk at once.
 
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use heartline_core::gateway::auth::{self, Claims};
 
 use crate::config::Config;
 use crate::settings;
-use crate::store::{Member, Store, StoreError, StoreLock};
+use crate::store::{Member, Store, StoreError};
 
 /// The conversation dev mode creates.
 pub const DEV_CONVERSATION: &str = "dev";
+
+/// The dev users, as (user id, user type).
+const DEV_USERS: [(&str, &str); 2] = [("dev", "customer"), ("dev2", "agent")];
 
 /// Lifetime of a dev token.
 pub const DEV_TOKEN_SECS: u64 = 24 * 3600;
@@ -27,9 +29,6 @@ pub enum DevError {
     /// No randomness for the secret.
     #[error("cannot generate a secret: {0}")]
     Random(String),
-    /// The store could not be written.
-    #[error("cannot create the dev conversation: {0}")]
-    Store(#[from] StoreError),
     /// A token could not be signed.
     #[error("cannot sign a dev token: {0}")]
     Token(#[from] auth::AuthError),
@@ -46,34 +45,17 @@ pub struct DevUser {
     pub token: String,
 }
 
-/// Sets a random secret in `config`, creates the dev conversation if the store has none
-/// of that id, and signs the tokens. A conversation `dev` already stored is left as it is:
-/// a store that holds real data (the secret was forgotten) keeps it untouched.
+/// Sets a random secret in `config` and signs the tokens. The dev conversation is put by
+/// [`put_conversation`], which the server runs once it holds its port and its store.
 pub fn prepare(config: &mut Config) -> Result<Vec<DevUser>, DevError> {
     let secret = settings::random_hex(32).map_err(|e| DevError::Random(e.to_string()))?;
     config.auth.jwt_secret = secret;
-    let users = [("dev", "customer"), ("dev2", "agent")];
-    let path = Path::new(&config.store.path);
-    // Not while a server runs on it (that server's start takes the same lock).
-    let _lock = StoreLock::acquire(path)?;
-    let mut store = Store::open(path)?;
-    let members: Vec<Member> = users.iter().map(|(u, t)| Member::new(*u, *t)).collect();
-    match store.conversation(DEV_CONVERSATION)? {
-        None => {
-            store.put_conversation(DEV_CONVERSATION, &members)?;
-        }
-        Some(kept) if kept.members != members => tracing::warn!(
-            conversation = DEV_CONVERSATION,
-            "dev mode: the store already has this conversation with other members; left as it is"
-        ),
-        Some(_) => {}
-    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut out = vec![];
-    for (user_id, user_type) in users {
+    for (user_id, user_type) in DEV_USERS {
         let claims = Claims {
             sub: user_id.to_owned(),
             user_type: user_type.to_owned(),
@@ -88,6 +70,26 @@ pub fn prepare(config: &mut Config) -> Result<Vec<DevUser>, DevError> {
         });
     }
     Ok(out)
+}
+
+/// Creates the dev conversation if the store has none of that id. A conversation `dev`
+/// already stored is left as it is: a store that holds real data (the secret was
+/// forgotten) keeps it untouched.
+pub fn put_conversation(store: &mut Store) -> Result<(), StoreError> {
+    let members: Vec<Member> = DEV_USERS.iter().map(|(u, t)| Member::new(*u, *t)).collect();
+    match store.conversation(DEV_CONVERSATION)? {
+        None => store
+            .put_conversation(DEV_CONVERSATION, &members)
+            .map(|_| ()),
+        Some(kept) if kept.members != members => {
+            tracing::warn!(
+                conversation = DEV_CONVERSATION,
+                "dev mode: the store already has this conversation with other members; left as it is"
+            );
+            Ok(())
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// The text printed at start in dev mode.
@@ -122,22 +124,27 @@ pub fn banner(users: &[DevUser], addr: &str, namespace: &str) -> String {
 mod tests {
     use super::*;
 
-    fn config_at(path: &Path) -> Config {
+    #[test]
+    fn dev_mode_sets_a_secret_its_tokens_are_signed_with() {
         let mut config = Config::default();
-        config.store.path = path.to_string_lossy().into_owned();
-        config
+        let users = prepare(&mut config).expect("prepare");
+        assert_eq!(users.len(), 2);
+        assert!(!config.auth.jwt_secret.is_empty());
+        for u in &users {
+            let verified = auth::Verifier::new(config.auth.jwt_secret.as_bytes())
+                .verify(&u.token, 0)
+                .expect("signed with the secret set");
+            assert_eq!(verified.claims.sub, u.user_id);
+            assert_eq!(verified.claims.user_type, u.user_type);
+        }
     }
 
     #[test]
     fn dev_mode_creates_its_conversation_in_an_empty_store() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("dev.db");
-        let mut config = config_at(&path);
-        let users = prepare(&mut config).expect("prepare");
-        assert_eq!(users.len(), 2);
-        assert!(!config.auth.jwt_secret.is_empty());
-        let conv = Store::open(&path)
-            .expect("store")
+        let mut store = Store::open(&dir.path().join("dev.db")).expect("store");
+        put_conversation(&mut store).expect("put");
+        let conv = store
             .conversation(DEV_CONVERSATION)
             .expect("read")
             .expect("created");
@@ -147,18 +154,16 @@ mod tests {
     #[test]
     fn dev_mode_leaves_a_stored_conversation_of_its_id_as_it_is() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("real.db");
+        let mut store = Store::open(&dir.path().join("real.db")).expect("store");
         let real = vec![
             Member::new("alice", "customer"),
             Member::new("bob", "agent"),
         ];
-        Store::open(&path)
-            .expect("store")
+        store
             .put_conversation(DEV_CONVERSATION, &real)
             .expect("put");
-        prepare(&mut config_at(&path)).expect("prepare");
-        let conv = Store::open(&path)
-            .expect("store")
+        put_conversation(&mut store).expect("put");
+        let conv = store
             .conversation(DEV_CONVERSATION)
             .expect("read")
             .expect("kept");

@@ -33,7 +33,7 @@ use crate::http::raw_refusal;
 use crate::metrics::RuntimeMetrics;
 use crate::settings;
 use crate::storage::{self, Job, StoreQueue};
-use crate::store::{Store, StoreLock};
+use crate::store::{Store, StoreError, StoreLock};
 
 /// Where the gateway serves Engine.IO.
 pub const ENGINE_PATH: &str = "/socket.io/";
@@ -60,7 +60,20 @@ pub struct ServerHandle {
 ///
 /// An empty `auth.jwt_secret` is replaced with a random one (no token can then be made
 /// outside; the binary's dev mode sets one it prints tokens for).
-pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
+pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    start_with(config, None).await
+}
+
+/// Work on the store done at start, once it is open and locked and before its
+/// conversations are loaded: the binary's dev mode puts its conversation this way, so
+/// that a start which cannot have its port writes nothing.
+pub type StoreSetup = Box<dyn FnOnce(&mut Store) -> Result<(), StoreError> + Send>;
+
+/// [`start`], running `setup` on the store before it is loaded (see [`StoreSetup`]).
+pub async fn start_with(
+    mut config: Config,
+    setup: Option<StoreSetup>,
+) -> Result<ServerHandle, ServerError> {
     config.validate()?;
     config.log_warnings();
     let addr = config.listen_addr()?;
@@ -89,6 +102,9 @@ pub async fn start(mut config: Config) -> Result<ServerHandle, ServerError> {
             let lock = StoreLock::acquire(&open_path)?;
             let mut store = Store::open(&open_path)?;
             store.keep_lock(lock);
+            if let Some(setup) = setup {
+                setup(&mut store)?;
+            }
             let conversations = store.conversations()?;
             let recent = store.recent_sends(since_ms)?;
             Ok((store, conversations, recent))

@@ -121,6 +121,20 @@ async fn config_errors_name_the_key_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("engine.ping_interval_ms"));
 
+    // A bad address given on the command line is reported as the option's.
+    let out = Command::new(BIN)
+        .arg("--listen")
+        .arg("nowhere")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--listen") && stderr.contains("\"nowhere\""),
+        "{stderr}"
+    );
+
     let out = Command::new(BIN)
         .arg("--config")
         .arg(dir.path().join("missing.toml"))
@@ -221,6 +235,39 @@ async fn with_no_secret_the_printed_dev_tokens_connect() {
         "a token of another secret is refused"
     );
     signal(&child, "TERM");
+}
+
+/// Dev mode on an address that is taken fails before it writes anything: its conversation
+/// is put only once the port is held.
+#[tokio::test]
+async fn dev_mode_on_an_address_in_use_creates_no_store() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir(&store_dir).expect("mkdir");
+    let path = dir.path().join("heartline.toml");
+    let text = format!(
+        "[server]\nlisten = \"{}\"\n[store]\npath = \"{}\"\n",
+        taken.local_addr().expect("addr"),
+        store_dir.join("heartline.db").display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    let run = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("exits at once")
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let left: Vec<_> = std::fs::read_dir(&store_dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "files made: {left:?}");
 }
 
 #[tokio::test]

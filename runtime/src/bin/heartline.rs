@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use heartline_runtime::config::{Config, ConfigError};
+use heartline_runtime::config::{Config, ConfigError, ENV_API_KEY, ENV_JWT_SECRET};
 use heartline_runtime::{dev, server};
 use tracing_subscriber::EnvFilter;
 
@@ -64,7 +64,20 @@ fn load(args: &Args) -> Result<Config, ConfigError> {
     if let Some(listen) = &args.listen {
         config.server.listen = listen.clone();
     }
-    config.validate()?;
+    config.validate().map_err(|e| {
+        let from_env = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+        let mut e = e;
+        if args.listen.is_some() {
+            e = e.given_as("server.listen", "--listen");
+        }
+        if from_env(ENV_API_KEY) {
+            e = e.given_as("api.key", ENV_API_KEY);
+        }
+        if from_env(ENV_JWT_SECRET) {
+            e = e.given_as("auth.jwt_secret", ENV_JWT_SECRET);
+        }
+        e
+    })?;
     Ok(config)
 }
 
@@ -136,7 +149,12 @@ async fn run(config: Config, dev_users: Option<Vec<dev::DevUser>>) -> ExitCode {
         }
     };
     let namespace = config.server.namespace.clone();
-    let handle = match server::start(config).await {
+    // Dev mode's conversation is put once the port is held, so that a start that cannot
+    // have it writes nothing.
+    let setup = dev_users
+        .is_some()
+        .then(|| Box::new(dev::put_conversation) as server::StoreSetup);
+    let handle = match server::start_with(config, setup).await {
         Ok(h) => h,
         Err(e) => {
             eprintln!("heartline: {e}");
