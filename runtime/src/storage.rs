@@ -269,7 +269,7 @@ pub fn spawn(
             // Last: closing the store closes its lock's descriptor of the database file,
             // and with it every POSIX lock this process holds on that file, the
             // checkpointer's connection's included, which must have finished by then.
-            drop(store);
+            close(store, &writer);
         });
     match spawned {
         Ok(handle) => Ok((StoreQueue { tx }, handle)),
@@ -278,6 +278,19 @@ pub fn spawn(
             Err(e)
         }
     }
+}
+
+/// Closes the store once nothing else uses it. After a failed flush or checkpoint the
+/// log is left for the next open to copy again ([`Store::keep_log_on_close`]): the close's
+/// own checkpoint would otherwise copy it and delete it, and its flush of the database file
+/// could succeed over a write-back that failed.
+fn close(store: Store, stage: &Stage) {
+    if let Some(failure) = stage.failed() {
+        if let Err(e) = store.keep_log_on_close() {
+            tracing::error!(error = %e, after = %failure, "cannot keep the log on close");
+        }
+    }
+    drop(store);
 }
 
 /// Ends the stage when the store thread ends, however it ends: an unwinding thread fails
@@ -1258,6 +1271,36 @@ mod tests {
         handle.join().expect("join");
         let store = Store::open(&dir.path().join("t.db")).expect("reopen");
         assert_eq!(store.last_seq("c").expect("last seq"), Some(40));
+    }
+
+    /// A store closed after its stage failed leaves its log for the next open (which
+    /// copies it again); one closed after a clean run copies it and deletes it, as SQLite
+    /// does. Either way what was committed is there when the store is opened again.
+    #[test]
+    fn a_store_whose_stage_failed_closes_without_copying_and_deleting_its_log() {
+        for failed in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = file_store(dir.path());
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let stage = Stage::new(tx, Arc::new(RuntimeMetrics::default()), true);
+            if failed {
+                stage.lock().failed = Some(StoreError::LogSync(Arc::new(std::io::Error::other(
+                    "write-back failed",
+                ))));
+            }
+            close(store, &stage);
+            let log = std::fs::metadata(dir.path().join("t.db-wal")).map(|m| m.len());
+            if failed {
+                assert!(log.as_ref().is_ok_and(|len| *len > 0), "kept: {log:?}");
+            } else {
+                assert!(log.is_err(), "copied and deleted: {log:?}");
+            }
+            let store = Store::open(&dir.path().join("t.db")).expect("reopen");
+            assert!(
+                store.conversation("c").expect("read").is_some(),
+                "failed={failed}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -58,6 +58,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, Row, Statement, TransactionBehavior,
 };
@@ -632,6 +633,19 @@ impl Store {
     /// Keeps `lock` for as long as this store lives (on the store thread, until it stops).
     pub fn keep_lock(&mut self, lock: StoreLock) {
         self.lock = Some(lock);
+    }
+
+    /// Leaves the log as it is when this store closes: no checkpoint on close, so the log
+    /// is not copied into the database file and deleted. For a store whose log flush or
+    /// checkpoint failed: Linux reports a failed write-back once per descriptor, so the
+    /// close's own checkpoint, flushing through a descriptor that has already seen the
+    /// error, could succeed over pages that never reached the disk and delete the log that
+    /// still holds them. The next open copies the log again (see `flush_leftovers`).
+    pub fn keep_log_on_close(&self) -> Result<(), StoreError> {
+        self.conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map(|_| ())
+            .map_err(|e| StoreError::Sqlite(Arc::new(e)))
     }
 
     /// The I/O error of a checkpoint the writer ran by itself at the log's bound, if one
