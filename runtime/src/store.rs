@@ -139,6 +139,10 @@ pub enum StoreError {
     /// The thread that owned the store ended unexpectedly.
     #[error("the store thread stopped unexpectedly")]
     Stopped,
+    /// A file of the database could not be opened for writing (a read-only file or file
+    /// system, a directory where the file should be).
+    #[error("cannot open {0} for writing: {1}")]
+    NotWritable(String, #[source] Arc<std::io::Error>),
     /// The path names no file: SQLite's in-memory database, which keeps nothing.
     #[error("{0:?} is an in-memory database, which keeps nothing: the store needs a file")]
     InMemory(String),
@@ -458,7 +462,12 @@ fn flush_leftovers(path: &Path) -> Result<(), StoreError> {
         match std::fs::OpenOptions::new().write(true).open(&file) {
             Ok(f) => f.sync_data().map_err(log_sync_error)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(log_sync_error(e)),
+            Err(e) => {
+                return Err(StoreError::NotWritable(
+                    file.display().to_string(),
+                    Arc::new(e),
+                ))
+            }
         }
     }
     Ok(())
@@ -1256,6 +1265,22 @@ mod tests {
             Store::open(Path::new(":memory:")),
             Err(StoreError::InMemory(_))
         ));
+    }
+
+    /// A database file that cannot be opened for writing is reported as that, naming it
+    /// (it was reported as a failed flush of the log).
+    #[test]
+    fn a_database_that_cannot_be_written_is_reported_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = Store::open(dir.path()).err().map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(
+            e.starts_with(&format!(
+                "cannot open {} for writing: ",
+                dir.path().display()
+            )),
+            "{e}"
+        );
     }
 
     #[test]
