@@ -63,6 +63,34 @@ fn auth_refused_missing_bad_expired() {
     assert_eq!(g.gw.connection_count(), 0);
 }
 
+/// A client may try again after a refused CONNECT (with a fresh token, say), but one that
+/// loops on refused CONNECTs is ended, as one looping on any packet that changes nothing.
+#[test]
+fn a_client_looping_on_refused_connects_is_ended() {
+    use heartline_core::engine::MAX_IDLE_PACKETS;
+    let mut g = setup();
+    for ws in [1, 2] {
+        g.connect_with(ws, Some(json!({ "token": "x" })));
+        for _ in 1..MAX_IDLE_PACKETS {
+            g.ws_text(ws, r#"40/chat,{"token":"x"}"#);
+        }
+        assert_eq!(
+            g.view(ws).connect_errors.len(),
+            usize::from(MAX_IDLE_PACKETS)
+        );
+        assert!(!g.view(ws).closed, "tolerated so far");
+    }
+    // A good token on the same session still connects.
+    let good = token("alice", "customer", 60);
+    g.ws_text(1, &format!(r#"40/chat,{{"token":"{good}"}}"#));
+    assert_eq!(g.event_names(1), vec!["connection:success"]);
+    // One more refusal is the end.
+    g.ws_text(2, r#"40/chat,{"token":"x"}"#);
+    assert!(g.view(2).closed);
+    assert!(!g.view(1).closed);
+    assert_eq!(g.gw.users_held(), 1, "alice only");
+}
+
 /// A token that is there but not a string is malformed, not missing (contract: "Bad
 /// signature, malformed or expired" against "Missing token").
 #[test]
@@ -1313,6 +1341,52 @@ fn events_over_budget_are_refused_and_a_flood_is_disconnected() {
         1,
         "others unaffected"
     );
+}
+
+/// A connection's budget is not made whole by connecting again: leaving the namespace and
+/// connecting it again on the same session, or replacing the connection with a new
+/// session, starts from what was left; a budget left long enough is whole again.
+#[test]
+fn connecting_again_does_not_refill_the_event_budget() {
+    let mut cfg = config();
+    cfg.event_budget = heartline_core::gateway::BudgetConfig {
+        burst: 5,
+        per_second: 1,
+        refusal_milli: 500,
+    };
+    let mut g = Gw::new(cfg);
+    let alice = token("alice", "customer", 600);
+    g.connect_with(1, Some(json!({ "token": alice })));
+    for _ in 0..5 {
+        g.emit_noack(1, "ping", json!({}));
+    }
+    assert_eq!(g.events_named(1, "pong").len(), 5, "the burst is served");
+    let refused = json!({"ok": false, "error": "Rate limit exceeded", "code": "rate_limited", "retryAfterMs": 1000});
+    // The namespace left and connected again on the same session.
+    g.ws_text(1, "41/chat,");
+    g.ws_text(1, &format!(r#"40/chat,{{"token":"{alice}"}}"#));
+    assert_eq!(g.events_named(1, "connection:success").len(), 2);
+    let join = g.emit(1, "conversation:join", json!({"conversationId": "c1"}));
+    assert_eq!(g.ack(1, join), Some(&refused), "still spent");
+    // A new session that replaces it.
+    g.connect_with(2, Some(json!({ "token": alice })));
+    assert!(g.view(1).disconnected, "replaced");
+    let join = g.emit(2, "conversation:join", json!({"conversationId": "c1"}));
+    assert_eq!(g.ack(2, join), Some(&refused), "still spent");
+    // Left for longer than it takes to refill: whole again.
+    g.peer_close(2);
+    g.advance(5_000);
+    g.connect_with(3, Some(json!({ "token": alice })));
+    for _ in 0..5 {
+        g.emit_noack(3, "ping", json!({}));
+    }
+    assert_eq!(g.events_named(3, "pong").len(), 5);
+    // Another user's budget was never touched.
+    g.connect(4, "bob", "agent");
+    for _ in 0..5 {
+        g.emit_noack(4, "ping", json!({}));
+    }
+    assert_eq!(g.events_named(4, "pong").len(), 5);
 }
 
 #[test]

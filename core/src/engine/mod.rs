@@ -65,8 +65,9 @@ use crate::timer::TimerQueue;
 use session::{Ending, Namespace, Namespaces, Session, Transport};
 
 /// Packets that change nothing (a NOOP, a PONG to no PING, a DISCONNECT from a namespace
-/// not connected, a CONNECT to one that does not exist) a session may send between two
-/// PINGs; one more ends it as a protocol error. An honest client sends a few at most.
+/// not connected, a CONNECT to one that does not exist or that was refused) a session may
+/// send between two PINGs; one more ends it as a protocol error. An honest client sends a
+/// few at most.
 pub const MAX_IDLE_PACKETS: u16 = 100;
 
 /// The Engine.IO / Socket.IO server state machine. See the module docs for the loop.
@@ -394,6 +395,10 @@ impl Engine {
             attachments: vec![],
         };
         self.push_sio(now, session, &reply);
+        // A refused CONNECT leaves the session as it was, and the client may try again (a
+        // fresh token, say): counted as a packet that changed nothing, so that a client
+        // looping on refused CONNECTs (a token check and a refusal each) is ended.
+        self.idle_packet(now, session);
         Ok(())
     }
 

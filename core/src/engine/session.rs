@@ -179,7 +179,7 @@ pub(crate) struct Session {
     pub(crate) peer_leaving: bool,
     /// Packets from the client since the last PING that changed nothing (a NOOP, a PONG
     /// to no PING, a DISCONNECT from a namespace not connected, a CONNECT to one that does
-    /// not exist): bounded by [`crate::engine::MAX_IDLE_PACKETS`].
+    /// not exist or that was refused): bounded by [`crate::engine::MAX_IDLE_PACKETS`].
     pub(crate) idle_packets: u16,
 }
 

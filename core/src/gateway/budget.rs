@@ -17,7 +17,17 @@
 //! its own; only a client that keeps sending when even that is spent (thousands of events
 //! at once, hundreds a second) is a flood, and is disconnected.
 
+//!
+//! A connection's budget outlives it: a user's next connection starts from what the last
+//! one left (refilled for the time between), not full. Otherwise a client could spend the
+//! budget, leave the namespace and connect again (two packets of a few bytes), and have
+//! it whole each time; or do the same with a new session that replaces the old one. What
+//! ended connections left is kept only until it would be full again ([`SpentBudgets`]).
+
+use std::collections::{BTreeSet, HashMap};
+
 use crate::gateway::config::BudgetConfig;
+use crate::gateway::user_key::UserKey;
 use crate::time::Instant;
 
 /// What a connection's event costs it.
@@ -89,6 +99,35 @@ impl TokenBucket {
         }
     }
 
+    /// This budget or `other`, whichever holds less in each balance: what a connection
+    /// starts from when it takes over from another of its user.
+    pub(crate) fn poorer(
+        mut self,
+        mut other: TokenBucket,
+        config: BudgetConfig,
+        now: Instant,
+    ) -> Self {
+        self.refill(config, now);
+        other.refill(config, now);
+        TokenBucket {
+            serving: self.serving.min(other.serving),
+            refusals: self.refusals.min(other.refusals),
+            updated: self.updated.max(other.updated),
+        }
+    }
+
+    /// When both balances will be full again if nothing is charged; `None` if they are
+    /// full at `now`.
+    fn full_at(&self, config: BudgetConfig, now: Instant) -> Option<Instant> {
+        let missing = depth(config).saturating_sub(self.serving.min(self.refusals));
+        if missing == 0 {
+            return None;
+        }
+        let per_ms = u64::from(config.per_second).max(1);
+        let at = self.updated.add_ms(u64::from(missing).div_ceil(per_ms));
+        (at > now).then_some(at)
+    }
+
     /// Adds what the time since the last charge earned: `per_second` thousandths a
     /// millisecond to each balance, up to its depth.
     fn refill(&mut self, config: BudgetConfig, now: Instant) {
@@ -100,6 +139,62 @@ impl TokenBucket {
         let add = |balance: u32| u64::from(balance).saturating_add(earned).min(cap) as u32;
         self.serving = add(self.serving);
         self.refusals = add(self.refusals);
+    }
+}
+
+/// What connections that ended left of their budgets, by user, until each would be full
+/// again: a user's next connection takes it up (see the module docs). Entries go when they
+/// are taken or, past their time, at the next one kept, so that there are never more than
+/// the connections ended in the time a budget takes to refill (3 s at the defaults).
+#[derive(Debug, Default)]
+pub(crate) struct SpentBudgets {
+    by_user: HashMap<UserKey, (TokenBucket, Instant)>,
+    by_time: BTreeSet<(Instant, UserKey)>,
+}
+
+impl SpentBudgets {
+    /// Keeps what a connection of `user` left, or, if another of its connections left
+    /// some already, the poorer of the two.
+    pub(crate) fn keep(
+        &mut self,
+        user: &UserKey,
+        left: TokenBucket,
+        config: BudgetConfig,
+        now: Instant,
+    ) {
+        self.forget_full(now);
+        let left = match self.take(user) {
+            Some(earlier) => earlier.poorer(left, config, now),
+            None => left,
+        };
+        if let Some(at) = left.full_at(config, now) {
+            self.by_time.insert((at, user.clone()));
+            self.by_user.insert(user.clone(), (left, at));
+        }
+    }
+
+    /// What the last connection of `user` left, if it is not full again yet: the budget
+    /// its next connection starts from.
+    pub(crate) fn take(&mut self, user: &UserKey) -> Option<TokenBucket> {
+        let (left, at) = self.by_user.remove(user)?;
+        self.by_time.remove(&(at, user.clone()));
+        Some(left)
+    }
+
+    /// Budgets kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_user.len()
+    }
+
+    fn forget_full(&mut self, now: Instant) {
+        while let Some((at, user)) = self.by_time.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.by_time.pop_first();
+            self.by_user.remove(&user);
+        }
     }
 }
 
@@ -165,6 +260,51 @@ mod tests {
             }
         );
         assert_eq!(b.serve(c, t0.add_ms(250)), Charge::Exhausted);
+    }
+
+    #[test]
+    fn what_an_ended_connection_left_is_kept_until_it_would_be_full() {
+        let c = cfg(4, 2, 500);
+        let t0 = Instant::from_millis(10_000);
+        let alice = UserKey::new("alice", "customer");
+        let bob = UserKey::new("bob", "customer");
+        let mut spent = SpentBudgets::default();
+        // A full budget is not kept.
+        spent.keep(&bob, TokenBucket::new(c, t0), c, t0);
+        assert_eq!(spent.len(), 0);
+        // Alice spent three of her four events: 1.5 s to be full again.
+        let mut b = TokenBucket::new(c, t0);
+        assert!((0..3).all(|_| b.serve(c, t0) == Charge::Served));
+        spent.keep(&alice, b, c, t0);
+        assert_eq!(spent.len(), 1);
+        let mut again = spent.take(&alice).expect("kept");
+        assert_eq!(spent.len(), 0);
+        assert_eq!(again.serve(c, t0), Charge::Served);
+        assert!(matches!(again.serve(c, t0), Charge::Refused { .. }));
+        // Kept again, then forgotten once it would be full (at the next keep).
+        spent.keep(&alice, again, c, t0);
+        let full = t0.add_ms(2_000);
+        spent.keep(&bob, TokenBucket::new(c, full), c, full);
+        assert!(spent.take(&alice).is_none());
+        assert_eq!(spent.len(), 0);
+    }
+
+    #[test]
+    fn the_poorer_budget_holds_the_lesser_balances() {
+        let c = cfg(4, 1, 1000);
+        let t0 = Instant::from_millis(0);
+        let mut served = TokenBucket::new(c, t0);
+        assert!((0..4).all(|_| served.serve(c, t0) == Charge::Served));
+        let mut refused = TokenBucket::new(c, t0);
+        assert!((0..4).all(|_| refused.refuse(c, t0)));
+        let mut both = served.clone().poorer(refused.clone(), c, t0);
+        assert!(!both.refuse(c, t0), "no refusal left");
+        assert_eq!(both.serve(c, t0), Charge::Exhausted);
+        // The later of the two refills from the later time.
+        let later = t0.add_ms(1_000);
+        let mut one = served.poorer(TokenBucket::new(c, later), c, later);
+        assert_eq!(one.serve(c, later), Charge::Served);
+        assert!(matches!(one.serve(c, later), Charge::Refused { .. }));
     }
 
     #[test]

@@ -56,7 +56,7 @@ use crate::ids::{Rng, SessionId};
 use crate::time::{Clock, Instant};
 use crate::timer::TimerQueue;
 use auth::{AuthError, Verifier};
-use budget::TokenBucket;
+use budget::{SpentBudgets, TokenBucket};
 use conversations::Conversations;
 use metrics::Metrics;
 use recent::RecentSends;
@@ -164,6 +164,8 @@ pub struct Gateway {
     joins_reading: BTreeSet<(SessionId, OpId)>,
     next_op: u64,
     timers: TimerQueue<Owner, GatewayTimer>,
+    /// What ended connections left of their event budgets, for their users' next ones.
+    spent: SpentBudgets,
     metrics: Metrics,
     tally: Tally,
     out: VecDeque<Output>,
@@ -186,6 +188,7 @@ impl Gateway {
             clock: Clock::default(),
             started: now,
             conns: BTreeMap::new(),
+            spent: SpentBudgets::default(),
             users: BTreeMap::new(),
             timed_users: HashMap::new(),
             next_uid: 1,
@@ -507,7 +510,11 @@ impl Gateway {
             flooded: false,
             exp_ms,
             joined: Default::default(),
-            budget: TokenBucket::new(self.config.event_budget, now),
+            // Where the user's last connection stopped, if that is not full again.
+            budget: self
+                .spent
+                .take(&user_key)
+                .unwrap_or_else(|| TokenBucket::new(self.config.event_budget, now)),
             timers: ConnTimers::default(),
         };
         let owner = Owner::Conn(session);
@@ -568,6 +575,13 @@ impl Gateway {
         };
         for old in displaced {
             self.metrics.replacements += 1;
+            // The newer connection takes over the budget of the one it displaces.
+            if let Some(left) = self.conns.get(&old).map(|c| c.budget.clone()) {
+                if let Some(conn) = self.conns.get_mut(&newest) {
+                    let budget = self.config.event_budget;
+                    conn.budget = conn.budget.clone().poorer(left, budget, now);
+                }
+            }
             self.notice(Notice::Replaced {
                 user: user_key.clone(),
                 old,
@@ -628,6 +642,12 @@ impl Gateway {
             return;
         };
         self.timers.stop_all(&mut conn.timers, Owner::Conn(session));
+        self.spent.keep(
+            &conn.user,
+            conn.budget.clone(),
+            self.config.event_budget,
+            now,
+        );
         for id in &conn.joined {
             if let Some(c) = self.conversations.get_mut(id) {
                 c.room.remove(&session);
