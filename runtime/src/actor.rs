@@ -68,6 +68,14 @@ pub enum Msg {
     },
     /// Any other network input (frames, closes, aborted requests).
     Net(engine::Input),
+    /// A message with a large body and its share of the inbox's bytes
+    /// ([`crate::context::InboxBytes`]), given back once it is handled.
+    Large {
+        /// The message.
+        msg: Box<Msg>,
+        /// Its bytes of the inbox.
+        bytes: tokio::sync::OwnedSemaphorePermit,
+    },
     /// A WebSocket message with the peer's close already read ahead behind it: the core
     /// is told `engine::Input::WsClosing`, then given the frame (one message, so that a
     /// connection's task never holds the frame across a wait for room in the inbox).
@@ -285,6 +293,10 @@ impl<A: App> Actor<A> {
 
     fn on_msg(&mut self, msg: Msg) {
         match msg {
+            Msg::Large { msg, bytes } => {
+                self.on_msg(*msg);
+                drop(bytes);
+            }
             Msg::WsOpened {
                 input,
                 transport,

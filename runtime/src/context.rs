@@ -6,11 +6,14 @@
 //! finished one can only ever be ignored, never misrouted.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use heartline_core::engine;
 use heartline_core::{RequestId, TransportId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::actor::Msg;
 use crate::admission::{IpRate, QuietConnections};
@@ -27,6 +30,103 @@ fn min_quiet_ms(handshake_timeout_ms: u64) -> u64 {
     (handshake_timeout_ms / 2).clamp(100, 1000)
 }
 
+/// Messages from this many bytes on take their size from [`InboxBytes`]; smaller ones
+/// (chat events, most of all) are bounded by the inbox's count alone: 8,192 of them hold
+/// 128 MiB at most.
+pub const LARGE_MESSAGE: usize = 16 * 1024;
+
+/// Bytes that large messages (frames and polling bodies of [`LARGE_MESSAGE`] or more) may
+/// hold in the actor's inbox at once, beyond which readers wait.
+///
+/// The inbox is bounded by its count ([`crate::server::ACTOR_INBOX`]), and one connection
+/// can fill it: a client sending frames of `max_payload_bytes` (1 MB) faster than the core
+/// parses them would have had 8 GB waiting. With this, a large message waits in its
+/// connection's task, which reads nothing more meanwhile, until the core has taken
+/// enough of those before it.
+#[derive(Debug)]
+pub struct InboxBytes {
+    free: Arc<Semaphore>,
+    total: u32,
+}
+
+/// A message on its way into the inbox (see [`InboxBytes::admit`]).
+pub enum Admitted {
+    /// Ready to go: small, or with its bytes.
+    Now(Msg),
+    /// Waiting for its bytes.
+    Waiting(Pin<Box<dyn Future<Output = Msg> + Send>>),
+}
+
+impl InboxBytes {
+    /// At least 64 MiB, and room for two of the largest messages the configuration allows
+    /// (a frame or body of `max_payload_bytes` and a little framing), so that one such
+    /// message never waits for itself.
+    pub fn new(max_payload_bytes: u64) -> Self {
+        let two = max_payload_bytes.saturating_add(4096).saturating_mul(2);
+        let total = u32::try_from(two.max(64 << 20)).unwrap_or(u32::MAX);
+        InboxBytes {
+            free: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Bytes large messages hold in the inbox now.
+    pub fn held(&self) -> u64 {
+        u64::from(self.total).saturating_sub(self.free.available_permits() as u64)
+    }
+
+    /// `msg`, with its bytes taken if it is large: at once if they are free, else the
+    /// wait for them.
+    pub fn admit(&self, msg: Msg) -> Admitted {
+        let size = body_size(&msg);
+        if size < LARGE_MESSAGE {
+            return Admitted::Now(msg);
+        }
+        let n = u32::try_from(size).unwrap_or(u32::MAX).min(self.total);
+        match self.free.clone().try_acquire_many_owned(n) {
+            Ok(bytes) => Admitted::Now(Msg::Large {
+                msg: Box::new(msg),
+                bytes,
+            }),
+            Err(_) => {
+                let free = self.free.clone();
+                Admitted::Waiting(Box::pin(async move {
+                    match free.acquire_many_owned(n).await {
+                        Ok(bytes) => Msg::Large {
+                            msg: Box::new(msg),
+                            bytes,
+                        },
+                        // Never closed; were it, the message goes uncounted.
+                        Err(_) => msg,
+                    }
+                }))
+            }
+        }
+    }
+
+    /// [`InboxBytes::admit`], waiting for the bytes if need be.
+    pub async fn admitted(&self, msg: Msg) -> Msg {
+        match self.admit(msg) {
+            Admitted::Now(msg) => msg,
+            Admitted::Waiting(wait) => wait.await,
+        }
+    }
+}
+
+/// The bytes of a frame or request body a message carries.
+fn body_size(msg: &Msg) -> usize {
+    match msg {
+        Msg::Net(engine::Input::WsFrame { frame, .. }) | Msg::FrameBehindClose { frame, .. } => {
+            frame.len()
+        }
+        Msg::Http {
+            input: engine::Input::Http { body, .. },
+            ..
+        } => body.len(),
+        _ => 0,
+    }
+}
+
 /// Shared by all tasks of one server.
 #[derive(Debug)]
 pub struct Context {
@@ -39,6 +139,8 @@ pub struct Context {
     pub clock: Clock,
     /// The actor's inbox.
     pub actor: mpsc::Sender<Msg>,
+    /// The bytes of large messages the inbox may hold.
+    pub inbox_bytes: InboxBytes,
     /// The store thread's queue (HTTP API).
     pub store: StoreQueue,
     /// The runtime's counters.
@@ -72,6 +174,7 @@ impl Context {
         Context {
             ip_rate: IpRate::new(config.server.connect_rate_per_ip),
             quiet: QuietConnections::new(min_quiet_ms(config.server.handshake_timeout_ms)),
+            inbox_bytes: InboxBytes::new(config.engine.max_payload_bytes),
             config,
             engine_path,
             clock,
@@ -178,5 +281,65 @@ impl Drop for PostReading {
             .unwrap_or_else(|e| e.into_inner());
         reading.remove(&self.sid);
         RuntimeMetrics::sub(&self.ctx.metrics.posts_reading, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use heartline_core::codec::Frame;
+
+    fn frame(len: usize) -> Msg {
+        Msg::Net(engine::Input::WsFrame {
+            transport: TransportId(1),
+            frame: Frame::Binary(Bytes::from(vec![0u8; len])),
+        })
+    }
+
+    /// Large messages go in while their bytes are free and wait for the bytes of those
+    /// before them otherwise; small ones are never held.
+    #[tokio::test]
+    async fn large_messages_wait_for_the_bytes_of_those_before_them() {
+        let inbox = InboxBytes::new(1_000_000);
+        assert_eq!(inbox.held(), 0);
+        let small = inbox.admit(frame(LARGE_MESSAGE - 1));
+        assert!(
+            matches!(small, Admitted::Now(Msg::Net(_))),
+            "small: as it is"
+        );
+        let first = match inbox.admit(frame(40 << 20)) {
+            Admitted::Now(msg @ Msg::Large { .. }) => msg,
+            _ => panic!("the first large one goes at once, counted"),
+        };
+        assert_eq!(inbox.held(), 40 << 20);
+        let Admitted::Waiting(second) = inbox.admit(frame(40 << 20)) else {
+            panic!("the second waits");
+        };
+        let second = tokio::spawn(second);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!second.is_finished(), "still waiting");
+        // Handled by the actor: its bytes come back, and the second goes.
+        drop(first);
+        let second = tokio::time::timeout(std::time::Duration::from_secs(5), second)
+            .await
+            .expect("goes once the first is handled")
+            .expect("task");
+        assert!(matches!(second, Msg::Large { .. }));
+        assert_eq!(inbox.held(), 40 << 20);
+        drop(second);
+        assert_eq!(inbox.held(), 0);
+    }
+
+    /// However large the configured payload, one message of it never waits for itself.
+    #[test]
+    fn the_largest_message_allowed_fits_twice() {
+        for max in [1_000_000, 100 << 20, crate::config::MAX_PAYLOAD_LIMIT] {
+            let inbox = InboxBytes::new(max);
+            let n = usize::try_from(max).expect("fits") + 1024;
+            let one = inbox.admit(frame(n));
+            let two = inbox.admit(frame(n));
+            assert!(matches!(one, Admitted::Now(_)) && matches!(two, Admitted::Now(_)));
+        }
     }
 }

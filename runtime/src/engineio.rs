@@ -430,6 +430,7 @@ async fn ask(
         request,
         reply: tx,
     };
+    let msg = ctx.inbox_bytes.admitted(msg).await;
     if ctx.actor.send(msg).await.is_err() {
         return http::empty(StatusCode::SERVICE_UNAVAILABLE);
     }

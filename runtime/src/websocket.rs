@@ -44,7 +44,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::actor::Msg;
 use crate::admission::Permit;
 use crate::conn::Watched;
-use crate::context::Context;
+use crate::context::{Admitted, Context};
 use crate::frames::{self, Ahead, Decoder, FrameError, Received};
 use crate::metrics::RuntimeMetrics;
 use crate::outbox::{Next, Outbox, Phase};
@@ -287,6 +287,15 @@ type Waiting<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 /// is gone); otherwise the wait, boxed, so that a connection's task does not carry a send
 /// future (and a message) inline for the rare moments the inbox is full.
 fn hand_over(ctx: &Context, msg: Msg) -> Result<bool, Waiting<'_>> {
+    let msg = match ctx.inbox_bytes.admit(msg) {
+        Admitted::Now(msg) => msg,
+        Admitted::Waiting(bytes) => {
+            return Err(Box::pin(async move {
+                let msg = bytes.await;
+                ctx.actor.send(msg).await.is_ok()
+            }))
+        }
+    };
     match ctx.actor.try_send(msg) {
         Ok(()) => Ok(true),
         Err(TrySendError::Closed(_)) => Ok(false),
