@@ -948,6 +948,7 @@ mod tests {
                             after_seq: None,
                             before_seq: None,
                             limit: 10,
+                            max_content_bytes: usize::MAX,
                         },
                     }));
                 }

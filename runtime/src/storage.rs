@@ -590,11 +590,12 @@ fn serve(
         Job::Append { .. } | Job::Find { .. } | Job::Stop => {}
         Job::Read { op, request } => {
             let result = store
-                .messages(
+                .messages_within(
                     &request.conversation_id,
                     request.after_seq,
                     request.before_seq,
                     request.limit,
+                    request.max_content_bytes,
                 )
                 .map_err(|e| failure(metrics, op, "read", &e));
             stage.answer(Answer::Core(gateway::Input::Read { op, result }));
@@ -957,6 +958,7 @@ mod tests {
                 after_seq: Some(0),
                 before_seq: None,
                 limit: 10,
+                max_content_bytes: usize::MAX,
             },
         });
         queue.send(append(4, "a"));
@@ -1051,6 +1053,7 @@ mod tests {
                 after_seq: Some(0),
                 before_seq: None,
                 limit: 10,
+                max_content_bytes: usize::MAX,
             },
         }
     }

@@ -473,6 +473,25 @@ fn flush_leftovers(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Messages from `rows` until the next would take their content past `max_bytes` (the
+/// first is always taken); the rows after it are never read.
+fn within_bytes(
+    rows: impl Iterator<Item = Result<StoredMessage, StoreError>>,
+    max_bytes: usize,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let mut page = vec![];
+    let mut bytes = 0usize;
+    for row in rows {
+        let m = row?;
+        bytes = bytes.saturating_add(m.content.len());
+        if !page.is_empty() && bytes > max_bytes {
+            break;
+        }
+        page.push(m);
+    }
+    Ok(page)
+}
+
 /// The file named `path` followed by `suffix`, as SQLite names the files beside a database
 /// (`-wal`), and as the store names its lock (`-lock`).
 fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
@@ -980,6 +999,21 @@ impl Store {
         before_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.messages_within(conversation_id, after_seq, before_seq, limit, usize::MAX)
+    }
+
+    /// [`Store::messages`], stopping once the page holds `max_content_bytes` of content:
+    /// a message that would take it past that ends the page, unless it is the first.
+    /// Counted in the order the page is read: from its start reading forward, from its
+    /// end otherwise.
+    pub fn messages_within(
+        &self,
+        conversation_id: &str,
+        after_seq: Option<u64>,
+        before_seq: Option<u64>,
+        limit: usize,
+        max_content_bytes: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
         let tx = self.conn.unchecked_transaction()?;
         let exists: bool = tx
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1)")?
@@ -1007,7 +1041,7 @@ impl Store {
             ))?;
             let rows =
                 stmt.query_and_then(params![conversation_id, up_to, limit], message_from_row)?;
-            let mut page = rows.collect::<Result<Vec<_>, StoreError>>()?;
+            let mut page = within_bytes(rows, max_content_bytes)?;
             page.reverse();
             page
         } else {
@@ -1019,7 +1053,7 @@ impl Store {
                 params![conversation_id, after, up_to, limit],
                 message_from_row,
             )?;
-            rows.collect::<Result<Vec<_>, StoreError>>()?
+            within_bytes(rows, max_content_bytes)?
         };
         tx.commit()?;
         Ok(messages)

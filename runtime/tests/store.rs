@@ -444,6 +444,35 @@ fn paging_after_before_and_limit() {
         .all(|m| m.conversation_id == "c1"));
 }
 
+/// A page bounded by its content's bytes ends before the message that would take it
+/// past the bound, counted from where it is read (its start reading forward, its end
+/// otherwise), and always holds one message.
+#[test]
+fn a_page_stops_at_its_bytes_of_content() {
+    let mut store = Store::open_in_memory().expect("store");
+    store.put_conversation("c1", &members()).expect("c1");
+    // Each content is "content of mN": 13 bytes for m1..m9, 14 for m10..m20.
+    let reqs: Vec<AppendRequest> = (1..=20)
+        .map(|i| req(&format!("m{i}"), "c1", "u1", None))
+        .collect();
+    store.append_batch(&reqs);
+    let page = |after: Option<u64>, before: Option<u64>, bytes: usize| {
+        seqs(
+            &store
+                .messages_within("c1", after, before, 100, bytes)
+                .expect("page"),
+        )
+    };
+    assert_eq!(page(Some(0), None, 39), vec![1, 2, 3], "three of 13 fit");
+    assert_eq!(page(Some(0), None, 38), vec![1, 2]);
+    assert_eq!(page(Some(0), None, 0), vec![1], "always one");
+    assert_eq!(page(None, None, 42), vec![18, 19, 20], "from the end");
+    assert_eq!(page(None, None, 41), vec![19, 20]);
+    assert_eq!(page(None, Some(3), 1), vec![2]);
+    assert_eq!(page(Some(5), Some(9), usize::MAX), vec![6, 7, 8]);
+    assert_eq!(page(Some(20), None, 0), Vec::<u64>::new());
+}
+
 #[test]
 fn page_size_is_capped() {
     let mut store = Store::open_in_memory().expect("store");

@@ -283,11 +283,25 @@ impl Store {
                     .filter(|m| request.before_seq.is_none_or(|b| m.seq < b))
                     .cloned()
                     .collect();
-                if request.after_seq.is_none() {
-                    let skip = sel.len().saturating_sub(request.limit);
-                    sel.drain(..skip);
-                } else {
-                    sel.truncate(request.limit);
+                // As the real store reads it: the page's end first without `after_seq`, its
+                // start first with it; then cut at `max_content_bytes` in that order.
+                let forward = request.after_seq.is_some();
+                if !forward {
+                    sel.reverse();
+                }
+                sel.truncate(request.limit);
+                let mut bytes = 0usize;
+                let within = sel
+                    .iter()
+                    .take_while(|m| {
+                        bytes = bytes.saturating_add(m.content.len());
+                        bytes <= request.max_content_bytes
+                    })
+                    .count()
+                    .max(1);
+                sel.truncate(within);
+                if !forward {
+                    sel.reverse();
                 }
                 (
                     Input::Read {

@@ -274,10 +274,18 @@ impl Gateway {
                         after_seq: Some(after),
                         before_seq: None,
                         limit,
+                        max_content_bytes: self.reply_budget(),
                     },
                 }));
             }
         }
+    }
+
+    /// Bytes of messages a reply may carry: a share of the connection's send queue (see
+    /// [`REPLY_SHARE`]).
+    fn reply_budget(&self) -> usize {
+        let queue = usize::try_from(self.config.engine.max_buffered_bytes).unwrap_or(usize::MAX);
+        queue / REPLY_SHARE
     }
 
     /// Answers a request with the refusal for `code` (when the client asked for an ack).
@@ -363,8 +371,7 @@ impl Gateway {
     /// is before `lastSeq`. Replies that fit are never cut, so front ends that do not read
     /// on see no change but where the reply could not have been delivered at all.
     fn within_reply_budget(&self, messages: &[Message], forward: bool) -> Vec<Value> {
-        let queue = usize::try_from(self.config.engine.max_buffered_bytes).unwrap_or(usize::MAX);
-        let budget = queue / REPLY_SHARE;
+        let budget = self.reply_budget();
         let mut used = 0usize;
         let mut kept = Vec::with_capacity(messages.len());
         let mut take = |m: &Message| {
@@ -467,6 +474,7 @@ impl Gateway {
                 after_seq,
                 before_seq,
                 limit,
+                max_content_bytes: self.reply_budget(),
             },
         }));
     }

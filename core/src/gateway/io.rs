@@ -157,6 +157,11 @@ pub struct ReadRequest {
     pub before_seq: Option<u64>,
     /// At most this many.
     pub limit: usize,
+    /// The store may stop once the messages it has read hold this many bytes of content
+    /// (the last one read making it more is left out, but the first is always given):
+    /// what the reply can carry, so that a read for a reply of 128 KiB does not load a
+    /// thousand messages of 10,000 characters. `usize::MAX` for no bound.
+    pub max_content_bytes: usize,
 }
 
 /// The store failed; the operation had no effect.
