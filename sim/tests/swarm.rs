@@ -5,14 +5,40 @@ use heartline_sim::{Options, Sim};
 #[test]
 fn swarm_of_200_seeds_holds_every_invariant() {
     let mut failing = vec![];
+    // What the seeds did, summed: a swarm that held every invariant because it stopped
+    // exercising a path (no replacement, no dead peer, no expired token) must not pass.
+    // (Shedding is too rare here to count on: see the test after the next.)
+    let mut done = std::collections::BTreeMap::<&str, u64>::new();
     for seed in 0..200u64 {
         let opts = Options::swarm(1_000 + seed, 8, 40_000);
         let report = Sim::new(opts, None, None).expect("valid options").run();
         if let Some(v) = &report.violation {
             failing.push(format!("seed {}: {v}\n{}", 1_000 + seed, report.knobs));
         }
+        for (what, n) in [
+            ("faults injected", report.faults),
+            ("hostile attacks", report.attacks),
+            ("messages acked", report.acked),
+            ("messages delivered", report.delivered),
+            ("reconnections", report.reconnects),
+            ("replacements", report.replacements),
+            ("dead peers closed", report.dead_peers),
+            ("store operations failed", report.store_failures),
+            ("unconnected links closed", report.unconnected_closed),
+            ("auth:expired sent", report.token_expiry.0),
+            ("refreshes accepted", report.token_expiry.1),
+            ("closed for their token", report.token_expiry.2),
+            ("slow consumers dropped", report.slow_consumers.2),
+        ] {
+            *done.entry(what).or_default() += n;
+        }
     }
     assert!(failing.is_empty(), "{}", failing.join("\n"));
+    let never: Vec<_> = done.iter().filter(|(_, n)| **n == 0).collect();
+    assert!(
+        never.is_empty(),
+        "never exercised: {never:?} (all: {done:?})"
+    );
 }
 
 /// Seeds of the `heartline-sim swarm` defaults (12 clients, 120 s) that once failed, kept
@@ -50,4 +76,38 @@ fn seeds_that_once_failed_hold() {
             report.knobs
         );
     }
+}
+
+/// The slow-consumer rule's first step, shedding droppable frames into a full queue, is
+/// rare in the swarm (a heartbeat must come to a queue at its limit before the next
+/// message does): these runs are set up for it (clients that stop reading, small queues,
+/// heartbeats every second, few sends), and must shed, and hold every invariant while
+/// they do.
+#[test]
+fn clients_that_stop_reading_meet_shedding_and_hold_every_invariant() {
+    let mut shed = 0;
+    let mut dropped = 0;
+    for seed in 0..10u64 {
+        let mut opts = Options::new(5_000 + seed);
+        opts.faults = [heartline_sim::FaultKind::StopRead].into_iter().collect();
+        opts.outbound_bytes = 4_096;
+        opts.socket_buffer = 1_024 + 32 * (opts.latency_ms + opts.jitter_ms);
+        opts.heartbeat_ms = 1_000;
+        // Long enough a silence before the ping timeout for the queue to fill.
+        opts.ping_interval_ms = 25_000;
+        opts.ping_timeout_ms = 20_000;
+        opts.send_gap_ms = 1_500;
+        opts.duration_ms = 60_000;
+        let report = Sim::new(opts, None, None).expect("valid options").run();
+        assert!(
+            report.violation.is_none(),
+            "seed {}: {:?}\n{}",
+            5_000 + seed,
+            report.violation,
+            report.knobs
+        );
+        shed += report.slow_consumers.0;
+        dropped += report.slow_consumers.2;
+    }
+    assert!(shed > 0, "no frame shed (connections dropped: {dropped})");
 }
