@@ -345,7 +345,7 @@ async fn presence_goes_offline_only_after_the_grace() {
 }
 
 #[tokio::test]
-async fn rate_limit_holds_across_reconnects() {
+async fn rate_limit_holds_across_reconnects_and_a_restart() {
     let mut server = TestServer::start(|c| {
         c.rate_limit.messages = 3;
         c.rate_limit.window_ms = 60_000;
@@ -401,6 +401,82 @@ async fn rate_limit_holds_across_reconnects() {
         Some(2.0)
     );
     assert_eq!(stored(server.addr, "c1").await.len(), 3);
+    server.stop().await;
+
+    // Nor across a restart: the new process reads the window's sends from the store.
+    let path = server.dir.path().join("heartline.db");
+    let path = path.to_string_lossy().into_owned();
+    let mut restarted = TestServer::start(move |c| {
+        c.store.path = path;
+        c.rate_limit.messages = 3;
+        c.rate_limit.window_ms = 60_000;
+    })
+    .await;
+    let mut alice = restarted.connect("alice", "customer").await;
+    let after = alice
+        .emit_ack(
+            "message:send",
+            json!({"conversationId": "c1", "content": "m5"}),
+        )
+        .await
+        .expect("ack");
+    assert_eq!(after["code"], "rate_limited", "{after}");
+    assert!(
+        after["retryAfterMs"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0 && ms <= 60_000),
+        "{after}"
+    );
+    assert_eq!(stored(restarted.addr, "c1").await.len(), 3);
+    restarted.stop().await;
+}
+
+/// `connections.idle_timeout_ms`: a connection with no application event for that long is
+/// sent a Socket.IO DISCONNECT (so `socket.io-client` stays away); one that keeps using
+/// the chat is kept well past it, though heartbeats alone would not keep it.
+#[tokio::test]
+async fn an_idle_connection_is_disconnected_and_a_busy_one_kept() {
+    let mut server = TestServer::start(|c| {
+        c.connections.idle_timeout_ms = 1_000;
+        c.heartbeat.interval_ms = 100;
+    })
+    .await;
+    server
+        .conversation("c1", &["alice:customer", "bob:agent"])
+        .await;
+    let mut alice = server.connect("alice", "customer").await;
+    let mut bob = server.connect("bob", "agent").await;
+    let begun = std::time::Instant::now();
+    // Bob reads the history every 150 ms (answering heartbeats too); Alice only answers
+    // heartbeats.
+    let mut alice_ended = None;
+    while begun.elapsed() < Duration::from_millis(2_600) {
+        let ok = bob
+            .emit_ack("message:history", json!({"conversationId": "c1"}))
+            .await
+            .expect("bob is still served");
+        assert_eq!(ok["ok"], true, "{ok}");
+        for (who, c) in [("alice", &mut alice), ("bob", &mut bob)] {
+            while let Ok(e) = c.next(Duration::from_millis(1)).await {
+                match e {
+                    ClientEvent::Event { name, args } if name == "heartbeat" => {
+                        let _ = c.emit("heartbeat:response", args[0].clone());
+                    }
+                    ClientEvent::Disconnect => {
+                        assert_eq!(who, "alice", "bob was busy");
+                        alice_ended.get_or_insert(begun.elapsed());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let ended = alice_ended.expect("alice was disconnected");
+    assert!(
+        ended >= Duration::from_millis(1_000),
+        "not before the timeout: {ended:?}"
+    );
     server.stop().await;
 }
 
