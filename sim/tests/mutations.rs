@@ -374,3 +374,15 @@ fn removed_members_left_in_the_room_are_caught() {
         "{checker}"
     );
 }
+
+#[test]
+fn displacing_the_previous_connection_is_caught() {
+    let (_, checker) = first_violation("displaces-the-previous", 60, |s| {
+        let mut o = base(s);
+        o.per_user = 2;
+        o.devices_per_user = 2;
+        o.gateway_hook = Some(|c| c.engine.mutations.displaces_the_previous = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::per_user::NAME);
+}

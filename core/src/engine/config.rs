@@ -121,6 +121,9 @@ pub struct Mutations {
     /// A member list replaced over the API leaves the removed users' connections in the
     /// conversation's room (the member table updated, no `socket.leave`).
     pub removed_members_stay_in_room: bool,
+    /// Over `per_user`, the gateway displaces the connection before the newest, not the
+    /// oldest (the "previous socket" a hand-rolled registry remembers).
+    pub displaces_the_previous: bool,
 }
 
 impl Default for EngineConfig {

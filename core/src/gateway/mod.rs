@@ -568,7 +568,15 @@ impl Gateway {
                 let at = user.conns.partition_point(|s| *s < session);
                 user.conns.insert(at, session);
                 let excess = user.conns.len().saturating_sub(self.config.per_user);
-                let displaced = user.conns.drain(..excess).collect();
+                let from = 0;
+                // MUTATION (test-only): those just before the newest are displaced.
+                #[cfg(feature = "mutations")]
+                let from = if self.config.engine.mutations.displaces_the_previous {
+                    user.conns.len().saturating_sub(excess + 1)
+                } else {
+                    from
+                };
+                let displaced = user.conns.drain(from..from + excess).collect();
                 (displaced, user.conns.last().copied().unwrap_or(session))
             }
             None => (vec![], session),

@@ -1,4 +1,5 @@
-//! At most `per_user` live connections per user key.
+//! At most `per_user` live connections per user key, and a connection displaced only
+//! from a user over that limit, oldest first, for the newest.
 //!
 //! Counted twice, neither from the gateway's user index, so a bug in that index cannot
 //! hide itself: from the server's notices (a connection is live from `Connected` to
@@ -30,6 +31,8 @@ pub struct PerUser {
     wire_touched: BTreeSet<String>,
     last_change: BTreeMap<UserKey, Instant>,
     touched: BTreeSet<UserKey>,
+    /// Connections a `Replaced` notice displaced, until their close.
+    displaced: BTreeSet<SessionId>,
 }
 
 impl PerUser {
@@ -50,6 +53,7 @@ impl PerUser {
 
     /// A connection ended.
     pub fn closed(&mut self, now: Instant, user: &UserKey, session: SessionId) {
+        self.displaced.remove(&session);
         if let Some(set) = self.live.get_mut(user) {
             set.remove(&session);
             if set.is_empty() {
@@ -59,6 +63,50 @@ impl PerUser {
         self.last_change.insert(user.clone(), now);
     }
 
+    /// The server displaced `old` for `new`: only a user over its limit is displaced
+    /// from, the oldest of its connections (by session, the order they opened in) goes
+    /// first, and the one named as its successor is the newest.
+    pub fn replaced(&mut self, user: &UserKey, old: SessionId, new: SessionId) -> Finding {
+        let live: Vec<SessionId> = self
+            .live
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|s| !self.displaced.contains(s))
+            .copied()
+            .collect();
+        self.displaced.insert(old);
+        if live.len() <= self.limit {
+            return Err((
+                NAME,
+                format!(
+                    "{user}: {old} displaced with {} live connections, limit {}",
+                    live.len(),
+                    self.limit
+                ),
+            ));
+        }
+        if live.first() != Some(&old) {
+            return Err((
+                NAME,
+                format!(
+                    "{user}: {old} displaced before the older {:?}",
+                    live.first()
+                ),
+            ));
+        }
+        if live.last() != Some(&new) {
+            return Err((
+                NAME,
+                format!(
+                    "{user}: {old} displaced for {new}, not the newest {:?}",
+                    live.last()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The server died with every connection.
     pub fn crash(&mut self, now: Instant) {
         let users: Vec<UserKey> = self.live.keys().cloned().collect();
@@ -66,6 +114,7 @@ impl PerUser {
             self.last_change.insert(u, now);
         }
         self.live.clear();
+        self.displaced.clear();
         self.touched.clear();
         self.wire.clear();
         self.wire_user.clear();

@@ -516,8 +516,10 @@ impl Sim {
                 let finding = self.blame.closed(*session, device, reason);
                 self.found(finding);
             }
-            Notice::Replaced { old, new, .. } => {
+            Notice::Replaced { user, old, new } => {
                 let finding = self.ping_pong.replaced(*old, *new);
+                self.found(finding);
+                let finding = self.per_user.replaced(user, *old, *new);
                 self.found(finding);
             }
             Notice::Online { user } => {
