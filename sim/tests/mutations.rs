@@ -386,3 +386,15 @@ fn displacing_the_previous_connection_is_caught() {
     });
     assert_eq!(checker, heartline_sim::check::per_user::NAME);
 }
+
+#[test]
+fn a_join_that_misses_nothing_is_caught() {
+    // The project's client reads on from `lastSeq` by itself, so the delivery checkers
+    // would not see it: the frames do.
+    let (_, checker) = first_violation("join-misses-nothing", 40, |s| {
+        let mut o = base(s);
+        o.gateway_hook = Some(|c| c.engine.mutations.join_misses_nothing = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::message_frames::NAME);
+}

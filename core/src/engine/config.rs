@@ -124,6 +124,9 @@ pub struct Mutations {
     /// Over `per_user`, the gateway displaces the connection before the newest, not the
     /// oldest (the "previous socket" a hand-rolled registry remembers).
     pub displaces_the_previous: bool,
+    /// The gateway answers a join with `lastSeq` and no `missed` messages (the client is
+    /// left to read the history itself).
+    pub join_misses_nothing: bool,
 }
 
 impl Default for EngineConfig {

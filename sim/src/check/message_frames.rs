@@ -11,7 +11,8 @@
 //!   swap, until a `conversation:leave` is answered; a second join's `lastSeq` is the last
 //!   one the connection was sent (everything before it reached it live);
 //! - a join's `missed` list runs `seq` by `seq` from its `afterSeq` and ends at or before
-//!   `lastSeq`;
+//!   `lastSeq`, and is not empty when `afterSeq` is short of `lastSeq`;
+//! - a send's tempId is acknowledged `duplicate: false` once at most;
 //! - `message:new` reaches only connections that joined the conversation, and
 //!   `message:notification` only connected ones that did not;
 //! - every message in a frame, live or missed, is the stored one, field for field, and
@@ -89,6 +90,9 @@ pub struct MessageFrames {
     leaving: BTreeMap<(u64, String), u64>,
     /// (link, tempId) of every send made on a link.
     sends: BTreeSet<(u64, String)>,
+    /// tempIds acknowledged as stored by that send (`duplicate: false`): at most once
+    /// each, however many times the client sent it.
+    fresh: BTreeSet<String>,
     /// `message:new` frames checked.
     pub frames: u64,
 }
@@ -264,7 +268,17 @@ impl MessageFrames {
                         format!("ws{link}: a send of tempId {temp_id:?} acknowledged as {reply}"),
                     ));
                 }
-                Ok(())
+                match (reply.get("duplicate").and_then(Value::as_bool), temp_id) {
+                    (None, _) => Err((
+                        NAME,
+                        format!("ws{link}: a send acknowledged without `duplicate`: {reply}"),
+                    )),
+                    (Some(false), Some(t)) if !self.fresh.insert(t.clone()) => Err((
+                        NAME,
+                        format!("ws{link}: tempId {t} acknowledged as newly stored twice"),
+                    )),
+                    _ => Ok(()),
+                }
             }
             Request::Leave { conversation } => {
                 if ok {
@@ -315,6 +329,17 @@ impl MessageFrames {
                 }
                 let mut at = after_seq;
                 let missed = reply.get("missed").and_then(Value::as_array);
+                // Cut to what the reply can carry, but never to nothing: the first missed
+                // message is always there.
+                if after_seq.is_some_and(|a| a < last) && missed.is_none_or(Vec::is_empty) {
+                    return Err((
+                        NAME,
+                        format!(
+                            "ws{link}: {conversation} joined after {after_seq:?} at #{last} \
+                             with nothing missed"
+                        ),
+                    ));
+                }
                 for m in missed.into_iter().flatten() {
                     let seq = stored_as_sent(link, Some(m), store)?;
                     let expected = at.map(|a| a + 1);
