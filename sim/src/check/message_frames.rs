@@ -586,7 +586,7 @@ mod tests {
         let mut f = MessageFrames::default();
         f.sent(
             1,
-            r#"42/chat,1["conversation:join",{"conversationId":"c","afterSeq":0}]"#,
+            r#"42/chat,1["conversation:join",{"conversationId":"c","afterSeq":3}]"#,
         );
         f.sent(
             1,
@@ -602,6 +602,36 @@ mod tests {
         );
         f.received(1, &note, &store).expect("not in the room");
         assert!(f.settled(&[1], &store).is_ok());
+    }
+
+    #[test]
+    fn a_catch_up_short_of_last_seq_is_not_empty_and_a_tempid_is_fresh_once() {
+        let store = store_with(3);
+        let mut f = MessageFrames::default();
+        f.sent(
+            1,
+            r#"42/chat,1["conversation:join",{"conversationId":"c","afterSeq":1}]"#,
+        );
+        let empty = r#"43/chat,1[{"ok":true,"conversationId":"c","lastSeq":3,"missed":[]}]"#;
+        assert!(f.received(1, empty, &store).is_err(), "#2 and #3 missed");
+        let m = store.get("c", 1).expect("stored").to_json();
+        for (link, id) in [(1, 2), (2, 3)] {
+            f.sent(
+                link,
+                &format!(
+                    r#"42/chat,{id}["message:send",{{"conversationId":"c","content":"x","tempId":"{}"}}]"#,
+                    m["tempId"].as_str().unwrap_or("")
+                ),
+            );
+        }
+        let ack = |id: u64, dup: bool| {
+            format!(r#"43/chat,{id}[{{"ok":true,"message":{m},"duplicate":{dup}}}]"#)
+        };
+        f.received(1, &ack(2, false), &store).expect("stored");
+        assert!(
+            f.received(2, &ack(3, false), &store).is_err(),
+            "a retry is a duplicate"
+        );
     }
 
     #[test]
