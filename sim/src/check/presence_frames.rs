@@ -8,10 +8,13 @@
 //!   workload's layout and the member lists the operator has since written, not by the
 //!   gateway's membership), never about its own user: judged when the server writes the
 //!   frame, by the lists as they stand then, and again when it arrives;
-//! - on one connection, the frames about one user alternate (online, offline, online...):
-//!   the server announces transitions only, so a repeat is a duplicate or a lost frame
-//!   (unless the user did not share a conversation with the subject at some announcement
-//!   in between, and so was not told of it);
+//! - on a connection whose `connection:success` this checker saw written, the nth frame
+//!   about a user says what the nth announcement of that user to the connection's user
+//!   since then said (frames keep their order on a connection, and every announcement
+//!   is written to every connection of every partner in the step it is made): a lost,
+//!   repeated or extra frame shows at once; on others, the frames alternate (online,
+//!   offline, online...), each connection's first frame after an announcement its user
+//!   was passed over for excused once;
 //! - once the run has healed and gone quiet, every live connection's last frame about a
 //!   user agrees with what the server last announced about that user to the connection's
 //!   user (to everyone who shared a conversation with it then), and a connection that was
@@ -48,18 +51,23 @@ pub struct PresenceFrames {
     /// The users each layout user has shared a conversation with at any time.
     ever: Vec<BTreeSet<String>>,
     /// (layout user, subject): an announcement of the subject was made while the user
-    /// had shared a conversation with it before but did not then.
-    passed_over: BTreeSet<(usize, String)>,
+    /// had shared a conversation with it before but did not then; to the links of that
+    /// user that have had a frame about the subject since (the next frame on each may
+    /// repeat the last, once).
+    passed_over: BTreeMap<(usize, String), BTreeSet<u64>>,
     /// Per connection and user told about: whether the last frame said online, and how
     /// many frames about that user the connection got or had shed. A shed frame counts as
     /// told: the connection's own view then lags this record until the next frame about
     /// that user, which the contract allows; the record is what the checks read.
     told: BTreeMap<(u64, String), (bool, u64)>,
-    /// Per user: this server process's announcements of it, ascending: number, online,
-    /// and the layout users it was made to.
+    /// Per user: the announcements of it, ascending: number, online, and the layout users
+    /// it was made to.
     announced: BTreeMap<String, Vec<(u64, bool, BTreeSet<usize>)>>,
     /// Announcements made so far, by any server process.
     announcements: u64,
+    /// Announcements made before the last crash: the running server process made none
+    /// of them.
+    crashed_at: u64,
     /// Per connection: how many announcements had been made when its
     /// `connection:success` was sent.
     connected_after: BTreeMap<u64, u64>,
@@ -79,10 +87,11 @@ impl PresenceFrames {
             ever: vec![BTreeSet::new(); keys.len()],
             keys,
             members,
-            passed_over: BTreeSet::new(),
+            passed_over: BTreeMap::new(),
             told: BTreeMap::new(),
             announced: BTreeMap::new(),
             announcements: 0,
+            crashed_at: 0,
             connected_after: BTreeMap::new(),
         };
         check.partner_up();
@@ -127,7 +136,7 @@ impl PresenceFrames {
             if partners.contains(&user) {
                 to.insert(u);
             } else if self.ever.get(u).is_some_and(|e| e.contains(&user)) {
-                self.passed_over.insert((u, user.clone()));
+                self.passed_over.insert((u, user.clone()), BTreeSet::new());
             }
         }
         let entry = self.announced.entry(user).or_default();
@@ -163,9 +172,10 @@ impl PresenceFrames {
     }
 
     /// The server process died: the next one knows nothing of what this one announced
-    /// (and every connection it had is gone with it).
+    /// (and every connection it had is gone with it, once what was in flight to them has
+    /// arrived, which is still judged by what this one announced).
     pub fn crash(&mut self) {
-        self.announced.clear();
+        self.crashed_at = self.announcements;
     }
 
     /// A frame for connection `link` of layout user `user` was shed by the server's send
@@ -205,7 +215,43 @@ impl PresenceFrames {
             .or_insert((!online, 0));
         let before = entry.0;
         *entry = (online, entry.1 + 1);
-        if before == online && !self.passed_over.contains(&(user, subject.clone())) {
+        let nth = entry.1;
+        // A connection whose `connection:success` this server process sent gets one frame
+        // per announcement to its user since, in order: its nth frame about the subject
+        // says what the nth such announcement did.
+        if let Some(after) = self.connected_after.get(&link) {
+            let made = self
+                .announced
+                .get(&subject)
+                .into_iter()
+                .flatten()
+                .filter(|(n, _, to)| n > after && to.contains(&user))
+                .nth(usize::try_from(nth).unwrap_or(usize::MAX).saturating_sub(1));
+            return match made {
+                Some((_, said, _)) if *said == online => Ok(()),
+                Some((n, said, _)) => Err((
+                    NAME,
+                    format!(
+                        "{me} on ws{link}: frame {nth} about {subject} says online={online}, \
+                         announcement #{n} said online={said}"
+                    ),
+                )),
+                None => Err((
+                    NAME,
+                    format!(
+                        "{me} on ws{link}: frame {nth} about {subject}, more than were \
+                         announced to it since it connected"
+                    ),
+                )),
+            };
+        }
+        // Otherwise the frames alternate; each link's first frame after a pass-over may
+        // repeat the last, once.
+        let excused = self
+            .passed_over
+            .get_mut(&(user, subject.clone()))
+            .is_some_and(|done| done.insert(link));
+        if before == online && !excused {
             let kind = if online { "online" } else { "offline" };
             return Err((
                 NAME,
@@ -234,7 +280,11 @@ impl PresenceFrames {
                 let server = self
                     .announced
                     .get(subject)
-                    .and_then(|a| a.iter().rev().find(|(_, _, to)| to.contains(user)))
+                    .and_then(|a| {
+                        a.iter()
+                            .rev()
+                            .find(|(n, _, to)| *n > self.crashed_at && to.contains(user))
+                    })
                     .is_some_and(|(_, on, _)| *on);
                 if *online != server {
                     let (said, is) = if *online {
@@ -360,6 +410,33 @@ mod tests {
         assert!(
             check.received(1, 0, &frame("user:online", "u1")).is_ok(),
             "a closed connection is forgotten"
+        );
+    }
+
+    /// On a connection whose connect was seen, each frame is the announcement it stands
+    /// for: a first frame that says the opposite, or one more than were made, is caught
+    /// (alternation alone would take both); one in flight when the server crashed is
+    /// judged by what the crashed process announced.
+    #[test]
+    fn each_frame_says_what_its_announcement_said() {
+        let layout = Layout::new(10, 1);
+        let mut check = PresenceFrames::new(&layout);
+        let success = r#"42/chat,["connection:success",{"userId":"u0"}]"#;
+        check.sent(1, success);
+        check.sent(2, success);
+        check.announced("u1:customer".into(), true);
+        assert!(check.received(1, 0, &frame("user:offline", "u1")).is_err());
+        assert!(check.received(2, 0, &frame("user:online", "u1")).is_ok());
+        assert!(
+            check.received(2, 0, &frame("user:offline", "u1")).is_err(),
+            "no second announcement"
+        );
+        check.sent(3, success);
+        check.announced("u1:customer".into(), false);
+        check.crash();
+        assert!(
+            check.received(3, 0, &frame("user:offline", "u1")).is_ok(),
+            "in flight across the crash"
         );
     }
 
