@@ -398,3 +398,15 @@ fn a_join_that_misses_nothing_is_caught() {
     });
     assert_eq!(checker, heartline_sim::check::message_frames::NAME);
 }
+
+#[test]
+fn closing_a_sender_on_a_store_failure_is_caught() {
+    // Its client comes back and sends again, so nothing it ends up with shows it.
+    let (_, checker) = first_violation("store-failure-closes", 40, |s| {
+        let mut o = base(s);
+        o.faults.insert(FaultKind::StoreFail);
+        o.gateway_hook = Some(|c| c.engine.mutations.store_failure_closes = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::blame::CAUSE);
+}

@@ -127,6 +127,9 @@ pub struct Mutations {
     /// The gateway answers a join with `lastSeq` and no `missed` messages (the client is
     /// left to read the history itself).
     pub join_misses_nothing: bool,
+    /// The gateway closes the sender's transport when the store fails its send (an
+    /// error handler that drops the socket).
+    pub store_failure_closes: bool,
 }
 
 impl Default for EngineConfig {

@@ -1078,6 +1078,15 @@ impl Gateway {
                         "message:error",
                         json!({ "error": r.error, "code": r.code.as_str(), "tempId": echo }),
                     );
+                    // MUTATION (test-only): a store failure also drops the sender's
+                    // connection (its client comes back and sends again).
+                    #[cfg(feature = "mutations")]
+                    if self.config.engine.mutations.store_failure_closes
+                        && code == ErrorCode::Internal
+                    {
+                        let reason = CloseReason::ServerClose("store failure".into());
+                        let _ = self.engine.close(now, session, reason);
+                    }
                 }
                 None
             }

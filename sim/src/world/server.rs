@@ -521,6 +521,7 @@ impl Sim {
                 self.found(finding);
                 let finding = self.per_user.replaced(user, *old, *new);
                 self.found(finding);
+                self.blame.replaced(*old);
             }
             Notice::Online { user } => {
                 self.presence_frames.announced(user.to_string(), true);
