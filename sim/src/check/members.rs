@@ -1,7 +1,8 @@
 //! Only members of a conversation may join it, read it or send to it.
 //!
-//! Seen from outside the gateway: every `message:new` the server writes to a connection is
-//! for a conversation its user is a member of at that moment; every append the server asks
+//! Seen from outside the gateway: every `message:new` and `message:notification` the server
+//! writes to a connection, and every message in a join's catch-up or a history page it
+//! answers, is of a conversation its user is a member of at that moment; every append the server asks
 //! of the store is from a member of its conversation at that moment; and a hostile user's
 //! requests for a conversation it is not in (a join, a history read, sends) are never
 //! answered `ok: true`. Who is a member comes from the workload's layout and the member
@@ -71,26 +72,42 @@ impl MembersOnly {
         self.members.insert(conversation.to_owned(), keys);
     }
 
-    /// The server wrote `text` to a connection of `user` (a user key): a `message:new` in
-    /// it must be for a conversation `user` is a member of now.
+    /// The server wrote `text` to a connection of `user` (a user key): a `message:new` or
+    /// `message:notification` in it, and every message a join's `missed` or a history
+    /// page in an ack carries, must be of a conversation `user` is a member of now.
     pub fn sent(&self, user: &str, text: &str) -> Finding {
-        if !text.starts_with("42/chat,[\"message:new\"") {
+        let is_event = text.starts_with("42/chat,[\"message:new\"")
+            || text.starts_with("42/chat,[\"message:notification\"");
+        let is_ack = text.starts_with("43/chat,");
+        if !is_event && !is_ack {
             return Ok(());
         }
         let Some((_, _, data)) = chat_data(text) else {
             return Err((
                 NAME,
-                format!("{user} got a message:new that does not parse"),
+                format!("{user} was written a frame that does not parse"),
             ));
         };
-        let conv = data[1]["conversationId"].as_str().unwrap_or("");
-        if self.is_member(conv, user) {
-            Ok(())
+        let conversations: Vec<&str> = if is_event {
+            vec![data[1]["conversationId"].as_str().unwrap_or("")]
         } else {
-            Err((
+            let reply = &data[0];
+            if reply["ok"] != Value::Bool(true) {
+                return Ok(());
+            }
+            ["missed", "messages"]
+                .iter()
+                .filter_map(|k| reply[*k].as_array())
+                .flatten()
+                .map(|m| m["conversationId"].as_str().unwrap_or(""))
+                .collect()
+        };
+        match conversations.iter().find(|c| !self.is_member(c, user)) {
+            None => Ok(()),
+            Some(conv) => Err((
                 NAME,
                 format!("{user}, not a member of {conv:?}, was written {text}"),
-            ))
+            )),
         }
     }
 
@@ -188,5 +205,23 @@ mod tests {
         );
         check.closed(1);
         assert!(check.hostile_received(1, "h0:customer", granted).is_ok());
+    }
+
+    #[test]
+    fn notifications_catch_ups_and_history_pages_go_to_members_only() {
+        let layout = Layout::new(10, 1);
+        let mut check = MembersOnly::new(&layout);
+        let note = r#"42/chat,["message:notification",{"conversationId":"g0","message":{}}]"#;
+        let missed = r#"43/chat,1[{"ok":true,"conversationId":"g0","lastSeq":1,"missed":[{"conversationId":"g0","seq":1}]}]"#;
+        let page = r#"43/chat,2[{"ok":true,"messages":[{"conversationId":"g0","seq":1}]}]"#;
+        let empty = r#"43/chat,3[{"ok":true,"messages":[]}]"#;
+        for frame in [note, missed, page] {
+            assert!(check.sent("u0:customer", frame).is_ok(), "{frame}");
+        }
+        check.set("g0", &[1, 2, 3, 4].into_iter().collect());
+        for frame in [note, missed, page] {
+            assert!(check.sent("u0:customer", frame).is_err(), "{frame}");
+        }
+        assert!(check.sent("u0:customer", empty).is_ok(), "nothing in it");
     }
 }
