@@ -256,6 +256,9 @@ async fn dev_mode_on_an_address_in_use_creates_no_store() {
         .arg("--config")
         .arg(&path)
         .env("RUST_LOG", "warn")
+        // Dev mode, whatever the environment running the tests holds.
+        .env_remove("HEARTLINE_JWT_SECRET")
+        .env_remove("HEARTLINE_API_KEY")
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(20), run)
@@ -263,6 +266,10 @@ async fn dev_mode_on_an_address_in_use_creates_no_store() {
         .expect("exits at once")
         .expect("run");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "no dev banner before the port is held"
+    );
     let left: Vec<_> = std::fs::read_dir(&store_dir)
         .expect("dir")
         .map(|e| e.expect("entry").file_name())

@@ -444,13 +444,15 @@ async fn an_idle_connection_is_disconnected_and_a_busy_one_kept() {
     server
         .conversation("c1", &["alice:customer", "bob:agent"])
         .await;
+    // Before Alice connects: her timer cannot have started sooner.
+    let begun = std::time::Instant::now();
     let mut alice = server.connect("alice", "customer").await;
     let mut bob = server.connect("bob", "agent").await;
-    let begun = std::time::Instant::now();
     // Bob reads the history every 150 ms (answering heartbeats too); Alice only answers
     // heartbeats.
     let mut alice_ended = None;
-    while begun.elapsed() < Duration::from_millis(2_600) {
+    let looping = std::time::Instant::now();
+    while looping.elapsed() < Duration::from_millis(2_600) {
         let ok = bob
             .emit_ack("message:history", json!({"conversationId": "c1"}))
             .await

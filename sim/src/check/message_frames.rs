@@ -90,9 +90,9 @@ pub struct MessageFrames {
     leaving: BTreeMap<(u64, String), u64>,
     /// (link, tempId) of every send made on a link.
     sends: BTreeSet<(u64, String)>,
-    /// tempIds acknowledged as stored by that send (`duplicate: false`): at most once
-    /// each, however many times the client sent it.
-    fresh: BTreeSet<String>,
+    /// (sender, tempId) acknowledged as stored by that send (`duplicate: false`): at most
+    /// once each, however many times the client sent it (a tempId is its user's).
+    fresh: BTreeSet<(String, String)>,
     /// `message:new` frames checked.
     pub frames: u64,
 }
@@ -268,12 +268,19 @@ impl MessageFrames {
                         format!("ws{link}: a send of tempId {temp_id:?} acknowledged as {reply}"),
                     ));
                 }
+                let sender = message.map_or(String::new(), |m| {
+                    format!(
+                        "{}:{}",
+                        m["senderId"].as_str().unwrap_or(""),
+                        m["senderType"].as_str().unwrap_or("")
+                    )
+                });
                 match (reply.get("duplicate").and_then(Value::as_bool), temp_id) {
                     (None, _) => Err((
                         NAME,
                         format!("ws{link}: a send acknowledged without `duplicate`: {reply}"),
                     )),
-                    (Some(false), Some(t)) if !self.fresh.insert(t.clone()) => Err((
+                    (Some(false), Some(t)) if !self.fresh.insert((sender, t.clone())) => Err((
                         NAME,
                         format!("ws{link}: tempId {t} acknowledged as newly stored twice"),
                     )),

@@ -146,6 +146,8 @@ impl PresenceFrames {
     /// The server sent `text` on connection `link`.
     pub fn sent(&mut self, link: u64, text: &str) {
         if text.starts_with("42/chat,[\"connection:success\"") {
+            // A namespace connected again on the same link starts a count of its own.
+            self.told.retain(|(l, _), _| *l != link);
             self.connected_after.insert(link, self.announcements);
         }
     }
