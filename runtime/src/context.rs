@@ -63,7 +63,9 @@ impl InboxBytes {
     /// message never waits for itself.
     pub fn new(max_payload_bytes: u64) -> Self {
         let two = max_payload_bytes.saturating_add(4096).saturating_mul(2);
-        let total = u32::try_from(two.max(64 << 20)).unwrap_or(u32::MAX);
+        // Within what a semaphore counts on this target (2^29 - 1 on 32 bits).
+        let most = u64::try_from(Semaphore::MAX_PERMITS).unwrap_or(u64::MAX);
+        let total = u32::try_from(two.max(64 << 20).min(most)).unwrap_or(u32::MAX);
         InboxBytes {
             free: Arc::new(Semaphore::new(total as usize)),
             total,
@@ -125,6 +127,18 @@ fn body_size(msg: &Msg) -> usize {
         } => body.len(),
         _ => 0,
     }
+}
+
+/// How long a storage operation may wait for the store before `/healthz` and `/readyz`
+/// call it stalled: far beyond a slow flush (milliseconds) or the database's busy timeout
+/// (5 s, after which an operation is answered as failed), so that only a store that has
+/// stopped answering is.
+pub const STORE_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether an operation asked at `since` (core milliseconds plus one; 0: none waiting)
+/// has waited past [`STORE_STALL`] at `now`.
+fn stalled(since: u64, now: u64) -> bool {
+    since != 0 && now.saturating_sub(since - 1) > STORE_STALL.as_millis() as u64
 }
 
 /// Shared by all tasks of one server.
@@ -225,6 +239,15 @@ impl Context {
     /// stored until the server is restarted.
     pub fn store_failed(&self) -> bool {
         self.metrics.store_failed.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether the store has kept a storage operation waiting for over [`STORE_STALL`]
+    /// without answering any: a flush or a write that does not return (a disk gone, a
+    /// hung network mount) stops every send without failing anything, and the health
+    /// checks must say so. A store that answers, however far behind, is not stalled.
+    pub fn store_stalled(&self) -> bool {
+        let since = self.metrics.store_waiting_since_ms.load(Ordering::Relaxed);
+        stalled(since, self.clock.now().as_millis())
     }
 
     /// Whether the server held `server.max_connections` sessions when the actor last
@@ -329,6 +352,15 @@ mod tests {
         assert_eq!(inbox.held(), 40 << 20);
         drop(second);
         assert_eq!(inbox.held(), 0);
+    }
+
+    #[test]
+    fn a_store_is_stalled_once_an_operation_waited_over_30_s() {
+        assert!(!stalled(0, 1_000_000), "nothing waiting");
+        let asked = 5_000;
+        assert!(!stalled(asked + 1, asked + 30_000));
+        assert!(stalled(asked + 1, asked + 30_001));
+        assert!(!stalled(asked + 1, 0), "a clock behind is no wait");
     }
 
     /// However large the configured payload, one message of it never waits for itself.

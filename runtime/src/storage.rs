@@ -171,6 +171,14 @@ impl StoreQueue {
         StoreQueue { tx }
     }
 
+    /// A queue whose store takes every job and answers none (a store that hangs), and
+    /// what keeps it taking them.
+    #[cfg(test)]
+    pub(crate) fn hung() -> (Self, Box<dyn std::any::Any + Send>) {
+        let (tx, rx) = std_mpsc::channel::<Queued>();
+        (StoreQueue { tx }, Box::new(rx))
+    }
+
     /// Queues a job; `false` if the store thread is gone.
     pub fn send(&self, job: Job) -> bool {
         self.send_or_return(job).is_none()
@@ -253,23 +261,30 @@ pub fn spawn(
     let spawned = std::thread::Builder::new()
         .name("heartline-store".into())
         .spawn(move || {
-            let mut store = store;
+            // Declared before `ended`, so that an unwinding thread fails the stage first
+            // and then closes the store as a failed one.
+            let mut closing = Closing {
+                store: Some(store),
+                stage: &writer,
+            };
+            // Between the two: the flush and checkpoint threads are joined once the stage
+            // has ended and before the store closes, however the thread ends.
+            let threads = Joined {
+                flushers,
+                checkpoints,
+            };
             // Should the thread unwind (nothing in it panics by design), what it held back
             // is failed rather than left waiting, and the flush threads still end.
             let ended = Ended(&writer);
-            run(&mut store, rx, &writer, &metrics);
+            if let Some(store) = closing.store.as_mut() {
+                run(store, rx, &writer, &metrics);
+            }
             drop(ended);
-            for handle in flushers {
-                let _ = handle.join();
-            }
-            if let Some((stop, handle)) = checkpoints {
-                drop(stop);
-                let _ = handle.join();
-            }
+            drop(threads);
             // Last: closing the store closes its lock's descriptor of the database file,
             // and with it every POSIX lock this process holds on that file, the
             // checkpointer's connection's included, which must have finished by then.
-            close(store, &writer);
+            drop(closing);
         });
     match spawned {
         Ok(handle) => Ok((StoreQueue { tx }, handle)),
@@ -291,6 +306,40 @@ fn close(store: Store, stage: &Stage) {
         }
     }
     drop(store);
+}
+
+/// The store thread's helpers, joined when this is dropped: the flush threads (which end
+/// once the stage stops) and the checkpoint thread (told to stop by its channel's end).
+struct Joined {
+    flushers: Vec<std::thread::JoinHandle<()>>,
+    checkpoints: Option<(std_mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        for handle in self.flushers.drain(..) {
+            let _ = handle.join();
+        }
+        if let Some((stop, handle)) = self.checkpoints.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The store, closed with [`close`] when this is dropped: at the end of the store thread,
+/// or as it unwinds.
+struct Closing<'a> {
+    store: Option<Store>,
+    stage: &'a Stage,
+}
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            close(store, self.stage);
+        }
+    }
 }
 
 /// Ends the stage when the store thread ends, however it ends: an unwinding thread fails
