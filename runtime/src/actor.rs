@@ -14,7 +14,7 @@
 //! store and let the acks out, then close sessions in paced batches with
 //! [`App::shutdown_some`], then wait (bounded) for the writers to finish.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,6 +183,13 @@ pub struct Actor<A> {
     members_seen: u64,
     /// When the wall clock is next read for the core ([`crate::clock::WALL_CLOCK_EVERY`]).
     wall_clock_at: tokio::time::Instant,
+    /// Storage operations the core asked for and has not been answered, with when each
+    /// was asked (core milliseconds), and when the store last answered one: together,
+    /// since when the store has kept an operation waiting without answering anything,
+    /// published for the health checks ([`RuntimeMetrics::store_waiting_since_ms`]). A
+    /// store that answers, however far behind, is not stalled.
+    store_asked: BTreeMap<gateway::OpId, u64>,
+    store_answered_ms: u64,
 }
 
 impl<A: App> Actor<A> {
@@ -208,6 +215,8 @@ impl<A: App> Actor<A> {
             outbound_limit,
             members_seen: 0,
             wall_clock_at: tokio::time::Instant::now() + crate::clock::WALL_CLOCK_EVERY,
+            store_asked: BTreeMap::new(),
+            store_answered_ms: 0,
         }
     }
 
@@ -285,6 +294,7 @@ impl<A: App> Actor<A> {
         if matches!(input, gateway::Input::ConversationPut { .. }) {
             self.members_seen += 1;
         }
+        self.answered(&input);
         if let Err(e) = self.app.handle_input(self.clock.now(), input) {
             tracing::debug!(error = %e, "input for a gone session or request");
         }
@@ -394,10 +404,20 @@ impl<A: App> Actor<A> {
             if self.deferred.is_empty() {
                 let sessions = self.app.sessions_held() as u64;
                 self.metrics.sessions.store(sessions, Ordering::Relaxed);
+                // The first is the oldest: operations are numbered as they are asked. Plus
+                // one, so that 0 says none.
+                let since = self
+                    .store_asked
+                    .first_key_value()
+                    .map_or(0, |(_, ms)| (*ms).max(self.store_answered_ms) + 1);
+                self.metrics
+                    .store_waiting_since_ms
+                    .store(since, Ordering::Relaxed);
                 return;
             }
             let now = self.clock.now();
             for input in std::mem::take(&mut self.deferred) {
+                self.answered(&input);
                 if let Err(e) = self.app.handle_input(now, input) {
                     tracing::debug!(error = %e, "deferred input for a gone session");
                 }
@@ -443,7 +463,26 @@ impl<A: App> Actor<A> {
         }
     }
 
+    /// Forgets the storage operation `input` answers.
+    fn answered(&mut self, input: &gateway::Input) {
+        match input {
+            gateway::Input::Appended { op, .. }
+            | gateway::Input::Read { op, .. }
+            | gateway::Input::Found { op, .. } => {
+                self.store_asked.remove(op);
+                self.store_answered_ms = self.clock.now().as_millis();
+            }
+            _ => {}
+        }
+    }
+
     fn effect(&mut self, e: Effect) {
+        let op = match &e {
+            Effect::Append { op, .. } | Effect::Read { op, .. } | Effect::FindSent { op, .. } => {
+                *op
+            }
+        };
+        self.store_asked.insert(op, self.clock.now().as_millis());
         let job = match e {
             Effect::Append { op, request } => Job::Append {
                 op,
@@ -973,6 +1012,57 @@ mod tests {
         fn render_metrics(&self, _: &RuntimeMetrics, _: bool) -> String {
             String::new()
         }
+    }
+
+    /// A storage operation the store does not answer is published as waiting since it
+    /// was asked (what `/healthz` calls stalled after 30 s), and no longer once answered;
+    /// one behind others the store is answering waits since the last answer.
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_the_store_does_not_answer_is_seen_waiting() {
+        let answers = Arc::new(Mutex::new(vec![]));
+        let metrics = Arc::new(RuntimeMetrics::default());
+        let (store, _keep) = StoreQueue::hung();
+        let clock = Clock::start();
+        let actor = Actor::new(
+            AsksStore {
+                asked: false,
+                out: None,
+                answers: answers.clone(),
+            },
+            Clock::start(),
+            store,
+            metrics.clone(),
+            Arc::new(AtomicBool::new(false)),
+            1 << 20,
+        );
+        let (tx, rx) = mpsc::channel(4);
+        let (results_tx, results) = mpsc::unbounded_channel();
+        let task = tokio::spawn(actor.run(rx, results));
+        let waiting = || metrics.store_waiting_since_ms.load(Ordering::Relaxed);
+        assert_eq!(waiting(), 0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let asked_at = clock.now().as_millis();
+        tx.send(input(1)).await.expect("actor runs");
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert_eq!(waiting(), asked_at + 1, "waiting since it was asked");
+        let read = |answers: &Arc<Mutex<Vec<Input>>>| {
+            answers
+                .lock()
+                .expect("answers")
+                .iter()
+                .any(|a| matches!(a, Input::Read { .. }))
+        };
+        assert!(!read(&answers), "not answered");
+        results_tx
+            .send(Input::Read {
+                op: gateway::OpId(7),
+                result: Ok(vec![]),
+            })
+            .expect("actor runs");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(read(&answers));
+        assert_eq!(waiting(), 0, "answered");
+        task.abort();
     }
 
     /// With the store thread gone, a storage effect is answered as failed at once (its

@@ -73,6 +73,9 @@ pub struct RuntimeMetrics {
     /// error): nothing can be stored until the
     /// server is restarted, and `/healthz` and `/readyz` say so.
     pub store_failed: AtomicU64,
+    /// When (core milliseconds, plus one) the oldest storage operation still waiting for
+    /// the store was asked; 0 with none waiting. Set by the actor after each step.
+    pub store_waiting_since_ms: AtomicU64,
     /// How long each group commit took: the write transaction, and with it the flush of
     /// the log unless the log is flushed apart (see `store_sync`). Every acknowledged
     /// send waits for one.

@@ -50,12 +50,15 @@ pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) ->
         }
         // A store whose log could not be flushed stores nothing until a restart: not
         // healthy (a supervisor restarts it) and not ready (no new clients sent to it).
+        // Nor is one that has stopped answering (an operation waiting over 30 s).
         // A core that stopped serves nobody: the same.
         "/healthz" => {
             if ctx.store_failed() {
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "store failed")
             } else if ctx.core_stopped() {
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "core stopped")
+            } else if ctx.store_stalled() {
+                http::text(StatusCode::SERVICE_UNAVAILABLE, "store stalled")
             } else {
                 http::text(StatusCode::OK, "ok")
             }
@@ -67,6 +70,8 @@ pub async fn route(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) ->
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "store failed")
             } else if ctx.core_stopped() {
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "core stopped")
+            } else if ctx.store_stalled() {
+                http::text(StatusCode::SERVICE_UNAVAILABLE, "store stalled")
             } else if ctx.is_draining() {
                 http::text(StatusCode::SERVICE_UNAVAILABLE, "draining")
             } else if ctx.sessions_full() {
