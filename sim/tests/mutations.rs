@@ -410,3 +410,14 @@ fn closing_a_sender_on_a_store_failure_is_caught() {
     });
     assert_eq!(checker, heartline_sim::check::blame::CAUSE);
 }
+
+#[test]
+fn presence_never_announced_is_caught() {
+    // No notice and no frame: only the comparison with the wire shows it.
+    let (_, checker) = first_violation("presence-never-announced", 40, |s| {
+        let mut o = base(s);
+        o.gateway_hook = Some(|c| c.engine.mutations.presence_never_announced = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::presence::NAME);
+}

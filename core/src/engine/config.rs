@@ -130,6 +130,9 @@ pub struct Mutations {
     /// The gateway closes the sender's transport when the store fails its send (an
     /// error handler that drops the socket).
     pub store_failure_closes: bool,
+    /// The gateway keeps presence (online flags, grace timers) and never announces it
+    /// (the broadcast forgotten).
+    pub presence_never_announced: bool,
 }
 
 impl Default for EngineConfig {

@@ -773,6 +773,11 @@ impl Gateway {
         if !self.users.contains_key(user) {
             return;
         }
+        // MUTATION (test-only): presence is kept, never told.
+        #[cfg(feature = "mutations")]
+        if self.config.engine.mutations.presence_never_announced {
+            return;
+        }
         let payload = json!({ "userId": user.user_id(), "userType": user.user_type() });
         let event = if online {
             "user:online"

@@ -173,6 +173,17 @@ impl PresenceFrames {
         ))
     }
 
+    /// What the running server process last announced of `user` (`"id:type"`), to
+    /// anyone: online (`true`) or offline; `None` if it announced nothing.
+    pub fn last_announced(&self, user: &str) -> Option<bool> {
+        self.announced
+            .get(user)?
+            .iter()
+            .rev()
+            .find(|(n, _, _)| *n > self.crashed_at)
+            .map(|(_, online, _)| *online)
+    }
+
     /// The server process died: the next one knows nothing of what this one announced
     /// (and every connection it had is gone with it, once what was in flight to them has
     /// arrived, which is still judged by what this one announced).

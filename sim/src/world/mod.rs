@@ -465,6 +465,7 @@ impl Sim {
                 self.now,
                 gw,
                 &self.per_user,
+                &self.presence_frames,
                 self.gw_config.offline_grace_ms,
             );
             self.found(finding);
