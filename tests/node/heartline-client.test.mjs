@@ -1,6 +1,6 @@
 // heartline.js on its own, over a scripted WebSocket: what it sends and what it hands to
 // the page when connections end in each way, joins are turned away or a catch-up is long.
-import { test } from 'node:test';
+import { afterEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 
 class FakeSocket {
@@ -35,9 +35,17 @@ class FakeSocket {
 globalThis.WebSocket = FakeSocket;
 const { HeartlineClient, backoffDelay } = await import('../../runtime/assets/heartline.js');
 
+// Every client a test made is disconnected after it, passed or failed: a failed test
+// otherwise leaves its client's timers (a 60 s backoff, a ping deadline) holding the run.
+const made = [];
+afterEach(() => {
+  for (const c of made.splice(0)) c.disconnect();
+});
+
 function client() {
   FakeSocket.all = [];
   const c = new HeartlineClient('http://127.0.0.1:1', { token: 't', initialDelayMs: 60_000 });
+  made.push(c);
   c.shown = [];
   c.addEventListener('message', (e) => c.shown.push(e.detail.seq));
   return c;
@@ -76,6 +84,7 @@ test('closed and opened again, unacknowledged sends go again and acks do not cro
 
 test('connecting during a backoff opens one socket, and the backoff does not open another', async () => {
   const c = new HeartlineClient('http://127.0.0.1:1', { token: 't', initialDelayMs: 30, randomization: 0 });
+  made.push(c);
   FakeSocket.all = [];
   c.connect();
   last().accept();
