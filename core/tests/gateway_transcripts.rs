@@ -1297,16 +1297,20 @@ fn acks_a_client_sends_unasked_are_paid_for_like_other_events() {
     assert!(!g.view(2).disconnected, "others unaffected");
 }
 
-#[test]
-fn events_over_budget_are_refused_and_a_flood_is_disconnected() {
+/// Five events at once, one a second; ten refusals at half an event each.
+fn small_budget() -> heartline_core::gateway::GatewayConfig {
     let mut cfg = config();
-    // Five events at once, one a second; ten refusals at half an event each.
     cfg.event_budget = heartline_core::gateway::BudgetConfig {
         burst: 5,
         per_second: 1,
         refusal_milli: 500,
     };
-    let mut g = Gw::new(cfg);
+    cfg
+}
+
+#[test]
+fn events_over_budget_are_refused_and_a_flood_is_disconnected() {
+    let mut g = Gw::new(small_budget());
     g.connect(1, "alice", "customer");
     g.connect_with(2, Some(json!({ "token": admin_token("ops") })));
     for _ in 0..5 {
@@ -1348,13 +1352,7 @@ fn events_over_budget_are_refused_and_a_flood_is_disconnected() {
 /// session, starts from what was left; a budget left long enough is whole again.
 #[test]
 fn connecting_again_does_not_refill_the_event_budget() {
-    let mut cfg = config();
-    cfg.event_budget = heartline_core::gateway::BudgetConfig {
-        burst: 5,
-        per_second: 1,
-        refusal_milli: 500,
-    };
-    let mut g = Gw::new(cfg);
+    let mut g = Gw::new(small_budget());
     let alice = token("alice", "customer", 600);
     g.connect_with(1, Some(json!({ "token": alice })));
     for _ in 0..5 {

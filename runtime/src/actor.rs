@@ -1014,15 +1014,18 @@ mod tests {
         }
     }
 
-    /// A storage operation the store does not answer is published as waiting since it
-    /// was asked (what `/healthz` calls stalled after 30 s), and no longer once answered;
-    /// one behind others the store is answering waits since the last answer.
-    #[tokio::test(start_paused = true)]
-    async fn an_operation_the_store_does_not_answer_is_seen_waiting() {
+    /// An actor around [`AsksStore`] with `store`, the answers it will keep, and its
+    /// counters.
+    #[allow(clippy::type_complexity)]
+    fn asking_store(
+        store: StoreQueue,
+    ) -> (
+        Actor<AsksStore>,
+        Arc<Mutex<Vec<Input>>>,
+        Arc<RuntimeMetrics>,
+    ) {
         let answers = Arc::new(Mutex::new(vec![]));
         let metrics = Arc::new(RuntimeMetrics::default());
-        let (store, _keep) = StoreQueue::hung();
-        let clock = Clock::start();
         let actor = Actor::new(
             AsksStore {
                 asked: false,
@@ -1035,6 +1038,17 @@ mod tests {
             Arc::new(AtomicBool::new(false)),
             1 << 20,
         );
+        (actor, answers, metrics)
+    }
+
+    /// A storage operation the store does not answer is published as waiting since it
+    /// was asked (what `/healthz` calls stalled after 30 s), and no longer once answered;
+    /// one behind others the store is answering waits since the last answer.
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_the_store_does_not_answer_is_seen_waiting() {
+        let (store, _keep) = StoreQueue::hung();
+        let clock = Clock::start();
+        let (actor, answers, metrics) = asking_store(store);
         let (tx, rx) = mpsc::channel(4);
         let (results_tx, results) = mpsc::unbounded_channel();
         let task = tokio::spawn(actor.run(rx, results));
@@ -1069,20 +1083,7 @@ mod tests {
     /// sender gets an error, not silence), and the store counts as failed.
     #[tokio::test]
     async fn an_effect_the_store_thread_cannot_take_is_answered_as_failed() {
-        let answers = Arc::new(Mutex::new(vec![]));
-        let metrics = Arc::new(RuntimeMetrics::default());
-        let actor = Actor::new(
-            AsksStore {
-                asked: false,
-                out: None,
-                answers: answers.clone(),
-            },
-            Clock::start(),
-            StoreQueue::detached(),
-            metrics.clone(),
-            Arc::new(AtomicBool::new(false)),
-            1 << 20,
-        );
+        let (actor, answers, metrics) = asking_store(StoreQueue::detached());
         let (tx, rx) = mpsc::channel(4);
         let (_keep, results) = mpsc::unbounded_channel();
         let task = tokio::spawn(actor.run(rx, results));
