@@ -30,7 +30,7 @@ use crate::store::{Member, StoreError};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Longest conversation id, user id or user type accepted.
-pub const MAX_ID_BYTES: usize = 256;
+pub const MAX_ID_BYTES: usize = heartline_core::gateway::MAX_NAME_BYTES;
 
 /// Most messages one read returns when no `limit` is given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -148,12 +148,10 @@ fn bad_escape() -> Response<Body> {
     )
 }
 
-/// Whether `name` is fit to be a conversation id, a user id or a user type: 1 to
-/// [`MAX_ID_BYTES`] bytes without control characters. Ids are written to logs, metrics
-/// labels and every message a user sends; a newline or a megabyte in one has no business
-/// there.
+/// Whether `name` is fit to be a conversation id, a user id or a user type (see
+/// [`heartline_core::gateway::is_good_name`]: tokens are held to the same rule).
 fn good_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_ID_BYTES && !name.chars().any(char::is_control)
+    heartline_core::gateway::is_good_name(name)
 }
 
 /// A refusal for a malformed conversation id.

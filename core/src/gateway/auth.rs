@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::gateway::user_key::UserKey;
+use crate::gateway::user_key::{is_good_name, UserKey};
 
 /// The claims Heartline reads from a token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +107,10 @@ impl Verifier {
             Some(nbf) => nbf.ms(f64::ceil).ok_or(AuthError::Invalid)?,
             None => 0,
         };
-        if read.sub.is_empty() || read.user_type.is_empty() || exp_ms <= now_ms || now_ms < nbf_ms {
+        // A `sub` or `userType` no member list could name (empty, over 256 bytes, a
+        // control character) is a malformed token.
+        let named = is_good_name(&read.sub) && is_good_name(&read.user_type);
+        if !named || exp_ms <= now_ms || now_ms < nbf_ms {
             return Err(AuthError::Invalid);
         }
         Ok(Verified {
@@ -193,6 +196,7 @@ pub fn token_of(auth: Option<&Value>, authorization: Option<&str>) -> Option<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::user_key::MAX_NAME_BYTES;
     use serde_json::json;
 
     const SECRET: &[u8] = b"test-secret";
@@ -280,6 +284,27 @@ mod tests {
             &EncodingKey::from_secret(SECRET),
         )
         .expect("sign")
+    }
+
+    #[test]
+    fn a_user_no_member_list_could_name_is_a_malformed_token() {
+        let v = Verifier::new(SECRET);
+        let long = "u".repeat(MAX_NAME_BYTES);
+        let ok = signed(json!({"sub": long, "userType":"customer","exp":2_000}));
+        assert!(v.verify(&ok, 0).is_ok());
+        for (sub, kind) in [
+            ("u".repeat(MAX_NAME_BYTES + 1), "customer"),
+            ("u\n1".into(), "customer"),
+            ("u1".into(), "agent\u{7f}"),
+            ("u1".into(), ""),
+        ] {
+            let token = signed(json!({"sub": sub, "userType": kind, "exp":2_000}));
+            assert_eq!(
+                v.verify(&token, 0),
+                Err(AuthError::Invalid),
+                "{sub:?} {kind:?}"
+            );
+        }
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub use io::{
     ReadRequest, StoreFailure,
 };
 pub use state::{ConnTimer, GatewayTimer, Owner, Tally, UserTimer};
-pub use user_key::UserKey;
+pub use user_key::{is_good_name, UserKey, MAX_NAME_BYTES};
 
 use crate::codec::socket::{Packet as SioPacket, PacketType};
 use crate::engine::{self, CloseReason, ConfigError, Engine, UsageError};

@@ -12,6 +12,18 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// Longest user id, user type or conversation id accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Whether `name` is fit to be a user id, a user type or a conversation id: 1 to
+/// [`MAX_NAME_BYTES`] bytes without control characters. Names are written to logs, metrics
+/// labels and every message a user sends; a newline or a megabyte in one has no business
+/// there. One rule for the HTTP API's member lists and for the claims of a token, so that
+/// every user who can connect can be made a member.
+pub fn is_good_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_BYTES && !name.chars().any(char::is_control)
+}
+
 /// A user id and a user type, compared as a pair; cheap to clone.
 ///
 /// Keys order by their printed text (then by where the user id ends), so anything iterated
