@@ -12,7 +12,8 @@
 //!   one the connection was sent (everything before it reached it live);
 //! - a join's `missed` list runs `seq` by `seq` from its `afterSeq` and ends at or before
 //!   `lastSeq`, and is not empty when `afterSeq` is short of `lastSeq`;
-//! - a send's tempId is acknowledged `duplicate: false` once at most;
+//! - a send's tempId is acknowledged `duplicate: false` once at most, and an ok ack of a
+//!   send is followed on its link, as the next frame written, by its `message:sent`;
 //! - `message:new` reaches only connections that joined the conversation, and
 //!   `message:notification` only connected ones that did not;
 //! - every message in a frame, live or missed, is the stored one, field for field, and
@@ -90,6 +91,9 @@ pub struct MessageFrames {
     leaving: BTreeMap<(u64, String), u64>,
     /// (link, tempId) of every send made on a link.
     sends: BTreeSet<(u64, String)>,
+    /// Links whose last frame written was an ok ack of a send: its `message:sent` is due
+    /// next, with this tempId.
+    owed_sent: BTreeMap<u64, String>,
     /// (sender, tempId) acknowledged as stored by that send (`duplicate: false`): at most
     /// once each, however many times the client sent it (a tempId is its user's).
     fresh: BTreeSet<(String, String)>,
@@ -135,12 +139,33 @@ impl MessageFrames {
     }
 
     /// The server wrote `text` to honest connection `link`.
-    pub fn server_sent(&mut self, link: u64, text: &str) {
-        if let Some((b'3', Some(id), _)) = chat_data(text) {
-            if let Some(Request::Join { answered, .. }) = self.asked.get_mut(&(link, id)) {
-                *answered = true;
+    pub fn server_sent(&mut self, link: u64, text: &str) -> Finding {
+        // A send acknowledged as stored is followed, on its link and at once, by its
+        // `message:sent` (the contract's two ways of learning it).
+        if let Some(temp_id) = self.owed_sent.remove(&link) {
+            let named = chat_data(text).and_then(|(kind, _, data)| {
+                (kind == b'2' && data.get(0).and_then(Value::as_str) == Some("message:sent"))
+                    .then(|| data[1]["tempId"].as_str().map(str::to_owned))
+            });
+            if named != Some(Some(temp_id.clone())) {
+                return Err((
+                    NAME,
+                    format!("ws{link}: a send of tempId {temp_id} acknowledged, then {text}"),
+                ));
             }
         }
+        if let Some((b'3', Some(id), data)) = chat_data(text) {
+            match self.asked.get_mut(&(link, id)) {
+                Some(Request::Join { answered, .. }) => *answered = true,
+                Some(Request::Send {
+                    temp_id: Some(temp_id),
+                }) if data[0]["ok"] == Value::Bool(true) => {
+                    self.owed_sent.insert(link, temp_id.clone());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The server let `links` out of `conversation`'s room (their user's membership
@@ -558,7 +583,7 @@ mod tests {
         f.received(1, &ok(0, 1), &store).expect("joined");
         // Link 2's join answered by the server before the eviction, at #2, arriving after.
         join(&mut f, 2, 0);
-        f.server_sent(2, &ok(0, 2));
+        f.server_sent(2, &ok(0, 2)).expect("a join answered");
         // Link 3's join answered after it: refused, or (let back in) entered anew.
         join(&mut f, 3, 0);
         f.evicted(&[1, 2, 3], "c", 3);
@@ -639,6 +664,29 @@ mod tests {
             f.received(2, &ack(3, false), &store).is_err(),
             "a retry is a duplicate"
         );
+        // Written, an ok ack of a send owes its message:sent as the next frame on the link.
+        let sent = format!(
+            r#"42/chat,["message:sent",{{"tempId":"{}","message":{m}}}]"#,
+            m["tempId"].as_str().unwrap_or("")
+        );
+        f.sent(
+            3,
+            &format!(
+                r#"42/chat,4["message:send",{{"conversationId":"c","content":"x","tempId":"{}"}}]"#,
+                m["tempId"].as_str().unwrap_or("")
+            ),
+        );
+        f.server_sent(3, &ack(4, true)).expect("the ack");
+        f.server_sent(3, &sent).expect("then its message:sent");
+        f.sent(
+            3,
+            &format!(
+                r#"42/chat,5["message:send",{{"conversationId":"c","content":"x","tempId":"{}"}}]"#,
+                m["tempId"].as_str().unwrap_or("")
+            ),
+        );
+        f.server_sent(3, &ack(5, true)).expect("the ack");
+        assert!(f.server_sent(3, r#"42/chat,["heartbeat",{}]"#).is_err());
     }
 
     #[test]

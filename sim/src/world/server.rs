@@ -388,7 +388,8 @@ impl Sim {
                             }
                         }
                         if honest {
-                            self.message_frames.server_sent(id, text);
+                            let finding = self.message_frames.server_sent(id, text);
+                            self.found(finding);
                         }
                         self.token_expiry.sent(now, id, text);
                         self.handshake.sent(id, text);
