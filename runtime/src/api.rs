@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use heartline_core::gateway::is_good_name;
 use heartline_core::Instant;
 
 use crate::context::Context;
@@ -28,9 +29,6 @@ use crate::store::{Member, StoreError};
 
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// Longest conversation id, user id or user type accepted.
-pub const MAX_ID_BYTES: usize = heartline_core::gateway::MAX_NAME_BYTES;
 
 /// Most messages one read returns when no `limit` is given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -148,15 +146,9 @@ fn bad_escape() -> Response<Body> {
     )
 }
 
-/// Whether `name` is fit to be a conversation id, a user id or a user type (see
-/// [`heartline_core::gateway::is_good_name`]: tokens are held to the same rule).
-fn good_name(name: &str) -> bool {
-    heartline_core::gateway::is_good_name(name)
-}
-
 /// A refusal for a malformed conversation id.
 fn bad_id(id: &str) -> Option<Response<Body>> {
-    (!good_name(id)).then(|| {
+    (!is_good_name(id)).then(|| {
         error(
             StatusCode::BAD_REQUEST,
             "conversation id must be 1 to 256 bytes without control characters",
@@ -212,7 +204,7 @@ async fn put_conversation(
     if parsed
         .members
         .iter()
-        .any(|m| !good_name(&m.user_id) || !good_name(&m.user_type))
+        .any(|m| !is_good_name(&m.user_id) || !is_good_name(&m.user_type))
     {
         return error(
             StatusCode::BAD_REQUEST,

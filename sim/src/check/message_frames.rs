@@ -647,14 +647,15 @@ mod tests {
         let empty = r#"43/chat,1[{"ok":true,"conversationId":"c","lastSeq":3,"missed":[]}]"#;
         assert!(f.received(1, empty, &store).is_err(), "#2 and #3 missed");
         let m = store.get("c", 1).expect("stored").to_json();
+        let temp_id = m["tempId"].as_str().unwrap_or("");
+        // A send of the stored message's tempId, asking for ack `id`.
+        let send = |id: u64| {
+            format!(
+                r#"42/chat,{id}["message:send",{{"conversationId":"c","content":"x","tempId":"{temp_id}"}}]"#
+            )
+        };
         for (link, id) in [(1, 2), (2, 3)] {
-            f.sent(
-                link,
-                &format!(
-                    r#"42/chat,{id}["message:send",{{"conversationId":"c","content":"x","tempId":"{}"}}]"#,
-                    m["tempId"].as_str().unwrap_or("")
-                ),
-            );
+            f.sent(link, &send(id));
         }
         let ack = |id: u64, dup: bool| {
             format!(r#"43/chat,{id}[{{"ok":true,"message":{m},"duplicate":{dup}}}]"#)
@@ -665,26 +666,11 @@ mod tests {
             "a retry is a duplicate"
         );
         // Written, an ok ack of a send owes its message:sent as the next frame on the link.
-        let sent = format!(
-            r#"42/chat,["message:sent",{{"tempId":"{}","message":{m}}}]"#,
-            m["tempId"].as_str().unwrap_or("")
-        );
-        f.sent(
-            3,
-            &format!(
-                r#"42/chat,4["message:send",{{"conversationId":"c","content":"x","tempId":"{}"}}]"#,
-                m["tempId"].as_str().unwrap_or("")
-            ),
-        );
+        let sent = format!(r#"42/chat,["message:sent",{{"tempId":"{temp_id}","message":{m}}}]"#);
+        f.sent(3, &send(4));
         f.server_sent(3, &ack(4, true)).expect("the ack");
         f.server_sent(3, &sent).expect("then its message:sent");
-        f.sent(
-            3,
-            &format!(
-                r#"42/chat,5["message:send",{{"conversationId":"c","content":"x","tempId":"{}"}}]"#,
-                m["tempId"].as_str().unwrap_or("")
-            ),
-        );
+        f.sent(3, &send(5));
         f.server_sent(3, &ack(5, true)).expect("the ack");
         assert!(f.server_sent(3, r#"42/chat,["heartbeat",{}]"#).is_err());
     }

@@ -173,6 +173,22 @@ impl PresenceFrames {
         ))
     }
 
+    /// The announcements of `subject` made to layout user `user` after the first `after`
+    /// (a connection's count at its `connection:success`), in order: number and online.
+    fn made_to<'a>(
+        &'a self,
+        subject: &str,
+        user: usize,
+        after: u64,
+    ) -> impl Iterator<Item = (u64, bool)> + 'a {
+        self.announced
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter(move |(n, _, to)| *n > after && to.contains(&user))
+            .map(|(n, online, _)| (*n, *online))
+    }
+
     /// What the running server process last announced of `user` (`"id:type"`), to
     /// anyone: online (`true`) or offline; `None` if it announced nothing.
     pub fn last_announced(&self, user: &str) -> Option<bool> {
@@ -234,15 +250,11 @@ impl PresenceFrames {
         // says what the nth such announcement did.
         if let Some(after) = self.connected_after.get(&link) {
             let made = self
-                .announced
-                .get(&subject)
-                .into_iter()
-                .flatten()
-                .filter(|(n, _, to)| n > after && to.contains(&user))
+                .made_to(&subject, user, *after)
                 .nth(usize::try_from(nth).unwrap_or(usize::MAX).saturating_sub(1));
             return match made {
-                Some((_, said, _)) if *said == online => Ok(()),
-                Some((n, said, _)) => Err((
+                Some((_, said)) if said == online => Ok(()),
+                Some((n, said)) => Err((
                     NAME,
                     format!(
                         "{me} on ws{link}: frame {nth} about {subject} says online={online}, \
@@ -318,13 +330,12 @@ impl PresenceFrames {
             };
             let partners = self.ever.get(*user).into_iter().flatten();
             for subject in partners {
-                let Some(made) = self.announced.get(subject) else {
+                if !self.announced.contains_key(subject) {
                     continue;
-                };
-                let to_me: Vec<bool> = made
-                    .iter()
-                    .filter(|(n, _, to)| n > after && to.contains(user))
-                    .map(|(_, on, _)| *on)
+                }
+                let to_me: Vec<bool> = self
+                    .made_to(subject, *user, *after)
+                    .map(|(_, on)| on)
                     .collect();
                 let since = to_me.len();
                 let online = to_me.last().copied().unwrap_or(false);
