@@ -88,9 +88,9 @@ pub enum Msg {
     /// Render `/metrics`.
     Metrics(oneshot::Sender<String>),
     /// Whether the core holds a session with this `sid` (before a WebSocket upgrade
-    /// naming it is answered).
+    /// naming it is answered, and before a polling POST's body is read).
     KnowsSid {
-        /// The `sid` of the upgrade request.
+        /// The `sid` of the request.
         sid: Box<str>,
         /// The answer.
         reply: oneshot::Sender<bool>,

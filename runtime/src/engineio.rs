@@ -182,7 +182,10 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
     let ws_upgrade = is_websocket_upgrade(req.headers()) && req.method() == hyper::Method::GET;
     // An upgrade naming a session the core does not hold gets the polling answer for an
     // unknown sid, not a 101 and a close: the client's probe fails with the reason in hand.
-    if let (true, Some(sid)) = (ws_upgrade, query.sid.as_deref()) {
+    // A POST naming one gets it before its body is read: a made-up sid must not have the
+    // server take up to `max_payload_bytes` from anyone, or hold a reading mark for it.
+    let asks_first = ws_upgrade || req.method() == hyper::Method::POST;
+    if let (true, Some(sid)) = (asks_first, query.sid.as_deref()) {
         if !knows_sid(&ctx, sid).await {
             let mut resp = http::json(
                 StatusCode::BAD_REQUEST,

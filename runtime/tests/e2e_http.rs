@@ -605,6 +605,47 @@ async fn a_held_poll_abandoned_by_the_client_ends_the_session() {
     server.stop().await;
 }
 
+/// A POST naming a session the server does not hold is answered "Session ID unknown" from
+/// its head, before its body: a made-up sid does not get the server to read (and hold) up
+/// to `max_payload_bytes`, nor to keep a reading mark for it.
+#[tokio::test]
+async fn a_post_with_a_made_up_sid_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start(|_| {}).await;
+    let addr = server.addr;
+    let path = "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA";
+    let mut post = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    // A head that announces a large body, and none of the body.
+    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n");
+    post.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, post.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("Session ID unknown"), "{answer}");
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(&m, "heartline_polling_posts_reading"),
+        Some(0.0),
+        "{m}"
+    );
+    // A session's own POST is still read and handed to the core.
+    let sid = polling_handshake(addr).await;
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let (status, _, body) = http(addr, "POST", &path, &[], "40/chat,").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, _, body) = http(addr, "GET", &path, &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("44/chat,"),
+        "the CONNECT reached the core: {body}"
+    );
+    server.stop().await;
+}
+
 /// Two writers on one session, as two readers are, mean the client lost track of it: a
 /// POST that comes while an earlier one's body is still arriving ends the session, where
 /// taking both would hand the core their packets in the order their bodies ended.
