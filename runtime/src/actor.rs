@@ -382,9 +382,10 @@ impl<A: App> Actor<A> {
                 self.metrics
                     .http_waiting
                     .store(self.http.len() as u64, Ordering::Relaxed);
+                let draining = self.draining.load(Ordering::Relaxed);
                 let text = self
                     .app
-                    .render_metrics(&self.metrics, self.draining.load(Ordering::Relaxed));
+                    .render_metrics(&self.metrics, draining, self.clock.now());
                 let _ = reply.send(text);
             }
             Msg::Drain { drain_ms, done } => self.start_drain(drain_ms, done),
@@ -885,7 +886,7 @@ mod tests {
         fn session_count(&self) -> usize {
             0
         }
-        fn render_metrics(&self, _: &RuntimeMetrics, _: bool) -> String {
+        fn render_metrics(&self, _: &RuntimeMetrics, _: bool, _: Instant) -> String {
             String::new()
         }
     }
@@ -1009,7 +1010,7 @@ mod tests {
         fn session_count(&self) -> usize {
             0
         }
-        fn render_metrics(&self, _: &RuntimeMetrics, _: bool) -> String {
+        fn render_metrics(&self, _: &RuntimeMetrics, _: bool, _: Instant) -> String {
             String::new()
         }
     }
@@ -1059,6 +1060,8 @@ mod tests {
         tx.send(input(1)).await.expect("actor runs");
         tokio::time::sleep(Duration::from_secs(40)).await;
         assert_eq!(waiting(), asked_at + 1, "waiting since it was asked");
+        let now = clock.now().as_millis();
+        assert!(crate::metrics::store_stalled(waiting(), now), "stalled");
         let read = |answers: &Arc<Mutex<Vec<Input>>>| {
             answers
                 .lock()

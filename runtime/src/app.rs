@@ -41,8 +41,8 @@ pub trait App: Send + 'static {
     fn knows_sid(&self, _sid: &str) -> bool {
         true
     }
-    /// The `/metrics` page, the runtime's counters included.
-    fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool) -> String;
+    /// The `/metrics` page at `now`, the runtime's counters included.
+    fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool, now: Instant) -> String;
 }
 
 impl App for Gateway {
@@ -78,7 +78,7 @@ impl App for Gateway {
         self.engine().knows_sid(sid)
     }
 
-    fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool) -> String {
-        metrics::render(self, rt, draining)
+    fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool, now: Instant) -> String {
+        metrics::render(self, rt, draining, now)
     }
 }

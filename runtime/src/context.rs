@@ -129,18 +129,6 @@ fn body_size(msg: &Msg) -> usize {
     }
 }
 
-/// How long a storage operation may wait for the store before `/healthz` and `/readyz`
-/// call it stalled: far beyond a slow flush (milliseconds) or the database's busy timeout
-/// (5 s, after which an operation is answered as failed), so that only a store that has
-/// stopped answering is.
-pub const STORE_STALL: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Whether an operation asked at `since` (core milliseconds plus one; 0: none waiting)
-/// has waited past [`STORE_STALL`] at `now`.
-fn stalled(since: u64, now: u64) -> bool {
-    since != 0 && now.saturating_sub(since - 1) > STORE_STALL.as_millis() as u64
-}
-
 /// Shared by all tasks of one server.
 #[derive(Debug)]
 pub struct Context {
@@ -241,13 +229,14 @@ impl Context {
         self.metrics.store_failed.load(Ordering::Relaxed) != 0
     }
 
-    /// Whether the store has kept a storage operation waiting for over [`STORE_STALL`]
+    /// Whether the store has kept a storage operation waiting for over
+    /// [`STORE_STALL`](crate::metrics::STORE_STALL)
     /// without answering any: a flush or a write that does not return (a disk gone, a
     /// hung network mount) stops every send without failing anything, and the health
     /// checks must say so. A store that answers, however far behind, is not stalled.
     pub fn store_stalled(&self) -> bool {
         let since = self.metrics.store_waiting_since_ms.load(Ordering::Relaxed);
-        stalled(since, self.clock.now().as_millis())
+        crate::metrics::store_stalled(since, self.clock.now().as_millis())
     }
 
     /// Whether the server held `server.max_connections` sessions when the actor last
@@ -352,15 +341,6 @@ mod tests {
         assert_eq!(inbox.held(), 40 << 20);
         drop(second);
         assert_eq!(inbox.held(), 0);
-    }
-
-    #[test]
-    fn a_store_is_stalled_once_an_operation_waited_over_30_s() {
-        assert!(!stalled(0, 1_000_000), "nothing waiting");
-        let asked = 5_000;
-        assert!(!stalled(asked + 1, asked + 30_000));
-        assert!(stalled(asked + 1, asked + 30_001));
-        assert!(!stalled(asked + 1, 0), "a clock behind is no wait");
     }
 
     /// However large the configured payload, one message of it never waits for itself.

@@ -258,7 +258,7 @@ impl App for EchoApp {
         self.engine.sessions_held()
     }
 
-    fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool) -> String {
+    fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool, _now: Instant) -> String {
         metrics::render_engine(&self.engine, rt, draining)
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use heartline_core::engine::Engine;
 use heartline_core::gateway::metrics::LATENCY_BUCKETS_MS;
 use heartline_core::gateway::Gateway;
+use heartline_core::Instant;
 
 /// Counters and gauges kept by the runtime; shared by every task, updated lock-free.
 #[derive(Debug, Default)]
@@ -73,8 +74,10 @@ pub struct RuntimeMetrics {
     /// error): nothing can be stored until the
     /// server is restarted, and `/healthz` and `/readyz` say so.
     pub store_failed: AtomicU64,
-    /// When (core milliseconds, plus one) the oldest storage operation still waiting for
-    /// the store was asked; 0 with none waiting. Set by the actor after each step.
+    /// Since when (core milliseconds, plus one) the store has kept a storage operation
+    /// waiting without answering any: the later of when the oldest one still waiting was
+    /// asked and the store's last answer; 0 with none waiting. Set by the actor after each
+    /// step; read through [`store_waiting_ms`].
     pub store_waiting_since_ms: AtomicU64,
     /// How long each group commit took: the write transaction, and with it the flush of
     /// the log unless the log is flushed apart (see `store_sync`). Every acknowledged
@@ -142,6 +145,27 @@ impl DurationHistogram {
     }
 }
 
+/// How long, at `now` (core milliseconds), the store has kept an operation waiting
+/// without answering any, from [`RuntimeMetrics::store_waiting_since_ms`]; 0 with none
+/// waiting.
+pub fn store_waiting_ms(since: u64, now: u64) -> u64 {
+    match since {
+        0 => 0,
+        since => now.saturating_sub(since - 1),
+    }
+}
+
+/// How long a storage operation may wait for the store before `/healthz`, `/readyz` and
+/// `heartline_store_stalled` call it stalled: far beyond a slow flush (milliseconds) or
+/// the database's busy timeout (5 s, after which an operation is answered as failed), so
+/// that only a store that has stopped answering is.
+pub const STORE_STALL: Duration = Duration::from_secs(30);
+
+/// Whether the store, waiting since `since`, has been past [`STORE_STALL`] at `now`.
+pub fn store_stalled(since: u64, now: u64) -> bool {
+    store_waiting_ms(since, now) > STORE_STALL.as_millis() as u64
+}
+
 /// Appends one Prometheus histogram. `buckets` are (upper bound in seconds, observations
 /// in that bucket alone), summed here. `count` is asked for after the buckets are read,
 /// and never reported below their total: an observation recorded in between (the
@@ -203,7 +227,7 @@ fn sample(out: &mut String, name: &str, value: u64) {
 }
 
 /// The whole `/metrics` page.
-pub fn render(gateway: &Gateway, rt: &RuntimeMetrics, draining: bool) -> String {
+pub fn render(gateway: &Gateway, rt: &RuntimeMetrics, draining: bool, now: Instant) -> String {
     let mut out = String::with_capacity(4096);
     let m = gateway.metrics();
 
@@ -269,6 +293,29 @@ pub fn render(gateway: &Gateway, rt: &RuntimeMetrics, draining: bool) -> String 
         "1 once the store's log could not be flushed or checkpointed; nothing is stored until a restart.",
     );
     sample(&mut out, "heartline_store_failed", get(&rt.store_failed));
+    let (since, now) = (get(&rt.store_waiting_since_ms), now.as_millis());
+    family(
+        &mut out,
+        "heartline_store_waiting_seconds",
+        "gauge",
+        "How long the store has kept a storage operation waiting without answering any (0: none waiting).",
+    );
+    let _ = writeln!(
+        out,
+        "heartline_store_waiting_seconds {}",
+        store_waiting_ms(since, now) as f64 / 1e3
+    );
+    family(
+        &mut out,
+        "heartline_store_stalled",
+        "gauge",
+        "1 while that wait is past 30 s, as /healthz and /readyz then report (\"store stalled\").",
+    );
+    sample(
+        &mut out,
+        "heartline_store_stalled",
+        u64::from(store_stalled(since, now)),
+    );
     family(
         &mut out,
         "heartline_store_pending_ops",
@@ -592,5 +639,21 @@ mod tests {
         assert_eq!(value("x_count"), "5");
         assert_eq!(value("x_sum"), "2.00345");
         assert!(out.contains("# TYPE x histogram"));
+    }
+
+    #[test]
+    fn a_store_is_stalled_once_an_operation_waited_over_30_s() {
+        assert_eq!(store_waiting_ms(0, 1_000_000), 0, "nothing waiting");
+        assert!(!store_stalled(0, 1_000_000));
+        let asked = 5_000;
+        assert_eq!(store_waiting_ms(asked + 1, asked + 30_000), 30_000);
+        assert!(!store_stalled(asked + 1, asked + 30_000));
+        assert!(store_stalled(asked + 1, asked + 30_001));
+        assert_eq!(
+            store_waiting_ms(asked + 1, 0),
+            0,
+            "a clock behind is no wait"
+        );
+        assert!(!store_stalled(asked + 1, 0));
     }
 }

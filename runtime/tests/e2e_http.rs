@@ -30,6 +30,8 @@ async fn health_readiness_and_metrics() {
         "heartline_outbound_queue_bytes",
         "heartline_heartbeat_latency_seconds_bucket{le=\"+Inf\"}",
         "heartline_tcp_connections",
+        "heartline_store_waiting_seconds 0\n",
+        "heartline_store_stalled 0\n",
         "# TYPE heartline_closes_total counter",
     ] {
         assert!(body.contains(name), "{name} missing from:\n{body}");
