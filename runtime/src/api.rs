@@ -23,6 +23,7 @@ use heartline_core::Instant;
 
 use crate::context::Context;
 use crate::http::{self, Body};
+use crate::metrics::STORE_STALL;
 use crate::query;
 use crate::storage::Job;
 use crate::store::{Member, StoreError};
@@ -224,7 +225,7 @@ async fn put_conversation(
     }) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
     }
-    match rx.await {
+    match store_answer(rx).await {
         Ok(Ok((conv, last_seq))) => http::json(
             StatusCode::OK,
             &json!({
@@ -237,7 +238,44 @@ async fn put_conversation(
             }),
         ),
         Ok(Err(e)) => store_error(&e),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+        Err(e) => e.response(),
+    }
+}
+
+/// Why the store gave an API request no answer.
+#[derive(Debug, PartialEq, Eq)]
+enum NoAnswer {
+    /// The store thread is gone.
+    Gone,
+    /// It kept the request waiting past [`STORE_STALL`]: a flush or a write that does
+    /// not return.
+    Stalled,
+}
+
+impl NoAnswer {
+    fn response(&self) -> Response<Body> {
+        match self {
+            NoAnswer::Gone => error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+            NoAnswer::Stalled => {
+                tracing::warn!(
+                    "an API request waited {} s for the store; answered 503",
+                    STORE_STALL.as_secs()
+                );
+                error(StatusCode::SERVICE_UNAVAILABLE, "store stalled")
+            }
+        }
+    }
+}
+
+/// The store's answer to a job, waited for at most [`STORE_STALL`] (what `/healthz` calls
+/// a stalled store): a store that stopped answering must not hold each API request, and
+/// its connection, for ever. A PUT so answered may still be committed when the store
+/// wakes; as it sets the whole member list, sending it again is safe.
+async fn store_answer<T>(rx: oneshot::Receiver<T>) -> Result<T, NoAnswer> {
+    match tokio::time::timeout(STORE_STALL, rx).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => Err(NoAnswer::Gone),
+        Err(_) => Err(NoAnswer::Stalled),
     }
 }
 
@@ -288,7 +326,7 @@ async fn messages(req: Request<Incoming>, ctx: Arc<Context>, id: String) -> Resp
     }) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
     }
-    match rx.await {
+    match store_answer(rx).await {
         Ok(Ok(ms)) => http::json(
             StatusCode::OK,
             &json!({
@@ -300,7 +338,7 @@ async fn messages(req: Request<Incoming>, ctx: Arc<Context>, id: String) -> Resp
             error(StatusCode::NOT_FOUND, "no such conversation")
         }
         Ok(Err(e)) => store_error(&e),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+        Err(e) => e.response(),
     }
 }
 
@@ -317,5 +355,30 @@ mod tests {
         assert!(!authorized(Some(&v("Basic k1")), "k1"));
         assert!(!authorized(Some(&v("Bearer k1x")), "k1"));
         assert!(!authorized(None, "k1"));
+    }
+
+    /// A store that does not answer has the request answered 503 once it waited past
+    /// the stall bound, not held for ever; one that answers late, but within it, is
+    /// waited for; a store gone is said at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_for_the_store_at_most_the_stall_bound() {
+        let (_keep, rx) = oneshot::channel::<u32>();
+        let began = tokio::time::Instant::now();
+        assert_eq!(store_answer(rx).await, Err(NoAnswer::Stalled));
+        assert_eq!(began.elapsed(), STORE_STALL);
+
+        let (tx, rx) = oneshot::channel::<u32>();
+        let late = STORE_STALL - std::time::Duration::from_secs(1);
+        tokio::spawn(async move {
+            tokio::time::sleep(late).await;
+            let _ = tx.send(7);
+        });
+        assert_eq!(store_answer(rx).await, Ok(7));
+
+        let (tx, rx) = oneshot::channel::<u32>();
+        drop(tx);
+        let began = tokio::time::Instant::now();
+        assert_eq!(store_answer(rx).await, Err(NoAnswer::Gone));
+        assert_eq!(began.elapsed(), std::time::Duration::ZERO);
     }
 }
