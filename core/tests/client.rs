@@ -2,7 +2,9 @@
 //! go: the application closing and reopening a client, connecting during a backoff, and
 //! rejoin bursts (the joins kept in flight, the server turning them away).
 
-use heartline_core::client::{Client, ClientConfig, Notice, Output, Status, MAX_JOINS_IN_FLIGHT};
+use heartline_core::client::{
+    Client, ClientConfig, Notice, Output, SendError, Status, MAX_JOINS_IN_FLIGHT,
+};
 use heartline_core::codec::Frame;
 use heartline_core::Instant;
 use serde_json::{json, Value};
@@ -132,7 +134,7 @@ fn a_send_from_before_a_disconnect_is_sent_again_and_acks_do_not_cross() {
     let mut d = Driven::new();
     d.client.connect(d.now);
     d.server_accepts();
-    let a = d.client.send_message(d.now, "c1", "first");
+    let a = d.client.send_message(d.now, "c1", "first").expect("room");
     let first = sent_events(&d.take());
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].0, Some(0));
@@ -140,7 +142,7 @@ fn a_send_from_before_a_disconnect_is_sent_again_and_acks_do_not_cross() {
     d.client.disconnect(d.now);
     d.client.connect(d.now);
     d.server_accepts();
-    let b = d.client.send_message(d.now, "c1", "second");
+    let b = d.client.send_message(d.now, "c1", "second").expect("room");
     let again = sent_events(&d.take());
     let temp_ids: Vec<(Option<u64>, &str)> = again
         .iter()
@@ -365,12 +367,12 @@ fn a_message_sent_while_an_earlier_one_waits_to_be_retried_goes_after_it() {
     let mut d = Driven::new();
     d.client.connect(d.now);
     d.server_accepts();
-    let a = d.client.send_message(d.now, "c1", "first");
+    let a = d.client.send_message(d.now, "c1", "first").expect("room");
     assert_eq!(sends(&d.take()), std::slice::from_ref(&a));
     // A store hiccup: A waits a second before it is tried again.
     d.ack(0, json!({"ok": false, "code": "internal"}));
     d.now = Instant::from_millis(1_100);
-    let b = d.client.send_message(d.now, "c1", "second");
+    let b = d.client.send_message(d.now, "c1", "second").expect("room");
     assert_eq!(sends(&d.take()), Vec::<String>::new(), "B waits behind A");
     let due = d.client.poll_timeout().expect("the retry is scheduled");
     assert_eq!(due.as_millis(), 2_000, "the deadline is A's, not B's");
@@ -383,7 +385,7 @@ fn a_reply_that_is_not_the_contracts_is_tried_again_not_given_up() {
     let mut d = Driven::new();
     d.client.connect(d.now);
     d.server_accepts();
-    let a = d.client.send_message(d.now, "c1", "first");
+    let a = d.client.send_message(d.now, "c1", "first").expect("room");
     assert_eq!(sends(&d.take()), std::slice::from_ref(&a));
     d.frame("43/chat,0[]");
     let out = d.take();
@@ -505,13 +507,13 @@ fn a_token_refreshed_while_the_connect_is_on_its_way_follows_it() {
 #[test]
 fn a_second_connect_on_a_live_connection_does_not_restart_the_ack_ids() {
     let (mut d, _) = Driven::connected_in(0);
-    let a = d.client.send_message(d.now, "c1", "first");
+    let a = d.client.send_message(d.now, "c1", "first").expect("room");
     assert_eq!(sent_events(&d.take())[0].0, Some(0));
     // A broken server repeats the namespace CONNECT: nothing is asked again, and the next
     // send takes the next ack id, not 0 again.
     d.frame(r#"40/chat,{"sid":"y"}"#);
     assert!(sent_events(&d.take()).is_empty());
-    let b = d.client.send_message(d.now, "c1", "second");
+    let b = d.client.send_message(d.now, "c1", "second").expect("room");
     let sent = sent_events(&d.take());
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].0, Some(1));
@@ -533,6 +535,7 @@ fn temp_ids_carry_128_random_bits_so_two_starts_of_a_client_do_not_repeat_them()
             ..ClientConfig::default()
         });
         c.send_message(Instant::from_millis(0), "c1", "x")
+            .expect("room")
     };
     let (x, y) = (temp_id(1), temp_id(2));
     for t in [&x, &y] {
@@ -799,4 +802,47 @@ fn a_client_the_server_refused_connects_again_with_a_fresh_token() {
     let out = d.take();
     assert_eq!(opens(&out), 0);
     assert_eq!(sent_events(&out)[0].1, "auth:refresh");
+}
+
+/// The outbox is bounded by count and by bytes: past either, a send is refused at once
+/// with nothing queued, and room comes back as sends are acknowledged or refused for good.
+#[test]
+fn a_full_outbox_refuses_a_send_until_the_server_acknowledges_one() {
+    let mut d = Driven::new();
+    d.client = Client::new(ClientConfig {
+        max_outbox: 3,
+        max_outbox_bytes: 20,
+        ..ClientConfig::default()
+    });
+    // Offline: everything waits in the outbox.
+    let mut ids = vec![];
+    for content in ["a", "b", "c"] {
+        ids.push(d.client.send_message(d.now, "c1", content).expect("room"));
+    }
+    assert_eq!(
+        d.client.send_message(d.now, "c1", "d"),
+        Err(SendError::OutboxFull {
+            messages: 3,
+            bytes: 9
+        })
+    );
+    assert_eq!(d.client.outbox_len(), 3, "nothing queued");
+    d.client.connect(d.now);
+    d.server_accepts();
+    assert_eq!(sends(&d.take()), ids, "the refused send never goes");
+    // One acknowledged, one refused for good: room for two again, but not for a send
+    // whose bytes would pass the bound (3 left of 20 bytes in use by one send).
+    d.ack(
+        0,
+        json!({"ok": true, "message": {"tempId": ids[0]}, "duplicate": false}),
+    );
+    d.ack(1, json!({"ok": false, "code": "not_a_member"}));
+    assert_eq!(d.client.outbox_len(), 1);
+    assert!(matches!(
+        d.client.send_message(d.now, "c1", &"x".repeat(16)),
+        Err(SendError::OutboxFull { messages: 1, .. })
+    ));
+    let e = d.client.send_message(d.now, "c1", &"x".repeat(15));
+    assert!(e.is_ok(), "exactly to the bound: {e:?}");
+    assert_eq!(d.client.outbox_len(), 2);
 }

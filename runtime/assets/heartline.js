@@ -34,7 +34,21 @@ const DEFAULTS = {
   // deploy, a restart) must not leave pages that never come back by themselves.
   maxAttempts: Infinity,
   connectTimeoutMs: 20000,
+  // Sends waiting for their ack, and their content's characters (with the conversation
+  // ids'), as the Rust client: a page that keeps sending while the server is out of reach
+  // must not queue without end. Past either, `send` throws an `OutboxFullError`.
+  maxOutbox: 1000,
+  maxOutboxChars: 8 * 1024 * 1024,
 };
+
+/** Thrown by `send` when the outbox is full; nothing was queued. */
+export class OutboxFullError extends Error {
+  constructor(messages, chars) {
+    super(`the outbox is full: ${messages} sends of ${chars} characters wait for the server's ack`);
+    this.name = 'OutboxFullError';
+    this.code = 'outbox_full';
+  }
+}
 
 /**
  * The delay before reconnection attempt `attempt` (1-based), `r` a uniform draw in [0, 1):
@@ -157,8 +171,18 @@ export class HeartlineClient extends EventTarget {
     if (this.up) this.sendJoin(conversationId);
   }
 
-  /** Queues a message; returns its tempId. */
+  /**
+   * Queues a message; returns its tempId. Throws an `OutboxFullError`, queuing nothing,
+   * when `maxOutbox` sends already wait for their ack or this one would take their
+   * characters past `maxOutboxChars`.
+   */
   send(conversationId, content) {
+    let chars = 0;
+    for (const o of this.outbox.values()) chars += o.conversationId.length + o.content.length;
+    if (this.outbox.size >= this.opts.maxOutbox
+        || chars + conversationId.length + content.length > this.opts.maxOutboxChars) {
+      throw new OutboxFullError(this.outbox.size, chars);
+    }
     const tempId = `w${Date.now().toString(36)}-${(this.seq++).toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
     this.outbox.set(tempId, { conversationId, content, sentOn: null, notBefore: 0 });
     this.flush();

@@ -20,7 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use futures_util::{SinkExt, StreamExt};
-pub use heartline_core::client::{Backoff, ClientConfig, Notice, Status};
+pub use heartline_core::client::{Backoff, ClientConfig, Notice, SendError, Status};
 use heartline_core::client::{Client, Output};
 use heartline_core::codec::Frame;
 use heartline_core::Instant;
@@ -33,6 +33,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Opening = Pin<Box<dyn Future<Output = Result<Box<Ws>, tungstenite::Error>> + Send>>;
+/// A send's answer: its `tempId`, or why it was not queued.
+type Queued = Result<String, SendError>;
 
 /// Why a client could not be started, or a command not taken.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,9 @@ pub enum ReconnectingError {
     /// The client's task has ended (after [`Reconnecting::close`], or a panic in it).
     #[error("the client has stopped")]
     Stopped,
+    /// A send was not queued ([`ClientConfig::max_outbox`]).
+    #[error(transparent)]
+    Send(#[from] SendError),
 }
 
 /// The client's state after its last step, for an application to read at any time.
@@ -66,7 +71,7 @@ enum Command {
     Send {
         conversation_id: String,
         content: String,
-        temp_id: oneshot::Sender<String>,
+        temp_id: oneshot::Sender<Queued>,
     },
     Emit(String, Value),
     SetToken(String),
@@ -188,7 +193,8 @@ impl Reconnecting {
 
     /// Queues a message; it is sent when connected and resent under the same `tempId` until
     /// it is acknowledged ([`Notice::Acked`]) or refused for good ([`Notice::SendFailed`]).
-    /// Returns the `tempId`.
+    /// Returns the `tempId`, or [`ReconnectingError::Send`] with the outbox full (nothing
+    /// queued).
     pub async fn send_message(
         &self,
         conversation_id: &str,
@@ -200,7 +206,7 @@ impl Reconnecting {
             content: content.to_owned(),
             temp_id,
         })?;
-        rx.await.map_err(|_| ReconnectingError::Stopped)
+        Ok(rx.await.map_err(|_| ReconnectingError::Stopped)??)
     }
 
     /// Emits any event while connected (not queued while disconnected, no ack).
@@ -280,7 +286,7 @@ struct Driver {
     /// moves the core's deadlines as it moves the sleeps.
     started: tokio::time::Instant,
     /// `tempId`s to hand back once the state that counts their sends is published.
-    replies: Vec<(oneshot::Sender<String>, String)>,
+    replies: Vec<(oneshot::Sender<Queued>, Queued)>,
     ws: Option<Box<Ws>>,
     /// A WebSocket being opened, at the core's request.
     opening: Option<Opening>,

@@ -33,7 +33,7 @@ class FakeSocket {
   ack(id, reply) { this.recv(`43/chat,${id}${JSON.stringify([reply])}`); }
 }
 globalThis.WebSocket = FakeSocket;
-const { HeartlineClient, backoffDelay } = await import('../../runtime/assets/heartline.js');
+const { HeartlineClient, OutboxFullError, backoffDelay } = await import('../../runtime/assets/heartline.js');
 
 // Every client a test made is disconnected after it, passed or failed: a failed test
 // otherwise leaves its client's timers (a 60 s backoff, a ping deadline) holding the run.
@@ -143,6 +143,26 @@ test('an outbox filled offline goes four at a time', () => {
   ws.ack(0, { ok: true, message: msg(1), duplicate: false });
   assert.deepEqual(ws.events().map(([, , p]) => p.tempId), ids.slice(0, 5));
   c.disconnect();
+});
+
+test('a full outbox throws and queues nothing until the server acknowledges a send', () => {
+  const c = client();
+  c.opts.maxOutbox = 3;
+  c.opts.maxOutboxChars = 20;
+  const ids = ['a', 'b', 'c'].map((m) => c.send('c1', m));
+  assert.throws(() => c.send('c1', 'd'), (e) => e instanceof OutboxFullError && e.code === 'outbox_full');
+  assert.equal(c.outbox.size, 3, 'nothing queued');
+  c.connect();
+  const ws = last();
+  ws.accept();
+  assert.deepEqual(ws.events().map(([, , p]) => p.tempId), ids);
+  ws.ack(0, { ok: true, message: msg(1), duplicate: false });
+  ws.ack(1, { ok: false, code: 'not_a_member' });
+  assert.equal(c.outbox.size, 1);
+  // 3 characters in use; 16 + 2 more would pass 20, 15 + 2 reach it.
+  assert.throws(() => c.send('c1', 'x'.repeat(16)), OutboxFullError);
+  c.send('c1', 'x'.repeat(15));
+  assert.equal(c.outbox.size, 2);
 });
 
 test('joins turned away by the event budget go again one refill apart', () => {

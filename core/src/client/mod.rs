@@ -53,6 +53,13 @@ const MAX_SENDS_IN_FLIGHT: usize = 4;
 /// on the client, in the order they were asked for.
 pub const MAX_JOINS_IN_FLIGHT: usize = 4;
 
+/// Sends the outbox holds by default ([`ClientConfig::max_outbox`]).
+pub const DEFAULT_MAX_OUTBOX: usize = 1_000;
+
+/// Bytes of content and conversation ids the outbox holds by default
+/// ([`ClientConfig::max_outbox_bytes`]).
+pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 8 << 20;
+
 /// Pause before a join the server failed to serve is tried again.
 const JOIN_RETRY_MS: u64 = 1_000;
 
@@ -76,6 +83,14 @@ pub struct ClientConfig {
     /// the runtime's client (`heartline_runtime::reconnecting`) replaces with a seed from
     /// the system's entropy; a driver of its own must draw one itself.
     pub seed: u64,
+    /// Most sends waiting for their ack at once. An application that keeps sending while
+    /// the server is out of reach would otherwise queue without end, and then, once back,
+    /// wait behind the whole queue for every new message; past this, a send is refused
+    /// at once ([`SendError::OutboxFull`]) and the application can tell its user.
+    pub max_outbox: usize,
+    /// Most bytes (content and conversation id) of the sends waiting for their ack, for
+    /// the same reason: a thousand long messages are a lot of memory.
+    pub max_outbox_bytes: usize,
     /// Test-only: deliberate bugs for the simulator's mutation tests. All off by default.
     #[cfg(feature = "mutations")]
     pub mutations: crate::engine::Mutations,
@@ -89,10 +104,27 @@ impl Default for ClientConfig {
             backoff: Backoff::default(),
             connect_timeout_ms: 20_000,
             seed: 0,
+            max_outbox: DEFAULT_MAX_OUTBOX,
+            max_outbox_bytes: DEFAULT_MAX_OUTBOX_BYTES,
             #[cfg(feature = "mutations")]
             mutations: crate::engine::Mutations::default(),
         }
     }
+}
+
+/// Why a send was not taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The outbox holds [`ClientConfig::max_outbox`] sends, or this one would take it past
+    /// [`ClientConfig::max_outbox_bytes`]: the server has not acknowledged them (it is out
+    /// of reach, or slow). Nothing was queued; try again once some are acknowledged.
+    #[error("the outbox is full: {messages} sends of {bytes} bytes wait for the server's ack")]
+    OutboxFull {
+        /// Sends waiting.
+        messages: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
 }
 
 /// What a front end shows.
@@ -176,6 +208,13 @@ struct Outgoing {
     not_before: Instant,
 }
 
+impl Outgoing {
+    /// What it counts against [`ClientConfig::max_outbox_bytes`].
+    fn bytes(&self) -> usize {
+        self.content.len() + self.conversation_id.len()
+    }
+}
+
 /// Where the current connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -209,6 +248,8 @@ pub struct Client {
     connect_deadline: Option<Instant>,
     silence_deadline: Option<Instant>,
     outbox: VecDeque<Outgoing>,
+    /// The outbox's [`Outgoing::bytes`], summed.
+    outbox_bytes: usize,
     next_ack: u64,
     /// Ack ids of joins in flight: ack id -> conversation.
     joins: BTreeMap<u64, String>,
@@ -255,6 +296,7 @@ impl Client {
             connect_deadline: None,
             silence_deadline: None,
             outbox: VecDeque::new(),
+            outbox_bytes: 0,
             next_ack: 0,
             joins: BTreeMap::new(),
             refreshes: BTreeSet::new(),
@@ -393,9 +435,25 @@ impl Client {
     }
 
     /// Queues a message; it is sent now if connected, else after the next connect, and
-    /// resent with the same `tempId` until acknowledged. Returns the `tempId`.
-    pub fn send_message(&mut self, now: Instant, conversation_id: &str, content: &str) -> String {
+    /// resent with the same `tempId` until acknowledged. Returns the `tempId`, or, with the
+    /// outbox full ([`ClientConfig::max_outbox`], [`ClientConfig::max_outbox_bytes`]), an
+    /// error and nothing queued.
+    pub fn send_message(
+        &mut self,
+        now: Instant,
+        conversation_id: &str,
+        content: &str,
+    ) -> Result<String, SendError> {
         let now = self.clock.observe(now);
+        let bytes = content.len() + conversation_id.len();
+        if self.outbox.len() >= self.config.max_outbox
+            || self.outbox_bytes.saturating_add(bytes) > self.config.max_outbox_bytes
+        {
+            return Err(SendError::OutboxFull {
+                messages: self.outbox.len(),
+                bytes: self.outbox_bytes,
+            });
+        }
         // 128 random bits: the server keeps a user's tempIds with no end, and every start of
         // a client counts from 1 again, so the counter alone (or with 32 bits, ~1 % odds per
         // user over 10,000 past sessions) would in time answer a new message as a duplicate
@@ -414,8 +472,16 @@ impl Client {
             ack: None,
             not_before: now,
         });
+        self.outbox_bytes += bytes;
         self.flush_outbox(now);
-        temp_id
+        Ok(temp_id)
+    }
+
+    /// Takes the send at `pos` out of the outbox (acknowledged, or refused for good).
+    fn settle(&mut self, pos: usize) -> Option<Outgoing> {
+        let o = self.outbox.remove(pos)?;
+        self.outbox_bytes -= o.bytes();
+        Some(o)
     }
 
     /// Leaves a conversation: `conversation:leave` is sent if connected, it is no longer
@@ -983,7 +1049,7 @@ impl Client {
             return;
         };
         if reply["ok"] == json!(true) {
-            if let Some(o) = self.outbox.remove(pos) {
+            if let Some(o) = self.settle(pos) {
                 self.out.push_back(Output::Notice(Notice::Acked {
                     temp_id: o.temp_id,
                     message: reply["message"].clone(),
@@ -1013,7 +1079,7 @@ impl Client {
                 }
             }
             _ => {
-                if let Some(o) = self.outbox.remove(pos) {
+                if let Some(o) = self.settle(pos) {
                     self.out.push_back(Output::Notice(Notice::SendFailed {
                         temp_id: o.temp_id,
                         code,
