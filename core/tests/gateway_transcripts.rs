@@ -1055,6 +1055,54 @@ fn wall_clock_times_follow_a_clock_that_stepped() {
     assert_eq!(g.events_named(3, "auth:expired").len(), 1);
 }
 
+#[test]
+fn a_token_expired_by_a_wall_clock_step_still_gets_its_grace() {
+    // alice's token runs out 60 s after the epoch; 10 s in, the clock is found 10 minutes
+    // ahead. Her expiry is now in the past: she is told at once, and the grace (5 s) runs
+    // from then, not from where the step put her `exp`.
+    let mut g = setup();
+    g.connect_with(1, Some(json!({ "token": token("alice", "customer", 60) })));
+    g.advance(10_000);
+    let wall = g.gw.wall_ms(g.now);
+    g.input(Input::WallClock {
+        wall_ms: wall + 600_000,
+    });
+    g.advance(1);
+    assert_eq!(g.events_named(1, "auth:expired").len(), 1);
+    assert!(!g.view(1).closed, "the grace runs from auth:expired");
+    g.advance(4_998);
+    assert!(!g.view(1).closed, "still within the grace");
+    let refreshed = g.emit(
+        1,
+        "auth:refresh",
+        json!({"token": token("alice", "customer", 3_600)}),
+    );
+    assert_eq!(g.ack(1, refreshed).expect("answered")["ok"], json!(true));
+    g.advance(60_000);
+    assert!(!g.view(1).closed, "refreshed within the grace");
+}
+
+#[test]
+fn deadlines_handled_late_act_as_of_when_they_are_handled() {
+    // The driver wakes 60 s late (pings every 25 s with 20 s to answer, heartbeats every
+    // 30 s): what fell due fires once, now. The PING sent now has its whole 20 s to be
+    // answered, and one heartbeat goes, not one for each interval missed.
+    let mut g = setup();
+    g.connect_with(
+        1,
+        Some(json!({ "token": token("alice", "customer", 3_600) })),
+    );
+    g.wake_late(60_000);
+    assert!(
+        !g.view(1).closed,
+        "not closed for a PING it never had time to answer"
+    );
+    assert_eq!(g.events_named(1, "heartbeat").len(), 1);
+    g.advance(60_000);
+    assert!(!g.view(1).closed, "its PONGs answered, it stays");
+    assert_eq!(g.events_named(1, "heartbeat").len(), 3);
+}
+
 /// A token for `user:kind` whose `exp` is `exp_after_s` seconds after the harness epoch,
 /// fraction included (a JWT's NumericDate may have one).
 fn token_expiring_at(user: &str, kind: &str, exp_after_s: f64) -> String {

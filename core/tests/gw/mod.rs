@@ -332,6 +332,14 @@ impl Gw {
         self.now = target;
     }
 
+    /// The driver wakes `ms` late: one `handle_timeout` at `now + ms`, whatever fell due
+    /// meanwhile (a stalled process, say), where [`Gw::advance`] wakes at each deadline.
+    pub fn wake_late(&mut self, ms: u64) {
+        self.now = self.now.add_ms(ms);
+        self.gw.handle_timeout(self.now);
+        self.drain();
+    }
+
     /// Completes the oldest store effect, successfully.
     pub fn complete_one(&mut self) {
         if self.effects.is_empty() {
