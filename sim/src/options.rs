@@ -45,11 +45,14 @@ pub enum FaultKind {
     /// The operator replaces a conversation's member list over the API: users are let out
     /// of it (and of its room) while connected, joined and sending, and let back in.
     Members,
+    /// The server machine's wall clock is stepped (NTP correcting it, a VM resumed): token
+    /// expiry, heartbeat stamps and the rate window restored at a restart must follow it.
+    ClockStep,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::Partition,
         FaultKind::HalfOpen,
         FaultKind::Reset,
@@ -64,6 +67,7 @@ impl FaultKind {
         FaultKind::Hostile,
         FaultKind::StoreDies,
         FaultKind::Members,
+        FaultKind::ClockStep,
     ];
 
     /// The kinds a swarm seed draws first, in this order; kinds added after them are drawn
@@ -89,6 +93,7 @@ impl FaultKind {
             FaultKind::Hostile => "hostile",
             FaultKind::StoreDies => "storedies",
             FaultKind::Members => "members",
+            FaultKind::ClockStep => "clockstep",
         }
     }
 

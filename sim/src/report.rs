@@ -40,6 +40,8 @@ pub struct Report {
     pub kept_unanswered: u64,
     /// Links the server closed before any namespace was connected on them.
     pub unconnected_closed: u64,
+    /// Steps of the server's wall clock.
+    pub clock_steps: u64,
     /// `auth:expired` frames sent, refreshes accepted, connections closed for their token.
     pub token_expiry: (u64, u64, u64),
     /// Droppable frames the server's send queues shed, those of them seen missing on
@@ -121,7 +123,9 @@ impl fmt::Display for Report {
         let (told, refreshed, closed) = self.token_expiry;
         writeln!(
             f,
-            "tokens: auth:expired sent {told} | refreshed {refreshed} | closed for expiry {closed}"
+            "tokens: auth:expired sent {told} | refreshed {refreshed} | closed for expiry {closed} \
+             | wall clock steps {}",
+            self.clock_steps
         )?;
         let (shed, missed, dropped) = self.slow_consumers;
         writeln!(

@@ -102,6 +102,13 @@ pub enum Fault {
     },
     /// Every client connection is reset at once.
     Storm,
+    /// The server machine's wall clock jumps by `step_ms` (forward if positive), as when
+    /// NTP steps a clock that was off or a suspended VM resumes; its monotonic clock does
+    /// not. Nothing else on the machine changes.
+    ClockStep {
+        /// The jump, milliseconds.
+        step_ms: i64,
+    },
     /// The operator replaces a conversation's member list: of its members by the
     /// workload's layout, those whose bit is set in `keep` (the `i`-th member, bit `i`).
     Members {
@@ -129,6 +136,7 @@ impl Fault {
             Fault::StoreDies { .. } => FaultKind::StoreDies,
             Fault::Storm => FaultKind::Storm,
             Fault::Members { .. } => FaultKind::Members,
+            Fault::ClockStep { .. } => FaultKind::ClockStep,
         }
     }
 }
@@ -171,6 +179,7 @@ impl fmt::Display for Fault {
                  restarted after {restart_ms}ms, down {down_ms}ms"
             ),
             Fault::Storm => write!(f, "reconnect storm: every connection reset"),
+            Fault::ClockStep { step_ms } => write!(f, "server wall clock steps {step_ms:+}ms"),
             Fault::Members { conversation, keep } => write!(
                 f,
                 "operator replaces the members of conversation #{conversation} (keeps {keep:#b})"
@@ -248,6 +257,14 @@ pub fn draw(kind: FaultKind, rng: &mut Rng, clients: usize) -> Fault {
                 rng.below(1 << 5)
             },
         },
+        // At least two seconds, so that the server takes it for a step, not for the
+        // delay of its own reading; at most a quarter of an hour either way.
+        FaultKind::ClockStep => {
+            let ms = 2_000 + rng.below(15 * 60_000 - 2_000) as i64;
+            Fault::ClockStep {
+                step_ms: if rng.below(2) == 0 { ms } else { -ms },
+            }
+        }
         FaultKind::Storm | FaultKind::Hostile => Fault::Storm,
     }
 }

@@ -43,13 +43,26 @@ impl User {
     }
 }
 
+/// How long before the epoch an expired token ran out, seconds: a day, so that it is
+/// expired on a server whose wall clock was stepped back, too.
+const EXPIRED_AGO_S: u64 = 86_400;
+
 /// A signed token for `user`, valid `valid_s` seconds after the epoch (0: already expired).
 /// An empty token if signing fails, which the server refuses like any bad token.
 pub fn token(user: &User, valid_s: u64, secret: &[u8]) -> String {
+    let exp_s = match valid_s {
+        0 => EPOCH_MS / 1000 - EXPIRED_AGO_S,
+        valid_s => EPOCH_MS / 1000 + valid_s,
+    };
+    token_until(user, exp_s, secret)
+}
+
+/// A signed token for `user` that expires at `exp_s`, Unix seconds.
+pub fn token_until(user: &User, exp_s: u64, secret: &[u8]) -> String {
     let claims = Claims {
         sub: user.id.clone(),
         user_type: user.kind.clone(),
-        exp: (EPOCH_MS / 1000 + valid_s).saturating_sub(if valid_s == 0 { 60 } else { 0 }),
+        exp: exp_s,
         role: None,
     };
     issue(secret, &claims).unwrap_or_default()

@@ -29,6 +29,7 @@ fn swarm_of_200_seeds_holds_every_invariant() {
             ("refreshes accepted", report.token_expiry.1),
             ("closed for their token", report.token_expiry.2),
             ("slow consumers dropped", report.slow_consumers.2),
+            ("wall clock steps", report.clock_steps),
         ] {
             *done.entry(what).or_default() += n;
         }
@@ -64,10 +65,11 @@ fn seeds_that_once_failed_hold() {
         (1259, 40, 200_000),
     ] {
         let mut opts = Options::swarm(seed, clients, duration_ms);
-        // As they were found: before tokens expired in the simulated world, and before the
-        // store could die.
+        // As they were found: before tokens expired in the simulated world, before the
+        // store could die, and before the wall clock stepped.
         opts.expiring_pct = 0;
         opts.faults.remove(&heartline_sim::FaultKind::StoreDies);
+        opts.faults.remove(&heartline_sim::FaultKind::ClockStep);
         let report = Sim::new(opts, None, None).expect("valid options").run();
         assert!(
             report.violation.is_none(),
@@ -110,4 +112,37 @@ fn clients_that_stop_reading_meet_shedding_and_hold_every_invariant() {
         dropped += report.slow_consumers.2;
     }
     assert!(shed > 0, "no frame shed (connections dropped: {dropped})");
+}
+
+/// The server's wall clock stepped back and forth by up to a quarter of an hour at a time,
+/// with crashes between, while every device's token runs out during the run: tokens
+/// expire by the clock as it stands (at once, for those a step passed), each told
+/// connection still gets its grace, heartbeats carry the stepped time, and the rate window
+/// a restart restores follows the clock. (Before deadlines handled late acted as of when
+/// they were handled, a token a forward step expired was told and closed at the same
+/// instant, and these seeds failed.)
+#[test]
+fn a_stepping_wall_clock_keeps_every_invariant() {
+    let (mut told, mut steps) = (0, 0);
+    for seed in 0..16u64 {
+        let mut opts = Options::new(seed);
+        opts.faults = [
+            heartline_sim::FaultKind::ClockStep,
+            heartline_sim::FaultKind::Crash,
+        ]
+        .into_iter()
+        .collect();
+        opts.expiring_pct = 100;
+        opts.duration_ms = 120_000;
+        let report = Sim::new(opts, None, None).expect("valid options").run();
+        assert!(
+            report.violation.is_none(),
+            "seed {seed}: {:?}\n{}",
+            report.violation,
+            report.knobs
+        );
+        told += report.token_expiry.0;
+        steps += report.clock_steps;
+    }
+    assert!(steps > 0 && told > 0, "steps {steps}, auth:expired {told}");
 }

@@ -42,6 +42,12 @@ impl Heartbeat {
         }
     }
 
+    /// The server's wall clock was stepped: it now reads `wall_epoch_ms` at the simulated
+    /// clock's zero.
+    pub fn stepped(&mut self, wall_epoch_ms: u64) {
+        self.wall_epoch_ms = wall_epoch_ms;
+    }
+
     fn expect_next(&mut self, now: Instant, link: u64) {
         self.last.insert(link, now);
         self.due.set(link, now.add_ms(self.interval_ms));

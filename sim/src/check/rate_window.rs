@@ -4,6 +4,13 @@
 //! admitted it (asked the store). In any window of `window_ms`, a user key has at most
 //! `limit` of them, across server restarts too: a restarted gateway gets the last window's
 //! sends back from the store.
+//!
+//! The store stamps a send with the server's wall clock, and a restarted gateway ages the
+//! sends it gets back by that clock: a send stamped before the clock was stepped forward
+//! looks that much older to it, and may leave its window sooner. No server can tell such a
+//! send from an older one, so at a restart each send counts here from when the new
+//! process takes it to have been made (earlier by the forward steps since it was stamped);
+//! a step back only makes the server stricter than this check.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -20,8 +27,13 @@ pub const NAME: &str = "rate-window";
 pub struct RateWindow {
     limit: usize,
     window_ms: u64,
-    admitted: BTreeMap<OpId, (String, Instant)>,
-    accepted: BTreeMap<String, VecDeque<Instant>>,
+    /// The server's wall clock less the true time, milliseconds.
+    offset_ms: i64,
+    /// Sends asked of the store: their user, when, and the clock's offset then.
+    admitted: BTreeMap<OpId, (String, Instant, i64)>,
+    /// Committed sends per user: when they count from, and the clock's offset at their
+    /// stamp.
+    accepted: BTreeMap<String, VecDeque<(Instant, i64)>>,
 }
 
 impl RateWindow {
@@ -38,25 +50,28 @@ impl RateWindow {
     pub fn effect(&mut self, now: Instant, effect: &Effect) {
         if let Effect::Append { op, request } = effect {
             let user = format!("{}:{}", request.sender_id, request.sender_type);
-            self.admitted.insert(*op, (user, now));
+            self.admitted.insert(*op, (user, now, self.offset_ms));
         }
     }
 
     /// The store finished an operation; `stored` if it committed a new message.
     pub fn completed(&mut self, op: OpId, stored: bool) -> Finding {
-        let Some((user, at)) = self.admitted.remove(&op) else {
+        let Some((user, at, offset)) = self.admitted.remove(&op) else {
             return Ok(());
         };
         if !stored {
             return Ok(());
         }
         let log = self.accepted.entry(user.clone()).or_default();
-        while log.front().is_some_and(|t| t.add_ms(self.window_ms) <= at) {
+        while log
+            .front()
+            .is_some_and(|(t, _)| t.add_ms(self.window_ms) <= at)
+        {
             log.pop_front();
         }
-        log.push_back(at);
+        log.push_back((at, offset));
         if log.len() > self.limit {
-            let first = log.front().copied().unwrap_or(at);
+            let first = log.front().map_or(at, |(t, _)| *t);
             return Err((
                 NAME,
                 format!(
@@ -73,5 +88,67 @@ impl RateWindow {
     /// The server restarted: operations in flight are gone; committed sends still count.
     pub fn crash(&mut self) {
         self.admitted.clear();
+    }
+
+    /// The server machine's wall clock now reads `offset_ms` from the true time.
+    pub fn stepped(&mut self, offset_ms: i64) {
+        self.offset_ms = offset_ms;
+    }
+
+    /// A new server process starts, reading the clock as it now is: each committed send
+    /// counts from when that clock says it was made (see the module docs).
+    pub fn restarted(&mut self) {
+        let offset_ms = self.offset_ms;
+        for log in self.accepted.values_mut() {
+            for (at, stamped) in log.iter_mut() {
+                let ahead = offset_ms.saturating_sub(*stamped);
+                if ahead > 0 {
+                    *at = Instant::from_millis(at.as_millis().saturating_sub(ahead as u64));
+                }
+                *stamped = offset_ms;
+            }
+            log.make_contiguous().sort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use heartline_core::gateway::AppendRequest;
+
+    use super::*;
+
+    fn send(w: &mut RateWindow, op: u64, at_ms: u64) -> Finding {
+        let request = AppendRequest {
+            id: format!("m{op}"),
+            conversation_id: "c".into(),
+            sender_id: "u".into(),
+            sender_type: "customer".into(),
+            content: String::new(),
+            temp_id: None,
+            created_at_ms: 0,
+        };
+        let effect = Effect::Append {
+            op: OpId(op),
+            request,
+        };
+        w.effect(Instant::from_millis(at_ms), &effect);
+        w.completed(OpId(op), true)
+    }
+
+    /// Two sends at 5 s and 6 s, limit 2 per 10 s. After a restart on a clock stepped 5 s
+    /// forward they count from 0 s and 1 s, so a third at 10.5 s is within the limit as
+    /// the new process sees it; without the step (or with one back) it is not.
+    #[test]
+    fn a_restart_on_a_clock_stepped_forward_ages_the_sends_before_it() {
+        for (step_ms, over) in [(5_000, false), (0, true), (-5_000, true)] {
+            let mut w = RateWindow::new(2, 10_000);
+            assert!(send(&mut w, 1, 5_000).is_ok());
+            assert!(send(&mut w, 2, 6_000).is_ok());
+            w.stepped(step_ms);
+            w.crash();
+            w.restarted();
+            assert_eq!(send(&mut w, 3, 10_500).is_err(), over, "step {step_ms}");
+        }
     }
 }

@@ -9,6 +9,10 @@
 //! `exp` until it is told, then the grace's end ([`Deadlines`]); an expiry close or
 //! `auth:expired` that itself comes at the wrong time is a violation as it is seen. Links with a token the world did not
 //! mint (hostile actors') are not watched.
+//!
+//! `exp` is a time on the server's wall clock: when that clock is stepped, every token
+//! not yet told runs out when the stepped clock reaches its `exp` (at once, for those it
+//! passed), while a grace already begun is the server's own monotonic time.
 
 use std::collections::BTreeMap;
 
@@ -25,12 +29,12 @@ pub const NAME: &str = "token-expiry";
 /// One connection's watch.
 #[derive(Clone, Debug, Default)]
 struct Watch {
-    /// The token's `exp`, on the simulated clock.
-    exp: Instant,
+    /// The token's `exp`, Unix milliseconds.
+    exp_ms: u64,
     /// When the server sent `auth:expired` for that `exp`.
     told: Option<Instant>,
     /// `auth:refresh` requests received and not yet answered: ack id to the new `exp`.
-    refreshes: BTreeMap<u64, Instant>,
+    refreshes: BTreeMap<u64, u64>,
 }
 
 /// See the module docs.
@@ -38,10 +42,12 @@ struct Watch {
 pub struct TokenExpiry {
     grace_ms: u64,
     epoch_ms: u64,
+    /// When the server's wall clock was last stepped.
+    stepped_at: Instant,
     /// `exp` of every token the world minted, Unix milliseconds.
     minted: BTreeMap<String, u64>,
     /// The `exp` a link's CONNECT carried, until the server answers it.
-    connecting: BTreeMap<u64, Instant>,
+    connecting: BTreeMap<u64, u64>,
     links: BTreeMap<u64, Watch>,
     deadlines: Deadlines,
     /// `auth:expired` frames sent.
@@ -55,7 +61,8 @@ pub struct TokenExpiry {
 }
 
 impl TokenExpiry {
-    /// `grace_ms`: `auth.grace_ms`; `epoch_ms`: the Unix time of the simulated clock's zero.
+    /// `grace_ms`: `auth.grace_ms`; `epoch_ms`: the Unix time of the simulated clock's zero
+    /// on the server's wall clock.
     pub fn new(grace_ms: u64, epoch_ms: u64) -> Self {
         TokenExpiry {
             grace_ms,
@@ -70,15 +77,33 @@ impl TokenExpiry {
             .insert(token.to_owned(), exp_s.saturating_mul(1000));
     }
 
-    fn exp_of(&self, token: &str) -> Option<Instant> {
-        let exp_ms = *self.minted.get(token)?;
-        Some(Instant::from_millis(exp_ms.saturating_sub(self.epoch_ms)))
+    /// The server's wall clock was stepped at `now`: it now reads `epoch_ms` at the
+    /// simulated clock's zero. The tokens not yet told run out by it, those it passed from
+    /// `now` on.
+    pub fn stepped(&mut self, now: Instant, epoch_ms: u64) {
+        self.epoch_ms = epoch_ms;
+        self.stepped_at = now;
+        let links: Vec<u64> = self.links.keys().copied().collect();
+        for link in links {
+            if let Some(w) = self.links.get(&link).cloned() {
+                self.set(link, w);
+            }
+        }
+    }
+
+    fn exp_of(&self, token: &str) -> Option<u64> {
+        self.minted.get(token).copied()
+    }
+
+    /// When the server's wall clock, as it now runs, reads `exp_ms`.
+    fn instant_of(&self, exp_ms: u64) -> Instant {
+        Instant::from_millis(exp_ms.saturating_sub(self.epoch_ms))
     }
 
     fn deadline(&self, w: &Watch) -> Instant {
         match w.told {
             Some(t) => t.add_ms(self.grace_ms),
-            None => w.exp,
+            None => self.instant_of(w.exp_ms).max(self.stepped_at),
         }
     }
 
@@ -131,11 +156,11 @@ impl TokenExpiry {
         match kind {
             // The CONNECT's answer: the connection holds the token it carried.
             b'0' => {
-                if let Some(exp) = self.connecting.remove(&link) {
+                if let Some(exp_ms) = self.connecting.remove(&link) {
                     self.set(
                         link,
                         Watch {
-                            exp,
+                            exp_ms,
                             ..Watch::default()
                         },
                     );
@@ -146,10 +171,10 @@ impl TokenExpiry {
                     return;
                 };
                 self.told += 1;
-                if now < w.exp {
+                let exp = self.instant_of(w.exp_ms);
+                if now < exp {
                     self.wrong(format!(
-                        "ws{link} told auth:expired at {now}, before its token's exp {}",
-                        w.exp
+                        "ws{link} told auth:expired at {now}, before its token's exp {exp}"
                     ));
                 }
                 if w.told.is_none() {
@@ -169,7 +194,7 @@ impl TokenExpiry {
                     .is_ok_and(|v| v[0]["ok"] == Value::Bool(true));
                 if ok {
                     self.refreshed += 1;
-                    w.exp = exp;
+                    w.exp_ms = exp;
                     w.told = None;
                 }
                 self.set(link, w);
@@ -191,7 +216,7 @@ impl TokenExpiry {
                 "ws{link} still open at {now}, past {deadline} ({})",
                 match w.told {
                     Some(t) => format!("told auth:expired at {t}, grace {}ms", self.grace_ms),
-                    None => format!("token exp {}, never told", w.exp),
+                    None => format!("token exp {}, never told", self.instant_of(w.exp_ms)),
                 }
             ));
         }
@@ -203,10 +228,13 @@ impl TokenExpiry {
                     "ws{link} closed for its token at {now}, before the grace that began at \
                      {t} ended"
                 )),
-                None => self.wrong(format!(
-                    "ws{link} closed for its token at {now}, though it holds one valid until {}",
-                    w.exp
-                )),
+                None => {
+                    let exp = self.instant_of(w.exp_ms);
+                    self.wrong(format!(
+                        "ws{link} closed for its token at {now}, though it holds one valid until \
+                         {exp}"
+                    ))
+                }
             }
         }
     }
@@ -232,7 +260,7 @@ impl TokenExpiry {
         let what = match w.told {
             None => format!(
                 "ws{link} holds a token that expired at {}, not told auth:expired by {now}",
-                w.exp
+                self.instant_of(w.exp_ms)
             ),
             Some(t) => format!(
                 "ws{link} told auth:expired at {t}, still open at {now} (grace {}ms)",

@@ -6,7 +6,7 @@ use heartline_core::client::{Notice, Output, Status};
 use super::{sign, Phase, Sim, LONG_TOKEN_S};
 use crate::agenda::Ev;
 use crate::net::{End, Seg};
-use crate::workload::{Attack, EPOCH_MS};
+use crate::workload::Attack;
 
 impl Sim {
     pub(super) fn start_client(&mut self, i: usize) {
@@ -44,11 +44,8 @@ impl Sim {
             LONG_TOKEN_S
         };
         let user = self.layout.users.get(slot.user)?;
-        let (fresh, exp_s) = sign(
-            user,
-            self.now.as_millis() / 1000 + ttl,
-            &mut self.token_expiry,
-        );
+        let exp_s = self.wall_ms() / 1000 + ttl;
+        let (fresh, exp_s) = sign(user, exp_s, &mut self.token_expiry);
         if let Some(slot) = self.clients.get_mut(i) {
             slot.exp_s = exp_s;
         }
@@ -301,6 +298,7 @@ impl Sim {
     /// Routes everything a client wants done, then re-arms its deadline.
     pub(super) fn drain_client(&mut self, i: usize) {
         let now = self.now;
+        let wall_ms = self.wall_ms();
         loop {
             let Some(slot) = self.clients.get_mut(i) else {
                 return;
@@ -313,7 +311,7 @@ impl Sim {
                     let paced = self.reconnect.opened(now, i);
                     // Like `socket.auth` as a callback: a token about to run out is
                     // renewed before it is presented.
-                    let stale = slot.exp_s <= EPOCH_MS / 1000 + now.as_millis() / 1000 + 2;
+                    let stale = slot.exp_s.saturating_mul(1000) <= wall_ms.saturating_add(2_000);
                     let old = slot.link.take();
                     if stale {
                         if let Some(fresh) = self.mint(i) {

@@ -2,14 +2,45 @@
 
 use std::collections::BTreeSet;
 
+use heartline_core::gateway::Input;
 use heartline_core::Instant;
 
 use super::{Phase, Sim};
 use crate::agenda::Ev;
 use crate::net::Seg;
 use crate::schedule::Fault;
+use crate::workload::EPOCH_MS;
+
+/// How far the server's wall clock may get from the true time, milliseconds: a step that
+/// would take it further goes the other way.
+const MAX_CLOCK_OFFSET_MS: i64 = 30 * 60_000;
 
 impl Sim {
+    /// The server machine's wall clock jumps by `step_ms`. A running server reads it as its
+    /// runtime does, and a process started later starts from it; the token issuer's clock
+    /// agrees with it (the step corrected the server's clock, or both moved).
+    fn step_clock(&mut self, step_ms: i64) {
+        let step = if (self.wall_offset_ms + step_ms).abs() > MAX_CLOCK_OFFSET_MS {
+            -step_ms
+        } else {
+            step_ms
+        };
+        self.wall_offset_ms += step;
+        let epoch = EPOCH_MS.saturating_add_signed(self.wall_offset_ms);
+        self.gw_config.wall_epoch_ms = epoch;
+        self.counters.clock_steps += 1;
+        tr!(
+            self,
+            "fault",
+            ("the wall clock is now {:+}ms off", self.wall_offset_ms)
+        );
+        self.heartbeat.stepped(epoch);
+        self.token_expiry.stepped(self.now, epoch);
+        self.rate.stepped(self.wall_offset_ms);
+        let wall_ms = epoch.saturating_add(self.now.as_millis());
+        self.server_input(Input::WallClock { wall_ms });
+    }
+
     pub(super) fn inject(&mut self, fault: Fault) {
         if self.phase != Phase::Safety {
             return;
@@ -107,6 +138,7 @@ impl Sim {
                     self.reset(id);
                 }
             }
+            Fault::ClockStep { step_ms } => self.step_clock(step_ms),
             Fault::Members { conversation, keep } => {
                 // The API is the server's: with the server down there is no one to ask.
                 let n = self.layout.conversations.len().max(1);

@@ -54,7 +54,7 @@ use crate::report::Report;
 use crate::schedule::{self, FaultEvent};
 use crate::store::Store;
 use crate::trace::Trace;
-use crate::workload::{token, Layout, User, EPOCH_MS, MAX_PAYLOAD_BYTES, SECRET};
+use crate::workload::{token_until, Layout, User, EPOCH_MS, MAX_PAYLOAD_BYTES, SECRET};
 
 /// Most steps a run may take, whatever its length.
 const STEP_BUDGET: u64 = 200_000_000;
@@ -116,6 +116,8 @@ struct Counters {
     sent: u64,
     /// Droppable frames the servers' send queues shed.
     shed: u64,
+    /// Steps of the server's wall clock.
+    clock_steps: u64,
 }
 
 /// The whole simulated deployment. See the module docs.
@@ -128,6 +130,9 @@ pub struct Sim {
     agenda: Agenda,
     gw: Option<Gateway>,
     gw_config: GatewayConfig,
+    /// The server machine's wall clock less the true time (`EPOCH_MS` plus the simulated
+    /// clock), milliseconds: moved by clock steps.
+    wall_offset_ms: i64,
     epoch: u32,
     crash_silent: bool,
     store: Store,
@@ -176,11 +181,10 @@ impl std::fmt::Debug for Sim {
 /// Lifetime of a token that does not expire during a run, seconds.
 pub(super) const LONG_TOKEN_S: u64 = 86_400 * 30;
 
-/// A token for `user` that runs out `valid_s` seconds after the simulated clock's zero,
-/// noted for the checker; and its `exp`, Unix seconds.
-pub(super) fn sign(user: &User, valid_s: u64, checker: &mut TokenExpiry) -> (String, u64) {
-    let exp_s = EPOCH_MS / 1000 + valid_s;
-    let signed = token(user, valid_s, SECRET);
+/// A token for `user` that runs out at `exp_s` (Unix seconds), noted for the checker; and
+/// that `exp`.
+pub(super) fn sign(user: &User, exp_s: u64, checker: &mut TokenExpiry) -> (String, u64) {
+    let signed = token_until(user, exp_s, SECRET);
     checker.minted(&signed, exp_s);
     (signed, exp_s)
 }
@@ -240,7 +244,8 @@ impl Sim {
                 } else {
                     LONG_TOKEN_S
                 };
-                let (first, exp_s) = sign(&layout.users[user], valid_s, &mut token_expiry);
+                let exp_s = EPOCH_MS / 1000 + valid_s;
+                let (first, exp_s) = sign(&layout.users[user], exp_s, &mut token_expiry);
                 let mut config = ClientConfig {
                     token: first,
                     backoff: Backoff {
@@ -309,6 +314,7 @@ impl Sim {
             agenda: Agenda::default(),
             gw: None,
             gw_config,
+            wall_offset_ms: 0,
             epoch: 0,
             crash_silent: false,
             members_now: layout
@@ -350,6 +356,13 @@ impl Sim {
     }
 
     /// Runs all three phases and reports.
+    /// The server machine's wall clock now, Unix milliseconds (the token issuer's too).
+    fn wall_ms(&self) -> u64 {
+        EPOCH_MS
+            .saturating_add_signed(self.wall_offset_ms)
+            .saturating_add(self.now.as_millis())
+    }
+
     pub fn run(mut self) -> Report {
         self.setup();
         let end = Instant::from_millis(self.opts.duration_ms);
@@ -728,6 +741,7 @@ impl Sim {
             dead_peers: self.dead_peer.detected,
             dead_peer_worst_ms: self.dead_peer.worst_ms,
             unconnected_closed: self.handshake.closed_unconnected,
+            clock_steps: self.counters.clock_steps,
             token_expiry: (
                 self.token_expiry.told,
                 self.token_expiry.refreshed,

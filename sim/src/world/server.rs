@@ -45,6 +45,7 @@ impl Sim {
             }
         };
         self.gw = Some(gw);
+        self.rate.restarted();
         tr!(self, "server", ("start (incarnation {})", self.epoch));
         for (id, members) in self.layout.conversations.clone() {
             // The member lists the operator wrote, else the layout's.
@@ -128,7 +129,7 @@ impl Sim {
         }
     }
 
-    fn server_input(&mut self, input: Input) {
+    pub(super) fn server_input(&mut self, input: Input) {
         let now = self.now;
         let Some(gw) = self.gw.as_mut() else { return };
         if let Err(e) = gw.handle_input(now, input) {
