@@ -31,9 +31,10 @@ pub struct RateWindow {
     offset_ms: i64,
     /// Sends asked of the store: their user, when, and the clock's offset then.
     admitted: BTreeMap<OpId, (String, Instant, i64)>,
-    /// Committed sends per user: when they count from, and the clock's offset at their
+    /// Committed sends per user: when they count from (simulated milliseconds, below zero
+    /// for a send a restart aged past the run's start), and the clock's offset at their
     /// stamp.
-    accepted: BTreeMap<String, VecDeque<(Instant, i64)>>,
+    accepted: BTreeMap<String, VecDeque<(i64, i64)>>,
 }
 
 impl RateWindow {
@@ -63,19 +64,21 @@ impl RateWindow {
             return Ok(());
         }
         let log = self.accepted.entry(user.clone()).or_default();
+        let at_ms = ms(at);
+        let window_ms = i64::try_from(self.window_ms).unwrap_or(i64::MAX);
         while log
             .front()
-            .is_some_and(|(t, _)| t.add_ms(self.window_ms) <= at)
+            .is_some_and(|(t, _)| t.saturating_add(window_ms) <= at_ms)
         {
             log.pop_front();
         }
-        log.push_back((at, offset));
+        log.push_back((at_ms, offset));
         if log.len() > self.limit {
-            let first = log.front().map_or(at, |(t, _)| *t);
+            let first = log.front().map_or(at_ms, |(t, _)| *t);
             return Err((
                 NAME,
                 format!(
-                    "{user}: {} sends accepted between {first} and {at}, limit {} per {}ms",
+                    "{user}: {} sends accepted between {first}ms and {at}, limit {} per {}ms",
                     log.len(),
                     self.limit,
                     self.window_ms
@@ -101,15 +104,17 @@ impl RateWindow {
         let offset_ms = self.offset_ms;
         for log in self.accepted.values_mut() {
             for (at, stamped) in log.iter_mut() {
-                let ahead = offset_ms.saturating_sub(*stamped);
-                if ahead > 0 {
-                    *at = Instant::from_millis(at.as_millis().saturating_sub(ahead as u64));
-                }
+                *at -= offset_ms.saturating_sub(*stamped).max(0);
                 *stamped = offset_ms;
             }
             log.make_contiguous().sort();
         }
     }
+}
+
+/// Simulated milliseconds as a signed count.
+fn ms(at: Instant) -> i64 {
+    i64::try_from(at.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -150,5 +155,20 @@ mod tests {
             w.restarted();
             assert_eq!(send(&mut w, 3, 10_500).is_err(), over, "step {step_ms}");
         }
+    }
+
+    /// A step larger than the run so far takes sends to before its start: they are out
+    /// of every window, not held at the start.
+    #[test]
+    fn a_send_aged_past_the_start_of_the_run_is_out_of_the_window() {
+        let mut w = RateWindow::new(2, 10_000);
+        assert!(send(&mut w, 1, 1_000).is_ok());
+        assert!(send(&mut w, 2, 2_000).is_ok());
+        w.stepped(30_000);
+        w.crash();
+        w.restarted();
+        assert!(send(&mut w, 3, 3_000).is_ok());
+        assert!(send(&mut w, 4, 3_500).is_ok());
+        assert!(send(&mut w, 5, 4_000).is_err(), "the limit still holds");
     }
 }
