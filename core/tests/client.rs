@@ -846,3 +846,44 @@ fn a_full_outbox_refuses_a_send_until_the_server_acknowledges_one() {
     assert!(e.is_ok(), "exactly to the bound: {e:?}");
     assert_eq!(d.client.outbox_len(), 2);
 }
+
+/// The CONNECTs a client sent: their payloads.
+fn connects(outputs: &[Output]) -> Vec<Value> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(Frame::Text(t)) => std::str::from_utf8(t)
+                .ok()?
+                .strip_prefix("40/chat,")
+                .and_then(|p| serde_json::from_str(p).ok()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A fresh token handed over while the CONNECT with the old one is on its way: refused
+/// for the old one, the client presents the new one at once instead of failing for good
+/// (the application already answered the refusal). Refused again, it fails.
+#[test]
+fn a_token_refreshed_while_a_connect_is_on_its_way_is_presented_when_that_one_is_refused() {
+    const OPEN: &str = r#"0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+    let mut d = Driven::new();
+    d.client.set_token("old");
+    d.client.connect(d.now);
+    d.frame(OPEN);
+    assert_eq!(connects(&d.take()), [json!({"token": "old"})]);
+    d.client.refresh_token(d.now, "fresh");
+    assert!(d.take().is_empty(), "nothing to send it on yet");
+    d.frame(r#"44/chat,{"message":"Invalid authentication token"}"#);
+    let out = d.take();
+    assert!(
+        out.contains(&Output::Close) && out.contains(&Output::Open),
+        "{out:?}"
+    );
+    assert!(!matches!(d.client.status(), Status::Failed { .. }));
+    d.frame(OPEN);
+    assert_eq!(connects(&d.take()), [json!({"token": "fresh"})]);
+    d.frame(r#"44/chat,{"message":"Invalid authentication token"}"#);
+    assert!(matches!(d.client.status(), Status::Failed { .. }));
+    assert!(!d.take().contains(&Output::Open), "refused for good");
+}

@@ -42,6 +42,17 @@ impl CatchUp {
         let Some((conv, seq)) = key(message) else {
             return;
         };
+        if let Some(parked) = self.parked.get_mut(conv) {
+            // Left (or refused) with a position kept: a message still on its way from the
+            // room is handed over only if it is the next one, and moves the position, so
+            // that joining again does not hand it over a second time. Any other is either
+            // handed over already or comes with that join's catch-up.
+            if parked.checked_add(1) == Some(seq) {
+                *parked = seq;
+                out.push(message.clone());
+            }
+            return;
+        }
         let Some(last) = self.joined.get_mut(conv) else {
             // Not a joined conversation: nothing to order it against.
             out.push(message.clone());
@@ -215,6 +226,26 @@ mod tests {
         c.park("d");
         c.start("d");
         assert_eq!(c.joined.get("d"), Some(&None));
+    }
+
+    /// A message still on its way from the room after a leave: the next one is handed
+    /// over and moves the kept position, so joining again does not repeat it; others are
+    /// not (handed over already, or to come with that join's catch-up).
+    #[test]
+    fn a_message_after_a_leave_is_not_handed_over_twice() {
+        let mut c = CatchUp::default();
+        c.start("c");
+        let mut out = vec![];
+        c.joined("c", &[], Some(10), &mut out);
+        c.park("c");
+        c.take(&m(10), &mut out);
+        c.take(&m(11), &mut out);
+        c.take(&m(13), &mut out);
+        assert_eq!(seqs(&out), vec![11]);
+        c.start("c");
+        assert_eq!(c.joined.get("c"), Some(&Some(11)), "resumes after #11");
+        c.joined("c", &[m(12), m(13)], Some(13), &mut out);
+        assert_eq!(seqs(&out), vec![11, 12, 13], "each once, in order");
     }
 
     #[test]

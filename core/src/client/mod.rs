@@ -192,7 +192,9 @@ pub enum Notice {
         /// Why the token was refused.
         error: Option<String>,
     },
-    /// Any other event from the server: (name, payload).
+    /// Any other event from the server, as it came: (name, payload). Events the client
+    /// acts on itself (`connection:replaced`, `message:notification`, `auth:expired`, ...)
+    /// are passed on too; `message:new` is not: it comes as [`Notice::Message`].
     Event(String, Value),
 }
 
@@ -735,6 +737,16 @@ impl Client {
                     .and_then(Value::as_str)
                     .unwrap_or("connect error")
                     .to_owned();
+                if self.presented != self.config.token {
+                    // Refused for the token this CONNECT carried, which the application
+                    // replaced while it was on its way (`refresh_token` during the
+                    // handshake): the new one is presented at once, as it would have been
+                    // had the refusal come first. Refused too, it is a refusal for good.
+                    self.out.push_back(Output::Close);
+                    self.clear_deadlines();
+                    self.forget_connection();
+                    return self.open(now);
+                }
                 self.sent_away(Status::Failed { reason });
                 self.refused = true;
             }
@@ -925,7 +937,8 @@ impl Client {
         match name.as_str() {
             "heartbeat" => self.send_event("heartbeat:response", payload.clone(), None),
             "connection:replaced" => self.replaced = true,
-            "message:new" => self.deliver(&payload),
+            // Handed over as `Notice::Message`, once and in order, never as an event.
+            "message:new" => return self.deliver(&payload),
             "message:notification" => self.notified(&payload),
             _ => {}
         }
