@@ -67,6 +67,16 @@ export function backoffDelay(opts, attempt, r) {
   return Math.max(max - Math.floor(r * randomization * max), 1);
 }
 
+/**
+ * Whether a value is a message this client can order: an object with its conversation and
+ * a numeric seq. Anything else in a reply (a server gone wrong) is skipped, not a reason
+ * to end the connection, which would only bring the same reply again.
+ */
+function isMessage(m) {
+  return m !== null && typeof m === 'object' && typeof m.conversationId === 'string'
+    && Number.isSafeInteger(m.seq);
+}
+
 /** The error code of a refusal; one without a code (a proxy, another server) is `internal`. */
 function refusalCode(reply) {
   return reply && reply.ok === false && typeof reply.code === 'string' ? reply.code : 'internal';
@@ -84,6 +94,7 @@ export class HeartlineClient extends EventTarget {
     this.up = false;
     this.replaced = false;
     this.refused = false; // the server refused the last connect (its token)
+    this.presented = ''; // the token last presented (by a CONNECT or an auth:refresh)
     this.nextAck = 0;
     this.acks = new Map(); // ack id -> callback
     this.outbox = new Map(); // tempId -> { conversationId, content, sentOn, notBefore }
@@ -154,8 +165,15 @@ export class HeartlineClient extends EventTarget {
    */
   refreshToken(token) {
     this.opts.token = token;
-    if (this.up) this.request('auth:refresh', { token }, (reply) => this.fire('refreshed', reply || {}));
+    if (this.up) this.sendRefresh();
     else if (this.refused) this.connect();
+  }
+
+  /** Sends the current token as `auth:refresh`; the answer comes as `refreshed`. */
+  sendRefresh() {
+    const token = this.opts.token;
+    this.presented = token;
+    this.request('auth:refresh', { token }, (reply) => this.fire('refreshed', reply || {}));
   }
 
   join(conversationId) {
@@ -297,6 +315,7 @@ export class HeartlineClient extends EventTarget {
       this.silence = hs.pingInterval + hs.pingTimeout;
       this.timer('silence', this.silence, () => this.lost('ping timeout'));
       const nsp = this.opts.namespace === '/' ? '' : `${this.opts.namespace},`;
+      this.presented = this.opts.token;
       this.raw(`40${nsp}${JSON.stringify({ token: this.opts.token })}`);
     } else if (type === '2') {
       this.timer('silence', this.silence, () => this.lost('ping timeout'));
@@ -329,9 +348,19 @@ export class HeartlineClient extends EventTarget {
       this.attempt = 0;
       this.nextAck = 0;
       this.setStatus('connected');
+      if (!this.up) return; // a listener of the status disconnected
+      // A token handed over while this CONNECT was on its way: the connection holds the
+      // one it carried, so the new one goes now.
+      if (this.presented !== this.opts.token) this.sendRefresh();
       for (const c of this.joined.keys()) this.sendJoin(c);
       this.flush();
     } else if (kind === '4') {
+      if (this.presented !== this.opts.token) {
+        // Refused for the token this CONNECT carried, which the page replaced while it
+        // was on its way: the new one is presented at once. Refused too, it fails.
+        this.drop();
+        return this.open();
+      }
       this.sentAway('failed', (data && data.message) || 'connect error');
       this.refused = true;
     } else if (kind === '1') {
@@ -405,6 +434,18 @@ export class HeartlineClient extends EventTarget {
 
   /** Hands a message to the application once, in seq order. */
   show(message) {
+    if (!isMessage(message)) return;
+    const parked = this.parked.get(message.conversationId);
+    if (parked != null) {
+      // Left with its place kept: a message still on its way from the room goes only if
+      // it is the next one, and moves the place, so that joining again does not show it
+      // twice; any other was shown already or comes with that join's catch-up.
+      if (message.seq === parked + 1) {
+        this.parked.set(message.conversationId, message.seq);
+        this.fire('message', message);
+      }
+      return;
+    }
     const last = this.joined.get(message.conversationId);
     if (last != null && message.seq <= last) return; // already shown
     if (this.joined.has(message.conversationId)) this.joined.set(message.conversationId, message.seq);
@@ -457,8 +498,8 @@ export class HeartlineClient extends EventTarget {
         this.joinEnded(conversationId);
         return this.fire('join-failed', { conversationId, ...reply });
       }
-      const missed = Array.isArray(reply.missed) ? reply.missed : [];
-      for (const m of missed) this.show(m);
+      const missed = Array.isArray(reply.missed) ? reply.missed.filter(isMessage) : [];
+      if (!this.showAll(missed, conversationId, gen)) return;
       // Where the reply leaves off: its last message, or with none, where this rejoin
       // asked from (a server that answers an empty `missed` short of `lastSeq` is read on
       // from there, as the Rust client does, not taken at its word).
@@ -472,7 +513,7 @@ export class HeartlineClient extends EventTarget {
       // (those already shown are skipped).
       const held = this.catching.get(conversationId) || [];
       this.catching.delete(conversationId);
-      for (const m of held) this.show(m);
+      if (!this.showAll(held, conversationId, gen)) return;
       this.caughtUp(conversationId, reply.lastSeq);
     });
   }
@@ -498,16 +539,29 @@ export class HeartlineClient extends EventTarget {
         const wait = (reply && reply.retryAfterMs) || 1000;
         return this.timer(`join-${conversationId}`, wait, () => this.requestJoin(conversationId));
       }
-      const page = Array.isArray(reply.messages) ? reply.messages : [];
-      for (const m of page) this.show(m);
+      const page = Array.isArray(reply.messages) ? reply.messages.filter(isMessage) : [];
+      if (!this.showAll(page, conversationId, gen)) return;
       const upTo = page.length ? page[page.length - 1].seq : lastSeq;
       if (upTo < lastSeq) return this.readOn(conversationId, upTo, lastSeq);
-      for (const m of held()) this.show(m);
+      if (!this.showAll(held(), conversationId, gen)) return;
       this.caughtUp(conversationId, lastSeq);
     });
   }
 
+  /**
+   * Shows a catch-up's messages in order; false if a listener left the conversation or
+   * closed the client meanwhile (the rest is then not this catch-up's to show).
+   */
+  showAll(messages, conversationId, gen) {
+    for (const m of messages) {
+      if (this.genOf(conversationId) !== gen || !this.up) return false;
+      this.show(m);
+    }
+    return this.genOf(conversationId) === gen && this.up;
+  }
+
   caughtUp(conversationId, lastSeq) {
+    if (!this.joined.has(conversationId)) return; // left meanwhile
     const seen = this.joined.get(conversationId);
     if (seen == null || seen < lastSeq) this.joined.set(conversationId, lastSeq);
     this.fire('joined', { conversationId, lastSeq });

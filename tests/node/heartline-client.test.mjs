@@ -503,3 +503,84 @@ test('a client the server refused connects again with a fresh token', () => {
   assert.match(last().sent.find((t) => t.startsWith('40/chat,')), /"token":"fresh"/);
   c.disconnect();
 });
+
+test('a message still on its way after a leave is shown once, not again when joined again', () => {
+  const { c, ws } = connectedIn();
+  const [[join]] = ws.events();
+  ws.ack(join, { ok: true, conversationId: 'c', lastSeq: 10, missed: [] });
+  c.leave('c');
+  // Written before the server took the leave: the next one is shown, a later one is not.
+  ws.recv(`42/chat,${JSON.stringify(['message:new', msg(11)])}`);
+  ws.recv(`42/chat,${JSON.stringify(['message:new', msg(13)])}`);
+  assert.deepEqual(c.shown, [11]);
+  c.join('c');
+  const [again, , payload] = ws.events().at(-1);
+  assert.equal(payload.afterSeq, 11, 'resumes after what was shown');
+  ws.ack(again, { ok: true, conversationId: 'c', lastSeq: 13, missed: [msg(12), msg(13)] });
+  assert.deepEqual(c.shown, [11, 12, 13], 'each once, in order');
+});
+
+test('a token handed over during the handshake is presented: as auth:refresh, or again if refused', () => {
+  const OPEN = '0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}';
+  // The CONNECT with the old token succeeds: the new one follows as auth:refresh.
+  let c = client();
+  c.connect();
+  last().recv(OPEN);
+  c.refreshToken('fresh');
+  last().recv('40/chat,{"sid":"x"}');
+  const refresh = last().events().find(([, name]) => name === 'auth:refresh');
+  assert.equal(refresh && refresh[2].token, 'fresh');
+  c.disconnect();
+  // It is refused: the new token is presented at once, not a failure.
+  c = client();
+  c.connect();
+  last().recv(OPEN);
+  c.refreshToken('fresh');
+  last().recv('44/chat,{"message":"Invalid authentication token"}');
+  assert.equal(FakeSocket.all.length, 2, 'connects again at once');
+  assert.notEqual(c.status, 'failed');
+  last().recv(OPEN);
+  assert.match(last().sent.find((t) => t.startsWith('40/chat,')), /"token":"fresh"/);
+  last().recv('44/chat,{"message":"Invalid authentication token"}');
+  assert.equal(c.status, 'failed', 'refused with the new one too: for good');
+  assert.equal(FakeSocket.all.length, 2);
+});
+
+test('entries of a catch-up that are not messages are skipped, and the join goes live', () => {
+  const { c, ws } = connectedIn();
+  const [[join]] = ws.events();
+  ws.ack(join, { ok: true, conversationId: 'c', lastSeq: 2, missed: [null, msg(1), 'x', msg(2)] });
+  assert.deepEqual(c.shown, [1, 2]);
+  assert.equal(c.status, 'connected', 'not a reason to reconnect');
+  assert.equal(c.joined.get('c'), 2);
+  assert.equal(FakeSocket.all.length, 1);
+});
+
+test('a listener that leaves or disconnects mid-step does not leave the client half done', () => {
+  // Leaving from a message listener during a catch-up: the rest is not shown, and the
+  // conversation stays left.
+  let { c, ws } = connectedIn();
+  c.addEventListener('message', (e) => e.detail.seq === 1 && c.leave('c'));
+  const [[join]] = ws.events();
+  ws.ack(join, { ok: true, conversationId: 'c', lastSeq: 3, missed: [msg(1), msg(2), msg(3)] });
+  assert.deepEqual(c.shown, [1]);
+  assert.equal(c.joined.has('c'), false, 'still left');
+  c.disconnect();
+  // Disconnecting from the status listener as it turns connected: the next connect
+  // still joins.
+  c = client();
+  c.join('c');
+  let once = true;
+  c.addEventListener('status', (e) => {
+    if (e.detail.status === 'connected' && once) {
+      once = false;
+      c.disconnect();
+    }
+  });
+  c.connect();
+  last().accept();
+  c.connect();
+  last().accept();
+  const joins = last().events().filter(([, name]) => name === 'conversation:join');
+  assert.equal(joins.length, 1, 'the join goes on the next connection');
+});
