@@ -1206,6 +1206,37 @@ fn tight_budget() -> Gw {
     Gw::new(cfg)
 }
 
+/// A leave of a conversation the connection is in goes through with the budget spent
+/// (refused, the connection would stay in the room its client took itself out of); a
+/// leave of anything else is charged like any event.
+#[test]
+fn leaving_a_joined_conversation_is_never_refused_over_the_budget() {
+    let mut g = tight_budget();
+    g.conversation("c1", &[("alice", "customer"), ("bob", "agent")]);
+    g.connect(1, "alice", "customer");
+    g.connect(2, "bob", "agent");
+    let join = g.emit(1, "conversation:join", json!({"conversationId": "c1"}));
+    assert_eq!(g.ack(1, join).expect("answered")["ok"], json!(true));
+    g.emit(1, "ping", json!({}));
+    let over = g.emit(1, "conversation:leave", json!({"conversationId": "c2"}));
+    assert_eq!(
+        g.ack(1, over).expect("answered")["code"],
+        json!("rate_limited"),
+        "a leave of a conversation it is not in is charged"
+    );
+    let leave = g.emit(1, "conversation:leave", json!({"conversationId": "c1"}));
+    assert_eq!(g.ack(1, leave).expect("answered"), &json!({"ok": true}));
+    g.emit(
+        2,
+        "message:send",
+        json!({"conversationId": "c1", "content": "after the leave"}),
+    );
+    assert!(
+        g.events_named(1, "message:new").is_empty(),
+        "out of the room"
+    );
+}
+
 /// The body of the polling response to `request`, if there was one.
 fn http_body(g: &Gw, request: u64) -> Option<String> {
     g.outputs.iter().find_map(|(_, out)| match out {

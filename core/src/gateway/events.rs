@@ -125,7 +125,17 @@ impl Gateway {
             self.active(now, session);
             return self.on_send(now, session, ack, &arg);
         }
-        if !self.charge(now, session, ack) {
+        // Leaving a conversation the connection is in only lightens the server's load (no
+        // more fan-out to it), and a leave turned away over the budget would keep the
+        // connection in the room, its client taking itself out. So such a leave is free:
+        // each was paid for by its join. A leave of anything else is charged.
+        let leaves_a_room = name == "conversation:leave"
+            && str_field(&arg, "conversationId").is_some_and(|id| {
+                self.conns
+                    .get(&session)
+                    .is_some_and(|c| c.joined.contains(id))
+            });
+        if !leaves_a_room && !self.charge(now, session, ack) {
             return;
         }
         if matches!(
@@ -168,10 +178,10 @@ impl Gateway {
     }
 
     /// The connection's user did something: the idle deadline moves. Only what a person
-    /// at the front end does counts (a send, a join or leave, a history read); what a
-    /// client does by itself on an open page (answering heartbeats, `ping`,
-    /// `auth:refresh`) or an event refused over budget would keep a forgotten tab
-    /// connected for ever.
+    /// at the front end does counts (a send, whatever its answer, a join or leave, a
+    /// history read); what a client does by itself on an open page (answering heartbeats,
+    /// `ping`, `auth:refresh`) or a join, leave or read refused over budget would keep a
+    /// forgotten tab connected for ever.
     fn active(&mut self, now: Instant, session: SessionId) {
         if self.config.idle_timeout_ms == 0 {
             return;
