@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::app::App;
 use crate::clock::Clock;
+use crate::log_pace::LogPace;
 use crate::metrics::RuntimeMetrics;
 use crate::outbox::{Outbox, Push};
 use crate::storage::{Job, StoreQueue};
@@ -190,6 +191,8 @@ pub struct Actor<A> {
     /// store that answers, however far behind, is not stalled.
     store_asked: BTreeMap<gateway::OpId, u64>,
     store_answered_ms: u64,
+    /// The pace of the log lines clients can cause.
+    log_pace: LogPace,
 }
 
 impl<A: App> Actor<A> {
@@ -217,6 +220,7 @@ impl<A: App> Actor<A> {
             wall_clock_at: tokio::time::Instant::now() + crate::clock::WALL_CLOCK_EVERY,
             store_asked: BTreeMap::new(),
             store_answered_ms: 0,
+            log_pace: LogPace::default(),
         }
     }
 
@@ -399,7 +403,10 @@ impl<A: App> Actor<A> {
                 match out {
                     Output::Transmit(t) => self.transmit(t),
                     Output::Effect(e) => self.effect(e),
-                    Output::Notice(n) => log_notice(&n),
+                    Output::Notice(n) => {
+                        let now_ms = self.clock.now().as_millis();
+                        log_notice(&n, &mut self.log_pace, now_ms);
+                    }
                 }
             }
             if self.deferred.is_empty() {
@@ -732,18 +739,24 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Logs a core notice: refusals, replacements and abnormal closes at `info`, the routine
-/// rest at `debug`.
-fn log_notice(n: &Notice) {
+/// Logs a core notice: refusals, replacements and abnormal closes at `info`, paced
+/// ([`crate::log_pace`]), the routine rest at `debug`.
+fn log_notice(n: &Notice, pace: &mut LogPace, now_ms: u64) {
     match n {
         Notice::Connected { session, user } => {
             tracing::debug!(%session, %user, "connected");
         }
         Notice::Refused { session, error } => {
-            tracing::info!(%session, %error, "connect refused");
+            if let Some(skipped) = pace.refused.admit(now_ms) {
+                skipped_lines(skipped, "connect refused");
+                tracing::info!(%session, %error, "connect refused");
+            }
         }
         Notice::Replaced { user, old, new } => {
-            tracing::info!(%user, %old, %new, "connection replaced");
+            if let Some(skipped) = pace.replaced.admit(now_ms) {
+                skipped_lines(skipped, "connection replaced");
+                tracing::info!(%user, %old, %new, "connection replaced");
+            }
         }
         Notice::Online { user } => tracing::debug!(%user, "online"),
         Notice::Offline { user } => tracing::debug!(%user, "offline"),
@@ -754,7 +767,10 @@ fn log_notice(n: &Notice) {
         } => {
             let user = user.as_ref().map_or("-", UserKey::as_str);
             if abnormal(reason) {
-                tracing::info!(%session, %user, reason = reason.label(), detail = %reason, "closed");
+                if let Some(skipped) = pace.closed.admit(now_ms) {
+                    skipped_lines(skipped, "closed");
+                    tracing::info!(%session, %user, reason = reason.label(), detail = %reason, "closed");
+                }
             } else {
                 tracing::debug!(%session, %user, reason = reason.label(), "closed");
             }
@@ -770,6 +786,17 @@ fn log_notice(n: &Notice) {
         Notice::SendRefused { user, code } => {
             tracing::debug!(%user, code = code.as_str(), "send refused");
         }
+    }
+}
+
+/// Says how many lines of a kind were not logged since the last one that was.
+fn skipped_lines(skipped: u64, what: &str) {
+    if skipped > 0 {
+        tracing::info!(
+            skipped,
+            "{what}: {skipped} lines not logged (over {} a second)",
+            crate::log_pace::LINES_PER_SECOND
+        );
     }
 }
 

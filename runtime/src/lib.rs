@@ -35,6 +35,7 @@ pub mod engineio;
 pub mod error;
 pub mod frames;
 pub mod http;
+pub mod log_pace;
 pub mod metrics;
 pub mod outbox;
 pub mod query;
