@@ -1103,6 +1103,28 @@ fn deadlines_handled_late_act_as_of_when_they_are_handled() {
     assert_eq!(g.events_named(1, "heartbeat").len(), 3);
 }
 
+#[test]
+fn deadlines_handled_late_still_fire_in_their_order() {
+    // alice's token runs out at 60 s (grace 5 s, so her close for it is due at 65 s) and
+    // her PING of 50 s goes unanswered (its deadline at 70 s); bob's next PING is due at
+    // 62 s. The driver wakes at 80 s: bob's PING, then alice's close for her token, a
+    // Socket.IO DISCONNECT, and only then her PING's deadline, by which she is gone.
+    let mut g = setup();
+    g.connect_with(1, Some(json!({ "token": token("alice", "customer", 60) })));
+    g.advance(37_000);
+    g.connect(2, "bob", "agent");
+    g.advance(12_000);
+    g.auto_pong = false;
+    g.advance(11_000);
+    assert_eq!(g.events_named(1, "auth:expired").len(), 1);
+    assert!(!g.view(1).closed);
+    g.wake_late(20_000);
+    assert!(
+        g.view(1).disconnected,
+        "closed for its token (a DISCONNECT), not for the later PING deadline"
+    );
+}
+
 /// A token for `user:kind` whose `exp` is `exp_after_s` seconds after the harness epoch,
 /// fraction included (a JWT's NumericDate may have one).
 fn token_expiring_at(user: &str, kind: &str, exp_after_s: f64) -> String {

@@ -259,6 +259,8 @@ pub struct Client {
     refreshes: BTreeSet<u64>,
     /// The token last presented to the server (by a CONNECT or an `auth:refresh`).
     presented: String,
+    /// Whether this transport carried a CONNECT (the server's open packet came).
+    connect_sent: bool,
     /// Conversations with a join under way (see [`MAX_JOINS_IN_FLIGHT`]).
     joining: BTreeSet<String>,
     /// Joins waiting for room among those under way, in order.
@@ -303,6 +305,7 @@ impl Client {
             joins: BTreeMap::new(),
             refreshes: BTreeSet::new(),
             presented: String::new(),
+            connect_sent: false,
             joining: BTreeSet::new(),
             join_queue: VecDeque::new(),
             rejoin_at: BTreeMap::new(),
@@ -562,6 +565,7 @@ impl Client {
                 }
                 let auth = json!({ "token": self.config.token });
                 self.presented = self.config.token.clone();
+                self.connect_sent = true;
                 let connect = format!("40{},{auth}", self.config.namespace);
                 self.out.push_back(Output::Send(Frame::text(connect)));
             }
@@ -635,6 +639,7 @@ impl Client {
 
     fn open(&mut self, now: Instant) {
         self.phase = Phase::Opening;
+        self.connect_sent = false;
         self.decoder.reset();
         self.connect_deadline = Some(now.add_ms(self.config.connect_timeout_ms));
         self.silence_deadline = None;
@@ -737,7 +742,7 @@ impl Client {
                     .and_then(Value::as_str)
                     .unwrap_or("connect error")
                     .to_owned();
-                if self.presented != self.config.token {
+                if self.connect_sent && self.presented != self.config.token {
                     // Refused for the token this CONNECT carried, which the application
                     // replaced while it was on its way (`refresh_token` during the
                     // handshake): the new one is presented at once, as it would have been

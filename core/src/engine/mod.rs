@@ -297,8 +297,17 @@ impl Engine {
 
     /// Fires every deadline due at `now`, in deadline order.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_due(now, now);
+    }
+
+    /// Fires, in deadline order, the deadlines due at `until` (at most `now`), each acting
+    /// at `now`: a driver that interleaves these deadlines with others of its own (the
+    /// gateway's) fires each set up to the other's next, and what they arm counts from
+    /// `now` even when it woke late.
+    pub fn handle_due(&mut self, now: Instant, until: Instant) {
         let now = self.clock.observe(now);
-        while let Some((_, id, timer)) = self.timers.pop_due(now) {
+        let until = until.min(now);
+        while let Some((_, id, timer)) = self.timers.pop_due(until) {
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
             };

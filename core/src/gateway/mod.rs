@@ -395,15 +395,16 @@ impl Gateway {
         loop {
             let engine_next = self.engine.poll_timeout().filter(|&t| t <= now);
             let mine_next = self.timers.next().filter(|&(t, _, _)| t <= now);
-            // Due deadlines fire in their order, each acting at `now`: one handled late (a
-            // stalled driver, or a token's expiry moved into the past by a wall-clock step)
-            // must not act as if it had been on time, or what it arms from then (the grace
-            // after `auth:expired`, a PING's deadline, the next heartbeat) would be due at
-            // once too, and the client would get no time to answer.
+            // Due deadlines fire in their order (the engine's up to the next of the
+            // gateway's), each acting at `now`: one handled late (a stalled driver, or a
+            // token's expiry moved into the past by a wall-clock step) must not act as if
+            // it had been on time, or what it arms from then (the grace after
+            // `auth:expired`, a PING's deadline, the next heartbeat) would be due at once
+            // too, and the client would get no time to answer.
             match (engine_next, mine_next) {
                 (None, None) => break,
-                (Some(e), Some((g, _, _))) if e <= g => self.engine.handle_timeout(now),
-                (Some(_), None) => self.engine.handle_timeout(now),
+                (Some(e), Some((g, _, _))) if e <= g => self.engine.handle_due(now, e),
+                (Some(e), None) => self.engine.handle_due(now, e),
                 (_, Some(_)) => self.fire_one(now),
             }
             self.pump(now);
