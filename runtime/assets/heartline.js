@@ -195,10 +195,12 @@ export class HeartlineClient extends EventTarget {
    * characters past `maxOutboxChars`.
    */
   send(conversationId, content) {
+    // Counted as the text they are sent as, whatever the page passed.
+    const size = (o) => String(o.conversationId).length + String(o.content).length;
     let chars = 0;
-    for (const o of this.outbox.values()) chars += o.conversationId.length + o.content.length;
+    for (const o of this.outbox.values()) chars += size(o);
     if (this.outbox.size >= this.opts.maxOutbox
-        || chars + conversationId.length + content.length > this.opts.maxOutboxChars) {
+        || chars + size({ conversationId, content }) > this.opts.maxOutboxChars) {
       throw new OutboxFullError(this.outbox.size, chars);
     }
     const tempId = `w${Date.now().toString(36)}-${(this.seq++).toString(36)}-${Math.random().toString(36).slice(2, 8)}`;

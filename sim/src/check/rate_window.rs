@@ -31,10 +31,21 @@ pub struct RateWindow {
     offset_ms: i64,
     /// Sends asked of the store: their user, when, and the clock's offset then.
     admitted: BTreeMap<OpId, (String, Instant, i64)>,
-    /// Committed sends per user: when they count from (simulated milliseconds, below zero
-    /// for a send a restart aged past the run's start), and the clock's offset at their
-    /// stamp.
-    accepted: BTreeMap<String, VecDeque<(i64, i64)>>,
+    /// Committed sends per user, in the order they were admitted.
+    accepted: BTreeMap<String, VecDeque<Accepted>>,
+}
+
+/// One committed send.
+#[derive(Clone, Copy, Debug)]
+struct Accepted {
+    /// When the gateway admitted it, simulated milliseconds.
+    at_ms: i64,
+    /// The clock's offset when it was stamped.
+    stamped: i64,
+    /// When the server process running now takes it to have been made: `at_ms`, or
+    /// earlier by the forward steps between its stamp and that process's start (below
+    /// zero for one aged past the run's start).
+    counts_from: i64,
 }
 
 impl RateWindow {
@@ -66,20 +77,31 @@ impl RateWindow {
         let log = self.accepted.entry(user.clone()).or_default();
         let at_ms = ms(at);
         let window_ms = i64::try_from(self.window_ms).unwrap_or(i64::MAX);
+        // Gone for good once a window past when it was made: a later process may take it
+        // for older (a step forward), never for younger than that.
         while log
             .front()
-            .is_some_and(|(t, _)| t.saturating_add(window_ms) <= at_ms)
+            .is_some_and(|a| a.at_ms.saturating_add(window_ms) <= at_ms)
         {
             log.pop_front();
         }
-        log.push_back((at_ms, offset));
-        if log.len() > self.limit {
-            let first = log.front().map_or(at_ms, |(t, _)| *t);
+        log.push_back(Accepted {
+            at_ms,
+            stamped: offset,
+            counts_from: at_ms,
+        });
+        let counted: Vec<i64> = log
+            .iter()
+            .map(|a| a.counts_from)
+            .filter(|t| t.saturating_add(window_ms) > at_ms)
+            .collect();
+        if counted.len() > self.limit {
+            let first = counted.iter().copied().min().unwrap_or(at_ms);
             return Err((
                 NAME,
                 format!(
                     "{user}: {} sends accepted between {first}ms and {at}, limit {} per {}ms",
-                    log.len(),
+                    counted.len(),
                     self.limit,
                     self.window_ms
                 ),
@@ -102,12 +124,8 @@ impl RateWindow {
     /// counts from when that clock says it was made (see the module docs).
     pub fn restarted(&mut self) {
         let offset_ms = self.offset_ms;
-        for log in self.accepted.values_mut() {
-            for (at, stamped) in log.iter_mut() {
-                *at -= offset_ms.saturating_sub(*stamped).max(0);
-                *stamped = offset_ms;
-            }
-            log.make_contiguous().sort();
+        for a in self.accepted.values_mut().flat_map(|log| log.iter_mut()) {
+            a.counts_from = a.at_ms - offset_ms.saturating_sub(a.stamped).max(0);
         }
     }
 }
@@ -155,6 +173,23 @@ mod tests {
             w.restarted();
             assert_eq!(send(&mut w, 3, 10_500).is_err(), over, "step {step_ms}");
         }
+    }
+
+    /// Aging is reckoned from each send's own stamp at every restart: stepped forward,
+    /// restarted, stepped back and restarted again, the sends count from when they were
+    /// made again, as the second process takes them.
+    #[test]
+    fn a_second_restart_ages_from_the_stamp_not_from_the_first_restart() {
+        let mut w = RateWindow::new(2, 10_000);
+        assert!(send(&mut w, 1, 5_000).is_ok());
+        assert!(send(&mut w, 2, 6_000).is_ok());
+        w.stepped(5_000);
+        w.crash();
+        w.restarted();
+        w.stepped(0);
+        w.crash();
+        w.restarted();
+        assert!(send(&mut w, 3, 10_500).is_err(), "both count again");
     }
 
     /// A step larger than the run so far takes sends to before its start: they are out

@@ -35,6 +35,10 @@ impl Sim {
             ("the wall clock is now {:+}ms off", self.wall_offset_ms)
         );
         self.heartbeat.stepped(epoch);
+        // An expiry the server let pass before the step is judged by the clock it passed
+        // on, before the step moves the deadlines.
+        let missed = self.token_expiry.check(self.now);
+        self.found(missed);
         self.token_expiry.stepped(self.now, epoch);
         self.rate.stepped(self.wall_offset_ms);
         let wall_ms = epoch.saturating_add(self.now.as_millis());
