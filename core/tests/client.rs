@@ -887,3 +887,16 @@ fn a_token_refreshed_while_a_connect_is_on_its_way_is_presented_when_that_one_is
     assert!(matches!(d.client.status(), Status::Failed { .. }));
     assert!(!d.take().contains(&Output::Open), "refused for good");
 }
+
+/// A CONNECT_ERROR before any CONNECT went out (a server gone wrong, ahead of its open
+/// packet) is not a refusal of an older token: no reopen at once, whatever the token.
+#[test]
+fn a_connect_error_before_the_open_packet_is_no_reason_to_reopen() {
+    let mut d = Driven::new();
+    d.client.set_token("t");
+    d.client.connect(d.now);
+    d.take();
+    d.frame(r#"44/chat,{"message":"nope"}"#);
+    assert!(matches!(d.client.status(), Status::Failed { .. }));
+    assert!(!d.take().contains(&Output::Open));
+}
