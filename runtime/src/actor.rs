@@ -403,10 +403,7 @@ impl<A: App> Actor<A> {
                 match out {
                     Output::Transmit(t) => self.transmit(t),
                     Output::Effect(e) => self.effect(e),
-                    Output::Notice(n) => {
-                        let now_ms = self.clock.now().as_millis();
-                        log_notice(&n, &mut self.log_pace, now_ms);
-                    }
+                    Output::Notice(n) => log_notice(&n, &mut self.log_pace, &self.clock),
                 }
             }
             if self.deferred.is_empty() {
@@ -741,19 +738,21 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 
 /// Logs a core notice: refusals, replacements and abnormal closes at `info`, paced
 /// ([`crate::log_pace`]), the routine rest at `debug`.
-fn log_notice(n: &Notice, pace: &mut LogPace, now_ms: u64) {
+fn log_notice(n: &Notice, pace: &mut LogPace, clock: &Clock) {
+    // The clock is read only for the paced lines, not for every accepted send.
+    let now_ms = || clock.now().as_millis();
     match n {
         Notice::Connected { session, user } => {
             tracing::debug!(%session, %user, "connected");
         }
         Notice::Refused { session, error } => {
-            if let Some(skipped) = pace.refused.admit(now_ms) {
+            if let Some(skipped) = pace.refused.admit(now_ms()) {
                 skipped_lines(skipped, "connect refused");
                 tracing::info!(%session, %error, "connect refused");
             }
         }
         Notice::Replaced { user, old, new } => {
-            if let Some(skipped) = pace.replaced.admit(now_ms) {
+            if let Some(skipped) = pace.replaced.admit(now_ms()) {
                 skipped_lines(skipped, "connection replaced");
                 tracing::info!(%user, %old, %new, "connection replaced");
             }
@@ -767,7 +766,7 @@ fn log_notice(n: &Notice, pace: &mut LogPace, now_ms: u64) {
         } => {
             let user = user.as_ref().map_or("-", UserKey::as_str);
             if abnormal(reason) {
-                if let Some(skipped) = pace.closed.admit(now_ms) {
+                if let Some(skipped) = pace.closed.admit(now_ms()) {
                     skipped_lines(skipped, "closed");
                     tracing::info!(%session, %user, reason = reason.label(), detail = %reason, "closed");
                 }
