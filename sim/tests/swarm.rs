@@ -1,6 +1,19 @@
 //! A swarm of 200 seeds, each with its own fault mix and knobs, must hold every invariant.
 
-use heartline_sim::{Options, Sim};
+use heartline_sim::{Options, Report, Sim};
+
+/// Runs `opts`, which must hold every invariant; its report.
+fn holds(opts: Options) -> Report {
+    let report = Sim::new(opts, None, None).expect("valid options").run();
+    assert!(
+        report.violation.is_none(),
+        "seed {}: {:?}\n{}",
+        report.seed,
+        report.violation,
+        report.knobs
+    );
+    report
+}
 
 #[test]
 fn swarm_of_200_seeds_holds_every_invariant() {
@@ -70,13 +83,7 @@ fn seeds_that_once_failed_hold() {
         opts.expiring_pct = 0;
         opts.faults.remove(&heartline_sim::FaultKind::StoreDies);
         opts.faults.remove(&heartline_sim::FaultKind::ClockStep);
-        let report = Sim::new(opts, None, None).expect("valid options").run();
-        assert!(
-            report.violation.is_none(),
-            "seed {seed}: {:?}\n{}",
-            report.violation,
-            report.knobs
-        );
+        holds(opts);
     }
 }
 
@@ -100,14 +107,7 @@ fn clients_that_stop_reading_meet_shedding_and_hold_every_invariant() {
         opts.ping_timeout_ms = 20_000;
         opts.send_gap_ms = 1_500;
         opts.duration_ms = 60_000;
-        let report = Sim::new(opts, None, None).expect("valid options").run();
-        assert!(
-            report.violation.is_none(),
-            "seed {}: {:?}\n{}",
-            5_000 + seed,
-            report.violation,
-            report.knobs
-        );
+        let report = holds(opts);
         shed += report.slow_consumers.0;
         dropped += report.slow_consumers.2;
     }
@@ -134,13 +134,7 @@ fn a_stepping_wall_clock_keeps_every_invariant() {
         .collect();
         opts.expiring_pct = 100;
         opts.duration_ms = 120_000;
-        let report = Sim::new(opts, None, None).expect("valid options").run();
-        assert!(
-            report.violation.is_none(),
-            "seed {seed}: {:?}\n{}",
-            report.violation,
-            report.knobs
-        );
+        let report = holds(opts);
         told += report.token_expiry.0;
         steps += report.clock_steps;
     }
