@@ -437,7 +437,8 @@ impl<A: App> Actor<A> {
                     return;
                 };
                 if outbox.push(frame, self.outbound_limit) == Push::Overflow {
-                    tracing::info!(%transport, "slow consumer: send queue full, connection closed");
+                    // At debug: the core's close notice says it at info, paced (`log_pace`).
+                    tracing::debug!(%transport, "slow consumer: send queue full, connection closed");
                     self.outboxes.remove(&transport);
                     self.deferred
                         .push(gateway::Input::Network(engine::Input::WsAborted {

@@ -277,17 +277,25 @@ impl ServerHandle {
         self.ctx.draining.store(true, Ordering::SeqCst);
         let (done_tx, done_rx) = oneshot::channel();
         let bound = Duration::from_millis(drain_ms) + SHUTDOWN_SLACK;
-        let asked = self
-            .ctx
-            .actor
-            .send(Msg::Drain {
-                drain_ms,
-                done: done_tx,
-            })
-            .await
-            .is_ok();
-        if asked && tokio::time::timeout(bound, done_rx).await.is_err() {
-            tracing::warn!("drain did not finish in time; stopping anyway");
+        let started = tokio::time::Instant::now();
+        // Asking waits for room in the actor's inbox: within the same bound, so that a
+        // wedged actor with a full inbox does not hold the shutdown for ever.
+        let ask = self.ctx.actor.send(Msg::Drain {
+            drain_ms,
+            done: done_tx,
+        });
+        match tokio::time::timeout(bound, ask).await {
+            Ok(Ok(())) => {
+                if tokio::time::timeout_at(started + bound, done_rx)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("drain did not finish in time; stopping anyway");
+                }
+            }
+            // The actor is gone (it stopped: `/healthz` said so): nothing to drain.
+            Ok(Err(_)) => {}
+            Err(_) => tracing::warn!("the core did not take the drain in time; stopping anyway"),
         }
         self.stop_accept.send_replace(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.accept_task).await;

@@ -525,7 +525,8 @@ impl Connection {
         self.outbox.close(e.close_code(), e.close_reason());
         match e {
             FrameError::TooLarge { size, max } => {
-                tracing::info!(%transport, size, max, "websocket message too large");
+                // At debug: the core's close notice says it at info, paced (`log_pace`).
+                tracing::debug!(%transport, size, max, "websocket message too large");
                 Ending::Dropped(CloseReason::PayloadTooLarge)
             }
             _ => {
