@@ -84,11 +84,16 @@ fn load(args: &Args) -> Result<Config, ConfigError> {
 fn main() -> ExitCode {
     give_freed_memory_back_at_once();
     let args = Args::parse();
+    // Lines go to stderr from a thread of their own: a log reader that falls behind must
+    // not block the thread that logged (the core's actor, say, and with it every session).
+    // Past 128,000 lines waiting, lines are dropped instead. Kept until `main` returns,
+    // which writes what is still waiting.
+    let (stderr, _flush_at_exit) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
