@@ -160,8 +160,16 @@ fn drain_batch(remaining: usize, ticks_left: u128, owed_milli: u64) -> (usize, u
     (batch.min(remaining), owed % 1000)
 }
 
-/// Longest wait for writers to deliver their last frames after the last close.
-const WRITER_GRACE: Duration = Duration::from_millis(1500);
+/// Longest wait for writers to deliver their last frames after the last close: as long
+/// as a WebSocket task may take over its close (waiting for the peer's close frame, then
+/// writing what is left), and a little more, so that a peer slow to answer the close still
+/// gets its last acks. Within the drain's slack ([`crate::server::SHUTDOWN_SLACK`]); it
+/// ends as soon as every WebSocket is closed.
+const WRITER_GRACE: Duration = Duration::from_millis(
+    crate::websocket::CLOSE_LINGER.as_millis() as u64
+        + crate::websocket::WRITER_GRACE.as_millis() as u64
+        + 500,
+);
 
 /// The actor's state. See the module docs.
 pub struct Actor<A> {

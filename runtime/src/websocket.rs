@@ -64,7 +64,7 @@ const PEEK_BYTES: usize = 256;
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// How long the last frames and the close frame may take once reading has stopped.
-const WRITER_GRACE: Duration = Duration::from_secs(1);
+pub const WRITER_GRACE: Duration = Duration::from_secs(1);
 
 /// Most bytes one read takes from a socket, into the thread's read buffer.
 const READ_CHUNK: usize = 16 * 1024;
