@@ -332,14 +332,25 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::
         budget: admission::refusal_budget(bound, limit),
         metrics: ctx.metrics.clone(),
     };
+    let mut accept_warned: Option<std::time::Instant> = None;
     loop {
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
+                // One connection's own failure (reset or unreachable before it was
+                // taken): the next is taken at once.
+                Err(e) if connection_failed(&e) => {
+                    tracing::debug!(error = %e, "a connection failed before accept");
+                    continue;
+                }
                 Err(e) => {
-                    // Out of descriptors or a connection reset before accept: wait a little
-                    // rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of descriptors or memory: wait a little rather than spin, and say
+                    // so once a second at most.
+                    let now = std::time::Instant::now();
+                    if accept_warned.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                        accept_warned = Some(now);
+                        tracing::warn!(error = %e, "accept failed; accepting again in 50 ms");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -476,9 +487,37 @@ impl Refusals {
     }
 }
 
+/// Whether an accept error is the failure of one connection, not of the listener: Linux
+/// hands an error already pending on the new connection to `accept` (accept(2): to be
+/// treated like EAGAIN, retried), and a connection can be reset before it is taken.
+fn connection_failed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::HostUnreachable
+            | ErrorKind::NetworkUnreachable
+            | ErrorKind::NetworkDown
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_connections_failure_is_told_from_the_listeners() {
+        use std::io::{Error, ErrorKind};
+        for kind in [ErrorKind::ConnectionAborted, ErrorKind::ConnectionReset] {
+            assert!(connection_failed(&Error::from(kind)), "{kind:?}");
+        }
+        // EMFILE, ENFILE: the process or the machine is out of descriptors.
+        for errno in [24, 23] {
+            assert!(!connection_failed(&Error::from_raw_os_error(errno)));
+        }
+        assert!(!connection_failed(&Error::from(ErrorKind::OutOfMemory)));
+    }
 
     #[tokio::test]
     async fn a_core_that_stops_outside_a_shutdown_is_noted() {
