@@ -12,8 +12,10 @@
 pub const LINES_PER_SECOND: u32 = 20;
 
 /// The pace of one kind of line.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Paced {
+    /// Lines logged in one second at most.
+    per_second: u32,
     /// The second (core milliseconds / 1000) the count is for.
     second: u64,
     /// Lines logged in that second.
@@ -22,7 +24,23 @@ pub struct Paced {
     skipped: u64,
 }
 
+impl Default for Paced {
+    fn default() -> Self {
+        Paced::per_second(LINES_PER_SECOND)
+    }
+}
+
 impl Paced {
+    /// At most `n` lines a second.
+    pub fn per_second(n: u32) -> Self {
+        Paced {
+            per_second: n,
+            second: 0,
+            logged: 0,
+            skipped: 0,
+        }
+    }
+
     /// Whether a line may be logged at `now_ms`; if so, with how many were skipped since
     /// the last one logged (to be said in it).
     pub fn admit(&mut self, now_ms: u64) -> Option<u64> {
@@ -31,7 +49,7 @@ impl Paced {
             self.second = second;
             self.logged = 0;
         }
-        if self.logged >= LINES_PER_SECOND {
+        if self.logged >= self.per_second {
             self.skipped += 1;
             return None;
         }
@@ -65,5 +83,10 @@ mod tests {
         assert_eq!(p.admit(6_001), Some(0));
         // A quiet spell and back: nothing skipped meanwhile.
         assert_eq!(p.admit(60_000), Some(0));
+        // One a second.
+        let mut one = Paced::per_second(1);
+        assert_eq!(one.admit(1_000), Some(0));
+        assert_eq!(one.admit(1_500), None);
+        assert_eq!(one.admit(2_000), Some(1));
     }
 }

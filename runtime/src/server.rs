@@ -332,7 +332,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::
         budget: admission::refusal_budget(bound, limit),
         metrics: ctx.metrics.clone(),
     };
-    let mut accept_warned: Option<std::time::Instant> = None;
+    let mut accept_failures = crate::log_pace::Paced::per_second(1);
     loop {
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -346,10 +346,8 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::
                 Err(e) => {
                     // Out of descriptors or memory: wait a little rather than spin, and say
                     // so once a second at most.
-                    let now = std::time::Instant::now();
-                    if accept_warned.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-                        accept_warned = Some(now);
-                        tracing::warn!(error = %e, "accept failed; accepting again in 50 ms");
+                    if let Some(skipped) = accept_failures.admit(ctx.clock.now().as_millis()) {
+                        tracing::warn!(error = %e, skipped, "accept failed; accepting again in 50 ms");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
