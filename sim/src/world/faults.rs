@@ -9,7 +9,6 @@ use super::{Phase, Sim};
 use crate::agenda::Ev;
 use crate::net::Seg;
 use crate::schedule::Fault;
-use crate::workload::EPOCH_MS;
 
 /// How far the server's wall clock may get from the true time, milliseconds: a step that
 /// would take it further goes the other way.
@@ -26,7 +25,7 @@ impl Sim {
             step_ms
         };
         self.wall_offset_ms += step;
-        let epoch = EPOCH_MS.saturating_add_signed(self.wall_offset_ms);
+        let epoch = self.wall_epoch_ms();
         self.gw_config.wall_epoch_ms = epoch;
         self.counters.clock_steps += 1;
         tr!(
@@ -41,7 +40,7 @@ impl Sim {
         self.found(missed);
         self.token_expiry.stepped(self.now, epoch);
         self.rate.stepped(self.wall_offset_ms);
-        let wall_ms = epoch.saturating_add(self.now.as_millis());
+        let wall_ms = self.wall_ms();
         self.server_input(Input::WallClock { wall_ms });
     }
 

@@ -356,11 +356,15 @@ impl Sim {
     }
 
     /// Runs all three phases and reports.
+    /// What the server machine's wall clock read at the simulated clock's zero, as it now
+    /// runs (Unix milliseconds).
+    fn wall_epoch_ms(&self) -> u64 {
+        EPOCH_MS.saturating_add_signed(self.wall_offset_ms)
+    }
+
     /// The server machine's wall clock now, Unix milliseconds (the token issuer's too).
     fn wall_ms(&self) -> u64 {
-        EPOCH_MS
-            .saturating_add_signed(self.wall_offset_ms)
-            .saturating_add(self.now.as_millis())
+        self.wall_epoch_ms().saturating_add(self.now.as_millis())
     }
 
     pub fn run(mut self) -> Report {
