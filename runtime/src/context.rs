@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::actor::Msg;
 use crate::admission::{IpRate, QuietConnections};
+use crate::arriving::ArrivingBytes;
 use crate::clock::Clock;
 use crate::config::{origin_without_slash, Config};
 use crate::metrics::RuntimeMetrics;
@@ -143,6 +144,8 @@ pub struct Context {
     pub actor: mpsc::Sender<Msg>,
     /// The bytes of large messages the inbox may hold.
     pub inbox_bytes: InboxBytes,
+    /// The bytes of large messages still arriving, all connections together.
+    pub arriving: ArrivingBytes,
     /// The store thread's queue (HTTP API).
     pub store: StoreQueue,
     /// The runtime's counters.
@@ -177,6 +180,7 @@ impl Context {
             ip_rate: IpRate::new(config.server.connect_rate_per_ip),
             quiet: QuietConnections::new(min_quiet_ms(config.server.handshake_timeout_ms)),
             inbox_bytes: InboxBytes::new(config.engine.max_payload_bytes),
+            arriving: ArrivingBytes::new(config.engine.max_payload_bytes, metrics.clone()),
             config,
             engine_path,
             clock,

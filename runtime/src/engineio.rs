@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use heartline_core::engine::{self, ContentType, Handshake, Method, Query};
 use heartline_core::{Instant, RequestId};
 use http_body_util::BodyExt;
@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::actor::{HttpReply, Msg};
 use crate::admission::Permit;
+use crate::arriving::{grown_capacity, Reservation};
 use crate::context::{Context, PostReading};
 use crate::http::{self, Body};
 use crate::metrics::RuntimeMetrics;
@@ -380,22 +381,35 @@ async fn poll(
             None => {
                 let request = ctx.request_id();
                 let input = engine::Input::HttpPostOverlap { request, query };
-                return ask(&ctx, request, input, None).await;
+                return ask(&ctx, request, input, None, Reservation::default()).await;
             }
         },
         _ => None,
     };
+    let mut arriving = Reservation::default();
     let body = if method == Method::Post {
         let limit = usize::try_from(ctx.config.engine.max_payload_bytes)
             .unwrap_or(usize::MAX)
             .saturating_add(1);
         let due = ctx.request_deadline(request_began);
-        match tokio::time::timeout_at(due, read_bounded(req.into_body(), limit)).await {
+        let announced = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let read = read_bounded(req.into_body(), limit, announced, &ctx, &mut arriving);
+        match tokio::time::timeout_at(due, read).await {
             Ok(Ok(body)) => body,
-            Ok(Err(())) => {
+            Ok(Err(Unread::Failed)) => {
                 return http::json(
                     StatusCode::BAD_REQUEST,
                     &serde_json::json!({"code": 3, "message": "Request body could not be read"}),
+                )
+            }
+            Ok(Err(Unread::OverBudget)) => {
+                return http::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many large messages arriving; try again later",
                 )
             }
             Err(_) => {
@@ -416,16 +430,19 @@ async fn poll(
         body,
         handshake,
     };
-    ask(&ctx, request, input, reading).await
+    ask(&ctx, request, input, reading, arriving).await
 }
 
 /// Hands an HTTP request to the core and waits for its answer. `reading`, a POST's mark,
-/// goes once the request is in the actor's inbox, so that a POST after it is in order.
+/// goes once the request is in the actor's inbox, so that a POST after it is in order;
+/// `arriving`, its body's bytes of the arriving budget, once the inbox's budget counts
+/// them.
 async fn ask(
     ctx: &Arc<Context>,
     request: RequestId,
     input: engine::Input,
     reading: Option<PostReading>,
+    arriving: Reservation,
 ) -> Response<Body> {
     let (tx, rx) = oneshot::channel();
     let msg = Msg::Http {
@@ -434,6 +451,7 @@ async fn ask(
         reply: tx,
     };
     let msg = ctx.inbox_bytes.admitted(msg).await;
+    drop(arriving);
     if ctx.actor.send(msg).await.is_err() {
         return http::empty(StatusCode::SERVICE_UNAVAILABLE);
     }
@@ -464,21 +482,52 @@ async fn ask(
     }
 }
 
+/// Why a body was not read.
+enum Unread {
+    /// The connection failed or broke HTTP.
+    Failed,
+    /// A large body (sent in chunks, with no length announced) needed more of the
+    /// arriving budget than was free while it held some.
+    OverBudget,
+}
+
 /// Reads at most `limit` bytes of a body; what lies beyond is not read (the core sees a
-/// body of exactly `limit` bytes and knows it is too large).
-async fn read_bounded(mut body: Incoming, limit: usize) -> Result<Bytes, ()> {
-    let mut buf = BytesMut::new();
+/// body of exactly `limit` bytes and knows it is too large). A large body's bytes are
+/// reserved from the arriving budget before they are read ([`crate::arriving`]): all at
+/// once for the length announced, waiting for them if need be, or as they come.
+async fn read_bounded(
+    mut body: Incoming,
+    limit: usize,
+    announced: Option<usize>,
+    ctx: &Context,
+    arriving: &mut Reservation,
+) -> Result<Bytes, Unread> {
+    let mut buf = Vec::new();
+    if let Some(n) = announced.map(|n| n.min(limit)) {
+        // Holding nothing yet, this waits rather than fails.
+        arriving
+            .cover(&ctx.arriving, n)
+            .await
+            .map_err(|_| Unread::OverBudget)?;
+        buf.reserve_exact(n);
+    }
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ())?;
+        let frame = frame.map_err(|_| Unread::Failed)?;
         if let Ok(data) = frame.into_data() {
-            let room = limit.saturating_sub(buf.len());
-            buf.extend_from_slice(&data[..data.len().min(room)]);
+            let take = data.len().min(limit.saturating_sub(buf.len()));
+            let cap = grown_capacity(buf.len(), buf.capacity(), take, limit);
+            arriving
+                .cover(&ctx.arriving, cap)
+                .await
+                .map_err(|_| Unread::OverBudget)?;
+            buf.reserve_exact(cap - buf.len());
+            buf.extend_from_slice(&data[..take]);
             if buf.len() >= limit {
                 break;
             }
         }
     }
-    Ok(buf.freeze())
+    Ok(Bytes::from(buf))
 }
 
 /// CORS headers for an allowed browser origin (credentials allowed, so the origin is

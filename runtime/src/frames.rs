@@ -23,8 +23,14 @@ use bytes::Bytes;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
+use crate::arriving::grown_capacity;
+
 /// Longest payload of a control frame (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: u64 = 125;
+
+/// A held buffer larger than this (one a large frame arrived in) is not kept for the few
+/// bytes of the next frames behind it: they move to a buffer of their own size.
+const KEEP_HELD: usize = 32 * 1024;
 
 /// A message or control frame received from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +175,10 @@ impl Decoder {
         held.start += used;
         if held.start == held.bytes.len() {
             self.held = None;
+        } else if used > 0 && held.bytes.capacity() > KEEP_HELD {
+            held.bytes = held.bytes[held.start..].to_vec();
+            held.scanned = held.scanned.saturating_sub(held.start);
+            held.start = 0;
         }
         Ok(received)
     }
@@ -188,6 +198,55 @@ impl Decoder {
         let (used, received) = decode_until_received(&mut self.assembling, input, max)?;
         self.hold(&input[used..]);
         Ok(received)
+    }
+
+    /// Bytes this connection holds once the frame it is in the middle of is whole: that
+    /// frame, and the message so far if the frame continues a fragmented one (its buffer
+    /// as grown to take the frame). With no frame begun, the message so far. Meant for
+    /// when [`Decoder::next_held`] found no whole frame, so that what is held is at most
+    /// the start of one; its length, already checked against `max` there, is bounded by
+    /// it here too.
+    pub fn arriving(&self, max: usize) -> usize {
+        let assembled = self
+            .assembling
+            .as_ref()
+            .map(|a| (a.bytes.len(), a.bytes.capacity()));
+        let so_far = assembled.map_or(0, |(_, cap)| cap);
+        let Some(held) = self.held.as_ref() else {
+            return so_far;
+        };
+        let rest = held.bytes.get(held.start..).unwrap_or_default();
+        let Some((header, frame, payload)) = frame_at(rest, max) else {
+            return rest.len().saturating_add(so_far);
+        };
+        let so_far = match (header.opcode, assembled) {
+            (OpCode::Data(Data::Continue), Some((len, cap))) => {
+                grown_capacity(len, cap, payload, max)
+            }
+            _ => so_far,
+        };
+        frame.max(rest.len()).saturating_add(so_far)
+    }
+
+    /// Makes room for the whole of the frame in progress at once, so that a large frame
+    /// arrives into one buffer of its size rather than one that doubles as it fills
+    /// (taking up to twice what [`Decoder::arriving`] counts). Its length is bounded by
+    /// `max` as there.
+    pub fn make_room(&mut self, max: usize) {
+        let Some(held) = self.held.as_mut() else {
+            return;
+        };
+        let rest = held.bytes.get(held.start..).unwrap_or_default();
+        let Some((_, frame, _)) = frame_at(rest, max) else {
+            return;
+        };
+        if frame <= rest.len() || held.bytes.capacity() - held.start >= frame {
+            return;
+        }
+        held.bytes.drain(..held.start);
+        held.scanned = held.scanned.saturating_sub(held.start);
+        held.start = 0;
+        held.bytes.reserve_exact(frame - held.bytes.len());
     }
 
     /// Keeps `bytes` after those already held.
@@ -211,6 +270,17 @@ impl Decoder {
             }
         }
     }
+}
+
+/// The header of the frame at the front of `bytes`, if all of it is there, with the
+/// frame's whole length and its payload's, the payload taken as at most `max`.
+fn frame_at(bytes: &[u8], max: usize) -> Option<(FrameHeader, usize, usize)> {
+    let mut cursor = Cursor::new(bytes);
+    let (header, length) = FrameHeader::parse(&mut cursor).ok().flatten()?;
+    let payload = usize::try_from(length).unwrap_or(usize::MAX).min(max);
+    // The header is at most 14 bytes.
+    let frame = (cursor.position() as usize).saturating_add(payload);
+    Some((header, frame, payload))
 }
 
 /// What a look ahead at received bytes that start on a frame boundary found.
@@ -327,6 +397,19 @@ fn decode(
     if payload_len > max {
         return Err(too_large());
     }
+    // A continuation that would take its message past the limit, refused from its
+    // header too.
+    if header.opcode == OpCode::Data(Data::Continue) {
+        if let Some(so_far) = assembling.as_ref() {
+            let size = so_far.bytes.len().saturating_add(payload_len);
+            if size > max {
+                return Err(FrameError::TooLarge {
+                    size: size as u64,
+                    max,
+                });
+            }
+        }
+    }
     let len = header_len + payload_len;
     if input.len() < len {
         return Ok(None);
@@ -362,14 +445,12 @@ fn decode(
             let Some(message_so_far) = assembling.as_mut() else {
                 return Err(FrameError::Protocol("continuation without a message"));
             };
-            let size = message_so_far.bytes.len() + payload.len();
-            if size > max {
-                return Err(FrameError::TooLarge {
-                    size: size as u64,
-                    max,
-                });
-            }
-            message_so_far.bytes.extend_from_slice(payload);
+            // Within `max`, checked from the header above; grown by the rule the
+            // arriving budget counts by.
+            let bytes = &mut message_so_far.bytes;
+            let cap = grown_capacity(bytes.len(), bytes.capacity(), payload.len(), max);
+            bytes.reserve_exact(cap - bytes.len());
+            bytes.extend_from_slice(payload);
             if !header.is_final {
                 message_so_far.check()?;
             }
@@ -876,6 +957,64 @@ mod tests {
         assert_eq!(
             decode_all(&exact, 100),
             Ok(vec![Received::Binary(Bytes::from(vec![7; MAX]))])
+        );
+    }
+
+    /// What a frame in progress will hold is known from its header, before its payload
+    /// arrives: the frame, and with a continuation the message's buffer as it will grow.
+    /// Room for the frame is made once, and a large frame's buffer is not kept behind it.
+    #[test]
+    fn what_a_frame_in_progress_will_hold_is_known_from_its_header() {
+        let max = 100_000;
+        let mut decoder = Decoder::default();
+        assert_eq!(decoder.arriving(max), 0);
+        // 50,000 bytes: a header of 2 + 2 + 4 bytes.
+        let frame = client_frame(0x82, &vec![3; 50_000]);
+        assert_eq!(decoder.next_from(&mut frame[..100].to_vec(), max), Ok(None));
+        assert_eq!(decoder.arriving(max), 50_008);
+        decoder.make_room(max);
+        let capacity = |d: &Decoder| d.held.as_ref().map_or(0, |h| h.bytes.capacity());
+        assert_eq!(capacity(&decoder), 50_008);
+        // The rest arrives, with the start of the next frame behind it.
+        let mut rest = frame[100..50_000].to_vec();
+        assert_eq!(decoder.next_from(&mut rest, max), Ok(None));
+        assert_eq!(capacity(&decoder), 50_008, "filled without growing");
+        let mut last = frame[50_000..].to_vec();
+        last.extend_from_slice(&text("2")[..3]);
+        assert_eq!(
+            decoder.next_from(&mut last, max),
+            Ok(Some(Received::Binary(Bytes::from(vec![3; 50_000]))))
+        );
+        assert!(capacity(&decoder) <= KEEP_HELD, "{}", capacity(&decoder));
+        assert_eq!(
+            decoder.arriving(max),
+            3,
+            "a header not yet whole: what is held"
+        );
+        assert_eq!(
+            decoder.next_from(&mut text("2")[3..].to_vec(), max),
+            Ok(Some(Received::Text(Bytes::from_static(b"2"))))
+        );
+        assert_eq!(decoder.arriving(max), 0);
+
+        // A fragmented message: its first 30,000 bytes, then a continuation's header.
+        let mut first = client_frame(0x02, &vec![1; 30_000]);
+        assert_eq!(decoder.next_from(&mut first, max), Ok(None));
+        assert_eq!(decoder.arriving(max), 30_000, "the message so far");
+        let next = client_frame(0x00, &vec![2; 40_000]);
+        assert_eq!(decoder.next_from(&mut next[..8].to_vec(), max), Ok(None));
+        // The buffer grows to 70,000 (more than doubling 30,000), beside the frame.
+        assert_eq!(decoder.arriving(max), 70_000 + 40_008);
+        // One that would take the message past the limit is refused from its header.
+        let mut decoder = Decoder::default();
+        assert_eq!(
+            decoder.next_from(&mut client_frame(0x02, &vec![1; 30_000]), max),
+            Ok(None)
+        );
+        let over = client_frame(0x80, &vec![2; 80_000]);
+        assert_eq!(
+            decoder.next_from(&mut over[..14].to_vec(), max),
+            Err(FrameError::TooLarge { size: 110_000, max })
         );
     }
 

@@ -24,6 +24,7 @@ pub mod actor;
 pub mod admission;
 pub mod api;
 pub mod app;
+pub mod arriving;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -37,6 +37,15 @@ pub struct RuntimeMetrics {
     pub refused_draining: AtomicU64,
     /// Polling POSTs whose body is being read, before they reach the actor.
     pub posts_reading: AtomicU64,
+    /// Bytes reserved by large messages still arriving (see [`crate::arriving`]).
+    pub arriving_bytes: AtomicU64,
+    /// The arriving budget's size, in bytes.
+    pub arriving_max: AtomicU64,
+    /// Times a large message waited for the arriving budget before it was read further.
+    pub arriving_waits: AtomicU64,
+    /// Connections ended because their message needed more of the arriving budget than
+    /// was free while they held some of it.
+    pub arriving_refused: AtomicU64,
     /// Engine.IO sessions held (closed ones lingering for their client's last fetch
     /// included, as the engine counts them against `server.max_connections`), as the actor
     /// last saw them, after each of its steps.
@@ -535,6 +544,42 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
         out,
         "heartline_polling_posts_reading",
         get(&rt.posts_reading),
+    );
+    family(
+        out,
+        "heartline_arriving_bytes",
+        "gauge",
+        "Bytes reserved by large messages (16 KiB or more) still arriving, WebSocket and polling.",
+    );
+    sample(out, "heartline_arriving_bytes", get(&rt.arriving_bytes));
+    family(
+        out,
+        "heartline_arriving_bytes_max",
+        "gauge",
+        "Bytes that large messages still arriving may reserve, all connections together.",
+    );
+    sample(out, "heartline_arriving_bytes_max", get(&rt.arriving_max));
+    family(
+        out,
+        "heartline_arriving_waits_total",
+        "counter",
+        "Large messages that waited for the arriving budget before being read further.",
+    );
+    sample(
+        out,
+        "heartline_arriving_waits_total",
+        get(&rt.arriving_waits),
+    );
+    family(
+        out,
+        "heartline_arriving_refused_total",
+        "counter",
+        "Connections or POSTs ended because a large message needed more of the arriving budget than was free.",
+    );
+    sample(
+        out,
+        "heartline_arriving_refused_total",
+        get(&rt.arriving_refused),
     );
     family(
         out,

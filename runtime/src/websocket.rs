@@ -16,7 +16,10 @@
 //! Frames up to `max_payload_bytes` plus a little slack reach the core, which closes an
 //! oversize one with 1009 itself; a longer frame is refused here, from its header, before
 //! its payload is read (memory stays bounded), and the connection is closed with the same
-//! code. Other protocol errors close with 1002 (1007 for text that is not UTF-8).
+//! code. Other protocol errors close with 1002 (1007 for text that is not UTF-8). A frame
+//! of 16 KiB or more reserves its bytes from the budget all connections share
+//! ([`crate::arriving`]) before its payload is read, and gives them back once its message
+//! is in the actor's inbox.
 //!
 //! The task outlives a close the core asked for by at most [`CLOSE_LINGER`], waiting for
 //! the peer's close frame, so a dead peer's socket is dropped promptly.
@@ -43,8 +46,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::actor::Msg;
 use crate::admission::Permit;
+use crate::arriving::{OverBudget, Reservation};
 use crate::conn::Watched;
-use crate::context::{Admitted, Context};
+use crate::context::{Admitted, Context, LARGE_MESSAGE};
 use crate::frames::{self, Ahead, Decoder, FrameError, Received};
 use crate::metrics::RuntimeMetrics;
 use crate::outbox::{Next, Outbox, Phase};
@@ -182,6 +186,7 @@ pub async fn accept(up: Upgrade) {
         permit,
         sending: Sending::default(),
         linger: None,
+        arriving: None,
     }));
 }
 
@@ -200,6 +205,9 @@ struct Connection {
     sending: Sending,
     /// Started once the core asked for a close: how long to wait for the peer's close.
     linger: Option<Pin<Box<Sleep>>>,
+    /// The bytes of the arriving budget held for a large message being read, and the wait
+    /// for them (none while idle).
+    arriving: Option<Box<Reservation>>,
 }
 
 /// What the sending direction holds between writes.
@@ -250,15 +258,24 @@ fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
             };
             // The wait is taken out in a statement of its own, so that the result it came
             // in is not stored beside it.
+            // A large message's bytes stay reserved until it is in the inbox, where the
+            // inbox's budget counts them.
             let wait = match hand_over(&c.ctx, msg) {
-                Ok(true) => continue,
+                Ok(true) => {
+                    c.arriving = None;
+                    continue;
+                }
                 Ok(false) => break Ending::Failed,
                 Err(wait) => wait,
             };
             if !wait.await {
                 break Ending::Failed;
             }
+            c.arriving = None;
         };
+        // Reading is over: what it held goes now, not after the close below.
+        c.decoder = Decoder::default();
+        c.arriving = None;
         // Awaited either way (a one-byte box when no wait is needed, once per connection),
         // for the same reason as above.
         let wait = match hand_over(&c.ctx, Msg::Net(ending.input(c.transport))) {
@@ -420,6 +437,13 @@ impl Connection {
                     if std::mem::take(&mut pong_due) {
                         let _ = self.poll_send(cx);
                     }
+                    match self.poll_reserve(cx, max) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(OverBudget)) => {
+                            return Poll::Ready(Step::End(self.refuse_over_budget()))
+                        }
+                        Poll::Ready(Ok(())) => {}
+                    }
                     match self.poll_read(cx, max) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(decoded)) => decoded,
@@ -517,6 +541,38 @@ impl Connection {
                 }
             }
         })
+    }
+
+    /// Before reading more of a large message: its bytes reserved from the arriving
+    /// budget, all of the frame in progress at once (see [`crate::arriving`]), and room
+    /// made for them. Pending while waiting for them (nothing more is read meanwhile).
+    fn poll_reserve(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        max: usize,
+    ) -> Poll<Result<(), OverBudget>> {
+        let want = self.decoder.arriving(max);
+        if want < LARGE_MESSAGE && self.arriving.is_none() {
+            return Poll::Ready(Ok(()));
+        }
+        let reservation = self.arriving.get_or_insert_with(Box::default);
+        match reservation.poll_cover(cx, &self.ctx.arriving, want) {
+            Poll::Ready(Ok(())) => {
+                self.decoder.make_room(max);
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+
+    /// A large message needed more of the arriving budget than was free while this
+    /// connection held some: it ends with 1013 (try again later), and its client comes
+    /// back.
+    fn refuse_over_budget(&mut self) -> Ending {
+        let transport = self.transport;
+        self.outbox.close(1013, "try again later");
+        tracing::debug!(%transport, "large message over the arriving budget");
+        Ending::Dropped(CloseReason::ServerClose(OverBudget.to_string()))
     }
 
     /// Answers a protocol error with its close code; the connection ends.

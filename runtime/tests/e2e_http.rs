@@ -934,3 +934,54 @@ async fn a_second_server_on_the_same_store_is_refused_until_the_first_stops() {
     assert_eq!(stored(addr, "c1").await, Vec::<Value>::new());
     again.shutdown().await;
 }
+
+/// A large polling body reserves its announced length from the arriving budget (shared
+/// with WebSocket frames) before it is read, and gives it back once the core has it.
+#[tokio::test]
+async fn a_large_polling_body_reserves_its_length_until_it_is_handed_over() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start(|_| {}).await;
+    let addr = server.addr;
+    let held_reaches = |n: usize| {
+        eventually(WAIT, move || async move {
+            let (_, _, m) = http(addr, "GET", "/metrics", &[], "").await;
+            metric(&m, "heartline_arriving_bytes") == Some(n as f64)
+        })
+    };
+    let sid = polling_handshake(addr).await;
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let connect = format!(
+        "40/chat,{}",
+        json!({ "token": token("pat", "customer", 3600) })
+    );
+    let (status, _, _) = http(addr, "POST", &path, &[], &connect).await;
+    assert_eq!(status, 200);
+    let (_, _, body) = http(addr, "GET", &path, &[], "").await;
+    assert!(body.starts_with("40/chat,"), "{body}");
+
+    let event = format!("42/chat,[\"ping\",\"{}\"]", "y".repeat(900_000));
+    let mut post = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        event.len()
+    );
+    post.write_all(head.as_bytes()).await.expect("write");
+    post.write_all(&event.as_bytes()[..1000])
+        .await
+        .expect("write");
+    assert!(held_reaches(event.len()).await, "reserved from the head");
+    post.write_all(&event.as_bytes()[1000..])
+        .await
+        .expect("write");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, post.read(&mut answer))
+        .await
+        .expect("answered")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(held_reaches(0).await, "given back once handed over");
+    let (_, _, body) = http(addr, "GET", &path, &[], "").await;
+    assert!(body.contains("\"pong\""), "the body was read whole: {body}");
+    server.stop().await;
+}

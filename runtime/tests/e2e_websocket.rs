@@ -410,3 +410,121 @@ async fn protocol_errors_close_that_connection_alone_with_their_code() {
         .expect("the other connection is untouched");
     server.stop().await;
 }
+
+/// A masked client frame's header announcing `len` bytes of payload, the length in its
+/// shortest form, with the key [`masked_long`] masks with.
+fn header_announcing(first: u8, len: usize) -> Vec<u8> {
+    let mut out = vec![first];
+    match len {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&[0x12, 0x34, 0x56, 0x78]);
+    out
+}
+
+/// A masked client frame of any length.
+fn masked_long(first: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x12, 0x34, 0x56, 0x78];
+    let mut out = header_announcing(first, payload.len());
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+/// Large messages still arriving share one budget across connections, reserved from each
+/// frame's header before its payload is read: a frame asking for more than is free waits,
+/// its connection reading nothing more, until bytes come back; a connection that holds
+/// some (the first half of a fragmented message) and asks for more is closed with 1013
+/// rather than wait; and what a connection held comes back when it goes.
+#[tokio::test]
+async fn large_messages_arriving_share_one_budget() {
+    // Long enough that the connections holding frames are not closed meanwhile for never
+    // connecting a namespace.
+    let mut server = TestServer::start(|c| c.server.handshake_timeout_ms = 60_000).await;
+    let scrape = |name: &'static str| {
+        let server = &server;
+        async move { metric(&server.metrics().await, name).expect("metric") as u64 }
+    };
+    let held_reaches = |n: u64| {
+        let server = &server;
+        eventually(WAIT, move || async move {
+            metric(&server.metrics().await, "heartline_arriving_bytes") == Some(n as f64)
+        })
+    };
+    let max = scrape("heartline_arriving_bytes_max").await;
+    assert!(max >= 256 << 20, "{max}");
+
+    // Fran: a namespace, then the first half of a fragmented message, whole. Her
+    // reservation covers that frame (payload and 14 bytes of header) until her message is
+    // whole and handed over.
+    let mut fran = Raw::open(&server, &masked(0x81, connect_packet("fran").as_bytes())).await;
+    fran.text_containing("connection:success").await;
+    fran.send(&masked_long(0x01, &vec![b'x'; 500_000])).await;
+    let fran_holds = 500_014;
+    assert!(
+        held_reaches(fran_holds).await,
+        "the first fragment reserved"
+    );
+
+    // Hogs: each the header of a 1,000,000-byte frame, its payload never sent.
+    let frame = 1_000_014;
+    let hogs_n = (max - fran_holds) / frame;
+    let mut hogs = Vec::new();
+    for _ in 0..hogs_n {
+        hogs.push(Raw::open(&server, &header_announcing(0x81, 1_000_000)).await);
+    }
+    let mut full = fran_holds + hogs_n * frame;
+    assert!(held_reaches(full).await, "each header reserved its frame");
+    // And one that takes what is left, when that is more than the smallest large frame.
+    let left = max - full;
+    let filler = if left > 0xffff + 14 {
+        let raw = Raw::open(&server, &header_announcing(0x82, left as usize - 14)).await;
+        full = max;
+        assert!(held_reaches(full).await, "the rest reserved");
+        Some(raw)
+    } else {
+        None
+    };
+
+    // Walt, connected, sends a large frame's header: nothing is free, so he waits.
+    let mut walt = Raw::open(&server, &masked(0x81, connect_packet("walt").as_bytes())).await;
+    walt.text_containing("connection:success").await;
+    let event = format!("42/chat,[\"ping\",\"{}\"]", "y".repeat(900_000));
+    let walt_frame = masked_long(0x81, event.as_bytes());
+    walt.send(&walt_frame[..14]).await;
+    let waits = eventually(WAIT, || async {
+        scrape("heartline_arriving_waits_total").await == 1
+    })
+    .await;
+    assert!(waits, "a frame asking for more than is free waits");
+
+    // Fran asks for more (the final half) while holding some: refused at once.
+    fran.send(&header_announcing(0x80, 500_000)).await;
+    assert_eq!(fran.close_code().await, 1013);
+    assert_eq!(scrape("heartline_arriving_refused_total").await, 1);
+    // Her bytes come back, which is not enough for Walt's frame.
+    assert!(
+        held_reaches(full - fran_holds).await,
+        "a refusal gives its bytes back"
+    );
+
+    // A hog goes: Walt has his bytes, and his message is read and answered.
+    drop(hogs.pop());
+    walt.send(&walt_frame[14..]).await;
+    walt.text_containing("\"pong\"").await;
+    // Handed over, his bytes come back too.
+    assert!(held_reaches(full - fran_holds - frame).await);
+
+    // Every connection that goes gives back what it held.
+    drop(hogs);
+    drop(filler);
+    assert!(held_reaches(0).await, "nothing held once they are gone");
+    server.stop().await;
+}
