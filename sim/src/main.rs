@@ -38,6 +38,9 @@ enum Command {
         /// Percent of honest devices whose tokens expire during the run.
         #[arg(long)]
         expiring: Option<u64>,
+        /// Percent of honest devices on long-polling rather than a WebSocket.
+        #[arg(long)]
+        polling: Option<u64>,
         /// Derive the other knobs from the seed, as `swarm` does.
         #[arg(long)]
         swarm: bool,
@@ -128,6 +131,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "presence-to-one-device" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.presence_to_one_device = true)
         }
+        "poll-answers-first-only" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.poll_answers_first_only = true)
+        }
         "fan-out-skips-sender" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.fan_out_skips_sender = true)
         }
@@ -195,6 +201,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             duration,
             faults,
             expiring,
+            polling,
             swarm,
             trace,
             mutation,
@@ -218,6 +225,9 @@ fn run(cli: Cli) -> Result<bool, String> {
             if let Some(pct) = expiring {
                 opts.expiring_pct = pct.min(100);
             }
+            if let Some(pct) = polling {
+                opts.polling_pct = pct.min(100);
+            }
             if let Some(m) = &mutation {
                 apply_mutation(&mut opts, m)?;
             }
@@ -227,6 +237,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 ("--duration", duration.map(|v| v.to_string())),
                 ("--faults", faults.clone()),
                 ("--expiring", expiring.map(|v| v.to_string())),
+                ("--polling", polling.map(|v| v.to_string())),
                 ("--mutation", mutation.clone()),
             ] {
                 if let Some(v) = value {

@@ -47,6 +47,23 @@ pub enum Seg {
         /// A reset.
         error: bool,
     },
+    /// Towards the server: a polling request, the only one on its link.
+    Request {
+        /// A POST (sends `body`); else a GET (receives, or opens a session without `sid`).
+        post: bool,
+        /// The session, once the handshake has named it.
+        sid: Option<String>,
+        /// A POST's payload: packets joined by `\x1e`.
+        body: bytes::Bytes,
+    },
+    /// Towards the client: the answer to the request on the link; the server closes the
+    /// link behind it.
+    Response {
+        /// HTTP status.
+        status: u16,
+        /// The body: a polling payload, `ok`, or an error.
+        body: bytes::Bytes,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -100,6 +117,8 @@ pub struct Link {
     pub reset_sent: bool,
     /// The server was told that the client's close is already in hand behind frames.
     pub closing_told: bool,
+    /// An HTTP connection carrying one polling request, not a WebSocket.
+    pub http: bool,
     /// The server's send queue: frames waiting for room in the window.
     outbox: SendQueue,
     /// The server's close (a FIN, or a reset for a dropped connection), sent once the
@@ -164,6 +183,7 @@ impl Net {
                 black_hole: false,
                 reset_sent: false,
                 closing_told: false,
+                http: false,
                 outbox: SendQueue::new(),
                 fin_after: None,
                 to_server: Dir::default(),

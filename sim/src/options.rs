@@ -190,6 +190,8 @@ pub struct Options {
     pub convergence_ms: u64,
     /// Lines of trace kept for a failure report.
     pub trace_tail: usize,
+    /// Percent of honest devices on long-polling rather than a WebSocket.
+    pub polling_pct: u64,
     /// Edits the gateway configuration (tests).
     pub gateway_hook: Option<GatewayHook>,
     /// Edits client configurations (tests).
@@ -228,6 +230,7 @@ impl Options {
             socket_buffer: 65_536,
             convergence_ms: 120_000,
             trace_tail: 40,
+            polling_pct: 0,
             gateway_hook: None,
             client_hook: None,
         }
@@ -291,6 +294,8 @@ impl Options {
                 o.faults.insert(*kind);
             }
         }
+        // Half the seeds keep every device on WebSocket, as they were before polling.
+        o.polling_pct = pick(&mut rng, &[0, 0, 30, 100]);
         o
     }
 
@@ -302,7 +307,7 @@ impl Options {
              faults={} fault_gap_ms={} latency_ms={}+{} send_gap_ms={} burst_pct={} \
              ping={}+{} per_user={} rate={}/{}ms missed_limit={} max_attempts={} \
              connect_timeout_ms={} store_latency_ms={} expiring_pct={} auth_grace_ms={} \
-             heartbeat_ms={} outbound_bytes={} socket_buffer={}",
+             heartbeat_ms={} outbound_bytes={} socket_buffer={} polling_pct={}",
             self.seed,
             self.clients,
             self.devices_per_user,
@@ -333,6 +338,7 @@ impl Options {
             self.heartbeat_ms,
             self.outbound_bytes,
             self.socket_buffer,
+            self.polling_pct,
         )
     }
 

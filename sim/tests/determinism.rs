@@ -18,3 +18,14 @@ fn same_seed_same_trace_hash() {
     }
     assert_ne!(hash(Options::new(7)).0, hash(Options::new(8)).0);
 }
+
+#[test]
+fn polling_devices_run_the_same_twice() {
+    let polling = |seed| {
+        let mut o = Options::new(seed);
+        o.polling_pct = 50;
+        o
+    };
+    assert_eq!(hash(polling(9)), hash(polling(9)));
+    assert_ne!(hash(polling(9)).0, hash(Options::new(9)).0);
+}

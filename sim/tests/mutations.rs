@@ -17,10 +17,13 @@ fn first_violation(name: &str, seeds: u64, make: impl Fn(u64) -> Options) -> (u6
 }
 
 /// A swarm seed's knobs, without member lists replaced (the tests that want them add
-/// them), so that each test meets its bug in the fault mixes it was written against.
+/// them) and with every device on WebSocket, so that each test meets its bug in the fault
+/// mixes it was written against, and where the checker meant for it reads the frames of
+/// each connection (it does not on polling, see `world/polling.rs`).
 fn base(seed: u64) -> Options {
     let mut o = Options::swarm(seed, 10, 60_000);
     o.faults.remove(&FaultKind::Members);
+    o.polling_pct = 0;
     o.trace_tail = 0;
     o
 }
@@ -420,4 +423,26 @@ fn presence_never_announced_is_caught() {
         o
     });
     assert_eq!(checker, heartline_sim::check::presence::NAME);
+}
+
+#[test]
+fn a_polling_answer_that_loses_packets_is_caught() {
+    // Devices on long-polling (which the swarm's other mutations leave out): packets
+    // queued behind the first of an answer are lost, and with them messages, acks and
+    // connects. A device that lost a message sees the gap at the next one; one that lost
+    // its CONNECT's answer or a join's never gets anywhere, which only the run's end shows.
+    let (_, checker) = first_violation("poll-answers-first-only", 20, |s| {
+        let mut o = base(s);
+        o.polling_pct = 100;
+        o.gateway_hook = Some(|c| c.engine.mutations.poll_answers_first_only = true);
+        o
+    });
+    assert!(
+        [
+            heartline_sim::check::delivery::NAME,
+            heartline_sim::check::liveness::NAME
+        ]
+        .contains(&checker),
+        "{checker}"
+    );
 }

@@ -43,6 +43,8 @@ fn swarm_of_200_seeds_holds_every_invariant() {
             ("closed for their token", report.token_expiry.2),
             ("slow consumers dropped", report.slow_consumers.2),
             ("wall clock steps", report.clock_steps),
+            ("polling requests", report.polling.0),
+            ("polling transports closed", report.polling.1),
         ] {
             *done.entry(what).or_default() += n;
         }
@@ -52,6 +54,27 @@ fn swarm_of_200_seeds_holds_every_invariant() {
     assert!(
         never.is_empty(),
         "never exercised: {never:?} (all: {done:?})"
+    );
+}
+
+/// Every device on long-polling, as `socket.io-client` starts out, under each seed's
+/// faults: every invariant holds, and the transport is exercised, requests failing under
+/// their clients and the clients coming back.
+#[test]
+fn polling_devices_hold_every_invariant() {
+    let (mut requests, mut closed, mut reconnects, mut acked) = (0, 0, 0, 0);
+    for seed in 0..40u64 {
+        let mut opts = Options::swarm(5_000 + seed, 8, 40_000);
+        opts.polling_pct = 100;
+        let report = holds(opts);
+        requests += report.polling.0;
+        closed += report.polling.1;
+        reconnects += report.reconnects;
+        acked += report.acked;
+    }
+    assert!(
+        requests > 0 && closed > 0 && reconnects > 0 && acked > 0,
+        "requests {requests}, closed {closed}, reconnects {reconnects}, acked {acked}"
     );
 }
 

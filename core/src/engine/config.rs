@@ -133,6 +133,9 @@ pub struct Mutations {
     /// The gateway keeps presence (online flags, grace timers) and never announces it
     /// (the broadcast forgotten).
     pub presence_never_announced: bool,
+    /// The engine answers a held polling GET with the first packet queued and drops the
+    /// rest with it (a buffer cleared after one packet was written).
+    pub poll_answers_first_only: bool,
 }
 
 impl Default for EngineConfig {

@@ -372,7 +372,13 @@ impl Engine {
         let close_apart =
             s.closed && p.queue.len() > 1 && p.queue.last() == Some(&EioPacket::Close.to_frame());
         let take = p.queue.len() - usize::from(close_apart);
-        let frames: Vec<_> = std::iter::from_fn(|| p.queue.pop()).take(take).collect();
+        #[allow(unused_mut)] // mutated below in test builds only
+        let mut frames: Vec<_> = std::iter::from_fn(|| p.queue.pop()).take(take).collect();
+        // MUTATION (test-only): one packet answered, the others lost.
+        #[cfg(feature = "mutations")]
+        if self.config.mutations.poll_answers_first_only {
+            frames.truncate(1);
+        }
         p.queue.release_if_empty();
         self.by_request.remove(&request);
         let body = encode_payload(&frames);

@@ -239,6 +239,10 @@ impl Sim {
                 }
                 _ => {}
             },
+            End::Client(i) if link.http => {
+                self.polling_receives(i, id, seg);
+                self.drain_client(i);
+            }
             End::Client(i) => {
                 let Some(slot) = self.clients.get_mut(i) else {
                     return;
@@ -288,6 +292,7 @@ impl Sim {
                         }
                         tr!(self, "net", ("ws{id} -> c{i} closed (error={error})"));
                     }
+                    Seg::Request { .. } | Seg::Response { .. } => {}
                 }
                 self.found(seen);
                 self.drain_client(i);
@@ -325,6 +330,11 @@ impl Sim {
                         tr!(self, "client", ("c{i} opens without closing ws{old}"));
                         self.client_closes(old);
                     }
+                    if self.clients.get(i).is_some_and(|s| s.polling.is_some()) {
+                        self.polling_open(i);
+                        self.found(paced);
+                        continue;
+                    }
                     let id = self
                         .net
                         .open(now, End::Client(i), &mut self.rng, &mut self.agenda);
@@ -333,6 +343,11 @@ impl Sim {
                     }
                     tr!(self, "client", ("c{i} opens ws{id}"));
                     self.found(paced);
+                }
+                Output::Send(frame) if slot.polling.is_some() => self.polling_send(i, frame),
+                Output::Close if slot.polling.is_some() => {
+                    tr!(self, "client", ("c{i} closes its polling transport"));
+                    self.polling_close(i);
                 }
                 Output::Send(frame) => {
                     if let Some(id) = slot.link {
@@ -446,7 +461,7 @@ impl Sim {
     }
 
     /// The client end closes a link (an orderly close, which the server sees as a FIN).
-    fn client_closes(&mut self, id: u64) {
+    pub(super) fn client_closes(&mut self, id: u64) {
         let now = self.now;
         let Some(link) = self.net.link_mut(id) else {
             return;

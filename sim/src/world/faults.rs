@@ -61,6 +61,20 @@ impl Sim {
                 client_notified,
             } => {
                 let c = client % n;
+                if let Some(p) = self.clients.get(c).and_then(|s| s.polling.as_ref()) {
+                    // On polling: the receiving GET's connection dies silently.
+                    let Some(id) = p.get() else { return };
+                    self.net.black_hole(id);
+                    if client_notified {
+                        if let Some(link) = self.net.link_mut(id) {
+                            link.client_open = false;
+                        }
+                        self.polling_fail(c, "half-open, noticed");
+                        self.drain_client(c);
+                    }
+                    self.net.collect(id);
+                    return;
+                }
                 let Some(id) = self.clients.get(c).and_then(|s| s.link) else {
                     return;
                 };
@@ -82,8 +96,7 @@ impl Sim {
                 self.net.collect(id);
             }
             Fault::Reset { client } => {
-                let c = client % n;
-                if let Some(id) = self.clients.get(c).and_then(|s| s.link) {
+                for id in self.device_links(client % n) {
                     self.reset(id);
                 }
             }
@@ -136,7 +149,9 @@ impl Sim {
                 }
             }
             Fault::Storm => {
-                let links: Vec<u64> = self.clients.iter().filter_map(|s| s.link).collect();
+                let links: Vec<u64> = (0..self.clients.len())
+                    .flat_map(|c| self.device_links(c))
+                    .collect();
                 for id in links {
                     self.reset(id);
                 }

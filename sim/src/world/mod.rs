@@ -20,6 +20,7 @@ macro_rules! tr {
 
 mod clients;
 mod faults;
+mod polling;
 mod server;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,6 +56,7 @@ use crate::schedule::{self, FaultEvent};
 use crate::store::Store;
 use crate::trace::Trace;
 use crate::workload::{token_until, Layout, User, EPOCH_MS, MAX_PAYLOAD_BYTES, SECRET};
+use polling::Polling;
 
 /// Most steps a run may take, whatever its length.
 const STEP_BUDGET: u64 = 200_000_000;
@@ -106,6 +108,8 @@ pub struct Slot {
     pub expiring: bool,
     /// Told `auth:expired` since it last connected.
     pub told_expired: bool,
+    /// On long-polling rather than a WebSocket: its transport (see `polling.rs`).
+    pub polling: Option<Box<Polling>>,
 }
 
 /// The counters of a run.
@@ -118,6 +122,10 @@ struct Counters {
     shed: u64,
     /// Steps of the server's wall clock.
     clock_steps: u64,
+    /// Polling requests sent.
+    polling_requests: u64,
+    /// Polling transports that closed under their clients.
+    polling_failures: u64,
 }
 
 /// The whole simulated deployment. See the module docs.
@@ -234,6 +242,8 @@ impl Sim {
         // Tokens draw from a stream of their own, so that a run with no expiring devices
         // takes every other draw as it did before tokens expired (seeds keep their runs).
         let mut token_rng = Rng::from_seed(opts.seed ^ 0x544f_4b45_4e53_0000);
+        // And the transport of each device from one more, for the same reason.
+        let mut transport_rng = Rng::from_seed(opts.seed ^ 0x504f_4c4c_494e_4700);
         let clients = (0..opts.clients)
             .map(|i| {
                 let user = layout.user_of[i];
@@ -270,6 +280,8 @@ impl Sim {
                     exp_s,
                     expiring,
                     told_expired: false,
+                    polling: (transport_rng.below(100) < opts.polling_pct)
+                        .then(Box::<Polling>::default),
                 }
             })
             .collect();
@@ -421,15 +433,22 @@ impl Sim {
         // keeps to an eighth of the send queue's limit (and a history page to 100
         // messages): with the smallest queues, one message per reply, a read from the
         // store and a round trip each. Allow for the farthest behind (the conversations
-        // one at a time), taking this workload's messages as under 1 KiB each in JSON.
+        // one at a time), taking this workload's messages as under 1 KiB each in JSON. A
+        // device on polling sends one POST at a time, so each request may first wait for
+        // the answer to the POST before it (a heartbeat's response, say): two round trips
+        // a reply.
+        // What the outboxes still hold is sent while the devices catch up, and a device
+        // may have to catch up with that too (dropped as a slow consumer by the fan-out of
+        // the drain, say): counted as behind as well.
         let reply_ms = round_trip_ms + 2 * self.opts.store_latency_ms + 1;
         let per_reply = (self.opts.outbound_bytes / 8 / 1024).clamp(1, 100);
-        let behind = self
+        let queued: u64 = per_user.values().sum();
+        let catch_up_ms = self
             .clients
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                self.layout.convs_of[s.user]
+                let behind = self.layout.convs_of[s.user]
                     .iter()
                     .map(|c| &self.layout.conversations[*c].0)
                     .map(|id| {
@@ -437,10 +456,16 @@ impl Sim {
                         last - self.delivery.last(i, id).unwrap_or(last).min(last)
                     })
                     .sum::<u64>()
+                    + queued;
+                let reply_ms = if s.polling.is_some() {
+                    reply_ms + round_trip_ms
+                } else {
+                    reply_ms
+                };
+                behind.div_ceil(per_reply) * reply_ms
             })
             .max()
             .unwrap_or(0);
-        let catch_up_ms = behind.div_ceil(per_reply) * reply_ms;
         let bound_ms = self.opts.convergence_ms + drain_ms + catch_up_ms;
         let deadline = self.now.add_ms(bound_ms);
         // What the network held when it healed (a close queued behind a partition, say)
@@ -584,7 +609,7 @@ impl Sim {
                     .iter()
                     .map(|c| layout.conversations[*c].0.as_str())
                     .collect();
-                (i, s.user, &s.client, convs, self.held(s.link))
+                (i, s.user, &s.client, convs, self.device_held(s))
             }),
             &self.delivery,
             &self.store,
@@ -599,6 +624,38 @@ impl Sim {
         link.and_then(|id| self.net.link(id)).is_some_and(|l| {
             l.client_open && l.server_open && !l.black_hole && l.epoch == Some(self.epoch)
         })
+    }
+
+    /// Whether a device's transport is held by the running server process: its link (see
+    /// [`Sim::held`]), or on polling its session, with its receiving GET (if one is out)
+    /// not lost.
+    fn device_held(&self, s: &Slot) -> bool {
+        let Some(p) = &s.polling else {
+            return self.held(s.link);
+        };
+        let known = p.session().is_some_and(|(sid, epoch)| {
+            epoch == self.epoch
+                && self
+                    .gw
+                    .as_ref()
+                    .is_some_and(|gw| gw.engine().knows_sid(sid))
+        });
+        let get_lost = p
+            .get()
+            .and_then(|id| self.net.link(id))
+            .is_some_and(|l| l.black_hole);
+        known && !get_lost
+    }
+
+    /// The links a device holds: its WebSocket's, or its polling requests'.
+    fn device_links(&self, c: usize) -> Vec<u64> {
+        match self.clients.get(c) {
+            Some(Slot {
+                polling: Some(p), ..
+            }) => p.links(),
+            Some(s) => s.link.into_iter().collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Steps until nothing is due before `end`, a violation, or the step budget.
@@ -746,6 +803,10 @@ impl Sim {
             dead_peer_worst_ms: self.dead_peer.worst_ms,
             unconnected_closed: self.handshake.closed_unconnected,
             clock_steps: self.counters.clock_steps,
+            polling: (
+                self.counters.polling_requests,
+                self.counters.polling_failures,
+            ),
             token_expiry: (
                 self.token_expiry.told,
                 self.token_expiry.refreshed,

@@ -5,7 +5,7 @@ use heartline_core::codec::Frame;
 use heartline_core::engine::send_queue::Push;
 use heartline_core::engine::{self, CloseReason, Handshake, Query, Transmit};
 use heartline_core::gateway::{Gateway, Input, Member, Notice, Output};
-use heartline_core::{Seed, TransportId};
+use heartline_core::{RequestId, Seed, TransportId};
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Phase, Sim};
@@ -249,6 +249,9 @@ impl Sim {
         let (end, epoch, server_open) = (link.end, link.epoch, link.server_open);
         let up = self.gw.is_some();
         let current = up && epoch == Some(self.epoch) && server_open;
+        if link.http {
+            return self.server_receives_http(id, end, current, seg);
+        }
         match seg {
             Seg::Open => {
                 if !up {
@@ -324,6 +327,7 @@ impl Sim {
                     frame,
                 }));
             }
+            Seg::Request { .. } | Seg::Response { .. } => {}
             Seg::Fin { error } => {
                 if !current {
                     return;
@@ -346,6 +350,82 @@ impl Sim {
                     error,
                 }));
             }
+        }
+    }
+
+    /// A polling device's link (`polling.rs`): accepted, its one request handed to the
+    /// engine, or given up before its answer.
+    fn server_receives_http(&mut self, id: u64, end: End, current: bool, seg: Seg) {
+        let up = self.gw.is_some();
+        let now = self.now;
+        match seg {
+            Seg::Open => {
+                if !up {
+                    if !self.crash_silent {
+                        self.refuse(id);
+                    }
+                    return;
+                }
+                if let Some(link) = self.net.link_mut(id) {
+                    link.epoch = Some(self.epoch);
+                    link.server_open = true;
+                }
+            }
+            Seg::Request { post, sid, body } => {
+                if !current {
+                    if up || !self.crash_silent {
+                        self.refuse(id);
+                    }
+                    return;
+                }
+                let remote = match end {
+                    End::Client(c) => format!("c{c}"),
+                    End::Raw(a) => format!("h{a}"),
+                };
+                let method = if post { "POST" } else { "GET" };
+                tr!(
+                    self,
+                    "net",
+                    (
+                        "http{id} {remote} -> server {method} {}",
+                        short(&String::from_utf8_lossy(&body), 60)
+                    )
+                );
+                let input = engine::Input::Http {
+                    request: RequestId(id),
+                    method: if post {
+                        engine::Method::Post
+                    } else {
+                        engine::Method::Get
+                    },
+                    query: Query {
+                        eio: Some("4".into()),
+                        transport: Some("polling".into()),
+                        sid,
+                    },
+                    body,
+                    handshake: Handshake {
+                        accepted_at: now,
+                        authorization: None,
+                        remote: Some(remote.into()),
+                    },
+                };
+                self.server_input(Input::Network(input));
+            }
+            Seg::Fin { error } => {
+                if !current {
+                    return;
+                }
+                if let Some(link) = self.net.link_mut(id) {
+                    link.server_open = false;
+                }
+                self.net.server_gone(id);
+                tr!(self, "net", ("http{id} -> server given up (error={error})"));
+                self.server_input(Input::Network(engine::Input::HttpAborted {
+                    request: RequestId(id),
+                }));
+            }
+            Seg::Frame(_) | Seg::Response { .. } => {}
         }
     }
 
@@ -449,7 +529,39 @@ impl Sim {
                     );
                     self.net.collect(id);
                 }
-                Output::Transmit(Transmit::HttpResponse { .. }) => {}
+                Output::Transmit(Transmit::HttpResponse {
+                    request,
+                    status,
+                    body,
+                    ..
+                }) => {
+                    // The answer, then the server closes the link.
+                    let id = request.0;
+                    let Some(link) = self.net.link_mut(id).filter(|l| l.server_open) else {
+                        continue;
+                    };
+                    link.server_open = false;
+                    let now = self.now;
+                    tr!(
+                        self,
+                        "server",
+                        (
+                            "http{id} {status} {}",
+                            short(&String::from_utf8_lossy(&body), 72)
+                        )
+                    );
+                    let seg = Seg::Response { status, body };
+                    self.net
+                        .send(now, id, false, seg, &mut self.rng, &mut self.agenda);
+                    self.net.server_close(
+                        now,
+                        id,
+                        Seg::Fin { error: false },
+                        &mut self.rng,
+                        &mut self.agenda,
+                    );
+                    self.net.collect(id);
+                }
                 Output::Effect(effect) => {
                     let now = self.now;
                     tr!(self, "server", ("{effect}"));
