@@ -225,7 +225,7 @@ async fn put_conversation(
     }) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
     }
-    match store_answer(rx).await {
+    match store_answer(rx, || ctx.store_stalled()).await {
         Ok(Ok((conv, last_seq))) => http::json(
             StatusCode::OK,
             &json!({
@@ -247,9 +247,12 @@ async fn put_conversation(
 enum NoAnswer {
     /// The store thread is gone.
     Gone,
-    /// It kept the request waiting past [`STORE_STALL`]: a flush or a write that does
-    /// not return.
+    /// It kept the request waiting past [`STORE_STALL`] without answering anyone: a
+    /// flush or a write that does not return (what `/healthz` calls stalled).
     Stalled,
+    /// It kept the request waiting past [`STORE_STALL`] while answering others: a
+    /// backlog it is working through.
+    Busy,
 }
 
 impl NoAnswer {
@@ -263,19 +266,31 @@ impl NoAnswer {
                 );
                 error(StatusCode::SERVICE_UNAVAILABLE, "store stalled")
             }
+            NoAnswer::Busy => {
+                tracing::warn!(
+                    "an API request waited {} s behind the store's backlog; answered 503",
+                    STORE_STALL.as_secs()
+                );
+                error(StatusCode::SERVICE_UNAVAILABLE, "store busy")
+            }
         }
     }
 }
 
 /// The store's answer to a job, waited for at most [`STORE_STALL`] (what `/healthz` calls
 /// a stalled store): a store that stopped answering must not hold each API request, and
-/// its connection, for ever. A PUT so answered may still be committed when the store
-/// wakes; as it sets the whole member list, sending it again is safe.
-async fn store_answer<T>(rx: oneshot::Receiver<T>) -> Result<T, NoAnswer> {
+/// its connection, for ever. `stalled` says then whether it has stopped answering anyone
+/// (`/healthz`'s rule) or is only behind. A PUT so answered may still be committed when
+/// the store gets to it; as it sets the whole member list, sending it again is safe.
+async fn store_answer<T>(
+    rx: oneshot::Receiver<T>,
+    stalled: impl Fn() -> bool,
+) -> Result<T, NoAnswer> {
     match tokio::time::timeout(STORE_STALL, rx).await {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(_)) => Err(NoAnswer::Gone),
-        Err(_) => Err(NoAnswer::Stalled),
+        Err(_) if stalled() => Err(NoAnswer::Stalled),
+        Err(_) => Err(NoAnswer::Busy),
     }
 }
 
@@ -326,7 +341,7 @@ async fn messages(req: Request<Incoming>, ctx: Arc<Context>, id: String) -> Resp
     }) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
     }
-    match store_answer(rx).await {
+    match store_answer(rx, || ctx.store_stalled()).await {
         Ok(Ok(ms)) => http::json(
             StatusCode::OK,
             &json!({
@@ -364,8 +379,11 @@ mod tests {
     async fn a_request_waits_for_the_store_at_most_the_stall_bound() {
         let (_keep, rx) = oneshot::channel::<u32>();
         let began = tokio::time::Instant::now();
-        assert_eq!(store_answer(rx).await, Err(NoAnswer::Stalled));
+        assert_eq!(store_answer(rx, || true).await, Err(NoAnswer::Stalled));
         assert_eq!(began.elapsed(), STORE_STALL);
+        // The same wait behind a store still answering others: busy, not stalled.
+        let (_keep, rx) = oneshot::channel::<u32>();
+        assert_eq!(store_answer(rx, || false).await, Err(NoAnswer::Busy));
 
         let (tx, rx) = oneshot::channel::<u32>();
         let late = STORE_STALL - std::time::Duration::from_secs(1);
@@ -373,12 +391,12 @@ mod tests {
             tokio::time::sleep(late).await;
             let _ = tx.send(7);
         });
-        assert_eq!(store_answer(rx).await, Ok(7));
+        assert_eq!(store_answer(rx, || true).await, Ok(7));
 
         let (tx, rx) = oneshot::channel::<u32>();
         drop(tx);
         let began = tokio::time::Instant::now();
-        assert_eq!(store_answer(rx).await, Err(NoAnswer::Gone));
+        assert_eq!(store_answer(rx, || true).await, Err(NoAnswer::Gone));
         assert_eq!(began.elapsed(), std::time::Duration::ZERO);
     }
 }
