@@ -149,6 +149,27 @@ impl Reservation {
         }
     }
 
+    /// Makes it cover `want` bytes if they are free now, never waiting: for a reader that
+    /// already holds bytes the budget does not count (a chunk of a body in hand).
+    pub fn try_cover(&mut self, budget: &ArrivingBytes, want: usize) -> Result<(), OverBudget> {
+        let want = want.min(budget.total as usize);
+        let have = self.bytes();
+        if want < LARGE_MESSAGE || want <= have {
+            return Ok(());
+        }
+        let more = u32::try_from(want - have).unwrap_or(u32::MAX);
+        match budget.free.clone().try_acquire_many_owned(more) {
+            Ok(permit) => {
+                self.take(permit, budget);
+                Ok(())
+            }
+            Err(_) => {
+                RuntimeMetrics::inc(&budget.metrics.arriving_refused);
+                Err(OverBudget)
+            }
+        }
+    }
+
     /// [`Reservation::poll_cover`], awaited.
     pub async fn cover(&mut self, budget: &ArrivingBytes, want: usize) -> Result<(), OverBudget> {
         poll_fn(|cx| self.poll_cover(cx, budget, want)).await
@@ -236,6 +257,12 @@ mod tests {
         assert_eq!(holder.cover(&b, 600_000).await, Err(OverBudget));
         assert_eq!(holder.bytes(), 400_000, "a refusal keeps what was held");
         assert_eq!(b.metrics.arriving_refused.load(Ordering::Relaxed), 1);
+        // Never waiting, even holding nothing, when asked not to.
+        assert_eq!(
+            Reservation::default().try_cover(&b, 200_000),
+            Err(OverBudget)
+        );
+        assert_eq!(b.metrics.arriving_refused.load(Ordering::Relaxed), 2);
         // One holding nothing waits, and goes once enough is given back.
         let waiter = {
             let b = b.clone();

@@ -494,7 +494,9 @@ enum Unread {
 /// Reads at most `limit` bytes of a body; what lies beyond is not read (the core sees a
 /// body of exactly `limit` bytes and knows it is too large). A large body's bytes are
 /// reserved from the arriving budget before they are read ([`crate::arriving`]): all at
-/// once for the length announced, waiting for them if need be, or as they come.
+/// once for the length announced, waiting for them if need be, or as they come when none
+/// was announced, never waiting then (a chunk in hand is bytes the budget does not
+/// count).
 async fn read_bounded(
     mut body: Incoming,
     limit: usize,
@@ -517,8 +519,7 @@ async fn read_bounded(
             let take = data.len().min(limit.saturating_sub(buf.len()));
             let cap = grown_capacity(buf.len(), buf.capacity(), take, limit);
             arriving
-                .cover(&ctx.arriving, cap)
-                .await
+                .try_cover(&ctx.arriving, cap)
                 .map_err(|_| Unread::OverBudget)?;
             buf.reserve_exact(cap - buf.len());
             buf.extend_from_slice(&data[..take]);
@@ -527,6 +528,8 @@ async fn read_bounded(
             }
         }
     }
+    // Handed on as `Bytes`, which keeps the whole allocation.
+    buf.shrink_to_fit();
     Ok(Bytes::from(buf))
 }
 

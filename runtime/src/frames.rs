@@ -32,6 +32,10 @@ const MAX_CONTROL_PAYLOAD: u64 = 125;
 /// bytes of the next frames behind it: they move to a buffer of their own size.
 const KEEP_HELD: usize = 32 * 1024;
 
+/// Room beyond a large frame in progress for the bytes of one more read (the socket is
+/// read 16 KiB at a time), so that its last read does not make its buffer grow.
+const READ_SLACK: usize = 16 * 1024;
+
 /// A message or control frame received from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Received {
@@ -220,18 +224,20 @@ impl Decoder {
             return rest.len().saturating_add(so_far);
         };
         let so_far = match (header.opcode, assembled) {
+            // A control frame (at most 131 bytes) between fragments asks for nothing.
+            (OpCode::Control(_), _) => return so_far,
             (OpCode::Data(Data::Continue), Some((len, cap))) => {
-                grown_capacity(len, cap, payload, max)
+                continued_capacity(len, cap, payload, header.is_final, max)
             }
             _ => so_far,
         };
         frame.max(rest.len()).saturating_add(so_far)
     }
 
-    /// Makes room for the whole of the frame in progress at once, so that a large frame
-    /// arrives into one buffer of its size rather than one that doubles as it fills
-    /// (taking up to twice what [`Decoder::arriving`] counts). Its length is bounded by
-    /// `max` as there.
+    /// Makes room for the whole of the frame in progress at once, and for one read beyond
+    /// it, so that a large frame arrives into one buffer of its size rather than one that
+    /// doubles as it fills (taking up to twice what [`Decoder::arriving`] counts). Its
+    /// length is bounded by `max` as there.
     pub fn make_room(&mut self, max: usize) {
         let Some(held) = self.held.as_mut() else {
             return;
@@ -246,7 +252,10 @@ impl Decoder {
         held.bytes.drain(..held.start);
         held.scanned = held.scanned.saturating_sub(held.start);
         held.start = 0;
-        held.bytes.reserve_exact(frame - held.bytes.len());
+        // With room for one more read: the frame's last bytes may come with the first of
+        // the next one.
+        held.bytes
+            .reserve_exact(frame - held.bytes.len() + READ_SLACK);
     }
 
     /// Keeps `bytes` after those already held.
@@ -269,6 +278,17 @@ impl Decoder {
                 }))
             }
         }
+    }
+}
+
+/// The capacity a fragmented message's buffer grows to when a continuation of `add`
+/// bytes joins it: by [`grown_capacity`]'s doubling, or for the last fragment to exactly
+/// the message's size.
+fn continued_capacity(len: usize, cap: usize, add: usize, last: bool, max: usize) -> usize {
+    if last {
+        cap.max(len.saturating_add(add))
+    } else {
+        grown_capacity(len, cap, add, max)
     }
 }
 
@@ -446,11 +466,16 @@ fn decode(
                 return Err(FrameError::Protocol("continuation without a message"));
             };
             // Within `max`, checked from the header above; grown by the rule the
-            // arriving budget counts by.
+            // arriving budget counts by ([`continued_capacity`]).
             let bytes = &mut message_so_far.bytes;
-            let cap = grown_capacity(bytes.len(), bytes.capacity(), payload.len(), max);
+            let (len, add) = (bytes.len(), payload.len());
+            let cap = continued_capacity(len, bytes.capacity(), add, header.is_final, max);
             bytes.reserve_exact(cap - bytes.len());
             bytes.extend_from_slice(payload);
+            if header.is_final {
+                // Handed on as `Bytes`, which keeps the whole allocation.
+                bytes.shrink_to_fit();
+            }
             if !header.is_final {
                 message_so_far.check()?;
             }
@@ -974,11 +999,15 @@ mod tests {
         assert_eq!(decoder.arriving(max), 50_008);
         decoder.make_room(max);
         let capacity = |d: &Decoder| d.held.as_ref().map_or(0, |h| h.bytes.capacity());
-        assert_eq!(capacity(&decoder), 50_008);
+        assert_eq!(capacity(&decoder), 50_008 + READ_SLACK);
         // The rest arrives, with the start of the next frame behind it.
         let mut rest = frame[100..50_000].to_vec();
         assert_eq!(decoder.next_from(&mut rest, max), Ok(None));
-        assert_eq!(capacity(&decoder), 50_008, "filled without growing");
+        assert_eq!(
+            capacity(&decoder),
+            50_008 + READ_SLACK,
+            "filled without growing"
+        );
         let mut last = frame[50_000..].to_vec();
         last.extend_from_slice(&text("2")[..3]);
         assert_eq!(
@@ -1003,8 +1032,25 @@ mod tests {
         assert_eq!(decoder.arriving(max), 30_000, "the message so far");
         let next = client_frame(0x00, &vec![2; 40_000]);
         assert_eq!(decoder.next_from(&mut next[..8].to_vec(), max), Ok(None));
-        // The buffer grows to 70,000 (more than doubling 30,000), beside the frame.
+        // The last fragment: the buffer grows to just the message, beside the frame.
         assert_eq!(decoder.arriving(max), 70_000 + 40_008);
+        // A ping between fragments asks for nothing more than the message so far.
+        let mut ping = client_frame(0x89, b"p");
+        let mut between = Decoder::default();
+        assert_eq!(
+            between.next_from(&mut client_frame(0x02, &vec![1; 30_000]), max),
+            Ok(None)
+        );
+        assert_eq!(between.next_from(&mut ping[..6].to_vec(), max), Ok(None));
+        assert_eq!(between.arriving(max), 30_000);
+        assert_eq!(
+            between.next_from(&mut ping[6..], max),
+            Ok(Some(Received::Ping(Bytes::from_static(b"p"))))
+        );
+        // A fragment that is not the last grows the buffer by doubling (30,000 to 60,000).
+        let middle = client_frame(0x00, &vec![2; 20_000]);
+        assert_eq!(between.next_from(&mut middle[..8].to_vec(), max), Ok(None));
+        assert_eq!(between.arriving(max), 60_000 + 20_008);
         // One that would take the message past the limit is refused from its header.
         let mut decoder = Decoder::default();
         assert_eq!(
