@@ -131,6 +131,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "presence-to-one-device" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.presence_to_one_device = true)
         }
+        "close-with-last-packets" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.close_with_last_packets = true)
+        }
         "poll-answers-first-only" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.poll_answers_first_only = true)
         }

@@ -119,6 +119,9 @@ pub struct Link {
     pub closing_told: bool,
     /// An HTTP connection carrying one polling request, not a WebSocket.
     pub http: bool,
+    /// A polling device's WebSocket, opened to upgrade its session (its `sid`): the
+    /// checkers that read one connection's frames from its start leave it alone.
+    pub upgrade_sid: Option<String>,
     /// The server's send queue: frames waiting for room in the window.
     outbox: SendQueue,
     /// The server's close (a FIN, or a reset for a dropped connection), sent once the
@@ -126,6 +129,14 @@ pub struct Link {
     fin_after: Option<Seg>,
     to_server: Dir,
     to_client: Dir,
+}
+
+impl Link {
+    /// Whether the checkers that read one connection's frames from its start watch this
+    /// link: a WebSocket, not one that took over a polling session.
+    pub fn watched(&self) -> bool {
+        self.upgrade_sid.is_none()
+    }
 }
 
 /// Per-client path faults.
@@ -184,6 +195,7 @@ impl Net {
                 reset_sent: false,
                 closing_told: false,
                 http: false,
+                upgrade_sid: None,
                 outbox: SendQueue::new(),
                 fin_after: None,
                 to_server: Dir::default(),

@@ -192,6 +192,9 @@ pub struct Options {
     pub trace_tail: usize,
     /// Percent of honest devices on long-polling rather than a WebSocket.
     pub polling_pct: u64,
+    /// Percent of those that take the WebSocket the server offers (`socket.io-client`'s
+    /// default); the others stay on polling.
+    pub upgrade_pct: u64,
     /// Edits the gateway configuration (tests).
     pub gateway_hook: Option<GatewayHook>,
     /// Edits client configurations (tests).
@@ -231,6 +234,7 @@ impl Options {
             convergence_ms: 120_000,
             trace_tail: 40,
             polling_pct: 0,
+            upgrade_pct: 50,
             gateway_hook: None,
             client_hook: None,
         }
@@ -307,7 +311,7 @@ impl Options {
              faults={} fault_gap_ms={} latency_ms={}+{} send_gap_ms={} burst_pct={} \
              ping={}+{} per_user={} rate={}/{}ms missed_limit={} max_attempts={} \
              connect_timeout_ms={} store_latency_ms={} expiring_pct={} auth_grace_ms={} \
-             heartbeat_ms={} outbound_bytes={} socket_buffer={} polling_pct={}",
+             heartbeat_ms={} outbound_bytes={} socket_buffer={} polling_pct={} upgrade_pct={}",
             self.seed,
             self.clients,
             self.devices_per_user,
@@ -339,6 +343,7 @@ impl Options {
             self.outbound_bytes,
             self.socket_buffer,
             self.polling_pct,
+            self.upgrade_pct,
         )
     }
 

@@ -42,9 +42,10 @@ pub struct Report {
     pub unconnected_closed: u64,
     /// Steps of the server's wall clock.
     pub clock_steps: u64,
-    /// Polling requests sent by honest devices, and the times their polling transport
-    /// closed under them (a request failed, or the server's CLOSE).
-    pub polling: (u64, u64),
+    /// Polling requests sent by honest devices, the times their polling transport closed
+    /// under them (a request failed, or the server's CLOSE), and sessions moved onto a
+    /// WebSocket.
+    pub polling: (u64, u64, u64),
     /// `auth:expired` frames sent, refreshes accepted, connections closed for their token.
     pub token_expiry: (u64, u64, u64),
     /// Droppable frames the server's send queues shed, those of them seen missing on
@@ -130,10 +131,11 @@ impl fmt::Display for Report {
              | wall clock steps {}",
             self.clock_steps
         )?;
-        let (requests, closed) = self.polling;
+        let (requests, closed, upgraded) = self.polling;
         writeln!(
             f,
-            "polling: requests {requests} | transports closed under their clients {closed}"
+            "polling: requests {requests} | transports closed under their clients {closed} \
+             | upgraded to WebSocket {upgraded}"
         )?;
         let (shed, missed, dropped) = self.slow_consumers;
         writeln!(

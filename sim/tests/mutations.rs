@@ -446,3 +446,21 @@ fn a_polling_answer_that_loses_packets_is_caught() {
         "{checker}"
     );
 }
+
+#[test]
+fn a_close_sent_with_the_last_packets_is_caught() {
+    // On polling, socket.io-client closes the transport as it reads the CLOSE and hands
+    // the Socket.IO packets before it over only afterwards: a DISCONNECT (after a
+    // replacement, say) in the same answer as the CLOSE is never seen, and the client
+    // comes back.
+    let (_, checker) = first_violation("close-with-last-packets", 60, |s| {
+        let mut o = base(s);
+        o.polling_pct = 100;
+        o.upgrade_pct = 0;
+        o.devices_per_user = 2;
+        o.per_user = 1;
+        o.gateway_hook = Some(|c| c.engine.mutations.close_with_last_packets = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::ping_pong::NAME);
+}

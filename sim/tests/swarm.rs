@@ -45,6 +45,7 @@ fn swarm_of_200_seeds_holds_every_invariant() {
             ("wall clock steps", report.clock_steps),
             ("polling requests", report.polling.0),
             ("polling transports closed", report.polling.1),
+            ("polling sessions upgraded", report.polling.2),
         ] {
             *done.entry(what).or_default() += n;
         }
@@ -62,19 +63,23 @@ fn swarm_of_200_seeds_holds_every_invariant() {
 /// their clients and the clients coming back.
 #[test]
 fn polling_devices_hold_every_invariant() {
-    let (mut requests, mut closed, mut reconnects, mut acked) = (0, 0, 0, 0);
+    let (mut requests, mut closed, mut upgraded, mut reconnects, mut acked) = (0, 0, 0, 0, 0);
     for seed in 0..40u64 {
         let mut opts = Options::swarm(5_000 + seed, 8, 40_000);
         opts.polling_pct = 100;
         let report = holds(opts);
-        requests += report.polling.0;
-        closed += report.polling.1;
+        (requests, closed, upgraded) = (
+            requests + report.polling.0,
+            closed + report.polling.1,
+            upgraded + report.polling.2,
+        );
         reconnects += report.reconnects;
         acked += report.acked;
     }
     assert!(
-        requests > 0 && closed > 0 && reconnects > 0 && acked > 0,
-        "requests {requests}, closed {closed}, reconnects {reconnects}, acked {acked}"
+        requests > 0 && closed > 0 && upgraded > 0 && reconnects > 0 && acked > 0,
+        "requests {requests}, closed {closed}, upgraded {upgraded}, reconnects {reconnects}, \
+         acked {acked}"
     );
 }
 
@@ -101,6 +106,8 @@ fn seeds_that_once_failed_hold() {
         (1259, 40, 200_000),
     ] {
         let mut opts = Options::swarm(seed, clients, duration_ms);
+        // Found on WebSockets, before devices on polling were drawn.
+        opts.polling_pct = 0;
         // As they were found: before tokens expired in the simulated world, before the
         // store could die, and before the wall clock stepped.
         opts.expiring_pct = 0;

@@ -136,6 +136,9 @@ pub struct Mutations {
     /// The engine answers a held polling GET with the first packet queued and drops the
     /// rest with it (a buffer cleared after one packet was written).
     pub poll_answers_first_only: bool,
+    /// The engine answers a polling GET with a closed session's last packets and its CLOSE
+    /// together (the client closes the transport on the CLOSE before it reads the rest).
+    pub close_with_last_packets: bool,
 }
 
 impl Default for EngineConfig {

@@ -180,6 +180,13 @@ impl Engine {
         self.session_by_sid(sid).is_some()
     }
 
+    /// The live session `sid` names, if any (not one lingering for its client's last
+    /// fetch).
+    pub fn live_session(&self, sid: &str) -> Option<SessionId> {
+        self.session_by_sid(sid)
+            .filter(|id| self.live(*id).is_some())
+    }
+
     /// The handshake facts of a live session.
     pub fn handshake(&self, session: SessionId) -> Option<&Handshake> {
         self.live(session).map(|s| &s.handshake)

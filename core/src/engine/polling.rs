@@ -369,8 +369,14 @@ impl Engine {
         // tick but a CLOSE at once, so a DISCONNECT in the CLOSE's payload would reach it
         // second, after a `transport close` it reconnects from; alone, the DISCONNECT is
         // handled before the client's next GET can bring the CLOSE back.
-        let close_apart =
+        #[allow(unused_mut)] // mutated below in test builds only
+        let mut close_apart =
             s.closed && p.queue.len() > 1 && p.queue.last() == Some(&EioPacket::Close.to_frame());
+        // MUTATION (test-only): the CLOSE goes with the packets before it.
+        #[cfg(feature = "mutations")]
+        if self.config.mutations.close_with_last_packets {
+            close_apart = false;
+        }
         let take = p.queue.len() - usize::from(close_apart);
         #[allow(unused_mut)] // mutated below in test builds only
         let mut frames: Vec<_> = std::iter::from_fn(|| p.queue.pop()).take(take).collect();

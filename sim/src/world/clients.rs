@@ -239,7 +239,7 @@ impl Sim {
                 }
                 _ => {}
             },
-            End::Client(i) if link.http => {
+            End::Client(i) if link.http || link.upgrade_sid.is_some() => {
                 self.polling_receives(i, id, seg);
                 self.drain_client(i);
             }

@@ -62,8 +62,11 @@ impl Sim {
             } => {
                 let c = client % n;
                 if let Some(p) = self.clients.get(c).and_then(|s| s.polling.as_ref()) {
-                    // On polling: the receiving GET's connection dies silently.
-                    let Some(id) = p.get() else { return };
+                    // On polling: the receiving GET's connection (or the WebSocket that
+                    // took the session over) dies silently.
+                    let Some(id) = p.websocket().or(p.get()) else {
+                        return;
+                    };
                     self.net.black_hole(id);
                     if client_notified {
                         if let Some(link) = self.net.link_mut(id) {

@@ -126,6 +126,8 @@ struct Counters {
     polling_requests: u64,
     /// Polling transports that closed under their clients.
     polling_failures: u64,
+    /// Polling sessions moved onto a WebSocket.
+    polling_upgrades: u64,
 }
 
 /// The whole simulated deployment. See the module docs.
@@ -138,6 +140,9 @@ pub struct Sim {
     agenda: Agenda,
     gw: Option<Gateway>,
     gw_config: GatewayConfig,
+    /// Polling handshakes given up while closing: each is told CLOSE once its answer
+    /// names the session (see `polling.rs`).
+    closing_handshakes: BTreeSet<u64>,
     /// The server machine's wall clock less the true time (`EPOCH_MS` plus the simulated
     /// clock), milliseconds: moved by clock steps.
     wall_offset_ms: i64,
@@ -280,8 +285,11 @@ impl Sim {
                     exp_s,
                     expiring,
                     told_expired: false,
-                    polling: (transport_rng.below(100) < opts.polling_pct)
-                        .then(Box::<Polling>::default),
+                    // Some of the polling devices take the WebSocket the server
+                    // offers, as `socket.io-client` does by default; the others stay.
+                    polling: (transport_rng.below(100) < opts.polling_pct).then(|| {
+                        Box::new(Polling::new(transport_rng.below(100) < opts.upgrade_pct))
+                    }),
                 }
             })
             .collect();
@@ -326,6 +334,7 @@ impl Sim {
             agenda: Agenda::default(),
             gw: None,
             gw_config,
+            closing_handshakes: BTreeSet::new(),
             wall_offset_ms: 0,
             epoch: 0,
             crash_silent: false,
@@ -436,13 +445,12 @@ impl Sim {
         // one at a time), taking this workload's messages as under 1 KiB each in JSON. A
         // device on polling sends one POST at a time, so each request may first wait for
         // the answer to the POST before it (a heartbeat's response, say): two round trips
-        // a reply.
-        // What the outboxes still hold is sent while the devices catch up, and a device
-        // may have to catch up with that too (dropped as a slow consumer by the fan-out of
-        // the drain, say): counted as behind as well.
+        // a reply. And its buffer at the server has no socket buffers in front of it: with
+        // the smallest queues the fan-out of what its partners' outboxes still hold drops
+        // it as a slow consumer, and it then has those messages to catch up with too.
         let reply_ms = round_trip_ms + 2 * self.opts.store_latency_ms + 1;
         let per_reply = (self.opts.outbound_bytes / 8 / 1024).clamp(1, 100);
-        let queued: u64 = per_user.values().sum();
+
         let catch_up_ms = self
             .clients
             .iter()
@@ -455,12 +463,10 @@ impl Sim {
                         let last = self.store.last_seq(id);
                         last - self.delivery.last(i, id).unwrap_or(last).min(last)
                     })
-                    .sum::<u64>()
-                    + queued;
-                let reply_ms = if s.polling.is_some() {
-                    reply_ms + round_trip_ms
-                } else {
-                    reply_ms
+                    .sum::<u64>();
+                let (behind, reply_ms) = match &s.polling {
+                    Some(_) => (behind + self.queued_for(s.user), reply_ms + round_trip_ms),
+                    None => (behind, reply_ms),
                 };
                 behind.div_ceil(per_reply) * reply_ms
             })
@@ -626,9 +632,24 @@ impl Sim {
         })
     }
 
+    /// Messages the outboxes hold of the devices whose users share a conversation with
+    /// `user` (its own devices included).
+    fn queued_for(&self, user: usize) -> u64 {
+        let convs = &self.layout.convs_of[user];
+        self.clients
+            .iter()
+            .filter(|o| {
+                self.layout.convs_of[o.user]
+                    .iter()
+                    .any(|c| convs.contains(c))
+            })
+            .map(|o| o.client.outbox_len() as u64)
+            .sum()
+    }
+
     /// Whether a device's transport is held by the running server process: its link (see
-    /// [`Sim::held`]), or on polling its session, with its receiving GET (if one is out)
-    /// not lost.
+    /// [`Sim::held`]), or on polling its session, with its receiving GET (if one is out),
+    /// or the WebSocket that took the session over, not lost.
     fn device_held(&self, s: &Slot) -> bool {
         let Some(p) = &s.polling else {
             return self.held(s.link);
@@ -638,10 +659,11 @@ impl Sim {
                 && self
                     .gw
                     .as_ref()
-                    .is_some_and(|gw| gw.engine().knows_sid(sid))
+                    .is_some_and(|gw| gw.engine().live_session(sid).is_some())
         });
         let get_lost = p
-            .get()
+            .websocket()
+            .or(p.get())
             .and_then(|id| self.net.link(id))
             .is_some_and(|l| l.black_hole);
         known && !get_lost
@@ -806,6 +828,7 @@ impl Sim {
             polling: (
                 self.counters.polling_requests,
                 self.counters.polling_failures,
+                self.counters.polling_upgrades,
             ),
             token_expiry: (
                 self.token_expiry.told,
