@@ -25,6 +25,15 @@ fn frame_str(frame: &Frame) -> String {
     }
 }
 
+/// The remote address a link's client end gives in its handshake: `c7` for honest client
+/// 7, `h1` for hostile actor 1.
+fn remote_of(end: End) -> String {
+    match end {
+        End::Client(c) => format!("c{c}"),
+        End::Raw(a) => format!("h{a}"),
+    }
+}
+
 /// The device number in a handshake's remote address (`c7` is honest client 7).
 fn device_of(remote: Option<&str>) -> Option<usize> {
     remote?.strip_prefix('c')?.parse().ok()
@@ -228,6 +237,22 @@ impl Sim {
         }
     }
 
+    /// The server's host accepts link `id`, or, with no server process, resets it (unless
+    /// the process died silently); whether it was accepted.
+    fn accept(&mut self, id: u64) -> bool {
+        if self.gw.is_none() {
+            if !self.crash_silent {
+                self.refuse(id);
+            }
+            return false;
+        }
+        if let Some(link) = self.net.link_mut(id) {
+            link.epoch = Some(self.epoch);
+            link.server_open = true;
+        }
+        true
+    }
+
     /// Resets a link from the server's host: the client sees an error.
     fn refuse(&mut self, id: u64) {
         let now = self.now;
@@ -256,20 +281,10 @@ impl Sim {
         let upgrade_sid = link.upgrade_sid.clone();
         match seg {
             Seg::Open => {
-                if !up {
-                    if !self.crash_silent {
-                        self.refuse(id);
-                    }
+                if !self.accept(id) {
                     return;
                 }
-                if let Some(link) = self.net.link_mut(id) {
-                    link.epoch = Some(self.epoch);
-                    link.server_open = true;
-                }
-                let remote = match end {
-                    End::Client(c) => format!("c{c}"),
-                    End::Raw(a) => format!("h{a}"),
-                };
+                let remote = remote_of(end);
                 tr!(self, "net", ("ws{id} {remote} -> server open"));
                 let now = self.now;
                 if watched {
@@ -366,16 +381,9 @@ impl Sim {
         let now = self.now;
         match seg {
             Seg::Open => {
-                if !up {
-                    if !self.crash_silent {
-                        self.refuse(id);
-                    }
-                    return;
-                }
-                if let Some(link) = self.net.link_mut(id) {
-                    link.epoch = Some(self.epoch);
-                    link.server_open = true;
-                }
+                // Accepted, or reset with no server process: the request that follows
+                // does the rest.
+                self.accept(id);
             }
             Seg::Request { post, sid, body } => {
                 if !current {
@@ -384,10 +392,7 @@ impl Sim {
                     }
                     return;
                 }
-                let remote = match end {
-                    End::Client(c) => format!("c{c}"),
-                    End::Raw(a) => format!("h{a}"),
-                };
+                let remote = remote_of(end);
                 let method = if post { "POST" } else { "GET" };
                 tr!(
                     self,
