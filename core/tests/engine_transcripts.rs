@@ -739,3 +739,32 @@ fn plain_engine_io_echo_without_socketio() {
         "no namespace deadline without Socket.IO"
     );
 }
+
+/// A PING that meets a polling buffer full of what cannot be shed ends the session as a
+/// slow consumer, and no PONG is then awaited: the ended session keeps its linger
+/// deadline only.
+#[test]
+fn a_ping_that_ends_a_polling_session_arms_no_pong_deadline() {
+    use heartline_core::engine::Timer;
+    let mut cfg = config();
+    cfg.max_buffered_bytes = 100;
+    let ping_interval = cfg.ping_interval_ms;
+    let mut h = Harness::new(cfg, App::Echo);
+    let sid = polling_connected(&mut h);
+    let session = h.engine.live_sessions(1)[0];
+    // Three replies queued together, over the bound and still not a slow consumer.
+    let small = format!("42/chat,[\"message\",\"{}\"]", "x".repeat(15));
+    h.http(
+        4,
+        Method::Post,
+        q("polling", Some(&sid)),
+        &[small.as_str(); 3].join("\u{1e}"),
+    );
+    assert_eq!(h.engine.sessions_held(), 1, "not a slow consumer yet");
+    // The PING behind them meets the full queue.
+    h.advance(ping_interval);
+    assert_eq!(h.engine.session_count(), 0, "ended as a slow consumer");
+    assert_eq!(h.engine.polling_overflows(), 1);
+    assert_eq!(h.engine.deadline(session, Timer::PongDeadline), None);
+    assert!(h.engine.deadline(session, Timer::Linger).is_some());
+}

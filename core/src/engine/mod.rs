@@ -332,7 +332,9 @@ impl Engine {
                 }
                 Timer::PingSend => {
                     self.push(now, id, &[Frame::Text(Bytes::from_static(b"2"))]);
-                    if let Some(s) = self.sessions.get_mut(&id) {
+                    // The push may have ended the session (a polling buffer full of what
+                    // cannot be shed): no PONG is awaited then.
+                    if let Some(s) = self.sessions.get_mut(&id).filter(|s| !s.closed) {
                         s.idle_packets = 0;
                         let at = now.add_ms(self.config.ping_timeout_ms);
                         self.timers.set(&mut s.timers, id, Timer::PongDeadline, at);
