@@ -253,6 +253,15 @@ impl Sim {
         true
     }
 
+    /// The client end of link `id` closed: the server's end is done with it, and what is
+    /// still queued for the peer is dropped.
+    fn peer_left(&mut self, id: u64) {
+        if let Some(link) = self.net.link_mut(id) {
+            link.server_open = false;
+        }
+        self.net.server_gone(id);
+    }
+
     /// Resets a link from the server's host: the client sees an error.
     fn refuse(&mut self, id: u64) {
         let now = self.now;
@@ -351,11 +360,7 @@ impl Sim {
                 if !current {
                     return;
                 }
-                if let Some(link) = self.net.link_mut(id) {
-                    link.server_open = false;
-                }
-                // The peer is leaving: what is still queued for it is dropped.
-                self.net.server_gone(id);
+                self.peer_left(id);
                 let now = self.now;
                 if watched {
                     let finding = self.dead_peer.closed(now, id, false);
@@ -427,10 +432,7 @@ impl Sim {
                 if !current {
                     return;
                 }
-                if let Some(link) = self.net.link_mut(id) {
-                    link.server_open = false;
-                }
-                self.net.server_gone(id);
+                self.peer_left(id);
                 tr!(self, "net", ("http{id} -> server given up (error={error})"));
                 self.server_input(Input::Network(engine::Input::HttpAborted {
                     request: RequestId(id),
