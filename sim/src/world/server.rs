@@ -253,6 +253,15 @@ impl Sim {
         true
     }
 
+    /// The server closes link `id` in order, behind what it has sent on it.
+    fn server_fin(&mut self, id: u64) {
+        let now = self.now;
+        let fin = Seg::Fin { error: false };
+        self.net
+            .server_close(now, id, fin, &mut self.rng, &mut self.agenda);
+        self.net.collect(id);
+    }
+
     /// The client end of link `id` closed: the server's end is done with it, and what is
     /// still queued for the peer is dropped.
     fn peer_left(&mut self, id: u64) {
@@ -537,15 +546,7 @@ impl Sim {
                     );
                     self.server_closes(id, timed_out, expired);
                     tr!(self, "server", ("ws{id} close ({reason})"));
-                    let now = self.now;
-                    self.net.server_close(
-                        now,
-                        id,
-                        Seg::Fin { error: false },
-                        &mut self.rng,
-                        &mut self.agenda,
-                    );
-                    self.net.collect(id);
+                    self.server_fin(id);
                 }
                 Output::Transmit(Transmit::HttpResponse {
                     request,
@@ -571,14 +572,7 @@ impl Sim {
                     let seg = Seg::Response { status, body };
                     self.net
                         .send(now, id, false, seg, &mut self.rng, &mut self.agenda);
-                    self.net.server_close(
-                        now,
-                        id,
-                        Seg::Fin { error: false },
-                        &mut self.rng,
-                        &mut self.agenda,
-                    );
-                    self.net.collect(id);
+                    self.server_fin(id);
                 }
                 Output::Effect(effect) => {
                     let now = self.now;
