@@ -123,13 +123,20 @@ impl Polling {
 }
 
 impl Sim {
+    /// Device `i`'s polling transport, if it is a polling device.
+    fn polling_of(&self, i: usize) -> Option<&Polling> {
+        self.clients.get(i).and_then(|s| s.polling.as_deref())
+    }
+
+    fn polling_mut(&mut self, i: usize) -> Option<&mut Polling> {
+        self.clients
+            .get_mut(i)
+            .and_then(|s| s.polling.as_deref_mut())
+    }
+
     /// Client `i` sends one polling request of its session on a link of its own.
     fn polling_request(&mut self, i: usize, post: bool, body: String) -> u64 {
-        let sid = self
-            .clients
-            .get(i)
-            .and_then(|s| s.polling.as_ref())
-            .and_then(|p| p.sid.clone());
+        let sid = self.polling_of(i).and_then(|p| p.sid.clone());
         self.polling_request_for(i, sid, post, body)
     }
 
@@ -179,14 +186,14 @@ impl Sim {
             self.client_closes(id);
         }
         let id = self.polling_request(i, false, String::new());
-        if let Some(p) = self.clients.get_mut(i).and_then(|s| s.polling.as_mut()) {
+        if let Some(p) = self.polling_mut(i) {
             p.handshake = Some(id);
         }
     }
 
     /// Client `i` sends a frame: in the next POST, at once if none is out.
     pub(super) fn polling_send(&mut self, i: usize, frame: Frame) {
-        let Some(p) = self.clients.get_mut(i).and_then(|s| s.polling.as_mut()) else {
+        let Some(p) = self.polling_mut(i) else {
             return;
         };
         if p.sid.is_none() {
@@ -204,7 +211,7 @@ impl Sim {
     }
 
     fn polling_flush(&mut self, i: usize) {
-        let Some(p) = self.clients.get_mut(i).and_then(|s| s.polling.as_mut()) else {
+        let Some(p) = self.polling_mut(i) else {
             return;
         };
         if p.post.is_some() || p.queue.is_empty() || p.sid.is_none() || p.ws.is_some() {
@@ -229,14 +236,14 @@ impl Sim {
         let frames: Vec<Frame> = p.queue.drain(..take).collect();
         let body = encode_payload(&frames);
         let id = self.polling_request(i, true, body);
-        if let Some(p) = self.clients.get_mut(i).and_then(|s| s.polling.as_mut()) {
+        if let Some(p) = self.polling_mut(i) {
             p.post = Some(id);
         }
     }
 
     fn polling_get(&mut self, i: usize) {
         let id = self.polling_request(i, false, String::new());
-        if let Some(p) = self.clients.get_mut(i).and_then(|s| s.polling.as_mut()) {
+        if let Some(p) = self.polling_mut(i) {
             p.get = Some(id);
         }
     }
@@ -252,7 +259,7 @@ impl Sim {
     /// not another is out (as `socket.io-client` writes it), or, with the handshake still
     /// out, once that is answered.
     fn polling_abandon(&mut self, i: usize, say_close: bool) {
-        let Some(p) = self.clients.get_mut(i).and_then(|s| s.polling.as_mut()) else {
+        let Some(p) = self.polling_mut(i) else {
             return;
         };
         let sockets: Vec<u64> = [p.probe, p.ws].into_iter().flatten().collect();
@@ -260,15 +267,16 @@ impl Sim {
         let on_polling = p.ws.is_none();
         let sid = p.sid.clone();
         let watch = p.watch;
+        let handshake = p.handshake;
         let mut detached = std::mem::take(&mut p.detached);
         detached.extend(&requests);
+        *p = Polling::new(p.upgrades);
+        p.detached = detached;
         if say_close && on_polling && sid.is_none() {
-            if let Some(h) = p.handshake {
+            if let Some(h) = handshake {
                 self.closing_handshakes.insert(h);
             }
         }
-        **p = Polling::new(p.upgrades);
-        p.detached = detached;
         for id in sockets {
             self.client_closes(id);
         }
@@ -277,7 +285,7 @@ impl Sim {
         }
         if say_close && on_polling && sid.is_some() {
             let id = self.polling_request_for(i, sid, true, "1".to_owned());
-            if let Some(p) = self.clients.get_mut(i).and_then(|s| s.polling.as_mut()) {
+            if let Some(p) = self.polling_mut(i) {
                 p.detached.push(id);
             }
         }
@@ -293,7 +301,7 @@ impl Sim {
             link.upgrade_sid = Some(sid);
         }
         tr!(self, "client", ("c{i} probes ws{id}"));
-        if let Some(p) = self.clients.get_mut(i).and_then(|s| s.polling.as_mut()) {
+        if let Some(p) = self.polling_mut(i) {
             p.probe = Some(id);
         }
     }
@@ -301,7 +309,7 @@ impl Sim {
     /// Once polling has paused (no request out), the probe takes over: `5` on it, then
     /// what was waiting to be sent.
     fn polling_try_upgrade(&mut self, i: usize) {
-        let Some(p) = self.clients.get_mut(i).and_then(|s| s.polling.as_mut()) else {
+        let Some(p) = self.polling_mut(i) else {
             return;
         };
         if !p.pausing || p.get.is_some() || p.post.is_some() {
@@ -324,7 +332,7 @@ impl Sim {
 
     /// The probe failed before it took over: polling goes on.
     fn polling_probe_failed(&mut self, i: usize, why: &str) {
-        let Some(p) = self.clients.get_mut(i).and_then(|s| s.polling.as_mut()) else {
+        let Some(p) = self.polling_mut(i) else {
             return;
         };
         let Some(id) = p.probe.take() else { return };
@@ -350,7 +358,7 @@ impl Sim {
             (Some(Role::Probe), Seg::Frame(frame)) => {
                 if frame.as_text() == Some("3probe") {
                     tr!(self, "net", ("ws{id} -> c{i} 3probe; polling pauses"));
-                    if let Some(p) = self.clients.get_mut(i).and_then(|s| s.polling.as_mut()) {
+                    if let Some(p) = self.polling_mut(i) {
                         p.pausing = true;
                     }
                     self.polling_try_upgrade(i);
@@ -359,11 +367,7 @@ impl Sim {
                 }
             }
             (Some(Role::WebSocket), Seg::Frame(frame)) => {
-                let watch = self
-                    .clients
-                    .get(i)
-                    .and_then(|s| s.polling.as_ref())
-                    .and_then(|p| p.watch);
+                let watch = self.polling_of(i).and_then(|p| p.watch);
                 if let (Some(w), Some(text)) = (watch, frame.as_text()) {
                     self.ping_pong.link_frame(w, text);
                 }
@@ -385,11 +389,7 @@ impl Sim {
                         self.polling_probe_failed(i, &format!("closed (error={error})"))
                     }
                     Some(_) => {
-                        let watch = self
-                            .clients
-                            .get(i)
-                            .and_then(|s| s.polling.as_ref())
-                            .and_then(|p| p.watch);
+                        let watch = self.polling_of(i).and_then(|p| p.watch);
                         if let Some(w) = watch {
                             let finding = self.ping_pong.link_closed(w, error);
                             self.found(finding);
@@ -422,11 +422,7 @@ impl Sim {
     /// Client `i` receives `seg` on link `id`, one of its polling requests' (or one it
     /// already gave up, whose answer it ignores).
     pub(super) fn polling_receives(&mut self, i: usize, id: u64, seg: Seg) {
-        let role = self
-            .clients
-            .get(i)
-            .and_then(|s| s.polling.as_ref())
-            .and_then(|p| p.role(id));
+        let role = self.polling_of(i).and_then(|p| p.role(id));
         if self.net.link(id).is_some_and(|l| !l.http) {
             return self.polling_ws_receives(i, id, role, seg);
         }
@@ -457,9 +453,7 @@ impl Sim {
                                     true,
                                     "1".to_owned(),
                                 );
-                                if let Some(p) =
-                                    self.clients.get_mut(i).and_then(|s| s.polling.as_mut())
-                                {
+                                if let Some(p) = self.polling_mut(i) {
                                     p.detached.push(id);
                                 }
                             }
@@ -467,7 +461,7 @@ impl Sim {
                     }
                     return;
                 };
-                if let Some(p) = self.clients.get_mut(i).and_then(|s| s.polling.as_mut()) {
+                if let Some(p) = self.polling_mut(i) {
                     match role {
                         Role::Handshake => p.handshake = None,
                         Role::Get => p.get = None,
@@ -515,11 +509,7 @@ impl Sim {
         // and hands the Socket.IO packets before it to the application only on the next
         // tick, when the socket is already closed. (So the server sends a session's last
         // packets apart from its CLOSE.)
-        let watch = self
-            .clients
-            .get(i)
-            .and_then(|s| s.polling.as_ref())
-            .and_then(|p| p.watch);
+        let watch = self.polling_of(i).and_then(|p| p.watch);
         if packets.contains(&Packet::Close) {
             // So a session told `connection:replaced` whose DISCONNECT comes in the same
             // answer as its CLOSE brings such a client back, as its close without one does.
@@ -569,11 +559,7 @@ impl Sim {
                 slot.client.handle_frame(now, &packet.to_frame());
             }
         }
-        let pausing = self
-            .clients
-            .get(i)
-            .and_then(|s| s.polling.as_ref())
-            .is_some_and(|p| p.pausing);
+        let pausing = self.polling_of(i).is_some_and(|p| p.pausing);
         if pausing {
             self.polling_try_upgrade(i);
         } else {
