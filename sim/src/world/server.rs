@@ -370,15 +370,7 @@ impl Sim {
                     return;
                 }
                 self.peer_left(id);
-                let now = self.now;
-                if watched {
-                    let finding = self.dead_peer.closed(now, id, false);
-                    self.found(finding);
-                    self.per_user.link_gone(id);
-                    self.heartbeat.gone(id);
-                    self.token_expiry.closed(now, id, false);
-                    self.handshake.closed(now, id);
-                }
+                self.link_ended(id, false, false);
                 tr!(self, "net", ("ws{id} -> server closed (error={error})"));
                 self.server_input(Input::Network(engine::Input::WsClosed {
                     transport: TransportId(id),
@@ -612,7 +604,13 @@ impl Sim {
             return;
         };
         link.server_open = false;
-        if !link.watched() {
+        self.link_ended(id, timed_out, expired);
+    }
+
+    /// The checkers watching link `id` learn that it ended, whichever end closed it
+    /// (`timed_out`: for a ping timeout; `expired`: for its token).
+    fn link_ended(&mut self, id: u64, timed_out: bool, expired: bool) {
+        if !self.net.link(id).is_some_and(|l| l.watched()) {
             return;
         }
         let now = self.now;
