@@ -126,8 +126,8 @@ enum Drain {
         owed_milli: u64,
         done: oneshot::Sender<()>,
     },
-    /// Waiting for the store's last answers and the writers' last frames (looked at
-    /// again at `next_check`, once the store has answered).
+    /// Waiting for the store's last answers, the writers' last frames and polling clients'
+    /// last GETs (looked at again at `next_check`, once the store has answered).
     Finishing {
         flushed: Option<oneshot::Receiver<()>>,
         until: tokio::time::Instant,
@@ -164,7 +164,8 @@ fn drain_batch(remaining: usize, ticks_left: u128, owed_milli: u64) -> (usize, u
 /// as a WebSocket task may take over its close (waiting for the peer's close frame, then
 /// writing what is left), and a little more, so that a peer slow to answer the close still
 /// gets its last acks. Within the drain's slack ([`crate::server::SHUTDOWN_SLACK`]); it
-/// ends as soon as every WebSocket is closed.
+/// ends as soon as every WebSocket is closed and every closed polling session has handed
+/// its CLOSE to its client's GET.
 const WRITER_GRACE: Duration = Duration::from_millis(
     crate::websocket::CLOSE_LINGER.as_millis() as u64
         + crate::websocket::WRITER_GRACE.as_millis() as u64
@@ -688,8 +689,16 @@ impl<A: App> Actor<A> {
                 ..
             }) => {
                 let writers = self.metrics.ws_open.load(Ordering::Relaxed);
-                if writers == 0 || now >= until {
-                    tracing::info!(websockets_left = writers, "drained");
+                // Closed polling sessions linger until their client's next GET takes the
+                // CLOSE: a client between two GETs when its session closed is told too,
+                // rather than finding the port shut.
+                let lingering = self.app.sessions_held();
+                if (writers == 0 && lingering == 0) || now >= until {
+                    tracing::info!(
+                        websockets_left = writers,
+                        polling_left = lingering,
+                        "drained"
+                    );
                     let _ = done.send(());
                     return true;
                 }

@@ -96,6 +96,45 @@ async fn readyz_turns_503_while_draining_and_clients_are_closed_without_disconne
         .expect("shutdown task");
 }
 
+/// A polling client between two GETs when the drain closes its session still gets the
+/// CLOSE from its next GET: the drain waits for it (within its grace) rather than
+/// shutting the port on a client that was told nothing.
+#[tokio::test]
+async fn a_polling_client_between_two_gets_is_told_of_the_drain() {
+    let mut server = TestServer::start(|c| c.shutdown.drain_ms = 300).await;
+    let addr = server.addr;
+    let sid = polling_handshake(addr).await;
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let connect = format!(
+        "40/chat,{}",
+        json!({"token": token("alice", "customer", 3600)})
+    );
+    let (status, _, _) = http(addr, "POST", &path, &[], &connect).await;
+    assert_eq!(status, 200);
+    let (status, _, body) = http(addr, "GET", &path, &[], "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("connection:success"), "{body}");
+    // No GET is held when the drain closes the session.
+    let handle = server.handle.take().expect("handle");
+    let shutdown = tokio::spawn(handle.shutdown());
+    let closed = eventually(WAIT, || async move {
+        let (_, _, m) = http(addr, "GET", "/metrics", &[], "").await;
+        metric(&m, "heartline_connections") == Some(0.0)
+    })
+    .await;
+    assert!(closed, "the drain closed the session");
+    assert!(
+        !shutdown.is_finished(),
+        "stopped before the client was told"
+    );
+    let (status, _, body) = http(addr, "GET", &path, &[], "").await;
+    assert_eq!((status, body.as_str()), (200, "1"), "the CLOSE");
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown bounded")
+        .expect("shutdown task");
+}
+
 /// A PUT declaring a body over 1 MiB is answered 413 at once, not read until the request
 /// deadline (which would answer 408 after `handshake_timeout_ms`).
 #[tokio::test]
