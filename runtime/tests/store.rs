@@ -2,10 +2,16 @@
 //! within a group commit, paging, and durability across reopen and `kill -9`.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use heartline_runtime::store::{
     AppendOutcome, AppendRequest, Member, Store, StoreError, StoreLock, StoredMessage, MAX_PAGE,
 };
+
+/// Held while this binary starts a process, and by a test that expects a lock to be free:
+/// a child holds a copy of every descriptor of ours until it has started its program, the
+/// locks' among them, and a lock is let go only once every copy is closed.
+static SPAWNING: Mutex<()> = Mutex::new(());
 
 fn members() -> Vec<Member> {
     vec![Member::new("u1", "customer"), Member::new("a1", "agent")]
@@ -579,6 +585,7 @@ fn a_newer_schema_is_refused() {
 
 #[test]
 fn one_holder_at_a_time_has_a_stores_lock() {
+    let _no_child = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("heartline.db");
     let first = StoreLock::acquire(&path).expect("first");
@@ -682,6 +689,9 @@ mod killed_writer {
     /// returns every (temp id, seq) it reported.
     fn run_writer_until_killed(db: &Path, round: usize, kill_after: usize) -> Vec<(String, u64)> {
         let exe = std::env::current_exe().expect("test binary");
+        // `spawn` returns once the child runs the program, its copies of our descriptors
+        // closed.
+        let spawning = super::SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
         let mut child = Command::new(exe)
             .args([
                 "killed_writer::writer_process",
@@ -697,6 +707,7 @@ mod killed_writer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn writer");
+        drop(spawning);
         let stdout = child.stdout.take().expect("piped stdout");
         let mut reported = Vec::new();
         let mut killed = false;
