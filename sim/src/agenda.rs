@@ -71,6 +71,11 @@ pub enum Ev {
     },
     /// The crashed server comes back.
     Restart,
+    /// A frozen device wakes.
+    Thaw {
+        /// The device.
+        client: usize,
+    },
     /// A supervisor restarts a server whose store died, if it still runs with it dead.
     SupervisorRestart {
         /// Downtime.

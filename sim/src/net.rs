@@ -122,6 +122,8 @@ pub struct Link {
     /// A polling device's WebSocket, opened to upgrade its session (its `sid`): the
     /// checkers that read one connection's frames from its start leave it alone.
     pub upgrade_sid: Option<String>,
+    /// The session a polling request names, as the server read it.
+    pub request_sid: Option<String>,
     /// The server's send queue: frames waiting for room in the window.
     outbox: SendQueue,
     /// The server's close (a FIN, or a reset for a dropped connection), sent once the
@@ -196,6 +198,7 @@ impl Net {
                 closing_told: false,
                 http: false,
                 upgrade_sid: None,
+                request_sid: None,
                 outbox: SendQueue::new(),
                 fin_after: None,
                 to_server: Dir::default(),

@@ -48,11 +48,16 @@ pub enum FaultKind {
     /// The server machine's wall clock is stepped (NTP correcting it, a VM resumed): token
     /// expiry, heartbeat stamps and the rate window restored at a restart must follow it.
     ClockStep,
+    /// A device freezes (a laptop put to sleep, a phone's browser frozen in the
+    /// background): its connections go silent without a close and it does nothing at all,
+    /// so only the server's heartbeat can find it gone, until it wakes and its late
+    /// deadlines fire.
+    Freeze,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::Partition,
         FaultKind::HalfOpen,
         FaultKind::Reset,
@@ -68,13 +73,16 @@ impl FaultKind {
         FaultKind::StoreDies,
         FaultKind::Members,
         FaultKind::ClockStep,
+        FaultKind::Freeze,
     ];
 
     /// The kinds a swarm seed draws first, in this order; kinds added after them are drawn
     /// after every other knob, so that each seed keeps the knobs and faults it had.
     const SWARM_FIRST: usize = 12;
-    /// The kinds drawn after the token knobs; those after them are drawn last of all.
+    /// The kinds drawn after the token knobs, up to the next mark.
     const SWARM_SECOND: usize = 13;
+    /// The kinds drawn after the transports; the kinds from here on are drawn last of all.
+    const SWARM_THIRD: usize = 15;
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -94,6 +102,7 @@ impl FaultKind {
             FaultKind::StoreDies => "storedies",
             FaultKind::Members => "members",
             FaultKind::ClockStep => "clockstep",
+            FaultKind::Freeze => "freeze",
         }
     }
 
@@ -293,13 +302,18 @@ impl Options {
         o.socket_buffer = pick(&mut rng, &[65_536, small]);
         // Frequent heartbeats give a full queue droppable frames to shed.
         o.heartbeat_ms = pick(&mut rng, &[15_000, 1_000]);
-        for kind in &FaultKind::ALL[FaultKind::SWARM_SECOND..] {
+        for kind in &FaultKind::ALL[FaultKind::SWARM_SECOND..FaultKind::SWARM_THIRD] {
             if rng.below(2) == 0 {
                 o.faults.insert(*kind);
             }
         }
         // Half the seeds keep every device on WebSocket, as they were before polling.
         o.polling_pct = pick(&mut rng, &[0, 0, 30, 100]);
+        for kind in &FaultKind::ALL[FaultKind::SWARM_THIRD..] {
+            if rng.below(2) == 0 {
+                o.faults.insert(*kind);
+            }
+        }
         o
     }
 

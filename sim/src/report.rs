@@ -42,6 +42,8 @@ pub struct Report {
     pub unconnected_closed: u64,
     /// Steps of the server's wall clock.
     pub clock_steps: u64,
+    /// Devices frozen.
+    pub freezes: u64,
     /// Polling requests sent by honest devices, the times their polling transport closed
     /// under them (a request failed, or the server's CLOSE), and sessions moved onto a
     /// WebSocket.
@@ -116,10 +118,11 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "dead peers closed {} | worst detection {}ms | store failures {} (kept though failed {}) \
-             | closed unconnected {}",
+            "dead peers closed {} | worst detection {}ms | devices frozen {} | store failures {} \
+             (kept though failed {}) | closed unconnected {}",
             self.dead_peers,
             self.dead_peer_worst_ms,
+            self.freezes,
             self.store_failures,
             self.kept_unanswered,
             self.unconnected_closed

@@ -109,6 +109,15 @@ pub enum Fault {
         /// The jump, milliseconds.
         step_ms: i64,
     },
+    /// The device freezes for `ms`: its connections go silent without a close (what was
+    /// in flight on them is lost) and it does nothing until it wakes, when its deadlines
+    /// fire late and it finds its connections dead as its client does.
+    Freeze {
+        /// The device.
+        client: usize,
+        /// How long.
+        ms: u64,
+    },
     /// The operator replaces a conversation's member list: of its members by the
     /// workload's layout, those whose bit is set in `keep` (the `i`-th member, bit `i`).
     Members {
@@ -137,6 +146,7 @@ impl Fault {
             Fault::Storm => FaultKind::Storm,
             Fault::Members { .. } => FaultKind::Members,
             Fault::ClockStep { .. } => FaultKind::ClockStep,
+            Fault::Freeze { .. } => FaultKind::Freeze,
         }
     }
 }
@@ -180,6 +190,7 @@ impl fmt::Display for Fault {
             ),
             Fault::Storm => write!(f, "reconnect storm: every connection reset"),
             Fault::ClockStep { step_ms } => write!(f, "server wall clock steps {step_ms:+}ms"),
+            Fault::Freeze { client, ms } => write!(f, "c{client} freezes for {ms}ms"),
             Fault::Members { conversation, keep } => write!(
                 f,
                 "operator replaces the members of conversation #{conversation} (keeps {keep:#b})"
@@ -265,6 +276,11 @@ pub fn draw(kind: FaultKind, rng: &mut Rng, clients: usize) -> Fault {
                 step_ms: if rng.below(2) == 0 { ms } else { -ms },
             }
         }
+        // From a moment to well past the longest heartbeat bound (25 s + 20 s).
+        FaultKind::Freeze => Fault::Freeze {
+            client,
+            ms: 1_000 + rng.below(90_000),
+        },
         FaultKind::Storm | FaultKind::Hostile => Fault::Storm,
     }
 }

@@ -16,13 +16,14 @@ fn first_violation(name: &str, seeds: u64, make: impl Fn(u64) -> Options) -> (u6
     panic!("mutation {name}: no violation in {seeds} seeds");
 }
 
-/// A swarm seed's knobs, without member lists replaced (the tests that want them add
-/// them) and with every device on WebSocket, so that each test meets its bug in the fault
-/// mixes it was written against, and where the checker meant for it reads the frames of
-/// each connection (it does not on polling, see `world/polling.rs`).
+/// A swarm seed's knobs, without member lists replaced or devices frozen (the tests that
+/// want them add them) and with every device on WebSocket, so that each test meets its
+/// bug in the fault mixes it was written against, and where the checker meant for it
+/// reads the frames of each connection (most do not on polling, see `world/polling.rs`).
 fn base(seed: u64) -> Options {
     let mut o = Options::swarm(seed, 10, 60_000);
     o.faults.remove(&FaultKind::Members);
+    o.faults.remove(&FaultKind::Freeze);
     o.polling_pct = 0;
     o.trace_tail = 0;
     o
@@ -283,6 +284,33 @@ fn a_presence_change_told_to_one_device_of_a_partner_is_caught() {
         o
     });
     assert_eq!(checker, heartline_sim::check::presence_frames::NAME);
+}
+
+#[test]
+fn missing_ping_timeout_on_polling_is_caught() {
+    // A device that freezes says nothing more: on polling, no request of its session
+    // comes, and only the server's heartbeat can let the session go.
+    let (_, checker) = first_violation("no-ping-timeout", 20, |s| {
+        let mut o = base(s);
+        o.polling_pct = 100;
+        o.faults = [FaultKind::Freeze].into_iter().collect();
+        o.gateway_hook = Some(|c| c.engine.mutations.no_ping_timeout = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::dead_peer::NAME);
+}
+
+#[test]
+fn a_live_polling_peer_closed_as_dead_is_caught() {
+    // Its PONG came in a POST: the session is closed before the schedule of its PINGs
+    // allows.
+    let (_, checker) = first_violation("pong-leaves-deadline-armed", 40, |s| {
+        let mut o = base(s);
+        o.polling_pct = 100;
+        o.gateway_hook = Some(|c| c.engine.mutations.pong_leaves_deadline_armed = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::dead_peer::NAME);
 }
 
 #[test]

@@ -43,6 +43,7 @@ fn swarm_of_200_seeds_holds_every_invariant() {
             ("closed for their token", report.token_expiry.2),
             ("slow consumers dropped", report.slow_consumers.2),
             ("wall clock steps", report.clock_steps),
+            ("devices frozen", report.freezes),
             ("polling requests", report.polling.0),
             ("polling transports closed", report.polling.1),
             ("polling sessions upgraded", report.polling.2),
@@ -83,6 +84,29 @@ fn polling_devices_hold_every_invariant() {
     );
 }
 
+/// Devices that freeze (a laptop put to sleep, a phone's browser frozen in the background)
+/// say nothing more on any transport: the server's heartbeat lets their sessions go within
+/// its bound, on a WebSocket and on polling alike, and each device, as it wakes, finds its
+/// connection dead by its own deadline and comes back.
+#[test]
+fn frozen_devices_are_let_go_by_the_heartbeat_and_come_back() {
+    let (mut frozen, mut dead, mut reconnects) = (0, 0, 0);
+    for seed in 0..12u64 {
+        let mut opts = Options::new(7_000 + seed);
+        opts.faults = [heartline_sim::FaultKind::Freeze].into_iter().collect();
+        opts.polling_pct = 50;
+        opts.duration_ms = 90_000;
+        let report = holds(opts);
+        frozen += report.freezes;
+        dead += report.dead_peers;
+        reconnects += report.reconnects;
+    }
+    assert!(
+        frozen > 0 && dead > 0 && reconnects > 0,
+        "frozen {frozen}, dead peers closed {dead}, reconnects {reconnects}"
+    );
+}
+
 /// Seeds of the `heartline-sim swarm` defaults (12 clients, 120 s) that once failed, kept
 /// with the knobs they were found with. Later changes to the workload, the client and the
 /// hostile scripts change their traces, so they no longer replay the very interleaving
@@ -109,10 +133,11 @@ fn seeds_that_once_failed_hold() {
         // Found on WebSockets, before devices on polling were drawn.
         opts.polling_pct = 0;
         // As they were found: before tokens expired in the simulated world, before the
-        // store could die, and before the wall clock stepped.
+        // store could die, before the wall clock stepped, and before devices froze.
         opts.expiring_pct = 0;
         opts.faults.remove(&heartline_sim::FaultKind::StoreDies);
         opts.faults.remove(&heartline_sim::FaultKind::ClockStep);
+        opts.faults.remove(&heartline_sim::FaultKind::Freeze);
         holds(opts);
     }
 }

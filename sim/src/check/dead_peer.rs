@@ -11,6 +11,15 @@
 //! The other way round, no live peer is closed as dead: a close for a ping timeout must
 //! come with a PING outstanding, unanswered at the server, sent at least `ping_timeout`
 //! before (the server's own close reason is not taken on trust).
+//!
+//! A long-polling session is watched as one, whichever requests carry it (and the
+//! WebSocket it may move to): its open is the handshake's answer, its PINGs are those its
+//! answers carry and its PONGs those its POSTs do. A PING the server queued for a client
+//! that never came to fetch it is on no wire, so its ping-timeout close is held to the
+//! schedule instead: not before `ping_interval + ping_timeout` after its last sign of
+//! life, when the server's own PING would be due and then overdue. Its close is the
+//! server letting the session go, seen from the server's side, as a client that has
+//! vanished is never told.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +36,17 @@ struct Watch {
     last_life: Instant,
     /// When the PING awaiting its PONG was sent.
     ping_outstanding: Option<Instant>,
+    /// A long-polling session, named by its handshake's link.
+    polling: bool,
+}
+
+/// How a finding names what is watched.
+fn name(link: u64, polling: bool) -> String {
+    if polling {
+        format!("the polling session of http{link}")
+    } else {
+        format!("ws{link}")
+    }
 }
 
 /// See the module docs.
@@ -66,6 +86,20 @@ impl DeadPeer {
             Watch {
                 last_life: now,
                 ping_outstanding: None,
+                polling: false,
+            },
+        );
+    }
+
+    /// The server answered a polling handshake on `link`: the session it opened is
+    /// watched under that name.
+    pub fn opened_polling(&mut self, now: Instant, link: u64) {
+        self.set(
+            link,
+            Watch {
+                last_life: now,
+                ping_outstanding: None,
+                polling: true,
             },
         );
     }
@@ -82,8 +116,10 @@ impl DeadPeer {
         let deadline = w.last_life.add_ms(self.bound_ms);
         if deadline < now && self.late.is_none() {
             self.late = Some(format!(
-                "ws{link} silent since {} still open at {now}, when {what} came (bound {}ms)",
-                w.last_life, self.bound_ms
+                "{} silent since {} still open at {now}, when {what} came (bound {}ms)",
+                name(link, w.polling),
+                w.last_life,
+                self.bound_ms
             ));
         }
     }
@@ -98,6 +134,7 @@ impl DeadPeer {
                     Watch {
                         last_life: now,
                         ping_outstanding: None,
+                        ..w
                     },
                 );
             }
@@ -111,17 +148,27 @@ impl DeadPeer {
             self.past_deadline(now, link, w, "its close");
             self.deadlines.remove(link);
             if ping_timeout {
-                let due = w.ping_outstanding.map(|at| at.add_ms(self.ping_timeout_ms));
+                let due = if w.polling {
+                    Some(w.last_life.add_ms(self.bound_ms))
+                } else {
+                    w.ping_outstanding.map(|at| at.add_ms(self.ping_timeout_ms))
+                };
                 if due.is_none_or(|due| now < due) {
+                    let ping = match (w.polling, w.ping_outstanding) {
+                        (true, _) => format!(
+                            "its last sign of life at {} (bound {}ms)",
+                            w.last_life, self.bound_ms
+                        ),
+                        (false, None) => "its PING answered".to_owned(),
+                        (false, Some(at)) => {
+                            format!("its PING sent at {at} (timeout {}ms)", self.ping_timeout_ms)
+                        }
+                    };
                     finding = Err((
                         NAME,
                         format!(
-                            "ws{link} closed at {now} for a ping timeout, its PING {}",
-                            match w.ping_outstanding {
-                                None => "answered".to_owned(),
-                                Some(at) =>
-                                    format!("sent at {at} (timeout {}ms)", self.ping_timeout_ms),
-                            }
+                            "{} closed at {now} for a ping timeout, {ping}",
+                            name(link, w.polling)
                         ),
                     ));
                 }
@@ -152,7 +199,8 @@ impl DeadPeer {
             Some((deadline, link)) => Err((
                 NAME,
                 format!(
-                    "ws{link} silent since {} still open at {} (bound {}ms)",
+                    "{} silent since {} still open at {} (bound {}ms)",
+                    name(link, self.links.get(&link).is_some_and(|w| w.polling)),
                     Instant::from_millis(deadline.as_millis() - self.bound_ms),
                     now,
                     self.bound_ms
@@ -220,5 +268,29 @@ mod tests {
         let mut d = DeadPeer::new(10, 20);
         d.opened(at(0), 1);
         assert!(d.closed(at(5), 1, false).is_ok());
+    }
+
+    #[test]
+    fn a_polling_session_is_held_to_the_schedule_of_its_pings() {
+        // Interval 10, timeout 20. Its PING queued at 10 was never fetched: no PING on the
+        // wire, yet the close at 30 is the schedule's.
+        let mut d = DeadPeer::new(10, 20);
+        d.opened_polling(at(0), 1);
+        assert!(d.check(at(30)).is_ok());
+        assert!(d.closed(at(30), 1, true).is_ok());
+        // Answered at 12 (its PING fetched at 10): alive until 42.
+        let mut d = DeadPeer::new(10, 20);
+        d.opened_polling(at(0), 1);
+        d.ping(at(10), 1);
+        d.pong(at(12), 1);
+        assert!(d.check(at(42)).is_ok());
+        assert!(d.closed(at(41), 1, true).is_err());
+        // Never closed: overdue after 42.
+        let mut d = DeadPeer::new(10, 20);
+        d.opened_polling(at(0), 1);
+        d.ping(at(10), 1);
+        d.pong(at(12), 1);
+        let late = d.check(at(43)).expect_err("overdue");
+        assert!(late.1.contains("polling session of http1"), "{late:?}");
     }
 }

@@ -10,6 +10,9 @@ use crate::workload::Attack;
 
 impl Sim {
     pub(super) fn start_client(&mut self, i: usize) {
+        if let Some(until) = self.frozen(i) {
+            return self.agenda.push(until, Ev::Start { client: i });
+        }
         let now = self.now;
         let Some(slot) = self.clients.get_mut(i) else {
             return;
@@ -87,6 +90,9 @@ impl Sim {
         if matches!(self.phase, Phase::Leave | Phase::Done) {
             return;
         }
+        if let Some(until) = self.frozen(i) {
+            return self.agenda.push(until, Ev::Refresh { client: i });
+        }
         let Some(fresh) = self.mint(i) else { return };
         let now = self.now;
         if let Some(slot) = self.clients.get_mut(i) {
@@ -130,6 +136,9 @@ impl Sim {
         if matches!(self.phase, Phase::Leave | Phase::Done) {
             return;
         }
+        if let Some(until) = self.frozen(i) {
+            return self.agenda.push(until, Ev::Relogin { client: i });
+        }
         let sent_away = self
             .clients
             .get(i)
@@ -157,6 +166,9 @@ impl Sim {
     pub(super) fn app_sends(&mut self, i: usize) {
         if self.phase != Phase::Safety {
             return;
+        }
+        if let Some(until) = self.frozen(i) {
+            return self.agenda.push(until, Ev::Send { client: i });
         }
         let now = self.now;
         let burst = self.rng.below(100) < self.opts.burst_pct;
@@ -189,6 +201,9 @@ impl Sim {
     }
 
     pub(super) fn client_timer(&mut self, i: usize) {
+        if self.frozen(i).is_some() {
+            return; // armed again as it wakes
+        }
         let now = self.now;
         let Some(slot) = self.clients.get_mut(i) else {
             return;

@@ -160,6 +160,7 @@ impl Sim {
                 }
             }
             Fault::ClockStep { step_ms } => self.step_clock(step_ms),
+            Fault::Freeze { client, ms } => self.freeze(client % n, now.add_ms(ms)),
             Fault::Members { conversation, keep } => {
                 // The API is the server's: with the server down there is no one to ask.
                 let n = self.layout.conversations.len().max(1);
@@ -180,6 +181,53 @@ impl Sim {
                 self.store.put(now, id, members, &mut self.rng);
             }
         }
+    }
+
+    /// Device `c` freezes until `until`: every connection it has goes silent, both ways,
+    /// without a close, and it does nothing until it wakes ([`Sim::thaw`]).
+    fn freeze(&mut self, c: usize, until: Instant) {
+        let Some(slot) = self.clients.get_mut(c) else {
+            return;
+        };
+        if slot.frozen_until.is_some() {
+            return;
+        }
+        slot.frozen_until = Some(until);
+        self.counters.freezes += 1;
+        let mut links = self.device_links(c);
+        if let Some(p) = self.clients.get(c).and_then(|s| s.polling.as_ref()) {
+            links.extend_from_slice(p.detached());
+        }
+        for id in links {
+            self.net.black_hole(id);
+            self.net.collect(id);
+        }
+        self.agenda.push(until, Ev::Thaw { client: c });
+    }
+
+    /// Device `c` wakes: its deadlines, all past due, fire now, and what its application
+    /// put off happens (each as its own event, already on the agenda). Its connections
+    /// stay dead; it finds out as its client does (its heartbeat deadline, a failed send).
+    pub(super) fn thaw(&mut self, c: usize) {
+        let Some(slot) = self.clients.get_mut(c) else {
+            return;
+        };
+        if slot.frozen_until.take().is_none() {
+            return;
+        }
+        slot.armed = None;
+        tr!(self, "fault", ("c{c} wakes"));
+        self.drain_client(c);
+    }
+
+    /// If device `c` is frozen, until when; one whose time is up wakes now.
+    pub(super) fn frozen(&mut self, c: usize) -> Option<Instant> {
+        let until = self.clients.get(c)?.frozen_until?;
+        if until <= self.now {
+            self.thaw(c);
+            return None;
+        }
+        Some(until)
     }
 
     /// The operator writes back the layout's member list of every conversation it
@@ -274,6 +322,9 @@ impl Sim {
     /// their ends find out as they would.
     pub(super) fn heal(&mut self) {
         let now = self.now;
+        for c in 0..self.clients.len() {
+            self.thaw(c);
+        }
         self.faults_until.clear();
         self.net.heal(now, &mut self.agenda);
         self.store.fail_pct = 0;

@@ -20,6 +20,7 @@ macro_rules! tr {
 
 mod clients;
 mod faults;
+mod poll_watch;
 mod polling;
 mod server;
 
@@ -56,6 +57,7 @@ use crate::schedule::{self, FaultEvent};
 use crate::store::Store;
 use crate::trace::Trace;
 use crate::workload::{token_until, Layout, User, EPOCH_MS, MAX_PAYLOAD_BYTES, SECRET};
+use poll_watch::PollWatch;
 use polling::Polling;
 
 /// Most steps a run may take, whatever its length.
@@ -110,6 +112,9 @@ pub struct Slot {
     pub told_expired: bool,
     /// On long-polling rather than a WebSocket: its transport (see `polling.rs`).
     pub polling: Option<Box<Polling>>,
+    /// Frozen until then ([`Fault::Freeze`]): it does nothing, and what its application
+    /// would do meanwhile waits until it wakes.
+    pub frozen_until: Option<Instant>,
 }
 
 /// The counters of a run.
@@ -122,6 +127,8 @@ struct Counters {
     shed: u64,
     /// Steps of the server's wall clock.
     clock_steps: u64,
+    /// Devices frozen.
+    freezes: u64,
     /// Polling requests sent.
     polling_requests: u64,
     /// Polling transports that closed under their clients.
@@ -143,6 +150,9 @@ pub struct Sim {
     /// Polling handshakes given up while closing: each is told CLOSE once its answer
     /// names the session (see `polling.rs`).
     closing_handshakes: BTreeSet<u64>,
+    /// The polling sessions the server has open, by `sid`, for the dead-peer checker
+    /// (see `server.rs`).
+    polled: BTreeMap<String, PollWatch>,
     /// The server machine's wall clock less the true time (`EPOCH_MS` plus the simulated
     /// clock), milliseconds: moved by clock steps.
     wall_offset_ms: i64,
@@ -290,6 +300,7 @@ impl Sim {
                     polling: (transport_rng.below(100) < opts.polling_pct).then(|| {
                         Box::new(Polling::new(transport_rng.below(100) < opts.upgrade_pct))
                     }),
+                    frozen_until: None,
                 }
             })
             .collect();
@@ -335,6 +346,7 @@ impl Sim {
             gw: None,
             gw_config,
             closing_handshakes: BTreeSet::new(),
+            polled: BTreeMap::new(),
             wall_offset_ms: 0,
             epoch: 0,
             crash_silent: false,
@@ -781,6 +793,7 @@ impl Sim {
                     self.net.block(client, until, &mut self.agenda);
                 }
             }
+            Ev::Thaw { client } => self.thaw(client),
             Ev::Restart => {
                 if self.gw.is_none() {
                     self.start_server();
@@ -825,6 +838,7 @@ impl Sim {
             dead_peer_worst_ms: self.dead_peer.worst_ms,
             unconnected_closed: self.handshake.closed_unconnected,
             clock_steps: self.counters.clock_steps,
+            freezes: self.counters.freezes,
             polling: (
                 self.counters.polling_requests,
                 self.counters.polling_failures,

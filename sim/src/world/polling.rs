@@ -13,10 +13,11 @@
 //! while the server holds it is `Input::HttpAborted`.
 //!
 //! The checkers that watch one connection's frames (what is written and read on it, the
-//! dead-peer, handshake and heartbeat deadlines) read WebSockets only. Polling devices are
-//! held to everything else: delivery and acknowledgements, the server's presence
-//! announcements, per-user rules and replacement, close reasons, liveness after healing
-//! and the baseline after everyone leaves.
+//! handshake and heartbeat deadlines) read WebSockets only. Polling devices are held to
+//! everything else: the dead-peer deadline (each session watched as one, see
+//! `poll_watch.rs`), delivery and acknowledgements, the server's presence announcements,
+//! per-user rules and replacement, close reasons, liveness after healing and the baseline
+//! after everyone leaves.
 
 use bytes::Bytes;
 use heartline_core::codec::engine::{decode_payload, encode_payload, Packet};
@@ -114,6 +115,11 @@ impl Polling {
     /// The receiving GET, the request the server holds.
     pub fn get(&self) -> Option<u64> {
         self.get
+    }
+
+    /// Requests of sessions it has left, still unanswered.
+    pub fn detached(&self) -> &[u64] {
+        &self.detached
     }
 
     /// The session and the incarnation it belongs to.

@@ -101,6 +101,7 @@ impl Sim {
         self.crash_silent = silent;
         self.store.crash();
         self.dead_peer.forget_all();
+        self.forget_polled();
         self.token_expiry.forget_all();
         self.handshake.forget_all();
         self.heartbeat.forget_all();
@@ -354,6 +355,9 @@ impl Sim {
                     let now = self.now;
                     self.dead_peer.pong(now, id);
                 }
+                if let Some(text) = frame.as_text().filter(|_| !watched) {
+                    self.watch_upgraded_frame(upgrade_sid.as_deref(), true, text);
+                }
                 if let Some(text) = frame.as_text().filter(|_| watched) {
                     self.token_expiry.received(id, text);
                     self.per_user.server_received(id, text);
@@ -397,6 +401,12 @@ impl Sim {
                         self.refuse(id);
                     }
                     return;
+                }
+                if let Some(link) = self.net.link_mut(id) {
+                    link.request_sid.clone_from(&sid);
+                }
+                if post {
+                    self.watch_polling_post(sid.as_deref(), &body);
                 }
                 let remote = remote_of(end);
                 let method = if post { "POST" } else { "GET" };
@@ -460,9 +470,13 @@ impl Sim {
                     let honest = matches!(link.end, End::Client(_)) && link.client_open;
                     let watched = link.watched();
                     let end = link.end;
+                    let upgrading = link.upgrade_sid.clone();
                     let now = self.now;
                     if is_text(&frame, "2") && watched {
                         self.dead_peer.ping(now, id);
+                    }
+                    if let Some(text) = frame.as_text().filter(|_| !watched) {
+                        self.watch_upgraded_frame(upgrading.as_deref(), false, text);
                     }
                     // A WebSocket that took a polling session over starts with what polling
                     // had queued, written when it was made: judged by the lists of now, it
@@ -561,6 +575,9 @@ impl Sim {
                             short(&String::from_utf8_lossy(&body), 72)
                         )
                     );
+                    if status == 200 {
+                        self.watch_polling_answer(id, &body);
+                    }
                     let seg = Seg::Response { status, body };
                     self.net
                         .send(now, id, false, seg, &mut self.rng, &mut self.agenda);
@@ -577,6 +594,7 @@ impl Sim {
                 Output::Notice(notice) => self.on_notice(notice),
             }
         }
+        self.sweep_polled();
         for id in dropped {
             if !self.net.link(id).is_some_and(|l| l.server_open) {
                 continue;
@@ -642,6 +660,7 @@ impl Sim {
                     self.per_user.closed(now, user, *session);
                 }
                 self.ping_pong.closed(*session);
+                self.watch_polling_closed(*session, reason);
                 let device = self.device(*session);
                 let finding = self.blame.closed(*session, device, reason);
                 self.found(finding);
