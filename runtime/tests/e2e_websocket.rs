@@ -528,3 +528,85 @@ async fn large_messages_arriving_share_one_budget() {
     assert!(held_reaches(0).await, "nothing held once they are gone");
     server.stop().await;
 }
+
+/// A polling POST sent in chunks announces no length, so its bytes are reserved as they
+/// come and never waited for (the chunks in hand are bytes the budget does not count):
+/// with the budget full it is refused 503 at once, touching nothing of its session, and
+/// the same POST goes through once a large frame elsewhere gives its bytes back.
+#[tokio::test]
+async fn a_chunked_polling_body_over_a_full_budget_is_refused_and_its_session_goes_on() {
+    let mut server = TestServer::start(|c| c.server.handshake_timeout_ms = 60_000).await;
+    let addr = server.addr;
+    let held = |server: &TestServer| {
+        let addr = server.addr;
+        async move {
+            let (_, _, m) = http(addr, "GET", "/metrics", &[], "").await;
+            metric(&m, "heartline_arriving_bytes").expect("metric") as u64
+        }
+    };
+    let (_, _, m) = http(addr, "GET", "/metrics", &[], "").await;
+    let max = metric(&m, "heartline_arriving_bytes_max").expect("metric") as u64;
+
+    // A polling session, connected.
+    let (status, _, body) = http(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let open: serde_json::Value =
+        serde_json::from_str(body.strip_prefix('0').expect("open")).expect("json");
+    let path = format!(
+        "/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().expect("sid")
+    );
+    let (status, _, _) = http(addr, "POST", &path, &[], &connect_packet("cora")).await;
+    assert_eq!(status, 200);
+    let (_, _, body) = http(addr, "GET", &path, &[], "").await;
+    assert!(body.contains("connection:success"), "{body}");
+
+    // The budget filled by headers of large frames whose payloads never come.
+    let frame = 1_000_014;
+    let mut hogs = Vec::new();
+    for _ in 0..max / frame {
+        hogs.push(Raw::open(&server, &header_announcing(0x81, 1_000_000)).await);
+    }
+    let mut full = (max / frame) * frame;
+    let left = max - full;
+    let _filler = if left > 0xffff + 14 {
+        full = max;
+        Some(Raw::open(&server, &header_announcing(0x82, left as usize - 14)).await)
+    } else {
+        None
+    };
+    let filled = eventually(WAIT, || async { held(&server).await == full }).await;
+    assert!(filled, "the headers reserved their frames");
+
+    // An event of 40,000 bytes, sent in two chunks with no length announced.
+    let packet = format!("42/chat,[\"ping\",\"{}\"]", "z".repeat(40_000));
+    let (a, b) = packet.as_bytes().split_at(20_000);
+    let mut chunked = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: text/plain;charset=UTF-8\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for part in [a, b] {
+        chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (status, _, body) = raw_http(addr, &chunked).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too many large messages arriving"), "{body}");
+    let (_, _, m) = http(addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(metric(&m, "heartline_arriving_refused_total"), Some(1.0));
+    assert_eq!(held(&server).await, full, "the refusal kept nothing");
+
+    // A hog goes; the same POST is taken, and the event answered on the session.
+    drop(hogs.pop());
+    let room = eventually(WAIT, || async { held(&server).await == full - frame }).await;
+    assert!(room, "the hog's bytes came back");
+    let (status, _, body) = raw_http(addr, &chunked).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, _, body) = http(addr, "GET", &path, &[], "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"pong\""), "{body}");
+    server.stop().await;
+}
