@@ -10,8 +10,8 @@ use crate::workload::Attack;
 
 impl Sim {
     pub(super) fn start_client(&mut self, i: usize) {
-        if let Some(until) = self.frozen(i) {
-            return self.agenda.push(until, Ev::Start { client: i });
+        if self.frozen(i).is_some() {
+            return self.put_off(i, Ev::Start { client: i });
         }
         let now = self.now;
         let Some(slot) = self.clients.get_mut(i) else {
@@ -90,8 +90,8 @@ impl Sim {
         if matches!(self.phase, Phase::Leave | Phase::Done) {
             return;
         }
-        if let Some(until) = self.frozen(i) {
-            return self.agenda.push(until, Ev::Refresh { client: i });
+        if self.frozen(i).is_some() {
+            return self.put_off(i, Ev::Refresh { client: i });
         }
         let Some(fresh) = self.mint(i) else { return };
         let now = self.now;
@@ -136,8 +136,8 @@ impl Sim {
         if matches!(self.phase, Phase::Leave | Phase::Done) {
             return;
         }
-        if let Some(until) = self.frozen(i) {
-            return self.agenda.push(until, Ev::Relogin { client: i });
+        if self.frozen(i).is_some() {
+            return self.put_off(i, Ev::Relogin { client: i });
         }
         let sent_away = self
             .clients
@@ -167,8 +167,8 @@ impl Sim {
         if self.phase != Phase::Safety {
             return;
         }
-        if let Some(until) = self.frozen(i) {
-            return self.agenda.push(until, Ev::Send { client: i });
+        if self.frozen(i).is_some() {
+            return self.put_off(i, Ev::Send { client: i });
         }
         let now = self.now;
         let burst = self.rng.below(100) < self.opts.burst_pct;

@@ -205,9 +205,10 @@ impl Sim {
         self.agenda.push(until, Ev::Thaw { client: c });
     }
 
-    /// Device `c` wakes: its deadlines, all past due, fire now, and what its application
-    /// put off happens (each as its own event, already on the agenda). Its connections
-    /// stay dead; it finds out as its client does (its heartbeat deadline, a failed send).
+    /// Device `c` wakes (at its time, or as the faults heal): its deadlines, all past due,
+    /// fire now, and what its application put off happens now, in order, each as its own
+    /// event. Its connections stay dead; it finds out as its client does (its heartbeat
+    /// deadline, a failed send).
     pub(super) fn thaw(&mut self, c: usize) {
         let Some(slot) = self.clients.get_mut(c) else {
             return;
@@ -216,8 +217,20 @@ impl Sim {
             return;
         }
         slot.armed = None;
+        let put_off = std::mem::take(&mut slot.put_off);
+        let now = self.now;
+        for ev in put_off {
+            self.agenda.push(now, ev);
+        }
         tr!(self, "fault", ("c{c} wakes"));
         self.drain_client(c);
+    }
+
+    /// Device `c`, frozen, puts `ev` off until it wakes.
+    pub(super) fn put_off(&mut self, c: usize, ev: Ev) {
+        if let Some(slot) = self.clients.get_mut(c) {
+            slot.put_off.push(ev);
+        }
     }
 
     /// If device `c` is frozen, until when; one whose time is up wakes now.

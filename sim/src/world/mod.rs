@@ -115,6 +115,8 @@ pub struct Slot {
     /// Frozen until then ([`Fault::Freeze`]): it does nothing, and what its application
     /// would do meanwhile waits until it wakes.
     pub frozen_until: Option<Instant>,
+    /// What its application put off while it was frozen, in order.
+    pub put_off: Vec<Ev>,
 }
 
 /// The counters of a run.
@@ -301,6 +303,7 @@ impl Sim {
                         Box::new(Polling::new(transport_rng.below(100) < opts.upgrade_pct))
                     }),
                     frozen_until: None,
+                    put_off: Vec::new(),
                 }
             })
             .collect();
