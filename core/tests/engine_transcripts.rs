@@ -360,6 +360,24 @@ fn polling_errors_and_client_close() {
     assert_eq!(h.response(9).map(|r| r.0), Some(400));
 }
 
+/// A held GET its client gives up ends the session as a transport error, as the
+/// reference server counts a poll closed prematurely; a CLOSE packet is a client close.
+#[test]
+fn an_abandoned_poll_is_a_transport_error_and_a_close_packet_a_client_close() {
+    let mut h = echo();
+    polling_connected(&mut h);
+    let sid = h.last_sid();
+    h.http(4, Method::Get, q("polling", Some(&sid)), "");
+    h.input(Input::HttpAborted {
+        request: RequestId(4),
+    });
+    h.http(5, Method::Get, q("polling", None), "");
+    let other = h.last_sid();
+    h.http(6, Method::Post, q("polling", Some(&other)), "1");
+    let reasons: Vec<&str> = h.closes().into_iter().map(|(_, _, r)| r).collect();
+    assert_eq!(reasons, ["transport_error", "client_close"]);
+}
+
 /// A POST is handled packet by packet, as a WebSocket's frames are: the packets before a
 /// bad one take effect, then the POST is answered 400 and the session ends; a held GET is
 /// released with the session's end.

@@ -347,7 +347,9 @@ impl Engine {
                 p.pending_get = None;
             }
         }
-        self.end(now, id, CloseReason::TransportClose, Ending::Abort);
+        // Given up without a word (a CLOSE packet is how a client leaves): counted as the
+        // reference server counts a poll closed prematurely, a transport error.
+        self.end(now, id, CloseReason::TransportError, Ending::Abort);
     }
 
     /// Answers the held GET with everything queued, if there is a held GET and a queue.
