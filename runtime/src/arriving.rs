@@ -15,16 +15,28 @@
 //! Waiting while holding would let connections each hold part of the budget and wait for
 //! one another for ever; refusing instead keeps every wait finite, since each reservation
 //! held belongs to a frame that can complete. A connection waiting reads nothing more (the
-//! socket's own buffers hold what its peer sends meanwhile), and one that never completes
-//! its frame is ended by the heartbeat like any silent peer, giving its bytes back.
+//! socket's own buffers hold what its peer sends meanwhile).
+//!
+//! A message that arrives too slowly does not keep the budget from the others. When a
+//! reservation must wait, the messages that have been arriving for longer than [`GRACE`]
+//! at less than [`FLOOR_RATE`] on average are ended, slowest first, until the bytes they
+//! give back cover the wait (a WebSocket is closed 1013, a POST answered 408); a waiting
+//! reservation looks again every [`RECHECK`]. Without that, connections sending the
+//! headers of large frames and nothing more would hold the budget until the heartbeat
+//! ended them (`ping_interval + ping_timeout`, 85 s by default), then come back, while
+//! every other large message waited. Nothing is ended while nothing waits, however slow.
 
+use std::collections::BTreeMap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
 use crate::context::LARGE_MESSAGE;
 use crate::metrics::RuntimeMetrics;
@@ -35,12 +47,68 @@ const FLOOR: u64 = 256 << 20;
 /// Room beyond two of the largest messages: a frame's header, a read's worth past it.
 const SLACK: u64 = 64 << 10;
 
+/// How long a large message may take before it can be ended for arriving too slowly.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// The average rate, bytes a second, below which a large message past its [`GRACE`] is
+/// ended when another waits for the budget: a 1 MB message has a minute at this rate.
+pub const FLOOR_RATE: u64 = 16 << 10;
+
+/// How often a waiting reservation looks again for messages arriving too slowly.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
 /// The bytes that large messages still arriving may hold, all connections together.
 #[derive(Debug)]
 pub struct ArrivingBytes {
     free: Arc<Semaphore>,
     total: u32,
     metrics: Arc<RuntimeMetrics>,
+    holders: Arc<Mutex<Holders>>,
+    /// [`GRACE`], unless shortened or lengthened ([`ArrivingBytes::with_grace`]).
+    grace: Duration,
+}
+
+/// The reservations holding bytes, for [`ArrivingBytes::make_room`].
+#[derive(Debug, Default)]
+struct Holders {
+    next: u64,
+    by_id: BTreeMap<u64, Arc<Holder>>,
+}
+
+/// One reservation holding bytes, as the budget sees it.
+#[derive(Debug)]
+struct Holder {
+    /// When it first took bytes.
+    since: Instant,
+    /// Bytes it holds.
+    held: AtomicU64,
+    /// Bytes its connection has read since.
+    read: AtomicU64,
+    /// Told to end: its message arrives too slowly and another waits.
+    evicted: AtomicBool,
+    /// Its connection's task, to be woken when told.
+    waker: AtomicWaker,
+}
+
+impl Holder {
+    /// Its average rate, bytes a second, if it is past its grace, below the floor and not
+    /// told yet.
+    fn too_slow(&self, now: Instant, grace: Duration) -> Option<u64> {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < grace || self.evicted.load(Ordering::Acquire) {
+            return None;
+        }
+        let ms = u64::try_from(elapsed.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let rate = self.read.load(Ordering::Relaxed).saturating_mul(1000) / ms;
+        (rate < FLOOR_RATE).then_some(rate)
+    }
+}
+
+fn lock(holders: &Mutex<Holders>) -> std::sync::MutexGuard<'_, Holders> {
+    // Nothing done under the lock can leave it half changed.
+    holders.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The connection's part of the budget was all it could have: it holds some already and
@@ -64,12 +132,59 @@ impl ArrivingBytes {
             free: Arc::new(Semaphore::new(total as usize)),
             total,
             metrics,
+            holders: Arc::default(),
+            grace: GRACE,
         }
+    }
+
+    /// The same budget, with a message ended for arriving too slowly only after `grace`
+    /// instead of [`GRACE`].
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     /// Bytes reserved now.
     pub fn held(&self) -> u64 {
         u64::from(self.total).saturating_sub(self.free.available_permits() as u64)
+    }
+
+    /// A reservation waits for `more` bytes: the messages arriving too slowly are told to
+    /// end, slowest first (the oldest first among equals), until what they and those told
+    /// before them give back covers what is missing.
+    fn make_room(&self, more: u64) {
+        let missing = more.saturating_sub(self.free.available_permits() as u64);
+        if missing == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let holders = lock(&self.holders);
+        let mut coming: u64 = holders
+            .by_id
+            .values()
+            .filter(|h| h.evicted.load(Ordering::Acquire))
+            .map(|h| h.held.load(Ordering::Relaxed))
+            .sum();
+        let mut slow: Vec<(u64, Instant, &Arc<Holder>)> = holders
+            .by_id
+            .values()
+            .filter_map(|h| h.too_slow(now, self.grace).map(|rate| (rate, h.since, h)))
+            .collect();
+        slow.sort_by_key(|(rate, since, _)| (*rate, *since));
+        for (rate, since, holder) in slow {
+            if coming >= missing {
+                break;
+            }
+            holder.evicted.store(true, Ordering::Release);
+            holder.waker.wake();
+            coming = coming.saturating_add(holder.held.load(Ordering::Relaxed));
+            RuntimeMetrics::inc(&self.metrics.arriving_evicted);
+            tracing::debug!(
+                rate,
+                arriving_for_ms = now.saturating_duration_since(since).as_millis() as u64,
+                "a large message arriving too slowly is ended to make room"
+            );
+        }
     }
 }
 
@@ -78,21 +193,28 @@ impl ArrivingBytes {
 pub struct Reservation {
     holding: Option<Holding>,
     waiting: Option<Acquiring>,
+    /// While waiting: when to look again for messages arriving too slowly.
+    recheck: Option<Pin<Box<Sleep>>>,
 }
 
 /// A wait for bytes, boxed: a connection carries it only while it waits.
 type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
-/// Bytes held, counted in `heartline_arriving_bytes` while they are.
+/// Bytes held, counted in `heartline_arriving_bytes` while they are, and listed among the
+/// budget's holders.
 struct Holding {
     permit: OwnedSemaphorePermit,
     metrics: Arc<RuntimeMetrics>,
+    id: u64,
+    holder: Arc<Holder>,
+    holders: Arc<Mutex<Holders>>,
 }
 
 impl Drop for Holding {
     fn drop(&mut self) {
         let n = self.permit.num_permits() as u64;
         self.metrics.arriving_bytes.fetch_sub(n, Ordering::Relaxed);
+        lock(&self.holders).by_id.remove(&self.id);
     }
 }
 
@@ -120,9 +242,13 @@ impl Reservation {
             }
             if let Some(waiting) = self.waiting.as_mut() {
                 match waiting.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        self.poll_recheck(cx, budget, want - have);
+                        return Poll::Pending;
+                    }
                     Poll::Ready(got) => {
                         self.waiting = None;
+                        self.recheck = None;
                         match got {
                             Ok(permit) => self.take(permit, budget),
                             // The budget's semaphore is never closed; were it, nothing
@@ -144,8 +270,60 @@ impl Reservation {
                 Err(_) => {
                     RuntimeMetrics::inc(&budget.metrics.arriving_waits);
                     self.waiting = Some(Box::pin(budget.free.clone().acquire_many_owned(more)));
+                    budget.make_room(u64::from(more));
+                    self.recheck = Some(Box::pin(tokio::time::sleep(RECHECK)));
                 }
             }
+        }
+    }
+
+    /// While waiting for `more` bytes: every [`RECHECK`], the messages arriving too slowly
+    /// are looked for again (those that were young at the last look may be past their
+    /// grace now).
+    fn poll_recheck(&mut self, cx: &mut TaskContext<'_>, budget: &ArrivingBytes, more: usize) {
+        let Some(sleep) = self.recheck.as_mut() else {
+            return;
+        };
+        while sleep.as_mut().poll(cx).is_ready() {
+            budget.make_room(more as u64);
+            sleep.as_mut().reset(Instant::now() + RECHECK);
+        }
+    }
+
+    /// Its connection read `n` more bytes of the message it holds bytes for.
+    pub fn note_read(&self, n: usize) {
+        if let Some(h) = &self.holding {
+            h.holder.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether its message was told to end for arriving too slowly while another waits;
+    /// if not, the task is woken when it is.
+    pub fn poll_evicted(&self, cx: &mut TaskContext<'_>) -> bool {
+        let Some(h) = &self.holding else {
+            return false;
+        };
+        h.holder.waker.register(cx.waker());
+        h.holder.evicted.load(Ordering::Acquire)
+    }
+
+    /// Ready once the message it holds bytes for is told to end
+    /// ([`Reservation::poll_evicted`]); never while it holds none.
+    pub fn evicted(&self) -> impl Future<Output = ()> + Send + 'static {
+        let holder = self.holding.as_ref().map(|h| h.holder.clone());
+        async move {
+            let Some(holder) = holder else {
+                return std::future::pending().await;
+            };
+            poll_fn(move |cx| {
+                holder.waker.register(cx.waker());
+                if holder.evicted.load(Ordering::Acquire) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await
         }
     }
 
@@ -186,11 +364,29 @@ impl Reservation {
                 // Counted on its own first, then merged, so that the drop of `holding`
                 // takes away all of it.
                 holding.permit.merge(permit);
+                holding.holder.held.fetch_add(n, Ordering::Relaxed);
             }
             None => {
+                let holder = Arc::new(Holder {
+                    since: Instant::now(),
+                    held: AtomicU64::new(n),
+                    read: AtomicU64::new(0),
+                    evicted: AtomicBool::new(false),
+                    waker: AtomicWaker::new(),
+                });
+                let id = {
+                    let mut holders = lock(&budget.holders);
+                    let id = holders.next;
+                    holders.next += 1;
+                    holders.by_id.insert(id, holder.clone());
+                    id
+                };
                 self.holding = Some(Holding {
                     permit,
                     metrics: budget.metrics.clone(),
+                    id,
+                    holder,
+                    holders: budget.holders.clone(),
                 })
             }
         }
@@ -281,6 +477,84 @@ mod tests {
             .expect("task");
         assert_eq!(got, Ok(300_000));
         drop(hog);
+        assert_eq!((b.held(), gauge(&b)), (0, 0));
+    }
+
+    /// Whether `r`'s message was told to end, as its connection's task would see it.
+    async fn told(r: &Reservation) -> bool {
+        poll_fn(|cx| Poll::Ready(r.poll_evicted(cx))).await
+    }
+
+    /// Lets spawned tasks run after the paused clock moved.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A message past its grace that has hardly arrived is ended when another waits for
+    /// its bytes, which then go to the one waiting.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_arriving_too_slowly_makes_room_for_one_waiting() {
+        let b = Arc::new(budget());
+        let total = b.total as usize;
+        let mut slow = Reservation::default();
+        assert_eq!(slow.cover(&b, total - 100_000).await, Ok(()));
+        slow.note_read(1_000);
+        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+        assert!(!told(&slow).await, "nothing waits yet, however slow");
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let mut r = Reservation::default();
+                r.cover(&b, 300_000).await.map(|()| r.bytes())
+            })
+        };
+        settle().await;
+        assert!(told(&slow).await, "told to make room");
+        assert_eq!(b.metrics.arriving_evicted.load(Ordering::Relaxed), 1);
+        assert!(
+            !waiter.is_finished(),
+            "its bytes come back only when it ends"
+        );
+        drop(slow);
+        let got = waiter.await.expect("task");
+        assert_eq!(got, Ok(300_000));
+    }
+
+    /// A message within its grace, or arriving at the floor's rate or faster, is left
+    /// alone while another waits; once it slows below the floor, a later look ends it.
+    #[tokio::test(start_paused = true)]
+    async fn young_or_fast_enough_messages_are_left_alone_until_they_slow() {
+        let b = Arc::new(budget());
+        let total = b.total as usize;
+        let mut steady = Reservation::default();
+        assert_eq!(steady.cover(&b, total - 100_000).await, Ok(()));
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let mut r = Reservation::default();
+                r.cover(&b, 300_000).await.map(|()| r.bytes())
+            })
+        };
+        settle().await;
+        // Twice the floor, for three grace periods, looked at every second meanwhile.
+        for _ in 0..30 {
+            steady.note_read(2 * FLOOR_RATE as usize);
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+        }
+        assert!(!told(&steady).await, "fast enough, so left alone");
+        assert_eq!(b.metrics.arriving_evicted.load(Ordering::Relaxed), 0);
+        // It stops: its average falls below the floor after as long again.
+        for _ in 0..40 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+        }
+        assert!(told(&steady).await, "ended once too slow on average");
+        assert_eq!(b.metrics.arriving_evicted.load(Ordering::Relaxed), 1);
+        drop(steady);
+        assert_eq!(waiter.await.expect("task"), Ok(300_000));
         assert_eq!((b.held(), gauge(&b)), (0, 0));
     }
 

@@ -166,6 +166,12 @@ pub struct ServerConfig {
     pub connect_rate_per_ip: u64,
     /// Per-connection send queue; droppable traffic is shed first, then the connection closes.
     pub max_outbound_bytes: u64,
+    /// Not a configuration key (never read from or written to TOML): how long a large
+    /// message may take before it can be ended for arriving too slowly, when not
+    /// [`crate::arriving::GRACE`]; for tests, which cannot wait that long or must not be
+    /// overtaken by it.
+    #[serde(skip)]
+    pub arriving_grace_ms: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -178,6 +184,7 @@ impl Default for ServerConfig {
             handshake_timeout_ms: 10_000,
             connect_rate_per_ip: 0,
             max_outbound_bytes: 1_048_576,
+            arriving_grace_ms: None,
         }
     }
 }

@@ -180,7 +180,13 @@ impl Context {
             ip_rate: IpRate::new(config.server.connect_rate_per_ip),
             quiet: QuietConnections::new(min_quiet_ms(config.server.handshake_timeout_ms)),
             inbox_bytes: InboxBytes::new(config.engine.max_payload_bytes),
-            arriving: ArrivingBytes::new(config.engine.max_payload_bytes, metrics.clone()),
+            arriving: ArrivingBytes::new(config.engine.max_payload_bytes, metrics.clone())
+                .with_grace(
+                    config
+                        .server
+                        .arriving_grace_ms
+                        .map_or(crate::arriving::GRACE, std::time::Duration::from_millis),
+                ),
             config,
             engine_path,
             clock,

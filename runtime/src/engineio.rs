@@ -412,6 +412,12 @@ async fn poll(
                     "too many large messages arriving; try again later",
                 )
             }
+            Ok(Err(Unread::TooSlow)) => {
+                return http::text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body arrived too slowly while others waited",
+                )
+            }
             Err(_) => {
                 return http::text(
                     StatusCode::REQUEST_TIMEOUT,
@@ -489,6 +495,8 @@ enum Unread {
     /// A large body (sent in chunks, with no length announced) needed more of the
     /// arriving budget than was free while it held some.
     OverBudget,
+    /// A large body arrived too slowly while another message waited for the budget.
+    TooSlow,
 }
 
 /// Reads at most `limit` bytes of a body; what lies beyond is not read (the core sees a
@@ -496,7 +504,8 @@ enum Unread {
 /// reserved from the arriving budget before they are read ([`crate::arriving`]): all at
 /// once for the length announced, waiting for them if need be, or as they come when none
 /// was announced, never waiting then (a chunk in hand is bytes the budget does not
-/// count).
+/// count). A body arriving too slowly while another message waits for the budget is
+/// given up ([`Unread::TooSlow`]).
 async fn read_bounded(
     mut body: Incoming,
     limit: usize,
@@ -513,9 +522,17 @@ async fn read_bounded(
             .map_err(|_| Unread::OverBudget)?;
         buf.reserve_exact(n);
     }
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            () = arriving.evicted() => return Err(Unread::TooSlow),
+        };
+        let Some(frame) = frame else {
+            break;
+        };
         let frame = frame.map_err(|_| Unread::Failed)?;
         if let Ok(data) = frame.into_data() {
+            arriving.note_read(data.len());
             let take = data.len().min(limit.saturating_sub(buf.len()));
             let cap = grown_capacity(buf.len(), buf.capacity(), take, limit);
             arriving

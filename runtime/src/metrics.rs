@@ -46,6 +46,8 @@ pub struct RuntimeMetrics {
     /// Connections ended because their message needed more of the arriving budget than
     /// was free while they held some of it.
     pub arriving_refused: AtomicU64,
+    /// Large messages arriving too slowly, ended to make room for one waiting.
+    pub arriving_evicted: AtomicU64,
     /// Engine.IO sessions held (closed ones lingering for their client's last fetch
     /// included, as the engine counts them against `server.max_connections`), as the actor
     /// last saw them, after each of its steps.
@@ -580,6 +582,17 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
         out,
         "heartline_arriving_refused_total",
         get(&rt.arriving_refused),
+    );
+    family(
+        out,
+        "heartline_arriving_evicted_total",
+        "counter",
+        "Large messages arriving too slowly, their connection or POST ended to make room for one waiting.",
+    );
+    sample(
+        out,
+        "heartline_arriving_evicted_total",
+        get(&rt.arriving_evicted),
     );
     family(
         out,

@@ -444,6 +444,11 @@ impl Connection {
                         }
                         Poll::Ready(Ok(())) => {}
                     }
+                    // Asked before each read while bytes are held, which also has the task
+                    // woken when the budget tells it.
+                    if self.arriving.as_ref().is_some_and(|r| r.poll_evicted(cx)) {
+                        return Poll::Ready(Step::End(self.refuse_too_slow()));
+                    }
                     match self.poll_read(cx, max) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(decoded)) => decoded,
@@ -515,6 +520,7 @@ impl Connection {
             decoder,
             sending,
             transport,
+            arriving,
             ..
         } = self;
         BUFFERS.with(|buffers| {
@@ -537,6 +543,9 @@ impl Connection {
                 }
                 Poll::Ready(Ok(())) => {
                     let n = buf.filled().len();
+                    if let Some(r) = arriving {
+                        r.note_read(n);
+                    }
                     Poll::Ready(Ok(decoder.next_from(&mut buffers.read[..n], max)))
                 }
             }
@@ -573,6 +582,18 @@ impl Connection {
         self.outbox.close(1013, "try again later");
         tracing::debug!(%transport, "large message over the arriving budget");
         Ending::Dropped(CloseReason::ServerClose(OverBudget.to_string()))
+    }
+
+    /// Its large message arrived too slowly while another waited for the arriving budget:
+    /// it ends with 1013 (try again later), giving its bytes back, and its client comes
+    /// back.
+    fn refuse_too_slow(&mut self) -> Ending {
+        let transport = self.transport;
+        self.outbox.close(1013, "message arriving too slowly");
+        tracing::debug!(%transport, "large message arriving too slowly, ended to make room");
+        Ending::Dropped(CloseReason::ServerClose(
+            "a large message arrived too slowly while others waited".to_owned(),
+        ))
     }
 
     /// Answers a protocol error with its close code; the connection ends.

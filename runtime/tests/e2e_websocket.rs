@@ -446,8 +446,12 @@ fn masked_long(first: u8, payload: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn large_messages_arriving_share_one_budget() {
     // Long enough that the connections holding frames are not closed meanwhile for never
-    // connecting a namespace.
-    let mut server = TestServer::start(|c| c.server.handshake_timeout_ms = 60_000).await;
+    // connecting a namespace, nor ended for arriving too slowly (the next test's rule).
+    let mut server = TestServer::start(|c| {
+        c.server.handshake_timeout_ms = 60_000;
+        c.server.arriving_grace_ms = Some(3_600_000);
+    })
+    .await;
     let scrape = |name: &'static str| {
         let server = &server;
         async move { metric(&server.metrics().await, name).expect("metric") as u64 }
@@ -608,5 +612,136 @@ async fn a_chunked_polling_body_over_a_full_budget_is_refused_and_its_session_go
     let (status, _, body) = http(addr, "GET", &path, &[], "").await;
     assert_eq!(status, 200);
     assert!(body.contains("\"pong\""), "{body}");
+    server.stop().await;
+}
+
+/// Connections that send the header of a large frame and nothing more do not keep the
+/// arriving budget from a client whose large message waits: past the grace (1 s here,
+/// 10 s by default), the slowest of them, oldest first, are closed 1013 until the bytes
+/// they give back cover the wait, and no more; the waiting message is then read and
+/// answered.
+#[tokio::test]
+async fn messages_arriving_too_slowly_make_room_for_one_waiting() {
+    let mut server = TestServer::start(|c| {
+        c.server.handshake_timeout_ms = 60_000;
+        c.server.arriving_grace_ms = Some(1_000);
+    })
+    .await;
+    let scrape = |name: &'static str| {
+        let server = &server;
+        async move { metric(&server.metrics().await, name).expect("metric") as u64 }
+    };
+    let max = scrape("heartline_arriving_bytes_max").await;
+    let frame = 1_000_014;
+    let mut hogs = Vec::new();
+    for _ in 0..max / frame {
+        hogs.push(Raw::open(&server, &header_announcing(0x81, 1_000_000)).await);
+    }
+    let mut full = (max / frame) * frame;
+    let left = max - full;
+    let _filler = if left > 0xffff + 14 {
+        full = max;
+        Some(Raw::open(&server, &header_announcing(0x82, left as usize - 14)).await)
+    } else {
+        None
+    };
+    let filled = eventually(WAIT, || async {
+        scrape("heartline_arriving_bytes").await == full
+    })
+    .await;
+    assert!(filled, "the headers reserved their frames");
+    // Nothing waits: however slow, nobody is ended.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(scrape("heartline_arriving_evicted_total").await, 0);
+
+    let mut walt = Raw::open(&server, &masked(0x81, connect_packet("walt").as_bytes())).await;
+    walt.text_containing("connection:success").await;
+    let event = format!("42/chat,[\"ping\",\"{}\"]", "y".repeat(900_000));
+    let walt_frame = masked_long(0x81, event.as_bytes());
+    walt.send(&walt_frame[..14]).await;
+    // The oldest hog makes room; one is enough.
+    assert_eq!(hogs[0].close_code().await, 1013);
+    assert_eq!(scrape("heartline_arriving_evicted_total").await, 1);
+    walt.send(&walt_frame[14..]).await;
+    walt.text_containing("\"pong\"").await;
+    // Handed over, Walt's bytes come back; the other hogs still hold theirs.
+    let rest = eventually(WAIT, || async {
+        scrape("heartline_arriving_bytes").await == full - frame
+    })
+    .await;
+    assert!(rest, "only the one hog was ended");
+    assert_eq!(scrape("heartline_arriving_evicted_total").await, 1);
+    server.stop().await;
+}
+
+/// The same rule for a polling POST whose body arrives too slowly: it is answered 408,
+/// giving back the bytes its `Content-Length` reserved, and the waiting message goes.
+#[tokio::test]
+async fn a_polling_body_arriving_too_slowly_makes_room_for_one_waiting() {
+    let mut server = TestServer::start(|c| {
+        c.server.handshake_timeout_ms = 60_000;
+        c.server.arriving_grace_ms = Some(1_000);
+    })
+    .await;
+    let addr = server.addr;
+    let scrape = |name: &'static str| {
+        let server = &server;
+        async move { metric(&server.metrics().await, name).expect("metric") as u64 }
+    };
+    let max = scrape("heartline_arriving_bytes_max").await;
+    let (status, _, body) = http(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let open: serde_json::Value =
+        serde_json::from_str(body.strip_prefix('0').expect("open")).expect("json");
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    // The oldest holder: a POST announcing 1,000,000 bytes, none of which come. (The
+    // slowest go first: were ten to come, a frame header with no payload would go before
+    // it.)
+    let mut poster = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: text/plain;charset=UTF-8\r\nContent-Length: 1000000\r\n\r\n"
+    );
+    poster.write_all(head.as_bytes()).await.expect("write");
+    let posted = eventually(WAIT, || async {
+        scrape("heartline_arriving_bytes").await == 1_000_000
+    })
+    .await;
+    assert!(posted, "the POST reserved its length");
+    let frame = 1_000_014;
+    let mut hogs = Vec::new();
+    for _ in 0..(max - 1_000_000) / frame {
+        hogs.push(Raw::open(&server, &header_announcing(0x81, 1_000_000)).await);
+    }
+    let mut full = 1_000_000 + hogs.len() as u64 * frame;
+    let left = max - full;
+    let _filler = if left > 0xffff + 14 {
+        full = max;
+        Some(Raw::open(&server, &header_announcing(0x82, left as usize - 14)).await)
+    } else {
+        None
+    };
+    let filled = eventually(WAIT, || async {
+        scrape("heartline_arriving_bytes").await == full
+    })
+    .await;
+    assert!(filled, "the budget is full");
+
+    let mut walt = Raw::open(&server, &masked(0x81, connect_packet("walt").as_bytes())).await;
+    walt.text_containing("connection:success").await;
+    let event = format!("42/chat,[\"ping\",\"{}\"]", "y".repeat(900_000));
+    let walt_frame = masked_long(0x81, event.as_bytes());
+    walt.send(&walt_frame[..14]).await;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, poster.read(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("arrived too slowly"), "{answer}");
+    assert_eq!(scrape("heartline_arriving_evicted_total").await, 1);
+    walt.send(&walt_frame[14..]).await;
+    walt.text_containing("\"pong\"").await;
     server.stop().await;
 }
