@@ -460,13 +460,7 @@ mod tests {
         );
         assert_eq!(b.metrics.arriving_refused.load(Ordering::Relaxed), 2);
         // One holding nothing waits, and goes once enough is given back.
-        let waiter = {
-            let b = b.clone();
-            tokio::spawn(async move {
-                let mut r = Reservation::default();
-                r.cover(&b, 300_000).await.map(|()| r.bytes())
-            })
-        };
+        let waiter = waiter(&b, 300_000);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished(), "waits while the bytes are taken");
         assert_eq!(b.metrics.arriving_waits.load(Ordering::Relaxed), 1);
@@ -478,6 +472,18 @@ mod tests {
         assert_eq!(got, Ok(300_000));
         drop(hog);
         assert_eq!((b.held(), gauge(&b)), (0, 0));
+    }
+
+    /// A connection holding nothing that waits for `n` bytes; its task answers what it got.
+    fn waiter(
+        b: &Arc<ArrivingBytes>,
+        n: usize,
+    ) -> tokio::task::JoinHandle<Result<usize, OverBudget>> {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let mut r = Reservation::default();
+            r.cover(&b, n).await.map(|()| r.bytes())
+        })
     }
 
     /// Whether `r`'s message was told to end, as its connection's task would see it.
@@ -503,13 +509,7 @@ mod tests {
         slow.note_read(1_000);
         tokio::time::advance(GRACE + Duration::from_secs(1)).await;
         assert!(!told(&slow).await, "nothing waits yet, however slow");
-        let waiter = {
-            let b = b.clone();
-            tokio::spawn(async move {
-                let mut r = Reservation::default();
-                r.cover(&b, 300_000).await.map(|()| r.bytes())
-            })
-        };
+        let waiter = waiter(&b, 300_000);
         settle().await;
         assert!(told(&slow).await, "told to make room");
         assert_eq!(b.metrics.arriving_evicted.load(Ordering::Relaxed), 1);
@@ -530,13 +530,7 @@ mod tests {
         let total = b.total as usize;
         let mut steady = Reservation::default();
         assert_eq!(steady.cover(&b, total - 100_000).await, Ok(()));
-        let waiter = {
-            let b = b.clone();
-            tokio::spawn(async move {
-                let mut r = Reservation::default();
-                r.cover(&b, 300_000).await.map(|()| r.bytes())
-            })
-        };
+        let waiter = waiter(&b, 300_000);
         settle().await;
         // Twice the floor, for three grace periods, looked at every second meanwhile.
         for _ in 0..30 {

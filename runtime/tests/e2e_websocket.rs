@@ -533,6 +533,34 @@ async fn large_messages_arriving_share_one_budget() {
     server.stop().await;
 }
 
+/// One hog's frame: a 1,000,000-byte payload behind its 14-byte header.
+const HOG_FRAME: u64 = 1_000_014;
+
+/// Connections that send the header of a 1,000,000-byte frame and nothing more, as many as
+/// fit in the arriving budget of `max` bytes beside the `held` already reserved (oldest
+/// first), and one that takes what is left when that is more than the smallest large
+/// frame; returned with what the budget then holds, once it does.
+async fn fill_budget(server: &TestServer, max: u64, held: u64) -> (Vec<Raw>, Option<Raw>, u64) {
+    let mut hogs = Vec::new();
+    for _ in 0..(max - held) / HOG_FRAME {
+        hogs.push(Raw::open(server, &header_announcing(0x81, 1_000_000)).await);
+    }
+    let mut full = held + hogs.len() as u64 * HOG_FRAME;
+    let left = max - full;
+    let filler = if left > 0xffff + 14 {
+        full = max;
+        Some(Raw::open(server, &header_announcing(0x82, left as usize - 14)).await)
+    } else {
+        None
+    };
+    let filled = eventually(WAIT, || async {
+        metric(&server.metrics().await, "heartline_arriving_bytes") == Some(full as f64)
+    })
+    .await;
+    assert!(filled, "the headers reserved their frames");
+    (hogs, filler, full)
+}
+
 /// A polling POST sent in chunks announces no length, so its bytes are reserved as they
 /// come and never waited for (the chunks in hand are bytes the budget does not count):
 /// with the budget full it is refused 503 at once, touching nothing of its session, and
@@ -566,21 +594,8 @@ async fn a_chunked_polling_body_over_a_full_budget_is_refused_and_its_session_go
     assert!(body.contains("connection:success"), "{body}");
 
     // The budget filled by headers of large frames whose payloads never come.
-    let frame = 1_000_014;
-    let mut hogs = Vec::new();
-    for _ in 0..max / frame {
-        hogs.push(Raw::open(&server, &header_announcing(0x81, 1_000_000)).await);
-    }
-    let mut full = (max / frame) * frame;
-    let left = max - full;
-    let _filler = if left > 0xffff + 14 {
-        full = max;
-        Some(Raw::open(&server, &header_announcing(0x82, left as usize - 14)).await)
-    } else {
-        None
-    };
-    let filled = eventually(WAIT, || async { held(&server).await == full }).await;
-    assert!(filled, "the headers reserved their frames");
+    let (mut hogs, _filler, full) = fill_budget(&server, max, 0).await;
+    let frame = HOG_FRAME;
 
     // An event of 40,000 bytes, sent in two chunks with no length announced.
     let packet = format!("42/chat,[\"ping\",\"{}\"]", "z".repeat(40_000));
@@ -632,24 +647,7 @@ async fn messages_arriving_too_slowly_make_room_for_one_waiting() {
         async move { metric(&server.metrics().await, name).expect("metric") as u64 }
     };
     let max = scrape("heartline_arriving_bytes_max").await;
-    let frame = 1_000_014;
-    let mut hogs = Vec::new();
-    for _ in 0..max / frame {
-        hogs.push(Raw::open(&server, &header_announcing(0x81, 1_000_000)).await);
-    }
-    let mut full = (max / frame) * frame;
-    let left = max - full;
-    let _filler = if left > 0xffff + 14 {
-        full = max;
-        Some(Raw::open(&server, &header_announcing(0x82, left as usize - 14)).await)
-    } else {
-        None
-    };
-    let filled = eventually(WAIT, || async {
-        scrape("heartline_arriving_bytes").await == full
-    })
-    .await;
-    assert!(filled, "the headers reserved their frames");
+    let (mut hogs, _filler, full) = fill_budget(&server, max, 0).await;
     // Nothing waits: however slow, nobody is ended.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(scrape("heartline_arriving_evicted_total").await, 0);
@@ -666,7 +664,7 @@ async fn messages_arriving_too_slowly_make_room_for_one_waiting() {
     walt.text_containing("\"pong\"").await;
     // Handed over, Walt's bytes come back; the other hogs still hold theirs.
     let rest = eventually(WAIT, || async {
-        scrape("heartline_arriving_bytes").await == full - frame
+        scrape("heartline_arriving_bytes").await == full - HOG_FRAME
     })
     .await;
     assert!(rest, "only the one hog was ended");
@@ -708,24 +706,7 @@ async fn a_polling_body_arriving_too_slowly_makes_room_for_one_waiting() {
     })
     .await;
     assert!(posted, "the POST reserved its length");
-    let frame = 1_000_014;
-    let mut hogs = Vec::new();
-    for _ in 0..(max - 1_000_000) / frame {
-        hogs.push(Raw::open(&server, &header_announcing(0x81, 1_000_000)).await);
-    }
-    let mut full = 1_000_000 + hogs.len() as u64 * frame;
-    let left = max - full;
-    let _filler = if left > 0xffff + 14 {
-        full = max;
-        Some(Raw::open(&server, &header_announcing(0x82, left as usize - 14)).await)
-    } else {
-        None
-    };
-    let filled = eventually(WAIT, || async {
-        scrape("heartline_arriving_bytes").await == full
-    })
-    .await;
-    assert!(filled, "the budget is full");
+    let (_hogs, _filler, _) = fill_budget(&server, max, 1_000_000).await;
 
     let mut walt = Raw::open(&server, &masked(0x81, connect_packet("walt").as_bytes())).await;
     walt.text_containing("connection:success").await;
