@@ -246,6 +246,22 @@ fn a_session_kept_with_no_namespace_past_the_handshake_deadline_is_caught() {
 }
 
 #[test]
+fn a_polling_session_kept_with_no_namespace_is_caught() {
+    // Devices all on polling: a session whose CONNECT was refused, or whose client gave up
+    // waiting for its answer, is left without a namespace; only the handshake timeout
+    // lets it go before the heartbeat does.
+    let (_, checker) = first_violation("no-handshake-timeout", 30, |s| {
+        let mut o = base(s);
+        o.polling_pct = 100;
+        o.ping_interval_ms = 25_000;
+        o.ping_timeout_ms = 20_000;
+        o.gateway_hook = Some(|c| c.engine.mutations.no_handshake_timeout = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::handshake::NAME);
+}
+
+#[test]
 fn a_fan_out_that_leaves_the_sender_out_is_caught() {
     // The project's client would fill the gap from its own ack, so only the frames show it.
     let (_, checker) = first_violation("fan-out-skips-sender", 40, |s| {

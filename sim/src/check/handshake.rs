@@ -6,6 +6,13 @@
 //! open, and connected when the server answers a namespace CONNECT with its `sid`; until
 //! then the server's close of it must come by the deadline ([`Deadlines`]); a close that
 //! itself comes late is a violation as it is seen.
+//!
+//! A long-polling session is watched as one (see `world/poll_watch.rs`): accepted when the
+//! server answers its handshake, connected when the server says so (a CONNECT's answer
+//! waits in the session's buffer for the client's next GET, which a frozen client never
+//! sends), closed when the engine lets it go.
+
+use std::collections::BTreeSet;
 
 use heartline_core::Instant;
 
@@ -24,6 +31,18 @@ pub struct Handshake {
     /// Links closed with no namespace connected, by the deadline.
     pub closed_unconnected: u64,
     late: Option<String>,
+    /// The watched names that are polling sessions, for what a finding says.
+    polling: BTreeSet<u64>,
+}
+
+impl Handshake {
+    fn name(&self, link: u64) -> String {
+        if self.polling.contains(&link) {
+            format!("the polling session of http{link}")
+        } else {
+            format!("ws{link}")
+        }
+    }
 }
 
 impl Handshake {
@@ -40,6 +59,18 @@ impl Handshake {
         self.waiting.set(link, now.add_ms(self.timeout_ms));
     }
 
+    /// The server answered a polling handshake on `link` at `now`: the session is
+    /// watched under that name.
+    pub fn accepted_polling(&mut self, now: Instant, link: u64) {
+        self.polling.insert(link);
+        self.accepted(now, link);
+    }
+
+    /// The server connected a namespace on the polling session named `link`.
+    pub fn connected(&mut self, link: u64) {
+        self.waiting.remove(link);
+    }
+
     /// The server sent a text frame on `link`: a namespace CONNECT's answer with a `sid`
     /// ends the watch.
     pub fn sent(&mut self, link: u64, text: &str) {
@@ -50,13 +81,15 @@ impl Handshake {
 
     /// The server's side of `link` is gone at `now`.
     pub fn closed(&mut self, now: Instant, link: u64) {
+        let name = self.name(link);
+        self.polling.remove(&link);
         let Some(deadline) = self.waiting.remove(link) else {
             return;
         };
         self.closed_unconnected += 1;
         if now > deadline && self.late.is_none() {
             self.late = Some(format!(
-                "ws{link} closed at {now} with no namespace connected, past its deadline \
+                "{name} closed at {now} with no namespace connected, past its deadline \
                  {deadline}"
             ));
         }
@@ -65,6 +98,7 @@ impl Handshake {
     /// The server died: its links are gone with it.
     pub fn forget_all(&mut self) {
         self.waiting.clear();
+        self.polling.clear();
     }
 
     /// Checks the earliest deadline against `now`.
@@ -78,8 +112,9 @@ impl Handshake {
                 Err((
                     NAME,
                     format!(
-                        "ws{link} still open at {now} with no namespace connected, past its \
+                        "{} still open at {now} with no namespace connected, past its \
                          deadline {deadline} ({}ms after it was accepted)",
+                        self.name(link),
                         self.timeout_ms
                     ),
                 ))

@@ -1,4 +1,4 @@
-//! The server's polling sessions, watched for the dead-peer checker.
+//! The server's polling sessions, watched for the dead-peer and handshake checkers.
 //!
 //! A WebSocket is one link from open to close; a polling session is carried by many
 //! requests, and may move to a WebSocket. So it is watched under one name (its
@@ -47,6 +47,7 @@ impl Sim {
                 },
             );
             self.dead_peer.opened_polling(now, id);
+            self.handshake.accepted_polling(now, id);
             return;
         }
         let Some(watch) =
@@ -94,6 +95,14 @@ impl Sim {
         }
     }
 
+    /// The server connected a namespace on `session`.
+    pub(super) fn watch_polling_connected(&mut self, session: SessionId) {
+        if let Some(w) = self.polled.values().find(|w| w.session == Some(session)) {
+            let watch = w.watch;
+            self.handshake.connected(watch);
+        }
+    }
+
     /// The server closed `session` for `reason`.
     pub(super) fn watch_polling_closed(&mut self, session: SessionId, reason: &CloseReason) {
         if *reason != CloseReason::PingTimeout {
@@ -128,6 +137,7 @@ impl Sim {
             if let Some(w) = self.polled.remove(&sid) {
                 let finding = self.dead_peer.closed(now, w.watch, w.timed_out);
                 self.found(finding);
+                self.handshake.closed(now, w.watch);
             }
         }
     }

@@ -13,8 +13,8 @@
 //! while the server holds it is `Input::HttpAborted`.
 //!
 //! The checkers that watch one connection's frames (what is written and read on it, the
-//! handshake and heartbeat deadlines) read WebSockets only. Polling devices are held to
-//! everything else: the dead-peer deadline (each session watched as one, see
+//! heartbeat's cadence) read WebSockets only. Polling devices are held to everything else:
+//! the dead-peer and handshake deadlines (each session watched as one, see
 //! `poll_watch.rs`), delivery and acknowledgements, the server's presence announcements,
 //! per-user rules and replacement, close reasons, liveness after healing and the baseline
 //! after everyone leaves.

@@ -646,6 +646,7 @@ impl Sim {
         match &notice {
             Notice::Connected { session, user } => {
                 self.per_user.connected(now, user, *session);
+                self.watch_polling_connected(*session);
                 let device = self.device(*session);
                 let finding = self.ping_pong.connected(*session, device);
                 self.found(finding);
