@@ -68,11 +68,32 @@ pub struct ArrivingBytes {
     grace: Duration,
 }
 
-/// The reservations holding bytes, for [`ArrivingBytes::make_room`].
+/// The least time between two looks over the holders, however many reservations wait:
+/// each look goes over all of them, under the lock they take and give back under.
+const MIN_SCAN_GAP: Duration = Duration::from_millis(100);
+
+/// The reservations holding bytes and those waiting, for [`ArrivingBytes::make_room`].
 #[derive(Debug, Default)]
 struct Holders {
     next: u64,
     by_id: BTreeMap<u64, Arc<Holder>>,
+    /// Bytes the waiting reservations ask for, all together.
+    demand: u64,
+    /// When the holders were last looked over.
+    last_scan: Option<Instant>,
+}
+
+/// A waiting reservation's part of [`Holders::demand`], taken back when it is dropped.
+struct Demand {
+    bytes: u64,
+    holders: Arc<Mutex<Holders>>,
+}
+
+impl Drop for Demand {
+    fn drop(&mut self) {
+        let mut holders = lock(&self.holders);
+        holders.demand = holders.demand.saturating_sub(self.bytes);
+    }
 }
 
 /// One reservation holding bytes, as the budget sees it.
@@ -86,6 +107,9 @@ struct Holder {
     read: AtomicU64,
     /// Told to end: its message arrives too slowly and another waits.
     evicted: AtomicBool,
+    /// Its message is whole (it waits for the core's inbox, not for its peer): never
+    /// told to end.
+    whole: AtomicBool,
     /// Its connection's task, to be woken when told.
     waker: AtomicWaker,
 }
@@ -95,7 +119,10 @@ impl Holder {
     /// told yet.
     fn too_slow(&self, now: Instant, grace: Duration) -> Option<u64> {
         let elapsed = now.saturating_duration_since(self.since);
-        if elapsed < grace || self.evicted.load(Ordering::Acquire) {
+        if elapsed < grace
+            || self.evicted.load(Ordering::Acquire)
+            || self.whole.load(Ordering::Acquire)
+        {
             return None;
         }
         let ms = u64::try_from(elapsed.as_millis())
@@ -149,41 +176,62 @@ impl ArrivingBytes {
         u64::from(self.total).saturating_sub(self.free.available_permits() as u64)
     }
 
-    /// A reservation waits for `more` bytes: the messages arriving too slowly are told to
-    /// end, slowest first (the oldest first among equals), until what they and those told
-    /// before them give back covers what is missing.
-    fn make_room(&self, more: u64) {
-        let missing = more.saturating_sub(self.free.available_permits() as u64);
-        if missing == 0 {
-            return;
-        }
+    /// Reservations wait: the messages arriving too slowly are told to end, slowest first
+    /// (the oldest first among equals), until the bytes free, with those that these and
+    /// the ones told before will give back, cover what all the waiting reservations ask
+    /// for. At most one look every [`MIN_SCAN_GAP`], whoever asks.
+    fn make_room(&self) {
         let now = Instant::now();
-        let holders = lock(&self.holders);
-        let mut coming: u64 = holders
-            .by_id
-            .values()
-            .filter(|h| h.evicted.load(Ordering::Acquire))
-            .map(|h| h.held.load(Ordering::Relaxed))
-            .sum();
-        let mut slow: Vec<(u64, Instant, &Arc<Holder>)> = holders
-            .by_id
-            .values()
-            .filter_map(|h| h.too_slow(now, self.grace).map(|rate| (rate, h.since, h)))
-            .collect();
-        slow.sort_by_key(|(rate, since, _)| (*rate, *since));
-        for (rate, since, holder) in slow {
-            if coming >= missing {
-                break;
+        let mut told = Vec::new();
+        {
+            let mut holders = lock(&self.holders);
+            if holders.demand == 0
+                || holders
+                    .last_scan
+                    .is_some_and(|t| now.saturating_duration_since(t) < MIN_SCAN_GAP)
+            {
+                return;
             }
-            holder.evicted.store(true, Ordering::Release);
-            holder.waker.wake();
-            coming = coming.saturating_add(holder.held.load(Ordering::Relaxed));
+            holders.last_scan = Some(now);
+            // Bytes a waiting reservation has been handed already are among the free:
+            // the demand counts all that each asks for.
+            let held: u64 = holders
+                .by_id
+                .values()
+                .map(|h| h.held.load(Ordering::Relaxed))
+                .sum();
+            let coming: u64 = holders
+                .by_id
+                .values()
+                .filter(|h| h.evicted.load(Ordering::Acquire) && !h.whole.load(Ordering::Acquire))
+                .map(|h| h.held.load(Ordering::Relaxed))
+                .sum();
+            let mut covered = u64::from(self.total)
+                .saturating_sub(held)
+                .saturating_add(coming);
+            let mut slow: Vec<(u64, Instant, &Arc<Holder>)> = holders
+                .by_id
+                .values()
+                .filter_map(|h| h.too_slow(now, self.grace).map(|rate| (rate, h.since, h)))
+                .collect();
+            slow.sort_by_key(|(rate, since, _)| (*rate, *since));
+            for (rate, since, holder) in slow {
+                if covered >= holders.demand {
+                    break;
+                }
+                holder.evicted.store(true, Ordering::Release);
+                covered = covered.saturating_add(holder.held.load(Ordering::Relaxed));
+                told.push((holder.clone(), rate, now.saturating_duration_since(since)));
+            }
+        }
+        for (holder, rate, arriving_for) in told {
             RuntimeMetrics::inc(&self.metrics.arriving_evicted);
             tracing::debug!(
                 rate,
-                arriving_for_ms = now.saturating_duration_since(since).as_millis() as u64,
+                arriving_for_ms = u64::try_from(arriving_for.as_millis()).unwrap_or(u64::MAX),
                 "a large message arriving too slowly is ended to make room"
             );
+            holder.waker.wake();
         }
     }
 }
@@ -195,6 +243,8 @@ pub struct Reservation {
     waiting: Option<Acquiring>,
     /// While waiting: when to look again for messages arriving too slowly.
     recheck: Option<Pin<Box<Sleep>>>,
+    /// While waiting: what it asks for, counted in the budget's demand.
+    demand: Option<Demand>,
 }
 
 /// A wait for bytes, boxed: a connection carries it only while it waits.
@@ -243,12 +293,13 @@ impl Reservation {
             if let Some(waiting) = self.waiting.as_mut() {
                 match waiting.as_mut().poll(cx) {
                     Poll::Pending => {
-                        self.poll_recheck(cx, budget, want - have);
+                        self.poll_recheck(cx, budget);
                         return Poll::Pending;
                     }
                     Poll::Ready(got) => {
                         self.waiting = None;
                         self.recheck = None;
+                        self.demand = None;
                         match got {
                             Ok(permit) => self.take(permit, budget),
                             // The budget's semaphore is never closed; were it, nothing
@@ -270,7 +321,12 @@ impl Reservation {
                 Err(_) => {
                     RuntimeMetrics::inc(&budget.metrics.arriving_waits);
                     self.waiting = Some(Box::pin(budget.free.clone().acquire_many_owned(more)));
-                    budget.make_room(u64::from(more));
+                    lock(&budget.holders).demand += u64::from(more);
+                    self.demand = Some(Demand {
+                        bytes: u64::from(more),
+                        holders: budget.holders.clone(),
+                    });
+                    budget.make_room();
                     self.recheck = Some(Box::pin(tokio::time::sleep(RECHECK)));
                 }
             }
@@ -280,13 +336,21 @@ impl Reservation {
     /// While waiting for `more` bytes: every [`RECHECK`], the messages arriving too slowly
     /// are looked for again (those that were young at the last look may be past their
     /// grace now).
-    fn poll_recheck(&mut self, cx: &mut TaskContext<'_>, budget: &ArrivingBytes, more: usize) {
+    fn poll_recheck(&mut self, cx: &mut TaskContext<'_>, budget: &ArrivingBytes) {
         let Some(sleep) = self.recheck.as_mut() else {
             return;
         };
         while sleep.as_mut().poll(cx).is_ready() {
-            budget.make_room(more as u64);
+            budget.make_room();
             sleep.as_mut().reset(Instant::now() + RECHECK);
+        }
+    }
+
+    /// Its message is whole: what it holds waits for the core's inbox now, not for its
+    /// peer, and is never told to end.
+    pub fn arrived(&self) {
+        if let Some(h) = &self.holding {
+            h.holder.whole.store(true, Ordering::Release);
         }
     }
 
@@ -372,6 +436,7 @@ impl Reservation {
                     held: AtomicU64::new(n),
                     read: AtomicU64::new(0),
                     evicted: AtomicBool::new(false),
+                    whole: AtomicBool::new(false),
                     waker: AtomicWaker::new(),
                 });
                 let id = {
@@ -550,6 +615,70 @@ mod tests {
         drop(steady);
         assert_eq!(waiter.await.expect("task"), Ok(300_000));
         assert_eq!((b.held(), gauge(&b)), (0, 0));
+    }
+
+    /// A message that is whole waits for the core's inbox, not for its peer: however
+    /// long that takes, it is never told to end.
+    #[tokio::test(start_paused = true)]
+    async fn a_whole_message_waiting_for_the_inbox_is_left_alone() {
+        let b = Arc::new(budget());
+        let total = b.total as usize;
+        let mut whole = Reservation::default();
+        assert_eq!(whole.cover(&b, total - 100_000).await, Ok(()));
+        whole.arrived();
+        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+        let waiter = waiter(&b, 300_000);
+        for _ in 0..5 {
+            tokio::time::advance(RECHECK).await;
+            settle().await;
+        }
+        assert!(!told(&whole).await);
+        assert_eq!(b.metrics.arriving_evicted.load(Ordering::Relaxed), 0);
+        drop(whole);
+        assert_eq!(waiter.await.expect("task"), Ok(300_000));
+    }
+
+    /// Two reservations waiting: what both ask for is made room for, and no more; the
+    /// oldest of equally slow messages go first.
+    #[tokio::test(start_paused = true)]
+    async fn every_waiter_is_made_room_for_and_no_more() {
+        let b = Arc::new(budget());
+        let quarter = b.total as usize / 4;
+        let mut slow = Vec::new();
+        for _ in 0..4 {
+            let mut r = Reservation::default();
+            assert_eq!(r.cover(&b, quarter).await, Ok(()));
+            slow.push(r);
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        tokio::time::advance(GRACE).await;
+        let first = waiter(&b, quarter);
+        settle().await;
+        let second = waiter(&b, quarter);
+        settle().await;
+        // The second's first look came too soon after the first's; its next one counts it.
+        tokio::time::advance(RECHECK).await;
+        settle().await;
+        let mut told_now = Vec::new();
+        for r in &slow {
+            told_now.push(told(r).await);
+        }
+        assert_eq!(told_now, [true, true, false, false]);
+        assert_eq!(b.metrics.arriving_evicted.load(Ordering::Relaxed), 2);
+        let mut slow = slow.into_iter();
+        drop(slow.next());
+        drop(slow.next());
+        assert_eq!(first.await.expect("task"), Ok(quarter));
+        assert_eq!(second.await.expect("task"), Ok(quarter));
+        // Nothing waits now: the rest are left alone, however slow.
+        for _ in 0..5 {
+            tokio::time::advance(RECHECK).await;
+            settle().await;
+        }
+        for r in slow {
+            assert!(!told(&r).await);
+        }
+        assert_eq!(b.metrics.arriving_evicted.load(Ordering::Relaxed), 2);
     }
 
     /// However large the configured payload, two of its messages fit at once.

@@ -505,7 +505,8 @@ enum Unread {
 /// once for the length announced, waiting for them if need be, or as they come when none
 /// was announced, never waiting then (a chunk in hand is bytes the budget does not
 /// count). A body arriving too slowly while another message waits for the budget is
-/// given up ([`Unread::TooSlow`]).
+/// given up ([`Unread::TooSlow`]); with the defaults its request's own deadline
+/// (`server.handshake_timeout_ms` from the accept, 10 s) comes first.
 async fn read_bounded(
     mut body: Incoming,
     limit: usize,
@@ -532,12 +533,12 @@ async fn read_bounded(
         };
         let frame = frame.map_err(|_| Unread::Failed)?;
         if let Ok(data) = frame.into_data() {
-            arriving.note_read(data.len());
             let take = data.len().min(limit.saturating_sub(buf.len()));
             let cap = grown_capacity(buf.len(), buf.capacity(), take, limit);
             arriving
                 .try_cover(&ctx.arriving, cap)
                 .map_err(|_| Unread::OverBudget)?;
+            arriving.note_read(data.len());
             buf.reserve_exact(cap - buf.len());
             buf.extend_from_slice(&data[..take]);
             if buf.len() >= limit {
@@ -545,6 +546,7 @@ async fn read_bounded(
             }
         }
     }
+    arriving.arrived();
     // Handed on as `Bytes`, which keeps the whole allocation.
     buf.shrink_to_fit();
     Ok(Bytes::from(buf))

@@ -488,6 +488,12 @@ impl Connection {
             if pong_due {
                 let _ = self.poll_send(cx);
             }
+            if matches!(step, Step::Frame(_) | Step::Closing(_)) {
+                // Whole: its bytes wait for the inbox now, not for the peer.
+                if let Some(r) = &self.arriving {
+                    r.arrived();
+                }
+            }
             return Poll::Ready(step);
         }
     }
