@@ -204,6 +204,9 @@ pub struct Options {
     /// Percent of those that take the WebSocket the server offers (`socket.io-client`'s
     /// default); the others stay on polling.
     pub upgrade_pct: u64,
+    /// Percent of hostile attacks made on long-polling, in runs with devices on it
+    /// (`polling_pct` above 0).
+    pub hostile_polling_pct: u64,
     /// Edits the gateway configuration (tests).
     pub gateway_hook: Option<GatewayHook>,
     /// Edits client configurations (tests).
@@ -244,6 +247,7 @@ impl Options {
             trace_tail: 40,
             polling_pct: 0,
             upgrade_pct: 50,
+            hostile_polling_pct: 50,
             gateway_hook: None,
             client_hook: None,
         }

@@ -18,6 +18,8 @@ pub struct Report {
     pub faults: u64,
     /// Hostile attacks made.
     pub attacks: u64,
+    /// Of these, attacks made on long-polling.
+    pub attacks_polling: u64,
     /// Messages the honest applications sent.
     pub sent: u64,
     /// Acks clients received.
@@ -104,12 +106,13 @@ impl fmt::Display for Report {
         writeln!(f, "knobs: {}", self.knobs)?;
         writeln!(
             f,
-            "events {} | simulated {}.{:03}s | faults {} | attacks {}",
+            "events {} | simulated {}.{:03}s | faults {} | attacks {} ({} on polling)",
             self.events,
             self.sim_ms / 1000,
             self.sim_ms % 1000,
             self.faults,
-            self.attacks
+            self.attacks,
+            self.attacks_polling
         )?;
         writeln!(
             f,

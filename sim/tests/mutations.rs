@@ -130,6 +130,22 @@ fn an_expired_token_taken_is_caught() {
 }
 
 #[test]
+fn an_expired_token_taken_over_polling_is_caught() {
+    // Every attack on long-polling: what a bad token's session is told comes in GET
+    // answers.
+    let (_, checker) = first_violation("expired-tokens-accepted", 30, |s| {
+        let mut o = base(s);
+        o.polling_pct = 100;
+        o.hostile_polling_pct = 100;
+        o.faults.insert(FaultKind::Hostile);
+        o.hostile = o.hostile.max(2);
+        o.gateway_hook = Some(|c| c.engine.mutations.expired_tokens_accepted = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::bad_token::NAME);
+}
+
+#[test]
 fn a_client_that_retries_refused_sends_at_once_is_caught() {
     let (_, checker) = first_violation("retry-refused-at-once", 40, |s| {
         let mut o = base(s);

@@ -31,6 +31,7 @@ fn swarm_of_200_seeds_holds_every_invariant() {
         for (what, n) in [
             ("faults injected", report.faults),
             ("hostile attacks", report.attacks),
+            ("hostile attacks on polling", report.attacks_polling),
             ("messages acked", report.acked),
             ("messages delivered", report.delivered),
             ("reconnections", report.reconnects),

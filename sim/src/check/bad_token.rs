@@ -35,18 +35,21 @@ impl BadToken {
             return Ok(());
         }
         if text.starts_with("40/chat") {
-            return Err((NAME, format!("ws{link} with a bad token connected: {text}")));
+            return Err((
+                NAME,
+                format!("hostile link {link} with a bad token connected: {text}"),
+            ));
         }
         if text.starts_with("42/chat") {
             return Err((
                 NAME,
-                format!("ws{link} with a bad token got an event: {text}"),
+                format!("hostile link {link} with a bad token got an event: {text}"),
             ));
         }
         if text.starts_with("43/chat") {
             return Err((
                 NAME,
-                format!("ws{link} with a bad token was answered: {text}"),
+                format!("hostile link {link} with a bad token was answered: {text}"),
             ));
         }
         Ok(())

@@ -233,6 +233,9 @@ impl Sim {
             return;
         }
         let now = self.now;
+        if self.is_raw_poll(id) {
+            return self.raw_poll_receives(id, seg);
+        }
         match link.end {
             End::Raw(a) => match &seg {
                 Seg::Fin { .. } => {
@@ -512,24 +515,36 @@ impl Sim {
         let (frames, conns) = attack.script(&user, &mut self.rng);
         self.counters.attacks += 1;
         tr!(self, "hostile", ("h{actor} {} x{conns}", attack.name()));
+        // Some attacks go over long-polling in the runs with devices on it.
+        let polling = self.opts.polling_pct > 0
+            && self.hostile_rng.below(100) < self.opts.hostile_polling_pct;
+        if polling {
+            self.counters.attacks_polling += 1;
+            tr!(self, "hostile", ("h{actor} attacks on polling"));
+        }
         for k in 0..conns {
             let at = now.add_ms(k as u64 * (1 + self.rng.below(300)));
-            let id = self.net.open(
-                at.max(now),
-                End::Raw(actor),
-                &mut self.rng,
-                &mut self.agenda,
-            );
-            for f in &frames {
-                self.net.send(
-                    now,
-                    id,
-                    true,
-                    Seg::Frame(f.clone()),
+            let id = if polling {
+                self.raw_poll_open(actor, at, frames.clone())
+            } else {
+                let id = self.net.open(
+                    at.max(now),
+                    End::Raw(actor),
                     &mut self.rng,
                     &mut self.agenda,
                 );
-            }
+                for f in &frames {
+                    self.net.send(
+                        now,
+                        id,
+                        true,
+                        Seg::Frame(f.clone()),
+                        &mut self.rng,
+                        &mut self.agenda,
+                    );
+                }
+                id
+            };
             match attack {
                 Attack::NoToken | Attack::ForgedToken | Attack::ExpiredToken => {
                     self.bad_token.presented(id);
@@ -548,6 +563,9 @@ impl Sim {
     }
 
     pub(super) fn raw_close(&mut self, id: u64) {
+        if self.raw_polls.contains_key(&id) {
+            return self.raw_poll_end(id, false);
+        }
         self.client_closes(id);
     }
 

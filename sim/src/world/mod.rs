@@ -20,6 +20,7 @@ macro_rules! tr {
 
 mod clients;
 mod faults;
+mod hostile_polling;
 mod poll_watch;
 mod polling;
 mod server;
@@ -57,6 +58,7 @@ use crate::schedule::{self, FaultEvent};
 use crate::store::Store;
 use crate::trace::Trace;
 use crate::workload::{token_until, Layout, User, EPOCH_MS, MAX_PAYLOAD_BYTES, SECRET};
+use hostile_polling::RawPoll;
 use poll_watch::PollWatch;
 use polling::Polling;
 
@@ -124,6 +126,8 @@ pub struct Slot {
 struct Counters {
     faults: u64,
     attacks: u64,
+    /// Of these, on long-polling.
+    attacks_polling: u64,
     sent: u64,
     /// Droppable frames the servers' send queues shed.
     shed: u64,
@@ -155,6 +159,13 @@ pub struct Sim {
     /// The polling sessions the server has open, by `sid`, for the dead-peer checker
     /// (see `server.rs`).
     polled: BTreeMap<String, PollWatch>,
+    /// Hostile sessions on polling, by name (their handshake's link).
+    raw_polls: BTreeMap<u64, RawPoll>,
+    /// The request links of hostile polling sessions: each one's session.
+    raw_poll_links: BTreeMap<u64, u64>,
+    /// Whether each attack goes over polling (drawn apart, so that the other draws stay
+    /// what they were).
+    hostile_rng: Rng,
     /// The server machine's wall clock less the true time (`EPOCH_MS` plus the simulated
     /// clock), milliseconds: moved by clock steps.
     wall_offset_ms: i64,
@@ -350,6 +361,9 @@ impl Sim {
             gw_config,
             closing_handshakes: BTreeSet::new(),
             polled: BTreeMap::new(),
+            raw_polls: BTreeMap::new(),
+            raw_poll_links: BTreeMap::new(),
+            hostile_rng: Rng::from_seed(opts.seed ^ 0x484f_5354_504f_4c4c),
             wall_offset_ms: 0,
             epoch: 0,
             crash_silent: false,
@@ -593,6 +607,7 @@ impl Sim {
             self.drain_client(i);
         }
         self.close_raws();
+        self.close_raw_polls();
         let c = &self.gw_config;
         let wait = c.engine.ping_interval_ms
             + c.engine.ping_timeout_ms
@@ -831,6 +846,7 @@ impl Sim {
             events: self.step,
             faults: self.counters.faults,
             attacks: self.counters.attacks,
+            attacks_polling: self.counters.attacks_polling,
             sent: self.counters.sent,
             acked: self.delivery.acked,
             delivered: self.delivery.delivered,
