@@ -10,7 +10,6 @@
 //! than 200, a request that fails, or after [`MAX_GETS`] answers; then, or when its
 //! actor closes it, it POSTs its CLOSE if it has a session to close.
 
-use bytes::Bytes;
 use heartline_core::codec::engine::{decode_payload, encode_payload, Packet};
 use heartline_core::codec::Frame;
 
@@ -49,7 +48,7 @@ impl Sim {
         frames: Vec<Frame>,
     ) -> u64 {
         let overlap = self.hostile_rng.below(4) == 0;
-        let id = self.raw_poll_request(actor, at, None, false, String::new());
+        let id = self.http_request(End::Raw(actor), at, None, false, String::new());
         self.raw_polls.insert(
             id,
             RawPoll {
@@ -65,35 +64,6 @@ impl Sim {
         id
     }
 
-    /// One request of a hostile session on a link of its own.
-    fn raw_poll_request(
-        &mut self,
-        actor: usize,
-        at: heartline_core::Instant,
-        sid: Option<String>,
-        post: bool,
-        body: String,
-    ) -> u64 {
-        let now = self.now;
-        let id = self.net.open(
-            at.max(now),
-            End::Raw(actor),
-            &mut self.rng,
-            &mut self.agenda,
-        );
-        if let Some(link) = self.net.link_mut(id) {
-            link.http = true;
-        }
-        let seg = Seg::Request {
-            post,
-            sid,
-            body: Bytes::from(body),
-        };
-        self.net
-            .send(now, id, true, seg, &mut self.rng, &mut self.agenda);
-        id
-    }
-
     /// A request of session `name` goes out (its answer read as the session's).
     fn raw_poll_send(&mut self, name: u64, post: bool, body: String) {
         let Some(p) = self.raw_polls.get(&name) else {
@@ -101,7 +71,7 @@ impl Sim {
         };
         let (actor, sid) = (p.actor, p.sid.clone());
         let now = self.now;
-        let id = self.raw_poll_request(actor, now, sid, post, body);
+        let id = self.http_request(End::Raw(actor), now, sid, post, body);
         self.raw_poll_links.insert(id, name);
     }
 

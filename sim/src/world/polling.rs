@@ -154,20 +154,35 @@ impl Sim {
         post: bool,
         body: String,
     ) -> u64 {
-        let now = self.now;
-        let id = self
-            .net
-            .open(now, End::Client(i), &mut self.rng, &mut self.agenda);
-        if let Some(link) = self.net.link_mut(id) {
-            link.http = true;
-        }
         let what = match (post, &sid) {
             (true, _) => format!("POST {}", crate::trace::short(&body, 60)),
             (false, Some(_)) => "GET".to_owned(),
             (false, None) => "GET (handshake)".to_owned(),
         };
+        let now = self.now;
+        let id = self.http_request(End::Client(i), now, sid, post, body);
         self.counters.polling_requests += 1;
         tr!(self, "client", ("c{i} http{id} {what}"));
+        id
+    }
+
+    /// Opens a link from `end` at `at` (or now, if that has passed) that carries one
+    /// polling request, as a browser's request on a fresh connection; its id.
+    pub(super) fn http_request(
+        &mut self,
+        end: End,
+        at: heartline_core::Instant,
+        sid: Option<String>,
+        post: bool,
+        body: String,
+    ) -> u64 {
+        let now = self.now;
+        let id = self
+            .net
+            .open(at.max(now), end, &mut self.rng, &mut self.agenda);
+        if let Some(link) = self.net.link_mut(id) {
+            link.http = true;
+        }
         let seg = Seg::Request {
             post,
             sid,
