@@ -103,7 +103,7 @@ struct Holder {
     since: Instant,
     /// Bytes it holds.
     held: AtomicU64,
-    /// Bytes its connection has read since.
+    /// Bytes of its message its connection has received.
     read: AtomicU64,
     /// Told to end: its message arrives too slowly and another waits.
     evicted: AtomicBool,
@@ -354,10 +354,11 @@ impl Reservation {
         }
     }
 
-    /// Its connection read `n` more bytes of the message it holds bytes for.
-    pub fn note_read(&self, n: usize) {
+    /// Its connection has received `n` bytes of the message it holds bytes for, in all
+    /// (a count that only grows; a smaller one is ignored).
+    pub fn note_received(&self, n: usize) {
         if let Some(h) = &self.holding {
-            h.holder.read.fetch_add(n as u64, Ordering::Relaxed);
+            h.holder.read.fetch_max(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -571,7 +572,7 @@ mod tests {
         let total = b.total as usize;
         let mut slow = Reservation::default();
         assert_eq!(slow.cover(&b, total - 100_000).await, Ok(()));
-        slow.note_read(1_000);
+        slow.note_received(1_000);
         tokio::time::advance(GRACE + Duration::from_secs(1)).await;
         assert!(!told(&slow).await, "nothing waits yet, however slow");
         let waiter = waiter(&b, 300_000);
@@ -598,8 +599,8 @@ mod tests {
         let waiter = waiter(&b, 300_000);
         settle().await;
         // Twice the floor, for three grace periods, looked at every second meanwhile.
-        for _ in 0..30 {
-            steady.note_read(2 * FLOOR_RATE as usize);
+        for k in 1..=30 {
+            steady.note_received(k * 2 * FLOOR_RATE as usize);
             tokio::time::advance(Duration::from_secs(1)).await;
             settle().await;
         }

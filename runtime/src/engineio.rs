@@ -538,9 +538,10 @@ async fn read_bounded(
             arriving
                 .try_cover(&ctx.arriving, cap)
                 .map_err(|_| Unread::OverBudget)?;
-            arriving.note_read(data.len());
+
             buf.reserve_exact(cap - buf.len());
             buf.extend_from_slice(&data[..take]);
+            arriving.note_received(buf.len());
             if buf.len() >= limit {
                 break;
             }

@@ -204,6 +204,18 @@ impl Decoder {
         Ok(received)
     }
 
+    /// Bytes of the message in progress received so far: the fragments put together and
+    /// what is held of the frame after them (its header included). Control frames, taken
+    /// out as they are decoded, do not count.
+    pub fn received(&self) -> usize {
+        let assembled = self.assembling.as_ref().map_or(0, |a| a.bytes.len());
+        let held = self
+            .held
+            .as_ref()
+            .map_or(0, |h| h.bytes.len().saturating_sub(h.start));
+        assembled.saturating_add(held)
+    }
+
     /// Bytes this connection holds once the frame it is in the middle of is whole: that
     /// frame, and the message so far if the frame continues a fragmented one (its buffer
     /// as grown to take the frame). With no frame begun, the message so far. Meant for
@@ -790,6 +802,28 @@ mod tests {
                 ])
             );
         }
+    }
+
+    /// What the message in progress has received counts its fragments and what is held
+    /// of the next frame, header included, but not the control frames between them.
+    #[test]
+    fn received_counts_the_message_in_progress_not_control_frames() {
+        let first = client_frame(0x01, b"42/chat,");
+        let ping = client_frame(0x89, b"p");
+        let next = client_frame(0x80, b"[\"ping\",{}]");
+        let mut decoder = Decoder::default();
+        assert_eq!(decoder.received(), 0);
+        let mut bytes = first.clone();
+        bytes.extend(&ping);
+        assert_eq!(
+            decoder.next_from(&mut bytes, MAX),
+            Ok(Some(Received::Ping(Bytes::from_static(b"p"))))
+        );
+        assert_eq!(decoder.next_held(MAX), Ok(None));
+        assert_eq!(decoder.received(), b"42/chat,".len(), "the fragment's payload");
+        let mut part = next[..5].to_vec();
+        assert_eq!(decoder.next_from(&mut part, MAX), Ok(None));
+        assert_eq!(decoder.received(), b"42/chat,".len() + 5, "and the next frame's start");
     }
 
     #[test]

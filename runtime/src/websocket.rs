@@ -549,10 +549,11 @@ impl Connection {
                 }
                 Poll::Ready(Ok(())) => {
                     let n = buf.filled().len();
+                    let decoded = decoder.next_from(&mut buffers.read[..n], max);
                     if let Some(r) = arriving {
-                        r.note_read(n);
+                        r.note_received(decoder.received());
                     }
-                    Poll::Ready(Ok(decoder.next_from(&mut buffers.read[..n], max)))
+                    Poll::Ready(Ok(decoded))
                 }
             }
         })
@@ -573,6 +574,8 @@ impl Connection {
         let reservation = self.arriving.get_or_insert_with(Box::default);
         match reservation.poll_cover(cx, &self.ctx.arriving, want) {
             Poll::Ready(Ok(())) => {
+                // What came with the frame's header counts from the start.
+                reservation.note_received(self.decoder.received());
                 self.decoder.make_room(max);
                 Poll::Ready(Ok(()))
             }
