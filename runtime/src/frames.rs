@@ -820,10 +820,18 @@ mod tests {
             Ok(Some(Received::Ping(Bytes::from_static(b"p"))))
         );
         assert_eq!(decoder.next_held(MAX), Ok(None));
-        assert_eq!(decoder.received(), b"42/chat,".len(), "the fragment's payload");
+        assert_eq!(
+            decoder.received(),
+            b"42/chat,".len(),
+            "the fragment's payload"
+        );
         let mut part = next[..5].to_vec();
         assert_eq!(decoder.next_from(&mut part, MAX), Ok(None));
-        assert_eq!(decoder.received(), b"42/chat,".len() + 5, "and the next frame's start");
+        assert_eq!(
+            decoder.received(),
+            b"42/chat,".len() + 5,
+            "and the next frame's start"
+        );
     }
 
     #[test]

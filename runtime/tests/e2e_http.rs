@@ -636,11 +636,16 @@ async fn a_held_poll_abandoned_by_the_client_ends_the_session() {
     })
     .await;
     assert!(gone, "the session ended with the abandoned poll");
-    // And the server let go of the abandoned request.
+    // And the server let go of the abandoned request, counting the end as the reference
+    // server counts a poll closed prematurely.
     let m = server.metrics().await;
     assert_eq!(
         metric(&m, "heartline_http_requests_waiting"),
         Some(0.0),
+        "{m}"
+    );
+    assert!(
+        m.contains("heartline_closes_total{reason=\"transport_error\"} 1\n"),
         "{m}"
     );
     server.stop().await;
