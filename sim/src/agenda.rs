@@ -71,10 +71,13 @@ pub enum Ev {
     },
     /// The crashed server comes back.
     Restart,
-    /// A frozen device wakes.
+    /// A frozen device wakes, if it is still frozen until then (it may have woken at
+    /// healing and frozen again since).
     Thaw {
         /// The device.
         client: usize,
+        /// The end of the freeze this wakes it from.
+        until: Instant,
     },
     /// A supervisor restarts a server whose store died, if it still runs with it dead.
     SupervisorRestart {

@@ -446,8 +446,8 @@ impl Gateway {
             engine::Event::Packet { session, packet } => self.on_packet(now, session, packet),
             engine::Event::Disconnected { session, .. } => {
                 self.drop_conn(now, session, CloseReason::ClientClose);
-                // The engine session stays open without a namespace; the handshake rule
-                // does not apply again, but a silent client is still found by the heartbeat.
+                // The engine session stays open without a namespace, for as long as the
+                // handshake rule allows one that never connected (the engine re-arms it).
             }
             engine::Event::Closed { session, reason } => {
                 *self.metrics.closes.entry(reason.label()).or_default() += 1;

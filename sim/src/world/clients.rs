@@ -575,6 +575,7 @@ impl Sim {
                 .net
                 .link(id)
                 .is_some_and(|l| matches!(l.end, End::Raw(_)))
+                && !self.is_raw_poll(id)
             {
                 self.client_closes(id);
             }

@@ -61,6 +61,8 @@ impl Sim {
                 client_notified,
             } => {
                 let c = client % n;
+                // A frozen device notices nothing until it wakes.
+                let client_notified = client_notified && self.frozen(c).is_none();
                 if let Some(p) = self.clients.get(c).and_then(|s| s.polling.as_ref()) {
                     // On polling: the receiving GET's connection (or the WebSocket that
                     // took the session over) dies silently.
@@ -202,7 +204,7 @@ impl Sim {
             self.net.black_hole(id);
             self.net.collect(id);
         }
-        self.agenda.push(until, Ev::Thaw { client: c });
+        self.agenda.push(until, Ev::Thaw { client: c, until });
     }
 
     /// Device `c` wakes (at its time, or as the faults heal): its deadlines, all past due,

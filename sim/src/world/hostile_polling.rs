@@ -34,8 +34,6 @@ pub struct RawPoll {
     overlap: bool,
     /// GET answers read.
     gets: u32,
-    /// Done: it asks nothing more.
-    done: bool,
 }
 
 impl Sim {
@@ -57,7 +55,6 @@ impl Sim {
                 frames,
                 overlap,
                 gets: 0,
-                done: false,
             },
         );
         self.raw_poll_links.insert(id, id);
@@ -118,9 +115,6 @@ impl Sim {
         let Some(p) = self.raw_polls.get(&name) else {
             return;
         };
-        if p.done {
-            return;
-        }
         let actor = p.actor;
         if status != 200 {
             return self.raw_poll_end(name, false);
@@ -192,19 +186,17 @@ impl Sim {
     /// Session `name` ends for its actor (`told`: by the server's CLOSE, after which
     /// there is nothing to say); otherwise it POSTs its CLOSE, if it has a session.
     pub(super) fn raw_poll_end(&mut self, name: u64, told: bool) {
-        let Some(p) = self.raw_polls.get_mut(&name) else {
+        let Some(p) = self.raw_polls.get(&name) else {
             return;
         };
-        if p.done {
-            return;
-        }
-        p.done = true;
         let has_session = p.sid.is_some();
         self.members.closed(name);
         self.bad_token.closed(name);
         if !told && has_session {
             self.raw_poll_send(name, true, "1".to_owned());
         }
+        // Done: answers still to come are read as no session's, and its script goes.
+        self.raw_polls.remove(&name);
     }
 
     /// As the run leaves: every hostile polling session still going is closed.

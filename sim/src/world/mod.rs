@@ -606,8 +606,10 @@ impl Sim {
             self.clients[i].client.disconnect(now);
             self.drain_client(i);
         }
-        self.close_raws();
+        // Hostile polling sessions first, with their CLOSE: the requests they have out
+        // are left to be answered, not given up.
         self.close_raw_polls();
+        self.close_raws();
         let c = &self.gw_config;
         let wait = c.engine.ping_interval_ms
             + c.engine.ping_timeout_ms
@@ -811,7 +813,11 @@ impl Sim {
                     self.net.block(client, until, &mut self.agenda);
                 }
             }
-            Ev::Thaw { client } => self.thaw(client),
+            Ev::Thaw { client, until } => {
+                if self.clients.get(client).and_then(|s| s.frozen_until) == Some(until) {
+                    self.thaw(client);
+                }
+            }
             Ev::Restart => {
                 if self.gw.is_none() {
                     self.start_server();
