@@ -3,6 +3,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
 import WebSocket from 'ws';
+import { createServer, connect as connectTcp } from 'node:net';
 import { Server, token, sleep } from './server.mjs';
 
 const server = new Server();
@@ -136,6 +137,93 @@ for (const transport of ['websocket', 'polling']) {
     assert.equal(first.connected, false, 'the displaced client does not fight back');
     assert.equal(second.connected, true);
     second.close();
+  });
+}
+
+/**
+ * A TCP relay to `target` that can go dark: while it is, the bytes either way are dropped
+ * and no close is passed on, as when a laptop sleeps or a phone leaves coverage.
+ */
+async function relay(target) {
+  const port = Number(new URL(target).port);
+  let dark = false;
+  const sockets = new Set();
+  const srv = createServer((down) => {
+    const up = connectTcp(port, '127.0.0.1');
+    const pair = [[down, up], [up, down]];
+    for (const [from, to] of pair) {
+      sockets.add(from);
+      from.on('data', (d) => {
+        if (!dark) to.write(d);
+      });
+      from.on('error', () => {});
+      from.on('close', () => {
+        sockets.delete(from);
+        if (!dark) to.destroy();
+      });
+    }
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${srv.address().port}`,
+    setDark(v) {
+      dark = v;
+    },
+    close() {
+      for (const s of sockets) s.destroy();
+      srv.close();
+    },
+  };
+}
+
+async function closesFor(reason) {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`heartline_closes_total{reason="${reason}"}`));
+  return line ? Number(line.split(' ').pop()) : 0;
+}
+
+for (const transport of ['websocket', 'polling']) {
+  test(`a client whose network goes dark on ${transport} is let go by the heartbeat, its partner told, and it comes back with the network`, async () => {
+    const user = `dora-${transport}`;
+    const partner = `pat-${transport}`;
+    await server.conversation(`dark-${transport}`, [[user, 'customer'], [partner, 'agent']]);
+    const r = await relay(server.url);
+    try {
+      const p = connect(partner, 'agent', { transports: ['websocket'] });
+      await once(p, 'connection:success');
+      const online = once(p, 'user:online');
+      const d = io(`${r.url}/chat`, {
+        auth: { token: token(user, 'customer') },
+        transports: [transport],
+        reconnectionDelay: 100,
+        reconnectionDelayMax: 300,
+        // A connect attempt into the dark gives up and goes again.
+        timeout: 2000,
+      });
+      opened.push(d);
+      await once(d, 'connection:success');
+      assert.equal((await online).userId, user);
+      const timedOut = await closesFor('ping_timeout');
+      const gone = once(d, 'disconnect', 10_000);
+      const offline = once(p, 'user:offline', 15_000);
+      r.setDark(true);
+      // The client finds out by its own heartbeat; nothing it says reaches the server,
+      // which finds out by its own: the session ends for a ping timeout, and the partner
+      // hears the user is offline once the grace has passed.
+      const [reason] = [await gone].flat();
+      assert.equal(reason, 'ping timeout');
+      assert.equal((await offline).userId, user);
+      assert.ok((await closesFor('ping_timeout')) > timedOut, 'closed for a ping timeout');
+      const back = once(d, 'connection:success', 15_000);
+      const onlineAgain = once(p, 'user:online', 15_000);
+      r.setDark(false);
+      await back;
+      assert.equal((await onlineAgain).userId, user);
+      d.close();
+      p.close();
+    } finally {
+      r.close();
+    }
   });
 }
 
