@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use heartline_core::Instant;
 
 use super::deadlines::Deadlines;
-use super::Finding;
+use super::{watched_name as name, Finding};
 
 /// The checker's name.
 pub const NAME: &str = "dead-peer-closed";
@@ -38,15 +38,6 @@ struct Watch {
     ping_outstanding: Option<Instant>,
     /// A long-polling session, named by its handshake's link.
     polling: bool,
-}
-
-/// How a finding names what is watched.
-fn name(link: u64, polling: bool) -> String {
-    if polling {
-        format!("the polling session of http{link}")
-    } else {
-        format!("ws{link}")
-    }
 }
 
 /// See the module docs.

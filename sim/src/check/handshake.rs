@@ -37,11 +37,7 @@ pub struct Handshake {
 
 impl Handshake {
     fn name(&self, link: u64) -> String {
-        if self.polling.contains(&link) {
-            format!("the polling session of http{link}")
-        } else {
-            format!("ws{link}")
-        }
+        super::watched_name(link, self.polling.contains(&link))
     }
 }
 

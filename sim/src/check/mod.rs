@@ -79,3 +79,13 @@ pub const NAMES: [&str; 19] = [
 
 /// A finding before it gets its time and step.
 pub type Finding = Result<(), (&'static str, String)>;
+
+/// How a finding names a watched connection: a WebSocket by its link, a long-polling
+/// session (watched as one, see `world/poll_watch.rs`) by its handshake's link.
+pub fn watched_name(link: u64, polling: bool) -> String {
+    if polling {
+        format!("the polling session of http{link}")
+    } else {
+        format!("ws{link}")
+    }
+}
