@@ -115,6 +115,13 @@ struct Holder {
 }
 
 impl Holder {
+    /// Whether it was told to end; if not, the task is woken when it is (registered
+    /// before the flag is read, so that a telling in between is not missed).
+    fn poll_told(&self, cx: &mut TaskContext<'_>) -> bool {
+        self.waker.register(cx.waker());
+        self.evicted.load(Ordering::Acquire)
+    }
+
     /// Its average rate, bytes a second, if it is past its grace, below the floor and not
     /// told yet.
     fn too_slow(&self, now: Instant, grace: Duration) -> Option<u64> {
@@ -365,11 +372,9 @@ impl Reservation {
     /// Whether its message was told to end for arriving too slowly while another waits;
     /// if not, the task is woken when it is.
     pub fn poll_evicted(&self, cx: &mut TaskContext<'_>) -> bool {
-        let Some(h) = &self.holding else {
-            return false;
-        };
-        h.holder.waker.register(cx.waker());
-        h.holder.evicted.load(Ordering::Acquire)
+        self.holding
+            .as_ref()
+            .is_some_and(|h| h.holder.poll_told(cx))
     }
 
     /// Ready once the message it holds bytes for is told to end
@@ -381,8 +386,7 @@ impl Reservation {
                 return std::future::pending().await;
             };
             poll_fn(move |cx| {
-                holder.waker.register(cx.waker());
-                if holder.evicted.load(Ordering::Acquire) {
+                if holder.poll_told(cx) {
                     Poll::Ready(())
                 } else {
                     Poll::Pending
