@@ -113,6 +113,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "no-handshake-timeout" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.no_handshake_timeout = true)
         }
+        "handshake-not-rearmed" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.handshake_not_rearmed = true)
+        }
         "refresh-any-user" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.refresh_any_user = true)
         }

@@ -40,8 +40,11 @@ pub struct Report {
     pub store_failures: u64,
     /// Appends kept by a store that died, though answered as failures.
     pub kept_unanswered: u64,
-    /// Links the server closed before any namespace was connected on them.
+    /// Links the server closed with no namespace connected on them (never connected,
+    /// or left by their clients).
     pub unconnected_closed: u64,
+    /// Connected links whose clients disconnected the namespace and stayed.
+    pub namespace_left: u64,
     /// Steps of the server's wall clock.
     pub clock_steps: u64,
     /// Devices frozen.
@@ -122,13 +125,14 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "dead peers closed {} | worst detection {}ms | devices frozen {} | store failures {} \
-             (kept though failed {}) | closed unconnected {}",
+             (kept though failed {}) | closed unconnected {} (namespace left {})",
             self.dead_peers,
             self.dead_peer_worst_ms,
             self.freezes,
             self.store_failures,
             self.kept_unanswered,
-            self.unconnected_closed
+            self.unconnected_closed,
+            self.namespace_left
         )?;
         let (told, refreshed, closed) = self.token_expiry;
         writeln!(

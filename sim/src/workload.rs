@@ -155,12 +155,15 @@ pub enum Attack {
     Trespass,
     /// Many connections of one user in quick succession, each replacing the last.
     Churn,
+    /// Connects, disconnects its namespace at once, and keeps the connection, answering
+    /// PINGs.
+    Leave,
 }
 
 impl Attack {
     /// Draws one.
     pub fn draw(rng: &mut Rng) -> Attack {
-        const ALL: [Attack; 9] = [
+        const ALL: [Attack; 10] = [
             Attack::Flood,
             Attack::Garbage,
             Attack::Oversize,
@@ -170,6 +173,7 @@ impl Attack {
             Attack::Silent,
             Attack::Trespass,
             Attack::Churn,
+            Attack::Leave,
         ];
         ALL[rng.below(ALL.len() as u64) as usize]
     }
@@ -245,6 +249,7 @@ impl Attack {
                 (v, 1)
             }
             Attack::Churn => (vec![connect(&good)], 3 + rng.below(8) as usize),
+            Attack::Leave => (vec![connect(&good), Frame::text("41/chat,")], 1),
         }
     }
 
@@ -260,6 +265,7 @@ impl Attack {
             Attack::Silent => "silent",
             Attack::Trespass => "trespass",
             Attack::Churn => "churn",
+            Attack::Leave => "leave",
         }
     }
 }

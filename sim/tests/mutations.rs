@@ -278,6 +278,20 @@ fn a_polling_session_kept_with_no_namespace_is_caught() {
 }
 
 #[test]
+fn a_session_left_by_its_namespace_and_kept_is_caught() {
+    // Hostile clients that disconnect their namespace and keep answering PINGs: with the
+    // handshake deadline not armed again when they leave, nothing ever closes them.
+    let (_, checker) = first_violation("handshake-not-rearmed", 40, |s| {
+        let mut o = base(s);
+        o.faults.insert(FaultKind::Hostile);
+        o.hostile = o.hostile.max(2);
+        o.gateway_hook = Some(|c| c.engine.mutations.handshake_not_rearmed = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::handshake::NAME);
+}
+
+#[test]
 fn a_fan_out_that_leaves_the_sender_out_is_caught() {
     // The project's client would fill the gap from its own ack, so only the frames show it.
     let (_, checker) = first_violation("fan-out-skips-sender", 40, |s| {

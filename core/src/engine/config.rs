@@ -95,6 +95,9 @@ pub struct Mutations {
     pub refresh_keeps_grace: bool,
     /// The engine never closes a session that connected no namespace in time.
     pub no_handshake_timeout: bool,
+    /// The engine arms no handshake deadline when a session's last namespace disconnects:
+    /// a client that leaves and keeps answering PINGs holds its session for good.
+    pub handshake_not_rearmed: bool,
     /// The gateway takes an `auth:refresh` token of any user, not only the connection's.
     pub refresh_any_user: bool,
     /// The gateway sends a connection one `heartbeat` and never re-arms its timer.

@@ -730,7 +730,12 @@ impl Engine {
             }
             (PacketType::Disconnect, Some(Namespace::Connected(_))) => {
                 s.namespaces.remove(&packet.nsp);
-                if !s.has_connected_namespace() {
+                // MUTATION (test-only): the session left with no namespace is kept.
+                #[cfg(feature = "mutations")]
+                let rearm = !self.config.mutations.handshake_not_rearmed;
+                #[cfg(not(feature = "mutations"))]
+                let rearm = true;
+                if rearm && !s.has_connected_namespace() {
                     // A session left with no namespace is bounded as one that never
                     // connected one: it connects again or is closed, not kept for pings.
                     let at = now.add_ms(self.config.handshake_timeout_ms);

@@ -242,12 +242,18 @@ impl Sim {
                     if let Some(link) = self.net.link_mut(id) {
                         link.client_open = false;
                     }
+                    self.pongers.remove(&id);
                     self.members.closed(id);
                     self.bad_token.closed(id);
                     self.presence_frames.closed(id);
                     tr!(self, "net", ("ws{id} -> h{a} closed"));
                 }
                 Seg::Frame(heartline_core::codec::Frame::Text(bytes)) => {
+                    if &bytes[..] == b"2" && self.pongers.contains(&id) {
+                        let pong = Seg::Frame(heartline_core::codec::Frame::text("3"));
+                        self.net
+                            .send(now, id, true, pong, &mut self.rng, &mut self.agenda);
+                    }
                     let text = String::from_utf8_lossy(bytes);
                     let user = self.raws.get(a).map(|u| u.key()).unwrap_or_default();
                     let finding = self.members.hostile_received(id, &user, &text);
@@ -550,10 +556,15 @@ impl Sim {
                     self.bad_token.presented(id);
                 }
                 Attack::Trespass => self.members.trespasses(id, user.key()),
+                // It keeps its connection alive, so only the handshake rule ends it.
+                Attack::Leave if !polling => {
+                    self.pongers.insert(id);
+                }
                 _ => {}
             }
-            // Half close on their own after a while; the rest leave it to the server.
-            if self.rng.below(2) == 0 {
+            // Half close on their own after a while; the rest leave it to the server, as
+            // every one that left its namespace to stay does.
+            if self.rng.below(2) == 0 && attack != Attack::Leave {
                 let at = now.add_ms(100 + self.rng.below(5_000));
                 self.agenda.push(at, Ev::RawClose { link: id });
             }
@@ -566,6 +577,7 @@ impl Sim {
         if self.raw_polls.contains_key(&id) {
             return self.raw_poll_end(id, false);
         }
+        self.pongers.remove(&id);
         self.client_closes(id);
     }
 

@@ -1,7 +1,8 @@
 //! Hostile actors on long-polling: the same attacks as over a WebSocket (floods, garbage,
-//! oversize payloads, bad tokens, trespassing, silence, churn), their CONNECT POSTed
-//! alone and the rest of their frames as one payload once a GET has been answered, and
-//! sometimes two GETs held at once, which the engine refuses by ending the session.
+//! oversize payloads, bad tokens, trespassing, silence, churn, leaving the namespace to
+//! stay), their CONNECT POSTed alone and the rest of their frames as one payload once a
+//! GET has been answered, and sometimes two GETs held at once, which the engine refuses
+//! by ending the session.
 //!
 //! Each attacking session is named by its handshake's link, as honest polling sessions
 //! are (`poll_watch.rs`), and the checkers that read what a hostile connection is told

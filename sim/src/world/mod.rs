@@ -163,6 +163,8 @@ pub struct Sim {
     raw_polls: BTreeMap<u64, RawPoll>,
     /// The request links of hostile polling sessions: each one's session.
     raw_poll_links: BTreeMap<u64, u64>,
+    /// Hostile WebSocket links that answer PINGs.
+    pongers: BTreeSet<u64>,
     /// Whether each attack goes over polling (drawn apart, so that the other draws stay
     /// what they were).
     hostile_rng: Rng,
@@ -360,6 +362,7 @@ impl Sim {
             gw: None,
             gw_config,
             closing_handshakes: BTreeSet::new(),
+            pongers: BTreeSet::new(),
             polled: BTreeMap::new(),
             raw_polls: BTreeMap::new(),
             raw_poll_links: BTreeMap::new(),
@@ -862,6 +865,7 @@ impl Sim {
             dead_peers: self.dead_peer.detected,
             dead_peer_worst_ms: self.dead_peer.worst_ms,
             unconnected_closed: self.handshake.closed_unconnected,
+            namespace_left: self.handshake.left,
             clock_steps: self.counters.clock_steps,
             freezes: self.counters.freezes,
             polling: (

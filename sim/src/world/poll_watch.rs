@@ -9,6 +9,7 @@
 //! nothing on the wire, and a client that vanished would never ask.
 
 use heartline_core::codec::engine::{decode_payload, Packet};
+use heartline_core::codec::Frame;
 use heartline_core::engine::CloseReason;
 use heartline_core::SessionId;
 
@@ -63,7 +64,8 @@ impl Sim {
         }
     }
 
-    /// The server reads a POST of session `sid`: a PONG in it answers the PING.
+    /// The server reads a POST of session `sid`: a PONG in it answers the PING, a
+    /// DISCONNECT of the namespace leaves the session unconnected.
     pub(super) fn watch_polling_post(&mut self, sid: Option<&str>, body: &[u8]) {
         let Some(watch) = self.polled_watch(sid) else {
             return;
@@ -72,12 +74,18 @@ impl Sim {
         let Ok(packets) = decode_payload(&text, MAX_PACKETS) else {
             return;
         };
-        if packets
-            .iter()
-            .any(|p| matches!(p, Packet::Pong(x) if x.is_empty()))
-        {
-            let now = self.now;
-            self.dead_peer.pong(now, watch);
+        let now = self.now;
+        for packet in &packets {
+            match packet {
+                Packet::Pong(x) if x.is_empty() => self.dead_peer.pong(now, watch),
+                Packet::Message(_) => {
+                    if let Frame::Text(t) = packet.to_frame() {
+                        self.handshake
+                            .received(now, watch, &String::from_utf8_lossy(&t));
+                    }
+                }
+                _ => {}
+            }
         }
     }
 

@@ -362,6 +362,7 @@ impl Sim {
                     self.token_expiry.received(id, text);
                     self.per_user.server_received(id, text);
                     self.heartbeat.received(id, text);
+                    self.handshake.received(now, id, text);
                 }
                 self.server_input(Input::Network(engine::Input::WsFrame {
                     transport: TransportId(id),
