@@ -425,6 +425,8 @@ fn a_post_to_a_session_the_server_ended_is_taken_and_dropped() {
         q("polling", Some(&sid)),
         "42/chat,[\"message\",\"too late\"]",
     );
+    // Its CLOSE not yet fetched: owed to the client.
+    assert_eq!(h.engine.sessions_owing(), 1);
     h.http(6, Method::Get, q("polling", Some(&sid)), "");
     insta::assert_snapshot!(h.transcript());
     assert_eq!(h.response(4), Some((200, "41/chat,".into())));
@@ -478,6 +480,11 @@ fn client_close_posted_before_its_get_arrives() {
     h.http(1, Method::Get, q("polling", None), "");
     let sid = h.last_sid();
     h.http(2, Method::Post, q("polling", Some(&sid)), "1");
+    // Held for that GET, but owing its client nothing: a shutdown need not wait for it.
+    assert_eq!(
+        (h.engine.sessions_held(), h.engine.sessions_owing()),
+        (1, 0)
+    );
     h.http(3, Method::Get, q("polling", Some(&sid)), "");
     h.http(4, Method::Get, q("polling", Some(&sid)), "");
     h.http(5, Method::Get, q("polling", None), "");

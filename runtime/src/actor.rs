@@ -691,8 +691,9 @@ impl<A: App> Actor<A> {
                 let writers = self.metrics.ws_open.load(Ordering::Relaxed);
                 // Closed polling sessions linger until their client's next GET takes the
                 // CLOSE: a client between two GETs when its session closed is told too,
-                // rather than finding the port shut.
-                let lingering = self.app.sessions_held();
+                // rather than finding the port shut. One its client closed itself owes
+                // it nothing and is not waited for.
+                let lingering = self.app.sessions_owing();
                 if (writers == 0 && lingering == 0) || now >= until {
                     tracing::info!(
                         websockets_left = writers,

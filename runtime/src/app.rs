@@ -36,6 +36,11 @@ pub trait App: Send + 'static {
     fn sessions_held(&self) -> usize {
         self.session_count()
     }
+    /// Sessions held that a client has still to hear from (see
+    /// [`heartline_core::engine::Engine::sessions_owing`]): what a drain waits for.
+    fn sessions_owing(&self) -> usize {
+        self.sessions_held()
+    }
     /// Whether the core holds a session with this `sid` (asked before a WebSocket upgrade
     /// naming one is answered 101). By default yes: the core then decides after the 101.
     fn knows_sid(&self, _sid: &str) -> bool {
@@ -72,6 +77,10 @@ impl App for Gateway {
 
     fn sessions_held(&self) -> usize {
         self.engine().sessions_held()
+    }
+
+    fn sessions_owing(&self) -> usize {
+        self.engine().sessions_owing()
     }
 
     fn knows_sid(&self, sid: &str) -> bool {

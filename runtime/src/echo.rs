@@ -258,6 +258,10 @@ impl App for EchoApp {
         self.engine.sessions_held()
     }
 
+    fn sessions_owing(&self) -> usize {
+        self.engine.sessions_owing()
+    }
+
     fn render_metrics(&self, rt: &RuntimeMetrics, draining: bool, _now: Instant) -> String {
         metrics::render_engine(&self.engine, rt, draining)
     }

@@ -146,6 +146,19 @@ impl Engine {
         self.sessions.len()
     }
 
+    /// Sessions held that a client has still to hear from: live ones, and closed ones
+    /// keeping their last packets and CLOSE for the client's next GET. Not those its
+    /// client ended with its own CLOSE, which keep only a NOOP for a GET that may be on
+    /// its way and tell nothing. What a server shutting down waits for.
+    pub fn sessions_owing(&self) -> usize {
+        let released = |s: &Session| {
+            s.closed
+                && matches!(&s.transport, Transport::Polling(p)
+                    if p.queue.len() == 1 && p.queue.last() == Some(&EioPacket::Noop.to_frame()))
+        };
+        self.sessions.values().filter(|s| !released(s)).count()
+    }
+
     /// Handshakes refused so far because `max_sessions` sessions were held.
     pub fn sessions_refused(&self) -> u64 {
         self.refused_sessions
