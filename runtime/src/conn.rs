@@ -15,6 +15,16 @@
 //! connection with no request being served is listed as quiet, and closed sooner if the
 //! socket bound is reached and a newcomer needs its socket
 //! ([`crate::admission::QuietConnections`]).
+//!
+//! A request answered with an error before its body was all read (a polling POST over
+//! `max_payload_bytes` answered 413, say) leaves its client still sending. Closing the
+//! socket with those bytes unread, or arriving after, makes the kernel answer them with a
+//! reset, and a client still writing its body then reports a broken connection
+//! (`EPIPE`, "connection reset") instead of the answer it was sent. So after such an
+//! answer, when hyper ends the connection (its side already shut for writing), the socket
+//! lingers: what the client still sends is read and dropped until it closes its side, for
+//! at most [`LINGER`] and [`LINGER_BYTES`], as web servers do (Apache's lingering close,
+//! nginx's `lingering_close`). Never near the socket bound, whose sockets go to newcomers.
 
 use std::convert::Infallible;
 use std::io;
@@ -41,6 +51,12 @@ use crate::routes;
 /// No time recorded.
 const NONE: u64 = u64::MAX;
 
+/// Longest a closed connection reads what its client still sends after an error answer.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Most bytes a lingering connection reads and drops.
+const LINGER_BYTES: usize = 16 << 20;
+
 /// Requests in flight on a connection, when the last one ended, and what its socket saw.
 /// Times are milliseconds on the core's clock.
 #[derive(Debug)]
@@ -59,6 +75,11 @@ struct Activity {
     write_blocked: AtomicBool,
     /// A request was answered `101`: the connection is becoming a WebSocket.
     upgrading: AtomicBool,
+    /// The last request had a body and was answered with an error, perhaps before its body
+    /// was all read: a close after it lingers.
+    error_with_body: AtomicBool,
+    /// The connection ended after such an answer: its socket lingers when dropped.
+    linger: AtomicBool,
 }
 
 impl Activity {
@@ -71,6 +92,8 @@ impl Activity {
             next_began_ms: AtomicU64::new(NONE),
             write_blocked: AtomicBool::new(false),
             upgrading: AtomicBool::new(false),
+            error_with_body: AtomicBool::new(false),
+            linger: AtomicBool::new(false),
         }
     }
 
@@ -100,18 +123,29 @@ impl Drop for InFlight {
 /// The connection's socket as hyper sees it: notes when the bytes of a request begin to
 /// arrive (to tell a request cut short from an idle connection) and when those of a
 /// response leave. After an upgrade the WebSocket takes the
-/// plain stream back ([`Watched::into_inner`]) and pays for none of this.
+/// plain stream back ([`Watched::into_inner`]) and pays for none of this. Dropped after a
+/// connection that ended on an error answer, it lingers (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Watched {
-    tcp: TcpStream,
+    /// Always `Some` until taken by [`Watched::into_inner`] or a linger.
+    tcp: Option<TcpStream>,
     activity: Arc<Activity>,
     clock: Clock,
+    /// The connection's slot, kept while the socket lingers.
+    permit: Arc<Permit>,
 }
 
 impl Watched {
-    /// The socket.
-    pub(crate) fn into_inner(self) -> TcpStream {
+    /// The socket (`None` only if already taken, which nothing does before a drop).
+    pub(crate) fn into_inner(mut self) -> Option<TcpStream> {
+        self.tcp.take()
+    }
+
+    fn tcp(&mut self) -> io::Result<Pin<&mut TcpStream>> {
         self.tcp
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 
     /// Notes what a write to the socket came to.
@@ -136,7 +170,10 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        let polled = match self.tcp() {
+            Ok(tcp) => tcp.poll_read(cx, buf),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
         let between_requests = self.activity.in_flight.load(Ordering::Acquire) == 0;
         if buf.filled().len() > before && between_requests {
             let now = self.clock.now().as_millis();
@@ -157,7 +194,10 @@ impl AsyncWrite for Watched {
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        let polled = match self.tcp() {
+            Ok(tcp) => tcp.poll_write(cx, buf),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
         self.wrote(&polled);
         polled
     }
@@ -167,21 +207,61 @@ impl AsyncWrite for Watched {
         cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        let polled = match self.tcp() {
+            Ok(tcp) => tcp.poll_write_vectored(cx, bufs),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
         self.wrote(&polled);
         polled
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.tcp.as_ref().is_some_and(TcpStream::is_write_vectored)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        match self.tcp() {
+            Ok(tcp) => tcp.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        match self.tcp() {
+            Ok(tcp) => tcp.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if !self.activity.linger.load(Ordering::Relaxed) {
+            return;
+        }
+        let (Some(tcp), Ok(runtime)) = (self.tcp.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(linger(tcp, self.permit.clone()));
+    }
+}
+
+/// Reads and drops what the client still sends, until it closes its side, for at most
+/// [`LINGER`] and [`LINGER_BYTES`]; then the socket closes with nothing unread, so the
+/// client is not reset before it has read its answer. `_permit` keeps the slot counted.
+async fn linger(mut tcp: TcpStream, _permit: Arc<Permit>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // hyper shut the writing side after the answer; nothing more is sent either way.
+    let _ = tcp.shutdown().await;
+    let until = tokio::time::Instant::now() + LINGER;
+    let mut buf = vec![0u8; 16 << 10];
+    let mut dropped = 0usize;
+    while dropped < LINGER_BYTES {
+        match tokio::time::timeout_at(until, tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => dropped += n,
+            _ => break,
+        }
     }
 }
 
@@ -214,11 +294,12 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
     let accepted_at = ctx.clock.now();
     let _ = stream.set_nodelay(true);
     RuntimeMetrics::inc(&ctx.metrics.tcp_accepted);
+    let permit = Arc::new(permit);
     let info = ConnInfo {
         remote,
         accepted_at,
         request_began: accepted_at,
-        permit: Arc::new(permit),
+        permit: permit.clone(),
         first_request: true,
     };
     let activity = Arc::new(Activity::new(accepted_at.as_millis()));
@@ -230,6 +311,8 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
         service_fn(move |req| {
             activity.in_flight.fetch_add(1, Ordering::AcqRel);
             quiet.busy();
+            activity.error_with_body.store(false, Ordering::Relaxed);
+            let has_body = !hyper::body::Body::is_end_stream(req.body());
             let guard = InFlight {
                 activity: activity.clone(),
                 quiet: quiet.clone(),
@@ -258,6 +341,12 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
             let answered = activity.clone();
             async move {
                 let mut resp = routes::route(req, ctx.clone(), info).await;
+                // A body is read whole before any success is answered; an error may have
+                // been answered without it.
+                let failed = resp.status().is_client_error() || resp.status().is_server_error();
+                answered
+                    .error_with_body
+                    .store(has_body && failed, Ordering::Relaxed);
                 let upgrade = resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
                 if upgrade {
                     answered.upgrading.store(true, Ordering::Relaxed);
@@ -278,9 +367,10 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
         .keep_alive(true)
         .serve_connection(
             TokioIo::new(Watched {
-                tcp: stream,
+                tcp: Some(stream),
                 activity: activity.clone(),
                 clock: ctx.clock,
+                permit,
             }),
             service,
         )
@@ -304,6 +394,12 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
             result = &mut conn => {
                 if let Err(e) = result {
                     tracing::trace!(%remote, error = %e, "http connection ended with an error");
+                }
+                // hyper ended it after an error answer, perhaps with the body still coming:
+                // its socket lingers as it is dropped, unless the sockets are running out.
+                if activity.error_with_body.load(Ordering::Relaxed) && !near_socket_bound(&ctx) {
+                    activity.linger.store(true, Ordering::Relaxed);
+                    RuntimeMetrics::inc(&ctx.metrics.tcp_lingered);
                 }
                 break;
             }

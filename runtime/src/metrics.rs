@@ -20,6 +20,8 @@ use heartline_core::Instant;
 pub struct RuntimeMetrics {
     /// TCP connections accepted and served.
     pub tcp_accepted: AtomicU64,
+    /// Connections whose socket lingered after an error answer (see [`crate::conn`]).
+    pub tcp_lingered: AtomicU64,
     /// TCP connections open now.
     pub tcp_open: AtomicU64,
     /// Refused connections whose `503` is being written (each holds a descriptor).
@@ -497,6 +499,13 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
         "TCP connections served.",
     );
     sample(out, "heartline_tcp_accepted_total", get(&rt.tcp_accepted));
+    family(
+        out,
+        "heartline_tcp_lingered_total",
+        "counter",
+        "Connections closed after an error answer to a request with a body, which read and dropped what their clients still sent before closing.",
+    );
+    sample(out, "heartline_tcp_lingered_total", get(&rt.tcp_lingered));
     family(
         out,
         "heartline_admission_refused_total",

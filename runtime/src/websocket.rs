@@ -140,7 +140,10 @@ pub async fn accept(up: Upgrade) {
     // one; holding the stream itself (not hyper's boxed wrapper around it) is what lets
     // reads share a buffer.
     let (tcp, read_before) = match upgraded.downcast::<TokioIo<Watched>>() {
-        Ok(parts) => (parts.io.into_inner().into_inner(), parts.read_buf),
+        Ok(parts) => match parts.io.into_inner().into_inner() {
+            Some(tcp) => (tcp, parts.read_buf),
+            None => return,
+        },
         Err(_) => {
             tracing::warn!("websocket upgrade over a stream that is not TCP; dropped");
             return;

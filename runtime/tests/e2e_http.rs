@@ -602,6 +602,66 @@ async fn long_polling_session_connects_and_receives() {
     server.stop().await;
 }
 
+/// A client still sending a body the server has refused (a polling POST over
+/// `max_payload_bytes`, answered 413 once the limit is passed) reads the answer and can go
+/// on sending until it is done: the server reads and drops the rest before it closes,
+/// instead of closing with bytes unread, which resets the connection under the client.
+#[tokio::test]
+async fn a_client_still_sending_a_refused_body_reads_the_answer_not_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start(|_| {}).await;
+    let sid = polling_handshake(server.addr).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("tcp");
+    let head = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: text/plain;charset=UTF-8\r\nContent-Length: 3000000\r\n\r\n4"
+    );
+    tcp.write_all(head.as_bytes())
+        .await
+        .expect("write the head");
+    // Past the limit by 100 KB: the server answers once it has read 1,000,001 bytes.
+    let first = vec![b'x'; 1_100_000];
+    tcp.write_all(&first).await.expect("write past the limit");
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while response_len(&answer).is_none_or(|len| answer.len() < len) {
+            let n = tcp.read(&mut buf).await.expect("read the answer");
+            assert!(n > 0, "closed before the whole answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("answered");
+    let (status, _, body) = parse_response(&answer);
+    assert_eq!(status, 413, "{body}");
+    // The client, not done with its body, sends more after the answer, in pieces: none of
+    // it may meet a reset.
+    let piece = vec![b'x'; 64 << 10];
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tcp.write_all(&piece)
+            .await
+            .unwrap_or_else(|e| panic!("piece {i} after the answer: {e}"));
+    }
+    tcp.shutdown().await.expect("shut down the writing side");
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
+        .await
+        .expect("the server closes once the client is done");
+    assert!(end.is_ok(), "a clean end, not a reset: {end:?}");
+    assert!(rest.is_empty(), "nothing after the answer");
+    let metrics = server.metrics().await;
+    assert_eq!(metric(&metrics, "heartline_tcp_lingered_total"), Some(1.0));
+    // Its client closes the session, which then owes it nothing: the drain does not wait.
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let (status, _, _) = http(server.addr, "POST", &path, &[], "1").await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
 async fn polling_handshake(addr: std::net::SocketAddr) -> String {
     let (status, _, body) = http(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
     assert_eq!(status, 200, "{body}");
