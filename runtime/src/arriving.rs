@@ -19,9 +19,13 @@
 //!
 //! A message that arrives too slowly does not keep the budget from the others. When a
 //! reservation must wait, the messages that have been arriving for longer than [`GRACE`]
-//! at less than [`FLOOR_RATE`] on average are ended, slowest first, until the bytes they
+//! at less than [`FLOOR_RATE`] lately are ended, slowest first, until the bytes they
 //! give back cover the wait (a WebSocket is closed 1013, a POST answered 408); a waiting
-//! reservation looks again every [`RECHECK`]. Without that, connections sending the
+//! reservation looks again every [`RECHECK`]. "Lately" is the last half of the grace,
+//! counted generously (what arrived since a moment at least that long ago, over half the
+//! grace): a message that sent most of itself at once and then stopped is judged by its
+//! stop, not by its start, and one that was held up and then came fast by how it comes
+//! now. Without that, connections sending the
 //! headers of large frames and nothing more would hold the budget until the heartbeat
 //! ended them (`ping_interval + ping_timeout`, 85 s by default), then come back, while
 //! every other large message waited. Nothing is ended while nothing waits, however slow.
@@ -50,8 +54,9 @@ const SLACK: u64 = 64 << 10;
 /// How long a large message may take before it can be ended for arriving too slowly.
 pub const GRACE: Duration = Duration::from_secs(10);
 
-/// The average rate, bytes a second, below which a large message past its [`GRACE`] is
-/// ended when another waits for the budget: a 1 MB message has a minute at this rate.
+/// The rate, bytes a second over the last half of its grace, below which a large message
+/// past its [`GRACE`] is ended when another waits for the budget: a 1 MB message has a
+/// minute at this rate.
 pub const FLOOR_RATE: u64 = 16 << 10;
 
 /// How often a waiting reservation looks again for messages arriving too slowly.
@@ -101,10 +106,18 @@ impl Drop for Demand {
 struct Holder {
     /// When it first took bytes.
     since: Instant,
+    /// How far back its rate looks: half its grace, in milliseconds.
+    window_ms: u64,
     /// Bytes it holds.
     held: AtomicU64,
     /// Bytes of its message its connection has received.
     read: AtomicU64,
+    /// When `read` last grew, milliseconds after `since`.
+    grew_ms: AtomicU64,
+    /// Two earlier points of its progress ([`Mark`]), the older first: the newer moves
+    /// on when `read` grows with it at least `window_ms` old, so that there is always a
+    /// point at least that old and not much older to count its rate from.
+    marks: [AtomicU64; 2],
     /// Told to end: its message arrives too slowly and another waits.
     evicted: AtomicBool,
     /// Its message is whole (it waits for the core's inbox, not for its peer): never
@@ -122,8 +135,9 @@ impl Holder {
         self.evicted.load(Ordering::Acquire)
     }
 
-    /// Its average rate, bytes a second, if it is past its grace, below the floor and not
-    /// told yet.
+    /// Its rate lately, bytes a second, if it is past its grace, below the floor and not
+    /// told yet: what it received since the newest point of its progress at least
+    /// `window_ms` old (when it last grew, a mark, or its start), over `window_ms`.
     fn too_slow(&self, now: Instant, grace: Duration) -> Option<u64> {
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed < grace
@@ -132,12 +146,69 @@ impl Holder {
         {
             return None;
         }
-        let ms = u64::try_from(elapsed.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let rate = self.read.load(Ordering::Relaxed).saturating_mul(1000) / ms;
+        let now_ms = millis(elapsed);
+        let old_enough = |at: u64| now_ms.saturating_sub(at) >= self.window_ms;
+        let read = self.read.load(Ordering::Relaxed);
+        let grew = self.grew_ms.load(Ordering::Relaxed);
+        let [older, newer] = [&self.marks[0], &self.marks[1]].map(Mark::of);
+        let from = if old_enough(grew) {
+            read
+        } else if old_enough(newer.at_ms) {
+            newer.read
+        } else if old_enough(older.at_ms) {
+            older.read
+        } else {
+            0
+        };
+        let rate = read.saturating_sub(from).saturating_mul(1000) / self.window_ms.max(1);
         (rate < FLOOR_RATE).then_some(rate)
     }
+
+    /// Its connection has received `n` bytes of its message in all.
+    fn received(&self, n: u64) {
+        if self.read.fetch_max(n, Ordering::Relaxed) >= n {
+            return;
+        }
+        let at_ms = millis(Instant::now().saturating_duration_since(self.since));
+        self.grew_ms.store(at_ms, Ordering::Relaxed);
+        let newer = self.marks[1].load(Ordering::Relaxed);
+        if at_ms.saturating_sub(Mark::of_packed(newer).at_ms) >= self.window_ms {
+            self.marks[0].store(newer, Ordering::Relaxed);
+            self.marks[1].store(Mark { at_ms, read: n }.packed(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A point of a message's progress: `read` bytes received `at_ms` after it began. Kept in
+/// one atomic word (the time in the high half, the bytes in the low half, each saturated
+/// at `u32::MAX`: 49 days, 4 GiB), so that one is never read half written; the
+/// connection's task writes them, the looks over the holders read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    at_ms: u64,
+    read: u64,
+}
+
+impl Mark {
+    fn packed(self) -> u64 {
+        let half = |v: u64| v.min(u64::from(u32::MAX));
+        (half(self.at_ms) << 32) | half(self.read)
+    }
+
+    fn of_packed(word: u64) -> Mark {
+        Mark {
+            at_ms: word >> 32,
+            read: word & u64::from(u32::MAX),
+        }
+    }
+
+    fn of(word: &AtomicU64) -> Mark {
+        Mark::of_packed(word.load(Ordering::Relaxed))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn lock(holders: &Mutex<Holders>) -> std::sync::MutexGuard<'_, Holders> {
@@ -365,7 +436,7 @@ impl Reservation {
     /// (a count that only grows; a smaller one is ignored).
     pub fn note_received(&self, n: usize) {
         if let Some(h) = &self.holding {
-            h.holder.read.fetch_max(n as u64, Ordering::Relaxed);
+            h.holder.received(n as u64);
         }
     }
 
@@ -438,8 +509,11 @@ impl Reservation {
             None => {
                 let holder = Arc::new(Holder {
                     since: Instant::now(),
+                    window_ms: millis(budget.grace / 2),
                     held: AtomicU64::new(n),
                     read: AtomicU64::new(0),
+                    grew_ms: AtomicU64::new(0),
+                    marks: [AtomicU64::new(0), AtomicU64::new(0)],
                     evicted: AtomicBool::new(false),
                     whole: AtomicBool::new(false),
                     waker: AtomicWaker::new(),
@@ -593,7 +667,8 @@ mod tests {
     }
 
     /// A message within its grace, or arriving at the floor's rate or faster, is left
-    /// alone while another waits; once it slows below the floor, a later look ends it.
+    /// alone while another waits; once it stops, a look half a grace later ends it, long
+    /// before its average since it began would fall below the floor.
     #[tokio::test(start_paused = true)]
     async fn young_or_fast_enough_messages_are_left_alone_until_they_slow() {
         let b = Arc::new(budget());
@@ -610,16 +685,96 @@ mod tests {
         }
         assert!(!told(&steady).await, "fast enough, so left alone");
         assert_eq!(b.metrics.arriving_evicted.load(Ordering::Relaxed), 0);
-        // It stops: its average falls below the floor after as long again.
-        for _ in 0..40 {
+        // It stops after its last bytes (at 29 s): not yet ended 3 s on...
+        for _ in 0..3 {
             tokio::time::advance(Duration::from_secs(1)).await;
             settle().await;
         }
-        assert!(told(&steady).await, "ended once too slow on average");
+        assert!(!told(&steady).await, "slowed for less than half a grace");
+        // ...ended by 7 s on, where its average (60 floors' worth over 36 s) is still
+        // well above the floor.
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+        }
+        assert!(told(&steady).await, "ended once too slow lately");
         assert_eq!(b.metrics.arriving_evicted.load(Ordering::Relaxed), 1);
         drop(steady);
         assert_eq!(waiter.await.expect("task"), Ok(300_000));
         assert_eq!((b.held(), gauge(&b)), (0, 0));
+    }
+
+    /// A message that sends most of itself at once and then stops is judged by its stop:
+    /// ended once it has sent nothing for half a grace (and is past its grace), where
+    /// its average since it began would keep it for most of a minute.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_that_stops_is_judged_by_its_stop_not_its_start() {
+        let b = Arc::new(budget());
+        let total = b.total as usize;
+        let mut stopped = Reservation::default();
+        assert_eq!(stopped.cover(&b, total - 100_000).await, Ok(()));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        stopped.note_received(900_000);
+        let waiter = waiter(&b, 300_000);
+        for _ in 0..9 {
+            tokio::time::advance(RECHECK).await;
+            settle().await;
+        }
+        assert!(!told(&stopped).await, "within its grace");
+        for _ in 0..2 {
+            tokio::time::advance(RECHECK).await;
+            settle().await;
+        }
+        assert!(
+            told(&stopped).await,
+            "past its grace, silent for half of it"
+        );
+        drop(stopped);
+        assert_eq!(waiter.await.expect("task"), Ok(300_000));
+    }
+
+    /// A message held up at first and then arriving fast is judged by how it arrives now:
+    /// left alone, where its average since it began is below the floor at its grace.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_held_up_then_fast_is_judged_by_how_it_comes_now() {
+        let b = Arc::new(budget());
+        let total = b.total as usize;
+        let mut late = Reservation::default();
+        assert_eq!(late.cover(&b, total - 100_000).await, Ok(()));
+        let waiter = waiter(&b, 300_000);
+        tokio::time::advance(Duration::from_secs(8)).await;
+        settle().await;
+        // From 8 s on, four floors a second, a quarter of a second at a time: 0.8 of the
+        // floor on average at 10 s, 1.6 over the last half grace.
+        let mut sent = 0;
+        for _ in 0..40 {
+            sent += FLOOR_RATE as usize;
+            late.note_received(sent);
+            tokio::time::advance(Duration::from_millis(250)).await;
+            settle().await;
+        }
+        assert!(!told(&late).await, "fast now, so left alone");
+        assert_eq!(b.metrics.arriving_evicted.load(Ordering::Relaxed), 0);
+        drop(late);
+        assert_eq!(waiter.await.expect("task"), Ok(300_000));
+    }
+
+    #[test]
+    fn a_mark_keeps_both_halves_and_saturates_each() {
+        let m = Mark {
+            at_ms: 12_345,
+            read: 678_901,
+        };
+        assert_eq!(Mark::of_packed(m.packed()), m);
+        let huge = Mark {
+            at_ms: u64::MAX,
+            read: u64::MAX,
+        };
+        let back = Mark::of_packed(huge.packed());
+        assert_eq!(
+            (back.at_ms, back.read),
+            (u64::from(u32::MAX), u64::from(u32::MAX))
+        );
     }
 
     /// A message that is whole waits for the core's inbox, not for its peer: however
