@@ -494,6 +494,7 @@ impl Sim {
             return;
         }
         link.client_open = false;
+        self.pongers.remove(&id);
         self.presence_frames.closed(id);
         self.message_frames.closed(id);
         self.send_queue.closed(id);
@@ -577,7 +578,6 @@ impl Sim {
         if self.raw_polls.contains_key(&id) {
             return self.raw_poll_end(id, false);
         }
-        self.pongers.remove(&id);
         self.client_closes(id);
     }
 

@@ -65,11 +65,23 @@ impl Sim {
     }
 
     /// The server reads a POST of session `sid`: a PONG in it answers the PING, a
-    /// DISCONNECT of the namespace leaves the session unconnected.
+    /// DISCONNECT of the namespace leaves the session unconnected. Not a body the engine
+    /// refuses unread: one over the payload limit, or one for a session already moved
+    /// onto a WebSocket.
     pub(super) fn watch_polling_post(&mut self, sid: Option<&str>, body: &[u8]) {
-        let Some(watch) = self.polled_watch(sid) else {
+        let Some(w) = sid.and_then(|sid| self.polled.get(sid)) else {
             return;
         };
+        let watch = w.watch;
+        let upgraded = w.session.is_some_and(|session| {
+            self.gw
+                .as_ref()
+                .and_then(|gw| gw.engine().is_websocket(session))
+                .unwrap_or(false)
+        });
+        if upgraded || body.len() as u64 > self.gw_config.engine.max_payload_bytes {
+            return;
+        }
         let text = String::from_utf8_lossy(body);
         let Ok(packets) = decode_payload(&text, MAX_PACKETS) else {
             return;
@@ -90,7 +102,8 @@ impl Sim {
     }
 
     /// A frame on the WebSocket that upgrades session `sid` (`to_server`: read by the
-    /// server, else written by it): `2` is a PING sent, `3` a PONG received.
+    /// server, else written by it): `2` is a PING sent, `3` a PONG received, a DISCONNECT
+    /// of the namespace leaves the session unconnected.
     pub(super) fn watch_upgraded_frame(&mut self, sid: Option<&str>, to_server: bool, text: &str) {
         let Some(watch) = self.polled_watch(sid) else {
             return;
@@ -99,6 +112,7 @@ impl Sim {
         match (to_server, text) {
             (true, "3") => self.dead_peer.pong(now, watch),
             (false, "2") => self.dead_peer.ping(now, watch),
+            (true, text) => self.handshake.received(now, watch, text),
             _ => {}
         }
     }
