@@ -24,7 +24,10 @@
 //! answer, when hyper ends the connection (its side already shut for writing), the socket
 //! lingers: what the client still sends is read and dropped until it closes its side, for
 //! at most [`LINGER`] and [`LINGER_BYTES`], as web servers do (Apache's lingering close,
-//! nginx's `lingering_close`). Never near the socket bound, whose sockets go to newcomers.
+//! nginx's `lingering_close`). Not when the client has closed already, nor near the socket
+//! bound, whose sockets go to newcomers, nor past [`MAX_LINGERING`] at once: a lingering
+//! socket is no longer listed as quiet, so clients answered errors on purpose could
+//! otherwise hold sockets no newcomer can take.
 
 use std::convert::Infallible;
 use std::io;
@@ -56,6 +59,9 @@ const LINGER: Duration = Duration::from_secs(2);
 
 /// Most bytes a lingering connection reads and drops.
 const LINGER_BYTES: usize = 16 << 20;
+
+/// Most sockets lingering at once; past it, a socket closes at once as before.
+const MAX_LINGERING: u64 = 1024;
 
 /// Requests in flight on a connection, when the last one ended, and what its socket saw.
 /// Times are milliseconds on the core's clock.
@@ -133,6 +139,7 @@ pub(crate) struct Watched {
     clock: Clock,
     /// The connection's slot, kept while the socket lingers.
     permit: Arc<Permit>,
+    metrics: Arc<RuntimeMetrics>,
 }
 
 impl Watched {
@@ -243,24 +250,65 @@ impl Drop for Watched {
         else {
             return;
         };
-        runtime.spawn(linger(tcp, self.permit.clone()));
+        // A client that has closed its side (its body was read whole after all) is owed
+        // nothing more.
+        let mut peek = [0u8; 512];
+        match tcp.try_read(&mut peek) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+        let lingering = &self.metrics.tcp_lingering;
+        if lingering
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_LINGERING).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return;
+        }
+        RuntimeMetrics::inc(&self.metrics.tcp_lingered);
+        let lingered = Lingered(self.metrics.clone());
+        runtime.spawn(linger(tcp, self.permit.clone(), lingered));
+    }
+}
+
+/// One socket counted in `heartline_tcp_lingering` while it lingers.
+struct Lingered(Arc<RuntimeMetrics>);
+
+impl Drop for Lingered {
+    fn drop(&mut self) {
+        self.0.tcp_lingering.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Reads and drops what the client still sends, until it closes its side, for at most
 /// [`LINGER`] and [`LINGER_BYTES`]; then the socket closes with nothing unread, so the
-/// client is not reset before it has read its answer. `_permit` keeps the slot counted.
-async fn linger(mut tcp: TcpStream, _permit: Arc<Permit>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// client is not reset before it has read its answer. `_permit` keeps the slot counted;
+/// the buffer lives only between waits, so a lingering socket's task stays small.
+async fn linger(mut tcp: TcpStream, _permit: Arc<Permit>, _lingered: Lingered) {
+    use tokio::io::AsyncWriteExt;
     // hyper shut the writing side after the answer; nothing more is sent either way.
     let _ = tcp.shutdown().await;
     let until = tokio::time::Instant::now() + LINGER;
-    let mut buf = vec![0u8; 16 << 10];
     let mut dropped = 0usize;
     while dropped < LINGER_BYTES {
-        match tokio::time::timeout_at(until, tcp.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => dropped += n,
-            _ => break,
+        match tokio::time::timeout_at(until, tcp.readable()).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => dropped += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return,
+            }
+            if dropped >= LINGER_BYTES {
+                return;
+            }
         }
     }
 }
@@ -371,6 +419,7 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
                 activity: activity.clone(),
                 clock: ctx.clock,
                 permit,
+                metrics: ctx.metrics.clone(),
             }),
             service,
         )
@@ -399,7 +448,6 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
                 // its socket lingers as it is dropped, unless the sockets are running out.
                 if activity.error_with_body.load(Ordering::Relaxed) && !near_socket_bound(&ctx) {
                     activity.linger.store(true, Ordering::Relaxed);
-                    RuntimeMetrics::inc(&ctx.metrics.tcp_lingered);
                 }
                 break;
             }

@@ -22,6 +22,8 @@ pub struct RuntimeMetrics {
     pub tcp_accepted: AtomicU64,
     /// Connections whose socket lingered after an error answer (see [`crate::conn`]).
     pub tcp_lingered: AtomicU64,
+    /// Sockets lingering now.
+    pub tcp_lingering: AtomicU64,
     /// TCP connections open now.
     pub tcp_open: AtomicU64,
     /// Refused connections whose `503` is being written (each holds a descriptor).
@@ -503,9 +505,16 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
         out,
         "heartline_tcp_lingered_total",
         "counter",
-        "Connections closed after an error answer to a request with a body, which read and dropped what their clients still sent before closing.",
+        "Connections closed after an error answer to a request with a body whose clients had not closed, which read and dropped what their clients still sent before closing.",
     );
     sample(out, "heartline_tcp_lingered_total", get(&rt.tcp_lingered));
+    family(
+        out,
+        "heartline_tcp_lingering",
+        "gauge",
+        "Sockets lingering now after an error answer (at most 1,024; counted in heartline_tcp_connections).",
+    );
+    sample(out, "heartline_tcp_lingering", get(&rt.tcp_lingering));
     family(
         out,
         "heartline_admission_refused_total",
