@@ -387,7 +387,14 @@ async fn poll(
         _ => None,
     };
     let mut arriving = Reservation::default();
-    let body = if method == Method::Post {
+    // Only a POST to a polling session can be answered for its body; any other (no sid,
+    // another transport or protocol version) is refused whatever it carries, so its body
+    // is not read: anyone could otherwise have the server take up to `max_payload_bytes`
+    // of the budgets all connections share, for nothing.
+    let for_a_session = query.sid.is_some()
+        && query.transport.as_deref() == Some("polling")
+        && query.eio.as_deref() == Some("4");
+    let body = if method == Method::Post && for_a_session {
         let limit = usize::try_from(ctx.config.engine.max_payload_bytes)
             .unwrap_or(usize::MAX)
             .saturating_add(1);

@@ -752,6 +752,38 @@ async fn a_post_with_a_made_up_sid_is_refused_before_its_body_is_read() {
     server.stop().await;
 }
 
+/// A POST that names no session (or another transport or protocol version) is refused
+/// whatever its body holds: it is answered without its body being read, so that anyone
+/// cannot have the server take up to `max_payload_bytes` of the shared budgets.
+#[tokio::test]
+async fn a_post_for_no_session_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start(|_| {}).await;
+    for (query, code) in [
+        ("EIO=4&transport=polling", 2),
+        ("EIO=3&transport=polling", 5),
+        ("EIO=4&transport=websocket", 3),
+    ] {
+        let mut post = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("tcp");
+        let head = format!(
+            "POST /socket.io/?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n"
+        );
+        post.write_all(head.as_bytes()).await.expect("write");
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, post.read(&mut answer))
+            .await
+            .expect("answered without the body")
+            .expect("read");
+        let (status, _, body) = parse_response(&answer[..n]);
+        assert_eq!(status, 400, "{query}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["code"], code, "{query}: {body}");
+    }
+    server.stop().await;
+}
+
 /// Two writers on one session, as two readers are, mean the client lost track of it: a
 /// POST that comes while an earlier one's body is still arriving ends the session, where
 /// taking both would hand the core their packets in the order their bodies ended.
