@@ -190,9 +190,12 @@ async fn put_conversation(
             )
         }
     };
+    // Read into the struct from the bytes, not from the `Value`: a `Value` keeps the last
+    // of a key given twice, where the struct refuses the body, and a member list or a
+    // member with two ids is ambiguous, not the last one's.
     let parsed: PutBody = match serde_json::from_slice::<Value>(&body)
-        .and_then(|v| objects_only(&v).map(|()| v))
-        .and_then(serde_json::from_value)
+        .and_then(|v| objects_only(&v))
+        .and_then(|()| serde_json::from_slice(&body))
     {
         Ok(p) => p,
         Err(e) => {

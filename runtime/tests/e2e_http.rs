@@ -188,6 +188,9 @@ async fn api_requires_the_key_and_validates_bodies() {
         "{\"members\": [{\"userId\": \"u1\", \"userType\": \"\"}]}",
         "{\"members\": [{\"userId\": \"u1\\n\", \"userType\": \"customer\"}]}",
         "{\"members\": [{\"userId\": \"u1\", \"userType\": \"a\\u0000b\"}]}",
+        // A key given twice: which list, which id, is not the server's to guess.
+        "{\"members\": [{\"userId\": \"a\", \"userType\": \"t\"}], \"members\": [{\"userId\": \"b\", \"userType\": \"t\"}]}",
+        "{\"members\": [{\"userId\": \"a\", \"userId\": \"b\", \"userType\": \"t\"}]}",
     ] {
         let (status, _, resp) = http(
             addr,
