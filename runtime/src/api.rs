@@ -113,6 +113,13 @@ pub async fn handle(
     }
 }
 
+/// Whether a request to the API carries the API key (an enabled API's): the operator's own
+/// traffic, which a per-IP rate meant for clients does not count.
+pub fn is_operator(req: &Request<Incoming>, ctx: &Context) -> bool {
+    let key = &ctx.config.api.key;
+    !key.is_empty() && authorized(req.headers().get(header::AUTHORIZATION), key)
+}
+
 /// Compares the bearer token with the key in time independent of where they differ.
 fn authorized(header: Option<&HeaderValue>, key: &str) -> bool {
     let Some(given) = header

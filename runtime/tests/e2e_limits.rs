@@ -677,6 +677,64 @@ async fn unpaid_first_requests_keep_no_connection_and_a_made_up_sid_pays() {
     }
 }
 
+/// The operator's API calls with the key are not clients: however many come from one
+/// address, they take none of its tokens, and its clients still get in; a call without a
+/// valid key pays as any new connection does.
+#[tokio::test]
+async fn api_calls_with_the_key_take_no_token_of_the_per_ip_rate() {
+    let auth = format!("Bearer {API_KEY}");
+    let body = json!({"members": [{"userId": "u1", "userType": "customer"}]}).to_string();
+    for attempt in 1..=RATE_ATTEMPTS {
+        let mut server = TestServer::start(|c| c.server.connect_rate_per_ip = 1).await;
+        let started = std::time::Instant::now();
+        let mut puts = Vec::new();
+        for i in 0..3 {
+            let path = format!("/api/conversations/c{i}");
+            let (status, _, _) = http(
+                server.addr,
+                "PUT",
+                &path,
+                &[("Authorization", &auth)],
+                &body,
+            )
+            .await;
+            puts.push(status);
+        }
+        let (client, _, client_body) = http(
+            server.addr,
+            "GET",
+            "/socket.io/?EIO=4&transport=polling",
+            &[],
+            "",
+        )
+        .await;
+        let (wrong, _, _) = http(
+            server.addr,
+            "PUT",
+            "/api/conversations/c9",
+            &[("Authorization", "Bearer not-the-key")],
+            &body,
+        )
+        .await;
+        if !inside_one_refill(started, Duration::from_millis(1000), attempt) {
+            server.stop().await;
+            continue;
+        }
+        assert_eq!(
+            puts,
+            [200, 200, 200],
+            "the operator's calls are not refused"
+        );
+        assert_eq!(
+            client, 200,
+            "the address's token is still there: {client_body}"
+        );
+        assert_eq!(wrong, 429, "a call without the key pays, and none was left");
+        server.stop().await;
+        return;
+    }
+}
+
 /// A WebSocket upgrade naming a sid the core does not hold is answered 400 code 1
 /// ("Session ID unknown", as a polling request naming it is), not 101 and a close; it
 /// passed the rate on credit, and turned away, its address pays as a polling request's
