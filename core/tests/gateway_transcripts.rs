@@ -1259,6 +1259,94 @@ fn leaving_a_joined_conversation_is_never_refused_over_the_budget() {
     );
 }
 
+/// An empty `conversationId` names no conversation: a malformed payload, whichever event
+/// carries it.
+#[test]
+fn an_empty_conversation_id_is_an_invalid_payload_for_every_event() {
+    let mut g = Gw::new(config());
+    g.connect(1, "alice", "customer");
+    for event in [
+        "conversation:join",
+        "conversation:leave",
+        "message:history",
+        "message:send",
+    ] {
+        let ack = g.emit(
+            1,
+            event,
+            json!({"conversationId": "", "content": "hi", "tempId": "t1"}),
+        );
+        assert_eq!(
+            g.ack(1, ack).expect("answered")["code"],
+            json!("invalid_payload"),
+            "{event}"
+        );
+    }
+}
+
+/// A leave of a conversation whose join is still reading its catch-up goes through with
+/// the budget spent too: refused, the join would put the connection in the room once read,
+/// its client having left it.
+#[test]
+fn leaving_a_conversation_still_being_joined_is_never_refused_over_the_budget() {
+    let mut g = tight_budget();
+    g.conversation("c1", &[("alice", "customer"), ("bob", "agent")]);
+    g.connect(1, "alice", "customer");
+    g.connect(2, "bob", "agent");
+    g.auto_store = false;
+    let join = g.emit(
+        1,
+        "conversation:join",
+        json!({"conversationId": "c1", "afterSeq": 0}),
+    );
+    g.emit(1, "ping", json!({}));
+    let leave = g.emit(1, "conversation:leave", json!({"conversationId": "c1"}));
+    assert_eq!(g.ack(1, leave).expect("answered"), &json!({"ok": true}));
+    g.complete_one();
+    g.auto_store = true;
+    assert!(g.ack(1, join).is_some(), "the join is answered");
+    g.emit(
+        2,
+        "message:send",
+        json!({"conversationId": "c1", "content": "after the leave"}),
+    );
+    assert!(
+        g.events_named(1, "message:new").is_empty(),
+        "never in the room: {:?}",
+        g.event_names(1)
+    );
+}
+
+/// An `auth:refresh` is served with the budget spent: refused, the connection would be
+/// closed at the end of its grace with a valid newer token in its client's hands. A
+/// stream of them is still a flood.
+#[test]
+fn a_refresh_is_served_over_the_budget_and_a_stream_of_them_is_a_flood() {
+    let mut g = tight_budget();
+    g.connect(1, "alice", "customer");
+    g.emit(1, "ping", json!({}));
+    g.emit(1, "ping", json!({}));
+    let over = g.emit(1, "ping", json!({}));
+    assert_eq!(
+        g.ack(1, over).expect("answered")["code"],
+        json!("rate_limited"),
+        "the budget is spent"
+    );
+    let later = token("alice", "customer", 172_800);
+    let refreshed = g.emit(1, "auth:refresh", json!({ "token": later }));
+    assert_eq!(
+        g.ack(1, refreshed).expect("answered")["ok"],
+        json!(true),
+        "served with the budget spent"
+    );
+    // Two refusals deep, one spent on the ping: the refreshes that follow at once spend
+    // the other, then flood.
+    for _ in 0..3 {
+        g.emit_noack(1, "auth:refresh", json!({ "token": later }));
+    }
+    assert!(g.transcript().contains("event flood"), "{}", g.transcript());
+}
+
 /// The body of the polling response to `request`, if there was one.
 fn http_body(g: &Gw, request: u64) -> Option<String> {
     g.outputs.iter().find_map(|(_, out)| match out {

@@ -63,6 +63,12 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
+/// The payload's `conversationId`: a string, and not empty (which names no conversation
+/// and is a malformed payload, whichever event carries it).
+fn conversation_id(v: &Value) -> Option<&str> {
+    str_field(v, "conversationId").filter(|s| !s.is_empty())
+}
+
 /// An optional non-negative integer field: `Ok(None)` when absent or null, `Err` when
 /// present with another type.
 fn opt_u64(v: &Value, key: &str) -> Result<Option<u64>, ()> {
@@ -128,14 +134,26 @@ impl Gateway {
         // Leaving a conversation the connection is in only lightens the server's load (no
         // more fan-out to it), and a leave turned away over the budget would keep the
         // connection in the room, its client taking itself out. So such a leave is free:
-        // each was paid for by its join. A leave of anything else is charged.
+        // each was paid for by its join. So is a leave of one whose join is still reading
+        // its catch-up, which would otherwise enter the room once read. A leave of
+        // anything else is charged.
         let leaves_a_room = name == "conversation:leave"
-            && str_field(&arg, "conversationId").is_some_and(|id| {
+            && conversation_id(&arg).is_some_and(|id| {
                 self.conns
                     .get(&session)
                     .is_some_and(|c| c.joined.contains(id))
+                    || self.joining(session, id)
             });
-        if !leaves_a_room && !self.charge(now, session, ack) {
+        if name == "auth:refresh" {
+            // A refresh turned away over the budget would have the connection closed at
+            // the end of its grace, a valid newer token in its client's hands. So it is
+            // always served, paid from the refusal balance: cheap to the server, and a
+            // stream of them still ends the connection as a flood.
+            self.charge_refusal(now, session);
+            if self.conns.get(&session).is_none_or(|c| c.flooded) {
+                return;
+            }
+        } else if !leaves_a_room && !self.charge(now, session, ack) {
             return;
         }
         if matches!(
@@ -247,9 +265,7 @@ impl Gateway {
     // ---- conversations -------------------------------------------------------------------
 
     fn on_join(&mut self, now: Instant, session: SessionId, ack: Option<u64>, arg: &Value) {
-        let (Some(id), Ok(after_seq)) =
-            (str_field(arg, "conversationId"), opt_u64(arg, "afterSeq"))
-        else {
+        let (Some(id), Ok(after_seq)) = (conversation_id(arg), opt_u64(arg, "afterSeq")) else {
             return self.refuse(now, session, ack, ErrorCode::InvalidPayload);
         };
         let id = id.to_owned();
@@ -420,7 +436,7 @@ impl Gateway {
     }
 
     fn on_leave(&mut self, now: Instant, session: SessionId, ack: Option<u64>, arg: &Value) {
-        let Some(id) = str_field(arg, "conversationId") else {
+        let Some(id) = conversation_id(arg) else {
             return self.refuse(now, session, ack, ErrorCode::InvalidPayload);
         };
         if let Some(conn) = self.conns.get_mut(&session) {
@@ -451,7 +467,7 @@ impl Gateway {
 
     fn on_history(&mut self, now: Instant, session: SessionId, ack: Option<u64>, arg: &Value) {
         let parsed = (
-            str_field(arg, "conversationId"),
+            conversation_id(arg),
             opt_u64(arg, "beforeSeq"),
             opt_u64(arg, "afterSeq"),
             opt_u64(arg, "limit"),
@@ -563,9 +579,7 @@ impl Gateway {
 
     fn parse_send(&self, arg: &Value) -> Result<Send, Refusal> {
         let invalid = || refusal_for(ErrorCode::InvalidPayload);
-        let conversation_id = str_field(arg, "conversationId")
-            .filter(|s| !s.is_empty())
-            .ok_or_else(invalid)?;
+        let conversation_id = conversation_id(arg).ok_or_else(invalid)?;
         let content = str_field(arg, "content").ok_or_else(invalid)?;
         if content.trim().is_empty() {
             return Err(Refusal::new(ErrorCode::InvalidPayload, "Content is empty"));
