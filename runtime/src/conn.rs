@@ -24,7 +24,9 @@
 //! answer, when hyper ends the connection (its side already shut for writing), the socket
 //! lingers: what the client still sends is read and dropped until it closes its side, for
 //! at most [`LINGER`] and [`LINGER_BYTES`], as web servers do (Apache's lingering close,
-//! nginx's `lingering_close`). Not when the client has closed already, nor near the socket
+//! nginx's `lingering_close`). A WebSocket the server closes on what its peer was still
+//! sending (a frame over the limit, say) lingers the same way after its close frame
+//! ([`linger_closed`]). Not when the client has closed already, nor near the socket
 //! bound, whose sockets go to newcomers, nor past [`MAX_LINGERING`] at once: a lingering
 //! socket is no longer listed as quiet, so clients answered errors on purpose could
 //! otherwise hold sockets no newcomer can take.
@@ -246,32 +248,42 @@ impl Drop for Watched {
         if !self.activity.linger.load(Ordering::Relaxed) {
             return;
         }
-        let (Some(tcp), Ok(runtime)) = (self.tcp.take(), tokio::runtime::Handle::try_current())
-        else {
-            return;
-        };
-        // A client that has closed its side (its body was read whole after all) is owed
-        // nothing more.
-        let mut peek = [0u8; 512];
-        match tcp.try_read(&mut peek) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
+        if let Some(tcp) = self.tcp.take() {
+            linger_closed(tcp, self.permit.clone(), &self.metrics);
         }
-        let lingering = &self.metrics.tcp_lingering;
-        if lingering
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_LINGERING).then_some(n + 1)
-            })
-            .is_err()
-        {
-            return;
-        }
-        RuntimeMetrics::inc(&self.metrics.tcp_lingered);
-        let lingered = Lingered(self.metrics.clone());
-        runtime.spawn(linger(tcp, self.permit.clone(), lingered));
     }
+}
+
+/// A socket the server has answered and closed its side of, its peer perhaps still
+/// sending (an HTTP body after an error answer, a WebSocket message after a refusing
+/// close frame): lingers, reading and dropping what comes (see the module docs), unless
+/// its peer has closed too, [`MAX_LINGERING`] linger already, or there is no runtime to
+/// linger on; then it closes at once. `permit` is its connection's slot, kept meanwhile.
+pub(crate) fn linger_closed(tcp: TcpStream, permit: Arc<Permit>, metrics: &Arc<RuntimeMetrics>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    // A peer that has closed its side (an HTTP body read whole after all) is owed nothing
+    // more.
+    let mut peek = [0u8; 512];
+    match tcp.try_read(&mut peek) {
+        Ok(0) => return,
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(_) => return,
+    }
+    if metrics
+        .tcp_lingering
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_LINGERING).then_some(n + 1)
+        })
+        .is_err()
+    {
+        return;
+    }
+    RuntimeMetrics::inc(&metrics.tcp_lingered);
+    let lingered = Lingered(metrics.clone());
+    runtime.spawn(linger(tcp, permit, lingered));
 }
 
 /// One socket counted in `heartline_tcp_lingering` while it lingers.

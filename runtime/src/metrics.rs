@@ -505,7 +505,7 @@ fn render_runtime(out: &mut String, engine: &Engine, rt: &RuntimeMetrics, draini
         out,
         "heartline_tcp_lingered_total",
         "counter",
-        "Connections closed after an error answer to a request with a body whose clients had not closed, which read and dropped what their clients still sent before closing.",
+        "Connections closed after an error answer to a request with a body, or a WebSocket closed on a frame it refused, whose peers had not closed, which read and dropped what their peers still sent before closing.",
     );
     sample(out, "heartline_tcp_lingered_total", get(&rt.tcp_lingered));
     family(

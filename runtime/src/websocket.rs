@@ -296,7 +296,18 @@ fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
         ));
         let _ = finishing.await;
         RuntimeMetrics::dec(&c.ctx.metrics.ws_open);
-        drop(c.permit);
+        let Connection {
+            tcp,
+            permit,
+            ctx,
+            sending,
+            ..
+        } = c;
+        // Closed on what its peer was still sending: the socket reads and drops the rest
+        // before it closes, so that the peer reads the close frame rather than a reset.
+        if sending.refused {
+            crate::conn::linger_closed(tcp, permit, &ctx.metrics);
+        }
     }
 }
 
@@ -393,6 +404,10 @@ struct Sending {
     close_sent: bool,
     /// Sending is over: the socket took the close frame, or refused a write.
     done: bool,
+    /// The server refused what the peer was sending (a frame too large or malformed, a
+    /// large message over the budget or too slow) and closed, its peer perhaps still
+    /// sending: the socket lingers after the close frame ([`crate::conn::linger`]).
+    refused: bool,
 }
 
 impl Connection {
@@ -591,6 +606,7 @@ impl Connection {
     /// back.
     fn refuse_over_budget(&mut self) -> Ending {
         let transport = self.transport;
+        self.sending.refused = true;
         self.outbox.close(1013, "try again later");
         tracing::debug!(%transport, "large message over the arriving budget");
         Ending::Dropped(CloseReason::ServerClose(OverBudget.to_string()))
@@ -601,6 +617,7 @@ impl Connection {
     /// back.
     fn refuse_too_slow(&mut self) -> Ending {
         let transport = self.transport;
+        self.sending.refused = true;
         self.outbox.close(1013, "message arriving too slowly");
         tracing::debug!(%transport, "large message arriving too slowly, ended to make room");
         Ending::Dropped(CloseReason::ServerClose(
@@ -611,6 +628,7 @@ impl Connection {
     /// Answers a protocol error with its close code; the connection ends.
     fn refuse(&mut self, e: &FrameError) -> Ending {
         let transport = self.transport;
+        self.sending.refused = true;
         self.outbox.close(e.close_code(), e.close_reason());
         match e {
             FrameError::TooLarge { size, max } => {

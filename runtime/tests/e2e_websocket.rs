@@ -411,6 +411,41 @@ async fn protocol_errors_close_that_connection_alone_with_their_code() {
     server.stop().await;
 }
 
+/// A client still sending a frame the server refused from its header (over
+/// `max_payload_bytes`) reads the close frame with its code and can go on sending until it
+/// is done: the server reads and drops the rest before it closes the socket, rather than
+/// closing with bytes unread, which resets the connection under the client.
+#[tokio::test]
+async fn a_client_still_sending_a_refused_frame_reads_the_close_not_a_reset() {
+    let mut server = TestServer::start(|_| {}).await;
+    let mut raw = Raw::open(&server, b"").await;
+    raw.text_containing("\"sid\"").await;
+    raw.send(&header_announcing(0x81, 5_000_000)).await;
+    raw.send(&[b'x'; 64 << 10]).await;
+    assert_eq!(raw.close_code().await, 1009, "message too big");
+    // The client, not done with its frame, sends more after the close, in pieces.
+    let piece = vec![b'x'; 64 << 10];
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        raw.tcp
+            .write_all(&piece)
+            .await
+            .unwrap_or_else(|e| panic!("piece {i} after the close: {e}"));
+    }
+    raw.tcp
+        .shutdown()
+        .await
+        .expect("shut down the writing side");
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(WAIT, raw.tcp.read_to_end(&mut rest))
+        .await
+        .expect("the server closes once the client is done");
+    assert!(end.is_ok(), "a clean end, not a reset: {end:?}");
+    let lingered = server.metrics().await;
+    assert_eq!(metric(&lingered, "heartline_tcp_lingered_total"), Some(1.0));
+    server.stop().await;
+}
+
 /// A masked client frame's header announcing `len` bytes of payload, the length in its
 /// shortest form, with the key [`masked_long`] masks with.
 fn header_announcing(first: u8, len: usize) -> Vec<u8> {
