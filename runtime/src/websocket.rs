@@ -638,7 +638,9 @@ impl Connection {
             }
             _ => {
                 tracing::debug!(%transport, error = %e, "websocket frame refused");
-                Ending::Failed
+                // The peer broke the protocol, as a packet the core refuses does: counted
+                // as that, not as a transport failure.
+                Ending::Dropped(CloseReason::ProtocolError(e.to_string()))
             }
         }
     }

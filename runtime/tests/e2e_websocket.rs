@@ -403,6 +403,11 @@ async fn protocol_errors_close_that_connection_alone_with_their_code() {
         .await;
         assert!(ended.is_ok(), "{name}: socket closed");
     }
+    let m = server.metrics().await;
+    assert!(
+        m.contains("heartline_closes_total{reason=\"protocol_error\"} 5\n"),
+        "counted as protocol errors: {m}"
+    );
     other.emit("ping", json!({})).expect("emit");
     other
         .wait_event("pong")
