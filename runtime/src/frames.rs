@@ -524,6 +524,14 @@ fn message(text: bool, bytes: Bytes, checked: usize) -> Result<Received, FrameEr
     }
 }
 
+/// Whether a peer may send `code` in a close frame: the codes RFC 6455 defines for the
+/// wire and those registered since (1012 service restart, 1013 try again later, 1014 bad
+/// gateway), and the codes for libraries and applications (3000–4999); not 1004 (reserved),
+/// 1005, 1006 and 1015 (never sent), nor unassigned ones. As Node's `ws` decides.
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// A close frame's code: none, or two bytes of an allowed code and a UTF-8 reason.
 fn close_code(payload: &[u8]) -> Result<Option<u16>, FrameError> {
     match payload {
@@ -531,7 +539,7 @@ fn close_code(payload: &[u8]) -> Result<Option<u16>, FrameError> {
         [_] => Err(FrameError::Protocol("close frame of one byte")),
         [hi, lo, reason @ ..] => {
             let code = u16::from_be_bytes([*hi, *lo]);
-            if !CloseCode::from(code).is_allowed() {
+            if !close_code_allowed(code) {
                 return Err(FrameError::Protocol("close code not allowed"));
             }
             if std::str::from_utf8(reason).is_err() {
@@ -846,16 +854,17 @@ mod tests {
             decode_all(&client_frame(0x88, &[]), 100),
             Ok(vec![Received::Close(None)])
         );
-        // Codes an endpoint may send (RFC 6455 7.4), and codes it may not: below 1000,
-        // reserved (1004), meant for reporting only (1005, 1006, 1015), unassigned in the
-        // protocol's range (1016-2999), and past 4999.
+        // Codes an endpoint may send (RFC 6455 7.4, and 1012-1014 registered since), and
+        // codes it may not: below 1000, reserved (1004), meant for reporting only (1005,
+        // 1006, 1015), unassigned in the protocol's range (1016-2999), and past 4999.
         let closing = |code: u16, reason: &[u8]| {
             let mut payload = code.to_be_bytes().to_vec();
             payload.extend_from_slice(reason);
             Decoder::default().next_from(&mut client_frame(0x88, &payload), MAX)
         };
         for code in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+            4000, 4999,
         ] {
             assert_eq!(
                 closing(code, b""),
