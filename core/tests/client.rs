@@ -380,6 +380,48 @@ fn a_message_sent_while_an_earlier_one_waits_to_be_retried_goes_after_it() {
     assert_eq!(sends(&d.take()), [a, b], "in the order they were written");
 }
 
+/// A send larger than the server's `maxPayload` would have the connection closed, and go
+/// again after every reconnect: it is failed `too_large` at once, never sent, and the
+/// sends behind it go.
+#[test]
+fn a_send_larger_than_the_servers_max_payload_fails_at_once_and_the_rest_go() {
+    let mut d = Driven::new();
+    let big = d
+        .client
+        .send_message(d.now, "c1", &"x".repeat(1_000_001))
+        .expect("room");
+    let small = d.client.send_message(d.now, "c1", "fits").expect("room");
+    d.client.connect(d.now);
+    d.server_accepts();
+    let out = d.take();
+    assert_eq!(
+        sends(&out),
+        std::slice::from_ref(&small),
+        "only the one that fits"
+    );
+    let failed: Vec<(String, String)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Notice(Notice::SendFailed { temp_id, code }) => {
+                Some((temp_id.clone(), code.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [(big, "too_large".to_owned())]);
+    assert!(
+        out.iter().all(|o| !matches!(o, Output::Close)),
+        "the connection goes on"
+    );
+    // Nothing of it is left to send after a reconnect.
+    d.reconnect();
+    assert_eq!(
+        sends(&d.take()),
+        [small],
+        "only the unacknowledged one again"
+    );
+}
+
 #[test]
 fn a_reply_that_is_not_the_contracts_is_tried_again_not_given_up() {
     let mut d = Driven::new();

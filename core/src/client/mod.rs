@@ -179,7 +179,9 @@ pub enum Notice {
         /// The stored message.
         message: Value,
     },
-    /// The server refused a send for good (not retried).
+    /// A send refused for good (not retried): by the server, or by the client itself with
+    /// `too_large` for a message larger than the server's `maxPayload`, on which the server
+    /// would close the connection (and the send go again after every reconnect).
     SendFailed {
         /// The send's idempotency key.
         temp_id: String,
@@ -245,6 +247,10 @@ pub struct Client {
     refused: bool,
     decoder: Decoder,
     ping_deadline_ms: u64,
+    /// The largest message the server takes (its open packet's `maxPayload`): a server
+    /// closes the connection on a larger one, so a send that would make one is failed
+    /// `too_large` rather than sent, again after every reconnect, for ever.
+    max_payload: u64,
     /// Deadlines: next attempt, connect timeout, server silence, rate-limit retry.
     reconnect_at: Option<Instant>,
     connect_deadline: Option<Instant>,
@@ -296,6 +302,7 @@ impl Client {
             refused: false,
             decoder: Decoder::new(10),
             ping_deadline_ms: 0,
+            max_payload: u64::MAX,
             reconnect_at: None,
             connect_deadline: None,
             silence_deadline: None,
@@ -558,6 +565,12 @@ impl Client {
             EioPacket::Open(hs) => {
                 // Both come from the server: added without overflowing.
                 self.ping_deadline_ms = hs.ping_interval_ms.saturating_add(hs.ping_timeout_ms);
+                // A server that names no limit (0) has none the client can know of.
+                self.max_payload = if hs.max_payload == 0 {
+                    u64::MAX
+                } else {
+                    hs.max_payload
+                };
                 self.silence_deadline = Some(now.add_ms(self.ping_deadline_ms));
                 #[cfg(feature = "mutations")]
                 if self.config.mutations.client_trusts_silence {
@@ -793,16 +806,20 @@ impl Client {
     }
 
     fn send_event(&mut self, event: &str, payload: Value, ack: Option<u64>) {
-        let packet = SioPacket {
+        let frames = self.event_frames(event, payload, ack);
+        self.out.extend(frames.into_iter().map(Output::Send));
+    }
+
+    /// The frames of an event on the client's namespace.
+    fn event_frames(&self, event: &str, payload: Value, ack: Option<u64>) -> Vec<Frame> {
+        SioPacket {
             kind: PacketType::Event,
             nsp: self.config.namespace.clone(),
             id: ack,
             data: Some(json!([event, payload])),
             attachments: vec![],
-        };
-        for f in packet.encode() {
-            self.out.push_back(Output::Send(f));
         }
+        .encode()
     }
 
     fn take_ack_id(&mut self) -> u64 {
@@ -876,31 +893,42 @@ impl Client {
         if self.phase != Phase::Up {
             return;
         }
-        let mut to_send = vec![];
         let mut in_flight = self.outbox.iter().filter(|o| o.ack.is_some()).count();
-        for i in 0..self.outbox.len() {
+        let mut i = 0;
+        while i < self.outbox.len() {
             if in_flight >= MAX_SENDS_IN_FLIGHT {
                 break;
             }
             if self.outbox[i].ack.is_some() {
+                i += 1;
                 continue;
             }
             if self.outbox[i].not_before > now {
                 break;
             }
-            in_flight += 1;
             let id = self.take_ack_id();
-            self.outbox[i].ack = Some(id);
-            to_send.push(i);
-        }
-        for i in to_send {
-            let o = self.outbox[i].clone();
+            let o = &self.outbox[i];
             let payload = json!({
                 "conversationId": o.conversation_id,
                 "content": o.content,
                 "tempId": o.temp_id,
             });
-            self.send_event("message:send", payload, o.ack);
+            let frames = self.event_frames("message:send", payload, Some(id));
+            if frames.iter().any(|f| f.len() as u64 > self.max_payload) {
+                // The server would close the connection on it, and the send would go
+                // again after the reconnect, and again: it can never be delivered.
+                if let Some(o) = self.settle(i) {
+                    self.out.push_back(Output::Notice(Notice::SendFailed {
+                        temp_id: o.temp_id,
+                        code: "too_large".to_owned(),
+                    }));
+                }
+                continue;
+            }
+            in_flight += 1;
+            self.outbox[i].ack = Some(id);
+            self.out.extend(frames.into_iter().map(Output::Send));
+            i += 1;
         }
     }
 
