@@ -78,6 +78,11 @@ function isMessage(m) {
 }
 
 /** The error code of a refusal; one without a code (a proxy, another server) is `internal`. */
+/** The bytes of `text` in UTF-8, as a WebSocket text frame carries it. */
+function utf8Length(text) {
+  return new TextEncoder().encode(text).length;
+}
+
 function refusalCode(reply) {
   return reply && reply.ok === false && typeof reply.code === 'string' ? reply.code : 'internal';
 }
@@ -95,6 +100,8 @@ export class HeartlineClient extends EventTarget {
     this.replaced = false;
     this.refused = false; // the server refused the last connect (its token)
     this.presented = ''; // the token last presented (by a CONNECT or an auth:refresh)
+    this.connectSent = false; // this connection's CONNECT went out (its open packet came)
+    this.maxPayload = Infinity; // the largest message the server takes (its open packet's)
     this.nextAck = 0;
     this.acks = new Map(); // ack id -> callback
     this.outbox = new Map(); // tempId -> { conversationId, content, sentOn, notBefore }
@@ -265,6 +272,7 @@ export class HeartlineClient extends EventTarget {
     const ws = this.ws;
     this.ws = null;
     this.up = false;
+    this.connectSent = false;
     this.acks.clear();
     this.catching.clear();
     this.joining.clear();
@@ -288,8 +296,10 @@ export class HeartlineClient extends EventTarget {
       return this.setStatus('failed', 'reconnection attempts exhausted');
     }
     const delay = backoffDelay(this.opts, this.attempt, Math.random());
-    this.setStatus('reconnecting', why);
+    // Armed before the page hears of it: a listener that disconnects then clears it, and
+    // one that connects replaces it, rather than a second socket opening behind it.
     this.timer('reconnect', delay, () => this.open());
+    this.setStatus('reconnecting', why);
   }
 
   /** The server sent this client away on purpose: stay away. */
@@ -305,8 +315,12 @@ export class HeartlineClient extends EventTarget {
   }
 
   packet(type, data, ackId) {
+    this.raw(this.frameText(type, data, ackId));
+  }
+
+  frameText(type, data, ackId) {
     const nsp = this.opts.namespace === '/' ? '' : `${this.opts.namespace},`;
-    this.raw(`4${type}${nsp}${ackId ?? ''}${JSON.stringify(data)}`);
+    return `4${type}${nsp}${ackId ?? ''}${JSON.stringify(data)}`;
   }
 
   onFrame(text) {
@@ -315,6 +329,8 @@ export class HeartlineClient extends EventTarget {
     if (type === '0') {
       const hs = JSON.parse(text.slice(1));
       this.silence = hs.pingInterval + hs.pingTimeout;
+      this.maxPayload = hs.maxPayload > 0 ? hs.maxPayload : Infinity;
+      this.connectSent = true;
       this.timer('silence', this.silence, () => this.lost('ping timeout'));
       const nsp = this.opts.namespace === '/' ? '' : `${this.opts.namespace},`;
       this.presented = this.opts.token;
@@ -357,14 +373,16 @@ export class HeartlineClient extends EventTarget {
       for (const c of this.joined.keys()) this.sendJoin(c);
       this.flush();
     } else if (kind === '4') {
-      if (this.presented !== this.opts.token) {
+      if (this.connectSent && this.presented !== this.opts.token) {
         // Refused for the token this CONNECT carried, which the page replaced while it
         // was on its way: the new one is presented at once. Refused too, it fails.
         this.drop();
         return this.open();
       }
-      this.sentAway('failed', (data && data.message) || 'connect error');
+      // Marked before the page hears of it, so that a listener that hands over a fresh
+      // token at once (refreshToken) connects with it.
       this.refused = true;
+      this.sentAway('failed', (data && data.message) || 'connect error');
     } else if (kind === '1') {
       this.sentAway(this.replaced ? 'replaced' : 'disconnected');
     } else if (kind === '2' && Array.isArray(data) && typeof data[0] === 'string') {
@@ -613,9 +631,20 @@ export class HeartlineClient extends EventTarget {
         this.timer('retry-sends', o.notBefore - now, () => this.flush());
         break;
       }
+      const payload = { conversationId: o.conversationId, content: o.content, tempId };
+      if (utf8Length(this.frameText('2', ['message:send', payload], this.nextAck)) > this.maxPayload) {
+        // The server would close the connection on it, and it would go again after the
+        // reconnect, and again: it can never be delivered.
+        this.outbox.delete(tempId);
+        this.fire('send-failed', {
+          tempId, ok: false, code: 'too_large', error: 'Message larger than the server takes',
+        });
+        if (!this.up) return; // a listener disconnected
+        continue;
+      }
       inFlight += 1;
       o.sentOn = this.nextAck;
-      this.request('message:send', { conversationId: o.conversationId, content: o.content, tempId }, (reply) => {
+      this.request('message:send', payload, (reply) => {
         if (!this.outbox.has(tempId)) return;
         if (reply && reply.ok) {
           this.outbox.delete(tempId);

@@ -584,3 +584,59 @@ test('a listener that leaves or disconnects mid-step does not leave the client h
   const joins = last().events().filter(([, name]) => name === 'conversation:join');
   assert.equal(joins.length, 1, 'the join goes on the next connection');
 });
+
+test('a send larger than the server takes fails at once as too_large, and the rest go', () => {
+  const c = client();
+  const failed = [];
+  c.addEventListener('send-failed', (e) => failed.push([e.detail.tempId, e.detail.code]));
+  // The server's maxPayload (1,000,000 bytes) counts bytes: 400,000 three-byte characters.
+  const big = c.send('c', '€'.repeat(400_000));
+  const small = c.send('c', 'fits');
+  c.connect();
+  last().accept();
+  assert.deepEqual(last().events().map(([, , p]) => p.tempId), [small], 'only the one that fits');
+  assert.deepEqual(failed, [[big, 'too_large']]);
+  assert.equal(last().closed, false, 'the connection goes on');
+  assert.deepEqual([...c.outbox.keys()], [small]);
+});
+
+test('a page that gives up on reconnecting, or connects itself, leaves no second socket', async () => {
+  for (const act of ['disconnect', 'connect']) {
+    const c = new HeartlineClient('http://127.0.0.1:1', { token: 't', initialDelayMs: 20, randomization: 0 });
+    made.push(c);
+    FakeSocket.all = [];
+    c.addEventListener('status', () => {
+      if (c.status === 'reconnecting') c[act]();
+    });
+    c.connect();
+    last().accept();
+    last().onclose();
+    await new Promise((r) => setTimeout(r, 80));
+    if (act === 'disconnect') {
+      assert.equal(c.status, 'idle', act);
+      assert.equal(FakeSocket.all.length, 1, `${act}: no reconnection behind the page's back`);
+    } else {
+      assert.equal(FakeSocket.all.length, 2, `${act}: one new socket, not two`);
+    }
+    c.disconnect();
+  }
+});
+
+test('a connect error before the open packet fails the client, and a fresh token from the listener connects', () => {
+  const c = client();
+  let handedOver = false;
+  c.addEventListener('status', () => {
+    if (c.status === 'failed' && !handedOver) {
+      handedOver = true;
+      c.refreshToken('fresh');
+    }
+  });
+  c.connect();
+  // A server gone wrong: its CONNECT_ERROR before any CONNECT went out.
+  last().recv('44/chat,{"message":"Invalid authentication token"}');
+  assert.equal(handedOver, true, 'failed, not reopened at once');
+  assert.equal(FakeSocket.all.length, 2, 'the fresh token handed over in the listener connects');
+  assert.equal(c.status, 'connecting');
+  last().accept();
+  assert.match(last().sent.find((t) => t.startsWith('40/chat,')), /"token":"fresh"/);
+});
