@@ -257,12 +257,16 @@ impl Drop for Watched {
 /// A socket the server has answered and closed its side of, its peer perhaps still
 /// sending (an HTTP body after an error answer, a WebSocket message after a refusing
 /// close frame): lingers, reading and dropping what comes (see the module docs), unless
-/// its peer has closed too, [`MAX_LINGERING`] linger already, or there is no runtime to
-/// linger on; then it closes at once. `permit` is its connection's slot, kept meanwhile.
+/// its peer has closed too, the sockets are running out ([`near_socket_bound`]),
+/// [`MAX_LINGERING`] linger already, or there is no runtime to linger on; then it closes
+/// at once. `permit` is its connection's slot, kept meanwhile.
 pub(crate) fn linger_closed(tcp: TcpStream, permit: Arc<Permit>, metrics: &Arc<RuntimeMetrics>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    if sockets_nearly_out(metrics) {
+        return;
+    }
     // A peer that has closed its side (an HTTP body read whole after all) is owed nothing
     // more.
     let mut peek = [0u8; 512];
@@ -331,8 +335,13 @@ async fn linger(mut tcp: TcpStream, _permit: Arc<Permit>, _lingered: Lingered) {
 /// the bound is reached, and kept-alive connections too busy ever to be quiet long enough
 /// to be taken ([`crate::admission::QuietConnections`]) cannot hold it.
 fn near_socket_bound(ctx: &Context) -> bool {
-    let bound = ctx.metrics.tcp_bound.load(Ordering::Relaxed);
-    bound > 0 && ctx.metrics.tcp_open.load(Ordering::Relaxed) >= bound - bound / 8
+    sockets_nearly_out(&ctx.metrics)
+}
+
+/// [`near_socket_bound`], from the counts themselves.
+fn sockets_nearly_out(metrics: &RuntimeMetrics) -> bool {
+    let bound = metrics.tcp_bound.load(Ordering::Relaxed);
+    bound > 0 && metrics.tcp_open.load(Ordering::Relaxed) >= bound - bound / 8
 }
 
 /// Where a connection with no request being served counts its time from: a never-served
