@@ -67,6 +67,11 @@ pub enum AuthError {
     Invalid,
 }
 
+/// The longest token taken: far past any the contract's claims make (two 256-byte names
+/// and a role give about 1 KiB), short enough that a client sending tokens over and over
+/// (each `auth:refresh` is checked) cannot have the server hash megabytes for each.
+pub const MAX_TOKEN_BYTES: usize = 8 << 10;
+
 /// Verifies tokens signed with one shared secret.
 #[derive(Clone)]
 pub struct Verifier {
@@ -98,7 +103,11 @@ impl Verifier {
     }
 
     /// Checks `token` at wall-clock time `now_ms` (milliseconds since the Unix epoch).
+    /// One over [`MAX_TOKEN_BYTES`] is invalid before anything of it is computed.
     pub fn verify(&self, token: &str, now_ms: u64) -> Result<Verified, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Invalid);
+        }
         let data = jsonwebtoken::decode::<Read>(token, &self.key, &self.validation)
             .map_err(|_| AuthError::Invalid)?;
         let read = data.claims;
@@ -305,6 +314,21 @@ mod tests {
                 "{sub:?} {kind:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_token_over_8_kib_is_invalid_however_well_signed() {
+        let v = Verifier::new(SECRET);
+        // Names as long as allowed and a role: well under the bound.
+        let long = "u".repeat(MAX_NAME_BYTES);
+        let most = signed(json!({"sub": long, "userType": long, "role": long, "exp": 2_000}));
+        assert!(most.len() < MAX_TOKEN_BYTES / 4, "{}", most.len());
+        assert!(v.verify(&most, 0).is_ok());
+        // A claim the server does not read, making the token just over the bound.
+        let pad = "p".repeat(MAX_TOKEN_BYTES * 3 / 4);
+        let big = signed(json!({"sub":"u1","userType":"customer","exp":2_000,"pad": pad}));
+        assert!(big.len() > MAX_TOKEN_BYTES);
+        assert_eq!(v.verify(&big, 0), Err(AuthError::Invalid));
     }
 
     #[test]

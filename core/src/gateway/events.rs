@@ -147,10 +147,10 @@ impl Gateway {
         if name == "auth:refresh" {
             // A refresh turned away over the budget would have the connection closed at
             // the end of its grace, a valid newer token in its client's hands. So it is
-            // always served, paid from the refusal balance: cheap to the server, and a
-            // stream of them still ends the connection as a flood.
-            self.charge_refusal(now, session);
-            if self.conns.get(&session).is_none_or(|c| c.flooded) {
+            // paid for as any event, but served even when that payment was a refusal (a
+            // token is at most 8 KiB to check); a stream of them still ends the
+            // connection as a flood.
+            if !self.charge_served_anyway(now, session) {
                 return;
             }
         } else if !leaves_a_room && !self.charge(now, session, ack) {
@@ -229,6 +229,22 @@ impl Gateway {
                 self.ack(now, session, ack, refusal.to_json());
                 false
             }
+            Charge::Exhausted => {
+                self.flood(now, session);
+                false
+            }
+        }
+    }
+
+    /// Charges an event that is served even over the budget: from the serving balance, or
+    /// else as a refusal; `false` (the connection ended as a flood) with both spent.
+    fn charge_served_anyway(&mut self, now: Instant, session: SessionId) -> bool {
+        let budget = self.config.event_budget;
+        let Some(conn) = self.conns.get_mut(&session) else {
+            return false;
+        };
+        match conn.budget.serve(budget, now) {
+            Charge::Served | Charge::Refused { .. } => true,
             Charge::Exhausted => {
                 self.flood(now, session);
                 false
