@@ -133,6 +133,24 @@ impl Outbox {
         st.waker.take()
     }
 
+    /// Closes on what the peer is sending (a frame refused, a message over the budget or
+    /// too slow): what is still queued is dropped and the close frame goes next. A peer
+    /// busy writing a message reads nothing meanwhile, so a queue ahead of the close could
+    /// outlast the time the close is given to leave, and the peer would never learn the
+    /// code; what it loses it gets again as anyone does after a reconnect (a catch-up, an
+    /// ack by its retry). A close already asked for stays.
+    pub fn refuse(&self, code: u16, reason: &str) {
+        let mut st = self.lock();
+        if st.queue.phase() != Phase::Open {
+            return;
+        }
+        let bytes = st.queue.clear();
+        let waker = Self::end_with_close(&mut st, code, reason);
+        drop(st);
+        RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(bytes));
+        wake(waker);
+    }
+
     /// Answers the peer's close frame: what is still queued is dropped (the peer has said
     /// it is leaving; writing up to the queue limit to it first only delays the close it
     /// waits for) and the close frame goes next. A close of ours already asked for stays.
@@ -326,6 +344,18 @@ mod tests {
         assert_eq!(o.push(Frame::text("4b")), Push::Closed);
         assert_eq!(o.try_next(), Some(Next::Frame(Frame::text("4a"))));
         assert_eq!(o.try_next(), Some(Next::Close(1000, "bye".into())));
+        assert_eq!(o.try_next(), None);
+    }
+
+    #[test]
+    fn a_refusing_close_skips_the_queue_and_keeps_its_reason() {
+        let o = outbox(1000);
+        o.push(Frame::text("4a"));
+        o.refuse(1009, "too big");
+        assert_eq!(o.push(Frame::text("4b")), Push::Closed);
+        assert_eq!(o.bytes(), 0);
+        assert_eq!(o.metrics.outbound_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(o.try_next(), Some(Next::Close(1009, "too big".into())));
         assert_eq!(o.try_next(), None);
     }
 

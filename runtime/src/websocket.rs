@@ -607,7 +607,7 @@ impl Connection {
     fn refuse_over_budget(&mut self) -> Ending {
         let transport = self.transport;
         self.sending.refused = true;
-        self.outbox.close(1013, "try again later");
+        self.outbox.refuse(1013, "try again later");
         tracing::debug!(%transport, "large message over the arriving budget");
         Ending::Dropped(CloseReason::ServerClose(OverBudget.to_string()))
     }
@@ -618,7 +618,7 @@ impl Connection {
     fn refuse_too_slow(&mut self) -> Ending {
         let transport = self.transport;
         self.sending.refused = true;
-        self.outbox.close(1013, "message arriving too slowly");
+        self.outbox.refuse(1013, "message arriving too slowly");
         tracing::debug!(%transport, "large message arriving too slowly, ended to make room");
         Ending::Dropped(CloseReason::ServerClose(
             "a large message arrived too slowly while others waited".to_owned(),
@@ -629,7 +629,7 @@ impl Connection {
     fn refuse(&mut self, e: &FrameError) -> Ending {
         let transport = self.transport;
         self.sending.refused = true;
-        self.outbox.close(e.close_code(), e.close_reason());
+        self.outbox.refuse(e.close_code(), e.close_reason());
         match e {
             FrameError::TooLarge { size, max } => {
                 // At debug: the core's close notice says it at info, paced (`log_pace`).
