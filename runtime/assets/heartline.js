@@ -77,12 +77,12 @@ function isMessage(m) {
     && Number.isSafeInteger(m.seq);
 }
 
-/** The error code of a refusal; one without a code (a proxy, another server) is `internal`. */
 /** The bytes of `text` in UTF-8, as a WebSocket text frame carries it. */
 function utf8Length(text) {
   return new TextEncoder().encode(text).length;
 }
 
+/** The error code of a refusal; one without a code (a proxy, another server) is `internal`. */
 function refusalCode(reply) {
   return reply && reply.ok === false && typeof reply.code === 'string' ? reply.code : 'internal';
 }
@@ -639,8 +639,9 @@ export class HeartlineClient extends EventTarget {
         this.fire('send-failed', {
           tempId, ok: false, code: 'too_large', error: 'Message larger than the server takes',
         });
-        if (!this.up) return; // a listener disconnected
-        continue;
+        // Started again: a listener may have disconnected, or sent (and flushed) more,
+        // which this loop's count of sends on the wire would not know of.
+        return this.flush();
       }
       inFlight += 1;
       o.sentOn = this.nextAck;

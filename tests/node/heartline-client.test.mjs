@@ -640,3 +640,22 @@ test('a connect error before the open packet fails the client, and a fresh token
   last().accept();
   assert.match(last().sent.find((t) => t.startsWith('40/chat,')), /"token":"fresh"/);
 });
+
+test('a listener of a too_large failure that sends again keeps four sends on the wire at most', () => {
+  const c = client();
+  let resent = false;
+  c.addEventListener('send-failed', () => {
+    if (!resent) {
+      resent = true;
+      for (let k = 0; k < 6; k += 1) c.send('c', `again ${k}`);
+    }
+  });
+  c.send('c', 'a');
+  c.send('c', '€'.repeat(400_000));
+  c.send('c', 'b');
+  c.connect();
+  last().accept();
+  const onWire = last().events().filter(([, name]) => name === 'message:send');
+  assert.equal(resent, true);
+  assert.equal(onWire.length, 4, 'four at a time, the listener\'s sends counted');
+});
