@@ -719,21 +719,14 @@ async fn a_held_poll_abandoned_by_the_client_ends_the_session() {
 /// to `max_payload_bytes`, nor to keep a reading mark for it.
 #[tokio::test]
 async fn a_post_with_a_made_up_sid_is_refused_before_its_body_is_read() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut server = TestServer::start(|_| {}).await;
     let addr = server.addr;
-    let path = "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA";
-    let mut post = tokio::net::TcpStream::connect(addr).await.expect("tcp");
-    // A head that announces a large body, and none of the body.
-    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n");
-    post.write_all(head.as_bytes()).await.expect("write");
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(WAIT, post.read(&mut answer))
-        .await
-        .expect("answered without the body")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer[..n]);
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let (status, answer) = answer_to_a_head_alone(
+        addr,
+        "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA",
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
     assert!(answer.contains("Session ID unknown"), "{answer}");
     let m = server.metrics().await;
     assert_eq!(
@@ -755,31 +748,35 @@ async fn a_post_with_a_made_up_sid_is_refused_before_its_body_is_read() {
     server.stop().await;
 }
 
+/// Sends the head of a POST to `target` announcing a 900,000-byte body, and none of the
+/// body; the answer, which must come without it: its status and body.
+async fn answer_to_a_head_alone(addr: std::net::SocketAddr, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut post = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let head = format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n");
+    post.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, post.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .expect("read");
+    let (status, _, body) = parse_response(&answer[..n]);
+    (status, body)
+}
+
 /// A POST that names no session (or another transport or protocol version) is refused
 /// whatever its body holds: it is answered without its body being read, so that anyone
 /// cannot have the server take up to `max_payload_bytes` of the shared budgets.
 #[tokio::test]
 async fn a_post_for_no_session_is_refused_before_its_body_is_read() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut server = TestServer::start(|_| {}).await;
     for (query, code) in [
         ("EIO=4&transport=polling", 2),
         ("EIO=3&transport=polling", 5),
         ("EIO=4&transport=websocket", 3),
     ] {
-        let mut post = tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("tcp");
-        let head = format!(
-            "POST /socket.io/?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n"
-        );
-        post.write_all(head.as_bytes()).await.expect("write");
-        let mut answer = vec![0u8; 4096];
-        let n = tokio::time::timeout(WAIT, post.read(&mut answer))
-            .await
-            .expect("answered without the body")
-            .expect("read");
-        let (status, _, body) = parse_response(&answer[..n]);
+        let (status, body) =
+            answer_to_a_head_alone(server.addr, &format!("/socket.io/?{query}")).await;
         assert_eq!(status, 400, "{query}: {body}");
         let v: Value = serde_json::from_str(&body).expect("json");
         assert_eq!(v["code"], code, "{query}: {body}");
