@@ -466,8 +466,8 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, ctx: Arc<Context>, per
                     tracing::trace!(%remote, error = %e, "http connection ended with an error");
                 }
                 // hyper ended it after an error answer, perhaps with the body still coming:
-                // its socket lingers as it is dropped, unless the sockets are running out.
-                if activity.error_with_body.load(Ordering::Relaxed) && !near_socket_bound(&ctx) {
+                // its socket lingers as it is dropped (see `linger_closed` for when not).
+                if activity.error_with_body.load(Ordering::Relaxed) {
                     activity.linger.store(true, Ordering::Relaxed);
                 }
                 break;

@@ -134,34 +134,32 @@ impl Outbox {
     }
 
     /// Closes on what the peer is sending (a frame refused, a message over the budget or
-    /// too slow): what is still queued is dropped and the close frame goes next. A peer
-    /// busy writing a message reads nothing meanwhile, so a queue ahead of the close could
-    /// outlast the time the close is given to leave, and the peer would never learn the
-    /// code; what it loses it gets again as anyone does after a reconnect (a catch-up, an
-    /// ack by its retry). A close already asked for stays.
+    /// too slow): the close frame goes ahead of what is queued ([`Outbox::close_ahead`]).
+    /// A peer busy writing a message reads nothing meanwhile, so a queue ahead of the close
+    /// could outlast the time the close is given to leave, and the peer would never learn
+    /// the code; what it loses it gets again as anyone does after a reconnect (a catch-up,
+    /// an ack by its retry).
     pub fn refuse(&self, code: u16, reason: &str) {
-        let mut st = self.lock();
-        if st.queue.phase() != Phase::Open {
-            return;
-        }
-        let bytes = st.queue.clear();
-        let waker = Self::end_with_close(&mut st, code, reason);
-        drop(st);
-        RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(bytes));
-        wake(waker);
+        self.close_ahead(code, reason);
     }
 
-    /// Answers the peer's close frame: what is still queued is dropped (the peer has said
-    /// it is leaving; writing up to the queue limit to it first only delays the close it
-    /// waits for) and the close frame goes next. A close of ours already asked for stays.
+    /// Answers the peer's close frame ahead of what is queued ([`Outbox::close_ahead`]):
+    /// the peer has said it is leaving, and writing up to the queue limit to it first only
+    /// delays the close it waits for.
     pub fn answer_close(&self, code: u16) {
+        self.close_ahead(code, "");
+    }
+
+    /// What is still queued is dropped and the close frame goes next. A close of ours
+    /// already asked for stays.
+    fn close_ahead(&self, code: u16, reason: &str) {
         let mut st = self.lock();
         if st.queue.phase() != Phase::Open {
             return;
         }
         // Under one lock with the close, so nothing pushed meanwhile goes out before it.
         let bytes = st.queue.clear();
-        let waker = Self::end_with_close(&mut st, code, "");
+        let waker = Self::end_with_close(&mut st, code, reason);
         drop(st);
         RuntimeMetrics::sub(&self.metrics.outbound_bytes, u64::from(bytes));
         wake(waker);
