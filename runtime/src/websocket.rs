@@ -406,7 +406,7 @@ struct Sending {
     done: bool,
     /// The server refused what the peer was sending (a frame too large or malformed, a
     /// large message over the budget or too slow) and closed, its peer perhaps still
-    /// sending: the socket lingers after the close frame ([`crate::conn::linger`]).
+    /// sending: the socket lingers after the close frame ([`crate::conn::linger_closed`]).
     refused: bool,
 }
 
@@ -601,13 +601,19 @@ impl Connection {
         }
     }
 
+    /// Closes on what the peer is still sending: the close frame goes ahead of what is
+    /// queued, and the socket lingers once it is written.
+    fn close_refusing(&mut self, code: u16, reason: &str) {
+        self.sending.refused = true;
+        self.outbox.refuse(code, reason);
+    }
+
     /// A large message needed more of the arriving budget than was free while this
     /// connection held some: it ends with 1013 (try again later), and its client comes
     /// back.
     fn refuse_over_budget(&mut self) -> Ending {
         let transport = self.transport;
-        self.sending.refused = true;
-        self.outbox.refuse(1013, "try again later");
+        self.close_refusing(1013, "try again later");
         tracing::debug!(%transport, "large message over the arriving budget");
         Ending::Dropped(CloseReason::ServerClose(OverBudget.to_string()))
     }
@@ -617,8 +623,7 @@ impl Connection {
     /// back.
     fn refuse_too_slow(&mut self) -> Ending {
         let transport = self.transport;
-        self.sending.refused = true;
-        self.outbox.refuse(1013, "message arriving too slowly");
+        self.close_refusing(1013, "message arriving too slowly");
         tracing::debug!(%transport, "large message arriving too slowly, ended to make room");
         Ending::Dropped(CloseReason::ServerClose(
             "a large message arrived too slowly while others waited".to_owned(),
@@ -628,8 +633,7 @@ impl Connection {
     /// Answers a protocol error with its close code; the connection ends.
     fn refuse(&mut self, e: &FrameError) -> Ending {
         let transport = self.transport;
-        self.sending.refused = true;
-        self.outbox.refuse(e.close_code(), e.close_reason());
+        self.close_refusing(e.close_code(), e.close_reason());
         match e {
             FrameError::TooLarge { size, max } => {
                 // At debug: the core's close notice says it at info, paced (`log_pace`).
