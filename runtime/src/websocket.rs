@@ -237,7 +237,7 @@ struct Unsent {
 ///
 /// tokio adds 104 bytes of its own to a task and rounds it up to a multiple of 128, so this
 /// future must stay within 152 bytes for the task to fit in 256 (a test holds it to that;
-/// in a release build it is 136: the connection, 112, and a 16-byte wait at most; `cargo +nightly rustc -p heartline-runtime --release --
+/// in a release build it is 144: the connection, 112, and what one wait holds; `cargo +nightly rustc -p heartline-runtime --release --
 /// -Zprint-type-sizes` shows it). Each step up costs every idle connection 128 bytes or
 /// more: at 520 bytes (an earlier layout, a 640-byte task served from 768-byte blocks) an
 /// idle connection cost ~540 bytes more than at 400 (3 alternated runs of 10,000 each).
@@ -271,7 +271,10 @@ fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
                 Ok(false) => break Ending::Failed,
                 Err(wait) => wait,
             };
-            if !wait.await {
+            // Both moved into the closure, so that a pointer to the connection and one to
+            // the wait (boxed once more to be a thin one) are all this await holds.
+            let (conn, mut wait) = (&mut c, Box::new(wait));
+            if !poll_fn(move |cx| conn.poll_waiting(cx, wait.as_mut().as_mut())).await {
                 break Ending::Failed;
             }
             c.arriving = None;
@@ -282,7 +285,7 @@ fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
         // Awaited either way (a one-byte box when no wait is needed, once per connection),
         // for the same reason as above.
         let wait = match hand_over(&c.ctx, Msg::Net(ending.input(c.transport))) {
-            Ok(_) => Box::pin(std::future::ready(true)) as Waiting<'_>,
+            Ok(_) => Box::pin(std::future::ready(true)) as Waiting,
             Err(wait) => wait,
         };
         wait.await;
@@ -312,25 +315,28 @@ fn serve(mut c: Connection) -> impl Future<Output = ()> + Send {
 }
 
 /// A wait for room in the actor's inbox.
-type Waiting<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+type Waiting = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// Hands `msg` to the actor. `Ok(delivered)` when that needed no wait (`false`: the actor
 /// is gone); otherwise the wait, boxed, so that a connection's task does not carry a send
-/// future (and a message) inline for the rare moments the inbox is full.
-fn hand_over(ctx: &Context, msg: Msg) -> Result<bool, Waiting<'_>> {
+/// future (and a message) inline for the rare moments the inbox is full. The wait holds a
+/// context of its own, so that the connection stays free to write meanwhile.
+fn hand_over(ctx: &Arc<Context>, msg: Msg) -> Result<bool, Waiting> {
     let msg = match ctx.inbox_bytes.admit(msg) {
         Admitted::Now(msg) => msg,
         Admitted::Waiting(bytes) => {
+            let ctx = ctx.clone();
             return Err(Box::pin(async move {
                 let msg = bytes.await;
                 ctx.actor.send(msg).await.is_ok()
-            }))
+            }));
         }
     };
     match ctx.actor.try_send(msg) {
         Ok(()) => Ok(true),
         Err(TrySendError::Closed(_)) => Ok(false),
         Err(TrySendError::Full(msg)) => {
+            let ctx = ctx.clone();
             Err(Box::pin(async move { ctx.actor.send(msg).await.is_ok() }))
         }
     }
@@ -429,6 +435,23 @@ impl Connection {
             }
         }
         self.poll_recv(cx)
+    }
+
+    /// While a message waits for room in the actor's inbox (full, or its large messages'
+    /// bytes all taken): nothing more is read, as that is the wait's point, but what the
+    /// core queued still goes out, so that a peer that reads is never taken for a slow
+    /// consumer because the server was busy. Ready with whether the message went in
+    /// (`false`: the actor is gone, or the connection was killed meanwhile).
+    fn poll_waiting(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        wait: Pin<&mut (dyn Future<Output = bool> + Send)>,
+    ) -> Poll<bool> {
+        if self.outbox.watch(cx.waker()) == Phase::Killed {
+            return Poll::Ready(false);
+        }
+        let _ = self.poll_send(cx);
+        wait.poll(cx)
     }
 
     /// After reading ended: sends what is still queued and the close frame. Ready once
@@ -763,5 +786,106 @@ mod tests {
         }
         let future = returned(serve);
         assert!(future <= 152, "{future} bytes");
+    }
+
+    /// A masked client text frame (mask key zero, which leaves the payload as it is).
+    fn client_text(payload: &[u8]) -> Vec<u8> {
+        let len = u8::try_from(payload.len()).expect("a short frame");
+        assert!(len < 126);
+        let mut frame = vec![0x81, 0x80 | len, 0, 0, 0, 0];
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    /// While a received message waits for room in a full inbox, frames the core queued
+    /// still go out (before, the task sat in the wait and wrote nothing: a client reading
+    /// normally could pile up past `max_outbound_bytes` and be closed as a slow consumer).
+    /// The message goes in once there is room.
+    #[tokio::test]
+    async fn queued_frames_go_out_while_a_message_waits_for_the_inbox() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let metrics = Arc::new(RuntimeMetrics::default());
+        let (actor, mut inbox) = tokio::sync::mpsc::channel(1);
+        let ctx = Arc::new(Context::new(
+            crate::config::Config::default(),
+            "/socket.io/".into(),
+            crate::clock::Clock::start(),
+            actor,
+            crate::storage::StoreQueue::detached(),
+            metrics.clone(),
+            Arc::default(),
+        ));
+        // The inbox is full before the client sends anything.
+        let filler = ctx.transport_id();
+        ctx.actor
+            .try_send(Msg::Net(engine::Input::WsClosed {
+                transport: filler,
+                error: false,
+            }))
+            .expect("an empty inbox");
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let permit = crate::admission::ConnectionCap::new(1, metrics.clone())
+            .try_acquire()
+            .unwrap();
+        let outbox = Arc::new(Outbox::new(metrics.clone()));
+        let transport = ctx.transport_id();
+        let task = tokio::spawn(serve(Connection {
+            tcp,
+            decoder: Decoder::default(),
+            unsent: None,
+            outbox: outbox.clone(),
+            transport,
+            ctx: ctx.clone(),
+            permit: Arc::new(permit),
+            sending: Sending::default(),
+            linger: None,
+            arriving: None,
+        }));
+
+        client.write_all(&client_text(b"42[\"hi\"]")).await.unwrap();
+        // Let the task read it and find the inbox full.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for i in 0..3 {
+            outbox.push(Frame::text(format!("42[\"n\",{i}]")), 1 << 20);
+        }
+        let frame_len = 2 + "42[\"n\",0]".len();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut buf = [0u8; 256];
+            while got.len() < 3 * frame_len {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the socket closed");
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "queued frames not written: {got:?}");
+        assert_eq!(&got[..frame_len], b"\x81\x0942[\"n\",0]");
+
+        // Room in the inbox: the waiting message goes in, after the filler.
+        assert!(matches!(
+            inbox.recv().await,
+            Some(Msg::Net(engine::Input::WsClosed { transport, .. })) if transport == filler
+        ));
+        let next = tokio::time::timeout(Duration::from_secs(2), inbox.recv())
+            .await
+            .expect("the waiting message");
+        match next {
+            Some(Msg::Net(engine::Input::WsFrame {
+                transport: t,
+                frame: Frame::Text(text),
+            })) => {
+                assert_eq!(t, transport);
+                assert_eq!(&text[..], b"42[\"hi\"]");
+            }
+            _ => panic!("not the client's frame"),
+        }
+        task.abort();
     }
 }
