@@ -422,6 +422,89 @@ fn a_send_larger_than_the_servers_max_payload_fails_at_once_and_the_rest_go() {
     );
 }
 
+/// A join larger than the server's `maxPayload` (a conversation id of a megabyte) would
+/// have the connection closed, and the rejoin after every reconnect close it again: it
+/// fails `too_large` at once, is not rejoined, and the other joins go.
+#[test]
+fn a_join_larger_than_the_servers_max_payload_fails_at_once_and_is_not_rejoined() {
+    let mut d = Driven::new();
+    let big = "c".repeat(1_000_001);
+    d.client.join(d.now, &big);
+    d.client.join(d.now, "small");
+    d.client.connect(d.now);
+    d.server_accepts();
+    let out = d.take();
+    let joins: Vec<String> = sent_events(&out)
+        .into_iter()
+        .filter(|(_, event, _)| event == "conversation:join")
+        .map(|(_, _, p)| p["conversationId"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(joins, ["small"], "only the one that fits");
+    let failed: Vec<&Value> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Notice(Notice::Event(name, p)) if name == "conversation:join_failed" => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["code"], "too_large");
+    assert_eq!(failed[0]["conversationId"].as_str(), Some(big.as_str()));
+    assert!(!out.iter().any(|o| matches!(o, Output::Close)));
+    assert!(!d.client.joined().contains_key(&big));
+    // Not asked for again after a reconnect.
+    d.reconnect();
+    let again: Vec<String> = sent_events(&d.take())
+        .into_iter()
+        .filter(|(_, event, _)| event == "conversation:join")
+        .map(|(_, _, p)| p["conversationId"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(again, ["small"]);
+}
+
+/// A refreshed token larger than the server's `maxPayload` is refused by the client
+/// itself, not sent (the server would close the connection on it); and a connect that
+/// would carry it fails as a refused connect does, rather than closing at every attempt.
+#[test]
+fn a_token_larger_than_the_servers_max_payload_is_refused_not_sent() {
+    let (mut d, _) = Driven::connected_in(0);
+    d.take();
+    let big = "t".repeat(1_000_001);
+    d.client.refresh_token(d.now, big.clone());
+    let out = d.take();
+    assert!(sent_events(&out).is_empty(), "nothing sent");
+    assert!(
+        out.contains(&Output::Notice(Notice::Refreshed {
+            error: Some("too_large".into())
+        })),
+        "{out:?}"
+    );
+    assert!(!out.iter().any(|o| matches!(o, Output::Close)));
+    assert_eq!(d.client.status(), &Status::Connected);
+
+    // The link drops; the next connect would present it: failed, not tried again.
+    d.client.handle_closed(d.now);
+    let due = d
+        .client
+        .poll_timeout()
+        .expect("a reconnection is scheduled");
+    d.advance_to(due.as_millis());
+    d.take();
+    d.frame(r#"0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#);
+    let out = d.take();
+    assert!(
+        !out.iter().any(
+            |o| matches!(o, Output::Send(f) if f.as_text().is_some_and(|t| t.starts_with("40")))
+        ),
+        "no CONNECT sent"
+    );
+    assert!(matches!(d.client.status(), Status::Failed { .. }));
+    assert_eq!(d.client.poll_timeout(), None, "no attempt scheduled");
+    // A fresh token that fits connects again.
+    d.client.refresh_token(d.now, "fresh");
+    assert_eq!(opens(&d.take()), 1);
+}
+
 #[test]
 fn a_reply_that_is_not_the_contracts_is_tried_again_not_given_up() {
     let mut d = Driven::new();

@@ -179,8 +179,18 @@ export class HeartlineClient extends EventTarget {
   /** Sends the current token as `auth:refresh`; the answer comes as `refreshed`. */
   sendRefresh() {
     const token = this.opts.token;
+    if (this.tooLarge('auth:refresh', { token })) {
+      // Sent, it would close the connection, and the next connect would present it
+      // again: refused here, as the server refuses a token it cannot take.
+      return this.fire('refreshed', { ok: false, code: 'too_large', error: 'Token larger than the server takes' });
+    }
     this.presented = token;
     this.request('auth:refresh', { token }, (reply) => this.fire('refreshed', reply || {}));
+  }
+
+  /** Whether this event, as the next request, is longer than the server's maxPayload. */
+  tooLarge(event, payload) {
+    return utf8Length(this.frameText('2', [event, payload], this.nextAck)) > this.maxPayload;
   }
 
   join(conversationId) {
@@ -333,8 +343,15 @@ export class HeartlineClient extends EventTarget {
       this.connectSent = true;
       this.timer('silence', this.silence, () => this.lost('ping timeout'));
       const nsp = this.opts.namespace === '/' ? '' : `${this.opts.namespace},`;
+      const connect = `40${nsp}${JSON.stringify({ token: this.opts.token })}`;
+      if (utf8Length(connect) > this.maxPayload) {
+        // The server would close the connection on it, at every attempt: a refusal,
+        // which a fresh token (refreshToken) answers.
+        this.refused = true;
+        return this.sentAway('failed', 'token too large');
+      }
       this.presented = this.opts.token;
-      this.raw(`40${nsp}${JSON.stringify({ token: this.opts.token })}`);
+      this.raw(connect);
     } else if (type === '2') {
       this.timer('silence', this.silence, () => this.lost('ping timeout'));
       this.raw('3');
@@ -500,6 +517,18 @@ export class HeartlineClient extends EventTarget {
     const last = this.joined.get(conversationId);
     const payload = { conversationId };
     if (last != null) payload.afterSeq = last;
+    if (this.tooLarge('conversation:join', payload)) {
+      // The server would close the connection on it, and the rejoin after the reconnect
+      // would close it again: refused for good, kept out of later rejoins.
+      if (last != null) this.parked.set(conversationId, last);
+      this.joined.delete(conversationId);
+      this.catching.delete(conversationId);
+      this.askedAgain.delete(conversationId);
+      this.joinEnded(conversationId);
+      return this.fire('join-failed', {
+        conversationId, ok: false, code: 'too_large', error: 'Conversation id larger than the server takes',
+      });
+    }
     this.onWire.add(conversationId);
     this.request('conversation:join', payload, (reply) => {
       if (this.genOf(conversationId) !== gen) return; // left since
@@ -632,7 +661,7 @@ export class HeartlineClient extends EventTarget {
         break;
       }
       const payload = { conversationId: o.conversationId, content: o.content, tempId };
-      if (utf8Length(this.frameText('2', ['message:send', payload], this.nextAck)) > this.maxPayload) {
+      if (this.tooLarge('message:send', payload)) {
         // The server would close the connection on it, and it would go again after the
         // reconnect, and again: it can never be delivered.
         this.outbox.delete(tempId);

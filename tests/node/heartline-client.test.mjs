@@ -600,6 +600,50 @@ test('a send larger than the server takes fails at once as too_large, and the re
   assert.deepEqual([...c.outbox.keys()], [small]);
 });
 
+test('a join larger than the server takes fails at once as too_large and is not rejoined', () => {
+  const c = client();
+  const failed = [];
+  c.addEventListener('join-failed', (e) => failed.push([e.detail.conversationId.length, e.detail.code]));
+  const big = 'c'.repeat(1_000_001);
+  c.join(big);
+  c.join('small');
+  c.connect();
+  last().accept();
+  const joins = () => last().events().filter(([, name]) => name === 'conversation:join').map(([, , p]) => p.conversationId);
+  assert.deepEqual(joins(), ['small'], 'only the one that fits');
+  assert.deepEqual(failed, [[big.length, 'too_large']]);
+  assert.equal(last().closed, false, 'the connection goes on');
+  assert.equal(c.joined.has(big), false);
+  // Not asked for again on the next connection.
+  last().onclose();
+  c.connect();
+  last().accept();
+  assert.deepEqual(joins(), ['small']);
+});
+
+test('a token larger than the server takes is refused, not sent, and a connect carrying it fails', () => {
+  const c = client();
+  const refreshed = [];
+  c.addEventListener('refreshed', (e) => refreshed.push(e.detail.code));
+  c.connect();
+  last().accept();
+  const big = 't'.repeat(1_000_001);
+  c.refreshToken(big);
+  assert.deepEqual(last().events().filter(([, name]) => name === 'auth:refresh'), [], 'nothing sent');
+  assert.deepEqual(refreshed, ['too_large']);
+  assert.equal(last().closed, false, 'the connection goes on');
+  assert.equal(c.status, 'connected');
+  // The next connect would present it: failed, without a CONNECT and without a retry.
+  last().onclose();
+  c.connect();
+  last().recv('0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}');
+  assert.equal(last().sent.some((t) => t.startsWith('40')), false, 'no CONNECT sent');
+  assert.equal(c.status, 'failed');
+  const sockets = FakeSocket.all.length;
+  c.refreshToken('fresh');
+  assert.equal(FakeSocket.all.length, sockets + 1, 'a fresh token that fits connects again');
+});
+
 test('a page that gives up on reconnecting, or connects itself, leaves no second socket', async () => {
   for (const act of ['disconnect', 'connect']) {
     const c = new HeartlineClient('http://127.0.0.1:1', { token: 't', initialDelayMs: 20, randomization: 0 });

@@ -427,11 +427,20 @@ impl Client {
 
     /// Sends the current token as `auth:refresh`; the connection holds it from the answer.
     fn send_refresh(&mut self) {
+        let payload = json!({ "token": self.config.token });
+        let frames = self.event_frames("auth:refresh", payload, Some(self.next_ack));
+        if !self.fits(&frames) {
+            // Sent, it would close the connection, and the next connect would present it
+            // again: refused here as the server refuses a token it cannot take.
+            self.out.push_back(Output::Notice(Notice::Refreshed {
+                error: Some("too_large".into()),
+            }));
+            return;
+        }
         let id = self.take_ack_id();
         self.refreshes.insert(id);
         self.presented = self.config.token.clone();
-        let payload = json!({ "token": self.config.token });
-        self.send_event("auth:refresh", payload, Some(id));
+        self.out.extend(frames.into_iter().map(Output::Send));
     }
 
     /// Closes for good (the application logged out, say).
@@ -577,10 +586,18 @@ impl Client {
                     self.silence_deadline = None;
                 }
                 let auth = json!({ "token": self.config.token });
+                let connect = Frame::text(format!("40{},{auth}", self.config.namespace));
+                if !self.fits(std::slice::from_ref(&connect)) {
+                    // The server would close the connection on it, at every attempt: a
+                    // refusal, which a fresh token ([`Client::refresh_token`]) answers.
+                    self.refused = true;
+                    return self.sent_away(Status::Failed {
+                        reason: "token too large".into(),
+                    });
+                }
                 self.presented = self.config.token.clone();
                 self.connect_sent = true;
-                let connect = format!("40{},{auth}", self.config.namespace);
-                self.out.push_back(Output::Send(Frame::text(connect)));
+                self.out.push_back(Output::Send(connect));
             }
             EioPacket::Ping(_) => {
                 self.silence_deadline = Some(now.add_ms(self.ping_deadline_ms));
@@ -872,14 +889,36 @@ impl Client {
     }
 
     fn join_now(&mut self, conversation_id: &str) {
-        let id = self.take_ack_id();
-        self.joins.insert(id, conversation_id.to_owned());
         let mut payload = json!({ "conversationId": conversation_id });
         // A first join starts from now; a rejoin asks for everything after the last seen.
         if let Some(Some(last)) = self.convs.joined.get(conversation_id) {
             payload["afterSeq"] = json!(last);
         }
-        self.send_event("conversation:join", payload, Some(id));
+        let id = self.next_ack;
+        let frames = self.event_frames("conversation:join", payload, Some(id));
+        if !self.fits(&frames) {
+            // The server would close the connection on it, and the rejoin after the
+            // reconnect would close it again, for ever: refused for good, as the server
+            // refuses a conversation it will not let this user into.
+            self.joining.remove(conversation_id);
+            self.asked_again.remove(conversation_id);
+            self.rejoin_at.remove(conversation_id);
+            self.convs.park(conversation_id);
+            self.out.push_back(Output::Notice(Notice::Event(
+                "conversation:join_failed".into(),
+                json!({ "conversationId": conversation_id, "code": "too_large" }),
+            )));
+            return self.join_queued();
+        }
+        self.take_ack_id();
+        self.joins.insert(id, conversation_id.to_owned());
+        self.out.extend(frames.into_iter().map(Output::Send));
+    }
+
+    /// Whether the server takes these frames: none longer than its `maxPayload`, on which
+    /// it closes the connection.
+    fn fits(&self, frames: &[Frame]) -> bool {
+        frames.iter().all(|f| f.len() as u64 <= self.max_payload)
     }
 
     /// Sends the queued messages not yet sent on this connection, in the order they were
@@ -914,7 +953,7 @@ impl Client {
                 "tempId": o.temp_id,
             });
             let frames = self.event_frames("message:send", payload, Some(id));
-            if frames.iter().any(|f| f.len() as u64 > self.max_payload) {
+            if !self.fits(&frames) {
                 // The server would close the connection on it, and the send would go
                 // again after the reconnect, and again: it can never be delivered.
                 if let Some(o) = self.settle(i) {
