@@ -388,12 +388,13 @@ async fn poll(
     };
     let mut arriving = Reservation::default();
     // Only a POST to a polling session can be answered for its body; any other (no sid,
-    // another transport or protocol version) is refused whatever it carries, so its body
-    // is not read: anyone could otherwise have the server take up to `max_payload_bytes`
-    // of the budgets all connections share, for nothing.
+    // another transport or protocol version, polling not offered at all) is refused
+    // whatever it carries, so its body is not read: anyone could otherwise have the server
+    // take up to `max_payload_bytes` of the budgets all connections share, for nothing.
     let for_a_session = query.sid.is_some()
         && query.transport.as_deref() == Some("polling")
-        && query.eio.as_deref() == Some("4");
+        && query.eio.as_deref() == Some("4")
+        && ctx.config.engine.transports.iter().any(|t| t == "polling");
     let body = if method == Method::Post && for_a_session {
         let limit = usize::try_from(ctx.config.engine.max_payload_bytes)
             .unwrap_or(usize::MAX)

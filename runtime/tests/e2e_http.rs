@@ -879,6 +879,28 @@ async fn only_the_configured_transports_are_offered() {
     let mut alice = server.connect("alice", "customer").await;
     alice.emit("ping", json!({})).expect("emit");
     alice.wait_event("pong").await.expect("served");
+    // A POST naming a live WebSocket session's sid is refused before its body is read:
+    // with polling not offered, nothing could take it.
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+    let open = match futures_util::StreamExt::next(&mut ws).await {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => t.to_string(),
+        other => panic!("no open packet: {other:?}"),
+    };
+    let open: Value = serde_json::from_str(&open[1..]).expect("open json");
+    let sid = open["sid"].as_str().expect("sid");
+    let (status, body) = answer_to_a_head_alone(
+        server.addr,
+        &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["code"],
+        0,
+        "{body}"
+    );
+    drop(ws);
     // Another protocol version is refused before the upgrade too.
     let url = format!("ws://{}/socket.io/?EIO=3&transport=websocket", server.addr);
     match tokio_tungstenite::connect_async(url).await {
