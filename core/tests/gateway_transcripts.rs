@@ -974,6 +974,38 @@ fn answers_go_to_the_connection_that_asked_not_a_later_one_on_its_session() {
     assert_eq!(g.ack(1, own).expect("answered")["ok"], json!(true));
 }
 
+/// A join still reading its catch-up when its connection left the namespace is that
+/// connection's: the session's next connection, which never joined, is notified of new
+/// messages (before, the old join kept it out of the notifications, and its leave free).
+#[test]
+fn a_join_reading_for_an_ended_connection_does_not_hide_notifications_from_the_next() {
+    let mut g = setup();
+    g.connect(2, "bob", "agent");
+    g.connect(1, "alice", "customer");
+    g.auto_store = false;
+    g.emit(
+        2,
+        "message:send",
+        json!({"conversationId":"c1","content":"queued first"}),
+    );
+    let join = g.emit(
+        1,
+        "conversation:join",
+        json!({"conversationId":"c1","afterSeq":0}),
+    );
+    g.ws_text(1, "41/chat,");
+    let again = json!({ "token": gw::token("alice", "customer", 86_400) });
+    g.ws_text(1, &format!("40/chat,{again}"));
+    g.complete_one();
+    g.complete_one();
+    assert!(
+        g.ack(1, join).is_none(),
+        "answered to the connection that asked"
+    );
+    assert!(g.events_named(1, "message:new").is_empty());
+    assert_eq!(g.events_named(1, "message:notification").len(), 1);
+}
+
 #[test]
 fn token_expiry_with_and_without_refresh() {
     let mut g = setup();

@@ -656,6 +656,16 @@ impl Gateway {
             return;
         };
         self.timers.stop_all(&mut conn.timers, Owner::Conn(session));
+        // Its joins still reading are answered to no one (see `on_read`), and must not
+        // count as the session's: a later connection on it has joined nothing.
+        let reading: Vec<(SessionId, OpId)> = self
+            .joins_reading
+            .range((session, OpId(0))..=(session, OpId(u64::MAX)))
+            .copied()
+            .collect();
+        for key in reading {
+            self.joins_reading.remove(&key);
+        }
         self.spent.keep(
             &conn.user,
             conn.budget.clone(),
