@@ -606,6 +606,46 @@ const INDEXES_V1: &str = "
 CREATE INDEX IF NOT EXISTS messages_by_created_at ON messages (created_at_ms);
 ";
 
+/// Whether the database is empty (`true`) or holds this schema's current version
+/// (`false`); anything else is refused: tables of another application, a newer version, an
+/// odd `schema_version`. Only reads, so that it can be asked before anything is changed.
+fn is_empty_or_ours(conn: &Connection) -> Result<bool, StoreError> {
+    let has_version_table: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema \
+         WHERE type = 'table' AND name = 'schema_version')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_version_table {
+        let other_tables: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table'",
+            [],
+            |row| row.get(0),
+        )?;
+        if other_tables > 0 {
+            return Err(StoreError::Corrupt(
+                "the database has tables but no Heartline schema version".to_owned(),
+            ));
+        }
+        return Ok(true);
+    }
+    let versions = {
+        let mut stmt = conn.prepare("SELECT version FROM schema_version")?;
+        let rows = stmt.query_map([], |row| row.get::<_, i64>(0))?;
+        rows.collect::<Result<Vec<i64>, _>>()?
+    };
+    match versions.as_slice() {
+        [v] if *v == SCHEMA_VERSION => Ok(false),
+        [v] if *v > SCHEMA_VERSION => Err(StoreError::SchemaTooNew {
+            found: *v,
+            supported: SCHEMA_VERSION,
+        }),
+        other => Err(StoreError::Corrupt(format!(
+            "unexpected schema_version rows {other:?}"
+        ))),
+    }
+}
+
 const SELECT_MESSAGE: &str = "SELECT id, conversation_id, seq, sender_id, sender_type, content, \
      temp_id, created_at_ms FROM messages";
 
@@ -691,6 +731,10 @@ impl Store {
 
     fn init(conn: Connection) -> Result<Store, StoreError> {
         conn.busy_timeout(DEFAULT_BUSY_TIMEOUT)?;
+        // Refused before anything below writes to it: switching to WAL is recorded in the
+        // file itself, and another application's database must be left as it was found.
+        // (Asked again inside the migration's transaction.)
+        is_empty_or_ours(&conn)?;
         // WAL: readers never block the writer and a commit is one sequential log append.
         // An in-memory database answers "memory", which is fine.
         let _mode: String =
@@ -720,23 +764,7 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let has_version_table: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_schema \
-             WHERE type = 'table' AND name = 'schema_version')",
-            [],
-            |row| row.get(0),
-        )?;
-        if !has_version_table {
-            let other_tables: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table'",
-                [],
-                |row| row.get(0),
-            )?;
-            if other_tables > 0 {
-                return Err(StoreError::Corrupt(
-                    "the database has tables but no Heartline schema version".to_owned(),
-                ));
-            }
+        if is_empty_or_ours(&tx)? {
             tx.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT;")?;
             tx.execute_batch(SCHEMA_V1)?;
             tx.execute_batch(INDEXES_V1)?;
@@ -744,27 +772,8 @@ impl Store {
                 "INSERT INTO schema_version (version) VALUES (?1)",
                 [SCHEMA_VERSION],
             )?;
-            tx.commit()?;
-            return Ok(());
-        }
-        let versions = {
-            let mut stmt = tx.prepare("SELECT version FROM schema_version")?;
-            let rows = stmt.query_map([], |row| row.get::<_, i64>(0))?;
-            rows.collect::<Result<Vec<i64>, _>>()?
-        };
-        match versions.as_slice() {
-            [v] if *v == SCHEMA_VERSION => tx.execute_batch(INDEXES_V1)?,
-            [v] if *v > SCHEMA_VERSION => {
-                return Err(StoreError::SchemaTooNew {
-                    found: *v,
-                    supported: SCHEMA_VERSION,
-                })
-            }
-            other => {
-                return Err(StoreError::Corrupt(format!(
-                    "unexpected schema_version rows {other:?}"
-                )))
-            }
+        } else {
+            tx.execute_batch(INDEXES_V1)?;
         }
         tx.commit()?;
         Ok(())

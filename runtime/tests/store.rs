@@ -566,6 +566,13 @@ fn a_foreign_database_is_refused() {
         .expect("create");
     drop(conn);
     assert!(matches!(Store::open(&path), Err(StoreError::Corrupt(_))));
+    // Left as it was found: still in its own journal mode, no log beside it.
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .expect("mode");
+    assert_eq!(mode, "delete");
+    assert!(!dir.path().join("other.db-wal").exists());
 }
 
 #[test]
