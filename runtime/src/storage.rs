@@ -218,7 +218,12 @@ pub fn spawn(
             None
         }
     };
-    let stage = Arc::new(Stage::new(results, metrics.clone(), log.is_some()));
+    let mut stage = Stage::new(results, metrics.clone(), log.is_some());
+    if let Some(log) = &log {
+        let own = log.reopen().map_err(std::io::Error::other)?;
+        stage.forget_log = Some(Box::new(move || own.forget_cached()));
+    }
+    let stage = Arc::new(stage);
     let checkpoints = match store.checkpointer() {
         Ok(Some(cp)) => {
             let (stop, stopped) = std_mpsc::channel::<()>();
@@ -815,6 +820,11 @@ struct Stage {
     results: mpsc::UnboundedSender<gateway::Input>,
     metrics: Arc<RuntimeMetrics>,
     flushed_apart: bool,
+    /// Drops the operating system's cached pages of the log, once the stage fails: the
+    /// pages of a failed write stay cached and marked clean, and whichever flush met the
+    /// error (a flush thread's, or a checkpoint's of the log) a later process would read
+    /// them back as written (see [`store::LogSync::forget_cached`]).
+    forget_log: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 #[derive(Default)]
@@ -845,6 +855,7 @@ impl Stage {
             results,
             metrics,
             flushed_apart,
+            forget_log: None,
         }
     }
 
@@ -941,6 +952,9 @@ impl Stage {
         tracing::error!(error = %e, "refusing every store operation until restarted");
         st.failed = Some(e);
         self.metrics.store_failed.store(1, Ordering::Relaxed);
+        if let Some(forget) = &self.forget_log {
+            forget();
+        }
         self.more.notify_all();
     }
 
@@ -1177,6 +1191,30 @@ mod tests {
         stage.stop();
         flusher.join().expect("join");
         assert_eq!(drain(&mut rx), vec!["op3 read 0 messages []"]);
+    }
+
+    /// However the stage fails (here a checkpoint's I/O error, met before any flush of the
+    /// log returned one), the log's cached pages are dropped, once.
+    #[test]
+    fn a_failing_stage_drops_the_logs_cached_pages_once() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut stage = Stage::new(tx, Arc::new(RuntimeMetrics::default()), true);
+        let forgotten = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let count = forgotten.clone();
+        stage.forget_log = Some(Box::new(move || {
+            count.fetch_add(1, Ordering::Relaxed);
+        }));
+        stage.committed([]);
+        let io = || {
+            StoreError::Checkpoint(Arc::new(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+                None,
+            )))
+        };
+        stage.fail(io());
+        assert_eq!(forgotten.load(Ordering::Relaxed), 1);
+        stage.fail(io());
+        assert_eq!(forgotten.load(Ordering::Relaxed), 1, "once");
     }
 
     #[tokio::test]

@@ -290,6 +290,13 @@ impl LogSync {
         })
     }
 
+    /// Drops the operating system's cached pages of the log (see `forget_cached_pages`):
+    /// for a store that failed by any road, also one on which no flush of the log itself
+    /// returned the error (a checkpoint's flush of the log may be the first to meet it).
+    pub fn forget_cached(&self) {
+        forget_cached_pages(&self.file);
+    }
+
     /// Another handle on the same log, with a descriptor of its own, for another thread.
     ///
     /// Flushes that overlap must not share a descriptor: Linux reports a failed write-back
