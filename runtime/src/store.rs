@@ -754,7 +754,10 @@ impl Store {
         // default: tempIds are random, so every insert touches a random page of their
         // index, and once the indexes outgrew the cache each such page was read back with
         // a system call (a third of the store thread's time, profiled when message ids
-        // were random too). Not much larger: see `CACHE_KIB`.
+        // were random too). Not much larger: see `CACHE_KIB`. The price of the map: a disk
+        // that fails a read under it ends the process (SIGBUS, as a failed page-in of the
+        // binary would) instead of failing that read; the next start reads what the disk
+        // still holds, and nothing acknowledged depends on a read.
         conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
         // In place of SQLite's default hook (a checkpoint past 1,000 pages, its result
