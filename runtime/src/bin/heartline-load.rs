@@ -522,6 +522,8 @@ struct ChatStats {
     sent: u64,
     acked: u64,
     refused: u64,
+    /// Sends answered by no ack: none within 30 s, or none by the time the user stopped
+    /// (10 s after the run, or when its connection ended), which is as lost to a client.
     ack_timeouts: u64,
     deliveries: u64,
     /// From each send's time in the schedule (the generator's lateness included).
@@ -826,6 +828,10 @@ async fn chat_user(
             next_send += period;
         }
     }
+    // Still waiting when the user stopped: never answered, counted as such rather than
+    // dropped, so that a server whose acks stall past the end shows it (they have no
+    // latency sample either).
+    st.ack_timeouts += pending.len() as u64;
     st
 }
 
