@@ -138,8 +138,15 @@ impl MessageFrames {
         }
     }
 
-    /// The server wrote `text` to honest connection `link`.
-    pub fn server_sent(&mut self, link: u64, text: &str) -> Finding {
+    /// The server wrote `text` to honest connection `link`, `store` holding what is
+    /// committed at that moment.
+    pub fn server_sent(&mut self, link: u64, text: &str, store: &Store) -> Finding {
+        // A message is told of (acknowledged, echoed, fanned out, notified) only once it is
+        // stored: judged when the frame is written, not when it arrives, by which time the
+        // store may have caught up with a server that answered early.
+        for message in told_of(text) {
+            stored_as_sent(link, Some(&message), store)?;
+        }
         // A send acknowledged as stored is followed, on its link and at once, by its
         // `message:sent` (the contract's two ways of learning it).
         if let Some(temp_id) = self.owed_sent.remove(&link) {
@@ -464,6 +471,39 @@ impl MessageFrames {
     }
 }
 
+/// The messages a frame tells of: an ok ack's, and those of `message:sent`,
+/// `message:new` and `message:notification` (a join's catch-up and history replies only
+/// read what is stored). Other frames are not parsed.
+fn told_of(text: &str) -> Vec<Value> {
+    const TELLING: [&str; 4] = [
+        "43/chat,",
+        "42/chat,[\"message:new\"",
+        "42/chat,[\"message:sent\"",
+        "42/chat,[\"message:notification\"",
+    ];
+    if !TELLING.iter().any(|p| text.starts_with(p)) {
+        return vec![];
+    }
+    let message = match chat_data(text) {
+        Some((b'3', Some(_), mut data)) => {
+            let reply = data.get_mut(0).map(Value::take).unwrap_or_default();
+            if reply.get("ok") != Some(&Value::Bool(true)) {
+                return vec![];
+            }
+            reply.get("message").cloned()
+        }
+        Some((b'2', _, mut data)) => match data.get(0).and_then(Value::as_str) {
+            Some("message:new") => data.get_mut(1).map(Value::take),
+            Some("message:sent" | "message:notification") => {
+                data.get(1).and_then(|a| a.get("message")).cloned()
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    message.into_iter().collect()
+}
+
 /// The message in a frame must be the stored one, field for field; its `seq`.
 fn stored_as_sent(
     link: u64,
@@ -583,7 +623,8 @@ mod tests {
         f.received(1, &ok(0, 1), &store).expect("joined");
         // Link 2's join answered by the server before the eviction, at #2, arriving after.
         join(&mut f, 2, 0);
-        f.server_sent(2, &ok(0, 2)).expect("a join answered");
+        f.server_sent(2, &ok(0, 2), &store)
+            .expect("a join answered");
         // Link 3's join answered after it: refused, or (let back in) entered anew.
         join(&mut f, 3, 0);
         f.evicted(&[1, 2, 3], "c", 3);
@@ -668,11 +709,29 @@ mod tests {
         // Written, an ok ack of a send owes its message:sent as the next frame on the link.
         let sent = format!(r#"42/chat,["message:sent",{{"tempId":"{temp_id}","message":{m}}}]"#);
         f.sent(3, &send(4));
-        f.server_sent(3, &ack(4, true)).expect("the ack");
-        f.server_sent(3, &sent).expect("then its message:sent");
+        f.server_sent(3, &ack(4, true), &store).expect("the ack");
+        f.server_sent(3, &sent, &store)
+            .expect("then its message:sent");
         f.sent(3, &send(5));
-        f.server_sent(3, &ack(5, true)).expect("the ack");
-        assert!(f.server_sent(3, r#"42/chat,["heartbeat",{}]"#).is_err());
+        f.server_sent(3, &ack(5, true), &store).expect("the ack");
+        assert!(f
+            .server_sent(3, r#"42/chat,["heartbeat",{}]"#, &store)
+            .is_err());
+        // A message the store does not hold yet is told of by no frame, whenever the
+        // store catches up: an ack, a message:sent, a message:new, a notification.
+        let mut early = m.clone();
+        early["seq"] = Value::from(m["seq"].as_u64().unwrap_or(0) + 1);
+        f.sent(4, &send(6));
+        for frame in [
+            format!(r#"43/chat,6[{{"ok":true,"message":{early},"duplicate":false}}]"#),
+            format!(r#"42/chat,["message:sent",{{"tempId":"{temp_id}","message":{early}}}]"#),
+            format!(r#"42/chat,["message:new",{early}]"#),
+            format!(
+                r#"42/chat,["message:notification",{{"conversationId":"c","message":{early}}}]"#
+            ),
+        ] {
+            assert!(f.server_sent(4, &frame, &store).is_err(), "{frame}");
+        }
     }
 
     #[test]

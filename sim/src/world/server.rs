@@ -503,7 +503,7 @@ impl Sim {
                             }
                         }
                         if honest {
-                            let finding = self.message_frames.server_sent(id, text);
+                            let finding = self.message_frames.server_sent(id, text, &self.store);
                             self.found(finding);
                         }
                         self.token_expiry.sent(now, id, text);
