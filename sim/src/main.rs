@@ -122,6 +122,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "heartbeat-not-rearmed" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.heartbeat_not_rearmed = true)
         }
+        "success-not-sent" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.success_not_sent = true)
+        }
         "replaced-closed-not-disconnected" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.replaced_closed_not_disconnected = true)
         }

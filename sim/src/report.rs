@@ -45,6 +45,8 @@ pub struct Report {
     pub unconnected_closed: u64,
     /// Connected links whose clients disconnected the namespace and stayed.
     pub namespace_left: u64,
+    /// `connection:success` frames and heartbeats checked on the wire.
+    pub checked: (u64, u64),
     /// Steps of the server's wall clock.
     pub clock_steps: u64,
     /// Devices frozen.

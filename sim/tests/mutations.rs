@@ -389,6 +389,19 @@ fn heartbeats_that_stop_are_caught() {
 }
 
 #[test]
+fn a_connect_without_its_welcome_is_caught() {
+    // The client connects on the CONNECT answer alone, and the checkers that start
+    // watching a link at its welcome (heartbeat cadence among them) see nothing to watch.
+    let (seed, checker) = first_violation("success-not-sent", 40, |s| {
+        let mut o = base(s);
+        o.gateway_hook = Some(|c| c.engine.mutations.success_not_sent = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::connection_success::NAME);
+    assert_eq!(seed, 0, "caught at once");
+}
+
+#[test]
 fn reconnections_without_backoff_are_caught() {
     // Every client still comes back, sooner: only the spacing of its attempts shows it.
     let (_, checker) = first_violation("reconnect-at-once", 40, |s| {

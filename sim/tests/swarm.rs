@@ -39,6 +39,8 @@ fn swarm_of_200_seeds_holds_every_invariant() {
             ("dead peers closed", report.dead_peers),
             ("store operations failed", report.store_failures),
             ("unconnected links closed", report.unconnected_closed),
+            ("connection:success checked", report.checked.0),
+            ("heartbeats checked", report.checked.1),
             ("auth:expired sent", report.token_expiry.0),
             ("refreshes accepted", report.token_expiry.1),
             ("closed for their token", report.token_expiry.2),

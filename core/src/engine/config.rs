@@ -102,6 +102,9 @@ pub struct Mutations {
     pub refresh_any_user: bool,
     /// The gateway sends a connection one `heartbeat` and never re-arms its timer.
     pub heartbeat_not_rearmed: bool,
+    /// The gateway sends no `connection:success` (the welcome lost in a rewrite of the
+    /// connect handler); the client counts itself connected on the CONNECT answer alone.
+    pub success_not_sent: bool,
     /// The gateway forgets a displaced connection without disconnecting it (a map of
     /// one socket per user overwritten, the old socket left open).
     pub replaced_left_connected: bool,

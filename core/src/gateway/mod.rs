@@ -542,17 +542,24 @@ impl Gateway {
             );
         }
         self.conns.insert(session, Box::new(conn));
-        self.emit(
-            now,
-            session,
-            "connection:success",
-            json!({
-                "userId": claims.sub,
-                "userType": claims.user_type,
-                "socketId": socket_id,
-                "serverTime": self.wall_ms(now),
-            }),
-        );
+        // MUTATION (test-only): no welcome.
+        #[cfg(feature = "mutations")]
+        let welcome = !self.config.engine.mutations.success_not_sent;
+        #[cfg(not(feature = "mutations"))]
+        let welcome = true;
+        if welcome {
+            self.emit(
+                now,
+                session,
+                "connection:success",
+                json!({
+                    "userId": claims.sub,
+                    "userType": claims.user_type,
+                    "socketId": socket_id,
+                    "serverTime": self.wall_ms(now),
+                }),
+            );
+        }
         self.notice(Notice::Connected {
             session,
             user: user_key.clone(),

@@ -8,6 +8,7 @@
 pub mod bad_token;
 pub mod baseline;
 pub mod blame;
+pub mod connection_success;
 pub mod dead_peer;
 pub mod deadlines;
 pub mod delivery;
@@ -55,9 +56,10 @@ impl fmt::Display for Violation {
 }
 
 /// Every checker's name, in report order.
-pub const NAMES: [&str; 19] = [
+pub const NAMES: [&str; 20] = [
     dead_peer::NAME,
     handshake::NAME,
+    connection_success::NAME,
     heartbeat::NAME,
     per_user::NAME,
     ping_pong::NAME,

@@ -34,6 +34,7 @@ impl Sim {
             ("the wall clock is now {:+}ms off", self.wall_offset_ms)
         );
         self.heartbeat.stepped(epoch);
+        self.connection_success.stepped(epoch);
         // An expiry the server let pass before the step is judged by the clock it passed
         // on, before the step moves the deadlines.
         let missed = self.token_expiry.check(self.now);

@@ -36,6 +36,7 @@ use heartline_core::{Instant, Rng, Seed};
 use crate::agenda::{Agenda, Ev};
 use crate::check::bad_token::BadToken;
 use crate::check::blame::Blame;
+use crate::check::connection_success::ConnectionSuccess;
 use crate::check::dead_peer::DeadPeer;
 use crate::check::delivery::Delivery;
 use crate::check::handshake::Handshake;
@@ -201,6 +202,7 @@ pub struct Sim {
     token_rng: Rng,
     handshake: Handshake,
     heartbeat: Heartbeat,
+    connection_success: ConnectionSuccess,
     violation: Option<Violation>,
     counters: Counters,
     trace: Trace,
@@ -351,6 +353,7 @@ impl Sim {
             token_rng,
             handshake: Handshake::new(gw_config.engine.handshake_timeout_ms),
             heartbeat: Heartbeat::new(gw_config.heartbeat_interval_ms, gw_config.wall_epoch_ms),
+            connection_success: ConnectionSuccess::new(gw_config.wall_epoch_ms),
             store: Store::new(opts.store_latency_ms),
             net: Net::new(opts.latency_ms, opts.jitter_ms, opts.socket_buffer),
             trace: Trace::new(opts.trace_tail, sink),
@@ -866,6 +869,7 @@ impl Sim {
             dead_peer_worst_ms: self.dead_peer.worst_ms,
             unconnected_closed: self.handshake.closed_unconnected,
             namespace_left: self.handshake.left,
+            checked: (self.connection_success.seen, self.heartbeat.sent),
             clock_steps: self.counters.clock_steps,
             freezes: self.counters.freezes,
             polling: (

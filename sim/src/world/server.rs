@@ -105,6 +105,7 @@ impl Sim {
         self.token_expiry.forget_all();
         self.handshake.forget_all();
         self.heartbeat.forget_all();
+        self.connection_success.forget_all();
         let now = self.now;
         self.per_user.crash(now);
         self.rate.crash();
@@ -492,6 +493,8 @@ impl Sim {
                                 .map(|u| u.key()),
                             End::Raw(a) => self.raws.get(a).map(|u| u.key()),
                         };
+                        let finding = self.connection_success.sent(now, id, user.as_deref(), text);
+                        self.found(finding);
                         if let Some(user) = user {
                             let finding = self.members.sent(&user, text);
                             self.found(finding);
@@ -637,6 +640,7 @@ impl Sim {
         self.found(finding);
         self.per_user.link_gone(id);
         self.heartbeat.gone(id);
+        self.connection_success.gone(id);
         self.token_expiry.closed(now, id, expired);
         self.handshake.closed(now, id);
     }
