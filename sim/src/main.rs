@@ -122,6 +122,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "heartbeat-not-rearmed" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.heartbeat_not_rearmed = true)
         }
+        "any-hmac-accepted" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.any_hmac_accepted = true)
+        }
         "success-not-sent" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.success_not_sent = true)
         }

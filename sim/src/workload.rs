@@ -10,7 +10,7 @@ use heartline_core::codec::Frame;
 use heartline_core::gateway::auth::{issue, Claims};
 use heartline_core::gateway::Member;
 use heartline_core::Rng;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// The secret the simulated server signs tokens with.
 pub const SECRET: &[u8] = b"heartline-sim-secret";
@@ -66,6 +66,44 @@ pub fn token_until(user: &User, exp_s: u64, secret: &[u8]) -> String {
         role: None,
     };
     issue(secret, &claims).unwrap_or_default()
+}
+
+/// A token for `user` that is invalid for the server, one way or another, drawn: signed
+/// with another secret, unsigned (`alg: none`), HS512 with the server's secret, HS256
+/// with the server's secret but no `exp`, or three dotted words that are not a JWT.
+pub fn forged(user: &User, rng: &mut Rng) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let exp = EPOCH_MS / 1000 + 86_400;
+    let claims = json!({ "sub": user.id, "userType": user.kind, "exp": exp });
+    match rng.below(5) {
+        0 => token(user, 86_400, b"not-the-secret"),
+        1 => {
+            let part = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+            format!(
+                "{}.{}.",
+                part(&json!({"alg": "none", "typ": "JWT"})),
+                part(&claims)
+            )
+        }
+        2 => encode(
+            &Header::new(Algorithm::HS512),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap_or_default(),
+        3 => {
+            let no_exp = json!({ "sub": user.id, "userType": user.kind });
+            encode(
+                &Header::new(Algorithm::HS256),
+                &no_exp,
+                &EncodingKey::from_secret(SECRET),
+            )
+            .unwrap_or_default()
+        }
+        _ => "not.a.jwt".to_owned(),
+    }
 }
 
 /// Who is who: devices to users, users to conversations.
@@ -144,7 +182,9 @@ pub enum Attack {
     Oversize,
     /// A connect without a token.
     NoToken,
-    /// A token signed with another secret.
+    /// A token the server must take for invalid: signed with another secret, `alg: none`,
+    /// HS512 with the server's secret, HS256 with no `exp`, or not a JWT at all (one of
+    /// them, drawn).
     ForgedToken,
     /// An expired token.
     ExpiredToken,
@@ -208,10 +248,7 @@ impl Attack {
             // Each bad connect is followed by what a connected client would send: none of
             // it may be served.
             Attack::NoToken => (after_connect(Frame::text("40/chat,")), 1),
-            Attack::ForgedToken => (
-                after_connect(connect(&token(user, 86_400, b"not-the-secret"))),
-                1,
-            ),
+            Attack::ForgedToken => (after_connect(connect(&forged(user, rng))), 1),
             Attack::ExpiredToken => (after_connect(connect(&token(user, 0, SECRET))), 1),
             Attack::Silent => (vec![], 1),
             Attack::Trespass => {

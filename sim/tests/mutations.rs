@@ -389,6 +389,19 @@ fn heartbeats_that_stop_are_caught() {
 }
 
 #[test]
+fn hs512_tokens_taken_are_caught() {
+    // Only a hostile connect with an HS512 token signed with the server's own secret
+    // shows it: one of the forged tokens drawn.
+    let (_, checker) = first_violation("any-hmac-accepted", 60, |s| {
+        let mut o = base(s);
+        o.hostile = o.hostile.max(4);
+        o.gateway_hook = Some(|c| c.engine.mutations.any_hmac_accepted = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::bad_token::NAME);
+}
+
+#[test]
 fn a_connect_without_its_welcome_is_caught() {
     // The client connects on the CONNECT answer alone, and the checkers that start
     // watching a link at its welcome (heartbeat cadence among them) see nothing to watch.

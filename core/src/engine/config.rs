@@ -105,6 +105,8 @@ pub struct Mutations {
     /// The gateway sends no `connection:success` (the welcome lost in a rewrite of the
     /// connect handler); the client counts itself connected on the CONNECT answer alone.
     pub success_not_sent: bool,
+    /// The gateway takes HS384 and HS512 tokens signed with its secret, not HS256 only.
+    pub any_hmac_accepted: bool,
     /// The gateway forgets a displaced connection without disconnecting it (a map of
     /// one socket per user overwritten, the old socket left open).
     pub replaced_left_connected: bool,

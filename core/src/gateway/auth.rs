@@ -102,6 +102,13 @@ impl Verifier {
         }
     }
 
+    /// MUTATION (test-only): HS384 and HS512 taken beside HS256 (a validation given the
+    /// family of HMAC algorithms rather than the one the contract names).
+    #[cfg(feature = "mutations")]
+    pub fn mutate_any_hmac(&mut self) {
+        self.validation.algorithms = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+    }
+
     /// Checks `token` at wall-clock time `now_ms` (milliseconds since the Unix epoch).
     /// One over [`MAX_TOKEN_BYTES`] is invalid before anything of it is computed.
     pub fn verify(&self, token: &str, now_ms: u64) -> Result<Verified, AuthError> {

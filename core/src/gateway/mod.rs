@@ -179,8 +179,15 @@ impl Gateway {
         let mut engine_config = config.engine.clone();
         engine_config.namespaces = vec![config.namespace.clone()];
         let engine = Engine::new(engine_config)?;
+        #[allow(unused_mut)]
+        let mut verifier = Verifier::new(&config.jwt_secret);
+        // MUTATION (test-only): any HMAC algorithm taken.
+        #[cfg(feature = "mutations")]
+        if config.engine.mutations.any_hmac_accepted {
+            verifier.mutate_any_hmac();
+        }
         Ok(Gateway {
-            verifier: Verifier::new(&config.jwt_secret),
+            verifier,
             // A stream apart from the engine's, so message ids do not shift session ids.
             rng: Rng::seeded(config.engine.seed.salted(0x6761_7465_7761_7921)),
             config,

@@ -3,25 +3,35 @@
 //! Seen on the wire of each hostile connection that presented such a token and then sent
 //! a join and a send as if connected: the server may answer with a CONNECT_ERROR and
 //! close, but never with a namespace CONNECT (`40`), an event or an ack, whatever faults
-//! delay, reorder or cut its packets.
+//! delay, reorder or cut its packets. A CONNECT_ERROR says what the contract says:
+//! `Authentication required` for no token, `Invalid authentication token` for any other.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+
+use serde_json::Value;
 
 use super::Finding;
 
 /// The checker's name.
 pub const NAME: &str = "bad-token-refused";
 
-/// The connections that presented a bad token.
+/// The CONNECT_ERROR message for a connect with no token.
+pub const MISSING: &str = "Authentication required";
+
+/// The CONNECT_ERROR message for any other bad token.
+pub const INVALID: &str = "Invalid authentication token";
+
+/// The connections that presented a bad token, with the refusal each is owed.
 #[derive(Debug, Default)]
 pub struct BadToken {
-    links: BTreeSet<u64>,
+    links: BTreeMap<u64, &'static str>,
 }
 
 impl BadToken {
-    /// Connection `link` presents a bad token.
-    pub fn presented(&mut self, link: u64) {
-        self.links.insert(link);
+    /// Connection `link` presents a bad token, to be refused with `message` ([`MISSING`]
+    /// or [`INVALID`]).
+    pub fn presented(&mut self, link: u64, message: &'static str) {
+        self.links.insert(link, message);
     }
 
     /// Connection `link` is gone.
@@ -31,8 +41,19 @@ impl BadToken {
 
     /// A frame from the server reached `link`.
     pub fn received(&self, link: u64, text: &str) -> Finding {
-        if !self.links.contains(&link) {
+        let Some(owed) = self.links.get(&link) else {
             return Ok(());
+        };
+        if let Some(refusal) = text.strip_prefix("44/chat,") {
+            let message = serde_json::from_str::<Value>(refusal)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned));
+            if message.as_deref() != Some(*owed) {
+                return Err((
+                    NAME,
+                    format!("hostile link {link} refused with {refusal}, not \"{owed}\""),
+                ));
+            }
         }
         if text.starts_with("40/chat") {
             return Err((
@@ -63,10 +84,16 @@ mod tests {
     #[test]
     fn only_a_refusal_may_reach_a_bad_token() {
         let mut check = BadToken::default();
-        check.presented(4);
+        check.presented(4, INVALID);
+        assert!(check
+            .received(4, r#"44/chat,{"message":"Invalid authentication token"}"#)
+            .is_ok());
+        assert!(check
+            .received(4, r#"44/chat,{"message":"Authentication required"}"#)
+            .is_err());
         assert!(check
             .received(4, r#"44/chat,{"message":"invalid token"}"#)
-            .is_ok());
+            .is_err());
         assert!(check.received(4, r#"0{"sid":"a"}"#).is_ok());
         assert!(check.received(4, r#"40/chat,{"sid":"b"}"#).is_err());
         assert!(check.received(4, r#"42/chat,["heartbeat",{}]"#).is_err());

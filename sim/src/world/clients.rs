@@ -5,6 +5,7 @@ use heartline_core::client::{Notice, Output, Status};
 
 use super::{sign, Phase, Sim, LONG_TOKEN_S};
 use crate::agenda::Ev;
+use crate::check::bad_token;
 use crate::net::{End, Seg};
 use crate::workload::Attack;
 
@@ -553,8 +554,9 @@ impl Sim {
                 id
             };
             match attack {
-                Attack::NoToken | Attack::ForgedToken | Attack::ExpiredToken => {
-                    self.bad_token.presented(id);
+                Attack::NoToken => self.bad_token.presented(id, bad_token::MISSING),
+                Attack::ForgedToken | Attack::ExpiredToken => {
+                    self.bad_token.presented(id, bad_token::INVALID);
                 }
                 Attack::Trespass => self.members.trespasses(id, user.key()),
                 // It keeps its connection alive, so only the handshake rule ends it.
