@@ -125,6 +125,9 @@ fn apply_mutation(opts: &mut Options, name: &str) -> Result<(), String> {
         "any-hmac-accepted" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.any_hmac_accepted = true)
         }
+        "offline-grace-in-seconds" => {
+            opts.gateway_hook = Some(|c| c.engine.mutations.offline_grace_in_seconds = true)
+        }
         "success-not-sent" => {
             opts.gateway_hook = Some(|c| c.engine.mutations.success_not_sent = true)
         }

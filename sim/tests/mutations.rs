@@ -402,6 +402,18 @@ fn hs512_tokens_taken_are_caught() {
 }
 
 #[test]
+fn an_offline_announcement_that_comes_far_too_late_is_caught() {
+    // Offline still comes, long after the run: nothing announced early, no flap; only
+    // the deadline shows it.
+    let (_, checker) = first_violation("offline-grace-in-seconds", 40, |s| {
+        let mut o = base(s);
+        o.gateway_hook = Some(|c| c.engine.mutations.offline_grace_in_seconds = true);
+        o
+    });
+    assert_eq!(checker, heartline_sim::check::presence_flaps::NAME);
+}
+
+#[test]
 fn a_connect_without_its_welcome_is_caught() {
     // The client connects on the CONNECT answer alone, and the checkers that start
     // watching a link at its welcome (heartbeat cadence among them) see nothing to watch.

@@ -85,6 +85,9 @@ pub struct Mutations {
     pub expired_tokens_accepted: bool,
     /// The gateway announces a user offline as soon as its last connection ends.
     pub no_offline_grace: bool,
+    /// The gateway arms the offline timer at 1,000 times `offline_grace_ms` (the grace,
+    /// already in milliseconds, taken for seconds).
+    pub offline_grace_in_seconds: bool,
     /// The gateway tells every connected user of a presence change, not only its partners.
     pub presence_to_everyone: bool,
     /// The gateway records a user's going offline but sends no `user:offline` frame.

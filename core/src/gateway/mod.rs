@@ -708,6 +708,8 @@ impl Gateway {
                 #[cfg(feature = "mutations")]
                 let at = if self.config.engine.mutations.no_offline_grace {
                     now
+                } else if self.config.engine.mutations.offline_grace_in_seconds {
+                    now.add_ms(self.config.offline_grace_ms.saturating_mul(1000))
                 } else {
                     at
                 };

@@ -763,6 +763,8 @@ impl Sim {
         self.found(finding);
         let finding = self.heartbeat.check(self.now);
         self.found(finding);
+        let finding = self.presence_flaps.check(self.now);
+        self.found(finding);
     }
 
     /// The earliest thing due; ties go to the server, then the store, then the agenda.

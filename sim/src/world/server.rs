@@ -651,6 +651,8 @@ impl Sim {
         match &notice {
             Notice::Connected { session, user } => {
                 self.per_user.connected(now, user, *session);
+                let live = self.per_user.live(user);
+                self.presence_flaps.connections_changed(now, user, live);
                 self.watch_polling_connected(*session);
                 let device = self.device(*session);
                 let finding = self.ping_pong.connected(*session, device);
@@ -664,6 +666,8 @@ impl Sim {
             } => {
                 if let Some(user) = user {
                     self.per_user.closed(now, user, *session);
+                    let live = self.per_user.live(user);
+                    self.presence_flaps.connections_changed(now, user, live);
                 }
                 self.ping_pong.closed(*session);
                 self.watch_polling_closed(*session, reason);
