@@ -229,9 +229,9 @@ struct Unsent {
 /// An idle connection's task is mostly this future, so it is kept small on purpose:
 /// - not an `async fn`: its argument would be stored twice (once as the argument, once
 ///   moved into the body); an `async move` block keeps the one copy it captured;
-/// - across each wait it holds only the connection and one small thing (a pointer to
-///   the connection, a boxed wait or the boxed end timer): every local kept over a wait is
-///   part of the task for as long as the connection lives;
+/// - across each wait it holds only the connection and a small thing or two (a pointer to
+///   the connection, and a boxed wait; or the boxed end timer): every local kept over a
+///   wait is part of the task for as long as the connection lives;
 /// - no nested `async fn` for the loop, which would hold a pointer to the connection
 ///   beside it.
 ///
@@ -830,6 +830,17 @@ mod tests {
             .await
             .unwrap();
         let (tcp, _) = listener.accept().await.unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+        // Bytes the server's end has not read yet (the task owns the socket; the test only
+        // asks the kernel about it while the task lives).
+        let unread = move || {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int through the pointer; the descriptor is the
+            // accepted socket, open for as long as the task below runs.
+            let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+            assert_eq!(rc, 0, "FIONREAD");
+            n
+        };
         let permit = crate::admission::ConnectionCap::new(1, metrics.clone())
             .try_acquire()
             .unwrap();
@@ -849,8 +860,16 @@ mod tests {
         }));
 
         client.write_all(&client_text(b"42[\"hi\"]")).await.unwrap();
-        // Let the task read it and find the inbox full.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Until the task has read it: in the same turn it found the inbox full and began
+        // to wait (this runtime runs one task at a time), so what is queued next can only
+        // go out if the wait writes it.
+        for _ in 0..400 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if unread() == 0 {
+                break;
+            }
+        }
+        assert_eq!(unread(), 0, "the frame was read");
         for i in 0..3 {
             outbox.push(Frame::text(format!("42[\"n\",{i}]")), 1 << 20);
         }

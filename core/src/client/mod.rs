@@ -189,9 +189,10 @@ pub enum Notice {
         code: String,
     },
     /// The server answered an `auth:refresh` ([`Client::refresh_token`]): `None` if it
-    /// took the token, else its error.
+    /// took the token, else its error; or the client refused to send a token longer than
+    /// the server's `maxPayload` (the server would close the connection on it): `too_large`.
     Refreshed {
-        /// Why the token was refused.
+        /// Why the token was refused: the server's error, or `too_large`.
         error: Option<String>,
     },
     /// Any other event from the server, as it came: (name, payload). Events the client
@@ -410,7 +411,8 @@ impl Client {
     /// Takes a fresh token: it is presented at every later connect and, while connected,
     /// sent at once as `auth:refresh` so that the server keeps this connection past the
     /// old token's expiry (after `auth:expired`, or before it). The server's answer comes
-    /// back as [`Notice::Refreshed`].
+    /// back as [`Notice::Refreshed`] (at once, `too_large`, for a token the server could
+    /// not take in one message).
     ///
     /// A client whose last connect the server refused (its token expired while it was
     /// reconnecting, say) connects again with it: the fresh token is the application's
@@ -903,6 +905,7 @@ impl Client {
             self.joining.remove(conversation_id);
             self.asked_again.remove(conversation_id);
             self.rejoin_at.remove(conversation_id);
+            self.let_out.remove(conversation_id);
             self.convs.park(conversation_id);
             self.out.push_back(Output::Notice(Notice::Event(
                 "conversation:join_failed".into(),
