@@ -55,6 +55,24 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every [`CloseReason::label`], so that a metric by reason can show each at 0 before
+    /// its first close (a series that appears at 1 hides that first step from `rate()`).
+    pub const LABELS: [&'static str; 13] = [
+        "client_close",
+        "transport_close",
+        "transport_error",
+        "ping_timeout",
+        "handshake_timeout",
+        "payload_too_large",
+        "protocol_error",
+        "slow_consumer",
+        "replaced",
+        "server_shutdown",
+        "too_many_sessions",
+        "server_disconnect",
+        "server_close",
+    ];
+
     /// A short stable label, for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {

@@ -5,6 +5,9 @@
 
 use std::collections::BTreeMap;
 
+use super::io::ErrorCode;
+use crate::engine::CloseReason;
+
 /// Upper bounds, in milliseconds, of the heartbeat latency buckets.
 pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10_000];
 
@@ -33,8 +36,9 @@ impl Histogram {
     }
 }
 
-/// Everything the gateway counts.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Everything the gateway counts. The counts by reason or code hold every reason and
+/// code from the start, at 0, so that each series exists before its first event.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Metrics {
     /// Connections whose namespace connect succeeded, ever.
     pub connects: u64,
@@ -61,4 +65,62 @@ pub struct Metrics {
     pub wall_clock_steps: u64,
     /// Round trip of the application heartbeat.
     pub heartbeat_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let zeros = |labels: &[&'static str]| labels.iter().map(|l| (*l, 0)).collect();
+        let codes: Vec<&'static str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        Metrics {
+            connects: 0,
+            refused: zeros(&REFUSALS),
+            replacements: 0,
+            closes: zeros(&CloseReason::LABELS),
+            accepted: 0,
+            duplicates: 0,
+            send_refused: zeros(&codes),
+            deliveries: 0,
+            events_refused: 0,
+            floods: 0,
+            wall_clock_steps: 0,
+            heartbeat_latency: Histogram::default(),
+        }
+    }
+}
+
+/// The labels of refused connects: no token, and a token refused.
+pub const REFUSALS: [&str; 2] = ["missing", "invalid"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_and_code_is_counted_from_zero() {
+        let reasons = [
+            CloseReason::ClientClose,
+            CloseReason::TransportClose,
+            CloseReason::TransportError,
+            CloseReason::PingTimeout,
+            CloseReason::HandshakeTimeout,
+            CloseReason::PayloadTooLarge,
+            CloseReason::ProtocolError(String::new()),
+            CloseReason::SlowConsumer,
+            CloseReason::Replaced,
+            CloseReason::ServerShutdown,
+            CloseReason::TooManySessions,
+            CloseReason::ServerDisconnect(String::new()),
+            CloseReason::ServerClose(String::new()),
+        ];
+        let m = Metrics::default();
+        assert_eq!(m.closes.len(), reasons.len(), "one label each, none twice");
+        for r in &reasons {
+            assert_eq!(m.closes.get(r.label()), Some(&0), "{r}");
+        }
+        for c in ErrorCode::ALL {
+            assert_eq!(m.send_refused.get(c.as_str()), Some(&0));
+        }
+        assert_eq!(m.send_refused.len(), ErrorCode::ALL.len());
+        assert_eq!(m.refused.len(), 2);
+    }
 }

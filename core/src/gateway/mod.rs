@@ -501,8 +501,8 @@ impl Gateway {
                     .metrics
                     .refused
                     .entry(match error {
-                        AuthError::Missing => "missing",
-                        AuthError::Invalid => "invalid",
+                        AuthError::Missing => metrics::REFUSALS[0],
+                        AuthError::Invalid => metrics::REFUSALS[1],
                     })
                     .or_default() += 1;
                 self.notice(Notice::Refused { session, error });
