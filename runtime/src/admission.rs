@@ -82,6 +82,39 @@ pub fn refusal_budget(bound: u64, open_file_limit: Option<u64>) -> u64 {
     }
 }
 
+/// Raises the process's soft limit on open files to its hard limit, as far as the
+/// operating system allows: every client is a socket, and a default soft limit (1,024 on
+/// many systems) would hold a few hundred clients where the administrator allowed tens of
+/// thousands. Returns the limit before and after when it was raised; `Err` when the
+/// system refused (the limit stays as it was).
+#[cfg(unix)]
+pub fn raise_open_file_limit() -> std::io::Result<Option<(u64, u64)>> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct it is given, which lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok(None);
+    }
+    let before = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads only the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Some((before, limit.rlim_cur)))
+}
+
+/// Elsewhere there is no such limit to raise.
+#[cfg(not(unix))]
+pub fn raise_open_file_limit() -> std::io::Result<Option<(u64, u64)>> {
+    Ok(None)
+}
+
 /// The process's soft limit on open files, if it has one.
 #[cfg(unix)]
 pub fn open_file_limit() -> Option<u64> {

@@ -277,6 +277,90 @@ async fn dev_mode_on_an_address_in_use_creates_no_store() {
     assert!(left.is_empty(), "files made: {left:?}");
 }
 
+/// Starts `command` (the binary, or a shell that execs it) with stdout and stderr piped;
+/// its address once it listens, and the child to read stderr from.
+async fn spawn_command(mut command: Command) -> (Child, SocketAddr) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn heartline");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("heartline listening on http://") {
+                return rest.trim().parse::<SocketAddr>().expect("address");
+            }
+        }
+        panic!("heartline exited before listening");
+    })
+    .await
+    .expect("heartline listens in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+/// `RUST_LOG` passed through empty (as deployment templates do) logs at `info`, as unset
+/// does: it used to be a filter that let nothing through, warnings included.
+#[tokio::test]
+async fn an_empty_rust_log_still_logs_warnings() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "");
+    edit_config(&config, "[server]\n", "[server]\ncors_origins = []\n");
+    for value in ["", "   ", "heartline=verbose,,=x"] {
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(&config).env("RUST_LOG", value);
+        let (mut child, _) = spawn_command(command).await;
+        signal(&child, "TERM");
+        exits_0(&mut child, Duration::from_secs(10), "exits in bounded time").await;
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .await
+            .expect("read stderr");
+        assert!(
+            stderr.contains("server.cors_origins is empty"),
+            "RUST_LOG={value:?}: {stderr}"
+        );
+    }
+}
+
+/// A soft open-file limit below the hard one is raised at start: the socket bound
+/// (`heartline_tcp_connections_max`) follows the hard limit, not a default of a few
+/// hundred.
+#[tokio::test]
+async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let hard = std::process::Command::new("sh")
+        .args(["-c", "ulimit -H -n"])
+        .output()
+        .expect("sh");
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_owned();
+    if hard.parse::<u64>().is_ok_and(|h| h < 2_048) {
+        eprintln!("hard open-file limit {hard}: nothing to raise into");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "");
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "ulimit -S -n 256 && exec \"$0\" --config \"$1\""])
+        .arg(BIN)
+        .arg(&config)
+        .env("RUST_LOG", "warn");
+    let (mut child, addr) = spawn_command(command).await;
+    let (_, _, metrics) = http(addr, "GET", "/metrics", &[], "").await;
+    let bound = metric(&metrics, "heartline_tcp_connections_max").expect("the socket bound");
+    assert!(bound > 1_024.0, "bound {bound} with hard limit {hard}");
+    signal(&child, "TERM");
+    exits_0(&mut child, Duration::from_secs(10), "exits in bounded time").await;
+}
+
 #[tokio::test]
 async fn sigterm_drains_and_exits_0() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -81,6 +81,20 @@ fn load(args: &Args) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// What `RUST_LOG` asks for, `info` when it is unset or empty (a deployment template that
+/// passes the variable through empty would otherwise get a filter that lets nothing
+/// through, warnings and errors included), and `info` with a word on stderr when it is
+/// not a filter (dropping its valid rules with the bad one).
+fn log_filter() -> EnvFilter {
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            eprintln!("heartline: RUST_LOG={v:?} is not a log filter ({e}); logging at info");
+            EnvFilter::new("info")
+        }),
+        _ => EnvFilter::new("info"),
+    }
+}
+
 fn main() -> ExitCode {
     give_freed_memory_back_at_once();
     let args = Args::parse();
@@ -90,9 +104,7 @@ fn main() -> ExitCode {
     // which writes what is still waiting.
     let (stderr, _flush_at_exit) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .with_writer(stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
@@ -136,6 +148,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config, dev_users: Option<Vec<dev::DevUser>>) -> ExitCode {
+    // Before the listener's socket bound is worked out from it.
+    match heartline_runtime::admission::raise_open_file_limit() {
+        Ok(Some((before, after))) => {
+            tracing::info!(before, after, "open-file limit raised to the hard limit");
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     // Before the store opens: a file-size limit reached must fail a write, not kill us.
     #[cfg(unix)]
     if let Err(e) = ignore_stray_signals() {
