@@ -712,6 +712,11 @@ fn check_origin(origin: &str) -> Result<(), ConfigError> {
         let Some(number) = number else {
             return refuse(&format!(": port {port:?} is not 1 to 65535"));
         };
+        if port != number.to_string() {
+            return refuse(&format!(
+                ": browsers write port {port:?} as {number} in the Origin header"
+            ));
+        }
         let default = matches!(
             (scheme.to_ascii_lowercase().as_str(), number),
             ("http" | "ws", 80) | ("https" | "wss", 443)
@@ -1075,6 +1080,7 @@ path = "heartline.db"         # embedded default
             "http://user@e.example",
             "http://a.example:99999",
             "http://a.example:0",
+            "http://a.example:03000",
             "http://a.example:",
             "http://[::1",
         ] {
