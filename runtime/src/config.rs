@@ -530,6 +530,14 @@ impl Config {
                     .to_owned(),
             );
         }
+        if !self.engine.transports.iter().any(|t| t == "polling") {
+            out.push(
+                "engine.transports has no \"polling\": socket.io-client starts on long-polling \
+                 unless told otherwise, so only clients given transports: [\"websocket\"] \
+                 connect"
+                    .to_owned(),
+            );
+        }
         if self.server.max_outbound_bytes < SMALL_OUTBOUND_BYTES {
             out.push(format!(
                 "server.max_outbound_bytes = {}: below {SMALL_OUTBOUND_BYTES} bytes, ordinary \
@@ -1053,6 +1061,13 @@ path = "heartline.db"         # embedded default
             Config::from_toml_str("[server]\ncors_origins = [\"http://a.example:8080/\"]\n")
                 .expect("a trailing slash is tolerated");
         assert!(config.warnings().is_empty());
+        let ws_only =
+            Config::from_toml_str("[engine]\ntransports = [\"websocket\"]\n").expect("valid");
+        assert_eq!(ws_only.warnings().len(), 1, "{:?}", ws_only.warnings());
+        assert!(ws_only.warnings()[0].starts_with("engine.transports has no \"polling\""));
+        let polling_only =
+            Config::from_toml_str("[engine]\ntransports = [\"polling\"]\n").expect("valid");
+        assert!(polling_only.warnings().is_empty());
     }
 
     #[test]
