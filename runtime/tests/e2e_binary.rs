@@ -57,13 +57,22 @@ async fn spawn_with(config: &Path, args: &[&str]) -> (Child, SocketAddr) {
 
 /// [`spawn_with`], also returning what the binary printed before it listened.
 async fn spawn_reading(config: &Path, args: &[&str]) -> (Child, SocketAddr, Vec<String>) {
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .arg("--config")
         .arg(config)
         .args(args)
         .env("RUST_LOG", "warn")
+        .stderr(Stdio::inherit());
+    spawn_command(command).await
+}
+
+/// Starts `command` (the binary, or a shell that execs it; its stderr as the caller set
+/// it) and waits for its "listening on" line: the child, its address, and what it printed
+/// on stdout before.
+async fn spawn_command(mut command: Command) -> (Child, SocketAddr, Vec<String>) {
+    let mut child = command
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn heartline");
@@ -277,31 +286,6 @@ async fn dev_mode_on_an_address_in_use_creates_no_store() {
     assert!(left.is_empty(), "files made: {left:?}");
 }
 
-/// Starts `command` (the binary, or a shell that execs it) with stdout and stderr piped;
-/// its address once it listens, and the child to read stderr from.
-async fn spawn_command(mut command: Command) -> (Child, SocketAddr) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn heartline");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.strip_prefix("heartline listening on http://") {
-                return rest.trim().parse::<SocketAddr>().expect("address");
-            }
-        }
-        panic!("heartline exited before listening");
-    })
-    .await
-    .expect("heartline listens in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
 /// `RUST_LOG` passed through empty (as deployment templates do) logs at `info`, as unset
 /// does: it used to be a filter that let nothing through, warnings included.
 #[tokio::test]
@@ -312,8 +296,12 @@ async fn an_empty_rust_log_still_logs_warnings() {
     edit_config(&config, "[server]\n", "[server]\ncors_origins = []\n");
     for value in ["", "   ", "heartline=verbose,,=x"] {
         let mut command = Command::new(BIN);
-        command.arg("--config").arg(&config).env("RUST_LOG", value);
-        let (mut child, _) = spawn_command(command).await;
+        command
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", value)
+            .stderr(Stdio::piped());
+        let (mut child, _, _) = spawn_command(command).await;
         signal(&child, "TERM");
         exits_0(&mut child, Duration::from_secs(10), "exits in bounded time").await;
         let mut stderr = String::new();
@@ -352,8 +340,9 @@ async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
         .args(["-c", "ulimit -S -n 256 && exec \"$0\" --config \"$1\""])
         .arg(BIN)
         .arg(&config)
-        .env("RUST_LOG", "warn");
-    let (mut child, addr) = spawn_command(command).await;
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::inherit());
+    let (mut child, addr, _) = spawn_command(command).await;
     let (_, _, metrics) = http(addr, "GET", "/metrics", &[], "").await;
     let bound = metric(&metrics, "heartline_tcp_connections_max").expect("the socket bound");
     assert!(bound > 1_024.0, "bound {bound} with hard limit {hard}");
