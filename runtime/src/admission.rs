@@ -97,7 +97,9 @@ pub fn raise_open_file_limit() -> std::io::Result<Option<(u64, u64)>> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    if limit.rlim_cur >= limit.rlim_max {
+    // An unlimited hard limit (not on Linux, whose is at most `fs.nr_open`) is not a
+    // value the soft one may take everywhere (macOS refuses it): left as it is.
+    if limit.rlim_cur >= limit.rlim_max || limit.rlim_max == libc::RLIM_INFINITY {
         return Ok(None);
     }
     let before = limit.rlim_cur;

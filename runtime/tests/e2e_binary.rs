@@ -286,15 +286,17 @@ async fn dev_mode_on_an_address_in_use_creates_no_store() {
     assert!(left.is_empty(), "files made: {left:?}");
 }
 
-/// `RUST_LOG` passed through empty (as deployment templates do) logs at `info`, as unset
-/// does: it used to be a filter that let nothing through, warnings included.
+/// `RUST_LOG` passed through empty (as deployment templates do), or naming no rule (`,`),
+/// logs at `info`, as unset does, and a rule with spaces around it is read without them:
+/// each used to be a filter that let nothing through, warnings included. One that is not
+/// a filter says so and logs at `info`.
 #[tokio::test]
 async fn an_empty_rust_log_still_logs_warnings() {
     use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), "");
     edit_config(&config, "[server]\n", "[server]\ncors_origins = []\n");
-    for value in ["", "   ", "heartline=verbose,,=x"] {
+    for value in ["", ",", " warn ", "info , ", "heartline=verbose,,=x"] {
         let mut command = Command::new(BIN);
         command
             .arg("--config")
@@ -316,6 +318,11 @@ async fn an_empty_rust_log_still_logs_warnings() {
             stderr.contains("server.cors_origins is empty"),
             "RUST_LOG={value:?}: {stderr}"
         );
+        assert_eq!(
+            stderr.contains("is not a log filter"),
+            value.contains("verbose"),
+            "RUST_LOG={value:?}: {stderr}"
+        );
     }
 }
 
@@ -329,8 +336,8 @@ async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
         .output()
         .expect("sh");
     let hard = String::from_utf8_lossy(&hard.stdout).trim().to_owned();
-    if hard.parse::<u64>().is_ok_and(|h| h < 2_048) {
-        eprintln!("hard open-file limit {hard}: nothing to raise into");
+    if !hard.parse::<u64>().is_ok_and(|h| h >= 2_048) {
+        eprintln!("hard open-file limit {hard}: nothing this test can raise into");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use heartline_runtime::config::{Config, ConfigError, ENV_API_KEY, ENV_JWT_SECRET};
 use heartline_runtime::{dev, server};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 // mimalloc rather than the system allocator: with glibc's malloc, allocation and free
@@ -81,18 +82,26 @@ fn load(args: &Args) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-/// What `RUST_LOG` asks for, `info` when it is unset or empty (a deployment template that
-/// passes the variable through empty would otherwise get a filter that lets nothing
-/// through, warnings and errors included), and `info` with a word on stderr when it is
-/// not a filter (dropping its valid rules with the bad one).
+/// What `RUST_LOG` asks for, `info` where it names no rule at all (unset, empty, `,`: a
+/// deployment template that passes the variable through empty would otherwise get a filter
+/// that lets nothing through, warnings and errors included), each rule read without the
+/// spaces around it (`"warn "` would be a target named so), and `info` with a word on
+/// stderr when it is not a filter (its valid rules go with the bad one).
 fn log_filter() -> EnvFilter {
-    match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
-            eprintln!("heartline: RUST_LOG={v:?} is not a log filter ({e}); logging at info");
+    let rules = std::env::var("RUST_LOG")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .collect::<Vec<_>>()
+        .join(",");
+    EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .parse(&rules)
+        .unwrap_or_else(|e| {
+            eprintln!("heartline: RUST_LOG={rules:?} is not a log filter ({e}); logging at info");
             EnvFilter::new("info")
-        }),
-        _ => EnvFilter::new("info"),
-    }
+        })
 }
 
 fn main() -> ExitCode {
