@@ -182,7 +182,7 @@ export class HeartlineClient extends EventTarget {
     if (this.tooLarge('auth:refresh', { token })) {
       // Sent, it would close the connection, and the next connect would present it
       // again: refused here, as the server refuses a token it cannot take.
-      return this.fire('refreshed', { ok: false, code: 'too_large', error: 'Token larger than the server takes' });
+      return this.fireLater('refreshed', { ok: false, code: 'too_large', error: 'Token larger than the server takes' });
     }
     this.presented = token;
     this.request('auth:refresh', { token }, (reply) => this.fire('refreshed', reply || {}));
@@ -240,6 +240,16 @@ export class HeartlineClient extends EventTarget {
 
   fire(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  /**
+   * A failure the client found itself, inside a call of the page's (a send, join or token
+   * too large for the server): told after that call has returned, as the server's answers
+   * are, so that a listener that tries the same again at once cannot recurse until the
+   * stack runs out.
+   */
+  fireLater(type, detail) {
+    setTimeout(() => this.fire(type, detail), 0);
   }
 
   clearTimers() {
@@ -525,7 +535,7 @@ export class HeartlineClient extends EventTarget {
       this.catching.delete(conversationId);
       this.askedAgain.delete(conversationId);
       this.joinEnded(conversationId);
-      return this.fire('join-failed', {
+      return this.fireLater('join-failed', {
         conversationId, ok: false, code: 'too_large', error: 'Conversation id larger than the server takes',
       });
     }
@@ -665,12 +675,10 @@ export class HeartlineClient extends EventTarget {
         // The server would close the connection on it, and it would go again after the
         // reconnect, and again: it can never be delivered.
         this.outbox.delete(tempId);
-        this.fire('send-failed', {
+        this.fireLater('send-failed', {
           tempId, ok: false, code: 'too_large', error: 'Message larger than the server takes',
         });
-        // Started again: a listener may have disconnected, or sent (and flushed) more,
-        // which this loop's count of sends on the wire would not know of.
-        return this.flush();
+        continue;
       }
       inFlight += 1;
       o.sentOn = this.nextAck;

@@ -585,7 +585,10 @@ test('a listener that leaves or disconnects mid-step does not leave the client h
   assert.equal(joins.length, 1, 'the join goes on the next connection');
 });
 
-test('a send larger than the server takes fails at once as too_large, and the rest go', () => {
+/** Lets the timers due now run: the failures the client finds itself are told then. */
+const tick = () => new Promise((r) => setTimeout(r, 0));
+
+test('a send larger than the server takes fails at once as too_large, and the rest go', async () => {
   const c = client();
   const failed = [];
   c.addEventListener('send-failed', (e) => failed.push([e.detail.tempId, e.detail.code]));
@@ -595,12 +598,14 @@ test('a send larger than the server takes fails at once as too_large, and the re
   c.connect();
   last().accept();
   assert.deepEqual(last().events().map(([, , p]) => p.tempId), [small], 'only the one that fits');
+  assert.deepEqual(failed, [], 'told after the call that found it has returned');
+  await tick();
   assert.deepEqual(failed, [[big, 'too_large']]);
   assert.equal(last().closed, false, 'the connection goes on');
   assert.deepEqual([...c.outbox.keys()], [small]);
 });
 
-test('a join larger than the server takes fails at once as too_large and is not rejoined', () => {
+test('a join larger than the server takes fails at once as too_large and is not rejoined', async () => {
   const c = client();
   const failed = [];
   c.addEventListener('join-failed', (e) => failed.push([e.detail.conversationId.length, e.detail.code]));
@@ -611,6 +616,8 @@ test('a join larger than the server takes fails at once as too_large and is not 
   last().accept();
   const joins = () => last().events().filter(([, name]) => name === 'conversation:join').map(([, , p]) => p.conversationId);
   assert.deepEqual(joins(), ['small'], 'only the one that fits');
+  assert.deepEqual(failed, [], 'told after the call that found it has returned');
+  await tick();
   assert.deepEqual(failed, [[big.length, 'too_large']]);
   assert.equal(last().closed, false, 'the connection goes on');
   assert.equal(c.joined.has(big), false);
@@ -621,7 +628,7 @@ test('a join larger than the server takes fails at once as too_large and is not 
   assert.deepEqual(joins(), ['small']);
 });
 
-test('a token larger than the server takes is refused, not sent, and a connect carrying it fails', () => {
+test('a token larger than the server takes is refused, not sent, and a connect carrying it fails', async () => {
   const c = client();
   const refreshed = [];
   c.addEventListener('refreshed', (e) => refreshed.push(e.detail.code));
@@ -630,6 +637,8 @@ test('a token larger than the server takes is refused, not sent, and a connect c
   const big = 't'.repeat(1_000_001);
   c.refreshToken(big);
   assert.deepEqual(last().events().filter(([, name]) => name === 'auth:refresh'), [], 'nothing sent');
+  assert.deepEqual(refreshed, [], 'told after the call that found it has returned');
+  await tick();
   assert.deepEqual(refreshed, ['too_large']);
   assert.equal(last().closed, false, 'the connection goes on');
   assert.equal(c.status, 'connected');
@@ -642,6 +651,22 @@ test('a token larger than the server takes is refused, not sent, and a connect c
   const sockets = FakeSocket.all.length;
   c.refreshToken('fresh');
   assert.equal(FakeSocket.all.length, sockets + 1, 'a fresh token that fits connects again');
+});
+
+test('a listener that asks again at once for a join too large does not recurse', async () => {
+  const c = client();
+  let told = 0;
+  const big = 'c'.repeat(1_000_001);
+  c.addEventListener('join-failed', () => {
+    told += 1;
+    if (told < 5) c.join(big);
+  });
+  c.connect();
+  last().accept();
+  c.join(big);
+  assert.equal(told, 0, 'not within the call');
+  for (let k = 0; k < 10 && told < 5; k += 1) await tick();
+  assert.equal(told, 5, 'each asked again, each told once, one after the other');
 });
 
 test('a page that gives up on reconnecting, or connects itself, leaves no second socket', async () => {
@@ -685,7 +710,7 @@ test('a connect error before the open packet fails the client, and a fresh token
   assert.match(last().sent.find((t) => t.startsWith('40/chat,')), /"token":"fresh"/);
 });
 
-test('a listener of a too_large failure that sends again keeps four sends on the wire at most', () => {
+test('a listener of a too_large failure that sends again keeps four sends on the wire at most', async () => {
   const c = client();
   let resent = false;
   c.addEventListener('send-failed', () => {
@@ -699,6 +724,7 @@ test('a listener of a too_large failure that sends again keeps four sends on the
   c.send('c', 'b');
   c.connect();
   last().accept();
+  await tick();
   const onWire = last().events().filter(([, name]) => name === 'message:send');
   assert.equal(resent, true);
   assert.equal(onWire.length, 4, 'four at a time, the listener\'s sends counted');
