@@ -251,6 +251,14 @@ impl MessageFrames {
                 }
                 Ok(())
             }
+            Some("message:error") => {
+                let arg = data.get(1).unwrap_or(&Value::Null);
+                match arg.get("code").and_then(Value::as_str) {
+                    Some("rate_limited") => retry_after(link, arg),
+                    Some(code) if SEND_ERRORS.contains(&code) => Ok(()),
+                    _ => Err((NAME, format!("ws{link}: message:error {arg}"))),
+                }
+            }
             Some("message:notification") => {
                 let arg = data.get(1);
                 let Some(conv) = arg.and_then(conversation_of) else {
@@ -285,6 +293,7 @@ impl MessageFrames {
                 if !ok {
                     let code = reply.get("code").and_then(Value::as_str);
                     return match code {
+                        Some("rate_limited") => retry_after(link, reply),
                         Some(code) if SEND_ERRORS.contains(&code) => Ok(()),
                         _ => Err((NAME, format!("ws{link}: a send refused as {reply}"))),
                     };
@@ -504,6 +513,18 @@ fn told_of(text: &str) -> Vec<Value> {
     message.into_iter().collect()
 }
 
+/// A send refused `rate_limited` says when to try again, as the contract asks: a
+/// `retryAfterMs` of at least 1 ms (a client told 0, or nothing, would retry at once).
+fn retry_after(link: u64, refusal: &Value) -> Finding {
+    match refusal.get("retryAfterMs").and_then(Value::as_u64) {
+        Some(ms) if ms >= 1 => Ok(()),
+        _ => Err((
+            NAME,
+            format!("ws{link}: a send refused rate_limited without retryAfterMs: {refusal}"),
+        )),
+    }
+}
+
 /// The message in a frame must be the stored one, field for field; its `seq`.
 fn stored_as_sent(
     link: u64,
@@ -567,6 +588,43 @@ mod tests {
     fn new_frame(store: &Store, seq: u64) -> String {
         let m = store.get("c", seq).expect("stored").to_json();
         format!("42/chat,[\"message:new\",{m}]")
+    }
+
+    #[test]
+    fn a_send_refused_rate_limited_says_when_to_try_again() {
+        let store = store_with(1);
+        let mut f = MessageFrames::default();
+        let send = |id: u64| {
+            format!(
+                r#"42/chat,{id}["message:send",{{"conversationId":"c","content":"x","tempId":"r{id}"}}]"#
+            )
+        };
+        let refused = |id: u64, extra: &str| {
+            format!(
+                r#"43/chat,{id}[{{"ok":false,"error":"slow down","code":"rate_limited"{extra}}}]"#
+            )
+        };
+        f.sent(1, &send(1));
+        f.received(1, &refused(1, r#","retryAfterMs":250"#), &store)
+            .expect("with when");
+        f.sent(1, &send(2));
+        assert!(f.received(1, &refused(2, ""), &store).is_err(), "without");
+        f.sent(1, &send(3));
+        assert!(f
+            .received(1, &refused(3, r#","retryAfterMs":0"#), &store)
+            .is_err());
+        let error = |extra: &str| {
+            format!(
+                r#"42/chat,["message:error",{{"error":"slow down","code":"rate_limited","tempId":"r1"{extra}}}]"#
+            )
+        };
+        f.received(1, &error(r#","retryAfterMs":9"#), &store)
+            .expect("with when");
+        assert!(f.received(1, &error(""), &store).is_err());
+        let forbidden =
+            r#"42/chat,["message:error",{"error":"no","code":"forbidden","tempId":"r1"}]"#;
+        f.received(1, forbidden, &store)
+            .expect("no wait for other codes");
     }
 
     #[test]
