@@ -227,6 +227,13 @@ impl Default for EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// Whether `transport` (`"websocket"` or `"polling"`) is among those offered.
+    pub fn offers(&self, transport: &str) -> bool {
+        self.transports.iter().any(|t| t == transport)
+    }
+}
+
 /// `[heartbeat]`: the application-level `heartbeat` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -530,7 +537,7 @@ impl Config {
                     .to_owned(),
             );
         }
-        if !self.engine.transports.iter().any(|t| t == "polling") {
+        if !self.engine.offers("polling") {
             out.push(
                 "engine.transports has no \"polling\": socket.io-client starts on long-polling \
                  unless told otherwise, so only clients given transports: [\"websocket\"] \

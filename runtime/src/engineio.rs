@@ -105,12 +105,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Context>, conn: ConnInfo) -
     // before the 101, as the reference server refuses it: answered, the upgrade would only
     // be closed at once, which a client reads as a network failure and retries.
     if is_websocket_upgrade(req.headers()) {
-        let offered = ctx
-            .config
-            .engine
-            .transports
-            .iter()
-            .any(|t| t == "websocket");
+        let offered = ctx.config.engine.offers("websocket");
         let refusal = if query.transport.as_deref() != Some("websocket") || !offered {
             Some((0, "Transport unknown"))
         } else if query.eio.as_deref() != Some("4") {
@@ -394,7 +389,7 @@ async fn poll(
     let for_a_session = query.sid.is_some()
         && query.transport.as_deref() == Some("polling")
         && query.eio.as_deref() == Some("4")
-        && ctx.config.engine.transports.iter().any(|t| t == "polling");
+        && ctx.config.engine.offers("polling");
     let body = if method == Method::Post && for_a_session {
         let limit = usize::try_from(ctx.config.engine.max_payload_bytes)
             .unwrap_or(usize::MAX)

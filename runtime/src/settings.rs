@@ -14,7 +14,6 @@ use crate::config::Config;
 
 /// The engine's settings for a configuration: Heartline's one namespace, Socket.IO on.
 pub fn engine_config(config: &Config, seed: Seed) -> EngineConfig {
-    let has = |t: &str| config.engine.transports.iter().any(|x| x == t);
     EngineConfig {
         ping_interval_ms: config.engine.ping_interval_ms,
         ping_timeout_ms: config.engine.ping_timeout_ms,
@@ -27,8 +26,8 @@ pub fn engine_config(config: &Config, seed: Seed) -> EngineConfig {
         // each, and polling sessions on kept-alive connections cannot pass it either.
         max_sessions: config.server.max_connections,
         transports: Transports {
-            websocket: has("websocket"),
-            polling: has("polling"),
+            websocket: config.engine.offers("websocket"),
+            polling: config.engine.offers("polling"),
         },
         namespaces: vec![config.server.namespace.clone()],
         seed,
