@@ -251,14 +251,7 @@ impl MessageFrames {
                 }
                 Ok(())
             }
-            Some("message:error") => {
-                let arg = data.get(1).unwrap_or(&Value::Null);
-                match arg.get("code").and_then(Value::as_str) {
-                    Some("rate_limited") => retry_after(link, arg),
-                    Some(code) if SEND_ERRORS.contains(&code) => Ok(()),
-                    _ => Err((NAME, format!("ws{link}: message:error {arg}"))),
-                }
-            }
+            Some("message:error") => send_refusal(link, data.get(1).unwrap_or(&Value::Null)),
             Some("message:notification") => {
                 let arg = data.get(1);
                 let Some(conv) = arg.and_then(conversation_of) else {
@@ -291,12 +284,7 @@ impl MessageFrames {
             Request::Send { temp_id } => {
                 let reply = reply.unwrap_or(&Value::Null);
                 if !ok {
-                    let code = reply.get("code").and_then(Value::as_str);
-                    return match code {
-                        Some("rate_limited") => retry_after(link, reply),
-                        Some(code) if SEND_ERRORS.contains(&code) => Ok(()),
-                        _ => Err((NAME, format!("ws{link}: a send refused as {reply}"))),
-                    };
+                    return send_refusal(link, reply);
                 }
                 let message = reply.get("message");
                 stored_as_sent(link, message, store)?;
@@ -513,15 +501,21 @@ fn told_of(text: &str) -> Vec<Value> {
     message.into_iter().collect()
 }
 
-/// A send refused `rate_limited` says when to try again, as the contract asks: a
+/// A send's refusal (its ack, or its `message:error`) names one of the contract's codes,
+/// and one of `rate_limited` says when to try again, as the contract asks: a
 /// `retryAfterMs` of at least 1 ms (a client told 0, or nothing, would retry at once).
-fn retry_after(link: u64, refusal: &Value) -> Finding {
-    match refusal.get("retryAfterMs").and_then(Value::as_u64) {
-        Some(ms) if ms >= 1 => Ok(()),
-        _ => Err((
+fn send_refusal(link: u64, refusal: &Value) -> Finding {
+    let waits = refusal
+        .get("retryAfterMs")
+        .and_then(Value::as_u64)
+        .is_some_and(|ms| ms >= 1);
+    match refusal.get("code").and_then(Value::as_str) {
+        Some("rate_limited") if !waits => Err((
             NAME,
             format!("ws{link}: a send refused rate_limited without retryAfterMs: {refusal}"),
         )),
+        Some(code) if SEND_ERRORS.contains(&code) => Ok(()),
+        _ => Err((NAME, format!("ws{link}: a send refused as {refusal}"))),
     }
 }
 
