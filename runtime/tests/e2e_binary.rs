@@ -152,6 +152,24 @@ async fn config_errors_name_the_key_and_exit_2() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
 
+    // A worker count tokio could not read (it would panic) is a configuration error.
+    let run = Command::new(BIN)
+        .env("TOKIO_WORKER_THREADS", "0")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("exits at once")
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TOKIO_WORKER_THREADS") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+
     // A secret the environment holds but cannot give as text is refused, not ignored.
     #[cfg(unix)]
     {
