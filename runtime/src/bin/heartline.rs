@@ -4,7 +4,8 @@
 //! default; `HEARTLINE_JWT_SECRET` and `HEARTLINE_API_KEY` override the secrets. A bad
 //! configuration is reported naming its key, with exit code 2. With no JWT secret it runs in
 //! dev mode and prints tokens to chat with. SIGTERM or SIGINT drains and exits 0; a second
-//! signal during the drain exits at once with 1.
+//! signal during the drain exits at once with 1. `TOKIO_WORKER_THREADS` sets the async
+//! runtime's worker threads (default: the cores less one, at least one).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,30 +108,48 @@ fn log_filter() -> EnvFilter {
 /// The environment variable that sets the number of worker threads (tokio's own name).
 const ENV_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
 
-/// Worker threads for the async runtime: `TOKIO_WORKER_THREADS` if set, else one fewer
-/// than the cores (at least one).
+/// Most worker threads `TOKIO_WORKER_THREADS` may ask for. Far more than any machine this
+/// runs on has cores; a larger number is a typo, and tokio would panic on some (it could
+/// not start that many threads, or its thread count overflowed).
+const MAX_WORKER_THREADS: usize = 1024;
+
+/// Worker threads for the async runtime, and whether the environment chose them:
+/// `TOKIO_WORKER_THREADS` if set to anything but blanks, else one fewer than the cores (at
+/// least one).
 ///
 /// The workers run the connections' tasks and the core's actor; the store has a thread of
 /// its own that needs about a core at saturation (its commits, the log's writes and
 /// flushes), and a worker for every core put three busy threads on two. Measured on 2
 /// cores (7 alternated pairs of fresh servers, one worker against two; see the
 /// benchmarks' findings): CPU per 1,000 deliveries at saturation 2.04–2.58 ms (median
-/// 2.36) against 2.02–2.84 (2.79), acks/s median 39,700 against 37,100, and at 500
-/// sends/s an ack p99 of 0.86–1.07 ms (median 0.91) against 0.83–1.16 (1.08).
-/// Tokio panics on a value it cannot read; read here, it is a configuration error.
+/// 2.36) against 2.02–2.84 (2.79), and at 500 sends/s an ack p99 of 0.86–1.07 ms (median
+/// 0.91) against 0.83–1.16 (1.08).
+///
+/// Tokio panics on a value it cannot read; read here, it is a configuration error. A
+/// blank value counts as unset, as for the other variables the server reads (a deployment
+/// template may pass one through empty).
 fn worker_threads(
     env: Option<std::ffi::OsString>,
     cores: std::io::Result<std::num::NonZeroUsize>,
-) -> Result<usize, String> {
-    match env {
-        Some(v) => v
-            .to_str()
-            .and_then(|t| t.trim().parse::<usize>().ok())
-            .filter(|n| *n >= 1)
+) -> Result<(usize, bool), String> {
+    let default = || cores.map_or(1, |n| n.get().saturating_sub(1).max(1));
+    let Some(v) = env else {
+        return Ok((default(), false));
+    };
+    match v.to_str().map(str::trim) {
+        Some("") => Ok((default(), false)),
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_WORKER_THREADS).contains(n))
+            .map(|n| (n, true))
             .ok_or_else(|| {
-                format!("{ENV_WORKER_THREADS}={v:?} is not a number of threads (1 or more)")
+                format!(
+                    "{ENV_WORKER_THREADS}={v:?} is not a number of threads from 1 to \
+                     {MAX_WORKER_THREADS}"
+                )
             }),
-        None => Ok(cores.map_or(1, |n| n.get().saturating_sub(1).max(1))),
+        None => Err(format!("{ENV_WORKER_THREADS}={v:?} is not valid Unicode")),
     }
 }
 
@@ -155,6 +174,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let (workers, workers_from_env) = match worker_threads(
+        std::env::var_os(ENV_WORKER_THREADS),
+        std::thread::available_parallelism(),
+    ) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("heartline: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let dev_users = if config.auth.jwt_secret.is_empty() {
         match dev::prepare(&mut config) {
             Ok(users) => Some(users),
@@ -166,17 +195,15 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    let workers = match worker_threads(
-        std::env::var_os(ENV_WORKER_THREADS),
-        std::thread::available_parallelism(),
-    ) {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("heartline: configuration error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    tracing::info!(workers, "runtime worker threads");
+    tracing::info!(
+        workers,
+        from = if workers_from_env {
+            ENV_WORKER_THREADS
+        } else {
+            "the cores less one"
+        },
+        "runtime worker threads"
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -351,18 +378,36 @@ mod tests {
     #[test]
     fn worker_threads_leave_a_core_to_the_store_unless_told() {
         let cores = |n: usize| Ok(std::num::NonZeroUsize::new(n).unwrap());
-        assert_eq!(worker_threads(None, cores(1)), Ok(1));
-        assert_eq!(worker_threads(None, cores(2)), Ok(1));
-        assert_eq!(worker_threads(None, cores(8)), Ok(7));
+        assert_eq!(worker_threads(None, cores(1)), Ok((1, false)));
+        assert_eq!(worker_threads(None, cores(2)), Ok((1, false)));
+        assert_eq!(worker_threads(None, cores(8)), Ok((7, false)));
         assert_eq!(
             worker_threads(None, Err(std::io::Error::other("unknown"))),
-            Ok(1)
+            Ok((1, false))
         );
-        assert_eq!(worker_threads(Some("4".into()), cores(2)), Ok(4));
-        assert_eq!(worker_threads(Some(" 2 ".into()), cores(8)), Ok(2));
-        for bad in ["0", "", "two", "-1", "1.5"] {
+        assert_eq!(worker_threads(Some("4".into()), cores(2)), Ok((4, true)));
+        assert_eq!(worker_threads(Some(" 2 ".into()), cores(8)), Ok((2, true)));
+        assert_eq!(
+            worker_threads(Some("1024".into()), cores(2)),
+            Ok((1024, true))
+        );
+        // Blank is unset.
+        assert_eq!(worker_threads(Some("".into()), cores(4)), Ok((3, false)));
+        assert_eq!(worker_threads(Some("  ".into()), cores(4)), Ok((3, false)));
+        let huge = usize::MAX.to_string();
+        for bad in ["0", "two", "-1", "1.5", "1025", huge.as_str()] {
             let e = worker_threads(Some(bad.into()), cores(2)).unwrap_err();
             assert!(e.contains("TOKIO_WORKER_THREADS"), "{e}");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStringExt;
+            let e = worker_threads(
+                Some(std::ffi::OsString::from_vec(vec![b'2', 0xff])),
+                cores(2),
+            )
+            .unwrap_err();
+            assert!(e.contains("not valid Unicode"), "{e}");
         }
     }
 
