@@ -105,6 +105,13 @@ fn log_filter() -> EnvFilter {
         })
 }
 
+/// Log lines that may wait for the log's writer thread before more are dropped. The
+/// queue is allocated whole at start, 32 bytes a line, and its pages are all written
+/// then: tracing-appender's default of 128,000 lines held 4 MB of every server's memory
+/// from its first second. Client-caused lines are paced (`log_pace`), so a backlog this
+/// long means the reader of stderr has stopped, not a burst.
+const LOG_LINES_WAITING: usize = 16_384;
+
 /// The environment variable that sets the number of worker threads (tokio's own name).
 const ENV_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
 
@@ -158,9 +165,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Lines go to stderr from a thread of their own: a log reader that falls behind must
     // not block the thread that logged (the core's actor, say, and with it every session).
-    // Past 128,000 lines waiting, lines are dropped instead. Kept until `main` returns,
-    // which writes what is still waiting.
-    let (stderr, _flush_at_exit) = tracing_appender::non_blocking(std::io::stderr());
+    // Past `LOG_LINES_WAITING` lines waiting, lines are dropped instead. Kept until `main`
+    // returns, which writes what is still waiting.
+    let (stderr, _flush_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_LINES_WAITING)
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())
         .with_writer(stderr)
