@@ -133,8 +133,8 @@ const MAX_WORKER_THREADS: usize = 1024;
 /// 0.91) against 0.83–1.16 (1.08).
 ///
 /// Tokio panics on a value it cannot read; read here, it is a configuration error. A
-/// blank value counts as unset, as for the other variables the server reads (a deployment
-/// template may pass one through empty).
+/// blank value counts as unset, as an empty `RUST_LOG` or secret variable does (a
+/// deployment template may pass one through empty).
 fn worker_threads(
     env: Option<std::ffi::OsString>,
     cores: std::io::Result<std::num::NonZeroUsize>,
