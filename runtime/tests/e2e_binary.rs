@@ -153,18 +153,7 @@ async fn config_errors_name_the_key_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
 
     // A worker count tokio could not read (it would panic) is a configuration error.
-    let run = Command::new(BIN)
-        .env("TOKIO_WORKER_THREADS", "0")
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("exits at once")
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = env_config_error("TOKIO_WORKER_THREADS", "0".into()).await;
     assert!(
         stderr.contains("TOKIO_WORKER_THREADS") && !stderr.contains("panicked"),
         "{stderr}"
@@ -174,24 +163,28 @@ async fn config_errors_name_the_key_and_exit_2() {
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStringExt;
-        let run = Command::new(BIN)
-            .env(
-                "HEARTLINE_JWT_SECRET",
-                std::ffi::OsString::from_vec(vec![b's', 0xff, b'k']),
-            )
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .kill_on_drop(true)
-            .output();
-        // Were the secret ignored, the server would start and run: bounded, not hung.
-        let out = tokio::time::timeout(Duration::from_secs(10), run)
-            .await
-            .expect("exits at once")
-            .expect("run");
-        assert_eq!(out.status.code(), Some(2));
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let secret = std::ffi::OsString::from_vec(vec![b's', 0xff, b'k']);
+        let stderr = env_config_error("HEARTLINE_JWT_SECRET", secret).await;
         assert!(stderr.contains("HEARTLINE_JWT_SECRET"), "{stderr}");
     }
+}
+
+/// Starts the binary with one environment variable set and expects a configuration
+/// error (exit 2) at once; returns its stderr. Were the variable ignored, the server would
+/// start and run: the wait is bounded, not hung.
+async fn env_config_error(name: &str, value: std::ffi::OsString) -> String {
+    let run = Command::new(BIN)
+        .env(name, value)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("exits at once")
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[tokio::test]
