@@ -219,6 +219,9 @@ pub fn spawn(
         }
     };
     let mut stage = Stage::new(results, metrics.clone(), log.is_some());
+    // Without a log flushed apart there is no `forget_log`: that fallback is taken when
+    // the log could not be opened beside SQLite (or SQLite would not leave its flushes to
+    // us), and a handle to drop its cached pages would have to be opened the same way.
     if let Some(log) = &log {
         let own = log.reopen().map_err(std::io::Error::other)?;
         stage.forget_log = Some(Box::new(move || own.forget_cached()));
