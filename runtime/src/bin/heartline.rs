@@ -137,7 +137,7 @@ const MAX_WORKER_THREADS: usize = 1024;
 /// deployment template may pass one through empty).
 fn worker_threads(
     env: Option<std::ffi::OsString>,
-    cores: std::io::Result<std::num::NonZeroUsize>,
+    cores: Option<std::num::NonZeroUsize>,
 ) -> Result<(usize, bool), String> {
     let default = || cores.map_or(1, |n| n.get().saturating_sub(1).max(1));
     let Some(v) = env else {
@@ -183,16 +183,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let (workers, workers_from_env) = match worker_threads(
-        std::env::var_os(ENV_WORKER_THREADS),
-        std::thread::available_parallelism(),
-    ) {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("heartline: configuration error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let cores = std::thread::available_parallelism().ok();
+    let (workers, workers_from_env) =
+        match worker_threads(std::env::var_os(ENV_WORKER_THREADS), cores) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("heartline: configuration error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
     let dev_users = if config.auth.jwt_secret.is_empty() {
         match dev::prepare(&mut config) {
             Ok(users) => Some(users),
@@ -208,8 +207,10 @@ fn main() -> ExitCode {
         workers,
         from = if workers_from_env {
             ENV_WORKER_THREADS
-        } else {
+        } else if cores.is_some() {
             "the cores less one"
+        } else {
+            "one: the cores could not be counted"
         },
         "runtime worker threads"
     );
@@ -386,14 +387,11 @@ mod tests {
 
     #[test]
     fn worker_threads_leave_a_core_to_the_store_unless_told() {
-        let cores = |n: usize| Ok(std::num::NonZeroUsize::new(n).unwrap());
+        let cores = |n: usize| std::num::NonZeroUsize::new(n);
         assert_eq!(worker_threads(None, cores(1)), Ok((1, false)));
         assert_eq!(worker_threads(None, cores(2)), Ok((1, false)));
         assert_eq!(worker_threads(None, cores(8)), Ok((7, false)));
-        assert_eq!(
-            worker_threads(None, Err(std::io::Error::other("unknown"))),
-            Ok((1, false))
-        );
+        assert_eq!(worker_threads(None, None), Ok((1, false)));
         assert_eq!(worker_threads(Some("4".into()), cores(2)), Ok((4, true)));
         assert_eq!(worker_threads(Some(" 2 ".into()), cores(8)), Ok((2, true)));
         assert_eq!(
