@@ -120,9 +120,9 @@ const ENV_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
 /// not start that many threads, or its thread count overflowed).
 const MAX_WORKER_THREADS: usize = 1024;
 
-/// Worker threads for the async runtime, and whether the environment chose them:
+/// Worker threads for the async runtime, and what chose them (for the start-up line):
 /// `TOKIO_WORKER_THREADS` if set to anything but blanks, else one fewer than the cores (at
-/// least one).
+/// least one, and one if they could not be counted).
 ///
 /// The workers run the connections' tasks and the core's actor; the store has a thread of
 /// its own that needs about a core at saturation (its commits, the log's writes and
@@ -138,18 +138,21 @@ const MAX_WORKER_THREADS: usize = 1024;
 fn worker_threads(
     env: Option<std::ffi::OsString>,
     cores: Option<std::num::NonZeroUsize>,
-) -> Result<(usize, bool), String> {
-    let default = || cores.map_or(1, |n| n.get().saturating_sub(1).max(1));
+) -> Result<(usize, &'static str), String> {
+    let default = || match cores {
+        Some(n) => (n.get().saturating_sub(1).max(1), "the cores less one"),
+        None => (1, "one: the cores could not be counted"),
+    };
     let Some(v) = env else {
-        return Ok((default(), false));
+        return Ok(default());
     };
     match v.to_str().map(str::trim) {
-        Some("") => Ok((default(), false)),
+        Some("") => Ok(default()),
         Some(t) => t
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=MAX_WORKER_THREADS).contains(n))
-            .map(|n| (n, true))
+            .map(|n| (n, ENV_WORKER_THREADS))
             .ok_or_else(|| {
                 format!(
                     "{ENV_WORKER_THREADS}={v:?} is not a number of threads from 1 to \
@@ -184,14 +187,14 @@ fn main() -> ExitCode {
         }
     };
     let cores = std::thread::available_parallelism().ok();
-    let (workers, workers_from_env) =
-        match worker_threads(std::env::var_os(ENV_WORKER_THREADS), cores) {
-            Ok(n) => n,
-            Err(e) => {
-                eprintln!("heartline: configuration error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        };
+    let (workers, workers_from) = match worker_threads(std::env::var_os(ENV_WORKER_THREADS), cores)
+    {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("heartline: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let dev_users = if config.auth.jwt_secret.is_empty() {
         match dev::prepare(&mut config) {
             Ok(users) => Some(users),
@@ -203,17 +206,7 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    tracing::info!(
-        workers,
-        from = if workers_from_env {
-            ENV_WORKER_THREADS
-        } else if cores.is_some() {
-            "the cores less one"
-        } else {
-            "one: the cores could not be counted"
-        },
-        "runtime worker threads"
-    );
+    tracing::info!(workers, from = workers_from, "runtime worker threads");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -388,19 +381,27 @@ mod tests {
     #[test]
     fn worker_threads_leave_a_core_to_the_store_unless_told() {
         let cores = |n: usize| std::num::NonZeroUsize::new(n);
-        assert_eq!(worker_threads(None, cores(1)), Ok((1, false)));
-        assert_eq!(worker_threads(None, cores(2)), Ok((1, false)));
-        assert_eq!(worker_threads(None, cores(8)), Ok((7, false)));
-        assert_eq!(worker_threads(None, None), Ok((1, false)));
-        assert_eq!(worker_threads(Some("4".into()), cores(2)), Ok((4, true)));
-        assert_eq!(worker_threads(Some(" 2 ".into()), cores(8)), Ok((2, true)));
+        const LESS_ONE: &str = "the cores less one";
+        const ENV: &str = "TOKIO_WORKER_THREADS";
+        assert_eq!(worker_threads(None, cores(1)), Ok((1, LESS_ONE)));
+        assert_eq!(worker_threads(None, cores(2)), Ok((1, LESS_ONE)));
+        assert_eq!(worker_threads(None, cores(8)), Ok((7, LESS_ONE)));
+        assert_eq!(
+            worker_threads(None, None),
+            Ok((1, "one: the cores could not be counted"))
+        );
+        assert_eq!(worker_threads(Some("4".into()), cores(2)), Ok((4, ENV)));
+        assert_eq!(worker_threads(Some(" 2 ".into()), cores(8)), Ok((2, ENV)));
         assert_eq!(
             worker_threads(Some("1024".into()), cores(2)),
-            Ok((1024, true))
+            Ok((1024, ENV))
         );
         // Blank is unset.
-        assert_eq!(worker_threads(Some("".into()), cores(4)), Ok((3, false)));
-        assert_eq!(worker_threads(Some("  ".into()), cores(4)), Ok((3, false)));
+        assert_eq!(worker_threads(Some("".into()), cores(4)), Ok((3, LESS_ONE)));
+        assert_eq!(
+            worker_threads(Some("  ".into()), cores(4)),
+            Ok((3, LESS_ONE))
+        );
         let huge = usize::MAX.to_string();
         for bad in ["0", "two", "-1", "1.5", "1025", huge.as_str()] {
             let e = worker_threads(Some(bad.into()), cores(2)).unwrap_err();
